@@ -1,0 +1,1 @@
+//! The contract test suite (filled in by the datastore work).
