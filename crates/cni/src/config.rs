@@ -1,0 +1,166 @@
+//! The network configuration a runtime passes on stdin, with the fields Calico's CNI plugin
+//! understands (`datastore_type`, `etcd_endpoints`, `nodename`, `mtu`, `ipam`, `policy`,
+//! `kubernetes`, `log_level`) plus our `datastore` URL.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::{CniError, ErrorCode};
+
+/// The network configuration (one plugin's entry of a conflist, with `cniVersion` and `name`
+/// filled in by the runtime).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Our datastore URL (`sqlite:PATH`, `etcd`, `etcd:URL`); overrides `datastore_type`.
+    #[serde(default)]
+    pub datastore: Option<String>,
+    /// Calico's `datastore_type` (`etcdv3`; `kubernetes` is not supported).
+    #[serde(default)]
+    pub datastore_type: Option<String>,
+    #[serde(default)]
+    pub etcd_endpoints: Option<String>,
+    #[serde(default)]
+    pub etcd_key_file: Option<String>,
+    #[serde(default)]
+    pub etcd_cert_file: Option<String>,
+    #[serde(default)]
+    pub etcd_ca_cert_file: Option<String>,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub log_file_path: Option<String>,
+    /// The node this plugin runs on (Calico: defaults to the hostname).
+    #[serde(default)]
+    pub nodename: Option<String>,
+    #[serde(default)]
+    pub nodename_file: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub ipam: Option<IpamConfig>,
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+    #[serde(default)]
+    pub kubernetes: Option<serde_json::Value>,
+    #[serde(default)]
+    pub container_settings: Option<serde_json::Value>,
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
+    #[serde(default, rename = "runtimeConfig")]
+    pub runtime_config: Option<serde_json::Value>,
+    #[serde(default, rename = "prevResult")]
+    pub prev_result: Option<serde_json::Value>,
+    /// Every other field, kept for plugins that chain.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl NetConf {
+    /// Decodes and checks the required fields, with a CNI error naming the bad field.
+    pub fn from_value(v: &serde_json::Value) -> Result<Self, CniError> {
+        let conf: NetConf = serde_json::from_value(v.clone()).map_err(|e| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("invalid network configuration: {e}"),
+            )
+        })?;
+        let version = if conf.cni_version.is_empty() {
+            "1.0.0"
+        } else {
+            conf.cni_version.as_str()
+        };
+        if conf.name.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "invalid network configuration: `name` is required",
+            )
+            .in_version(version));
+        }
+        if conf.cni_version.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                "invalid network configuration: `cniVersion` is required",
+            ));
+        }
+        Ok(conf)
+    }
+}
+
+/// The `ipam` section.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct IpamConfig {
+    /// `gingham-ipam` (also accepts Calico's `calico-ipam`) or `host-local`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Calico spells these as strings ("true"/"false").
+    #[serde(default)]
+    pub assign_ipv4: Option<serde_json::Value>,
+    #[serde(default)]
+    pub assign_ipv6: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default)]
+    pub ipv6_pools: Vec<String>,
+    /// host-local: the subnet (or `usePodCidr`).
+    #[serde(default)]
+    pub subnet: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+fn truthy(v: &Option<serde_json::Value>, default: bool) -> bool {
+    match v {
+        None => default,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        Some(_) => default,
+    }
+}
+
+impl IpamConfig {
+    /// IPv4 is assigned unless `assign_ipv4` is "false" (Calico's default).
+    pub fn assign_ipv4(&self) -> bool {
+        truthy(&self.assign_ipv4, true)
+    }
+    /// IPv6 is assigned only when `assign_ipv6` is "true" (Calico's default).
+    pub fn assign_ipv6(&self) -> bool {
+        truthy(&self.assign_ipv6, false)
+    }
+}
+
+/// The `policy` section (`{"type": "k8s"}`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PolicyConfig {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The Kubernetes arguments a kubelet passes in `CNI_ARGS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct K8sArgs {
+    pub namespace: String,
+    pub pod: String,
+    pub infra_container_id: Option<String>,
+    pub uid: Option<String>,
+}
+
+impl K8sArgs {
+    pub fn from_args(args: &BTreeMap<String, String>) -> Option<Self> {
+        let namespace = args.get("K8S_POD_NAMESPACE").filter(|s| !s.is_empty())?;
+        let pod = args.get("K8S_POD_NAME").filter(|s| !s.is_empty())?;
+        Some(Self {
+            namespace: namespace.clone(),
+            pod: pod.clone(),
+            infra_container_id: args.get("K8S_POD_INFRA_CONTAINER_ID").cloned(),
+            uid: args.get("K8S_POD_UID").cloned(),
+        })
+    }
+}
