@@ -1,1 +1,104 @@
-fn main() {}
+//! `gingham`: one binary for the CLI, the node agent and the CNI plugin.
+//!
+//! When a container runtime invokes it as a CNI plugin (`CNI_COMMAND` is set) it speaks the CNI
+//! protocol on stdin/stdout; otherwise it is the command-line tool described by `gingham --help`.
+//! Exit codes: 0 success, 1 user error (bad input, failed check), 2 usage error.
+
+mod datastore;
+mod output;
+mod resources_cmd;
+mod selector_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// How a command ended, when it did not fail with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    /// A negative answer or rejected input that was already reported.
+    UserError,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gingham",
+    version,
+    about = "Container networking and network policy for Linux, compatible with Calico"
+)]
+struct Cli {
+    /// Where resources are stored: sqlite:PATH (default sqlite:/var/lib/gingham/gingham.db),
+    /// etcd (endpoints from ETCD_ENDPOINTS) or etcd:URL[,URL]. DATASTORE_TYPE=etcdv3 also selects etcd.
+    #[arg(long, global = true, env = "GINGHAM_DATASTORE")]
+    datastore: Option<String>,
+
+    /// Log filter for diagnostics on stderr (e.g. info, debug, gingham=trace).
+    #[arg(long, global = true, env = "GINGHAM_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the resources in files (all or nothing).
+    Apply(resources_cmd::FileArgs),
+    /// Create the resources in files; fails if any exists (all or nothing).
+    Create(resources_cmd::FileArgs),
+    /// Replace the resources in files; fails if any does not exist (all or nothing).
+    Replace(resources_cmd::FileArgs),
+    /// Delete resources named in files or on the command line.
+    Delete(resources_cmd::DeleteArgs),
+    /// Show resources.
+    Get(resources_cmd::GetArgs),
+    /// Set or remove labels on a resource.
+    Label(resources_cmd::LabelArgs),
+    /// Print legacy v1 or Kubernetes resources as Calico v3 resources.
+    Convert(resources_cmd::ConvertArgs),
+    /// Work with selector expressions.
+    #[command(subcommand)]
+    Selector(selector_cmd::SelectorCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = run(cli);
+    match result {
+        Ok(Exit::Ok) => ExitCode::SUCCESS,
+        Ok(Exit::UserError) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let client = || -> anyhow::Result<gingham_api::Client> {
+        let url = datastore::DatastoreUrl::resolve(cli.datastore.as_deref())?;
+        Ok(gingham_api::Client::new(url.open()?))
+    };
+    use gingham_api::WriteMode;
+    match &cli.command {
+        Command::Apply(a) => resources_cmd::write(&client()?, a, WriteMode::Apply),
+        Command::Create(a) => resources_cmd::write(&client()?, a, WriteMode::Create),
+        Command::Replace(a) => resources_cmd::write(&client()?, a, WriteMode::Replace),
+        Command::Delete(a) => resources_cmd::delete(&client()?, a),
+        Command::Get(a) => resources_cmd::get(&client()?, a),
+        Command::Label(a) => resources_cmd::label(&client()?, a),
+        Command::Convert(a) => resources_cmd::convert(a),
+        Command::Selector(cmd) => selector_cmd::run(cmd),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

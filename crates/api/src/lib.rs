@@ -1,0 +1,390 @@
+//! Typed access to Calico resources stored in a [`Datastore`], like libcalico-go's clientv3.
+//!
+//! What it does: maps resources to Calico's etcd key layout, fills in `resourceVersion`
+//! (the key's mod revision), `uid` and `creationTimestamp`, enforces create/replace/apply semantics
+//! with compare-and-swap, and writes several resources all-or-nothing.
+//! What it does not do: parse or validate files (that is `gingham-model::load`, which callers run
+//! first) or decide policy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gingham_datastore::{Compare, Datastore, Op, Revision, Txn, TxnOutcome};
+use gingham_model::{Kind, Resource};
+
+/// Errors of resource operations, each naming the resource.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{kind} {name} already exists (use apply or replace to change it)")]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: Kind, name: String },
+    #[error(
+        "{kind} {name} was changed by someone else (resourceVersion {expected} is stale, current is {found}); get it again and retry"
+    )]
+    Conflict {
+        kind: Kind,
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{kind} {name}: resourceVersion {value:?} is not valid (expected a number from `get -o yaml`)")]
+    BadResourceVersion {
+        kind: Kind,
+        name: String,
+        value: String,
+    },
+    #[error("stored {kind} at {key} cannot be read: {message}")]
+    Corrupt {
+        kind: Kind,
+        key: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Datastore(#[from] gingham_datastore::Error),
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// How a write treats an existing resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fails if the resource exists.
+    Create,
+    /// Fails if the resource does not exist.
+    Replace,
+    /// Creates or replaces.
+    Apply,
+}
+
+/// What happened to one resource of a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Replaced,
+    Unchanged,
+}
+
+/// A resource client over one datastore.
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<dyn Datastore>,
+}
+
+/// A display name for errors: `ns/name` for namespaced resources.
+fn display_name(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+impl Client {
+    pub fn new(store: Arc<dyn Datastore>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    /// Reads one resource, with `resourceVersion` set.
+    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Resource> {
+        let key = kind.key(namespace, name);
+        match self.store.get(&key)? {
+            Some(kv) => decode(kind, &kv.key, &kv.value, kv.mod_revision),
+            None => Err(ApiError::NotFound {
+                kind,
+                name: display_name(namespace, name),
+            }),
+        }
+    }
+
+    /// Lists resources of a kind, in one namespace or (with `None`) in all, ordered by key.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Resource>, Revision)> {
+        let prefix = kind.key_prefix(namespace);
+        let listing = self.store.list(&prefix)?;
+        let mut out = Vec::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
+            // A prefix without a namespace also matches longer plural names; keep only this kind.
+            match Kind::parse_key(&kv.key) {
+                Some((k, _, _)) if k == kind => {}
+                _ => continue,
+            }
+            out.push(decode(kind, &kv.key, &kv.value, kv.mod_revision)?);
+        }
+        Ok((out, listing.revision))
+    }
+
+    /// Writes every resource or none: existence and `resourceVersion` conditions of all of them
+    /// are checked in the same transaction as the writes. Returns one outcome per resource.
+    pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
+        // Resolve the current state of every key first, to report precise errors.
+        let mut plan = Vec::with_capacity(resources.len());
+        let mut txn = Txn::new();
+        for r in resources {
+            let kind = r.kind();
+            let meta = r.meta();
+            let ns = meta.namespace.as_deref();
+            let name = display_name(ns, &meta.name);
+            let key = r.key();
+            let current = self.store.get(&key)?;
+            let expected = match meta.resource_version.as_deref().filter(|v| !v.is_empty()) {
+                Some(v) => Some(v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
+                    kind,
+                    name: name.clone(),
+                    value: v.to_owned(),
+                })?),
+                None => None,
+            };
+            let mut stored = r.clone();
+            match (&current, mode) {
+                (Some(_), WriteMode::Create) => {
+                    return Err(ApiError::AlreadyExists { kind, name });
+                }
+                (None, WriteMode::Replace) => return Err(ApiError::NotFound { kind, name }),
+                (None, _) => {
+                    if let Some(e) = expected {
+                        return Err(ApiError::Conflict {
+                            kind,
+                            name,
+                            expected: e.to_string(),
+                            found: "none (deleted)".into(),
+                        });
+                    }
+                    let m = stored.meta_mut();
+                    m.resource_version = None;
+                    if m.uid.is_none() {
+                        m.uid = Some(new_uid());
+                    }
+                    if m.creation_timestamp.is_none() {
+                        m.creation_timestamp = Some(now_rfc3339());
+                    }
+                    txn = txn.when(Compare::Absent { key: key.clone() });
+                    txn = txn.then(Op::Put {
+                        key: key.clone(),
+                        value: stored.to_stored(),
+                    });
+                    plan.push(Outcome::Created);
+                }
+                (Some(kv), _) => {
+                    if let Some(e) = expected
+                        && e != kv.mod_revision
+                    {
+                        return Err(ApiError::Conflict {
+                            kind,
+                            name,
+                            expected: e.to_string(),
+                            found: kv.mod_revision.to_string(),
+                        });
+                    }
+                    // Keep identity fields of the stored object.
+                    let old = decode(kind, &kv.key, &kv.value, kv.mod_revision)?;
+                    let m = stored.meta_mut();
+                    m.resource_version = None;
+                    m.uid = old.meta().uid.clone();
+                    m.creation_timestamp = old.meta().creation_timestamp.clone();
+                    let value = stored.to_stored();
+                    txn = txn.when(Compare::ModRevision {
+                        key: key.clone(),
+                        revision: kv.mod_revision,
+                    });
+                    if value == kv.value {
+                        plan.push(Outcome::Unchanged);
+                    } else {
+                        txn = txn.then(Op::Put {
+                            key: key.clone(),
+                            value,
+                        });
+                        plan.push(Outcome::Replaced);
+                    }
+                }
+            }
+        }
+        self.commit(txn, resources)?;
+        Ok(plan)
+    }
+
+    fn commit(&self, txn: Txn, resources: &[Resource]) -> Result<()> {
+        match self.store.txn(&txn)? {
+            TxnOutcome::Committed { .. } => Ok(()),
+            TxnOutcome::Failed { failed_keys } => {
+                let key = failed_keys.first().cloned().unwrap_or_default();
+                let r = resources.iter().find(|r| r.key() == key);
+                let (kind, name) = match r {
+                    Some(r) => (
+                        r.kind(),
+                        display_name(r.meta().namespace.as_deref(), &r.meta().name),
+                    ),
+                    None => (resources[0].kind(), key.clone()),
+                };
+                Err(ApiError::Conflict {
+                    kind,
+                    name,
+                    expected: "the version read a moment ago".into(),
+                    found: "a newer one written concurrently".into(),
+                })
+            }
+        }
+    }
+
+    /// Deletes one resource, optionally only at `resource_version`.
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> Result<Resource> {
+        let key = kind.key(namespace, name);
+        let shown = display_name(namespace, name);
+        let expected = match resource_version.filter(|v| !v.is_empty()) {
+            Some(v) => Some(v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
+                kind,
+                name: shown.clone(),
+                value: v.to_owned(),
+            })?),
+            None => None,
+        };
+        match self.store.delete(&key, expected) {
+            Ok(kv) => decode(kind, &kv.key, &kv.value, kv.mod_revision),
+            Err(gingham_datastore::Error::NotFound { .. }) => {
+                Err(ApiError::NotFound { kind, name: shown })
+            }
+            Err(gingham_datastore::Error::Conflict {
+                expected, found, ..
+            }) => Err(ApiError::Conflict {
+                kind,
+                name: shown,
+                expected: expected.to_string(),
+                found: found.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes several resources all-or-nothing; every one must exist.
+    pub fn delete_all(&self, targets: &[(Kind, Option<String>, String)]) -> Result<Vec<Resource>> {
+        let mut txn = Txn::new();
+        let mut deleted = Vec::new();
+        for (kind, ns, name) in targets {
+            let key = kind.key(ns.as_deref(), name);
+            let Some(kv) = self.store.get(&key)? else {
+                return Err(ApiError::NotFound {
+                    kind: *kind,
+                    name: display_name(ns.as_deref(), name),
+                });
+            };
+            deleted.push(decode(*kind, &kv.key, &kv.value, kv.mod_revision)?);
+            txn = txn
+                .when(Compare::ModRevision {
+                    key: key.clone(),
+                    revision: kv.mod_revision,
+                })
+                .then(Op::Delete { key });
+        }
+        self.commit(txn, &deleted)?;
+        Ok(deleted)
+    }
+
+    /// Sets (or with `None` removes) labels on a stored resource, with compare-and-swap.
+    pub fn label(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+        overwrite: bool,
+    ) -> Result<Resource> {
+        let mut r = self.get(kind, namespace, name)?;
+        {
+            let labels = &mut r.meta_mut().labels;
+            for (k, v) in changes {
+                match v {
+                    Some(v) => {
+                        if !overwrite && labels.get(k).is_some_and(|old| old != v) {
+                            return Err(ApiError::Conflict {
+                                kind,
+                                name: display_name(namespace, name),
+                                expected: format!("label {k} unset"),
+                                found: format!("{k}={} (use --overwrite)", labels[k]),
+                            });
+                        }
+                        labels.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        labels.remove(k);
+                    }
+                }
+            }
+        }
+        self.write_all(std::slice::from_ref(&r), WriteMode::Replace)?;
+        self.get(kind, namespace, name)
+    }
+}
+
+fn decode(kind: Kind, key: &str, value: &[u8], revision: Revision) -> Result<Resource> {
+    let mut r = Resource::from_stored(kind, value).map_err(|e| ApiError::Corrupt {
+        kind,
+        key: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    r.meta_mut().resource_version = Some(revision.to_string());
+    Ok(r)
+}
+
+fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The current UTC time as RFC 3339 with seconds, as Kubernetes prints timestamps.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_514), (2026, 3, 2));
+    }
+
+    #[test]
+    fn uids_are_uuid_shaped_and_distinct() {
+        let a = new_uid();
+        let b = new_uid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+    }
+}

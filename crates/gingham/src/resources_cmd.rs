@@ -1,0 +1,325 @@
+//! `apply`, `create`, `replace`, `delete`, `get`, `label` and `convert`: calicoctl's resource
+//! commands, with kubectl's conventions where calicoctl has none.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gingham_api::{Client, Outcome, WriteMode};
+use gingham_model::{Kind, LoadedDocument, Resource};
+
+use crate::Exit;
+use crate::output;
+
+/// Where resources come from: `-f FILE|DIR|-`.
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// A file, a directory of .yaml/.yml/.json files, or - for stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+    /// Descend into subdirectories of a directory given with -f.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// Namespace for namespaced resources that do not name one (default: default).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table (calicoctl's default columns).
+    Ps,
+    /// A table with more columns.
+    Wide,
+    Yaml,
+    Json,
+    /// kind/name only.
+    Name,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The kind (calicoctl's names and short names: policy, gnp, hep, wep, ippool, profile...).
+    pub kind: String,
+    /// Names to show (all when omitted).
+    pub names: Vec<String>,
+    /// Namespace (namespaced kinds; default: default).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum, default_value = "ps")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// A kind and names, when no -f is given.
+    pub target: Vec<String>,
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Do not fail on resources that do not exist.
+    #[arg(long)]
+    pub skip_not_exists: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    pub kind: String,
+    pub name: String,
+    /// key=value to set; with --remove, the keys to remove.
+    pub labels: Vec<String>,
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Replace a label that already has another value.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Remove the named label keys instead of setting them.
+    #[arg(long)]
+    pub remove: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: OutputFormat,
+}
+
+/// Reads and validates every document of every file; on any error prints them all and returns
+/// `None`, so nothing is written.
+pub fn load_all(args: &FileArgs) -> Result<Option<Vec<Resource>>> {
+    let mut sources = Vec::new();
+    for f in &args.files {
+        collect_sources(f, args.recursive, &mut sources)?;
+    }
+    let mut resources = Vec::new();
+    let mut failed = false;
+    for (name, text) in sources {
+        match gingham_model::load(&name, &text) {
+            Ok(docs) => {
+                for doc in docs {
+                    print_notices(&doc);
+                    resources.extend(doc.resources);
+                }
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if failed {
+        eprintln!("nothing was written");
+        return Ok(None);
+    }
+    let default_ns = args.namespace.as_deref().unwrap_or("default");
+    for r in &mut resources {
+        if r.kind().is_namespaced() && r.meta().namespace.is_none() {
+            r.meta_mut().namespace = Some(default_ns.to_owned());
+        }
+    }
+    Ok(Some(resources))
+}
+
+fn print_notices(doc: &LoadedDocument) {
+    for n in &doc.notices {
+        eprintln!("notice: {n}");
+    }
+}
+
+/// Expands `-f` arguments into (display name, text) pairs.
+fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String)>) -> Result<()> {
+    if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        out.push(("<stdin>".into(), text));
+        return Ok(());
+    }
+    let path = Path::new(arg);
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {arg}"))?;
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(path, recursive, &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            bail!("{arg}: no .yaml, .yml or .json files in this directory");
+        }
+        for f in files {
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            out.push((f.display().to_string(), text));
+        }
+    } else {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?;
+        out.push((arg.to_owned(), text));
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let p = entry?.path();
+        if p.is_dir() {
+            if recursive {
+                walk(&p, recursive, out)?;
+            }
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+pub fn write(client: &Client, args: &FileArgs, mode: WriteMode) -> Result<Exit> {
+    let Some(resources) = load_all(args)? else {
+        return Ok(Exit::UserError);
+    };
+    if resources.is_empty() {
+        eprintln!("no resources found in {}", args.files.join(", "));
+        return Ok(Exit::UserError);
+    }
+    let outcomes = client.write_all(&resources, mode)?;
+    for (r, o) in resources.iter().zip(outcomes) {
+        let verb = match o {
+            Outcome::Created => "created",
+            Outcome::Replaced => "configured",
+            Outcome::Unchanged => "unchanged",
+        };
+        println!("{} {verb}", output::qualified_name(r));
+    }
+    Ok(Exit::Ok)
+}
+
+pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
+    let mut targets: Vec<(Kind, Option<String>, String)> = Vec::new();
+    if !args.files.is_empty() {
+        if !args.target.is_empty() {
+            bail!("give either -f FILE or KIND NAME..., not both");
+        }
+        let fa = FileArgs {
+            files: args.files.clone(),
+            recursive: args.recursive,
+            namespace: args.namespace.clone(),
+        };
+        let Some(resources) = load_all(&fa)? else {
+            return Ok(Exit::UserError);
+        };
+        for r in resources {
+            targets.push((r.kind(), r.meta().namespace.clone(), r.meta().name.clone()));
+        }
+    } else {
+        let Some((kind, names)) = args.target.split_first() else {
+            bail!("nothing to delete: give KIND NAME... or -f FILE");
+        };
+        if names.is_empty() {
+            bail!("delete {kind}: name the resources to delete");
+        }
+        let kind = parse_kind(kind)?;
+        let ns = namespace_for(kind, args.namespace.as_deref());
+        for n in names {
+            targets.push((kind, ns.clone(), n.clone()));
+        }
+    }
+    if args.skip_not_exists {
+        let mut missing = 0;
+        for (kind, ns, name) in &targets {
+            match client.delete(*kind, ns.as_deref(), name, None) {
+                Ok(r) => println!("{} deleted", output::qualified_name(&r)),
+                Err(gingham_api::ApiError::NotFound { .. }) => missing += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if missing > 0 {
+            eprintln!("{missing} resource(s) did not exist (skipped)");
+        }
+        return Ok(Exit::Ok);
+    }
+    let deleted = client.delete_all(&targets)?;
+    for r in &deleted {
+        println!("{} deleted", output::qualified_name(r));
+    }
+    Ok(Exit::Ok)
+}
+
+pub fn get(client: &Client, args: &GetArgs) -> Result<Exit> {
+    let kind = parse_kind(&args.kind)?;
+    let resources = if args.names.is_empty() {
+        let ns = if args.all_namespaces {
+            None
+        } else {
+            namespace_for(kind, args.namespace.as_deref())
+        };
+        client.list(kind, ns.as_deref())?.0
+    } else {
+        let ns = namespace_for(kind, args.namespace.as_deref());
+        let mut out = Vec::new();
+        for n in &args.names {
+            out.push(client.get(kind, ns.as_deref(), n)?);
+        }
+        out
+    };
+    let show_ns = kind.is_namespaced() && args.all_namespaces;
+    print!(
+        "{}",
+        output::render(kind, &resources, args.output, show_ns, !args.names.is_empty())?
+    );
+    Ok(Exit::Ok)
+}
+
+pub fn label(client: &Client, args: &LabelArgs) -> Result<Exit> {
+    let kind = parse_kind(&args.kind)?;
+    let ns = namespace_for(kind, args.namespace.as_deref());
+    let mut changes = BTreeMap::new();
+    if args.labels.is_empty() {
+        bail!("label: give key=value pairs (or keys with --remove)");
+    }
+    for l in &args.labels {
+        if args.remove {
+            changes.insert(l.clone(), None);
+        } else {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("label {l:?} is not key=value"))?;
+            changes.insert(k.to_owned(), Some(v.to_owned()));
+        }
+    }
+    let r = client.label(kind, ns.as_deref(), &args.name, &changes, args.overwrite)?;
+    println!("{} labeled", output::qualified_name(&r));
+    Ok(Exit::Ok)
+}
+
+pub fn convert(args: &ConvertArgs) -> Result<Exit> {
+    let Some(resources) = load_all(&args.files)? else {
+        return Ok(Exit::UserError);
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", gingham_model::to_json(&resources)),
+        OutputFormat::Yaml => print!("{}", gingham_model::to_yaml(&resources)),
+        other => bail!("convert prints yaml or json, not {other:?}"),
+    }
+    Ok(Exit::Ok)
+}
+
+pub fn parse_kind(s: &str) -> Result<Kind> {
+    Kind::from_cli_name(s)
+        .with_context(|| format!("unknown resource kind {s:?} (valid: {})", Kind::valid_names()))
+}
+
+fn namespace_for(kind: Kind, ns: Option<&str>) -> Option<String> {
+    kind.is_namespaced()
+        .then(|| ns.unwrap_or("default").to_owned())
+}
