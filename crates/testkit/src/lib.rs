@@ -5,6 +5,8 @@
 //! none did; and they call [`require_root`] / [`require_tool`] first, which panic with a clear
 //! message when the requirement is missing. A system test never passes silently.
 
+pub mod netns;
+
 use std::path::PathBuf;
 
 /// Panics unless the test runs as root.

@@ -1,0 +1,137 @@
+//! Error types: per-field validation problems and one-line load errors.
+
+use std::fmt;
+
+/// One problem with one field of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    /// Where, e.g. `spec.ingress[0].destination.ports[1]`; empty for the whole resource.
+    pub path: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ValidationError {
+        ValidationError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// One problem found while loading a file, rendered on one line:
+/// `file.yaml: document 2 (GlobalNetworkPolicy deny-ssh): spec.ingress[0].protocol: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The source name given to `load` (usually the file name).
+    pub source_name: String,
+    /// The 1-based document number, when the problem is inside a document.
+    pub document: Option<usize>,
+    /// The 1-based item number inside a list document.
+    pub item: Option<usize>,
+    /// `Kind name` (or `Kind namespace/name`) of the object, when known.
+    pub object: Option<String>,
+    /// The field path, empty for the whole document.
+    pub path: String,
+    /// What is wrong and what would be valid (single line).
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source_name)?;
+        if let Some(d) = self.document {
+            write!(f, ": document {d}")?;
+            if let Some(i) = self.item {
+                write!(f, " item {i}")?;
+            }
+            if let Some(o) = &self.object {
+                write!(f, " ({o})")?;
+            }
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", one_line(&self.message))
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Every problem found in one `load` call (never empty). Displays one line per problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl LoadErrors {
+    /// The individual problems.
+    pub fn errors(&self) -> &[LoadError] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for LoadErrors {
+    type Target = [LoadError];
+    fn deref(&self) -> &[LoadError] {
+        &self.0
+    }
+}
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Collapses whitespace runs containing newlines so that every message stays on one line.
+pub(crate) fn one_line(s: &str) -> String {
+    if !s.contains('\n') {
+        return s.to_string();
+    }
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An error converting a legacy v1 or Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", ValidationError { path: path.clone(), message: message.clone() })]
+pub struct ConvertError {
+    /// The field of the input object at fault (may be empty).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConvertError {
+    /// A conversion problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConvertError {
+        ConvertError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
