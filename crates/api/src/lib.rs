@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use gingham_datastore::{Compare, Datastore, Op, Revision, Txn, TxnOutcome};
+use gingham_datastore::{Compare, Datastore, KeyValue, Op, Revision, Txn, TxnOutcome};
 use gingham_model::{Kind, Resource};
 
 /// Errors of resource operations, each naming the resource.
@@ -28,7 +28,9 @@ pub enum ApiError {
         expected: String,
         found: String,
     },
-    #[error("{kind} {name}: resourceVersion {value:?} is not valid (expected a number from `get -o yaml`)")]
+    #[error(
+        "{kind} {name}: resourceVersion {value:?} is not valid (expected a number from `get -o yaml`)"
+    )]
     BadResourceVersion {
         kind: Kind,
         name: String,
@@ -40,6 +42,8 @@ pub enum ApiError {
         key: String,
         message: String,
     },
+    #[error("{kind} {name} appears more than once in the input; keep one copy")]
+    Duplicate { kind: Kind, name: String },
     #[error(transparent)]
     Datastore(#[from] gingham_datastore::Error),
 }
@@ -69,6 +73,24 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Client {
     store: Arc<dyn Datastore>,
+}
+
+/// One resource's part of a write: the condition on its key and the write itself (none when
+/// the stored value is already the desired one).
+struct Unit {
+    compare: Compare,
+    op: Option<Op>,
+}
+
+impl Unit {
+    fn size(&self) -> usize {
+        self.compare.key().len()
+            + match &self.op {
+                Some(Op::Put { key, value }) => key.len() + value.len(),
+                Some(Op::Delete { key }) => key.len(),
+                None => 0,
+            }
+    }
 }
 
 /// A display name for errors: `ns/name` for namespaced resources.
@@ -118,23 +140,44 @@ impl Client {
 
     /// Writes every resource or none: existence and `resourceVersion` conditions of all of them
     /// are checked in the same transaction as the writes. Returns one outcome per resource.
+    ///
+    /// When the backend limits the size of a transaction (etcd: 128 operations), a large write
+    /// is split into several transactions; every condition is still checked before anything is
+    /// written, so only a concurrent writer between two of them can leave part of it applied
+    /// (the error then says how much was).
     pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
+        // The same resource twice in one write is ambiguous (and etcd refuses it).
+        let mut seen = std::collections::HashSet::with_capacity(resources.len());
+        for r in resources {
+            if !seen.insert(r.key()) {
+                return Err(ApiError::Duplicate {
+                    kind: r.kind(),
+                    name: display_name(r.meta().namespace.as_deref(), &r.meta().name),
+                });
+            }
+        }
+        let current = self.prefetch(resources)?;
         // Resolve the current state of every key first, to report precise errors.
         let mut plan = Vec::with_capacity(resources.len());
-        let mut txn = Txn::new();
+        let mut units = Vec::with_capacity(resources.len());
         for r in resources {
             let kind = r.kind();
             let meta = r.meta();
             let ns = meta.namespace.as_deref();
             let name = display_name(ns, &meta.name);
             let key = r.key();
-            let current = self.store.get(&key)?;
+            let current = current.get(&key).cloned().flatten();
             let expected = match meta.resource_version.as_deref().filter(|v| !v.is_empty()) {
-                Some(v) => Some(v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
-                    kind,
-                    name: name.clone(),
-                    value: v.to_owned(),
-                })?),
+                Some(v) => {
+                    Some(
+                        v.parse::<Revision>()
+                            .map_err(|_| ApiError::BadResourceVersion {
+                                kind,
+                                name: name.clone(),
+                                value: v.to_owned(),
+                            })?,
+                    )
+                }
                 None => None,
             };
             let mut stored = r.clone();
@@ -160,10 +203,12 @@ impl Client {
                     if m.creation_timestamp.is_none() {
                         m.creation_timestamp = Some(now_rfc3339());
                     }
-                    txn = txn.when(Compare::Absent { key: key.clone() });
-                    txn = txn.then(Op::Put {
-                        key: key.clone(),
-                        value: stored.to_stored(),
+                    units.push(Unit {
+                        compare: Compare::Absent { key: key.clone() },
+                        op: Some(Op::Put {
+                            key,
+                            value: stored.to_stored(),
+                        }),
                     });
                     plan.push(Outcome::Created);
                 }
@@ -185,47 +230,115 @@ impl Client {
                     m.uid = old.meta().uid.clone();
                     m.creation_timestamp = old.meta().creation_timestamp.clone();
                     let value = stored.to_stored();
-                    txn = txn.when(Compare::ModRevision {
+                    let compare = Compare::ModRevision {
                         key: key.clone(),
                         revision: kv.mod_revision,
-                    });
+                    };
                     if value == kv.value {
+                        units.push(Unit { compare, op: None });
                         plan.push(Outcome::Unchanged);
                     } else {
-                        txn = txn.then(Op::Put {
-                            key: key.clone(),
-                            value,
+                        units.push(Unit {
+                            compare,
+                            op: Some(Op::Put { key, value }),
                         });
                         plan.push(Outcome::Replaced);
                     }
                 }
             }
         }
-        self.commit(txn, resources)?;
+        self.commit(units, resources)?;
         Ok(plan)
     }
 
-    fn commit(&self, txn: Txn, resources: &[Resource]) -> Result<()> {
-        match self.store.txn(&txn)? {
-            TxnOutcome::Committed { .. } => Ok(()),
-            TxnOutcome::Failed { failed_keys } => {
-                let key = failed_keys.first().cloned().unwrap_or_default();
-                let r = resources.iter().find(|r| r.key() == key);
-                let (kind, name) = match r {
-                    Some(r) => (
-                        r.kind(),
-                        display_name(r.meta().namespace.as_deref(), &r.meta().name),
-                    ),
-                    None => (resources[0].kind(), key.clone()),
-                };
-                Err(ApiError::Conflict {
-                    kind,
-                    name,
-                    expected: "the version read a moment ago".into(),
-                    found: "a newer one written concurrently".into(),
-                })
+    /// The stored value of every resource's key (`None`: absent). Kinds with many resources in
+    /// the write are read with one listing instead of one read per resource.
+    fn prefetch(
+        &self,
+        resources: &[Resource],
+    ) -> Result<std::collections::HashMap<String, Option<KeyValue>>> {
+        const LIST_THRESHOLD: usize = 16;
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in resources {
+            let prefix = r.kind().key_prefix(r.meta().namespace.as_deref());
+            groups.entry(prefix).or_default().push(r.key());
+        }
+        let mut out = std::collections::HashMap::with_capacity(resources.len());
+        for (prefix, keys) in groups {
+            if keys.len() >= LIST_THRESHOLD {
+                let mut stored: std::collections::HashMap<String, KeyValue> = self
+                    .store
+                    .list(&prefix)?
+                    .kvs
+                    .into_iter()
+                    .map(|kv| (kv.key.clone(), kv))
+                    .collect();
+                for k in keys {
+                    let v = stored.remove(&k);
+                    out.insert(k, v);
+                }
+            } else {
+                for k in keys {
+                    let v = self.store.get(&k)?;
+                    out.insert(k, v);
+                }
             }
         }
+        Ok(out)
+    }
+
+    /// Commits the units in as few transactions as the backend allows.
+    fn commit(&self, units: Vec<Unit>, resources: &[Resource]) -> Result<()> {
+        let limits = self.store.txn_limits();
+        let mut batches: Vec<Txn> = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for unit in units {
+            let size = unit.size();
+            let n = 1 + usize::from(unit.op.is_some());
+            if batches.is_empty()
+                || count + n > limits.max_ops
+                || bytes.saturating_add(size) > limits.max_bytes
+            {
+                batches.push(Txn::new());
+                (count, bytes) = (0, 0);
+            }
+            let txn = batches.last_mut().expect("a batch was just pushed");
+            txn.compares.push(unit.compare);
+            txn.ops.extend(unit.op);
+            count += n;
+            bytes = bytes.saturating_add(size);
+        }
+        let total = batches.len();
+        for (i, txn) in batches.iter().enumerate() {
+            match self.store.txn(txn)? {
+                TxnOutcome::Committed { .. } => {}
+                TxnOutcome::Failed { failed_keys } => {
+                    if i > 0 {
+                        tracing::warn!(
+                            written = i,
+                            batches = total,
+                            "a concurrent change interrupted a large write after {i} of {total} transactions; the first part is applied"
+                        );
+                    }
+                    let key = failed_keys.first().cloned().unwrap_or_default();
+                    let r = resources.iter().find(|r| r.key() == key);
+                    let (kind, name) = match r {
+                        Some(r) => (
+                            r.kind(),
+                            display_name(r.meta().namespace.as_deref(), &r.meta().name),
+                        ),
+                        None => (resources[0].kind(), key.clone()),
+                    };
+                    return Err(ApiError::Conflict {
+                        kind,
+                        name,
+                        expected: "the version read a moment ago".into(),
+                        found: "a newer one written concurrently".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes one resource, optionally only at `resource_version`.
@@ -239,11 +352,14 @@ impl Client {
         let key = kind.key(namespace, name);
         let shown = display_name(namespace, name);
         let expected = match resource_version.filter(|v| !v.is_empty()) {
-            Some(v) => Some(v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
-                kind,
-                name: shown.clone(),
-                value: v.to_owned(),
-            })?),
+            Some(v) => Some(
+                v.parse::<Revision>()
+                    .map_err(|_| ApiError::BadResourceVersion {
+                        kind,
+                        name: shown.clone(),
+                        value: v.to_owned(),
+                    })?,
+            ),
             None => None,
         };
         match self.store.delete(&key, expected) {
@@ -265,7 +381,7 @@ impl Client {
 
     /// Deletes several resources all-or-nothing; every one must exist.
     pub fn delete_all(&self, targets: &[(Kind, Option<String>, String)]) -> Result<Vec<Resource>> {
-        let mut txn = Txn::new();
+        let mut units = Vec::with_capacity(targets.len());
         let mut deleted = Vec::new();
         for (kind, ns, name) in targets {
             let key = kind.key(ns.as_deref(), name);
@@ -276,14 +392,15 @@ impl Client {
                 });
             };
             deleted.push(decode(*kind, &kv.key, &kv.value, kv.mod_revision)?);
-            txn = txn
-                .when(Compare::ModRevision {
+            units.push(Unit {
+                compare: Compare::ModRevision {
                     key: key.clone(),
                     revision: kv.mod_revision,
-                })
-                .then(Op::Delete { key });
+                },
+                op: Some(Op::Delete { key }),
+            });
         }
-        self.commit(txn, &deleted)?;
+        self.commit(units, &deleted)?;
         Ok(deleted)
     }
 

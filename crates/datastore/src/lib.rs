@@ -19,6 +19,7 @@
 //!   the agent share one API. Backends that are asynchronous inside (etcd) own their runtime.
 
 pub mod contract;
+pub mod mem;
 
 use std::time::Duration;
 
@@ -60,9 +61,9 @@ pub enum Compare {
 impl Compare {
     pub fn key(&self) -> &str {
         match self {
-            Compare::ModRevision { key, .. } | Compare::Absent { key } | Compare::Exists { key } => {
-                key
-            }
+            Compare::ModRevision { key, .. }
+            | Compare::Absent { key }
+            | Compare::Exists { key } => key,
         }
     }
 }
@@ -188,18 +189,104 @@ pub trait Datastore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Listing>;
 
     /// Creates `key`; fails with [`Error::AlreadyExists`] if it exists. Returns the new revision.
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision>;
+    fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
+        let txn = Txn::new()
+            .when(Compare::Absent { key: key.into() })
+            .then(Op::Put {
+                key: key.into(),
+                value: value.to_vec(),
+            });
+        match self.txn(&txn)? {
+            TxnOutcome::Committed { revision } => Ok(revision),
+            TxnOutcome::Failed { .. } => Err(Error::AlreadyExists { key: key.into() }),
+        }
+    }
 
     /// Replaces the value of an existing key. With `expected` set, only if the key's
     /// `mod_revision` equals it ([`Error::Conflict`] otherwise). [`Error::NotFound`] if absent.
-    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision>;
+    fn update(&self, key: &str, value: &[u8], expected: Option<Revision>) -> Result<Revision> {
+        let compare = match expected {
+            Some(revision) => Compare::ModRevision {
+                key: key.into(),
+                revision,
+            },
+            None => Compare::Exists { key: key.into() },
+        };
+        let txn = Txn::new().when(compare).then(Op::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        });
+        match self.txn(&txn)? {
+            TxnOutcome::Committed { revision } => Ok(revision),
+            TxnOutcome::Failed { .. } => Err(self.explain_failure(key, expected)?),
+        }
+    }
 
     /// Creates or replaces, unconditionally.
-    fn put(&self, key: &str, value: &[u8]) -> Result<Revision>;
+    fn put(&self, key: &str, value: &[u8]) -> Result<Revision> {
+        let txn = Txn::new().then(Op::Put {
+            key: key.into(),
+            value: value.to_vec(),
+        });
+        match self.txn(&txn)? {
+            TxnOutcome::Committed { revision } => Ok(revision),
+            TxnOutcome::Failed { .. } => Err(Error::Backend(format!(
+                "unconditional write of {key} reported a failed comparison"
+            ))),
+        }
+    }
 
     /// Deletes an existing key, optionally only at the `expected` mod revision. Returns the
     /// deleted key-value. [`Error::NotFound`] if absent.
-    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue>;
+    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue> {
+        loop {
+            let Some(current) = self.get(key)? else {
+                return Err(Error::NotFound { key: key.into() });
+            };
+            if let Some(e) = expected
+                && e != current.mod_revision
+            {
+                return Err(Error::Conflict {
+                    key: key.into(),
+                    expected: e,
+                    found: current.mod_revision,
+                });
+            }
+            let txn = Txn::new()
+                .when(Compare::ModRevision {
+                    key: key.into(),
+                    revision: current.mod_revision,
+                })
+                .then(Op::Delete { key: key.into() });
+            match self.txn(&txn)? {
+                TxnOutcome::Committed { .. } => return Ok(current),
+                // Changed between the read and the delete: with a CAS that is a conflict,
+                // without one we read again.
+                TxnOutcome::Failed { .. } if expected.is_some() => {
+                    return Err(self.explain_failure(key, expected)?);
+                }
+                TxnOutcome::Failed { .. } => continue,
+            }
+        }
+    }
+
+    /// The error for a failed conditional write of `key`: not found, or a conflict.
+    #[doc(hidden)]
+    fn explain_failure(&self, key: &str, expected: Option<Revision>) -> Result<Error> {
+        Ok(match (self.get(key)?, expected) {
+            (None, None) => Error::NotFound { key: key.into() },
+            (None, Some(e)) => Error::Conflict {
+                key: key.into(),
+                expected: e,
+                found: 0,
+            },
+            (Some(kv), e) => Error::Conflict {
+                key: key.into(),
+                expected: e.unwrap_or(0),
+                found: kv.mod_revision,
+            },
+        })
+    }
 
     /// Applies a multi-key transaction atomically.
     fn txn(&self, txn: &Txn) -> Result<TxnOutcome>;
@@ -210,6 +297,41 @@ pub trait Datastore: Send + Sync {
     /// The store's current revision.
     fn revision(&self) -> Result<Revision>;
 
-    /// Forgets history up to and including `revision`: watches from before it fail afterwards.
+    /// Forgets the history before `revision`, as etcd does: afterwards a watch must start at
+    /// `revision` or later (`after >= revision - 1`); earlier starts fail with
+    /// [`Error::Compacted`]. Compacting to a revision at or below the last compaction is a no-op.
     fn compact(&self, revision: Revision) -> Result<()>;
+
+    /// How big one transaction may be on this backend. Callers that write many keys split their
+    /// work into transactions within these limits (etcd refuses more than 128 operations or about
+    /// 1.5 MiB in one request by default).
+    fn txn_limits(&self) -> TxnLimits {
+        TxnLimits::UNLIMITED
+    }
+}
+
+/// The largest transaction a backend accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Compares plus operations.
+    pub max_ops: usize,
+    /// Total bytes of keys and values.
+    pub max_bytes: usize,
+}
+
+impl TxnLimits {
+    pub const UNLIMITED: TxnLimits = TxnLimits {
+        max_ops: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// Checks one comparison against the current value of its key (`None`: absent).
+pub fn compare_holds(compare: &Compare, current: Option<&KeyValue>) -> bool {
+    match (compare, current) {
+        (Compare::ModRevision { revision, .. }, Some(kv)) => kv.mod_revision == *revision,
+        (Compare::ModRevision { .. }, None) => false,
+        (Compare::Absent { .. }, cur) => cur.is_none(),
+        (Compare::Exists { .. }, cur) => cur.is_some(),
+    }
 }

@@ -29,14 +29,19 @@ impl DatastoreUrl {
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                bail!("datastore URL {s:?} has no path (valid: sqlite:/path/to/file.db, etcd, etcd:http://127.0.0.1:2379)");
+                bail!(
+                    "datastore URL {s:?} has no path (valid: sqlite:/path/to/file.db, etcd, etcd:http://127.0.0.1:2379)"
+                );
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if s == "etcd" || s == "etcdv3" {
             return Ok(Self::Etcd(None));
         }
-        if let Some(eps) = s.strip_prefix("etcd:").or_else(|| s.strip_prefix("etcdv3:")) {
+        if let Some(eps) = s
+            .strip_prefix("etcd:")
+            .or_else(|| s.strip_prefix("etcdv3:"))
+        {
             let eps: Vec<String> = eps
                 .split(',')
                 .map(str::trim)
@@ -44,7 +49,9 @@ impl DatastoreUrl {
                 .map(str::to_owned)
                 .collect();
             if eps.is_empty() {
-                bail!("datastore URL {s:?} names no etcd endpoint (valid: etcd, etcd:http://127.0.0.1:2379)");
+                bail!(
+                    "datastore URL {s:?} names no etcd endpoint (valid: etcd, etcd:http://127.0.0.1:2379)"
+                );
             }
             return Ok(Self::Etcd(Some(eps)));
         }
@@ -73,8 +80,9 @@ impl DatastoreUrl {
     pub fn open(&self) -> Result<Arc<dyn Datastore>> {
         match self {
             Self::Sqlite(path) => {
-                let store = SqliteStore::open(path)
-                    .with_context(|| format!("cannot open the datastore sqlite:{}", path.display()))?;
+                let store = SqliteStore::open(path).with_context(|| {
+                    format!("cannot open the datastore sqlite:{}", path.display())
+                })?;
                 Ok(Arc::new(store))
             }
             Self::Etcd(eps) => {
@@ -115,7 +123,10 @@ mod tests {
             DatastoreUrl::parse("sqlite:///tmp/x.db").unwrap(),
             DatastoreUrl::Sqlite("/tmp/x.db".into())
         );
-        assert_eq!(DatastoreUrl::parse("etcd").unwrap(), DatastoreUrl::Etcd(None));
+        assert_eq!(
+            DatastoreUrl::parse("etcd").unwrap(),
+            DatastoreUrl::Etcd(None)
+        );
         assert_eq!(
             DatastoreUrl::parse("etcd:http://127.0.0.1:2379,http://127.0.0.1:2380").unwrap(),
             DatastoreUrl::Etcd(Some(vec![

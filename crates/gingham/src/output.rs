@@ -27,7 +27,11 @@ fn s(v: &Value, ptr: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string()))
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| x.to_string())
+            })
             .collect::<Vec<_>>()
             .join(","),
         Some(other) => other.to_string(),
@@ -46,7 +50,11 @@ macro_rules! col {
             header: $h,
             cell: |v| {
                 let x = s(v, $ptr);
-                if x.is_empty() { $default.to_string() } else { x }
+                if x.is_empty() {
+                    $default.to_string()
+                } else {
+                    x
+                }
             },
         }
     };
@@ -138,6 +146,14 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
     cols
 }
 
+/// A list of one kind, as calicoctl prints it: `kind: <Kind>List` with the items.
+fn typed_list(kind: Kind, resources: &[Resource]) -> serde_json::Value {
+    let mut v = gingham_model::list_value(resources);
+    v["apiVersion"] = "projectcalico.org/v3".into();
+    v["kind"] = format!("{}List", kind.name()).into();
+    v
+}
+
 /// Renders resources in the requested format. `single` means specific names were asked for
 /// (YAML/JSON of one resource is then printed bare, not as a List).
 pub fn render(
@@ -152,14 +168,15 @@ pub fn render(
             if single && resources.len() == 1 {
                 gingham_model::to_yaml(resources)
             } else {
-                gingham_model::to_yaml_list(resources)
+                let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+                serde_saphyr::to_string_with_options(&typed_list(kind, resources), options)?
             }
         }
         OutputFormat::Json => {
             let mut s = if single && resources.len() == 1 {
                 gingham_model::to_json(resources)
             } else {
-                gingham_model::to_json_list(resources)
+                serde_json::to_string_pretty(&typed_list(kind, resources))?
             };
             s.push('\n');
             s

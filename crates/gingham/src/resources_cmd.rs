@@ -103,8 +103,9 @@ pub fn load_all(args: &FileArgs) -> Result<Option<Vec<Resource>>> {
     }
     let mut resources = Vec::new();
     let mut failed = false;
+    let default_ns = args.namespace.as_deref().unwrap_or("default");
     for (name, text) in sources {
-        match gingham_model::load(&name, &text) {
+        match gingham_model::load_in_namespace(&name, &text, default_ns) {
             Ok(docs) => {
                 for doc in docs {
                     print_notices(&doc);
@@ -120,12 +121,6 @@ pub fn load_all(args: &FileArgs) -> Result<Option<Vec<Resource>>> {
     if failed {
         eprintln!("nothing was written");
         return Ok(None);
-    }
-    let default_ns = args.namespace.as_deref().unwrap_or("default");
-    for r in &mut resources {
-        if r.kind().is_namespaced() && r.meta().namespace.is_none() {
-            r.meta_mut().namespace = Some(default_ns.to_owned());
-        }
     }
     Ok(Some(resources))
 }
@@ -156,8 +151,8 @@ fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String)>) 
             bail!("{arg}: no .yaml, .yml or .json files in this directory");
         }
         for f in files {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
             out.push((f.display().to_string(), text));
         }
     } else {
@@ -275,7 +270,13 @@ pub fn get(client: &Client, args: &GetArgs) -> Result<Exit> {
     let show_ns = kind.is_namespaced() && args.all_namespaces;
     print!(
         "{}",
-        output::render(kind, &resources, args.output, show_ns, !args.names.is_empty())?
+        output::render(
+            kind,
+            &resources,
+            args.output,
+            show_ns,
+            !args.names.is_empty()
+        )?
     );
     Ok(Exit::Ok)
 }
@@ -315,8 +316,16 @@ pub fn convert(args: &ConvertArgs) -> Result<Exit> {
 }
 
 pub fn parse_kind(s: &str) -> Result<Kind> {
-    Kind::from_cli_name(s)
-        .with_context(|| format!("unknown resource kind {s:?} (valid: {})", Kind::valid_names()))
+    Kind::from_cli_name(s).with_context(|| {
+        format!(
+            "unknown resource kind {s:?} (valid: {})",
+            Kind::ALL
+                .iter()
+                .map(|k| k.name().to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 fn namespace_for(kind: Kind, ns: Option<&str>) -> Option<String> {

@@ -54,8 +54,9 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let answer = eval_line(&line)
-                    .unwrap_or_else(|e| serde_json::json!({"error": format!("line {}: {e}", n + 1)}));
+                let answer = eval_line(&line).unwrap_or_else(
+                    |e| serde_json::json!({"error": format!("line {}: {e}", n + 1)}),
+                );
                 serde_json::to_writer(&mut out, &answer)?;
                 out.write_all(b"\n")?;
             }

@@ -66,7 +66,7 @@ pub use pool::{
 pub use port::Port;
 pub use protocol::Protocol;
 pub use resource::{
-    Conversion, Resource, StoredError, to_json, to_json_list, to_yaml, to_yaml_list,
+    Conversion, Resource, StoredError, list_value, to_json, to_json_list, to_yaml, to_yaml_list,
 };
 pub use rule::{Action, EntityRule, HttpMatch, IcmpFields, PolicyType, Rule};
 pub use v1::{convert_v1_document, convert_v1_value};

@@ -58,9 +58,17 @@ pub const VALID_API_VERSIONS: &str = "projectcalico.org/v3, v1 (legacy Calico or
 /// YAML reading options: only `true`/`false` are booleans (so names and labels such as `n`,
 /// `no` or `on` stay strings), and errors without source snippets (one line).
 fn yaml_options() -> serde_saphyr::Options {
+    // The default budget stops at 1,024 documents and 250,000 nodes, less than a cluster's
+    // worth of policies in one file; raise the size caps, keep the anti-bomb (alias) limits.
     serde_saphyr::options! {
         strict_booleans: true,
         with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_documents: 10_000_000,
+            max_nodes: 100_000_000,
+            max_events: 400_000_000,
+            max_total_scalar_bytes: 1024 * 1024 * 1024,
+        },
     }
 }
 

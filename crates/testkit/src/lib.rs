@@ -5,6 +5,7 @@
 //! none did; and they call [`require_root`] / [`require_tool`] first, which panic with a clear
 //! message when the requirement is missing. A system test never passes silently.
 
+pub mod etcd;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -3,143 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
-use gingham_datastore::{
-    Compare, Datastore, Error, KeyValue, Listing, Op, Result, Revision, Txn, TxnOutcome, Watch,
-};
+use gingham_datastore::Datastore;
+use gingham_datastore::mem::MemStore;
 use gingham_ipam::{AssignRequest, Ipam, PoolSpec};
 use ipnet::IpNet;
 
-/// A throwaway in-memory store (stand-in until `gingham_datastore::mem::MemStore` lands).
-#[derive(Default)]
-pub struct TestStore {
-    inner: Mutex<(Revision, BTreeMap<String, KeyValue>)>,
-}
-
-impl TestStore {
-    pub fn new() -> Self {
-        Self {
-            inner: Mutex::new((1, BTreeMap::new())),
-        }
-    }
-}
-
-impl Datastore for TestStore {
-    fn describe(&self) -> String {
-        "test-memory".into()
-    }
-    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.inner.lock().unwrap().1.get(key).cloned())
-    }
-    fn list(&self, prefix: &str) -> Result<Listing> {
-        let g = self.inner.lock().unwrap();
-        Ok(Listing {
-            kvs: g
-                .1
-                .range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(_, v)| v.clone())
-                .collect(),
-            revision: g.0,
-        })
-    }
-    fn create(&self, key: &str, value: &[u8]) -> Result<Revision> {
-        let t = Txn::new()
-            .when(Compare::Absent { key: key.into() })
-            .then(Op::Put {
-                key: key.into(),
-                value: value.to_vec(),
-            });
-        match self.txn(&t)? {
-            TxnOutcome::Committed { revision } => Ok(revision),
-            TxnOutcome::Failed { .. } => Err(Error::AlreadyExists { key: key.into() }),
-        }
-    }
-    fn update(&self, _key: &str, _value: &[u8], _expected: Option<Revision>) -> Result<Revision> {
-        Err(Error::Backend("not used by IPAM".into()))
-    }
-    fn put(&self, key: &str, value: &[u8]) -> Result<Revision> {
-        let t = Txn::new().then(Op::Put {
-            key: key.into(),
-            value: value.to_vec(),
-        });
-        match self.txn(&t)? {
-            TxnOutcome::Committed { revision } => Ok(revision),
-            TxnOutcome::Failed { .. } => unreachable!(),
-        }
-    }
-    fn delete(&self, key: &str, _expected: Option<Revision>) -> Result<KeyValue> {
-        let mut g = self.inner.lock().unwrap();
-        let kv =
-            g.1.remove(key)
-                .ok_or_else(|| Error::NotFound { key: key.into() })?;
-        g.0 += 1;
-        Ok(kv)
-    }
-    fn txn(&self, txn: &Txn) -> Result<TxnOutcome> {
-        let mut g = self.inner.lock().unwrap();
-        let failed: Vec<String> = txn
-            .compares
-            .iter()
-            .filter(|c| match c {
-                Compare::ModRevision { key, revision } => {
-                    g.1.get(key).map(|kv| kv.mod_revision) != Some(*revision)
-                }
-                Compare::Absent { key } => g.1.contains_key(key),
-                Compare::Exists { key } => !g.1.contains_key(key),
-            })
-            .map(|c| c.key().to_owned())
-            .collect();
-        if !failed.is_empty() {
-            return Ok(TxnOutcome::Failed {
-                failed_keys: failed,
-            });
-        }
-        if txn.ops.is_empty() {
-            return Ok(TxnOutcome::Committed { revision: g.0 });
-        }
-        g.0 += 1;
-        let rev = g.0;
-        for op in &txn.ops {
-            match op {
-                Op::Put { key, value } => {
-                    let (create, version) = match g.1.get(key) {
-                        Some(kv) => (kv.create_revision, kv.version + 1),
-                        None => (rev, 1),
-                    };
-                    g.1.insert(
-                        key.clone(),
-                        KeyValue {
-                            key: key.clone(),
-                            value: value.clone(),
-                            create_revision: create,
-                            mod_revision: rev,
-                            version,
-                        },
-                    );
-                }
-                Op::Delete { key } => {
-                    g.1.remove(key);
-                }
-            }
-        }
-        Ok(TxnOutcome::Committed { revision: rev })
-    }
-    fn watch(&self, _prefix: &str, _after: Revision) -> Result<Box<dyn Watch>> {
-        Err(Error::Backend("not used by IPAM".into()))
-    }
-    fn revision(&self) -> Result<Revision> {
-        Ok(self.inner.lock().unwrap().0)
-    }
-    fn compact(&self, _revision: Revision) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// A fresh in-memory store.
-pub fn mem() -> TestStore {
-    TestStore::new()
+pub fn mem() -> MemStore {
+    MemStore::new()
 }
 
 pub fn net(s: &str) -> IpNet {

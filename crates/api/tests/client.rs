@@ -1,0 +1,126 @@
+//! The resource client over the in-memory store: write modes, compare-and-swap, all-or-nothing,
+//! and large writes split to the backend's transaction limits.
+
+use std::sync::Arc;
+
+use gingham_api::{ApiError, Client, Outcome, WriteMode};
+use gingham_datastore::mem::MemStore;
+use gingham_datastore::{Datastore, TxnLimits};
+use gingham_model::{Kind, Resource};
+
+fn resources(yaml: &str) -> Vec<Resource> {
+    gingham_model::load("test.yaml", yaml)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .flat_map(|d| d.resources)
+        .collect()
+}
+
+fn policies(ns: &str, n: usize, order: u32) -> Vec<Resource> {
+    let yaml: String = (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p{i}\n  namespace: {ns}\nspec:\n  order: {order}\n  selector: app == 'a{i}'\n  ingress:\n  - action: Allow\n---\n"
+            )
+        })
+        .collect();
+    resources(&yaml)
+}
+
+#[test]
+fn create_replace_apply_and_outcomes() {
+    let store = MemStore::new();
+    let client = Client::new(Arc::new(store.clone()));
+    let v1 = policies("ns1", 3, 100);
+    assert_eq!(
+        client.write_all(&v1, WriteMode::Create).unwrap(),
+        vec![Outcome::Created; 3]
+    );
+    let err = client.write_all(&v1[..1], WriteMode::Create).unwrap_err();
+    assert!(matches!(err, ApiError::AlreadyExists { .. }), "{err}");
+
+    let stored = client.get(Kind::NetworkPolicy, Some("ns1"), "p0").unwrap();
+    let uid = stored.meta().uid.clone().expect("a uid is assigned");
+    assert!(stored.meta().resource_version.is_some());
+
+    // Apply the same content: nothing changes; a new order: replaced, identity kept.
+    assert_eq!(
+        client.write_all(&v1, WriteMode::Apply).unwrap(),
+        vec![Outcome::Unchanged; 3]
+    );
+    let v2 = policies("ns1", 3, 200);
+    assert_eq!(
+        client.write_all(&v2, WriteMode::Replace).unwrap(),
+        vec![Outcome::Replaced; 3]
+    );
+    let after = client.get(Kind::NetworkPolicy, Some("ns1"), "p0").unwrap();
+    assert_eq!(after.meta().uid.as_deref(), Some(uid.as_str()));
+
+    // Replace of a missing resource fails and writes nothing of the others.
+    let mut mixed = policies("ns1", 2, 300);
+    mixed.extend(policies("ns2", 1, 300));
+    let before = store.revision().unwrap();
+    let err = client.write_all(&mixed, WriteMode::Replace).unwrap_err();
+    assert!(matches!(err, ApiError::NotFound { .. }), "{err}");
+    assert_eq!(store.revision().unwrap(), before, "nothing was written");
+}
+
+#[test]
+fn stale_resource_version_is_a_conflict() {
+    let client = Client::new(Arc::new(MemStore::new()));
+    client
+        .write_all(&policies("ns", 1, 1), WriteMode::Create)
+        .unwrap();
+    let mut r = client.get(Kind::NetworkPolicy, Some("ns"), "p0").unwrap();
+    let stale = r.meta().resource_version.clone();
+    client
+        .write_all(&policies("ns", 1, 2), WriteMode::Apply)
+        .unwrap();
+    r.meta_mut().resource_version = stale;
+    let err = client.write_all(&[r], WriteMode::Replace).unwrap_err();
+    assert!(matches!(err, ApiError::Conflict { .. }), "{err}");
+}
+
+#[test]
+fn the_same_resource_twice_is_refused() {
+    let client = Client::new(Arc::new(MemStore::new()));
+    let mut twice = policies("ns", 1, 1);
+    twice.extend(policies("ns", 1, 2));
+    let err = client.write_all(&twice, WriteMode::Apply).unwrap_err();
+    assert!(matches!(err, ApiError::Duplicate { .. }), "{err}");
+    assert!(err.to_string().contains("ns/p0"), "{err}");
+}
+
+#[test]
+fn large_writes_fit_the_backend_limits() {
+    // etcd-like limits: 128 operations per transaction.
+    let store = MemStore::new().with_limits(TxnLimits {
+        max_ops: 128,
+        max_bytes: 64 * 1024,
+    });
+    let client = Client::new(Arc::new(store.clone()));
+    let many = policies("big", 1000, 1);
+    let out = client.write_all(&many, WriteMode::Apply).unwrap();
+    assert_eq!(out.len(), 1000);
+    let (listed, _) = client.list(Kind::NetworkPolicy, Some("big")).unwrap();
+    assert_eq!(listed.len(), 1000);
+    // Deleting them all also splits.
+    let targets: Vec<_> = listed
+        .iter()
+        .map(|r| {
+            (
+                Kind::NetworkPolicy,
+                r.meta().namespace.clone(),
+                r.meta().name.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(client.delete_all(&targets).unwrap().len(), 1000);
+    assert!(
+        client
+            .list(Kind::NetworkPolicy, Some("big"))
+            .unwrap()
+            .0
+            .is_empty()
+    );
+}

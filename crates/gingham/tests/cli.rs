@@ -1,0 +1,325 @@
+//! The CLI as users run it: a real `gingham` process against a real datastore file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+struct Cli {
+    _dir: tempfile::TempDir,
+    datastore: String,
+}
+
+impl Cli {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let datastore = format!("sqlite:{}", dir.path().join("g.db").display());
+        Self {
+            _dir: dir,
+            datastore,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_stdin(args, None)
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gingham"));
+        cmd.args(args)
+            .env("GINGHAM_DATASTORE", &self.datastore)
+            .env_remove("DATASTORE_TYPE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "gingham {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn apply_get_delete_round_trip() {
+    let cli = Cli::sqlite();
+    let f = data("policies.yaml");
+    let out = cli.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(
+        out,
+        "GlobalNetworkPolicy deny-ssh-dashboard created\nNetworkPolicy shop/allow-web created\nIPPool default-ipv4-ippool created\n"
+    );
+    // Applying the same file again changes nothing.
+    let out = cli.ok(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("deny-ssh-dashboard unchanged"), "{out}");
+
+    let table = cli.ok(&["get", "gnp"]);
+    assert_eq!(
+        table,
+        "NAME                 TIER\ndeny-ssh-dashboard   default\n"
+    );
+    let wide = cli.ok(&["get", "policy", "-n", "shop", "-o", "wide"]);
+    assert!(
+        wide.starts_with("NAME        TIER      ORDER   SELECTOR\n"),
+        "{wide}"
+    );
+    assert!(wide.contains("allow-web"), "{wide}");
+    let all = cli.ok(&["get", "networkpolicies", "-A"]);
+    assert!(all.starts_with("NAMESPACE   NAME"), "{all}");
+    let pools = cli.ok(&["get", "ippool", "-o", "wide"]);
+    assert!(pools.contains("10.244.0.0/16"), "{pools}");
+
+    // YAML output loads back and carries server fields.
+    let yaml = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+    assert!(yaml.contains("resourceVersion:"), "{yaml}");
+    assert!(yaml.contains("uid:"), "{yaml}");
+    assert!(
+        yaml.contains("types:\n  - Ingress") || yaml.contains("- Ingress"),
+        "{yaml}"
+    );
+    let json = cli.ok(&["get", "gnp", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["kind"], "GlobalNetworkPolicyList");
+    assert_eq!(
+        cli.ok(&["get", "gnp", "-o", "name"]),
+        "globalnetworkpolicy/deny-ssh-dashboard\n"
+    );
+
+    // create of an existing resource fails and writes nothing.
+    let o = cli.run(&["create", "-f", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+    // A stale resourceVersion is refused.
+    let stale = yaml.replace(
+        &yaml
+            .lines()
+            .find(|l| l.contains("resourceVersion"))
+            .unwrap()
+            .to_string(),
+        "  resourceVersion: '1'",
+    );
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&stale));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("changed by someone else"),
+        "{}",
+        stderr(&o)
+    );
+
+    cli.ok(&["label", "gnp", "deny-ssh-dashboard", "team=ops"]);
+    let yaml = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+    assert!(yaml.contains("team: ops"), "{yaml}");
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "team=dev"]);
+    assert_eq!(o.status.code(), Some(1));
+    cli.ok(&[
+        "label",
+        "gnp",
+        "deny-ssh-dashboard",
+        "team=dev",
+        "--overwrite",
+    ]);
+
+    assert_eq!(
+        cli.ok(&["delete", "gnp", "deny-ssh-dashboard"]),
+        "GlobalNetworkPolicy deny-ssh-dashboard deleted\n"
+    );
+    let o = cli.run(&["delete", "gnp", "deny-ssh-dashboard"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("does not exist"));
+    cli.ok(&["delete", "gnp", "deny-ssh-dashboard", "--skip-not-exists"]);
+    cli.ok(&["delete", "-f", f.to_str().unwrap(), "--skip-not-exists"]);
+    assert_eq!(cli.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+}
+
+#[test]
+fn bad_document_writes_nothing() {
+    let cli = Cli::sqlite();
+    let f = data("bad-second-doc.yaml");
+    let o = cli.run(&["apply", "-f", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let first = err.lines().next().unwrap();
+    assert!(first.contains("bad-second-doc.yaml"), "{err}");
+    assert!(first.contains("document 2"), "{err}");
+    assert!(first.contains("spec.ingress[0].protocol"), "{err}");
+    assert!(first.contains("valid"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    // The valid first document was not written either.
+    assert_eq!(cli.ok(&["get", "gnp"]), "NAME   TIER\n");
+}
+
+#[test]
+fn legacy_v1_is_converted() {
+    let cli = Cli::sqlite();
+    let f = data("v1-policy.yaml");
+    let out = cli.ok(&["convert", "-f", f.to_str().unwrap()]);
+    assert!(out.contains("kind: GlobalNetworkPolicy"), "{out}");
+    assert!(out.contains("projectcalico.org/namespace"), "{out}");
+    assert!(out.contains("action: Allow"), "{out}");
+    let o = cli.run(&["apply", "-f", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("notice:"), "{}", stderr(&o));
+    let table = cli.ok(&["get", "gnp"]);
+    assert!(table.contains("lijiaocn-space"), "{table}");
+}
+
+#[test]
+fn usage_and_kind_errors() {
+    let cli = Cli::sqlite();
+    let o = cli.run(&["get"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "missing argument is a usage error"
+    );
+    let o = cli.run(&["get", "widgets"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown resource kind"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("globalnetworkpolicy"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["get", "gnp", "--datastore", "mysql://x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown datastore"), "{}", stderr(&o));
+}
+
+#[test]
+fn unopenable_datastore_is_one_clear_line() {
+    let o = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["get", "gnp", "--datastore", "sqlite:/proc/no/such/dir/x.db"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/proc/no/such/dir/x.db"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn selector_commands() {
+    let cli = Cli::sqlite();
+    assert_eq!(
+        cli.ok(&["selector", "check", "k8s-app=='kubernetes-dashboard'"]),
+        "k8s-app == \"kubernetes-dashboard\"\n"
+    );
+    let o = cli.run(&["selector", "check", "a = 'b'"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("position"), "{}", stderr(&o));
+    assert_eq!(
+        cli.ok(&[
+            "selector",
+            "match",
+            "app == 'web' && !has(canary)",
+            "app=web"
+        ]),
+        "true\n"
+    );
+    let o = cli.run(&["selector", "match", "a != 'x'"]);
+    assert!(o.status.success(), "absent label matches !=");
+    let o = cli.run(&["selector", "match", "app == 'web'", "app=db"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "false\n");
+    let o = cli.run_stdin(
+        &["selector", "eval"],
+        Some(
+            "{\"selector\": \"a == 'x'\", \"labels\": {\"a\": \"x\"}}\n\
+             {\"selector\": \"a ==\", \"labels\": {}}\n\
+             {\"selector\": \"has(b)\", \"labels\": {\"a\": \"x\"}}\n",
+        ),
+    );
+    assert!(o.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], serde_json::json!({"matches": true}));
+    assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
+    assert_eq!(lines[2], serde_json::json!({"matches": false}));
+}
+
+/// The same commands against a real etcd, selected the way Calico users do it:
+/// `DATASTORE_TYPE=etcdv3` and `ETCD_ENDPOINTS`. Keys land in Calico's layout.
+#[test]
+fn sys_etcd_datastore_via_calicos_variables() {
+    let server = gingham_testkit::etcd::EtcdServer::start();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gingham"))
+            .args(args)
+            .env_remove("GINGHAM_DATASTORE")
+            .env("DATASTORE_TYPE", "etcdv3")
+            .env("ETCD_ENDPOINTS", server.endpoint())
+            .output()
+            .unwrap()
+    };
+    let policies = data("policies.yaml");
+    let out = run(&["apply", "-f", policies.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["get", "gnp", "-o", "name"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("globalnetworkpolicy/deny-ssh-dashboard"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // etcdctl sees Calico's key layout.
+    let etcdctl = gingham_testkit::require_tool("etcdctl");
+    let keys = Command::new(etcdctl)
+        .args([
+            "--endpoints",
+            &server.endpoint(),
+            "get",
+            "--prefix",
+            "--keys-only",
+            "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&keys.stdout).contains(
+            "/calico/resources/v3/projectcalico.org/globalnetworkpolicies/deny-ssh-dashboard"
+        ),
+        "{}",
+        String::from_utf8_lossy(&keys.stdout)
+    );
+    // An unreachable etcd is one clear line, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["get", "gnp"])
+        .env_remove("GINGHAM_DATASTORE")
+        .env("DATASTORE_TYPE", "etcdv3")
+        .env("ETCD_ENDPOINTS", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
+}
