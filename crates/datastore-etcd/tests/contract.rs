@@ -40,3 +40,41 @@ impl Harness for EtcdHarness {
 }
 
 gingham_datastore::contract_tests!(sys_etcd, EtcdHarness::new(), child: EtcdHarness::from_env);
+
+/// TLS with client certificates, configured through Calico's variables.
+#[test]
+fn sys_etcd_tls_with_client_certificates() {
+    let server = EtcdServer::start_tls();
+    let tls = server.tls().expect("a TLS server").clone();
+    let vars = [
+        ("ETCD_ENDPOINTS", server.endpoint()),
+        ("ETCD_CA_CERT_FILE", tls.ca.display().to_string()),
+        ("ETCD_CERT_FILE", tls.client_cert.display().to_string()),
+        ("ETCD_KEY_FILE", tls.client_key.display().to_string()),
+    ];
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let store = EtcdStore::connect(EtcdConfig::from_lookup(lookup)).expect("connect over TLS");
+    let rev = store.create("/tls/a", b"1").unwrap();
+    assert_eq!(store.get("/tls/a").unwrap().unwrap().mod_revision, rev);
+
+    // Without a client certificate the server refuses us, and we say so.
+    let no_cert = EtcdConfig {
+        cert_file: None,
+        key_file: None,
+        ..EtcdConfig::from_lookup(lookup)
+    };
+    let err = match EtcdStore::connect(no_cert) {
+        Ok(s) => s
+            .get("/tls/a")
+            .expect_err("a client without a certificate is refused"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, gingham_datastore::Error::Unavailable(_)),
+        "{err}"
+    );
+}

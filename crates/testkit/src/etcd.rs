@@ -14,7 +14,104 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<TlsFiles>,
     child: Option<Child>,
+}
+
+/// PEM files of a throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(require_tool("openssl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a CA and two certificates signed by it, with `openssl`.
+fn make_certificates(dir: &std::path::Path) -> TlsFiles {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gingham-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
+            ),
+        )
+        .expect("write extension file");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN=gingham-test-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    }
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
 }
 
 /// A port nobody listens on right now.
@@ -29,22 +126,40 @@ impl EtcdServer {
     /// Starts a fresh, empty server. Panics (failing the test loudly) if `etcd` is missing or
     /// does not come up.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that speaks only TLS and requires client certificates signed by its CA
+    /// (see [`EtcdServer::tls`]). Needs `openssl` to make the certificates.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let binary = require_tool("etcd");
         let dir = tempfile::tempdir().expect("temporary directory for etcd");
+        let tls = tls.then(|| make_certificates(dir.path()));
         let mut server = Self {
             binary,
             dir,
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
             child: None,
         };
         server.launch();
         server
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The certificates of a TLS server.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` for a TLS server).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Stops the server and starts it again on the same data and ports.
@@ -65,7 +180,14 @@ impl EtcdServer {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth=true");
+        }
+        let child = cmd
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -95,7 +217,8 @@ impl EtcdServer {
                     std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 panic!("etcd exited with {status} at start:\n{log}");
             }
-            if TcpStream::connect(&addr).is_ok() && self.healthy() {
+            // A TLS server cannot be asked over plain HTTP; a listening port is enough there.
+            if TcpStream::connect(&addr).is_ok() && (self.tls.is_some() || self.healthy()) {
                 return;
             }
             assert!(
