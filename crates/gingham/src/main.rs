@@ -6,6 +6,7 @@
 
 mod datastore;
 mod output;
+mod reach_cmd;
 mod resources_cmd;
 mod selector_cmd;
 
@@ -60,6 +61,11 @@ enum Command {
     /// Work with selector expressions.
     #[command(subcommand)]
     Selector(selector_cmd::SelectorCmd),
+    /// Print which endpoints may connect to which (the reachability matrix), from policy.
+    Reach(reach_cmd::ReachArgs),
+    /// Say whether one flow is allowed, which policy, rule or missing object decided, and
+    /// what to change.
+    Explain(reach_cmd::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Label(a) => resources_cmd::label(&client()?, a),
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
+        Command::Reach(a) => reach_cmd::reach(a, &client),
+        Command::Explain(a) => reach_cmd::explain(a, &client),
     }
 }
 

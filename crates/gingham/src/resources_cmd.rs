@@ -132,7 +132,7 @@ fn print_notices(doc: &LoadedDocument) {
 }
 
 /// Expands `-f` arguments into (display name, text) pairs.
-fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String)>) -> Result<()> {
+pub fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String)>) -> Result<()> {
     if arg == "-" {
         let mut text = String::new();
         std::io::stdin()

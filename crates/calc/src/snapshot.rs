@@ -1,0 +1,1048 @@
+//! A snapshot of the cluster as the policy engine sees it: endpoints with their effective labels,
+//! network sets, nodes, tiers, and policies and profiles compiled to matchable form (selectors
+//! parsed and folded the way felix folds them).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use gingham_model::defaults::{NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL};
+use gingham_model::k8s::{NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
+use gingham_model::policy::{DEFAULT_TIER, DEFAULT_TIER_ORDER, infer_types};
+use gingham_model::{
+    Action, EntityRule, FelixConfiguration, PolicyType, Port, ProtoPort, Resource, Rule,
+    StagedAction,
+};
+use gingham_selector::Selector;
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Calico's built-in profile that allows everything (used by automatic host endpoints).
+pub const DEFAULT_ALLOW_PROFILE: &str = "projectcalico-default-allow";
+
+/// Felix's default failsafe ports.
+const FAILSAFE_IN: &[(&str, u16)] = &[
+    ("TCP", 22),
+    ("UDP", 68),
+    ("TCP", 179),
+    ("TCP", 2379),
+    ("TCP", 2380),
+    ("TCP", 5473),
+    ("TCP", 6443),
+    ("TCP", 6666),
+    ("TCP", 6667),
+];
+const FAILSAFE_OUT: &[(&str, u16)] = &[
+    ("UDP", 53),
+    ("UDP", 67),
+    ("TCP", 179),
+    ("TCP", 2379),
+    ("TCP", 2380),
+    ("TCP", 5473),
+    ("TCP", 6443),
+    ("TCP", 6666),
+    ("TCP", 6667),
+];
+
+/// Traffic direction relative to an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum EndpointKind {
+    Workload,
+    Host,
+}
+
+/// A port an endpoint declares by name (a container port, a host endpoint port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: u8,
+    pub port: u16,
+}
+
+/// A workload or host endpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    /// `namespace/pod` for workloads, `node/name` for host endpoints.
+    pub name: String,
+    pub kind: EndpointKind,
+    /// The resource's own name (WorkloadEndpoint or HostEndpoint).
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub node: String,
+    pub interface: String,
+    /// The endpoint's own labels.
+    pub labels: BTreeMap<String, String>,
+    /// Own labels over labels inherited from its profiles (`labelsToApply`): what selectors see.
+    pub effective_labels: BTreeMap<String, String>,
+    pub ips: Vec<IpNet>,
+    pub ports: Vec<NamedPort>,
+    pub profiles: Vec<String>,
+}
+
+impl Endpoint {
+    /// The first address of the family, if any.
+    pub fn ip(&self, v6: bool) -> Option<IpAddr> {
+        self.ips.iter().map(IpNet::addr).find(|a| a.is_ipv6() == v6)
+    }
+
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        self.ips.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A NetworkSet or GlobalNetworkSet.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetSet {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub nets: Vec<IpNet>,
+}
+
+/// A node: its addresses on the underlay and its tunnel addresses.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    /// IPIP or VXLAN tunnel address: the source of host traffic to pods on other nodes.
+    pub tunnel_ips: Vec<IpAddr>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TierInfo {
+    pub name: String,
+    pub order: Option<f64>,
+    /// What happens when policies of the tier selected the endpoint but none decided.
+    pub default_action: Action,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum PolicyKind {
+    NetworkPolicy,
+    GlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    /// A Kubernetes NetworkPolicy (stored as a Calico NetworkPolicy named `knp.default.*`).
+    KubernetesNetworkPolicy,
+}
+
+/// Names a policy in traces.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyRef {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            PolicyKind::StagedNetworkPolicy => "StagedNetworkPolicy",
+            PolicyKind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
+            PolicyKind::KubernetesNetworkPolicy => "Kubernetes NetworkPolicy",
+        };
+        match &self.namespace {
+            Some(ns) => write!(f, "{kind} {ns}/{}", self.name),
+            None => write!(f, "{kind} {}", self.name),
+        }
+    }
+}
+
+/// One side (source or destination) of a rule, compiled.
+#[derive(Clone, Debug, Default)]
+pub struct Entity {
+    pub nets: Vec<IpNet>,
+    pub not_nets: Vec<IpNet>,
+    /// The selector folded with the namespace selector and service accounts.
+    pub selector: Option<Selector>,
+    pub not_selector: Option<Selector>,
+    pub ports: Vec<Port>,
+    pub not_ports: Vec<Port>,
+    /// The rule names Kubernetes Services, which the engine cannot resolve without them.
+    pub services: bool,
+}
+
+/// A rule, compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledRule {
+    pub index: usize,
+    pub action: Action,
+    pub ip_version: Option<u8>,
+    pub protocol: Option<u8>,
+    pub not_protocol: Option<u8>,
+    pub icmp: Option<(Option<u8>, Option<u8>)>,
+    pub not_icmp: Option<(Option<u8>, Option<u8>)>,
+    pub source: Entity,
+    pub destination: Entity,
+    /// The original rule, for display.
+    pub rule: Rule,
+}
+
+/// A policy, compiled.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub id: PolicyRef,
+    pub tier: String,
+    pub order: Option<f64>,
+    pub selector: Selector,
+    pub ingress_type: bool,
+    pub egress_type: bool,
+    pub ingress: Vec<CompiledRule>,
+    pub egress: Vec<CompiledRule>,
+    pub staged: Option<StagedAction>,
+    pub apply_on_forward: bool,
+    pub pre_dnat: bool,
+    pub do_not_track: bool,
+}
+
+impl Policy {
+    pub fn rules(&self, dir: Direction) -> &[CompiledRule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    pub fn has_type(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Ingress => self.ingress_type,
+            Direction::Egress => self.egress_type,
+        }
+    }
+
+    /// Whether the policy can select this kind of endpoint at all (namespaced policies select
+    /// only workloads of their namespace; that is folded into the selector too).
+    pub fn selects(&self, ep: &Endpoint) -> bool {
+        if self.id.namespace.is_some() && ep.kind == EndpointKind::Host {
+            return false;
+        }
+        self.selector.matches(&ep.effective_labels)
+    }
+
+    /// Felix's sort key inside a tier: order (absent = last), then name.
+    pub fn sort_key(&self) -> (OrderKey, String) {
+        let name = match &self.id.namespace {
+            Some(ns) => format!("{ns}/{}", self.id.name),
+            None => self.id.name.clone(),
+        };
+        (OrderKey(self.order), name)
+    }
+}
+
+/// An `order` where absent sorts last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OrderKey(pub Option<f64>);
+
+impl Eq for OrderKey {}
+
+impl PartialOrd for OrderKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let a = self.0.unwrap_or(f64::INFINITY);
+        let b = other.0.unwrap_or(f64::INFINITY);
+        a.total_cmp(&b)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProfileInfo {
+    pub name: String,
+    pub ingress: Vec<CompiledRule>,
+    pub egress: Vec<CompiledRule>,
+    pub labels_to_apply: BTreeMap<String, String>,
+}
+
+impl ProfileInfo {
+    pub fn rules(&self, dir: Direction) -> &[CompiledRule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// A failsafe port entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failsafe {
+    pub protocol: u8,
+    pub port: u16,
+    pub net: Option<IpNet>,
+}
+
+/// Felix settings the engine needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct FelixSettings {
+    pub failsafe_inbound: Vec<Failsafe>,
+    pub failsafe_outbound: Vec<Failsafe>,
+    /// `Drop` (felix's default), `Accept` or `Return`.
+    pub default_endpoint_to_host_action: String,
+}
+
+impl Default for FelixSettings {
+    fn default() -> Self {
+        let conv = |list: &[(&str, u16)]| {
+            list.iter()
+                .map(|(p, port)| Failsafe {
+                    protocol: proto_number(p),
+                    port: *port,
+                    net: None,
+                })
+                .collect()
+        };
+        Self {
+            failsafe_inbound: conv(FAILSAFE_IN),
+            failsafe_outbound: conv(FAILSAFE_OUT),
+            default_endpoint_to_host_action: "Drop".into(),
+        }
+    }
+}
+
+fn proto_number(p: &str) -> u8 {
+    match p.to_ascii_uppercase().as_str() {
+        "UDP" => 17,
+        "SCTP" => 132,
+        _ => 6,
+    }
+}
+
+fn convert_failsafe(list: &[ProtoPort]) -> Vec<Failsafe> {
+    list.iter()
+        .map(|p| Failsafe {
+            protocol: proto_number(&p.protocol),
+            port: p.port,
+            net: p.net.parse().ok(),
+        })
+        .collect()
+}
+
+/// Something in the input the engine could not use fully; reported, never fatal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Warning(pub String);
+
+/// The whole cluster as the engine sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub endpoints: Vec<Endpoint>,
+    pub netsets: Vec<NetSet>,
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Sorted by order (absent last), then name.
+    pub tiers: Vec<TierInfo>,
+    /// Enforced policies.
+    pub policies: Vec<Policy>,
+    /// The policy set as it would be if every staged policy were enforced (Set replaces or adds,
+    /// Delete removes); `None` when there are no staged policies.
+    pub staged_view: Option<Vec<Policy>>,
+    pub profiles: BTreeMap<String, ProfileInfo>,
+    pub felix: FelixSettings,
+    pub warnings: Vec<Warning>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot from resources (as loaded by `gingham_model::load`, Kubernetes
+    /// objects already converted).
+    pub fn build(resources: &[Resource]) -> Snapshot {
+        let mut s = Snapshot::default();
+        let mut staged = Vec::new();
+        let mut tiers: BTreeMap<String, TierInfo> = BTreeMap::new();
+        let mut weps = Vec::new();
+        let mut heps = Vec::new();
+        for r in resources {
+            match r {
+                Resource::NetworkPolicy(p) => {
+                    let ns = p.metadata.namespace_or_empty().to_owned();
+                    let kind = if p.metadata.name.starts_with("knp.default.") {
+                        PolicyKind::KubernetesNetworkPolicy
+                    } else {
+                        PolicyKind::NetworkPolicy
+                    };
+                    let raw = RawPolicy {
+                        kind,
+                        namespace: Some(ns),
+                        name: p.metadata.name.clone(),
+                        tier: p.spec.tier.clone(),
+                        order: p.spec.order,
+                        selector: &p.spec.selector,
+                        namespace_selector: "",
+                        sa_selector: &p.spec.service_account_selector,
+                        types: &p.spec.types,
+                        ingress: &p.spec.ingress,
+                        egress: &p.spec.egress,
+                        flags: (false, false, false),
+                        staged: None,
+                    };
+                    s.add_policy(raw, &mut staged);
+                }
+                Resource::GlobalNetworkPolicy(p) => {
+                    let raw = RawPolicy {
+                        kind: PolicyKind::GlobalNetworkPolicy,
+                        namespace: None,
+                        name: p.metadata.name.clone(),
+                        tier: p.spec.tier.clone(),
+                        order: p.spec.order,
+                        selector: &p.spec.selector,
+                        namespace_selector: &p.spec.namespace_selector,
+                        sa_selector: &p.spec.service_account_selector,
+                        types: &p.spec.types,
+                        ingress: &p.spec.ingress,
+                        egress: &p.spec.egress,
+                        flags: (
+                            p.spec.apply_on_forward,
+                            p.spec.pre_dnat,
+                            p.spec.do_not_track,
+                        ),
+                        staged: None,
+                    };
+                    s.add_policy(raw, &mut staged);
+                }
+                Resource::StagedNetworkPolicy(p) => {
+                    let raw = RawPolicy {
+                        kind: PolicyKind::StagedNetworkPolicy,
+                        namespace: Some(p.metadata.namespace_or_empty().to_owned()),
+                        name: p.metadata.name.clone(),
+                        tier: p.spec.tier.clone(),
+                        order: p.spec.order,
+                        selector: &p.spec.selector,
+                        namespace_selector: "",
+                        sa_selector: &p.spec.service_account_selector,
+                        types: &p.spec.types,
+                        ingress: &p.spec.ingress,
+                        egress: &p.spec.egress,
+                        flags: (false, false, false),
+                        staged: Some(p.spec.staged_action.unwrap_or(StagedAction::Set)),
+                    };
+                    s.add_policy(raw, &mut staged);
+                }
+                Resource::StagedGlobalNetworkPolicy(p) => {
+                    let raw = RawPolicy {
+                        kind: PolicyKind::StagedGlobalNetworkPolicy,
+                        namespace: None,
+                        name: p.metadata.name.clone(),
+                        tier: p.spec.tier.clone(),
+                        order: p.spec.order,
+                        selector: &p.spec.selector,
+                        namespace_selector: &p.spec.namespace_selector,
+                        sa_selector: &p.spec.service_account_selector,
+                        types: &p.spec.types,
+                        ingress: &p.spec.ingress,
+                        egress: &p.spec.egress,
+                        flags: (
+                            p.spec.apply_on_forward,
+                            p.spec.pre_dnat,
+                            p.spec.do_not_track,
+                        ),
+                        staged: Some(p.spec.staged_action.unwrap_or(StagedAction::Set)),
+                    };
+                    s.add_policy(raw, &mut staged);
+                }
+                Resource::Tier(t) => {
+                    tiers.insert(
+                        t.metadata.name.clone(),
+                        TierInfo {
+                            name: t.metadata.name.clone(),
+                            order: t.spec.order,
+                            default_action: t.spec.default_action.unwrap_or(Action::Deny),
+                        },
+                    );
+                }
+                Resource::Profile(p) => {
+                    let where_ = format!("Profile {}", p.metadata.name);
+                    let info = ProfileInfo {
+                        name: p.metadata.name.clone(),
+                        ingress: s.compile_rules(
+                            &where_,
+                            Direction::Ingress,
+                            &p.spec.ingress,
+                            None,
+                        ),
+                        egress: s.compile_rules(&where_, Direction::Egress, &p.spec.egress, None),
+                        labels_to_apply: p
+                            .spec
+                            .labels_to_apply
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    };
+                    s.profiles.insert(p.metadata.name.clone(), info);
+                }
+                Resource::WorkloadEndpoint(w) => weps.push(w),
+                Resource::HostEndpoint(h) => heps.push(h),
+                Resource::NetworkSet(n) => {
+                    let ns = n.metadata.namespace_or_empty().to_owned();
+                    let mut labels: BTreeMap<String, String> = n
+                        .metadata
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    labels.insert(NAMESPACE_LABEL.to_owned(), ns.clone());
+                    s.netsets.push(NetSet {
+                        name: format!("{ns}/{}", n.metadata.name),
+                        namespace: Some(ns),
+                        labels,
+                        nets: n.spec.nets.clone(),
+                    });
+                }
+                Resource::GlobalNetworkSet(n) => s.netsets.push(NetSet {
+                    name: n.metadata.name.clone(),
+                    namespace: None,
+                    labels: n
+                        .metadata
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    nets: n.spec.nets.clone(),
+                }),
+                Resource::Node(n) => {
+                    let info = s.nodes.entry(n.metadata.name.clone()).or_default();
+                    info.name = n.metadata.name.clone();
+                    if let Some(bgp) = &n.spec.bgp {
+                        info.ips.extend(bgp.ipv4_address.map(|a| a.addr()));
+                        info.ips.extend(bgp.ipv6_address.map(|a| a.addr()));
+                        info.tunnel_ips
+                            .extend(bgp.ipv4_ipip_tunnel_addr.parse::<IpAddr>().ok());
+                    }
+                    info.tunnel_ips
+                        .extend(n.spec.ipv4_vxlan_tunnel_addr.parse::<IpAddr>().ok());
+                    for a in &n.spec.addresses {
+                        if let Ok(net) = gingham_model::cidr::parse_net(&a.address) {
+                            let ip = net.addr();
+                            if !info.ips.contains(&ip) {
+                                info.ips.push(ip);
+                            }
+                        }
+                    }
+                }
+                Resource::FelixConfiguration(f) => s.apply_felix(f),
+                _ => {}
+            }
+        }
+        if !s.profiles.contains_key(DEFAULT_ALLOW_PROFILE) {
+            let allow = |dir| CompiledRule::simple(0, Action::Allow, dir);
+            s.profiles.insert(
+                DEFAULT_ALLOW_PROFILE.to_owned(),
+                ProfileInfo {
+                    name: DEFAULT_ALLOW_PROFILE.to_owned(),
+                    ingress: vec![allow(Direction::Ingress)],
+                    egress: vec![allow(Direction::Egress)],
+                    labels_to_apply: BTreeMap::new(),
+                },
+            );
+        }
+        // Tiers: every tier that exists or is used; the default tier always.
+        for p in s.policies.iter().chain(staged.iter()) {
+            tiers.entry(p.tier.clone()).or_insert_with(|| TierInfo {
+                name: p.tier.clone(),
+                order: (p.tier == DEFAULT_TIER).then_some(DEFAULT_TIER_ORDER),
+                default_action: Action::Deny,
+            });
+        }
+        tiers
+            .entry(DEFAULT_TIER.to_owned())
+            .or_insert_with(|| TierInfo {
+                name: DEFAULT_TIER.to_owned(),
+                order: Some(DEFAULT_TIER_ORDER),
+                default_action: Action::Deny,
+            });
+        let mut tiers: Vec<TierInfo> = tiers.into_values().collect();
+        tiers.sort_by(|a, b| {
+            OrderKey(a.order)
+                .cmp(&OrderKey(b.order))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        s.tiers = tiers;
+
+        for w in weps {
+            let spec = &w.spec;
+            let ns = w.metadata.namespace_or_empty().to_owned();
+            let display_pod = if spec.pod.is_empty() {
+                w.metadata.name.clone()
+            } else {
+                spec.pod.clone()
+            };
+            let labels: BTreeMap<String, String> = w
+                .metadata
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut labels = labels;
+            labels
+                .entry(NAMESPACE_LABEL.to_owned())
+                .or_insert_with(|| ns.clone());
+            if !spec.service_account_name.is_empty() {
+                labels
+                    .entry(SERVICE_ACCOUNT_LABEL.to_owned())
+                    .or_insert_with(|| spec.service_account_name.clone());
+            }
+            let ports = spec
+                .ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(|p| NamedPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol.number(),
+                    port: p.port,
+                })
+                .collect();
+            let ep = s.endpoint(
+                format!("{ns}/{display_pod}"),
+                EndpointKind::Workload,
+                w.metadata.name.clone(),
+                Some(ns),
+                spec.node.clone(),
+                spec.interface_name.clone(),
+                labels,
+                spec.ip_networks.clone(),
+                ports,
+                spec.profiles.clone(),
+            );
+            s.endpoints.push(ep);
+        }
+        for h in heps {
+            let spec = &h.spec;
+            let ports = spec
+                .ports
+                .iter()
+                .map(|p| NamedPort {
+                    name: p.name.clone(),
+                    protocol: p.protocol.number(),
+                    port: p.port,
+                })
+                .collect();
+            let labels = h
+                .metadata
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let ep = s.endpoint(
+                format!("{}/{}", spec.node, h.metadata.name),
+                EndpointKind::Host,
+                h.metadata.name.clone(),
+                None,
+                spec.node.clone(),
+                spec.interface_name.clone(),
+                labels,
+                spec.expected_ips
+                    .iter()
+                    .map(|ip| IpNet::from(*ip))
+                    .collect(),
+                ports,
+                spec.profiles.clone(),
+            );
+            s.endpoints.push(ep);
+        }
+        // Nodes known only through their endpoints.
+        for ep in &s.endpoints {
+            if !ep.node.is_empty() && !s.nodes.contains_key(&ep.node) {
+                s.nodes.insert(
+                    ep.node.clone(),
+                    NodeInfo {
+                        name: ep.node.clone(),
+                        ..NodeInfo::default()
+                    },
+                );
+            }
+        }
+        s.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        if !staged.is_empty() {
+            let mut view = s.policies.clone();
+            for sp in staged {
+                let enforced_kind = match sp.id.kind {
+                    PolicyKind::StagedNetworkPolicy => PolicyKind::NetworkPolicy,
+                    _ => PolicyKind::GlobalNetworkPolicy,
+                };
+                view.retain(|p| {
+                    !(p.id.kind == enforced_kind
+                        && p.id.namespace == sp.id.namespace
+                        && p.id.name == sp.id.name)
+                });
+                if sp.staged != Some(StagedAction::Delete) {
+                    view.push(sp);
+                }
+            }
+            s.staged_view = Some(view);
+        }
+        s
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn endpoint(
+        &self,
+        name: String,
+        kind: EndpointKind,
+        resource: String,
+        namespace: Option<String>,
+        node: String,
+        interface: String,
+        labels: BTreeMap<String, String>,
+        ips: Vec<IpNet>,
+        ports: Vec<NamedPort>,
+        profiles: Vec<String>,
+    ) -> Endpoint {
+        // Profile labels: earlier profiles win over later ones, own labels over all.
+        let mut effective = BTreeMap::new();
+        for p in profiles.iter().rev() {
+            if let Some(info) = self.profiles.get(p) {
+                for (k, v) in &info.labels_to_apply {
+                    effective.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for (k, v) in &labels {
+            effective.insert(k.clone(), v.clone());
+        }
+        Endpoint {
+            name,
+            kind,
+            resource,
+            namespace,
+            node,
+            interface,
+            labels,
+            effective_labels: effective,
+            ips,
+            ports,
+            profiles,
+        }
+    }
+
+    fn apply_felix(&mut self, f: &FelixConfiguration) {
+        // The global `default` object and per-node `node.<name>` objects; per-node overrides
+        // are not modelled per node here: the global one wins.
+        if f.metadata.name != "default" {
+            return;
+        }
+        if let Some(v) = &f.spec.failsafe_inbound_host_ports {
+            self.felix.failsafe_inbound = convert_failsafe(v);
+        }
+        if let Some(v) = &f.spec.failsafe_outbound_host_ports {
+            self.felix.failsafe_outbound = convert_failsafe(v);
+        }
+        if let Some(v) = &f.spec.default_endpoint_to_host_action {
+            self.felix.default_endpoint_to_host_action = v.clone();
+        }
+    }
+
+    fn add_policy(&mut self, raw: RawPolicy<'_>, staged: &mut Vec<Policy>) {
+        let id = PolicyRef {
+            kind: raw.kind,
+            namespace: raw.namespace.clone(),
+            name: raw.name.clone(),
+        };
+        let where_ = id.to_string();
+        let mut parts = Vec::new();
+        match self.parse_selector(&where_, "spec.selector", raw.selector) {
+            Some(sel) => parts.push(sel),
+            None if raw.selector.trim().is_empty() => parts.push(Selector::all()),
+            None => return,
+        }
+        if let Some(ns) = &raw.namespace {
+            parts.push(namespace_is(ns));
+        }
+        if !raw.namespace_selector.trim().is_empty() {
+            match self.parse_selector(&where_, "spec.namespaceSelector", raw.namespace_selector) {
+                Some(sel) => parts.push(fold_namespace_selector(&sel)),
+                None => return,
+            }
+        }
+        if !raw.sa_selector.trim().is_empty() {
+            match self.parse_selector(&where_, "spec.serviceAccountSelector", raw.sa_selector) {
+                Some(sel) => parts.push(sel.with_key_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+                None => return,
+            }
+        }
+        let selector = Selector::and_all(parts.iter());
+        let types = if raw.types.is_empty() {
+            infer_types(raw.ingress, raw.egress)
+        } else {
+            raw.types.to_vec()
+        };
+        let ns = raw.namespace.as_deref();
+        let policy = Policy {
+            tier: if raw.tier.is_empty() {
+                DEFAULT_TIER.to_owned()
+            } else {
+                raw.tier.clone()
+            },
+            order: raw.order,
+            selector,
+            ingress_type: types.contains(&PolicyType::Ingress),
+            egress_type: types.contains(&PolicyType::Egress),
+            ingress: self.compile_rules(&where_, Direction::Ingress, raw.ingress, ns),
+            egress: self.compile_rules(&where_, Direction::Egress, raw.egress, ns),
+            staged: raw.staged,
+            apply_on_forward: raw.flags.0 || raw.flags.1 || raw.flags.2,
+            pre_dnat: raw.flags.1,
+            do_not_track: raw.flags.2,
+            id,
+        };
+        if policy.staged.is_some() {
+            staged.push(policy);
+        } else {
+            self.policies.push(policy);
+        }
+    }
+
+    fn parse_selector(&mut self, where_: &str, field: &str, text: &str) -> Option<Selector> {
+        if text.trim().is_empty() {
+            return None;
+        }
+        match Selector::parse(text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.warnings.push(Warning(format!(
+                    "{where_}: {field}: {e}; the policy is ignored"
+                )));
+                None
+            }
+        }
+    }
+
+    fn compile_rules(
+        &mut self,
+        where_: &str,
+        dir: Direction,
+        rules: &[Rule],
+        namespace: Option<&str>,
+    ) -> Vec<CompiledRule> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("{where_}: {dir} rule {i}");
+                if r.http.is_some() {
+                    self.warnings.push(Warning(format!(
+                        "{at}: http matches are enforced only by an L7 proxy; the rule is evaluated without them"
+                    )));
+                }
+                CompiledRule {
+                    index: i,
+                    action: r.action,
+                    ip_version: r.ip_version,
+                    protocol: r.protocol.map(|p| p.number()),
+                    not_protocol: r.not_protocol.map(|p| p.number()),
+                    icmp: r.icmp.map(|i| (i.type_, i.code)),
+                    not_icmp: r.not_icmp.map(|i| (i.type_, i.code)),
+                    source: self.compile_entity(&at, "source", &r.source, namespace),
+                    destination: self.compile_entity(&at, "destination", &r.destination, namespace),
+                    rule: r.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn compile_entity(
+        &mut self,
+        at: &str,
+        side: &str,
+        e: &EntityRule,
+        namespace: Option<&str>,
+    ) -> Entity {
+        let mut out = Entity {
+            nets: e.nets.clone(),
+            not_nets: e.not_nets.clone(),
+            ports: e.ports.clone(),
+            not_ports: e.not_ports.clone(),
+            services: e.services.is_some(),
+            ..Entity::default()
+        };
+        if out.services {
+            self.warnings.push(Warning(format!(
+                "{at}: {side}.services needs Kubernetes Services, which are not modelled; the rule matches nothing"
+            )));
+        }
+        let uses_selector = !e.selector.trim().is_empty()
+            || !e.namespace_selector.trim().is_empty()
+            || e.service_accounts.is_some();
+        if uses_selector {
+            let mut parts = Vec::new();
+            let mut ok = true;
+            if !e.namespace_selector.trim().is_empty() {
+                match self.parse_selector(
+                    at,
+                    &format!("{side}.namespaceSelector"),
+                    &e.namespace_selector,
+                ) {
+                    Some(s) => parts.push(fold_namespace_selector(&s)),
+                    None => ok = false,
+                }
+            } else if let Some(ns) = namespace {
+                parts.push(namespace_is(ns));
+            }
+            if let Some(sa) = &e.service_accounts {
+                if !sa.names.is_empty() {
+                    let names: Vec<String> = sa.names.iter().map(|n| format!("'{n}'")).collect();
+                    let text = format!("{SERVICE_ACCOUNT_LABEL} in {{{}}}", names.join(", "));
+                    match Selector::parse(&text) {
+                        Ok(s) => parts.push(s),
+                        Err(_) => ok = false,
+                    }
+                }
+                if !sa.selector.trim().is_empty() {
+                    match self.parse_selector(
+                        at,
+                        &format!("{side}.serviceAccounts.selector"),
+                        &sa.selector,
+                    ) {
+                        Some(s) => parts.push(s.with_key_prefix(SERVICE_ACCOUNT_LABEL_PREFIX)),
+                        None => ok = false,
+                    }
+                }
+            }
+            if !e.selector.trim().is_empty() {
+                match self.parse_selector(at, &format!("{side}.selector"), &e.selector) {
+                    Some(s) => parts.push(s),
+                    None => ok = false,
+                }
+            }
+            out.selector = Some(if ok {
+                Selector::and_all(parts.iter())
+            } else {
+                // An unparsable selector matches nothing (validation normally prevents this).
+                Selector::parse("has(gingham.invalid/selector) && !has(gingham.invalid/selector)")
+                    .unwrap_or_else(|_| Selector::all())
+            });
+        }
+        if !e.not_selector.trim().is_empty() {
+            out.not_selector =
+                self.parse_selector(at, &format!("{side}.notSelector"), &e.not_selector);
+        }
+        out
+    }
+
+    pub fn endpoint_by_name(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    /// The host endpoint that polices a node's own traffic: a wildcard (`*`) one first, then
+    /// the first by name.
+    pub fn host_endpoint_of(&self, node: &str) -> Option<&Endpoint> {
+        let mut heps: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.kind == EndpointKind::Host && e.node == node)
+            .collect();
+        heps.sort_by_key(|e| (e.interface != "*", e.name.clone()));
+        heps.into_iter().next()
+    }
+
+    /// The endpoint owning `ip`, if any (workloads first).
+    pub fn endpoint_with_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        let mut found = self.endpoints.iter().filter(|e| e.has_ip(ip));
+        let first = found.next()?;
+        if first.kind == EndpointKind::Workload {
+            return Some(first);
+        }
+        found
+            .find(|e| e.kind == EndpointKind::Workload)
+            .or(Some(first))
+    }
+
+    /// Whether `selector` matches some endpoint or network set that has `ip` (felix's IP sets).
+    pub fn ip_matches_selector(&self, ip: IpAddr, selector: &Selector) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.has_ip(ip) && selector.matches(&e.effective_labels))
+            || self
+                .netsets
+                .iter()
+                .any(|n| n.nets.iter().any(|net| net.contains(&ip)) && selector.matches(&n.labels))
+    }
+
+    /// Whether an endpoint with `ip`, matching `selector` (if any), declares port `name` as
+    /// `protocol`/`port` (felix's named-port IP sets).
+    pub fn named_port_matches(
+        &self,
+        ip: IpAddr,
+        name: &str,
+        protocol: u8,
+        port: u16,
+        selector: Option<&Selector>,
+    ) -> bool {
+        self.endpoints.iter().any(|e| {
+            e.has_ip(ip)
+                && e.ports
+                    .iter()
+                    .any(|p| p.name == name && p.protocol == protocol && p.port == port)
+                && selector.is_none_or(|s| s.matches(&e.effective_labels))
+        })
+    }
+}
+
+struct RawPolicy<'a> {
+    kind: PolicyKind,
+    namespace: Option<String>,
+    name: String,
+    tier: String,
+    order: Option<f64>,
+    selector: &'a str,
+    namespace_selector: &'a str,
+    sa_selector: &'a str,
+    types: &'a [PolicyType],
+    ingress: &'a [Rule],
+    egress: &'a [Rule],
+    /// applyOnForward, preDNAT, doNotTrack.
+    flags: (bool, bool, bool),
+    staged: Option<StagedAction>,
+}
+
+/// `projectcalico.org/namespace == '<ns>'`.
+fn namespace_is(ns: &str) -> Selector {
+    Selector::parse(&format!("{NAMESPACE_LABEL} == '{ns}'")).unwrap_or_else(|_| Selector::all())
+}
+
+/// A namespace selector as felix folds it: `all()` means any namespaced endpoint, `global()` only
+/// non-namespaced ones, anything else applies to the namespace's labels (`pcns.` prefix).
+fn fold_namespace_selector(sel: &Selector) -> Selector {
+    let text = if sel.is_all() {
+        format!("has({NAMESPACE_LABEL})")
+    } else if sel.is_global() {
+        format!("!has({NAMESPACE_LABEL})")
+    } else {
+        return sel.with_key_prefix(NAMESPACE_LABEL_PREFIX);
+    };
+    Selector::parse(&text).unwrap_or_else(|_| Selector::all())
+}
+
+impl CompiledRule {
+    /// A rule with only an action.
+    pub fn simple(index: usize, action: Action, _dir: Direction) -> CompiledRule {
+        CompiledRule {
+            index,
+            action,
+            ip_version: None,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: Entity::default(),
+            destination: Entity::default(),
+            rule: Rule::new(action),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Data-driven verdict tests. Each directory under `tests/cases/` holds resources (`*.yaml`,
+//! Calico and Kubernetes objects), `flows.txt` (one flow per line: `FROM -> TO PROTO [PORT]`,
+//! `#` comments) and `expected.txt` (each flow line followed by ` => ` and the verdict summary).
+//! `UPDATE_EXPECT=1 cargo test -p gingham-calc --test cases` rewrites the expectations (review
+//! the diff: expectations are claims about Calico's behaviour).
+
+use std::path::{Path, PathBuf};
+
+use gingham_calc::eval::{Flow, PeerSpec, parse_protocol};
+use gingham_calc::input::prepare_documents;
+use gingham_calc::{Snapshot, explain};
+
+fn load_case(dir: &Path) -> Snapshot {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut resources = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut docs = gingham_model::load::parse_documents(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        prepare_documents(&mut docs);
+        let json: String = docs
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let loaded =
+            gingham_model::load(&f.display().to_string(), &json).unwrap_or_else(|e| panic!("{e}"));
+        resources.extend(loaded.into_iter().flat_map(|d| d.resources));
+    }
+    Snapshot::build(&resources)
+}
+
+fn parse_flow(line: &str) -> Flow {
+    let (from, rest) = line.split_once("->").expect("FROM -> TO PROTO [PORT]");
+    let mut words = rest.split_whitespace();
+    let to = words.next().expect("destination");
+    let proto = parse_protocol(words.next().expect("protocol")).expect("known protocol");
+    let port = words.next().map(|p| p.parse::<u16>().expect("port number"));
+    Flow {
+        src: PeerSpec::parse(from.trim()),
+        dst: PeerSpec::parse(to),
+        protocol: proto,
+        port,
+        src_port: None,
+        icmp: None,
+        ipv6: false,
+    }
+}
+
+#[test]
+fn verdicts_match_expectations() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let update = std::env::var("UPDATE_EXPECT").is_ok_and(|v| v == "1");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no cases in {}", root.display());
+    let mut failures = Vec::new();
+    for dir in dirs {
+        let snap = load_case(&dir);
+        let flows = std::fs::read_to_string(dir.join("flows.txt")).unwrap();
+        let mut got = String::new();
+        for line in flows
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let flow = parse_flow(line);
+            let v = snap
+                .verdict(&flow)
+                .unwrap_or_else(|e| panic!("{}: {line}: {e}", dir.display()));
+            // Every verdict must also explain itself without panicking.
+            let text = explain::render(&snap, &v);
+            assert!(!text.is_empty());
+            got.push_str(&format!("{line} => {}\n", v.summary()));
+        }
+        let path = dir.join("expected.txt");
+        if update {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != got {
+            failures.push(format!(
+                "case {}:\n--- expected\n{want}--- got\n{got}",
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Prints the explanation of one flow of a case (a development aid):
+/// `CASE=seed-e-dashboard-deny-ssh FLOW='default/client -> kube-system/kubernetes-dashboard TCP 8443' cargo test -p gingham-calc --test cases show -- --nocapture`
+#[test]
+fn show() {
+    let (Ok(case), Ok(flow)) = (std::env::var("CASE"), std::env::var("FLOW")) else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cases")
+        .join(case);
+    let snap = load_case(&dir);
+    let v = snap.verdict(&parse_flow(&flow)).unwrap();
+    println!("{}", explain::render(&snap, &v));
+}

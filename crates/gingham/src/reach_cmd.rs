@@ -1,0 +1,220 @@
+//! `gingham reach` and `gingham explain`: questions answered from the policy engine before any
+//! packet flows, from files or from the datastore.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gingham_calc::eval::{Flow, PeerSpec, parse_protocol};
+use gingham_calc::input::{PodPorts, prepare_documents};
+use gingham_calc::{Snapshot, explain, reach};
+use gingham_model::{Kind, Resource};
+
+use crate::Exit;
+use crate::resources_cmd::collect_sources;
+
+/// Where the cluster comes from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Calico resources and Kubernetes Namespaces, Pods and NetworkPolicies: a file, a directory,
+    /// or - for stdin. Repeatable. Without -f, the resources in the datastore are used.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    /// Descend into subdirectories of a directory given with -f.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MatrixFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReachArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The destination port; without it, one matrix per port the servers declare.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// TCP, UDP, SCTP, ICMP or a protocol number.
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: MatrixFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The client: namespace/pod, node/host-endpoint, a node name, or an IP address.
+    #[arg(long)]
+    pub from: String,
+    /// The server, named the same ways.
+    #[arg(long)]
+    pub to: String,
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: ExplainFormat,
+}
+
+/// The kinds the engine reads from a datastore.
+const POLICY_KINDS: &[Kind] = &[
+    Kind::Tier,
+    Kind::NetworkPolicy,
+    Kind::GlobalNetworkPolicy,
+    Kind::StagedNetworkPolicy,
+    Kind::StagedGlobalNetworkPolicy,
+    Kind::Profile,
+    Kind::HostEndpoint,
+    Kind::WorkloadEndpoint,
+    Kind::NetworkSet,
+    Kind::GlobalNetworkSet,
+    Kind::Node,
+    Kind::FelixConfiguration,
+];
+
+/// Loads the cluster from files (Kubernetes objects converted as Calico's controllers do) or,
+/// without files, from the datastore. Returns `None` after printing input errors.
+fn load(
+    source: &SourceArgs,
+    client: &dyn Fn() -> Result<gingham_api::Client>,
+) -> Result<Option<(Snapshot, PodPorts)>> {
+    let mut resources: Vec<Resource> = Vec::new();
+    let mut pod_ports = PodPorts::new();
+    if source.files.is_empty() {
+        let client = client()?;
+        for kind in POLICY_KINDS {
+            let (items, _) = client.list(*kind, None)?;
+            resources.extend(items);
+        }
+    } else {
+        let mut sources = Vec::new();
+        for f in &source.files {
+            collect_sources(f, source.recursive, &mut sources)?;
+        }
+        let mut failed = false;
+        for (name, text) in sources {
+            let mut docs = match gingham_model::load::parse_documents(&text) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    failed = true;
+                    continue;
+                }
+            };
+            let (ports, notes) = prepare_documents(&mut docs);
+            for n in notes {
+                eprintln!("notice: {n}");
+            }
+            pod_ports.extend(ports);
+            // Concatenated JSON keeps the document numbers of the original for error messages.
+            let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
+            match gingham_model::load(&name, &json.join("\n")) {
+                Ok(loaded) => resources.extend(loaded.into_iter().flat_map(|d| d.resources)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            return Ok(None);
+        }
+    }
+    let snap = Snapshot::build(&resources);
+    for w in &snap.warnings {
+        eprintln!("warning: {}", w.0);
+    }
+    Ok(Some((snap, pod_ports)))
+}
+
+fn protocol(s: &str) -> Result<u8> {
+    parse_protocol(s).with_context(|| {
+        format!("--protocol {s:?} is not a protocol (valid: TCP, UDP, SCTP, ICMP, ICMPv6, UDPLite or a number 1-255)")
+    })
+}
+
+pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
+    let proto = protocol(&args.protocol)?;
+    let Some((snap, pod_ports)) = load(&args.source, client)? else {
+        return Ok(Exit::UserError);
+    };
+    let endpoints = reach::matrix_endpoints(&snap);
+    if endpoints.is_empty() {
+        bail!("no pods with addresses and no host endpoints in the input; nothing to compute");
+    }
+    let ports: Vec<(u8, Option<u16>)> = match args.port {
+        Some(p) => vec![(proto, Some(p))],
+        None if matches!(proto, 1 | 58) => vec![(proto, None)],
+        None => {
+            let declared = reach::declared_ports(&snap, &pod_ports);
+            if declared.is_empty() {
+                bail!(
+                    "the servers declare no ports (spec.containers[].ports); name one with --port"
+                );
+            }
+            declared.into_iter().map(|(pr, p)| (pr, Some(p))).collect()
+        }
+    };
+    let mut matrices = Vec::new();
+    for (pr, port) in ports {
+        matrices.push(reach::matrix(&snap, &endpoints, pr, port)?);
+    }
+    match args.output {
+        MatrixFormat::Json => {
+            let text = if matrices.len() == 1 {
+                serde_json::to_string_pretty(&matrices[0])?
+            } else {
+                serde_json::to_string_pretty(&matrices)?
+            };
+            println!("{text}");
+        }
+        MatrixFormat::Table => {
+            for (i, m) in matrices.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", reach::render_table(m));
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+pub fn explain(
+    args: &ExplainArgs,
+    client: &dyn Fn() -> Result<gingham_api::Client>,
+) -> Result<Exit> {
+    let proto = protocol(&args.protocol)?;
+    if args.port.is_none() && matches!(proto, 6 | 17 | 132) {
+        bail!("--port is needed for {}", args.protocol.to_uppercase());
+    }
+    let Some((snap, _)) = load(&args.source, client)? else {
+        return Ok(Exit::UserError);
+    };
+    let flow = Flow {
+        src: PeerSpec::parse(&args.from),
+        dst: PeerSpec::parse(&args.to),
+        protocol: proto,
+        port: args.port,
+        src_port: None,
+        icmp: None,
+        ipv6: false,
+    };
+    let verdict = snap.verdict(&flow)?;
+    match args.output {
+        ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&verdict)?),
+        ExplainFormat::Text => print!("{}", explain::render(&snap, &verdict)),
+    }
+    Ok(Exit::Ok)
+}
