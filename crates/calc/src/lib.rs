@@ -10,6 +10,7 @@
 pub mod eval;
 pub mod explain;
 pub mod input;
+pub mod program;
 pub mod reach;
 pub mod snapshot;
 
