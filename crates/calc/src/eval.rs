@@ -199,6 +199,8 @@ pub struct Stage {
     pub kind: StageKind,
     /// The endpoint whose policy this is (`ns/pod`, `node/hep`).
     pub endpoint: String,
+    /// The endpoint's unique key (see [`Endpoint::key`]).
+    pub endpoint_key: String,
     pub steps: Vec<Step>,
     pub outcome: Outcome,
 }
@@ -456,6 +458,7 @@ impl Snapshot {
             out.stages.push(Stage {
                 kind,
                 endpoint: ep.name.clone(),
+                endpoint_key: ep.key.clone(),
                 steps,
                 outcome,
             });
@@ -495,6 +498,7 @@ impl Snapshot {
                     out.stages.push(Stage {
                         kind: StageKind::EndpointToHost,
                         endpoint: ep.name.clone(),
+                        endpoint_key: ep.key.clone(),
                         steps: vec![Step::Note { text: text.into() }],
                         outcome,
                     });
@@ -535,6 +539,7 @@ impl Snapshot {
                             out.stages.push(Stage {
                                 kind: StageKind::HostEgress,
                                 endpoint: hep.name.clone(),
+                                endpoint_key: hep.key.clone(),
                                 steps: vec![f],
                                 outcome: Outcome::Allow,
                             });
@@ -621,6 +626,7 @@ impl Snapshot {
                     out.stages.push(Stage {
                         kind: StageKind::HostIngress,
                         endpoint: hep.name.clone(),
+                        endpoint_key: hep.key.clone(),
                         steps: vec![f],
                         outcome: Outcome::Allow,
                     });

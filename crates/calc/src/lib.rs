@@ -9,6 +9,7 @@
 
 pub mod eval;
 pub mod explain;
+pub mod incremental;
 pub mod input;
 pub mod program;
 pub mod reach;

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::eval::{Outcome, Verdict};
 use crate::snapshot::{
-    CompiledRule, Direction, Endpoint, EndpointKind, Entity, Policy, PolicyRef, Snapshot,
+    CompiledRule, Direction, Endpoint, EndpointKind, Entity, NetSet, Policy, PolicyRef, Snapshot,
 };
 
 /// Names an IP set: `s:<selector id>` for a selector's addresses, `n:<port name>:<selector id>`
@@ -102,7 +102,10 @@ pub struct ChainProgram {
 /// Everything one endpoint enforces.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EndpointProgram {
+    /// The endpoint's display name (`ns/pod`, `node/hep`).
     pub endpoint: String,
+    /// The interface the dataplane attaches the program to (`cali…`, `eth0`, `*`).
+    pub interface: String,
     pub ingress: ChainProgram,
     pub egress: ChainProgram,
     /// Host endpoints only: applyOnForward, preDNAT and doNotTrack chains.
@@ -116,6 +119,7 @@ pub struct EndpointProgram {
 /// The desired dataplane state of a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NodeProgram {
+    /// By endpoint key ([`Endpoint::key`]).
     pub endpoints: BTreeMap<String, EndpointProgram>,
     pub sets: BTreeMap<SetId, IpSet>,
 }
@@ -138,50 +142,131 @@ fn admits(kind: ChainKind, p: &Policy, ep: &Endpoint) -> bool {
     }
 }
 
-/// Builds programs and the sets they use.
-struct Builder<'a> {
-    snap: &'a Snapshot,
-    sets: BTreeMap<SetId, IpSet>,
+/// What an IP set holds, before its members are known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetSpec {
+    /// Addresses of endpoints and network sets matching the selector.
+    Selector(Selector),
+    /// (address, protocol, port) of endpoints declaring the named port (and matching the
+    /// selector, when there is one).
+    NamedPort {
+        name: String,
+        selector: Option<Selector>,
+    },
 }
 
-impl Builder<'_> {
-    fn selector_set(&mut self, sel: &Selector) -> SetId {
-        let id = format!("s:{}", sel.unique_id());
-        if !self.sets.contains_key(&id) {
-            let mut set = IpSet::default();
-            for e in &self.snap.endpoints {
+impl SetSpec {
+    pub fn id(&self) -> SetId {
+        match self {
+            SetSpec::Selector(s) => format!("s:{}", s.unique_id()),
+            SetSpec::NamedPort { name, selector } => format!(
+                "n:{name}:{}",
+                selector
+                    .as_ref()
+                    .map_or_else(|| "all".to_owned(), Selector::unique_id)
+            ),
+        }
+    }
+
+    /// What one endpoint contributes.
+    pub fn endpoint_members(&self, e: &Endpoint) -> IpSet {
+        let mut set = IpSet::default();
+        match self {
+            SetSpec::Selector(sel) => {
                 if sel.matches(&e.effective_labels) {
                     set.nets.extend(e.ips.iter().copied());
                 }
             }
-            for n in &self.snap.netsets {
-                if sel.matches(&n.labels) {
-                    set.nets.extend(n.nets.iter().copied());
+            SetSpec::NamedPort { name, selector } => {
+                if selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&e.effective_labels))
+                {
+                    for p in e.ports.iter().filter(|p| &p.name == name) {
+                        for ip in &e.ips {
+                            set.ports.insert((*ip, p.protocol, p.port));
+                        }
+                    }
                 }
             }
-            self.sets.insert(id.clone(), set);
+        }
+        set
+    }
+
+    /// What one network set contributes.
+    pub fn netset_members(&self, n: &NetSet) -> IpSet {
+        let mut set = IpSet::default();
+        if let SetSpec::Selector(sel) = self
+            && sel.matches(&n.labels)
+        {
+            set.nets.extend(n.nets.iter().copied());
+        }
+        set
+    }
+
+    /// The members over a whole snapshot.
+    pub fn members(&self, snap: &Snapshot) -> IpSet {
+        let mut set = IpSet::default();
+        for e in &snap.endpoints {
+            set.extend(self.endpoint_members(e));
+        }
+        for n in &snap.netsets {
+            set.extend(self.netset_members(n));
+        }
+        set
+    }
+}
+
+impl IpSet {
+    pub fn extend(&mut self, other: IpSet) {
+        self.nets.extend(other.nets);
+        self.ports.extend(other.ports);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty() && self.ports.is_empty()
+    }
+}
+
+/// Builds programs; with `resolve`, also the members of the sets they use.
+pub(crate) struct Builder<'a> {
+    pub(crate) snap: &'a Snapshot,
+    pub(crate) sets: BTreeMap<SetId, IpSet>,
+    /// Every set the built programs reference.
+    pub(crate) specs: BTreeMap<SetId, SetSpec>,
+    pub(crate) resolve: bool,
+}
+
+impl<'a> Builder<'a> {
+    pub(crate) fn new(snap: &'a Snapshot, resolve: bool) -> Self {
+        Builder {
+            snap,
+            sets: BTreeMap::new(),
+            specs: BTreeMap::new(),
+            resolve,
+        }
+    }
+
+    fn register(&mut self, spec: SetSpec) -> SetId {
+        let id = spec.id();
+        if !self.specs.contains_key(&id) {
+            if self.resolve {
+                self.sets.insert(id.clone(), spec.members(self.snap));
+            }
+            self.specs.insert(id.clone(), spec);
         }
         id
     }
 
+    fn selector_set(&mut self, sel: &Selector) -> SetId {
+        self.register(SetSpec::Selector(sel.clone()))
+    }
+
     fn named_port_set(&mut self, name: &str, sel: Option<&Selector>) -> SetId {
-        let sel_id = sel.map_or_else(|| "all".to_owned(), Selector::unique_id);
-        let id = format!("n:{name}:{sel_id}");
-        if !self.sets.contains_key(&id) {
-            let mut set = IpSet::default();
-            for e in &self.snap.endpoints {
-                if sel.is_some_and(|s| !s.matches(&e.effective_labels)) {
-                    continue;
-                }
-                for p in e.ports.iter().filter(|p| p.name == name) {
-                    for ip in &e.ips {
-                        set.ports.insert((*ip, p.protocol, p.port));
-                    }
-                }
-            }
-            self.sets.insert(id.clone(), set);
-        }
-        id
+        self.register(SetSpec::NamedPort {
+            name: name.to_owned(),
+            selector: sel.cloned(),
+        })
     }
 
     fn side(&mut self, e: &Entity) -> SideProgram {
@@ -292,11 +377,12 @@ impl Builder<'_> {
         }
     }
 
-    fn endpoint(&mut self, policies: &[Policy], ep: &Endpoint) -> EndpointProgram {
+    pub(crate) fn endpoint(&mut self, policies: &[Policy], ep: &Endpoint) -> EndpointProgram {
         let host = ep.kind == EndpointKind::Host;
         let opt = |b: &mut Self, dir, kind| host.then(|| b.chain(policies, ep, dir, kind));
         EndpointProgram {
             endpoint: ep.name.clone(),
+            interface: ep.interface.clone(),
             ingress: self.chain(policies, ep, Direction::Ingress, ChainKind::Normal),
             egress: self.chain(policies, ep, Direction::Egress, ChainKind::Normal),
             forward_ingress: opt(self, Direction::Ingress, ChainKind::Forward),
@@ -312,16 +398,13 @@ impl Snapshot {
     /// The programs of every endpoint on `node` (all endpoints with `None`) and the IP sets
     /// they reference, under the enforced policies.
     pub fn node_program(&self, node: Option<&str>) -> NodeProgram {
-        let mut b = Builder {
-            snap: self,
-            sets: BTreeMap::new(),
-        };
+        let mut b = Builder::new(self, true);
         let mut endpoints = BTreeMap::new();
         for ep in &self.endpoints {
             if node.is_some_and(|n| n != ep.node) {
                 continue;
             }
-            endpoints.insert(ep.name.clone(), b.endpoint(&self.policies, ep));
+            endpoints.insert(ep.key.clone(), b.endpoint(&self.policies, ep));
         }
         NodeProgram {
             endpoints,
@@ -498,7 +581,7 @@ pub fn check_stages(program: &NodeProgram, reference: &Verdict) -> Vec<StageChec
         {
             continue;
         }
-        let Some(ep) = program.endpoints.get(&stage.endpoint) else {
+        let Some(ep) = program.endpoints.get(&stage.endpoint_key) else {
             continue;
         };
         let chain = match stage.kind {

@@ -7,7 +7,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use gingham_model::defaults::{NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL};
-use gingham_model::k8s::{NAMESPACE_LABEL_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX};
+use gingham_model::k8s::{
+    NAMESPACE_LABEL_PREFIX, NAMESPACE_PROFILE_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX,
+};
 use gingham_model::policy::{DEFAULT_TIER, DEFAULT_TIER_ORDER, infer_types};
 use gingham_model::{
     Action, EntityRule, FelixConfiguration, PolicyType, Port, ProtoPort, Resource, Rule,
@@ -80,6 +82,8 @@ pub struct NamedPort {
 pub struct Endpoint {
     /// `namespace/pod` for workloads, `node/name` for host endpoints.
     pub name: String,
+    /// Unique: `WorkloadEndpoint/<namespace>/<resource name>` or `HostEndpoint/<name>`.
+    pub key: String,
     pub kind: EndpointKind,
     /// The resource's own name (WorkloadEndpoint or HostEndpoint).
     pub resource: String,
@@ -111,8 +115,22 @@ impl Endpoint {
 pub struct NetSet {
     pub name: String,
     pub namespace: Option<String>,
+    /// Own labels (with `projectcalico.org/namespace` for namespaced sets).
+    pub own_labels: BTreeMap<String, String>,
+    /// What selectors see: a namespaced set also carries its namespace profile's labels
+    /// (`pcns.*`), so `namespaceSelector` applies to it as to pods.
     pub labels: BTreeMap<String, String>,
     pub nets: Vec<IpNet>,
+}
+
+impl NetSet {
+    /// The profiles whose labels a set inherits.
+    pub fn profiles(&self) -> Vec<String> {
+        self.namespace
+            .iter()
+            .map(|ns| format!("{NAMESPACE_PROFILE_PREFIX}{ns}"))
+            .collect()
+    }
 }
 
 /// A node: its addresses on the underlay and its tunnel addresses.
@@ -501,21 +519,26 @@ impl Snapshot {
                     s.netsets.push(NetSet {
                         name: format!("{ns}/{}", n.metadata.name),
                         namespace: Some(ns),
+                        own_labels: labels.clone(),
                         labels,
                         nets: n.spec.nets.clone(),
                     });
                 }
-                Resource::GlobalNetworkSet(n) => s.netsets.push(NetSet {
-                    name: n.metadata.name.clone(),
-                    namespace: None,
-                    labels: n
+                Resource::GlobalNetworkSet(n) => {
+                    let labels: BTreeMap<String, String> = n
                         .metadata
                         .labels
                         .iter()
                         .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    nets: n.spec.nets.clone(),
-                }),
+                        .collect();
+                    s.netsets.push(NetSet {
+                        name: n.metadata.name.clone(),
+                        namespace: None,
+                        own_labels: labels.clone(),
+                        labels,
+                        nets: n.spec.nets.clone(),
+                    });
+                }
                 Resource::Node(n) => {
                     let info = s.nodes.entry(n.metadata.name.clone()).or_default();
                     info.name = n.metadata.name.clone();
@@ -668,7 +691,12 @@ impl Snapshot {
                 );
             }
         }
-        s.endpoints.sort_by(|a, b| a.name.cmp(&b.name));
+        s.endpoints
+            .sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.key.cmp(&b.key)));
+        for i in 0..s.netsets.len() {
+            let labels = s.effective_labels(&s.netsets[i].own_labels, &s.netsets[i].profiles());
+            s.netsets[i].labels = labels;
+        }
         if !staged.is_empty() {
             let mut view = s.policies.clone();
             for sp in staged {
@@ -704,20 +732,15 @@ impl Snapshot {
         ports: Vec<NamedPort>,
         profiles: Vec<String>,
     ) -> Endpoint {
-        // Profile labels: earlier profiles win over later ones, own labels over all.
-        let mut effective = BTreeMap::new();
-        for p in profiles.iter().rev() {
-            if let Some(info) = self.profiles.get(p) {
-                for (k, v) in &info.labels_to_apply {
-                    effective.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        for (k, v) in &labels {
-            effective.insert(k.clone(), v.clone());
-        }
+        let effective = self.effective_labels(&labels, &profiles);
+        let key = match (&kind, &namespace) {
+            (EndpointKind::Workload, Some(ns)) => format!("WorkloadEndpoint/{ns}/{resource}"),
+            (EndpointKind::Workload, None) => format!("WorkloadEndpoint/{resource}"),
+            (EndpointKind::Host, _) => format!("HostEndpoint/{resource}"),
+        };
         Endpoint {
             name,
+            key,
             kind,
             resource,
             namespace,
@@ -729,6 +752,26 @@ impl Snapshot {
             ports,
             profiles,
         }
+    }
+
+    /// Own labels over the labels the profiles apply; earlier profiles win over later ones.
+    pub fn effective_labels(
+        &self,
+        own: &BTreeMap<String, String>,
+        profiles: &[String],
+    ) -> BTreeMap<String, String> {
+        let mut effective = BTreeMap::new();
+        for p in profiles.iter().rev() {
+            if let Some(info) = self.profiles.get(p) {
+                for (k, v) in &info.labels_to_apply {
+                    effective.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        for (k, v) in own {
+            effective.insert(k.clone(), v.clone());
+        }
+        effective
     }
 
     fn apply_felix(&mut self, f: &FelixConfiguration) {

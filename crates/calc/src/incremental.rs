@@ -1,0 +1,705 @@
+//! Incremental calculation for one node: resource updates in, changes to the desired dataplane
+//! state out (programs of local endpoints, members of the IP sets they use).
+//!
+//! What an update touches:
+//! - an endpoint or network set: its contribution to each active IP set (one selector match
+//!   per active set), and its own program when it is local;
+//! - a policy: the local endpoints its old or new selector selects, and the sets its rules use;
+//! - a profile: the endpoints and network sets that inherit its labels, and the local endpoints
+//!   that use it;
+//! - a tier: every local program (tier order changes them all).
+//!
+//! Applying the changes to the previous state always gives [`Snapshot::node_program`] of the new
+//! inputs; a property test holds this over random update sequences.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gingham_model::{Kind, Resource};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::program::{Builder, EndpointProgram, IpSet, NodeProgram, SetId, SetSpec};
+use crate::snapshot::{DEFAULT_ALLOW_PROFILE, Endpoint, PolicyRef, Snapshot, TierInfo};
+
+/// An input change.
+#[derive(Clone, Debug)]
+pub enum Update {
+    Upsert(Box<Resource>),
+    Delete {
+        kind: Kind,
+        namespace: Option<String>,
+        name: String,
+    },
+}
+
+/// A change to the desired state, in the order the dataplane should apply them: new sets before
+/// the programs that use them, programs before the sets they stopped using are removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum Change {
+    SetAdded {
+        id: SetId,
+        members: IpSet,
+    },
+    SetUpdated {
+        id: SetId,
+        added: IpSet,
+        removed: IpSet,
+    },
+    SetRemoved {
+        id: SetId,
+    },
+    ProgramSet {
+        endpoint: String,
+        program: Box<EndpointProgram>,
+    },
+    ProgramRemoved {
+        endpoint: String,
+    },
+}
+
+/// An IP set some local program uses.
+struct ActiveSet {
+    spec: SetSpec,
+    /// How many local programs reference it.
+    refs: usize,
+    /// Members with how many sources (endpoints, network sets) contribute each.
+    nets: BTreeMap<IpNet, usize>,
+    ports: BTreeMap<(IpNet, u8, u16), usize>,
+}
+
+impl ActiveSet {
+    fn members(&self) -> IpSet {
+        IpSet {
+            nets: self.nets.keys().copied().collect(),
+            ports: self.ports.keys().copied().collect(),
+        }
+    }
+
+    /// Replaces one source's contribution; returns what entered and left the set.
+    fn replace(&mut self, old: &IpSet, new: &IpSet) -> (IpSet, IpSet) {
+        let mut added = IpSet::default();
+        let mut removed = IpSet::default();
+        for n in new.nets.difference(&old.nets) {
+            let c = self.nets.entry(*n).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                added.nets.insert(*n);
+            }
+        }
+        for n in old.nets.difference(&new.nets) {
+            if let Some(c) = self.nets.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.nets.remove(n);
+                    removed.nets.insert(*n);
+                }
+            }
+        }
+        for p in new.ports.difference(&old.ports) {
+            let c = self.ports.entry(*p).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                added.ports.insert(*p);
+            }
+        }
+        for p in old.ports.difference(&new.ports) {
+            if let Some(c) = self.ports.get_mut(p) {
+                *c -= 1;
+                if *c == 0 {
+                    self.ports.remove(p);
+                    removed.ports.insert(*p);
+                }
+            }
+        }
+        (added, removed)
+    }
+}
+
+/// The incremental calculator of one node.
+pub struct Calculator {
+    node: String,
+    /// Every input, by `Kind` and name (`namespace/name` for namespaced kinds).
+    inputs: BTreeMap<(Kind, String), Resource>,
+    snap: Snapshot,
+    programs: BTreeMap<String, (EndpointProgram, BTreeSet<SetId>)>,
+    active: BTreeMap<SetId, ActiveSet>,
+    /// Position of each policy in `snap.policies`.
+    policy_index: HashMap<PolicyRef, usize>,
+}
+
+/// Collected changes of one update.
+#[derive(Default)]
+struct Pending {
+    added: Vec<Change>,
+    updated: BTreeMap<SetId, (IpSet, IpSet)>,
+    programs: Vec<Change>,
+    removed: Vec<Change>,
+}
+
+impl Pending {
+    fn finish(self) -> Vec<Change> {
+        let mut out = self.added;
+        out.extend(
+            self.updated
+                .into_iter()
+                .filter(|(_, (a, r))| !a.is_empty() || !r.is_empty())
+                .map(|(id, (added, removed))| Change::SetUpdated { id, added, removed }),
+        );
+        out.extend(self.programs);
+        out.extend(self.removed);
+        out
+    }
+}
+
+fn input_key(kind: Kind, namespace: Option<&str>, name: &str) -> (Kind, String) {
+    match namespace.filter(|ns| !ns.is_empty()) {
+        Some(ns) => (kind, format!("{ns}/{name}")),
+        None => (kind, name.to_owned()),
+    }
+}
+
+impl Calculator {
+    /// A calculator for `node` with no inputs.
+    pub fn new(node: &str) -> Self {
+        Calculator {
+            node: node.to_owned(),
+            inputs: BTreeMap::new(),
+            snap: Snapshot::build(&[]),
+            programs: BTreeMap::new(),
+            active: BTreeMap::new(),
+            policy_index: HashMap::new(),
+        }
+    }
+
+    /// Replaces every input at once (a cold start or a resync) and returns the changes from the
+    /// previous state. Costs one full calculation instead of one update per resource.
+    pub fn load_all(&mut self, resources: Vec<Resource>) -> Vec<Change> {
+        self.inputs = resources
+            .into_iter()
+            .map(|r| {
+                let m = r.meta();
+                (
+                    input_key(r.kind(), m.namespace.as_deref(), &m.name),
+                    r.clone(),
+                )
+            })
+            .collect();
+        let all: Vec<Resource> = self.inputs.values().cloned().collect();
+        self.snap = Snapshot::build(&all);
+        self.policy_index = self
+            .snap
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        // Sets keep their identity; members are recomputed from the new snapshot.
+        let mut pending = Pending::default();
+        let ids: Vec<SetId> = self.active.keys().cloned().collect();
+        for id in ids {
+            let Some(set) = self.active.get_mut(&id) else {
+                continue;
+            };
+            let before = set.members();
+            let after = set.spec.members(&self.snap);
+            recount(set, &self.snap);
+            let added = IpSet {
+                nets: after.nets.difference(&before.nets).copied().collect(),
+                ports: after.ports.difference(&before.ports).copied().collect(),
+            };
+            let removed = IpSet {
+                nets: before.nets.difference(&after.nets).copied().collect(),
+                ports: before.ports.difference(&after.ports).copied().collect(),
+            };
+            merge(&mut pending, &id, added, removed);
+        }
+        let mut keys: BTreeSet<String> = self.programs.keys().cloned().collect();
+        keys.extend(self.local_endpoints().map(|e| e.key.clone()));
+        for k in keys {
+            self.refresh_program(&k, &mut pending);
+        }
+        pending.finish()
+    }
+
+    /// The current desired state (what applying every change so far gives).
+    pub fn state(&self) -> NodeProgram {
+        NodeProgram {
+            endpoints: self
+                .programs
+                .iter()
+                .map(|(k, (p, _))| (k.clone(), p.clone()))
+                .collect(),
+            sets: self
+                .active
+                .iter()
+                .map(|(k, s)| (k.clone(), s.members()))
+                .collect(),
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// Applies one input change and returns the changes to the desired state.
+    pub fn apply(&mut self, update: Update) -> Vec<Change> {
+        let (key, new) = match update {
+            Update::Upsert(r) => {
+                let m = r.meta();
+                (
+                    input_key(r.kind(), m.namespace.as_deref(), &m.name),
+                    Some(*r),
+                )
+            }
+            Update::Delete {
+                kind,
+                namespace,
+                name,
+            } => (input_key(kind, namespace.as_deref(), &name), None),
+        };
+        let old = match &new {
+            Some(r) => self.inputs.insert(key.clone(), r.clone()),
+            None => self.inputs.remove(&key),
+        };
+        let mut pending = Pending::default();
+        match key.0 {
+            Kind::WorkloadEndpoint | Kind::HostEndpoint => {
+                self.endpoint_changed(old.as_ref(), new.as_ref(), &mut pending)
+            }
+            Kind::NetworkSet | Kind::GlobalNetworkSet => {
+                self.netset_changed(old.as_ref(), new.as_ref(), &mut pending)
+            }
+            Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
+                self.policy_changed(old.as_ref(), new.as_ref(), &mut pending)
+            }
+            Kind::Profile => self.profile_changed(&key.1, new.as_ref(), &mut pending),
+            Kind::Tier => self.tiers_changed(&mut pending),
+            // Staged policies are not enforced; nodes, pools, Felix settings do not change
+            // programs. The inputs are kept for `snapshot()` users.
+            _ => {}
+        }
+        pending.finish()
+    }
+
+    /// Compiles one resource in the context of the current profiles.
+    fn compile(&self, r: &Resource) -> Snapshot {
+        let mut s = Snapshot::build(std::slice::from_ref(r));
+        for e in &mut s.endpoints {
+            e.effective_labels = self.snap.effective_labels(&e.labels, &e.profiles);
+        }
+        for n in &mut s.netsets {
+            n.labels = self.snap.effective_labels(&n.own_labels, &n.profiles());
+        }
+        s
+    }
+
+    /// Replaces (or removes) an endpoint, updating set contributions and its program.
+    fn set_endpoint(&mut self, key: &str, new: Option<Endpoint>, pending: &mut Pending) {
+        let pos = self.snap.endpoints.iter().position(|e| e.key == key);
+        let old = pos.map(|i| self.snap.endpoints.remove(i));
+        for (id, set) in &mut self.active {
+            let before = old
+                .as_ref()
+                .map(|e| set.spec.endpoint_members(e))
+                .unwrap_or_default();
+            let after = new
+                .as_ref()
+                .map(|e| set.spec.endpoint_members(e))
+                .unwrap_or_default();
+            if before != after {
+                let (a, r) = set.replace(&before, &after);
+                merge(pending, id, a, r);
+            }
+        }
+        if let Some(e) = new {
+            self.snap.endpoints.push(e);
+        }
+        self.refresh_program(key, pending);
+    }
+
+    fn endpoint_changed(
+        &mut self,
+        old: Option<&Resource>,
+        new: Option<&Resource>,
+        pending: &mut Pending,
+    ) {
+        let old_key = old
+            .and_then(|r| self.compile(r).endpoints.into_iter().next())
+            .map(|e| e.key);
+        let new_ep = new.and_then(|r| self.compile(r).endpoints.into_iter().next());
+        if let Some(key) = old_key
+            && new_ep.as_ref().is_none_or(|e| e.key != key)
+        {
+            self.set_endpoint(&key, None, pending);
+        }
+        if let Some(e) = new_ep {
+            let key = e.key.clone();
+            self.set_endpoint(&key, Some(e), pending);
+        }
+    }
+
+    fn netset_changed(
+        &mut self,
+        old: Option<&Resource>,
+        new: Option<&Resource>,
+        pending: &mut Pending,
+    ) {
+        let name = old
+            .or(new)
+            .and_then(|r| self.compile(r).netsets.into_iter().next())
+            .map(|n| n.name);
+        let Some(name) = name else { return };
+        let pos = self.snap.netsets.iter().position(|n| n.name == name);
+        let before = pos.map(|i| self.snap.netsets.remove(i));
+        let after = new.and_then(|r| self.compile(r).netsets.into_iter().next());
+        for (id, set) in &mut self.active {
+            let b = before
+                .as_ref()
+                .map(|n| set.spec.netset_members(n))
+                .unwrap_or_default();
+            let a = after
+                .as_ref()
+                .map(|n| set.spec.netset_members(n))
+                .unwrap_or_default();
+            if a != b {
+                let (x, y) = set.replace(&b, &a);
+                merge(pending, id, x, y);
+            }
+        }
+        if let Some(n) = after {
+            self.snap.netsets.push(n);
+        }
+    }
+
+    fn policy_changed(
+        &mut self,
+        old: Option<&Resource>,
+        new: Option<&Resource>,
+        pending: &mut Pending,
+    ) {
+        let old_p = old.and_then(|r| self.compile(r).policies.into_iter().next());
+        let new_snap = new.map(|r| self.compile(r));
+        let new_p = new_snap.as_ref().and_then(|s| s.policies.first().cloned());
+        if let Some(s) = &new_snap {
+            self.snap.warnings.extend(s.warnings.iter().cloned());
+        }
+        // The local endpoints the old or the new version selects.
+        let affected: Vec<String> = self
+            .local_endpoints()
+            .filter(|e| {
+                old_p.as_ref().is_some_and(|p| p.selects(e))
+                    || new_p.as_ref().is_some_and(|p| p.selects(e))
+            })
+            .map(|e| e.key.clone())
+            .collect();
+        let id = old_p.as_ref().or(new_p.as_ref()).map(|p| p.id.clone());
+        if let Some(id) = id
+            && let Some(i) = self.policy_index.remove(&id)
+        {
+            self.snap.policies.swap_remove(i);
+            if let Some(moved) = self.snap.policies.get(i) {
+                self.policy_index.insert(moved.id.clone(), i);
+            }
+        }
+        if let Some(p) = new_p {
+            if !self.snap.tiers.iter().any(|t| t.name == p.tier) {
+                self.snap.tiers.push(TierInfo {
+                    name: p.tier.clone(),
+                    order: None,
+                    default_action: gingham_model::Action::Deny,
+                });
+                self.sort_tiers();
+            }
+            self.policy_index
+                .insert(p.id.clone(), self.snap.policies.len());
+            self.snap.policies.push(p);
+        }
+        for name in affected {
+            self.refresh_program(&name, pending);
+        }
+    }
+
+    fn profile_changed(&mut self, name: &str, new: Option<&Resource>, pending: &mut Pending) {
+        match new.and_then(|r| self.compile(r).profiles.remove(name)) {
+            Some(info) => {
+                self.snap.profiles.insert(name.to_owned(), info);
+            }
+            None => {
+                self.snap.profiles.remove(name);
+                // The built-in allow-all profile exists even when not stored.
+                if name == DEFAULT_ALLOW_PROFILE
+                    && let Some(builtin) = Snapshot::build(&[]).profiles.remove(name)
+                {
+                    self.snap.profiles.insert(name.to_owned(), builtin);
+                }
+            }
+        }
+        // Endpoints and network sets inheriting its labels.
+        let users: Vec<Endpoint> = self
+            .snap
+            .endpoints
+            .iter()
+            .filter(|e| e.profiles.iter().any(|p| p == name))
+            .cloned()
+            .collect();
+        for mut e in users {
+            e.effective_labels = self.snap.effective_labels(&e.labels, &e.profiles);
+            let k = e.key.clone();
+            self.set_endpoint(&k, Some(e), pending);
+        }
+        let sets: Vec<String> = self
+            .snap
+            .netsets
+            .iter()
+            .filter(|n| n.profiles().iter().any(|p| p == name))
+            .map(|n| n.name.clone())
+            .collect();
+        for set_name in sets {
+            let Some(pos) = self.snap.netsets.iter().position(|n| n.name == set_name) else {
+                continue;
+            };
+            let before = self.snap.netsets.remove(pos);
+            let mut after = before.clone();
+            after.labels = self
+                .snap
+                .effective_labels(&after.own_labels, &after.profiles());
+            for (id, set) in &mut self.active {
+                let b = set.spec.netset_members(&before);
+                let a = set.spec.netset_members(&after);
+                if a != b {
+                    let (x, y) = set.replace(&b, &a);
+                    merge(pending, id, x, y);
+                }
+            }
+            self.snap.netsets.push(after);
+        }
+    }
+
+    fn tiers_changed(&mut self, pending: &mut Pending) {
+        // Tiers are few: rebuild their list from the inputs, as a full build would.
+        let mut resources: Vec<Resource> = self
+            .inputs
+            .iter()
+            .filter(|((k, _), _)| *k == Kind::Tier)
+            .map(|(_, r)| r.clone())
+            .collect();
+        resources.extend(
+            self.inputs
+                .iter()
+                .filter(|((k, _), _)| matches!(k, Kind::NetworkPolicy | Kind::GlobalNetworkPolicy))
+                .map(|(_, r)| r.clone()),
+        );
+        self.snap.tiers = Snapshot::build(&resources).tiers;
+        let names: Vec<String> = self.local_endpoints().map(|e| e.key.clone()).collect();
+        for name in names {
+            self.refresh_program(&name, pending);
+        }
+    }
+
+    fn sort_tiers(&mut self) {
+        use crate::snapshot::OrderKey;
+        self.snap.tiers.sort_by(|a, b| {
+            OrderKey(a.order)
+                .cmp(&OrderKey(b.order))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+    }
+
+    fn local_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.snap.endpoints.iter().filter(|e| e.node == self.node)
+    }
+
+    /// Recomputes one endpoint's program (removing it if the endpoint is gone or not local).
+    fn refresh_program(&mut self, name: &str, pending: &mut Pending) {
+        let ep = self
+            .snap
+            .endpoints
+            .iter()
+            .find(|e| e.key == name && e.node == self.node)
+            .cloned();
+        let built = ep.map(|e| {
+            let mut b = Builder::new(&self.snap, false);
+            let program = b.endpoint(&self.snap.policies, &e);
+            (program, b.specs)
+        });
+        let old_ids = self
+            .programs
+            .get(name)
+            .map(|(_, ids)| ids.clone())
+            .unwrap_or_default();
+        match built {
+            Some((program, specs)) => {
+                let ids: BTreeSet<SetId> = specs.keys().cloned().collect();
+                for (id, spec) in specs {
+                    if !old_ids.contains(&id) {
+                        self.activate(id, spec, pending);
+                    }
+                }
+                let changed = self.programs.get(name).is_none_or(|(p, _)| *p != program);
+                if changed {
+                    pending.programs.push(Change::ProgramSet {
+                        endpoint: name.to_owned(),
+                        program: Box::new(program.clone()),
+                    });
+                }
+                for id in old_ids.difference(&ids) {
+                    self.deactivate(id, pending);
+                }
+                self.programs.insert(name.to_owned(), (program, ids));
+            }
+            None => {
+                if self.programs.remove(name).is_some() {
+                    pending.programs.push(Change::ProgramRemoved {
+                        endpoint: name.to_owned(),
+                    });
+                    for id in &old_ids {
+                        self.deactivate(id, pending);
+                    }
+                }
+            }
+        }
+    }
+
+    fn activate(&mut self, id: SetId, spec: SetSpec, pending: &mut Pending) {
+        if let Some(set) = self.active.get_mut(&id) {
+            set.refs += 1;
+            return;
+        }
+        let mut set = ActiveSet {
+            spec,
+            refs: 1,
+            nets: BTreeMap::new(),
+            ports: BTreeMap::new(),
+        };
+        recount(&mut set, &self.snap);
+        // A set removed and added again within one update is just an update.
+        if let Some(pos) = pending
+            .removed
+            .iter()
+            .position(|c| matches!(c, Change::SetRemoved { id: r } if *r == id))
+        {
+            pending.removed.remove(pos);
+        }
+        pending.updated.remove(&id);
+        pending.added.push(Change::SetAdded {
+            id: id.clone(),
+            members: set.members(),
+        });
+        self.active.insert(id, set);
+    }
+
+    fn deactivate(&mut self, id: &SetId, pending: &mut Pending) {
+        let Some(set) = self.active.get_mut(id) else {
+            return;
+        };
+        set.refs -= 1;
+        if set.refs == 0 {
+            self.active.remove(id);
+            pending.updated.remove(id);
+            match pending
+                .added
+                .iter()
+                .position(|c| matches!(c, Change::SetAdded { id: a, .. } if a == id))
+            {
+                // Added and removed within one update: neither needs to reach the dataplane.
+                Some(pos) => {
+                    pending.added.remove(pos);
+                }
+                None => pending.removed.push(Change::SetRemoved { id: id.clone() }),
+            }
+        }
+    }
+}
+
+/// Recomputes a set's per-member source counts from a snapshot.
+fn recount(set: &mut ActiveSet, snap: &Snapshot) {
+    set.nets.clear();
+    set.ports.clear();
+    let empty = IpSet::default();
+    for e in &snap.endpoints {
+        let m = set.spec.endpoint_members(e);
+        set.replace(&empty, &m);
+    }
+    for n in &snap.netsets {
+        let m = set.spec.netset_members(n);
+        set.replace(&empty, &m);
+    }
+}
+
+fn merge(pending: &mut Pending, id: &SetId, added: IpSet, removed: IpSet) {
+    // A set added in this same update already carries its members.
+    if pending
+        .added
+        .iter()
+        .any(|c| matches!(c, Change::SetAdded { id: a, .. } if a == id))
+    {
+        if let Some(Change::SetAdded { members, .. }) = pending
+            .added
+            .iter_mut()
+            .find(|c| matches!(c, Change::SetAdded { id: a, .. } if a == id))
+        {
+            for n in &removed.nets {
+                members.nets.remove(n);
+            }
+            for p in &removed.ports {
+                members.ports.remove(p);
+            }
+            members.extend(added);
+        }
+        return;
+    }
+    let entry = pending.updated.entry(id.clone()).or_default();
+    for n in removed.nets {
+        if !entry.0.nets.remove(&n) {
+            entry.1.nets.insert(n);
+        }
+    }
+    for p in removed.ports {
+        if !entry.0.ports.remove(&p) {
+            entry.1.ports.insert(p);
+        }
+    }
+    for n in added.nets {
+        if !entry.1.nets.remove(&n) {
+            entry.0.nets.insert(n);
+        }
+    }
+    for p in added.ports {
+        if !entry.1.ports.remove(&p) {
+            entry.0.ports.insert(p);
+        }
+    }
+}
+
+/// Applies changes to a copy of the desired state (what a dataplane does with them).
+pub fn apply_changes(state: &mut NodeProgram, changes: &[Change]) {
+    for c in changes {
+        match c {
+            Change::SetAdded { id, members } => {
+                state.sets.insert(id.clone(), members.clone());
+            }
+            Change::SetUpdated { id, added, removed } => {
+                let set = state.sets.entry(id.clone()).or_default();
+                for n in &removed.nets {
+                    set.nets.remove(n);
+                }
+                for p in &removed.ports {
+                    set.ports.remove(p);
+                }
+                set.extend(added.clone());
+            }
+            Change::SetRemoved { id } => {
+                state.sets.remove(id);
+            }
+            Change::ProgramSet { endpoint, program } => {
+                state
+                    .endpoints
+                    .insert(endpoint.clone(), (**program).clone());
+            }
+            Change::ProgramRemoved { endpoint } => {
+                state.endpoints.remove(endpoint);
+            }
+        }
+    }
+}
