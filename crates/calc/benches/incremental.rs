@@ -1,10 +1,38 @@
-//! Incremental calculation against full recomputation, measured in the same run (B3's model,
-//! calculation only): P policies, E endpoints (E/10 on the measured node). Operations: relabel one
-//! endpoint (changes set membership), add one endpoint, change one policy.
+//! Incremental calculation against full recomputation, measured in the same run. The default
+//! scale is the issue's: E = 10,000 endpoints on 100 nodes (100 on the measured node) and
+//! P = 1,000 policies. Operations: relabel one endpoint (changes set membership), add one
+//! endpoint, change one policy; the full calculation; memory per remote endpoint (RSS growth).
 //!
 //! Run: `cargo bench -p gingham-calc --bench incremental`. `CALC_BENCH_SCALE=small|large`.
 
+// The counting allocator below is the one unsafe block of the workspace: a benchmark needs to
+// know how many bytes stay allocated, and only a global allocator sees that.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Counts live heap bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 use gingham_calc::Snapshot;
 use gingham_calc::incremental::{Calculator, Update};
@@ -15,7 +43,7 @@ fn load(text: &str) -> Vec<Resource> {
 }
 
 fn endpoint(i: usize, app: &str) -> String {
-    let node = format!("node{}", i % 10);
+    let node = format!("node{}", i % NODES);
     format!(
         "apiVersion: projectcalico.org/v3
 kind: WorkloadEndpoint
@@ -60,6 +88,13 @@ spec:
     )
 }
 
+const NODES: usize = 100;
+
+/// Live heap bytes.
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -82,15 +117,44 @@ fn main() {
         return;
     }
     let (p, e) = match std::env::var("CALC_BENCH_SCALE").as_deref() {
-        Ok("small") => (100, 100),
-        Ok("large") => (10_000, 1_000),
-        _ => (1_000, 1_000),
+        Ok("small") => (100, 1_000),
+        Ok("large") => (10_000, 10_000),
+        _ => (1_000, 10_000),
     };
-    let mut text: String = (0..e)
-        .map(|i| endpoint(i, &format!("app{}", i % 50)))
+    // Namespace profiles as Calico's controllers write them (allow, with namespace labels).
+    let profiles: String = (0..20)
+        .map(|n| {
+            format!(
+                "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {{name: kns.ns{n}}}
+spec:
+  ingress: [{{action: Allow}}]
+  egress: [{{action: Allow}}]
+  labelsToApply: {{pcns.projectcalico.org/name: ns{n}, pcns.team: team{t}}}
+---
+",
+                t = n % 4
+            )
+        })
         .collect();
-    text.extend((0..p).map(|i| policy(i, 80)));
-    let base = load(&text);
+    let mut policies = load(&profiles);
+    policies.extend(load(&(0..p).map(|i| policy(i, 80)).collect::<String>()));
+    let endpoints = load(
+        &(0..e)
+            .map(|i| endpoint(i, &format!("app{}", i % 50)))
+            .collect::<String>(),
+    );
+    // Memory per remote endpoint: calculator state with and without the endpoints.
+    let mut probe = Calculator::new("node0");
+    probe.load_all(policies.clone());
+    let with_policies = live();
+    probe.load_all(policies.iter().chain(&endpoints).cloned().collect());
+    let with_endpoints = live();
+    drop(probe);
+    let per_endpoint = with_endpoints.saturating_sub(with_policies) as f64 / e as f64;
+    let mut base = policies;
+    base.extend(endpoints);
     let node = "node0";
 
     let t = Instant::now();
@@ -146,7 +210,7 @@ fn main() {
             full_once.as_secs_f64() / d.as_secs_f64()
         )
     };
-    println!("P={p} policies, E={e} endpoints ({} on {node})", e / 10);
+    println!("P={p} policies, E={e} endpoints ({} on {node})", e / NODES);
     line("relabel one endpoint", inc_relabel);
     line("change one policy", inc_policy);
     line("add one endpoint", inc_add);
@@ -155,5 +219,9 @@ fn main() {
         cold_incremental.as_secs_f64() * 1e3,
         cold_updates.as_secs_f64() * 1e3,
         cold_full.as_secs_f64() * 1e3
+    );
+    println!(
+        "memory per remote endpoint (live heap bytes the calculator keeps): {:.0} bytes",
+        per_endpoint
     );
 }

@@ -308,7 +308,7 @@ impl Snapshot {
                 .map(Peer::Node)
                 .ok_or_else(|| FlowError::UnknownPeer(name.clone())),
             PeerSpec::Endpoint(name) => {
-                let mut found = self.endpoints.iter().filter(|e| &e.name == name);
+                let mut found = self.endpoints_named(name);
                 let first = found
                     .next()
                     .ok_or_else(|| FlowError::UnknownPeer(name.clone()))?;

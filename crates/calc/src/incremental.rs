@@ -119,7 +119,8 @@ impl ActiveSet {
 /// The incremental calculator of one node.
 pub struct Calculator {
     node: String,
-    /// Every input, by `Kind` and name (`namespace/name` for namespaced kinds).
+    /// Tiers and policies as given, by `Kind` and name (`namespace/name` for namespaced kinds).
+    /// Endpoints, network sets and profiles live only in compiled form in `snap`.
     inputs: BTreeMap<(Kind, String), Resource>,
     snap: Snapshot,
     programs: BTreeMap<String, (EndpointProgram, BTreeSet<SetId>)>,
@@ -152,6 +153,14 @@ impl Pending {
     }
 }
 
+/// The kinds whose raw resources the calculator keeps (few, and needed to rebuild tiers).
+fn kept(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Tier | Kind::NetworkPolicy | Kind::GlobalNetworkPolicy
+    )
+}
+
 fn input_key(kind: Kind, namespace: Option<&str>, name: &str) -> (Kind, String) {
     match namespace.filter(|ns| !ns.is_empty()) {
         Some(ns) => (kind, format!("{ns}/{name}")),
@@ -175,18 +184,16 @@ impl Calculator {
     /// Replaces every input at once (a cold start or a resync) and returns the changes from the
     /// previous state. Costs one full calculation instead of one update per resource.
     pub fn load_all(&mut self, resources: Vec<Resource>) -> Vec<Change> {
-        self.inputs = resources
-            .into_iter()
-            .map(|r| {
-                let m = r.meta();
-                (
-                    input_key(r.kind(), m.namespace.as_deref(), &m.name),
-                    r.clone(),
-                )
-            })
-            .collect();
-        let all: Vec<Resource> = self.inputs.values().cloned().collect();
+        // The same object twice: the last one wins, as with one update each.
+        let mut unique: BTreeMap<(Kind, String), Resource> = BTreeMap::new();
+        for r in resources {
+            let m = r.meta();
+            unique.insert(input_key(r.kind(), m.namespace.as_deref(), &m.name), r);
+        }
+        let all: Vec<Resource> = unique.values().cloned().collect();
         self.snap = Snapshot::build(&all);
+        unique.retain(|(k, _), _| kept(*k));
+        self.inputs = unique;
         self.policy_index = self
             .snap
             .policies
@@ -238,10 +245,6 @@ impl Calculator {
         }
     }
 
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snap
-    }
-
     /// Applies one input change and returns the changes to the desired state.
     pub fn apply(&mut self, update: Update) -> Vec<Change> {
         let (key, new) = match update {
@@ -258,17 +261,21 @@ impl Calculator {
                 name,
             } => (input_key(kind, namespace.as_deref(), &name), None),
         };
-        let old = match &new {
-            Some(r) => self.inputs.insert(key.clone(), r.clone()),
-            None => self.inputs.remove(&key),
+        let old = if !kept(key.0) {
+            None
+        } else {
+            match &new {
+                Some(r) => self.inputs.insert(key.clone(), r.clone()),
+                None => self.inputs.remove(&key),
+            }
         };
         let mut pending = Pending::default();
         match key.0 {
             Kind::WorkloadEndpoint | Kind::HostEndpoint => {
-                self.endpoint_changed(old.as_ref(), new.as_ref(), &mut pending)
+                self.endpoint_changed(key.0, &key.1, new.as_ref(), &mut pending)
             }
             Kind::NetworkSet | Kind::GlobalNetworkSet => {
-                self.netset_changed(old.as_ref(), new.as_ref(), &mut pending)
+                self.netset_changed(&key.1, new.as_ref(), &mut pending)
             }
             Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
                 self.policy_changed(old.as_ref(), new.as_ref(), &mut pending)
@@ -276,7 +283,7 @@ impl Calculator {
             Kind::Profile => self.profile_changed(&key.1, new.as_ref(), &mut pending),
             Kind::Tier => self.tiers_changed(&mut pending),
             // Staged policies are not enforced; nodes, pools, Felix settings do not change
-            // programs. The inputs are kept for `snapshot()` users.
+            // programs.
             _ => {}
         }
         pending.finish()
@@ -320,36 +327,21 @@ impl Calculator {
 
     fn endpoint_changed(
         &mut self,
-        old: Option<&Resource>,
+        kind: Kind,
+        name: &str,
         new: Option<&Resource>,
         pending: &mut Pending,
     ) {
-        let old_key = old
-            .and_then(|r| self.compile(r).endpoints.into_iter().next())
-            .map(|e| e.key);
+        // The same key `Snapshot` gives the endpoint (see `Endpoint::key`).
+        let key = match kind {
+            Kind::HostEndpoint => format!("HostEndpoint/{name}"),
+            _ => format!("WorkloadEndpoint/{name}"),
+        };
         let new_ep = new.and_then(|r| self.compile(r).endpoints.into_iter().next());
-        if let Some(key) = old_key
-            && new_ep.as_ref().is_none_or(|e| e.key != key)
-        {
-            self.set_endpoint(&key, None, pending);
-        }
-        if let Some(e) = new_ep {
-            let key = e.key.clone();
-            self.set_endpoint(&key, Some(e), pending);
-        }
+        self.set_endpoint(&key, new_ep, pending);
     }
 
-    fn netset_changed(
-        &mut self,
-        old: Option<&Resource>,
-        new: Option<&Resource>,
-        pending: &mut Pending,
-    ) {
-        let name = old
-            .or(new)
-            .and_then(|r| self.compile(r).netsets.into_iter().next())
-            .map(|n| n.name);
-        let Some(name) = name else { return };
+    fn netset_changed(&mut self, name: &str, new: Option<&Resource>, pending: &mut Pending) {
         let pos = self.snap.netsets.iter().position(|n| n.name == name);
         let before = pos.map(|i| self.snap.netsets.remove(i));
         let after = new.and_then(|r| self.compile(r).netsets.into_iter().next());

@@ -42,8 +42,8 @@ pub fn matrix(
     protocol: u8,
     port: Option<u16>,
 ) -> Result<Matrix, FlowError> {
-    let mut allowed = BTreeMap::new();
-    for from in endpoints {
+    // Rows are independent: split them over the machine's cores.
+    let row = |from: &String| -> Result<BTreeMap<String, bool>, FlowError> {
         let mut row = BTreeMap::new();
         for to in endpoints {
             let flow = Flow {
@@ -63,7 +63,33 @@ pub fn matrix(
             };
             row.insert(to.clone(), ok);
         }
-        allowed.insert(from.clone(), row);
+        Ok(row)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    let chunk = endpoints.len().div_ceil(threads).max(1);
+    type Rows = Vec<(String, BTreeMap<String, bool>)>;
+    let rows: Vec<Result<Rows, FlowError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = endpoints
+            .chunks(chunk)
+            .map(|part| {
+                let row = &row;
+                sc.spawn(move || {
+                    part.iter()
+                        .map(|from| row(from).map(|r| (from.clone(), r)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reach worker panicked"))
+            .collect()
+    });
+    let mut allowed = BTreeMap::new();
+    for part in rows {
+        allowed.extend(part?);
     }
     Ok(Matrix {
         port,

@@ -69,6 +69,59 @@ pub enum EndpointKind {
     Host,
 }
 
+/// A compact, sorted, shared label set (endpoints are many; a map per endpoint costs more than
+/// its labels, and an endpoint whose profiles add nothing shares one set for both uses).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelSet(std::sync::Arc<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+            .ok()
+            .map(|i| self.0[i].1.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<BTreeMap<String, String>> for LabelSet {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        LabelSet(
+            m.into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl gingham_selector::Labels for LabelSet {
+    fn get_label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
+impl Serialize for LabelSet {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.iter() {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
 /// A port an endpoint declares by name (a container port, a host endpoint port).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NamedPort {
@@ -91,9 +144,9 @@ pub struct Endpoint {
     pub node: String,
     pub interface: String,
     /// The endpoint's own labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: LabelSet,
     /// Own labels over labels inherited from its profiles (`labelsToApply`): what selectors see.
-    pub effective_labels: BTreeMap<String, String>,
+    pub effective_labels: LabelSet,
     pub ips: Vec<IpNet>,
     pub ports: Vec<NamedPort>,
     pub profiles: Vec<String>,
@@ -116,10 +169,10 @@ pub struct NetSet {
     pub name: String,
     pub namespace: Option<String>,
     /// Own labels (with `projectcalico.org/namespace` for namespaced sets).
-    pub own_labels: BTreeMap<String, String>,
+    pub own_labels: LabelSet,
     /// What selectors see: a namespaced set also carries its namespace profile's labels
     /// (`pcns.*`), so `namespaceSelector` applies to it as to pods.
-    pub labels: BTreeMap<String, String>,
+    pub labels: LabelSet,
     pub nets: Vec<IpNet>,
 }
 
@@ -376,6 +429,20 @@ pub struct Snapshot {
     pub profiles: BTreeMap<String, ProfileInfo>,
     pub felix: FelixSettings,
     pub warnings: Vec<Warning>,
+    /// Lookups by name and address, rebuilt by [`Snapshot::reindex`].
+    pub index: EndpointIndex,
+}
+
+/// Positions in `Snapshot::endpoints` by display name and by address.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointIndex {
+    by_name: std::collections::HashMap<String, Vec<usize>>,
+    /// Endpoints by the address of each single-address network (/32, /128).
+    by_ip: std::collections::HashMap<IpAddr, Vec<usize>>,
+    /// Endpoints with wider networks, checked one by one.
+    wide: Vec<usize>,
+    /// The host endpoint that polices each node (see [`Snapshot::host_endpoint_of`]).
+    host_of_node: std::collections::HashMap<String, usize>,
 }
 
 impl Snapshot {
@@ -519,8 +586,8 @@ impl Snapshot {
                     s.netsets.push(NetSet {
                         name: format!("{ns}/{}", n.metadata.name),
                         namespace: Some(ns),
-                        own_labels: labels.clone(),
-                        labels,
+                        own_labels: LabelSet::from(labels.clone()),
+                        labels: LabelSet::from(labels),
                         nets: n.spec.nets.clone(),
                     });
                 }
@@ -534,8 +601,8 @@ impl Snapshot {
                     s.netsets.push(NetSet {
                         name: n.metadata.name.clone(),
                         namespace: None,
-                        own_labels: labels.clone(),
-                        labels,
+                        own_labels: LabelSet::from(labels.clone()),
+                        labels: LabelSet::from(labels),
                         nets: n.spec.nets.clone(),
                     });
                 }
@@ -697,6 +764,7 @@ impl Snapshot {
             let labels = s.effective_labels(&s.netsets[i].own_labels, &s.netsets[i].profiles());
             s.netsets[i].labels = labels;
         }
+        s.reindex();
         if !staged.is_empty() {
             let mut view = s.policies.clone();
             for sp in staged {
@@ -732,6 +800,7 @@ impl Snapshot {
         ports: Vec<NamedPort>,
         profiles: Vec<String>,
     ) -> Endpoint {
+        let labels = LabelSet::from(labels);
         let effective = self.effective_labels(&labels, &profiles);
         let key = match (&kind, &namespace) {
             (EndpointKind::Workload, Some(ns)) => format!("WorkloadEndpoint/{ns}/{resource}"),
@@ -755,11 +824,15 @@ impl Snapshot {
     }
 
     /// Own labels over the labels the profiles apply; earlier profiles win over later ones.
-    pub fn effective_labels(
-        &self,
-        own: &BTreeMap<String, String>,
-        profiles: &[String],
-    ) -> BTreeMap<String, String> {
+    pub fn effective_labels(&self, own: &LabelSet, profiles: &[String]) -> LabelSet {
+        let inherited = profiles.iter().any(|p| {
+            self.profiles
+                .get(p)
+                .is_some_and(|i| !i.labels_to_apply.is_empty())
+        });
+        if !inherited {
+            return own.clone();
+        }
         let mut effective = BTreeMap::new();
         for p in profiles.iter().rev() {
             if let Some(info) = self.profiles.get(p) {
@@ -768,10 +841,10 @@ impl Snapshot {
                 }
             }
         }
-        for (k, v) in own {
-            effective.insert(k.clone(), v.clone());
+        for (k, v) in own.iter() {
+            effective.insert(k.to_owned(), v.to_owned());
         }
-        effective
+        LabelSet::from(effective)
     }
 
     fn apply_felix(&mut self, f: &FelixConfiguration) {
@@ -978,25 +1051,77 @@ impl Snapshot {
         out
     }
 
+    /// Rebuilds the lookup index after `endpoints` changed.
+    pub fn reindex(&mut self) {
+        let mut index = EndpointIndex::default();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            index.by_name.entry(e.name.clone()).or_default().push(i);
+            let mut wide = false;
+            for net in &e.ips {
+                if net.prefix_len() == net.max_prefix_len() {
+                    index.by_ip.entry(net.addr()).or_default().push(i);
+                } else {
+                    wide = true;
+                }
+            }
+            if wide {
+                index.wide.push(i);
+            }
+            if e.kind == EndpointKind::Host {
+                // A wildcard (`*`) one first, then the first by name.
+                let better = match index.host_of_node.get(&e.node) {
+                    None => true,
+                    Some(&j) => {
+                        let o = &self.endpoints[j];
+                        (e.interface != "*", &e.name) < (o.interface != "*", &o.name)
+                    }
+                };
+                if better {
+                    index.host_of_node.insert(e.node.clone(), i);
+                }
+            }
+        }
+        self.index = index;
+    }
+
+    /// Every endpoint with this display name.
+    pub fn endpoints_named(&self, name: &str) -> impl Iterator<Item = &Endpoint> {
+        self.index
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.endpoints[i])
+    }
+
+    /// Every endpoint that has `ip`.
+    pub fn endpoints_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Endpoint> {
+        self.index
+            .by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .chain(self.index.wide.iter())
+            .map(|&i| &self.endpoints[i])
+            .filter(move |e| e.has_ip(ip))
+    }
+
     pub fn endpoint_by_name(&self, name: &str) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.name == name)
+        self.endpoints_named(name).next()
     }
 
     /// The host endpoint that polices a node's own traffic: a wildcard (`*`) one first, then
     /// the first by name.
     pub fn host_endpoint_of(&self, node: &str) -> Option<&Endpoint> {
-        let mut heps: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.kind == EndpointKind::Host && e.node == node)
-            .collect();
-        heps.sort_by_key(|e| (e.interface != "*", e.name.clone()));
-        heps.into_iter().next()
+        self.index
+            .host_of_node
+            .get(node)
+            .map(|&i| &self.endpoints[i])
     }
 
     /// The endpoint owning `ip`, if any (workloads first).
     pub fn endpoint_with_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
-        let mut found = self.endpoints.iter().filter(|e| e.has_ip(ip));
+        let mut found = self.endpoints_with_ip(ip);
         let first = found.next()?;
         if first.kind == EndpointKind::Workload {
             return Some(first);
@@ -1008,9 +1133,8 @@ impl Snapshot {
 
     /// Whether `selector` matches some endpoint or network set that has `ip` (felix's IP sets).
     pub fn ip_matches_selector(&self, ip: IpAddr, selector: &Selector) -> bool {
-        self.endpoints
-            .iter()
-            .any(|e| e.has_ip(ip) && selector.matches(&e.effective_labels))
+        self.endpoints_with_ip(ip)
+            .any(|e| selector.matches(&e.effective_labels))
             || self
                 .netsets
                 .iter()
@@ -1027,11 +1151,10 @@ impl Snapshot {
         port: u16,
         selector: Option<&Selector>,
     ) -> bool {
-        self.endpoints.iter().any(|e| {
-            e.has_ip(ip)
-                && e.ports
-                    .iter()
-                    .any(|p| p.name == name && p.protocol == protocol && p.port == port)
+        self.endpoints_with_ip(ip).any(|e| {
+            e.ports
+                .iter()
+                .any(|p| p.name == name && p.protocol == protocol && p.port == port)
                 && selector.is_none_or(|s| s.matches(&e.effective_labels))
         })
     }
