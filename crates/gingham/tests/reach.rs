@@ -204,3 +204,17 @@ fn reach_reads_the_datastore_without_files() {
         serde_json::json!(["shop/client", "shop/web"])
     );
 }
+
+#[test]
+fn bad_input_is_refused_with_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    let bad = data("bad-second-doc.yaml");
+    let o = gingham(&["reach", "-f", bad.to_str().unwrap(), "--port", "80"], &ds);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("bad-second-doc.yaml: document 2"), "{err}");
+    assert!(err.contains("spec.ingress[0].protocol"), "{err}");
+    assert!(err.contains("valid: TCP"), "{err}");
+    assert!(stdout(&o).is_empty(), "no matrix from bad input");
+}
