@@ -4,7 +4,9 @@
 //! protocol on stdin/stdout; otherwise it is the command-line tool described by `gingham --help`.
 //! Exit codes: 0 success, 1 user error (bad input, failed check), 2 usage error.
 
+mod cni_plugin;
 mod datastore;
+mod ipam_cmd;
 mod output;
 mod reach_cmd;
 mod resources_cmd;
@@ -61,6 +63,9 @@ enum Command {
     /// Work with selector expressions.
     #[command(subcommand)]
     Selector(selector_cmd::SelectorCmd),
+    /// IP address management: usage, leak checks, manual release.
+    #[command(subcommand)]
+    Ipam(ipam_cmd::IpamCmd),
     /// Print which endpoints may connect to which (the reachability matrix), from policy.
     Reach(reach_cmd::ReachArgs),
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
@@ -69,6 +74,27 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A container runtime runs CNI plugins with CNI_COMMAND set; `gingham-ipam` is the IPAM-only
+    // plugin (the same binary under another name).
+    let ipam_only = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .is_some_and(|n| n == "gingham-ipam");
+    if std::env::var_os("CNI_COMMAND").is_some() || ipam_only {
+        use std::io::Read;
+        let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        let mut stdin = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut stdin);
+        let (out, code) = cni_plugin::run(&env, &stdin, ipam_only);
+        if !out.is_empty() {
+            println!("{out}");
+        }
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = run(cli);
@@ -97,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Label(a) => resources_cmd::label(&client()?, a),
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
+        Command::Ipam(cmd) => ipam_cmd::run(&client()?, cmd),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
     }

@@ -15,6 +15,10 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
+    /// Run inside this network namespace, listening on `host` (else the root namespace's
+    /// loopback).
+    netns: Option<String>,
+    host: String,
     child: Option<Child>,
 }
 
@@ -145,6 +149,27 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             tls,
+            netns: None,
+            host: "127.0.0.1".into(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts a server inside network namespace `netns` (by name, under /run/netns), listening
+    /// on `host`, an address of that namespace: for clients running in test-made namespaces.
+    pub fn start_in(netns: &str, host: &str) -> Self {
+        let binary = require_tool("etcd");
+        let dir = tempfile::tempdir().expect("temporary directory for etcd");
+        let mut server = Self {
+            binary,
+            dir,
+            client_port: 2379,
+            peer_port: 2380,
+            tls: None,
+            netns: Some(netns.to_owned()),
+            host: host.to_owned(),
             child: None,
         };
         server.launch();
@@ -159,7 +184,7 @@ impl EtcdServer {
     /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` for a TLS server).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     /// Stops the server and starts it again on the same data and ports.
@@ -178,9 +203,16 @@ impl EtcdServer {
 
     fn launch(&mut self) {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log file");
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new(require_tool("ip"));
+                c.args(["netns", "exec", ns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         if let Some(tls) = &self.tls {
             cmd.arg(format!("--cert-file={}", tls.server_cert.display()))
                 .arg(format!("--key-file={}", tls.server_key.display()))
@@ -206,7 +238,7 @@ impl EtcdServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = format!("127.0.0.1:{}", self.client_port);
+        let addr = format!("{}:{}", self.host, self.client_port);
         loop {
             if let Some(status) = self
                 .child
@@ -218,7 +250,11 @@ impl EtcdServer {
                 panic!("etcd exited with {status} at start:\n{log}");
             }
             // A TLS server cannot be asked over plain HTTP; a listening port is enough there.
-            if TcpStream::connect(&addr).is_ok() && (self.tls.is_some() || self.healthy()) {
+            let up = match &self.netns {
+                Some(_) => self.healthy_in_netns(),
+                None => TcpStream::connect(&addr).is_ok() && (self.tls.is_some() || self.healthy()),
+            };
+            if up {
                 return;
             }
             assert!(
@@ -227,6 +263,20 @@ impl EtcdServer {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether the server answers `etcdctl endpoint health` from inside its namespace.
+    fn healthy_in_netns(&self) -> bool {
+        let Some(ns) = &self.netns else { return false };
+        Command::new(require_tool("ip"))
+            .args(["netns", "exec", ns])
+            .arg(require_tool("etcdctl"))
+            .args(["--endpoints", &self.endpoint(), "endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Whether `/health` answers (a plain HTTP request, no client library needed).

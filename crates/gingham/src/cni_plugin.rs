@@ -1,0 +1,542 @@
+//! The CNI plugin: what `gingham` does when a container runtime runs it with `CNI_COMMAND` set
+//! (installed as `gingham` in the CNI bin directory), or as `gingham-ipam` (IPAM only).
+//!
+//! ADD: allocate from Calico-style block IPAM, plumb the veth (host side `cali…`, created directly
+//! in the pod namespace), write the WorkloadEndpoint, print the result. Any failure undoes what
+//! was done. DEL: idempotent; works when the namespace or the endpoint is already gone. CHECK:
+//! the plumbing, the endpoint and the allocation are all there. Errors are CNI JSON on stdout.
+//!
+//! The "host" is the network namespace the plugin runs in, as for every CNI plugin.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use gingham_api::{Client, WriteMode};
+use gingham_cni::{
+    CniError, CniResult, Command, ErrorCode, Interface, Invocation, IpConfig, NetConf,
+};
+use gingham_datastore::Datastore;
+use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
+use gingham_ipam::{AssignIpRequest, AssignRequest, Ipam, PoolSpec, Use};
+use gingham_model::endpoint::{WorkloadEndpoint, WorkloadEndpointSpec};
+use gingham_model::meta::ObjectMeta;
+use gingham_model::{Kind, Resource};
+use gingham_net::{NetnsRef, WorkloadPlumbing, WorkloadSpec};
+use ipnet::IpNet;
+
+use crate::datastore::DatastoreUrl;
+
+/// Calico's file with the node name, written by calico/node.
+const NODENAME_FILE: &str = "/var/lib/calico/nodename";
+
+/// Runs the plugin for one invocation; returns what to print on stdout and the exit code.
+pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (String, u8) {
+    let inv = match Invocation::parse(env, stdin) {
+        Ok(inv) => inv,
+        Err(e) => return (e.to_json(), 1),
+    };
+    let version = inv.version().to_owned();
+    let result = match inv.command {
+        Command::Version => return (gingham_cni::version_document(&version), 0),
+        Command::Add if ipam_only => ipam_add(&inv),
+        Command::Add => add(&inv),
+        Command::Del if ipam_only => ipam_del(&inv).map(|()| None),
+        Command::Del => del(&inv).map(|()| None),
+        Command::Check if ipam_only => Ok(None),
+        Command::Check => check(&inv).map(|()| None),
+        // Ready when the datastore answers.
+        Command::Status => conf(&inv)
+            .and_then(open_store)
+            .and_then(|s| s.revision().map_err(store_error))
+            .map(|_| None),
+        Command::Gc => Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            "GC is not implemented yet; use `gingham ipam check` to find leaked addresses",
+        )),
+    };
+    match result {
+        Ok(Some(r)) => (r.to_json(&version).to_string(), 0),
+        Ok(None) => (String::new(), 0),
+        Err(e) => (e.in_version(&version).to_json(), 1),
+    }
+}
+
+fn conf(inv: &Invocation) -> Result<&NetConf, CniError> {
+    inv.conf
+        .as_ref()
+        .ok_or_else(|| CniError::new(ErrorCode::Decode, "no network configuration on stdin"))
+}
+
+fn store_error(e: impl std::fmt::Display) -> CniError {
+    CniError::new(ErrorCode::Datastore, format!("datastore: {e}"))
+}
+
+/// The datastore named by the network configuration: `datastore` (a Gingham URL), Calico's
+/// `datastore_type: etcdv3` with `etcd_endpoints` and the `etcd_*_file` fields, else
+/// `GINGHAM_DATASTORE`, else the default SQLite file.
+fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
+    let etcd_wanted = conf.etcd_endpoints.is_some()
+        || matches!(conf.datastore_type.as_deref(), Some("etcdv3" | "etcd"));
+    if etcd_wanted && conf.datastore.is_none() {
+        let mut cfg = EtcdConfig::from_env();
+        if let Some(eps) = &conf.etcd_endpoints {
+            cfg.endpoints = eps.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        cfg.ca_cert_file = conf.etcd_ca_cert_file.clone().or(cfg.ca_cert_file);
+        cfg.cert_file = conf.etcd_cert_file.clone().or(cfg.cert_file);
+        cfg.key_file = conf.etcd_key_file.clone().or(cfg.key_file);
+        let store = EtcdStore::connect(cfg).map_err(store_error)?;
+        return Ok(Arc::new(store));
+    }
+    let url = DatastoreUrl::resolve(conf.datastore.as_deref())
+        .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("datastore: {e:#}")))?;
+    url.open().map_err(|e| store_error(format!("{e:#}")))
+}
+
+/// The node name as Calico's plugin finds it: `nodename` in the config, the file named by
+/// `nodename_file` (or Calico's), then the host name.
+fn node_name(conf: &NetConf) -> Result<String, CniError> {
+    if let Some(n) = conf.nodename.as_deref().filter(|n| !n.is_empty()) {
+        return Ok(n.to_owned());
+    }
+    let file = conf.nodename_file.as_deref().unwrap_or(NODENAME_FILE);
+    if let Ok(n) = std::fs::read_to_string(file)
+        && !n.trim().is_empty()
+    {
+        return Ok(n.trim().to_owned());
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .map_err(|e| {
+            CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!("cannot find the node name: {e}"),
+            )
+        })
+}
+
+/// Who the workload is.
+struct Workload {
+    handle: String,
+    node: String,
+    /// Kubernetes namespace and pod, when the runtime passed them.
+    k8s: Option<(String, String)>,
+    container_id: String,
+    ifname: String,
+}
+
+impl Workload {
+    fn of(inv: &Invocation, conf: &NetConf) -> Result<Workload, CniError> {
+        Ok(Workload {
+            handle: format!("{}.{}", conf.name, inv.container_id),
+            node: node_name(conf)?,
+            k8s: inv.k8s_args().map(|k| (k.namespace, k.pod)),
+            container_id: inv.container_id.clone(),
+            ifname: inv.ifname.clone(),
+        })
+    }
+
+    fn host_ifname(&self) -> String {
+        match &self.k8s {
+            Some((ns, pod)) => gingham_net::host_ifname("cali", ns, pod),
+            None => gingham_net::host_ifname_for_container("cali", &self.container_id),
+        }
+    }
+
+    fn namespace(&self) -> String {
+        self.k8s
+            .as_ref()
+            .map_or_else(|| "default".to_owned(), |(ns, _)| ns.clone())
+    }
+
+    fn endpoint_name(&self) -> Result<String, CniError> {
+        let (orch, workload) = match &self.k8s {
+            Some((_, pod)) => ("k8s", pod.as_str()),
+            None => ("cni", self.container_id.as_str()),
+        };
+        gingham_model::names::workload_endpoint_name(&self.node, orch, workload, &self.ifname)
+            .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, e))
+    }
+}
+
+/// The pools IPAM may use on this node, from the stored IPPools (narrowed to the pools the
+/// network configuration names, if any).
+fn pools(
+    client: &Client,
+    node: &str,
+    conf: &NetConf,
+) -> Result<(Vec<PoolSpec>, Vec<IpNet>), CniError> {
+    let node_labels = match client.get(Kind::Node, None, node) {
+        Ok(Resource::Node(n)) => n.metadata.labels.clone(),
+        _ => Default::default(),
+    };
+    let wanted: Vec<String> = conf
+        .ipam
+        .as_ref()
+        .map(|i| i.ipv4_pools.iter().chain(&i.ipv6_pools).cloned().collect())
+        .unwrap_or_default();
+    let (mut pools, reserved) =
+        crate::ipam_cmd::stored_pools(client, Some(&node_labels)).map_err(store_error)?;
+    if !wanted.is_empty() {
+        pools.retain(|p| {
+            wanted
+                .iter()
+                .any(|w| *w == p.name || w.parse::<IpNet>().ok() == Some(p.cidr))
+        });
+    }
+    Ok((pools, reserved))
+}
+
+fn ipam_error(e: gingham_ipam::Error) -> CniError {
+    use gingham_ipam::Error as E;
+    let code = match &e {
+        // No address for this workload: pools full, no usable pool, the requested address
+        // taken, reserved, cooling down or outside every pool.
+        E::Exhausted { .. }
+        | E::NoPool { .. }
+        | E::BlockLimit { .. }
+        | E::InUse { .. }
+        | E::CoolingDown { .. }
+        | E::NotInPool { .. }
+        | E::UseNotAllowed { .. }
+        | E::Reserved { .. } => ErrorCode::IpamExhausted,
+        _ => ErrorCode::Datastore,
+    };
+    CniError::new(code, format!("IPAM: {e}"))
+}
+
+/// Allocates the workload's addresses (a requested `IP=` from CNI_ARGS, else automatically).
+fn allocate(
+    store: &Arc<dyn Datastore>,
+    client: &Client,
+    inv: &Invocation,
+    conf: &NetConf,
+    w: &Workload,
+) -> Result<Vec<IpAddr>, CniError> {
+    let (pools, reservations) = pools(client, &w.node, conf)?;
+    let ipam = Ipam::new(store.as_ref());
+    let mut attrs = BTreeMap::from([
+        ("node".to_owned(), w.node.clone()),
+        ("timestamp".to_owned(), gingham_api::now_rfc3339()),
+    ]);
+    if let Some((ns, pod)) = &w.k8s {
+        attrs.insert("namespace".into(), ns.clone());
+        attrs.insert("pod".into(), pod.clone());
+    }
+    if let Some(requested) = inv.args.get("IP") {
+        let mut out = Vec::new();
+        for one in requested.split(',') {
+            let ip: IpAddr = one.trim().parse().map_err(|_| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("CNI_ARGS IP={one} is not an IP address"),
+                )
+            })?;
+            let req = AssignIpRequest {
+                ip: Some(ip),
+                handle_id: w.handle.clone(),
+                attrs: attrs.clone(),
+                node: w.node.clone(),
+                pools: pools.clone(),
+                reservations: reservations.clone(),
+                intended_use: Use::Workload,
+            };
+            match ipam.assign_ip(&req) {
+                Ok(a) => out.push(a.ip),
+                Err(e) => {
+                    let _ = ipam.release_by_handle(&w.handle);
+                    return Err(ipam_error(e));
+                }
+            }
+        }
+        return Ok(out);
+    }
+    let ipam_conf = conf.ipam.clone().unwrap_or_default();
+    let (v4, v6): (Vec<PoolSpec>, Vec<PoolSpec>) =
+        pools.into_iter().partition(|p| p.cidr.addr().is_ipv4());
+    let num_v4 = usize::from(ipam_conf.assign_ipv4() && !v4.is_empty());
+    let num_v6 = usize::from(ipam_conf.assign_ipv6() && !v6.is_empty());
+    if num_v4 + num_v6 == 0 {
+        return Err(CniError::new(
+            ErrorCode::IpamExhausted,
+            format!(
+                "no usable IP pool for node {}: create an IPPool (gingham apply -f pool.yaml) or check its nodeSelector and disabled fields",
+                w.node
+            ),
+        ));
+    }
+    let req = AssignRequest {
+        handle_id: w.handle.clone(),
+        attrs,
+        node: w.node.clone(),
+        num_v4,
+        num_v6,
+        pools_v4: v4,
+        pools_v6: v6,
+        reservations,
+        max_blocks_per_host: None,
+        intended_use: Use::Workload,
+    };
+    let got = ipam.auto_assign(&req).map_err(ipam_error)?;
+    Ok(got.v4.iter().chain(&got.v6).map(|a| a.ip).collect())
+}
+
+fn release(store: &Arc<dyn Datastore>, handle: &str) -> Result<(), CniError> {
+    Ipam::new(store.as_ref())
+        .release_by_handle(handle)
+        .map(|_| ())
+        .map_err(ipam_error)
+}
+
+fn ipam_add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
+    let conf = conf(inv)?;
+    let store = open_store(conf)?;
+    let client = Client::new(store.clone());
+    let w = Workload::of(inv, conf)?;
+    let ips = allocate(&store, &client, inv, conf, &w)?;
+    Ok(Some(CniResult {
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: IpNet::from(*ip),
+                gateway: None,
+                interface: None,
+            })
+            .collect(),
+        ..CniResult::default()
+    }))
+}
+
+fn ipam_del(inv: &Invocation) -> Result<(), CniError> {
+    let conf = conf(inv)?;
+    let store = open_store(conf)?;
+    let w = Workload::of(inv, conf)?;
+    release(&store, &w.handle)
+}
+
+fn netns_path(inv: &Invocation) -> Result<&Path, CniError> {
+    inv.netns
+        .as_deref()
+        .map(Path::new)
+        .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))
+}
+
+fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new(&w.host_ifname());
+    spec.container_ifname = w.ifname.clone();
+    for ip in ips {
+        match ip {
+            IpAddr::V4(a) => spec = spec.with_ipv4(*a),
+            IpAddr::V6(a) => spec = spec.with_ipv6(*a),
+        }
+    }
+    if let Some(mtu) = conf.mtu {
+        spec = spec.with_mtu(mtu);
+    }
+    spec
+}
+
+fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
+    let conf = conf(inv)?;
+    let netns = netns_path(inv)?;
+    let store = open_store(conf)?;
+    let client = Client::new(store.clone());
+    let w = Workload::of(inv, conf)?;
+    let ips = allocate(&store, &client, inv, conf, &w)?;
+    let spec = spec_for(&w, &ips, conf);
+    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current).map_err(|e| {
+        let _ = release(&store, &w.handle);
+        CniError::new(ErrorCode::Dataplane, format!("netlink: {e}"))
+    })?;
+    let plumbed = match plumbing.setup(netns, &spec) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = release(&store, &w.handle);
+            return Err(CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "setting up {} in {}: {e}",
+                    spec.host_ifname,
+                    netns.display()
+                ),
+            ));
+        }
+    };
+    let undo = |err: CniError| {
+        let _ = plumbing.teardown(&spec.host_ifname);
+        let _ = release(&store, &w.handle);
+        err
+    };
+    let wep = workload_endpoint(
+        &client,
+        &w,
+        &ips,
+        &spec,
+        &plumbed.container_mac.to_string(),
+        conf,
+    )
+    .map_err(undo)?;
+    client
+        .write_all(&[wep], WriteMode::Apply)
+        .map_err(|e| undo(store_error(e)))?;
+    Ok(Some(CniResult {
+        interfaces: vec![
+            Interface {
+                name: spec.host_ifname.clone(),
+                mac: plumbed.host_mac.to_string(),
+                sandbox: None,
+            },
+            Interface {
+                name: w.ifname.clone(),
+                mac: plumbed.container_mac.to_string(),
+                sandbox: Some(netns.display().to_string()),
+            },
+        ],
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: IpNet::from(*ip),
+                gateway: None,
+                interface: Some(1),
+            })
+            .collect(),
+        ..CniResult::default()
+    }))
+}
+
+/// The WorkloadEndpoint for a plumbed workload. An endpoint already stored under the same name
+/// (written when the pod was applied, with its labels and ports) keeps those and gains the
+/// interface, MAC and addresses.
+fn workload_endpoint(
+    client: &Client,
+    w: &Workload,
+    ips: &[IpAddr],
+    spec: &WorkloadSpec,
+    mac: &str,
+    conf: &NetConf,
+) -> Result<Resource, CniError> {
+    let name = w.endpoint_name()?;
+    let ns = w.namespace();
+    let existing = match client.get(Kind::WorkloadEndpoint, Some(&ns), &name) {
+        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
+        _ => None,
+    };
+    let mut wep = existing.unwrap_or_else(|| {
+        let (orchestrator, profiles) = match &w.k8s {
+            Some((ns, _)) => (
+                "k8s",
+                vec![format!("kns.{ns}"), format!("ksa.{ns}.default")],
+            ),
+            None => ("cni", vec![conf.name.clone()]),
+        };
+        let mut labels = BTreeMap::from([
+            ("projectcalico.org/namespace".to_owned(), ns.clone()),
+            (
+                "projectcalico.org/orchestrator".to_owned(),
+                orchestrator.to_owned(),
+            ),
+        ]);
+        if w.k8s.is_some() {
+            labels.insert("projectcalico.org/serviceaccount".into(), "default".into());
+        }
+        WorkloadEndpoint {
+            metadata: ObjectMeta {
+                labels: labels.into_iter().collect(),
+                ..ObjectMeta::namespaced(ns.clone(), name.clone())
+            },
+            spec: WorkloadEndpointSpec {
+                orchestrator: orchestrator.to_owned(),
+                profiles,
+                ..WorkloadEndpointSpec::default()
+            },
+        }
+    });
+    wep.metadata.resource_version = None;
+    let s = &mut wep.spec;
+    s.node = w.node.clone();
+    s.endpoint = w.ifname.clone();
+    match &w.k8s {
+        Some((_, pod)) => {
+            s.pod = pod.clone();
+            s.workload = String::new();
+            s.container_id = w.container_id.clone();
+        }
+        None => {
+            s.container_id = w.container_id.clone();
+        }
+    }
+    s.interface_name = spec.host_ifname.clone();
+    s.mac = mac.to_owned();
+    s.ip_networks = ips.iter().map(|ip| IpNet::from(*ip)).collect();
+    let mut r = Resource::WorkloadEndpoint(wep);
+    gingham_model::apply_defaults_in(&mut r, &ns);
+    let problems = gingham_model::validate(&r);
+    if let Some(p) = problems.first() {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "the WorkloadEndpoint {name} would be invalid: {}: {}",
+                p.path, p.message
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+fn del(inv: &Invocation) -> Result<(), CniError> {
+    let conf = conf(inv)?;
+    let store = open_store(conf)?;
+    let client = Client::new(store.clone());
+    let w = Workload::of(inv, conf)?;
+    // Each step tolerates what is already gone, so DEL can be repeated.
+    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
+    plumbing.teardown(&w.host_ifname()).map_err(|e| {
+        CniError::new(
+            ErrorCode::Dataplane,
+            format!("removing {}: {e}", w.host_ifname()),
+        )
+    })?;
+    release(&store, &w.handle)?;
+    let name = w.endpoint_name()?;
+    match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
+        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+fn check(inv: &Invocation) -> Result<(), CniError> {
+    let conf = conf(inv)?;
+    let netns = netns_path(inv)?;
+    let store = open_store(conf)?;
+    let client = Client::new(store.clone());
+    let w = Workload::of(inv, conf)?;
+    let ips = Ipam::new(store.as_ref())
+        .ips_by_handle(&w.handle)
+        .map_err(ipam_error)?;
+    if ips.is_empty() {
+        return Err(CniError::new(
+            ErrorCode::Datastore,
+            format!("no address is allocated to {}", w.handle),
+        ));
+    }
+    let spec = spec_for(&w, &ips, conf);
+    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
+    let report = plumbing
+        .check(netns, &spec)
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("checking: {e}")))?;
+    if !report.is_ok() {
+        return Err(CniError::new(
+            ErrorCode::Dataplane,
+            format!("the workload's plumbing is not as set up: {report:?}"),
+        ));
+    }
+    let name = w.endpoint_name()?;
+    client
+        .get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name)
+        .map_err(|e| CniError::new(ErrorCode::Datastore, format!("{e}")))?;
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `gingham ipam`: what the pools hold, leaks, and releasing an address by hand (calicoctl's
+//! `ipam show`, `ipam check`, `ipam release`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use gingham_api::Client;
+use gingham_ipam::{Ipam, PoolSpec, Use};
+use gingham_model::{Kind, Resource};
+use gingham_selector::Selector;
+use ipnet::IpNet;
+
+use crate::Exit;
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCmd {
+    /// Addresses in use and free, per pool (and per block with --show-blocks).
+    Show(ShowArgs),
+    /// Find leaks: allocations whose workload is gone, blocks and affinities of missing nodes,
+    /// inconsistent records. Exits 1 when something is wrong.
+    Check,
+    /// Release an address whose workload is gone.
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub show_blocks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[arg(long)]
+    pub ip: IpAddr,
+}
+
+/// The stored IPPools as IPAM sees them, and every IPReservation CIDR. With `node_labels`, a
+/// pool's nodeSelector is evaluated for that node; without, every pool counts as selecting.
+pub fn stored_pools(
+    client: &Client,
+    node_labels: Option<&BTreeMap<String, String>>,
+) -> Result<(Vec<PoolSpec>, Vec<IpNet>), gingham_api::ApiError> {
+    let (stored, _) = client.list(Kind::IpPool, None)?;
+    let mut out = Vec::new();
+    for r in stored {
+        let Resource::IpPool(p) = r else { continue };
+        let Some(cidr) = p.spec.cidr else { continue };
+        let mut spec = PoolSpec::new(p.metadata.name.clone(), cidr);
+        if let Some(b) = p.spec.block_size {
+            spec = spec.with_block_size(b);
+        }
+        spec.disabled = p.spec.disabled;
+        spec.node_selector_matches = match node_labels {
+            None => true,
+            Some(labels) => {
+                p.spec.node_selector.trim().is_empty()
+                    || Selector::parse(&p.spec.node_selector).is_ok_and(|s| s.matches(labels))
+            }
+        };
+        if !p.spec.allowed_uses.is_empty() {
+            spec.allowed_uses = p
+                .spec
+                .allowed_uses
+                .iter()
+                .map(|u| match u {
+                    gingham_model::AllowedUse::Workload => Use::Workload,
+                    gingham_model::AllowedUse::Tunnel => Use::Tunnel,
+                    gingham_model::AllowedUse::LoadBalancer => Use::LoadBalancer,
+                })
+                .collect();
+        }
+        out.push(spec);
+    }
+    let (reservations, _) = client.list(Kind::IpReservation, None)?;
+    let reserved = reservations
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::IpReservation(r) => Some(r.spec.reserved_cidrs),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    Ok((out, reserved))
+}
+
+pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
+    let store = client.store().clone();
+    let ipam = Ipam::new(store.as_ref());
+    match cmd {
+        IpamCmd::Show(args) => {
+            let (pools, reserved) = stored_pools(client, None)?;
+            let usage = ipam.show(&pools, &reserved)?;
+            let mut rows = vec![vec![
+                "POOL".to_owned(),
+                "CIDR".into(),
+                "IN USE".into(),
+                "FREE".into(),
+                "RESERVED".into(),
+                "TOTAL".into(),
+            ]];
+            for p in &usage.pools {
+                rows.push(vec![
+                    p.name.clone(),
+                    p.cidr.to_string(),
+                    p.in_use.to_string(),
+                    p.free.to_string(),
+                    p.reserved.to_string(),
+                    p.total.to_string(),
+                ]);
+                if args.show_blocks {
+                    for b in &p.blocks {
+                        rows.push(vec![
+                            format!(
+                                "  block ({})",
+                                b.affinity.as_deref().unwrap_or("no affinity")
+                            ),
+                            b.cidr.to_string(),
+                            b.in_use.to_string(),
+                            b.free.to_string(),
+                            b.reserved.to_string(),
+                            b.total.to_string(),
+                        ]);
+                    }
+                }
+            }
+            for b in &usage.orphan_blocks {
+                rows.push(vec![
+                    "  block outside every pool".into(),
+                    b.cidr.to_string(),
+                    b.in_use.to_string(),
+                    b.free.to_string(),
+                    b.reserved.to_string(),
+                    b.total.to_string(),
+                ]);
+            }
+            print!("{}", crate::output::table(&rows));
+            Ok(Exit::Ok)
+        }
+        IpamCmd::Check => {
+            let (weps, _) = client.list(Kind::WorkloadEndpoint, None)?;
+            let (nodes, _) = client.list(Kind::Node, None)?;
+            let (heps, _) = client.list(Kind::HostEndpoint, None)?;
+            let mut containers = BTreeSet::new();
+            let mut live_nodes: BTreeSet<String> =
+                nodes.iter().map(|n| n.meta().name.clone()).collect();
+            for w in &weps {
+                if let Resource::WorkloadEndpoint(w) = w {
+                    containers.insert(w.spec.container_id.clone());
+                    live_nodes.insert(w.spec.node.clone());
+                }
+            }
+            for h in &heps {
+                if let Resource::HostEndpoint(h) = h {
+                    live_nodes.insert(h.spec.node.clone());
+                }
+            }
+            // Handles are `<network>.<containerID>`; container IDs have no dots.
+            let is_live = |handle: &str, _: &BTreeMap<String, String>| {
+                handle
+                    .rsplit_once('.')
+                    .is_some_and(|(_, id)| containers.contains(id))
+            };
+            let nodes: Vec<String> = live_nodes.into_iter().collect();
+            let report = ipam.check(&is_live, &nodes)?;
+            println!(
+                "{} blocks, {} allocations, {} handles",
+                report.blocks, report.allocations, report.handles
+            );
+            for l in &report.leaked {
+                println!(
+                    "leaked: {} (block {}, handle {}): no workload endpoint owns it; `gingham ipam release --ip {}`",
+                    l.ip,
+                    l.block,
+                    l.handle_id.as_deref().unwrap_or("none"),
+                    l.ip
+                );
+            }
+            for g in &report.blocks_of_missing_nodes {
+                println!(
+                    "block {} is affine to node {}, which does not exist",
+                    g.block, g.node
+                );
+            }
+            for g in &report.affinities_of_missing_nodes {
+                println!("affinity of missing node {} for block {}", g.node, g.block);
+            }
+            for a in &report.affinity_problems {
+                println!(
+                    "affinity of node {} for block {}: {}",
+                    a.node, a.block, a.problem
+                );
+            }
+            for m in &report.handle_mismatches {
+                println!(
+                    "handle {} records {} addresses in block {} but the block holds {}",
+                    m.handle_id, m.recorded, m.block, m.actual
+                );
+            }
+            for c in &report.corrupt {
+                println!("unreadable: {c}");
+            }
+            if report.is_clean() {
+                println!("no problems found");
+                Ok(Exit::Ok)
+            } else {
+                Ok(Exit::UserError)
+            }
+        }
+        IpamCmd::Release(args) => {
+            let out = ipam
+                .release_ips(&[args.ip])
+                .with_context(|| format!("releasing {}", args.ip))?;
+            for ip in &out.released {
+                println!("released {ip}");
+            }
+            for ip in &out.not_allocated {
+                eprintln!("{ip} is not allocated; nothing to release");
+            }
+            Ok(if out.not_allocated.is_empty() {
+                Exit::Ok
+            } else {
+                Exit::UserError
+            })
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The CNI plugin driven as a container runtime drives it: the real `gingham` binary run inside a
+//! test-made node namespace, with the CNI environment and the network configuration on stdin.
+//! System tests: root, iproute2, and etcd for the etcd variant.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use gingham_datastore::Datastore;
+use gingham_testkit::netns::TestNetns;
+
+/// The network between the test's nodes: one namespace every node has a veth into.
+struct Underlay {
+    ns: TestNetns,
+}
+
+impl Underlay {
+    fn new() -> Underlay {
+        Underlay {
+            ns: TestNetns::new("cniu"),
+        }
+    }
+}
+
+/// A node: its own namespace with a default route into the underlay (proxy ARP answers only
+/// when the host has a route to the gateway address). Node `i` is 192.168.(200+i).1/24 and
+/// reaches the underlay at 192.168.(200+i).254.
+struct Node {
+    name: String,
+    ns: TestNetns,
+}
+
+impl Node {
+    fn new(underlay: &Underlay, name: &str, i: u8) -> Node {
+        let ns = TestNetns::new("cnin");
+        let peer = format!("dn{i}");
+        ns.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            underlay.ns.name(),
+        ]);
+        ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("192.168.{}.1/24", 200 + u16::from(i)),
+            "dev",
+            "up0",
+        ]);
+        ns.exec_ok(&["ip", "link", "set", "up0", "up"]);
+        underlay.ns.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("192.168.{}.254/24", 200 + u16::from(i)),
+            "dev",
+            &peer,
+        ]);
+        underlay.ns.exec_ok(&["ip", "link", "set", &peer, "up"]);
+        ns.exec_ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{}.254", 200 + u16::from(i)),
+        ]);
+        Node {
+            name: name.to_owned(),
+            ns,
+        }
+    }
+
+    /// Runs the `gingham` CLI inside the node (where the datastore is reachable).
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut full = vec![env!("CARGO_BIN_EXE_gingham")];
+        full.extend_from_slice(args);
+        self.ns.exec(&full)
+    }
+}
+
+/// One CNI invocation.
+struct Call<'a> {
+    command: &'a str,
+    container: &'a str,
+    netns: PathBuf,
+    args: String,
+    conf: String,
+}
+
+fn plugin(node: &Node, call: &Call<'_>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container)
+        .env("CNI_NETNS", &call.netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", &call.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(call.conf.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn conf(datastore: &str, node: &str, version: &str) -> String {
+    serde_json::json!({
+        "cniVersion": version,
+        "name": "k8s-pod-network",
+        "type": "gingham",
+        "nodename": node,
+        "datastore": datastore,
+        "mtu": 1400,
+        "ipam": {"type": "gingham-ipam"},
+    })
+    .to_string()
+}
+
+fn k8s_args(ns: &str, pod: &str) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x"
+    )
+}
+
+fn apply(datastore: &str, yaml: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["apply", "-f", "-", "--datastore", datastore])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn pool(datastore: &str, cidr: &str, block: u8) {
+    apply(
+        datastore,
+        &format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: pool-{}}}\nspec: {{cidr: {cidr}, blockSize: {block}}}\n",
+            cidr.replace(['.', '/'], "-")
+        ),
+    );
+}
+
+fn sqlite_store(path: &std::path::Path) -> gingham_datastore_sqlite::SqliteStore {
+    gingham_datastore_sqlite::SqliteStore::open(path).unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+#[test]
+fn sys_add_check_del_plumb_store_and_clean_up() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    pool(&ds, "10.88.0.0/24", 26);
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-a", 1);
+    let pod = TestNetns::new("cnip");
+    let call = |command| Call {
+        command,
+        container: "c0ffee",
+        netns: pod.path(),
+        args: k8s_args("shop", "web-0"),
+        conf: conf(&ds, &node.name, "1.0.0"),
+    };
+
+    let out = plugin(&node, &call("ADD"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let result = json(&out);
+    assert_eq!(result["cniVersion"], "1.0.0");
+    let ip: IpAddr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .parse()
+        .unwrap();
+    assert!(ip.to_string().starts_with("10.88.0."), "{ip}");
+    let host_if = result["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    // Calico's name: cali + 11 hex of sha1("shop.web-0").
+    assert_eq!(host_if, gingham_net::host_ifname("cali", "shop", "web-0"));
+    assert_eq!(
+        result["interfaces"][1]["sandbox"],
+        pod.path().display().to_string()
+    );
+
+    // Pod side: the /32, the fictitious gateway, the MTU.
+    let addr = pod.exec_ok(&["ip", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("{ip}/32")), "{addr}");
+    let routes = pod.exec_ok(&["ip", "route"]);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(routes.contains("169.254.1.1 dev eth0"), "{routes}");
+    assert!(
+        pod.exec_ok(&["ip", "link", "show", "eth0"])
+            .contains("mtu 1400")
+    );
+    // Host side: no address, proxy ARP, a /32 route and a permanent neighbour entry.
+    let link = node.ns.exec_ok(&["ip", "-o", "addr", "show", &host_if]);
+    assert!(
+        !link.contains("inet "),
+        "the host side has no IPv4 address: {link}"
+    );
+    let proxy = node.ns.exec_ok(&[
+        "cat",
+        &format!("/proc/sys/net/ipv4/conf/{host_if}/proxy_arp"),
+    ]);
+    assert_eq!(proxy.trim(), "1");
+    let hroutes = node.ns.exec_ok(&["ip", "route"]);
+    assert!(
+        hroutes.contains(&format!("{ip} dev {host_if}")),
+        "{hroutes}"
+    );
+    let neigh = node.ns.exec_ok(&["ip", "neigh", "show", "dev", &host_if]);
+    assert!(neigh.contains("PERMANENT"), "{neigh}");
+    // The pod resolves its gateway through proxy ARP.
+    pod.exec(&["ping", "-c", "1", "-W", "1", "169.254.1.1"]);
+    let pn = pod.exec_ok(&["ip", "neigh", "show", "169.254.1.1"]);
+    assert!(pn.contains("ee:ee:ee:ee:ee:ee"), "proxy ARP answered: {pn}");
+
+    // Stored: the WorkloadEndpoint and the allocation.
+    let wep = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["get", "wep", "-n", "shop", "-o", "json", "--datastore", &ds])
+        .output()
+        .unwrap();
+    let wep: serde_json::Value = serde_json::from_slice(&wep.stdout).unwrap();
+    let item = &wep["items"][0];
+    assert_eq!(item["metadata"]["name"], "node--a-k8s-web--0-eth0");
+    assert_eq!(item["spec"]["interfaceName"], host_if.as_str());
+    assert_eq!(item["spec"]["ipNetworks"][0], format!("{ip}/32"));
+    assert_eq!(
+        item["metadata"]["labels"]["projectcalico.org/namespace"],
+        "shop"
+    );
+    let store = sqlite_store(&db);
+    let ipam = gingham_ipam::Ipam::new(&store);
+    assert_eq!(
+        ipam.ips_by_handle("k8s-pod-network.c0ffee").unwrap(),
+        vec![ip]
+    );
+
+    let out = plugin(&node, &call("CHECK"));
+    assert!(
+        out.status.success(),
+        "CHECK: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // DEL, twice: everything is gone and the second is a no-op.
+    for _ in 0..2 {
+        let out = plugin(&node, &call("DEL"));
+        assert!(
+            out.status.success(),
+            "DEL: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(
+        ipam.ips_by_handle("k8s-pod-network.c0ffee")
+            .unwrap()
+            .is_empty()
+    );
+    let links = node.ns.exec_ok(&["ip", "-o", "link"]);
+    assert!(!links.contains(&host_if), "{links}");
+    let listing = store
+        .list("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .unwrap();
+    assert!(listing.kvs.is_empty());
+    // CHECK after DEL reports it.
+    let out = plugin(&node, &call("CHECK"));
+    assert!(!out.status.success());
+}
+
+#[test]
+fn sys_requested_ip_old_config_versions_and_del_without_netns() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.89.0.0/24", 26);
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-b", 2);
+    let pod = TestNetns::new("cnip");
+    let pod_path = pod.path();
+    let call = |command, version: &str| Call {
+        command,
+        container: "beef01",
+        netns: pod_path.clone(),
+        args: "IgnoreUnknown=1;IP=10.89.0.77".into(),
+        conf: conf(&ds, &node.name, version),
+    };
+    let out = plugin(&node, &call("ADD", "0.3.1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json(&out);
+    assert_eq!(r["cniVersion"], "0.3.1");
+    assert_eq!(r["ips"][0]["address"], "10.89.0.77/32");
+    assert_eq!(
+        r["ips"][0]["version"], "4",
+        "0.3.x results carry the version"
+    );
+    // The same address again is refused with the IPAM code.
+    let other = TestNetns::new("cnip");
+    let again = Call {
+        container: "beef02",
+        netns: other.path(),
+        ..call("ADD", "0.4.0")
+    };
+    let out = plugin(&node, &again);
+    assert!(!out.status.success());
+    assert_eq!(
+        json(&out)["code"],
+        100,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The namespace disappears before DEL (the runtime already removed it): DEL still works.
+    drop(pod);
+    let gone = Call {
+        netns: PathBuf::from("/run/netns/does-not-exist"),
+        ..call("DEL", "0.4.0")
+    };
+    let out = plugin(&node, &gone);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // VERSION.
+    let out = plugin(&node, &call("VERSION", "1.0.0"));
+    let v = json(&out);
+    assert!(
+        v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "1.0.0")
+    );
+}
+
+#[test]
+fn sys_pool_exhaustion_is_a_clear_cni_error() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.90.0.0/30", 30);
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-c", 3);
+    let pods: Vec<TestNetns> = (0..5).map(|_| TestNetns::new("cnip")).collect();
+    let mut codes = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let c = Call {
+            command: "ADD",
+            container: &format!("full{i}"),
+            netns: pod.path(),
+            args: k8s_args("default", &format!("p{i}")),
+            conf: conf(&ds, &node.name, "1.0.0"),
+        };
+        let out = plugin(&node, &c);
+        codes.push((out.status.success(), json(&out)));
+    }
+    assert!(codes[..4].iter().all(|(ok, _)| *ok), "{codes:?}");
+    let (ok, err) = &codes[4];
+    assert!(!ok);
+    assert_eq!(err["code"], 100, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("IPAM"), "{msg}");
+}
+
+/// 50 ADDs at once (one node, then two), then 50 DELs at once: distinct addresses, a clean
+/// `gingham ipam check`, nothing left behind. The checks run inside a node, like the plugin.
+fn fifty_at_once(ds: &str, nodes: &[Node; 2]) {
+    // The nodes exist (calico/node or `gingham lab` registers them), so their blocks are not leaks.
+    let node_file = tempfile::NamedTempFile::new().unwrap();
+    let yaml: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {}}}\n---\n",
+                n.name
+            )
+        })
+        .collect();
+    std::fs::write(node_file.path(), yaml).unwrap();
+    let out = nodes[0].cli(&[
+        "apply",
+        "-f",
+        node_file.path().to_str().unwrap(),
+        "--datastore",
+        ds,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for spread in [1usize, 2] {
+        let pods: Vec<TestNetns> = (0..50).map(|_| TestNetns::new("cnic")).collect();
+        let run_all = |command: &'static str| -> Vec<Output> {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = pods
+                    .iter()
+                    .enumerate()
+                    .map(|(i, pod)| {
+                        let node = &nodes[i % spread];
+                        sc.spawn(move || {
+                            let c = Call {
+                                command,
+                                container: &format!("par{spread}-{i}"),
+                                netns: pod.path(),
+                                args: k8s_args("load", &format!("p{spread}-{i}")),
+                                conf: conf(ds, &node.name, "1.0.0"),
+                            };
+                            plugin(node, &c)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            })
+        };
+        let added = run_all("ADD");
+        let mut ips = BTreeSet::new();
+        for out in &added {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            ips.insert(json(out)["ips"][0]["address"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(ips.len(), 50, "every ADD got its own address");
+        let check = nodes[0].cli(&["ipam", "check", "--datastore", ds]);
+        let text = String::from_utf8_lossy(&check.stdout).into_owned();
+        assert!(
+            check.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(text.contains(" 50 allocations"), "{text}");
+        let weps = nodes[0].cli(&["get", "wep", "-A", "-o", "json", "--datastore", ds]);
+        let v: serde_json::Value = serde_json::from_slice(&weps.stdout).unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 50);
+        for out in run_all("DEL") {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let check = nodes[1].cli(&["ipam", "check", "--datastore", ds]);
+        let text = String::from_utf8_lossy(&check.stdout).into_owned();
+        assert!(check.status.success(), "{text}");
+        assert!(text.contains(" 0 allocations"), "{text}");
+        let weps = nodes[1].cli(&["get", "wep", "-A", "-o", "json", "--datastore", ds]);
+        let v: serde_json::Value = serde_json::from_slice(&weps.stdout).unwrap();
+        assert!(v["items"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn sys_fifty_parallel_adds_on_sqlite() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.91.0.0/24", 28);
+    let underlay = Underlay::new();
+    let nodes = [
+        Node::new(&underlay, "node-p", 4),
+        Node::new(&underlay, "node-q", 5),
+    ];
+    fifty_at_once(&ds, &nodes);
+}
+
+/// etcd runs in the underlay, where the nodes reach it, as a cluster's etcd would.
+#[test]
+fn sys_fifty_parallel_adds_on_etcd() {
+    gingham_testkit::require_root();
+    let underlay = Underlay::new();
+    let nodes = [
+        Node::new(&underlay, "node-p", 6),
+        Node::new(&underlay, "node-q", 7),
+    ];
+    let server = gingham_testkit::etcd::EtcdServer::start_in(underlay.ns.name(), "192.168.206.254");
+    let ds = format!("etcd:{}", server.endpoint());
+    // Pools are created from inside a node (the only place etcd is reachable from).
+    let pool_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        pool_file.path(),
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.92.0.0/24, blockSize: 28}\n",
+    )
+    .unwrap();
+    let out = nodes[0].cli(&[
+        "apply",
+        "-f",
+        pool_file.path().to_str().unwrap(),
+        "--datastore",
+        &ds,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fifty_at_once(&ds, &nodes);
+}
