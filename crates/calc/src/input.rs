@@ -17,15 +17,29 @@ pub type PodPorts = BTreeMap<String, Vec<(u8, u16)>>;
 /// Walks documents (and `kind: List` items): gives unscheduled pods [`DEFAULT_NODE`] and returns
 /// every pod's declared ports. Returns the notes to show the user.
 pub fn prepare_documents(docs: &mut [Value]) -> (PodPorts, Vec<String>) {
+    prepare_documents_with(docs, &mut || DEFAULT_NODE.to_owned())
+}
+
+/// [`prepare_documents`] with a scheduler choosing the node of each unscheduled pod (the lab
+/// places them round-robin).
+pub fn prepare_documents_with(
+    docs: &mut [Value],
+    schedule: &mut dyn FnMut() -> String,
+) -> (PodPorts, Vec<String>) {
     let mut ports = PodPorts::new();
     let mut notes = Vec::new();
     for doc in docs.iter_mut() {
-        visit(doc, &mut ports, &mut notes);
+        visit(doc, &mut ports, &mut notes, schedule);
     }
     (ports, notes)
 }
 
-fn visit(doc: &mut Value, ports: &mut PodPorts, notes: &mut Vec<String>) {
+fn visit(
+    doc: &mut Value,
+    ports: &mut PodPorts,
+    notes: &mut Vec<String>,
+    schedule: &mut dyn FnMut() -> String,
+) {
     if doc
         .get("kind")
         .and_then(Value::as_str)
@@ -33,7 +47,7 @@ fn visit(doc: &mut Value, ports: &mut PodPorts, notes: &mut Vec<String>) {
         && let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut)
     {
         for item in items {
-            visit(item, ports, notes);
+            visit(item, ports, notes, schedule);
         }
         return;
     }
@@ -81,7 +95,8 @@ fn visit(doc: &mut Value, ports: &mut PodPorts, notes: &mut Vec<String>) {
         && !host_network
         && let Some(spec) = doc.get_mut("spec").and_then(Value::as_object_mut)
     {
-        spec.insert("nodeName".into(), Value::String(DEFAULT_NODE.into()));
-        notes.push(format!("pod {key} names no node; placed on {DEFAULT_NODE}"));
+        let node = schedule();
+        notes.push(format!("pod {key} names no node; placed on {node}"));
+        spec.insert("nodeName".into(), Value::String(node));
     }
 }

@@ -118,14 +118,15 @@ pub fn render_table(m: &Matrix) -> String {
         Some(p) => format!("{}/{p}", m.protocol),
         None => m.protocol.clone(),
     };
+    let corner = format!("{title} from\\to");
     let width = m
         .endpoints
         .iter()
         .map(|e| e.chars().count())
-        .chain([title.chars().count() + 2])
+        .chain([corner.chars().count()])
         .max()
         .unwrap_or(4);
-    let mut out = format!("{:<width$}", format!("{title} from\\to"));
+    let mut out = format!("{corner:<width$}");
     for (i, _) in m.endpoints.iter().enumerate() {
         out.push_str(&format!("  {:>3}", i + 1));
     }

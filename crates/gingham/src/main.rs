@@ -7,6 +7,7 @@
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
+mod lab;
 mod output;
 mod reach_cmd;
 mod resources_cmd;
@@ -66,6 +67,9 @@ enum Command {
     /// IP address management: usage, leak checks, manual release.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
+    /// A cluster of nodes and pods in network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
     /// Print which endpoints may connect to which (the reachability matrix), from policy.
     Reach(reach_cmd::ReachArgs),
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
         Command::Ipam(cmd) => ipam_cmd::run(&client()?, cmd),
+        Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
     }

@@ -1,0 +1,924 @@
+//! `gingham lab`: a small cluster on one machine, in network namespaces.
+//!
+//! Topology: an underlay namespace with a bridge; one namespace per node with a veth onto the
+//! bridge (node `i` is 172.31.0.`i+1`/24, the bridge 172.31.0.254 is every node's default
+//! route); one namespace per pod, wired by invoking the CNI plugin exactly as a kubelet would.
+//! Each pod runs a small server on its declared ports. The root namespace is never touched.
+//!
+//! Everything made is recorded in `<dir>/state.json` *before* it is made, so `lab down` cleans
+//! up after a crash too.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use gingham_calc::eval::{parse_protocol, protocol_name};
+use gingham_calc::input::prepare_documents_with;
+use gingham_calc::reach::{Matrix, render_table};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Exit;
+use crate::datastore::DatastoreUrl;
+use crate::reach_cmd::MatrixFormat;
+
+/// Where labs keep their state by default (tmpfs: gone on reboot, like the namespaces).
+const DEFAULT_DIR: &str = "/run/gingham/lab";
+const UNDERLAY_PREFIX: &str = "172.31.0";
+
+#[derive(Debug, Subcommand)]
+pub enum LabCmd {
+    /// Build the lab from a Lab document, Namespaces, Pods and Calico resources.
+    Up(UpArgs),
+    /// Try every pod-to-pod connection with real packets; print the matrix (reach's schema).
+    Probe(ProbeArgs),
+    /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
+    Exec(ExecArgs),
+    /// Remove everything the lab made.
+    Down(DirArgs),
+    /// (internal) The server a pod runs on its declared ports.
+    #[command(hide = true)]
+    Serve(ServeArgs),
+    /// (internal) Connection attempts from inside a pod, printed as JSON.
+    #[command(hide = true)]
+    Connect(ConnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DirArgs {
+    /// The lab's state directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// Lab, Namespace and Pod documents and Calico resources: files or directories.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    /// How long one connection attempt may take.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: MatrixFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// `namespace/pod`, or a node name.
+    pub target: String,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, value_delimiter = ',')]
+    pub tcp: Vec<u16>,
+    #[arg(long, value_delimiter = ',')]
+    pub udp: Vec<u16>,
+    /// What the server answers with.
+    #[arg(long, default_value = "gingham")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    #[arg(long)]
+    pub protocol: String,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    pub targets: Vec<IpAddr>,
+}
+
+/// What the lab made, written before each thing is made.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    name: String,
+    datastore: String,
+    underlay: Option<String>,
+    nodes: Vec<NodeState>,
+    pods: Vec<PodState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NodeState {
+    name: String,
+    netns: String,
+    ip: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PodState {
+    namespace: String,
+    name: String,
+    node: String,
+    netns: String,
+    container_id: String,
+    ip: Option<String>,
+    ports: Vec<(u8, u16)>,
+    server_pid: Option<u32>,
+}
+
+impl PodState {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+fn load_state(dir: &Path) -> Result<State> {
+    let text = std::fs::read_to_string(state_path(dir))
+        .with_context(|| format!("no lab in {} (run `gingham lab up` first)", dir.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a lab state", state_path(dir).display()))
+}
+
+fn save_state(dir: &Path, state: &State) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(&tmp, state_path(dir))?;
+    Ok(())
+}
+
+/// Runs `ip` with arguments; fails with its stderr.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+fn netns_exists(ns: &str) -> bool {
+    Path::new("/run/netns").join(ns).exists()
+}
+
+fn self_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the gingham binary")
+}
+
+/// A short, stable name for a pod's namespace (names are limited in length).
+fn pod_netns(lab: &str, ns: &str, pod: &str) -> String {
+    let digest = fnv_hex(&format!("{ns}/{pod}"));
+    format!("gl-{lab}-p-{}", &digest[..10])
+}
+
+fn fnv_hex(s: &str) -> String {
+    // FNV-1a, 64 bits, twice with different seeds: stable, dependency-free, enough to avoid
+    // collisions between a lab's pods.
+    let mut out = String::new();
+    for seed in [0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4] {
+        let mut h = seed;
+        for b in s.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        out.push_str(&format!("{h:016x}"));
+    }
+    out
+}
+
+pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
+    match cmd {
+        LabCmd::Up(a) => up(a, datastore),
+        LabCmd::Probe(a) => probe(a),
+        LabCmd::Exec(a) => exec(a),
+        LabCmd::Down(a) => down(&a.dir),
+        LabCmd::Serve(a) => serve(a),
+        LabCmd::Connect(a) => connect(a),
+    }
+}
+
+/// The `Lab` document's node names (default: two nodes).
+fn lab_nodes(docs: &[Value]) -> Result<(String, Vec<String>)> {
+    let mut name = "lab".to_owned();
+    let mut nodes = Vec::new();
+    for d in docs {
+        if d.get("kind").and_then(Value::as_str) == Some("Lab") {
+            if let Some(n) = d.pointer("/metadata/name").and_then(Value::as_str) {
+                name = n.to_owned();
+            }
+            for n in d
+                .pointer("/spec/nodes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let n = n
+                    .as_str()
+                    .context("Lab spec.nodes must be a list of node names")?;
+                nodes.push(n.to_owned());
+            }
+        }
+    }
+    if nodes.is_empty() {
+        nodes = vec!["node-1".into(), "node-2".into()];
+    }
+    if name.len() > 6
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        bail!(
+            "Lab metadata.name {name:?} must be 1-6 lowercase letters or digits (it prefixes network namespace names)"
+        );
+    }
+    Ok((name, nodes))
+}
+
+fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
+    let dir = &args.lab.dir;
+    if state_path(dir).exists() {
+        bail!(
+            "a lab already exists in {} (run `gingham lab down --dir {}` first)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    // Read everything first: nothing is made if the input is bad.
+    let mut sources = Vec::new();
+    for f in &args.files {
+        crate::resources_cmd::collect_sources(f, false, &mut sources)?;
+    }
+    let mut all_docs: Vec<(String, Vec<Value>)> = Vec::new();
+    for (name, text) in sources {
+        let docs = gingham_model::load::parse_documents(&text)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        all_docs.push((name, docs));
+    }
+    let flat: Vec<Value> = all_docs.iter().flat_map(|(_, d)| d.clone()).collect();
+    let (lab, nodes) = lab_nodes(&flat)?;
+    let mut next = 0usize;
+    let mut schedule = || {
+        let n = nodes[next % nodes.len()].clone();
+        next += 1;
+        n
+    };
+    let mut resources = Vec::new();
+    let mut pod_ports = BTreeMap::new();
+    let mut failed = false;
+    for (name, mut docs) in all_docs {
+        docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
+        let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
+        for n in notes {
+            eprintln!("notice: {n}");
+        }
+        pod_ports.extend(ports);
+        let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
+        match gingham_model::load(&name, &json.join("\n")) {
+            Ok(loaded) => resources.extend(loaded.into_iter().flat_map(|d| d.resources)),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        eprintln!("nothing was made");
+        return Ok(Exit::UserError);
+    }
+    let url = DatastoreUrl::resolve(datastore)?;
+    if matches!(url, DatastoreUrl::Etcd(_)) {
+        bail!(
+            "the lab's nodes live in their own network namespaces, where an etcd on this host's loopback is out of reach; use the embedded datastore (sqlite:PATH) for labs"
+        );
+    }
+    let client = gingham_api::Client::new(url.open()?);
+    let mut state = State {
+        name: lab.clone(),
+        datastore: url.to_string(),
+        ..State::default()
+    };
+    save_state(dir, &state)?;
+    // From here on, a failure leaves state that `lab down` cleans.
+    let result = build(dir, &mut state, &client, &nodes, &resources, &pod_ports);
+    if let Err(e) = result {
+        eprintln!("lab up failed: {e:#}");
+        eprintln!("cleaning up what was made");
+        let _ = down(dir);
+        return Err(e);
+    }
+    println!(
+        "lab {lab}: {} nodes, {} pods (state in {})",
+        state.nodes.len(),
+        state.pods.len(),
+        dir.display()
+    );
+    for p in &state.pods {
+        println!(
+            "  {:<30} {:<10} {}",
+            p.key(),
+            p.node,
+            p.ip.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn build(
+    dir: &Path,
+    state: &mut State,
+    client: &gingham_api::Client,
+    nodes: &[String],
+    resources: &[gingham_model::Resource],
+    pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
+) -> Result<()> {
+    let lab = state.name.clone();
+    // The underlay: a bridge every node plugs into.
+    let underlay = format!("gl-{lab}-u");
+    state.underlay = Some(underlay.clone());
+    save_state(dir, state)?;
+    ip(&["netns", "add", &underlay])?;
+    in_ns(&underlay, &["ip", "link", "set", "lo", "up"])?;
+    in_ns(&underlay, &["ip", "link", "add", "br0", "type", "bridge"])?;
+    in_ns(
+        &underlay,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{UNDERLAY_PREFIX}.254/24"),
+            "dev",
+            "br0",
+        ],
+    )?;
+    in_ns(&underlay, &["ip", "link", "set", "br0", "up"])?;
+    // Nodes.
+    let mut node_docs = String::new();
+    for (i, name) in nodes.iter().enumerate() {
+        let ns = format!("gl-{lab}-n{i}");
+        let node_ip = format!("{UNDERLAY_PREFIX}.{}", i + 1);
+        state.nodes.push(NodeState {
+            name: name.clone(),
+            netns: ns.clone(),
+            ip: node_ip.clone(),
+        });
+        save_state(dir, state)?;
+        ip(&["netns", "add", &ns])?;
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+        let peer = format!("n{i}");
+        in_ns(
+            &ns,
+            &[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+                &underlay,
+            ],
+        )?;
+        in_ns(
+            &ns,
+            &["ip", "addr", "add", &format!("{node_ip}/24"), "dev", "eth0"],
+        )?;
+        in_ns(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(
+            &underlay,
+            &["ip", "link", "set", &peer, "master", "br0", "up"],
+        )?;
+        in_ns(
+            &ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{UNDERLAY_PREFIX}.254"),
+            ],
+        )?;
+        node_docs.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{bgp: {{ipv4Address: {node_ip}/24}}}}\n---\n"
+        ));
+    }
+    let node_resources = gingham_model::load_resources("lab nodes", &node_docs)?;
+    let mut all = node_resources;
+    all.extend(resources.iter().cloned());
+    client.write_all(&all, gingham_api::WriteMode::Apply)?;
+    // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
+    let exe = self_exe()?;
+    for r in resources {
+        let gingham_model::Resource::WorkloadEndpoint(w) = r else {
+            continue;
+        };
+        if w.spec.orchestrator != "k8s" {
+            continue;
+        }
+        let ns = w.metadata.namespace_or_empty().to_owned();
+        let pod = w.spec.pod.clone();
+        let node = state
+            .nodes
+            .iter()
+            .find(|n| n.name == w.spec.node)
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "pod {ns}/{pod} is on node {}, which is not in the Lab's nodes",
+                    w.spec.node
+                )
+            })?;
+        let netns = pod_netns(&lab, &ns, &pod);
+        let container_id = fnv_hex(&format!("{lab}/{ns}/{pod}"))[..16].to_owned();
+        let ports = pod_ports
+            .get(&format!("{ns}/{pod}"))
+            .cloned()
+            .unwrap_or_default();
+        state.pods.push(PodState {
+            namespace: ns.clone(),
+            name: pod.clone(),
+            node: node.name.clone(),
+            netns: netns.clone(),
+            container_id: container_id.clone(),
+            ip: None,
+            ports: ports.clone(),
+            server_pid: None,
+        });
+        save_state(dir, state)?;
+        ip(&["netns", "add", &netns])?;
+        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+        let requested = w
+            .metadata
+            .annotations
+            .get("cni.projectcalico.org/ipAddrs")
+            .cloned();
+        let result = cni(
+            &exe,
+            &node,
+            "ADD",
+            &state.datastore,
+            &ns,
+            &pod,
+            &container_id,
+            &netns,
+            requested.as_deref(),
+        )?;
+        let pod_ip = result
+            .pointer("/ips/0/address")
+            .and_then(Value::as_str)
+            .map(|a| a.split('/').next().unwrap_or(a).to_owned());
+        let pid = start_server(&exe, dir, &netns, &format!("{lab}/{ns}/{pod}"), &ports)?;
+        let entry = state.pods.last_mut().expect("just pushed");
+        entry.ip = pod_ip;
+        entry.server_pid = pid;
+        save_state(dir, state)?;
+    }
+    // Routes between nodes: each node's affine blocks via that node (no BGP yet).
+    let store = client.store().clone();
+    let ipam = gingham_ipam::Ipam::new(store.as_ref());
+    for n in &state.nodes {
+        for block in ipam.blocks_for_node(&n.name)? {
+            for other in state.nodes.iter().filter(|o| o.name != n.name) {
+                in_ns(
+                    &other.netns,
+                    &["ip", "route", "replace", &block.to_string(), "via", &n.ip],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Invokes the CNI plugin for one pod, as a kubelet would.
+#[allow(clippy::too_many_arguments)]
+fn cni(
+    exe: &Path,
+    node: &NodeState,
+    command: &str,
+    datastore: &str,
+    ns: &str,
+    pod: &str,
+    container_id: &str,
+    netns: &str,
+    requested_ips: Option<&str>,
+) -> Result<Value> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "gingham",
+        "nodename": node.name,
+        "datastore": datastore,
+        "ipam": {"type": "gingham-ipam"},
+    });
+    let mut args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id}"
+    );
+    if let Some(ips) = requested_ips {
+        let list: Vec<String> = serde_json::from_str(ips).unwrap_or_else(|_| vec![ips.to_owned()]);
+        args.push_str(&format!(";IP={}", list.join(",")));
+    }
+    let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(exe)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", bin_dir)
+        .env("CNI_ARGS", args)
+        .env_remove("GINGHAM_DATASTORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run the CNI plugin")?;
+    child
+        .stdin
+        .take()
+        .context("plugin stdin")?
+        .write_all(conf.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("CNI {command} for {ns}/{pod} failed: {}", text.trim());
+    }
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).with_context(|| format!("CNI {command} printed {text}"))
+}
+
+/// Starts the pod's server on its declared ports (detached); returns its pid.
+fn start_server(
+    exe: &Path,
+    dir: &Path,
+    netns: &str,
+    name: &str,
+    ports: &[(u8, u16)],
+) -> Result<Option<u32>> {
+    let tcp: Vec<String> = ports
+        .iter()
+        .filter(|(p, _)| *p == 6)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let udp: Vec<String> = ports
+        .iter()
+        .filter(|(p, _)| *p == 17)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    if tcp.is_empty() && udp.is_empty() {
+        return Ok(None);
+    }
+    let log = std::fs::File::create(dir.join(format!("{netns}.log")))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(exe)
+        .args(["lab", "serve", "--name", name]);
+    if !tcp.is_empty() {
+        cmd.args(["--tcp", &tcp.join(",")]);
+    }
+    if !udp.is_empty() {
+        cmd.args(["--udp", &udp.join(",")]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the pod's server")?;
+    // Wait until it listens, so a probe right after `lab up` finds it.
+    for _ in 0..100 {
+        let ready = std::fs::read_to_string(dir.join(format!("{netns}.log")))
+            .map(|s| s.contains("listening"))
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(Some(child.id()))
+}
+
+fn serve(args: &ServeArgs) -> Result<Exit> {
+    let mut handles = Vec::new();
+    for &port in &args.tcp {
+        let listener =
+            TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind TCP {port}"))?;
+        let name = args.name.clone();
+        handles.push(std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(format!("{name}\n").as_bytes());
+            }
+        }));
+    }
+    for &port in &args.udp {
+        let socket =
+            UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind UDP {port}"))?;
+        handles.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        }));
+    }
+    println!("listening on TCP {:?} UDP {:?}", args.tcp, args.udp);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(Exit::Ok)
+}
+
+fn connect(args: &ConnectArgs) -> Result<Exit> {
+    let proto = parse_protocol(&args.protocol).context("--protocol")?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let results: Vec<(IpAddr, bool)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = args
+            .targets
+            .iter()
+            .map(|&ip| {
+                sc.spawn(move || {
+                    let addr = SocketAddr::new(ip, args.port);
+                    let ok = match proto {
+                        6 => TcpStream::connect_timeout(&addr, timeout).is_ok_and(|mut s| {
+                            let _ = s.set_read_timeout(Some(timeout));
+                            let mut buf = [0u8; 64];
+                            s.read(&mut buf).is_ok_and(|n| n > 0)
+                        }),
+                        17 => UdpSocket::bind(("0.0.0.0", 0)).is_ok_and(|s| {
+                            let _ = s.set_read_timeout(Some(timeout));
+                            let mut buf = [0u8; 64];
+                            s.send_to(b"probe", addr).is_ok() && s.recv_from(&mut buf).is_ok()
+                        }),
+                        _ => false,
+                    };
+                    (ip, ok)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or((IpAddr::from([0, 0, 0, 0]), false)))
+            .collect()
+    });
+    let map: BTreeMap<String, bool> = results
+        .into_iter()
+        .map(|(ip, ok)| (ip.to_string(), ok))
+        .collect();
+    println!("{}", serde_json::to_string(&map)?);
+    Ok(Exit::Ok)
+}
+
+fn probe(args: &ProbeArgs) -> Result<Exit> {
+    let state = load_state(&args.lab.dir)?;
+    let proto = parse_protocol(&args.protocol).with_context(|| {
+        format!(
+            "--protocol {:?} is not a protocol (valid: TCP, UDP)",
+            args.protocol
+        )
+    })?;
+    if proto != 6 && proto != 17 {
+        bail!("lab probe sends TCP or UDP (got {})", args.protocol);
+    }
+    let ports: Vec<u16> = match args.port {
+        Some(p) => vec![p],
+        None => {
+            let mut ports: Vec<u16> = state
+                .pods
+                .iter()
+                .flat_map(|p| {
+                    p.ports
+                        .iter()
+                        .filter(|(pr, _)| *pr == proto)
+                        .map(|(_, n)| *n)
+                })
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if ports.is_empty() {
+                bail!(
+                    "no pod declares a {} port; name one with --port",
+                    args.protocol
+                );
+            }
+            ports
+        }
+    };
+    let exe = self_exe()?;
+    let mut pods: Vec<&PodState> = state.pods.iter().filter(|p| p.ip.is_some()).collect();
+    pods.sort_by_key(|p| p.key());
+    let endpoints: Vec<String> = pods.iter().map(|p| p.key()).collect();
+    let mut matrices = Vec::new();
+    for port in ports {
+        let targets: Vec<String> = pods.iter().filter_map(|p| p.ip.clone()).collect();
+        // One prober per client pod, all at once.
+        let rows: Vec<Result<(String, BTreeMap<String, bool>)>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = pods
+                .iter()
+                .map(|client| {
+                    let (exe, targets, pods) = (&exe, &targets, &pods);
+                    sc.spawn(move || -> Result<(String, BTreeMap<String, bool>)> {
+                        let out = Command::new("ip")
+                            .args(["netns", "exec", &client.netns])
+                            .arg(exe)
+                            .args([
+                                "lab",
+                                "connect",
+                                "--protocol",
+                                &protocol_name(proto),
+                                "--port",
+                                &port.to_string(),
+                                "--timeout-ms",
+                                &args.timeout_ms.to_string(),
+                            ])
+                            .args(targets)
+                            .output()?;
+                        let got: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout)
+                            .with_context(|| {
+                                format!(
+                                    "probing from {}: {}",
+                                    client.key(),
+                                    String::from_utf8_lossy(&out.stderr)
+                                )
+                            })?;
+                        let row = pods
+                            .iter()
+                            .map(|server| {
+                                let ok = server
+                                    .ip
+                                    .as_ref()
+                                    .and_then(|ip| got.get(ip))
+                                    .copied()
+                                    .unwrap_or(false);
+                                (server.key(), ok)
+                            })
+                            .collect();
+                        Ok((client.key(), row))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("prober thread"))
+                .collect()
+        });
+        let mut allowed = BTreeMap::new();
+        for r in rows {
+            let (k, row) = r?;
+            allowed.insert(k, row);
+        }
+        matrices.push(Matrix {
+            port: Some(port),
+            protocol: protocol_name(proto),
+            endpoints: endpoints.clone(),
+            allowed,
+        });
+    }
+    match args.output {
+        MatrixFormat::Json if matrices.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&matrices[0])?)
+        }
+        MatrixFormat::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
+        MatrixFormat::Table => {
+            for (i, m) in matrices.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", render_table(m));
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn exec(args: &ExecArgs) -> Result<Exit> {
+    let state = load_state(&args.lab.dir)?;
+    let netns = state
+        .pods
+        .iter()
+        .find(|p| p.key() == args.target)
+        .map(|p| p.netns.clone())
+        .or_else(|| {
+            state
+                .nodes
+                .iter()
+                .find(|n| n.name == args.target)
+                .map(|n| n.netns.clone())
+        })
+        .with_context(|| {
+            let names: Vec<String> = state
+                .pods
+                .iter()
+                .map(PodState::key)
+                .chain(state.nodes.iter().map(|n| n.name.clone()))
+                .collect();
+            format!(
+                "{:?} is not a pod or node of this lab (valid: {})",
+                args.target,
+                names.join(", ")
+            )
+        })?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(&args.command)
+        .status()
+        .context("cannot run the command")?;
+    Ok(if status.success() {
+        Exit::Ok
+    } else {
+        Exit::UserError
+    })
+}
+
+/// Removes everything recorded in the state, in reverse order, tolerating what is already gone.
+fn down(dir: &Path) -> Result<Exit> {
+    let state = load_state(dir)?;
+    let exe = self_exe()?;
+    let mut problems = Vec::new();
+    for p in state.pods.iter().rev() {
+        if let Some(pid) = p.server_pid {
+            // The server may be gone already; then kill fails and that is fine.
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        if let Some(node) = state.nodes.iter().find(|n| n.name == p.node)
+            && netns_exists(&node.netns)
+            && let Err(e) = cni(
+                &exe,
+                node,
+                "DEL",
+                &state.datastore,
+                &p.namespace,
+                &p.name,
+                &p.container_id,
+                &p.netns,
+                None,
+            )
+        {
+            problems.push(format!("{e:#}"));
+        }
+        if netns_exists(&p.netns)
+            && let Err(e) = ip(&["netns", "del", &p.netns])
+        {
+            problems.push(format!("{e:#}"));
+        }
+        let _ = std::fs::remove_file(dir.join(format!("{}.log", p.netns)));
+    }
+    // The stored objects the lab made: its nodes (pods' endpoints went with CNI DEL).
+    if let Ok(url) = DatastoreUrl::parse(&state.datastore)
+        && let Ok(store) = url.open()
+    {
+        let client = gingham_api::Client::new(store);
+        let store = client.store().clone();
+        let ipam = gingham_ipam::Ipam::new(store.as_ref());
+        for n in &state.nodes {
+            // Blocks the node held go back to the pool once empty (they are, after CNI DEL).
+            if let Err(e) = ipam.release_host_affinities(&n.name, true) {
+                problems.push(format!("releasing the blocks of node {}: {e}", n.name));
+            }
+            let _ = client.delete(gingham_model::Kind::Node, None, &n.name, None);
+        }
+    }
+    for n in state.nodes.iter().rev() {
+        if netns_exists(&n.netns)
+            && let Err(e) = ip(&["netns", "del", &n.netns])
+        {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    if let Some(u) = &state.underlay
+        && netns_exists(u)
+        && let Err(e) = ip(&["netns", "del", u])
+    {
+        problems.push(format!("{e:#}"));
+    }
+    if !problems.is_empty() {
+        bail!("lab down left things behind:\n{}", problems.join("\n"));
+    }
+    std::fs::remove_file(state_path(dir))?;
+    let _ = std::fs::remove_dir(dir);
+    println!("lab {} removed", state.name);
+    Ok(Exit::Ok)
+}

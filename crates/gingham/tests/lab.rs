@@ -1,0 +1,190 @@
+//! `gingham lab` end to end: two nodes and six pods in network namespaces, real packets between
+//! them, and nothing left behind afterwards. A system test (root, iproute2).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gingham(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(args)
+        .env_remove("GINGHAM_DATASTORE")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = gingham(args);
+    assert!(
+        out.status.success(),
+        "gingham {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lab_yaml(name: &str) -> String {
+    let mut y = format!(
+        "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b]}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: pods}}\nspec: {{cidr: 10.244.0.0/16}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"
+    );
+    for i in 1..=6 {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: a{}}}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}\n",
+            i % 2
+        ));
+    }
+    y
+}
+
+/// Namespaces, interfaces and processes that belong to lab `name`.
+fn leftovers(name: &str, dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    for line in String::from_utf8_lossy(&netns.stdout).lines() {
+        if line.starts_with(&format!("gl-{name}-")) {
+            found.push(format!("netns {line}"));
+        }
+    }
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    for line in String::from_utf8_lossy(&ps.stdout).lines() {
+        if line.contains(&format!("lab serve --name {name}/")) {
+            found.push(format!("process {line}"));
+        }
+    }
+    if dir.exists() {
+        found.push(format!("directory {}", dir.display()));
+    }
+    found
+}
+
+#[test]
+fn sys_lab_up_probe_down() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("t{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab");
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    let file = tmp.path().join("lab.yaml");
+    std::fs::write(&file, lab_yaml(&name)).unwrap();
+    let d = dir.to_str().unwrap();
+
+    let up = ok(&[
+        "lab",
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--dir",
+        d,
+        "--datastore",
+        &ds,
+    ]);
+    assert!(up.contains("2 nodes, 6 pods"), "{up}");
+    let result = std::panic::catch_unwind(|| {
+        // Every pod reaches every pod on TCP 80 and UDP 53 (same node and across nodes).
+        for (proto, port) in [("TCP", "80"), ("UDP", "53")] {
+            let json = ok(&[
+                "lab",
+                "probe",
+                "--dir",
+                d,
+                "--protocol",
+                proto,
+                "--port",
+                port,
+                "-o",
+                "json",
+            ]);
+            let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(m["protocol"], proto);
+            assert_eq!(m["endpoints"].as_array().unwrap().len(), 6);
+            for (from, row) in m["allowed"].as_object().unwrap() {
+                for (to, ok) in row.as_object().unwrap() {
+                    assert_eq!(ok, true, "{proto}/{port} {from} -> {to}: {json}");
+                }
+            }
+        }
+        // A port nobody listens on is refused, so the probe really probes.
+        let json = ok(&[
+            "lab",
+            "probe",
+            "--dir",
+            d,
+            "--port",
+            "81",
+            "-o",
+            "json",
+            "--timeout-ms",
+            "300",
+        ]);
+        let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(m["allowed"]["shop/p1"]["shop/p2"], false);
+        // exec runs in the pod.
+        let out = gingham(&[
+            "lab", "exec", "--dir", d, "shop/p1", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+        ]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("inet 10.244."));
+        // The pods' endpoints are stored with their addresses and labels.
+        let weps = ok(&["get", "wep", "-n", "shop", "-o", "json", "--datastore", &ds]);
+        let v: serde_json::Value = serde_json::from_str(&weps).unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 6);
+        assert!(items.iter().all(|w| {
+            w["spec"]["ipNetworks"]
+                .as_array()
+                .is_some_and(|n| n.len() == 1)
+        }));
+        assert!(
+            items
+                .iter()
+                .all(|w| w["metadata"]["labels"]["app"].is_string())
+        );
+    });
+    // Simulate a crash's debris: one pod's namespace already gone.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let gone = state["pods"][0]["netns"].as_str().unwrap().to_owned();
+    let _ = Command::new("ip").args(["netns", "del", &gone]).status();
+    let down = gingham(&["lab", "down", "--dir", d]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    let check = ok(&["ipam", "check", "--datastore", &ds]);
+    assert!(check.contains("0 blocks, 0 allocations"), "{check}");
+}
+
+#[test]
+fn sys_lab_up_that_fails_cleans_up() {
+    gingham_testkit::require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("f{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab");
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    // The pool is too small for the pods: the third ADD fails after two pods were made.
+    let yaml = lab_yaml(&name).replace(
+        "spec: {cidr: 10.244.0.0/16}",
+        "spec: {cidr: 10.244.0.0/31, blockSize: 31}",
+    );
+    let file = tmp.path().join("lab.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = gingham(&[
+        "lab",
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--datastore",
+        &ds,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("IPAM"), "{err}");
+    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+}
