@@ -10,7 +10,8 @@ use gingham_selector::Selector;
 use serde::Serialize;
 
 use crate::snapshot::{
-    CompiledRule, Direction, Endpoint, EndpointKind, Entity, NodeInfo, Policy, PolicyRef, Snapshot,
+    Chain, CompiledRule, Direction, Endpoint, EndpointKind, Entity, NodeInfo, Policy, PolicyRef,
+    Snapshot,
 };
 
 pub const TCP: u8 = 6;
@@ -257,32 +258,6 @@ struct Packet<'a> {
     icmp: Option<(u8, u8)>,
 }
 
-/// How a stage picks policies and ends.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Workload or host-bound policy, then profiles.
-    Normal,
-    /// applyOnForward policies of a host endpoint; default allow when none applies.
-    Forward,
-    /// preDNAT policies: no end-of-tier drop.
-    PreDnat,
-    /// doNotTrack policies: no end-of-tier drop.
-    Untracked,
-}
-
-impl Mode {
-    fn admits(self, p: &Policy, ep: &Endpoint) -> bool {
-        let host = ep.kind == EndpointKind::Host;
-        match self {
-            Mode::Normal if !host => true,
-            Mode::Normal => !p.pre_dnat && !p.do_not_track,
-            Mode::Forward => host && p.apply_on_forward && !p.pre_dnat && !p.do_not_track,
-            Mode::PreDnat => host && p.pre_dnat,
-            Mode::Untracked => host && p.do_not_track,
-        }
-    }
-}
-
 impl Snapshot {
     fn resolve(&self, spec: &PeerSpec) -> Result<Peer<'_>, FlowError> {
         match spec {
@@ -473,7 +448,7 @@ impl Snapshot {
                     StageKind::WorkloadEgress,
                     ep,
                     Direction::Egress,
-                    Mode::Normal,
+                    Chain::Normal,
                     out,
                 ) == Outcome::Deny
                 {
@@ -513,7 +488,7 @@ impl Snapshot {
                         StageKind::ForwardEgress,
                         hep,
                         Direction::Egress,
-                        Mode::Forward,
+                        Chain::Forward,
                         out,
                     ) == Outcome::Deny
                 {
@@ -548,7 +523,7 @@ impl Snapshot {
                                 StageKind::UntrackedEgress,
                                 hep,
                                 Direction::Egress,
-                                Mode::Untracked,
+                                Chain::Untracked,
                                 out,
                             ) {
                                 Outcome::Deny => return false,
@@ -558,7 +533,7 @@ impl Snapshot {
                                         StageKind::HostEgress,
                                         hep,
                                         Direction::Egress,
-                                        Mode::Normal,
+                                        Chain::Normal,
                                         out,
                                     ) == Outcome::Deny
                                     {
@@ -581,7 +556,7 @@ impl Snapshot {
                         StageKind::PreDnatIngress,
                         hep,
                         Direction::Ingress,
-                        Mode::PreDnat,
+                        Chain::PreDnat,
                         out,
                     ) {
                         Outcome::Deny => return false,
@@ -591,7 +566,7 @@ impl Snapshot {
                                 StageKind::ForwardIngress,
                                 hep,
                                 Direction::Ingress,
-                                Mode::Forward,
+                                Chain::Forward,
                                 out,
                             ) == Outcome::Deny
                             {
@@ -604,7 +579,7 @@ impl Snapshot {
                     StageKind::WorkloadIngress,
                     ep,
                     Direction::Ingress,
-                    Mode::Normal,
+                    Chain::Normal,
                     out,
                 ) == Outcome::Allow
             }
@@ -636,7 +611,7 @@ impl Snapshot {
                     StageKind::UntrackedIngress,
                     hep,
                     Direction::Ingress,
-                    Mode::Untracked,
+                    Chain::Untracked,
                     out,
                 ) {
                     Outcome::Deny => return false,
@@ -647,7 +622,7 @@ impl Snapshot {
                     StageKind::PreDnatIngress,
                     hep,
                     Direction::Ingress,
-                    Mode::PreDnat,
+                    Chain::PreDnat,
                     out,
                 ) {
                     Outcome::Deny => return false,
@@ -658,7 +633,7 @@ impl Snapshot {
                     StageKind::HostIngress,
                     hep,
                     Direction::Ingress,
-                    Mode::Normal,
+                    Chain::Normal,
                     out,
                 ) == Outcome::Allow
             }
@@ -693,7 +668,7 @@ impl Snapshot {
         policies: &[Policy],
         ep: &Endpoint,
         dir: Direction,
-        mode: Mode,
+        mode: Chain,
         steps: &mut Vec<Step>,
     ) -> Outcome {
         for tier in &self.tiers {
@@ -739,21 +714,18 @@ impl Snapshot {
             if passed {
                 continue;
             }
-            match mode {
-                // No end-of-tier drop in these stages: unmatched packets go on.
-                Mode::PreDnat | Mode::Untracked => {}
-                Mode::Normal | Mode::Forward => {
-                    steps.push(Step::EndOfTier {
-                        tier: tier.name.clone(),
-                        action: tier.default_action,
-                    });
-                    if tier.default_action != Action::Pass {
-                        return Outcome::Deny;
-                    }
+            // preDNAT and doNotTrack stages have no end-of-tier drop: unmatched packets go on.
+            if mode.end_of_tier() {
+                steps.push(Step::EndOfTier {
+                    tier: tier.name.clone(),
+                    action: tier.default_action,
+                });
+                if tier.default_action != Action::Pass {
+                    return Outcome::Deny;
                 }
             }
         }
-        if mode != Mode::Normal {
+        if !mode.profiles_apply() {
             steps.push(Step::DefaultContinue);
             return Outcome::Continue;
         }

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::eval::{Outcome, Verdict};
 use crate::snapshot::{
-    CompiledRule, Direction, Endpoint, EndpointKind, Entity, NetSet, Policy, PolicyRef, Snapshot,
+    Chain, CompiledRule, Direction, Endpoint, EndpointKind, Entity, NetSet, Policy, PolicyRef,
+    Snapshot,
 };
 
 /// Names an IP set: `s:<selector id>` for a selector's addresses, `n:<port name>:<selector id>`
@@ -122,24 +123,6 @@ pub struct NodeProgram {
     /// By endpoint key ([`Endpoint::key`]).
     pub endpoints: BTreeMap<String, EndpointProgram>,
     pub sets: BTreeMap<SetId, IpSet>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum ChainKind {
-    Normal,
-    Forward,
-    PreDnat,
-    Untracked,
-}
-
-fn admits(kind: ChainKind, p: &Policy, ep: &Endpoint) -> bool {
-    let host = ep.kind == EndpointKind::Host;
-    match kind {
-        ChainKind::Normal => !host || (!p.pre_dnat && !p.do_not_track),
-        ChainKind::Forward => host && p.apply_on_forward && !p.pre_dnat && !p.do_not_track,
-        ChainKind::PreDnat => host && p.pre_dnat,
-        ChainKind::Untracked => host && p.do_not_track,
-    }
 }
 
 /// What an IP set holds, before its members are known.
@@ -318,14 +301,14 @@ impl<'a> Builder<'a> {
         policies: &[Policy],
         ep: &Endpoint,
         dir: Direction,
-        kind: ChainKind,
+        kind: Chain,
     ) -> ChainProgram {
         let mut tiers = Vec::new();
         for tier in &self.snap.tiers {
             let mut selected: Vec<&Policy> = policies
                 .iter()
                 .filter(|p| {
-                    p.tier == tier.name && p.has_type(dir) && admits(kind, p, ep) && p.selects(ep)
+                    p.tier == tier.name && p.has_type(dir) && kind.admits(p, ep) && p.selects(ep)
                 })
                 .collect();
             if selected.is_empty() {
@@ -345,7 +328,7 @@ impl<'a> Builder<'a> {
                 default_action: tier.default_action,
             });
         }
-        let profiles_apply = kind == ChainKind::Normal;
+        let profiles_apply = kind.profiles_apply();
         let profiles = if profiles_apply {
             let mut out = Vec::new();
             for name in &ep.profiles {
@@ -373,7 +356,7 @@ impl<'a> Builder<'a> {
             tiers,
             profiles,
             profiles_apply,
-            end_of_tier: matches!(kind, ChainKind::Normal | ChainKind::Forward),
+            end_of_tier: kind.end_of_tier(),
         }
     }
 
@@ -383,13 +366,13 @@ impl<'a> Builder<'a> {
         EndpointProgram {
             endpoint: ep.name.clone(),
             interface: ep.interface.clone(),
-            ingress: self.chain(policies, ep, Direction::Ingress, ChainKind::Normal),
-            egress: self.chain(policies, ep, Direction::Egress, ChainKind::Normal),
-            forward_ingress: opt(self, Direction::Ingress, ChainKind::Forward),
-            forward_egress: opt(self, Direction::Egress, ChainKind::Forward),
-            pre_dnat_ingress: opt(self, Direction::Ingress, ChainKind::PreDnat),
-            untracked_ingress: opt(self, Direction::Ingress, ChainKind::Untracked),
-            untracked_egress: opt(self, Direction::Egress, ChainKind::Untracked),
+            ingress: self.chain(policies, ep, Direction::Ingress, Chain::Normal),
+            egress: self.chain(policies, ep, Direction::Egress, Chain::Normal),
+            forward_ingress: opt(self, Direction::Ingress, Chain::Forward),
+            forward_egress: opt(self, Direction::Egress, Chain::Forward),
+            pre_dnat_ingress: opt(self, Direction::Ingress, Chain::PreDnat),
+            untracked_ingress: opt(self, Direction::Ingress, Chain::Untracked),
+            untracked_egress: opt(self, Direction::Egress, Chain::Untracked),
         }
     }
 }

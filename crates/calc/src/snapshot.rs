@@ -318,6 +318,42 @@ impl Policy {
     }
 }
 
+/// Which of an endpoint's chains a policy stage is, and so which policies it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// Workload policy, or host endpoint policy for the host's own traffic; then profiles.
+    Normal,
+    /// applyOnForward policies of a host endpoint, for forwarded traffic; allow when none applies.
+    Forward,
+    /// preDNAT policies: no end-of-tier drop.
+    PreDnat,
+    /// doNotTrack policies: no end-of-tier drop.
+    Untracked,
+}
+
+impl Chain {
+    /// Whether policy `p` belongs in this chain of endpoint `ep`.
+    pub fn admits(self, p: &Policy, ep: &Endpoint) -> bool {
+        let host = ep.kind == EndpointKind::Host;
+        match self {
+            Chain::Normal => !host || (!p.pre_dnat && !p.do_not_track),
+            Chain::Forward => host && p.apply_on_forward && !p.pre_dnat && !p.do_not_track,
+            Chain::PreDnat => host && p.pre_dnat,
+            Chain::Untracked => host && p.do_not_track,
+        }
+    }
+
+    /// Whether a tier whose policies decided nothing drops the packet.
+    pub fn end_of_tier(self) -> bool {
+        matches!(self, Chain::Normal | Chain::Forward)
+    }
+
+    /// Whether profiles (and the final drop) follow the tiers.
+    pub fn profiles_apply(self) -> bool {
+        self == Chain::Normal
+    }
+}
+
 /// An `order` where absent sorts last.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OrderKey(pub Option<f64>);
@@ -457,89 +493,25 @@ impl Snapshot {
         for r in resources {
             match r {
                 Resource::NetworkPolicy(p) => {
-                    let ns = p.metadata.namespace_or_empty().to_owned();
                     let kind = if p.metadata.name.starts_with("knp.default.") {
                         PolicyKind::KubernetesNetworkPolicy
                     } else {
                         PolicyKind::NetworkPolicy
                     };
-                    let raw = RawPolicy {
-                        kind,
-                        namespace: Some(ns),
-                        name: p.metadata.name.clone(),
-                        tier: p.spec.tier.clone(),
-                        order: p.spec.order,
-                        selector: &p.spec.selector,
-                        namespace_selector: "",
-                        sa_selector: &p.spec.service_account_selector,
-                        types: &p.spec.types,
-                        ingress: &p.spec.ingress,
-                        egress: &p.spec.egress,
-                        flags: (false, false, false),
-                        staged: None,
-                    };
-                    s.add_policy(raw, &mut staged);
+                    s.add_policy(namespaced_raw!(p, kind, None), &mut staged);
                 }
                 Resource::GlobalNetworkPolicy(p) => {
-                    let raw = RawPolicy {
-                        kind: PolicyKind::GlobalNetworkPolicy,
-                        namespace: None,
-                        name: p.metadata.name.clone(),
-                        tier: p.spec.tier.clone(),
-                        order: p.spec.order,
-                        selector: &p.spec.selector,
-                        namespace_selector: &p.spec.namespace_selector,
-                        sa_selector: &p.spec.service_account_selector,
-                        types: &p.spec.types,
-                        ingress: &p.spec.ingress,
-                        egress: &p.spec.egress,
-                        flags: (
-                            p.spec.apply_on_forward,
-                            p.spec.pre_dnat,
-                            p.spec.do_not_track,
-                        ),
-                        staged: None,
-                    };
+                    let raw = global_raw!(p, PolicyKind::GlobalNetworkPolicy, None);
                     s.add_policy(raw, &mut staged);
                 }
                 Resource::StagedNetworkPolicy(p) => {
-                    let raw = RawPolicy {
-                        kind: PolicyKind::StagedNetworkPolicy,
-                        namespace: Some(p.metadata.namespace_or_empty().to_owned()),
-                        name: p.metadata.name.clone(),
-                        tier: p.spec.tier.clone(),
-                        order: p.spec.order,
-                        selector: &p.spec.selector,
-                        namespace_selector: "",
-                        sa_selector: &p.spec.service_account_selector,
-                        types: &p.spec.types,
-                        ingress: &p.spec.ingress,
-                        egress: &p.spec.egress,
-                        flags: (false, false, false),
-                        staged: Some(p.spec.staged_action.unwrap_or(StagedAction::Set)),
-                    };
+                    let action = Some(p.spec.staged_action.unwrap_or(StagedAction::Set));
+                    let raw = namespaced_raw!(p, PolicyKind::StagedNetworkPolicy, action);
                     s.add_policy(raw, &mut staged);
                 }
                 Resource::StagedGlobalNetworkPolicy(p) => {
-                    let raw = RawPolicy {
-                        kind: PolicyKind::StagedGlobalNetworkPolicy,
-                        namespace: None,
-                        name: p.metadata.name.clone(),
-                        tier: p.spec.tier.clone(),
-                        order: p.spec.order,
-                        selector: &p.spec.selector,
-                        namespace_selector: &p.spec.namespace_selector,
-                        sa_selector: &p.spec.service_account_selector,
-                        types: &p.spec.types,
-                        ingress: &p.spec.ingress,
-                        egress: &p.spec.egress,
-                        flags: (
-                            p.spec.apply_on_forward,
-                            p.spec.pre_dnat,
-                            p.spec.do_not_track,
-                        ),
-                        staged: Some(p.spec.staged_action.unwrap_or(StagedAction::Set)),
-                    };
+                    let action = Some(p.spec.staged_action.unwrap_or(StagedAction::Set));
+                    let raw = global_raw!(p, PolicyKind::StagedGlobalNetworkPolicy, action);
                     s.add_policy(raw, &mut staged);
                 }
                 Resource::Tier(t) => {
@@ -1159,6 +1131,53 @@ impl Snapshot {
         })
     }
 }
+
+/// The parts of a (staged) NetworkPolicy the engine reads.
+macro_rules! namespaced_raw {
+    ($p:expr, $kind:expr, $staged:expr) => {
+        RawPolicy {
+            kind: $kind,
+            namespace: Some($p.metadata.namespace_or_empty().to_owned()),
+            name: $p.metadata.name.clone(),
+            tier: $p.spec.tier.clone(),
+            order: $p.spec.order,
+            selector: &$p.spec.selector,
+            namespace_selector: "",
+            sa_selector: &$p.spec.service_account_selector,
+            types: &$p.spec.types,
+            ingress: &$p.spec.ingress,
+            egress: &$p.spec.egress,
+            flags: (false, false, false),
+            staged: $staged,
+        }
+    };
+}
+
+/// The parts of a (staged) GlobalNetworkPolicy the engine reads.
+macro_rules! global_raw {
+    ($p:expr, $kind:expr, $staged:expr) => {
+        RawPolicy {
+            kind: $kind,
+            namespace: None,
+            name: $p.metadata.name.clone(),
+            tier: $p.spec.tier.clone(),
+            order: $p.spec.order,
+            selector: &$p.spec.selector,
+            namespace_selector: &$p.spec.namespace_selector,
+            sa_selector: &$p.spec.service_account_selector,
+            types: &$p.spec.types,
+            ingress: &$p.spec.ingress,
+            egress: &$p.spec.egress,
+            flags: (
+                $p.spec.apply_on_forward,
+                $p.spec.pre_dnat,
+                $p.spec.do_not_track,
+            ),
+            staged: $staged,
+        }
+    };
+}
+use {global_raw, namespaced_raw};
 
 struct RawPolicy<'a> {
     kind: PolicyKind,

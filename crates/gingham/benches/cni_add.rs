@@ -105,24 +105,13 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let node = TestNetns::new("bcn");
     let underlay = TestNetns::new("bcu");
-    node.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
+    gingham_testkit::netns::wire_to_underlay(
+        &node,
+        &underlay,
         "dn0",
-        "netns",
-        underlay.name(),
-    ]);
-    node.exec_ok(&["ip", "addr", "add", "192.168.240.1/24", "dev", "up0"]);
-    node.exec_ok(&["ip", "link", "set", "up0", "up"]);
-    underlay.exec_ok(&["ip", "addr", "add", "192.168.240.254/24", "dev", "dn0"]);
-    underlay.exec_ok(&["ip", "link", "set", "dn0", "up"]);
-    node.exec_ok(&["ip", "route", "add", "default", "via", "192.168.240.254"]);
+        "192.168.240.1/24",
+        "192.168.240.254/24",
+    );
 
     let gingham = env!("CARGO_BIN_EXE_gingham");
     let ds = format!("sqlite:{}", tmp.path().join("g.db").display());

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use gingham_calc::eval::{parse_protocol, protocol_name};
 use gingham_calc::input::prepare_documents_with;
-use gingham_calc::reach::{Matrix, render_table};
+use gingham_calc::reach::Matrix;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -303,9 +303,8 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
             eprintln!("notice: {n}");
         }
         pod_ports.extend(ports);
-        let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
-        match gingham_model::load(&name, &json.join("\n")) {
-            Ok(loaded) => resources.extend(loaded.into_iter().flat_map(|d| d.resources)),
+        match crate::reach_cmd::load_documents(&name, &docs) {
+            Ok(loaded) => resources.extend(loaded),
             Err(e) => {
                 eprintln!("{e}");
                 failed = true;
@@ -797,20 +796,7 @@ fn probe(args: &ProbeArgs) -> Result<Exit> {
             allowed,
         });
     }
-    match args.output {
-        MatrixFormat::Json if matrices.len() == 1 => {
-            println!("{}", serde_json::to_string_pretty(&matrices[0])?)
-        }
-        MatrixFormat::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
-        MatrixFormat::Table => {
-            for (i, m) in matrices.iter().enumerate() {
-                if i > 0 {
-                    println!();
-                }
-                print!("{}", render_table(m));
-            }
-        }
-    }
+    crate::reach_cmd::print_matrices(&matrices, args.output)?;
     Ok(Exit::Ok)
 }
 

@@ -117,10 +117,8 @@ fn load(
                 eprintln!("notice: {n}");
             }
             pod_ports.extend(ports);
-            // Concatenated JSON keeps the document numbers of the original for error messages.
-            let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
-            match gingham_model::load(&name, &json.join("\n")) {
-                Ok(loaded) => resources.extend(loaded.into_iter().flat_map(|d| d.resources)),
+            match load_documents(&name, &docs) {
+                Ok(loaded) => resources.extend(loaded),
                 Err(e) => {
                     eprintln!("{e}");
                     failed = true;
@@ -170,15 +168,28 @@ pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>)
     for (pr, port) in ports {
         matrices.push(reach::matrix(&snap, &endpoints, pr, port)?);
     }
-    match args.output {
-        MatrixFormat::Json => {
-            let text = if matrices.len() == 1 {
-                serde_json::to_string_pretty(&matrices[0])?
-            } else {
-                serde_json::to_string_pretty(&matrices)?
-            };
-            println!("{text}");
+    print_matrices(&matrices, args.output)?;
+    Ok(Exit::Ok)
+}
+
+/// Loads documents that were parsed (and prepared) already. Concatenated JSON keeps the document
+/// numbers of the original for error messages.
+pub fn load_documents(
+    name: &str,
+    docs: &[serde_json::Value],
+) -> Result<Vec<Resource>, gingham_model::LoadErrors> {
+    let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
+    gingham_model::load(name, &json.join("\n"))
+        .map(|loaded| loaded.into_iter().flat_map(|d| d.resources).collect())
+}
+
+/// Prints matrices: JSON (one object, or an array when there are several) or tables.
+pub fn print_matrices(matrices: &[reach::Matrix], format: MatrixFormat) -> Result<()> {
+    match format {
+        MatrixFormat::Json if matrices.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&matrices[0])?)
         }
+        MatrixFormat::Json => println!("{}", serde_json::to_string_pretty(matrices)?),
         MatrixFormat::Table => {
             for (i, m) in matrices.iter().enumerate() {
                 if i > 0 {
@@ -188,7 +199,7 @@ pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>)
             }
         }
     }
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 pub fn explain(

@@ -34,46 +34,14 @@ struct Node {
 impl Node {
     fn new(underlay: &Underlay, name: &str, i: u8) -> Node {
         let ns = TestNetns::new("cnin");
-        let peer = format!("dn{i}");
-        ns.exec_ok(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            underlay.ns.name(),
-        ]);
-        ns.exec_ok(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("192.168.{}.1/24", 200 + u16::from(i)),
-            "dev",
-            "up0",
-        ]);
-        ns.exec_ok(&["ip", "link", "set", "up0", "up"]);
-        underlay.ns.exec_ok(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("192.168.{}.254/24", 200 + u16::from(i)),
-            "dev",
-            &peer,
-        ]);
-        underlay.ns.exec_ok(&["ip", "link", "set", &peer, "up"]);
-        ns.exec_ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("192.168.{}.254", 200 + u16::from(i)),
-        ]);
+        let net = 200 + u16::from(i);
+        gingham_testkit::netns::wire_to_underlay(
+            &ns,
+            &underlay.ns,
+            &format!("dn{i}"),
+            &format!("192.168.{net}.1/24"),
+            &format!("192.168.{net}.254/24"),
+        );
         Node {
             name: name.to_owned(),
             ns,

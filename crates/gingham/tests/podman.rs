@@ -105,24 +105,13 @@ fn sys_podman_runs_containers_on_the_gingham_network() {
     // The node: its namespace, with a default route into an underlay namespace.
     let node = TestNetns::new("pmn");
     let underlay = TestNetns::new("pmu");
-    node.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
+    gingham_testkit::netns::wire_to_underlay(
+        &node,
+        &underlay,
         "dn0",
-        "netns",
-        underlay.name(),
-    ]);
-    node.exec_ok(&["ip", "addr", "add", "192.168.230.1/24", "dev", "up0"]);
-    node.exec_ok(&["ip", "link", "set", "up0", "up"]);
-    underlay.exec_ok(&["ip", "addr", "add", "192.168.230.254/24", "dev", "dn0"]);
-    underlay.exec_ok(&["ip", "link", "set", "dn0", "up"]);
-    node.exec_ok(&["ip", "route", "add", "default", "via", "192.168.230.254"]);
+        "192.168.230.1/24",
+        "192.168.230.254/24",
+    );
     let resources = dir.join("cluster.yaml");
     std::fs::write(
         &resources,

@@ -91,3 +91,35 @@ impl Drop for TestNetns {
         }
     }
 }
+
+/// Wires `node` to `underlay` the way the system tests model a host: a veth `up0` in the node
+/// (address `node_cidr`, e.g. `192.168.200.1/24`) whose peer `peer` sits in the underlay with
+/// `gateway_cidr` (e.g. `192.168.200.254/24`), and the node's default route through it. A host
+/// needs that route for proxy ARP to answer for the pods' gateway.
+pub fn wire_to_underlay(
+    node: &TestNetns,
+    underlay: &TestNetns,
+    peer: &str,
+    node_cidr: &str,
+    gateway_cidr: &str,
+) {
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        underlay.name(),
+    ]);
+    node.exec_ok(&["ip", "addr", "add", node_cidr, "dev", "up0"]);
+    node.exec_ok(&["ip", "link", "set", "up0", "up"]);
+    underlay.exec_ok(&["ip", "addr", "add", gateway_cidr, "dev", peer]);
+    underlay.exec_ok(&["ip", "link", "set", peer, "up"]);
+    let gateway = gateway_cidr.split('/').next().unwrap_or(gateway_cidr);
+    node.exec_ok(&["ip", "route", "add", "default", "via", gateway]);
+}
