@@ -75,6 +75,24 @@ pub struct Client {
     store: Arc<dyn Datastore>,
 }
 
+/// A WorkloadEndpoint written again without the fields the CNI plugin owns (as a Pod converted
+/// to an endpoint is: the controller knows labels, not interfaces) keeps the stored ones, so
+/// re-applying a Pod with new labels relabels its running workload instead of unplugging it.
+fn keep_cni_fields(new: &mut Resource, old: &Resource) {
+    let (Resource::WorkloadEndpoint(new), Resource::WorkloadEndpoint(old)) = (new, old) else {
+        return;
+    };
+    let (n, o) = (&mut new.spec, &old.spec);
+    if n.ip_networks.is_empty() && n.mac.is_empty() {
+        n.ip_networks = o.ip_networks.clone();
+        n.interface_name = o.interface_name.clone();
+        n.mac = o.mac.clone();
+        if n.container_id.is_empty() {
+            n.container_id = o.container_id.clone();
+        }
+    }
+}
+
 /// One resource's part of a write: the condition on its key and the write itself (none when
 /// the stored value is already the desired one).
 struct Unit {
@@ -229,6 +247,7 @@ impl Client {
                     m.resource_version = None;
                     m.uid = old.meta().uid.clone();
                     m.creation_timestamp = old.meta().creation_timestamp.clone();
+                    keep_cni_fields(&mut stored, &old);
                     let value = stored.to_stored();
                     let compare = Compare::ModRevision {
                         key: key.clone(),

@@ -124,3 +124,53 @@ fn large_writes_fit_the_backend_limits() {
             .is_empty()
     );
 }
+
+/// Re-applying a Pod (an endpoint without interface or addresses) relabels the running
+/// workload's endpoint and keeps what the CNI plugin wrote.
+#[test]
+fn reapplied_pods_keep_the_cni_fields() {
+    let client = Client::new(Arc::new(MemStore::new()));
+    let pod = |labels: &str| {
+        resources(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: shop, labels: {{{labels}}}}}\nspec: {{nodeName: n1}}\n"
+        ))
+    };
+    client
+        .write_all(&pod("app: web"), WriteMode::Apply)
+        .unwrap();
+    // The plugin fills in the interface and the address.
+    let Resource::WorkloadEndpoint(mut wep) = client
+        .list(Kind::WorkloadEndpoint, Some("shop"))
+        .unwrap()
+        .0
+        .remove(0)
+    else {
+        panic!("a workload endpoint")
+    };
+    wep.spec.interface_name = "cali0123456789a".into();
+    wep.spec.mac = "aa:bb:cc:dd:ee:ff".into();
+    wep.spec.ip_networks = vec!["10.0.0.5/32".parse().unwrap()];
+    wep.spec.container_id = "c1".into();
+    client
+        .write_all(&[Resource::WorkloadEndpoint(wep)], WriteMode::Apply)
+        .unwrap();
+    // The pod is applied again with another label.
+    client
+        .write_all(&pod("app: web, tier: front"), WriteMode::Apply)
+        .unwrap();
+    let Resource::WorkloadEndpoint(after) = client
+        .list(Kind::WorkloadEndpoint, Some("shop"))
+        .unwrap()
+        .0
+        .remove(0)
+    else {
+        panic!("a workload endpoint")
+    };
+    assert_eq!(
+        after.metadata.labels.get("tier").map(String::as_str),
+        Some("front")
+    );
+    assert_eq!(after.spec.interface_name, "cali0123456789a");
+    assert_eq!(after.spec.ip_networks.len(), 1);
+    assert_eq!(after.spec.container_id, "c1");
+}
