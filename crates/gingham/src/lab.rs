@@ -37,6 +37,11 @@ pub enum LabCmd {
     Up(UpArgs),
     /// Try every pod-to-pod connection with real packets; print the matrix (reach's schema).
     Probe(ProbeArgs),
+    /// Apply resources to a running lab: new pods are started, pods and namespaces applied again
+    /// relabel their endpoints (as Kubernetes' controllers do), policies take effect.
+    Apply(UpArgs),
+    /// Delete a pod from a running lab, as the kubelet would: CNI DEL and its namespace.
+    Delete(DeleteArgs),
     /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
     Exec(ExecArgs),
     /// Remove everything the lab made.
@@ -88,6 +93,14 @@ pub struct ExecArgs {
     pub target: String,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// `namespace/pod`.
+    pub pod: String,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +234,8 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
     match cmd {
         LabCmd::Up(a) => up(a, datastore),
         LabCmd::Probe(a) => probe(a),
+        LabCmd::Apply(a) => apply(a),
+        LabCmd::Delete(a) => delete(a),
         LabCmd::Exec(a) => exec(a),
         LabCmd::Down(a) => down(&a.dir),
         LabCmd::Serve(a) => serve(a),
@@ -433,71 +448,17 @@ fn build(
     // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
     let exe = self_exe()?;
     for r in resources {
-        let gingham_model::Resource::WorkloadEndpoint(w) = r else {
-            continue;
-        };
-        if w.spec.orchestrator != "k8s" {
-            continue;
+        if let gingham_model::Resource::WorkloadEndpoint(w) = r
+            && w.spec.orchestrator == "k8s"
+        {
+            add_pod(dir, state, &exe, w, pod_ports)?;
         }
-        let ns = w.metadata.namespace_or_empty().to_owned();
-        let pod = w.spec.pod.clone();
-        let node = state
-            .nodes
-            .iter()
-            .find(|n| n.name == w.spec.node)
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "pod {ns}/{pod} is on node {}, which is not in the Lab's nodes",
-                    w.spec.node
-                )
-            })?;
-        let netns = pod_netns(&lab, &ns, &pod);
-        let container_id = fnv_hex(&format!("{lab}/{ns}/{pod}"))[..16].to_owned();
-        let ports = pod_ports
-            .get(&format!("{ns}/{pod}"))
-            .cloned()
-            .unwrap_or_default();
-        state.pods.push(PodState {
-            namespace: ns.clone(),
-            name: pod.clone(),
-            node: node.name.clone(),
-            netns: netns.clone(),
-            container_id: container_id.clone(),
-            ip: None,
-            ports: ports.clone(),
-            server_pid: None,
-        });
-        save_state(dir, state)?;
-        ip(&["netns", "add", &netns])?;
-        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
-        let requested = w
-            .metadata
-            .annotations
-            .get("cni.projectcalico.org/ipAddrs")
-            .cloned();
-        let result = cni(
-            &exe,
-            &node,
-            "ADD",
-            &state.datastore,
-            &ns,
-            &pod,
-            &container_id,
-            &netns,
-            requested.as_deref(),
-        )?;
-        let pod_ip = result
-            .pointer("/ips/0/address")
-            .and_then(Value::as_str)
-            .map(|a| a.split('/').next().unwrap_or(a).to_owned());
-        let pid = start_server(&exe, dir, &netns, &format!("{lab}/{ns}/{pod}"), &ports)?;
-        let entry = state.pods.last_mut().expect("just pushed");
-        entry.ip = pod_ip;
-        entry.server_pid = pid;
-        save_state(dir, state)?;
     }
-    // Routes between nodes: each node's affine blocks via that node (no BGP yet).
+    route_blocks(state, client)
+}
+
+/// Routes between nodes: each node's affine blocks via that node (no BGP yet).
+fn route_blocks(state: &State, client: &gingham_api::Client) -> Result<()> {
     let store = client.store().clone();
     let ipam = gingham_ipam::Ipam::new(store.as_ref());
     for n in &state.nodes {
@@ -510,6 +471,80 @@ fn build(
             }
         }
     }
+    Ok(())
+}
+
+/// Makes one pod: its namespace, the CNI ADD, its server. Recorded in the state first.
+fn add_pod(
+    dir: &Path,
+    state: &mut State,
+    exe: &Path,
+    w: &gingham_model::endpoint::WorkloadEndpoint,
+    pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
+) -> Result<()> {
+    let ns = w.metadata.namespace_or_empty().to_owned();
+    let pod = w.spec.pod.clone();
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.name == w.spec.node)
+        .cloned()
+        .with_context(|| {
+            format!(
+                "pod {ns}/{pod} is on node {}, which is not in the Lab's nodes",
+                w.spec.node
+            )
+        })?;
+    let netns = pod_netns(&state.name, &ns, &pod);
+    let container_id = fnv_hex(&format!("{}/{ns}/{pod}", state.name))[..16].to_owned();
+    let ports = pod_ports
+        .get(&format!("{ns}/{pod}"))
+        .cloned()
+        .unwrap_or_default();
+    state.pods.push(PodState {
+        namespace: ns.clone(),
+        name: pod.clone(),
+        node: node.name.clone(),
+        netns: netns.clone(),
+        container_id: container_id.clone(),
+        ip: None,
+        ports: ports.clone(),
+        server_pid: None,
+    });
+    save_state(dir, state)?;
+    ip(&["netns", "add", &netns])?;
+    in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+    let requested = w
+        .metadata
+        .annotations
+        .get("cni.projectcalico.org/ipAddrs")
+        .cloned();
+    let result = cni(
+        exe,
+        &node,
+        "ADD",
+        &state.datastore,
+        &ns,
+        &pod,
+        &container_id,
+        &netns,
+        requested.as_deref(),
+    )?;
+    let pod_ip = result
+        .pointer("/ips/0/address")
+        .and_then(Value::as_str)
+        .map(|a| a.split('/').next().unwrap_or(a).to_owned());
+    let pid = start_server(
+        exe,
+        dir,
+        &netns,
+        &format!("{}/{ns}/{pod}", state.name),
+        &ports,
+    )?;
+    let entry = state.pods.last_mut().expect("just pushed");
+    entry.ip = pod_ip;
+    entry.server_pid = pid;
+    save_state(dir, state)?;
     Ok(())
 }
 
@@ -800,6 +835,129 @@ fn probe(args: &ProbeArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+fn apply(args: &UpArgs) -> Result<Exit> {
+    let dir = &args.lab.dir;
+    let mut state = load_state(dir)?;
+    let mut sources = Vec::new();
+    for f in &args.files {
+        crate::resources_cmd::collect_sources(f, false, &mut sources)?;
+    }
+    let nodes: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut next = state.pods.len();
+    let mut schedule = || {
+        let n = nodes[next % nodes.len()].clone();
+        next += 1;
+        n
+    };
+    let mut resources = Vec::new();
+    let mut pod_ports = BTreeMap::new();
+    let mut failed = false;
+    for (name, text) in sources {
+        let mut docs = gingham_model::load::parse_documents(&text)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // A running pod stays on its node (Kubernetes does not move pods).
+        for d in &mut docs {
+            pin_running_pods(d, &state.pods);
+        }
+        let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
+        for n in notes {
+            eprintln!("notice: {n}");
+        }
+        pod_ports.extend(ports);
+        match crate::reach_cmd::load_documents(&name, &docs) {
+            Ok(loaded) => resources.extend(loaded),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        eprintln!("nothing was applied");
+        return Ok(Exit::UserError);
+    }
+    let client = gingham_api::Client::new(DatastoreUrl::parse(&state.datastore)?.open()?);
+    let outcomes = client.write_all(&resources, gingham_api::WriteMode::Apply)?;
+    for (r, o) in resources.iter().zip(&outcomes) {
+        println!("{} {o:?}", r.describe());
+    }
+    let exe = self_exe()?;
+    for r in &resources {
+        if let gingham_model::Resource::WorkloadEndpoint(w) = r
+            && w.spec.orchestrator == "k8s"
+        {
+            let key = format!("{}/{}", w.metadata.namespace_or_empty(), w.spec.pod);
+            if !state.pods.iter().any(|p| p.key() == key) {
+                add_pod(dir, &mut state, &exe, w, &pod_ports)?;
+                println!("pod {key} started");
+            }
+        }
+    }
+    route_blocks(&state, &client)?;
+    Ok(Exit::Ok)
+}
+
+/// Gives Pod documents of pods the lab runs the node they run on.
+fn pin_running_pods(doc: &mut Value, pods: &[PodState]) {
+    if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
+        for item in items {
+            pin_running_pods(item, pods);
+        }
+        return;
+    }
+    if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
+        return;
+    }
+    let key = format!(
+        "{}/{}",
+        doc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default"),
+        doc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    );
+    if let Some(p) = pods.iter().find(|p| p.key() == key) {
+        let asked = doc
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !asked.is_empty() && asked != p.node {
+            eprintln!(
+                "notice: pod {key} runs on {}; it stays there (spec.nodeName {asked} ignored)",
+                p.node
+            );
+        }
+        if let Some(spec) = doc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("nodeName".into(), Value::String(p.node.clone()));
+        } else if let Some(obj) = doc.as_object_mut() {
+            obj.insert("spec".into(), serde_json::json!({"nodeName": p.node}));
+        }
+    }
+}
+
+fn delete(args: &DeleteArgs) -> Result<Exit> {
+    let dir = &args.lab.dir;
+    let mut state = load_state(dir)?;
+    let Some(pos) = state.pods.iter().position(|p| p.key() == args.pod) else {
+        let names: Vec<String> = state.pods.iter().map(PodState::key).collect();
+        bail!(
+            "{:?} is not a pod of this lab (valid: {})",
+            args.pod,
+            names.join(", ")
+        );
+    };
+    let pod = state.pods[pos].clone();
+    let problems = remove_pod(dir, &state, &self_exe()?, &pod);
+    if !problems.is_empty() {
+        bail!("deleting {}: {}", args.pod, problems.join("; "));
+    }
+    state.pods.remove(pos);
+    save_state(dir, &state)?;
+    println!("pod {} deleted", args.pod);
+    Ok(Exit::Ok)
+}
+
 fn exec(args: &ExecArgs) -> Result<Exit> {
     let state = load_state(&args.lab.dir)?;
     let netns = state
@@ -839,38 +997,46 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
     })
 }
 
+/// Tears one pod down as a kubelet would: stop it, CNI DEL, remove its namespace. Returns what
+/// could not be done (what is already gone is fine).
+fn remove_pod(dir: &Path, state: &State, exe: &Path, p: &PodState) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(pid) = p.server_pid {
+        // The server may be gone already; then kill fails and that is fine.
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    if let Some(node) = state.nodes.iter().find(|n| n.name == p.node)
+        && netns_exists(&node.netns)
+        && let Err(e) = cni(
+            exe,
+            node,
+            "DEL",
+            &state.datastore,
+            &p.namespace,
+            &p.name,
+            &p.container_id,
+            &p.netns,
+            None,
+        )
+    {
+        problems.push(format!("{e:#}"));
+    }
+    if netns_exists(&p.netns)
+        && let Err(e) = ip(&["netns", "del", &p.netns])
+    {
+        problems.push(format!("{e:#}"));
+    }
+    let _ = std::fs::remove_file(dir.join(format!("{}.log", p.netns)));
+    problems
+}
+
 /// Removes everything recorded in the state, in reverse order, tolerating what is already gone.
 fn down(dir: &Path) -> Result<Exit> {
     let state = load_state(dir)?;
     let exe = self_exe()?;
     let mut problems = Vec::new();
     for p in state.pods.iter().rev() {
-        if let Some(pid) = p.server_pid {
-            // The server may be gone already; then kill fails and that is fine.
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        if let Some(node) = state.nodes.iter().find(|n| n.name == p.node)
-            && netns_exists(&node.netns)
-            && let Err(e) = cni(
-                &exe,
-                node,
-                "DEL",
-                &state.datastore,
-                &p.namespace,
-                &p.name,
-                &p.container_id,
-                &p.netns,
-                None,
-            )
-        {
-            problems.push(format!("{e:#}"));
-        }
-        if netns_exists(&p.netns)
-            && let Err(e) = ip(&["netns", "del", &p.netns])
-        {
-            problems.push(format!("{e:#}"));
-        }
-        let _ = std::fs::remove_file(dir.join(format!("{}.log", p.netns)));
+        problems.extend(remove_pod(dir, &state, &exe, p));
     }
     // The stored objects the lab made: its nodes (pods' endpoints went with CNI DEL).
     if let Ok(url) = DatastoreUrl::parse(&state.datastore)

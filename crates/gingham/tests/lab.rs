@@ -139,6 +139,38 @@ fn sys_lab_up_probe_down() {
                 .iter()
                 .all(|w| w["metadata"]["labels"]["app"].is_string())
         );
+
+        // A new pod joins, p1 is relabelled (and asked onto another node, which a running pod
+        // does not do), p2 is deleted: as controllers and the kubelet would.
+        let more = tmp.path().join("more.yaml");
+        std::fs::write(
+            &more,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p7, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: shop, labels: {app: changed}}\nspec: {nodeName: node-b}\n",
+        )
+        .unwrap();
+        let applied = ok(&["lab", "apply", "--dir", d, "-f", more.to_str().unwrap()]);
+        assert!(applied.contains("pod shop/p7 started"), "{applied}");
+        ok(&["lab", "delete", "--dir", d, "shop/p2"]);
+        let weps = ok(&["get", "wep", "-n", "shop", "-o", "json", "--datastore", &ds]);
+        let v: serde_json::Value = serde_json::from_str(&weps).unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 6, "p7 in, p2 out: {weps}");
+        let p1s: Vec<_> = items.iter().filter(|w| w["spec"]["pod"] == "p1").collect();
+        assert_eq!(p1s.len(), 1, "p1 stays one pod on its node: {weps}");
+        assert_eq!(p1s[0]["metadata"]["labels"]["app"], "changed");
+        assert_eq!(p1s[0]["spec"]["node"], "node-a");
+        assert_eq!(
+            p1s[0]["spec"]["ipNetworks"].as_array().map(Vec::len),
+            Some(1),
+            "still plugged in"
+        );
+        let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
+        let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(m["allowed"]["shop/p7"]["shop/p1"], true, "{json}");
+        assert_eq!(m["allowed"]["shop/p1"]["shop/p7"], true, "{json}");
+        assert!(m["allowed"].get("shop/p2").is_none(), "{json}");
+        let check = ok(&["ipam", "check", "--datastore", &ds]);
+        assert!(check.contains(" 6 allocations"), "{check}");
     });
     // Simulate a crash's debris: one pod's namespace already gone.
     let state: serde_json::Value =
