@@ -257,7 +257,13 @@ fn allocate(
     let (v4, v6): (Vec<PoolSpec>, Vec<PoolSpec>) =
         pools.into_iter().partition(|p| p.cidr.addr().is_ipv4());
     let num_v4 = usize::from(ipam_conf.assign_ipv4() && !v4.is_empty());
-    let num_v6 = usize::from(ipam_conf.assign_ipv6() && !v6.is_empty());
+    // Dual stack by default: an IPv6 address whenever an IPv6 pool can serve this node (Calico
+    // needs `assign_ipv6: "true"`; that and `"false"` are still honoured).
+    let want_v6 = match &ipam_conf.assign_ipv6 {
+        None => true,
+        Some(_) => ipam_conf.assign_ipv6(),
+    };
+    let num_v6 = usize::from(want_v6 && !v6.is_empty());
     if num_v4 + num_v6 == 0 {
         return Err(CniError::new(
             ErrorCode::IpamExhausted,

@@ -526,3 +526,92 @@ fn sys_fifty_parallel_adds_on_etcd() {
     );
     fifty_at_once(&ds, &nodes);
 }
+
+/// Dual stack: with an IPv4 and an IPv6 pool a pod gets one address of each family, the IPv6
+/// plumbing (/128, default route via the host side's link-local address, host /128 route), and
+/// reaches its node over IPv6.
+#[test]
+fn sys_dual_stack() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.99.0.0/24", 28);
+    apply(
+        &ds,
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: \"fd00:99::/112\", blockSize: 122}\n",
+    );
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-6", 9);
+    node.ns
+        .exec_ok(&["ip", "addr", "add", "fd00:209::1/64", "dev", "up0", "nodad"]);
+    underlay.ns.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        "fd00:209::254/64",
+        "dev",
+        "dn9",
+        "nodad",
+    ]);
+    node.ns.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:209::254",
+    ]);
+    let pod = TestNetns::new("cnip");
+    let out = plugin(
+        &node,
+        &Call {
+            command: "ADD",
+            container: "dual01",
+            netns: pod.path(),
+            args: k8s_args("default", "dual"),
+            conf: conf(&ds, &node.name, "1.0.0"),
+        },
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = json(&out);
+    let addrs: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert!(
+        addrs[0].starts_with("10.99.0.") && addrs[0].ends_with("/32"),
+        "{addrs:?}"
+    );
+    assert!(
+        addrs[1].starts_with("fd00:99::") && addrs[1].ends_with("/128"),
+        "{addrs:?}"
+    );
+    let v6 = addrs[1].trim_end_matches("/128");
+    let routes = pod.exec_ok(&["ip", "-6", "route"]);
+    assert!(
+        routes.contains("default via fe80::ecee:eeff:feee:eeee dev eth0"),
+        "{routes}"
+    );
+    let host = node.ns.exec_ok(&["ip", "-6", "route"]);
+    assert!(host.contains(&format!("{v6} dev cali")), "{host}");
+    // The pod reaches its node over IPv6 (retry while duplicate address detection settles).
+    let reached = (0..20).any(|_| {
+        let ok = pod
+            .exec(&["ping", "-6", "-c", "1", "-W", "1", "fd00:209::1"])
+            .status
+            .success();
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(reached, "no IPv6 path from the pod to its node");
+}
