@@ -125,6 +125,47 @@ pub struct ConnectArgs {
     pub targets: Vec<IpAddr>,
 }
 
+/// The Calico CNI annotations of each pod (`ns/pod` → annotation → value): `ipAddrs`,
+/// `ipv4pools`, `ipv6pools`. Calico's plugin reads them from the API server; the lab hands them
+/// over the way a kubelet can, in CNI_ARGS and the network configuration.
+type PodAnnotations = BTreeMap<String, BTreeMap<String, String>>;
+
+fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
+    if let Some(items) = doc.get("items").and_then(Value::as_array) {
+        for item in items {
+            collect_annotations(item, out);
+        }
+        return;
+    }
+    if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
+        return;
+    }
+    let key = format!(
+        "{}/{}",
+        doc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default"),
+        doc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    );
+    let wanted = ["ipAddrs", "ipv4pools", "ipv6pools"];
+    let found: BTreeMap<String, String> = doc
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let short = k.strip_prefix("cni.projectcalico.org/")?;
+            (wanted.contains(&short))
+                .then(|| (short.to_owned(), v.as_str().unwrap_or_default().to_owned()))
+        })
+        .collect();
+    if !found.is_empty() {
+        out.insert(key, found);
+    }
+}
+
 /// What the lab made, written before each thing is made.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -310,9 +351,13 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     let mut resources = Vec::new();
     let mut pod_ports = BTreeMap::new();
+    let mut annotations = PodAnnotations::new();
     let mut failed = false;
     for (name, mut docs) in all_docs {
         docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
+        for d in &docs {
+            collect_annotations(d, &mut annotations);
+        }
         let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
         for n in notes {
             eprintln!("notice: {n}");
@@ -344,7 +389,15 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     save_state(dir, &state)?;
     // From here on, a failure leaves state that `lab down` cleans.
-    let result = build(dir, &mut state, &client, &nodes, &resources, &pod_ports);
+    let result = build(
+        dir,
+        &mut state,
+        &client,
+        &nodes,
+        &resources,
+        &pod_ports,
+        &annotations,
+    );
     if let Err(e) = result {
         eprintln!("lab up failed: {e:#}");
         eprintln!("cleaning up what was made");
@@ -375,6 +428,7 @@ fn build(
     nodes: &[String],
     resources: &[gingham_model::Resource],
     pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
+    annotations: &PodAnnotations,
 ) -> Result<()> {
     let lab = state.name.clone();
     // The underlay: a bridge every node plugs into.
@@ -451,7 +505,7 @@ fn build(
         if let gingham_model::Resource::WorkloadEndpoint(w) = r
             && w.spec.orchestrator == "k8s"
         {
-            add_pod(dir, state, &exe, w, pod_ports)?;
+            add_pod(dir, state, &exe, w, pod_ports, annotations)?;
         }
     }
     route_blocks(state, client)
@@ -481,6 +535,7 @@ fn add_pod(
     exe: &Path,
     w: &gingham_model::endpoint::WorkloadEndpoint,
     pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
+    annotations: &PodAnnotations,
 ) -> Result<()> {
     let ns = w.metadata.namespace_or_empty().to_owned();
     let pod = w.spec.pod.clone();
@@ -514,11 +569,7 @@ fn add_pod(
     save_state(dir, state)?;
     ip(&["netns", "add", &netns])?;
     in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
-    let requested = w
-        .metadata
-        .annotations
-        .get("cni.projectcalico.org/ipAddrs")
-        .cloned();
+    let requested = annotations.get(&format!("{ns}/{pod}"));
     let result = cni(
         exe,
         &node,
@@ -528,7 +579,7 @@ fn add_pod(
         &pod,
         &container_id,
         &netns,
-        requested.as_deref(),
+        requested,
     )?;
     let pod_ip = result
         .pointer("/ips/0/address")
@@ -559,9 +610,9 @@ fn cni(
     pod: &str,
     container_id: &str,
     netns: &str,
-    requested_ips: Option<&str>,
+    annotations: Option<&BTreeMap<String, String>>,
 ) -> Result<Value> {
-    let conf = serde_json::json!({
+    let mut conf = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
         "type": "gingham",
@@ -572,9 +623,17 @@ fn cni(
     let mut args = format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id}"
     );
-    if let Some(ips) = requested_ips {
-        let list: Vec<String> = serde_json::from_str(ips).unwrap_or_else(|_| vec![ips.to_owned()]);
-        args.push_str(&format!(";IP={}", list.join(",")));
+    let list =
+        |v: &str| -> Vec<String> { serde_json::from_str(v).unwrap_or_else(|_| vec![v.to_owned()]) };
+    if let Some(a) = annotations {
+        if let Some(ips) = a.get("ipAddrs") {
+            args.push_str(&format!(";IP={}", list(ips).join(",")));
+        }
+        for (ann, field) in [("ipv4pools", "ipv4_pools"), ("ipv6pools", "ipv6_pools")] {
+            if let Some(pools) = a.get(ann) {
+                conf["ipam"][field] = serde_json::json!(list(pools));
+            }
+        }
     }
     let bin_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut child = Command::new("ip")
@@ -851,6 +910,7 @@ fn apply(args: &UpArgs) -> Result<Exit> {
     };
     let mut resources = Vec::new();
     let mut pod_ports = BTreeMap::new();
+    let mut annotations = PodAnnotations::new();
     let mut failed = false;
     for (name, text) in sources {
         let mut docs = gingham_model::load::parse_documents(&text)
@@ -858,6 +918,7 @@ fn apply(args: &UpArgs) -> Result<Exit> {
         // A running pod stays on its node (Kubernetes does not move pods).
         for d in &mut docs {
             pin_running_pods(d, &state.pods);
+            collect_annotations(d, &mut annotations);
         }
         let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
         for n in notes {
@@ -888,7 +949,7 @@ fn apply(args: &UpArgs) -> Result<Exit> {
         {
             let key = format!("{}/{}", w.metadata.namespace_or_empty(), w.spec.pod);
             if !state.pods.iter().any(|p| p.key() == key) {
-                add_pod(dir, &mut state, &exe, w, &pod_ports)?;
+                add_pod(dir, &mut state, &exe, w, &pod_ports, &annotations)?;
                 println!("pod {key} started");
             }
         }

@@ -23,13 +23,22 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn lab_yaml(name: &str) -> String {
+fn lab_yaml(name: &str, annotated: bool) -> String {
     let mut y = format!(
         "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b]}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: pods}}\nspec: {{cidr: 10.244.0.0/16}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"
     );
+    if annotated {
+        y.push_str("---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: special}\nspec: {cidr: 10.250.0.0/24, blockSize: 28}\n");
+    }
     for i in 1..=6 {
+        // p5 asks for the special pool, p6 for one address, with Calico's pod annotations.
+        let ann = match (annotated, i) {
+            (true, 5) => ", annotations: {cni.projectcalico.org/ipv4pools: '[\"special\"]'}",
+            (true, 6) => ", annotations: {cni.projectcalico.org/ipAddrs: '[\"10.244.77.77\"]'}",
+            _ => "",
+        };
         y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: a{}}}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}\n",
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: a{}}}{ann}}}\nspec: {{containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]}}]}}\n",
             i % 2
         ));
     }
@@ -66,7 +75,7 @@ fn sys_lab_up_probe_down() {
     let dir = tmp.path().join("lab");
     let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
     let file = tmp.path().join("lab.yaml");
-    std::fs::write(&file, lab_yaml(&name)).unwrap();
+    std::fs::write(&file, lab_yaml(&name, true)).unwrap();
     let d = dir.to_str().unwrap();
 
     let up = ok(&[
@@ -80,6 +89,15 @@ fn sys_lab_up_probe_down() {
         &ds,
     ]);
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
+    // Calico's pod annotations: a pool by name, and a specific address.
+    let line = |pod: &str| {
+        up.lines()
+            .find(|l| l.contains(pod))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("shop/p5").contains("10.250.0."), "{up}");
+    assert!(line("shop/p6").contains("10.244.77.77"), "{up}");
     let result = std::panic::catch_unwind(|| {
         // Every pod reaches every pod on TCP 80 and UDP 53 (same node and across nodes).
         for (proto, port) in [("TCP", "80"), ("UDP", "53")] {
@@ -199,7 +217,7 @@ fn sys_lab_up_that_fails_cleans_up() {
     let dir = tmp.path().join("lab");
     let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
     // The pool is too small for the pods: the third ADD fails after two pods were made.
-    let yaml = lab_yaml(&name).replace(
+    let yaml = lab_yaml(&name, false).replace(
         "spec: {cidr: 10.244.0.0/16}",
         "spec: {cidr: 10.244.0.0/31, blockSize: 31}",
     );
