@@ -66,6 +66,17 @@ fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     found
 }
 
+/// Runs `lab down` when dropped, so a failing test leaves nothing behind either.
+struct Down<'a>(&'a str);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if Path::new(self.0).join("state.json").exists() {
+            let _ = gingham(&["lab", "down", "--dir", self.0]);
+        }
+    }
+}
+
 #[test]
 fn sys_lab_up_probe_down() {
     gingham_testkit::require_root();
@@ -88,6 +99,7 @@ fn sys_lab_up_probe_down() {
         "--datastore",
         &ds,
     ]);
+    let guard = Down(d);
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
     // Calico's pod annotations: a pool by name, and a specific address.
     let line = |pod: &str| {
@@ -98,7 +110,7 @@ fn sys_lab_up_probe_down() {
     };
     assert!(line("shop/p5").contains("10.250.0."), "{up}");
     assert!(line("shop/p6").contains("10.244.77.77"), "{up}");
-    let result = std::panic::catch_unwind(|| {
+    {
         // Every pod reaches every pod on TCP 80 and UDP 53 (same node and across nodes).
         for (proto, port) in [("TCP", "80"), ("UDP", "53")] {
             let json = ok(&[
@@ -189,16 +201,14 @@ fn sys_lab_up_probe_down() {
         assert!(m["allowed"].get("shop/p2").is_none(), "{json}");
         let check = ok(&["ipam", "check", "--datastore", &ds]);
         assert!(check.contains(" 6 allocations"), "{check}");
-    });
+    }
     // Simulate a crash's debris: one pod's namespace already gone.
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
     let gone = state["pods"][0]["netns"].as_str().unwrap().to_owned();
     let _ = Command::new("ip").args(["netns", "del", &gone]).status();
     let down = gingham(&["lab", "down", "--dir", d]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    drop(guard);
     assert!(
         down.status.success(),
         "{}",
