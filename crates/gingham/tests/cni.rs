@@ -615,3 +615,80 @@ fn sys_dual_stack() {
     });
     assert!(reached, "no IPv6 path from the pod to its node");
 }
+
+/// `gingham ipam`: usage per pool and block, a leak found (the endpoint is gone but the address
+/// is still allocated: a workload removed without CNI DEL), released by hand.
+#[test]
+fn sys_ipam_show_check_release() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.100.0.0/24", 28);
+    apply(
+        &ds,
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: node-l}\n",
+    );
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-l", 10);
+    let pod = TestNetns::new("cnip");
+    let out = plugin(
+        &node,
+        &Call {
+            command: "ADD",
+            container: "leak01",
+            netns: pod.path(),
+            args: k8s_args("shop", "leaky"),
+            conf: conf(&ds, &node.name, "1.0.0"),
+        },
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let ip = json(&out)["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_owned();
+    let cli = |args: &[&str]| {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--datastore", &ds]);
+        Command::new(env!("CARGO_BIN_EXE_gingham"))
+            .args(&full)
+            .output()
+            .unwrap()
+    };
+    let show = cli(&["ipam", "show", "--show-blocks"]);
+    let text = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(text.contains("10.100.0.0/24"), "{text}");
+    assert!(text.contains("block (host:node-l)"), "{text}");
+    // The workload disappears without a CNI DEL.
+    let del = cli(&[
+        "delete",
+        "workloadendpoint",
+        "node--l-k8s-leaky-eth0",
+        "-n",
+        "shop",
+    ]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let check = cli(&["ipam", "check"]);
+    let text = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("leaked: {ip}")), "{text}");
+    let rel = cli(&["ipam", "release", "--ip", &ip]);
+    assert!(String::from_utf8_lossy(&rel.stdout).contains(&format!("released {ip}")));
+    let check = cli(&["ipam", "check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // Releasing it again says so.
+    let rel = cli(&["ipam", "release", "--ip", &ip]);
+    assert_eq!(rel.status.code(), Some(1));
+}

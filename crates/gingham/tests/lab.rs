@@ -149,6 +149,11 @@ fn sys_lab_up_probe_down() {
         ]);
         let m: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(m["allowed"]["shop/p1"]["shop/p2"], false);
+        // Each node blackholes its own blocks and routes the other's via that node.
+        let routes = gingham(&["lab", "exec", "--dir", d, "node-a", "--", "ip", "route"]);
+        let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+        assert!(routes.contains("blackhole 10.244."), "{routes}");
+        assert!(routes.contains("via 172.31.0.2"), "{routes}");
         // exec runs in the pod.
         let out = gingham(&[
             "lab", "exec", "--dir", d, "shop/p1", "--", "ip", "-4", "-o", "addr", "show", "eth0",
