@@ -52,6 +52,9 @@ pub enum LabCmd {
     /// (internal) Connection attempts from inside a pod, printed as JSON.
     #[command(hide = true)]
     Connect(ConnectArgs),
+    /// (internal) Gives the nodes' loopback a way to this host's etcd.
+    #[command(hide = true)]
+    Proxy(ProxyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +118,18 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Listen on 127.0.0.1:LISTEN_PORT inside each of these network namespaces.
+    #[arg(long = "netns", required = true)]
+    pub netns: Vec<String>,
+    #[arg(long, default_value_t = 2379)]
+    pub listen_port: u16,
+    /// Where to forward, as this host reaches it (host:port).
+    #[arg(long)]
+    pub upstream: String,
+}
+
+#[derive(Debug, Args)]
 pub struct ConnectArgs {
     #[arg(long)]
     pub protocol: String,
@@ -170,7 +185,15 @@ fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     name: String,
+    /// The datastore as this host reaches it.
     datastore: String,
+    /// The datastore as the nodes reach it (differs for etcd, which they reach through the
+    /// lab's proxy on their own loopback).
+    #[serde(default)]
+    node_datastore: String,
+    /// The proxy that gives the nodes their view of etcd.
+    #[serde(default)]
+    proxy_pid: Option<u32>,
     underlay: Option<String>,
     nodes: Vec<NodeState>,
     pods: Vec<PodState>,
@@ -281,6 +304,7 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::Down(a) => down(&a.dir),
         LabCmd::Serve(a) => serve(a),
         LabCmd::Connect(a) => connect(a),
+        LabCmd::Proxy(a) => proxy(a),
     }
 }
 
@@ -376,15 +400,11 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         return Ok(Exit::UserError);
     }
     let url = DatastoreUrl::resolve(datastore)?;
-    if matches!(url, DatastoreUrl::Etcd(_)) {
-        bail!(
-            "the lab's nodes live in their own network namespaces, where an etcd on this host's loopback is out of reach; use the embedded datastore (sqlite:PATH) for labs"
-        );
-    }
     let client = gingham_api::Client::new(url.open()?);
     let mut state = State {
         name: lab.clone(),
         datastore: url.to_string(),
+        node_datastore: url.to_string(),
         ..State::default()
     };
     save_state(dir, &state)?;
@@ -495,6 +515,9 @@ fn build(
             "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{bgp: {{ipv4Address: {node_ip}/24}}}}\n---\n"
         ));
     }
+    if let Ok(DatastoreUrl::Etcd(eps)) = DatastoreUrl::parse(&state.datastore) {
+        start_etcd_proxy(dir, state, eps)?;
+    }
     let node_resources = gingham_model::load_resources("lab nodes", &node_docs)?;
     let mut all = node_resources;
     all.extend(resources.iter().cloned());
@@ -582,7 +605,7 @@ fn add_pod(
         exe,
         &node,
         "ADD",
-        &state.datastore,
+        &state.node_datastore,
         &ns,
         &pod,
         &container_id,
@@ -724,6 +747,95 @@ fn start_server(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(Some(child.id()))
+}
+
+/// Starts the etcd proxy for the nodes and points the nodes' datastore at it.
+fn start_etcd_proxy(dir: &Path, state: &mut State, endpoints: Option<Vec<String>>) -> Result<()> {
+    let endpoints =
+        endpoints.unwrap_or_else(|| gingham_datastore_etcd::EtcdConfig::from_env().endpoints);
+    let first = endpoints.first().context("no etcd endpoint")?;
+    let upstream = first
+        .strip_prefix("http://")
+        .with_context(|| format!("the lab reaches etcd over plain http only (got {first})"))?
+        .trim_end_matches('/')
+        .to_owned();
+    let exe = self_exe()?;
+    let log = std::fs::File::create(dir.join("etcd-proxy.log"))?;
+    let mut cmd = Command::new(&exe);
+    cmd.args(["lab", "proxy", "--upstream", &upstream]);
+    for n in &state.nodes {
+        cmd.args(["--netns", &n.netns]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the etcd proxy")?;
+    state.proxy_pid = Some(child.id());
+    state.node_datastore = "etcd:http://127.0.0.1:2379".into();
+    save_state(dir, state)?;
+    for _ in 0..200 {
+        let ready = std::fs::read_to_string(dir.join("etcd-proxy.log"))
+            .map(|s| s.contains("listening"))
+            .unwrap_or(false);
+        if ready {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "the etcd proxy did not start; see {}",
+        dir.join("etcd-proxy.log").display()
+    )
+}
+
+/// Forwards connections made to 127.0.0.1:port inside each node namespace to the upstream,
+/// reached from this process's own namespace. Sockets keep the namespace they were made in, so
+/// one process serves every node.
+fn proxy(args: &ProxyArgs) -> Result<Exit> {
+    let mut listeners = Vec::new();
+    for ns in &args.netns {
+        let target = gingham_net::NetnsRef::named(ns);
+        let port = args.listen_port;
+        let listener =
+            gingham_net::in_netns(&target, move || TcpListener::bind(("127.0.0.1", port)))
+                .with_context(|| format!("entering {ns}"))?
+                .with_context(|| format!("listening on 127.0.0.1:{port} in {ns}"))?;
+        listeners.push(listener);
+    }
+    println!(
+        "listening in {} namespaces, forwarding to {}",
+        args.netns.len(),
+        args.upstream
+    );
+    std::thread::scope(|sc| {
+        for listener in &listeners {
+            let upstream = args.upstream.clone();
+            sc.spawn(move || {
+                for inbound in listener.incoming().flatten() {
+                    let Ok(outbound) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let (Ok(mut a_read), Ok(mut b_read)) =
+                        (inbound.try_clone(), outbound.try_clone())
+                    else {
+                        continue;
+                    };
+                    let (mut a_write, mut b_write) = (inbound, outbound);
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a_read, &mut b_write);
+                        let _ = b_write.shutdown(std::net::Shutdown::Write);
+                    });
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut b_read, &mut a_write);
+                        let _ = a_write.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            });
+        }
+    });
+    Ok(Exit::Ok)
 }
 
 fn serve(args: &ServeArgs) -> Result<Exit> {
@@ -1080,7 +1192,7 @@ fn remove_pod(dir: &Path, state: &State, exe: &Path, p: &PodState) -> Vec<String
             exe,
             node,
             "DEL",
-            &state.datastore,
+            &state.node_datastore,
             &p.namespace,
             &p.name,
             &p.container_id,
@@ -1121,6 +1233,10 @@ fn down(dir: &Path) -> Result<Exit> {
             }
             let _ = client.delete(gingham_model::Kind::Node, None, &n.name, None);
         }
+    }
+    if let Some(pid) = state.proxy_pid {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        let _ = std::fs::remove_file(dir.join("etcd-proxy.log"));
     }
     for n in state.nodes.iter().rev() {
         if netns_exists(&n.netns)

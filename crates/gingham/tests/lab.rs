@@ -253,3 +253,57 @@ fn sys_lab_up_that_fails_cleans_up() {
     assert!(err.contains("IPAM"), "{err}");
     assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
 }
+
+/// The same lab on etcd: the nodes reach this host's etcd through the lab's proxy on their own
+/// loopback (the host's network is not touched).
+#[test]
+fn sys_lab_on_etcd() {
+    gingham_testkit::require_root();
+    let server = gingham_testkit::etcd::EtcdServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("e{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab");
+    let d = dir.to_str().unwrap();
+    let ds = format!("etcd:{}", server.endpoint());
+    let file = tmp.path().join("lab.yaml");
+    std::fs::write(&file, lab_yaml(&name, false)).unwrap();
+    let up = ok(&[
+        "lab",
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--dir",
+        d,
+        "--datastore",
+        &ds,
+    ]);
+    let guard = Down(d);
+    assert!(up.contains("2 nodes, 6 pods"), "{up}");
+    let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
+    let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for row in m["allowed"].as_object().unwrap().values() {
+        assert!(
+            row.as_object().unwrap().values().all(|v| v == true),
+            "{json}"
+        );
+    }
+    let check = ok(&["ipam", "check", "--datastore", &ds]);
+    assert!(check.contains(" 6 allocations"), "{check}");
+    let down = gingham(&["lab", "down", "--dir", d]);
+    drop(guard);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains("lab proxy") && l.contains(&format!("gl-{name}-"))),
+        "the proxy is gone"
+    );
+    let check = ok(&["ipam", "check", "--datastore", &ds]);
+    assert!(check.contains("0 blocks, 0 allocations"), "{check}");
+}
