@@ -289,6 +289,71 @@ fn allocate(
     Ok(got.v4.iter().chain(&got.v6).map(|a| a.ip).collect())
 }
 
+/// The IPAM plugin the configuration names when it is not ours (`host-local`, ...): as Calico's
+/// plugin does, we delegate to it, found in CNI_PATH.
+fn delegated_ipam(conf: &NetConf) -> Option<&str> {
+    let t = conf.ipam.as_ref()?.kind.as_str();
+    (!matches!(t, "" | "gingham-ipam" | "calico-ipam")).then_some(t)
+}
+
+/// Runs the delegated IPAM plugin with this invocation's environment and configuration.
+fn delegate(inv: &Invocation, plugin: &str, command: &str) -> Result<serde_json::Value, CniError> {
+    let bin = inv
+        .path
+        .iter()
+        .map(|d| Path::new(d).join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "the IPAM plugin {plugin:?} is not in CNI_PATH ({})",
+                    inv.path.join(":")
+                ),
+            )
+        })?;
+    let args: Vec<String> = inv.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut child = std::process::Command::new(&bin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &inv.container_id)
+        .env("CNI_NETNS", inv.netns.as_deref().unwrap_or_default())
+        .env("CNI_IFNAME", &inv.ifname)
+        .env("CNI_ARGS", args.join(";"))
+        .env("CNI_PATH", inv.path.join(":"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| CniError::new(ErrorCode::Io, format!("running {}: {e}", bin.display())))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let _ = stdin.write_all(inv.raw_conf.to_string().as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::new(ErrorCode::Io, format!("running {}: {e}", bin.display())))?;
+    let value: serde_json::Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            CniError::new(
+                ErrorCode::Decode,
+                format!("{plugin} printed something that is not JSON: {e}"),
+            )
+        })?
+    };
+    if !out.status.success() {
+        let msg = value["msg"].as_str().unwrap_or("failed without a message");
+        // Whatever the delegate's own code, for the runtime this is an IPAM failure.
+        return Err(CniError::new(
+            ErrorCode::IpamExhausted,
+            format!("{plugin} {command}: {msg}"),
+        ));
+    }
+    Ok(value)
+}
+
 fn release(store: &Arc<dyn Datastore>, handle: &str) -> Result<(), CniError> {
     Ipam::new(store.as_ref())
         .release_by_handle(handle)
@@ -350,12 +415,26 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
     let w = Workload::of(inv, conf)?;
-    let ips = allocate(&store, &client, inv, conf, &w)?;
-    let spec = spec_for(&w, &ips, conf);
+    let delegated = delegated_ipam(conf);
+    let ips = match delegated {
+        None => allocate(&store, &client, inv, conf, &w)?,
+        Some(plugin) => delegate(inv, plugin, "ADD")?["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.parse::<IpNet>().ok())
+            .map(|n| n.addr())
+            .collect(),
+    };
+    let release = |store: &Arc<dyn Datastore>, handle: &str| match delegated {
+        None => release(store, handle),
+        Some(plugin) => delegate(inv, plugin, "DEL").map(|_| ()),
+    };
     let plumbing = WorkloadPlumbing::new(&NetnsRef::Current).map_err(|e| {
         let _ = release(&store, &w.handle);
         CniError::new(ErrorCode::Dataplane, format!("netlink: {e}"))
     })?;
+    let spec = spec_for(&w, &ips, conf);
     let plumbed = match plumbing.setup(netns, &spec) {
         Ok(p) => p,
         Err(e) => {
@@ -505,7 +584,12 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
             format!("removing {}: {e}", w.host_ifname()),
         )
     })?;
-    release(&store, &w.handle)?;
+    match delegated_ipam(conf) {
+        None => release(&store, &w.handle)?,
+        Some(plugin) => {
+            delegate(inv, plugin, "DEL")?;
+        }
+    }
     let name = w.endpoint_name()?;
     match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
         Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => Ok(()),
@@ -519,9 +603,22 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
     let w = Workload::of(inv, conf)?;
-    let ips = Ipam::new(store.as_ref())
-        .ips_by_handle(&w.handle)
-        .map_err(ipam_error)?;
+    let ips = match delegated_ipam(conf) {
+        None => Ipam::new(store.as_ref())
+            .ips_by_handle(&w.handle)
+            .map_err(ipam_error)?,
+        // The delegated plugin keeps its own records; the endpoint says what it gave.
+        Some(_) => match client.get(
+            Kind::WorkloadEndpoint,
+            Some(&w.namespace()),
+            &w.endpoint_name()?,
+        ) {
+            Ok(Resource::WorkloadEndpoint(e)) => {
+                e.spec.ip_networks.iter().map(IpNet::addr).collect()
+            }
+            _ => Vec::new(),
+        },
+    };
     if ips.is_empty() {
         return Err(CniError::new(
             ErrorCode::Datastore,

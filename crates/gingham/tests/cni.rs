@@ -692,3 +692,126 @@ fn sys_ipam_show_check_release() {
     let rel = cli(&["ipam", "release", "--ip", &ip]);
     assert_eq!(rel.status.code(), Some(1));
 }
+
+/// `ipam: {type: host-local}` is delegated to the host-local plugin found in CNI_PATH, as
+/// Calico's plugin does; and the binary called `gingham-ipam` is an IPAM plugin itself.
+#[test]
+fn sys_delegated_host_local_and_gingham_ipam() {
+    gingham_testkit::require_root();
+    assert!(
+        std::path::Path::new("/usr/lib/cni/host-local").exists(),
+        "needs /usr/lib/cni/host-local: apt-get install containernetworking-plugins"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-h", 11);
+    let pod = TestNetns::new("cnip");
+    let hl_dir = dir.path().join("host-local");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "hl-net", "type": "gingham", "nodename": "node-h",
+        "datastore": ds,
+        "ipam": {"type": "host-local", "subnet": "10.101.0.0/24", "dataDir": hl_dir},
+    })
+    .to_string();
+    let run = |command| {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                node.ns.name(),
+                env!("CARGO_BIN_EXE_gingham"),
+            ])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "hl01")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", k8s_args("default", "hl"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("ADD");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let addr = json(&out)["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(addr.starts_with("10.101.0."), "{addr}");
+    let ip = addr.trim_end_matches("/32");
+    assert!(
+        hl_dir.join("hl-net").join(ip).exists(),
+        "host-local recorded it"
+    );
+    let out = run("DEL");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !hl_dir.join("hl-net").join(ip).exists(),
+        "host-local released it"
+    );
+
+    // gingham-ipam: the same binary under the IPAM plugin's name.
+    pool(&ds, "10.102.0.0/24", 28);
+    let link = dir.path().join("gingham-ipam");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gingham"), &link).unwrap();
+    let ipam_conf = conf_for_ipam(&ds);
+    let call_ipam = |command| {
+        use std::io::Write;
+        let mut child = Command::new(&link)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "ipam01")
+            .env("CNI_NETNS", "/run/netns/unused")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ipam_conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = call_ipam("ADD");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let addr = json(&out)["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(addr.starts_with("10.102.0."), "{addr}");
+    let store = sqlite_store(&dir.path().join("g.db"));
+    let ipam = gingham_ipam::Ipam::new(&store);
+    assert_eq!(ipam.ips_by_handle("ipam-net.ipam01").unwrap().len(), 1);
+    let out = call_ipam("DEL");
+    assert!(out.status.success());
+    assert!(ipam.ips_by_handle("ipam-net.ipam01").unwrap().is_empty());
+}
+
+fn conf_for_ipam(ds: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0", "name": "ipam-net", "type": "ptp", "nodename": "node-i",
+        "datastore": ds, "ipam": {"type": "gingham-ipam"},
+    })
+    .to_string()
+}
