@@ -181,6 +181,49 @@ fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
     }
 }
 
+/// A lab's input, loaded.
+struct Inputs {
+    resources: Vec<gingham_model::Resource>,
+    pod_ports: BTreeMap<String, Vec<(u8, u16)>>,
+    annotations: PodAnnotations,
+}
+
+/// Loads parsed documents (Lab documents dropped): pods of `running` stay on their node, the
+/// others are scheduled; Calico's pod annotations and declared ports are collected. Prints every
+/// error and returns `None` if there was one.
+fn load_inputs(
+    all_docs: Vec<(String, Vec<Value>)>,
+    schedule: &mut dyn FnMut() -> String,
+    running: &[PodState],
+) -> Option<Inputs> {
+    let mut inputs = Inputs {
+        resources: Vec::new(),
+        pod_ports: BTreeMap::new(),
+        annotations: PodAnnotations::new(),
+    };
+    let mut failed = false;
+    for (name, mut docs) in all_docs {
+        docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
+        for d in &mut docs {
+            pin_running_pods(d, running);
+            collect_annotations(d, &mut inputs.annotations);
+        }
+        let (ports, notes) = prepare_documents_with(&mut docs, schedule);
+        for n in notes {
+            eprintln!("notice: {n}");
+        }
+        inputs.pod_ports.extend(ports);
+        match crate::reach_cmd::load_documents(&name, &docs) {
+            Ok(loaded) => inputs.resources.extend(loaded),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    (!failed).then_some(inputs)
+}
+
 /// What the lab made, written before each thing is made.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -373,32 +416,15 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         next += 1;
         n
     };
-    let mut resources = Vec::new();
-    let mut pod_ports = BTreeMap::new();
-    let mut annotations = PodAnnotations::new();
-    let mut failed = false;
-    for (name, mut docs) in all_docs {
-        docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
-        for d in &docs {
-            collect_annotations(d, &mut annotations);
-        }
-        let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
-        for n in notes {
-            eprintln!("notice: {n}");
-        }
-        pod_ports.extend(ports);
-        match crate::reach_cmd::load_documents(&name, &docs) {
-            Ok(loaded) => resources.extend(loaded),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
-    }
-    if failed {
+    let Some(Inputs {
+        resources,
+        pod_ports,
+        annotations,
+    }) = load_inputs(all_docs, &mut schedule, &[])
+    else {
         eprintln!("nothing was made");
         return Ok(Exit::UserError);
-    }
+    };
     let url = DatastoreUrl::resolve(datastore)?;
     let client = gingham_api::Client::new(url.open()?);
     let mut state = State {
@@ -1028,35 +1054,21 @@ fn apply(args: &UpArgs) -> Result<Exit> {
         next += 1;
         n
     };
-    let mut resources = Vec::new();
-    let mut pod_ports = BTreeMap::new();
-    let mut annotations = PodAnnotations::new();
-    let mut failed = false;
+    let mut all_docs = Vec::new();
     for (name, text) in sources {
-        let mut docs = gingham_model::load::parse_documents(&text)
+        let docs = gingham_model::load::parse_documents(&text)
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        // A running pod stays on its node (Kubernetes does not move pods).
-        for d in &mut docs {
-            pin_running_pods(d, &state.pods);
-            collect_annotations(d, &mut annotations);
-        }
-        let (ports, notes) = prepare_documents_with(&mut docs, &mut schedule);
-        for n in notes {
-            eprintln!("notice: {n}");
-        }
-        pod_ports.extend(ports);
-        match crate::reach_cmd::load_documents(&name, &docs) {
-            Ok(loaded) => resources.extend(loaded),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
+        all_docs.push((name, docs));
     }
-    if failed {
+    let Some(Inputs {
+        resources,
+        pod_ports,
+        annotations,
+    }) = load_inputs(all_docs, &mut schedule, &state.pods)
+    else {
         eprintln!("nothing was applied");
         return Ok(Exit::UserError);
-    }
+    };
     let client = gingham_api::Client::new(DatastoreUrl::parse(&state.datastore)?.open()?);
     let outcomes = client.write_all(&resources, gingham_api::WriteMode::Apply)?;
     for (r, o) in resources.iter().zip(&outcomes) {

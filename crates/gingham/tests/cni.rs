@@ -66,21 +66,27 @@ struct Call<'a> {
 }
 
 fn plugin(node: &Node, call: &Call<'_>) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        node.ns.name(),
+        env!("CARGO_BIN_EXE_gingham"),
+    ]);
+    run_cni(cmd, call, "/opt/cni/bin")
+}
+
+/// Runs a CNI plugin command as a runtime does: the environment, the configuration on stdin.
+fn run_cni(mut cmd: Command, call: &Call<'_>, cni_path: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.ns.name(),
-            env!("CARGO_BIN_EXE_gingham"),
-        ])
+    let mut child = cmd
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container)
         .env("CNI_NETNS", &call.netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_PATH", cni_path)
         .env("CNI_ARGS", &call.args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -715,32 +721,21 @@ fn sys_delegated_host_local_and_gingham_ipam() {
     })
     .to_string();
     let run = |command| {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                node.ns.name(),
-                env!("CARGO_BIN_EXE_gingham"),
-            ])
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "hl01")
-            .env("CNI_NETNS", pod.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .env("CNI_ARGS", k8s_args("default", "hl"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ]);
+        let call = Call {
+            command,
+            container: "hl01",
+            netns: pod.path(),
+            args: k8s_args("default", "hl"),
+            conf: conf.clone(),
+        };
+        run_cni(cmd, &call, "/usr/lib/cni")
     };
     let out = run("ADD");
     assert!(
@@ -772,25 +767,14 @@ fn sys_delegated_host_local_and_gingham_ipam() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gingham"), &link).unwrap();
     let ipam_conf = conf_for_ipam(&ds);
     let call_ipam = |command| {
-        use std::io::Write;
-        let mut child = Command::new(&link)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", "ipam01")
-            .env("CNI_NETNS", "/run/netns/unused")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(ipam_conf.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let call = Call {
+            command,
+            container: "ipam01",
+            netns: PathBuf::from("/run/netns/unused"),
+            args: String::new(),
+            conf: ipam_conf.clone(),
+        };
+        run_cni(Command::new(&link), &call, dir.path().to_str().unwrap())
     };
     let out = call_ipam("ADD");
     assert!(
