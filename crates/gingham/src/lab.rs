@@ -145,10 +145,11 @@ pub struct ConnectArgs {
 /// over the way a kubelet can, in CNI_ARGS and the network configuration.
 type PodAnnotations = BTreeMap<String, BTreeMap<String, String>>;
 
-fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
-    if let Some(items) = doc.get("items").and_then(Value::as_array) {
+/// Calls `f` with every Pod document (`kind: List` items included) and its `namespace/name`.
+fn for_each_pod(doc: &mut Value, f: &mut dyn FnMut(&str, &mut Value)) {
+    if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
         for item in items {
-            collect_annotations(item, out);
+            for_each_pod(item, f);
         }
         return;
     }
@@ -164,6 +165,11 @@ fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
             .and_then(Value::as_str)
             .unwrap_or_default()
     );
+    f(&key, doc);
+}
+
+/// Records a pod's Calico CNI annotations.
+fn collect_annotations(key: &str, doc: &Value, out: &mut PodAnnotations) {
     let wanted = ["ipAddrs", "ipv4pools", "ipv6pools"];
     let found: BTreeMap<String, String> = doc
         .pointer("/metadata/annotations")
@@ -177,7 +183,7 @@ fn collect_annotations(doc: &Value, out: &mut PodAnnotations) {
         })
         .collect();
     if !found.is_empty() {
-        out.insert(key, found);
+        out.insert(key.to_owned(), found);
     }
 }
 
@@ -205,8 +211,10 @@ fn load_inputs(
     for (name, mut docs) in all_docs {
         docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
         for d in &mut docs {
-            pin_running_pods(d, running);
-            collect_annotations(d, &mut inputs.annotations);
+            for_each_pod(d, &mut |key, pod| {
+                pin_running_pod(key, pod, running);
+                collect_annotations(key, pod, &mut inputs.annotations);
+            });
         }
         let (ports, notes) = prepare_documents_with(&mut docs, schedule);
         for n in notes {
@@ -1090,26 +1098,8 @@ fn apply(args: &UpArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// Gives Pod documents of pods the lab runs the node they run on.
-fn pin_running_pods(doc: &mut Value, pods: &[PodState]) {
-    if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
-        for item in items {
-            pin_running_pods(item, pods);
-        }
-        return;
-    }
-    if doc.get("kind").and_then(Value::as_str) != Some("Pod") {
-        return;
-    }
-    let key = format!(
-        "{}/{}",
-        doc.pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default"),
-        doc.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    );
+/// Gives a Pod document of a pod the lab runs the node it runs on.
+fn pin_running_pod(key: &str, doc: &mut Value, pods: &[PodState]) {
     if let Some(p) = pods.iter().find(|p| p.key() == key) {
         let asked = doc
             .pointer("/spec/nodeName")
