@@ -68,6 +68,9 @@ pub struct DirArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub lab: DirArgs,
+    /// Do not start the agent on the nodes (no policy is enforced).
+    #[arg(long)]
+    pub no_agent: bool,
     /// Lab, Namespace and Pod documents and Calico resources: files or directories.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
@@ -255,6 +258,9 @@ struct NodeState {
     name: String,
     netns: String,
     ip: String,
+    /// The node's agent, which programs its nftables table.
+    #[serde(default)]
+    agent_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -451,6 +457,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         &resources,
         &pod_ports,
         &annotations,
+        !args.no_agent,
     );
     if let Err(e) = result {
         eprintln!("lab up failed: {e:#}");
@@ -483,6 +490,7 @@ fn build(
     resources: &[gingham_model::Resource],
     pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
     annotations: &PodAnnotations,
+    start_agents: bool,
 ) -> Result<()> {
     let lab = state.name.clone();
     // The underlay: a bridge every node plugs into.
@@ -513,6 +521,7 @@ fn build(
             name: name.clone(),
             netns: ns.clone(),
             ip: node_ip.clone(),
+            agent_pid: None,
         });
         save_state(dir, state)?;
         ip(&["netns", "add", &ns])?;
@@ -556,8 +565,16 @@ fn build(
     let mut all = node_resources;
     all.extend(resources.iter().cloned());
     client.write_all(&all, gingham_api::WriteMode::Apply)?;
-    // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
+    // The agents, before any pod: a pod is then closed until its policy is programmed.
     let exe = self_exe()?;
+    if start_agents {
+        for i in 0..state.nodes.len() {
+            let pid = start_agent(&exe, dir, &state.nodes[i], &state.node_datastore)?;
+            state.nodes[i].agent_pid = Some(pid);
+            save_state(dir, state)?;
+        }
+    }
+    // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
     for r in resources {
         if let gingham_model::Resource::WorkloadEndpoint(w) = r
             && w.spec.orchestrator == "k8s"
@@ -730,6 +747,45 @@ fn cni(
         return Ok(Value::Null);
     }
     serde_json::from_str(&text).with_context(|| format!("CNI {command} printed {text}"))
+}
+
+/// Starts a node's agent inside the node namespace and waits until it has programmed the node.
+fn start_agent(exe: &Path, dir: &Path, node: &NodeState, datastore: &str) -> Result<u32> {
+    let log_path = dir.join(format!("agent-{}.log", node.name));
+    let log = std::fs::File::create(&log_path)?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(exe)
+        .args([
+            "agent",
+            "--node",
+            &node.name,
+            "--datastore",
+            datastore,
+            "--log",
+            "info",
+        ])
+        .env_remove("GINGHAM_DATASTORE")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the agent")?;
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("programmed; watching") {
+            return Ok(child.id());
+        }
+        if text.contains("error") {
+            bail!("the agent of node {} failed: {text}", node.name);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!(
+        "the agent of node {} did not start; see {}",
+        node.name,
+        log_path.display()
+    )
 }
 
 /// Starts the pod's server on its declared ports (detached); returns its pid.
@@ -1235,6 +1291,12 @@ fn down(dir: &Path) -> Result<Exit> {
             }
             let _ = client.delete(gingham_model::Kind::Node, None, &n.name, None);
         }
+    }
+    for n in &state.nodes {
+        if let Some(pid) = n.agent_pid {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = std::fs::remove_file(dir.join(format!("agent-{}.log", n.name)));
     }
     if let Some(pid) = state.proxy_pid {
         let _ = Command::new("kill").arg(pid.to_string()).status();

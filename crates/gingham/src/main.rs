@@ -4,6 +4,7 @@
 //! protocol on stdin/stdout; otherwise it is the command-line tool described by `gingham --help`.
 //! Exit codes: 0 success, 1 user error (bad input, failed check), 2 usage error.
 
+mod agent;
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
@@ -64,6 +65,8 @@ enum Command {
     /// Work with selector expressions.
     #[command(subcommand)]
     Selector(selector_cmd::SelectorCmd),
+    /// Program this node's policy in nftables from the datastore, and keep it up to date.
+    Agent(agent::AgentArgs),
     /// IP address management: usage, leak checks, manual release.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Label(a) => resources_cmd::label(&client()?, a),
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
+        Command::Agent(a) => agent::run(a, client()?.store().as_ref()),
         Command::Ipam(cmd) => ipam_cmd::run(&client()?, cmd),
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),

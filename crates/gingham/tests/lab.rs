@@ -56,7 +56,10 @@ fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     }
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     for line in String::from_utf8_lossy(&ps.stdout).lines() {
-        if line.contains(&format!("lab serve --name {name}/")) {
+        if line.contains(&format!("lab serve --name {name}/"))
+            || (line.contains(" agent --node ")
+                && line.contains(&dir.parent().unwrap().display().to_string()))
+        {
             found.push(format!("process {line}"));
         }
     }
