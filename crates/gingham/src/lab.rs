@@ -430,12 +430,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         next += 1;
         n
     };
-    let Some(Inputs {
-        resources,
-        pod_ports,
-        annotations,
-    }) = load_inputs(all_docs, &mut schedule, &[])
-    else {
+    let Some(inputs) = load_inputs(all_docs, &mut schedule, &[]) else {
         eprintln!("nothing was made");
         return Ok(Exit::UserError);
     };
@@ -449,16 +444,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     save_state(dir, &state)?;
     // From here on, a failure leaves state that `lab down` cleans.
-    let result = build(
-        dir,
-        &mut state,
-        &client,
-        &nodes,
-        &resources,
-        &pod_ports,
-        &annotations,
-        !args.no_agent,
-    );
+    let result = build(dir, &mut state, &client, &nodes, &inputs, !args.no_agent);
     if let Err(e) = result {
         eprintln!("lab up failed: {e:#}");
         eprintln!("cleaning up what was made");
@@ -487,11 +473,14 @@ fn build(
     state: &mut State,
     client: &gingham_api::Client,
     nodes: &[String],
-    resources: &[gingham_model::Resource],
-    pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
-    annotations: &PodAnnotations,
+    inputs: &Inputs,
     start_agents: bool,
 ) -> Result<()> {
+    let Inputs {
+        resources,
+        pod_ports,
+        annotations,
+    } = inputs;
     let lab = state.name.clone();
     // The underlay: a bridge every node plugs into.
     let underlay = format!("gl-{lab}-u");
