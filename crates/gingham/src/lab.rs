@@ -42,6 +42,8 @@ pub enum LabCmd {
     Apply(UpArgs),
     /// Delete a pod from a running lab, as the kubelet would: CNI DEL and its namespace.
     Delete(DeleteArgs),
+    /// Try one connection with real packets: from a pod or a node to a pod.
+    Try(TryArgs),
     /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
     Exec(ExecArgs),
     /// Remove everything the lab made.
@@ -99,6 +101,22 @@ pub struct ExecArgs {
     pub target: String,
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TryArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// `namespace/pod` or a node name.
+    pub from: String,
+    /// `namespace/pod`.
+    pub to: String,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -357,6 +375,7 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::Probe(a) => probe(a),
         LabCmd::Apply(a) => apply(a),
         LabCmd::Delete(a) => delete(a),
+        LabCmd::Try(a) => try_connect(a),
         LabCmd::Exec(a) => exec(a),
         LabCmd::Down(a) => down(&a.dir),
         LabCmd::Serve(a) => serve(a),
@@ -1186,18 +1205,18 @@ fn delete(args: &DeleteArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn exec(args: &ExecArgs) -> Result<Exit> {
-    let state = load_state(&args.lab.dir)?;
-    let netns = state
+/// The network namespace of a pod or node of the lab, or an error listing the valid names.
+fn netns_of(state: &State, target: &str) -> Result<String> {
+    state
         .pods
         .iter()
-        .find(|p| p.key() == args.target)
+        .find(|p| p.key() == target)
         .map(|p| p.netns.clone())
         .or_else(|| {
             state
                 .nodes
                 .iter()
-                .find(|n| n.name == args.target)
+                .find(|n| n.name == target)
                 .map(|n| n.netns.clone())
         })
         .with_context(|| {
@@ -1208,11 +1227,53 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
                 .chain(state.nodes.iter().map(|n| n.name.clone()))
                 .collect();
             format!(
-                "{:?} is not a pod or node of this lab (valid: {})",
-                args.target,
+                "{target:?} is not a pod or node of this lab (valid: {})",
                 names.join(", ")
             )
-        })?;
+        })
+}
+
+fn try_connect(args: &TryArgs) -> Result<Exit> {
+    let state = load_state(&args.lab.dir)?;
+    let from = netns_of(&state, &args.from)?;
+    let ip = state
+        .pods
+        .iter()
+        .find(|p| p.key() == args.to)
+        .and_then(|p| p.ip.clone())
+        .with_context(|| format!("{:?} is not a pod of this lab with an address", args.to))?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &from])
+        .arg(self_exe()?)
+        .args([
+            "lab",
+            "connect",
+            "--protocol",
+            &args.protocol,
+            "--port",
+            &args.port.to_string(),
+            "--timeout-ms",
+            &args.timeout_ms.to_string(),
+            &ip,
+        ])
+        .output()?;
+    let got: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let connected = got.get(&ip).copied().unwrap_or(false);
+    println!(
+        "{} -> {} ({ip}) {}/{}: {}",
+        args.from,
+        args.to,
+        args.protocol.to_uppercase(),
+        args.port,
+        if connected { "connected" } else { "no answer (blocked)" }
+    );
+    Ok(if connected { Exit::Ok } else { Exit::UserError })
+}
+
+fn exec(args: &ExecArgs) -> Result<Exit> {
+    let state = load_state(&args.lab.dir)?;
+    let netns = netns_of(&state, &args.target)?;
     let status = Command::new("ip")
         .args(["netns", "exec", &netns])
         .args(&args.command)
