@@ -1266,7 +1266,11 @@ fn try_connect(args: &TryArgs) -> Result<Exit> {
         args.to,
         args.protocol.to_uppercase(),
         args.port,
-        if connected { "connected" } else { "no answer (blocked)" }
+        if connected {
+            "connected"
+        } else {
+            "no answer (blocked)"
+        }
     );
     Ok(if connected { Exit::Ok } else { Exit::UserError })
 }
