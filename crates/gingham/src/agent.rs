@@ -25,6 +25,144 @@ pub struct AgentArgs {
     /// Program once and exit.
     #[arg(long)]
     pub once: bool,
+    /// Serve /liveness, /readiness and /metrics on 127.0.0.1:PORT (0: off).
+    #[arg(long, default_value_t = 9099)]
+    pub health_port: u16,
+}
+
+/// What the agent reports on its health endpoint.
+#[derive(Default)]
+struct Health {
+    ready: bool,
+    /// Why it is not ready, or the last error.
+    problem: Option<String>,
+    endpoints: usize,
+    chains: usize,
+    sets: usize,
+    set_members: usize,
+    programs_total: u64,
+    errors_total: u64,
+    resyncs_total: u64,
+    last_program_seconds: f64,
+    last_calculation_seconds: f64,
+    script_bytes: usize,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Health>>;
+
+fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A minimal HTTP server for health and Prometheus metrics.
+fn serve_health(port: u16, health: Shared) -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .with_context(|| format!("cannot serve health on 127.0.0.1:{port}"))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let h = lock(&health);
+            let (status, body) = match path {
+                "/liveness" => ("200 OK", "ok\n".to_owned()),
+                "/readiness" if h.ready && h.problem.is_none() => ("200 OK", "ready\n".to_owned()),
+                "/readiness" => (
+                    "503 Service Unavailable",
+                    format!(
+                        "not ready: {}\n",
+                        h.problem.as_deref().unwrap_or("starting")
+                    ),
+                ),
+                "/metrics" => ("200 OK", metrics(&h)),
+                _ => (
+                    "404 Not Found",
+                    "try /liveness, /readiness or /metrics\n".to_owned(),
+                ),
+            };
+            drop(h);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(())
+}
+
+fn metrics(h: &Health) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    gauge(
+        "gingham_agent_ready",
+        "1 when the node is programmed and nothing is wrong.",
+        f64::from(u8::from(h.ready && h.problem.is_none())),
+    );
+    gauge(
+        "gingham_agent_local_endpoints",
+        "Local endpoints with a program.",
+        h.endpoints as f64,
+    );
+    gauge(
+        "gingham_agent_nft_chains",
+        "Chains in the installed table.",
+        h.chains as f64,
+    );
+    gauge(
+        "gingham_agent_nft_sets",
+        "Sets in the installed table.",
+        h.sets as f64,
+    );
+    gauge(
+        "gingham_agent_nft_set_members",
+        "Members of all sets.",
+        h.set_members as f64,
+    );
+    gauge(
+        "gingham_agent_last_calculation_seconds",
+        "Time of the last policy calculation.",
+        h.last_calculation_seconds,
+    );
+    gauge(
+        "gingham_agent_last_apply_seconds",
+        "Time of the last nft transaction.",
+        h.last_program_seconds,
+    );
+    gauge(
+        "gingham_agent_last_apply_bytes",
+        "Size of the last nft transaction.",
+        h.script_bytes as f64,
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    };
+    counter(
+        "gingham_agent_programs_total",
+        "Tables installed.",
+        h.programs_total,
+    );
+    counter(
+        "gingham_agent_errors_total",
+        "Errors (datastore, calculation, nft).",
+        h.errors_total,
+    );
+    counter(
+        "gingham_agent_resyncs_total",
+        "Full listings of the datastore.",
+        h.resyncs_total,
+    );
+    out
 }
 
 const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
@@ -54,6 +192,7 @@ fn settings_from(resources: &[Resource]) -> Settings {
 }
 
 struct Agent {
+    health: Shared,
     node: String,
     calc: Calculator,
     settings: Settings,
@@ -64,6 +203,7 @@ struct Agent {
 impl Agent {
     /// Lists everything and loads it; returns the listing's revision.
     fn resync(&mut self, store: &dyn Datastore) -> Result<i64> {
+        lock(&self.health).resyncs_total += 1;
         let listing = store.list(PREFIX)?;
         let resources: Vec<Resource> = listing
             .kvs
@@ -86,9 +226,26 @@ impl Agent {
         let t = Instant::now();
         let state = self.calc.state();
         let rendered = render(&state, &self.settings);
-        self.dataplane
-            .apply(&rendered)
-            .context("installing the nftables table")?;
+        let calculated = t.elapsed();
+        if let Err(e) = self.dataplane.apply(&rendered) {
+            let mut h = lock(&self.health);
+            h.errors_total += 1;
+            h.problem = Some(format!("installing the nftables table: {e}"));
+            return Err(e).context("installing the nftables table");
+        }
+        {
+            let mut h = lock(&self.health);
+            h.ready = true;
+            h.problem = None;
+            h.endpoints = state.endpoints.len();
+            h.chains = rendered.chains;
+            h.sets = rendered.sets;
+            h.set_members = rendered.set_members;
+            h.programs_total += 1;
+            h.last_calculation_seconds = calculated.as_secs_f64();
+            h.last_program_seconds = (t.elapsed() - calculated).as_secs_f64();
+            h.script_bytes = rendered.script.len();
+        }
         tracing::info!(
             endpoints = state.endpoints.len(),
             chains = rendered.chains,
@@ -132,7 +289,12 @@ impl Agent {
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
+    let health = Shared::default();
+    if args.health_port != 0 && !args.once {
+        serve_health(args.health_port, health.clone())?;
+    }
     let mut agent = Agent {
+        health,
         node: args.node.clone(),
         calc: Calculator::new(&args.node),
         settings: Settings::default(),

@@ -152,6 +152,30 @@ fn sys_lab_up_probe_down() {
         ]);
         let m: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(m["allowed"]["shop/p1"]["shop/p2"], false);
+        // The agents report health and metrics on the nodes' loopback.
+        let get = |path: &str| {
+            let script = format!(
+                "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"
+            );
+            let out = gingham(&[
+                "lab", "exec", "--dir", d, "node-a", "--", "bash", "-c", &script,
+            ]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let ready = get("/readiness");
+        assert!(
+            ready.contains("200 OK") && ready.contains("ready"),
+            "{ready}"
+        );
+        let metrics = get("/metrics");
+        assert!(
+            metrics.contains("gingham_agent_programs_total"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("gingham_agent_local_endpoints 3"),
+            "{metrics}"
+        );
         // Each node blackholes its own blocks and routes the other's via that node.
         let routes = gingham(&["lab", "exec", "--dir", d, "node-a", "--", "ip", "route"]);
         let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
