@@ -46,6 +46,27 @@ struct Health {
     last_program_seconds: f64,
     last_calculation_seconds: f64,
     script_bytes: usize,
+    /// Stored resources that cannot be read (skipped).
+    unreadable: Vec<String>,
+}
+
+impl Health {
+    fn is_ready(&self) -> bool {
+        self.ready && self.problem.is_none() && self.unreadable.is_empty()
+    }
+
+    fn why_not(&self) -> String {
+        if let Some(p) = &self.problem {
+            return p.clone();
+        }
+        if !self.unreadable.is_empty() {
+            return format!(
+                "stored resources that cannot be read are skipped: {}",
+                self.unreadable.join(", ")
+            );
+        }
+        "starting".into()
+    }
 }
 
 type Shared = std::sync::Arc<std::sync::Mutex<Health>>;
@@ -70,13 +91,10 @@ fn serve_health(port: u16, health: Shared) -> Result<()> {
             let h = lock(&health);
             let (status, body) = match path {
                 "/liveness" => ("200 OK", "ok\n".to_owned()),
-                "/readiness" if h.ready && h.problem.is_none() => ("200 OK", "ready\n".to_owned()),
+                "/readiness" if h.is_ready() => ("200 OK", "ready\n".to_owned()),
                 "/readiness" => (
                     "503 Service Unavailable",
-                    format!(
-                        "not ready: {}\n",
-                        h.problem.as_deref().unwrap_or("starting")
-                    ),
+                    format!("not ready: {}\n", h.why_not()),
                 ),
                 "/metrics" => ("200 OK", metrics(&h)),
                 _ => (
@@ -105,7 +123,7 @@ fn metrics(h: &Health) -> String {
     gauge(
         "gingham_agent_ready",
         "1 when the node is programmed and nothing is wrong.",
-        f64::from(u8::from(h.ready && h.problem.is_none())),
+        f64::from(u8::from(h.is_ready())),
     );
     gauge(
         "gingham_agent_local_endpoints",
@@ -193,6 +211,9 @@ fn settings_from(resources: &[Resource]) -> Settings {
 
 struct Agent {
     health: Shared,
+    /// Keys whose stored value cannot be read: skipped (logged once each) and reported on
+    /// /readiness until fixed or deleted.
+    unreadable: std::collections::BTreeSet<String>,
     node: String,
     calc: Calculator,
     settings: Settings,
@@ -208,7 +229,7 @@ impl Agent {
         let resources: Vec<Resource> = listing
             .kvs
             .iter()
-            .filter_map(|kv| decode(&kv.key, &kv.value))
+            .filter_map(|kv| self.read(&kv.key, &kv.value))
             .collect();
         self.felix = resources
             .iter()
@@ -257,11 +278,29 @@ impl Agent {
         Ok(())
     }
 
+    /// Decodes a stored value, keeping track of the keys that cannot be read.
+    fn read(&mut self, key: &str, value: &[u8]) -> Option<Resource> {
+        let r = decode(key, value);
+        let changed = if r.is_some() {
+            self.unreadable.remove(key)
+        } else {
+            self.unreadable.insert(key.to_owned())
+        };
+        if changed {
+            let mut h = lock(&self.health);
+            h.unreadable = self.unreadable.iter().cloned().collect();
+        }
+        r
+    }
+
     /// Applies one watch event; returns whether the desired state changed.
     fn event(&mut self, kind: EventKind, key: &str, value: &[u8]) -> bool {
         let Some((k, ns, name)) = Kind::parse_key(key) else {
             return false;
         };
+        if kind == EventKind::Delete && self.unreadable.remove(key) {
+            lock(&self.health).unreadable = self.unreadable.iter().cloned().collect();
+        }
         if k == Kind::FelixConfiguration {
             self.felix.retain(|r| r.meta().name != name);
             if kind == EventKind::Put
@@ -274,9 +313,16 @@ impl Agent {
             return before != self.settings;
         }
         let update = match kind {
-            EventKind::Put => match decode(key, value) {
+            EventKind::Put => match self.read(key, value) {
                 Some(r) => Update::Upsert(Box::new(r)),
-                None => return false,
+                None => {
+                    // Whatever was there before is gone as far as we can tell.
+                    Update::Delete {
+                        kind: k,
+                        namespace: ns,
+                        name,
+                    }
+                }
             },
             EventKind::Delete => Update::Delete {
                 kind: k,
@@ -295,6 +341,7 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     }
     let mut agent = Agent {
         health,
+        unreadable: Default::default(),
         node: args.node.clone(),
         calc: Calculator::new(&args.node),
         settings: Settings::default(),

@@ -176,6 +176,36 @@ fn sys_lab_up_probe_down() {
             metrics.contains("gingham_agent_local_endpoints 3"),
             "{metrics}"
         );
+        // Bad input never crashes the agent: an unreadable stored policy is skipped, reported on
+        // /readiness, and the node keeps working; once it is gone the agent is ready again.
+        let store = gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+        let bad = "/calico/resources/v3/projectcalico.org/networkpolicies/shop/garbage";
+        gingham_datastore::Datastore::put(&store, bad, b"{not json").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let r = get("/readiness");
+            if r.contains("503") {
+                assert!(r.contains("networkpolicies/shop/garbage"), "{r}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "readiness never reported it: {r}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(get("/liveness").contains("200 OK"));
+        let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
+        assert!(json.contains("true"), "still connected: {json}");
+        gingham_datastore::Datastore::delete(&store, bad, None).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !get("/readiness").contains("200 OK") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ready again once the bad value is gone"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         // Each node blackholes its own blocks and routes the other's via that node.
         let routes = gingham(&["lab", "exec", "--dir", d, "node-a", "--", "ip", "route"]);
         let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
