@@ -4,48 +4,15 @@
 //! `gingham reach` (the policy engine) on every pair, for TCP 80, TCP 81 and UDP 81.
 //! A system test: root, iproute2, nftables.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-fn gingham(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
-        .args(args)
-        .env_remove("GINGHAM_DATASTORE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        pipe.write_all(s.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
 fn ok(args: &[&str], stdin: Option<&str>) -> String {
-    let out = gingham(args, stdin);
-    assert!(
-        out.status.success(),
-        "gingham {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::ok_in(args, stdin)
 }
 
-struct Down(String);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        if Path::new(&self.0).join("state.json").exists() {
-            let _ = gingham(&["lab", "down", "--dir", &self.0], None);
-        }
-    }
-}
+use common::Down;
 
 fn cluster(name: &str) -> String {
     let mut y = format!(

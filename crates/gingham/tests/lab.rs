@@ -1,26 +1,18 @@
 //! `gingham lab` end to end: two nodes and six pods in network namespaces, real packets between
 //! them, and nothing left behind afterwards. A system test (root, iproute2).
 
+mod common;
+
+use common::Down;
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn gingham(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gingham"))
-        .args(args)
-        .env_remove("GINGHAM_DATASTORE")
-        .output()
-        .unwrap()
+    common::gingham_in(args, None)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = gingham(args);
-    assert!(
-        out.status.success(),
-        "gingham {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::ok_in(args, None)
 }
 
 fn lab_yaml(name: &str, annotated: bool) -> String {
@@ -69,17 +61,6 @@ fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     found
 }
 
-/// Runs `lab down` when dropped, so a failing test leaves nothing behind either.
-struct Down<'a>(&'a str);
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        if Path::new(self.0).join("state.json").exists() {
-            let _ = gingham(&["lab", "down", "--dir", self.0]);
-        }
-    }
-}
-
 #[test]
 fn sys_lab_up_probe_down() {
     gingham_testkit::require_root();
@@ -102,7 +83,7 @@ fn sys_lab_up_probe_down() {
         "--datastore",
         &ds,
     ]);
-    let guard = Down(d);
+    let guard = Down(d.to_owned());
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
     // Calico's pod annotations: a pool by name, and a specific address.
     let line = |pod: &str| {
@@ -334,7 +315,7 @@ fn sys_lab_on_etcd() {
         "--datastore",
         &ds,
     ]);
-    let guard = Down(d);
+    let guard = Down(d.to_owned());
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
     let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
     let m: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -1,0 +1,47 @@
+//! Helpers shared by the CLI and lab tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs the `gingham` binary (not reading GINGHAM_DATASTORE from the test's environment).
+pub fn gingham_in(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(args)
+        .env_remove("GINGHAM_DATASTORE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        pipe.write_all(s.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// Like [`gingham_in`], but fails the test (showing both streams) unless it succeeds.
+pub fn ok_in(args: &[&str], stdin: Option<&str>) -> String {
+    let out = gingham_in(args, stdin);
+    assert!(
+        out.status.success(),
+        "gingham {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `gingham lab down` when dropped, so a failing test leaves nothing behind either.
+pub struct Down(pub String);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if Path::new(&self.0).join("state.json").exists() {
+            let _ = gingham_in(&["lab", "down", "--dir", &self.0], None);
+        }
+    }
+}
