@@ -1,36 +1,66 @@
 //! The dataplane: the policy engine's desired state made real in the kernel.
 //!
-//! [`render`] turns a node's programs and IP sets into one nftables table (pure); a
-//! [`Dataplane`] applies it. [`Nft`] applies with one atomic `nft -f` transaction;
-//! [`Recording`] keeps what it was given, for tests of the agent's logic.
+//! [`render`] turns a node's programs and IP sets into the desired [`Table`] (pure). A
+//! [`Programmer`] keeps a record of what is installed and sends only the difference, as one
+//! atomic `nft -f` transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`]
+//! for tests. The kernel is read once, when the programmer has no record (start, after an
+//! error, or on the periodic consistency check), and reconciled without flushing.
 
 pub mod render;
+pub mod table;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 pub use render::{Rendered, Settings, TABLE, render};
+pub use table::{Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot run nft: {0} (install nftables)")]
     Spawn(std::io::Error),
-    #[error("nft refused the ruleset: {0}")]
+    #[error("nft refused the transaction: {0}")]
     Refused(String),
 }
 
-/// Somewhere to install a rendered table.
-pub trait Dataplane {
-    fn apply(&mut self, rendered: &Rendered) -> Result<(), Error>;
+/// Where transactions go and where the installed table is read from.
+pub trait Backend {
+    /// Runs one script as one atomic transaction.
+    fn run(&mut self, script: &str) -> Result<(), Error>;
+    /// The installed table as `nft -j list table inet gingham` prints it; `None` if absent.
+    fn read(&mut self) -> Result<Option<String>, Error>;
 }
 
-/// The kernel, through `nft -f -`, in the network namespace of the calling process.
+/// The kernel, through `nft`, in the network namespace of the calling process or, for tests
+/// and benchmarks, in a named one (`ip netns exec`).
 #[derive(Debug, Default)]
-pub struct Nft;
+pub struct Nft {
+    netns: Option<String>,
+}
 
-impl Dataplane for Nft {
-    fn apply(&mut self, rendered: &Rendered) -> Result<(), Error> {
-        let mut child = Command::new("nft")
+impl Nft {
+    pub fn in_netns(name: &str) -> Nft {
+        Nft {
+            netns: Some(name.to_owned()),
+        }
+    }
+
+    fn command(&self) -> Command {
+        match &self.netns {
+            None => Command::new("nft"),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "nft"]);
+                c
+            }
+        }
+    }
+}
+
+impl Backend for Nft {
+    fn run(&mut self, script: &str) -> Result<(), Error> {
+        let mut child = self
+            .command()
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -41,7 +71,7 @@ impl Dataplane for Nft {
             .stdin
             .take()
             .expect("piped stdin")
-            .write_all(rendered.script.as_bytes())
+            .write_all(script.as_bytes())
             .map_err(Error::Spawn)?;
         let out = child.wait_with_output().map_err(Error::Spawn)?;
         if !out.status.success() {
@@ -51,17 +81,116 @@ impl Dataplane for Nft {
         }
         Ok(())
     }
+
+    fn read(&mut self) -> Result<Option<String>, Error> {
+        let out = self
+            .command()
+            .args(["-j", "list", "table", "inet", TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(Error::Spawn)?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(None);
+        }
+        Err(Error::Refused(err.trim().to_owned()))
+    }
 }
 
-/// Records every table it is given (for tests).
+/// Keeps every script it is given; reads return `kernel` (for tests).
 #[derive(Debug, Default)]
 pub struct Recording {
-    pub applied: Vec<Rendered>,
+    pub scripts: Vec<String>,
+    pub kernel: Option<String>,
+    /// Reads done.
+    pub reads: usize,
 }
 
-impl Dataplane for Recording {
-    fn apply(&mut self, rendered: &Rendered) -> Result<(), Error> {
-        self.applied.push(rendered.clone());
+impl Backend for Recording {
+    fn run(&mut self, script: &str) -> Result<(), Error> {
+        self.scripts.push(script.to_owned());
         Ok(())
+    }
+
+    fn read(&mut self) -> Result<Option<String>, Error> {
+        self.reads += 1;
+        Ok(self.kernel.clone())
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// nft commands sent (0: the kernel already matched).
+    pub commands: usize,
+    /// Size of the transaction.
+    pub bytes: usize,
+    /// The kernel was read first (no record, or a consistency check).
+    pub read_kernel: bool,
+    /// The table was replaced whole (a set's type or a base chain changed, or the installed
+    /// table could not be read).
+    pub replaced: bool,
+}
+
+/// Installs desired tables through a backend, sending only what changed.
+pub struct Programmer<B> {
+    backend: B,
+    installed: Option<Table>,
+}
+
+impl<B: Backend> Programmer<B> {
+    pub fn new(backend: B) -> Self {
+        Programmer {
+            backend,
+            installed: None,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Makes the kernel hold `desired`. Without a record of what is installed, reads the
+    /// kernel first and reconciles (no flush: what already matches is left alone). On error
+    /// the record is dropped, so the next sync reads the kernel again.
+    pub fn sync(&mut self, desired: Table) -> Result<Applied, Error> {
+        let mut applied = Applied::default();
+        let installed = match self.installed.take() {
+            Some(t) => Some(t),
+            None => {
+                applied.read_kernel = true;
+                match self.backend.read()? {
+                    None => Some(Table::default()),
+                    Some(json) => Table::from_kernel(&json, &desired),
+                }
+            }
+        };
+        let script = match installed.as_ref().and_then(|t| t.diff(&desired)) {
+            Some(s) => s,
+            None => {
+                applied.replaced = true;
+                desired.replace_script()
+            }
+        };
+        if !script.is_empty() {
+            self.backend.run(&script.text)?;
+        }
+        applied.commands = script.commands;
+        applied.bytes = script.text.len();
+        self.installed = Some(desired);
+        Ok(applied)
+    }
+
+    /// The periodic consistency check: forget the record, read the kernel, repair any drift.
+    pub fn check(&mut self, desired: Table) -> Result<Applied, Error> {
+        self.installed = None;
+        self.sync(desired)
     }
 }

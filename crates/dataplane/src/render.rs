@@ -17,14 +17,14 @@
 //!   address . protocol . port (`n4…`, `n6…`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 
 use gingham_calc::program::{
-    ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
+    ChainProgram, EndpointProgram, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
 };
 use gingham_model::Action;
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
+
+use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
 /// The table Gingham owns; nothing else is ever touched.
 pub const TABLE: &str = "gingham";
@@ -51,12 +51,8 @@ impl Default for Settings {
     }
 }
 
-fn short_hash(s: &str) -> String {
-    let d = Sha256::digest(s.as_bytes());
-    hex::encode(&d[..6])
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Family {
     V4,
     V6,
@@ -87,16 +83,6 @@ impl Family {
             IpNet::V6(_) => Family::V6,
         }
     }
-}
-
-fn set_name(id: &str, family: Family) -> String {
-    let kind = if id.starts_with("n:") { "n" } else { "s" };
-    format!("{kind}{}{}", family.tag(), short_hash(id))
-}
-
-fn elements(nets: impl Iterator<Item = String>) -> String {
-    let v: Vec<String> = nets.collect();
-    v.join(", ")
 }
 
 /// The family a rule is limited to, if any: its ipVersion, or the family of its CIDRs.
@@ -137,7 +123,7 @@ fn ports(ranges: &[(u16, u16)]) -> String {
 }
 
 /// The match expression of one side of a rule for one family, or `None` if it can never match.
-fn side(s: &SideProgram, dir: &str, family: Family) -> Option<Vec<String>> {
+fn side(s: &SideProgram, dir: &str, family: Family, names: &SetNames) -> Option<Vec<String>> {
     if s.never {
         return None;
     }
@@ -161,10 +147,10 @@ fn side(s: &SideProgram, dir: &str, family: Family) -> Option<Vec<String>> {
         out.push(format!("{ip} {dir}addr != {{ {} }}", not.join(", ")));
     }
     if let Some(id) = &s.set {
-        out.push(format!("{ip} {dir}addr @{}", set_name(id, family)));
+        out.push(format!("{ip} {dir}addr @{}", names.get(id, family)));
     }
     if let Some(id) = &s.not_set {
-        out.push(format!("{ip} {dir}addr != @{}", set_name(id, family)));
+        out.push(format!("{ip} {dir}addr != @{}", names.get(id, family)));
     }
     if !s.not_ports.is_empty() {
         out.push(format!("th {dir}port != {}", ports(&s.not_ports)));
@@ -172,14 +158,14 @@ fn side(s: &SideProgram, dir: &str, family: Family) -> Option<Vec<String>> {
     for id in &s.not_port_sets {
         out.push(format!(
             "{ip} {dir}addr . meta l4proto . th {dir}port != @{}",
-            set_name(id, family)
+            names.get(id, family)
         ));
     }
     Some(out)
 }
 
 /// One rule as nft rule lines (several when the rule's port alternatives or families need it).
-fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str) -> Vec<String> {
+fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str, names: &SetNames) -> Vec<String> {
     let mut lines = Vec::new();
     for family in rule_families(r) {
         let mut base = Vec::new();
@@ -210,10 +196,10 @@ fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str) -> Vec<String> {
                 base.push(format!("{icmp} code {c}"));
             }
         }
-        let Some(src) = side(&r.source, "s", family) else {
+        let Some(src) = side(&r.source, "s", family, names) else {
             continue;
         };
-        let Some(dst) = side(&r.destination, "d", family) else {
+        let Some(dst) = side(&r.destination, "d", family, names) else {
             continue;
         };
         base.extend(src);
@@ -232,7 +218,7 @@ fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str) -> Vec<String> {
                 alts.push(format!(
                     "{} {dir}addr . meta l4proto . th {dir}port @{}",
                     family.ip(),
-                    set_name(id, family)
+                    names.get(id, family)
                 ));
             }
             if alternatives.is_empty() {
@@ -303,9 +289,9 @@ fn action_text(a: Action) -> &'static str {
     }
 }
 
-/// Renders the chain of one policy or profile's rules for one direction.
-fn rules_chain(name: &str, label: &str, rules: &[RuleProgram], out: &mut String) {
-    let _ = writeln!(out, "  chain {name} {{");
+/// The rules of one policy or profile for one direction.
+fn rules_chain(label: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
+    let mut out = Vec::new();
     for r in rules {
         let prefix = if r.action == Action::Log {
             // nft log prefixes are at most 127 characters.
@@ -315,101 +301,122 @@ fn rules_chain(name: &str, label: &str, rules: &[RuleProgram], out: &mut String)
         } else {
             String::new()
         };
-        for line in rule_lines(r, action_text(r.action), &prefix) {
-            let _ = writeln!(out, "    {line}");
+        for line in rule_lines(r, action_text(r.action), &prefix, names) {
+            out.push(Rule::new(line, format!("{label} rule {}", r.index)));
         }
     }
-    let _ = writeln!(out, "  }}");
+    Chain::regular(out)
 }
 
-/// What the renderer produces besides the text, for tests and metrics.
+/// What the renderer produces: the table, and its size for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
-    pub script: String,
+    pub table: Table,
     pub chains: usize,
     pub sets: usize,
     pub set_members: usize,
 }
 
-/// Renders the full table, as one script that replaces it atomically.
+impl Rendered {
+    /// A script that installs the table from scratch, replacing any table of ours atomically.
+    pub fn script(&self) -> String {
+        self.table.replace_script().text
+    }
+}
+
+/// Set names per (set id, family): the kind of set is part of the name, so a set that changes
+/// kind is a new set and the rules using it are rewritten.
+struct SetNames(BTreeMap<(String, u8), String>);
+
+impl SetNames {
+    fn get(&self, id: &str, family: Family) -> String {
+        self.0
+            .get(&(id.to_owned(), family as u8))
+            .cloned()
+            .unwrap_or_else(|| format!("missing-set-{}", short_hash(id)))
+    }
+}
+
+fn base(hook: &str, priority: i32) -> Base {
+    Base {
+        kind: "filter".into(),
+        hook: hook.into(),
+        priority,
+        policy: "accept".into(),
+    }
+}
+
+/// Renders a node's programs as the desired table (pure).
 pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
-    let mut body = String::new();
-    let mut chains = 0usize;
+    let mut table = Table::default();
     let mut set_members = 0usize;
-    // Sets, per family.
-    let mut set_count = 0usize;
+    let mut names = SetNames(BTreeMap::new());
     for (id, set) in &program.sets {
         for family in [Family::V4, Family::V6] {
-            set_count += 1;
-            let name = set_name(id, family);
-            if id.starts_with("n:") {
-                let members: BTreeSet<String> = set
-                    .ports
-                    .iter()
-                    .filter(|(n, _, _)| Family::of(n) == family)
-                    .map(|(n, proto, port)| format!("{} . {proto} . {port}", n.addr()))
-                    .collect();
-                set_members += members.len();
-                let _ = writeln!(
-                    body,
-                    "  set {name} {{ type {} . inet_proto . inet_service;{} }}",
-                    family.addr_type(),
-                    if members.is_empty() {
-                        String::new()
+            let (letter, key, kind, members): (&str, String, SetKind, BTreeSet<String>) =
+                if id.starts_with("n:") {
+                    let members = set
+                        .ports
+                        .iter()
+                        .filter(|(n, _, _)| Family::of(n) == family)
+                        .map(|(n, proto, port)| format!("{} . {proto} . {port}", n.addr()))
+                        .collect();
+                    (
+                        "n",
+                        format!("{} . inet_proto . inet_service", family.addr_type()),
+                        SetKind::Plain,
+                        members,
+                    )
+                } else {
+                    let nets: Vec<&IpNet> = set
+                        .nets
+                        .iter()
+                        .filter(|n| Family::of(n) == family)
+                        .collect();
+                    if nets.iter().all(|n| n.prefix_len() == n.max_prefix_len()) {
+                        let members = nets.iter().map(|n| n.addr().to_string()).collect();
+                        ("h", family.addr_type().to_owned(), SetKind::Plain, members)
                     } else {
-                        format!(" elements = {{ {} }};", elements(members.into_iter()))
+                        let members = nets.iter().map(ToString::to_string).collect();
+                        (
+                            "s",
+                            family.addr_type().to_owned(),
+                            SetKind::Interval,
+                            members,
+                        )
                     }
-                );
-            } else {
-                let members: Vec<String> = set
-                    .nets
-                    .iter()
-                    .filter(|n| Family::of(n) == family)
-                    .map(ToString::to_string)
-                    .collect();
-                set_members += members.len();
-                let _ = writeln!(
-                    body,
-                    "  set {name} {{ type {}; flags interval; auto-merge;{} }}",
-                    family.addr_type(),
-                    if members.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" elements = {{ {} }};", elements(members.into_iter()))
-                    }
-                );
-            }
+                };
+            let name = format!("{letter}{}{}", family.tag(), short_hash(id));
+            set_members += members.len();
+            names.0.insert((id.clone(), family as u8), name.clone());
+            table.sets.insert(name, Set::new(key, kind, members));
         }
     }
     // Shared policy and profile chains.
-    let mut shared: BTreeMap<String, (String, Vec<RuleProgram>)> = BTreeMap::new();
     for ep in program.endpoints.values() {
         for (dir, chain) in [("i", &ep.ingress), ("e", &ep.egress)] {
             for t in &chain.tiers {
                 for p in &t.policies {
                     let name = format!("p{}{dir}", short_hash(&format!("{:?}", p.policy)));
-                    shared
+                    table
+                        .chains
                         .entry(name)
-                        .or_insert_with(|| (p.policy.to_string(), p.rules.clone()));
+                        .or_insert_with(|| rules_chain(&p.policy.to_string(), &p.rules, &names));
                 }
             }
             for p in &chain.profiles {
                 if let ProfileProgram::Rules { profile, rules } = p {
                     let name = format!("r{}{dir}", short_hash(profile));
-                    shared
-                        .entry(name)
-                        .or_insert_with(|| (format!("profile {profile}"), rules.clone()));
+                    table.chains.entry(name).or_insert_with(|| {
+                        rules_chain(&format!("profile {profile}"), rules, &names)
+                    });
                 }
             }
         }
     }
-    for (name, (label, rules)) in &shared {
-        rules_chain(name, label, rules, &mut body);
-        chains += 1;
-    }
     // Endpoint chains and the dispatch maps.
-    let mut egress_map = Vec::new();
-    let mut ingress_map = Vec::new();
+    let mut egress_map = BTreeSet::new();
+    let mut ingress_map = BTreeSet::new();
     for (key, ep) in &program.endpoints {
         if !ep.interface.starts_with(&settings.workload_prefix) {
             // Host endpoints are not rendered yet; their traffic is left alone.
@@ -417,133 +424,150 @@ pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
         }
         for (dir, chain) in [("i", &ep.ingress), ("e", &ep.egress)] {
             let name = format!("e{}{dir}", short_hash(key));
-            chains += endpoint_chain(&name, ep, chain, dir, &mut body);
+            endpoint_chain(&name, ep, chain, dir, &mut table);
             let entry = format!("\"{}\" : jump {name}", ep.interface);
             if dir == "i" {
-                ingress_map.push(entry);
+                ingress_map.insert(entry);
             } else {
-                egress_map.push(entry);
+                egress_map.insert(entry);
             }
         }
     }
-    let map = |name: &str, entries: &[String], body: &mut String| {
-        let _ = writeln!(
-            body,
-            "  map {name} {{ type ifname : verdict;{} }}",
-            if entries.is_empty() {
-                String::new()
-            } else {
-                format!(" elements = {{ {} }};", entries.join(", "))
-            }
-        );
-    };
-    map("wl-egress", &egress_map, &mut body);
-    map("wl-ingress", &ingress_map, &mut body);
+    table.sets.insert(
+        "wl-egress".into(),
+        Set::new("ifname", SetKind::Verdict, egress_map),
+    );
+    table.sets.insert(
+        "wl-ingress".into(),
+        Set::new("ifname", SetKind::Verdict, ingress_map),
+    );
     let prefix = &settings.workload_prefix;
     let clear = format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS);
-    let _ = writeln!(
-        body,
-        "  chain forward {{
-    type filter hook forward priority filter + 10; policy accept;
-    ct state established,related accept
-    ct state invalid drop
-    {clear}
-    iifname vmap @wl-egress
-    iifname \"{prefix}*\" meta mark & 0x{MARK_ACCEPT:08x} == 0 counter drop
-    {clear}
-    oifname vmap @wl-ingress
-    oifname \"{prefix}*\" meta mark & 0x{MARK_ACCEPT:08x} == 0 counter drop
-    {clear}
-  }}"
-    );
-    let to_host = match settings.endpoint_to_host.as_str() {
-        "Accept" => format!("iifname \"{prefix}*\" {clear} accept"),
-        "Return" => String::new(),
-        _ => format!("iifname \"{prefix}*\" counter drop"),
-    };
-    let _ = writeln!(
-        body,
-        "  chain input {{
-    type filter hook input priority filter + 10; policy accept;
-    ct state established,related accept
-    ct state invalid drop
-    {clear}
-    iifname vmap @wl-egress
-    iifname \"{prefix}*\" meta mark & 0x{MARK_ACCEPT:08x} == 0 counter drop
-    {to_host}
-    {clear}
-  }}"
-    );
-    chains += 2;
-    let script =
-        format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{body}}}\n");
+    let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
+    let r = |text: String, note: &str| Rule::new(text, note);
+    let forward = vec![
+        r("ct state established,related accept".into(), ""),
+        r("ct state invalid drop".into(), ""),
+        r(clear.clone(), ""),
+        r("iifname vmap @wl-egress".into(), "workload egress"),
+        r(
+            format!("iifname \"{prefix}*\" {not_accepted} counter drop"),
+            "workload without a program",
+        ),
+        r(clear.clone(), ""),
+        r("oifname vmap @wl-ingress".into(), "workload ingress"),
+        r(
+            format!("oifname \"{prefix}*\" {not_accepted} counter drop"),
+            "workload without a program",
+        ),
+        r(clear.clone(), ""),
+    ];
+    table
+        .chains
+        .insert("forward".into(), Chain::base(base("forward", 10), forward));
+    let mut input = vec![
+        r("ct state established,related accept".into(), ""),
+        r("ct state invalid drop".into(), ""),
+        r(clear.clone(), ""),
+        r("iifname vmap @wl-egress".into(), "workload egress"),
+        r(
+            format!("iifname \"{prefix}*\" {not_accepted} counter drop"),
+            "workload without a program",
+        ),
+    ];
+    match settings.endpoint_to_host.as_str() {
+        "Accept" => input.push(r(
+            format!("iifname \"{prefix}*\" {clear} accept"),
+            "DefaultEndpointToHostAction Accept",
+        )),
+        "Return" => {}
+        _ => input.push(r(
+            format!("iifname \"{prefix}*\" counter drop"),
+            "DefaultEndpointToHostAction Drop",
+        )),
+    }
+    input.push(r(clear, ""));
+    table
+        .chains
+        .insert("input".into(), Chain::base(base("input", 10), input));
     Rendered {
-        script,
-        chains,
-        sets: set_count,
+        chains: table.chains.len(),
+        sets: table.sets.len() - 2,
         set_members,
+        table,
     }
 }
 
-/// One endpoint's chain for one direction, with its tier chains. Returns how many chains.
+/// One endpoint's chain for one direction, with its tier chains.
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
     chain: &ChainProgram,
     dir: &str,
-    out: &mut String,
-) -> usize {
-    let mut count = 1;
+    table: &mut Table,
+) {
     let mut main = Vec::new();
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
-        let _ = writeln!(out, "  chain {tname} {{");
+        let mut rules = Vec::new();
         for p in &tier.policies {
             let pname = format!("p{}{dir}", short_hash(&format!("{:?}", p.policy)));
-            let _ = writeln!(out, "    jump {pname}");
-            let _ = writeln!(out, "    meta mark & 0x{MARK_OURS:08x} != 0 return");
+            rules.push(Rule::new(format!("jump {pname}"), p.policy.to_string()));
+            rules.push(Rule::new(
+                format!("meta mark & 0x{MARK_OURS:08x} != 0 return"),
+                "",
+            ));
         }
         if chain.end_of_tier && tier.default_action != Action::Pass {
-            let _ = writeln!(
-                out,
-                "    counter drop comment \"end of tier {}\"",
-                tier.tier
-            );
+            rules.push(Rule::new(
+                "counter drop",
+                format!("end of tier {}", tier.tier),
+            ));
         }
-        let _ = writeln!(out, "  }}");
-        count += 1;
-        main.push(format!("jump {tname}"));
-        main.push(format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"));
-        main.push(format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS));
+        table.chains.insert(tname.clone(), Chain::regular(rules));
+        main.push(Rule::new(
+            format!("jump {tname}"),
+            format!("tier {}", tier.tier),
+        ));
+        main.push(Rule::new(
+            format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
+            "",
+        ));
+        main.push(Rule::new(
+            format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS),
+            "",
+        ));
     }
     if chain.profiles_apply {
         for p in &chain.profiles {
             match p {
                 ProfileProgram::Missing { profile } => {
-                    main.push(format!(
-                        "counter drop comment \"profile {profile} does not exist\""
+                    main.push(Rule::new(
+                        "counter drop",
+                        format!("profile {profile} does not exist"),
                     ));
                     break;
                 }
                 ProfileProgram::Rules { profile, .. } => {
-                    main.push(format!("jump r{}{dir}", short_hash(profile)));
-                    main.push(format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"));
-                    main.push(format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS));
+                    main.push(Rule::new(
+                        format!("jump r{}{dir}", short_hash(profile)),
+                        format!("profile {profile}"),
+                    ));
+                    main.push(Rule::new(
+                        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
+                        "",
+                    ));
+                    main.push(Rule::new(
+                        format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS),
+                        "",
+                    ));
                 }
             }
         }
-        main.push(format!(
-            "counter drop comment \"no policy or profile allowed ({})\"",
-            ep.endpoint
+        main.push(Rule::new(
+            "counter drop",
+            format!("no policy or profile allowed ({})", ep.endpoint),
         ));
     }
-    let _ = writeln!(out, "  chain {name} {{");
-    for line in main {
-        let _ = writeln!(out, "    {line}");
-    }
-    let _ = writeln!(out, "  }}");
-    count
+    table.chains.insert(name.to_owned(), Chain::regular(main));
 }
-
-/// IpSet re-export for callers that build programs by hand.
-pub type Set = IpSet;

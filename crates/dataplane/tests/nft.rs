@@ -1,5 +1,7 @@
 //! The rendered tables are accepted by the real `nft` (in a test-made namespace) for every
-//! policy case of the engine's data-driven tests, and applying twice replaces atomically.
+//! policy case of the engine's data-driven tests; going from any case's table to the next by
+//! diff leaves the kernel exactly as installing it from scratch would; a fresh programmer
+//! reading the kernel finds nothing to do, and repairs whatever was changed behind its back.
 //! System tests: root and nftables.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use gingham_calc::Snapshot;
 use gingham_calc::input::prepare_documents;
-use gingham_dataplane::{Settings, render};
+use gingham_dataplane::{Backend, Nft, Programmer, Settings, Table, canonical, render};
 use gingham_testkit::netns::TestNetns;
 
 fn load_case(dir: &Path) -> Snapshot {
@@ -47,10 +49,7 @@ fn nft_in(ns: &TestNetns, script: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-#[test]
-fn sys_every_case_renders_to_a_table_nft_accepts() {
-    gingham_testkit::require_root();
-    gingham_testkit::require_tool("nft");
+fn case_tables() -> Vec<(PathBuf, Table)> {
     let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../calc/tests/cases");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cases)
         .unwrap()
@@ -59,22 +58,148 @@ fn sys_every_case_renders_to_a_table_nft_accepts() {
         .collect();
     dirs.sort();
     assert!(dirs.len() >= 10);
+    dirs.into_iter()
+        .map(|dir| {
+            let snap = load_case(&dir);
+            let program = snap.node_program(None);
+            let table = render(&program, &Settings::default()).table;
+            (dir, table)
+        })
+        .collect()
+}
+
+fn installed(ns: &TestNetns) -> String {
+    let json = Nft::in_netns(ns.name())
+        .read()
+        .unwrap()
+        .expect("table installed");
+    canonical(&json).expect("listing readable")
+}
+
+#[test]
+fn sys_every_case_renders_to_a_table_nft_accepts() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
     let ns = TestNetns::new("nft");
-    for dir in dirs {
-        let snap = load_case(&dir);
-        let program = snap.node_program(None);
-        let rendered = render(&program, &Settings::default());
+    for (dir, table) in case_tables() {
+        let script = table.replace_script().text;
         for _ in 0..2 {
-            let out = nft_in(&ns, &rendered.script);
+            let out = nft_in(&ns, &script);
             assert!(
                 out.status.success(),
                 "{}: {}\n{}",
                 dir.display(),
                 String::from_utf8_lossy(&out.stderr),
-                rendered.script
+                script
             );
         }
         let listed = ns.exec_ok(&["nft", "list", "table", "inet", "gingham"]);
         assert!(listed.contains("chain forward"), "{listed}");
     }
+}
+
+#[test]
+fn sys_diffs_leave_the_kernel_as_a_fresh_install_would() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let tables = case_tables();
+    let inc = TestNetns::new("nftinc");
+    let fresh = TestNetns::new("nftfresh");
+    let mut programmer = Programmer::new(Nft::in_netns(inc.name()));
+    // Forward through every case, then back, then the first again: every step is a diff.
+    let order: Vec<usize> = (0..tables.len())
+        .chain((0..tables.len()).rev())
+        .chain([0])
+        .collect();
+    let mut diffs = 0;
+    for (step, &i) in order.iter().enumerate() {
+        let (dir, table) = &tables[i];
+        let applied = programmer.sync(table.clone()).unwrap_or_else(|e| {
+            panic!("step {step} to {}: {e}", dir.display());
+        });
+        assert!(!applied.replaced, "step {step}: {applied:?}");
+        assert_eq!(applied.read_kernel, step == 0);
+        if step > 0 {
+            diffs += 1;
+        }
+        let out = nft_in(&fresh, &table.replace_script().text);
+        assert!(out.status.success());
+        assert_eq!(
+            installed(&inc),
+            installed(&fresh),
+            "step {step} to {}: the diffed table differs from a fresh install",
+            dir.display()
+        );
+        // A fresh programmer (an agent restarting) finds nothing to do.
+        let mut restarted = Programmer::new(Nft::in_netns(inc.name()));
+        let again = restarted.sync(table.clone()).unwrap();
+        assert_eq!(again.commands, 0, "step {step}: {again:?}");
+    }
+    assert!(diffs >= 20);
+}
+
+#[test]
+fn sys_the_consistency_check_repairs_changes_made_behind_its_back() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let tables = case_tables();
+    // The largest table: most chains and sets to tamper with.
+    let (_, table) = tables
+        .iter()
+        .max_by_key(|(_, t)| t.chains.len() + t.sets.len())
+        .unwrap();
+    let ns = TestNetns::new("nftfix");
+    let mut programmer = Programmer::new(Nft::in_netns(ns.name()));
+    programmer.sync(table.clone()).unwrap();
+    let good = installed(&ns);
+    // Nothing changed: the check reads the kernel and sends nothing.
+    let checked = programmer.check(table.clone()).unwrap();
+    assert!(checked.read_kernel);
+    assert_eq!(checked.commands, 0);
+
+    let set = table
+        .sets
+        .iter()
+        .find(|(_, s)| !s.elements.is_empty())
+        .expect("a set with members");
+    let chain = table
+        .chains
+        .iter()
+        .find(|(n, c)| n.starts_with('p') && !c.rules.is_empty())
+        .expect("a policy chain");
+    let tamper = format!(
+        "flush {kind} inet gingham {set}\nflush chain inet gingham {chain}\nadd chain inet gingham intruder\nadd rule inet gingham forward accept\n",
+        set = set.0,
+        kind = if set.0.starts_with("wl-") {
+            "map"
+        } else {
+            "set"
+        },
+        chain = chain.0
+    );
+    let out = nft_in(&ns, &tamper);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(installed(&ns), good);
+    let repaired = programmer.check(table.clone()).unwrap();
+    assert!(!repaired.replaced, "{repaired:?}");
+    assert!(repaired.commands >= 4, "{repaired:?}");
+    assert_eq!(installed(&ns), good);
+
+    // A base chain with another hook cannot be edited: the table is replaced, atomically.
+    let out = nft_in(
+        &ns,
+        "delete chain inet gingham input\nadd chain inet gingham input { type filter hook input priority 0; policy accept; }\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replaced = programmer.check(table.clone()).unwrap();
+    assert!(replaced.replaced, "{replaced:?}");
+    assert_eq!(installed(&ns), good);
 }

@@ -1,17 +1,19 @@
 //! `gingham agent`: felix's job on one node. Watches the datastore, feeds the incremental policy
 //! calculator, and installs the node's nftables table whenever the desired state changes.
 //!
-//! This first version re-renders the whole table on each change and replaces it in one atomic
-//! `nft -f` transaction (established connections are kept: conntrack state does not depend on
-//! the table). Programs of endpoints not yet calculated do not exist, so their traffic is
-//! dropped (fail closed).
+//! Each change is rendered into the desired table and only the difference is sent, as one
+//! atomic `nft -f` transaction. The kernel is read once at start (a restarted agent reconciles
+//! without flushing: what matches stays, established connections are untouched) and then on
+//! the periodic consistency check, which repairs anything changed behind the agent's back.
+//! Programs of endpoints not yet calculated do not exist, so their traffic is dropped (fail
+//! closed).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use gingham_calc::incremental::{Calculator, Update};
-use gingham_dataplane::{Dataplane, Nft, Settings, render};
+use gingham_dataplane::{Nft, Programmer, Settings, render};
 use gingham_datastore::{Datastore, Error as StoreError, EventKind};
 use gingham_model::{Kind, Resource};
 
@@ -28,6 +30,10 @@ pub struct AgentArgs {
     /// Serve /liveness, /readiness and /metrics on 127.0.0.1:PORT (0: off).
     #[arg(long, default_value_t = 9099)]
     pub health_port: u16,
+    /// Seconds between consistency checks of the kernel's table (felix's refresh interval;
+    /// 0: never).
+    #[arg(long, default_value_t = 90)]
+    pub refresh_interval: u64,
 }
 
 /// What the agent reports on its health endpoint.
@@ -46,6 +52,9 @@ struct Health {
     last_program_seconds: f64,
     last_calculation_seconds: f64,
     script_bytes: usize,
+    script_commands: usize,
+    kernel_reads_total: u64,
+    repairs_total: u64,
     /// Stored resources that cannot be read (skipped).
     unreadable: Vec<String>,
 }
@@ -160,6 +169,11 @@ fn metrics(h: &Health) -> String {
         "Size of the last nft transaction.",
         h.script_bytes as f64,
     );
+    gauge(
+        "gingham_agent_last_apply_commands",
+        "Commands in the last nft transaction (0: nothing had to change).",
+        h.script_commands as f64,
+    );
     let mut counter = |name: &str, help: &str, value: u64| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
@@ -179,6 +193,16 @@ fn metrics(h: &Health) -> String {
         "gingham_agent_resyncs_total",
         "Full listings of the datastore.",
         h.resyncs_total,
+    );
+    counter(
+        "gingham_agent_kernel_reads_total",
+        "Readings of the installed table (start, errors, consistency checks).",
+        h.kernel_reads_total,
+    );
+    counter(
+        "gingham_agent_kernel_repairs_total",
+        "Consistency checks that found the kernel changed behind the agent's back.",
+        h.repairs_total,
     );
     out
 }
@@ -217,7 +241,7 @@ struct Agent {
     node: String,
     calc: Calculator,
     settings: Settings,
-    dataplane: Nft,
+    dataplane: Programmer<Nft>,
     felix: Vec<Resource>,
 }
 
@@ -244,34 +268,64 @@ impl Agent {
     }
 
     fn program(&mut self) -> Result<()> {
+        self.install(false)
+    }
+
+    /// Renders the desired table and installs the difference; with `check`, reads the kernel
+    /// first and repairs whatever differs.
+    fn install(&mut self, check: bool) -> Result<()> {
         let t = Instant::now();
         let state = self.calc.state();
         let rendered = render(&state, &self.settings);
         let calculated = t.elapsed();
-        if let Err(e) = self.dataplane.apply(&rendered) {
-            let mut h = lock(&self.health);
-            h.errors_total += 1;
-            h.problem = Some(format!("installing the nftables table: {e}"));
-            return Err(e).context("installing the nftables table");
-        }
+        let (chains, sets, set_members) = (rendered.chains, rendered.sets, rendered.set_members);
+        let result = if check {
+            self.dataplane.check(rendered.table)
+        } else {
+            self.dataplane.sync(rendered.table)
+        };
+        let applied = match result {
+            Ok(a) => a,
+            Err(e) => {
+                let mut h = lock(&self.health);
+                h.errors_total += 1;
+                h.problem = Some(format!("installing the nftables table: {e}"));
+                return Err(e).context("installing the nftables table");
+            }
+        };
         {
             let mut h = lock(&self.health);
             h.ready = true;
             h.problem = None;
             h.endpoints = state.endpoints.len();
-            h.chains = rendered.chains;
-            h.sets = rendered.sets;
-            h.set_members = rendered.set_members;
+            h.chains = chains;
+            h.sets = sets;
+            h.set_members = set_members;
             h.programs_total += 1;
             h.last_calculation_seconds = calculated.as_secs_f64();
             h.last_program_seconds = (t.elapsed() - calculated).as_secs_f64();
-            h.script_bytes = rendered.script.len();
+            h.script_bytes = applied.bytes;
+            h.script_commands = applied.commands;
+            h.kernel_reads_total += u64::from(applied.read_kernel);
+            if check && applied.commands > 0 {
+                h.repairs_total += 1;
+            }
+        }
+        if check && applied.commands > 0 {
+            tracing::warn!(
+                commands = applied.commands,
+                replaced = applied.replaced,
+                "the kernel's table had been changed; repaired"
+            );
         }
         tracing::info!(
             endpoints = state.endpoints.len(),
-            chains = rendered.chains,
-            sets = rendered.sets,
-            set_members = rendered.set_members,
+            chains,
+            sets,
+            set_members,
+            commands = applied.commands,
+            bytes = applied.bytes,
+            read_kernel = applied.read_kernel,
             elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
             "programmed"
         );
@@ -345,7 +399,7 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         node: args.node.clone(),
         calc: Calculator::new(&args.node),
         settings: Settings::default(),
-        dataplane: Nft,
+        dataplane: Programmer::new(Nft::default()),
         felix: Vec::new(),
     };
     let mut revision = agent.resync(store)?;
@@ -357,10 +411,24 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     if args.once {
         return Ok(Exit::Ok);
     }
+    let refresh = (args.refresh_interval > 0).then(|| Duration::from_secs(args.refresh_interval));
+    let mut last_check = Instant::now();
     loop {
         let mut watch = store.watch(PREFIX, revision)?;
         loop {
-            match watch.next(Duration::from_secs(5)) {
+            if let Some(every) = refresh
+                && last_check.elapsed() >= every
+            {
+                last_check = Instant::now();
+                if let Err(e) = agent.install(true) {
+                    tracing::error!(error = %format!("{e:#}"), "consistency check failed");
+                }
+            }
+            let wait = refresh
+                .map(|every| every.saturating_sub(last_check.elapsed()))
+                .unwrap_or(Duration::from_secs(5))
+                .clamp(Duration::from_millis(10), Duration::from_secs(5));
+            match watch.next(wait) {
                 Ok(None) => continue,
                 Ok(Some(first)) => {
                     // Take whatever else arrives right away, then program once.

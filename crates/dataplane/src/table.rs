@@ -1,0 +1,801 @@
+//! The table as data: what the renderer wants, what the kernel has, and the smallest `nft`
+//! transaction from one to the other.
+//!
+//! Every rule carries a comment that starts with a hash of its text, so the kernel's copy of a
+//! chain can be compared with the desired one without parsing nft's expressions back. Sets are
+//! compared element by element (interval sets by the addresses they cover, since the kernel
+//! merges adjacent intervals).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::render::TABLE;
+
+/// Interval sets losing more members than this are rewritten (flush + add) rather than having
+/// elements deleted; nft 1.0.6 deletes interval elements very slowly. Plain sets are always
+/// edited element by element unless most of the set goes.
+const FLUSH_PLAIN_ABOVE: usize = 512;
+/// Elements per `add element` command.
+const CHUNK: usize = 2000;
+
+pub(crate) fn short_hash(s: &str) -> String {
+    let d = Sha256::digest(s.as_bytes());
+    hex::encode(&d[..6])
+}
+
+/// One rule: its nft text (without comment) and a note for people reading the ruleset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub text: String,
+    pub note: String,
+    id: String,
+}
+
+impl Rule {
+    pub fn new(text: impl Into<String>, note: impl Into<String>) -> Rule {
+        let text = text.into();
+        let mut note: String = note.into().replace('"', "'");
+        // Comments are at most 128 bytes: 12 for the id, a space, the note.
+        while note.len() > 110 {
+            note.pop();
+        }
+        let id = short_hash(&format!("{text}\u{0}{note}"));
+        Rule { text, note, id }
+    }
+
+    /// The hash that identifies this rule in the kernel (the first word of its comment).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn line(&self) -> String {
+        if self.note.is_empty() {
+            format!("{} comment \"{}\"", self.text, self.id)
+        } else {
+            format!("{} comment \"{} {}\"", self.text, self.id, self.note)
+        }
+    }
+}
+
+/// A base chain's hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// `filter`.
+    pub kind: String,
+    /// `prerouting`, `input`, `forward`, `output`, `postrouting`.
+    pub hook: String,
+    pub priority: i32,
+    /// `accept` or `drop`.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub base: Option<Base>,
+    pub rules: Vec<Rule>,
+    /// Only in a record read from the kernel: its rules differ from the desired ones.
+    stale: bool,
+}
+
+impl Chain {
+    pub fn regular(rules: Vec<Rule>) -> Chain {
+        Chain {
+            base: None,
+            rules,
+            stale: false,
+        }
+    }
+
+    pub fn base(base: Base, rules: Vec<Rule>) -> Chain {
+        Chain {
+            base: Some(base),
+            rules,
+            stale: false,
+        }
+    }
+
+    fn same_rules(&self, other: &Chain) -> bool {
+        self.rules.len() == other.rules.len()
+            && self
+                .rules
+                .iter()
+                .zip(&other.rules)
+                .all(|(a, b)| a.id == b.id)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetKind {
+    /// Exact members (addresses, or address . protocol . port).
+    Plain,
+    /// Prefixes and ranges (`flags interval; auto-merge`).
+    Interval,
+    /// A verdict map keyed by the key type.
+    Verdict,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Set {
+    /// The key type, e.g. `ipv4_addr` or `ipv4_addr . inet_proto . inet_service` or `ifname`.
+    pub key: String,
+    pub kind: SetKind,
+    /// Elements in nft syntax: `10.0.0.1`, `10.0.0.0/24`, `10.0.0.1 . 6 . 80`,
+    /// `"cali1" : jump e…`.
+    pub elements: BTreeSet<String>,
+    stale: bool,
+}
+
+impl Set {
+    pub fn new(key: impl Into<String>, kind: SetKind, elements: BTreeSet<String>) -> Set {
+        Set {
+            key: key.into(),
+            kind,
+            elements,
+            stale: false,
+        }
+    }
+
+    fn keyword(&self) -> &'static str {
+        if self.kind == SetKind::Verdict {
+            "map"
+        } else {
+            "set"
+        }
+    }
+
+    fn declaration(&self) -> String {
+        match self.kind {
+            SetKind::Plain => format!("type {};", self.key),
+            SetKind::Interval => format!("type {}; flags interval; auto-merge;", self.key),
+            SetKind::Verdict => format!("type {} : verdict;", self.key),
+        }
+    }
+}
+
+/// The whole table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
+}
+
+/// An nft transaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Script {
+    pub text: String,
+    /// Commands in it (0: nothing to do).
+    pub commands: usize,
+}
+
+impl Script {
+    fn push(&mut self, line: std::fmt::Arguments<'_>) {
+        let _ = self.text.write_fmt(line);
+        self.text.push('\n');
+        self.commands += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands == 0
+    }
+}
+
+fn add_elements(s: &mut Script, name: &str, elements: &[&String]) {
+    for chunk in elements.chunks(CHUNK) {
+        let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
+        s.push(format_args!(
+            "add element inet {TABLE} {name} {{ {} }}",
+            list.join(", ")
+        ));
+    }
+}
+
+fn base_spec(b: &Base) -> String {
+    format!(
+        "{{ type {} hook {} priority {}; policy {}; }}",
+        b.kind, b.hook, b.priority, b.policy
+    )
+}
+
+impl Table {
+    /// A script that replaces whatever table of ours exists with this one, atomically.
+    pub fn replace_script(&self) -> Script {
+        let mut s = Script::default();
+        s.push(format_args!("add table inet {TABLE}"));
+        s.push(format_args!("delete table inet {TABLE}"));
+        let rest = Table::default()
+            .diff(self)
+            .expect("an empty table diffs into anything");
+        s.text.push_str(&rest.text);
+        s.commands += rest.commands;
+        s
+    }
+
+    /// The commands that turn `self` (what is installed) into `new`, in an order nft accepts
+    /// within one transaction: declare, fill, rewrite, then remove what nothing references.
+    /// `None` when a set's type or a base chain's hook changed: replace the table instead.
+    pub fn diff(&self, new: &Table) -> Option<Script> {
+        let mut s = Script::default();
+        for (name, set) in &new.sets {
+            match self.sets.get(name) {
+                None => s.push(format_args!(
+                    "add {} inet {TABLE} {name} {{ {} }}",
+                    set.keyword(),
+                    set.declaration()
+                )),
+                Some(old) if old.key != set.key || old.kind != set.kind => return None,
+                Some(_) => {}
+            }
+        }
+        for (name, chain) in &new.chains {
+            match self.chains.get(name) {
+                None => match &chain.base {
+                    None => s.push(format_args!("add chain inet {TABLE} {name}")),
+                    Some(b) => s.push(format_args!(
+                        "add chain inet {TABLE} {name} {}",
+                        base_spec(b)
+                    )),
+                },
+                Some(old) if old.base != chain.base => return None,
+                Some(_) => {}
+            }
+        }
+        for (name, set) in &new.sets {
+            let all: Vec<&String> = set.elements.iter().collect();
+            match self.sets.get(name) {
+                None => add_elements(&mut s, name, &all),
+                Some(old) => {
+                    let removed: Vec<&String> = old.elements.difference(&set.elements).collect();
+                    let added: Vec<&String> = set.elements.difference(&old.elements).collect();
+                    let rewrite = old.stale
+                        || (!removed.is_empty() && set.kind == SetKind::Interval)
+                        || (removed.len() > FLUSH_PLAIN_ABOVE && removed.len() > all.len());
+                    if rewrite {
+                        s.push(format_args!("flush {} inet {TABLE} {name}", set.keyword()));
+                        add_elements(&mut s, name, &all);
+                    } else {
+                        for chunk in removed.chunks(CHUNK) {
+                            let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
+                            s.push(format_args!(
+                                "delete element inet {TABLE} {name} {{ {} }}",
+                                list.join(", ")
+                            ));
+                        }
+                        add_elements(&mut s, name, &added);
+                    }
+                }
+            }
+        }
+        for (name, chain) in &new.chains {
+            match self.chains.get(name) {
+                Some(old) if !old.stale && old.same_rules(chain) => continue,
+                Some(_) => s.push(format_args!("flush chain inet {TABLE} {name}")),
+                None => {}
+            }
+            for rule in &chain.rules {
+                s.push(format_args!("add rule inet {TABLE} {name} {}", rule.line()));
+            }
+        }
+        let gone: Vec<&String> = self
+            .chains
+            .keys()
+            .filter(|n| !new.chains.contains_key(*n))
+            .collect();
+        for name in &gone {
+            s.push(format_args!("flush chain inet {TABLE} {name}"));
+        }
+        for name in &gone {
+            s.push(format_args!("delete chain inet {TABLE} {name}"));
+        }
+        for (name, set) in &self.sets {
+            if !new.sets.contains_key(name) {
+                s.push(format_args!("delete {} inet {TABLE} {name}", set.keyword()));
+            }
+        }
+        if !s.is_empty() {
+            let mut with_table = Script::default();
+            with_table.push(format_args!("add table inet {TABLE}"));
+            with_table.text.push_str(&s.text);
+            with_table.commands += s.commands;
+            return Some(with_table);
+        }
+        Some(s)
+    }
+
+    /// What is installed, as far as the kernel's listing (`nft -j list table`) shows, expressed
+    /// relative to `desired`: what matches is taken from `desired`, what differs is marked
+    /// stale (rewritten by the next diff), what is extra is kept so the diff removes it.
+    /// `None` when the listing cannot be read or a set's type or a base chain's hook differs:
+    /// the table must then be replaced.
+    pub fn from_kernel(json: &str, desired: &Table) -> Option<Table> {
+        let listing = Listing::parse(json)?;
+        let mut table = Table::default();
+        for (name, k) in listing.sets {
+            match desired.sets.get(&name) {
+                Some(d) => {
+                    if d.key != k.key || d.kind != k.kind {
+                        return None;
+                    }
+                    let same = match d.kind {
+                        SetKind::Interval => {
+                            coverage(d.elements.iter().map(String::as_str)).as_ref()
+                                == Some(&k.ranges?)
+                        }
+                        _ => k.elements.as_ref() == Some(&d.elements),
+                    };
+                    let mut set = d.clone();
+                    set.stale = !same;
+                    table.sets.insert(name, set);
+                }
+                None => {
+                    let mut set = Set::new(k.key, k.kind, BTreeSet::new());
+                    set.stale = true;
+                    table.sets.insert(name, set);
+                }
+            }
+        }
+        for (name, k) in listing.chains {
+            match desired.chains.get(&name) {
+                Some(d) => {
+                    if d.base != k.base {
+                        return None;
+                    }
+                    let same = d.rules.len() == k.rule_ids.len()
+                        && d.rules.iter().zip(&k.rule_ids).all(|(r, id)| r.id == *id);
+                    let mut chain = d.clone();
+                    chain.stale = !same;
+                    table.chains.insert(name, chain);
+                }
+                None => {
+                    table.chains.insert(
+                        name,
+                        Chain {
+                            base: k.base,
+                            rules: Vec::new(),
+                            stale: true,
+                        },
+                    );
+                }
+            }
+        }
+        Some(table)
+    }
+}
+
+/// The kernel's table, read from `nft -j list table`.
+struct Listing {
+    sets: BTreeMap<String, KernelSet>,
+    chains: BTreeMap<String, KernelChain>,
+    /// Per chain, the rules' expressions (counters zeroed) and comments, for [`canonical`].
+    rules: BTreeMap<String, Vec<String>>,
+}
+
+struct KernelSet {
+    key: String,
+    kind: SetKind,
+    /// Elements in our syntax, when every one could be read (plain sets and maps).
+    elements: Option<BTreeSet<String>>,
+    /// Covered address ranges (interval sets).
+    ranges: Option<Vec<(u8, u128, u128)>>,
+}
+
+struct KernelChain {
+    base: Option<Base>,
+    rule_ids: Vec<String>,
+}
+
+fn protocol_number(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    Some(match v.as_str()? {
+        "icmp" => 1,
+        "igmp" => 2,
+        "tcp" => 6,
+        "udp" => 17,
+        "gre" => 47,
+        "esp" => 50,
+        "ah" => 51,
+        "ipv6-icmp" | "icmpv6" => 58,
+        "sctp" => 132,
+        "udplite" => 136,
+        other => return other.parse().ok(),
+    })
+}
+
+/// One element as we write it, or `None` if it is not something we would write.
+fn element_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(o) => {
+            if let Some(parts) = o.get("concat").and_then(Value::as_array) {
+                let [addr, proto, port] = parts.as_slice() else {
+                    return None;
+                };
+                return Some(format!(
+                    "{} . {} . {}",
+                    addr.as_str()?,
+                    protocol_number(proto)?,
+                    port.as_u64()?
+                ));
+            }
+            None
+        }
+        Value::Array(pair) => {
+            let [key, verdict] = pair.as_slice() else {
+                return None;
+            };
+            let verdict = verdict.as_object()?;
+            let (name, arg) = verdict.iter().next()?;
+            let text = match arg.get("target").and_then(Value::as_str) {
+                Some(target) => format!("{name} {target}"),
+                None => name.clone(),
+            };
+            Some(format!("\"{}\" : {text}", key.as_str()?))
+        }
+        _ => None,
+    }
+}
+
+fn addr_value(a: IpAddr) -> (u8, u128) {
+    match a {
+        IpAddr::V4(v) => (4, u128::from(u32::from(v))),
+        IpAddr::V6(v) => (6, u128::from(v)),
+    }
+}
+
+fn net_range(net: &IpNet) -> (u8, u128, u128) {
+    let (fam, start) = addr_value(net.network());
+    let (_, end) = addr_value(net.broadcast());
+    (fam, start, end)
+}
+
+/// Sorted, merged ranges covered by interval elements written as we write them.
+fn coverage<'a>(elements: impl Iterator<Item = &'a str>) -> Option<Vec<(u8, u128, u128)>> {
+    let mut ranges = Vec::new();
+    for e in elements {
+        let net: IpNet = match e.parse() {
+            Ok(n) => n,
+            Err(_) => IpNet::from(e.parse::<IpAddr>().ok()?),
+        };
+        ranges.push(net_range(&net));
+    }
+    Some(merge(ranges))
+}
+
+fn merge(mut ranges: Vec<(u8, u128, u128)>) -> Vec<(u8, u128, u128)> {
+    ranges.sort();
+    let mut out: Vec<(u8, u128, u128)> = Vec::new();
+    for r in ranges {
+        if let Some(last) = out.last_mut()
+            && last.0 == r.0
+            && r.1 <= last.2.saturating_add(1)
+        {
+            last.2 = last.2.max(r.2);
+            continue;
+        }
+        out.push(r);
+    }
+    out
+}
+
+fn kernel_ranges(elems: &[Value]) -> Option<Vec<(u8, u128, u128)>> {
+    let mut ranges = Vec::new();
+    for e in elems {
+        match e {
+            Value::String(s) => {
+                let (f, a) = addr_value(s.parse().ok()?);
+                ranges.push((f, a, a));
+            }
+            Value::Object(o) => {
+                if let Some(p) = o.get("prefix") {
+                    let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
+                    let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                    ranges.push(net_range(&IpNet::new(addr, len).ok()?));
+                } else if let Some(r) = o.get("range").and_then(Value::as_array) {
+                    let [a, b] = r.as_slice() else { return None };
+                    let (f, a) = addr_value(a.as_str()?.parse().ok()?);
+                    let (_, b) = addr_value(b.as_str()?.parse().ok()?);
+                    ranges.push((f, a, b));
+                } else {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(merge(ranges))
+}
+
+fn zero_counters(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(c) = o.get_mut("counter")
+                && c.is_object()
+            {
+                *c = Value::Null;
+            }
+            for x in o.values_mut() {
+                zero_counters(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(zero_counters),
+        _ => {}
+    }
+}
+
+impl Listing {
+    fn parse(json: &str) -> Option<Listing> {
+        let root: Value = serde_json::from_str(json).ok()?;
+        let items = root.get("nftables")?.as_array()?;
+        let mut listing = Listing {
+            sets: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            rules: BTreeMap::new(),
+        };
+        for item in items {
+            let Some((what, body)) = item.as_object().and_then(|o| o.iter().next()) else {
+                continue;
+            };
+            let name = || body.get("name").and_then(Value::as_str).map(str::to_owned);
+            match what.as_str() {
+                "set" | "map" => {
+                    let key = match body.get("type")? {
+                        Value::String(s) => s.clone(),
+                        Value::Array(parts) => parts
+                            .iter()
+                            .map(|p| p.as_str().map(str::to_owned))
+                            .collect::<Option<Vec<_>>>()?
+                            .join(" . "),
+                        _ => return None,
+                    };
+                    let interval = body
+                        .get("flags")
+                        .and_then(Value::as_array)
+                        .is_some_and(|f| f.iter().any(|x| x == "interval"));
+                    let kind = if what == "map" {
+                        SetKind::Verdict
+                    } else if interval {
+                        SetKind::Interval
+                    } else {
+                        SetKind::Plain
+                    };
+                    let empty = Vec::new();
+                    let elems = body.get("elem").and_then(Value::as_array).unwrap_or(&empty);
+                    let (elements, ranges) = if kind == SetKind::Interval {
+                        (None, kernel_ranges(elems))
+                    } else {
+                        (elems.iter().map(element_text).collect(), None)
+                    };
+                    listing.sets.insert(
+                        name()?,
+                        KernelSet {
+                            key,
+                            kind,
+                            elements,
+                            ranges,
+                        },
+                    );
+                }
+                "chain" => {
+                    let base = match body.get("hook").and_then(Value::as_str) {
+                        Some(hook) => Some(Base {
+                            kind: body.get("type")?.as_str()?.to_owned(),
+                            hook: hook.to_owned(),
+                            priority: i32::try_from(body.get("prio")?.as_i64()?).ok()?,
+                            policy: body.get("policy")?.as_str()?.to_owned(),
+                        }),
+                        None => None,
+                    };
+                    listing.chains.insert(
+                        name()?,
+                        KernelChain {
+                            base,
+                            rule_ids: Vec::new(),
+                        },
+                    );
+                }
+                "rule" => {
+                    let chain = body.get("chain")?.as_str()?.to_owned();
+                    let comment = body.get("comment").and_then(Value::as_str).unwrap_or("");
+                    let id = comment.split(' ').next().unwrap_or("").to_owned();
+                    let mut expr = body.get("expr").cloned().unwrap_or(Value::Null);
+                    zero_counters(&mut expr);
+                    listing
+                        .rules
+                        .entry(chain.clone())
+                        .or_default()
+                        .push(format!("{expr} # {comment}"));
+                    listing.chains.get_mut(&chain)?.rule_ids.push(id);
+                }
+                _ => {}
+            }
+        }
+        Some(listing)
+    }
+}
+
+/// The kernel's table in a form that compares equal exactly when two tables would treat
+/// packets the same: sets and chains by name, set members (interval sets as merged ranges),
+/// rules in order with their expressions and comments, counters and handles left out.
+/// `None` if the listing cannot be read.
+pub fn canonical(json: &str) -> Option<String> {
+    let listing = Listing::parse(json)?;
+    let mut out = String::new();
+    for (name, set) in &listing.sets {
+        let _ = writeln!(out, "set {name} {} {:?}", set.key, set.kind);
+        if let Some(e) = &set.elements {
+            for x in e {
+                let _ = writeln!(out, "  {x}");
+            }
+        }
+        if let Some(r) = &set.ranges {
+            for (f, a, b) in r {
+                let _ = writeln!(out, "  v{f} {a:x}-{b:x}");
+            }
+        }
+    }
+    for (name, chain) in &listing.chains {
+        let _ = writeln!(out, "chain {name} {:?}", chain.base);
+        for r in listing.rules.get(name).into_iter().flatten() {
+            let _ = writeln!(out, "  {r}");
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(kind: SetKind, elements: &[&str]) -> Set {
+        Set::new(
+            "ipv4_addr",
+            kind,
+            elements.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    }
+
+    fn table(sets: Vec<(&str, Set)>, chains: Vec<(&str, Vec<&str>)>) -> Table {
+        Table {
+            sets: sets.into_iter().map(|(n, s)| (n.to_owned(), s)).collect(),
+            chains: chains
+                .into_iter()
+                .map(|(n, rules)| {
+                    (
+                        n.to_owned(),
+                        Chain::regular(rules.into_iter().map(|r| Rule::new(r, "")).collect()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn equal_tables_need_no_commands() {
+        let t = table(
+            vec![("h", set(SetKind::Plain, &["10.0.0.1"]))],
+            vec![("c", vec!["ip saddr @h drop"])],
+        );
+        assert!(t.diff(&t).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_member_is_one_add_element() {
+        let a = table(vec![("h", set(SetKind::Plain, &["10.0.0.1"]))], vec![]);
+        let b = table(
+            vec![("h", set(SetKind::Plain, &["10.0.0.1", "10.0.0.2"]))],
+            vec![],
+        );
+        let s = a.diff(&b).unwrap();
+        assert_eq!(
+            s.text,
+            "add table inet gingham\nadd element inet gingham h { 10.0.0.2 }\n"
+        );
+        let back = b.diff(&a).unwrap();
+        assert!(
+            back.text
+                .contains("delete element inet gingham h { 10.0.0.2 }")
+        );
+    }
+
+    #[test]
+    fn interval_sets_losing_members_are_rewritten() {
+        let a = table(
+            vec![("s", set(SetKind::Interval, &["10.0.0.0/24", "10.1.0.1/32"]))],
+            vec![],
+        );
+        let b = table(
+            vec![("s", set(SetKind::Interval, &["10.0.0.0/24"]))],
+            vec![],
+        );
+        let s = a.diff(&b).unwrap();
+        assert!(s.text.contains("flush set inet gingham s\n"), "{}", s.text);
+        assert!(
+            s.text
+                .contains("add element inet gingham s { 10.0.0.0/24 }")
+        );
+        assert!(!s.text.contains("delete element"));
+    }
+
+    #[test]
+    fn changed_chains_are_rewritten_and_removed_ones_go_last() {
+        let a = table(
+            vec![("old", set(SetKind::Plain, &[]))],
+            vec![("c", vec!["jump d"]), ("d", vec!["ip saddr @old drop"])],
+        );
+        let b = table(vec![], vec![("c", vec!["drop"])]);
+        let s = a.diff(&b).unwrap();
+        let lines: Vec<&str> = s.text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "add table inet gingham",
+                "flush chain inet gingham c",
+                &format!(
+                    "add rule inet gingham c drop comment \"{}\"",
+                    b.chains["c"].rules[0].id
+                ),
+                "flush chain inet gingham d",
+                "delete chain inet gingham d",
+                "delete set inet gingham old",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_set_type_or_hook_needs_a_replacement() {
+        let a = table(vec![("s", set(SetKind::Plain, &[]))], vec![]);
+        let b = table(vec![("s", set(SetKind::Interval, &[]))], vec![]);
+        assert!(a.diff(&b).is_none());
+    }
+
+    #[test]
+    fn interval_coverage_ignores_how_the_kernel_merged() {
+        let ours = coverage(["10.0.0.1/32", "10.0.0.2/32", "10.1.0.0/16"].into_iter()).unwrap();
+        let kernel: Value = serde_json::json!([
+            {"range": ["10.0.0.1", "10.0.0.2"]},
+            {"prefix": {"addr": "10.1.0.0", "len": 16}}
+        ]);
+        assert_eq!(kernel_ranges(kernel.as_array().unwrap()).unwrap(), ours);
+    }
+
+    #[test]
+    fn a_kernel_listing_matching_the_desired_table_needs_nothing() {
+        let desired = table(
+            vec![
+                ("h", set(SetKind::Plain, &["10.0.0.1"])),
+                ("s", set(SetKind::Interval, &["10.0.0.1/32", "10.0.0.2/32"])),
+            ],
+            vec![("c", vec!["drop"])],
+        );
+        let id = desired.chains["c"].rules[0].id.clone();
+        let json = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "gingham"}},
+            {"set": {"name": "h", "type": "ipv4_addr", "elem": ["10.0.0.1"]}},
+            {"set": {"name": "s", "type": "ipv4_addr", "flags": ["interval"],
+                     "elem": [{"range": ["10.0.0.1", "10.0.0.2"]}]}},
+            {"set": {"name": "extra", "type": "ipv4_addr"}},
+            {"chain": {"name": "c"}},
+            {"rule": {"chain": "c", "comment": id, "expr": [{"drop": null}]}},
+        ]})
+        .to_string();
+        let installed = Table::from_kernel(&json, &desired).unwrap();
+        let s = installed.diff(&desired).unwrap();
+        assert_eq!(
+            s.text,
+            "add table inet gingham\ndelete set inet gingham extra\n"
+        );
+        // A rule changed behind our back: the chain is rewritten.
+        let tampered = json.replace(&id, "something-else");
+        let installed = Table::from_kernel(&tampered, &desired).unwrap();
+        let s = installed.diff(&desired).unwrap();
+        assert!(s.text.contains("flush chain inet gingham c"), "{}", s.text);
+    }
+}
