@@ -167,6 +167,11 @@ pub enum Step {
     ProfileMissing {
         profile: String,
     },
+    /// Policies selecting the endpoint are in a tier that does not exist: closed.
+    TierMissing {
+        tier: String,
+        policies: Vec<PolicyRef>,
+    },
     ProfileRuleMatched {
         profile: String,
         rule: usize,
@@ -661,6 +666,27 @@ impl Snapshot {
             })
     }
 
+    /// The first tier that does not exist yet has policies selecting the endpoint here, with
+    /// those policies: their order cannot be known, so the endpoint is closed.
+    pub(crate) fn missing_tier(
+        &self,
+        policies: &[Policy],
+        ep: &Endpoint,
+        dir: Direction,
+        mode: Chain,
+    ) -> Option<(String, Vec<PolicyRef>)> {
+        self.tiers.iter().filter(|t| !t.exists).find_map(|t| {
+            let selecting: Vec<PolicyRef> = policies
+                .iter()
+                .filter(|p| {
+                    p.tier == t.name && p.has_type(dir) && mode.admits(p, ep) && p.selects(ep)
+                })
+                .map(|p| p.id.clone())
+                .collect();
+            (!selecting.is_empty()).then(|| (t.name.clone(), selecting))
+        })
+    }
+
     /// One endpoint, one direction: tiers, then (in normal mode) profiles.
     fn endpoint_stage(
         &self,
@@ -671,6 +697,10 @@ impl Snapshot {
         mode: Chain,
         steps: &mut Vec<Step>,
     ) -> Outcome {
+        if let Some((tier, policies)) = self.missing_tier(policies, ep, dir, mode) {
+            steps.push(Step::TierMissing { tier, policies });
+            return Outcome::Deny;
+        }
         for tier in &self.tiers {
             let mut in_tier: Vec<&Policy> = policies
                 .iter()
@@ -923,6 +953,7 @@ impl Verdict {
             Some(Step::EndOfTier { tier, .. }) => format!("end of tier {tier}"),
             Some(Step::NoProfiles) => "no profile".into(),
             Some(Step::ProfileMissing { profile }) => format!("profile {profile} missing"),
+            Some(Step::TierMissing { tier, .. }) => format!("tier {tier} missing"),
             Some(Step::ProfileRuleMatched {
                 profile,
                 rule,

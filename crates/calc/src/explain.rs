@@ -70,6 +70,15 @@ fn step_line(step: &Step) -> String {
         Step::ProfileMissing { profile } => format!(
             "profile {profile} does not exist: felix replaces it with a drop-everything profile"
         ),
+        Step::TierMissing { tier, policies } => format!(
+            "tier {tier} does not exist, and {} select{} this endpoint: it is closed (everything dropped) until the tier exists",
+            policies
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if policies.len() == 1 { "s" } else { "" }
+        ),
         Step::ProfileRuleMatched {
             profile,
             rule,
@@ -177,6 +186,18 @@ fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
                     "Create profile {profile}, or remove it from the endpoint's profiles."
                 ));
             }
+        }
+        (Step::TierMissing { tier, policies }, _) => {
+            let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
+            out.push(format!(
+                "{} {} in tier {tier}, which does not exist, so its place among the tiers is unknown; Gingham fails closed and drops all traffic of endpoint {} in this direction rather than guess.",
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                stage.endpoint
+            ));
+            out.push(format!(
+                "Create the tier (apiVersion: projectcalico.org/v3, kind: Tier, metadata.name: {tier}, spec.order: a number; lower orders are evaluated first), or move the policies to an existing tier (spec.tier)."
+            ));
         }
         (Step::NoProfiles, _) => {
             let is_host = snap

@@ -400,6 +400,7 @@ impl Calculator {
                     name: p.tier.clone(),
                     order: None,
                     default_action: gingham_model::Action::Deny,
+                    exists: p.tier == gingham_model::policy::DEFAULT_TIER,
                 });
                 self.sort_tiers();
             }

@@ -98,6 +98,9 @@ pub struct ChainProgram {
     pub profiles_apply: bool,
     /// Whether end-of-tier drops apply (false for preDNAT and untracked chains).
     pub end_of_tier: bool,
+    /// A tier that does not exist has policies selecting the endpoint: everything is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_tier: Option<String>,
 }
 
 /// Everything one endpoint enforces.
@@ -123,6 +126,65 @@ pub struct NodeProgram {
     /// By endpoint key ([`Endpoint::key`]).
     pub endpoints: BTreeMap<String, EndpointProgram>,
     pub sets: BTreeMap<SetId, IpSet>,
+}
+
+impl NodeProgram {
+    /// Missing objects that close local endpoints, each with the endpoints it closes: tiers
+    /// that do not exist but hold policies selecting them, and profiles that do not exist.
+    pub fn problems(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for ep in self.endpoints.values() {
+            let chains = [&ep.ingress, &ep.egress]
+                .into_iter()
+                .chain(ep.forward_ingress.as_ref())
+                .chain(ep.forward_egress.as_ref())
+                .chain(ep.pre_dnat_ingress.as_ref())
+                .chain(ep.untracked_ingress.as_ref())
+                .chain(ep.untracked_egress.as_ref());
+            for chain in chains {
+                let mut missing: Vec<String> = chain
+                    .missing_tier
+                    .iter()
+                    .map(|t| format!("tier {t} does not exist"))
+                    .collect();
+                if chain.profiles_apply {
+                    // A missing profile matters when packets reach it: no profile before it
+                    // allows everything.
+                    for p in &chain.profiles {
+                        match p {
+                            ProfileProgram::Missing { profile } => {
+                                missing.push(format!("profile {profile} does not exist"));
+                                break;
+                            }
+                            ProfileProgram::Rules { rules, .. } => {
+                                if rules.first().is_some_and(RuleProgram::allows_everything) {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                for m in missing {
+                    out.entry(m).or_default().insert(ep.endpoint.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl RuleProgram {
+    /// An Allow rule without any criterion.
+    pub fn allows_everything(&self) -> bool {
+        self.action == Action::Allow
+            && self.ip_version.is_none()
+            && self.protocol.is_none()
+            && self.not_protocol.is_none()
+            && self.icmp.is_none()
+            && self.not_icmp.is_none()
+            && self.source == SideProgram::default()
+            && self.destination == SideProgram::default()
+    }
 }
 
 /// What an IP set holds, before its members are known.
@@ -303,6 +365,10 @@ impl<'a> Builder<'a> {
         dir: Direction,
         kind: Chain,
     ) -> ChainProgram {
+        let missing_tier = self
+            .snap
+            .missing_tier(policies, ep, dir, kind)
+            .map(|(tier, _)| tier);
         let mut tiers = Vec::new();
         for tier in &self.snap.tiers {
             let mut selected: Vec<&Policy> = policies
@@ -357,6 +423,7 @@ impl<'a> Builder<'a> {
             profiles,
             profiles_apply,
             end_of_tier: kind.end_of_tier(),
+            missing_tier,
         }
     }
 
@@ -482,6 +549,9 @@ impl Packet<'_> {
 
     /// Runs one chain: the dataplane's version of the evaluator's endpoint stage.
     fn chain(&self, c: &ChainProgram) -> Outcome {
+        if c.missing_tier.is_some() {
+            return Outcome::Deny;
+        }
         for tier in &c.tiers {
             let mut passed = false;
             'policies: for p in &tier.policies {

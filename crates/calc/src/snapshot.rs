@@ -201,6 +201,9 @@ pub struct TierInfo {
     pub order: Option<f64>,
     /// What happens when policies of the tier selected the endpoint but none decided.
     pub default_action: Action,
+    /// A Tier resource exists (the default tier always does). Policies in a tier that does
+    /// not exist cannot be ordered, so endpoints they select are closed (fail closed).
+    pub exists: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -521,6 +524,7 @@ impl Snapshot {
                             name: t.metadata.name.clone(),
                             order: t.spec.order,
                             default_action: t.spec.default_action.unwrap_or(Action::Deny),
+                            exists: true,
                         },
                     );
                 }
@@ -620,6 +624,7 @@ impl Snapshot {
                 name: p.tier.clone(),
                 order: (p.tier == DEFAULT_TIER).then_some(DEFAULT_TIER_ORDER),
                 default_action: Action::Deny,
+                exists: p.tier == DEFAULT_TIER,
             });
         }
         tiers
@@ -628,6 +633,7 @@ impl Snapshot {
                 name: DEFAULT_TIER.to_owned(),
                 order: Some(DEFAULT_TIER_ORDER),
                 default_action: Action::Deny,
+                exists: true,
             });
         let mut tiers: Vec<TierInfo> = tiers.into_values().collect();
         tiers.sort_by(|a, b| {

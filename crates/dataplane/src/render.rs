@@ -506,6 +506,14 @@ fn endpoint_chain(
     dir: &str,
     table: &mut Table,
 ) {
+    if let Some(tier) = &chain.missing_tier {
+        // Fail closed: the policies' place among the tiers is unknown.
+        let drop = Rule::new("counter drop", format!("tier {tier} does not exist"));
+        table
+            .chains
+            .insert(name.to_owned(), Chain::regular(vec![drop]));
+        return;
+    }
     let mut main = Vec::new();
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");

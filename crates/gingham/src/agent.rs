@@ -57,11 +57,13 @@ struct Health {
     repairs_total: u64,
     /// Stored resources that cannot be read (skipped).
     unreadable: Vec<String>,
+    /// Missing objects that close local endpoints (fail closed), with what they close.
+    closed: Vec<String>,
 }
 
 impl Health {
     fn is_ready(&self) -> bool {
-        self.ready && self.problem.is_none() && self.unreadable.is_empty()
+        self.ready && self.problem.is_none() && self.unreadable.is_empty() && self.closed.is_empty()
     }
 
     fn why_not(&self) -> String {
@@ -72,6 +74,12 @@ impl Health {
             return format!(
                 "stored resources that cannot be read are skipped: {}",
                 self.unreadable.join(", ")
+            );
+        }
+        if !self.closed.is_empty() {
+            return format!(
+                "endpoints closed (all their traffic dropped) for want of: {}",
+                self.closed.join("; ")
             );
         }
         "starting".into()
@@ -278,6 +286,16 @@ impl Agent {
         let state = self.calc.state();
         let rendered = render(&state, &self.settings);
         let calculated = t.elapsed();
+        let closed: Vec<String> = state
+            .problems()
+            .into_iter()
+            .map(|(what, eps)| {
+                format!(
+                    "{what} (closes {})",
+                    eps.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
         let (chains, sets, set_members) = (rendered.chains, rendered.sets, rendered.set_members);
         let result = if check {
             self.dataplane.check(rendered.table)
@@ -297,6 +315,10 @@ impl Agent {
             let mut h = lock(&self.health);
             h.ready = true;
             h.problem = None;
+            for c in closed.iter().filter(|c| !h.closed.contains(c)) {
+                tracing::warn!(problem = %c, "endpoints closed until the missing object exists");
+            }
+            h.closed = closed;
             h.endpoints = state.endpoints.len();
             h.chains = chains;
             h.sets = sets;

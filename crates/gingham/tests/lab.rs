@@ -187,6 +187,79 @@ fn sys_lab_up_probe_down() {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        // A policy in a tier that does not exist closes the endpoints it selects (its place
+        // among the tiers is unknown); /readiness names the tier; other pods are unaffected; a
+        // selector over a label nothing has changes nothing. Creating the tier opens them.
+        let ghost = tmp.path().join("ghost.yaml");
+        std::fs::write(
+            &ghost,
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: ghost.watch-a0}\nspec: {tier: ghost, selector: app == 'a0', types: [Ingress], ingress: [{action: Pass}]}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: nobody}\nspec: {selector: nothing-has == 'this', ingress: [{action: Deny}], egress: [{action: Deny}]}\n",
+        )
+        .unwrap();
+        ok(&["apply", "-f", ghost.to_str().unwrap(), "--datastore", &ds]);
+        let readiness = |node: &str| {
+            let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /readiness HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+            let out = gingham(&["lab", "exec", "--dir", d, node, "--", "bash", "-c", script]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (a, b) = (readiness("node-a"), readiness("node-b"));
+            if a.contains("503") || b.contains("503") {
+                let r = if a.contains("503") { a } else { b };
+                assert!(
+                    r.contains("tier ghost does not exist (closes shop/p"),
+                    "{r}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reported: {a} {b}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let probe = || {
+            let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()
+        };
+        let m = probe();
+        for (from, to, open) in [
+            ("shop/p1", "shop/p2", false),
+            ("shop/p3", "shop/p4", false),
+            ("shop/p1", "shop/p3", true),
+            ("shop/p2", "shop/p1", true),
+        ] {
+            assert_eq!(m["allowed"][from][to], open, "{from} -> {to}: {m}");
+        }
+        let explained = ok(&[
+            "explain",
+            "--from",
+            "shop/p1",
+            "--to",
+            "shop/p2",
+            "--port",
+            "80",
+            "--datastore",
+            &ds,
+        ]);
+        assert!(explained.contains("tier ghost"), "{explained}");
+        let tier = tmp.path().join("tier.yaml");
+        std::fs::write(
+            &tier,
+            "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: ghost}\nspec: {order: 50}\n",
+        )
+        .unwrap();
+        ok(&["apply", "-f", tier.to_str().unwrap(), "--datastore", &ds]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !(readiness("node-a").contains("200 OK") && readiness("node-b").contains("200 OK")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ready once the tier exists"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(probe()["allowed"]["shop/p1"]["shop/p2"], true);
         // Each node blackholes its own blocks and routes the other's via that node.
         let routes = gingham(&["lab", "exec", "--dir", d, "node-a", "--", "ip", "route"]);
         let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
