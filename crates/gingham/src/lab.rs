@@ -46,6 +46,8 @@ pub enum LabCmd {
     Try(TryArgs),
     /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
     Exec(ExecArgs),
+    /// Kill a node's agent (SIGKILL, as a crash would) and start it again.
+    RestartAgent(RestartArgs),
     /// Remove everything the lab made.
     Down(DirArgs),
     /// (internal) The server a pod runs on its declared ports.
@@ -57,6 +59,32 @@ pub enum LabCmd {
     /// (internal) Gives the nodes' loopback a way to this host's etcd.
     #[command(hide = true)]
     Proxy(ProxyArgs),
+    /// (internal) Holds one TCP connection open from inside a pod, echoing through it; or, with
+    /// --new-connections, opens new connections over and over. Prints counts as JSON.
+    #[command(hide = true)]
+    Traffic(TrafficArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// The node whose agent is restarted.
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TrafficArgs {
+    pub target: IpAddr,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 20)]
+    pub interval_ms: u64,
+    /// Count new connections that succeed instead of holding one.
+    #[arg(long)]
+    pub new_connections: bool,
 }
 
 #[derive(Debug, Args)]
@@ -377,11 +405,101 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::Delete(a) => delete(a),
         LabCmd::Try(a) => try_connect(a),
         LabCmd::Exec(a) => exec(a),
+        LabCmd::RestartAgent(a) => restart_agent(a),
         LabCmd::Down(a) => down(&a.dir),
         LabCmd::Serve(a) => serve(a),
         LabCmd::Connect(a) => connect(a),
         LabCmd::Proxy(a) => proxy(a),
+        LabCmd::Traffic(a) => traffic(a),
     }
+}
+
+fn restart_agent(args: &RestartArgs) -> Result<Exit> {
+    let dir = &args.lab.dir;
+    let mut state = load_state(dir)?;
+    let Some(i) = state.nodes.iter().position(|n| n.name == args.node) else {
+        let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!(
+            "{:?} is not a node of this lab (valid: {})",
+            args.node,
+            names.join(", ")
+        );
+    };
+    if let Some(pid) = state.nodes[i].agent_pid.take() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        for _ in 0..500 {
+            // Gone, or a zombie nobody reaps (its parent, `lab up`, has exited).
+            let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+            if !proc_dir.exists() || status.contains("State:\tZ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    save_state(dir, &state)?;
+    let pid = start_agent(&self_exe()?, dir, &state.nodes[i], &state.node_datastore)?;
+    state.nodes[i].agent_pid = Some(pid);
+    save_state(dir, &state)?;
+    println!("agent of node {} restarted (pid {pid})", args.node);
+    Ok(Exit::Ok)
+}
+
+#[derive(Debug, Default, Serialize)]
+struct TrafficReport {
+    /// Round trips through the held connection, or new connections that succeeded.
+    ok: u64,
+    /// Round trips that failed, or connection attempts that did not succeed.
+    failed: u64,
+    /// What went wrong first, if anything.
+    first_error: Option<String>,
+}
+
+fn traffic(args: &TrafficArgs) -> Result<Exit> {
+    let addr = SocketAddr::new(args.target, args.port);
+    let end = std::time::Instant::now() + Duration::from_secs_f64(args.seconds);
+    let interval = Duration::from_millis(args.interval_ms);
+    let timeout = Duration::from_millis(500);
+    let mut report = TrafficReport::default();
+    let fail = |report: &mut TrafficReport, e: String| {
+        report.failed += 1;
+        report.first_error.get_or_insert(e);
+    };
+    if args.new_connections {
+        while std::time::Instant::now() < end {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+                Ok(_) => report.ok += 1,
+                Err(e) => fail(&mut report, e.to_string()),
+            }
+            std::thread::sleep(interval);
+        }
+    } else {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut greeting = [0u8; 64];
+        let _ = stream.read(&mut greeting)?;
+        let mut byte = [0u8; 1];
+        while std::time::Instant::now() < end {
+            let sent = (report.ok % 256) as u8;
+            let round = stream
+                .write_all(&[sent])
+                .and_then(|()| stream.read_exact(&mut byte));
+            match round {
+                Ok(()) if byte[0] == sent => report.ok += 1,
+                Ok(()) => fail(&mut report, format!("echo {} for {sent}", byte[0])),
+                Err(e) => {
+                    fail(&mut report, e.to_string());
+                    break;
+                }
+            }
+            std::thread::sleep(interval);
+        }
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(Exit::Ok)
 }
 
 /// The `Lab` document's node names (default: two nodes).
@@ -944,7 +1062,17 @@ fn serve(args: &ServeArgs) -> Result<Exit> {
         let name = args.name.clone();
         handles.push(std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                let _ = stream.write_all(format!("{name}\n").as_bytes());
+                // Greet, then echo whatever comes (long-lived connections in tests).
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.write_all(format!("{name}\n").as_bytes());
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         }));
     }
