@@ -1,0 +1,752 @@
+//! The agent's benchmarks (performance.md B3, B1, B7), each with its baseline measured in the
+//! same run, in test-made network namespaces:
+//!
+//! - **Programming latency** (B3): from an update handed to the agent's calculator to the nft
+//!   transaction committed in the kernel (calculate, render, diff, `nft -f`), p50/p99 over
+//!   repeated operations, with P policies present; and cold start (load everything, install
+//!   the table). Baselines: replacing the whole table (what the agent did before diffs), and an
+//!   empty nft transaction (the floor of spawning nft).
+//! - **Per-packet cost** (B1): new TCP connections per second (connect, 1-byte request and
+//!   response, close) and UDP packets per second between two pods on one node, through the
+//!   node's table with P policies, against the same pods with no table at all.
+//! - **Agent footprint** (B7): resident memory and idle CPU of `gingham agent` on SQLite.
+//!
+//! The cluster model: 100 namespaces, 1,000 endpoints on 10 nodes (100 on the measured node, one
+//! per namespace), P namespaced policies (each selects one app label in its namespace and allows
+//! TCP from a role selector), so about a tenth of the policies select local endpoints.
+//!
+//! Run (root): `cargo bench -p gingham --bench agent` or `scripts/bench`.
+//! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gingham_calc::incremental::{Calculator, Update};
+use gingham_dataplane::{Backend, Nft, Programmer, Settings, render};
+use gingham_model::Resource;
+use gingham_testkit::netns::TestNetns;
+
+const NAMESPACES: usize = 100;
+const ENDPOINTS: usize = 1000;
+const NODE: &str = "node0";
+
+fn load(text: &str) -> Vec<Resource> {
+    gingham_model::load_resources("bench.yaml", text).expect("valid generated input")
+}
+
+fn endpoint(i: usize, labels: &str, iface: &str, ip: &str) -> String {
+    let ns = i % NAMESPACES;
+    let node = format!("node{}", (i / NAMESPACES) % 10);
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: {node}-k8s-pod{i}-eth0
+  namespace: ns{ns}
+  labels: {{{labels}, projectcalico.org/namespace: ns{ns}, projectcalico.org/orchestrator: k8s}}
+spec:
+  orchestrator: k8s
+  node: {node}
+  pod: pod{i}
+  endpoint: eth0
+  interfaceName: {iface}
+  ipNetworks: [{ip}/32]
+  profiles: [kns.ns{ns}]
+---
+"
+    )
+}
+
+fn model_endpoint(i: usize, role: usize) -> String {
+    endpoint(
+        i,
+        &format!("app: a{}, role: r{role}", (i / NAMESPACES) % 10),
+        &format!("cali{i:011}"),
+        &format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255),
+    )
+}
+
+fn policy(j: usize, port: u16) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: pol{j}, namespace: ns{ns}}}
+spec:
+  order: {j}
+  selector: app == 'a{app}'
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {{selector: role == 'r{role}'}}
+    destination: {{ports: [{port}]}}
+---
+",
+        ns = j % NAMESPACES,
+        app = (j / NAMESPACES) % 10,
+        role = j % 20,
+    )
+}
+
+/// Profiles, endpoints and `p` policies.
+fn model(p: usize) -> Vec<Resource> {
+    let mut text: String = (0..NAMESPACES)
+        .map(|n| {
+            format!(
+                "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {{name: kns.ns{n}}}
+spec:
+  ingress: [{{action: Allow}}]
+  egress: [{{action: Allow}}]
+---
+"
+            )
+        })
+        .collect();
+    text.extend((0..ENDPOINTS).map(|i| model_endpoint(i, i % 20)));
+    text.extend((0..p).map(|j| policy(j, 80 + (j % 5) as u16)));
+    load(&text)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// The agent's path for one update: calculate, render, install the difference. Returns the
+/// commands sent and the time spent before nft (calculation, rendering, diff).
+fn program(
+    calc: &mut Calculator,
+    dp: &mut Programmer<Nft>,
+    update: Option<Update>,
+) -> (usize, Duration) {
+    let t = Instant::now();
+    if let Some(u) = update {
+        calc.apply(u);
+    }
+    let rendered = render(&calc.state(), &Settings::default());
+    let before_nft = t.elapsed();
+    (
+        dp.sync(rendered.table).expect("nft accepts").commands,
+        before_nft,
+    )
+}
+
+fn latency(scales: &[usize]) {
+    println!("\n## Programming latency (B3): update -> nft transaction committed, ms");
+    let floor_ns = TestNetns::new("bfl");
+    let mut floor = Nft::in_netns(floor_ns.name());
+    floor.run("add table inet gingham\n").unwrap();
+    let mut floors: Vec<Duration> = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            floor.run("add table inet gingham\n").unwrap();
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "floor (an empty nft transaction): p50 {} p99 {}",
+        ms(percentile(&mut floors, 0.5)),
+        ms(percentile(&mut floors, 0.99))
+    );
+    println!(
+        "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8}",
+        "P",
+        "chains",
+        "members",
+        "set member p50/p99",
+        "add endpoint p50/p99",
+        "change policy p50/p99",
+        "add+del policy p50/p99",
+        "cold start",
+        "replace p50",
+        "ratio",
+        "calc p50"
+    );
+    let reps = 40;
+    for &p in scales {
+        let ns = TestNetns::new("blat");
+        let resources = model(p);
+        // Cold start: everything loaded, the table installed into an empty kernel.
+        let t = Instant::now();
+        let mut calc = Calculator::new(NODE);
+        calc.load_all(resources.clone());
+        let mut dp = Programmer::new(Nft::in_netns(ns.name()));
+        program(&mut calc, &mut dp, None);
+        let cold = t.elapsed();
+        let rendered = render(&calc.state(), &Settings::default());
+        let (chains, members) = (rendered.chains, rendered.set_members);
+
+        let mut in_calc = Vec::new();
+        let mut run = |what: &str, make: &mut dyn FnMut(usize) -> Update| -> Vec<Duration> {
+            (0..reps)
+                .map(|i| {
+                    let u = make(i);
+                    let t = Instant::now();
+                    let (commands, calc_time) = program(&mut calc, &mut dp, Some(u));
+                    let took = t.elapsed();
+                    in_calc.push(calc_time);
+                    assert!(commands > 0, "{what} #{i} changed nothing in the kernel");
+                    took
+                })
+                .collect()
+        };
+        // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
+        // policies' sources, then joins it again.
+        let relabels: Vec<Resource> = [11usize, 10]
+            .iter()
+            .flat_map(|&role| load(&model_endpoint(150, role)))
+            .collect();
+        let mut member = run("set member", &mut |i| {
+            Update::Upsert(Box::new(relabels[i % 2].clone()))
+        });
+        // A new local endpoint (a new pod on the node).
+        let adds: Vec<Resource> = (0..reps)
+            .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1000, 1)))
+            .collect();
+        let mut add_ep = run("add endpoint", &mut |i| {
+            Update::Upsert(Box::new(adds[i].clone()))
+        });
+        // A policy selecting local endpoints changes its port.
+        let changes: Vec<Resource> = [90u16, 80]
+            .iter()
+            .flat_map(|&port| load(&policy(0, port)))
+            .collect();
+        let mut change = run("change policy", &mut |i| {
+            Update::Upsert(Box::new(changes[i % 2].clone()))
+        });
+        // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
+        let j = p.max(1) * 10;
+        let extra = load(&policy(j, 99));
+        let mut add_del = run("add/delete policy", &mut |i| {
+            if i % 2 == 0 {
+                Update::Upsert(Box::new(extra[0].clone()))
+            } else {
+                Update::Delete {
+                    kind: gingham_model::Kind::NetworkPolicy,
+                    namespace: Some(format!("ns{}", j % NAMESPACES)),
+                    name: format!("pol{j}"),
+                }
+            }
+        });
+        // Baseline: the whole table replaced, as before diffs.
+        let script = render(&calc.state(), &Settings::default())
+            .table
+            .replace_script()
+            .text;
+        let mut nft = Nft::in_netns(ns.name());
+        let mut replace: Vec<Duration> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let table = render(&calc.state(), &Settings::default()).table;
+                let _ = table;
+                nft.run(&script).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        let pair = |v: &mut Vec<Duration>| {
+            format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
+        };
+        let replace50 = percentile(&mut replace, 0.5);
+        let calc50 = percentile(&mut in_calc, 0.5);
+        let inc50 = percentile(&mut change, 0.5);
+        println!(
+            "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
+            p,
+            chains,
+            members,
+            pair(&mut member),
+            pair(&mut add_ep),
+            pair(&mut change),
+            pair(&mut add_del),
+            ms(cold),
+            ms(replace50),
+            replace50.as_secs_f64() / inc50.as_secs_f64(),
+            ms(calc50)
+        );
+    }
+    println!("(ratio: whole-table replacement / incremental policy change, p50; calc: the part of");
+    println!(" every incremental operation spent before nft: calculation, rendering and diff)");
+}
+
+/// Helper processes (run inside pod namespaces by re-executing this benchmark).
+fn helper(mode: &str, args: &[String]) {
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    match mode {
+        "tcp-server" => {
+            let l = TcpListener::bind("0.0.0.0:80").unwrap();
+            println!("ready");
+            std::io::stdout().flush().unwrap();
+            for mut s in l.incoming().flatten() {
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(&b);
+                }
+            }
+        }
+        "udp-server" => {
+            let s = UdpSocket::bind("0.0.0.0:5353").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            println!("ready");
+            std::io::stdout().flush().unwrap();
+            let mut count = 0u64;
+            let mut buf = [0u8; 2048];
+            let mut started = false;
+            let give_up = Instant::now() + Duration::from_secs(5);
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(_) => {
+                        count += 1;
+                        started = true;
+                    }
+                    Err(_) if started || Instant::now() > give_up => break,
+                    Err(_) => {}
+                }
+            }
+            println!("{count}");
+        }
+        "crr" => {
+            let target = format!("{}:80", args[0]);
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let target: std::net::SocketAddr = target.parse().unwrap();
+            let mut n = 0u64;
+            let mut failed = 0u64;
+            while Instant::now() < end {
+                let round = || -> std::io::Result<()> {
+                    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(500))?;
+                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    s.write_all(b"x")?;
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b)?;
+                    // The server closes first (TIME_WAIT stays on its side).
+                    let _ = s.read(&mut b);
+                    Ok(())
+                };
+                match round() {
+                    Ok(()) => n += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            if failed > 0 {
+                eprintln!("crr: {failed} of {} connections failed", n + failed);
+            }
+            println!("{}", n as f64 / secs);
+        }
+        "udp" => {
+            let target = format!("{}:5353", args[0]);
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(&target).unwrap();
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            let payload = [7u8; 64];
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                for _ in 0..64 {
+                    if s.send(&payload).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            println!("{sent}");
+        }
+        other => panic!("unknown helper {other}"),
+    }
+}
+
+fn ip(ns: &TestNetns, args: &[&str]) {
+    ns.exec_ok(args);
+}
+
+/// A node namespace with two pods plumbed the Calico way.
+struct Pods {
+    node: TestNetns,
+    client: TestNetns,
+    server: TestNetns,
+}
+
+const CLIENT_IP: &str = "10.99.0.1";
+const SERVER_IP: &str = "10.99.0.2";
+
+fn pods() -> Pods {
+    let node = TestNetns::new("bnode");
+    let client = TestNetns::new("bcli");
+    let server = TestNetns::new("bsrv");
+    ip(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // The node's own address (ARP towards the pods needs a source).
+    ip(&node, &["ip", "link", "set", "lo", "up"]);
+    ip(
+        &node,
+        &["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"],
+    );
+    for (pod, host_if, addr) in [
+        (&client, "calibclient", CLIENT_IP),
+        (&server, "calibserver", SERVER_IP),
+    ] {
+        ip(
+            &node,
+            &[
+                "ip",
+                "link",
+                "add",
+                host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                pod.name(),
+            ],
+        );
+        ip(&node, &["ip", "link", "set", host_if, "up"]);
+        ip(
+            &node,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+            ],
+        );
+        ip(
+            &node,
+            &["ip", "route", "add", &format!("{addr}/32"), "dev", host_if],
+        );
+        ip(pod, &["ip", "link", "set", "lo", "up"]);
+        ip(pod, &["ip", "link", "set", "eth0", "up"]);
+        ip(
+            pod,
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"],
+        );
+        ip(
+            pod,
+            &[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+        );
+        let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
+        ip(
+            pod,
+            &[
+                "ip",
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                mac.trim(),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        );
+        ip(
+            pod,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+        );
+    }
+    Pods {
+        node,
+        client,
+        server,
+    }
+}
+
+fn spawn_helper(ns: &TestNetns, args: &[&str]) -> std::process::Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(exe)
+        .arg("--bench")
+        .args(args)
+        .env("GINGHAM_BENCH_HELPER", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    child
+}
+
+fn run_helper(ns: &TestNetns, args: &[&str]) -> f64 {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .arg(exe)
+        .arg("--bench")
+        .args(args)
+        .env("GINGHAM_BENCH_HELPER", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Connections per second and UDP packets per second, median of three.
+fn measure(p: &Pods) -> (f64, f64) {
+    let secs = "1.5";
+    let mut crr = Vec::new();
+    let mut udp = Vec::new();
+    for _ in 0..3 {
+        crr.push(run_helper(&p.client, &["crr", SERVER_IP, secs]));
+        let mut server = spawn_helper(&p.server, &["udp-server"]);
+        run_helper(&p.client, &["udp", SERVER_IP, secs]);
+        let mut out = String::new();
+        server
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = server.wait();
+        udp.push(out.trim().parse::<f64>().unwrap() / 1.5);
+    }
+    crr.sort_by(f64::total_cmp);
+    udp.sort_by(f64::total_cmp);
+    (crr[1], udp[1])
+}
+
+fn per_packet(scales: &[usize]) {
+    println!("\n## Per-packet cost (B1): two pods on one node, through the node's table");
+    let pods = pods();
+    let _server = Killed(spawn_helper(&pods.server, &["tcp-server"]));
+    let (base_crr, base_udp) = measure(&pods);
+    println!(
+        "{:>28} | {:>12} {:>6} | {:>12} {:>6}",
+        "", "TCP CRR/s", "ratio", "UDP pkt/s", "ratio"
+    );
+    println!(
+        "{:>28} | {:>12.0} {:>6} | {:>12.0} {:>6}",
+        "no ruleset (baseline)", base_crr, "1.00", base_udp, "1.00"
+    );
+    let pods_yaml = |p: usize| {
+        // The two pods, local, in ns0: the server has app a0 (selected by the model's policies
+        // for that app in ns0), and one more policy, ordered last, lets the client in.
+        let mut text = endpoint(
+            ENDPOINTS * 20,
+            "app: a0, role: client",
+            "calibclient",
+            CLIENT_IP,
+        );
+        text.push_str(&endpoint(
+            ENDPOINTS * 21,
+            "app: a0",
+            "calibserver",
+            SERVER_IP,
+        ));
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: allow-client, namespace: ns0}}
+spec:
+  order: {}
+  selector: app == 'a0'
+  ingress:
+  - action: Allow
+    source: {{selector: role == 'client'}}
+---
+",
+            p + 1
+        ));
+        load(&text)
+    };
+    // Conntrack alone (any stateful firewall pays it): one rule accepting established flows.
+    let mut nft = Nft::in_netns(pods.node.name());
+    nft.run("table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n")
+        .unwrap();
+    let (ct_crr, ct_udp) = measure(&pods);
+    nft.run("delete table inet ctonly\n").unwrap();
+    println!(
+        "{:>28} | {:>12.0} {:>6.2} | {:>12.0} {:>6.2}",
+        "conntrack only",
+        ct_crr,
+        ct_crr / base_crr,
+        ct_udp,
+        ct_udp / base_udp
+    );
+    let mut dp = Programmer::new(Nft::in_netns(pods.node.name()));
+    for &p in [0].iter().chain(scales) {
+        let mut resources = model(p);
+        resources.extend(pods_yaml(p));
+        let mut calc = Calculator::new(NODE);
+        calc.load_all(resources);
+        let state = calc.state();
+        let selecting = state
+            .endpoints
+            .values()
+            .find(|e| e.interface == "calibserver")
+            .map(|e| {
+                e.ingress
+                    .tiers
+                    .iter()
+                    .map(|t| t.policies.len())
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        let rendered = render(&state, &Settings::default());
+        let chains = rendered.chains;
+        dp.sync(rendered.table).unwrap();
+        let (crr, udp) = measure(&pods);
+        println!(
+            "{:>28} | {:>12.0} {:>6.2} | {:>12.0} {:>6.2}",
+            format!("P={p} ({chains} chains, {selecting} sel.)"),
+            crr,
+            crr / base_crr,
+            udp,
+            udp / base_udp
+        );
+    }
+}
+
+/// A helper process killed when dropped (also when a measurement panics).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn footprint(scales: &[usize]) {
+    println!("\n## Agent footprint (B7): `gingham agent` on SQLite, after programming");
+    println!(
+        "{:>7} | {:>10} | {:>12} | {:>18}",
+        "P", "RSS MiB", "ready in ms", "idle CPU % (5 s)"
+    );
+    let ticks: f64 = String::from_utf8_lossy(
+        &Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap_or(100.0);
+    for &p in [0].iter().chain(scales) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("g.db");
+        let store = gingham_datastore_sqlite::SqliteStore::open(&db).unwrap();
+        let client = gingham_api::Client::new(std::sync::Arc::new(store));
+        client
+            .write_all(&model(p), gingham_api::WriteMode::Apply)
+            .unwrap();
+        drop(client);
+        let ns = TestNetns::new("bagt");
+        let t = Instant::now();
+        let mut agent = Command::new("ip")
+            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_gingham")])
+            .args(["agent", "--node", NODE, "--health-port", "0", "--datastore"])
+            .arg(format!("sqlite:{}", db.display()))
+            .args(["--log", "warn"])
+            .env_remove("GINGHAM_DATASTORE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let mut line = Vec::new();
+        let out = agent.stdout.as_mut().unwrap();
+        while out.read_exact(&mut buf).is_ok() && buf[0] != b'\n' {
+            line.push(buf[0]);
+        }
+        let ready = t.elapsed();
+        assert!(String::from_utf8_lossy(&line).contains("programmed"));
+        let pid = agent.id();
+        let cpu = || -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after = stat.rsplit(')').next().unwrap();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let c0 = cpu();
+        std::thread::sleep(Duration::from_secs(5));
+        let idle = (cpu() - c0) / 5.0 * 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        println!(
+            "{:>7} | {:>10.1} | {:>12.0} | {:>18.2}",
+            p,
+            rss_kib / 1024.0,
+            ready.as_secs_f64() * 1e3,
+            idle
+        );
+    }
+    println!("({ENDPOINTS} endpoints in every row; P=0 is the agent with endpoints only)");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    if std::env::var_os("GINGHAM_BENCH_HELPER").is_some() {
+        let rest: Vec<String> = args
+            .iter()
+            .skip_while(|a| *a != "--bench")
+            .skip(1)
+            .cloned()
+            .collect();
+        helper(&rest[0], &rest[1..]);
+        return;
+    }
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let scales: Vec<usize> = std::env::var("AGENT_BENCH_SCALES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("AGENT_BENCH_SCALES: numbers"))
+        .collect();
+    let only = std::env::var("AGENT_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only.contains("latency") {
+        latency(&scales);
+    }
+    if only.is_empty() || only.contains("packet") {
+        per_packet(&scales);
+    }
+    if only.is_empty() || only.contains("footprint") {
+        footprint(&scales);
+    }
+}
