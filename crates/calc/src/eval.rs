@@ -446,7 +446,6 @@ impl Snapshot {
         };
 
         // Leaving the source.
-        let mut endpoint_to_host_return = false;
         match src {
             Peer::Workload(ep) => {
                 if run(
@@ -467,8 +466,8 @@ impl Snapshot {
                             "DefaultEndpointToHostAction is Accept: workloads may reach their own host",
                         ),
                         "Return" => (
-                            Outcome::Continue,
-                            "DefaultEndpointToHostAction is Return: the host's own policy decides",
+                            Outcome::Allow,
+                            "DefaultEndpointToHostAction is Return: the packet leaves Gingham's rules for the host's own firewall (host endpoint policy does not apply)",
                         ),
                         _ => (
                             Outcome::Deny,
@@ -482,11 +481,7 @@ impl Snapshot {
                         steps: vec![Step::Note { text: text.into() }],
                         outcome,
                     });
-                    match outcome {
-                        Outcome::Allow => return true,
-                        Outcome::Deny => return false,
-                        Outcome::Continue => endpoint_to_host_return = true,
-                    }
+                    return outcome == Outcome::Allow;
                 } else if !same_node
                     && let Some(hep) = self.host_endpoint_of(&ep.node)
                     && run(
@@ -596,12 +591,6 @@ impl Snapshot {
                     ));
                     return true;
                 };
-                if endpoint_to_host_return {
-                    out.notes.push(
-                        "the workload's traffic to its host falls through to the host endpoint's policy"
-                            .into(),
-                    );
-                }
                 if let Some(f) = self.failsafe(&self.felix.failsafe_inbound, pkt, pkt.src_ip) {
                     out.stages.push(Stage {
                         kind: StageKind::HostIngress,

@@ -110,6 +110,8 @@ pub struct EndpointProgram {
     pub endpoint: String,
     /// The interface the dataplane attaches the program to (`cali…`, `eth0`, `*`).
     pub interface: String,
+    /// A host endpoint (the node's own interfaces) rather than a workload.
+    pub host: bool,
     pub ingress: ChainProgram,
     pub egress: ChainProgram,
     /// Host endpoints only: applyOnForward, preDNAT and doNotTrack chains.
@@ -433,6 +435,7 @@ impl<'a> Builder<'a> {
         EndpointProgram {
             endpoint: ep.name.clone(),
             interface: ep.interface.clone(),
+            host,
             ingress: self.chain(policies, ep, Direction::Ingress, Chain::Normal),
             egress: self.chain(policies, ep, Direction::Egress, Chain::Normal),
             forward_ingress: opt(self, Direction::Ingress, Chain::Forward),

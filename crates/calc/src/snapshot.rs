@@ -395,7 +395,7 @@ impl ProfileInfo {
 }
 
 /// A failsafe port entry.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failsafe {
     pub protocol: u8,
     pub port: u16,
@@ -403,7 +403,7 @@ pub struct Failsafe {
 }
 
 /// Felix settings the engine needs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FelixSettings {
     pub failsafe_inbound: Vec<Failsafe>,
     pub failsafe_outbound: Vec<Failsafe>,
@@ -426,6 +426,42 @@ impl Default for FelixSettings {
             failsafe_inbound: conv(FAILSAFE_IN),
             failsafe_outbound: conv(FAILSAFE_OUT),
             default_endpoint_to_host_action: "Drop".into(),
+        }
+    }
+}
+
+impl FelixSettings {
+    /// Felix's settings from FelixConfiguration resources (others are ignored).
+    pub fn from_resources(resources: &[Resource]) -> FelixSettings {
+        let mut s = FelixSettings::default();
+        for r in resources {
+            if let Resource::FelixConfiguration(f) = r {
+                s.apply(f);
+            }
+        }
+        s
+    }
+
+    /// Applies one FelixConfiguration: the global `default` object; per-node `node.<name>`
+    /// objects are not modelled per node (the global one wins).
+    pub fn apply(&mut self, f: &FelixConfiguration) {
+        if f.metadata.name != "default" {
+            return;
+        }
+        if let Some(v) = &f.spec.failsafe_inbound_host_ports {
+            self.failsafe_inbound = convert_failsafe(v);
+        }
+        if let Some(v) = &f.spec.failsafe_outbound_host_ports {
+            self.failsafe_outbound = convert_failsafe(v);
+        }
+        if let Some(v) = &f.spec.default_endpoint_to_host_action {
+            // Validation accepts any case (`ACCEPT` in Calico's older docs).
+            self.default_endpoint_to_host_action = match v.to_ascii_lowercase().as_str() {
+                "accept" => "Accept",
+                "return" => "Return",
+                _ => "Drop",
+            }
+            .into();
         }
     }
 }
@@ -826,20 +862,7 @@ impl Snapshot {
     }
 
     fn apply_felix(&mut self, f: &FelixConfiguration) {
-        // The global `default` object and per-node `node.<name>` objects; per-node overrides
-        // are not modelled per node here: the global one wins.
-        if f.metadata.name != "default" {
-            return;
-        }
-        if let Some(v) = &f.spec.failsafe_inbound_host_ports {
-            self.felix.failsafe_inbound = convert_failsafe(v);
-        }
-        if let Some(v) = &f.spec.failsafe_outbound_host_ports {
-            self.felix.failsafe_outbound = convert_failsafe(v);
-        }
-        if let Some(v) = &f.spec.default_endpoint_to_host_action {
-            self.felix.default_endpoint_to_host_action = v.clone();
-        }
+        self.felix.apply(f);
     }
 
     fn add_policy(&mut self, raw: RawPolicy<'_>, staged: &mut Vec<Policy>) {

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use gingham_calc::program::{
     ChainProgram, EndpointProgram, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
 };
+use gingham_calc::snapshot::{Failsafe, FelixSettings};
 use gingham_model::Action;
 use ipnet::IpNet;
 
@@ -36,8 +37,9 @@ const MARK_OURS: u32 = MARK_ACCEPT | MARK_PASS;
 /// Node-wide settings the table needs besides the programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// Felix's DefaultEndpointToHostAction: `Drop`, `Accept` or `Return`.
-    pub endpoint_to_host: String,
+    /// Felix's settings: failsafe ports, DefaultEndpointToHostAction (`Drop`, `Accept`,
+    /// `Return`).
+    pub felix: FelixSettings,
     /// Interface name prefix of workloads.
     pub workload_prefix: String,
 }
@@ -45,9 +47,93 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            endpoint_to_host: "Drop".into(),
+            felix: FelixSettings::default(),
             workload_prefix: "cali".into(),
         }
+    }
+}
+
+/// Where an endpoint's chain for one direction and mode is hooked.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    /// Normal ingress: workloads in `forward` (to the pod), hosts in `input`.
+    In,
+    /// Normal egress: workloads in `forward`/`input` (from the pod), hosts in `output`.
+    Out,
+    /// Host endpoints, applyOnForward: forwarded traffic arriving by / leaving by the interface.
+    ForwardIn,
+    ForwardOut,
+    /// Host endpoints, preDNAT (prerouting, before DNAT).
+    PreDnat,
+    /// Host endpoints, doNotTrack (prerouting / output at raw priority, before conntrack).
+    UntrackedIn,
+    UntrackedOut,
+}
+
+impl Mode {
+    const HOST: [Mode; 7] = [
+        Mode::In,
+        Mode::Out,
+        Mode::ForwardIn,
+        Mode::ForwardOut,
+        Mode::PreDnat,
+        Mode::UntrackedIn,
+        Mode::UntrackedOut,
+    ];
+
+    /// Suffix of the endpoint chain's name.
+    fn suffix(self) -> &'static str {
+        match self {
+            Mode::In => "i",
+            Mode::Out => "e",
+            Mode::ForwardIn => "fi",
+            Mode::ForwardOut => "fe",
+            Mode::PreDnat => "di",
+            Mode::UntrackedIn => "ui",
+            Mode::UntrackedOut => "ue",
+        }
+    }
+
+    /// The policy direction: `i` (ingress rules) or `e` (egress rules).
+    fn dir(self) -> &'static str {
+        match self {
+            Mode::In | Mode::ForwardIn | Mode::PreDnat | Mode::UntrackedIn => "i",
+            Mode::Out | Mode::ForwardOut | Mode::UntrackedOut => "e",
+        }
+    }
+
+    /// The interface a packet is dispatched on.
+    fn ifname(self) -> &'static str {
+        if self.dir() == "i" {
+            "iifname"
+        } else {
+            "oifname"
+        }
+    }
+
+    fn program(self, ep: &EndpointProgram) -> Option<&ChainProgram> {
+        match self {
+            Mode::In => Some(&ep.ingress),
+            Mode::Out => Some(&ep.egress),
+            Mode::ForwardIn => ep.forward_ingress.as_ref(),
+            Mode::ForwardOut => ep.forward_egress.as_ref(),
+            Mode::PreDnat => ep.pre_dnat_ingress.as_ref(),
+            Mode::UntrackedIn => ep.untracked_ingress.as_ref(),
+            Mode::UntrackedOut => ep.untracked_egress.as_ref(),
+        }
+    }
+
+    /// The chains an endpoint has.
+    fn of(ep: &EndpointProgram) -> Vec<(Mode, &ChainProgram)> {
+        let modes: &[Mode] = if ep.host {
+            &Mode::HOST
+        } else {
+            &[Mode::In, Mode::Out]
+        };
+        modes
+            .iter()
+            .filter_map(|m| m.program(ep).map(|c| (*m, c)))
+            .collect()
     }
 }
 
@@ -394,7 +480,8 @@ pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
     }
     // Shared policy and profile chains.
     for ep in program.endpoints.values() {
-        for (dir, chain) in [("i", &ep.ingress), ("e", &ep.egress)] {
+        for (mode, chain) in Mode::of(ep) {
+            let dir = mode.dir();
             for t in &chain.tiers {
                 for p in &t.policies {
                     let name = format!("p{}{dir}", short_hash(&format!("{:?}", p.policy)));
@@ -417,16 +504,28 @@ pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
     // Endpoint chains and the dispatch maps.
     let mut egress_map = BTreeSet::new();
     let mut ingress_map = BTreeSet::new();
+    let mut hosts = HostDispatch::default();
     for (key, ep) in &program.endpoints {
-        if !ep.interface.starts_with(&settings.workload_prefix) {
-            // Host endpoints are not rendered yet; their traffic is left alone.
+        if ep.host {
+            for (mode, chain) in Mode::of(ep) {
+                let always_continues = !matches!(mode, Mode::In | Mode::Out)
+                    && chain.tiers.is_empty()
+                    && chain.missing_tier.is_none();
+                if always_continues {
+                    continue;
+                }
+                let name = format!("e{}{}", short_hash(key), mode.suffix());
+                endpoint_chain(&name, ep, chain, mode.dir(), &mut table);
+                hosts.add(mode, &ep.interface, name);
+            }
+            hosts.any = true;
             continue;
         }
-        for (dir, chain) in [("i", &ep.ingress), ("e", &ep.egress)] {
-            let name = format!("e{}{dir}", short_hash(key));
-            endpoint_chain(&name, ep, chain, dir, &mut table);
+        for (mode, chain) in Mode::of(ep) {
+            let name = format!("e{}{}", short_hash(key), mode.suffix());
+            endpoint_chain(&name, ep, chain, mode.dir(), &mut table);
             let entry = format!("\"{}\" : jump {name}", ep.interface);
-            if dir == "i" {
+            if mode == Mode::In {
                 ingress_map.insert(entry);
             } else {
                 egress_map.insert(entry);
@@ -441,13 +540,85 @@ pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
         "wl-ingress".into(),
         Set::new("ifname", SetKind::Verdict, ingress_map),
     );
+    let maps = 2 + if hosts.any { Mode::HOST.len() } else { 0 };
+    base_chains(&mut table, settings, &hosts);
+    Rendered {
+        chains: table.chains.len(),
+        sets: table.sets.len() - maps,
+        set_members,
+        table,
+    }
+}
+
+/// The host endpoints' chains by mode: named interfaces (first endpoint wins an interface) and
+/// the wildcard (`*`) one, which covers interfaces without a named endpoint.
+#[derive(Default)]
+struct HostDispatch {
+    any: bool,
+    named: BTreeMap<Mode, BTreeMap<String, String>>,
+    wildcard: BTreeMap<Mode, String>,
+}
+
+impl HostDispatch {
+    fn add(&mut self, mode: Mode, interface: &str, chain: String) {
+        if interface == "*" {
+            self.wildcard.entry(mode).or_insert(chain);
+        } else if !interface.is_empty() {
+            // An endpoint known only by its expected IPs is not attached to an interface.
+            self.named
+                .entry(mode)
+                .or_default()
+                .entry(interface.to_owned())
+                .or_insert(chain);
+        }
+    }
+}
+
+/// Failsafe entries as rules: `ports` is `d` to match the destination port (the service) or
+/// `s` for replies from it; `addr` the side the entry's net applies to.
+fn failsafe_rules(
+    list: &[Failsafe],
+    ports: &str,
+    addr: &str,
+    pre: &str,
+    verdict: &str,
+) -> Vec<Rule> {
+    list.iter()
+        .map(|f| {
+            let mut text = pre.to_owned();
+            if let Some(net) = &f.net {
+                let ip = Family::of(net).ip();
+                text.push_str(&format!("{ip} {addr}addr {net} "));
+            }
+            text.push_str(&format!(
+                "meta l4proto {} th {ports}port {} {verdict}",
+                f.protocol, f.port
+            ));
+            let note = format!("failsafe {}/{}", f.protocol, f.port);
+            Rule::new(text, note)
+        })
+        .collect()
+}
+
+/// The base chains (hooks) and the host endpoint dispatch chains.
+fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     let prefix = &settings.workload_prefix;
     let clear = format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS);
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
+    let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
     let r = |text: String, note: &str| Rule::new(text, note);
-    let forward = vec![
+    let mut forward = vec![
         r("ct state established,related accept".into(), ""),
         r("ct state invalid drop".into(), ""),
+    ];
+    if hosts.any {
+        // Forwarded traffic arriving by a host endpoint, unless its preDNAT policy allowed it.
+        forward.push(r(
+            format!("{not_accepted} jump hd-fi"),
+            "host endpoint forward ingress",
+        ));
+    }
+    forward.extend([
         r(clear.clone(), ""),
         r("iifname vmap @wl-egress".into(), "workload egress"),
         r(
@@ -461,40 +632,183 @@ pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
             "workload without a program",
         ),
         r(clear.clone(), ""),
-    ];
+    ]);
+    if hosts.any {
+        forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
+        forward.push(r(clear.clone(), ""));
+    }
     table
         .chains
         .insert("forward".into(), Chain::base(base("forward", 10), forward));
-    let mut input = vec![
-        r("ct state established,related accept".into(), ""),
-        r("ct state invalid drop".into(), ""),
+
+    // Workload to its own host: the workload's egress, then DefaultEndpointToHostAction.
+    // Reached by goto, so Return leaves our input chain (the host's own firewall decides).
+    let mut to_host = vec![
         r(clear.clone(), ""),
         r("iifname vmap @wl-egress".into(), "workload egress"),
         r(
-            format!("iifname \"{prefix}*\" {not_accepted} counter drop"),
+            format!("{not_accepted} counter drop"),
             "workload without a program",
         ),
     ];
-    match settings.endpoint_to_host.as_str() {
-        "Accept" => input.push(r(
-            format!("iifname \"{prefix}*\" {clear} accept"),
+    match settings.felix.default_endpoint_to_host_action.as_str() {
+        "Accept" => to_host.push(r(
+            format!("{clear} accept"),
             "DefaultEndpointToHostAction Accept",
         )),
-        "Return" => {}
-        _ => input.push(r(
-            format!("iifname \"{prefix}*\" counter drop"),
-            "DefaultEndpointToHostAction Drop",
+        "Return" => to_host.push(r(
+            format!("{clear} return"),
+            "DefaultEndpointToHostAction Return",
         )),
+        _ => to_host.push(r("counter drop".into(), "DefaultEndpointToHostAction Drop")),
     }
-    input.push(r(clear, ""));
+    table
+        .chains
+        .insert("wl-to-host".into(), Chain::regular(to_host));
+    let mut input = vec![
+        r("ct state established,related accept".into(), ""),
+        r("ct state invalid drop".into(), ""),
+        r(
+            format!("iifname \"{prefix}*\" goto wl-to-host"),
+            "workload to host",
+        ),
+    ];
+    if hosts.any {
+        input.extend([
+            r("iifname \"lo\" accept".into(), "the host to itself"),
+            r(
+                format!("{accepted} accept"),
+                "allowed by untracked or preDNAT policy",
+            ),
+            r(clear.clone(), ""),
+            r("jump hd-i".into(), "host endpoint ingress"),
+        ]);
+    }
     table
         .chains
         .insert("input".into(), Chain::base(base("input", 10), input));
-    Rendered {
-        chains: table.chains.len(),
-        sets: table.sets.len() - 2,
-        set_members,
-        table,
+    if !hosts.any {
+        return;
+    }
+
+    let fs = &settings.felix;
+    let output = vec![
+        r("ct state established,related accept".into(), ""),
+        r(format!("{accepted} accept"), "allowed by untracked policy"),
+        r(
+            format!("oifname \"{prefix}*\" accept"),
+            "the host to its own workloads",
+        ),
+        r("oifname \"lo\" accept".into(), "the host to itself"),
+        r(clear.clone(), ""),
+        r("jump hd-e".into(), "host endpoint egress"),
+    ];
+    table
+        .chains
+        .insert("output".into(), Chain::base(base("output", 10), output));
+    // Untracked (doNotTrack) policy, at raw priority before conntrack: an Allow marks the
+    // packet, which is then exempt from conntrack and accepted by every later chain. Only
+    // traffic to and from the host itself.
+    let untracked_allowed = r(
+        format!("{accepted} notrack accept"),
+        "untracked policy allowed",
+    );
+    let raw_in = vec![
+        r(clear.clone(), ""),
+        r(format!("iifname \"{prefix}*\" return"), ""),
+        r("iifname \"lo\" return".into(), ""),
+        r("fib daddr type != local return".into(), "forwarded traffic"),
+        r("jump hd-ui".into(), "host endpoint untracked ingress"),
+        untracked_allowed.clone(),
+    ];
+    table.chains.insert(
+        "raw-in".into(),
+        Chain::base(base("prerouting", -300), raw_in),
+    );
+    let raw_out = vec![
+        r(clear.clone(), ""),
+        r(format!("oifname \"{prefix}*\" return"), ""),
+        r("oifname \"lo\" return".into(), ""),
+        r("jump hd-ue".into(), "host endpoint untracked egress"),
+        untracked_allowed,
+    ];
+    table
+        .chains
+        .insert("raw-out".into(), Chain::base(base("output", -300), raw_out));
+    // preDNAT policy, at mangle priority before DNAT: an Allow skips the host endpoint's
+    // normal and forward policy (workload policy still applies).
+    let pre_dnat = vec![
+        r("ct state established,related accept".into(), ""),
+        r(format!("{accepted} accept"), "allowed by untracked policy"),
+        r(format!("iifname \"{prefix}*\" return"), ""),
+        r("iifname \"lo\" return".into(), ""),
+        r("jump hd-di".into(), "host endpoint preDNAT ingress"),
+    ];
+    table.chains.insert(
+        "pre-dnat".into(),
+        Chain::base(base("prerouting", -150), pre_dnat),
+    );
+
+    // Dispatch: failsafe ports first, then the endpoint of the interface (goto, so the
+    // wildcard endpoint only sees interfaces without a named one).
+    for mode in Mode::HOST {
+        let (name, failsafe) = match mode {
+            Mode::In => (
+                "hd-i",
+                failsafe_rules(&fs.failsafe_inbound, "d", "s", "", "accept"),
+            ),
+            Mode::Out => (
+                "hd-e",
+                failsafe_rules(&fs.failsafe_outbound, "d", "d", "", "accept"),
+            ),
+            Mode::ForwardIn => ("hd-fi", Vec::new()),
+            Mode::ForwardOut => ("hd-fe", Vec::new()),
+            Mode::PreDnat => (
+                "hd-di",
+                failsafe_rules(
+                    &fs.failsafe_inbound,
+                    "d",
+                    "s",
+                    "fib daddr type local ",
+                    "return",
+                ),
+            ),
+            Mode::UntrackedIn => {
+                let mut v = failsafe_rules(&fs.failsafe_inbound, "d", "s", "", "return");
+                v.extend(failsafe_rules(
+                    &fs.failsafe_outbound,
+                    "s",
+                    "s",
+                    "",
+                    "return",
+                ));
+                ("hd-ui", v)
+            }
+            Mode::UntrackedOut => {
+                let mut v = failsafe_rules(&fs.failsafe_outbound, "d", "d", "", "return");
+                v.extend(failsafe_rules(&fs.failsafe_inbound, "s", "d", "", "return"));
+                ("hd-ue", v)
+            }
+        };
+        let ifname = mode.ifname();
+        let map = format!("hm-{}", mode.suffix());
+        let mut rules = failsafe;
+        rules.push(r(format!("{ifname} \"{prefix}*\" return"), "workloads"));
+        rules.push(r(format!("{ifname} vmap @{map}"), "named host endpoints"));
+        if let Some(w) = hosts.wildcard.get(&mode) {
+            rules.push(r(format!("goto {w}"), "wildcard host endpoint"));
+        }
+        table.chains.insert(name.into(), Chain::regular(rules));
+        let entries = hosts
+            .named
+            .get(&mode)
+            .into_iter()
+            .flatten()
+            .map(|(iface, chain)| format!("\"{iface}\" : goto {chain}"))
+            .collect();
+        table
+            .sets
+            .insert(map, Set::new("ifname", SetKind::Verdict, entries));
     }
 }
 

@@ -288,13 +288,14 @@ impl Table {
         for name in &gone {
             s.push(format_args!("flush chain inet {TABLE} {name}"));
         }
-        for name in &gone {
-            s.push(format_args!("delete chain inet {TABLE} {name}"));
-        }
+        // Removed maps go before removed chains: their elements may name those chains.
         for (name, set) in &self.sets {
             if !new.sets.contains_key(name) {
                 s.push(format_args!("delete {} inet {TABLE} {name}", set.keyword()));
             }
+        }
+        for name in &gone {
+            s.push(format_args!("delete chain inet {TABLE} {name}"));
         }
         if !s.is_empty() {
             let mut with_table = Script::default();
@@ -742,8 +743,8 @@ mod tests {
                     b.chains["c"].rules[0].id
                 ),
                 "flush chain inet gingham d",
-                "delete chain inet gingham d",
                 "delete set inet gingham old",
+                "delete chain inet gingham d",
             ]
         );
     }

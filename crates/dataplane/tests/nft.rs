@@ -62,7 +62,11 @@ fn case_tables() -> Vec<(PathBuf, Table)> {
         .map(|dir| {
             let snap = load_case(&dir);
             let program = snap.node_program(None);
-            let table = render(&program, &Settings::default()).table;
+            let settings = Settings {
+                felix: snap.felix.clone(),
+                ..Settings::default()
+            };
+            let table = render(&program, &settings).table;
             (dir, table)
         })
         .collect()

@@ -229,16 +229,10 @@ fn decode(key: &str, value: &[u8]) -> Option<Resource> {
 }
 
 fn settings_from(resources: &[Resource]) -> Settings {
-    let mut s = Settings::default();
-    for r in resources {
-        if let Resource::FelixConfiguration(f) = r
-            && f.metadata.name == "default"
-            && let Some(a) = &f.spec.default_endpoint_to_host_action
-        {
-            s.endpoint_to_host = a.clone();
-        }
+    Settings {
+        felix: gingham_calc::snapshot::FelixSettings::from_resources(resources),
+        ..Settings::default()
     }
-    s
 }
 
 struct Agent {

@@ -42,7 +42,8 @@ pub enum LabCmd {
     Apply(UpArgs),
     /// Delete a pod from a running lab, as the kubelet would: CNI DEL and its namespace.
     Delete(DeleteArgs),
-    /// Try one connection with real packets: from a pod or a node to a pod.
+    /// Try one connection with real packets: from a pod or a node to a pod or a node (a node
+    /// answers on the Lab's `spec.nodePorts`).
     Try(TryArgs),
     /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
     Exec(ExecArgs),
@@ -137,7 +138,7 @@ pub struct TryArgs {
     pub lab: DirArgs,
     /// `namespace/pod` or a node name.
     pub from: String,
-    /// `namespace/pod`.
+    /// `namespace/pod` or a node name.
     pub to: String,
     #[arg(long)]
     pub port: u16,
@@ -307,6 +308,9 @@ struct NodeState {
     /// The node's agent, which programs its nftables table.
     #[serde(default)]
     agent_pid: Option<u32>,
+    /// The server on the Lab's `nodePorts`, in the node's own namespace.
+    #[serde(default)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -503,11 +507,56 @@ fn traffic(args: &TrafficArgs) -> Result<Exit> {
 }
 
 /// The `Lab` document's node names (default: two nodes).
-fn lab_nodes(docs: &[Value]) -> Result<(String, Vec<String>)> {
+/// A Lab document's `spec.nodePorts`: ports every node's host listens on (`80` is TCP,
+/// `UDP/53` names the protocol).
+fn node_ports(doc: &Value) -> Result<Vec<(u8, u16)>> {
+    let mut out = Vec::new();
+    for p in doc
+        .pointer("/spec/nodePorts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let bad = || {
+            anyhow::anyhow!(
+                "Lab spec.nodePorts: {p} is not a port (valid: 80 for TCP, or \"UDP/53\", \"TCP/22\")"
+            )
+        };
+        let entry = match p {
+            Value::Number(n) => (
+                6,
+                n.as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(bad)?,
+            ),
+            Value::String(text) => {
+                let (proto, port) = text.split_once('/').ok_or_else(bad)?;
+                let proto = parse_protocol(proto)
+                    .filter(|p| *p == 6 || *p == 17)
+                    .ok_or_else(bad)?;
+                (proto, port.parse().map_err(|_| bad())?)
+            }
+            _ => return Err(bad()),
+        };
+        if entry.1 == 0 {
+            return Err(bad());
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// (protocol number, port).
+type PortSpec = (u8, u16);
+
+/// A Lab document's name, node names and node ports.
+fn lab_nodes(docs: &[Value]) -> Result<(String, Vec<String>, Vec<PortSpec>)> {
     let mut name = "lab".to_owned();
     let mut nodes = Vec::new();
+    let mut ports = Vec::new();
     for d in docs {
         if d.get("kind").and_then(Value::as_str) == Some("Lab") {
+            ports = node_ports(d)?;
             if let Some(n) = d.pointer("/metadata/name").and_then(Value::as_str) {
                 name = n.to_owned();
             }
@@ -536,7 +585,7 @@ fn lab_nodes(docs: &[Value]) -> Result<(String, Vec<String>)> {
             "Lab metadata.name {name:?} must be 1-6 lowercase letters or digits (it prefixes network namespace names)"
         );
     }
-    Ok((name, nodes))
+    Ok((name, nodes, ports))
 }
 
 fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
@@ -560,7 +609,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         all_docs.push((name, docs));
     }
     let flat: Vec<Value> = all_docs.iter().flat_map(|(_, d)| d.clone()).collect();
-    let (lab, nodes) = lab_nodes(&flat)?;
+    let (lab, nodes, node_ports) = lab_nodes(&flat)?;
     let mut next = 0usize;
     let mut schedule = || {
         let n = nodes[next % nodes.len()].clone();
@@ -581,7 +630,14 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     save_state(dir, &state)?;
     // From here on, a failure leaves state that `lab down` cleans.
-    let result = build(dir, &mut state, &client, &nodes, &inputs, !args.no_agent);
+    let result = build(
+        dir,
+        &mut state,
+        &client,
+        (&nodes, &node_ports),
+        &inputs,
+        !args.no_agent,
+    );
     if let Err(e) = result {
         eprintln!("lab up failed: {e:#}");
         eprintln!("cleaning up what was made");
@@ -609,7 +665,7 @@ fn build(
     dir: &Path,
     state: &mut State,
     client: &gingham_api::Client,
-    nodes: &[String],
+    (nodes, node_ports): (&[String], &[(u8, u16)]),
     inputs: &Inputs,
     start_agents: bool,
 ) -> Result<()> {
@@ -648,6 +704,7 @@ fn build(
             netns: ns.clone(),
             ip: node_ip.clone(),
             agent_pid: None,
+            server_pid: None,
         });
         save_state(dir, state)?;
         ip(&["netns", "add", &ns])?;
@@ -680,6 +737,9 @@ fn build(
                 &format!("{UNDERLAY_PREFIX}.254"),
             ],
         )?;
+        let pid = start_server(&self_exe()?, dir, &ns, name, node_ports)?;
+        state.nodes[i].server_pid = pid;
+        save_state(dir, state)?;
         node_docs.push_str(&format!(
             "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{bgp: {{ipv4Address: {node_ip}/24}}}}\n---\n"
         ));
@@ -1369,7 +1429,19 @@ fn try_connect(args: &TryArgs) -> Result<Exit> {
         .iter()
         .find(|p| p.key() == args.to)
         .and_then(|p| p.ip.clone())
-        .with_context(|| format!("{:?} is not a pod of this lab with an address", args.to))?;
+        .or_else(|| {
+            state
+                .nodes
+                .iter()
+                .find(|n| n.name == args.to)
+                .map(|n| n.ip.clone())
+        })
+        .with_context(|| {
+            format!(
+                "{:?} is not a pod (with an address) or a node of this lab",
+                args.to
+            )
+        })?;
     let out = Command::new("ip")
         .args(["netns", "exec", &from])
         .arg(self_exe()?)
@@ -1475,9 +1547,10 @@ fn down(dir: &Path) -> Result<Exit> {
         }
     }
     for n in &state.nodes {
-        if let Some(pid) = n.agent_pid {
+        for pid in n.agent_pid.iter().chain(&n.server_pid) {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
+        let _ = std::fs::remove_file(dir.join(format!("{}.log", n.netns)));
         let _ = std::fs::remove_file(dir.join(format!("agent-{}.log", n.name)));
     }
     if let Some(pid) = state.proxy_pid {
