@@ -6,6 +6,7 @@
 //! for tests. The kernel is read once, when the programmer has no record (start, after an
 //! error, or on the periodic consistency check), and reconciled without flushing.
 
+mod libnft;
 pub mod render;
 pub mod table;
 
@@ -31,18 +32,37 @@ pub trait Backend {
     fn read(&mut self) -> Result<Option<String>, Error>;
 }
 
-/// The kernel, through `nft`, in the network namespace of the calling process or, for tests
-/// and benchmarks, in a named one (`ip netns exec`).
+/// The kernel, through `nft`, in the network namespace of the calling thread or, for tests
+/// and benchmarks, in a named one (`ip netns exec`). Transactions in the calling thread's
+/// namespace run in-process through libnftables when it loads (the library `nft` itself
+/// uses); otherwise, and for reads, `nft` is spawned.
 #[derive(Debug, Default)]
 pub struct Nft {
     netns: Option<String>,
+    lib: Option<libnft::LibNft>,
+    /// Whether loading libnftables was tried (or is not wanted).
+    lib_tried: bool,
 }
 
 impl Nft {
     pub fn in_netns(name: &str) -> Nft {
         Nft {
             netns: Some(name.to_owned()),
+            ..Nft::default()
         }
+    }
+
+    /// Always spawns `nft` (the baseline the benchmarks compare the library with).
+    pub fn spawning() -> Nft {
+        Nft {
+            lib_tried: true,
+            ..Nft::default()
+        }
+    }
+
+    /// Whether transactions run in-process (after the first one).
+    pub fn in_process(&self) -> bool {
+        self.lib.is_some()
     }
 
     fn command(&self) -> Command {
@@ -59,6 +79,14 @@ impl Nft {
 
 impl Backend for Nft {
     fn run(&mut self, script: &str) -> Result<(), Error> {
+        if self.netns.is_none() && !self.lib_tried {
+            self.lib_tried = true;
+            self.lib = libnft::LibNft::open();
+            tracing::debug!(in_process = self.lib.is_some(), "libnftables");
+        }
+        if let Some(lib) = &mut self.lib {
+            return lib.run(script).map_err(Error::Refused);
+        }
         let mut child = self
             .command()
             .args(["-f", "-"])

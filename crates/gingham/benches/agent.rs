@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use gingham_calc::incremental::{Calculator, Update};
 use gingham_dataplane::{Backend, Nft, Programmer, Settings, render};
 use gingham_model::Resource;
+use gingham_net::NetnsRef;
 use gingham_testkit::netns::TestNetns;
 
 const NAMESPACES: usize = 100;
@@ -141,21 +142,30 @@ fn program(
 
 fn latency(scales: &[usize]) {
     println!("\n## Programming latency (B3): update -> nft transaction committed, ms");
+    // The agent runs in its node's namespace and talks to the kernel in-process (libnftables);
+    // this thread enters each test namespace the same way.
     let floor_ns = TestNetns::new("bfl");
-    let mut floor = Nft::in_netns(floor_ns.name());
-    floor.run("add table inet gingham\n").unwrap();
-    let mut floors: Vec<Duration> = (0..30)
-        .map(|_| {
-            let t = Instant::now();
-            floor.run("add table inet gingham\n").unwrap();
-            t.elapsed()
-        })
-        .collect();
-    println!(
-        "floor (an empty nft transaction): p50 {} p99 {}",
-        ms(percentile(&mut floors, 0.5)),
-        ms(percentile(&mut floors, 0.99))
-    );
+    gingham_net::in_netns_same_thread(&NetnsRef::named(floor_ns.name()), || {
+        for (what, mut nft) in [
+            ("spawning nft", Nft::spawning()),
+            ("libnftables, in-process", Nft::default()),
+        ] {
+            nft.run("add table inet gingham\n").unwrap();
+            let mut floors: Vec<Duration> = (0..30)
+                .map(|_| {
+                    let t = Instant::now();
+                    nft.run("add table inet gingham\n").unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "floor (an empty nft transaction, {what}): p50 {} p99 {}",
+                ms(percentile(&mut floors, 0.5)),
+                ms(percentile(&mut floors, 0.99))
+            );
+        }
+    })
+    .unwrap();
     println!(
         "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8}",
         "P",
@@ -173,104 +183,107 @@ fn latency(scales: &[usize]) {
     let reps = 40;
     for &p in scales {
         let ns = TestNetns::new("blat");
-        let resources = model(p);
-        // Cold start: everything loaded, the table installed into an empty kernel.
-        let t = Instant::now();
-        let mut calc = Calculator::new(NODE);
-        calc.load_all(resources.clone());
-        let mut dp = Programmer::new(Nft::in_netns(ns.name()));
-        program(&mut calc, &mut dp, None);
-        let cold = t.elapsed();
-        let rendered = render(&calc.state(), &Settings::default());
-        let (chains, members) = (rendered.chains, rendered.set_members);
+        gingham_net::in_netns_same_thread(&NetnsRef::named(ns.name()), || {
+            let resources = model(p);
+            // Cold start: everything loaded, the table installed into an empty kernel.
+            let t = Instant::now();
+            let mut calc = Calculator::new(NODE);
+            calc.load_all(resources.clone());
+            let mut dp = Programmer::new(Nft::default());
+            program(&mut calc, &mut dp, None);
+            let cold = t.elapsed();
+            let rendered = render(&calc.state(), &Settings::default());
+            let (chains, members) = (rendered.chains, rendered.set_members);
 
-        let mut in_calc = Vec::new();
-        let mut run = |what: &str, make: &mut dyn FnMut(usize) -> Update| -> Vec<Duration> {
-            (0..reps)
-                .map(|i| {
-                    let u = make(i);
-                    let t = Instant::now();
-                    let (commands, calc_time) = program(&mut calc, &mut dp, Some(u));
-                    let took = t.elapsed();
-                    in_calc.push(calc_time);
-                    assert!(commands > 0, "{what} #{i} changed nothing in the kernel");
-                    took
-                })
-                .collect()
-        };
-        // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
-        // policies' sources, then joins it again.
-        let relabels: Vec<Resource> = [11usize, 10]
-            .iter()
-            .flat_map(|&role| load(&model_endpoint(150, role)))
-            .collect();
-        let mut member = run("set member", &mut |i| {
-            Update::Upsert(Box::new(relabels[i % 2].clone()))
-        });
-        // A new local endpoint (a new pod on the node).
-        let adds: Vec<Resource> = (0..reps)
-            .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1000, 1)))
-            .collect();
-        let mut add_ep = run("add endpoint", &mut |i| {
-            Update::Upsert(Box::new(adds[i].clone()))
-        });
-        // A policy selecting local endpoints changes its port.
-        let changes: Vec<Resource> = [90u16, 80]
-            .iter()
-            .flat_map(|&port| load(&policy(0, port)))
-            .collect();
-        let mut change = run("change policy", &mut |i| {
-            Update::Upsert(Box::new(changes[i % 2].clone()))
-        });
-        // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
-        let j = p.max(1) * 10;
-        let extra = load(&policy(j, 99));
-        let mut add_del = run("add/delete policy", &mut |i| {
-            if i % 2 == 0 {
-                Update::Upsert(Box::new(extra[0].clone()))
-            } else {
-                Update::Delete {
-                    kind: gingham_model::Kind::NetworkPolicy,
-                    namespace: Some(format!("ns{}", j % NAMESPACES)),
-                    name: format!("pol{j}"),
+            let mut in_calc = Vec::new();
+            let mut run = |what: &str, make: &mut dyn FnMut(usize) -> Update| -> Vec<Duration> {
+                (0..reps)
+                    .map(|i| {
+                        let u = make(i);
+                        let t = Instant::now();
+                        let (commands, calc_time) = program(&mut calc, &mut dp, Some(u));
+                        let took = t.elapsed();
+                        in_calc.push(calc_time);
+                        assert!(commands > 0, "{what} #{i} changed nothing in the kernel");
+                        took
+                    })
+                    .collect()
+            };
+            // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
+            // policies' sources, then joins it again.
+            let relabels: Vec<Resource> = [11usize, 10]
+                .iter()
+                .flat_map(|&role| load(&model_endpoint(150, role)))
+                .collect();
+            let mut member = run("set member", &mut |i| {
+                Update::Upsert(Box::new(relabels[i % 2].clone()))
+            });
+            // A new local endpoint (a new pod on the node).
+            let adds: Vec<Resource> = (0..reps)
+                .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1000, 1)))
+                .collect();
+            let mut add_ep = run("add endpoint", &mut |i| {
+                Update::Upsert(Box::new(adds[i].clone()))
+            });
+            // A policy selecting local endpoints changes its port.
+            let changes: Vec<Resource> = [90u16, 80]
+                .iter()
+                .flat_map(|&port| load(&policy(0, port)))
+                .collect();
+            let mut change = run("change policy", &mut |i| {
+                Update::Upsert(Box::new(changes[i % 2].clone()))
+            });
+            // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
+            let j = p.max(1) * 10;
+            let extra = load(&policy(j, 99));
+            let mut add_del = run("add/delete policy", &mut |i| {
+                if i % 2 == 0 {
+                    Update::Upsert(Box::new(extra[0].clone()))
+                } else {
+                    Update::Delete {
+                        kind: gingham_model::Kind::NetworkPolicy,
+                        namespace: Some(format!("ns{}", j % NAMESPACES)),
+                        name: format!("pol{j}"),
+                    }
                 }
-            }
-        });
-        // Baseline: the whole table replaced, as before diffs.
-        let script = render(&calc.state(), &Settings::default())
-            .table
-            .replace_script()
-            .text;
-        let mut nft = Nft::in_netns(ns.name());
-        let mut replace: Vec<Duration> = (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                let table = render(&calc.state(), &Settings::default()).table;
-                let _ = table;
-                nft.run(&script).unwrap();
-                t.elapsed()
-            })
-            .collect();
-        let pair = |v: &mut Vec<Duration>| {
-            format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
-        };
-        let replace50 = percentile(&mut replace, 0.5);
-        let calc50 = percentile(&mut in_calc, 0.5);
-        let inc50 = percentile(&mut change, 0.5);
-        println!(
-            "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
-            p,
-            chains,
-            members,
-            pair(&mut member),
-            pair(&mut add_ep),
-            pair(&mut change),
-            pair(&mut add_del),
-            ms(cold),
-            ms(replace50),
-            replace50.as_secs_f64() / inc50.as_secs_f64(),
-            ms(calc50)
-        );
+            });
+            // Baseline: the whole table replaced, as before diffs.
+            let script = render(&calc.state(), &Settings::default())
+                .table
+                .replace_script()
+                .text;
+            let mut nft = Nft::default();
+            let mut replace: Vec<Duration> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let table = render(&calc.state(), &Settings::default()).table;
+                    let _ = table;
+                    nft.run(&script).unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            let pair = |v: &mut Vec<Duration>| {
+                format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
+            };
+            let replace50 = percentile(&mut replace, 0.5);
+            let calc50 = percentile(&mut in_calc, 0.5);
+            let inc50 = percentile(&mut change, 0.5);
+            println!(
+                "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
+                p,
+                chains,
+                members,
+                pair(&mut member),
+                pair(&mut add_ep),
+                pair(&mut change),
+                pair(&mut add_del),
+                ms(cold),
+                ms(replace50),
+                replace50.as_secs_f64() / inc50.as_secs_f64(),
+                ms(calc50)
+            );
+        })
+        .unwrap();
     }
     println!("(ratio: whole-table replacement / incremental policy change, p50; calc: the part of");
     println!(" every incremental operation spent before nft: calculation, rendering and diff)");

@@ -7,6 +7,10 @@
 //! the periodic consistency check, which repairs anything changed behind the agent's back.
 //! Programs of endpoints not yet calculated do not exist, so their traffic is dropped (fail
 //! closed).
+//!
+//! The host side of local workloads (sysctls, routes, neighbours) and the blackhole routes of
+//! the node's IPAM blocks are checked when local workloads change and every
+//! `routeRefreshInterval` (FelixConfiguration, 90 s by default), and repaired if changed.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +20,8 @@ use gingham_calc::incremental::{Calculator, Update};
 use gingham_dataplane::{Nft, Programmer, Settings, render};
 use gingham_datastore::{Datastore, Error as StoreError, EventKind};
 use gingham_model::{Kind, Resource};
+use gingham_net::host::{HostState, HostWorkload};
+use gingham_net::{Netlink, NetnsRef};
 
 use crate::Exit;
 
@@ -55,6 +61,7 @@ struct Health {
     script_commands: usize,
     kernel_reads_total: u64,
     repairs_total: u64,
+    plumbing_repairs_total: u64,
     /// Stored resources that cannot be read (skipped).
     unreadable: Vec<String>,
     /// Missing objects that close local endpoints (fail closed), with what they close.
@@ -212,6 +219,11 @@ fn metrics(h: &Health) -> String {
         "Consistency checks that found the kernel changed behind the agent's back.",
         h.repairs_total,
     );
+    counter(
+        "gingham_agent_plumbing_repairs_total",
+        "Routes, neighbours, sysctls and blackholes of local workloads put back.",
+        h.plumbing_repairs_total,
+    );
     out
 }
 
@@ -245,6 +257,37 @@ struct Agent {
     settings: Settings,
     dataplane: Programmer<Nft>,
     felix: Vec<Resource>,
+    /// Local workloads' host side, by endpoint key.
+    workloads: std::collections::BTreeMap<String, HostWorkload>,
+    /// Local workloads changed since the last plumbing check.
+    plumbing_due: bool,
+}
+
+/// The host side of a workload endpoint, if it runs on `node`.
+fn host_workload(r: &Resource, node: &str) -> Option<HostWorkload> {
+    let Resource::WorkloadEndpoint(w) = r else {
+        return None;
+    };
+    (w.spec.node == node && !w.spec.interface_name.is_empty()).then(|| HostWorkload {
+        ifname: w.spec.interface_name.clone(),
+        addresses: w.spec.ip_networks.clone(),
+        mac: w.spec.mac.parse().ok(),
+    })
+}
+
+/// FelixConfiguration's routeRefreshInterval (the global one), 90 s by default; zero: never.
+fn route_refresh(felix: &[Resource]) -> Duration {
+    felix
+        .iter()
+        .find_map(|r| match r {
+            Resource::FelixConfiguration(f) if f.metadata.name == "default" => f
+                .spec
+                .route_refresh_interval
+                .as_deref()
+                .and_then(gingham_model::felix::parse_duration),
+            _ => None,
+        })
+        .unwrap_or(Duration::from_secs(90))
 }
 
 impl Agent {
@@ -263,6 +306,11 @@ impl Agent {
             .cloned()
             .collect();
         self.settings = settings_from(&self.felix);
+        self.workloads = resources
+            .iter()
+            .filter_map(|r| Some((r.key(), host_workload(r, &self.node)?)))
+            .collect();
+        self.plumbing_due = true;
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources);
         self.program()?;
@@ -348,6 +396,36 @@ impl Agent {
         Ok(())
     }
 
+    /// Puts back whatever of the local workloads' host side and the node's blackhole routes
+    /// is missing or wrong.
+    fn plumb(&mut self, store: &dyn Datastore, netlink: &Netlink) {
+        self.plumbing_due = false;
+        let blocks = match gingham_ipam::Ipam::new(store).blocks_for_node(&self.node) {
+            Ok(b) => Some(b.into_iter().collect()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the node's IPAM blocks; blackholes left as they are");
+                None
+            }
+        };
+        let want = HostState {
+            workloads: self.workloads.values().cloned().collect(),
+            blackholes: blocks,
+        };
+        match gingham_net::host::repair(netlink, &want) {
+            Ok(done) => {
+                for d in &done {
+                    tracing::warn!(repair = %d, "host plumbing repaired");
+                }
+                lock(&self.health).plumbing_repairs_total += done.len() as u64;
+            }
+            Err(e) => {
+                let mut h = lock(&self.health);
+                h.errors_total += 1;
+                tracing::error!(error = %e, "checking the host plumbing failed");
+            }
+        }
+    }
+
     /// Decodes a stored value, keeping track of the keys that cannot be read.
     fn read(&mut self, key: &str, value: &[u8]) -> Option<Resource> {
         let r = decode(key, value);
@@ -381,6 +459,17 @@ impl Agent {
             let before = self.settings.clone();
             self.settings = settings_from(&self.felix);
             return before != self.settings;
+        }
+        if k == Kind::WorkloadEndpoint {
+            let local = match kind {
+                EventKind::Put => decode(key, value).and_then(|r| host_workload(&r, &self.node)),
+                EventKind::Delete => None,
+            };
+            let before = match local {
+                Some(w) => self.workloads.insert(key.to_owned(), w.clone()) != Some(w),
+                None => self.workloads.remove(key).is_some(),
+            };
+            self.plumbing_due |= before;
         }
         let update = match kind {
             EventKind::Put => match self.read(key, value) {
@@ -417,8 +506,13 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         settings: Settings::default(),
         dataplane: Programmer::new(Nft::default()),
         felix: Vec::new(),
+        workloads: Default::default(),
+        plumbing_due: true,
     };
+    let netlink = Netlink::open(&NetnsRef::Current).context("opening netlink")?;
     let mut revision = agent.resync(store)?;
+    agent.plumb(store, &netlink);
+    let mut last_plumbing = Instant::now();
     println!(
         "agent for node {} programmed; watching {}",
         args.node,
@@ -440,9 +534,20 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
                     tracing::error!(error = %format!("{e:#}"), "consistency check failed");
                 }
             }
+            let every = route_refresh(&agent.felix);
+            // `every` is also the bound of the watch's wait below.
+            if agent.plumbing_due || (!every.is_zero() && last_plumbing.elapsed() >= every) {
+                last_plumbing = Instant::now();
+                agent.plumb(store, &netlink);
+            }
             let wait = refresh
                 .map(|every| every.saturating_sub(last_check.elapsed()))
                 .unwrap_or(Duration::from_secs(5))
+                .min(if every.is_zero() {
+                    Duration::MAX
+                } else {
+                    every.saturating_sub(last_plumbing.elapsed())
+                })
                 .clamp(Duration::from_millis(10), Duration::from_secs(5));
             match watch.next(wait) {
                 Ok(None) => continue,

@@ -771,8 +771,8 @@ fn build(
     route_blocks(state, client)
 }
 
-/// Routes for the pods' blocks: a blackhole route on the owning node, a route via the owning
-/// node on the others (no BGP yet).
+/// Routes for the pods' blocks: a route via the owning node on the others (no BGP yet); a
+/// blackhole route on the owning node when no agent runs there (the agent keeps its own).
 fn route_blocks(state: &State, client: &gingham_api::Client) -> Result<()> {
     let store = client.store().clone();
     let ipam = gingham_ipam::Ipam::new(store.as_ref());
@@ -780,11 +780,13 @@ fn route_blocks(state: &State, client: &gingham_api::Client) -> Result<()> {
         for block in ipam.blocks_for_node(&n.name)? {
             // As calico/node does: a blackhole route for the node's own block, so addresses
             // of the block that no pod holds go nowhere instead of out of the default route
-            // (the pods' /32 routes are more specific).
-            in_ns(
-                &n.netns,
-                &["ip", "route", "replace", "blackhole", &block.to_string()],
-            )?;
+            // (the pods' /32 routes are more specific). The agent, when it runs, owns these.
+            if n.agent_pid.is_none() {
+                in_ns(
+                    &n.netns,
+                    &["ip", "route", "replace", "blackhole", &block.to_string()],
+                )?;
+            }
             for other in state.nodes.iter().filter(|o| o.name != n.name) {
                 in_ns(
                     &other.netns,

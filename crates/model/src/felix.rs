@@ -212,13 +212,21 @@ impl Check {
 /// Whether `s` is a Go duration: one or more `<number><unit>` groups, units ns, us, µs, ms, s, m, h
 /// (`0` alone is also accepted, as Go does).
 pub fn is_duration(s: &str) -> bool {
+    parse_duration(s).is_some()
+}
+
+/// Parses a Go duration (`90s`, `1m30s`, `500ms`, `0`); negative durations are `None`, as
+/// are malformed ones.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     if s == "0" {
-        return true;
+        return Some(std::time::Duration::ZERO);
     }
+    let negative = s.starts_with('-');
     let mut rest = s.strip_prefix(['+', '-']).unwrap_or(s);
     if rest.is_empty() {
-        return false;
+        return None;
     }
+    let mut total = 0f64;
     while !rest.is_empty() {
         let num_len = rest
             .char_indices()
@@ -227,19 +235,31 @@ pub fn is_duration(s: &str) -> bool {
             .unwrap_or(rest.len());
         let num = &rest[..num_len];
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return false;
+            return None;
         }
+        let value: f64 = num.parse().ok()?;
         rest = &rest[num_len..];
-        let unit = ["ns", "us", "µs", "μs", "ms", "s", "m", "h"]
-            .into_iter()
-            .filter(|u| rest.starts_with(u))
-            .max_by_key(|u| u.len());
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
+        let (unit, seconds) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("µs", 1e-6),
+            ("μs", 1e-6),
+            ("ms", 1e-3),
+            ("s", 1.0),
+            ("m", 60.0),
+            ("h", 3600.0),
+        ]
+        .into_iter()
+        .filter(|(u, _)| rest.starts_with(u))
+        .max_by_key(|(u, _)| u.len())?;
+        rest = &rest[unit.len()..];
+        total += value * seconds;
     }
-    true
+    if negative && total > 0.0 {
+        // Validation accepts a sign (Go does); a negative interval means nothing here.
+        return Some(std::time::Duration::ZERO);
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 macro_rules! felix_spec {
@@ -291,6 +311,14 @@ mod tests {
         for bad in ["", "90", "s", "1x", "1.2.3s", "abc"] {
             assert!(!is_duration(bad), "{bad}");
         }
+        assert_eq!(
+            parse_duration("1m30s"),
+            Some(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_duration("500ms"),
+            Some(std::time::Duration::from_millis(500))
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! used from inside an async task (use `spawn_blocking`).
 
 pub mod error;
+pub mod host;
 pub mod names;
 pub mod netlink;
 pub mod netns;
