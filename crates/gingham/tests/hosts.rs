@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Down, gingham_in, ok_in};
+use common::{gingham_in, ok_in};
 
 struct Lab {
     dir: String,
@@ -146,33 +146,15 @@ fn sys_host_endpoints_with_real_packets() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("ip");
     gingham_testkit::require_tool("nft");
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("h{}", std::process::id() % 100_000);
-    let dir = tmp.path().join("lab").display().to_string();
-    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
-    let file = tmp.path().join("cluster.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b], nodePorts: [22, 80, 179, 8080, 9101, 9102]}}\n---\n{CLUSTER}"
-        ),
-    )
-    .unwrap();
-    ok_in(
-        &[
-            "lab",
-            "up",
-            "-f",
-            file.to_str().unwrap(),
-            "--dir",
-            &dir,
-            "--datastore",
-            &ds,
-        ],
-        None,
+    let made = common::lab_up(
+        "h",
+        "{nodes: [node-a, node-b], nodePorts: [22, 80, 179, 8080, 9101, 9102]}",
+        CLUSTER,
     );
-    let _down = Down(dir.clone());
-    let lab = Lab { dir, ds };
+    let lab = Lab {
+        dir: made.dir.clone(),
+        ds: made.ds.clone(),
+    };
 
     // No host endpoint: the nodes are not policed; only workload-to-own-host is dropped
     // (DefaultEndpointToHostAction Drop).

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Down, ok_in};
+use common::ok_in;
 
 const CLUSTER: &str = r#"apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -67,30 +67,8 @@ fn sys_the_agent_repairs_workload_plumbing() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("ip");
     gingham_testkit::require_tool("nft");
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("r{}", std::process::id() % 100_000);
-    let dir = tmp.path().join("lab").display().to_string();
-    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
-    let file = tmp.path().join("cluster.yaml");
-    std::fs::write(
-        &file,
-        format!("apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b]}}\n---\n{CLUSTER}"),
-    )
-    .unwrap();
-    let up = ok_in(
-        &[
-            "lab",
-            "up",
-            "-f",
-            file.to_str().unwrap(),
-            "--dir",
-            &dir,
-            "--datastore",
-            &ds,
-        ],
-        None,
-    );
-    let _down = Down(dir.clone());
+    let lab = common::lab_up("r", "{nodes: [node-a, node-b]}", CLUSTER);
+    let (dir, up) = (lab.dir.clone(), lab.up.clone());
     let ip = up
         .lines()
         .find(|l| l.contains("default/web"))

@@ -10,8 +10,6 @@ fn ok(args: &[&str], stdin: Option<&str>) -> String {
     common::ok_in(args, stdin)
 }
 
-use common::Down;
-
 struct Lab {
     dir: String,
     ds: String,
@@ -118,30 +116,8 @@ items:
 fn sys_seed_stories_with_real_packets() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("nft");
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("s{}", std::process::id() % 100_000);
-    let dir = tmp.path().join("lab").display().to_string();
-    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
-    let file = tmp.path().join("cluster.yaml");
-    std::fs::write(
-        &file,
-        format!("apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b]}}\n---\n{CLUSTER}"),
-    )
-    .unwrap();
-    let up = ok(
-        &[
-            "lab",
-            "up",
-            "-f",
-            file.to_str().unwrap(),
-            "--dir",
-            &dir,
-            "--datastore",
-            &ds,
-        ],
-        None,
-    );
-    let _down = Down(dir.clone());
+    let made = common::lab_up("s", "{nodes: [node-a, node-b]}", CLUSTER);
+    let (dir, ds, up) = (made.dir.clone(), made.ds.clone(), made.up.clone());
     let ips = up
         .lines()
         .filter_map(|l| {

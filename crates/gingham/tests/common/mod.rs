@@ -45,3 +45,51 @@ impl Drop for Down {
         }
     }
 }
+
+/// A lab made by `gingham lab up` on SQLite in a temporary directory; `lab down` when dropped.
+pub struct TestLab {
+    /// The lab's state directory.
+    pub dir: String,
+    /// Its datastore URL.
+    pub ds: String,
+    /// What `lab up` printed (the pods and their addresses).
+    pub up: String,
+    // Dropped in this order: the lab, then its directory.
+    _down: Down,
+    _tmp: tempfile::TempDir,
+}
+
+/// Brings a lab up: a Lab document named `prefix` + this process's id, with `spec` (flow YAML,
+/// e.g. `{nodes: [node-a, node-b]}`), followed by `docs`.
+pub fn lab_up(prefix: &str, spec: &str, docs: &str) -> TestLab {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("{prefix}{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab").display().to_string();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    let file = tmp.path().join("cluster.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n{docs}"),
+    )
+    .unwrap();
+    let up = ok_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            &dir,
+            "--datastore",
+            &ds,
+        ],
+        None,
+    );
+    TestLab {
+        _down: Down(dir.clone()),
+        dir,
+        ds,
+        up,
+        _tmp: tmp,
+    }
+}
