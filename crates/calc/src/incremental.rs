@@ -19,7 +19,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::program::{Builder, EndpointProgram, IpSet, NodeProgram, SetId, SetSpec};
-use crate::snapshot::{DEFAULT_ALLOW_PROFILE, Endpoint, PolicyRef, Snapshot, TierInfo};
+use crate::snapshot::{
+    DEFAULT_ALLOW_PROFILE, Endpoint, EndpointKind, LabelSet, Policy, PolicyRef, Snapshot, TierInfo,
+};
 
 /// An input change.
 #[derive(Clone, Debug)]
@@ -127,6 +129,16 @@ pub struct Calculator {
     active: BTreeMap<SetId, ActiveSet>,
     /// Position of each policy in `snap.policies`.
     policy_index: HashMap<PolicyRef, usize>,
+    /// For each local endpoint with a program: the policies selecting it, and the kind and
+    /// labels that was worked out for (a change of either recomputes it). A program is then
+    /// built from its few policies instead of matching every policy again.
+    selecting: HashMap<String, Selecting>,
+}
+
+struct Selecting {
+    kind: EndpointKind,
+    labels: LabelSet,
+    policies: BTreeSet<PolicyRef>,
 }
 
 /// Collected changes of one update.
@@ -178,6 +190,7 @@ impl Calculator {
             programs: BTreeMap::new(),
             active: BTreeMap::new(),
             policy_index: HashMap::new(),
+            selecting: HashMap::new(),
         }
     }
 
@@ -192,6 +205,7 @@ impl Calculator {
         }
         let all: Vec<Resource> = unique.values().cloned().collect();
         self.snap = Snapshot::build(&all);
+        self.selecting.clear();
         unique.retain(|(k, _), _| kept(*k));
         self.inputs = unique;
         self.policy_index = self
@@ -376,16 +390,16 @@ impl Calculator {
         if let Some(s) = &new_snap {
             self.snap.warnings.extend(s.warnings.iter().cloned());
         }
-        // The local endpoints the old or the new version selects.
-        let affected: Vec<String> = self
+        // The local endpoints the old or the new version selects, and whether the new one does.
+        let affected: Vec<(String, bool)> = self
             .local_endpoints()
-            .filter(|e| {
-                old_p.as_ref().is_some_and(|p| p.selects(e))
-                    || new_p.as_ref().is_some_and(|p| p.selects(e))
+            .filter_map(|e| {
+                let now = new_p.as_ref().is_some_and(|p| p.selects(e));
+                (now || old_p.as_ref().is_some_and(|p| p.selects(e))).then(|| (e.key.clone(), now))
             })
-            .map(|e| e.key.clone())
             .collect();
-        let id = old_p.as_ref().or(new_p.as_ref()).map(|p| p.id.clone());
+        let changed_id = old_p.as_ref().or(new_p.as_ref()).map(|p| p.id.clone());
+        let id = changed_id.clone();
         if let Some(id) = id
             && let Some(i) = self.policy_index.remove(&id)
         {
@@ -408,9 +422,50 @@ impl Calculator {
                 .insert(p.id.clone(), self.snap.policies.len());
             self.snap.policies.push(p);
         }
-        for name in affected {
+        if let Some(id) = changed_id {
+            for (name, now) in &affected {
+                if let Some(sel) = self.selecting.get_mut(name) {
+                    sel.policies.remove(&id);
+                    if *now {
+                        sel.policies.insert(id.clone());
+                    }
+                }
+            }
+        }
+        for (name, _) in affected {
             self.refresh_program(&name, pending);
         }
+    }
+
+    /// The policies selecting a local endpoint (from the cache when its labels are unchanged).
+    fn selecting_policies(&mut self, e: &Endpoint) -> Vec<Policy> {
+        let fresh = self
+            .selecting
+            .get(&e.key)
+            .is_some_and(|s| s.kind == e.kind && s.labels == e.effective_labels);
+        if !fresh {
+            let policies = self
+                .snap
+                .policies
+                .iter()
+                .filter(|p| p.selects(e))
+                .map(|p| p.id.clone())
+                .collect();
+            self.selecting.insert(
+                e.key.clone(),
+                Selecting {
+                    kind: e.kind,
+                    labels: e.effective_labels.clone(),
+                    policies,
+                },
+            );
+        }
+        self.selecting[&e.key]
+            .policies
+            .iter()
+            .filter_map(|id| self.policy_index.get(id))
+            .map(|&i| self.snap.policies[i].clone())
+            .collect()
     }
 
     fn profile_changed(&mut self, name: &str, new: Option<&Resource>, pending: &mut Pending) {
@@ -484,6 +539,7 @@ impl Calculator {
                 .map(|(_, r)| r.clone()),
         );
         self.snap.tiers = Snapshot::build(&resources).tiers;
+        self.selecting.clear();
         let names: Vec<String> = self.local_endpoints().map(|e| e.key.clone()).collect();
         for name in names {
             self.refresh_program(&name, pending);
@@ -512,10 +568,14 @@ impl Calculator {
             .find(|e| e.key == name && e.node == self.node)
             .cloned();
         let built = ep.map(|e| {
+            let policies = self.selecting_policies(&e);
             let mut b = Builder::new(&self.snap, false);
-            let program = b.endpoint(&self.snap.policies, &e);
+            let program = b.endpoint(&policies, &e);
             (program, b.specs)
         });
+        if built.is_none() {
+            self.selecting.remove(name);
+        }
         let old_ids = self
             .programs
             .get(name)

@@ -16,7 +16,8 @@
 //! TCP from a role selector), so about a tenth of the policies select local endpoints.
 //!
 //! Run (root): `cargo bench -p gingham --bench agent` or `scripts/bench`.
-//! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P.
+//! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P; `AGENT_BENCH_SPLIT=1` prints how
+//! each update's time before nft splits into calculation, copying the state and rendering.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -132,8 +133,19 @@ fn program(
     if let Some(u) = update {
         calc.apply(u);
     }
-    let rendered = render(&calc.state(), &Settings::default());
+    let t1 = t.elapsed();
+    let state = calc.state();
+    let t2 = t.elapsed();
+    let rendered = render(&state, &Settings::default());
     let before_nft = t.elapsed();
+    if std::env::var("AGENT_BENCH_SPLIT").is_ok() {
+        eprintln!(
+            "apply {:?} state {:?} render {:?}",
+            t1,
+            t2 - t1,
+            before_nft - t2
+        );
+    }
     (
         dp.sync(rendered.table).expect("nft accepts").commands,
         before_nft,
