@@ -6,8 +6,13 @@
 //!   ingress chain of the workload it goes to, the same way. Each endpoint chain either drops
 //!   or sets the *accept* mark bit and returns; a packet from or to a `cali*` interface that did
 //!   not get the bit is dropped, so an endpoint whose program is not installed yet is closed.
-//! - `input` (hook input): the egress chain of the sending workload, then felix's
-//!   DefaultEndpointToHostAction for workload-to-host traffic.
+//! - `input` (hook input): workload traffic goes (goto) to `wl-to-host`: the sending workload's
+//!   egress chain, then felix's DefaultEndpointToHostAction (Return leaves our rules).
+//! - Host endpoints (only on nodes that have one): normal policy at the end of `input` and in
+//!   `output`, applyOnForward in `forward`, preDNAT in `pre-dnat` (prerouting, priority -150),
+//!   doNotTrack in `raw-in`/`raw-out` (priority -300, `notrack` on Allow). Each goes through a
+//!   dispatch chain `hd-*`: failsafe ports, then the interface's chain by verdict map `hm-*`
+//!   (goto), then the wildcard endpoint's.
 //! - Endpoint chains `e…` walk tiers (`t…` chains: one jump per policy, leaving the tier on
 //!   Pass, dropping at its end unless its default action is Pass), then the profiles.
 //! - Policy and profile chains (`p…`) are shared by every endpoint that uses them: a rule's
