@@ -399,9 +399,8 @@ impl Calculator {
             })
             .collect();
         let changed_id = old_p.as_ref().or(new_p.as_ref()).map(|p| p.id.clone());
-        let id = changed_id.clone();
-        if let Some(id) = id
-            && let Some(i) = self.policy_index.remove(&id)
+        if let Some(id) = &changed_id
+            && let Some(i) = self.policy_index.remove(id)
         {
             self.snap.policies.swap_remove(i);
             if let Some(moved) = self.snap.policies.get(i) {

@@ -817,6 +817,20 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     }
 }
 
+/// One stage of an endpoint chain (a tier or a profile): jump to it, return if it accepted,
+/// forget a Pass before the next stage.
+fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String) {
+    main.push(Rule::new(format!("jump {target}"), note));
+    main.push(Rule::new(
+        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
+        "",
+    ));
+    main.push(Rule::new(
+        format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS),
+        "",
+    ));
+}
+
 /// One endpoint's chain for one direction, with its tier chains.
 fn endpoint_chain(
     name: &str,
@@ -852,18 +866,7 @@ fn endpoint_chain(
             ));
         }
         table.chains.insert(tname.clone(), Chain::regular(rules));
-        main.push(Rule::new(
-            format!("jump {tname}"),
-            format!("tier {}", tier.tier),
-        ));
-        main.push(Rule::new(
-            format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
-            "",
-        ));
-        main.push(Rule::new(
-            format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS),
-            "",
-        ));
+        jump_stage(&mut main, &tname, format!("tier {}", tier.tier));
     }
     if chain.profiles_apply {
         for p in &chain.profiles {
@@ -876,18 +879,8 @@ fn endpoint_chain(
                     break;
                 }
                 ProfileProgram::Rules { profile, .. } => {
-                    main.push(Rule::new(
-                        format!("jump r{}{dir}", short_hash(profile)),
-                        format!("profile {profile}"),
-                    ));
-                    main.push(Rule::new(
-                        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
-                        "",
-                    ));
-                    main.push(Rule::new(
-                        format!("meta mark set meta mark & 0x{:08x}", !MARK_PASS),
-                        "",
-                    ));
+                    let target = format!("r{}{dir}", short_hash(profile));
+                    jump_stage(&mut main, &target, format!("profile {profile}"));
                 }
             }
         }

@@ -675,6 +675,7 @@ fn build(
         annotations,
     } = inputs;
     let lab = state.name.clone();
+    let exe = self_exe()?;
     // The underlay: a bridge every node plugs into.
     let underlay = format!("gl-{lab}-u");
     state.underlay = Some(underlay.clone());
@@ -737,7 +738,7 @@ fn build(
                 &format!("{UNDERLAY_PREFIX}.254"),
             ],
         )?;
-        let pid = start_server(&self_exe()?, dir, &ns, name, node_ports)?;
+        let pid = start_server(&exe, dir, &ns, name, node_ports)?;
         state.nodes[i].server_pid = pid;
         save_state(dir, state)?;
         node_docs.push_str(&format!(
@@ -752,7 +753,6 @@ fn build(
     all.extend(resources.iter().cloned());
     client.write_all(&all, gingham_api::WriteMode::Apply)?;
     // The agents, before any pod: a pod is then closed until its policy is programmed.
-    let exe = self_exe()?;
     if start_agents {
         for i in 0..state.nodes.len() {
             let pid = start_agent(&exe, dir, &state.nodes[i], &state.node_datastore)?;

@@ -62,20 +62,7 @@ impl Lab {
 
     /// The reference evaluator's verdict, with its explanation.
     fn predicted(&self, (from, to, port): Flow) -> (bool, String) {
-        let text = ok_in(
-            &[
-                "explain",
-                "--datastore",
-                &self.ds,
-                "--from",
-                from,
-                "--to",
-                to,
-                "--port",
-                &port.to_string(),
-            ],
-            None,
-        );
+        let text = common::explain(&self.ds, from, to, port);
         (text.contains("ALLOWED"), text)
     }
 

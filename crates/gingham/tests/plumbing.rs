@@ -67,7 +67,7 @@ fn sys_the_agent_repairs_workload_plumbing() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("ip");
     gingham_testkit::require_tool("nft");
-    let lab = common::lab_up("r", "{nodes: [node-a, node-b]}", CLUSTER);
+    let lab = common::lab_up("w", "{nodes: [node-a, node-b]}", CLUSTER);
     let (dir, up) = (lab.dir.clone(), lab.up.clone());
     let ip = up
         .lines()

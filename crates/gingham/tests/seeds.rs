@@ -67,20 +67,7 @@ impl Lab {
     }
 
     fn explain(&self, from: &str, to: &str, port: u16) -> String {
-        ok(
-            &[
-                "explain",
-                "--datastore",
-                &self.ds,
-                "--from",
-                from,
-                "--to",
-                to,
-                "--port",
-                &port.to_string(),
-            ],
-            None,
-        )
+        common::explain(&self.ds, from, to, port)
     }
 }
 

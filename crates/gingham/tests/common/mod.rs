@@ -93,3 +93,21 @@ pub fn lab_up(prefix: &str, spec: &str, docs: &str) -> TestLab {
         _tmp: tmp,
     }
 }
+
+/// `gingham explain` for one TCP flow on a datastore: the verdict and why.
+pub fn explain(ds: &str, from: &str, to: &str, port: u16) -> String {
+    ok_in(
+        &[
+            "explain",
+            "--datastore",
+            ds,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--port",
+            &port.to_string(),
+        ],
+        None,
+    )
+}
