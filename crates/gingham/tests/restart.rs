@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::Down;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,12 +12,7 @@ fn ok(args: &[&str]) -> String {
     common::ok_in(args, None)
 }
 
-const LAB: &str = "apiVersion: gingham.dev/v1
-kind: Lab
-metadata: {name: NAME}
-spec: {nodes: [node-a, node-b]}
----
-apiVersion: projectcalico.org/v3
+const LAB: &str = "apiVersion: projectcalico.org/v3
 kind: IPPool
 metadata: {name: pods}
 spec: {cidr: 10.245.0.0/16}
@@ -106,32 +100,28 @@ fn report(child: std::process::Child) -> serde_json::Value {
 fn sys_agent_restart_keeps_connections_and_lets_nothing_forbidden_through() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("nft");
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("r{}", std::process::id() % 100_000);
-    let dir = tmp.path().join("lab");
-    let d = dir.to_str().unwrap();
-    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
-    let file = tmp.path().join("lab.yaml");
-    std::fs::write(&file, LAB.replace("NAME", &name)).unwrap();
-    let up = ok(&[
-        "lab",
-        "up",
-        "-f",
-        file.to_str().unwrap(),
-        "--dir",
-        d,
-        "--datastore",
-        &ds,
-    ]);
-    let _guard = Down(d.to_owned());
-    let web_ip = up
-        .lines()
-        .find(|l| l.contains("app/web"))
-        .and_then(|l| l.split_whitespace().last())
-        .expect("web's address")
-        .to_owned();
+    let lab = common::lab_up("r", "{nodes: [node-a, node-b]}", LAB);
+    let (d, up) = (lab.dir.as_str(), &lab.up);
+    let ip_of = |pod: &str| {
+        up.lines()
+            .find(|l| l.contains(pod))
+            .and_then(|l| l.split_whitespace().last())
+            .expect("the pod's address")
+            .to_owned()
+    };
+    let (web_ip, good_ip) = (ip_of("app/web"), ip_of("app/good"));
 
-    let before = ruleset(d, "node-a");
+    // The table to compare with later, once node-a's agent has caught up with every pod (the
+    // last ones are started after it programmed): good's address is in web's policy's set.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let table = ruleset(d, "node-a");
+        if table.contains(&good_ip) {
+            break table;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(before.contains("chain forward"), "{before}");
 
     // Steady traffic: one held connection that is allowed, and new connections that are not
