@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use gingham_model::defaults::NAMESPACE_LABEL;
 use gingham_model::{Kind, Resource};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -129,6 +130,10 @@ pub struct Calculator {
     active: BTreeMap<SetId, ActiveSet>,
     /// Position of each policy in `snap.policies`.
     policy_index: HashMap<PolicyRef, usize>,
+    /// Policies by namespace (`None`: global ones). A namespaced policy's selector always
+    /// requires its namespace, so an endpoint is only matched against the global policies and
+    /// those of the namespace its labels name.
+    by_namespace: HashMap<Option<String>, BTreeSet<PolicyRef>>,
     /// For each local endpoint with a program: the policies selecting it, and the kind and
     /// labels that was worked out for (a change of either recomputes it). A program is then
     /// built from its few policies instead of matching every policy again.
@@ -190,6 +195,7 @@ impl Calculator {
             programs: BTreeMap::new(),
             active: BTreeMap::new(),
             policy_index: HashMap::new(),
+            by_namespace: HashMap::new(),
             selecting: HashMap::new(),
         }
     }
@@ -215,6 +221,13 @@ impl Calculator {
             .enumerate()
             .map(|(i, p)| (p.id.clone(), i))
             .collect();
+        self.by_namespace.clear();
+        for p in &self.snap.policies {
+            self.by_namespace
+                .entry(p.id.namespace.clone())
+                .or_default()
+                .insert(p.id.clone());
+        }
         // Sets keep their identity; members are recomputed from the new snapshot.
         let mut pending = Pending::default();
         let ids: Vec<SetId> = self.active.keys().cloned().collect();
@@ -406,6 +419,9 @@ impl Calculator {
             if let Some(moved) = self.snap.policies.get(i) {
                 self.policy_index.insert(moved.id.clone(), i);
             }
+            if let Some(ids) = self.by_namespace.get_mut(&id.namespace) {
+                ids.remove(id);
+            }
         }
         if let Some(p) = new_p {
             if !self.snap.tiers.iter().any(|t| t.name == p.tier) {
@@ -419,6 +435,10 @@ impl Calculator {
             }
             self.policy_index
                 .insert(p.id.clone(), self.snap.policies.len());
+            self.by_namespace
+                .entry(p.id.namespace.clone())
+                .or_default()
+                .insert(p.id.clone());
             self.snap.policies.push(p);
         }
         if let Some(id) = changed_id {
@@ -443,10 +463,17 @@ impl Calculator {
             .get(&e.key)
             .is_some_and(|s| s.kind == e.kind && s.labels == e.effective_labels);
         if !fresh {
-            let policies = self
-                .snap
-                .policies
-                .iter()
+            let namespace = e.effective_labels.get(NAMESPACE_LABEL).map(str::to_owned);
+            let mut candidates: Vec<&PolicyRef> = Vec::new();
+            for ns in [None, namespace.filter(|_| e.kind != EndpointKind::Host)] {
+                if let Some(ids) = self.by_namespace.get(&ns) {
+                    candidates.extend(ids);
+                }
+            }
+            let policies = candidates
+                .into_iter()
+                .filter_map(|id| self.policy_index.get(id))
+                .map(|&i| &self.snap.policies[i])
                 .filter(|p| p.selects(e))
                 .map(|p| p.id.clone())
                 .collect();

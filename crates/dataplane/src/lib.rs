@@ -10,10 +10,11 @@ mod libnft;
 pub mod render;
 pub mod table;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-pub use render::{Rendered, Settings, TABLE, render};
+pub use render::{Rendered, Renderer, Settings, TABLE, Touched, render};
 pub use table::{Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +186,11 @@ impl<B: Backend> Programmer<B> {
         &mut self.backend
     }
 
+    /// The record of what is installed (`None` until the first sync, and after an error).
+    pub fn installed(&self) -> Option<&Table> {
+        self.installed.as_ref()
+    }
+
     /// Makes the kernel hold `desired`. Without a record of what is installed, reads the
     /// kernel first and reconciles (no flush: what already matches is left alone). On error
     /// the record is dropped, so the next sync reads the kernel again.
@@ -214,6 +220,34 @@ impl<B: Backend> Programmer<B> {
         applied.bytes = script.text.len();
         self.installed = Some(desired);
         Ok(applied)
+    }
+
+    /// Makes the kernel hold `desired`, knowing that only the `touched` chains and sets can
+    /// differ from the last sync: only those are compared and recorded, so the cost follows
+    /// the size of the change rather than the table's. Without a record (or when everything
+    /// is touched) this is [`Programmer::sync`].
+    pub fn sync_touched(&mut self, desired: &Table, touched: &Touched) -> Result<Applied, Error> {
+        let Some(installed) = self.installed.as_mut().filter(|_| !touched.all) else {
+            return self.sync(desired.clone());
+        };
+        let chains: BTreeSet<&str> = touched.chains.iter().map(String::as_str).collect();
+        let sets: BTreeSet<&str> = touched.sets.iter().map(String::as_str).collect();
+        let Some(script) = installed.diff_only(desired, &chains, &sets) else {
+            // A set's type or a hook changed: the whole table is replaced.
+            return self.sync(desired.clone());
+        };
+        if !script.is_empty()
+            && let Err(e) = self.backend.run(&script.text)
+        {
+            self.installed = None;
+            return Err(e);
+        }
+        installed.copy_from(desired, &chains, &sets);
+        Ok(Applied {
+            commands: script.commands,
+            bytes: script.text.len(),
+            ..Applied::default()
+        })
     }
 
     /// The periodic consistency check: forget the record, read the kernel, repair any drift.

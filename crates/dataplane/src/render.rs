@@ -21,10 +21,11 @@
 //! - Selector IP sets are interval sets per family (`s4…`, `s6…`); named ports are sets of
 //!   address . protocol . port (`n4…`, `n6…`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use gingham_calc::incremental::{Change, apply_changes};
 use gingham_calc::program::{
-    ChainProgram, EndpointProgram, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
+    ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
 };
 use gingham_calc::snapshot::{Failsafe, FelixSettings};
 use gingham_model::Action;
@@ -417,7 +418,8 @@ impl Rendered {
 
 /// Set names per (set id, family): the kind of set is part of the name, so a set that changes
 /// kind is a new set and the rules using it are rewritten.
-struct SetNames(BTreeMap<(String, u8), String>);
+#[derive(Default)]
+struct SetNames(HashMap<(String, u8), String>);
 
 impl SetNames {
     fn get(&self, id: &str, family: Family) -> String {
@@ -437,121 +439,447 @@ fn base(hook: &str, priority: i32) -> Base {
     }
 }
 
+/// The nft shape of one IP set for one family: its name's letter, key type and kind. Host
+/// addresses make a plain set (`h`), any prefix an interval set (`s`), named ports a set of
+/// address . protocol . port (`n`).
+fn set_shape(id: &str, set: &IpSet, family: Family) -> (&'static str, String, SetKind) {
+    if id.starts_with("n:") {
+        return (
+            "n",
+            format!("{} . inet_proto . inet_service", family.addr_type()),
+            SetKind::Plain,
+        );
+    }
+    let hosts_only = set
+        .nets
+        .iter()
+        .filter(|n| Family::of(n) == family)
+        .all(|n| n.prefix_len() == n.max_prefix_len());
+    if hosts_only {
+        ("h", family.addr_type().to_owned(), SetKind::Plain)
+    } else {
+        ("s", family.addr_type().to_owned(), SetKind::Interval)
+    }
+}
+
+/// A set's members of one family as nft elements of the given shape.
+fn set_elements(set: &IpSet, family: Family, letter: &str) -> BTreeSet<String> {
+    match letter {
+        "n" => set
+            .ports
+            .iter()
+            .filter(|(n, _, _)| Family::of(n) == family)
+            .map(|(n, proto, port)| format!("{} . {proto} . {port}", n.addr()))
+            .collect(),
+        "h" => set
+            .nets
+            .iter()
+            .filter(|n| Family::of(n) == family)
+            .map(|n| n.addr().to_string())
+            .collect(),
+        _ => set
+            .nets
+            .iter()
+            .filter(|n| Family::of(n) == family)
+            .map(ToString::to_string)
+            .collect(),
+    }
+}
+
+fn set_name(letter: &str, family: Family, id: &str) -> String {
+    format!("{letter}{}{}", family.tag(), short_hash(id))
+}
+
+fn endpoint_chain_name(key: &str, mode: Mode) -> String {
+    format!("e{}{}", short_hash(key), mode.suffix())
+}
+
+fn policy_chain_name(policy: &impl std::fmt::Debug, dir: &str) -> String {
+    format!("p{}{dir}", short_hash(&format!("{policy:?}")))
+}
+
+fn profile_chain_name(profile: &str, dir: &str) -> String {
+    format!("r{}{dir}", short_hash(profile))
+}
+
+/// Host endpoint chains that would only return (no policy for the mode) are left out.
+fn always_continues(mode: Mode, chain: &ChainProgram) -> bool {
+    !matches!(mode, Mode::In | Mode::Out) && chain.tiers.is_empty() && chain.missing_tier.is_none()
+}
+
 /// Renders a node's programs as the desired table (pure).
 pub fn render(program: &NodeProgram, settings: &Settings) -> Rendered {
-    let mut table = Table::default();
-    let mut set_members = 0usize;
-    let mut names = SetNames(BTreeMap::new());
-    for (id, set) in &program.sets {
+    Renderer::new(program.clone(), settings.clone()).rendered()
+}
+
+/// What changed in the desired table since it was last taken: the names of chains and sets
+/// that may differ (added, changed or removed), or everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub all: bool,
+    pub chains: BTreeSet<String>,
+    pub sets: BTreeSet<String>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.chains.is_empty() && self.sets.is_empty()
+    }
+}
+
+/// What one endpoint put in the table.
+struct Placed {
+    host: bool,
+    /// Its own chains: one per direction and mode, and their tier chains.
+    owned: Vec<String>,
+    /// The shared policy and profile chains they jump to (counted in `users`).
+    shared: Vec<String>,
+    /// Its elements in the workload dispatch maps (map, element).
+    entries: Vec<(&'static str, String)>,
+}
+
+/// The desired table of a node, kept up to date from the calculator's changes: a change
+/// re-renders only the chains and sets it touches (an endpoint's chains and the shared chains
+/// they jump to, a set's elements), and [`Renderer::take_touched`] says which, so the
+/// programmer diffs only those. The hooks and host endpoint dispatch are rebuilt when a host
+/// endpoint or the settings change; a set changing kind (host addresses to prefixes) renames it,
+/// which re-renders everything. The result always equals [`render`] of the same programs.
+pub struct Renderer {
+    settings: Settings,
+    program: NodeProgram,
+    table: Table,
+    names: SetNames,
+    placed: HashMap<String, Placed>,
+    /// How many endpoint chains jump to each shared chain.
+    users: HashMap<String, usize>,
+    /// Shared chains rendered during the current batch (each is rendered once per batch).
+    fresh: HashSet<String>,
+    /// The hooks, dispatch chains and maps last rendered by [`base_chains`].
+    base_chains: Vec<String>,
+    base_maps: Vec<String>,
+    touched: Touched,
+}
+
+impl Renderer {
+    pub fn new(program: NodeProgram, settings: Settings) -> Renderer {
+        let mut r = Renderer {
+            settings,
+            program,
+            table: Table::default(),
+            names: SetNames::default(),
+            placed: HashMap::new(),
+            users: HashMap::new(),
+            fresh: HashSet::new(),
+            base_chains: Vec::new(),
+            base_maps: Vec::new(),
+            touched: Touched::default(),
+        };
+        r.render_all();
+        r
+    }
+
+    /// The desired table.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The programs the table is rendered from.
+    pub fn program(&self) -> &NodeProgram {
+        &self.program
+    }
+
+    /// The table with its size.
+    pub fn rendered(&self) -> Rendered {
+        let (chains, sets, set_members) = self.counts();
+        Rendered {
+            table: self.table.clone(),
+            chains,
+            sets,
+            set_members,
+        }
+    }
+
+    /// Chains, IP sets (verdict maps not counted) and their members.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let ip_sets = self
+            .table
+            .sets
+            .values()
+            .filter(|s| s.kind != SetKind::Verdict);
+        let (sets, members) = ip_sets.fold((0, 0), |(n, m), s| (n + 1, m + s.elements.len()));
+        (self.table.chains.len(), sets, members)
+    }
+
+    /// What changed since the last call (everything, the first time).
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::take(&mut self.touched)
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) {
+        if settings != self.settings {
+            self.settings = settings;
+            self.render_base();
+        }
+    }
+
+    /// Applies the calculator's changes, in its order.
+    pub fn apply(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        apply_changes(&mut self.program, changes);
+        self.fresh.clear();
+        // Sets first: the rules of the endpoints placed below name them.
+        let mut whole: BTreeSet<&str> = BTreeSet::new();
+        let mut endpoints: BTreeSet<&str> = BTreeSet::new();
+        for c in changes {
+            match c {
+                Change::SetAdded { id, .. } | Change::SetRemoved { id } => {
+                    whole.insert(id);
+                }
+                Change::ProgramSet { endpoint, .. } | Change::ProgramRemoved { endpoint } => {
+                    endpoints.insert(endpoint);
+                }
+                Change::SetUpdated { .. } => {}
+            }
+        }
+        for c in changes {
+            if let Change::SetUpdated { id, added, removed } = c
+                && !whole.contains(id.as_str())
+                && !self.update_set(id, added, removed)
+            {
+                return self.render_all();
+            }
+        }
+        for id in whole {
+            if !self.render_set(id) {
+                return self.render_all();
+            }
+        }
+        let mut hosts = false;
+        for key in endpoints {
+            hosts |= self.unplace(key);
+            if let Some(ep) = self.program.endpoints.get(key) {
+                hosts |= ep.host;
+                self.place(key);
+            }
+        }
+        if hosts {
+            self.render_base();
+        }
+    }
+
+    fn render_all(&mut self) {
+        self.table = Table::default();
+        self.names = SetNames::default();
+        self.placed.clear();
+        self.users.clear();
+        self.fresh.clear();
+        self.base_chains.clear();
+        self.base_maps.clear();
+        let ids: Vec<String> = self.program.sets.keys().cloned().collect();
+        for id in &ids {
+            self.render_set(id);
+        }
+        for map in ["wl-egress", "wl-ingress"] {
+            self.table.sets.insert(
+                map.into(),
+                Set::new("ifname", SetKind::Verdict, BTreeSet::new()),
+            );
+        }
+        let keys: Vec<String> = self.program.endpoints.keys().cloned().collect();
+        for key in &keys {
+            self.place(key);
+        }
+        self.render_base();
+        self.touched = Touched {
+            all: true,
+            ..Touched::default()
+        };
+    }
+
+    /// Renders one IP set whole (both families), or removes it if the program has no such set.
+    /// False when the set was already rendered under another name (it changed kind).
+    fn render_set(&mut self, id: &str) -> bool {
         for family in [Family::V4, Family::V6] {
-            let (letter, key, kind, members): (&str, String, SetKind, BTreeSet<String>) =
-                if id.starts_with("n:") {
-                    let members = set
-                        .ports
-                        .iter()
-                        .filter(|(n, _, _)| Family::of(n) == family)
-                        .map(|(n, proto, port)| format!("{} . {proto} . {port}", n.addr()))
-                        .collect();
-                    (
-                        "n",
-                        format!("{} . inet_proto . inet_service", family.addr_type()),
-                        SetKind::Plain,
-                        members,
-                    )
-                } else {
-                    let nets: Vec<&IpNet> = set
-                        .nets
-                        .iter()
-                        .filter(|n| Family::of(n) == family)
-                        .collect();
-                    if nets.iter().all(|n| n.prefix_len() == n.max_prefix_len()) {
-                        let members = nets.iter().map(|n| n.addr().to_string()).collect();
-                        ("h", family.addr_type().to_owned(), SetKind::Plain, members)
-                    } else {
-                        let members = nets.iter().map(ToString::to_string).collect();
-                        (
-                            "s",
-                            family.addr_type().to_owned(),
-                            SetKind::Interval,
-                            members,
-                        )
-                    }
-                };
-            let name = format!("{letter}{}{}", family.tag(), short_hash(id));
-            set_members += members.len();
-            names.0.insert((id.clone(), family as u8), name.clone());
-            table.sets.insert(name, Set::new(key, kind, members));
+            let key = (id.to_owned(), family as u8);
+            let old = self.names.0.get(&key).cloned();
+            let Some(set) = self.program.sets.get(id) else {
+                if let Some(name) = old {
+                    self.names.0.remove(&key);
+                    self.table.sets.remove(&name);
+                    self.touched.sets.insert(name);
+                }
+                continue;
+            };
+            let (letter, key_type, kind) = set_shape(id, set, family);
+            let name = set_name(letter, family, id);
+            if old.as_ref().is_some_and(|o| *o != name) {
+                return false;
+            }
+            let elements = set_elements(set, family, letter);
+            self.table
+                .sets
+                .insert(name.clone(), Set::new(key_type, kind, elements));
+            self.names.0.insert(key, name.clone());
+            self.touched.sets.insert(name);
         }
+        true
     }
-    // Shared policy and profile chains.
-    for ep in program.endpoints.values() {
+
+    /// Edits one rendered IP set by its added and removed members. False when the set changes
+    /// kind (or was not rendered).
+    fn update_set(&mut self, id: &str, added: &IpSet, removed: &IpSet) -> bool {
+        let Some(set) = self.program.sets.get(id) else {
+            return false;
+        };
+        for family in [Family::V4, Family::V6] {
+            let (letter, _, _) = set_shape(id, set, family);
+            let name = set_name(letter, family, id);
+            if self.names.0.get(&(id.to_owned(), family as u8)) != Some(&name) {
+                return false;
+            }
+            let Some(rendered) = self.table.sets.get_mut(&name) else {
+                return false;
+            };
+            let gone = set_elements(removed, family, letter);
+            let new = set_elements(added, family, letter);
+            if gone.is_empty() && new.is_empty() {
+                continue;
+            }
+            for e in &gone {
+                rendered.elements.remove(e);
+            }
+            rendered.elements.extend(new);
+            self.touched.sets.insert(name);
+        }
+        true
+    }
+
+    /// Renders one endpoint's chains, the shared chains they jump to and its dispatch map
+    /// elements.
+    fn place(&mut self, key: &str) {
+        let Some(ep) = self.program.endpoints.get(key) else {
+            return;
+        };
+        let mut placed = Placed {
+            host: ep.host,
+            owned: Vec::new(),
+            shared: Vec::new(),
+            entries: Vec::new(),
+        };
         for (mode, chain) in Mode::of(ep) {
+            if ep.host && always_continues(mode, chain) {
+                continue;
+            }
             let dir = mode.dir();
-            for t in &chain.tiers {
-                for p in &t.policies {
-                    let name = format!("p{}{dir}", short_hash(&format!("{:?}", p.policy)));
-                    table
-                        .chains
-                        .entry(name)
-                        .or_insert_with(|| rules_chain(&p.policy.to_string(), &p.rules, &names));
+            let name = endpoint_chain_name(key, mode);
+            for (n, c) in endpoint_chain(&name, ep, chain, dir) {
+                self.table.chains.insert(n.clone(), c);
+                self.touched.chains.insert(n.clone());
+                placed.owned.push(n);
+            }
+            let mut shared = Vec::new();
+            if chain.missing_tier.is_none() {
+                for p in chain.tiers.iter().flat_map(|t| &t.policies) {
+                    let label = p.policy.to_string();
+                    shared.push((policy_chain_name(&p.policy, dir), label, &p.rules));
+                }
+                if chain.profiles_apply {
+                    for p in &chain.profiles {
+                        let ProfileProgram::Rules { profile, rules } = p else {
+                            break;
+                        };
+                        let label = format!("profile {profile}");
+                        shared.push((profile_chain_name(profile, dir), label, rules));
+                    }
                 }
             }
-            for p in &chain.profiles {
-                if let ProfileProgram::Rules { profile, rules } = p {
-                    let name = format!("r{}{dir}", short_hash(profile));
-                    table.chains.entry(name).or_insert_with(|| {
-                        rules_chain(&format!("profile {profile}"), rules, &names)
-                    });
+            for (n, label, rules) in shared {
+                if self.fresh.insert(n.clone()) {
+                    let c = rules_chain(&label, rules, &self.names);
+                    self.table.chains.insert(n.clone(), c);
+                    self.touched.chains.insert(n.clone());
                 }
+                *self.users.entry(n.clone()).or_default() += 1;
+                placed.shared.push(n);
+            }
+            if !ep.host {
+                let map = if mode == Mode::In {
+                    "wl-ingress"
+                } else {
+                    "wl-egress"
+                };
+                let entry = format!("\"{}\" : jump {name}", ep.interface);
+                if let Some(m) = self.table.sets.get_mut(map) {
+                    m.elements.insert(entry.clone());
+                }
+                self.touched.sets.insert(map.into());
+                placed.entries.push((map, entry));
             }
         }
+        self.placed.insert(key.to_owned(), placed);
     }
-    // Endpoint chains and the dispatch maps.
-    let mut egress_map = BTreeSet::new();
-    let mut ingress_map = BTreeSet::new();
-    let mut hosts = HostDispatch::default();
-    for (key, ep) in &program.endpoints {
-        if ep.host {
-            for (mode, chain) in Mode::of(ep) {
-                let always_continues = !matches!(mode, Mode::In | Mode::Out)
-                    && chain.tiers.is_empty()
-                    && chain.missing_tier.is_none();
-                if always_continues {
-                    continue;
-                }
-                let name = format!("e{}{}", short_hash(key), mode.suffix());
-                endpoint_chain(&name, ep, chain, mode.dir(), &mut table);
-                hosts.add(mode, &ep.interface, name);
+
+    /// Takes out what [`Renderer::place`] put in for an endpoint; returns whether it was a
+    /// host endpoint.
+    fn unplace(&mut self, key: &str) -> bool {
+        let Some(placed) = self.placed.remove(key) else {
+            return false;
+        };
+        for n in placed.owned {
+            self.table.chains.remove(&n);
+            self.touched.chains.insert(n);
+        }
+        for (map, entry) in placed.entries {
+            if let Some(m) = self.table.sets.get_mut(map) {
+                m.elements.remove(&entry);
             }
+            self.touched.sets.insert(map.into());
+        }
+        for n in placed.shared {
+            let users = self.users.entry(n.clone()).or_default();
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                self.users.remove(&n);
+                self.table.chains.remove(&n);
+                self.touched.chains.insert(n);
+            }
+        }
+        placed.host
+    }
+
+    /// Renders the hooks and the host endpoint dispatch again.
+    fn render_base(&mut self) {
+        let mut hosts = HostDispatch::default();
+        for (key, ep) in self.program.endpoints.iter().filter(|(_, e)| e.host) {
             hosts.any = true;
-            continue;
-        }
-        for (mode, chain) in Mode::of(ep) {
-            let name = format!("e{}{}", short_hash(key), mode.suffix());
-            endpoint_chain(&name, ep, chain, mode.dir(), &mut table);
-            let entry = format!("\"{}\" : jump {name}", ep.interface);
-            if mode == Mode::In {
-                ingress_map.insert(entry);
-            } else {
-                egress_map.insert(entry);
+            for (mode, chain) in Mode::of(ep) {
+                if !always_continues(mode, chain) {
+                    hosts.add(mode, &ep.interface, endpoint_chain_name(key, mode));
+                }
             }
         }
-    }
-    table.sets.insert(
-        "wl-egress".into(),
-        Set::new("ifname", SetKind::Verdict, egress_map),
-    );
-    table.sets.insert(
-        "wl-ingress".into(),
-        Set::new("ifname", SetKind::Verdict, ingress_map),
-    );
-    let maps = 2 + if hosts.any { Mode::HOST.len() } else { 0 };
-    base_chains(&mut table, settings, &hosts);
-    Rendered {
-        chains: table.chains.len(),
-        sets: table.sets.len() - maps,
-        set_members,
-        table,
+        let mut part = Table::default();
+        base_chains(&mut part, &self.settings, &hosts);
+        for n in self.base_chains.drain(..) {
+            self.table.chains.remove(&n);
+            self.touched.chains.insert(n);
+        }
+        for n in self.base_maps.drain(..) {
+            self.table.sets.remove(&n);
+            self.touched.sets.insert(n);
+        }
+        for (n, c) in part.chains {
+            self.touched.chains.insert(n.clone());
+            self.base_chains.push(n.clone());
+            self.table.chains.insert(n, c);
+        }
+        for (n, s) in part.sets {
+            self.touched.sets.insert(n.clone());
+            self.base_maps.push(n.clone());
+            self.table.sets.insert(n, s);
+        }
     }
 }
 
@@ -831,28 +1159,25 @@ fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String) {
     ));
 }
 
-/// One endpoint's chain for one direction, with its tier chains.
+/// One endpoint's chain for one direction, with its tier chains (named after it).
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
     chain: &ChainProgram,
     dir: &str,
-    table: &mut Table,
-) {
+) -> Vec<(String, Chain)> {
     if let Some(tier) = &chain.missing_tier {
         // Fail closed: the policies' place among the tiers is unknown.
         let drop = Rule::new("counter drop", format!("tier {tier} does not exist"));
-        table
-            .chains
-            .insert(name.to_owned(), Chain::regular(vec![drop]));
-        return;
+        return vec![(name.to_owned(), Chain::regular(vec![drop]))];
     }
+    let mut out = Vec::new();
     let mut main = Vec::new();
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
         let mut rules = Vec::new();
         for p in &tier.policies {
-            let pname = format!("p{}{dir}", short_hash(&format!("{:?}", p.policy)));
+            let pname = policy_chain_name(&p.policy, dir);
             rules.push(Rule::new(format!("jump {pname}"), p.policy.to_string()));
             rules.push(Rule::new(
                 format!("meta mark & 0x{MARK_OURS:08x} != 0 return"),
@@ -865,8 +1190,8 @@ fn endpoint_chain(
                 format!("end of tier {}", tier.tier),
             ));
         }
-        table.chains.insert(tname.clone(), Chain::regular(rules));
         jump_stage(&mut main, &tname, format!("tier {}", tier.tier));
+        out.push((tname, Chain::regular(rules)));
     }
     if chain.profiles_apply {
         for p in &chain.profiles {
@@ -879,7 +1204,7 @@ fn endpoint_chain(
                     break;
                 }
                 ProfileProgram::Rules { profile, .. } => {
-                    let target = format!("r{}{dir}", short_hash(profile));
+                    let target = profile_chain_name(profile, dir);
                     jump_stage(&mut main, &target, format!("profile {profile}"));
                 }
             }
@@ -889,5 +1214,6 @@ fn endpoint_chain(
             format!("no policy or profile allowed ({})", ep.endpoint),
         ));
     }
-    table.chains.insert(name.to_owned(), Chain::regular(main));
+    out.push((name.to_owned(), Chain::regular(main)));
+    out
 }

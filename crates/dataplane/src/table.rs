@@ -219,8 +219,33 @@ impl Table {
     /// within one transaction: declare, fill, rewrite, then remove what nothing references.
     /// `None` when a set's type or a base chain's hook changed: replace the table instead.
     pub fn diff(&self, new: &Table) -> Option<Script> {
+        let chains: BTreeSet<&str> = self
+            .chains
+            .keys()
+            .chain(new.chains.keys())
+            .map(String::as_str)
+            .collect();
+        let sets: BTreeSet<&str> = self
+            .sets
+            .keys()
+            .chain(new.sets.keys())
+            .map(String::as_str)
+            .collect();
+        self.diff_only(new, &chains, &sets)
+    }
+
+    /// [`Table::diff`] for the named chains and sets only (the rest is known to be equal).
+    pub fn diff_only(
+        &self,
+        new: &Table,
+        chains: &BTreeSet<&str>,
+        sets: &BTreeSet<&str>,
+    ) -> Option<Script> {
         let mut s = Script::default();
-        for (name, set) in &new.sets {
+        for &name in sets {
+            let Some(set) = new.sets.get(name) else {
+                continue;
+            };
             match self.sets.get(name) {
                 None => s.push(format_args!(
                     "add {} inet {TABLE} {name} {{ {} }}",
@@ -231,7 +256,10 @@ impl Table {
                 Some(_) => {}
             }
         }
-        for (name, chain) in &new.chains {
+        for &name in chains {
+            let Some(chain) = new.chains.get(name) else {
+                continue;
+            };
             match self.chains.get(name) {
                 None => match &chain.base {
                     None => s.push(format_args!("add chain inet {TABLE} {name}")),
@@ -244,7 +272,10 @@ impl Table {
                 Some(_) => {}
             }
         }
-        for (name, set) in &new.sets {
+        for &name in sets {
+            let Some(set) = new.sets.get(name) else {
+                continue;
+            };
             let all: Vec<&String> = set.elements.iter().collect();
             match self.sets.get(name) {
                 None => add_elements(&mut s, name, &all),
@@ -270,7 +301,10 @@ impl Table {
                 }
             }
         }
-        for (name, chain) in &new.chains {
+        for &name in chains {
+            let Some(chain) = new.chains.get(name) else {
+                continue;
+            };
             match self.chains.get(name) {
                 Some(old) if !old.stale && old.same_rules(chain) => continue,
                 Some(_) => s.push(format_args!("flush chain inet {TABLE} {name}")),
@@ -280,17 +314,17 @@ impl Table {
                 s.push(format_args!("add rule inet {TABLE} {name} {}", rule.line()));
             }
         }
-        let gone: Vec<&String> = self
-            .chains
-            .keys()
-            .filter(|n| !new.chains.contains_key(*n))
+        let gone: Vec<&str> = chains
+            .iter()
+            .copied()
+            .filter(|n| self.chains.contains_key(*n) && !new.chains.contains_key(*n))
             .collect();
         for name in &gone {
             s.push(format_args!("flush chain inet {TABLE} {name}"));
         }
         // Removed maps go before removed chains: their elements may name those chains.
-        for (name, set) in &self.sets {
-            if !new.sets.contains_key(name) {
+        for &name in sets {
+            if let (Some(set), None) = (self.sets.get(name), new.sets.get(name)) {
                 s.push(format_args!("delete {} inet {TABLE} {name}", set.keyword()));
             }
         }
@@ -305,6 +339,30 @@ impl Table {
             return Some(with_table);
         }
         Some(s)
+    }
+
+    /// Makes the named chains and sets of `self` what they are in `new` (absent if absent).
+    pub fn copy_from(&mut self, new: &Table, chains: &BTreeSet<&str>, sets: &BTreeSet<&str>) {
+        for &name in chains {
+            match new.chains.get(name) {
+                Some(c) => {
+                    self.chains.insert(name.to_owned(), c.clone());
+                }
+                None => {
+                    self.chains.remove(name);
+                }
+            }
+        }
+        for &name in sets {
+            match new.sets.get(name) {
+                Some(c) => {
+                    self.sets.insert(name.to_owned(), c.clone());
+                }
+                None => {
+                    self.sets.remove(name);
+                }
+            }
+        }
     }
 
     /// What is installed, as far as the kernel's listing (`nft -j list table`) shows, expressed

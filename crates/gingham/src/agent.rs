@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gingham_calc::incremental::{Calculator, Update};
-use gingham_dataplane::{Nft, Programmer, Settings, render};
+use gingham_calc::incremental::{Calculator, Change, Update};
+use gingham_dataplane::{Nft, Programmer, Renderer, Settings};
 use gingham_datastore::{Datastore, Error as StoreError, EventKind};
 use gingham_model::{Kind, Resource};
 use gingham_net::host::{HostState, HostWorkload};
@@ -254,7 +254,11 @@ struct Agent {
     unreadable: std::collections::BTreeSet<String>,
     node: String,
     calc: Calculator,
+    /// The calculator's changes not yet rendered.
+    changes: Vec<Change>,
     settings: Settings,
+    /// The desired table, kept up to date from the changes.
+    renderer: Renderer,
     dataplane: Programmer<Nft>,
     felix: Vec<Resource>,
     /// Local workloads' host side, by endpoint key.
@@ -313,6 +317,8 @@ impl Agent {
         self.plumbing_due = true;
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources);
+        self.changes.clear();
+        self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
         self.program()?;
         Ok(listing.revision)
     }
@@ -321,14 +327,16 @@ impl Agent {
         self.install(false)
     }
 
-    /// Renders the desired table and installs the difference; with `check`, reads the kernel
-    /// first and repairs whatever differs.
+    /// Renders the changes into the desired table and installs the difference; with `check`,
+    /// reads the kernel first and repairs whatever differs.
     fn install(&mut self, check: bool) -> Result<()> {
         let t = Instant::now();
-        let state = self.calc.state();
-        let rendered = render(&state, &self.settings);
+        self.renderer.apply(&std::mem::take(&mut self.changes));
+        self.renderer.set_settings(self.settings.clone());
+        let touched = self.renderer.take_touched();
         let calculated = t.elapsed();
-        let closed: Vec<String> = state
+        let program = self.renderer.program();
+        let closed: Vec<String> = program
             .problems()
             .into_iter()
             .map(|(what, eps)| {
@@ -338,11 +346,12 @@ impl Agent {
                 )
             })
             .collect();
-        let (chains, sets, set_members) = (rendered.chains, rendered.sets, rendered.set_members);
+        let endpoints = program.endpoints.len();
+        let (chains, sets, set_members) = self.renderer.counts();
         let result = if check {
-            self.dataplane.check(rendered.table)
+            self.dataplane.check(self.renderer.table().clone())
         } else {
-            self.dataplane.sync(rendered.table)
+            self.dataplane.sync_touched(self.renderer.table(), &touched)
         };
         let applied = match result {
             Ok(a) => a,
@@ -361,7 +370,7 @@ impl Agent {
                 tracing::warn!(problem = %c, "endpoints closed until the missing object exists");
             }
             h.closed = closed;
-            h.endpoints = state.endpoints.len();
+            h.endpoints = endpoints;
             h.chains = chains;
             h.sets = sets;
             h.set_members = set_members;
@@ -383,7 +392,7 @@ impl Agent {
             );
         }
         tracing::info!(
-            endpoints = state.endpoints.len(),
+            endpoints,
             chains,
             sets,
             set_members,
@@ -489,7 +498,10 @@ impl Agent {
                 name,
             },
         };
-        !self.calc.apply(update).is_empty()
+        let changes = self.calc.apply(update);
+        let changed = !changes.is_empty();
+        self.changes.extend(changes);
+        changed
     }
 }
 
@@ -503,7 +515,9 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         unreadable: Default::default(),
         node: args.node.clone(),
         calc: Calculator::new(&args.node),
+        changes: Vec::new(),
         settings: Settings::default(),
+        renderer: Renderer::new(Default::default(), Settings::default()),
         dataplane: Programmer::new(Nft::default()),
         felix: Vec::new(),
         workloads: Default::default(),

@@ -1,0 +1,165 @@
+//! Property: the incremental renderer, fed the calculator's changes one update at a time, always
+//! holds the table a full render of the current programs gives; the chains and sets it reports
+//! as touched cover every difference (a diff of only those equals the full diff); and a
+//! programmer syncing only the touched names keeps a record equal to the desired table.
+//! Updates: random clusters created in random order, then replacements, deletions, resyncs and
+//! settings changes (the engine's random-cluster generator).
+
+#[path = "../../calc/tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{Rng, gen_cluster};
+use gingham_calc::incremental::{Calculator, Update};
+use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table, render};
+use gingham_model::Resource;
+
+fn resources(seed: u64) -> Vec<Resource> {
+    let docs = gen_cluster(seed);
+    let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
+    gingham_model::load_resources("random.json", &text.join("\n"))
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
+}
+
+fn names<'a>(a: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
+    a.map(String::as_str).collect()
+}
+
+/// The chains and sets that differ between two tables.
+fn differing(a: &Table, b: &Table) -> (BTreeSet<String>, BTreeSet<String>) {
+    let chains = a
+        .chains
+        .keys()
+        .chain(b.chains.keys())
+        .filter(|k| a.chains.get(*k) != b.chains.get(*k))
+        .cloned()
+        .collect();
+    let sets = a
+        .sets
+        .keys()
+        .chain(b.sets.keys())
+        .filter(|k| a.sets.get(*k) != b.sets.get(*k))
+        .cloned()
+        .collect();
+    (chains, sets)
+}
+
+#[test]
+fn incremental_rendering_equals_a_full_render() {
+    let seeds: u64 = std::env::var("PROPERTY_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(120);
+    let node = "node-a";
+    let (mut steps_checked, mut partial_syncs) = (0usize, 0usize);
+    for seed in 0..seeds {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+        let mut calc = Calculator::new(node);
+        let mut settings = Settings::default();
+        let mut renderer = Renderer::new(calc.state(), settings.clone());
+        let mut programmer = Programmer::new(Recording::default());
+        let touched = renderer.take_touched();
+        programmer.sync_touched(renderer.table(), &touched).unwrap();
+        let mut current: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut pool = resources(seed);
+        let mut steps: Vec<Option<Update>> = Vec::new();
+        while !pool.is_empty() {
+            let r = pool.swap_remove(rng.below(pool.len()));
+            steps.push(Some(Update::Upsert(Box::new(r))));
+        }
+        let mut others = resources(seed + 10_000);
+        others.extend(resources(seed + 20_000));
+        for _ in 0..25 {
+            if rng.chance(70) && !others.is_empty() {
+                let r = others.swap_remove(rng.below(others.len()));
+                steps.push(Some(Update::Upsert(Box::new(r))));
+            } else {
+                steps.push(None);
+            }
+        }
+        for (i, step) in steps.into_iter().enumerate() {
+            // `None`: delete a random current input.
+            let step = match step {
+                Some(u) => u,
+                None if current.is_empty() => continue,
+                None => {
+                    let keys: Vec<&String> = current.keys().collect();
+                    let r = &current[keys[rng.below(keys.len())]];
+                    Update::Delete {
+                        kind: r.kind(),
+                        namespace: r.meta().namespace.clone(),
+                        name: r.meta().name.clone(),
+                    }
+                }
+            };
+            let what = format!("{step:?}");
+            match &step {
+                Update::Upsert(r) => {
+                    current.insert(r.key(), (**r).clone());
+                }
+                Update::Delete {
+                    kind,
+                    namespace,
+                    name,
+                } => {
+                    current.remove(&kind.key(namespace.as_deref(), name));
+                }
+            }
+            let before = renderer.table().clone();
+            let changes = if rng.chance(6) {
+                calc.load_all(current.values().cloned().collect())
+            } else {
+                calc.apply(step)
+            };
+            renderer.apply(&changes);
+            if rng.chance(5) {
+                settings.felix.default_endpoint_to_host_action =
+                    ["Drop", "Accept", "Return"][rng.below(3)].into();
+                renderer.set_settings(settings.clone());
+            }
+            let full = render(&calc.state(), &settings);
+            let at = format!("seed {seed}, step {i}: {what}");
+            let (chains, sets) = differing(&full.table, renderer.table());
+            assert!(
+                chains.is_empty() && sets.is_empty(),
+                "{at}\nchains differing: {chains:?}\nsets differing: {sets:?}"
+            );
+            assert_eq!(
+                renderer.counts(),
+                (full.chains, full.sets, full.set_members)
+            );
+            let touched = renderer.take_touched();
+            if !touched.all {
+                let (chains, sets) = differing(&before, &full.table);
+                let missed: Vec<&String> = chains
+                    .iter()
+                    .filter(|c| !touched.chains.contains(*c))
+                    .chain(sets.iter().filter(|s| !touched.sets.contains(*s)))
+                    .collect();
+                assert!(
+                    missed.is_empty(),
+                    "{at}\nnot reported as touched: {missed:?}"
+                );
+                assert_eq!(
+                    before.diff_only(
+                        &full.table,
+                        &names(touched.chains.iter()),
+                        &names(touched.sets.iter())
+                    ),
+                    before.diff(&full.table),
+                    "{at}"
+                );
+                partial_syncs += 1;
+            }
+            programmer.sync_touched(renderer.table(), &touched).unwrap();
+            assert_eq!(programmer.installed(), Some(renderer.table()), "{at}");
+            steps_checked += 1;
+        }
+    }
+    assert!(steps_checked > seeds as usize * 20, "{steps_checked}");
+    assert!(partial_syncs > steps_checked / 2, "{partial_syncs}");
+    eprintln!(
+        "{steps_checked} updates ({partial_syncs} partial syncs), always equal to a full render"
+    );
+}
