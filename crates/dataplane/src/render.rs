@@ -1,25 +1,30 @@
 //! Rendering: a node's programs and IP sets as one nftables table, `inet gingham`.
 //!
-//! Layout (pure text; [`render`] does no I/O):
-//! - `forward` (hook forward): established/related accepted first; then the egress chain of the
-//!   workload the packet comes from, looked up in a verdict map keyed by interface; then the
-//!   ingress chain of the workload it goes to, the same way. Each endpoint chain either drops
-//!   or sets the *accept* mark bit and returns; a packet from or to a `cali*` interface that did
-//!   not get the bit is dropped, so an endpoint whose program is not installed yet is closed.
+//! Layout (pure text; [`render`] and [`Renderer`] do no I/O), built so that a new flow meets as
+//! few rules as possible:
+//! - `forward` (hook forward): one conntrack lookup first (established and related accepted,
+//!   invalid dropped). Then the egress stage of the workload it comes from and the ingress stage
+//!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
+//!   `wl-ingress`); their catch-all elements drop a `cali*` interface that has no program yet
+//!   (fail closed) and let any other go on. A stage no policy selects whose profile allows
+//!   everything is just the map's verdict (`continue`, `accept`); otherwise the endpoint's
+//!   chain clears our mark bits, walks its stages, and returns (egress) or accepts (ingress)
+//!   when one accepts, and drops at its end.
 //! - `input` (hook input): workload traffic goes (goto) to `wl-to-host`: the sending workload's
-//!   egress chain, then felix's DefaultEndpointToHostAction (Return leaves our rules).
+//!   egress stage, then felix's DefaultEndpointToHostAction (Return leaves our rules).
 //! - Host endpoints (only on nodes that have one): normal policy at the end of `input` and in
 //!   `output`, applyOnForward in `forward`, preDNAT in `pre-dnat` (prerouting, priority -150),
 //!   doNotTrack in `raw-in`/`raw-out` (priority -300, `notrack` on Allow). Each goes through a
 //!   dispatch chain `hd-*`: failsafe ports, then the interface's chain by verdict map `hm-*`
 //!   (goto), then the wildcard endpoint's.
-//! - Endpoint chains `e…` walk tiers (`t…` chains: one jump per policy, leaving the tier on
-//!   Pass, dropping at its end unless its default action is Pass), then the profiles.
-//! - Policy and profile chains (`p…`) are shared by every endpoint that uses them: a rule's
-//!   Allow sets the accept bit and returns, Deny drops, Pass sets the pass bit and returns, Log
-//!   logs with a prefix naming the policy and goes on. Every rule has a counter.
-//! - Selector IP sets are interval sets per family (`s4…`, `s6…`); named ports are sets of
-//!   address . protocol . port (`n4…`, `n6…`).
+//! - Endpoint chains `e…` walk tiers (`e…0`, `e…1` chains: one jump per policy, leaving the tier
+//!   on Pass, dropping at its end unless its default action is Pass), then the profiles.
+//! - Policy and profile chains (`p…`, `r…`) are shared by every endpoint that uses them: a
+//!   rule's Allow sets the accept bit and returns, Deny drops, Pass sets the pass bit and
+//!   returns, Log logs with a prefix naming the policy and goes on. Every rule has a counter.
+//! - Selector IP sets are plain sets of addresses (`h4…`, `h6…`) or interval sets when they
+//!   hold prefixes (`s4…`, `s6…`); named ports are sets of address . protocol . port (`n4…`,
+//!   `n6…`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -502,6 +507,28 @@ fn profile_chain_name(profile: &str, dir: &str) -> String {
     format!("r{}{dir}", short_hash(profile))
 }
 
+/// Workload dispatch: a map per direction from interface to the endpoint's chain (or straight
+/// to a verdict).
+const WL_EGRESS: &str = "wl-egress";
+const WL_INGRESS: &str = "wl-ingress";
+/// Where the dispatch maps send interfaces they do not list: a `cali*` one has no program yet
+/// and is dropped (fail closed); any other goes on.
+const WL_FROM_OTHER: &str = "wl-from-other";
+const WL_TO_OTHER: &str = "wl-to-other";
+
+/// A workload stage that no policy selects and whose first profile's first rule allows
+/// everything (Kubernetes namespace profiles): its verdict is known without any rule.
+fn allows_all(chain: &ChainProgram) -> bool {
+    chain.tiers.is_empty()
+        && chain.missing_tier.is_none()
+        && chain.profiles_apply
+        && matches!(
+            chain.profiles.first(),
+            Some(ProfileProgram::Rules { rules, .. })
+                if rules.first().is_some_and(RuleProgram::allows_everything)
+        )
+}
+
 /// Host endpoint chains that would only return (no policy for the mode) are left out.
 fn always_continues(mode: Mode, chain: &ChainProgram) -> bool {
     !matches!(mode, Mode::In | Mode::Out) && chain.tiers.is_empty() && chain.missing_tier.is_none()
@@ -534,7 +561,7 @@ struct Placed {
     owned: Vec<String>,
     /// The shared policy and profile chains they jump to (counted in `users`).
     shared: Vec<String>,
-    /// Its elements in the workload dispatch maps (map, element).
+    /// Its elements in the workload dispatch maps and interface set (map, element).
     entries: Vec<(&'static str, String)>,
 }
 
@@ -552,6 +579,9 @@ pub struct Renderer {
     placed: HashMap<String, Placed>,
     /// How many endpoint chains jump to each shared chain.
     users: HashMap<String, usize>,
+    /// How many endpoints put each element in a dispatch map or set (two endpoints may claim
+    /// one interface).
+    entry_users: HashMap<(&'static str, String), usize>,
     /// Shared chains rendered during the current batch (each is rendered once per batch).
     fresh: HashSet<String>,
     /// The hooks, dispatch chains and maps last rendered by [`base_chains`].
@@ -569,6 +599,7 @@ impl Renderer {
             names: SetNames::default(),
             placed: HashMap::new(),
             users: HashMap::new(),
+            entry_users: HashMap::new(),
             fresh: HashSet::new(),
             base_chains: Vec::new(),
             base_maps: Vec::new(),
@@ -599,13 +630,9 @@ impl Renderer {
         }
     }
 
-    /// Chains, IP sets (verdict maps not counted) and their members.
+    /// Chains, IP sets (dispatch maps and the interface set not counted) and their members.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let ip_sets = self
-            .table
-            .sets
-            .values()
-            .filter(|s| s.kind != SetKind::Verdict);
+        let ip_sets = self.table.sets.values().filter(|s| s.key != "ifname");
         let (sets, members) = ip_sets.fold((0, 0), |(n, m), s| (n + 1, m + s.elements.len()));
         (self.table.chains.len(), sets, members)
     }
@@ -674,6 +701,7 @@ impl Renderer {
         self.names = SetNames::default();
         self.placed.clear();
         self.users.clear();
+        self.entry_users.clear();
         self.fresh.clear();
         self.base_chains.clear();
         self.base_maps.clear();
@@ -681,11 +709,13 @@ impl Renderer {
         for id in &ids {
             self.render_set(id);
         }
-        for map in ["wl-egress", "wl-ingress"] {
-            self.table.sets.insert(
-                map.into(),
-                Set::new("ifname", SetKind::Verdict, BTreeSet::new()),
-            );
+        // Interfaces without an element (not workloads, or workloads without a program) meet
+        // the catch-all element.
+        for (map, other) in [(WL_EGRESS, WL_FROM_OTHER), (WL_INGRESS, WL_TO_OTHER)] {
+            let catch_all = BTreeSet::from([format!("* : jump {other}")]);
+            self.table
+                .sets
+                .insert(map.into(), Set::new("ifname", SetKind::Verdict, catch_all));
         }
         let keys: Vec<String> = self.program.endpoints.keys().cloned().collect();
         for key in &keys {
@@ -768,13 +798,36 @@ impl Renderer {
             shared: Vec::new(),
             entries: Vec::new(),
         };
+        let mut entries = Vec::new();
         for (mode, chain) in Mode::of(ep) {
             if ep.host && always_continues(mode, chain) {
                 continue;
             }
             let dir = mode.dir();
+            let map = if mode == Mode::In {
+                WL_INGRESS
+            } else {
+                WL_EGRESS
+            };
+            if !ep.host && allows_all(chain) {
+                // No chain at all: the dispatch map's element is the verdict.
+                let verdict = if mode == Mode::In {
+                    "accept"
+                } else {
+                    "continue"
+                };
+                entries.push((map, format!("\"{}\" : {verdict}", ep.interface)));
+                continue;
+            }
             let name = endpoint_chain_name(key, mode);
-            for (n, c) in endpoint_chain(&name, ep, chain, dir) {
+            // A workload's ingress is the last stage of a forwarded packet; its egress is
+            // followed by the destination's ingress, or by the host's own input rules.
+            let (on_accept, entry) = match (ep.host, mode) {
+                (true, _) => ("return", None),
+                (false, Mode::In) => ("accept", Some(format!("goto {name}"))),
+                (false, _) => ("return", Some(format!("jump {name}"))),
+            };
+            for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
                 self.table.chains.insert(n.clone(), c);
                 self.touched.chains.insert(n.clone());
                 placed.owned.push(n);
@@ -804,19 +857,20 @@ impl Renderer {
                 *self.users.entry(n.clone()).or_default() += 1;
                 placed.shared.push(n);
             }
-            if !ep.host {
-                let map = if mode == Mode::In {
-                    "wl-ingress"
-                } else {
-                    "wl-egress"
-                };
-                let entry = format!("\"{}\" : jump {name}", ep.interface);
-                if let Some(m) = self.table.sets.get_mut(map) {
-                    m.elements.insert(entry.clone());
-                }
-                self.touched.sets.insert(map.into());
-                placed.entries.push((map, entry));
+            if let Some(verdict) = entry {
+                entries.push((map, format!("\"{}\" : {verdict}", ep.interface)));
             }
+        }
+        for (map, entry) in entries {
+            let users = self.entry_users.entry((map, entry.clone())).or_default();
+            *users += 1;
+            if *users == 1
+                && let Some(m) = self.table.sets.get_mut(map)
+            {
+                m.elements.insert(entry.clone());
+                self.touched.sets.insert(map.into());
+            }
+            placed.entries.push((map, entry));
         }
         self.placed.insert(key.to_owned(), placed);
     }
@@ -832,10 +886,16 @@ impl Renderer {
             self.touched.chains.insert(n);
         }
         for (map, entry) in placed.entries {
-            if let Some(m) = self.table.sets.get_mut(map) {
-                m.elements.remove(&entry);
+            let key = (map, entry);
+            let users = self.entry_users.entry(key.clone()).or_default();
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                self.entry_users.remove(&key);
+                if let Some(m) = self.table.sets.get_mut(map) {
+                    m.elements.remove(&key.1);
+                }
+                self.touched.sets.insert(map.into());
             }
-            self.touched.sets.insert(map.into());
         }
         for n in placed.shared {
             let users = self.users.entry(n.clone()).or_default();
@@ -933,6 +993,10 @@ fn failsafe_rules(
         .collect()
 }
 
+/// Conntrack first, in one lookup: established and related flows are accepted, invalid ones
+/// dropped; only new flows meet policy.
+const CT_STATE: &str = "ct state vmap { established : accept, related : accept, invalid : drop }";
+
 /// The base chains (hooks) and the host endpoint dispatch chains.
 fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     let prefix = &settings.workload_prefix;
@@ -940,10 +1004,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
     let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
     let r = |text: String, note: &str| Rule::new(text, note);
-    let mut forward = vec![
-        r("ct state established,related accept".into(), ""),
-        r("ct state invalid drop".into(), ""),
-    ];
+    let mut forward = vec![r(CT_STATE.into(), "")];
     if hosts.any {
         // Forwarded traffic arriving by a host endpoint, unless its preDNAT policy allowed it.
         forward.push(r(
@@ -951,21 +1012,20 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             "host endpoint forward ingress",
         ));
     }
+    // A workload's egress chain returns if it accepts (or its map element is `continue`); its
+    // ingress chain (or element) accepts. Only traffic to something else goes on.
     forward.extend([
-        r(clear.clone(), ""),
-        r("iifname vmap @wl-egress".into(), "workload egress"),
-        r(
-            format!("iifname \"{prefix}*\" {not_accepted} counter drop"),
-            "workload without a program",
-        ),
-        r(clear.clone(), ""),
-        r("oifname vmap @wl-ingress".into(), "workload ingress"),
-        r(
-            format!("oifname \"{prefix}*\" {not_accepted} counter drop"),
-            "workload without a program",
-        ),
+        r(format!("iifname vmap @{WL_EGRESS}"), "workload egress"),
+        r(format!("oifname vmap @{WL_INGRESS}"), "workload ingress"),
         r(clear.clone(), ""),
     ]);
+    for (name, ifname) in [(WL_FROM_OTHER, "iifname"), (WL_TO_OTHER, "oifname")] {
+        let drop = r(
+            format!("{ifname} \"{prefix}*\" counter drop"),
+            "workload without a program",
+        );
+        table.chains.insert(name.into(), Chain::regular(vec![drop]));
+    }
     if hosts.any {
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
         forward.push(r(clear.clone(), ""));
@@ -976,14 +1036,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
 
     // Workload to its own host: the workload's egress, then DefaultEndpointToHostAction.
     // Reached by goto, so Return leaves our input chain (the host's own firewall decides).
-    let mut to_host = vec![
-        r(clear.clone(), ""),
-        r("iifname vmap @wl-egress".into(), "workload egress"),
-        r(
-            format!("{not_accepted} counter drop"),
-            "workload without a program",
-        ),
-    ];
+    let mut to_host = vec![r(format!("iifname vmap @{WL_EGRESS}"), "workload egress")];
     match settings.felix.default_endpoint_to_host_action.as_str() {
         "Accept" => to_host.push(r(
             format!("{clear} accept"),
@@ -999,8 +1052,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
         .chains
         .insert("wl-to-host".into(), Chain::regular(to_host));
     let mut input = vec![
-        r("ct state established,related accept".into(), ""),
-        r("ct state invalid drop".into(), ""),
+        r(CT_STATE.into(), ""),
         r(
             format!("iifname \"{prefix}*\" goto wl-to-host"),
             "workload to host",
@@ -1145,12 +1197,12 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     }
 }
 
-/// One stage of an endpoint chain (a tier or a profile): jump to it, return if it accepted,
-/// forget a Pass before the next stage.
-fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String) {
+/// One stage of an endpoint chain (a tier or a profile): jump to it, leave with `on_accept`
+/// (`return`, `accept`) if it accepted, forget a Pass before the next stage.
+fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, on_accept: &str) {
     main.push(Rule::new(format!("jump {target}"), note));
     main.push(Rule::new(
-        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 return"),
+        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 {on_accept}"),
         "",
     ));
     main.push(Rule::new(
@@ -1159,12 +1211,15 @@ fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String) {
     ));
 }
 
-/// One endpoint's chain for one direction, with its tier chains (named after it).
+/// One endpoint's chain for one direction, with its tier chains (named after it). What an
+/// accepting stage does next is `on_accept`; a workload's chain clears our mark bits first
+/// (host endpoint chains are entered through dispatch chains that have done so).
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
     chain: &ChainProgram,
     dir: &str,
+    on_accept: &str,
 ) -> Vec<(String, Chain)> {
     if let Some(tier) = &chain.missing_tier {
         // Fail closed: the policies' place among the tiers is unknown.
@@ -1173,6 +1228,12 @@ fn endpoint_chain(
     }
     let mut out = Vec::new();
     let mut main = Vec::new();
+    if !ep.host {
+        main.push(Rule::new(
+            format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS),
+            "",
+        ));
+    }
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
         let mut rules = Vec::new();
@@ -1190,7 +1251,7 @@ fn endpoint_chain(
                 format!("end of tier {}", tier.tier),
             ));
         }
-        jump_stage(&mut main, &tname, format!("tier {}", tier.tier));
+        jump_stage(&mut main, &tname, format!("tier {}", tier.tier), on_accept);
         out.push((tname, Chain::regular(rules)));
     }
     if chain.profiles_apply {
@@ -1205,7 +1266,7 @@ fn endpoint_chain(
                 }
                 ProfileProgram::Rules { profile, .. } => {
                     let target = profile_chain_name(profile, dir);
-                    jump_stage(&mut main, &target, format!("profile {profile}"));
+                    jump_stage(&mut main, &target, format!("profile {profile}"), on_accept);
                 }
             }
         }

@@ -495,7 +495,11 @@ fn element_text(v: &Value) -> Option<String> {
                 Some(target) => format!("{name} {target}"),
                 None => name.clone(),
             };
-            Some(format!("\"{}\" : {text}", key.as_str()?))
+            match key.as_str()? {
+                // The catch-all element.
+                "*" => Some(format!("* : {text}")),
+                key => Some(format!("\"{key}\" : {text}")),
+            }
         }
         _ => None,
     }

@@ -8,7 +8,8 @@
 //!   empty nft transaction (the floor of spawning nft).
 //! - **Per-packet cost** (B1): new TCP connections per second (connect, 1-byte request and
 //!   response, close) and UDP packets per second between two pods on one node, through the
-//!   node's table with P policies, against the same pods with no table at all.
+//!   node's table with P policies, against the same pods with no table at all (client and server
+//!   pinned to their own CPU; rounds alternate the two so the machine's drift cancels).
 //! - **Agent footprint** (B7): resident memory and idle CPU of `gingham agent` on SQLite.
 //!
 //! The cluster model: 100 namespaces, 1,000 endpoints on 10 nodes (100 on the measured node, one
@@ -501,14 +502,24 @@ fn pods() -> Pods {
     }
 }
 
-fn spawn_helper(ns: &TestNetns, args: &[&str]) -> std::process::Child {
+/// CPUs the helpers are pinned to (performance.md: client and server on cpu0 and cpu1), so
+/// that every run divides the machine the same way.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+
+fn helper_command(ns: &TestNetns, cpu: &str, args: &[&str]) -> Command {
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns.name(), "taskset", "-c", cpu])
         .arg(exe)
         .arg("--bench")
         .args(args)
-        .env("GINGHAM_BENCH_HELPER", "1")
+        .env("GINGHAM_BENCH_HELPER", "1");
+    c
+}
+
+fn spawn_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> std::process::Child {
+    let mut child = helper_command(ns, cpu, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -523,16 +534,8 @@ fn spawn_helper(ns: &TestNetns, args: &[&str]) -> std::process::Child {
     child
 }
 
-fn run_helper(ns: &TestNetns, args: &[&str]) -> f64 {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .arg(exe)
-        .arg("--bench")
-        .args(args)
-        .env("GINGHAM_BENCH_HELPER", "1")
-        .output()
-        .unwrap();
+fn run_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> f64 {
+    let out = helper_command(ns, cpu, args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -541,42 +544,67 @@ fn run_helper(ns: &TestNetns, args: &[&str]) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// Connections per second and UDP packets per second, median of three.
+/// Connections per second and UDP packets per second (received), one run of each.
 fn measure(p: &Pods) -> (f64, f64) {
-    let secs = "1.5";
-    let mut crr = Vec::new();
-    let mut udp = Vec::new();
-    for _ in 0..3 {
-        crr.push(run_helper(&p.client, &["crr", SERVER_IP, secs]));
-        let mut server = spawn_helper(&p.server, &["udp-server"]);
-        run_helper(&p.client, &["udp", SERVER_IP, secs]);
-        let mut out = String::new();
-        server
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let _ = server.wait();
-        udp.push(out.trim().parse::<f64>().unwrap() / 1.5);
+    let secs = 1.0;
+    let secs_arg = secs.to_string();
+    let crr = run_helper(&p.client, CLIENT_CPU, &["crr", SERVER_IP, &secs_arg]);
+    let mut server = spawn_helper(&p.server, SERVER_CPU, &["udp-server"]);
+    run_helper(&p.client, CLIENT_CPU, &["udp", SERVER_IP, &secs_arg]);
+    let mut out = String::new();
+    server
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = server.wait();
+    (crr, out.trim().parse::<f64>().unwrap() / secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Rounds of one row: the table installed, measured, removed, the bare pods measured; the
+/// ratio of each round's adjacent runs cancels the machine's drift. Prints medians.
+fn paired_row(pods: &Pods, label: &str, install: &str, remove: &str) {
+    const ROUNDS: usize = 5;
+    let mut nft = Nft::in_netns(pods.node.name());
+    let (mut ours, mut bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        nft.run(install).expect("nft accepts the table");
+        let a = measure(pods);
+        nft.run(remove).expect("nft removes the table");
+        let b = measure(pods);
+        ratios.push((a.0 / b.0, a.1 / b.1));
+        ours.push(a);
+        bare.push(b);
     }
-    crr.sort_by(f64::total_cmp);
-    udp.sort_by(f64::total_cmp);
-    (crr[1], udp[1])
+    println!(
+        "{label:>32} | {:>9.0} {:>9.0} {:>6.2} | {:>9.0} {:>9.0} {:>6.2}",
+        median(ours.iter().map(|m| m.0).collect()),
+        median(bare.iter().map(|m| m.0).collect()),
+        median(ratios.iter().map(|r| r.0).collect()),
+        median(ours.iter().map(|m| m.1).collect()),
+        median(bare.iter().map(|m| m.1).collect()),
+        median(ratios.iter().map(|r| r.1).collect()),
+    );
 }
 
 fn per_packet(scales: &[usize]) {
+    gingham_testkit::require_tool("taskset");
     println!("\n## Per-packet cost (B1): two pods on one node, through the node's table");
-    let pods = pods();
-    let _server = Killed(spawn_helper(&pods.server, &["tcp-server"]));
-    let (base_crr, base_udp) = measure(&pods);
     println!(
-        "{:>28} | {:>12} {:>6} | {:>12} {:>6}",
-        "", "TCP CRR/s", "ratio", "UDP pkt/s", "ratio"
+        "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; medians of 5 rounds, each the table's run"
     );
+    println!(" next to a run with no table at all; ratio: ours / no table, per round)");
+    let pods = pods();
+    let _server = Killed(spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]));
     println!(
-        "{:>28} | {:>12.0} {:>6} | {:>12.0} {:>6}",
-        "no ruleset (baseline)", base_crr, "1.00", base_udp, "1.00"
+        "{:>32} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
+        "", "CRR/s", "no table", "ratio", "UDP pkt/s", "no table", "ratio"
     );
     let pods_yaml = |p: usize| {
         // The two pods, local, in ns0: the server has app a0 (selected by the model's policies
@@ -610,20 +638,12 @@ spec:
         load(&text)
     };
     // Conntrack alone (any stateful firewall pays it): one rule accepting established flows.
-    let mut nft = Nft::in_netns(pods.node.name());
-    nft.run("table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n")
-        .unwrap();
-    let (ct_crr, ct_udp) = measure(&pods);
-    nft.run("delete table inet ctonly\n").unwrap();
-    println!(
-        "{:>28} | {:>12.0} {:>6.2} | {:>12.0} {:>6.2}",
+    paired_row(
+        &pods,
         "conntrack only",
-        ct_crr,
-        ct_crr / base_crr,
-        ct_udp,
-        ct_udp / base_udp
+        "table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n",
+        "delete table inet ctonly\n",
     );
-    let mut dp = Programmer::new(Nft::in_netns(pods.node.name()));
     for &p in [0].iter().chain(scales) {
         let mut resources = model(p);
         resources.extend(pods_yaml(p));
@@ -643,16 +663,16 @@ spec:
             })
             .unwrap_or(0);
         let rendered = render(&state, &Settings::default());
-        let chains = rendered.chains;
-        dp.sync(rendered.table).unwrap();
-        let (crr, udp) = measure(&pods);
-        println!(
-            "{:>28} | {:>12.0} {:>6.2} | {:>12.0} {:>6.2}",
-            format!("P={p} ({chains} chains, {selecting} sel.)"),
-            crr,
-            crr / base_crr,
-            udp,
-            udp / base_udp
+        if let Some(dir) = std::env::var_os("AGENT_BENCH_DUMP") {
+            // For experiments: the table of each row, as an nft script.
+            let path = std::path::Path::new(&dir).join(format!("b1-table-{p}.nft"));
+            std::fs::write(path, rendered.script()).unwrap();
+        }
+        paired_row(
+            &pods,
+            &format!("P={p} ({} chains, {selecting} sel.)", rendered.chains),
+            &rendered.script(),
+            "delete table inet gingham\n",
         );
     }
 }
