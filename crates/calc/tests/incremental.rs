@@ -7,29 +7,15 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Rng, gen_cluster};
+use common::{Rng, property_seeds, resolve_step, update_steps};
 use gingham_calc::Snapshot;
-use gingham_calc::incremental::{Calculator, Update, apply_changes};
+use gingham_calc::incremental::{Calculator, apply_changes};
 use gingham_calc::program::NodeProgram;
 use gingham_model::Resource;
 
-fn resources(seed: u64) -> Vec<Resource> {
-    let docs = gen_cluster(seed);
-    let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
-    gingham_model::load_resources("random.json", &text.join("\n"))
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
-}
-
-fn key(r: &Resource) -> String {
-    r.key()
-}
-
 #[test]
 fn changes_rebuild_the_full_state() {
-    let seeds: u64 = std::env::var("PROPERTY_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
+    let seeds = property_seeds(150);
     let node = "node-a";
     let mut updates_checked = 0usize;
     let mut changes_seen = 0usize;
@@ -38,59 +24,11 @@ fn changes_rebuild_the_full_state() {
         let mut calc = Calculator::new(node);
         let mut mirror = NodeProgram::default();
         let mut current: BTreeMap<String, Resource> = BTreeMap::new();
-        let mut pool = resources(seed);
-        // Creations in random order.
-        let mut steps: Vec<Update> = Vec::new();
-        while !pool.is_empty() {
-            let r = pool.swap_remove(rng.below(pool.len()));
-            steps.push(Update::Upsert(Box::new(r)));
-        }
-        // Replacements and deletions, drawn from two other clusters with overlapping names.
-        let mut others = resources(seed + 10_000);
-        others.extend(resources(seed + 20_000));
-        for _ in 0..25 {
-            if rng.chance(70) && !others.is_empty() {
-                let r = others.swap_remove(rng.below(others.len()));
-                steps.push(Update::Upsert(Box::new(r)));
-            } else {
-                steps.push(Update::Delete {
-                    kind: gingham_model::Kind::WorkloadEndpoint,
-                    namespace: None,
-                    name: String::new(),
-                });
-            }
-        }
-        for (i, step) in steps.into_iter().enumerate() {
-            // A placeholder delete removes a random current input.
-            let step = match step {
-                Update::Delete { name, .. } if name.is_empty() => {
-                    if current.is_empty() {
-                        continue;
-                    }
-                    let keys: Vec<&String> = current.keys().collect();
-                    let k = keys[rng.below(keys.len())].clone();
-                    let r = &current[&k];
-                    Update::Delete {
-                        kind: r.kind(),
-                        namespace: r.meta().namespace.clone(),
-                        name: r.meta().name.clone(),
-                    }
-                }
-                other => other,
+        for (i, step) in update_steps(seed, &mut rng).into_iter().enumerate() {
+            let Some(step) = resolve_step(step, &mut current, &mut rng) else {
+                continue;
             };
             let what = format!("{step:?}");
-            match &step {
-                Update::Upsert(r) => {
-                    current.insert(key(r), (**r).clone());
-                }
-                Update::Delete {
-                    kind,
-                    namespace,
-                    name,
-                } => {
-                    current.remove(&kind.key(namespace.as_deref(), name));
-                }
-            }
             // Now and then a resync: every input at once.
             let changes = if rng.chance(8) {
                 calc.load_all(current.values().cloned().collect())

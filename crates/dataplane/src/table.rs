@@ -194,6 +194,24 @@ fn add_elements(s: &mut Script, name: &str, elements: &[&String]) {
     }
 }
 
+/// Makes the named entries of `to` what they are in `from` (absent if absent).
+fn copy_named<T: Clone>(
+    to: &mut BTreeMap<String, T>,
+    from: &BTreeMap<String, T>,
+    names: &BTreeSet<&str>,
+) {
+    for &name in names {
+        match from.get(name) {
+            Some(v) => {
+                to.insert(name.to_owned(), v.clone());
+            }
+            None => {
+                to.remove(name);
+            }
+        }
+    }
+}
+
 fn base_spec(b: &Base) -> String {
     format!(
         "{{ type {} hook {} priority {}; policy {}; }}",
@@ -343,26 +361,8 @@ impl Table {
 
     /// Makes the named chains and sets of `self` what they are in `new` (absent if absent).
     pub fn copy_from(&mut self, new: &Table, chains: &BTreeSet<&str>, sets: &BTreeSet<&str>) {
-        for &name in chains {
-            match new.chains.get(name) {
-                Some(c) => {
-                    self.chains.insert(name.to_owned(), c.clone());
-                }
-                None => {
-                    self.chains.remove(name);
-                }
-            }
-        }
-        for &name in sets {
-            match new.sets.get(name) {
-                Some(c) => {
-                    self.sets.insert(name.to_owned(), c.clone());
-                }
-                None => {
-                    self.sets.remove(name);
-                }
-            }
-        }
+        copy_named(&mut self.chains, &new.chains, chains);
+        copy_named(&mut self.sets, &new.sets, sets);
     }
 
     /// What is installed, as far as the kernel's listing (`nft -j list table`) shows, expressed

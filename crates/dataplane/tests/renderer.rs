@@ -10,47 +10,38 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Rng, gen_cluster};
-use gingham_calc::incremental::{Calculator, Update};
+use common::{Rng, property_seeds, resolve_step, update_steps};
+use gingham_calc::incremental::Calculator;
 use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table, render};
 use gingham_model::Resource;
-
-fn resources(seed: u64) -> Vec<Resource> {
-    let docs = gen_cluster(seed);
-    let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
-    gingham_model::load_resources("random.json", &text.join("\n"))
-        .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
-}
 
 fn names<'a>(a: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
     a.map(String::as_str).collect()
 }
 
+/// The names whose entries differ between two maps.
+fn differing_in<T: PartialEq>(
+    a: &BTreeMap<String, T>,
+    b: &BTreeMap<String, T>,
+) -> BTreeSet<String> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
 /// The chains and sets that differ between two tables.
 fn differing(a: &Table, b: &Table) -> (BTreeSet<String>, BTreeSet<String>) {
-    let chains = a
-        .chains
-        .keys()
-        .chain(b.chains.keys())
-        .filter(|k| a.chains.get(*k) != b.chains.get(*k))
-        .cloned()
-        .collect();
-    let sets = a
-        .sets
-        .keys()
-        .chain(b.sets.keys())
-        .filter(|k| a.sets.get(*k) != b.sets.get(*k))
-        .cloned()
-        .collect();
-    (chains, sets)
+    (
+        differing_in(&a.chains, &b.chains),
+        differing_in(&a.sets, &b.sets),
+    )
 }
 
 #[test]
 fn incremental_rendering_equals_a_full_render() {
-    let seeds: u64 = std::env::var("PROPERTY_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+    let seeds = property_seeds(120);
     let node = "node-a";
     let (mut steps_checked, mut partial_syncs) = (0usize, 0usize);
     for seed in 0..seeds {
@@ -62,50 +53,11 @@ fn incremental_rendering_equals_a_full_render() {
         let touched = renderer.take_touched();
         programmer.sync_touched(renderer.table(), &touched).unwrap();
         let mut current: BTreeMap<String, Resource> = BTreeMap::new();
-        let mut pool = resources(seed);
-        let mut steps: Vec<Option<Update>> = Vec::new();
-        while !pool.is_empty() {
-            let r = pool.swap_remove(rng.below(pool.len()));
-            steps.push(Some(Update::Upsert(Box::new(r))));
-        }
-        let mut others = resources(seed + 10_000);
-        others.extend(resources(seed + 20_000));
-        for _ in 0..25 {
-            if rng.chance(70) && !others.is_empty() {
-                let r = others.swap_remove(rng.below(others.len()));
-                steps.push(Some(Update::Upsert(Box::new(r))));
-            } else {
-                steps.push(None);
-            }
-        }
-        for (i, step) in steps.into_iter().enumerate() {
-            // `None`: delete a random current input.
-            let step = match step {
-                Some(u) => u,
-                None if current.is_empty() => continue,
-                None => {
-                    let keys: Vec<&String> = current.keys().collect();
-                    let r = &current[keys[rng.below(keys.len())]];
-                    Update::Delete {
-                        kind: r.kind(),
-                        namespace: r.meta().namespace.clone(),
-                        name: r.meta().name.clone(),
-                    }
-                }
+        for (i, step) in update_steps(seed, &mut rng).into_iter().enumerate() {
+            let Some(step) = resolve_step(step, &mut current, &mut rng) else {
+                continue;
             };
             let what = format!("{step:?}");
-            match &step {
-                Update::Upsert(r) => {
-                    current.insert(r.key(), (**r).clone());
-                }
-                Update::Delete {
-                    kind,
-                    namespace,
-                    name,
-                } => {
-                    current.remove(&kind.key(namespace.as_deref(), name));
-                }
-            }
             let before = renderer.table().clone();
             let changes = if rng.chance(6) {
                 calc.load_all(current.values().cloned().collect())

@@ -3,7 +3,83 @@
 
 use gingham_calc::Snapshot;
 use gingham_calc::eval::{Flow, PeerSpec};
+use gingham_calc::incremental::Update;
+use gingham_model::Resource;
 use serde_json::{Value, json};
+
+/// How many random clusters a property test runs: `PROPERTY_SEEDS`, or `default`.
+pub fn property_seeds(default: u64) -> u64 {
+    std::env::var("PROPERTY_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The resources of [`gen_cluster`]'s cluster.
+pub fn cluster_resources(seed: u64) -> Vec<Resource> {
+    let docs = gen_cluster(seed);
+    let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
+    gingham_model::load_resources("random.json", &text.join("\n"))
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
+}
+
+/// A random history of updates: the cluster of `seed` created in random order, then 25
+/// replacements (drawn from two other clusters with overlapping names) and deletions. `None`
+/// stands for "delete a random input that exists at that point" (see [`resolve_step`]).
+pub fn update_steps(seed: u64, rng: &mut Rng) -> Vec<Option<Update>> {
+    let mut pool = cluster_resources(seed);
+    let mut steps = Vec::new();
+    while !pool.is_empty() {
+        let r = pool.swap_remove(rng.below(pool.len()));
+        steps.push(Some(Update::Upsert(Box::new(r))));
+    }
+    let mut others = cluster_resources(seed + 10_000);
+    others.extend(cluster_resources(seed + 20_000));
+    for _ in 0..25 {
+        if rng.chance(70) && !others.is_empty() {
+            let r = others.swap_remove(rng.below(others.len()));
+            steps.push(Some(Update::Upsert(Box::new(r))));
+        } else {
+            steps.push(None);
+        }
+    }
+    steps
+}
+
+/// The update a step stands for, given the current inputs (by key), which it then updates;
+/// `None` when it deletes and nothing is left.
+pub fn resolve_step(
+    step: Option<Update>,
+    current: &mut std::collections::BTreeMap<String, Resource>,
+    rng: &mut Rng,
+) -> Option<Update> {
+    let step = match step {
+        Some(u) => u,
+        None if current.is_empty() => return None,
+        None => {
+            let keys: Vec<&String> = current.keys().collect();
+            let r = &current[keys[rng.below(keys.len())]];
+            Update::Delete {
+                kind: r.kind(),
+                namespace: r.meta().namespace.clone(),
+                name: r.meta().name.clone(),
+            }
+        }
+    };
+    match &step {
+        Update::Upsert(r) => {
+            current.insert(r.key(), (**r).clone());
+        }
+        Update::Delete {
+            kind,
+            namespace,
+            name,
+        } => {
+            current.remove(&kind.key(namespace.as_deref(), name));
+        }
+    }
+    Some(step)
+}
 
 /// A small deterministic generator (xorshift64*).
 pub struct Rng(pub u64);
