@@ -548,12 +548,6 @@ pub struct Touched {
     pub sets: BTreeSet<String>,
 }
 
-impl Touched {
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.chains.is_empty() && self.sets.is_empty()
-    }
-}
-
 /// What one endpoint put in the table.
 struct Placed {
     host: bool,
@@ -561,7 +555,7 @@ struct Placed {
     owned: Vec<String>,
     /// The shared policy and profile chains they jump to (counted in `users`).
     shared: Vec<String>,
-    /// Its elements in the workload dispatch maps and interface set (map, element).
+    /// Its elements in the workload dispatch maps (map, element).
     entries: Vec<(&'static str, String)>,
 }
 
@@ -579,8 +573,8 @@ pub struct Renderer {
     placed: HashMap<String, Placed>,
     /// How many endpoint chains jump to each shared chain.
     users: HashMap<String, usize>,
-    /// How many endpoints put each element in a dispatch map or set (two endpoints may claim
-    /// one interface).
+    /// How many endpoints put each element in a dispatch map (two endpoints may claim one
+    /// interface).
     entry_users: HashMap<(&'static str, String), usize>,
     /// Shared chains rendered during the current batch (each is rendered once per batch).
     fresh: HashSet<String>,
@@ -630,7 +624,7 @@ impl Renderer {
         }
     }
 
-    /// Chains, IP sets (dispatch maps and the interface set not counted) and their members.
+    /// Chains, IP sets (dispatch maps not counted) and their members.
     pub fn counts(&self) -> (usize, usize, usize) {
         let ip_sets = self.table.sets.values().filter(|s| s.key != "ifname");
         let (sets, members) = ip_sets.fold((0, 0), |(n, m), s| (n + 1, m + s.elements.len()));
