@@ -25,6 +25,9 @@ use gingham_net::{Netlink, NetnsRef};
 
 use crate::Exit;
 
+mod health;
+use health::Health;
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The node this agent programs (its endpoints are the local ones).
@@ -40,191 +43,6 @@ pub struct AgentArgs {
     /// 0: never).
     #[arg(long, default_value_t = 90)]
     pub refresh_interval: u64,
-}
-
-/// What the agent reports on its health endpoint.
-#[derive(Default)]
-struct Health {
-    ready: bool,
-    /// Why it is not ready, or the last error.
-    problem: Option<String>,
-    endpoints: usize,
-    chains: usize,
-    sets: usize,
-    set_members: usize,
-    programs_total: u64,
-    errors_total: u64,
-    resyncs_total: u64,
-    last_program_seconds: f64,
-    last_calculation_seconds: f64,
-    script_bytes: usize,
-    script_commands: usize,
-    kernel_reads_total: u64,
-    repairs_total: u64,
-    plumbing_repairs_total: u64,
-    /// Stored resources that cannot be read (skipped).
-    unreadable: Vec<String>,
-    /// Missing objects that close local endpoints (fail closed), with what they close.
-    closed: Vec<String>,
-}
-
-impl Health {
-    fn is_ready(&self) -> bool {
-        self.ready && self.problem.is_none() && self.unreadable.is_empty() && self.closed.is_empty()
-    }
-
-    fn why_not(&self) -> String {
-        if let Some(p) = &self.problem {
-            return p.clone();
-        }
-        if !self.unreadable.is_empty() {
-            return format!(
-                "stored resources that cannot be read are skipped: {}",
-                self.unreadable.join(", ")
-            );
-        }
-        if !self.closed.is_empty() {
-            return format!(
-                "endpoints closed (all their traffic dropped) for want of: {}",
-                self.closed.join("; ")
-            );
-        }
-        "starting".into()
-    }
-}
-
-type Shared = std::sync::Arc<std::sync::Mutex<Health>>;
-
-fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Health> {
-    h.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A minimal HTTP server for health and Prometheus metrics.
-fn serve_health(port: u16, health: Shared) -> Result<()> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-        .with_context(|| format!("cannot serve health on 127.0.0.1:{port}"))?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let h = lock(&health);
-            let (status, body) = match path {
-                "/liveness" => ("200 OK", "ok\n".to_owned()),
-                "/readiness" if h.is_ready() => ("200 OK", "ready\n".to_owned()),
-                "/readiness" => (
-                    "503 Service Unavailable",
-                    format!("not ready: {}\n", h.why_not()),
-                ),
-                "/metrics" => ("200 OK", metrics(&h)),
-                _ => (
-                    "404 Not Found",
-                    "try /liveness, /readiness or /metrics\n".to_owned(),
-                ),
-            };
-            drop(h);
-            let _ = write!(
-                stream,
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(())
-}
-
-fn metrics(h: &Health) -> String {
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
-    };
-    gauge(
-        "gingham_agent_ready",
-        "1 when the node is programmed and nothing is wrong.",
-        f64::from(u8::from(h.is_ready())),
-    );
-    gauge(
-        "gingham_agent_local_endpoints",
-        "Local endpoints with a program.",
-        h.endpoints as f64,
-    );
-    gauge(
-        "gingham_agent_nft_chains",
-        "Chains in the installed table.",
-        h.chains as f64,
-    );
-    gauge(
-        "gingham_agent_nft_sets",
-        "Sets in the installed table.",
-        h.sets as f64,
-    );
-    gauge(
-        "gingham_agent_nft_set_members",
-        "Members of all sets.",
-        h.set_members as f64,
-    );
-    gauge(
-        "gingham_agent_last_calculation_seconds",
-        "Time of the last policy calculation.",
-        h.last_calculation_seconds,
-    );
-    gauge(
-        "gingham_agent_last_apply_seconds",
-        "Time of the last nft transaction.",
-        h.last_program_seconds,
-    );
-    gauge(
-        "gingham_agent_last_apply_bytes",
-        "Size of the last nft transaction.",
-        h.script_bytes as f64,
-    );
-    gauge(
-        "gingham_agent_last_apply_commands",
-        "Commands in the last nft transaction (0: nothing had to change).",
-        h.script_commands as f64,
-    );
-    let mut counter = |name: &str, help: &str, value: u64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    };
-    counter(
-        "gingham_agent_programs_total",
-        "Tables installed.",
-        h.programs_total,
-    );
-    counter(
-        "gingham_agent_errors_total",
-        "Errors (datastore, calculation, nft).",
-        h.errors_total,
-    );
-    counter(
-        "gingham_agent_resyncs_total",
-        "Full listings of the datastore.",
-        h.resyncs_total,
-    );
-    counter(
-        "gingham_agent_kernel_reads_total",
-        "Readings of the installed table (start, errors, consistency checks).",
-        h.kernel_reads_total,
-    );
-    counter(
-        "gingham_agent_kernel_repairs_total",
-        "Consistency checks that found the kernel changed behind the agent's back.",
-        h.repairs_total,
-    );
-    counter(
-        "gingham_agent_plumbing_repairs_total",
-        "Routes, neighbours, sysctls and blackholes of local workloads put back.",
-        h.plumbing_repairs_total,
-    );
-    out
 }
 
 const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
@@ -248,7 +66,7 @@ fn settings_from(resources: &[Resource]) -> Settings {
 }
 
 struct Agent {
-    health: Shared,
+    health: Health,
     /// Keys whose stored value cannot be read: skipped (logged once each) and reported on
     /// /readiness until fixed or deleted.
     unreadable: std::collections::BTreeSet<String>,
@@ -295,10 +113,28 @@ fn route_refresh(felix: &[Resource]) -> Duration {
 }
 
 impl Agent {
+    fn new(node: &str) -> Agent {
+        Agent {
+            health: Health::default(),
+            unreadable: Default::default(),
+            node: node.to_owned(),
+            calc: Calculator::new(node),
+            changes: Vec::new(),
+            settings: Settings::default(),
+            renderer: Renderer::new(Default::default(), Settings::default()),
+            dataplane: Programmer::new(Nft::default()),
+            felix: Vec::new(),
+            workloads: Default::default(),
+            plumbing_due: true,
+        }
+    }
+
     /// Lists everything and loads it; returns the listing's revision.
     fn resync(&mut self, store: &dyn Datastore) -> Result<i64> {
-        lock(&self.health).resyncs_total += 1;
+        self.health.metrics.resyncs.inc();
         let listing = store.list(PREFIX)?;
+        self.unreadable.clear();
+        self.health.state().unreadable.clear();
         let resources: Vec<Resource> = listing
             .kvs
             .iter()
@@ -320,6 +156,7 @@ impl Agent {
         self.changes.clear();
         self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
         self.program()?;
+        self.health.metrics.synced_revision.set(listing.revision);
         Ok(listing.revision)
     }
 
@@ -356,33 +193,35 @@ impl Agent {
         let applied = match result {
             Ok(a) => a,
             Err(e) => {
-                let mut h = lock(&self.health);
-                h.errors_total += 1;
-                h.problem = Some(format!("installing the nftables table: {e}"));
+                self.health.metrics.errors.inc();
+                self.health.state().problem = Some(format!("installing the nftables table: {e}"));
                 return Err(e).context("installing the nftables table");
             }
         };
         {
-            let mut h = lock(&self.health);
+            let mut h = self.health.state();
             h.ready = true;
             h.problem = None;
             for c in closed.iter().filter(|c| !h.closed.contains(c)) {
                 tracing::warn!(problem = %c, "endpoints closed until the missing object exists");
             }
             h.closed = closed;
-            h.endpoints = endpoints;
-            h.chains = chains;
-            h.sets = sets;
-            h.set_members = set_members;
-            h.programs_total += 1;
-            h.last_calculation_seconds = calculated.as_secs_f64();
-            h.last_program_seconds = (t.elapsed() - calculated).as_secs_f64();
-            h.script_bytes = applied.bytes;
-            h.script_commands = applied.commands;
-            h.kernel_reads_total += u64::from(applied.read_kernel);
-            if check && applied.commands > 0 {
-                h.repairs_total += 1;
-            }
+        }
+        let m = &self.health.metrics;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        m.endpoints.set(count(endpoints));
+        m.chains.set(count(chains));
+        m.sets.set(count(sets));
+        m.set_members.set(count(set_members));
+        m.programs.inc();
+        m.last_calculation_seconds.set(calculated.as_secs_f64());
+        m.last_apply_seconds
+            .set((t.elapsed() - calculated).as_secs_f64());
+        m.last_apply_bytes.set(count(applied.bytes));
+        m.last_apply_commands.set(count(applied.commands));
+        m.kernel_reads.inc_by(u64::from(applied.read_kernel));
+        if check && applied.commands > 0 {
+            m.kernel_repairs.inc();
         }
         if check && applied.commands > 0 {
             tracing::warn!(
@@ -425,17 +264,20 @@ impl Agent {
                 for d in &done {
                     tracing::warn!(repair = %d, "host plumbing repaired");
                 }
-                lock(&self.health).plumbing_repairs_total += done.len() as u64;
+                self.health
+                    .metrics
+                    .plumbing_repairs
+                    .inc_by(done.len() as u64);
             }
             Err(e) => {
-                let mut h = lock(&self.health);
-                h.errors_total += 1;
+                self.health.metrics.errors.inc();
                 tracing::error!(error = %e, "checking the host plumbing failed");
             }
         }
     }
 
-    /// Decodes a stored value, keeping track of the keys that cannot be read.
+    /// Decodes a stored value, keeping track of the keys that cannot be read. The one decode
+    /// path of the agent: resync and watch both come through here.
     fn read(&mut self, key: &str, value: &[u8]) -> Option<Resource> {
         let r = decode(key, value);
         let changed = if r.is_some() {
@@ -444,8 +286,7 @@ impl Agent {
             self.unreadable.insert(key.to_owned())
         };
         if changed {
-            let mut h = lock(&self.health);
-            h.unreadable = self.unreadable.iter().cloned().collect();
+            self.health.state().unreadable = self.unreadable.iter().cloned().collect();
         }
         r
     }
@@ -455,44 +296,35 @@ impl Agent {
         let Some((k, ns, name)) = Kind::parse_key(key) else {
             return false;
         };
-        if kind == EventKind::Delete && self.unreadable.remove(key) {
-            lock(&self.health).unreadable = self.unreadable.iter().cloned().collect();
-        }
+        // `None`: deleted, or unreadable (whatever was there before is gone as far as we can
+        // tell).
+        let resource = match kind {
+            EventKind::Put => self.read(key, value),
+            EventKind::Delete => {
+                if self.unreadable.remove(key) {
+                    self.health.state().unreadable = self.unreadable.iter().cloned().collect();
+                }
+                None
+            }
+        };
         if k == Kind::FelixConfiguration {
             self.felix.retain(|r| r.meta().name != name);
-            if kind == EventKind::Put
-                && let Some(r) = decode(key, value)
-            {
-                self.felix.push(r);
-            }
+            self.felix.extend(resource);
             let before = self.settings.clone();
             self.settings = settings_from(&self.felix);
             return before != self.settings;
         }
         if k == Kind::WorkloadEndpoint {
-            let local = match kind {
-                EventKind::Put => decode(key, value).and_then(|r| host_workload(&r, &self.node)),
-                EventKind::Delete => None,
-            };
+            let local = resource.as_ref().and_then(|r| host_workload(r, &self.node));
             let before = match local {
                 Some(w) => self.workloads.insert(key.to_owned(), w.clone()) != Some(w),
                 None => self.workloads.remove(key).is_some(),
             };
             self.plumbing_due |= before;
         }
-        let update = match kind {
-            EventKind::Put => match self.read(key, value) {
-                Some(r) => Update::Upsert(Box::new(r)),
-                None => {
-                    // Whatever was there before is gone as far as we can tell.
-                    Update::Delete {
-                        kind: k,
-                        namespace: ns,
-                        name,
-                    }
-                }
-            },
-            EventKind::Delete => Update::Delete {
+        let update = match resource {
+            Some(r) => Update::Upsert(Box::new(r)),
+            None => Update::Delete {
                 kind: k,
                 namespace: ns,
                 name,
@@ -506,23 +338,10 @@ impl Agent {
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
-    let health = Shared::default();
+    let mut agent = Agent::new(&args.node);
     if args.health_port != 0 && !args.once {
-        serve_health(args.health_port, health.clone())?;
+        agent.health.serve(args.health_port)?;
     }
-    let mut agent = Agent {
-        health,
-        unreadable: Default::default(),
-        node: args.node.clone(),
-        calc: Calculator::new(&args.node),
-        changes: Vec::new(),
-        settings: Settings::default(),
-        renderer: Renderer::new(Default::default(), Settings::default()),
-        dataplane: Programmer::new(Nft::default()),
-        felix: Vec::new(),
-        workloads: Default::default(),
-        plumbing_due: true,
-    };
     let netlink = Netlink::open(&NetnsRef::Current).context("opening netlink")?;
     let mut revision = agent.resync(store)?;
     agent.plumb(store, &netlink);
@@ -568,14 +387,18 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
                 Ok(Some(first)) => {
                     // Take whatever else arrives right away, then program once.
                     let mut changed = agent.event(first.kind, &first.kv.key, &first.kv.value);
+                    let mut seen = first.revision();
                     while let Ok(Some(e)) = watch.next(Duration::from_millis(10)) {
                         changed |= agent.event(e.kind, &e.kv.key, &e.kv.value);
+                        seen = seen.max(e.revision());
                     }
                     if changed && let Err(e) = agent.program() {
                         tracing::error!(error = %format!("{e:#}"), "programming failed; retrying with a resync");
                         revision = agent.resync(store)?;
                         break;
                     }
+                    revision = revision.max(seen);
+                    agent.health.metrics.synced_revision.set(revision);
                 }
                 Err(StoreError::Compacted { .. }) | Err(StoreError::Unavailable(_)) => {
                     tracing::warn!("watch lost; listing again");
@@ -586,5 +409,47 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn felix(yaml_spec: &str) -> Resource {
+        let text = format!(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n{yaml_spec}"
+        );
+        gingham_model::load::load_resources("felix.yaml", &text)
+            .expect("a valid FelixConfiguration")
+            .remove(0)
+    }
+
+    /// Regression: a FelixConfiguration unreadable at resync and fixed by a later write left
+    /// /readiness at 503 until the next resync (the watch decoded it on a path of its own).
+    #[test]
+    fn an_unreadable_resource_fixed_by_a_watched_write_is_readable_again() {
+        let mut agent = Agent::new("node-a");
+        agent.health.state().ready = true;
+        let good = felix("  routeRefreshInterval: 30s\n");
+        let key = good.key();
+        // As the resync reads it.
+        assert!(agent.read(&key, b"{not json").is_none());
+        assert_eq!(
+            agent.health.readiness().0,
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(agent.health.readiness().1.contains(&key));
+        // The fix arrives through the watch.
+        agent.event(EventKind::Put, &key, &good.to_stored());
+        assert_eq!(agent.health.readiness().0, axum::http::StatusCode::OK);
+        assert_eq!(route_refresh(&agent.felix), Duration::from_secs(30));
+        // Broken again through the watch: reported again, and its settings are gone.
+        agent.event(EventKind::Put, &key, b"{not json");
+        assert!(agent.health.readiness().1.contains(&key));
+        assert_eq!(route_refresh(&agent.felix), Duration::from_secs(90));
+        // Deleted: nothing left to report.
+        agent.event(EventKind::Delete, &key, b"");
+        assert_eq!(agent.health.readiness().0, axum::http::StatusCode::OK);
     }
 }

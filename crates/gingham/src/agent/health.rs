@@ -1,0 +1,335 @@
+//! The agent's health and metrics: `/liveness`, `/readiness` (503 with the reason) and
+//! `/metrics` (OpenMetrics text, through `prometheus-client`), served by `axum` on the node's
+//! loopback from a thread of its own, so a slow scrape never delays programming.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why the node is or is not ready.
+#[derive(Default)]
+pub struct State {
+    /// The first table has been installed.
+    pub ready: bool,
+    /// Why it is not ready, or the last error.
+    pub problem: Option<String>,
+    /// Stored resources that cannot be read (skipped).
+    pub unreadable: Vec<String>,
+    /// Missing objects that close local endpoints (fail closed), with what they close.
+    pub closed: Vec<String>,
+}
+
+impl State {
+    pub fn is_ready(&self) -> bool {
+        self.ready && self.problem.is_none() && self.unreadable.is_empty() && self.closed.is_empty()
+    }
+
+    pub fn why_not(&self) -> String {
+        if let Some(p) = &self.problem {
+            return p.clone();
+        }
+        if !self.unreadable.is_empty() {
+            return format!(
+                "stored resources that cannot be read are skipped: {}",
+                self.unreadable.join(", ")
+            );
+        }
+        if !self.closed.is_empty() {
+            return format!(
+                "endpoints closed (all their traffic dropped) for want of: {}",
+                self.closed.join("; ")
+            );
+        }
+        "starting".into()
+    }
+}
+
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The agent's metrics. Every handle is shared with the registry: updating it is an atomic
+/// store, and a scrape reads them as they are.
+#[derive(Default, Clone)]
+pub struct Metrics {
+    pub ready: Gauge,
+    pub endpoints: Gauge,
+    pub chains: Gauge,
+    pub sets: Gauge,
+    pub set_members: Gauge,
+    pub last_calculation_seconds: F64Gauge,
+    pub last_apply_seconds: F64Gauge,
+    pub last_apply_bytes: Gauge,
+    pub last_apply_commands: Gauge,
+    /// The datastore revision the installed table reflects: every change written at or
+    /// before it is programmed (or needed nothing). Tests wait on it instead of sleeping.
+    pub synced_revision: Gauge,
+    pub programs: Counter,
+    pub errors: Counter,
+    pub resyncs: Counter,
+    pub kernel_reads: Counter,
+    pub kernel_repairs: Counter,
+    pub plumbing_repairs: Counter,
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 8] = [
+            (
+                "ready",
+                "1 when the node is programmed and nothing is wrong.",
+                &self.ready,
+            ),
+            (
+                "local_endpoints",
+                "Local endpoints with a program.",
+                &self.endpoints,
+            ),
+            ("nft_chains", "Chains in the installed table.", &self.chains),
+            ("nft_sets", "Sets in the installed table.", &self.sets),
+            ("nft_set_members", "Members of all sets.", &self.set_members),
+            (
+                "last_apply_bytes",
+                "Size of the last nft transaction.",
+                &self.last_apply_bytes,
+            ),
+            (
+                "last_apply_commands",
+                "Commands in the last nft transaction (0: nothing had to change).",
+                &self.last_apply_commands,
+            ),
+            (
+                "synced_revision",
+                "Datastore revision the installed table reflects.",
+                &self.synced_revision,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
+        }
+        registry.register(
+            "last_calculation_seconds",
+            "Time of the last policy calculation.",
+            self.last_calculation_seconds.clone(),
+        );
+        registry.register(
+            "last_apply_seconds",
+            "Time of the last nft transaction.",
+            self.last_apply_seconds.clone(),
+        );
+        // prometheus-client adds `_total` to counters.
+        let counters: [(&str, &str, &Counter); 6] = [
+            ("programs", "Tables installed.", &self.programs),
+            (
+                "errors",
+                "Errors (datastore, calculation, nft).",
+                &self.errors,
+            ),
+            ("resyncs", "Full listings of the datastore.", &self.resyncs),
+            (
+                "kernel_reads",
+                "Readings of the installed table (start, errors, consistency checks).",
+                &self.kernel_reads,
+            ),
+            (
+                "kernel_repairs",
+                "Consistency checks that found the kernel changed behind the agent's back.",
+                &self.kernel_repairs,
+            ),
+            (
+                "plumbing_repairs",
+                "Routes, neighbours, sysctls and blackholes of local workloads put back.",
+                &self.plumbing_repairs,
+            ),
+        ];
+        for (name, help, c) in counters {
+            registry.register(name, help, c.clone());
+        }
+    }
+}
+
+/// What the agent shares with its health server.
+#[derive(Clone)]
+pub struct Health {
+    state: Arc<Mutex<State>>,
+    pub metrics: Metrics,
+    registry: Arc<Registry>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let metrics = Metrics::default();
+        let mut registry = Registry::with_prefix("gingham_agent");
+        metrics.register(&mut registry);
+        Health {
+            state: Arc::default(),
+            metrics,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl Health {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `/readiness`: the status and its body.
+    pub fn readiness(&self) -> (StatusCode, String) {
+        let s = self.state();
+        if s.is_ready() {
+            (StatusCode::OK, "ready\n".into())
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", s.why_not()),
+            )
+        }
+    }
+
+    /// `/metrics` in the OpenMetrics text format.
+    pub fn exposition(&self) -> Result<String, std::fmt::Error> {
+        let ready = self.state().is_ready();
+        self.metrics.ready.set(i64::from(ready));
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// Serves the endpoints on `127.0.0.1:port` from a thread of its own.
+    pub fn serve(&self, port: u16) -> Result<()> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("cannot serve health on 127.0.0.1:{port}"))?;
+        listener.set_nonblocking(true).context("health listener")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("starting the health server's runtime")?;
+        let health = self.clone();
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "health server cannot listen");
+                            return;
+                        }
+                    };
+                    if let Err(e) = axum::serve(listener, router(health)).await {
+                        tracing::error!(error = %e, "health server stopped");
+                    }
+                })
+            })
+            .context("starting the health server's thread")?;
+        Ok(())
+    }
+}
+
+fn router(health: Health) -> Router {
+    let (r, m) = (health.clone(), health);
+    Router::new()
+        .route("/liveness", get(|| async { "ok\n" }))
+        .route("/readiness", get(move || async move { r.readiness() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                match m.exposition() {
+                    Ok(body) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "try /liveness, /readiness or /metrics\n",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric_with_its_value() {
+        let h = Health::default();
+        h.metrics.endpoints.set(3);
+        h.metrics.programs.inc();
+        h.metrics.synced_revision.set(42);
+        h.metrics.last_apply_seconds.set(0.25);
+        let text = h.exposition().expect("encodes");
+        for line in [
+            "gingham_agent_local_endpoints 3",
+            "gingham_agent_programs_total 1",
+            "gingham_agent_synced_revision 42",
+            "gingham_agent_last_apply_seconds 0.25",
+            "gingham_agent_ready 0",
+            "# TYPE gingham_agent_programs counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn readiness_says_why_not() {
+        let h = Health::default();
+        assert_eq!(h.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+        h.state().ready = true;
+        assert_eq!(h.readiness(), (StatusCode::OK, "ready\n".to_owned()));
+        h.state().unreadable = vec!["/calico/x".into()];
+        let (code, body) = h.readiness();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("/calico/x"), "{body}");
+    }
+
+    #[test]
+    fn served_over_http() {
+        let h = Health::default();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        h.serve(port).expect("serves");
+        let get = |path: &str| {
+            use std::io::{Read, Write};
+            let mut s = (0..50)
+                .find_map(|_| {
+                    std::net::TcpStream::connect(("127.0.0.1", port))
+                        .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                        .ok()
+                })
+                .expect("connects");
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("writes");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("reads");
+            out
+        };
+        assert!(get("/liveness").starts_with("HTTP/1.0 200"), "liveness");
+        let r = get("/readiness");
+        assert!(r.starts_with("HTTP/1.0 503"), "{r}");
+        assert!(r.ends_with("not ready: starting\n"), "{r}");
+        let m = get("/metrics");
+        assert!(m.contains("\ngingham_agent_programs_total 0\n"), "{m}");
+        assert!(get("/nothing").starts_with("HTTP/1.0 404"));
+    }
+}
