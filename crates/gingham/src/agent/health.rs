@@ -69,7 +69,7 @@ pub struct Metrics {
     pub last_apply_commands: Gauge,
     /// The datastore revision the installed table reflects: every change written at or
     /// before it is programmed (or needed nothing). Tests wait on it instead of sleeping.
-    pub synced_revision: Gauge,
+    pub datastore_revision: Gauge,
     pub programs: Counter,
     pub errors: Counter,
     pub resyncs: Counter,
@@ -105,9 +105,9 @@ impl Metrics {
                 &self.last_apply_commands,
             ),
             (
-                "synced_revision",
+                "datastore_revision",
                 "Datastore revision the installed table reflects.",
-                &self.synced_revision,
+                &self.datastore_revision,
             ),
         ];
         for (name, help, g) in gauges {
@@ -271,13 +271,13 @@ mod tests {
         let h = Health::default();
         h.metrics.endpoints.set(3);
         h.metrics.programs.inc();
-        h.metrics.synced_revision.set(42);
+        h.metrics.datastore_revision.set(42);
         h.metrics.last_apply_seconds.set(0.25);
         let text = h.exposition().expect("encodes");
         for line in [
             "gingham_agent_local_endpoints 3",
             "gingham_agent_programs_total 1",
-            "gingham_agent_synced_revision 42",
+            "gingham_agent_datastore_revision 42",
             "gingham_agent_last_apply_seconds 0.25",
             "gingham_agent_ready 0",
             "# TYPE gingham_agent_programs counter",

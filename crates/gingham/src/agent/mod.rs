@@ -156,7 +156,7 @@ impl Agent {
         self.changes.clear();
         self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
         self.program()?;
-        self.health.metrics.synced_revision.set(listing.revision);
+        self.health.metrics.datastore_revision.set(listing.revision);
         Ok(listing.revision)
     }
 
@@ -398,7 +398,7 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
                         break;
                     }
                     revision = revision.max(seen);
-                    agent.health.metrics.synced_revision.set(revision);
+                    agent.health.metrics.datastore_revision.set(revision);
                 }
                 Err(StoreError::Compacted { .. }) | Err(StoreError::Unavailable(_)) => {
                     tracing::warn!("watch lost; listing again");
