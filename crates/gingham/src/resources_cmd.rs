@@ -188,6 +188,10 @@ pub fn write(client: &Client, args: &FileArgs, mode: WriteMode) -> Result<Exit> 
         return Ok(Exit::UserError);
     }
     let outcomes = client.write_all(&resources, mode)?;
+    output::note_if_output_fails(format!(
+        "note: the write was committed ({} resource(s)); only its report could not be printed",
+        resources.len()
+    ));
     for (r, o) in resources.iter().zip(outcomes) {
         let verb = match o {
             Outcome::Created => "created",
@@ -231,12 +235,25 @@ pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
     }
     if args.skip_not_exists {
         let mut missing = 0;
+        let mut deleted = Vec::new();
         for (kind, ns, name) in &targets {
             match client.delete(*kind, ns.as_deref(), name, None) {
-                Ok(r) => println!("{} deleted", output::qualified_name(&r)),
+                Ok(r) => deleted.push(r),
                 Err(gingham_api::ApiError::NotFound { .. }) => missing += 1,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    for r in &deleted {
+                        eprintln!("{} deleted", output::qualified_name(r));
+                    }
+                    return Err(e.into());
+                }
             }
+        }
+        output::note_if_output_fails(format!(
+            "note: the delete was committed ({} resource(s)); only its report could not be printed",
+            deleted.len()
+        ));
+        for r in &deleted {
+            println!("{} deleted", output::qualified_name(r));
         }
         if missing > 0 {
             eprintln!("{missing} resource(s) did not exist (skipped)");
@@ -244,6 +261,10 @@ pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let deleted = client.delete_all(&targets)?;
+    output::note_if_output_fails(format!(
+        "note: the delete was committed ({} resource(s)); only its report could not be printed",
+        deleted.len()
+    ));
     for r in &deleted {
         println!("{} deleted", output::qualified_name(r));
     }
@@ -299,6 +320,9 @@ pub fn label(client: &Client, args: &LabelArgs) -> Result<Exit> {
         }
     }
     let r = client.label(kind, ns.as_deref(), &args.name, &changes, args.overwrite)?;
+    output::note_if_output_fails(
+        "note: the labels were committed; only the report could not be printed",
+    );
     println!("{} labeled", output::qualified_name(&r));
     Ok(Exit::Ok)
 }

@@ -48,19 +48,41 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
         }
         SelectorCmd::Eval => {
             let stdin = std::io::stdin();
+            let mut input = stdin.lock();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for (n, line) in stdin.lock().lines().enumerate() {
-                let line = line.context("cannot read stdin")?;
-                if line.trim().is_empty() {
-                    continue;
+            let mut line = Vec::new();
+            let mut n = 0usize;
+            loop {
+                line.clear();
+                if input
+                    .read_until(b'\n', &mut line)
+                    .context("cannot read stdin")?
+                    == 0
+                {
+                    break;
                 }
-                let answer = eval_line(&line).unwrap_or_else(
-                    |e| serde_json::json!({"error": format!("line {}: {e}", n + 1)}),
-                );
-                serde_json::to_writer(&mut out, &answer)?;
-                out.write_all(b"\n")?;
+                n += 1;
+                let answer = match std::str::from_utf8(&line) {
+                    // One line that is not text gets its own answer; the stream goes on.
+                    Err(e) => serde_json::json!({"error": format!(
+                        "line {n}: not valid UTF-8 (first bad byte at column {})",
+                        e.valid_up_to() + 1
+                    )}),
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => eval_line(text).unwrap_or_else(
+                        |e| serde_json::json!({"error": format!("line {n}: {e}")}),
+                    ),
+                };
+                let written = serde_json::to_writer(&mut out, &answer)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+                if let Err(e) = written {
+                    crate::output::output_failed(&e);
+                }
             }
-            out.flush()?;
+            if let Err(e) = out.flush() {
+                crate::output::output_failed(&e);
+            }
             Ok(Exit::Ok)
         }
     }
