@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use gingham_model::quote;
 use gingham_selector::Selector;
 use serde::Deserialize;
 
@@ -34,13 +35,13 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
                 Ok(Exit::Ok)
             }
             Err(e) => {
-                eprintln!("invalid selector {expr:?}: {e}");
+                eprintln!("invalid selector {}: {e}", quote(expr));
                 Ok(Exit::UserError)
             }
         },
         SelectorCmd::Match { expr, labels } => {
             let sel = Selector::parse(expr)
-                .map_err(|e| anyhow::anyhow!("invalid selector {expr:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("invalid selector {}: {e}", quote(expr)))?;
             let labels = parse_labels(labels)?;
             let m = sel.matches(&labels);
             println!("{m}");
@@ -101,7 +102,7 @@ fn eval_line(line: &str) -> Result<serde_json::Value, String> {
         format!("expected {{\"selector\": \"...\", \"labels\": {{\"key\": \"value\"}}}}: {e}")
     })?;
     let sel = Selector::parse(&input.selector)
-        .map_err(|e| format!("invalid selector {:?}: {e}", input.selector))?;
+        .map_err(|e| format!("invalid selector {}: {e}", quote(&input.selector)))?;
     Ok(serde_json::json!({"matches": sel.matches(&input.labels)}))
 }
 
@@ -110,7 +111,7 @@ fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>> {
     for a in args {
         let (k, v) = a.split_once('=').unwrap_or((a.as_str(), ""));
         if k.is_empty() {
-            bail!("label {a:?} has no key (expected key=value)");
+            bail!("label {} has no key (expected key=value)", quote(a));
         }
         labels.insert(k.to_owned(), v.to_owned());
     }

@@ -48,7 +48,7 @@ pub use endpoint::{
     EndpointPort, HostEndpoint, HostEndpointSpec, IpNat, WorkloadEndpoint, WorkloadEndpointPort,
     WorkloadEndpointSpec,
 };
-pub use error::{ConvertError, LoadError, LoadErrors, ValidationError};
+pub use error::{ConvertError, LoadError, LoadErrors, ValidationError, quote};
 pub use felix::{FelixConfiguration, FelixConfigurationSpec, ProtoPort};
 pub use kind::{API_VERSION, Kind};
 pub use load::{LoadedDocument, Origin, load, load_in_namespace, load_resources, parse_documents};
