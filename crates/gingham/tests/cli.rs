@@ -29,6 +29,10 @@ impl Cli {
     }
 
     fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.run_bytes(args, stdin.map(str::as_bytes))
+    }
+
+    fn run_bytes(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gingham"));
         cmd.args(args)
@@ -40,7 +44,8 @@ impl Cli {
         let mut child = cmd.spawn().unwrap();
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).unwrap();
+            // A command that refuses its input early may close its end first.
+            let _ = pipe.write_all(s);
         }
         drop(pipe);
         child.wait_with_output().unwrap()
@@ -265,6 +270,109 @@ fn selector_commands() {
     assert_eq!(lines[0], serde_json::json!({"matches": true}));
     assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
     assert_eq!(lines[2], serde_json::json!({"matches": false}));
+}
+
+/// `label` writes only what `apply` accepts (the same validation), so `get -o yaml | apply -f -`
+/// always works after it; its refusals are in words and do not echo huge values.
+#[test]
+fn label_validates_as_apply_does() {
+    let cli = Cli::sqlite();
+    let f = data("policies.yaml");
+    cli.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let before = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "bad key!=x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("metadata.labels.bad key!: invalid label key \"bad key!\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "team=-ops-"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid label value"), "{}", stderr(&o));
+    let huge = format!("team={}", "x".repeat(100_000));
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", &huge]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).len() < 600 && stderr(&o).contains("(100000 bytes)"),
+        "the value is echoed whole: {} bytes",
+        stderr(&o).len()
+    );
+    assert_eq!(
+        cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]),
+        before,
+        "a refused label changed the resource"
+    );
+
+    cli.ok(&["label", "gnp", "deny-ssh-dashboard", "team=ops"]);
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "team=dev"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(
+            "GlobalNetworkPolicy deny-ssh-dashboard already has label \"team\" with value \"ops\"; nothing was changed (use --overwrite to replace it)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let yaml = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// One line of invalid UTF-8 gets an error answer; the lines after it are still answered.
+#[test]
+fn selector_eval_answers_a_line_of_invalid_utf8_and_goes_on() {
+    let cli = Cli::sqlite();
+    let o = cli.run_bytes(
+        &["selector", "eval"],
+        Some(b"{\"selector\": \"all()\"}\n\xff\xfe{}\n{\"selector\": \"has(a)\"}\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], serde_json::json!({"matches": true}));
+    assert_eq!(
+        lines[1]["error"],
+        "line 2: not valid UTF-8 (first bad byte at column 1)"
+    );
+    assert_eq!(lines[2], serde_json::json!({"matches": false}));
+}
+
+/// A device that never ends is refused after 64 MiB, naming it and the limit.
+#[test]
+fn input_is_capped_per_file() {
+    let cli = Cli::sqlite();
+    let start = std::time::Instant::now();
+    let o = cli.run(&["apply", "-f", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/dev/zero: larger than 64 MiB, the limit for one input"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    let o = cli.run_bytes(&["apply", "-f", "-"], Some(&vec![b'#'; 64 * 1024 * 1024 + 1]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("<stdin>: larger than 64 MiB"), "{}", stderr(&o));
+}
+
+/// `-R` enters each directory once: a symbolic link back to an ancestor is a loop, not 41
+/// copies of the same file.
+#[test]
+fn recursive_read_stops_at_symlink_loops() {
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::copy(data("policies.yaml"), sub.join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink("..", sub.join("up")).unwrap();
+    std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+    let out = cli.ok(&["apply", "-R", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 3, "{out}");
 }
 
 /// The same commands against a real etcd, selected the way Calico users do it:
