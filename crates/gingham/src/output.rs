@@ -59,7 +59,10 @@ pub fn output_failed(e: &std::io::Error) -> ! {
         }
         std::process::exit(i32::from(EXIT_BROKEN_PIPE));
     }
-    write_stderr(format_args!("error: writing output: {}\n", io_error_words(e)));
+    write_stderr(format_args!(
+        "error: writing output: {}\n",
+        io_error_words(e)
+    ));
     if let Some(note) = note {
         write_stderr(format_args!("{note}\n"));
     }
@@ -156,6 +159,7 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
             }
             c
         }
+        Kind::StagedKubernetesNetworkPolicy => vec![col!("ACTION", "/spec/stagedAction", "Set")],
         Kind::Tier => vec![col!("ORDER", "/spec/order")],
         Kind::IpPool => {
             let mut c = vec![col!("CIDR", "/spec/cidr")];

@@ -74,6 +74,7 @@ const POLICY_KINDS: &[Kind] = &[
     Kind::GlobalNetworkPolicy,
     Kind::StagedNetworkPolicy,
     Kind::StagedGlobalNetworkPolicy,
+    Kind::StagedKubernetesNetworkPolicy,
     Kind::Profile,
     Kind::HostEndpoint,
     Kind::WorkloadEndpoint,

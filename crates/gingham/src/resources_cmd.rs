@@ -195,14 +195,19 @@ fn walk(
     visited: &mut std::collections::HashSet<PathBuf>,
     out: &mut Vec<PathBuf>,
 ) -> Result<()> {
-    let real = std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let real =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     if !visited.insert(real) {
         tracing::debug!(dir = %dir.display(), "directory already read (symbolic link); skipped");
         return Ok(());
     }
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        entries.push(entry.with_context(|| format!("cannot read {}", dir.display()))?.path());
+        entries.push(
+            entry
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .path(),
+        );
     }
     entries.sort();
     for p in entries {

@@ -70,9 +70,8 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
                         e.valid_up_to() + 1
                     )}),
                     Ok(text) if text.trim().is_empty() => continue,
-                    Ok(text) => eval_line(text).unwrap_or_else(
-                        |e| serde_json::json!({"error": format!("line {n}: {e}")}),
-                    ),
+                    Ok(text) => eval_line(text)
+                        .unwrap_or_else(|e| serde_json::json!({"error": format!("line {n}: {e}")})),
                 };
                 let written = serde_json::to_writer(&mut out, &answer)
                     .map_err(std::io::Error::from)

@@ -156,7 +156,9 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
         ["lab", "probe" | "down"] => (s(&["lab", words[1], "--dir", &nolab]), "", false),
         ["lab", "delete"] => (s(&["lab", "delete", "ns/pod", "--dir", &nolab]), "", false),
         ["lab", "try"] => (
-            s(&["lab", "try", "ns/a", "ns/b", "--port", "80", "--dir", &nolab]),
+            s(&[
+                "lab", "try", "ns/a", "ns/b", "--port", "80", "--dir", &nolab,
+            ]),
             "",
             false,
         ),
@@ -308,7 +310,10 @@ fn sys_every_command_survives_a_closed_full_or_readerless_stdout() {
             let inv = invocation(path, &f).unwrap();
             let o = run(&inv, &f, mode, ns);
             let err = String::from_utf8_lossy(&o.stderr);
-            let what = format!("gingham {:?} with stdout {mode:?}: {:?}, stderr {err:?}", inv.args, o.status);
+            let what = format!(
+                "gingham {:?} with stdout {mode:?}: {:?}, stderr {err:?}",
+                inv.args, o.status
+            );
             assert_ne!(o.status.code(), Some(101), "{what}");
             assert!(!err.contains("panicked"), "{what}");
             if inv.prints {

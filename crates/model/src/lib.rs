@@ -58,7 +58,8 @@ pub use node::{Node, NodeBgpSpec, NodeSpec};
 pub use policy::{
     GlobalNetworkPolicy, GlobalNetworkPolicySpec, NetworkPolicy, NetworkPolicySpec, Profile,
     ProfileSpec, StagedAction, StagedGlobalNetworkPolicy, StagedGlobalNetworkPolicySpec,
-    StagedNetworkPolicy, StagedNetworkPolicySpec, Tier, TierSpec,
+    StagedKubernetesNetworkPolicy, StagedKubernetesNetworkPolicySpec, StagedNetworkPolicy,
+    StagedNetworkPolicySpec, Tier, TierSpec,
 };
 pub use pool::{
     AllowedUse, IpPool, IpPoolSpec, IpReservation, IpReservationSpec, IpipMode, VxlanMode,

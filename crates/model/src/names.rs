@@ -103,9 +103,7 @@ pub fn check_qualified_name(key: &str) -> Result<(), String> {
         return Err(format!("{q}: the name part must not be empty"));
     }
     if name.len() > MAX_LABEL {
-        return Err(format!(
-            "{q}: the name part must be at most 63 characters"
-        ));
+        return Err(format!("{q}: the name part must be at most 63 characters"));
     }
     if !k8s_name_part_ok(name) {
         return Err(format!(

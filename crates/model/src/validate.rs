@@ -138,7 +138,10 @@ impl V {
         let mut total = 0;
         for (k, v) in ann {
             if let Err(e) = names::check_qualified_name(&k.to_lowercase()) {
-                self.err(path_with_key(path, k), format!("invalid annotation key {e}"));
+                self.err(
+                    path_with_key(path, k),
+                    format!("invalid annotation key {e}"),
+                );
             }
             total += k.len() + v.len();
         }
@@ -313,6 +316,25 @@ pub fn validate(resource: &Resource) -> Vec<ValidationError> {
                     &s.egress,
                     &s.types,
                 );
+            }
+        }
+        Resource::StagedKubernetesNetworkPolicy(p) => {
+            v.meta(&p.metadata);
+            // Valid when the Kubernetes NetworkPolicy it stages converts and validates.
+            match p.to_calico() {
+                Err(e) => v.err(e.path, e.message),
+                Ok(np) => {
+                    let name = np.metadata.name.clone();
+                    for e in validate(&Resource::NetworkPolicy(np)) {
+                        v.err(
+                            e.path,
+                            format!(
+                                "{} (in the policy it stages, NetworkPolicy {name})",
+                                e.message
+                            ),
+                        );
+                    }
+                }
             }
         }
         Resource::Tier(t) => tier(&mut v, t),
