@@ -467,6 +467,114 @@ fn staged_kubernetes_network_policy_is_stored_shown_and_only_staged() {
     );
 }
 
+/// Messages in words: long values cut, no YAML-library wording, ports refused where they do
+/// not apply, a Kubernetes ipBlock exception outside its block refused as Kubernetes refuses it.
+#[test]
+fn messages_cut_long_values_and_speak_plainly() {
+    let cli = Cli::sqlite();
+    let selector = format!("a == '{}'", "x".repeat(20_000));
+    let gnp = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: long}}\nspec:\n  selector: \"{selector}\"\n"
+    );
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&gnp));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.len() < 600, "{} bytes: {err}", err.len());
+    assert!(err.contains("spec.selector: selector \"a == 'xxx"), "{err}");
+    assert!(
+        err.contains("(20007 bytes) is 20007 characters long (valid: at most 1024)"),
+        "{err}"
+    );
+
+    let o = cli.run_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: Tier\nkind: Tier\nmetadata: {name: x}\n"),
+    );
+    assert_eq!(
+        stderr(&o),
+        "<stdin>: invalid YAML: duplicate key `kind` in one mapping at line 3, column 1\nnothing was written\n"
+    );
+    let deep = format!("a: {}{}\n", "[".repeat(65), "]".repeat(65));
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&deep));
+    assert!(
+        stderr(&o).starts_with("<stdin>: invalid YAML: nesting deeper than 64 levels at line 1"),
+        "{}",
+        stderr(&o)
+    );
+
+    let cluster = data("reach/cluster.yaml");
+    let cluster = cluster.to_str().unwrap();
+    for args in [
+        &[
+            "explain",
+            "-f",
+            cluster,
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web",
+            "--protocol",
+            "ICMP",
+            "--port",
+            "80",
+        ][..],
+        &["reach", "-f", cluster, "--protocol", "icmp", "--port", "80"][..],
+        &[
+            "reach",
+            "-f",
+            cluster,
+            "--protocol",
+            "UDPLite",
+            "--port",
+            "80",
+        ][..],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("--port does not apply to protocol"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("spec.ingress[0].from[0].ipBlock.except[1]: \"192.168.0.0/24\" must be a strict subset of cidr \"10.0.0.0/24\""),
+        "{}",
+        stderr(&o)
+    );
+    let same = np.replace("10.0.0.128/25, 192.168.0.0/24", "10.0.0.0/24");
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&same));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an exception equal to the block is no strict subset"
+    );
+}
+
+/// Diagnostics on stderr carry no colour codes unless stderr is a terminal.
+#[test]
+fn no_colours_when_stderr_is_not_a_terminal() {
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
+    let o = cli.run(&[
+        "--log",
+        "debug",
+        "apply",
+        "-R",
+        "-f",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("DEBUG"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
+}
+
 /// The same commands against a real etcd, selected the way Calico users do it:
 /// `DATASTORE_TYPE=etcdv3` and `ETCD_ENDPOINTS`. Keys land in Calico's layout.
 #[test]
