@@ -42,6 +42,21 @@ pub enum ApiError {
         key: String,
         message: String,
     },
+    #[error("{kind} {name} is not valid: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        kind: Kind,
+        name: String,
+        problems: Vec<gingham_model::ValidationError>,
+    },
+    #[error(
+        "{kind} {name} already has label {key} with value {value}; nothing was changed (use --overwrite to replace it)"
+    )]
+    LabelExists {
+        kind: Kind,
+        name: String,
+        key: String,
+        value: String,
+    },
     #[error("{kind} {name} appears more than once in the input; keep one copy")]
     Duplicate { kind: Kind, name: String },
     #[error(transparent)]
@@ -164,6 +179,17 @@ impl Client {
     /// written, so only a concurrent writer between two of them can leave part of it applied
     /// (the error then says how much was).
     pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
+        // Every write path validates as `apply` does: nothing stored here can fail to load.
+        for r in resources {
+            let problems = gingham_model::validate(r);
+            if !problems.is_empty() {
+                return Err(ApiError::Invalid {
+                    kind: r.kind(),
+                    name: display_name(r.meta().namespace.as_deref(), &r.meta().name),
+                    problems,
+                });
+            }
+        }
         // The same resource twice in one write is ambiguous (and etcd refuses it).
         let mut seen = std::collections::HashSet::with_capacity(resources.len());
         for r in resources {
@@ -439,11 +465,11 @@ impl Client {
                 match v {
                     Some(v) => {
                         if !overwrite && labels.get(k).is_some_and(|old| old != v) {
-                            return Err(ApiError::Conflict {
+                            return Err(ApiError::LabelExists {
                                 kind,
                                 name: display_name(namespace, name),
-                                expected: format!("label {k} unset"),
-                                found: format!("{k}={} (use --overwrite)", labels[k]),
+                                key: gingham_model::quote(k),
+                                value: gingham_model::quote(&labels[k]),
                             });
                         }
                         labels.insert(k.clone(), v.clone());

@@ -214,6 +214,8 @@ pub enum PolicyKind {
     StagedGlobalNetworkPolicy,
     /// A Kubernetes NetworkPolicy (stored as a Calico NetworkPolicy named `knp.default.*`).
     KubernetesNetworkPolicy,
+    /// A staged Kubernetes NetworkPolicy, named as the policy it stages (`knp.default.*`).
+    StagedKubernetesNetworkPolicy,
 }
 
 /// Names a policy in traces.
@@ -232,6 +234,7 @@ impl fmt::Display for PolicyRef {
             PolicyKind::StagedNetworkPolicy => "StagedNetworkPolicy",
             PolicyKind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
             PolicyKind::KubernetesNetworkPolicy => "Kubernetes NetworkPolicy",
+            PolicyKind::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
         };
         match &self.namespace {
             Some(ns) => write!(f, "{kind} {ns}/{}", self.name),
@@ -553,6 +556,18 @@ impl Snapshot {
                     let raw = global_raw!(p, PolicyKind::StagedGlobalNetworkPolicy, action);
                     s.add_policy(raw, &mut staged);
                 }
+                Resource::StagedKubernetesNetworkPolicy(p) => match p.to_calico() {
+                    Ok(np) => {
+                        let action = Some(p.spec.staged_action.unwrap_or(StagedAction::Set));
+                        let kind = PolicyKind::StagedKubernetesNetworkPolicy;
+                        s.add_policy(namespaced_raw!(np, kind, action), &mut staged);
+                    }
+                    Err(e) => s.warnings.push(Warning(format!(
+                        "StagedKubernetesNetworkPolicy {}/{} ignored: {e}",
+                        p.metadata.namespace_or_empty(),
+                        p.metadata.name
+                    ))),
+                },
                 Resource::Tier(t) => {
                     tiers.insert(
                         t.metadata.name.clone(),
@@ -784,6 +799,9 @@ impl Snapshot {
             for sp in staged {
                 let enforced_kind = match sp.id.kind {
                     PolicyKind::StagedNetworkPolicy => PolicyKind::NetworkPolicy,
+                    PolicyKind::StagedKubernetesNetworkPolicy => {
+                        PolicyKind::KubernetesNetworkPolicy
+                    }
                     _ => PolicyKind::GlobalNetworkPolicy,
                 };
                 view.retain(|p| {

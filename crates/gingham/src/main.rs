@@ -2,7 +2,27 @@
 //!
 //! When a container runtime invokes it as a CNI plugin (`CNI_COMMAND` is set) it speaks the CNI
 //! protocol on stdin/stdout; otherwise it is the command-line tool described by `gingham --help`.
-//! Exit codes: 0 success, 1 user error (bad input, failed check), 2 usage error.
+//! Exit codes: 0 success, 1 user error (bad input, failed check), 2 usage error, 141 standard
+//! output was a pipe its reader closed (see [`output`]).
+
+// Every module of this binary prints through `output`: these definitions shadow the standard
+// macros in all modules declared below, so that a closed pipe or a full device never panics
+// (std's `println!` does) and new code gets the same behaviour without thinking about it.
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+macro_rules! eprintln {
+    () => { $crate::output::write_stderr(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod agent;
 mod cni_plugin;
@@ -108,6 +128,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::UserError) => ExitCode::from(1),
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
@@ -138,11 +159,19 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
     }
 }
 
+/// Colours only for a person at a terminal: never when stderr is a file or a pipe, nor when
+/// NO_COLOR is set to anything non-empty (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -1,10 +1,95 @@
-//! Output of resources: calicoctl's table columns (`ps`, `wide`), YAML, JSON and names.
+//! Output: the one writer every command prints through, and the rendering of resources
+//! (calicoctl's table columns `ps` and `wide`, YAML, JSON and names).
+//!
+//! Standard output may be a pipe its reader closed (`gingham get ... | head -1`) or a full
+//! device: a command never panics on it. A closed pipe ends the process quietly, as Unix tools
+//! do (exit status 141, what a shell shows for a tool killed by SIGPIPE); any other write error
+//! ends it with `error: writing output: ...` and exit status 1. A command that changed the
+//! datastore before printing registers a note ([`note_if_output_fails`]) that is then printed
+//! on stderr, so the user learns that the change was made although its report was lost.
+
+use std::io::Write;
+use std::sync::Mutex;
 
 use anyhow::Result;
 use gingham_model::{Kind, Resource};
 use serde_json::Value;
 
 use crate::resources_cmd::OutputFormat;
+
+/// The exit status when standard output is a pipe that its reader closed: 128 + SIGPIPE, what
+/// a shell reports for a tool that died of SIGPIPE.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
+
+/// What to tell the user on stderr if writing the rest of the output fails.
+static NOTE_ON_FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Registers a note printed on stderr if writing standard output fails from now on (e.g. that a
+/// write was committed although its report cannot be printed).
+pub fn note_if_output_fails(note: impl Into<String>) {
+    if let Ok(mut n) = NOTE_ON_FAILURE.lock() {
+        *n = Some(note.into());
+    }
+}
+
+/// Writes to standard output (what `print!` and `println!` do in this binary) and flushes, so
+/// that a failure is seen here and not lost at exit. Ends the process on failure (see the module
+/// documentation).
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        drop(out);
+        output_failed(&e);
+    }
+}
+
+/// Writes to standard error (what `eprint!` and `eprintln!` do in this binary). Errors are
+/// ignored: there is nowhere left to report them.
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
+}
+
+/// Ends the process after standard output failed with `e`.
+pub fn output_failed(e: &std::io::Error) -> ! {
+    let note = NOTE_ON_FAILURE.lock().ok().and_then(|mut n| n.take());
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        if let Some(note) = note {
+            write_stderr(format_args!("{note}\n"));
+        }
+        std::process::exit(i32::from(EXIT_BROKEN_PIPE));
+    }
+    write_stderr(format_args!(
+        "error: writing output: {}\n",
+        io_error_words(e)
+    ));
+    if let Some(note) = note {
+        write_stderr(format_args!("{note}\n"));
+    }
+    std::process::exit(1);
+}
+
+/// An I/O error in words: `no space left on device`, without Rust's `(os error 28)`.
+pub fn io_error_words(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = match s.find(" (os error ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    };
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => s,
+    }
+}
+
+/// Whether an error (anywhere in its chain) is a write to a pipe whose reader is gone.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// `Kind name` or `Kind namespace/name`, as printed after a write.
 pub fn qualified_name(r: &Resource) -> String {
@@ -74,6 +159,7 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
             }
             c
         }
+        Kind::StagedKubernetesNetworkPolicy => vec![col!("ACTION", "/spec/stagedAction", "Set")],
         Kind::Tier => vec![col!("ORDER", "/spec/order")],
         Kind::IpPool => {
             let mut c = vec![col!("CIDR", "/spec/cidr")];
@@ -235,6 +321,12 @@ pub fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_errors_in_words() {
+        let e = std::io::Error::from_raw_os_error(28);
+        assert_eq!(io_error_words(&e), "no space left on device");
+    }
 
     #[test]
     fn table_aligns_columns() {

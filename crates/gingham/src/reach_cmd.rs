@@ -74,6 +74,7 @@ const POLICY_KINDS: &[Kind] = &[
     Kind::GlobalNetworkPolicy,
     Kind::StagedNetworkPolicy,
     Kind::StagedGlobalNetworkPolicy,
+    Kind::StagedKubernetesNetworkPolicy,
     Kind::Profile,
     Kind::HostEndpoint,
     Kind::WorkloadEndpoint,
@@ -138,12 +139,29 @@ fn load(
 
 fn protocol(s: &str) -> Result<u8> {
     parse_protocol(s).with_context(|| {
-        format!("--protocol {s:?} is not a protocol (valid: TCP, UDP, SCTP, ICMP, ICMPv6, UDPLite or a number 1-255)")
+        format!(
+            "--protocol {} is not a protocol (valid: TCP, UDP, SCTP, ICMP, ICMPv6, UDPLite or a number 1-255)",
+            gingham_model::quote(s)
+        )
     })
+}
+
+/// Refuses `--port` with a protocol that has no ports: Calico matches ports only for the
+/// protocols [`gingham_model::Protocol::supports_ports`] names.
+fn check_port(proto: u8, name: &str, port: Option<u16>) -> Result<()> {
+    if port.is_some()
+        && !gingham_model::Protocol::from_number(u64::from(proto)).is_ok_and(|p| p.supports_ports())
+    {
+        bail!(
+            "--port does not apply to protocol {name}: ports exist only for TCP, UDP and SCTP (leave out --port, or choose one of those)"
+        );
+    }
+    Ok(())
 }
 
 pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
     let proto = protocol(&args.protocol)?;
+    check_port(proto, &args.protocol, args.port)?;
     let Some((snap, pod_ports)) = load(&args.source, client)? else {
         return Ok(Exit::UserError);
     };
@@ -207,6 +225,7 @@ pub fn explain(
     client: &dyn Fn() -> Result<gingham_api::Client>,
 ) -> Result<Exit> {
     let proto = protocol(&args.protocol)?;
+    check_port(proto, &args.protocol, args.port)?;
     if args.port.is_none() && matches!(proto, 6 | 17 | 132) {
         bail!("--port is needed for {}", args.protocol.to_uppercase());
     }

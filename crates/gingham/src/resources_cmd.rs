@@ -131,13 +131,35 @@ fn print_notices(doc: &LoadedDocument) {
     }
 }
 
+/// The largest input read from one file (or stdin): a policy file of 10,000 resources is a few
+/// megabytes; a device such as /dev/zero is refused instead of read forever.
+pub const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads one input whole, refusing more than [`MAX_INPUT_BYTES`] and text that is not UTF-8.
+fn read_input(name: &str, reader: impl Read) -> Result<String> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {name}"))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        bail!(
+            "{name}: larger than {} MiB, the limit for one input (split it into several files)",
+            MAX_INPUT_BYTES / (1024 * 1024)
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{name}: not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 /// Expands `-f` arguments into (display name, text) pairs.
 pub fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String)>) -> Result<()> {
     if arg == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read stdin")?;
+        let text = read_input("<stdin>", std::io::stdin().lock())?;
         out.push(("<stdin>".into(), text));
         return Ok(());
     }
@@ -145,29 +167,53 @@ pub fn collect_sources(arg: &str, recursive: bool, out: &mut Vec<(String, String
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {arg}"))?;
     if meta.is_dir() {
         let mut files = Vec::new();
-        walk(path, recursive, &mut files)?;
+        let mut visited = std::collections::HashSet::new();
+        walk(path, recursive, &mut visited, &mut files)?;
         files.sort();
         if files.is_empty() {
             bail!("{arg}: no .yaml, .yml or .json files in this directory");
         }
         for f in files {
-            let text = std::fs::read_to_string(&f)
-                .with_context(|| format!("cannot read {}", f.display()))?;
-            out.push((f.display().to_string(), text));
+            let name = f.display().to_string();
+            let file = std::fs::File::open(&f).with_context(|| format!("cannot read {name}"))?;
+            let text = read_input(&name, file)?;
+            out.push((name, text));
         }
     } else {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?;
-        out.push((arg.to_owned(), text));
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {arg}"))?;
+        out.push((arg.to_owned(), read_input(arg, file)?));
     }
     Ok(())
 }
 
-fn walk(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Collects the resource files under `dir`. A directory is entered once, however many
+/// symbolic links lead to it, so a link back to an ancestor (a loop) ends the descent instead
+/// of yielding the same files again and again.
+fn walk(
+    dir: &Path,
+    recursive: bool,
+    visited: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let real =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !visited.insert(real) {
+        tracing::debug!(dir = %dir.display(), "directory already read (symbolic link); skipped");
+        return Ok(());
+    }
+    let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let p = entry?.path();
+        entries.push(
+            entry
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .path(),
+        );
+    }
+    entries.sort();
+    for p in entries {
         if p.is_dir() {
             if recursive {
-                walk(&p, recursive, out)?;
+                walk(&p, recursive, visited, out)?;
             }
         } else if matches!(
             p.extension().and_then(|e| e.to_str()),
@@ -188,6 +234,10 @@ pub fn write(client: &Client, args: &FileArgs, mode: WriteMode) -> Result<Exit> 
         return Ok(Exit::UserError);
     }
     let outcomes = client.write_all(&resources, mode)?;
+    output::note_if_output_fails(format!(
+        "note: the write was committed ({} resource(s)); only its report could not be printed",
+        resources.len()
+    ));
     for (r, o) in resources.iter().zip(outcomes) {
         let verb = match o {
             Outcome::Created => "created",
@@ -231,12 +281,25 @@ pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
     }
     if args.skip_not_exists {
         let mut missing = 0;
+        let mut deleted = Vec::new();
         for (kind, ns, name) in &targets {
             match client.delete(*kind, ns.as_deref(), name, None) {
-                Ok(r) => println!("{} deleted", output::qualified_name(&r)),
+                Ok(r) => deleted.push(r),
                 Err(gingham_api::ApiError::NotFound { .. }) => missing += 1,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    for r in &deleted {
+                        eprintln!("{} deleted", output::qualified_name(r));
+                    }
+                    return Err(e.into());
+                }
             }
+        }
+        output::note_if_output_fails(format!(
+            "note: the delete was committed ({} resource(s)); only its report could not be printed",
+            deleted.len()
+        ));
+        for r in &deleted {
+            println!("{} deleted", output::qualified_name(r));
         }
         if missing > 0 {
             eprintln!("{missing} resource(s) did not exist (skipped)");
@@ -244,6 +307,10 @@ pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let deleted = client.delete_all(&targets)?;
+    output::note_if_output_fails(format!(
+        "note: the delete was committed ({} resource(s)); only its report could not be printed",
+        deleted.len()
+    ));
     for r in &deleted {
         println!("{} deleted", output::qualified_name(r));
     }
@@ -294,11 +361,14 @@ pub fn label(client: &Client, args: &LabelArgs) -> Result<Exit> {
         } else {
             let (k, v) = l
                 .split_once('=')
-                .with_context(|| format!("label {l:?} is not key=value"))?;
+                .with_context(|| format!("label {} is not key=value", gingham_model::quote(l)))?;
             changes.insert(k.to_owned(), Some(v.to_owned()));
         }
     }
     let r = client.label(kind, ns.as_deref(), &args.name, &changes, args.overwrite)?;
+    output::note_if_output_fails(
+        "note: the labels were committed; only the report could not be printed",
+    );
     println!("{} labeled", output::qualified_name(&r));
     Ok(Exit::Ok)
 }

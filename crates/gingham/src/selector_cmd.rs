@@ -6,6 +6,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use gingham_model::quote;
 use gingham_selector::Selector;
 use serde::Deserialize;
 
@@ -34,13 +35,13 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
                 Ok(Exit::Ok)
             }
             Err(e) => {
-                eprintln!("invalid selector {expr:?}: {e}");
+                eprintln!("invalid selector {}: {e}", quote(expr));
                 Ok(Exit::UserError)
             }
         },
         SelectorCmd::Match { expr, labels } => {
             let sel = Selector::parse(expr)
-                .map_err(|e| anyhow::anyhow!("invalid selector {expr:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("invalid selector {}: {e}", quote(expr)))?;
             let labels = parse_labels(labels)?;
             let m = sel.matches(&labels);
             println!("{m}");
@@ -48,19 +49,40 @@ pub fn run(cmd: &SelectorCmd) -> Result<Exit> {
         }
         SelectorCmd::Eval => {
             let stdin = std::io::stdin();
+            let mut input = stdin.lock();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for (n, line) in stdin.lock().lines().enumerate() {
-                let line = line.context("cannot read stdin")?;
-                if line.trim().is_empty() {
-                    continue;
+            let mut line = Vec::new();
+            let mut n = 0usize;
+            loop {
+                line.clear();
+                if input
+                    .read_until(b'\n', &mut line)
+                    .context("cannot read stdin")?
+                    == 0
+                {
+                    break;
                 }
-                let answer = eval_line(&line).unwrap_or_else(
-                    |e| serde_json::json!({"error": format!("line {}: {e}", n + 1)}),
-                );
-                serde_json::to_writer(&mut out, &answer)?;
-                out.write_all(b"\n")?;
+                n += 1;
+                let answer = match std::str::from_utf8(&line) {
+                    // One line that is not text gets its own answer; the stream goes on.
+                    Err(e) => serde_json::json!({"error": format!(
+                        "line {n}: not valid UTF-8 (first bad byte at column {})",
+                        e.valid_up_to() + 1
+                    )}),
+                    Ok(text) if text.trim().is_empty() => continue,
+                    Ok(text) => eval_line(text)
+                        .unwrap_or_else(|e| serde_json::json!({"error": format!("line {n}: {e}")})),
+                };
+                let written = serde_json::to_writer(&mut out, &answer)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n"));
+                if let Err(e) = written {
+                    crate::output::output_failed(&e);
+                }
             }
-            out.flush()?;
+            if let Err(e) = out.flush() {
+                crate::output::output_failed(&e);
+            }
             Ok(Exit::Ok)
         }
     }
@@ -79,7 +101,7 @@ fn eval_line(line: &str) -> Result<serde_json::Value, String> {
         format!("expected {{\"selector\": \"...\", \"labels\": {{\"key\": \"value\"}}}}: {e}")
     })?;
     let sel = Selector::parse(&input.selector)
-        .map_err(|e| format!("invalid selector {:?}: {e}", input.selector))?;
+        .map_err(|e| format!("invalid selector {}: {e}", quote(&input.selector)))?;
     Ok(serde_json::json!({"matches": sel.matches(&input.labels)}))
 }
 
@@ -88,7 +110,7 @@ fn parse_labels(args: &[String]) -> Result<BTreeMap<String, String>> {
     for a in args {
         let (k, v) = a.split_once('=').unwrap_or((a.as_str(), ""));
         if k.is_empty() {
-            bail!("label {a:?} has no key (expected key=value)");
+            bail!("label {} has no key (expected key=value)", quote(a));
         }
         labels.insert(k.to_owned(), v.to_owned());
     }

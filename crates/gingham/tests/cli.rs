@@ -29,6 +29,10 @@ impl Cli {
     }
 
     fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.run_bytes(args, stdin.map(str::as_bytes))
+    }
+
+    fn run_bytes(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         use std::io::Write;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gingham"));
         cmd.args(args)
@@ -40,7 +44,8 @@ impl Cli {
         let mut child = cmd.spawn().unwrap();
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).unwrap();
+            // A command that refuses its input early may close its end first.
+            let _ = pipe.write_all(s);
         }
         drop(pipe);
         child.wait_with_output().unwrap()
@@ -265,6 +270,309 @@ fn selector_commands() {
     assert_eq!(lines[0], serde_json::json!({"matches": true}));
     assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
     assert_eq!(lines[2], serde_json::json!({"matches": false}));
+}
+
+/// `label` writes only what `apply` accepts (the same validation), so `get -o yaml | apply -f -`
+/// always works after it; its refusals are in words and do not echo huge values.
+#[test]
+fn label_validates_as_apply_does() {
+    let cli = Cli::sqlite();
+    let f = data("policies.yaml");
+    cli.ok(&["apply", "-f", f.to_str().unwrap()]);
+    let before = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "bad key!=x"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("metadata.labels.bad key!: invalid label key \"bad key!\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "team=-ops-"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("invalid label value"), "{}", stderr(&o));
+    let huge = format!("team={}", "x".repeat(100_000));
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", &huge]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).len() < 600 && stderr(&o).contains("(100000 bytes)"),
+        "the value is echoed whole: {} bytes",
+        stderr(&o).len()
+    );
+    assert_eq!(
+        cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]),
+        before,
+        "a refused label changed the resource"
+    );
+
+    cli.ok(&["label", "gnp", "deny-ssh-dashboard", "team=ops"]);
+    let o = cli.run(&["label", "gnp", "deny-ssh-dashboard", "team=dev"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(
+            "GlobalNetworkPolicy deny-ssh-dashboard already has label \"team\" with value \"ops\"; nothing was changed (use --overwrite to replace it)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let yaml = cli.ok(&["get", "gnp", "deny-ssh-dashboard", "-o", "yaml"]);
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// One line of invalid UTF-8 gets an error answer; the lines after it are still answered.
+#[test]
+fn selector_eval_answers_a_line_of_invalid_utf8_and_goes_on() {
+    let cli = Cli::sqlite();
+    let o = cli.run_bytes(
+        &["selector", "eval"],
+        Some(b"{\"selector\": \"all()\"}\n\xff\xfe{}\n{\"selector\": \"has(a)\"}\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0], serde_json::json!({"matches": true}));
+    assert_eq!(
+        lines[1]["error"],
+        "line 2: not valid UTF-8 (first bad byte at column 1)"
+    );
+    assert_eq!(lines[2], serde_json::json!({"matches": false}));
+}
+
+/// A device that never ends is refused after 64 MiB, naming it and the limit.
+#[test]
+fn input_is_capped_per_file() {
+    let cli = Cli::sqlite();
+    let start = std::time::Instant::now();
+    let o = cli.run(&["apply", "-f", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/dev/zero: larger than 64 MiB, the limit for one input"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    let o = cli.run_bytes(
+        &["apply", "-f", "-"],
+        Some(&vec![b'#'; 64 * 1024 * 1024 + 1]),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("<stdin>: larger than 64 MiB"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `-R` enters each directory once: a symbolic link back to an ancestor is a loop, not 41
+/// copies of the same file.
+#[test]
+fn recursive_read_stops_at_symlink_loops() {
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::copy(data("policies.yaml"), sub.join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink("..", sub.join("up")).unwrap();
+    std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+    let out = cli.ok(&["apply", "-R", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+const STAGED_K8S: &str = "\
+apiVersion: projectcalico.org/v3
+kind: StagedKubernetesNetworkPolicy
+metadata: {name: web-from-clients, namespace: shop}
+spec:
+  stagedAction: Delete
+---
+apiVersion: projectcalico.org/v3
+kind: StagedKubernetesNetworkPolicy
+metadata: {name: client-isolated, namespace: shop}
+spec:
+  podSelector: {matchLabels: {role: client}}
+  policyTypes: [Egress]
+";
+
+/// Calico's StagedKubernetesNetworkPolicy is stored under its key, shown by `get`, and
+/// evaluated in the staged view only: Delete removes the Kubernetes policy of the same name
+/// there, Set adds one; the enforced verdict does not change.
+#[test]
+fn staged_kubernetes_network_policy_is_stored_shown_and_only_staged() {
+    let cli = Cli::sqlite();
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(STAGED_K8S));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "StagedKubernetesNetworkPolicy shop/web-from-clients created\nStagedKubernetesNetworkPolicy shop/client-isolated created\n"
+    );
+    assert_eq!(
+        cli.ok(&["get", "sknp", "-n", "shop"]),
+        "NAME               ACTION\nclient-isolated    Set\nweb-from-clients   Delete\n"
+    );
+    let yaml = cli.ok(&[
+        "get",
+        "stagedkubernetesnetworkpolicy",
+        "-n",
+        "shop",
+        "web-from-clients",
+        "-o",
+        "yaml",
+    ]);
+    assert!(
+        yaml.contains("kind: StagedKubernetesNetworkPolicy"),
+        "{yaml}"
+    );
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let staged = dir.path().join("staged.yaml");
+    std::fs::write(&staged, STAGED_K8S).unwrap();
+    let cluster = data("reach/cluster.yaml");
+    let explain = |from: &str| -> serde_json::Value {
+        let out = cli.ok(&[
+            "explain",
+            "-f",
+            cluster.to_str().unwrap(),
+            "-f",
+            staged.to_str().unwrap(),
+            "--from",
+            from,
+            "--to",
+            "shop/web",
+            "--port",
+            "80",
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    // Deleting the Kubernetes policy (staged) would let the stranger in.
+    let v = explain("shop/stranger");
+    assert_eq!(
+        (&v["allowed"], &v["staged_allowed"]),
+        (&false.into(), &true.into()),
+        "{v}"
+    );
+    // Isolating the client's egress (staged) would cut it off.
+    let v = explain("shop/client");
+    assert_eq!(
+        (&v["allowed"], &v["staged_allowed"]),
+        (&true.into(), &false.into()),
+        "{v}"
+    );
+}
+
+/// Messages in words: long values cut, no YAML-library wording, ports refused where they do
+/// not apply, a Kubernetes ipBlock exception outside its block refused as Kubernetes refuses it.
+#[test]
+fn messages_cut_long_values_and_speak_plainly() {
+    let cli = Cli::sqlite();
+    let selector = format!("a == '{}'", "x".repeat(20_000));
+    let gnp = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: long}}\nspec:\n  selector: \"{selector}\"\n"
+    );
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&gnp));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.len() < 600, "{} bytes: {err}", err.len());
+    assert!(err.contains("spec.selector: selector \"a == 'xxx"), "{err}");
+    assert!(
+        err.contains("(20007 bytes) is 20007 characters long (valid: at most 1024)"),
+        "{err}"
+    );
+
+    let o = cli.run_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: Tier\nkind: Tier\nmetadata: {name: x}\n"),
+    );
+    assert_eq!(
+        stderr(&o),
+        "<stdin>: invalid YAML: duplicate key `kind` in one mapping at line 3, column 1\nnothing was written\n"
+    );
+    let deep = format!("a: {}{}\n", "[".repeat(65), "]".repeat(65));
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&deep));
+    assert!(
+        stderr(&o).starts_with("<stdin>: invalid YAML: nesting deeper than 64 levels at line 1"),
+        "{}",
+        stderr(&o)
+    );
+
+    let cluster = data("reach/cluster.yaml");
+    let cluster = cluster.to_str().unwrap();
+    for args in [
+        &[
+            "explain",
+            "-f",
+            cluster,
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web",
+            "--protocol",
+            "ICMP",
+            "--port",
+            "80",
+        ][..],
+        &["reach", "-f", cluster, "--protocol", "icmp", "--port", "80"][..],
+        &[
+            "reach",
+            "-f",
+            cluster,
+            "--protocol",
+            "UDPLite",
+            "--port",
+            "80",
+        ][..],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("--port does not apply to protocol"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("spec.ingress[0].from[0].ipBlock.except[1]: \"192.168.0.0/24\" must be a strict subset of cidr \"10.0.0.0/24\""),
+        "{}",
+        stderr(&o)
+    );
+    let same = np.replace("10.0.0.128/25, 192.168.0.0/24", "10.0.0.0/24");
+    let o = cli.run_stdin(&["apply", "-f", "-"], Some(&same));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an exception equal to the block is no strict subset"
+    );
+}
+
+/// Diagnostics on stderr carry no colour codes unless stderr is a terminal.
+#[test]
+fn no_colours_when_stderr_is_not_a_terminal() {
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
+    let o = cli.run(&[
+        "--log",
+        "debug",
+        "apply",
+        "-R",
+        "-f",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("DEBUG"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
 }
 
 /// The same commands against a real etcd, selected the way Calico users do it:

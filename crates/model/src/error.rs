@@ -2,6 +2,30 @@
 
 use std::fmt;
 
+/// How many characters of a value an error message shows (see [`quote`]).
+pub const QUOTE_MAX_CHARS: usize = 80;
+
+/// A value for an error message: quoted as `{:?}` does, and, when longer than
+/// [`QUOTE_MAX_CHARS`] characters, cut to them and followed by its size, e.g.
+/// `"aaaa…"… (5000000 bytes)`, so a 5 MB label value does not flood the terminal.
+pub fn quote(value: &str) -> String {
+    let mut chars = value.char_indices();
+    match chars.nth(QUOTE_MAX_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// A field path for an error message whose last part is a user's key (a label key): cut as
+/// [`quote`] cuts values, so the path stays short.
+pub fn path_with_key(path: &str, key: &str) -> String {
+    if key.chars().count() <= QUOTE_MAX_CHARS {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[{}]", quote(key))
+    }
+}
+
 /// One problem with one field of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -103,6 +127,23 @@ impl fmt::Display for LoadErrors {
 }
 
 impl std::error::Error for LoadErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        assert_eq!(quote("web"), "\"web\"");
+        let long = "x".repeat(5_000_000);
+        let q = quote(&long);
+        assert!(q.len() < 120, "{q}");
+        assert!(q.ends_with("… (5000000 bytes)"), "{q}");
+        // Cut on a character boundary.
+        let wide = "é".repeat(100);
+        assert!(quote(&wide).ends_with("… (200 bytes)"));
+    }
+}
 
 /// Collapses whitespace runs containing newlines so that every message stays on one line.
 pub(crate) fn one_line(s: &str) -> String {

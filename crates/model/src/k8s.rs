@@ -748,6 +748,17 @@ fn peer_fields(path: &str, peer: Option<&K8sPeer>) -> Result<PeerFields, Convert
         for (i, e) in b.except.iter().enumerate() {
             let n = cidr::parse_net(e)
                 .map_err(|m| ConvertError::new(format!("{path}.ipBlock.except[{i}]"), m))?;
+            // As Kubernetes validates it: each exception a strict subset of the block.
+            if !(net.trunc().contains(&n.trunc().network()) && n.prefix_len() > net.prefix_len()) {
+                return Err(ConvertError::new(
+                    format!("{path}.ipBlock.except[{i}]"),
+                    format!(
+                        "{} must be a strict subset of cidr {} (a smaller network inside it)",
+                        crate::error::quote(e),
+                        crate::error::quote(&b.cidr)
+                    ),
+                ));
+            }
             f.not_nets.push(n.trunc());
         }
         return Ok(f);

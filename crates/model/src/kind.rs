@@ -19,6 +19,8 @@ pub enum Kind {
     StagedNetworkPolicy,
     /// `StagedGlobalNetworkPolicy`.
     StagedGlobalNetworkPolicy,
+    /// `StagedKubernetesNetworkPolicy` (namespaced): a Kubernetes NetworkPolicy, staged.
+    StagedKubernetesNetworkPolicy,
     /// `Tier`.
     Tier,
     /// `Profile`.
@@ -54,6 +56,7 @@ impl Kind {
         Kind::GlobalNetworkPolicy,
         Kind::StagedNetworkPolicy,
         Kind::StagedGlobalNetworkPolicy,
+        Kind::StagedKubernetesNetworkPolicy,
         Kind::Tier,
         Kind::Profile,
         Kind::HostEndpoint,
@@ -76,6 +79,7 @@ impl Kind {
             Kind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
             Kind::StagedNetworkPolicy => "StagedNetworkPolicy",
             Kind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
+            Kind::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
             Kind::Tier => "Tier",
             Kind::Profile => "Profile",
             Kind::HostEndpoint => "HostEndpoint",
@@ -99,6 +103,7 @@ impl Kind {
             Kind::GlobalNetworkPolicy => "globalnetworkpolicies",
             Kind::StagedNetworkPolicy => "stagednetworkpolicies",
             Kind::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicies",
+            Kind::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicies",
             Kind::Tier => "tiers",
             Kind::Profile => "profiles",
             Kind::HostEndpoint => "hostendpoints",
@@ -121,6 +126,7 @@ impl Kind {
             self,
             Kind::NetworkPolicy
                 | Kind::StagedNetworkPolicy
+                | Kind::StagedKubernetesNetworkPolicy
                 | Kind::WorkloadEndpoint
                 | Kind::NetworkSet
         )
@@ -158,6 +164,12 @@ impl Kind {
                 "stagedglobalnetworkpolicies",
                 "sgnp",
                 "sgnps",
+            ],
+            Kind::StagedKubernetesNetworkPolicy => &[
+                "stagedkubernetesnetworkpolicy",
+                "stagedkubernetesnetworkpolicies",
+                "sknp",
+                "sknps",
             ],
             Kind::Tier => &["tier", "tiers"],
             Kind::Profile => &["profile", "profiles", "pro", "pros"],

@@ -48,7 +48,7 @@ pub use endpoint::{
     EndpointPort, HostEndpoint, HostEndpointSpec, IpNat, WorkloadEndpoint, WorkloadEndpointPort,
     WorkloadEndpointSpec,
 };
-pub use error::{ConvertError, LoadError, LoadErrors, ValidationError};
+pub use error::{ConvertError, LoadError, LoadErrors, ValidationError, quote};
 pub use felix::{FelixConfiguration, FelixConfigurationSpec, ProtoPort};
 pub use kind::{API_VERSION, Kind};
 pub use load::{LoadedDocument, Origin, load, load_in_namespace, load_resources, parse_documents};
@@ -58,7 +58,8 @@ pub use node::{Node, NodeBgpSpec, NodeSpec};
 pub use policy::{
     GlobalNetworkPolicy, GlobalNetworkPolicySpec, NetworkPolicy, NetworkPolicySpec, Profile,
     ProfileSpec, StagedAction, StagedGlobalNetworkPolicy, StagedGlobalNetworkPolicySpec,
-    StagedNetworkPolicy, StagedNetworkPolicySpec, Tier, TierSpec,
+    StagedKubernetesNetworkPolicy, StagedKubernetesNetworkPolicySpec, StagedNetworkPolicy,
+    StagedNetworkPolicySpec, Tier, TierSpec,
 };
 pub use pool::{
     AllowedUse, IpPool, IpPoolSpec, IpReservation, IpReservationSpec, IpipMode, VxlanMode,

@@ -55,6 +55,10 @@ impl LoadedDocument {
 /// The apiVersions this loader understands, for messages.
 pub const VALID_API_VERSIONS: &str = "projectcalico.org/v3, v1 (legacy Calico or Kubernetes core), networking.k8s.io/v1, extensions/v1beta1";
 
+/// The deepest nesting of mappings and sequences a YAML document may have (a Calico resource
+/// needs fewer than ten levels; the limit protects the parser's stack).
+pub const MAX_YAML_DEPTH: usize = 64;
+
 /// YAML reading options: only `true`/`false` are booleans (so names and labels such as `n`,
 /// `no` or `on` stay strings), and errors without source snippets (one line).
 fn yaml_options() -> serde_saphyr::Options {
@@ -68,6 +72,7 @@ fn yaml_options() -> serde_saphyr::Options {
             max_nodes: 100_000_000,
             max_events: 400_000_000,
             max_total_scalar_bytes: 1024 * 1024 * 1024,
+            max_depth: MAX_YAML_DEPTH,
         },
     }
 }
@@ -103,7 +108,48 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     }
     serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options())
         .map(|v| v.into_iter().filter(|d| !d.is_null()).collect())
-        .map_err(|e| format!("invalid YAML: {}", first_line(&e.to_string())))
+        .map_err(|e| format!("invalid YAML: {}", yaml_error_words(&e)))
+}
+
+/// A YAML parser error in the words of this tool, not of the parser library (no advice about
+/// its options, no Rust debug output), with the place when known.
+fn yaml_error_words(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    let what = match e {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => match key {
+            Some(k) if k.chars().count() <= crate::error::QUOTE_MAX_CHARS => {
+                format!("duplicate key `{k}` in one mapping")
+            }
+            Some(k) => format!("duplicate key {} in one mapping", crate::error::quote(k)),
+            None => "duplicate key in one mapping".to_owned(),
+        },
+        serde_saphyr::Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Depth { .. } => {
+                format!("nesting deeper than {MAX_YAML_DEPTH} levels")
+            }
+            BudgetBreach::Aliases { aliases } => {
+                format!("too many aliases (*name): {aliases}")
+            }
+            BudgetBreach::Anchors { anchors } => {
+                format!("too many anchors (&name): {anchors}")
+            }
+            BudgetBreach::AliasAnchorRatio { .. } => {
+                "too many aliases for its anchors (an alias bomb?)".to_owned()
+            }
+            BudgetBreach::Documents { documents } => {
+                format!(
+                    "too many documents: more than {}",
+                    documents.saturating_sub(1)
+                )
+            }
+            _ => "the document is too large to read".to_owned(),
+        },
+        other => return first_line(&other.to_string()),
+    };
+    match e.location() {
+        Some(l) => format!("{what} at line {}, column {}", l.line(), l.column()),
+        None => what,
+    }
 }
 
 /// The first non-empty line of a parser message (the rest is a source snippet).

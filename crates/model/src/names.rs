@@ -80,34 +80,34 @@ fn k8s_name_part_ok(s: &str) -> bool {
 /// is a DNS subdomain and the name is at most 63 characters of `[A-Za-z0-9_.-]` starting and
 /// ending alphanumeric.
 pub fn check_qualified_name(key: &str) -> Result<(), String> {
+    let q = crate::error::quote(key);
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
     if let Some(p) = prefix {
         if p.is_empty() {
-            return Err(format!("{key:?}: the prefix before '/' must not be empty"));
+            return Err(format!("{q}: the prefix before '/' must not be empty"));
         }
         if !is_dns_subdomain(p) {
             return Err(format!(
-                "{key:?}: the prefix {p:?} must be a lower-case DNS subdomain (e.g. example.com)"
+                "{q}: the prefix {} must be a lower-case DNS subdomain (e.g. example.com)",
+                crate::error::quote(p)
             ));
         }
         if name.contains('/') {
-            return Err(format!("{key:?}: a key may contain at most one '/'"));
+            return Err(format!("{q}: a key may contain at most one '/'"));
         }
     }
     if name.is_empty() {
-        return Err(format!("{key:?}: the name part must not be empty"));
+        return Err(format!("{q}: the name part must not be empty"));
     }
     if name.len() > MAX_LABEL {
-        return Err(format!(
-            "{key:?}: the name part must be at most 63 characters"
-        ));
+        return Err(format!("{q}: the name part must be at most 63 characters"));
     }
     if !k8s_name_part_ok(name) {
         return Err(format!(
-            "{key:?}: the name part must consist of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+            "{q}: the name part must consist of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
         ));
     }
     Ok(())
@@ -116,15 +116,16 @@ pub fn check_qualified_name(key: &str) -> Result<(), String> {
 /// Checks a Kubernetes label value: empty, or at most 63 characters of `[A-Za-z0-9_.-]` starting
 /// and ending alphanumeric.
 pub fn check_label_value(v: &str) -> Result<(), String> {
+    let q = crate::error::quote(v);
     if v.is_empty() {
         return Ok(());
     }
     if v.len() > MAX_LABEL {
-        return Err(format!("value {v:?} must be at most 63 characters"));
+        return Err(format!("value {q} must be at most 63 characters"));
     }
     if !k8s_name_part_ok(v) {
         return Err(format!(
-            "value {v:?} must be empty or consist of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+            "value {q} must be empty or consist of alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
         ));
     }
     Ok(())

@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ConvertError;
+use crate::k8s::{
+    K8sEgressRule, K8sIngressRule, K8sMeta, K8sNetworkPolicy, K8sNetworkPolicySpec, LabelSelector,
+    network_policy_to_calico,
+};
 use crate::macros::string_enum;
 use crate::meta::{ConditionsStatus, Labels, ObjectMeta};
 use crate::rule::{Action, PolicyType, Rule};
@@ -162,6 +167,72 @@ pub struct GlobalNetworkPolicySpec {
     /// Performance hints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub performance_hints: Vec<PerformanceHint>,
+}
+
+/// A staged (not enforced) Kubernetes NetworkPolicy: Calico's `StagedKubernetesNetworkPolicy`,
+/// a Kubernetes `NetworkPolicySpec` with a `stagedAction`. It is evaluated as the Kubernetes
+/// NetworkPolicy of the same name would be (`knp.default.<name>`), in the staged view only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedKubernetesNetworkPolicy {
+    /// Metadata (namespaced).
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: StagedKubernetesNetworkPolicySpec,
+}
+
+/// Specification of a [`StagedKubernetesNetworkPolicy`]: Kubernetes' `NetworkPolicySpec`
+/// fields and `stagedAction`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StagedKubernetesNetworkPolicySpec {
+    /// What to do to the enforced Kubernetes NetworkPolicy (defaults to `Set`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged_action: Option<StagedAction>,
+    /// Pods the policy applies to (in its namespace); empty = all.
+    #[serde(default, skip_serializing_if = "LabelSelector::is_empty")]
+    pub pod_selector: LabelSelector,
+    /// Ingress rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<Vec<K8sIngressRule>>,
+    /// Egress rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<K8sEgressRule>>,
+    /// `Ingress` and/or `Egress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_types: Option<Vec<String>>,
+}
+
+impl StagedKubernetesNetworkPolicy {
+    /// The Kubernetes NetworkPolicy this one stages.
+    pub fn to_k8s(&self) -> K8sNetworkPolicy {
+        let m = &self.metadata;
+        K8sNetworkPolicy {
+            metadata: K8sMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                labels: m.labels.clone(),
+                annotations: m.annotations.clone(),
+                uid: m.uid.clone(),
+                creation_timestamp: m.creation_timestamp.clone(),
+            },
+            spec: K8sNetworkPolicySpec {
+                pod_selector: self.spec.pod_selector.clone(),
+                ingress: self.spec.ingress.clone(),
+                egress: self.spec.egress.clone(),
+                policy_types: self.spec.policy_types.clone(),
+            },
+            status: None,
+        }
+    }
+
+    /// The Calico policy it stages: what Calico enforces for the Kubernetes NetworkPolicy of
+    /// the same name and spec.
+    pub fn to_calico(&self) -> Result<NetworkPolicy, ConvertError> {
+        network_policy_to_calico(&self.to_k8s())
+    }
 }
 
 /// A staged (not enforced) namespaced policy.

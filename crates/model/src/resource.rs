@@ -15,8 +15,8 @@ use crate::meta::ObjectMeta;
 use crate::netset::{GlobalNetworkSet, NetworkSet};
 use crate::node::Node;
 use crate::policy::{
-    GlobalNetworkPolicy, NetworkPolicy, Profile, StagedGlobalNetworkPolicy, StagedNetworkPolicy,
-    Tier,
+    GlobalNetworkPolicy, NetworkPolicy, Profile, StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy, StagedNetworkPolicy, Tier,
 };
 use crate::pool::{IpPool, IpReservation};
 
@@ -35,6 +35,8 @@ pub enum Resource {
     StagedNetworkPolicy(StagedNetworkPolicy),
     /// A staged cluster-wide policy.
     StagedGlobalNetworkPolicy(StagedGlobalNetworkPolicy),
+    /// A staged Kubernetes NetworkPolicy (namespaced).
+    StagedKubernetesNetworkPolicy(StagedKubernetesNetworkPolicy),
     /// A tier.
     Tier(Tier),
     /// A profile.
@@ -70,6 +72,7 @@ macro_rules! each_variant {
             Resource::GlobalNetworkPolicy($r) => $body,
             Resource::StagedNetworkPolicy($r) => $body,
             Resource::StagedGlobalNetworkPolicy($r) => $body,
+            Resource::StagedKubernetesNetworkPolicy($r) => $body,
             Resource::Tier($r) => $body,
             Resource::Profile($r) => $body,
             Resource::HostEndpoint($r) => $body,
@@ -152,6 +155,7 @@ impl Resource {
             Resource::GlobalNetworkPolicy(_) => Kind::GlobalNetworkPolicy,
             Resource::StagedNetworkPolicy(_) => Kind::StagedNetworkPolicy,
             Resource::StagedGlobalNetworkPolicy(_) => Kind::StagedGlobalNetworkPolicy,
+            Resource::StagedKubernetesNetworkPolicy(_) => Kind::StagedKubernetesNetworkPolicy,
             Resource::Tier(_) => Kind::Tier,
             Resource::Profile(_) => Kind::Profile,
             Resource::HostEndpoint(_) => Kind::HostEndpoint,
@@ -246,6 +250,9 @@ impl Resource {
             Kind::GlobalNetworkPolicy => de(value, Resource::GlobalNetworkPolicy),
             Kind::StagedNetworkPolicy => de(value, Resource::StagedNetworkPolicy),
             Kind::StagedGlobalNetworkPolicy => de(value, Resource::StagedGlobalNetworkPolicy),
+            Kind::StagedKubernetesNetworkPolicy => {
+                de(value, Resource::StagedKubernetesNetworkPolicy)
+            }
             Kind::Tier => de(value, Resource::Tier),
             Kind::Profile => de(value, Resource::Profile),
             Kind::HostEndpoint => de(value, Resource::HostEndpoint),
@@ -325,6 +332,7 @@ from_impls!(
     GlobalNetworkPolicy(GlobalNetworkPolicy),
     StagedNetworkPolicy(StagedNetworkPolicy),
     StagedGlobalNetworkPolicy(StagedGlobalNetworkPolicy),
+    StagedKubernetesNetworkPolicy(StagedKubernetesNetworkPolicy),
     Tier(Tier),
     Profile(Profile),
     HostEndpoint(HostEndpoint),

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use crate::bgp::{BgpConfigurationSpec, BgpPeerSpec};
 use crate::cidr;
 use crate::endpoint::{HostEndpointSpec, WorkloadEndpoint};
-use crate::error::ValidationError;
+use crate::error::{ValidationError, path_with_key, quote};
 use crate::felix::{FelixConfigurationSpec, is_duration};
 use crate::meta::{Labels, ObjectMeta};
 use crate::names;
@@ -52,13 +52,16 @@ impl V {
     /// `global()`.
     fn selector(&mut self, path: &str, text: &str, global_ok: GlobalUse) -> Option<Selector> {
         if text.len() > MAX_SELECTOR_LEN {
+            // Too long to be valid: say so once, without echoing it whole.
             self.err(
                 path,
                 format!(
-                    "selector is {} characters long (valid: at most {MAX_SELECTOR_LEN})",
+                    "selector {} is {} characters long (valid: at most {MAX_SELECTOR_LEN})",
+                    quote(text),
                     text.len()
                 ),
             );
+            return None;
         }
         match Selector::parse(text) {
             Ok(s) => {
@@ -76,7 +79,7 @@ impl V {
                 Some(s)
             }
             Err(e) => {
-                self.err(path, format!("invalid selector {text:?}: {e}"));
+                self.err(path, format!("invalid selector {}: {e}", quote(text)));
                 None
             }
         }
@@ -123,10 +126,10 @@ impl V {
     fn labels(&mut self, path: &str, labels: &Labels) {
         for (k, v) in labels {
             if let Err(e) = names::check_qualified_name(k) {
-                self.err(format!("{path}.{k}"), format!("invalid label key {e}"));
+                self.err(path_with_key(path, k), format!("invalid label key {e}"));
             }
             if let Err(e) = names::check_label_value(v) {
-                self.err(format!("{path}.{k}"), format!("invalid label {e}"));
+                self.err(path_with_key(path, k), format!("invalid label {e}"));
             }
         }
     }
@@ -135,7 +138,10 @@ impl V {
         let mut total = 0;
         for (k, v) in ann {
             if let Err(e) = names::check_qualified_name(&k.to_lowercase()) {
-                self.err(format!("{path}.{k}"), format!("invalid annotation key {e}"));
+                self.err(
+                    path_with_key(path, k),
+                    format!("invalid annotation key {e}"),
+                );
             }
             total += k.len() + v.len();
         }
@@ -310,6 +316,25 @@ pub fn validate(resource: &Resource) -> Vec<ValidationError> {
                     &s.egress,
                     &s.types,
                 );
+            }
+        }
+        Resource::StagedKubernetesNetworkPolicy(p) => {
+            v.meta(&p.metadata);
+            // Valid when the Kubernetes NetworkPolicy it stages converts and validates.
+            match p.to_calico() {
+                Err(e) => v.err(e.path, e.message),
+                Ok(np) => {
+                    let name = np.metadata.name.clone();
+                    for e in validate(&Resource::NetworkPolicy(np)) {
+                        v.err(
+                            e.path,
+                            format!(
+                                "{} (in the policy it stages, NetworkPolicy {name})",
+                                e.message
+                            ),
+                        );
+                    }
+                }
             }
         }
         Resource::Tier(t) => tier(&mut v, t),
