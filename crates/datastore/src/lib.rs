@@ -18,6 +18,7 @@
 //! - Calls are synchronous and the trait object is `Send + Sync`, so the CNI plugin, the CLI and
 //!   the agent share one API. Backends that are asynchronous inside (etcd) own their runtime.
 
+pub mod atomic;
 pub mod contract;
 pub mod mem;
 
@@ -162,6 +163,8 @@ pub enum Error {
     },
     #[error("the datastore cannot be reached: {0}")]
     Unavailable(String),
+    #[error("the datastore is read-only: {0}")]
+    ReadOnly(String),
     #[error("invalid datastore configuration: {0}")]
     Config(String),
     #[error("datastore error: {0}")]
@@ -307,6 +310,12 @@ pub trait Datastore: Send + Sync {
     /// 1.5 MiB in one request by default).
     fn txn_limits(&self) -> TxnLimits {
         TxnLimits::UNLIMITED
+    }
+
+    /// Whether a transaction of any size is applied all-or-nothing (no limits, or the
+    /// [`atomic::Atomic`] layer). [`atomic::Atomic::wrap`] wraps the stores that say no.
+    fn atomic_at_any_size(&self) -> bool {
+        self.txn_limits() == TxnLimits::UNLIMITED
     }
 }
 
