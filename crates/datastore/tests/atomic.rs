@@ -2,15 +2,11 @@
 //! writer that dies at any step leaves a store that the next reader or writer shows whole.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gingham_datastore::atomic::{Atomic, AtomicOptions, INTENT_KEY, PLAN_PREFIX, STATE_PREFIX};
-use gingham_datastore::mem::MemStore;
-use gingham_datastore::{
-    Compare, Datastore, Error, KeyValue, Listing, Op, Result, Revision, Txn, TxnLimits, TxnOutcome,
-    Watch,
-};
+use gingham_datastore::mem::{Dying, MemStore};
+use gingham_datastore::{Compare, Datastore, Listing, Op, Txn, TxnLimits, TxnOutcome};
 
 const LIMITS: TxnLimits = TxnLimits {
     max_ops: 10,
@@ -22,60 +18,6 @@ fn fast() -> AtomicOptions {
         heartbeat: Duration::from_millis(10),
         stale_after: Duration::from_millis(100),
         wait_limit: Duration::from_secs(10),
-    }
-}
-
-/// A process that dies after `budget` writes: every later call fails.
-struct Dying {
-    inner: MemStore,
-    budget: usize,
-    used: AtomicUsize,
-}
-
-impl Dying {
-    fn alive(&self) -> Result<()> {
-        if self.used.load(Ordering::SeqCst) >= self.budget {
-            return Err(Error::Unavailable("the process died".into()));
-        }
-        Ok(())
-    }
-}
-
-impl Datastore for Dying {
-    fn describe(&self) -> String {
-        "dying".into()
-    }
-    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.alive()?;
-        self.inner.get(key)
-    }
-    fn list(&self, prefix: &str) -> Result<Listing> {
-        self.alive()?;
-        self.inner.list(prefix)
-    }
-    fn txn(&self, txn: &Txn) -> Result<TxnOutcome> {
-        self.alive()?;
-        // Heartbeats do not count: they are not steps of the write.
-        if !txn
-            .ops
-            .iter()
-            .any(|o| matches!(o, Op::Put { key, .. } if key.ends_with("heartbeat")))
-        {
-            self.used.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.txn(txn)
-    }
-    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
-        self.inner.watch(prefix, after)
-    }
-    fn revision(&self) -> Result<Revision> {
-        self.inner.revision()
-    }
-    fn compact(&self, revision: Revision) -> Result<()> {
-        self.inner.compact(revision)
-    }
-    fn txn_limits(&self) -> TxnLimits {
-        self.inner.txn_limits()
     }
 }
 
@@ -147,14 +89,7 @@ fn a_writer_that_dies_at_any_step_leaves_all_or_nothing() {
         assert_eq!(whole_generation(&before), Some(1));
 
         // Generation 2, by a process that dies after `budget` writes.
-        let dying = Atomic::new(
-            Arc::new(Dying {
-                inner: mem.clone(),
-                budget,
-                used: AtomicUsize::new(0),
-            }),
-            fast(),
-        );
+        let dying = Atomic::new(Arc::new(Dying::new(Arc::new(mem.clone()), budget)), fast());
         let died = dying.txn(&generation(2, &before)).is_err();
         if !died {
             // The whole protocol fits the budget: every step has been a death point.
@@ -195,14 +130,7 @@ fn small_writes_do_not_interleave_with_a_pending_large_one() {
     // Kill the writer of generation 2 right after its commit point: find that step.
     let mut budget = 0;
     loop {
-        let dying = Atomic::new(
-            Arc::new(Dying {
-                inner: mem.clone(),
-                budget,
-                used: AtomicUsize::new(0),
-            }),
-            fast(),
-        );
+        let dying = Atomic::new(Arc::new(Dying::new(Arc::new(mem.clone()), budget)), fast());
         let _ = dying.txn(&generation(2, &before));
         let intent = mem.get(INTENT_KEY).unwrap();
         if intent.is_some_and(|kv| kv.value.starts_with(b"committed")) {
