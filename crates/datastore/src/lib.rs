@@ -161,7 +161,8 @@ pub enum Error {
         requested: Revision,
         compacted: Revision,
     },
-    #[error("the datastore cannot be reached: {0}")]
+    /// The datastore cannot be reached; the message says which and why.
+    #[error("{0}")]
     Unavailable(String),
     #[error("the datastore is read-only: {0}")]
     ReadOnly(String),
