@@ -173,12 +173,12 @@ impl EtcdStore {
             let mut client = tokio::time::timeout(timeout, connect)
                 .await
                 .map_err(|_| no_answer())?
-                .map_err(|e| classify(&shown, e))?;
+                .map_err(|e| unreachable(&shown, e))?;
             // `connect` is lazy about the network; ask for something to be sure.
             tokio::time::timeout(timeout, client.status())
                 .await
                 .map_err(|_| no_answer())?
-                .map_err(|e| classify(&shown, e))?;
+                .map_err(|e| unreachable(&shown, e))?;
             Ok::<_, Error>(client)
         })?;
         Ok(Self {
@@ -210,6 +210,14 @@ impl EtcdStore {
             }
         })
     }
+}
+
+/// A failure to connect, in words.
+fn unreachable(endpoints: &str, e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!(
+        "cannot reach etcd at {endpoints}: {}",
+        root_cause(&e)
+    ))
 }
 
 /// Maps client errors to words: transport problems are "unavailable" ("cannot reach etcd at
@@ -259,6 +267,7 @@ fn root_cause(e: &etcd_client::Error) -> String {
     for (kind, words) in [
         ("ConnectionRefused", "connection refused"),
         ("ConnectionReset", "connection reset"),
+        ("BrokenPipe", "the server closed the connection"),
         ("TimedOut", "connection timed out"),
         ("HostUnreachable", "host unreachable"),
         ("NetworkUnreachable", "network unreachable"),
@@ -272,9 +281,14 @@ fn root_cause(e: &etcd_client::Error) -> String {
             return words.to_owned();
         }
     }
+    let innermost = cur.to_string();
     match e {
-        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => s.message().to_owned(),
-        _ => cur.to_string(),
+        etcd_client::Error::GRpcStatus(s)
+            if !s.message().is_empty() && (innermost.is_empty() || innermost == e.to_string()) =>
+        {
+            s.message().to_owned()
+        }
+        _ => innermost,
     }
 }
 
