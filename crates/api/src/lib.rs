@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use gingham_datastore::atomic::Atomic;
 use gingham_datastore::{Compare, Datastore, KeyValue, Op, Revision, Txn, TxnOutcome};
 use gingham_model::{Kind, Resource};
 
@@ -19,14 +20,26 @@ pub enum ApiError {
     AlreadyExists { kind: Kind, name: String },
     #[error("{kind} {name} does not exist")]
     NotFound { kind: Kind, name: String },
+    /// The resourceVersion given with the resource is not the stored one.
     #[error(
-        "{kind} {name} was changed by someone else (resourceVersion {expected} is stale, current is {found}); get it again and retry"
+        "{kind} {name} has changed since resourceVersion {expected} was read: {}; get it again and retry, or leave resourceVersion out to overwrite it",
+        describe_found(*found)
     )]
     Conflict {
         kind: Kind,
         name: String,
-        expected: String,
-        found: String,
+        expected: Revision,
+        /// The stored resourceVersion, or `None` when the resource has been deleted since.
+        found: Option<Revision>,
+    },
+    /// Other writers kept changing the resources while this write was prepared.
+    #[error(
+        "{kind} {name} kept being changed by other writers while this write was prepared ({attempts} attempts); nothing was written, try again"
+    )]
+    KeptChanging {
+        kind: Kind,
+        name: String,
+        attempts: usize,
     },
     #[error(
         "{kind} {name}: resourceVersion {value:?} is not valid (expected a number from `get -o yaml`)"
@@ -63,7 +76,17 @@ pub enum ApiError {
     Datastore(#[from] gingham_datastore::Error),
 }
 
+fn describe_found(found: Option<Revision>) -> String {
+    match found {
+        Some(r) => format!("it is now at resourceVersion {r}"),
+        None => "it has been deleted since".into(),
+    }
+}
+
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// How many times a write is planned again when other writers changed what it read.
+pub const WRITE_ATTEMPTS: usize = 8;
 
 /// How a write treats an existing resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,15 +138,18 @@ struct Unit {
     op: Option<Op>,
 }
 
-impl Unit {
-    fn size(&self) -> usize {
-        self.compare.key().len()
-            + match &self.op {
-                Some(Op::Put { key, value }) => key.len() + value.len(),
-                Some(Op::Delete { key }) => key.len(),
-                None => 0,
-            }
-    }
+enum Committed {
+    Yes,
+    /// Another writer changed something this write read: plan again.
+    Retry,
+}
+
+/// A short pause before planning again, growing with the attempts and varying between
+/// processes so that identical writers do not collide again in step.
+fn retry_pause(attempt: usize) {
+    let jitter = u64::from(std::process::id() % 7) + (uuid::Uuid::new_v4().as_u128() % 11) as u64;
+    let ms = (5u64 << attempt.min(6)) + jitter;
+    std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
 /// A display name for errors: `ns/name` for namespaced resources.
@@ -135,8 +161,12 @@ fn display_name(namespace: Option<&str>, name: &str) -> String {
 }
 
 impl Client {
+    /// A client over `store`; writes of any size are all-or-nothing (see
+    /// [`gingham_datastore::atomic`]).
     pub fn new(store: Arc<dyn Datastore>) -> Self {
-        Self { store }
+        Self {
+            store: Atomic::wrap(store),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Datastore> {
@@ -172,12 +202,14 @@ impl Client {
     }
 
     /// Writes every resource or none: existence and `resourceVersion` conditions of all of them
-    /// are checked in the same transaction as the writes. Returns one outcome per resource.
+    /// are checked in the same (logical) transaction as the writes. Returns one outcome per
+    /// resource.
     ///
-    /// When the backend limits the size of a transaction (etcd: 128 operations), a large write
-    /// is split into several transactions; every condition is still checked before anything is
-    /// written, so only a concurrent writer between two of them can leave part of it applied
-    /// (the error then says how much was).
+    /// A write of any size is all-or-nothing, also on etcd, whose transactions hold 128
+    /// operations: the store is wrapped in [`Atomic`]. When another writer changes a resource
+    /// between the read and the commit, the write is planned again from a fresh read (as kubectl
+    /// does), up to [`WRITE_ATTEMPTS`] times; the conditions the caller set (`resourceVersion`,
+    /// create, replace) are checked again each time.
     pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
         // Every write path validates as `apply` does: nothing stored here can fail to load.
         for r in resources {
@@ -200,6 +232,19 @@ impl Client {
                 });
             }
         }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (plan, units) = self.plan(resources, mode)?;
+            match self.commit(units, resources, attempt)? {
+                Committed::Yes => return Ok(plan),
+                Committed::Retry => retry_pause(attempt),
+            }
+        }
+    }
+
+    /// Reads the current state and decides what to write.
+    fn plan(&self, resources: &[Resource], mode: WriteMode) -> Result<(Vec<Outcome>, Vec<Unit>)> {
         let current = self.prefetch(resources)?;
         // Resolve the current state of every key first, to report precise errors.
         let mut plan = Vec::with_capacity(resources.len());
@@ -235,8 +280,8 @@ impl Client {
                         return Err(ApiError::Conflict {
                             kind,
                             name,
-                            expected: e.to_string(),
-                            found: "none (deleted)".into(),
+                            expected: e,
+                            found: None,
                         });
                     }
                     let m = stored.meta_mut();
@@ -263,8 +308,8 @@ impl Client {
                         return Err(ApiError::Conflict {
                             kind,
                             name,
-                            expected: e.to_string(),
-                            found: kv.mod_revision.to_string(),
+                            expected: e,
+                            found: Some(kv.mod_revision),
                         });
                     }
                     // Keep identity fields of the stored object.
@@ -292,8 +337,7 @@ impl Client {
                 }
             }
         }
-        self.commit(units, resources)?;
-        Ok(plan)
+        Ok((plan, units))
     }
 
     /// The stored value of every resource's key (`None`: absent). Kinds with many resources in
@@ -332,58 +376,53 @@ impl Client {
         Ok(out)
     }
 
-    /// Commits the units in as few transactions as the backend allows.
-    fn commit(&self, units: Vec<Unit>, resources: &[Resource]) -> Result<()> {
-        let limits = self.store.txn_limits();
-        let mut batches: Vec<Txn> = Vec::new();
-        let (mut count, mut bytes) = (0usize, 0usize);
+    /// Commits the units in one transaction (of any size: the store is [`Atomic`]). A failed
+    /// condition means another writer changed a resource since it was read: plan again, or,
+    /// after the last attempt, say which resource kept changing.
+    fn commit(
+        &self,
+        units: Vec<Unit>,
+        resources: &[Resource],
+        attempt: usize,
+    ) -> Result<Committed> {
+        // Nothing to write: the read is the answer (conditions on unchanged resources would only
+        // say that nothing changed in between, which no reader could tell apart from later).
+        if units.iter().all(|u| u.op.is_none()) {
+            return Ok(Committed::Yes);
+        }
+        let mut txn = Txn::new();
         for unit in units {
-            let size = unit.size();
-            let n = 1 + usize::from(unit.op.is_some());
-            if batches.is_empty()
-                || count + n > limits.max_ops
-                || bytes.saturating_add(size) > limits.max_bytes
-            {
-                batches.push(Txn::new());
-                (count, bytes) = (0, 0);
-            }
-            let txn = batches.last_mut().expect("a batch was just pushed");
             txn.compares.push(unit.compare);
             txn.ops.extend(unit.op);
-            count += n;
-            bytes = bytes.saturating_add(size);
         }
-        let total = batches.len();
-        for (i, txn) in batches.iter().enumerate() {
-            match self.store.txn(txn)? {
-                TxnOutcome::Committed { .. } => {}
-                TxnOutcome::Failed { failed_keys } => {
-                    if i > 0 {
-                        tracing::warn!(
-                            written = i,
-                            batches = total,
-                            "a concurrent change interrupted a large write after {i} of {total} transactions; the first part is applied"
-                        );
-                    }
-                    let key = failed_keys.first().cloned().unwrap_or_default();
-                    let r = resources.iter().find(|r| r.key() == key);
-                    let (kind, name) = match r {
-                        Some(r) => (
-                            r.kind(),
-                            display_name(r.meta().namespace.as_deref(), &r.meta().name),
-                        ),
+        match self.store.txn(&txn)? {
+            TxnOutcome::Committed { .. } => Ok(Committed::Yes),
+            TxnOutcome::Failed { .. } if attempt < WRITE_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "a resource changed while the write was prepared; planning again"
+                );
+                Ok(Committed::Retry)
+            }
+            TxnOutcome::Failed { failed_keys } => {
+                let key = failed_keys.first().cloned().unwrap_or_default();
+                let (kind, name) = match resources.iter().find(|r| r.key() == key) {
+                    Some(r) => (
+                        r.kind(),
+                        display_name(r.meta().namespace.as_deref(), &r.meta().name),
+                    ),
+                    None => match Kind::parse_key(&key) {
+                        Some((kind, ns, name)) => (kind, display_name(ns.as_deref(), &name)),
                         None => (resources[0].kind(), key.clone()),
-                    };
-                    return Err(ApiError::Conflict {
-                        kind,
-                        name,
-                        expected: "the version read a moment ago".into(),
-                        found: "a newer one written concurrently".into(),
-                    });
-                }
+                    },
+                };
+                Err(ApiError::KeptChanging {
+                    kind,
+                    name,
+                    attempts: attempt,
+                })
             }
         }
-        Ok(())
     }
 
     /// Deletes one resource, optionally only at `resource_version`.
@@ -417,8 +456,8 @@ impl Client {
             }) => Err(ApiError::Conflict {
                 kind,
                 name: shown,
-                expected: expected.to_string(),
-                found: found.to_string(),
+                expected,
+                found: (found != 0).then_some(found),
             }),
             Err(e) => Err(e.into()),
         }
@@ -426,27 +465,33 @@ impl Client {
 
     /// Deletes several resources all-or-nothing; every one must exist.
     pub fn delete_all(&self, targets: &[(Kind, Option<String>, String)]) -> Result<Vec<Resource>> {
-        let mut units = Vec::with_capacity(targets.len());
-        let mut deleted = Vec::new();
-        for (kind, ns, name) in targets {
-            let key = kind.key(ns.as_deref(), name);
-            let Some(kv) = self.store.get(&key)? else {
-                return Err(ApiError::NotFound {
-                    kind: *kind,
-                    name: display_name(ns.as_deref(), name),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut units = Vec::with_capacity(targets.len());
+            let mut deleted = Vec::new();
+            for (kind, ns, name) in targets {
+                let key = kind.key(ns.as_deref(), name);
+                let Some(kv) = self.store.get(&key)? else {
+                    return Err(ApiError::NotFound {
+                        kind: *kind,
+                        name: display_name(ns.as_deref(), name),
+                    });
+                };
+                deleted.push(decode(*kind, &kv.key, &kv.value, kv.mod_revision)?);
+                units.push(Unit {
+                    compare: Compare::ModRevision {
+                        key: key.clone(),
+                        revision: kv.mod_revision,
+                    },
+                    op: Some(Op::Delete { key }),
                 });
-            };
-            deleted.push(decode(*kind, &kv.key, &kv.value, kv.mod_revision)?);
-            units.push(Unit {
-                compare: Compare::ModRevision {
-                    key: key.clone(),
-                    revision: kv.mod_revision,
-                },
-                op: Some(Op::Delete { key }),
-            });
+            }
+            match self.commit(units, &deleted, attempt)? {
+                Committed::Yes => return Ok(deleted),
+                Committed::Retry => retry_pause(attempt),
+            }
         }
-        self.commit(units, &deleted)?;
-        Ok(deleted)
     }
 
     /// Sets (or with `None` removes) labels on a stored resource, with compare-and-swap.

@@ -174,3 +174,112 @@ fn reapplied_pods_keep_the_cni_fields() {
     assert_eq!(after.spec.ip_networks.len(), 1);
     assert_eq!(after.spec.container_id, "c1");
 }
+
+/// etcd's limits: 128 operations and about 1 MiB per transaction.
+const ETCD_LIKE: TxnLimits = TxnLimits {
+    max_ops: 128,
+    max_bytes: 1024 * 1024,
+};
+
+/// A write split over several etcd-sized transactions, interrupted (the writing process dies) at
+/// every step, leaves all of it or none of it for the next reader, and the next writer goes on.
+#[test]
+fn an_interrupted_large_write_is_all_or_nothing() {
+    let old = policies("big", 300, 1);
+    let new = policies("big", 300, 2);
+    let mut budget = 0;
+    let mut interrupted = 0;
+    loop {
+        let store = MemStore::new().with_limits(ETCD_LIKE);
+        let client = Client::new(Arc::new(store.clone()));
+        client.write_all(&old, WriteMode::Apply).unwrap();
+        let dying = Client::new(Arc::new(gingham_datastore::mem::Dying::new(
+            Arc::new(store.clone()),
+            budget,
+        )));
+        if dying.write_all(&new, WriteMode::Apply).is_ok() {
+            break;
+        }
+        interrupted += 1;
+        let (listed, _) = Client::new(Arc::new(store.clone()))
+            .list(Kind::NetworkPolicy, Some("big"))
+            .unwrap();
+        assert_eq!(listed.len(), 300);
+        let orders: std::collections::BTreeSet<String> = listed
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap()["spec"]["order"].to_string())
+            .collect();
+        assert_eq!(
+            orders.len(),
+            1,
+            "interrupted after {budget} writes: {orders:?}"
+        );
+        client.write_all(&old, WriteMode::Apply).unwrap();
+        budget += 1;
+    }
+    assert!(interrupted >= 4, "the write took {interrupted} steps");
+}
+
+/// Identical applies at once, without resourceVersion, all succeed (each plans again from a
+/// fresh read when another one got there first), on a store with etcd's limits and without.
+#[test]
+fn concurrent_identical_applies_all_succeed() {
+    for limits in [ETCD_LIKE, TxnLimits::UNLIMITED] {
+        let store = MemStore::new().with_limits(limits);
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let store = store.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let client = Client::new(Arc::new(store));
+                    let mut applied = policies("race", 150, 7);
+                    applied.extend(policies("race2", 3, 7));
+                    barrier.wait();
+                    client.write_all(&applied, WriteMode::Apply)
+                })
+            })
+            .collect();
+        for t in threads {
+            if let Err(e) = t.join().unwrap() {
+                panic!("limits {limits:?}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn conflicts_are_explained_in_words() {
+    let client = Client::new(Arc::new(MemStore::new()));
+    client
+        .write_all(&policies("ns", 1, 1), WriteMode::Create)
+        .unwrap();
+    let mut r = client.get(Kind::NetworkPolicy, Some("ns"), "p0").unwrap();
+    let stale = r.meta().resource_version.clone().unwrap();
+    client
+        .write_all(&policies("ns", 1, 2), WriteMode::Apply)
+        .unwrap();
+    let now = client.get(Kind::NetworkPolicy, Some("ns"), "p0").unwrap();
+    let now = now.meta().resource_version.clone().unwrap();
+    r.meta_mut().resource_version = Some(stale.clone());
+    let err = client.write_all(&[r], WriteMode::Replace).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "NetworkPolicy ns/p0 has changed since resourceVersion {stale} was read: it is now at resourceVersion {now}; get it again and retry, or leave resourceVersion out to overwrite it"
+        )
+    );
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("app".to_owned(), Some("a".to_owned()));
+    client
+        .label(Kind::NetworkPolicy, Some("ns"), "p0", &labels, false)
+        .unwrap();
+    labels.insert("app".to_owned(), Some("b".to_owned()));
+    let err = client
+        .label(Kind::NetworkPolicy, Some("ns"), "p0", &labels, false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "NetworkPolicy ns/p0 already has label \"app\" with value \"a\"; nothing was changed (use --overwrite to replace it)"
+    );
+}

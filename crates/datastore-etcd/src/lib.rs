@@ -30,6 +30,10 @@ pub const ETCD_MAX_TXN_OPS: usize = 128;
 /// A little under etcd's default `--max-request-bytes` (1.5 MiB).
 pub const ETCD_MAX_TXN_BYTES: usize = 1024 * 1024;
 
+/// The largest answer taken from etcd (a listing of many resources): its default gRPC limit is
+/// 4 MiB, 10,000 policies take about 5.
+pub const MAX_ANSWER_BYTES: usize = 1 << 30;
+
 /// Where etcd is and how to authenticate to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdConfig {
@@ -157,17 +161,24 @@ impl EtcdStore {
             .map_err(|e| Error::Backend(format!("cannot start the etcd client runtime: {e}")))?;
         let timeout = config.timeout;
         let endpoints = config.endpoints.clone();
+        let shown = endpoints.join(",");
+        let no_answer = || {
+            Error::Unavailable(format!(
+                "cannot reach etcd at {shown}: no answer within {}s",
+                timeout.as_secs_f32()
+            ))
+        };
         let client = rt.block_on(async {
             let connect = Client::connect(&endpoints, Some(opts));
             let mut client = tokio::time::timeout(timeout, connect)
                 .await
-                .map_err(|_| Error::Unavailable(format!("no answer within {timeout:?}")))?
-                .map_err(unavailable)?;
+                .map_err(|_| no_answer())?
+                .map_err(|e| unreachable(&shown, e))?;
             // `connect` is lazy about the network; ask for something to be sure.
             tokio::time::timeout(timeout, client.status())
                 .await
-                .map_err(|_| Error::Unavailable(format!("no answer within {timeout:?}")))?
-                .map_err(unavailable)?;
+                .map_err(|_| no_answer())?
+                .map_err(|e| unreachable(&shown, e))?;
             Ok::<_, Error>(client)
         })?;
         Ok(Self {
@@ -191,32 +202,93 @@ impl EtcdStore {
         self.rt.block_on(async {
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => Err(Error::Unavailable(format!(
-                    "{what}: no answer from {} within {timeout:?}",
-                    self.config.endpoints.join(",")
+                    "etcd at {} did not answer ({what}) within {}s",
+                    self.config.endpoints.join(","),
+                    timeout.as_secs_f32()
                 ))),
-                Ok(r) => r.map_err(classify),
+                Ok(r) => r.map_err(|e| classify(&self.config.endpoints.join(","), e)),
             }
         })
     }
 }
 
-fn unavailable(e: etcd_client::Error) -> Error {
-    Error::Unavailable(e.to_string())
+/// A failure to connect, in words.
+fn unreachable(endpoints: &str, e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!(
+        "cannot reach etcd at {endpoints}: {}",
+        root_cause(&e)
+    ))
 }
 
-/// Maps client errors: transport problems are "unavailable", the rest are backend errors.
-fn classify(e: etcd_client::Error) -> Error {
+/// Maps client errors to words: transport problems are "unavailable" ("cannot reach etcd at
+/// URL: connection refused"), the rest are what etcd answered, without the client library's
+/// debug output.
+fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
+    let unreachable =
+        |reason: String| Error::Unavailable(format!("cannot reach etcd at {endpoints}: {reason}"));
     match &e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => unavailable(e),
-        etcd_client::Error::GRpcStatus(s)
-            if matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-            ) =>
-        {
-            unavailable(e)
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            unreachable(root_cause(&e))
         }
-        _ => Error::Backend(e.to_string()),
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::Unavailable => unreachable(root_cause(&e)),
+            tonic::Code::DeadlineExceeded => unreachable("no answer in time".into()),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Error::Backend(
+                format!("etcd at {endpoints} refused access: {}", s.message()),
+            ),
+            _ => Error::Backend(format!("etcd at {endpoints} answered: {}", s.message())),
+        },
+        _ => Error::Backend(format!("etcd at {endpoints}: {}", root_cause(&e))),
+    }
+}
+
+/// The innermost cause of an error, in words: an OS error's description (without its number),
+/// else etcd's message, else the innermost error's.
+fn root_cause(e: &etcd_client::Error) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+                std::io::ErrorKind::TimedOut => "connection timed out".to_owned(),
+                std::io::ErrorKind::HostUnreachable => "host unreachable".to_owned(),
+                std::io::ErrorKind::NetworkUnreachable => "network unreachable".to_owned(),
+                _ => io.to_string(),
+            };
+        }
+        match cur.source() {
+            Some(next) => cur = next,
+            None => break,
+        }
+    }
+    // Some layers keep the OS error only in their debug output.
+    let debug = format!("{e:?}");
+    for (kind, words) in [
+        ("ConnectionRefused", "connection refused"),
+        ("ConnectionReset", "connection reset"),
+        ("BrokenPipe", "the server closed the connection"),
+        ("TimedOut", "connection timed out"),
+        ("HostUnreachable", "host unreachable"),
+        ("NetworkUnreachable", "network unreachable"),
+        ("AddrNotAvailable", "address not available"),
+        (
+            "failed to lookup address",
+            "the host name cannot be resolved",
+        ),
+    ] {
+        if debug.contains(kind) {
+            return words.to_owned();
+        }
+    }
+    let innermost = cur.to_string();
+    match e {
+        etcd_client::Error::GRpcStatus(s)
+            if !s.message().is_empty() && (innermost.is_empty() || innermost == e.to_string()) =>
+        {
+            s.message().to_owned()
+        }
+        _ => innermost,
     }
 }
 
@@ -255,7 +327,9 @@ impl Datastore for EtcdStore {
 
     fn list(&self, prefix: &str) -> Result<Listing> {
         let prefix = prefix.to_owned();
-        let resp = self.call("list", |mut c| async move {
+        let resp = self.call("list", |c| async move {
+            // A listing may be larger than gRPC's default 4 MiB answer.
+            let mut c = c.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES);
             let opts = if prefix.is_empty() {
                 GetOptions::new().with_all_keys()
             } else {
@@ -398,8 +472,9 @@ impl Watch for EtcdWatch {
                 Ok(Err(e)) => {
                     self.done = true;
                     return Err(Error::Unavailable(format!(
-                        "the watch broke after revision {}: {e}; watch again from there",
-                        self.after
+                        "the etcd watch broke after revision {}: {}; watch again from there",
+                        self.after,
+                        root_cause(&e)
                     )));
                 }
                 Ok(Ok(None)) => {

@@ -77,4 +77,36 @@ fn sys_etcd_tls_with_client_certificates() {
         matches!(err, gingham_datastore::Error::Unavailable(_)),
         "{err}"
     );
+    // In words, naming the server, without the client library's debug output.
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("cannot reach etcd at {}", server.endpoint())),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Error {") && !text.contains("source:"),
+        "{text}"
+    );
+}
+
+/// Nothing listens: "connection refused", in words.
+#[test]
+fn sys_etcd_unreachable_is_said_in_words() {
+    gingham_testkit::require_tool("etcd");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{port}")],
+        ..EtcdConfig::default()
+    };
+    let err = EtcdStore::connect(cfg)
+        .err()
+        .expect("nothing listens there");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot reach etcd at http://127.0.0.1:{port}: connection refused")
+    );
 }

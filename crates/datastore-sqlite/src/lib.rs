@@ -104,12 +104,21 @@ impl SqliteStore {
 
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(e) = read_only(&path) {
+            return Err(e);
+        }
+        // Someone else's database is refused before anything touches it.
+        check_is_ours(&path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Unavailable(format!(
-                    "cannot create the directory {}: {e}",
-                    dir.display()
-                ))
+                read_only(&path).unwrap_or_else(|| {
+                    Error::Unavailable(format!(
+                        "cannot create the directory {}: {e}",
+                        dir.display()
+                    ))
+                })
             })?;
         }
         let conn = open_connection(&path)?;
@@ -133,6 +142,122 @@ impl SqliteStore {
     fn err(&self, e: rusqlite::Error) -> Error {
         sql_error(&self.path, e)
     }
+}
+
+/// The tables of a Gingham store.
+const OUR_TABLES: [&str; 3] = ["kv", "log", "meta"];
+
+/// Refuses an existing file that is not a Gingham store (another program's SQLite database, or
+/// not a database at all), reading it without changing it.
+fn check_is_ours(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is a directory; give the path of a datastore file inside it (e.g. {}/gingham.db)",
+            path.display(),
+            path.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Ok(());
+    }
+    let not_ours = |why: String| {
+        Error::Config(format!(
+            "{} is not a Gingham datastore ({why}); it was left unchanged. Point --datastore at a new file or at a Gingham datastore",
+            path.display()
+        ))
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| not_ours(format!("it cannot be opened as a SQLite database: {e}")))?;
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(|e| match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+                not_ours("it is not a SQLite database".into())
+            }
+            _ => sql_error(path, e),
+        })?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let foreign: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !OUR_TABLES.contains(t))
+        .collect();
+    if !foreign.is_empty() {
+        let shown: Vec<&str> = foreign.iter().take(5).copied().collect();
+        let more = foreign.len().saturating_sub(shown.len());
+        return Err(not_ours(format!(
+            "it is a SQLite database with other tables: {}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let schema: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|_| not_ours("its meta table is not Gingham's".into()))?;
+    match schema {
+        Some(1) => Ok(()),
+        Some(v) => Err(not_ours(format!(
+            "it has schema version {v}, this gingham knows 1"
+        ))),
+        None => Err(not_ours("its meta table has no schema version".into())),
+    }
+}
+
+/// The "read-only" error when the store (or, for a new store, its directory) cannot be written:
+/// a read-only file system, or no write permission.
+fn read_only(path: &Path) -> Option<Error> {
+    use nix::unistd::{AccessFlags, access};
+    // The nearest existing directory: where the file is, or would be created.
+    let mut dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    while !dir.as_os_str().is_empty() && !dir.exists() {
+        dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    }
+    if dir.as_os_str().is_empty() {
+        dir = ".".into();
+    }
+    let mut checks = vec![dir];
+    if path.exists() {
+        checks.insert(0, path.to_path_buf());
+    }
+    // The store and its directory (SQLite writes its write-ahead log beside the file).
+    for p in &checks {
+        match access(p.as_path(), AccessFlags::W_OK) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EROFS) => {
+                return Some(Error::ReadOnly(format!(
+                    "{} is on a read-only file system",
+                    path.display()
+                )));
+            }
+            Err(nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {
+                return Some(Error::ReadOnly(format!(
+                    "{} cannot be written by this user (no write permission on {})",
+                    path.display(),
+                    p.display()
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    None
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {
@@ -175,6 +300,9 @@ fn with_busy_retry<T>(path: &Path, mut f: impl FnMut() -> rusqlite::Result<T>) -
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> Error {
     match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
+            Error::ReadOnly(format!("{} cannot be written: {e}", path.display()))
+        }
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,

@@ -18,6 +18,7 @@
 //! - Calls are synchronous and the trait object is `Send + Sync`, so the CNI plugin, the CLI and
 //!   the agent share one API. Backends that are asynchronous inside (etcd) own their runtime.
 
+pub mod atomic;
 pub mod contract;
 pub mod mem;
 
@@ -160,8 +161,11 @@ pub enum Error {
         requested: Revision,
         compacted: Revision,
     },
-    #[error("the datastore cannot be reached: {0}")]
+    /// The datastore cannot be reached; the message says which and why.
+    #[error("{0}")]
     Unavailable(String),
+    #[error("the datastore is read-only: {0}")]
+    ReadOnly(String),
     #[error("invalid datastore configuration: {0}")]
     Config(String),
     #[error("datastore error: {0}")]
@@ -307,6 +311,12 @@ pub trait Datastore: Send + Sync {
     /// 1.5 MiB in one request by default).
     fn txn_limits(&self) -> TxnLimits {
         TxnLimits::UNLIMITED
+    }
+
+    /// Whether a transaction of any size is applied all-or-nothing (no limits, or the
+    /// [`atomic::Atomic`] layer). [`atomic::Atomic::wrap`] wraps the stores that say no.
+    fn atomic_at_any_size(&self) -> bool {
+        self.txn_limits() == TxnLimits::UNLIMITED
     }
 }
 

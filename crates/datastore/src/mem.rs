@@ -201,6 +201,73 @@ impl Datastore for MemStore {
     }
 }
 
+/// A store used by a process that dies after a number of writes: every call after the
+/// `budget`-th transaction fails with [`Error::Unavailable`], as the calls of a killed process
+/// never arrive. For testing what a writer interrupted at each step leaves behind. Heartbeat
+/// writes of the [`crate::atomic`] layer do not count (they come at no fixed step).
+pub struct Dying {
+    inner: Arc<dyn Datastore>,
+    budget: usize,
+    used: std::sync::atomic::AtomicUsize,
+}
+
+impl Dying {
+    pub fn new(inner: Arc<dyn Datastore>, budget: usize) -> Self {
+        Self {
+            inner,
+            budget,
+            used: Default::default(),
+        }
+    }
+
+    fn alive(&self) -> Result<()> {
+        if self.used.load(std::sync::atomic::Ordering::SeqCst) >= self.budget {
+            return Err(Error::Unavailable("the writing process died".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Datastore for Dying {
+    fn describe(&self) -> String {
+        format!("dying {}", self.inner.describe())
+    }
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.alive()?;
+        self.inner.get(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Listing> {
+        self.alive()?;
+        self.inner.list(prefix)
+    }
+    fn txn(&self, txn: &Txn) -> Result<TxnOutcome> {
+        self.alive()?;
+        let heartbeat = txn
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Put { key, .. } if key == crate::atomic::HEARTBEAT_KEY));
+        if !heartbeat {
+            self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.txn(txn)
+    }
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
+        self.alive()?;
+        self.inner.watch(prefix, after)
+    }
+    fn revision(&self) -> Result<Revision> {
+        self.alive()?;
+        self.inner.revision()
+    }
+    fn compact(&self, revision: Revision) -> Result<()> {
+        self.alive()?;
+        self.inner.compact(revision)
+    }
+    fn txn_limits(&self) -> TxnLimits {
+        self.inner.txn_limits()
+    }
+}
+
 /// The key-value a delete event carries.
 pub fn deleted_kv(key: &str, revision: Revision) -> KeyValue {
     KeyValue {

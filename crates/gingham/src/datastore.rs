@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use gingham_datastore::Datastore;
+use gingham_datastore::atomic::Atomic;
 use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
 use gingham_datastore_sqlite::SqliteStore;
 
@@ -76,24 +77,24 @@ impl DatastoreUrl {
         Ok(Self::Sqlite(PathBuf::from(DEFAULT_SQLITE_PATH)))
     }
 
-    /// Opens the store.
+    /// Opens the store. Writes of any size through it are all-or-nothing (etcd's are wrapped
+    /// in the write-ahead intent layer, [`gingham_datastore::atomic`]).
     pub fn open(&self) -> Result<Arc<dyn Datastore>> {
         match self {
             Self::Sqlite(path) => {
                 let store = SqliteStore::open(path).with_context(|| {
                     format!("cannot open the datastore sqlite:{}", path.display())
                 })?;
-                Ok(Arc::new(store))
+                Ok(Atomic::wrap(Arc::new(store)))
             }
             Self::Etcd(eps) => {
                 let mut cfg = EtcdConfig::from_env();
                 if let Some(eps) = eps {
                     cfg.endpoints = eps.clone();
                 }
-                let shown = cfg.endpoints.join(",");
-                let store = EtcdStore::connect(cfg)
-                    .with_context(|| format!("cannot reach the etcd datastore at {shown}"))?;
-                Ok(Arc::new(store))
+                // The errors name the endpoints and say what went wrong.
+                let store = EtcdStore::connect(cfg)?;
+                Ok(Atomic::wrap(Arc::new(store)))
             }
         }
     }
