@@ -62,6 +62,8 @@ struct Health {
     kernel_reads_total: u64,
     repairs_total: u64,
     plumbing_repairs_total: u64,
+    /// The datastore revision the installed table reflects (every event up to it is in).
+    datastore_revision: i64,
     /// Stored resources that cannot be read (skipped).
     unreadable: Vec<String>,
     /// Missing objects that close local endpoints (fail closed), with what they close.
@@ -188,6 +190,11 @@ fn metrics(h: &Health) -> String {
         "gingham_agent_last_apply_commands",
         "Commands in the last nft transaction (0: nothing had to change).",
         h.script_commands as f64,
+    );
+    gauge(
+        "gingham_agent_datastore_revision",
+        "The datastore revision the installed table reflects: every write up to it is programmed.",
+        h.datastore_revision as f64,
     );
     let mut counter = |name: &str, help: &str, value: u64| {
         out.push_str(&format!(
@@ -320,6 +327,7 @@ impl Agent {
         self.changes.clear();
         self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
         self.program()?;
+        lock(&self.health).datastore_revision = listing.revision;
         Ok(listing.revision)
     }
 
@@ -568,14 +576,17 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
                 Ok(Some(first)) => {
                     // Take whatever else arrives right away, then program once.
                     let mut changed = agent.event(first.kind, &first.kv.key, &first.kv.value);
+                    let mut seen = first.revision();
                     while let Ok(Some(e)) = watch.next(Duration::from_millis(10)) {
                         changed |= agent.event(e.kind, &e.kv.key, &e.kv.value);
+                        seen = e.revision();
                     }
                     if changed && let Err(e) = agent.program() {
                         tracing::error!(error = %format!("{e:#}"), "programming failed; retrying with a resync");
                         revision = agent.resync(store)?;
                         break;
                     }
+                    lock(&agent.health).datastore_revision = seen;
                 }
                 Err(StoreError::Compacted { .. }) | Err(StoreError::Unavailable(_)) => {
                     tracing::warn!("watch lost; listing again");

@@ -24,6 +24,8 @@ pub enum Exit {
     Ok,
     /// A negative answer or rejected input that was already reported.
     UserError,
+    /// A command-specific exit code documented in its help (e.g. `lab try`'s outcomes).
+    Code(u8),
 }
 
 #[derive(Debug, Parser)]
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::UserError) => ExitCode::from(1),
+        Ok(Exit::Code(c)) => ExitCode::from(c),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
