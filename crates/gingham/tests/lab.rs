@@ -182,6 +182,78 @@ fn sys_lab_up_probe_down() {
                     "outcome": "connected", "peer": p1}),
             );
         }
+        // `lab wait` waits for every agent: while node-a's agent is stopped, a write is not
+        // programmed there and `lab wait` fails naming it; once it runs again `lab wait`
+        // returns, and both agents report a programmed revision at or past the write.
+        {
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+                    .unwrap();
+            let pid = state["nodes"][0]["agent_pid"].as_u64().unwrap().to_string();
+            let signal = |sig: &str| {
+                assert!(
+                    Command::new("kill")
+                        .args([sig, &pid])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            };
+            /// Lets the agent run again however the test ends.
+            struct Cont(String);
+            impl Drop for Cont {
+                fn drop(&mut self) {
+                    let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+                }
+            }
+            let cont = Cont(pid.clone());
+            signal("-STOP");
+            let harmless = tmp.path().join("harmless.yaml");
+            std::fs::write(
+                &harmless,
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: selects-nothing}\nspec: {selector: nothing-has == 'this', ingress: [{action: Deny}]}\n",
+            )
+            .unwrap();
+            ok(&[
+                "apply",
+                "-f",
+                harmless.to_str().unwrap(),
+                "--datastore",
+                &ds,
+            ]);
+            let store =
+                gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+            let written = gingham_datastore::Datastore::revision(&store).unwrap();
+            let out = gingham(&["lab", "wait", "--dir", d, "--timeout-ms", "1000"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains("node-a"), "{err}");
+            signal("-CONT");
+            drop(cont);
+            ok(&["lab", "wait", "--dir", d]);
+            for node in ["node-a", "node-b"] {
+                let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+                let out = gingham(&["lab", "exec", "--dir", d, node, "--", "bash", "-c", script]);
+                let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+                let programmed = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("gingham_agent_datastore_revision "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("{node}: {metrics}"));
+                assert!(
+                    programmed >= written as f64,
+                    "{node}: {programmed} < {written}"
+                );
+            }
+            ok(&[
+                "delete",
+                "-f",
+                harmless.to_str().unwrap(),
+                "--datastore",
+                &ds,
+            ]);
+            common::wait_programmed(d);
+        }
         // The agents report health and metrics on the nodes' loopback.
         let get = |path: &str| {
             let script = format!(
