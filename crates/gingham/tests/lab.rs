@@ -438,6 +438,23 @@ fn sys_lab_up_probe_down() {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p7, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: shop, labels: {app: changed}}\nspec: {nodeName: node-b}\n",
         )
         .unwrap();
+        // A Lab document with an unknown field is refused by `lab apply` too: nothing applied.
+        let bad = tmp.path().join("bad-lab.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {racks: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
+        )
+        .unwrap();
+        let out = gingham(&["lab", "apply", "--dir", d, "-f", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("document 1 (Lab x): spec.racks: unknown field `racks`, expected `nodes` or `nodePorts`")
+                && err.contains("nothing was applied"),
+            "{err}"
+        );
+        let weps = ok(&["get", "wep", "-n", "shop", "-o", "json", "--datastore", &ds]);
+        assert!(!weps.contains("\"p8\""), "{weps}");
         let applied = ok(&["lab", "apply", "--dir", d, "-f", more.to_str().unwrap()]);
         assert!(applied.contains("pod shop/p7 started"), "{applied}");
         ok(&["lab", "delete", "--dir", d, "shop/p2"]);
