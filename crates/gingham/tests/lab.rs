@@ -552,6 +552,8 @@ fn sys_lab_on_etcd() {
     ]);
     let guard = Down(d.to_owned());
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
+    // The agents follow etcd through the proxy; `lab wait` reads their revision against it.
+    common::wait_programmed(d);
     let m = common::probe(d, "TCP", 80);
     let pods = [
         "shop/p1", "shop/p2", "shop/p3", "shop/p4", "shop/p5", "shop/p6",
