@@ -93,7 +93,12 @@ struct Attempt {
 pub enum LabCmd {
     /// Build the lab from a Lab document, Namespaces, Pods and Calico resources.
     Up(UpArgs),
-    /// Try every pod-to-pod connection with real packets; print the matrix (reach's schema).
+    /// Try every pod-to-pod connection with real packets; print the matrix.
+    ///
+    /// Each cell: `✓` connected, `(✓)` refused (the packet reached the pod and nothing listens
+    /// on the port: policy let it through, as reach's `✓` says), `✗` no answer (dropped).
+    /// `-o json`: reach's schema (`allowed`: connected or refused) and `outcomes`
+    /// (`{from: {to: "connected" | "refused" | "no-answer"}}`).
     Probe(ProbeArgs),
     /// Apply resources to a running lab: new pods are started, pods and namespaces applied again
     /// relabel their endpoints (as Kubernetes' controllers do), policies take effect.
