@@ -114,6 +114,18 @@ pub fn declared_ports(snap: &Snapshot, pod_ports: &PodPorts) -> Vec<(u8, u16)> {
 
 /// The matrix as a table: rows are clients, columns servers; `✓` allowed, `✗` denied.
 pub fn render_table(m: &Matrix) -> String {
+    render_table_with(m, &|from, to| {
+        if m.get(from, to) == Some(true) {
+            "✓"
+        } else {
+            "✗"
+        }
+    })
+}
+
+/// The table of [`render_table`] with the mark of each cell (at most 3 characters) chosen by
+/// `mark(from, to)`: `gingham lab probe` shows what the packets did in reach's layout.
+pub fn render_table_with(m: &Matrix, mark: &dyn Fn(&str, &str) -> &'static str) -> String {
     let title = match m.port {
         Some(p) => format!("{}/{p}", m.protocol),
         None => m.protocol.clone(),
@@ -135,12 +147,7 @@ pub fn render_table(m: &Matrix) -> String {
         let _ = i;
         out.push_str(&format!("{from:<width$}"));
         for to in &m.endpoints {
-            let mark = if m.get(from, to) == Some(true) {
-                "✓"
-            } else {
-                "✗"
-            };
-            out.push_str(&format!("  {mark:>3}"));
+            out.push_str(&format!("  {:>3}", mark(from, to)));
         }
         out.push('\n');
     }

@@ -2,7 +2,8 @@
 //! Calico and Kubernetes objects), `flows.txt` (one flow per line: `FROM -> TO PROTO [PORT]`,
 //! `#` comments) and `expected.txt` (each flow line followed by ` => ` and the verdict summary).
 //! `UPDATE_EXPECT=1 cargo test -p gingham-calc --test cases` rewrites the expectations (review
-//! the diff: expectations are claims about Calico's behaviour).
+//! the diff: expectations are claims about Calico's behaviour). To read the explanation of one
+//! flow of a case: `gingham explain -f crates/calc/tests/cases/CASE --from FROM --to TO --port P`.
 
 use std::path::{Path, PathBuf};
 
@@ -96,19 +97,4 @@ fn verdicts_match_expectations() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// Prints the explanation of one flow of a case (a development aid):
-/// `CASE=seed-e-dashboard-deny-ssh FLOW='default/client -> kube-system/kubernetes-dashboard TCP 8443' cargo test -p gingham-calc --test cases show -- --nocapture`
-#[test]
-fn show() {
-    let (Ok(case), Ok(flow)) = (std::env::var("CASE"), std::env::var("FLOW")) else {
-        return;
-    };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/cases")
-        .join(case);
-    let snap = load_case(&dir);
-    let v = snap.verdict(&parse_flow(&flow)).unwrap();
-    println!("{}", explain::render(&snap, &v));
 }

@@ -30,12 +30,75 @@ use crate::reach_cmd::MatrixFormat;
 /// Where labs keep their state by default (tmpfs: gone on reboot, like the namespaces).
 const DEFAULT_DIR: &str = "/run/gingham/lab";
 const UNDERLAY_PREFIX: &str = "172.31.0";
+/// Where the lab's agents serve /metrics, on their node's loopback.
+const AGENT_HEALTH_PORT: u16 = 9099;
+/// The metric in which an agent says up to which datastore revision its table is programmed.
+const AGENT_REVISION_METRIC: &str = "gingham_agent_datastore_revision";
+
+/// What one connection attempt with real packets found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The server answered.
+    Connected,
+    /// The packet reached the destination and nothing listens there (TCP reset, ICMP port
+    /// unreachable): policy let it through.
+    Refused,
+    /// Nothing came back: dropped (policy drops, it never rejects) or lost.
+    NoAnswer,
+}
+
+impl Outcome {
+    /// Whether the packet reached the destination, i.e. policy allowed it (reach's `allowed`).
+    pub fn reached(self) -> bool {
+        matches!(self, Outcome::Connected | Outcome::Refused)
+    }
+
+    /// The mark in a probe matrix; reached outcomes look like reach's `✓`.
+    fn mark(self) -> &'static str {
+        match self {
+            Outcome::Connected => "✓",
+            Outcome::Refused => "(✓)",
+            Outcome::NoAnswer => "✗",
+        }
+    }
+
+    /// `lab try`'s exit code for this outcome (documented in its help).
+    fn exit(self) -> Exit {
+        match self {
+            Outcome::Connected => Exit::Ok,
+            Outcome::Refused => Exit::Code(EXIT_REFUSED),
+            Outcome::NoAnswer => Exit::Code(EXIT_NO_ANSWER),
+        }
+    }
+}
+
+/// The legend printed under a probe matrix.
+const PROBE_LEGEND: &str = "✓ connected · (✓) refused: reached, nothing listens on the port (policy let it through) · ✗ no answer: dropped";
+
+/// `lab try`'s exit code when the connection is refused (reached, nothing listens).
+const EXIT_REFUSED: u8 = 3;
+/// `lab try`'s exit code when nothing answers (dropped or lost).
+const EXIT_NO_ANSWER: u8 = 4;
+
+/// One connection attempt as `lab connect` reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Attempt {
+    outcome: Outcome,
+    /// The source address the server saw (it says so in its greeting), when it answered.
+    peer: Option<IpAddr>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum LabCmd {
     /// Build the lab from a Lab document, Namespaces, Pods and Calico resources.
     Up(UpArgs),
-    /// Try every pod-to-pod connection with real packets; print the matrix (reach's schema).
+    /// Try every pod-to-pod connection with real packets; print the matrix.
+    ///
+    /// Each cell: `✓` connected, `(✓)` refused (the packet reached the pod and nothing listens
+    /// on the port: policy let it through, as reach's `✓` says), `✗` no answer (dropped).
+    /// `-o json`: reach's schema (`allowed`: connected or refused) and `outcomes`
+    /// (`{from: {to: "connected" | "refused" | "no-answer"}}`).
     Probe(ProbeArgs),
     /// Apply resources to a running lab: new pods are started, pods and namespaces applied again
     /// relabel their endpoints (as Kubernetes' controllers do), policies take effect.
@@ -44,11 +107,20 @@ pub enum LabCmd {
     Delete(DeleteArgs),
     /// Try one connection with real packets: from a pod or a node to a pod or a node (a node
     /// answers on the Lab's `spec.nodePorts`).
+    ///
+    /// Prints the outcome: `connected`; `refused: nothing listens on ADDR:PORT/PROTO` (the
+    /// packet reached the destination, so policy let it through); or `no answer (dropped)`
+    /// (policy drops, it never rejects; or the packet was lost).
+    ///
+    /// Exit codes: 0 connected, 3 refused, 4 no answer, 1 error (bad arguments, no lab).
     Try(TryArgs),
     /// Run a command in a pod's network namespace: `gingham lab exec ns/pod -- CMD...`.
     Exec(ExecArgs),
     /// Kill a node's agent (SIGKILL, as a crash would) and start it again.
     RestartAgent(RestartArgs),
+    /// Wait until every node's agent has programmed everything written to the datastore so
+    /// far (their `gingham_agent_datastore_revision` metric): what was applied is in force.
+    Wait(WaitArgs),
     /// Remove everything the lab made.
     Down(DirArgs),
     /// (internal) The server a pod runs on its declared ports.
@@ -72,6 +144,15 @@ pub struct RestartArgs {
     pub lab: DirArgs,
     /// The node whose agent is restarted.
     pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub lab: DirArgs,
+    /// Give up (exit 1, naming the agents behind) after this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +227,16 @@ pub struct TryArgs {
     pub protocol: String,
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// `text`, or `json`: {"from", "to", "address", "port", "protocol", "outcome", "peer"}
+    /// (`peer`: the source address the server saw, null without an answer).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: TryFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TryFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -259,7 +350,13 @@ fn load_inputs(
     };
     let mut failed = false;
     for (name, mut docs) in all_docs {
-        docs.retain(|d| d.get("kind").and_then(Value::as_str) != Some("Lab"));
+        for (i, d) in docs.iter().enumerate().filter(|(_, d)| is_lab(d)) {
+            if let Err(e) = parse_lab(&name, i + 1, d) {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+        docs.retain(|d| !is_lab(d));
         for d in &mut docs {
             for_each_pod(d, &mut |key, pod| {
                 pin_running_pod(key, pod, running);
@@ -410,6 +507,7 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::Try(a) => try_connect(a),
         LabCmd::Exec(a) => exec(a),
         LabCmd::RestartAgent(a) => restart_agent(a),
+        LabCmd::Wait(a) => wait(a),
         LabCmd::Down(a) => down(&a.dir),
         LabCmd::Serve(a) => serve(a),
         LabCmd::Connect(a) => connect(a),
@@ -451,6 +549,96 @@ fn restart_agent(args: &RestartArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// The datastore revision a node's agent has programmed, from its /metrics.
+fn agent_revision(node: &NodeState) -> Result<i64> {
+    let target = gingham_net::NetnsRef::named(&node.netns);
+    let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_HEALTH_PORT));
+    // A socket keeps the namespace it was made in.
+    let mut stream = gingham_net::in_netns(&target, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    })
+    .with_context(|| format!("entering {}", node.netns))?
+    .with_context(|| format!("the agent of node {} does not answer on {addr}", node.name))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading the metrics of node {}'s agent", node.name))?;
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(AGENT_REVISION_METRIC)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .find_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|v| v as i64)
+        .with_context(|| {
+            format!(
+                "the agent of node {} does not report {AGENT_REVISION_METRIC}",
+                node.name
+            )
+        })
+}
+
+/// Whether a write the agents watch happened after `after`, up to `upto`.
+fn watched_write_between(
+    store: &dyn gingham_datastore::Datastore,
+    after: i64,
+    upto: i64,
+) -> Result<bool> {
+    // What the agents watch: every Calico resource.
+    let prefix = format!("{}/", gingham_model::kind::KEY_ROOT);
+    let mut watch = match store.watch(&prefix, after) {
+        Ok(w) => w,
+        // History forgotten: the agent must reach `upto` itself.
+        Err(gingham_datastore::Error::Compacted { .. }) => return Ok(true),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(watch
+        .next(Duration::from_millis(200))?
+        .is_some_and(|e| e.revision() <= upto))
+}
+
+fn wait(args: &WaitArgs) -> Result<Exit> {
+    let state = load_state(&args.lab.dir)?;
+    let store = DatastoreUrl::parse(&state.datastore)?.open()?;
+    // Everything written so far; writes the agents do not watch (IPAM) need not be reached.
+    let target = store.revision()?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(args.timeout_ms);
+    let agents: Vec<&NodeState> = state
+        .nodes
+        .iter()
+        .filter(|n| n.agent_pid.is_some())
+        .collect();
+    loop {
+        let mut behind = Vec::new();
+        for node in &agents {
+            let problem = match agent_revision(node) {
+                Ok(r) if r >= target => continue,
+                Ok(r) => match watched_write_between(store.as_ref(), r, target) {
+                    Ok(false) => continue,
+                    Ok(true) => format!("{} at revision {r}", node.name),
+                    Err(e) => format!("{}: {e:#}", node.name),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            behind.push(problem);
+        }
+        if behind.is_empty() {
+            println!("{} agents programmed up to revision {target}", agents.len());
+            return Ok(Exit::Ok);
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "agents behind the datastore (revision {target}) after {} ms: {}",
+                args.timeout_ms,
+                behind.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 struct TrafficReport {
     /// Round trips through the held connection, or new connections that succeeded.
@@ -483,9 +671,9 @@ fn traffic(args: &TrafficArgs) -> Result<Exit> {
         let mut stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let mut greeting = [0u8; 64];
-        let _ = stream.read(&mut greeting)?;
+        // The greeting: one line.
         let mut byte = [0u8; 1];
+        while stream.read(&mut byte)? == 1 && byte[0] != b'\n' {}
         while std::time::Instant::now() < end {
             let sent = (report.ok % 256) as u8;
             let round = stream
@@ -506,84 +694,165 @@ fn traffic(args: &TrafficArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// The `Lab` document's node names (default: two nodes).
-/// A Lab document's `spec.nodePorts`: ports every node's host listens on (`80` is TCP,
-/// `UDP/53` names the protocol).
-fn node_ports(doc: &Value) -> Result<Vec<(u8, u16)>> {
-    let mut out = Vec::new();
-    for p in doc
-        .pointer("/spec/nodePorts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+/// The apiVersion of the `Lab` document.
+const LAB_API_VERSION: &str = "gingham.dev/v1";
+
+/// A `Lab` document: the lab's name, its nodes and the ports every node serves. Unknown fields
+/// are refused, as for every other kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabDoc {
+    #[serde(rename = "apiVersion", default)]
+    api_version: Option<String>,
+    /// `Lab` (how the document was recognised).
+    #[serde(rename = "kind", default)]
+    _kind: String,
+    #[serde(default)]
+    metadata: LabMeta,
+    #[serde(default)]
+    spec: LabSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabMeta {
+    /// 1-6 lowercase letters or digits: it prefixes network namespace names.
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LabSpec {
+    /// Node names (default: node-1, node-2).
+    #[serde(default)]
+    nodes: Vec<String>,
+    /// Ports every node's host listens on: `80` is TCP, `"UDP/53"` names the protocol.
+    #[serde(default)]
+    node_ports: Vec<Value>,
+}
+
+/// A problem in a Lab document, in the form of every other load error.
+fn lab_error(
+    source: &str,
+    document: usize,
+    doc: &Value,
+    path: &str,
+    message: String,
+) -> anyhow::Error {
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    anyhow::Error::new(gingham_model::LoadError {
+        source_name: source.to_owned(),
+        document: Some(document),
+        item: None,
+        object: Some(format!("Lab {name}").trim_end().to_owned()),
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// Reads one Lab document (`document`: its 1-based number in `source`).
+fn parse_lab(source: &str, document: usize, doc: &Value) -> Result<(LabDoc, Vec<PortSpec>)> {
+    let lab: LabDoc = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        lab_error(source, document, doc, &path, e.into_inner().to_string())
+    })?;
+    if let Some(v) = &lab.api_version
+        && v != LAB_API_VERSION
     {
-        let bad = || {
-            anyhow::anyhow!(
-                "Lab spec.nodePorts: {p} is not a port (valid: 80 for TCP, or \"UDP/53\", \"TCP/22\")"
-            )
-        };
-        let entry = match p {
-            Value::Number(n) => (
-                6,
-                n.as_u64()
-                    .and_then(|n| u16::try_from(n).ok())
-                    .ok_or_else(bad)?,
-            ),
-            Value::String(text) => {
-                let (proto, port) = text.split_once('/').ok_or_else(bad)?;
-                let proto = parse_protocol(proto)
-                    .filter(|p| *p == 6 || *p == 17)
-                    .ok_or_else(bad)?;
-                (proto, port.parse().map_err(|_| bad())?)
-            }
-            _ => return Err(bad()),
-        };
-        if entry.1 == 0 {
-            return Err(bad());
-        }
-        out.push(entry);
+        return Err(lab_error(
+            source,
+            document,
+            doc,
+            "apiVersion",
+            format!("{v:?} is not the Lab's apiVersion (valid: {LAB_API_VERSION})"),
+        ));
     }
-    Ok(out)
+    if let Some(name) = &lab.metadata.name
+        && (name.is_empty()
+            || name.len() > 6
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+    {
+        return Err(lab_error(
+            source,
+            document,
+            doc,
+            "metadata.name",
+            format!(
+                "{name:?} must be 1-6 lowercase letters or digits (it prefixes network namespace names)"
+            ),
+        ));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in lab.spec.node_ports.iter().enumerate() {
+        let port = node_port(p).ok_or_else(|| {
+            lab_error(
+                source,
+                document,
+                doc,
+                &format!("spec.nodePorts[{i}]"),
+                format!("{p} is not a port (valid: 80 for TCP, or \"UDP/53\", \"TCP/22\")"),
+            )
+        })?;
+        ports.push(port);
+    }
+    Ok((lab, ports))
+}
+
+/// One entry of a Lab document's `spec.nodePorts`: `80` is TCP, `UDP/53` names the protocol.
+fn node_port(p: &Value) -> Option<PortSpec> {
+    let entry = match p {
+        Value::Number(n) => (6, n.as_u64().and_then(|n| u16::try_from(n).ok())?),
+        Value::String(text) => {
+            let (proto, port) = text.split_once('/')?;
+            let proto = parse_protocol(proto).filter(|p| *p == 6 || *p == 17)?;
+            (proto, port.parse().ok()?)
+        }
+        _ => return None,
+    };
+    (entry.1 != 0).then_some(entry)
 }
 
 /// (protocol number, port).
 type PortSpec = (u8, u16);
 
-/// A Lab document's name, node names and node ports.
-fn lab_nodes(docs: &[Value]) -> Result<(String, Vec<String>, Vec<PortSpec>)> {
+fn is_lab(doc: &Value) -> bool {
+    doc.get("kind").and_then(Value::as_str) == Some("Lab")
+}
+
+/// The Lab document's name, node names and node ports (defaults without one: `lab`, two
+/// nodes, no ports). At most one Lab document.
+fn lab_nodes(all_docs: &[(String, Vec<Value>)]) -> Result<(String, Vec<String>, Vec<PortSpec>)> {
+    let mut found: Option<(String, usize)> = None;
     let mut name = "lab".to_owned();
     let mut nodes = Vec::new();
     let mut ports = Vec::new();
-    for d in docs {
-        if d.get("kind").and_then(Value::as_str) == Some("Lab") {
-            ports = node_ports(d)?;
-            if let Some(n) = d.pointer("/metadata/name").and_then(Value::as_str) {
-                name = n.to_owned();
+    for (source, docs) in all_docs {
+        for (i, d) in docs.iter().enumerate().filter(|(_, d)| is_lab(d)) {
+            if let Some((first, n)) = &found {
+                return Err(lab_error(
+                    source,
+                    i + 1,
+                    d,
+                    "",
+                    format!("a second Lab document (a lab has one: {first} document {n})"),
+                ));
             }
-            for n in d
-                .pointer("/spec/nodes")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let n = n
-                    .as_str()
-                    .context("Lab spec.nodes must be a list of node names")?;
-                nodes.push(n.to_owned());
-            }
+            found = Some((source.clone(), i + 1));
+            let (lab, p) = parse_lab(source, i + 1, d)?;
+            name = lab.metadata.name.unwrap_or(name);
+            nodes = lab.spec.nodes;
+            ports = p;
         }
     }
     if nodes.is_empty() {
         nodes = vec!["node-1".into(), "node-2".into()];
-    }
-    if name.len() > 6
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    {
-        bail!(
-            "Lab metadata.name {name:?} must be 1-6 lowercase letters or digits (it prefixes network namespace names)"
-        );
     }
     Ok((name, nodes, ports))
 }
@@ -608,8 +877,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         all_docs.push((name, docs));
     }
-    let flat: Vec<Value> = all_docs.iter().flat_map(|(_, d)| d.clone()).collect();
-    let (lab, nodes, node_ports) = lab_nodes(&flat)?;
+    let (lab, nodes, node_ports) = lab_nodes(&all_docs)?;
     let mut next = 0usize;
     let mut schedule = || {
         let n = nodes[next % nodes.len()].clone();
@@ -952,6 +1220,8 @@ fn start_agent(exe: &Path, dir: &Path, node: &NodeState, datastore: &str) -> Res
             datastore,
             "--log",
             "info",
+            "--health-port",
+            &AGENT_HEALTH_PORT.to_string(),
         ])
         .env_remove("GINGHAM_DATASTORE")
         .stdin(Stdio::null())
@@ -1124,10 +1394,14 @@ fn serve(args: &ServeArgs) -> Result<Exit> {
         let name = args.name.clone();
         handles.push(std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                // Greet, then echo whatever comes (long-lived connections in tests).
+                // Greet with our name and the address the client comes from, then echo
+                // whatever comes (long-lived connections in tests).
                 let name = name.clone();
                 std::thread::spawn(move || {
-                    let _ = stream.write_all(format!("{name}\n").as_bytes());
+                    let peer = stream
+                        .peer_addr()
+                        .map_or_else(|_| "-".to_owned(), |a| a.to_string());
+                    let _ = stream.write_all(format!("{name} {peer}\n").as_bytes());
                     let mut buf = [0u8; 1024];
                     while let Ok(n) = stream.read(&mut buf) {
                         if n == 0 || stream.write_all(&buf[..n]).is_err() {
@@ -1141,10 +1415,12 @@ fn serve(args: &ServeArgs) -> Result<Exit> {
     for &port in &args.udp {
         let socket =
             UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("bind UDP {port}"))?;
+        let name = args.name.clone();
         handles.push(std::thread::spawn(move || {
+            // Answer each datagram with our name and the address it came from.
             let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(&buf[..n], from);
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name} {from}\n").as_bytes(), from);
             }
         }));
     }
@@ -1155,43 +1431,192 @@ fn serve(args: &ServeArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// The source address a server's greeting names: `NAME PEER_IP:PORT`.
+fn greeting_peer(greeting: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(greeting).ok()?;
+    let last = text.split_whitespace().last()?;
+    last.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+/// One TCP or UDP connection attempt to `addr`, classified.
+fn attempt(proto: u8, addr: SocketAddr, timeout: Duration) -> Attempt {
+    use std::io::ErrorKind;
+    let classify = |e: &std::io::Error| match e.kind() {
+        ErrorKind::ConnectionRefused => Outcome::Refused,
+        _ => Outcome::NoAnswer,
+    };
+    let no_answer = Attempt {
+        outcome: Outcome::NoAnswer,
+        peer: None,
+    };
+    match proto {
+        6 => match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(mut s) => {
+                // The server greets with its name and the address it sees us from.
+                let _ = s.set_read_timeout(Some(timeout));
+                let mut greeting = Vec::new();
+                let mut byte = [0u8; 1];
+                while greeting.len() < 1024 {
+                    match s.read(&mut byte) {
+                        Ok(1) if byte[0] != b'\n' => greeting.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                if greeting.is_empty() {
+                    return no_answer;
+                }
+                Attempt {
+                    outcome: Outcome::Connected,
+                    peer: greeting_peer(&greeting),
+                }
+            }
+            Err(e) => Attempt {
+                outcome: classify(&e),
+                peer: None,
+            },
+        },
+        17 => {
+            let socket = match UdpSocket::bind(("0.0.0.0", 0)) {
+                Ok(s) => s,
+                Err(_) => return no_answer,
+            };
+            let _ = socket.set_read_timeout(Some(timeout));
+            // A connected socket: an ICMP port unreachable comes back as ECONNREFUSED.
+            if let Err(e) = socket.connect(addr).and_then(|()| socket.send(b"probe")) {
+                return Attempt {
+                    outcome: classify(&e),
+                    peer: None,
+                };
+            }
+            let mut buf = [0u8; 1500];
+            match socket.recv(&mut buf) {
+                Ok(n) => Attempt {
+                    outcome: Outcome::Connected,
+                    peer: greeting_peer(&buf[..n]),
+                },
+                Err(e) => Attempt {
+                    outcome: classify(&e),
+                    peer: None,
+                },
+            }
+        }
+        _ => no_answer,
+    }
+}
+
 fn connect(args: &ConnectArgs) -> Result<Exit> {
     let proto = parse_protocol(&args.protocol).context("--protocol")?;
+    if proto != 6 && proto != 17 {
+        bail!("lab connect sends TCP or UDP (got {})", args.protocol);
+    }
     let timeout = Duration::from_millis(args.timeout_ms);
-    let results: Vec<(IpAddr, bool)> = std::thread::scope(|sc| {
+    let results: Vec<(IpAddr, Attempt)> = std::thread::scope(|sc| {
         let hs: Vec<_> = args
             .targets
             .iter()
             .map(|&ip| {
-                sc.spawn(move || {
-                    let addr = SocketAddr::new(ip, args.port);
-                    let ok = match proto {
-                        6 => TcpStream::connect_timeout(&addr, timeout).is_ok_and(|mut s| {
-                            let _ = s.set_read_timeout(Some(timeout));
-                            let mut buf = [0u8; 64];
-                            s.read(&mut buf).is_ok_and(|n| n > 0)
-                        }),
-                        17 => UdpSocket::bind(("0.0.0.0", 0)).is_ok_and(|s| {
-                            let _ = s.set_read_timeout(Some(timeout));
-                            let mut buf = [0u8; 64];
-                            s.send_to(b"probe", addr).is_ok() && s.recv_from(&mut buf).is_ok()
-                        }),
-                        _ => false,
-                    };
-                    (ip, ok)
-                })
+                sc.spawn(move || (ip, attempt(proto, SocketAddr::new(ip, args.port), timeout)))
             })
             .collect();
-        hs.into_iter()
-            .map(|h| h.join().unwrap_or((IpAddr::from([0, 0, 0, 0]), false)))
-            .collect()
+        hs.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    let map: BTreeMap<String, bool> = results
+    let map: BTreeMap<String, Attempt> = results
         .into_iter()
-        .map(|(ip, ok)| (ip.to_string(), ok))
+        .map(|(ip, a)| (ip.to_string(), a))
         .collect();
     println!("{}", serde_json::to_string(&map)?);
     Ok(Exit::Ok)
+}
+
+/// Runs `lab connect` inside `netns` towards `targets`; what each target did (a target
+/// missing from the answer did not answer).
+fn connect_from(
+    exe: &Path,
+    netns: &str,
+    proto: u8,
+    port: u16,
+    timeout_ms: u64,
+    targets: &[String],
+) -> Result<BTreeMap<String, Attempt>> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(exe)
+        .args([
+            "lab",
+            "connect",
+            "--protocol",
+            &protocol_name(proto),
+            "--port",
+            &port.to_string(),
+            "--timeout-ms",
+            &timeout_ms.to_string(),
+        ])
+        .args(targets)
+        .output()
+        .context("cannot run `ip netns exec` (install iproute2)")?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "probing from {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// A probe matrix: reach's schema (`allowed`: the packet reached the destination, whether
+/// it connected or was refused) and what each attempt found.
+#[derive(Debug, Serialize)]
+struct ProbeMatrix {
+    #[serde(flatten)]
+    matrix: Matrix,
+    /// client → server → outcome.
+    outcomes: BTreeMap<String, BTreeMap<String, Outcome>>,
+}
+
+impl ProbeMatrix {
+    fn new(
+        port: u16,
+        proto: u8,
+        endpoints: Vec<String>,
+        outcomes: BTreeMap<String, BTreeMap<String, Outcome>>,
+    ) -> Self {
+        let allowed = outcomes
+            .iter()
+            .map(|(from, row)| {
+                let row = row
+                    .iter()
+                    .map(|(to, o)| (to.clone(), o.reached()))
+                    .collect();
+                (from.clone(), row)
+            })
+            .collect();
+        ProbeMatrix {
+            matrix: Matrix {
+                port: Some(port),
+                protocol: protocol_name(proto),
+                endpoints,
+                allowed,
+            },
+            outcomes,
+        }
+    }
+
+    fn outcome(&self, from: &str, to: &str) -> Outcome {
+        self.outcomes
+            .get(from)
+            .and_then(|r| r.get(to))
+            .copied()
+            .unwrap_or(Outcome::NoAnswer)
+    }
+
+    /// Reach's table with a mark per outcome, and the legend.
+    fn render(&self) -> String {
+        let mut out = gingham_calc::reach::render_table_with(&self.matrix, &|from, to| {
+            self.outcome(from, to).mark()
+        });
+        out.push_str(PROBE_LEGEND);
+        out.push('\n');
+        out
+    }
 }
 
 fn probe(args: &ProbeArgs) -> Result<Exit> {
@@ -1233,72 +1658,55 @@ fn probe(args: &ProbeArgs) -> Result<Exit> {
     let mut pods: Vec<&PodState> = state.pods.iter().filter(|p| p.ip.is_some()).collect();
     pods.sort_by_key(|p| p.key());
     let endpoints: Vec<String> = pods.iter().map(|p| p.key()).collect();
+    let targets: Vec<String> = pods.iter().filter_map(|p| p.ip.clone()).collect();
     let mut matrices = Vec::new();
     for port in ports {
-        let targets: Vec<String> = pods.iter().filter_map(|p| p.ip.clone()).collect();
         // One prober per client pod, all at once.
-        let rows: Vec<Result<(String, BTreeMap<String, bool>)>> = std::thread::scope(|sc| {
+        let rows: Vec<Result<BTreeMap<String, Attempt>>> = std::thread::scope(|sc| {
             let hs: Vec<_> = pods
                 .iter()
                 .map(|client| {
-                    let (exe, targets, pods) = (&exe, &targets, &pods);
-                    sc.spawn(move || -> Result<(String, BTreeMap<String, bool>)> {
-                        let out = Command::new("ip")
-                            .args(["netns", "exec", &client.netns])
-                            .arg(exe)
-                            .args([
-                                "lab",
-                                "connect",
-                                "--protocol",
-                                &protocol_name(proto),
-                                "--port",
-                                &port.to_string(),
-                                "--timeout-ms",
-                                &args.timeout_ms.to_string(),
-                            ])
-                            .args(targets)
-                            .output()?;
-                        let got: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout)
-                            .with_context(|| {
-                                format!(
-                                    "probing from {}: {}",
-                                    client.key(),
-                                    String::from_utf8_lossy(&out.stderr)
-                                )
-                            })?;
-                        let row = pods
-                            .iter()
-                            .map(|server| {
-                                let ok = server
-                                    .ip
-                                    .as_ref()
-                                    .and_then(|ip| got.get(ip))
-                                    .copied()
-                                    .unwrap_or(false);
-                                (server.key(), ok)
-                            })
-                            .collect();
-                        Ok((client.key(), row))
+                    let (exe, targets) = (&exe, &targets);
+                    sc.spawn(move || {
+                        connect_from(exe, &client.netns, proto, port, args.timeout_ms, targets)
                     })
                 })
                 .collect();
             hs.into_iter()
-                .map(|h| h.join().expect("prober thread"))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a prober thread panicked")))
+                })
                 .collect()
         });
-        let mut allowed = BTreeMap::new();
-        for r in rows {
-            let (k, row) = r?;
-            allowed.insert(k, row);
+        let mut outcomes = BTreeMap::new();
+        for (client, row) in pods.iter().zip(rows) {
+            let got = row?;
+            let row = pods
+                .iter()
+                .map(|server| {
+                    let outcome = server
+                        .ip
+                        .as_ref()
+                        .and_then(|ip| got.get(ip))
+                        .map_or(Outcome::NoAnswer, |a| a.outcome);
+                    (server.key(), outcome)
+                })
+                .collect();
+            outcomes.insert(client.key(), row);
         }
-        matrices.push(Matrix {
-            port: Some(port),
-            protocol: protocol_name(proto),
-            endpoints: endpoints.clone(),
-            allowed,
-        });
+        matrices.push(ProbeMatrix::new(port, proto, endpoints.clone(), outcomes));
     }
-    crate::reach_cmd::print_matrices(&matrices, args.output)?;
+    match args.output {
+        MatrixFormat::Json if matrices.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&matrices[0])?)
+        }
+        MatrixFormat::Json => println!("{}", serde_json::to_string_pretty(&matrices)?),
+        MatrixFormat::Table => {
+            let tables: Vec<String> = matrices.iter().map(ProbeMatrix::render).collect();
+            print!("{}", tables.join("\n"));
+        }
+    }
     Ok(Exit::Ok)
 }
 
@@ -1444,37 +1852,55 @@ fn try_connect(args: &TryArgs) -> Result<Exit> {
                 args.to
             )
         })?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", &from])
-        .arg(self_exe()?)
-        .args([
-            "lab",
-            "connect",
-            "--protocol",
-            &args.protocol,
-            "--port",
-            &args.port.to_string(),
-            "--timeout-ms",
-            &args.timeout_ms.to_string(),
-            &ip,
-        ])
-        .output()?;
-    let got: BTreeMap<String, bool> = serde_json::from_slice(&out.stdout)
-        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
-    let connected = got.get(&ip).copied().unwrap_or(false);
-    println!(
-        "{} -> {} ({ip}) {}/{}: {}",
-        args.from,
-        args.to,
-        args.protocol.to_uppercase(),
+    let proto = parse_protocol(&args.protocol)
+        .filter(|p| *p == 6 || *p == 17)
+        .with_context(|| {
+            format!(
+                "--protocol {:?}: lab try sends TCP or UDP (valid: TCP, UDP)",
+                args.protocol
+            )
+        })?;
+    let got = connect_from(
+        &self_exe()?,
+        &from,
+        proto,
         args.port,
-        if connected {
-            "connected"
-        } else {
-            "no answer (blocked)"
+        args.timeout_ms,
+        std::slice::from_ref(&ip),
+    )?;
+    let attempt = got.get(&ip).cloned().unwrap_or(Attempt {
+        outcome: Outcome::NoAnswer,
+        peer: None,
+    });
+    let protocol = protocol_name(proto);
+    match args.output {
+        TryFormat::Json => println!(
+            "{}",
+            serde_json::json!({
+                "from": args.from,
+                "to": args.to,
+                "address": ip,
+                "port": args.port,
+                "protocol": protocol,
+                "outcome": attempt.outcome,
+                "peer": attempt.peer,
+            })
+        ),
+        TryFormat::Text => {
+            let what = match attempt.outcome {
+                Outcome::Connected => "connected".to_owned(),
+                Outcome::Refused => {
+                    format!("refused: nothing listens on {ip}:{}/{protocol}", args.port)
+                }
+                Outcome::NoAnswer => "no answer (dropped)".to_owned(),
+            };
+            println!(
+                "{} -> {} ({ip}) {protocol}/{}: {what}",
+                args.from, args.to, args.port
+            );
         }
-    );
-    Ok(if connected { Exit::Ok } else { Exit::UserError })
+    }
+    Ok(attempt.outcome.exit())
 }
 
 fn exec(args: &ExecArgs) -> Result<Exit> {

@@ -44,6 +44,8 @@ pub enum Exit {
     Ok,
     /// A negative answer or rejected input that was already reported.
     UserError,
+    /// A command-specific exit code documented in its help (e.g. `lab try`'s outcomes).
+    Code(u8),
 }
 
 #[derive(Debug, Parser)]
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
     match result {
         Ok(Exit::Ok) => ExitCode::SUCCESS,
         Ok(Exit::UserError) => ExitCode::from(1),
+        Ok(Exit::Code(c)) => ExitCode::from(c),
         Err(e) if output::is_broken_pipe(&e) => ExitCode::from(output::EXIT_BROKEN_PIPE),
         Err(e) => {
             eprintln!("error: {e:#}");

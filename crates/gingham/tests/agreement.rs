@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 fn ok(args: &[&str], stdin: Option<&str>) -> String {
     common::ok_in(args, stdin)
 }
@@ -112,9 +110,13 @@ const SETS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Probes until the packets agree with `reach`, or fails with both matrices.
+/// Once the agents have programmed every write so far, the packets agree with `reach` on
+/// every pair (or the test fails with both matrices); every server listens, so each cell is
+/// connected or no-answer.
 fn agree(d: &str, ds: &str, what: &str) {
-    for (proto, port) in [("TCP", "80"), ("TCP", "81"), ("UDP", "81")] {
+    common::wait_programmed(d);
+    for (proto, port) in [("TCP", 80), ("TCP", 81), ("UDP", 81)] {
+        let port_s = port.to_string();
         let reach = ok(
             &[
                 "reach",
@@ -123,17 +125,44 @@ fn agree(d: &str, ds: &str, what: &str) {
                 "--protocol",
                 proto,
                 "--port",
-                port,
+                &port_s,
                 "-o",
                 "json",
             ],
             None,
         );
         let want: serde_json::Value = serde_json::from_str(&reach).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = ok(
-                &[
+        let got = common::probe(d, proto, port);
+        let endpoints: Vec<&str> = want["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(endpoints.len(), 9, "{reach}");
+        let same = std::panic::catch_unwind(|| {
+            common::assert_probe(what, &got, &endpoints, &|from, to| {
+                if want["allowed"][from][to] == true {
+                    "connected"
+                } else {
+                    "no-answer"
+                }
+            })
+        });
+        if same.is_err() {
+            let table = |args: &[&str]| ok(args, None);
+            panic!(
+                "{what}, {proto}/{port}: packets disagree with reach\nreach:\n{}\nprobe:\n{}",
+                table(&[
+                    "reach",
+                    "--datastore",
+                    ds,
+                    "--protocol",
+                    proto,
+                    "--port",
+                    &port_s
+                ]),
+                table(&[
                     "lab",
                     "probe",
                     "--dir",
@@ -141,46 +170,11 @@ fn agree(d: &str, ds: &str, what: &str) {
                     "--protocol",
                     proto,
                     "--port",
-                    port,
+                    &port_s,
                     "--timeout-ms",
-                    "400",
-                    "-o",
-                    "json",
-                ],
-                None,
+                    "500"
+                ])
             );
-            let got: serde_json::Value = serde_json::from_str(&probe).unwrap();
-            if got["allowed"] == want["allowed"] && got["endpoints"] == want["endpoints"] {
-                break;
-            }
-            if Instant::now() > deadline {
-                let table = |args: &[&str]| ok(args, None);
-                panic!(
-                    "{what}, {proto}/{port}: packets disagree with reach\nreach:\n{}\nprobe:\n{}",
-                    table(&[
-                        "reach",
-                        "--datastore",
-                        ds,
-                        "--protocol",
-                        proto,
-                        "--port",
-                        port
-                    ]),
-                    table(&[
-                        "lab",
-                        "probe",
-                        "--dir",
-                        d,
-                        "--protocol",
-                        proto,
-                        "--port",
-                        port,
-                        "--timeout-ms",
-                        "400"
-                    ])
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }

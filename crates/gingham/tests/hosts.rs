@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{gingham_in, ok_in};
+use common::ok_in;
 
 struct Lab {
     dir: String,
@@ -35,29 +33,11 @@ const FLOWS: &[Flow] = &[
 ];
 
 impl Lab {
+    /// Whether the flow connects (every flow's server listens: no refused here).
     fn connects(&self, (from, to, port): Flow) -> bool {
-        let out = gingham_in(
-            &[
-                "lab",
-                "try",
-                "--dir",
-                &self.dir,
-                from,
-                to,
-                "--port",
-                &port.to_string(),
-                "--timeout-ms",
-                "400",
-            ],
-            None,
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("connected") || text.contains("no answer"),
-            "lab try {from} {to} {port}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.status.success()
+        let outcome = common::try_outcome(&self.dir, from, to, "TCP", port);
+        assert_ne!(outcome, "refused", "{from} -> {to}:{port}: nothing listens");
+        outcome == "connected"
     }
 
     /// The reference evaluator's verdict, with its explanation.
@@ -66,21 +46,19 @@ impl Lab {
         (text.contains("ALLOWED"), text)
     }
 
-    /// Every flow does what the evaluator predicts (waiting for the agents to follow the
-    /// datastore); returns the verdicts.
+    /// Once the agents have programmed every write so far, every flow does what the evaluator
+    /// predicts; returns the verdicts.
     fn agree(&self, step: &str) -> Vec<bool> {
+        common::wait_programmed(&self.dir);
         let mut out = Vec::new();
         for &flow in FLOWS {
             let (allowed, why) = self.predicted(flow);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.connects(flow) != allowed {
-                assert!(
-                    Instant::now() < deadline,
-                    "{step}: {flow:?} should be {} as explain says:\n{why}",
-                    if allowed { "allowed" } else { "blocked" }
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            assert_eq!(
+                self.connects(flow),
+                allowed,
+                "{step}: {flow:?} should be {} as explain says:\n{why}",
+                if allowed { "allowed" } else { "blocked" }
+            );
             out.push(allowed);
         }
         out
@@ -205,6 +183,7 @@ fn sys_host_endpoints_with_real_packets() {
     lab.expect(step, &v, ("node-b", "node-a", 8080), false);
     // Untracked for real: node-a's conntrack table knows the HTTP connections, not those to
     // 9102 (a port no other step allows).
+    common::wait_programmed(&lab.dir);
     assert!(lab.connects(("node-b", "node-a", 9102)));
     let table = ok_in(
         &[

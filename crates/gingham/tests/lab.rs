@@ -94,14 +94,79 @@ fn sys_lab_up_probe_down() {
     };
     assert!(line("shop/p5").contains("10.250.0."), "{up}");
     assert!(line("shop/p6").contains("10.244.77.77"), "{up}");
+    let pods = [
+        "shop/p1", "shop/p2", "shop/p3", "shop/p4", "shop/p5", "shop/p6",
+    ];
     {
         // Every pod reaches every pod on TCP 80 and UDP 53 (same node and across nodes).
+        for (proto, port) in [("TCP", 80), ("UDP", 53)] {
+            let m = common::probe(d, proto, port);
+            assert_eq!(m["protocol"], proto);
+            common::assert_probe(&format!("{proto}/{port}"), &m, &pods, &|_, _| "connected");
+        }
+        // A port nobody listens on is refused: the packets reach the pods (no policy drops
+        // them), so `allowed` stays true, as reach says.
+        for (proto, port) in [("TCP", 81), ("UDP", 54)] {
+            let m = common::probe(d, proto, port);
+            common::assert_probe(&format!("{proto}/{port}"), &m, &pods, &|_, _| "refused");
+        }
+        // The table: a mark per outcome and the legend.
+        let table = ok(&[
+            "lab",
+            "probe",
+            "--dir",
+            d,
+            "--port",
+            "81",
+            "--timeout-ms",
+            "500",
+        ]);
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("shop/")).collect();
+        assert_eq!(rows.len(), 6, "{table}");
+        assert!(
+            rows.iter().all(|r| r.matches("(✓)").count() == 6),
+            "{table}"
+        );
+        assert!(
+            table.contains("(✓) refused: reached, nothing listens on the port"),
+            "{table}"
+        );
+        // `lab try` in words, with its exit code and the source address the server saw.
+        let p1 = line("shop/p1")
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned();
+        let p2 = line("shop/p2")
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned();
+        let out = gingham(&[
+            "lab", "try", "--dir", d, "shop/p1", "shop/p2", "--port", "80",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with(": connected\n"),
+            "{out:?}"
+        );
+        let out = gingham(&[
+            "lab", "try", "--dir", d, "shop/p1", "shop/p2", "--port", "81",
+        ]);
+        assert_eq!(out.status.code(), Some(3));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.ends_with(&format!(": refused: nothing listens on {p2}:81/TCP\n")),
+            "{text}"
+        );
         for (proto, port) in [("TCP", "80"), ("UDP", "53")] {
             let json = ok(&[
                 "lab",
-                "probe",
+                "try",
                 "--dir",
                 d,
+                "shop/p1",
+                "shop/p2",
                 "--protocol",
                 proto,
                 "--port",
@@ -109,30 +174,86 @@ fn sys_lab_up_probe_down() {
                 "-o",
                 "json",
             ]);
-            let m: serde_json::Value = serde_json::from_str(&json).unwrap();
-            assert_eq!(m["protocol"], proto);
-            assert_eq!(m["endpoints"].as_array().unwrap().len(), 6);
-            for (from, row) in m["allowed"].as_object().unwrap() {
-                for (to, ok) in row.as_object().unwrap() {
-                    assert_eq!(ok, true, "{proto}/{port} {from} -> {to}: {json}");
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"from": "shop/p1", "to": "shop/p2", "address": p2,
+                    "port": port.parse::<u16>().unwrap(), "protocol": proto,
+                    "outcome": "connected", "peer": p1}),
+            );
+        }
+        // `lab wait` waits for every agent: while node-a's agent is stopped, a write is not
+        // programmed there and `lab wait` fails naming it; once it runs again `lab wait`
+        // returns, and both agents report a programmed revision at or past the write.
+        {
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap())
+                    .unwrap();
+            let pid = state["nodes"][0]["agent_pid"].as_u64().unwrap().to_string();
+            let signal = |sig: &str| {
+                assert!(
+                    Command::new("kill")
+                        .args([sig, &pid])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            };
+            /// Lets the agent run again however the test ends.
+            struct Cont(String);
+            impl Drop for Cont {
+                fn drop(&mut self) {
+                    let _ = Command::new("kill").args(["-CONT", &self.0]).status();
                 }
             }
+            let cont = Cont(pid.clone());
+            signal("-STOP");
+            let harmless = tmp.path().join("harmless.yaml");
+            std::fs::write(
+                &harmless,
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: selects-nothing}\nspec: {selector: nothing-has == 'this', ingress: [{action: Deny}]}\n",
+            )
+            .unwrap();
+            ok(&[
+                "apply",
+                "-f",
+                harmless.to_str().unwrap(),
+                "--datastore",
+                &ds,
+            ]);
+            let store =
+                gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+            let written = gingham_datastore::Datastore::revision(&store).unwrap();
+            let out = gingham(&["lab", "wait", "--dir", d, "--timeout-ms", "1000"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains("node-a"), "{err}");
+            signal("-CONT");
+            drop(cont);
+            ok(&["lab", "wait", "--dir", d]);
+            for node in ["node-a", "node-b"] {
+                let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+                let out = gingham(&["lab", "exec", "--dir", d, node, "--", "bash", "-c", script]);
+                let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+                let programmed = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix("gingham_agent_datastore_revision "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("{node}: {metrics}"));
+                assert!(
+                    programmed >= written as f64,
+                    "{node}: {programmed} < {written}"
+                );
+            }
+            ok(&[
+                "delete",
+                "-f",
+                harmless.to_str().unwrap(),
+                "--datastore",
+                &ds,
+            ]);
+            common::wait_programmed(d);
         }
-        // A port nobody listens on is refused, so the probe really probes.
-        let json = ok(&[
-            "lab",
-            "probe",
-            "--dir",
-            d,
-            "--port",
-            "81",
-            "-o",
-            "json",
-            "--timeout-ms",
-            "300",
-        ]);
-        let m: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(m["allowed"]["shop/p1"]["shop/p2"], false);
         // The agents report health and metrics on the nodes' loopback.
         let get = |path: &str| {
             let script = format!(
@@ -176,8 +297,8 @@ fn sys_lab_up_probe_down() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert!(get("/liveness").contains("200 OK"));
-        let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
-        assert!(json.contains("true"), "still connected: {json}");
+        let m = common::probe(d, "TCP", 80);
+        common::assert_probe("an unreadable policy", &m, &pods, &|_, _| "connected");
         gingham_datastore::Datastore::delete(&store, bad, None).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !get("/readiness").contains("200 OK") {
@@ -197,6 +318,7 @@ fn sys_lab_up_probe_down() {
         )
         .unwrap();
         ok(&["apply", "-f", ghost.to_str().unwrap(), "--datastore", &ds]);
+        common::wait_programmed(d);
         let readiness = |node: &str| {
             let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /readiness HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
             let out = gingham(&["lab", "exec", "--dir", d, node, "--", "bash", "-c", script]);
@@ -219,19 +341,39 @@ fn sys_lab_up_probe_down() {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        let probe = || {
-            let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
-            serde_json::from_str::<serde_json::Value>(&json).unwrap()
-        };
-        let m = probe();
-        for (from, to, open) in [
-            ("shop/p1", "shop/p2", false),
-            ("shop/p3", "shop/p4", false),
-            ("shop/p1", "shop/p3", true),
-            ("shop/p2", "shop/p1", true),
-        ] {
-            assert_eq!(m["allowed"][from][to], open, "{from} -> {to}: {m}");
-        }
+        // The pods the ghost-tier policy selects (app a0: p2, p4, p6) take nothing in, but
+        // from themselves (their own address never leaves the pod). A policy drops: no
+        // answer, even on a port where nothing listens (refused only where policy allows).
+        let closed =
+            |from: &str, to: &str| from != to && ["shop/p2", "shop/p4", "shop/p6"].contains(&to);
+        let m = common::probe(d, "TCP", 80);
+        common::assert_probe("ghost tier, TCP 80", &m, &pods, &|from, to| {
+            if closed(from, to) {
+                "no-answer"
+            } else {
+                "connected"
+            }
+        });
+        let m = common::probe(d, "TCP", 81);
+        common::assert_probe("ghost tier, TCP 81", &m, &pods, &|from, to| {
+            if closed(from, to) {
+                "no-answer"
+            } else {
+                "refused"
+            }
+        });
+        assert_eq!(
+            common::try_outcome(d, "shop/p1", "shop/p2", "TCP", 81),
+            "no-answer"
+        );
+        let out = gingham(&[
+            "lab", "try", "--dir", d, "shop/p1", "shop/p2", "--port", "80",
+        ]);
+        assert_eq!(out.status.code(), Some(4));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with(": no answer (dropped)\n"),
+            "{out:?}"
+        );
         let explained = ok(&[
             "explain",
             "--from",
@@ -251,6 +393,7 @@ fn sys_lab_up_probe_down() {
         )
         .unwrap();
         ok(&["apply", "-f", tier.to_str().unwrap(), "--datastore", &ds]);
+        common::wait_programmed(d);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !(readiness("node-a").contains("200 OK") && readiness("node-b").contains("200 OK")) {
             assert!(
@@ -259,7 +402,8 @@ fn sys_lab_up_probe_down() {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        assert_eq!(probe()["allowed"]["shop/p1"]["shop/p2"], true);
+        let m = common::probe(d, "TCP", 80);
+        common::assert_probe("the tier exists", &m, &pods, &|_, _| "connected");
         // Each node blackholes its own blocks and routes the other's via that node.
         let routes = gingham(&["lab", "exec", "--dir", d, "node-a", "--", "ip", "route"]);
         let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
@@ -294,6 +438,23 @@ fn sys_lab_up_probe_down() {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p7, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: shop, labels: {app: changed}}\nspec: {nodeName: node-b}\n",
         )
         .unwrap();
+        // A Lab document with an unknown field is refused by `lab apply` too: nothing applied.
+        let bad = tmp.path().join("bad-lab.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {racks: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
+        )
+        .unwrap();
+        let out = gingham(&["lab", "apply", "--dir", d, "-f", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("document 1 (Lab x): spec.racks: unknown field `racks`, expected `nodes` or `nodePorts`")
+                && err.contains("nothing was applied"),
+            "{err}"
+        );
+        let weps = ok(&["get", "wep", "-n", "shop", "-o", "json", "--datastore", &ds]);
+        assert!(!weps.contains("\"p8\""), "{weps}");
         let applied = ok(&["lab", "apply", "--dir", d, "-f", more.to_str().unwrap()]);
         assert!(applied.contains("pod shop/p7 started"), "{applied}");
         ok(&["lab", "delete", "--dir", d, "shop/p2"]);
@@ -310,11 +471,12 @@ fn sys_lab_up_probe_down() {
             Some(1),
             "still plugged in"
         );
-        let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
-        let m: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(m["allowed"]["shop/p7"]["shop/p1"], true, "{json}");
-        assert_eq!(m["allowed"]["shop/p1"]["shop/p7"], true, "{json}");
-        assert!(m["allowed"].get("shop/p2").is_none(), "{json}");
+        common::wait_programmed(d);
+        let m = common::probe(d, "TCP", 80);
+        let now = [
+            "shop/p1", "shop/p3", "shop/p4", "shop/p5", "shop/p6", "shop/p7",
+        ];
+        common::assert_probe("p7 in, p2 out", &m, &now, &|_, _| "connected");
         let check = ok(&["ipam", "check", "--datastore", &ds]);
         assert!(check.contains(" 6 allocations"), "{check}");
     }
@@ -390,14 +552,13 @@ fn sys_lab_on_etcd() {
     ]);
     let guard = Down(d.to_owned());
     assert!(up.contains("2 nodes, 6 pods"), "{up}");
-    let json = ok(&["lab", "probe", "--dir", d, "--port", "80", "-o", "json"]);
-    let m: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for row in m["allowed"].as_object().unwrap().values() {
-        assert!(
-            row.as_object().unwrap().values().all(|v| v == true),
-            "{json}"
-        );
-    }
+    // The agents follow etcd through the proxy; `lab wait` reads their revision against it.
+    common::wait_programmed(d);
+    let m = common::probe(d, "TCP", 80);
+    let pods = [
+        "shop/p1", "shop/p2", "shop/p3", "shop/p4", "shop/p5", "shop/p6",
+    ];
+    common::assert_probe("on etcd", &m, &pods, &|_, _| "connected");
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains(" 6 allocations"), "{check}");
     let down = gingham(&["lab", "down", "--dir", d]);
@@ -417,4 +578,64 @@ fn sys_lab_on_etcd() {
     );
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains("0 blocks, 0 allocations"), "{check}");
+}
+
+/// A Lab document with a field it does not have is refused, naming the file, the document, the
+/// field and the valid ones; nothing is made.
+#[test]
+fn lab_document_refuses_unknown_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    for (doc, field, valid) in [
+        (
+            "spec: {nodes: [node-a], racks: 3}",
+            "spec.racks: unknown field `racks`",
+            "expected `nodes` or `nodePorts`",
+        ),
+        (
+            "spec: {nodes: [node-a]}\nkubernetes: {version: 1.30}",
+            "kubernetes: unknown field `kubernetes`",
+            "`apiVersion`, `kind`, `metadata`, `spec`",
+        ),
+        (
+            "spec: {nodePorts: [80, SCTP/9]}",
+            "spec.nodePorts[1]: \"SCTP/9\" is not a port",
+            "valid: 80 for TCP, or \"UDP/53\"",
+        ),
+    ] {
+        let file = tmp.path().join("lab.yaml");
+        std::fs::write(
+            &file,
+            format!("apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: u1}}\n{doc}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"),
+        )
+        .unwrap();
+        let out = gingham(&[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--datastore",
+            &ds,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let want = format!("{}: document 1 (Lab u1): {field}", file.display());
+        assert!(err.contains(&want) && err.contains(valid), "{err}");
+        assert!(!dir.exists(), "nothing made: {err}");
+        assert!(!tmp.path().join("g.db").exists(), "nothing written: {err}");
+    }
+}
+
+/// `lab try --help` documents its exit codes.
+#[test]
+fn lab_try_documents_its_exit_codes() {
+    let help = ok(&["lab", "try", "--help"]);
+    assert!(
+        help.contains("Exit codes: 0 connected, 3 refused, 4 no answer, 1 error"),
+        "{help}"
+    );
+    assert!(help.contains("refused: nothing listens on"), "{help}");
 }

@@ -111,17 +111,11 @@ fn sys_agent_restart_keeps_connections_and_lets_nothing_forbidden_through() {
     };
     let (web_ip, good_ip) = (ip_of("app/web"), ip_of("app/good"));
 
-    // The table to compare with later, once node-a's agent has caught up with every pod (the
-    // last ones are started after it programmed): good's address is in web's policy's set.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let before = loop {
-        let table = ruleset(d, "node-a");
-        if table.contains(&good_ip) {
-            break table;
-        }
-        assert!(std::time::Instant::now() < deadline, "{table}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // The table to compare with later, once node-a's agent has programmed every write (the
+    // last pods are started after it first programmed): good's address is in web's policy's set.
+    common::wait_programmed(d);
+    let before = ruleset(d, "node-a");
+    assert!(before.contains(&good_ip), "{before}");
     assert!(before.contains("chain forward"), "{before}");
 
     // Steady traffic: one held connection that is allowed, and new connections that are not

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 fn ok(args: &[&str], stdin: Option<&str>) -> String {
     common::ok_in(args, stdin)
 }
@@ -13,48 +11,23 @@ fn ok(args: &[&str], stdin: Option<&str>) -> String {
 struct Lab {
     dir: String,
     ds: String,
-    ips: std::collections::BTreeMap<String, String>,
 }
 
 impl Lab {
-    /// Whether a TCP connection from `from` (a pod or a node) to `to` (a pod) on `port` succeeds.
-    fn connects(&self, from: &str, to: &str, port: u16) -> bool {
-        let ip = &self.ips[to];
-        let out = ok(
-            &[
-                "lab",
-                "exec",
-                "--dir",
-                &self.dir,
-                from,
-                "--",
-                env!("CARGO_BIN_EXE_gingham"),
-                "lab",
-                "connect",
-                "--protocol",
-                "TCP",
-                "--port",
-                &port.to_string(),
-                "--timeout-ms",
-                "500",
-                ip,
-            ],
-            None,
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v[ip.as_str()] == true
+    /// What one TCP connection from `from` (a pod or a node) to `to` (a pod) on `port` does.
+    fn outcome(&self, from: &str, to: &str, port: u16) -> String {
+        common::try_outcome(&self.dir, from, to, "TCP", port)
     }
 
-    /// Waits (the agents follow the datastore) until the connection has the expected outcome.
-    fn expect(&self, from: &str, to: &str, port: u16, allowed: bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.connects(from, to, port) != allowed {
-            assert!(
-                Instant::now() < deadline,
-                "{from} -> {to}:{port} should be {}",
-                if allowed { "allowed" } else { "blocked" }
+    /// Asserts what each flow does, once the agents have programmed every write so far.
+    fn expect(&self, flows: &[(&str, &str, u16, &str)]) {
+        common::wait_programmed(&self.dir);
+        for (from, to, port, want) in flows {
+            assert_eq!(
+                self.outcome(from, to, *port),
+                *want,
+                "{from} -> {to}:{port}"
             );
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -104,21 +77,19 @@ fn sys_seed_stories_with_real_packets() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("nft");
     let made = common::lab_up("s", "{nodes: [node-a, node-b]}", CLUSTER);
-    let (dir, ds, up) = (made.dir.clone(), made.ds.clone(), made.up.clone());
-    let ips = up
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (pod, _node, ip) = (w.next()?, w.next()?, w.next()?);
-            pod.contains('/').then(|| (pod.to_owned(), ip.to_owned()))
-        })
-        .collect();
-    let lab = Lab { dir, ds, ips };
+    let lab = Lab {
+        dir: made.dir.clone(),
+        ds: made.ds.clone(),
+    };
+    const C: &str = "connected";
+    const R: &str = "refused";
+    const N: &str = "no-answer";
 
     // (d) Seed 003: the pod's default route via 169.254.1.1 works at once (proxy ARP answers, the
     // first packet is not lost).
-    assert!(
-        lab.connects("default/client", "default/web-a", 80),
+    assert_eq!(
+        lab.outcome("default/client", "default/web-a", 80),
+        C,
         "first connection of a fresh pod"
     );
 
@@ -126,9 +97,11 @@ fn sys_seed_stories_with_real_packets() {
     // another node: its address belongs to no endpoint. Its own pods stay reachable.
     let isolation = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: allow-from-nodes}\nspec:\n  selector: projectcalico.org/namespace == 'default'\n  ingress: [{action: Allow, source: {selector: role == 'node'}}]\n";
     lab.apply(isolation);
-    lab.expect("node-a", "default/web-b", 80, false);
-    lab.expect("node-b", "default/web-b", 80, true);
-    lab.expect("default/client", "default/web-b", 80, false);
+    lab.expect(&[
+        ("node-a", "default/web-b", 80, N),
+        ("node-b", "default/web-b", 80, C),
+        ("default/client", "default/web-b", 80, N),
+    ]);
     let why = lab.explain("node-a", "default/web-b", 80);
     assert!(
         why.contains("DENIED") && why.contains("HostEndpoint"),
@@ -137,7 +110,12 @@ fn sys_seed_stories_with_real_packets() {
     // The fix: a host endpoint for node-a with its address and the label the policy allows.
     let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: node-a-eth0, labels: {role: node}}\nspec: {node: node-a, interfaceName: eth0, expectedIPs: [172.31.0.1], profiles: [projectcalico-default-allow]}\n";
     lab.apply(hep);
-    lab.expect("node-a", "default/web-b", 80, true);
+    lab.expect(&[
+        ("node-a", "default/web-b", 80, C),
+        // Reached, nothing listens: policy let it through.
+        ("node-a", "default/web-b", 81, R),
+        ("default/client", "default/web-b", 80, N),
+    ]);
     assert!(
         lab.explain("node-a", "default/web-b", 80)
             .contains("ALLOWED")
@@ -146,11 +124,21 @@ fn sys_seed_stories_with_real_packets() {
     lab.delete(isolation);
 
     // (b) Seed 001: the DefaultDeny namespace and the beta `access-nginx` policy.
-    lab.expect("test/no-access", "test/nginx", 80, false);
+    lab.expect(&[
+        ("test/no-access", "test/nginx", 80, N),
+        ("test/access", "test/nginx", 80, N),
+        ("default/client", "default/web-b", 80, C),
+    ]);
     let access = "kind: NetworkPolicy\napiVersion: extensions/v1beta1\nmetadata: {name: access-nginx, namespace: test}\nspec:\n  podSelector: {matchLabels: {run: nginx}}\n  ingress: [{from: [{podSelector: {matchLabels: {access: \"true\"}}}]}]\n";
     lab.apply(access);
-    lab.expect("test/access", "test/nginx", 80, true);
-    lab.expect("test/no-access", "test/nginx", 80, false);
+    lab.expect(&[
+        ("test/access", "test/nginx", 80, C),
+        // Every port is open to test/access: where nothing listens, it is refused; a policy
+        // never rejects, so test/no-access gets no answer there either.
+        ("test/access", "test/nginx", 81, R),
+        ("test/no-access", "test/nginx", 80, N),
+        ("test/no-access", "test/nginx", 81, N),
+    ]);
     assert!(
         lab.explain("test/no-access", "test/nginx", 80)
             .contains("end of tier default")
@@ -158,27 +146,22 @@ fn sys_seed_stories_with_real_packets() {
     lab.delete(access);
 
     // (c) Seed 002: the GlobalNetworkPolicy denying TCP 22 to the dashboard also isolates it.
-    lab.expect(
-        "default/client",
-        "kube-system/kubernetes-dashboard",
-        22,
-        true,
-    );
+    lab.expect(&[
+        ("test/access", "test/nginx", 80, N),
+        ("default/client", "kube-system/kubernetes-dashboard", 22, C),
+    ]);
     let ssh = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-ssh-dashboard}\nspec:\n  selector: k8s-app == 'kubernetes-dashboard'\n  ingress: [{action: Deny, protocol: TCP, destination: {ports: [22]}}]\n";
     lab.apply(ssh);
-    lab.expect(
-        "default/client",
-        "kube-system/kubernetes-dashboard",
-        22,
-        false,
-    );
-    lab.expect(
-        "default/client",
-        "kube-system/kubernetes-dashboard",
-        8443,
-        false,
-    );
-    lab.expect("default/client", "kube-system/coredns", 22, true);
+    lab.expect(&[
+        ("default/client", "kube-system/kubernetes-dashboard", 22, N),
+        (
+            "default/client",
+            "kube-system/kubernetes-dashboard",
+            8443,
+            N,
+        ),
+        ("default/client", "kube-system/coredns", 22, C),
+    ]);
     let why = lab.explain("default/client", "kube-system/kubernetes-dashboard", 22);
     assert!(
         why.contains("Denied by rule 0 of GlobalNetworkPolicy deny-ssh-dashboard"),
@@ -189,18 +172,15 @@ fn sys_seed_stories_with_real_packets() {
         "ingress: [{action: Deny, protocol: TCP, destination: {ports: [22]}}]",
         "ingress: [{action: Deny, protocol: TCP, destination: {ports: [22]}}, {action: Allow}]",
     ));
-    lab.expect(
-        "default/client",
-        "kube-system/kubernetes-dashboard",
-        8443,
-        true,
-    );
-    lab.expect(
-        "default/client",
-        "kube-system/kubernetes-dashboard",
-        22,
-        false,
-    );
+    lab.expect(&[
+        (
+            "default/client",
+            "kube-system/kubernetes-dashboard",
+            8443,
+            C,
+        ),
+        ("default/client", "kube-system/kubernetes-dashboard", 22, N),
+    ]);
 
     // (e) Seed 004 (the missing namespace profile) is in the agreement test.
 }

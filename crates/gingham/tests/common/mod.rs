@@ -111,3 +111,106 @@ pub fn explain(ds: &str, from: &str, to: &str, port: u16) -> String {
         None,
     )
 }
+
+/// Waits until every agent of the lab in `dir` has programmed everything written to the
+/// datastore so far (`gingham lab wait`: their `gingham_agent_datastore_revision` metric has
+/// reached the write). Call it after a write and before asserting what packets do, once.
+pub fn wait_programmed(dir: &str) {
+    ok_in(&["lab", "wait", "--dir", dir], None);
+}
+
+/// What one connection with real packets does (`gingham lab try -o json`): `connected`,
+/// `refused` or `no-answer`. Checks that the exit code goes with the outcome.
+pub fn try_outcome(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> String {
+    let out = gingham_in(
+        &[
+            "lab",
+            "try",
+            "--dir",
+            dir,
+            from,
+            to,
+            "--protocol",
+            proto,
+            "--port",
+            &port.to_string(),
+            "--timeout-ms",
+            "500",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "lab try {from} {to} {proto}/{port}: {e}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
+    let code = match outcome.as_str() {
+        "connected" => 0,
+        "refused" => 3,
+        "no-answer" => 4,
+        other => panic!("lab try {from} {to} {proto}/{port}: outcome {other:?}: {v}"),
+    };
+    assert_eq!(out.status.code(), Some(code), "exit code of {v}");
+    outcome
+}
+
+/// Asserts that a `lab probe -o json` matrix has exactly `endpoints`, and on every cell the
+/// outcome `expected(from, to)` and `allowed` true for connected and refused.
+pub fn assert_probe(
+    what: &str,
+    m: &serde_json::Value,
+    endpoints: &[&str],
+    expected: &dyn Fn(&str, &str) -> &'static str,
+) {
+    let mut outcomes = serde_json::Map::new();
+    let mut allowed = serde_json::Map::new();
+    for from in endpoints {
+        let mut o = serde_json::Map::new();
+        let mut a = serde_json::Map::new();
+        for to in endpoints {
+            let e = expected(from, to);
+            o.insert((*to).to_owned(), e.into());
+            a.insert((*to).to_owned(), (e != "no-answer").into());
+        }
+        outcomes.insert((*from).to_owned(), o.into());
+        allowed.insert((*from).to_owned(), a.into());
+    }
+    assert_eq!(m["endpoints"], serde_json::json!(endpoints), "{what}: {m}");
+    assert_eq!(
+        m["outcomes"],
+        serde_json::Value::Object(outcomes),
+        "{what}: outcomes"
+    );
+    assert_eq!(
+        m["allowed"],
+        serde_json::Value::Object(allowed),
+        "{what}: allowed"
+    );
+}
+
+/// `gingham lab probe -o json` for one protocol and port.
+pub fn probe(dir: &str, proto: &str, port: u16) -> serde_json::Value {
+    let json = ok_in(
+        &[
+            "lab",
+            "probe",
+            "--dir",
+            dir,
+            "--protocol",
+            proto,
+            "--port",
+            &port.to_string(),
+            "--timeout-ms",
+            "500",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    serde_json::from_str(&json).unwrap()
+}
