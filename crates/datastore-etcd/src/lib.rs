@@ -231,8 +231,17 @@ fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
             unreachable(root_cause(&e))
         }
         etcd_client::Error::GRpcStatus(s) => match s.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                unreachable("no answer in time".into())
+            }
+            _ if s.message().contains("Timeout expired") => unreachable("no answer in time".into()),
+            // The request never got an answer: the connection failed under it.
+            tonic::Code::Unavailable | tonic::Code::Unknown
+                if std::error::Error::source(s).is_some() =>
+            {
+                unreachable(root_cause(&e))
+            }
             tonic::Code::Unavailable => unreachable(root_cause(&e)),
-            tonic::Code::DeadlineExceeded => unreachable("no answer in time".into()),
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Error::Backend(
                 format!("etcd at {endpoints} refused access: {}", s.message()),
             ),
@@ -262,9 +271,21 @@ fn root_cause(e: &etcd_client::Error) -> String {
             None => break,
         }
     }
-    // Some layers keep the OS error only in their debug output.
+    // Some layers keep the OS or TLS error only in their debug output.
     let debug = format!("{e:?}");
     for (kind, words) in [
+        (
+            "BadCertificate",
+            "the server refused this client's TLS certificate (ETCD_CERT_FILE, ETCD_KEY_FILE)",
+        ),
+        (
+            "CertificateRequired",
+            "the server requires a client TLS certificate (set ETCD_CERT_FILE and ETCD_KEY_FILE)",
+        ),
+        (
+            "UnknownIssuer",
+            "the server's TLS certificate is not signed by a trusted CA (ETCD_CA_CERT_FILE)",
+        ),
         ("ConnectionRefused", "connection refused"),
         ("ConnectionReset", "connection reset"),
         ("BrokenPipe", "the server closed the connection"),

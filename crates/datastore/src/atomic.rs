@@ -69,8 +69,8 @@ pub struct AtomicOptions {
 impl Default for AtomicOptions {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_millis(500),
-            stale_after: Duration::from_secs(3),
+            heartbeat: Duration::from_millis(250),
+            stale_after: Duration::from_secs(2),
             wait_limit: Duration::from_secs(120),
         }
     }

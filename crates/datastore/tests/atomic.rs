@@ -63,9 +63,7 @@ fn whole_generation(listing: &Listing) -> Option<u32> {
             v.split_whitespace().nth(1).unwrap().parse().unwrap()
         })
         .collect();
-    let Some(&g) = gens.first() else {
-        return None;
-    };
+    let &g = gens.first()?;
     assert!(
         gens.iter().all(|&x| x == g),
         "a half-applied write: {gens:?}"

@@ -201,6 +201,30 @@ impl EtcdServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it keeps its connections open but answers nothing until
+    /// [`EtcdServer::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("the etcd server is running");
+        let status = Command::new(require_tool("kill"))
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
     fn launch(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://{}:{}", self.host, self.peer_port);
