@@ -538,6 +538,26 @@ fn messages_cut_long_values_and_speak_plainly() {
         );
     }
 
+    let huge = "x".repeat(20_000);
+    for args in [
+        &[
+            "explain", "-f", cluster, "--from", &huge, "--to", "shop/web", "--port", "80",
+        ][..],
+        &["get", "gnp", &huge][..],
+        &["label", "gnp", &huge, "a=b"][..],
+        &["delete", "gnp", &huge][..],
+        &["selector", "check", &huge][..],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.status.code(), Some(1), "{:?}", &args[..2]);
+        assert!(
+            stderr(&o).len() < 600 && stderr(&o).contains("(20000 bytes)"),
+            "{:?}: {} bytes",
+            &args[..2],
+            stderr(&o).len()
+        );
+    }
+
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
     assert_eq!(o.status.code(), Some(1));
