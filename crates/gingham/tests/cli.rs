@@ -494,6 +494,15 @@ fn messages_cut_long_values_and_speak_plainly() {
         stderr(&o),
         "<stdin>: invalid YAML: duplicate key `kind` in one mapping at line 3, column 1\nnothing was written\n"
     );
+    let o = cli.run_stdin(
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": "x", "name": "y"}}"#),
+    );
+    assert!(
+        stderr(&o).starts_with("<stdin>: invalid JSON: duplicate key \"name\" in one object"),
+        "{}",
+        stderr(&o)
+    );
     let deep = format!("a: {}{}\n", "[".repeat(65), "]".repeat(65));
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(&deep));
     assert!(
