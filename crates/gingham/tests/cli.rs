@@ -604,6 +604,41 @@ fn no_colours_when_stderr_is_not_a_terminal() {
     assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
 }
 
+/// At a terminal (a pseudo-terminal made by `script`) diagnostics are coloured, unless NO_COLOR
+/// is set (https://no-color.org).
+#[test]
+fn sys_colours_at_a_terminal_unless_no_color() {
+    let script = gingham_testkit::require_tool("script");
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
+    let run = |no_color: Option<&str>| -> String {
+        let line = format!(
+            "{} --log debug apply -R -f {} >/dev/null",
+            env!("CARGO_BIN_EXE_gingham"),
+            dir.path().display()
+        );
+        let mut cmd = Command::new(&script);
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("GINGHAM_DATASTORE", &cli.datastore)
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let tty = run(None);
+    assert!(tty.contains("DEBUG") && tty.contains('\u{1b}'), "{tty:?}");
+    let plain = run(Some("1"));
+    assert!(
+        plain.contains("DEBUG") && !plain.contains('\u{1b}'),
+        "{plain:?}"
+    );
+}
+
 /// The same commands against a real etcd, selected the way Calico users do it:
 /// `DATASTORE_TYPE=etcdv3` and `ETCD_ENDPOINTS`. Keys land in Calico's layout.
 #[test]
