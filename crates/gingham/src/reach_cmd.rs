@@ -232,6 +232,16 @@ pub fn explain(
     let Some((snap, _)) = load(&args.source, client)? else {
         return Ok(Exit::UserError);
     };
+    // No pod, host endpoint, node or address has a longer name (namespace/name: 63 + 1 + 253).
+    const MAX_PEER_LEN: usize = 317;
+    for (flag, value) in [("--from", &args.from), ("--to", &args.to)] {
+        if value.len() > MAX_PEER_LEN {
+            bail!(
+                "{flag} {}: too long for a pod (namespace/pod), host endpoint, node or IP address",
+                gingham_model::quote(value)
+            );
+        }
+    }
     let flow = Flow {
         src: PeerSpec::parse(&args.from),
         dst: PeerSpec::parse(&args.to),

@@ -276,6 +276,7 @@ pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {
         let kind = parse_kind(kind)?;
         let ns = namespace_for(kind, args.namespace.as_deref());
         for n in names {
+            check_name_length(n)?;
             targets.push((kind, ns.clone(), n.clone()));
         }
     }
@@ -330,6 +331,7 @@ pub fn get(client: &Client, args: &GetArgs) -> Result<Exit> {
         let ns = namespace_for(kind, args.namespace.as_deref());
         let mut out = Vec::new();
         for n in &args.names {
+            check_name_length(n)?;
             out.push(client.get(kind, ns.as_deref(), n)?);
         }
         out
@@ -349,6 +351,7 @@ pub fn get(client: &Client, args: &GetArgs) -> Result<Exit> {
 }
 
 pub fn label(client: &Client, args: &LabelArgs) -> Result<Exit> {
+    check_name_length(&args.name)?;
     let kind = parse_kind(&args.kind)?;
     let ns = namespace_for(kind, args.namespace.as_deref());
     let mut changes = BTreeMap::new();
@@ -396,6 +399,18 @@ pub fn parse_kind(s: &str) -> Result<Kind> {
                 .join(", ")
         )
     })
+}
+
+/// Refuses a name longer than any resource's, without echoing it whole.
+fn check_name_length(name: &str) -> Result<()> {
+    if name.len() > gingham_model::names::MAX_SUBDOMAIN {
+        bail!(
+            "{}: no resource has a name this long (valid: at most {} characters)",
+            gingham_model::quote(name),
+            gingham_model::names::MAX_SUBDOMAIN
+        );
+    }
+    Ok(())
 }
 
 fn namespace_for(kind: Kind, ns: Option<&str>) -> Option<String> {

@@ -7,6 +7,8 @@
 //! The commands are read from `gingham --help` (and the help of each command group), so a new
 //! command fails this test until it has an invocation in [`invocation`].
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -363,5 +365,101 @@ fn a_committed_write_says_so_when_its_report_cannot_be_printed() {
             .output()
             .unwrap();
         assert!(got.status.success(), "{mode:?}: extra was not written");
+    }
+}
+
+/// A small lab for the lab commands that print: two pods on one node.
+const LAB: &str = r#"apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.247.0.0/16}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: default}}
+- {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: default}, spec: {nodeName: node-a, containers: [{name: w, ports: [{containerPort: 80}]}]}}
+- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default}, spec: {nodeName: node-a}}
+"#;
+
+/// The lab's reporting commands against a running lab (the test above meets none): `probe`
+/// and `try` print, and must fail in words on a full device and quietly on a pipe without a
+/// reader; `exec` passes stdout to the command it runs, and must not panic either.
+#[test]
+fn sys_lab_commands_survive_a_full_or_readerless_stdout() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("nft");
+    let lab = common::lab_up("o", "{nodes: [node-a]}", LAB);
+    let f = Fixture::new();
+    let d = lab.dir.as_str();
+    let cases: [(&[&str], bool); 3] = [
+        (&["lab", "probe", "--dir", d, "--port", "80"], true),
+        (
+            &[
+                "lab",
+                "try",
+                "--dir",
+                d,
+                "default/client",
+                "default/web",
+                "--port",
+                "80",
+            ],
+            true,
+        ),
+        (
+            &[
+                "lab",
+                "exec",
+                "--dir",
+                d,
+                "default/client",
+                "--",
+                "echo",
+                "hi",
+            ],
+            false,
+        ),
+    ];
+    for (args, prints) in cases {
+        let inv = Invocation {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            stdin: "",
+            prints,
+            own_netns: false,
+        };
+        let normal = run(&inv, &f, Stdout::Works, None);
+        assert!(
+            normal.status.success() && !normal.stdout.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&normal.stderr)
+        );
+        for mode in [
+            Stdout::Closed,
+            Stdout::Full,
+            Stdout::NoReader,
+            Stdout::ReaderLeaves,
+        ] {
+            let o = run(&inv, &f, mode, None);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let what = format!(
+                "{args:?} with stdout {mode:?}: {:?}, stderr {err:?}",
+                o.status
+            );
+            assert_ne!(o.status.code(), Some(101), "{what}");
+            assert!(!err.contains("panicked"), "{what}");
+            match (prints, mode) {
+                (true, Stdout::Full) => {
+                    assert_eq!(o.status.code(), Some(1), "{what}");
+                    assert!(
+                        err.contains("error: writing output: no space left on device"),
+                        "{what}"
+                    );
+                }
+                (true, Stdout::NoReader) => assert_eq!(o.status.code(), Some(141), "{what}"),
+                _ => {}
+            }
+        }
     }
 }

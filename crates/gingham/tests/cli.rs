@@ -494,6 +494,15 @@ fn messages_cut_long_values_and_speak_plainly() {
         stderr(&o),
         "<stdin>: invalid YAML: duplicate key `kind` in one mapping at line 3, column 1\nnothing was written\n"
     );
+    let o = cli.run_stdin(
+        &["apply", "-f", "-"],
+        Some(r#"{"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": "x", "name": "y"}}"#),
+    );
+    assert!(
+        stderr(&o).starts_with("<stdin>: invalid JSON: duplicate key \"name\" in one object"),
+        "{}",
+        stderr(&o)
+    );
     let deep = format!("a: {}{}\n", "[".repeat(65), "]".repeat(65));
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(&deep));
     assert!(
@@ -538,6 +547,26 @@ fn messages_cut_long_values_and_speak_plainly() {
         );
     }
 
+    let huge = "x".repeat(20_000);
+    for args in [
+        &[
+            "explain", "-f", cluster, "--from", &huge, "--to", "shop/web", "--port", "80",
+        ][..],
+        &["get", "gnp", &huge][..],
+        &["label", "gnp", &huge, "a=b"][..],
+        &["delete", "gnp", &huge][..],
+        &["selector", "check", &huge][..],
+    ] {
+        let o = cli.run(args);
+        assert_eq!(o.status.code(), Some(1), "{:?}", &args[..2]);
+        assert!(
+            stderr(&o).len() < 600 && stderr(&o).contains("(20000 bytes)"),
+            "{:?}: {} bytes",
+            &args[..2],
+            stderr(&o).len()
+        );
+    }
+
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
     assert_eq!(o.status.code(), Some(1));
@@ -573,6 +602,41 @@ fn no_colours_when_stderr_is_not_a_terminal() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("DEBUG"), "{}", stderr(&o));
     assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
+}
+
+/// At a terminal (a pseudo-terminal made by `script`) diagnostics are coloured, unless NO_COLOR
+/// is set (https://no-color.org).
+#[test]
+fn sys_colours_at_a_terminal_unless_no_color() {
+    let script = gingham_testkit::require_tool("script");
+    let cli = Cli::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
+    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
+    let run = |no_color: Option<&str>| -> String {
+        let line = format!(
+            "{} --log debug apply -R -f {} >/dev/null",
+            env!("CARGO_BIN_EXE_gingham"),
+            dir.path().display()
+        );
+        let mut cmd = Command::new(&script);
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("GINGHAM_DATASTORE", &cli.datastore)
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let tty = run(None);
+    assert!(tty.contains("DEBUG") && tty.contains('\u{1b}'), "{tty:?}");
+    let plain = run(Some("1"));
+    assert!(
+        plain.contains("DEBUG") && !plain.contains('\u{1b}'),
+        "{plain:?}"
+    );
 }
 
 /// The same commands against a real etcd, selected the way Calico users do it:

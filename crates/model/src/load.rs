@@ -83,11 +83,11 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: one value, or several concatenated values.
         let mut out = Vec::new();
-        let stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
+        let stream = serde_json::Deserializer::from_str(trimmed).into_iter::<NoDuplicateKeys>();
         let mut json_err = None;
         for v in stream {
             match v {
-                Ok(v) => out.push(v),
+                Ok(NoDuplicateKeys(v)) => out.push(v),
                 Err(e) => {
                     json_err = Some(e);
                     break;
@@ -149,6 +149,75 @@ fn yaml_error_words(e: &serde_saphyr::Error) -> String {
     match e.location() {
         Some(l) => format!("{what} at line {}, column {}", l.line(), l.column()),
         None => what,
+    }
+}
+
+/// A JSON value read as YAML is read: a key twice in one object is an error (serde_json would
+/// keep the last value without a word).
+struct NoDuplicateKeys(Value);
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeysVisitor)
+            .map(NoDuplicateKeys)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(NoDuplicateKeys(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {} in one object",
+                    crate::error::quote(&key)
+                )));
+            }
+            let NoDuplicateKeys(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
