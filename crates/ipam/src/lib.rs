@@ -27,6 +27,7 @@ mod assign;
 mod block;
 mod error;
 mod ipam;
+mod names;
 mod pool;
 mod release;
 mod report;
@@ -37,6 +38,7 @@ pub use addr::Family;
 pub use assign::{AssignIpRequest, AssignRequest, AssignResult, Assigned};
 pub use block::{WINDOWS_RESERVED_HANDLE, sanitize_handle};
 pub use error::{Error, Result};
+pub use names::{check_handle, check_node};
 pub use ipam::{
     Clock, DEFAULT_MAX_BLOCKS_PER_HOST, DEFAULT_MAX_CONFLICTS, EMPTY_BLOCK_MIN_RECLAIM_AGE, Ipam,
     IpamConfig,
