@@ -46,6 +46,7 @@ pub use ipam::{
 pub use pool::{PoolSpec, Use};
 pub use release::ReleaseOutcome;
 pub use report::{
-    AffinityProblem, AllocationInfo, AllocationStatus, BlockUsage, CheckReport, HandleMismatch,
-    LeakedAllocation, NodeGone, PoolUsage, Usage,
+    AffinityProblem, AllocationInfo, AllocationStatus, BlockUsage, CheckReport, EndpointClaim,
+    EndpointMismatch, HandleMismatch, LeakedAllocation, NodeGone, PoolUsage, SharedAddress, Usage,
+    handle_is_for_container,
 };
