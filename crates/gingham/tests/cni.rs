@@ -77,17 +77,33 @@ fn plugin(node: &Node, call: &Call<'_>) -> Output {
 }
 
 /// Runs a CNI plugin command as a runtime does: the environment, the configuration on stdin.
-fn run_cni(mut cmd: Command, call: &Call<'_>, cni_path: &str) -> Output {
+fn run_cni(cmd: Command, call: &Call<'_>, cni_path: &str) -> Output {
+    run_cni_with(cmd, call, cni_path, &[])
+}
+
+/// [`run_cni`] with environment variables changed (`None` removes one).
+fn run_cni_with(
+    mut cmd: Command,
+    call: &Call<'_>,
+    cni_path: &str,
+    env: &[(&str, Option<&str>)],
+) -> Output {
     use std::io::Write;
-    let mut child = cmd
-        .env_clear()
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container)
         .env("CNI_NETNS", &call.netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", cni_path)
-        .env("CNI_ARGS", &call.args)
+        .env("CNI_ARGS", &call.args);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,6 +116,18 @@ fn run_cni(mut cmd: Command, call: &Call<'_>, cni_path: &str) -> Output {
         .write_all(call.conf.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// [`plugin`] with environment variables changed.
+fn plugin_with(node: &Node, call: &Call<'_>, env: &[(&str, Option<&str>)]) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        node.ns.name(),
+        env!("CARGO_BIN_EXE_gingham"),
+    ]);
+    run_cni_with(cmd, call, "/opt/cni/bin", env)
 }
 
 fn conf(datastore: &str, node: &str, version: &str) -> String {
@@ -798,4 +826,288 @@ fn conf_for_ipam(ds: &str) -> String {
         "datastore": ds, "ipam": {"type": "gingham-ipam"},
     })
     .to_string()
+}
+
+/// The first address of an ADD result.
+fn first_ip(out: &Output) -> IpAddr {
+    json(out)["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn cli_on(ds: &str, args: &[&str]) -> Output {
+    let mut full: Vec<&str> = args.to_vec();
+    full.extend(["--datastore", ds]);
+    Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .env_remove("GINGHAM_DATASTORE")
+        .args(&full)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Issue 11, item 1: a repeated ADD for a live container neither gets a second address nor,
+/// when it fails, releases the address the container uses; the next container gets its own.
+/// `ipam check` sees an endpoint whose address IPAM holds for someone else, and two endpoints
+/// with one address; `ipam release` of an address in use needs --force.
+#[test]
+fn sys_repeated_add_keeps_the_live_address_and_check_sees_duplicates() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    pool(&ds, "10.103.0.0/24", 28);
+    apply(
+        &ds,
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: node-r}\n",
+    );
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-r", 12);
+    let p2 = TestNetns::new("cnip");
+    let p3 = TestNetns::new("cnip");
+    let call = |command, container, netns: PathBuf, pod: &str| Call {
+        command,
+        container,
+        netns,
+        args: k8s_args("shop", pod),
+        conf: conf(&ds, &node.name, "1.0.0"),
+    };
+    let store = sqlite_store(&db);
+    let ipam = gingham_ipam::Ipam::new(&store);
+    let handle = "k8s-pod-network.c2";
+
+    let out = plugin(&node, &call("ADD", "c2", p2.path(), "two"));
+    assert!(out.status.success(), "{}", text(&out));
+    let ip2 = first_ip(&out);
+    let host_if = json(&out)["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // ADD again, same container and interface: the same result, no second address.
+    let out = plugin(&node, &call("ADD", "c2", p2.path(), "two"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(first_ip(&out), ip2, "a repeated ADD returns the existing address");
+    assert_eq!(ipam.ips_by_handle(handle).unwrap(), vec![ip2]);
+
+    // ADD again with a namespace that does not exist: CNI error 3, nothing released.
+    let out = plugin(
+        &node,
+        &call(
+            "ADD",
+            "c2",
+            PathBuf::from("/run/netns/does-not-exist"),
+            "two",
+        ),
+    );
+    assert!(!out.status.success());
+    assert_eq!(json(&out)["code"], 3, "{}", text(&out));
+    assert_eq!(ipam.ips_by_handle(handle).unwrap(), vec![ip2]);
+
+    // A second interface whose plumbing fails (the "namespace" is a plain file): its failure
+    // path releases only the address it allocated, not c2's.
+    let not_a_netns = dir.path().join("not-a-netns");
+    std::fs::write(&not_a_netns, "").unwrap();
+    let out = plugin_with(
+        &node,
+        &call("ADD", "c2", not_a_netns.clone(), "two"),
+        &[("CNI_IFNAME", Some("eth1"))],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(ipam.ips_by_handle(handle).unwrap(), vec![ip2]);
+
+    // Another container gets another address; c2's host route still leads to c2.
+    let out = plugin(&node, &call("ADD", "c3", p3.path(), "three"));
+    assert!(out.status.success(), "{}", text(&out));
+    let ip3 = first_ip(&out);
+    assert_ne!(ip3, ip2, "the next container must not get c2's address");
+    let routes = node.ns.exec_ok(&["ip", "route"]);
+    assert!(routes.contains(&format!("{ip2} dev {host_if}")), "{routes}");
+    let addr = p2.exec_ok(&["ip", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("{ip2}/32")), "{addr}");
+    let check = cli_on(&ds, &["ipam", "check"]);
+    assert!(check.status.success(), "{}", text(&check));
+
+    // `ipam release` of an address in use warns and needs --force.
+    let rel = cli_on(&ds, &["ipam", "release", "--ip", &ip3.to_string()]);
+    assert_eq!(rel.status.code(), Some(1), "{}", text(&rel));
+    assert!(text(&rel).contains("in use by workload endpoint shop/node--r-k8s-three-eth0"), "{}", text(&rel));
+    assert!(text(&rel).contains("--force"), "{}", text(&rel));
+    assert_eq!(ipam.ips_by_handle("k8s-pod-network.c3").unwrap(), vec![ip3]);
+
+    // Constructed inconsistencies: an endpoint listing c3's address for another container,
+    // then c2's address released by force while c2's endpoint still lists it.
+    apply(
+        &ds,
+        &format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: node--r-k8s-four-eth0, namespace: shop}}\nspec: {{node: node-r, orchestrator: k8s, pod: four, endpoint: eth0, containerID: c4, interfaceName: cali4, ipNetworks: [\"{ip3}/32\"]}}\n"
+        ),
+    );
+    let rel = cli_on(
+        &ds,
+        &["ipam", "release", "--ip", &ip2.to_string(), "--force"],
+    );
+    assert!(rel.status.success(), "{}", text(&rel));
+    assert!(text(&rel).contains("warning"), "{}", text(&rel));
+    let check = cli_on(&ds, &["ipam", "check"]);
+    let report = text(&check);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains(&format!(
+            "workload endpoint shop/node--r-k8s-four-eth0 lists {ip3}, but IPAM holds it for handle k8s-pod-network.c3"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "{ip3} is listed by 2 workload endpoints: shop/node--r-k8s-four-eth0, shop/node--r-k8s-three-eth0"
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "workload endpoint shop/node--r-k8s-two-eth0 lists {ip2}, but IPAM has it free"
+        )),
+        "{report}"
+    );
+}
+
+/// Issue 11, item 2: names that cannot be used are refused before the datastore is touched
+/// (a node name with `/` made ADD write without end); container IDs the CNI spec allows work
+/// end to end, under a valid WorkloadEndpoint name.
+#[test]
+fn sys_names_checked_before_the_datastore_and_spec_container_ids_work() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    pool(&ds, "10.104.0.0/24", 28);
+    apply(
+        &ds,
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: node-n}\n",
+    );
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-n", 13);
+    let pod = TestNetns::new("cnip");
+    let revision = || sqlite_store(&db).revision().unwrap();
+    let before = revision();
+
+    // (node name, container ID, interface, expected code)
+    let bad: &[(&str, &str, &str, u32)] = &[
+        ("a/b", "c1", "eth0", 7),
+        ("Node-N", "c1", "eth0", 7),
+        ("node_n", "c1", "eth0", 7),
+        ("node-n", "-c1", "eth0", 4),
+        ("node-n", "c/1", "eth0", 4),
+        ("node-n", "c1", "Eth0", 4),
+        ("node-n", "c1", "e/0", 4),
+    ];
+    for (nodename, container, ifname, code) in bad {
+        let c = Call {
+            command: "ADD",
+            container,
+            netns: pod.path(),
+            args: String::new(),
+            conf: conf(&ds, nodename, "1.0.0"),
+        };
+        let started = std::time::Instant::now();
+        // Killed after 15 s: before the fix, `a/b` wrote without end.
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "-s",
+            "KILL",
+            "15",
+            "ip",
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ]);
+        let out = run_cni_with(cmd, &c, "/opt/cni/bin", &[("CNI_IFNAME", Some(ifname))]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{nodename}: took {:?}",
+            started.elapsed()
+        );
+        assert!(!out.status.success());
+        assert_eq!(json(&out)["code"], *code, "{nodename} {container} {ifname}: {}", text(&out));
+        assert_eq!(revision(), before, "{nodename} {container} {ifname}: nothing written");
+    }
+    // No CNI_IFNAME at all: the spec requires it.
+    let c = Call {
+        command: "ADD",
+        container: "c1",
+        netns: pod.path(),
+        args: String::new(),
+        conf: conf(&ds, "node-n", "1.0.0"),
+    };
+    let out = plugin_with(&node, &c, &[("CNI_IFNAME", None)]);
+    assert_eq!(json(&out)["code"], 4, "{}", text(&out));
+    assert!(json(&out)["msg"].as_str().unwrap().contains("CNI_IFNAME"));
+    assert_eq!(revision(), before);
+
+    // Spec-valid container IDs that a Calico name cannot hold as they are.
+    let pods: Vec<TestNetns> = (0..3).map(|_| TestNetns::new("cnip")).collect();
+    let ids = ["ctrA", "ctr_x", "ctr.y"];
+    let mut ips = BTreeSet::new();
+    for (id, pod) in ids.iter().zip(&pods) {
+        let c = Call {
+            command: "ADD",
+            container: id,
+            netns: pod.path(),
+            args: String::new(),
+            conf: conf(&ds, "node-n", "1.0.0"),
+        };
+        let out = plugin(&node, &c);
+        assert!(out.status.success(), "{id}: {}", text(&out));
+        ips.insert(first_ip(&out));
+        let out = plugin(&node, &Call { command: "CHECK", ..c });
+        assert!(out.status.success(), "CHECK {id}: {}", text(&out));
+    }
+    assert_eq!(ips.len(), 3);
+    let weps = cli_on(&ds, &["get", "wep", "-n", "default", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&weps.stdout).unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{v}");
+    let mut recorded = BTreeSet::new();
+    for item in items {
+        let name = item["metadata"]["name"].as_str().unwrap();
+        assert!(name.starts_with("node--n-cni-"), "{name}");
+        assert_eq!(name, name.to_lowercase(), "a valid resource name: {name}");
+        recorded.insert(
+            item["metadata"]["annotations"]["cni.projectcalico.org/containerID"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(recorded, ids.iter().map(|s| s.to_string()).collect());
+    let check = cli_on(&ds, &["ipam", "check"]);
+    assert!(check.status.success(), "{}", text(&check));
+    for (id, pod) in ids.iter().zip(&pods) {
+        let c = Call {
+            command: "DEL",
+            container: id,
+            netns: pod.path(),
+            args: String::new(),
+            conf: conf(&ds, "node-n", "1.0.0"),
+        };
+        let out = plugin(&node, &c);
+        assert!(out.status.success(), "DEL {id}: {}", text(&out));
+    }
+    let check = cli_on(&ds, &["ipam", "check"]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains(" 0 allocations"), "{}", text(&check));
 }
