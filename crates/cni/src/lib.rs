@@ -273,8 +273,7 @@ impl Invocation {
 pub fn check_container_id(id: &str) -> Result<(), CniError> {
     let b = id.as_bytes();
     let ok = b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
     if ok {
         return Ok(());

@@ -193,7 +193,10 @@ fn node_name(conf: &NetConf) -> Result<String, CniError> {
     if let Err(e) = gingham_ipam::check_node(&name) {
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
-            format!("{source}: {}", e.to_string().trim_start_matches("invalid IPAM request: ")),
+            format!(
+                "{source}: {}",
+                e.to_string().trim_start_matches("invalid IPAM request: ")
+            ),
         ));
     }
     Ok(name)
@@ -663,9 +666,18 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         conf,
     )
     .map_err(undo)?;
-    client
-        .write_all(&[wep], WriteMode::Apply)
-        .map_err(|e| undo(store_error(e)))?;
+    if let Err(e) = client.write_all(&[wep], WriteMode::Apply) {
+        // A write whose answer was lost (etcd stopped after committing) may have stored the
+        // endpoint: then its addresses must stay allocated (DEL releases them). Undo only when
+        // the endpoint is certainly absent.
+        return Err(match client.get(Kind::WorkloadEndpoint, Some(&ns), &name) {
+            Err(gingham_api::ApiError::NotFound { .. }) => undo(store_error(e)),
+            _ => {
+                tracing::warn!(endpoint = %name, "writing the endpoint failed and whether it was stored is unknown; keeping its addresses for DEL to release");
+                store_error(e)
+            }
+        });
+    }
     Ok(Some(CniResult {
         interfaces: vec![
             Interface {

@@ -38,11 +38,11 @@ pub use addr::Family;
 pub use assign::{AssignIpRequest, AssignRequest, AssignResult, Assigned};
 pub use block::{WINDOWS_RESERVED_HANDLE, sanitize_handle};
 pub use error::{Error, Result};
-pub use names::{check_handle, check_node};
 pub use ipam::{
     Clock, DEFAULT_MAX_BLOCKS_PER_HOST, DEFAULT_MAX_CONFLICTS, EMPTY_BLOCK_MIN_RECLAIM_AGE, Ipam,
     IpamConfig,
 };
+pub use names::{check_handle, check_node};
 pub use pool::{PoolSpec, Use};
 pub use release::ReleaseOutcome;
 pub use report::{

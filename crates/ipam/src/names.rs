@@ -54,7 +54,11 @@ fn cut(s: &str) -> String {
     if s.chars().count() <= MAX {
         s.to_owned()
     } else {
-        format!("{}… ({} bytes)", s.chars().take(MAX).collect::<String>(), s.len())
+        format!(
+            "{}… ({} bytes)",
+            s.chars().take(MAX).collect::<String>(),
+            s.len()
+        )
     }
 }
 
@@ -67,7 +71,18 @@ mod tests {
         for ok in ["n1", "node-a", "a.b.c", "x", "0"] {
             assert!(check_node(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "A", "a_b", "-a", "a-", "a..b", ".a", "a b", &"x".repeat(254)] {
+        for bad in [
+            "",
+            "a/b",
+            "A",
+            "a_b",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a b",
+            &"x".repeat(254),
+        ] {
             assert!(check_node(bad).is_err(), "{bad}");
         }
     }

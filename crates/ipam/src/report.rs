@@ -350,7 +350,9 @@ impl Ipam<'_> {
         for (ip, mut eps) in listed {
             if eps.len() > 1 {
                 eps.sort();
-                report.shared_addresses.push(SharedAddress { ip, endpoints: eps });
+                report
+                    .shared_addresses
+                    .push(SharedAddress { ip, endpoints: eps });
             }
         }
         Ok(report)

@@ -38,7 +38,11 @@ fn invalid_node_names_write_nothing() {
         .unwrap_err();
         assert!(matches!(err, Error::Invalid(_)), "{node:?}: {err}");
         assert!(err.to_string().contains("node"), "{err}");
-        assert_eq!(store.revision().unwrap(), before, "{node:?}: nothing written");
+        assert_eq!(
+            store.revision().unwrap(),
+            before,
+            "{node:?}: nothing written"
+        );
         let ipam = Ipam::new(store.as_ref());
         let err = ipam
             .assign_ip(&AssignIpRequest {
@@ -76,7 +80,8 @@ impl Datastore for HidesAffinities {
     }
     fn list(&self, prefix: &str) -> Result<Listing> {
         let mut l = self.0.list(prefix)?;
-        l.kvs.retain(|kv| !kv.key.starts_with("/calico/ipam/v2/host/"));
+        l.kvs
+            .retain(|kv| !kv.key.starts_with("/calico/ipam/v2/host/"));
         Ok(l)
     }
     fn txn(&self, txn: &Txn) -> Result<TxnOutcome> {

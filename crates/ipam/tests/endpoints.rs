@@ -19,8 +19,16 @@ fn endpoints_and_handles_must_agree() {
     let s = mem();
     let ipam = Ipam::new(&s);
     let pools = [pool("p", "10.0.0.0/24")];
-    let a = ipam.auto_assign(&req("net.c2", "n1", 1, &pools)).unwrap().v4[0].ip;
-    let b = ipam.auto_assign(&req("net.c3", "n1", 1, &pools)).unwrap().v4[0].ip;
+    let a = ipam
+        .auto_assign(&req("net.c2", "n1", 1, &pools))
+        .unwrap()
+        .v4[0]
+        .ip;
+    let b = ipam
+        .auto_assign(&req("net.c3", "n1", 1, &pools))
+        .unwrap()
+        .v4[0]
+        .ip;
     let nodes = ["n1".to_owned()];
     let live = |_: &str, _: &_| true;
 
