@@ -1200,7 +1200,7 @@ enum Known {
 
 enum Backend {
     Sqlite,
-    Etcd(std::sync::Mutex<gingham_testkit::etcd::EtcdServer>),
+    Etcd(Box<std::sync::Mutex<gingham_testkit::etcd::EtcdServer>>),
 }
 
 const NODES: usize = 3;
@@ -1515,8 +1515,8 @@ fn reliability(backend: Backend, underlay: &Underlay, nodes: &[Node], ds: &str, 
     }
 
     // DEL of everything (a runtime retries a DEL that failed), then nothing is left.
-    for c in 0..count {
-        let (id, args, conf, command, netns) = call_of(c, "DEL", pods[c].path());
+    for (c, pod) in pods.iter().enumerate() {
+        let (id, args, conf, command, netns) = call_of(c, "DEL", pod.path());
         let call = Call {
             command,
             container: &id,
@@ -1573,7 +1573,7 @@ fn sys_reliability_random_add_del_with_faults_on_etcd() {
     let server = gingham_testkit::etcd::EtcdServer::start_in(underlay.ns.name(), "192.168.224.254");
     let ds = format!("etcd:{}", server.endpoint());
     reliability(
-        Backend::Etcd(std::sync::Mutex::new(server)),
+        Backend::Etcd(Box::new(std::sync::Mutex::new(server))),
         &underlay,
         &nodes,
         &ds,
