@@ -600,7 +600,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         && runtime_container_id(e) == w.container_id
         && !e.spec.ip_networks.is_empty()
     {
-        return existing_attachment(e, &w, netns, conf).map(Some);
+        return existing_attachment(&store, &client, e.clone(), &w, netns, conf).map(Some);
     }
     let delegated = delegated_ipam(conf);
     // The addresses this call allocates (and releases again if it fails); addresses the handle
@@ -704,60 +704,106 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
 }
 
 /// The result of an ADD repeated for an attachment whose endpoint exists: the endpoint's
-/// addresses, if its plumbing is still as set up; otherwise an error (nothing is released or
-/// torn down: the container may still use them).
+/// addresses (which IPAM must still hold for the container), if its plumbing is still as set
+/// up. If the plumbing is entirely gone (neither interface exists, e.g. after an interrupted
+/// DEL), it is set up again with the same addresses. Anything else is an error; nothing is
+/// released or torn down, the container may still use them.
 fn existing_attachment(
-    e: &WorkloadEndpoint,
+    store: &Arc<dyn Datastore>,
+    client: &Client,
+    mut e: WorkloadEndpoint,
     w: &Workload,
     netns: &Path,
     conf: &NetConf,
 ) -> Result<CniResult, CniError> {
     let ips: Vec<IpAddr> = e.spec.ip_networks.iter().map(IpNet::addr).collect();
-    let spec = spec_for(w, &ips, conf);
-    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
-        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
     let listed = ips
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let what = format!(
+        "container {} already has interface {} with {listed} (WorkloadEndpoint {}/{})",
+        w.container_id,
+        w.ifname,
+        e.metadata.namespace_or_empty(),
+        e.metadata.name
+    );
+    if delegated_ipam(conf).is_none() {
+        let held = Ipam::new(store.as_ref())
+            .ips_by_handle(&w.handle)
+            .map_err(ipam_error)?;
+        if let Some(ip) = ips.iter().find(|ip| !held.contains(ip)) {
+            return Err(CniError::new(
+                ErrorCode::Datastore,
+                format!(
+                    "{what}, but IPAM no longer holds {ip} for handle {} (released by hand?); DEL the container and ADD it again",
+                    w.handle
+                ),
+            ));
+        }
+    }
+    let spec = spec_for(w, &ips, conf);
+    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
     let report = plumbing.check(netns, &spec).map_err(|err| {
         CniError::new(
             ErrorCode::Dataplane,
             format!(
-                "container {} already has interface {} with {listed} (WorkloadEndpoint {}/{}), and checking it in {} failed: {err}; DEL it before adding it again",
-                w.container_id,
-                w.ifname,
-                e.metadata.namespace_or_empty(),
-                e.metadata.name,
+                "{what}, and checking it in {} failed: {err}; DEL it before adding it again",
                 netns.display()
             ),
         )
     })?;
+    let missing = |f: fn(&gingham_net::Problem) -> bool| report.problems.iter().any(f);
+    let mut container_mac = e.spec.mac.clone();
+    let mut host_mac = String::new();
     if !report.is_ok() {
-        return Err(CniError::new(
-            ErrorCode::Dataplane,
-            format!(
-                "container {} already has interface {} with {listed} (WorkloadEndpoint {}/{}), but its plumbing in {} differs: {report:?}; DEL it before adding it again",
-                w.container_id,
-                w.ifname,
-                e.metadata.namespace_or_empty(),
-                e.metadata.name,
-                netns.display()
-            ),
-        ));
+        let gone = missing(|p| matches!(p, gingham_net::Problem::HostInterfaceMissing { .. }))
+            && missing(|p| matches!(p, gingham_net::Problem::ContainerInterfaceMissing { .. }));
+        if !gone {
+            return Err(CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "{what}, but its plumbing in {} differs: {}; DEL it before adding it again",
+                    netns.display(),
+                    problems_text(&report)
+                ),
+            ));
+        }
+        tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an attachment whose interfaces are gone; setting them up again with its addresses");
+        let plumbed = plumbing.setup(netns, &spec).map_err(|err| {
+            CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "setting up {} in {} again: {err}",
+                    spec.host_ifname,
+                    netns.display()
+                ),
+            )
+        })?;
+        container_mac = plumbed.container_mac.to_string();
+        host_mac = plumbed.host_mac.to_string();
+        e.metadata.resource_version = None;
+        e.spec.mac = container_mac.clone();
+        e.spec.interface_name = spec.host_ifname.clone();
+        if let Err(err) = client.write_all(&[Resource::WorkloadEndpoint(e)], WriteMode::Apply) {
+            let _ = plumbing.teardown(&spec.host_ifname);
+            return Err(store_error(err));
+        }
+    } else {
+        tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an existing attachment; returning its result");
     }
-    tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an existing attachment; returning its result");
     Ok(CniResult {
         interfaces: vec![
             Interface {
                 name: spec.host_ifname.clone(),
-                mac: String::new(),
+                mac: host_mac,
                 sandbox: None,
             },
             Interface {
                 name: w.ifname.clone(),
-                mac: e.spec.mac.clone(),
+                mac: container_mac,
                 sandbox: Some(netns.display().to_string()),
             },
         ],
@@ -771,6 +817,16 @@ fn existing_attachment(
             .collect(),
         ..CniResult::default()
     })
+}
+
+/// A plumbing check's problems in words.
+fn problems_text(report: &gingham_net::WorkloadCheck) -> String {
+    report
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The addresses the container's handle holds that none of its other endpoints (other
@@ -980,7 +1036,10 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
     if !report.is_ok() {
         return Err(CniError::new(
             ErrorCode::Dataplane,
-            format!("the workload's plumbing is not as set up: {report:?}"),
+            format!(
+                "the workload's plumbing is not as set up: {}",
+                problems_text(&report)
+            ),
         ));
     }
     let name = w.endpoint_name()?;
