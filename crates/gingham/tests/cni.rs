@@ -823,6 +823,11 @@ fn sys_delegated_host_local_and_gingham_ipam() {
     let store = sqlite_store(&dir.path().join("g.db"));
     let ipam = gingham_ipam::Ipam::new(&store);
     assert_eq!(ipam.ips_by_handle("ipam-net.ipam01").unwrap().len(), 1);
+    // ADD again: the same address, not a second one.
+    let out = call_ipam("ADD");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(json(&out)["ips"][0]["address"], addr.as_str());
+    assert_eq!(ipam.ips_by_handle("ipam-net.ipam01").unwrap().len(), 1);
     let out = call_ipam("DEL");
     assert!(out.status.success());
     assert!(ipam.ips_by_handle("ipam-net.ipam01").unwrap().is_empty());
