@@ -1048,3 +1048,36 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
         .map_err(|e| CniError::new(ErrorCode::Datastore, format!("{e}")))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_calico_accepts_are_kept() {
+        for id in ["c0ffee", "abc-123", "0"] {
+            assert_eq!(calico_container_id(id), id);
+        }
+    }
+
+    #[test]
+    fn other_spec_container_ids_map_to_distinct_valid_names() {
+        let ids = ["ctrA", "ctra-x", "ctr_x", "ctr.x", "CTR-X", "ctr-x-", "a_", "A"];
+        let mapped: Vec<String> = ids.iter().map(|i| calico_container_id(i)).collect();
+        for (id, m) in ids.iter().zip(&mapped) {
+            assert!(
+                gingham_model::names::is_dns_label(m),
+                "{id} -> {m} is not a valid name segment"
+            );
+            let name =
+                gingham_model::names::workload_endpoint_name("node-1", "cni", m, "eth0").unwrap();
+            assert!(gingham_model::names::is_dns_subdomain(&name), "{name}");
+        }
+        assert_eq!(calico_container_id("ctrA"), calico_container_id("ctrA"), "stable");
+        assert!(calico_container_id("ctrA").starts_with("ctra-"));
+        let distinct: std::collections::BTreeSet<&String> = mapped.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{mapped:?}");
+        // Never equal to the ID a Calico-valid container would keep.
+        assert_ne!(calico_container_id("ctrA"), "ctra");
+    }
+}

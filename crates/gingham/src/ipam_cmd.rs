@@ -19,7 +19,8 @@ pub enum IpamCmd {
     /// Addresses in use and free, per pool (and per block with --show-blocks).
     Show(ShowArgs),
     /// Find leaks: allocations whose workload is gone, blocks and affinities of missing nodes,
-    /// inconsistent records. Exits 1 when something is wrong.
+    /// inconsistent records, workload endpoints listing an address IPAM does not hold for their
+    /// container, and addresses listed by two endpoints. Exits 1 when something is wrong.
     Check,
     /// Release an address whose workload is gone. An address a workload endpoint still lists
     /// (or whose handle's container still has an endpoint) is refused without --force.
