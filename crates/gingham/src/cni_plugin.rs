@@ -79,10 +79,7 @@ pub fn calico_container_id(raw: &str) -> String {
         })
         .collect();
     let folded = folded.trim_matches('-');
-    // FNV-1a, 64 bits: stable across releases and platforms (unlike std's hasher).
-    let hash = raw.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, c| {
-        (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = fnv1a(raw);
     if folded.is_empty() {
         format!("{hash:016x}")
     } else {
@@ -129,6 +126,15 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (St
         Err(e) => return (e.to_json(), 1),
     };
     let version = inv.version().to_owned();
+    // One call at a time per container on this host: a runtime that times out may run ADD
+    // again (or DEL) while the first call still works on the same addresses and interfaces.
+    let _lock = match inv.command {
+        Command::Add | Command::Del | Command::Check => inv
+            .conf
+            .as_ref()
+            .and_then(|c| lock_container(&format!("{}.{}", c.name, inv.container_id))),
+        _ => None,
+    };
     let result = match inv.command {
         Command::Version => return (gingham_cni::version_document(&version), 0),
         Command::Add if ipam_only => ipam_add(&inv),
@@ -152,6 +158,46 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (St
         Ok(None) => (String::new(), 0),
         Err(e) => (e.in_version(&version).to_json(), 1),
     }
+}
+
+/// Where the per-container locks live (`GINGHAM_CNI_LOCK_DIR` overrides).
+const LOCK_DIR: &str = "/run/gingham/cni-locks";
+
+/// Lock files: containers hash into this many, so the directory stays small.
+const LOCK_BUCKETS: u64 = 256;
+
+/// Takes this host's lock for a container's calls (held until the returned file is dropped,
+/// released by the kernel if the plugin dies). Best effort, as Calico's IPAM lock: without a
+/// usable lock directory the call goes on unlocked, with a warning.
+fn lock_container(handle: &str) -> Option<std::fs::File> {
+    let dir = std::env::var_os("GINGHAM_CNI_LOCK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| LOCK_DIR.into());
+    let bucket = fnv1a(handle) % LOCK_BUCKETS;
+    let path = dir.join(format!("{bucket:03}.lock"));
+    let locked = std::fs::create_dir_all(&dir).and_then(|()| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        f.lock()?;
+        Ok(f)
+    });
+    match locked {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot take the container's lock; going on without it");
+            None
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (unlike std's hasher).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, c| {
+        (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn conf(inv: &Invocation) -> Result<&NetConf, CniError> {
@@ -1062,7 +1108,9 @@ mod tests {
 
     #[test]
     fn other_spec_container_ids_map_to_distinct_valid_names() {
-        let ids = ["ctrA", "ctra-x", "ctr_x", "ctr.x", "CTR-X", "ctr-x-", "a_", "A"];
+        let ids = [
+            "ctrA", "ctra-x", "ctr_x", "ctr.x", "CTR-X", "ctr-x-", "a_", "A",
+        ];
         let mapped: Vec<String> = ids.iter().map(|i| calico_container_id(i)).collect();
         for (id, m) in ids.iter().zip(&mapped) {
             assert!(
@@ -1073,7 +1121,11 @@ mod tests {
                 gingham_model::names::workload_endpoint_name("node-1", "cni", m, "eth0").unwrap();
             assert!(gingham_model::names::is_dns_subdomain(&name), "{name}");
         }
-        assert_eq!(calico_container_id("ctrA"), calico_container_id("ctrA"), "stable");
+        assert_eq!(
+            calico_container_id("ctrA"),
+            calico_container_id("ctrA"),
+            "stable"
+        );
         assert!(calico_container_id("ctrA").starts_with("ctra-"));
         let distinct: std::collections::BTreeSet<&String> = mapped.iter().collect();
         assert_eq!(distinct.len(), ids.len(), "{mapped:?}");

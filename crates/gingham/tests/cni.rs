@@ -1016,6 +1016,63 @@ fn sys_repeated_add_keeps_the_live_address_and_check_sees_duplicates() {
     );
 }
 
+/// ADDs of one container started at once (a runtime retrying a call that still runs) end
+/// with one address, one endpoint and a clean `ipam check`; so do DELs started at once.
+#[test]
+fn sys_concurrent_calls_for_one_container() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    pool(&ds, "10.105.0.0/24", 28);
+    apply(
+        &ds,
+        "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: node-k}\n",
+    );
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-k", 14);
+    let pod = TestNetns::new("cnip");
+    let call = |command| Call {
+        command,
+        container: "same01",
+        netns: pod.path(),
+        args: k8s_args("shop", "same"),
+        conf: conf(&ds, &node.name, "1.0.0"),
+    };
+    let store = sqlite_store(&db);
+    let ipam = gingham_ipam::Ipam::new(&store);
+    for round in 0..3 {
+        let outs: Vec<Output> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| sc.spawn(|| plugin(&node, &call("ADD"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let held = ipam.ips_by_handle("k8s-pod-network.same01").unwrap();
+        assert_eq!(held.len(), 1, "round {round}: {held:?}");
+        for out in &outs {
+            assert!(out.status.success(), "round {round}: {}", text(out));
+            assert_eq!(first_ip(out), held[0], "round {round}");
+        }
+        let check = cli_on(&ds, &["ipam", "check"]);
+        assert!(check.status.success(), "round {round}: {}", text(&check));
+        let out = plugin(&node, &call("CHECK"));
+        assert!(out.status.success(), "round {round}: {}", text(&out));
+        let outs: Vec<Output> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..6)
+                .map(|_| sc.spawn(|| plugin(&node, &call("DEL"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for out in &outs {
+            assert!(out.status.success(), "round {round}: {}", text(out));
+        }
+        let check = cli_on(&ds, &["ipam", "check"]);
+        assert!(check.status.success(), "round {round}: {}", text(&check));
+        assert!(text(&check).contains(" 0 allocations"), "{}", text(&check));
+    }
+}
+
 /// Issue 11, item 2: names that cannot be used are refused before the datastore is touched
 /// (a node name with `/` made ADD write without end); container IDs the CNI spec allows work
 /// end to end, under a valid WorkloadEndpoint name.
