@@ -1294,6 +1294,22 @@ fn finish(mut child: std::process::Child, what: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Freezes (`STOP`) or thaws (`CONT`) the test's etcd: the only process in the underlay
+/// namespace, which the test started.
+fn signal_etcd(underlay: &TestNetns, signal: &str) {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", underlay.name()])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&pids.stdout).into_owned();
+    assert!(!pids.trim().is_empty(), "no etcd in the underlay");
+    for pid in pids.split_whitespace() {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), pid])
+            .status();
+    }
+}
+
 fn node_plugin_cmd(node: &Node) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args([
@@ -1348,7 +1364,6 @@ fn reliability(backend: Backend, underlay: &Underlay, nodes: &[Node], ds: &str, 
         ds,
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let _ = underlay;
 
     let workers = NODES * WORKERS_PER_NODE;
     let count = workers * CONTAINERS_PER_WORKER;
@@ -1398,6 +1413,7 @@ fn reliability(backend: Backend, underlay: &Underlay, nodes: &[Node], ds: &str, 
         for plan in &plans {
             let (known, pods, backend, outcomes, gate) =
                 (&known, &pods, &backend, &outcomes, &gate);
+            let underlay = &underlay.ns;
             sc.spawn(move || {
                 for step in plan {
                     let c = step.container;
@@ -1442,7 +1458,8 @@ fn reliability(backend: Backend, underlay: &Underlay, nodes: &[Node], ds: &str, 
                             spawn_cni(no_write_plugin_cmd(node), &call, "/opt/cni/bin", &[]),
                             &what,
                         ),
-                        (Fault::Datastore(ms), Backend::Etcd(server)) => {
+                        // etcd stopped (odd delays) or frozen (even delays) mid-call.
+                        (Fault::Datastore(ms), Backend::Etcd(server)) if ms % 2 == 1 => {
                             let mut server = server.lock().unwrap();
                             let child =
                                 spawn_cni(node_plugin_cmd(node), &call, "/opt/cni/bin", &[]);
@@ -1450,6 +1467,15 @@ fn reliability(backend: Backend, underlay: &Underlay, nodes: &[Node], ds: &str, 
                             server.stop();
                             let out = finish(child, &what);
                             server.restart();
+                            out
+                        }
+                        (Fault::Datastore(ms), Backend::Etcd(_)) => {
+                            let child =
+                                spawn_cni(node_plugin_cmd(node), &call, "/opt/cni/bin", &[]);
+                            std::thread::sleep(std::time::Duration::from_millis(ms));
+                            signal_etcd(underlay, "STOP");
+                            let out = finish(child, &what);
+                            signal_etcd(underlay, "CONT");
                             out
                         }
                         _ => finish(
