@@ -237,12 +237,13 @@ fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
 fn node_name(conf: &NetConf) -> Result<String, CniError> {
     let (name, source) = found_node_name(conf)?;
     if let Err(e) = gingham_ipam::check_node(&name) {
+        let why = match e {
+            gingham_ipam::Error::Invalid(why) => why,
+            other => other.to_string(),
+        };
         return Err(CniError::new(
             ErrorCode::InvalidConfig,
-            format!(
-                "{source}: {}",
-                e.to_string().trim_start_matches("invalid IPAM request: ")
-            ),
+            format!("{source}: {why}"),
         ));
     }
     Ok(name)
