@@ -179,7 +179,7 @@ impl Invocation {
             command,
             container_id: get("CNI_CONTAINERID").unwrap_or("").to_owned(),
             netns: get("CNI_NETNS").map(str::to_owned),
-            ifname: get("CNI_IFNAME").unwrap_or("eth0").to_owned(),
+            ifname: get("CNI_IFNAME").unwrap_or("").to_owned(),
             args,
             path,
             conf: None,
@@ -237,6 +237,11 @@ impl Invocation {
             )
             .in_version(&conf.cni_version));
         }
+        if needs_container {
+            check_container_id(&inv.container_id)
+                .and_then(|()| check_ifname(&inv.ifname))
+                .map_err(|e| e.in_version(&conf.cni_version))?;
+        }
         if matches!(command, Command::Add | Command::Check) && inv.netns.is_none() {
             return Err(CniError::new(
                 ErrorCode::InvalidEnvironment,
@@ -261,6 +266,67 @@ impl Invocation {
             .map(|c| c.cni_version.as_str())
             .unwrap_or("1.0.0")
     }
+}
+
+/// Checks `CNI_CONTAINERID` as the spec defines it: an alphanumeric character, then any of
+/// alphanumerics, `_`, `.` and `-`.
+pub fn check_container_id(id: &str) -> Result<(), CniError> {
+    let b = id.as_bytes();
+    let ok = b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(CniError::new(
+        ErrorCode::InvalidEnvironment,
+        format!(
+            "CNI_CONTAINERID={:?} is not a valid container ID (valid: an alphanumeric character, then alphanumerics, '_', '.' or '-')",
+            shorten(id)
+        ),
+    ))
+}
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Checks `CNI_IFNAME` (required for ADD, DEL and CHECK) as the kernel and libcni do: 1 to 15
+/// bytes, not `.` or `..`, no `/`, `:` or white space.
+pub fn check_ifname(name: &str) -> Result<(), CniError> {
+    let problem = if name.is_empty() {
+        Some("is required (the interface to create inside the container)".to_owned())
+    } else if name.len() > MAX_IFNAME_LEN {
+        Some(format!(
+            "is {} bytes long (valid: at most {MAX_IFNAME_LEN})",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("cannot be '.' or '..'".to_owned())
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("contains '/', ':', white space or a control character".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("CNI_IFNAME={:?} {p}", shorten(name)),
+        )),
+    }
+}
+
+/// A value cut to a length an error message can carry.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        return s.to_owned();
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", s.len())
 }
 
 /// Parses `CNI_ARGS` (`K=V;K=V`).
@@ -337,7 +403,11 @@ mod tests {
                 4, // no container id
             ),
             (
-                &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c")],
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "c"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
                 CONF,
                 4, // no netns
             ),
@@ -402,6 +472,45 @@ mod tests {
             assert_eq!(err.code, *code, "{e:?} {stdin}: {err}");
             assert!(!err.msg.is_empty());
         }
+    }
+
+    #[test]
+    fn ifname_and_container_id_are_checked_as_the_spec_says() {
+        let base = |id: &str, ifname: Option<&str>| {
+            let mut e = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/x"),
+            ]);
+            if let Some(i) = ifname {
+                e.insert("CNI_IFNAME".into(), i.into());
+            }
+            Invocation::parse(&e, CONF.as_bytes())
+        };
+        // Valid per the spec, including upper case, '_' and '.'.
+        for id in ["ctrA", "ctr_x", "a.b-c", "0", "ABC123"] {
+            assert!(base(id, Some("eth0")).is_ok(), "{id}");
+        }
+        for id in ["-x", "_x", ".x", "a/b", "a b", "a:b", "é"] {
+            let err = base(id, Some("eth0")).unwrap_err();
+            assert_eq!(err.code, 4, "{id}: {err}");
+            assert!(err.msg.contains("CNI_CONTAINERID"), "{err}");
+        }
+        // CNI_IFNAME is required (no silent eth0).
+        let err = base("c", None).unwrap_err();
+        assert_eq!(err.code, 4);
+        assert!(err.msg.contains("CNI_IFNAME"), "{err}");
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+            let err = base("c", Some(bad)).unwrap_err();
+            assert_eq!(err.code, 4, "{bad:?}: {err}");
+            assert!(err.msg.contains("CNI_IFNAME"), "{err}");
+        }
+        assert!(base("c", Some("fifteen-chars-x")).is_ok());
+        // DEL needs it too; VERSION does not.
+        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c")]);
+        assert_eq!(Invocation::parse(&e, CONF.as_bytes()).unwrap_err().code, 4);
+        let e = env(&[("CNI_COMMAND", "VERSION")]);
+        assert!(Invocation::parse(&e, b"{}").is_ok());
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //! (installed as `gingham` in the CNI bin directory), or as `gingham-ipam` (IPAM only).
 //!
 //! ADD: allocate from Calico-style block IPAM, plumb the veth (host side `cali…`, created directly
-//! in the pod namespace), write the WorkloadEndpoint, print the result. Any failure undoes what
-//! was done. DEL: idempotent; works when the namespace or the endpoint is already gone. CHECK:
-//! the plumbing, the endpoint and the allocation are all there. Errors are CNI JSON on stdout.
+//! in the pod namespace), write the WorkloadEndpoint, print the result. A failure undoes what
+//! this call did, and only that: it releases the addresses it allocated, never others the
+//! container's handle holds. A repeated ADD for a container and interface that already has its
+//! endpoint returns that endpoint's result (the same addresses) or an error, never a second
+//! address, as Calico's plugin does. Names (node, container ID, interface, Kubernetes namespace
+//! and pod) are checked before the datastore is touched. DEL: idempotent; works when the
+//! namespace or the endpoint is already gone; removes the endpoint before releasing its
+//! addresses, so an interrupted DEL leaves a leak, never an endpoint listing an address IPAM
+//! may hand out again. CHECK: the plumbing, the endpoint and the allocation are all there.
+//! Errors are CNI JSON on stdout.
 //!
 //! The "host" is the network namespace the plugin runs in, as for every CNI plugin.
 
@@ -31,6 +38,87 @@ use crate::datastore::DatastoreUrl;
 /// Calico's file with the node name, written by calico/node.
 const NODENAME_FILE: &str = "/var/lib/calico/nodename";
 
+/// The annotation on a WorkloadEndpoint that records the container ID exactly as the runtime
+/// gave it (Calico records it under this key on pods), for container IDs that a Calico
+/// `spec.containerID` cannot hold as they are (upper case, `_`, `.`).
+pub const CONTAINER_ID_ANNOTATION: &str = "cni.projectcalico.org/containerID";
+
+/// The container ID the runtime used for an endpoint: the annotation when present, else
+/// `spec.containerID`.
+pub fn runtime_container_id(w: &WorkloadEndpoint) -> &str {
+    w.metadata
+        .annotations
+        .get(CONTAINER_ID_ANNOTATION)
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&w.spec.container_id)
+}
+
+/// The `spec.containerID` (and so the WorkloadEndpoint name segment) for a runtime's container
+/// ID. An ID Calico accepts in a resource name (lower-case alphanumerics and inner `-`) is used
+/// as it is, exactly as Calico's plugin does. Any other ID the CNI spec allows (upper case, `_`,
+/// `.`) would make an invalid resource name, so it becomes its lower-cased form with other
+/// characters as `-`, followed by `-` and 16 hex digits of a hash of the original, keeping IDs
+/// that differ only in case or punctuation apart.
+pub fn calico_container_id(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let calico_ok = !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-';
+    if calico_ok {
+        return raw.to_owned();
+    }
+    let folded: String = raw
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    let folded = folded.trim_matches('-');
+    let hash = fnv1a(raw);
+    if folded.is_empty() {
+        format!("{hash:016x}")
+    } else {
+        format!("{folded}-{hash:016x}")
+    }
+}
+
+/// Calico's rule for a network name (it becomes part of every IPAM handle).
+fn check_network_name(name: &str) -> Result<(), CniError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    Err(CniError::new(
+        ErrorCode::InvalidConfig,
+        format!(
+            "network configuration field `name` {name:?} is not a valid network name (valid: letters, digits, '_', '.' and '-')"
+        ),
+    ))
+}
+
+/// A missing network namespace means the container is gone: CNI error 3 (the runtime need not
+/// clean up).
+fn netns_must_exist(netns: &Path) -> Result<(), CniError> {
+    if netns.exists() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        ErrorCode::UnknownContainer,
+        format!(
+            "CNI_NETNS={} does not exist: the container is gone or was never started",
+            netns.display()
+        ),
+    ))
+}
+
 /// Runs the plugin for one invocation; returns what to print on stdout and the exit code.
 pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (String, u8) {
     let inv = match Invocation::parse(env, stdin) {
@@ -38,6 +126,15 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (St
         Err(e) => return (e.to_json(), 1),
     };
     let version = inv.version().to_owned();
+    // One call at a time per container on this host: a runtime that times out may run ADD
+    // again (or DEL) while the first call still works on the same addresses and interfaces.
+    let _lock = match inv.command {
+        Command::Add | Command::Del | Command::Check => inv
+            .conf
+            .as_ref()
+            .and_then(|c| lock_container(&format!("{}.{}", c.name, inv.container_id))),
+        _ => None,
+    };
     let result = match inv.command {
         Command::Version => return (gingham_cni::version_document(&version), 0),
         Command::Add if ipam_only => ipam_add(&inv),
@@ -61,6 +158,46 @@ pub fn run(env: &BTreeMap<String, String>, stdin: &[u8], ipam_only: bool) -> (St
         Ok(None) => (String::new(), 0),
         Err(e) => (e.in_version(&version).to_json(), 1),
     }
+}
+
+/// Where the per-container locks live (`GINGHAM_CNI_LOCK_DIR` overrides).
+const LOCK_DIR: &str = "/run/gingham/cni-locks";
+
+/// Lock files: containers hash into this many, so the directory stays small.
+const LOCK_BUCKETS: u64 = 256;
+
+/// Takes this host's lock for a container's calls (held until the returned file is dropped,
+/// released by the kernel if the plugin dies). Best effort, as Calico's IPAM lock: without a
+/// usable lock directory the call goes on unlocked, with a warning.
+fn lock_container(handle: &str) -> Option<std::fs::File> {
+    let dir = std::env::var_os("GINGHAM_CNI_LOCK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| LOCK_DIR.into());
+    let bucket = fnv1a(handle) % LOCK_BUCKETS;
+    let path = dir.join(format!("{bucket:03}.lock"));
+    let locked = std::fs::create_dir_all(&dir).and_then(|()| {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        f.lock()?;
+        Ok(f)
+    });
+    match locked {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot take the container's lock; going on without it");
+            None
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across releases and platforms (unlike std's hasher).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, c| {
+        (h ^ u64::from(c)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn conf(inv: &Invocation) -> Result<&NetConf, CniError> {
@@ -98,17 +235,37 @@ fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
 /// The node name as Calico's plugin finds it: `nodename` in the config, the file named by
 /// `nodename_file` (or Calico's), then the host name.
 fn node_name(conf: &NetConf) -> Result<String, CniError> {
+    let (name, source) = found_node_name(conf)?;
+    if let Err(e) = gingham_ipam::check_node(&name) {
+        let why = match e {
+            gingham_ipam::Error::Invalid(why) => why,
+            other => other.to_string(),
+        };
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            format!("{source}: {why}"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The node name and where it was found (for messages).
+fn found_node_name(conf: &NetConf) -> Result<(String, String), CniError> {
     if let Some(n) = conf.nodename.as_deref().filter(|n| !n.is_empty()) {
-        return Ok(n.to_owned());
+        return Ok((
+            n.to_owned(),
+            "network configuration field `nodename`".into(),
+        ));
     }
     let file = conf.nodename_file.as_deref().unwrap_or(NODENAME_FILE);
     if let Ok(n) = std::fs::read_to_string(file)
         && !n.trim().is_empty()
     {
-        return Ok(n.trim().to_owned());
+        return Ok((n.trim().to_owned(), format!("node name file {file}")));
     }
+    // Calico lower-cases the host name.
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
+        .map(|h| (h.trim().to_lowercase(), "host name".to_owned()))
         .map_err(|e| {
             CniError::new(
                 ErrorCode::InvalidEnvironment,
@@ -117,25 +274,71 @@ fn node_name(conf: &NetConf) -> Result<String, CniError> {
         })
 }
 
-/// Who the workload is.
+/// Who the workload is. Made (and every name in it checked) before the datastore is touched.
 struct Workload {
     handle: String,
     node: String,
     /// Kubernetes namespace and pod, when the runtime passed them.
     k8s: Option<(String, String)>,
+    /// The container ID as the runtime gave it.
     container_id: String,
+    /// The container ID as the WorkloadEndpoint holds it ([`calico_container_id`]).
+    calico_id: String,
     ifname: String,
 }
 
 impl Workload {
     fn of(inv: &Invocation, conf: &NetConf) -> Result<Workload, CniError> {
-        Ok(Workload {
+        check_network_name(&conf.name)?;
+        gingham_cni::check_container_id(&inv.container_id)?;
+        gingham_cni::check_ifname(&inv.ifname)?;
+        let k8s = inv.k8s_args().map(|k| (k.namespace, k.pod));
+        if let Some((ns, pod)) = &k8s {
+            if !gingham_model::names::is_dns_label(ns) {
+                return Err(CniError::new(
+                    ErrorCode::InvalidEnvironment,
+                    format!(
+                        "CNI_ARGS K8S_POD_NAMESPACE={ns:?} is not a valid namespace (valid: a DNS-1123 label)"
+                    ),
+                ));
+            }
+            if !gingham_model::names::is_dns_subdomain(pod) {
+                return Err(CniError::new(
+                    ErrorCode::InvalidEnvironment,
+                    format!(
+                        "CNI_ARGS K8S_POD_NAME={pod:?} is not a valid pod name (valid: a DNS-1123 subdomain)"
+                    ),
+                ));
+            }
+        }
+        let w = Workload {
             handle: format!("{}.{}", conf.name, inv.container_id),
             node: node_name(conf)?,
-            k8s: inv.k8s_args().map(|k| (k.namespace, k.pod)),
+            k8s,
             container_id: inv.container_id.clone(),
+            calico_id: calico_container_id(&inv.container_id),
             ifname: inv.ifname.clone(),
-        })
+        };
+        // The endpoint segment of the WorkloadEndpoint name is the interface name.
+        if !gingham_model::names::is_dns_subdomain(&w.ifname) {
+            return Err(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!(
+                    "CNI_IFNAME={:?} cannot name a Calico WorkloadEndpoint (valid: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+                    w.ifname
+                ),
+            ));
+        }
+        let name = w.endpoint_name()?;
+        if !gingham_model::names::is_dns_subdomain(&name) {
+            return Err(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!(
+                    "the WorkloadEndpoint name {name:?} made from the node, container and interface names is not a valid name (valid: a DNS-1123 subdomain of at most 253 characters)"
+                ),
+            ));
+        }
+        Ok(w)
     }
 
     fn host_ifname(&self) -> String {
@@ -154,7 +357,7 @@ impl Workload {
     fn endpoint_name(&self) -> Result<String, CniError> {
         let (orch, workload) = match &self.k8s {
             Some((_, pod)) => ("k8s", pod.as_str()),
-            None => ("cni", self.container_id.as_str()),
+            None => ("cni", self.calico_id.as_str()),
         };
         gingham_model::names::workload_endpoint_name(&self.node, orch, workload, &self.ifname)
             .map_err(|e| CniError::new(ErrorCode::InvalidEnvironment, e))
@@ -246,7 +449,9 @@ fn allocate(
             match ipam.assign_ip(&req) {
                 Ok(a) => out.push(a.ip),
                 Err(e) => {
-                    let _ = ipam.release_by_handle(&w.handle);
+                    // Only what this call took: the handle may hold the addresses of another
+                    // interface of the same container.
+                    release_own(store, &w.handle, &out);
                     return Err(ipam_error(e));
                 }
             }
@@ -354,19 +559,30 @@ fn delegate(inv: &Invocation, plugin: &str, command: &str) -> Result<serde_json:
     Ok(value)
 }
 
-fn release(store: &Arc<dyn Datastore>, handle: &str) -> Result<(), CniError> {
-    Ipam::new(store.as_ref())
-        .release_by_handle(handle)
-        .map(|_| ())
-        .map_err(ipam_error)
+/// Releases the addresses one ADD allocated (its failure path), while `handle` holds them.
+fn release_own(store: &Arc<dyn Datastore>, handle: &str, ips: &[IpAddr]) {
+    if ips.is_empty() {
+        return;
+    }
+    if let Err(e) = Ipam::new(store.as_ref()).release_ips_of_handle(ips, Some(handle)) {
+        tracing::error!(%handle, ?ips, error = %e, "could not release the addresses of a failed ADD; `gingham ipam check` reports them");
+    }
 }
 
 fn ipam_add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     let conf = conf(inv)?;
+    let w = Workload::of(inv, conf)?;
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
-    let w = Workload::of(inv, conf)?;
-    let ips = allocate(&store, &client, inv, conf, &w)?;
+    // A repeated ADD returns what the container already holds.
+    let held = Ipam::new(store.as_ref())
+        .ips_by_handle(&w.handle)
+        .map_err(ipam_error)?;
+    let ips = if held.is_empty() {
+        allocate(&store, &client, inv, conf, &w)?
+    } else {
+        held
+    };
     Ok(Some(CniResult {
         ips: ips
             .iter()
@@ -382,9 +598,12 @@ fn ipam_add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
 
 fn ipam_del(inv: &Invocation) -> Result<(), CniError> {
     let conf = conf(inv)?;
-    let store = open_store(conf)?;
     let w = Workload::of(inv, conf)?;
-    release(&store, &w.handle)
+    let store = open_store(conf)?;
+    Ipam::new(store.as_ref())
+        .release_by_handle(&w.handle)
+        .map(|_| ())
+        .map_err(ipam_error)
 }
 
 fn netns_path(inv: &Invocation) -> Result<&Path, CniError> {
@@ -412,12 +631,39 @@ fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> WorkloadSpec {
 fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     let conf = conf(inv)?;
     let netns = netns_path(inv)?;
+    netns_must_exist(netns)?;
+    let w = Workload::of(inv, conf)?;
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
-    let w = Workload::of(inv, conf)?;
+    let name = w.endpoint_name()?;
+    let ns = w.namespace();
+    let stored = match client.get(Kind::WorkloadEndpoint, Some(&ns), &name) {
+        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
+        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => None,
+        Err(e) => return Err(store_error(e)),
+    };
+    // ADD again for an attachment that exists: its result, never a second address.
+    if let Some(e) = &stored
+        && runtime_container_id(e) == w.container_id
+        && !e.spec.ip_networks.is_empty()
+    {
+        return existing_attachment(&store, &client, e.clone(), &w, netns, conf).map(Some);
+    }
     let delegated = delegated_ipam(conf);
+    // The addresses this call allocates (and releases again if it fails); addresses the handle
+    // already held are reused and never released here.
+    let mut own: Vec<IpAddr> = Vec::new();
     let ips = match delegated {
-        None => allocate(&store, &client, inv, conf, &w)?,
+        None => {
+            let orphaned = orphaned_addresses(&store, &client, &w, &name)?;
+            if orphaned.is_empty() {
+                own = allocate(&store, &client, inv, conf, &w)?;
+                own.clone()
+            } else {
+                tracing::info!(handle = %w.handle, ips = ?orphaned, "reusing the addresses an earlier, unfinished ADD of this container allocated");
+                orphaned
+            }
+        }
         Some(plugin) => delegate(inv, plugin, "ADD")?["ips"]
             .as_array()
             .into_iter()
@@ -426,19 +672,23 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
             .map(|n| n.addr())
             .collect(),
     };
-    let release = |store: &Arc<dyn Datastore>, handle: &str| match delegated {
-        None => release(store, handle),
-        Some(plugin) => delegate(inv, plugin, "DEL").map(|_| ()),
+    let undo_ipam = || match delegated {
+        None => release_own(&store, &w.handle, &own),
+        Some(plugin) => {
+            if let Err(e) = delegate(inv, plugin, "DEL") {
+                tracing::error!(error = %e, "the delegated IPAM plugin could not release a failed ADD's addresses");
+            }
+        }
     };
     let plumbing = WorkloadPlumbing::new(&NetnsRef::Current).map_err(|e| {
-        let _ = release(&store, &w.handle);
+        undo_ipam();
         CniError::new(ErrorCode::Dataplane, format!("netlink: {e}"))
     })?;
     let spec = spec_for(&w, &ips, conf);
     let plumbed = match plumbing.setup(netns, &spec) {
         Ok(p) => p,
         Err(e) => {
-            let _ = release(&store, &w.handle);
+            undo_ipam();
             return Err(CniError::new(
                 ErrorCode::Dataplane,
                 format!(
@@ -451,11 +701,11 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     };
     let undo = |err: CniError| {
         let _ = plumbing.teardown(&spec.host_ifname);
-        let _ = release(&store, &w.handle);
+        undo_ipam();
         err
     };
     let wep = workload_endpoint(
-        &client,
+        stored,
         &w,
         &ips,
         &spec,
@@ -463,9 +713,18 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         conf,
     )
     .map_err(undo)?;
-    client
-        .write_all(&[wep], WriteMode::Apply)
-        .map_err(|e| undo(store_error(e)))?;
+    if let Err(e) = client.write_all(&[wep], WriteMode::Apply) {
+        // A write whose answer was lost (etcd stopped after committing) may have stored the
+        // endpoint: then its addresses must stay allocated (DEL releases them). Undo only when
+        // the endpoint is certainly absent.
+        return Err(match client.get(Kind::WorkloadEndpoint, Some(&ns), &name) {
+            Err(gingham_api::ApiError::NotFound { .. }) => undo(store_error(e)),
+            _ => {
+                tracing::warn!(endpoint = %name, "writing the endpoint failed and whether it was stored is unknown; keeping its addresses for DEL to release");
+                store_error(e)
+            }
+        });
+    }
     Ok(Some(CniResult {
         interfaces: vec![
             Interface {
@@ -491,11 +750,181 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     }))
 }
 
+/// The result of an ADD repeated for an attachment whose endpoint exists: the endpoint's
+/// addresses (which IPAM must still hold for the container), if its plumbing is still as set
+/// up. If the plumbing is entirely gone (neither interface exists, e.g. after an interrupted
+/// DEL), it is set up again with the same addresses. Anything else is an error; nothing is
+/// released or torn down, the container may still use them.
+fn existing_attachment(
+    store: &Arc<dyn Datastore>,
+    client: &Client,
+    mut e: WorkloadEndpoint,
+    w: &Workload,
+    netns: &Path,
+    conf: &NetConf,
+) -> Result<CniResult, CniError> {
+    let ips: Vec<IpAddr> = e.spec.ip_networks.iter().map(IpNet::addr).collect();
+    let listed = ips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = format!(
+        "container {} already has interface {} with {listed} (WorkloadEndpoint {}/{})",
+        w.container_id,
+        w.ifname,
+        e.metadata.namespace_or_empty(),
+        e.metadata.name
+    );
+    if delegated_ipam(conf).is_none() {
+        let held = Ipam::new(store.as_ref())
+            .ips_by_handle(&w.handle)
+            .map_err(ipam_error)?;
+        if let Some(ip) = ips.iter().find(|ip| !held.contains(ip)) {
+            return Err(CniError::new(
+                ErrorCode::Datastore,
+                format!(
+                    "{what}, but IPAM no longer holds {ip} for handle {} (released by hand?); DEL the container and ADD it again",
+                    w.handle
+                ),
+            ));
+        }
+    }
+    let spec = spec_for(w, &ips, conf);
+    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
+    let report = plumbing.check(netns, &spec).map_err(|err| {
+        CniError::new(
+            ErrorCode::Dataplane,
+            format!(
+                "{what}, and checking it in {} failed: {err}; DEL it before adding it again",
+                netns.display()
+            ),
+        )
+    })?;
+    let missing = |f: fn(&gingham_net::Problem) -> bool| report.problems.iter().any(f);
+    let mut container_mac = e.spec.mac.clone();
+    let mut host_mac = String::new();
+    if !report.is_ok() {
+        let gone = missing(|p| matches!(p, gingham_net::Problem::HostInterfaceMissing { .. }))
+            && missing(|p| matches!(p, gingham_net::Problem::ContainerInterfaceMissing { .. }));
+        if !gone {
+            return Err(CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "{what}, but its plumbing in {} differs: {}; DEL it before adding it again",
+                    netns.display(),
+                    problems_text(&report)
+                ),
+            ));
+        }
+        tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an attachment whose interfaces are gone; setting them up again with its addresses");
+        let plumbed = plumbing.setup(netns, &spec).map_err(|err| {
+            CniError::new(
+                ErrorCode::Dataplane,
+                format!(
+                    "setting up {} in {} again: {err}",
+                    spec.host_ifname,
+                    netns.display()
+                ),
+            )
+        })?;
+        container_mac = plumbed.container_mac.to_string();
+        host_mac = plumbed.host_mac.to_string();
+        e.metadata.resource_version = None;
+        e.spec.mac = container_mac.clone();
+        e.spec.interface_name = spec.host_ifname.clone();
+        if let Err(err) = client.write_all(&[Resource::WorkloadEndpoint(e)], WriteMode::Apply) {
+            let _ = plumbing.teardown(&spec.host_ifname);
+            return Err(store_error(err));
+        }
+    } else {
+        tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an existing attachment; returning its result");
+    }
+    Ok(CniResult {
+        interfaces: vec![
+            Interface {
+                name: spec.host_ifname.clone(),
+                mac: host_mac,
+                sandbox: None,
+            },
+            Interface {
+                name: w.ifname.clone(),
+                mac: container_mac,
+                sandbox: Some(netns.display().to_string()),
+            },
+        ],
+        ips: ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: IpNet::from(*ip),
+                gateway: None,
+                interface: Some(1),
+            })
+            .collect(),
+        ..CniResult::default()
+    })
+}
+
+/// A plumbing check's problems in words.
+fn problems_text(report: &gingham_net::WorkloadCheck) -> String {
+    report
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The addresses the container's handle holds that none of its other endpoints (other
+/// interfaces) lists: left by an ADD of this attachment that stopped before writing its
+/// endpoint.
+fn orphaned_addresses(
+    store: &Arc<dyn Datastore>,
+    client: &Client,
+    w: &Workload,
+    name: &str,
+) -> Result<Vec<IpAddr>, CniError> {
+    let held = Ipam::new(store.as_ref())
+        .ips_by_handle(&w.handle)
+        .map_err(ipam_error)?;
+    if held.is_empty() {
+        return Ok(held);
+    }
+    let others = addresses_of_other_interfaces(client, w, name)?;
+    Ok(held.into_iter().filter(|ip| !others.contains(ip)).collect())
+}
+
+/// The addresses listed by the container's endpoints other than `name`.
+fn addresses_of_other_interfaces(
+    client: &Client,
+    w: &Workload,
+    name: &str,
+) -> Result<Vec<IpAddr>, CniError> {
+    let (weps, _) = client
+        .list(Kind::WorkloadEndpoint, Some(&w.namespace()))
+        .map_err(store_error)?;
+    Ok(weps
+        .iter()
+        .filter_map(|r| match r {
+            Resource::WorkloadEndpoint(e)
+                if e.metadata.name != name
+                    && e.spec.node == w.node
+                    && runtime_container_id(e) == w.container_id =>
+            {
+                Some(e.spec.ip_networks.iter().map(IpNet::addr))
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect())
+}
+
 /// The WorkloadEndpoint for a plumbed workload. An endpoint already stored under the same name
 /// (written when the pod was applied, with its labels and ports) keeps those and gains the
 /// interface, MAC and addresses.
 fn workload_endpoint(
-    client: &Client,
+    existing: Option<WorkloadEndpoint>,
     w: &Workload,
     ips: &[IpAddr],
     spec: &WorkloadSpec,
@@ -504,10 +933,6 @@ fn workload_endpoint(
 ) -> Result<Resource, CniError> {
     let name = w.endpoint_name()?;
     let ns = w.namespace();
-    let existing = match client.get(Kind::WorkloadEndpoint, Some(&ns), &name) {
-        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
-        _ => None,
-    };
     let mut wep = existing.unwrap_or_else(|| {
         let (orchestrator, profiles) = match &w.k8s {
             Some((ns, _)) => (
@@ -542,16 +967,19 @@ fn workload_endpoint(
     let s = &mut wep.spec;
     s.node = w.node.clone();
     s.endpoint = w.ifname.clone();
-    match &w.k8s {
-        Some((_, pod)) => {
-            s.pod = pod.clone();
-            s.workload = String::new();
-            s.container_id = w.container_id.clone();
-        }
-        None => {
-            s.container_id = w.container_id.clone();
-        }
+    if let Some((_, pod)) = &w.k8s {
+        s.pod = pod.clone();
+        s.workload = String::new();
     }
+    s.container_id = w.calico_id.clone();
+    if w.calico_id == w.container_id {
+        wep.metadata.annotations.remove(CONTAINER_ID_ANNOTATION);
+    } else {
+        wep.metadata
+            .annotations
+            .insert(CONTAINER_ID_ANNOTATION.to_owned(), w.container_id.clone());
+    }
+    let s = &mut wep.spec;
     s.interface_name = spec.host_ifname.clone();
     s.mac = mac.to_owned();
     s.ip_networks = ips.iter().map(|ip| IpNet::from(*ip)).collect();
@@ -572,10 +1000,12 @@ fn workload_endpoint(
 
 fn del(inv: &Invocation) -> Result<(), CniError> {
     let conf = conf(inv)?;
+    let w = Workload::of(inv, conf)?;
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
-    let w = Workload::of(inv, conf)?;
-    // Each step tolerates what is already gone, so DEL can be repeated.
+    // Each step tolerates what is already gone, so DEL can be repeated. The endpoint goes
+    // before the addresses: interrupted in between, DEL leaves a leak (found by `ipam check`,
+    // released by the next DEL), never an endpoint listing an address IPAM may hand out again.
     let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
         .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
     plumbing.teardown(&w.host_ifname()).map_err(|e| {
@@ -584,25 +1014,44 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
             format!("removing {}: {e}", w.host_ifname()),
         )
     })?;
+    let name = w.endpoint_name()?;
+    match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
+        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+        Err(e) => return Err(store_error(e)),
+    }
     match delegated_ipam(conf) {
-        None => release(&store, &w.handle)?,
+        None => {
+            let ipam = Ipam::new(store.as_ref());
+            let held = ipam.ips_by_handle(&w.handle).map_err(ipam_error)?;
+            if held.is_empty() {
+                // Nothing allocated; still drop an empty handle record.
+                ipam.release_by_handle(&w.handle).map_err(ipam_error)?;
+                return Ok(());
+            }
+            // Addresses another interface of the same container lists stay.
+            let keep = addresses_of_other_interfaces(&client, &w, &name)?;
+            if keep.is_empty() {
+                ipam.release_by_handle(&w.handle).map_err(ipam_error)?;
+            } else {
+                let mine: Vec<IpAddr> = held.into_iter().filter(|ip| !keep.contains(ip)).collect();
+                ipam.release_ips_of_handle(&mine, Some(&w.handle))
+                    .map_err(ipam_error)?;
+            }
+        }
         Some(plugin) => {
             delegate(inv, plugin, "DEL")?;
         }
     }
-    let name = w.endpoint_name()?;
-    match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
-        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => Ok(()),
-        Err(e) => Err(store_error(e)),
-    }
+    Ok(())
 }
 
 fn check(inv: &Invocation) -> Result<(), CniError> {
     let conf = conf(inv)?;
     let netns = netns_path(inv)?;
+    netns_must_exist(netns)?;
+    let w = Workload::of(inv, conf)?;
     let store = open_store(conf)?;
     let client = Client::new(store.clone());
-    let w = Workload::of(inv, conf)?;
     let ips = match delegated_ipam(conf) {
         None => Ipam::new(store.as_ref())
             .ips_by_handle(&w.handle)
@@ -634,7 +1083,10 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
     if !report.is_ok() {
         return Err(CniError::new(
             ErrorCode::Dataplane,
-            format!("the workload's plumbing is not as set up: {report:?}"),
+            format!(
+                "the workload's plumbing is not as set up: {}",
+                problems_text(&report)
+            ),
         ));
     }
     let name = w.endpoint_name()?;
@@ -642,4 +1094,43 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
         .get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name)
         .map_err(|e| CniError::new(ErrorCode::Datastore, format!("{e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_calico_accepts_are_kept() {
+        for id in ["c0ffee", "abc-123", "0"] {
+            assert_eq!(calico_container_id(id), id);
+        }
+    }
+
+    #[test]
+    fn other_spec_container_ids_map_to_distinct_valid_names() {
+        let ids = [
+            "ctrA", "ctra-x", "ctr_x", "ctr.x", "CTR-X", "ctr-x-", "a_", "A",
+        ];
+        let mapped: Vec<String> = ids.iter().map(|i| calico_container_id(i)).collect();
+        for (id, m) in ids.iter().zip(&mapped) {
+            assert!(
+                gingham_model::names::is_dns_label(m),
+                "{id} -> {m} is not a valid name segment"
+            );
+            let name =
+                gingham_model::names::workload_endpoint_name("node-1", "cni", m, "eth0").unwrap();
+            assert!(gingham_model::names::is_dns_subdomain(&name), "{name}");
+        }
+        assert_eq!(
+            calico_container_id("ctrA"),
+            calico_container_id("ctrA"),
+            "stable"
+        );
+        assert!(calico_container_id("ctrA").starts_with("ctra-"));
+        let distinct: std::collections::BTreeSet<&String> = mapped.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "{mapped:?}");
+        // Never equal to the ID a Calico-valid container would keep.
+        assert_ne!(calico_container_id("ctrA"), "ctra");
+    }
 }

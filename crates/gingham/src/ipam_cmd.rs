@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use gingham_api::Client;
-use gingham_ipam::{Ipam, PoolSpec, Use};
+use gingham_ipam::{AllocationStatus, EndpointClaim, Ipam, PoolSpec, Use};
 use gingham_model::{Kind, Resource};
 use gingham_selector::Selector;
 use ipnet::IpNet;
@@ -19,9 +19,11 @@ pub enum IpamCmd {
     /// Addresses in use and free, per pool (and per block with --show-blocks).
     Show(ShowArgs),
     /// Find leaks: allocations whose workload is gone, blocks and affinities of missing nodes,
-    /// inconsistent records. Exits 1 when something is wrong.
+    /// inconsistent records, workload endpoints listing an address IPAM does not hold for their
+    /// container, and addresses listed by two endpoints. Exits 1 when something is wrong.
     Check,
-    /// Release an address whose workload is gone.
+    /// Release an address whose workload is gone. An address a workload endpoint still lists
+    /// (or whose handle's container still has an endpoint) is refused without --force.
     Release(ReleaseArgs),
 }
 
@@ -35,6 +37,24 @@ pub struct ShowArgs {
 pub struct ReleaseArgs {
     #[arg(long)]
     pub ip: IpAddr,
+    /// Release the address even though a workload still uses it (IPAM may then hand it to
+    /// another workload while the first still has it).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The workload endpoints as IPAM's check sees them: who claims which addresses.
+fn endpoint_claims(weps: &[Resource]) -> Vec<EndpointClaim> {
+    weps.iter()
+        .filter_map(|r| match r {
+            Resource::WorkloadEndpoint(w) => Some(EndpointClaim {
+                endpoint: format!("{}/{}", w.metadata.namespace_or_empty(), w.metadata.name),
+                container_id: crate::cni_plugin::runtime_container_id(w).to_owned(),
+                ips: w.spec.ip_networks.iter().map(IpNet::addr).collect(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The stored IPPools as IPAM sees them, and every IPReservation CIDR. With `node_labels`, a
@@ -143,12 +163,13 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
             let (weps, _) = client.list(Kind::WorkloadEndpoint, None)?;
             let (nodes, _) = client.list(Kind::Node, None)?;
             let (heps, _) = client.list(Kind::HostEndpoint, None)?;
-            let mut containers = BTreeSet::new();
+            let claims = endpoint_claims(&weps);
+            let containers: BTreeSet<&str> =
+                claims.iter().map(|c| c.container_id.as_str()).collect();
             let mut live_nodes: BTreeSet<String> =
                 nodes.iter().map(|n| n.meta().name.clone()).collect();
             for w in &weps {
                 if let Resource::WorkloadEndpoint(w) = w {
-                    containers.insert(w.spec.container_id.clone());
                     live_nodes.insert(w.spec.node.clone());
                 }
             }
@@ -157,14 +178,16 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
                     live_nodes.insert(h.spec.node.clone());
                 }
             }
-            // Handles are `<network>.<containerID>`; container IDs have no dots.
+            // Handles are `<network>.<containerID>`; a container ID may itself hold dots, so
+            // every suffix after a dot is tried.
             let is_live = |handle: &str, _: &BTreeMap<String, String>| {
-                handle
-                    .rsplit_once('.')
-                    .is_some_and(|(_, id)| containers.contains(id))
+                containers.contains(handle)
+                    || handle
+                        .match_indices('.')
+                        .any(|(i, _)| containers.contains(&handle[i + 1..]))
             };
             let nodes: Vec<String> = live_nodes.into_iter().collect();
-            let report = ipam.check(&is_live, &nodes)?;
+            let report = ipam.check_with_endpoints(&is_live, &nodes, &claims)?;
             println!(
                 "{} blocks, {} allocations, {} handles",
                 report.blocks, report.allocations, report.handles
@@ -202,6 +225,20 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
             for c in &report.corrupt {
                 println!("unreadable: {c}");
             }
+            for m in &report.endpoint_mismatches {
+                println!(
+                    "workload endpoint {} lists {}, but {}",
+                    m.endpoint, m.ip, m.problem
+                );
+            }
+            for d in &report.shared_addresses {
+                println!(
+                    "{} is listed by {} workload endpoints: {}",
+                    d.ip,
+                    d.endpoints.len(),
+                    d.endpoints.join(", ")
+                );
+            }
             if report.is_clean() {
                 println!("no problems found");
                 Ok(Exit::Ok)
@@ -210,6 +247,19 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
             }
         }
         IpamCmd::Release(args) => {
+            if let Some(users) = in_use_by(client, &ipam, args.ip)? {
+                if !args.force {
+                    eprintln!(
+                        "warning: {} is in use by {users}; releasing it would let IPAM give it to another workload while this one still has it. Nothing released; delete the workload (CNI DEL) first, or re-run with --force",
+                        args.ip
+                    );
+                    return Ok(Exit::UserError);
+                }
+                eprintln!(
+                    "warning: releasing {} although it is in use by {users} (--force)",
+                    args.ip
+                );
+            }
             let out = ipam
                 .release_ips(&[args.ip])
                 .with_context(|| format!("releasing {}", args.ip))?;
@@ -226,4 +276,32 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
             })
         }
     }
+}
+
+/// Who still uses `ip`: the workload endpoints that list it, and those of the container whose
+/// handle holds it. `None` when nobody does.
+fn in_use_by(client: &Client, ipam: &Ipam<'_>, ip: IpAddr) -> Result<Option<String>> {
+    let (weps, _) = client.list(Kind::WorkloadEndpoint, None)?;
+    let claims = endpoint_claims(&weps);
+    let handle = match ipam.get_allocation(ip)? {
+        AllocationStatus::InUse(info) => info.handle_id,
+        _ => None,
+    };
+    let users: Vec<String> = claims
+        .iter()
+        .filter(|c| {
+            c.ips.contains(&ip)
+                || handle
+                    .as_deref()
+                    .is_some_and(|h| gingham_ipam::handle_is_for_container(h, &c.container_id))
+        })
+        .map(|c| format!("workload endpoint {}", c.endpoint))
+        .collect();
+    if users.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(match handle {
+        Some(h) => format!("{} (handle {h})", users.join(", ")),
+        None => users.join(", "),
+    }))
 }

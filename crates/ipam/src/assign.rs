@@ -96,14 +96,8 @@ impl Ipam<'_> {
     /// (unless strict affinity is on) borrowed from other nodes' blocks. All or nothing: if the
     /// request cannot be met in full, whatever this call took is released and an error says why.
     pub fn auto_assign(&self, req: &AssignRequest) -> Result<AssignResult> {
-        if req.handle_id.is_empty() {
-            return Err(Error::Invalid(
-                "handle_id is empty; every allocation needs an owner handle".into(),
-            ));
-        }
-        if req.node.is_empty() {
-            return Err(Error::Invalid("node is empty".into()));
-        }
+        crate::names::check_handle(&req.handle_id)?;
+        crate::names::check_node(&req.node)?;
         for (pools, fam) in [(&req.pools_v4, Family::V4), (&req.pools_v6, Family::V6)] {
             if let Some(p) = pools.iter().find(|p| p.family() != fam) {
                 return Err(Error::Invalid(format!(
@@ -205,9 +199,21 @@ impl Ipam<'_> {
             Ok(())
         };
 
-        // Phase 1 and 2: the node's own blocks, claiming new ones as needed.
+        // Phase 1 and 2: the node's own blocks, claiming new ones as needed. Every round either
+        // assigns, claims or repairs a block, or counts a conflict; a round that does none of
+        // these (stored data this loop cannot see, e.g. an affinity under a key it cannot
+        // parse) must not repeat forever, writing each time: the rounds are bounded.
         let mut no_new_blocks_reason = None;
+        let max_rounds = num + 4 * max_blocks + 2 * self.max_conflicts + 16;
+        let mut rounds = 0usize;
         'outer: while got.len() < num {
+            rounds += 1;
+            if rounds > max_rounds {
+                return Err(Error::NoProgress {
+                    what: format!("assigning {family} addresses to node {node}"),
+                    rounds: max_rounds,
+                });
+            }
             let rem = num - got.len();
             let affinities = self.list_affinities(node, family)?;
             let (allowed, others): (Vec<_>, Vec<_>) = affinities
@@ -576,14 +582,8 @@ impl Ipam<'_> {
         let Some(ip) = req.ip else {
             return Err(Error::Invalid("no address given".into()));
         };
-        if req.handle_id.is_empty() {
-            return Err(Error::Invalid(
-                "handle_id is empty; every allocation needs an owner handle".into(),
-            ));
-        }
-        if req.node.is_empty() {
-            return Err(Error::Invalid("node is empty".into()));
-        }
+        crate::names::check_handle(&req.handle_id)?;
+        crate::names::check_node(&req.node)?;
         for p in &req.pools {
             p.validate()?;
         }

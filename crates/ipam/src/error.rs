@@ -95,6 +95,13 @@ pub enum Error {
     )]
     Contention { what: String, attempts: usize },
 
+    /// An operation went round its loop as often as it may without finishing: the stored data
+    /// is not what the loop expects. Nothing more is written.
+    #[error(
+        "gave up after {rounds} rounds without progress while {what}: the stored IPAM data is inconsistent; run `gingham ipam check`"
+    )]
+    NoProgress { what: String, rounds: usize },
+
     #[error(transparent)]
     Datastore(#[from] gingham_datastore::Error),
 }

@@ -27,6 +27,7 @@ mod assign;
 mod block;
 mod error;
 mod ipam;
+mod names;
 mod pool;
 mod release;
 mod report;
@@ -41,9 +42,11 @@ pub use ipam::{
     Clock, DEFAULT_MAX_BLOCKS_PER_HOST, DEFAULT_MAX_CONFLICTS, EMPTY_BLOCK_MIN_RECLAIM_AGE, Ipam,
     IpamConfig,
 };
+pub use names::{check_handle, check_node};
 pub use pool::{PoolSpec, Use};
 pub use release::ReleaseOutcome;
 pub use report::{
-    AffinityProblem, AllocationInfo, AllocationStatus, BlockUsage, CheckReport, HandleMismatch,
-    LeakedAllocation, NodeGone, PoolUsage, Usage,
+    AffinityProblem, AllocationInfo, AllocationStatus, BlockUsage, CheckReport, EndpointClaim,
+    EndpointMismatch, HandleMismatch, LeakedAllocation, NodeGone, PoolUsage, SharedAddress, Usage,
+    handle_is_for_container,
 };

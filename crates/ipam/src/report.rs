@@ -106,6 +106,44 @@ pub struct HandleMismatch {
     pub actual: i64,
 }
 
+/// What a workload endpoint says it holds, for [`Ipam::check_with_endpoints`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointClaim {
+    /// How the endpoint is named in reports, e.g. `shop/node--a-k8s-web-eth0`.
+    pub endpoint: String,
+    /// The container the endpoint belongs to, as the runtime named it; its addresses must be
+    /// held by a handle for that container (`<network>.<containerID>`).
+    pub container_id: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// An address an endpoint lists that IPAM does not hold for the endpoint's container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointMismatch {
+    pub endpoint: String,
+    pub ip: IpAddr,
+    /// What IPAM records instead: the handle holding it, or why none does.
+    pub problem: String,
+}
+
+/// An address listed by more than one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedAddress {
+    pub ip: IpAddr,
+    pub endpoints: Vec<String>,
+}
+
+/// True if `handle` is a handle of container `container_id`: the ID itself or
+/// `<network>.<containerID>`.
+pub fn handle_is_for_container(handle: &str, container_id: &str) -> bool {
+    let handle = sanitize_handle(handle);
+    !container_id.is_empty()
+        && (handle == container_id
+            || handle
+                .strip_suffix(container_id)
+                .is_some_and(|rest| rest.ends_with('.')))
+}
+
 /// The result of [`Ipam::check`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
@@ -120,6 +158,10 @@ pub struct CheckReport {
     pub handle_mismatches: Vec<HandleMismatch>,
     /// Keys whose value cannot be read.
     pub corrupt: Vec<String>,
+    /// Endpoint addresses that IPAM holds for another owner, or not at all.
+    pub endpoint_mismatches: Vec<EndpointMismatch>,
+    /// Addresses more than one endpoint lists.
+    pub shared_addresses: Vec<SharedAddress>,
 }
 
 impl CheckReport {
@@ -131,6 +173,8 @@ impl CheckReport {
             && self.affinity_problems.is_empty()
             && self.handle_mismatches.is_empty()
             && self.corrupt.is_empty()
+            && self.endpoint_mismatches.is_empty()
+            && self.shared_addresses.is_empty()
     }
 }
 
@@ -257,6 +301,61 @@ impl Ipam<'_> {
             p.free = in_blocks_free.saturating_add(outside);
         }
         Ok(usage)
+    }
+
+    /// [`Ipam::check`], and also every endpoint's addresses against IPAM: each address an
+    /// endpoint lists must be allocated to a handle of the endpoint's container, and no address
+    /// may be listed by two endpoints.
+    pub fn check_with_endpoints(
+        &self,
+        is_live: &dyn Fn(&str, &BTreeMap<String, String>) -> bool,
+        live_nodes: &[String],
+        endpoints: &[EndpointClaim],
+    ) -> Result<CheckReport> {
+        let mut report = self.check(is_live, live_nodes)?;
+        let cooldown = i64::from(self.config()?.ip_cooldown_seconds);
+        let blocks = self.list_blocks(None, cooldown)?;
+        let mut listed: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+        for e in endpoints {
+            for ip in &e.ips {
+                listed.entry(*ip).or_default().push(e.endpoint.clone());
+                let problem = match blocks.iter().find(|b| b.value.cidr.contains(ip)) {
+                    None => Some("IPAM has no block holding it (it is not allocated)".to_owned()),
+                    Some(b) => {
+                        let b = &b.value;
+                        let o = b.ordinal(*ip).expect("the block contains the address");
+                        match b.active(o) {
+                            None => Some("IPAM has it free (not allocated)".to_owned()),
+                            Some(a) => match a.handle_id.as_deref() {
+                                None => Some("IPAM holds it without a handle".to_owned()),
+                                Some(h) if handle_is_for_container(h, &e.container_id) => None,
+                                Some(h) => Some(format!(
+                                    "IPAM holds it for handle {}, not for this endpoint's container {}",
+                                    sanitize_handle(h),
+                                    e.container_id
+                                )),
+                            },
+                        }
+                    }
+                };
+                if let Some(problem) = problem {
+                    report.endpoint_mismatches.push(EndpointMismatch {
+                        endpoint: e.endpoint.clone(),
+                        ip: *ip,
+                        problem,
+                    });
+                }
+            }
+        }
+        for (ip, mut eps) in listed {
+            if eps.len() > 1 {
+                eps.sort();
+                report
+                    .shared_addresses
+                    .push(SharedAddress { ip, endpoints: eps });
+            }
+        }
+        Ok(report)
     }
 
     /// Checks the IPAM data for leaks and inconsistencies (`ipam check`). `is_live(handle,
