@@ -752,9 +752,10 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
 
 /// The result of an ADD repeated for an attachment whose endpoint exists: the endpoint's
 /// addresses (which IPAM must still hold for the container), if its plumbing is still as set
-/// up. If the plumbing is entirely gone (neither interface exists, e.g. after an interrupted
-/// DEL), it is set up again with the same addresses. Anything else is an error; nothing is
-/// released or torn down, the container may still use them.
+/// up. If the plumbing is gone (neither interface exists, e.g. after an interrupted DEL) or
+/// differs (an ADD killed while plumbing), the container's veth is set up again with the same
+/// addresses, as Calico's plugin does. Addresses are never released here: the container may
+/// still use them.
 fn existing_attachment(
     store: &Arc<dyn Datastore>,
     client: &Client,
@@ -808,17 +809,25 @@ fn existing_attachment(
     if !report.is_ok() {
         let gone = missing(|p| matches!(p, gingham_net::Problem::HostInterfaceMissing { .. }))
             && missing(|p| matches!(p, gingham_net::Problem::ContainerInterfaceMissing { .. }));
-        if !gone {
-            return Err(CniError::new(
-                ErrorCode::Dataplane,
-                format!(
-                    "{what}, but its plumbing in {} differs: {}; DEL it before adding it again",
-                    netns.display(),
-                    problems_text(&report)
-                ),
-            ));
+        if gone {
+            tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an attachment whose interfaces are gone; setting them up again with its addresses");
+        } else {
+            // Half set up (an ADD killed while plumbing) or changed by hand: as Calico's
+            // plugin does, the container's own veth is removed and made again, with the
+            // addresses it already holds.
+            tracing::warn!(container = %w.container_id, ifname = %w.ifname, ips = %listed, problems = %problems_text(&report), "ADD repeated for an attachment whose plumbing differs; setting it up again with its addresses");
+            plumbing.teardown(&spec.host_ifname).map_err(|err| {
+                CniError::new(
+                    ErrorCode::Dataplane,
+                    format!(
+                        "{what}, but its plumbing in {} differs ({}) and removing {} failed: {err}",
+                        netns.display(),
+                        problems_text(&report),
+                        spec.host_ifname
+                    ),
+                )
+            })?;
         }
-        tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an attachment whose interfaces are gone; setting them up again with its addresses");
         let plumbed = plumbing.setup(netns, &spec).map_err(|err| {
             CniError::new(
                 ErrorCode::Dataplane,

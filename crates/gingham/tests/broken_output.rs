@@ -155,7 +155,7 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
-        ["lab", "probe" | "down"] => (s(&["lab", words[1], "--dir", &nolab]), "", false),
+        ["lab", "probe" | "down" | "wait"] => (s(&["lab", words[1], "--dir", &nolab]), "", false),
         ["lab", "delete"] => (s(&["lab", "delete", "ns/pod", "--dir", &nolab]), "", false),
         ["lab", "try"] => (
             s(&[
@@ -393,8 +393,9 @@ fn sys_lab_commands_survive_a_full_or_readerless_stdout() {
     let lab = common::lab_up("o", "{nodes: [node-a]}", LAB);
     let f = Fixture::new();
     let d = lab.dir.as_str();
-    let cases: [(&[&str], bool); 3] = [
+    let cases: [(&[&str], bool); 4] = [
         (&["lab", "probe", "--dir", d, "--port", "80"], true),
+        (&["lab", "wait", "--dir", d], true),
         (
             &[
                 "lab",

@@ -919,6 +919,19 @@ fn sys_repeated_add_keeps_the_live_address_and_check_sees_duplicates() {
     );
     assert_eq!(ipam.ips_by_handle(handle).unwrap(), vec![ip2]);
 
+    // Half the plumbing undone (as an ADD killed while plumbing leaves it): a repeated ADD
+    // sets it up again with the same address (as Calico's plugin does), and it works.
+    node.ns.exec_ok(&["ip", "link", "set", &host_if, "down"]);
+    p2.exec_ok(&["ip", "addr", "flush", "dev", "eth0"]);
+    let out = plugin(&node, &call("ADD", "c2", p2.path(), "two"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(first_ip(&out), ip2, "a repair keeps the address");
+    assert_eq!(ipam.ips_by_handle(handle).unwrap(), vec![ip2]);
+    let out = plugin(&node, &call("CHECK", "c2", p2.path(), "two"));
+    assert!(out.status.success(), "plumbing repaired: {}", text(&out));
+    let addr = p2.exec_ok(&["ip", "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains(&format!("{ip2}/32")), "{addr}");
+
     // ADD again with a namespace that does not exist: CNI error 3, nothing released.
     let out = plugin(
         &node,
