@@ -567,6 +567,28 @@ fn messages_cut_long_values_and_speak_plainly() {
         );
     }
 
+    // Any field, any check or parser: a long value is cut, in the object's name too.
+    for doc in [
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: h}}\nspec: {{node: n, interfaceName: {huge}}}\n"
+        ),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 10.0.0.0/8, blockSize: {huge}}}\n"
+        ),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {huge}}}\nspec: {{cidr: 10.0.0.0/8, blockSize: x}}\n"
+        ),
+    ] {
+        let o = cli.run_stdin(&["apply", "-f", "-"], Some(&doc));
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).len() < 600 && stderr(&o).contains("… (200"),
+            "{} bytes: {}",
+            stderr(&o).len(),
+            &stderr(&o)[..stderr(&o).len().min(300)]
+        );
+    }
+
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
     assert_eq!(o.status.code(), Some(1));
