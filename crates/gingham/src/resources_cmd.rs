@@ -391,7 +391,8 @@ pub fn convert(args: &ConvertArgs) -> Result<Exit> {
 pub fn parse_kind(s: &str) -> Result<Kind> {
     Kind::from_cli_name(s).with_context(|| {
         format!(
-            "unknown resource kind {s:?} (valid: {})",
+            "unknown resource kind {} (valid: {})",
+            gingham_model::quote(s),
             Kind::ALL
                 .iter()
                 .map(|k| k.name().to_lowercase())

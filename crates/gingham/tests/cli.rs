@@ -567,6 +567,28 @@ fn messages_cut_long_values_and_speak_plainly() {
         );
     }
 
+    // Any field, any check or parser: a long value is cut, in the object's name too.
+    for doc in [
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: h}}\nspec: {{node: n, interfaceName: {huge}}}\n"
+        ),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: 10.0.0.0/8, blockSize: {huge}}}\n"
+        ),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {huge}}}\nspec: {{cidr: 10.0.0.0/8, blockSize: x}}\n"
+        ),
+    ] {
+        let o = cli.run_stdin(&["apply", "-f", "-"], Some(&doc));
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).len() < 600 && stderr(&o).contains("… (200"),
+            "{} bytes: {}",
+            stderr(&o).len(),
+            &stderr(&o)[..stderr(&o).len().min(300)]
+        );
+    }
+
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.128/25, 192.168.0.0/24]}\n";
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(np));
     assert_eq!(o.status.code(), Some(1));
@@ -584,22 +606,21 @@ fn messages_cut_long_values_and_speak_plainly() {
     );
 }
 
+/// Debug diagnostics of a command that tries an etcd where none listens (port 1).
+const DEBUG_ARGS: &[&str] = &[
+    "--log",
+    "debug",
+    "--datastore",
+    "etcd:http://127.0.0.1:1",
+    "get",
+    "gnp",
+];
+
 /// Diagnostics on stderr carry no colour codes unless stderr is a terminal.
 #[test]
 fn no_colours_when_stderr_is_not_a_terminal() {
     let cli = Cli::sqlite();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
-    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
-    let o = cli.run(&[
-        "--log",
-        "debug",
-        "apply",
-        "-R",
-        "-f",
-        dir.path().to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli.run(DEBUG_ARGS);
     assert!(stderr(&o).contains("DEBUG"), "{}", stderr(&o));
     assert!(!stderr(&o).contains('\u{1b}'), "{:?}", stderr(&o));
 }
@@ -609,25 +630,20 @@ fn no_colours_when_stderr_is_not_a_terminal() {
 #[test]
 fn sys_colours_at_a_terminal_unless_no_color() {
     let script = gingham_testkit::require_tool("script");
-    let cli = Cli::sqlite();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(data("policies.yaml"), dir.path().join("p.yaml")).unwrap();
-    std::os::unix::fs::symlink(".", dir.path().join("again")).unwrap();
+    let line = format!(
+        "{} {} >/dev/null",
+        env!("CARGO_BIN_EXE_gingham"),
+        DEBUG_ARGS.join(" ")
+    );
     let run = |no_color: Option<&str>| -> String {
-        let line = format!(
-            "{} --log debug apply -R -f {} >/dev/null",
-            env!("CARGO_BIN_EXE_gingham"),
-            dir.path().display()
-        );
         let mut cmd = Command::new(&script);
-        cmd.args(["-qec", &line, "/dev/null"])
-            .env("GINGHAM_DATASTORE", &cli.datastore)
-            .env_remove("NO_COLOR");
+        cmd.args(["-qc", &line, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("GINGHAM_DATASTORE");
         if let Some(v) = no_color {
             cmd.env("NO_COLOR", v);
         }
         let o = cmd.output().unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let tty = run(None);

@@ -16,6 +16,52 @@ pub fn quote(value: &str) -> String {
     }
 }
 
+/// Cuts every quoted value (as `{:?}` writes strings) longer than [`QUOTE_MAX_CHARS`] characters
+/// in a finished message, as [`quote`] would have (the size given is that of the quoted form):
+/// the safety net for messages that quote a value without [`quote`].
+pub fn cut_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let body = &rest[open + 1..];
+        // The closing quote: the first one not escaped by a backslash.
+        let mut escaped = false;
+        let close = body.char_indices().find_map(|(i, c)| {
+            let end = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            end.then_some(i)
+        });
+        let Some(close) = close else {
+            out.push_str(body);
+            return out;
+        };
+        let inner = &body[..close];
+        match inner.char_indices().nth(QUOTE_MAX_CHARS) {
+            None => out.push_str(inner),
+            Some((cut, _)) => {
+                out.push_str(&inner[..cut]);
+                out.push_str(&format!("\"… ({} bytes)", inner.len()));
+                rest = &body[close + 1..];
+                continue;
+            }
+        }
+        out.push('"');
+        rest = &body[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Unquoted text for a message (an object's `Kind namespace/name`, a field path), cut after
+/// twice [`QUOTE_MAX_CHARS`] characters as [`quote`] cuts values.
+pub fn cut_plain(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(2 * QUOTE_MAX_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()).into(),
+    }
+}
+
 /// A field path for an error message whose last part is a user's key (a label key): cut as
 /// [`quote`] cuts values, so the path stays short.
 pub fn path_with_key(path: &str, key: &str) -> String {
@@ -36,11 +82,12 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    /// A problem at `path`.
+    /// A problem at `path`. A long quoted value in the message is cut ([`cut_quoted`]): no
+    /// message echoes a long value whole, whichever check or parser wrote it.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> ValidationError {
         ValidationError {
             path: path.into(),
-            message: message.into(),
+            message: cut_quoted(&message.into()),
         }
     }
 }
@@ -84,11 +131,11 @@ impl fmt::Display for LoadError {
                 write!(f, " item {i}")?;
             }
             if let Some(o) = &self.object {
-                write!(f, " ({o})")?;
+                write!(f, " ({})", cut_plain(o))?;
             }
         }
         if !self.path.is_empty() {
-            write!(f, ": {}", self.path)?;
+            write!(f, ": {}", cut_plain(&self.path))?;
         }
         write!(f, ": {}", one_line(&self.message))
     }
@@ -139,6 +186,14 @@ mod tests {
         let q = quote(&long);
         assert!(q.len() < 120, "{q}");
         assert!(q.ends_with("… (5000000 bytes)"), "{q}");
+        let msg = format!("{long:?} is not a valid interface name; \"eth0\" is");
+        let cut = cut_quoted(&msg);
+        assert!(cut.len() < 160, "{cut}");
+        assert!(
+            cut.ends_with("… (5000000 bytes) is not a valid interface name; \"eth0\" is"),
+            "{cut}"
+        );
+        assert_eq!(cut_quoted("a \"b\\\"c\" d"), "a \"b\\\"c\" d");
         // Cut on a character boundary.
         let wide = "é".repeat(100);
         assert!(quote(&wide).ends_with("… (200 bytes)"));
@@ -168,11 +223,11 @@ pub struct ConvertError {
 }
 
 impl ConvertError {
-    /// A conversion problem at `path`.
+    /// A conversion problem at `path` (long quoted values cut, as in [`ValidationError::new`]).
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> ConvertError {
         ConvertError {
             path: path.into(),
-            message: message.into(),
+            message: cut_quoted(&message.into()),
         }
     }
 }

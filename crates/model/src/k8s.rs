@@ -578,7 +578,10 @@ pub fn pod_to_workload_endpoint(
         let floating: Vec<String> = serde_json::from_str(raw).map_err(|e| {
             ConvertError::new(
                 "metadata.annotations.cni.projectcalico.org/floatingIPs",
-                format!("{raw:?} is not a JSON list of IPs: {e}"),
+                format!(
+                    "{} is not a JSON list of IPs: {e}",
+                    crate::error::quote(raw)
+                ),
             )
         })?;
         for f in floating {
@@ -596,7 +599,10 @@ pub fn pod_to_workload_endpoint(
         let list: Vec<String> = serde_json::from_str(raw).map_err(|e| {
             ConvertError::new(
                 "metadata.annotations.cni.projectcalico.org/allowedSourcePrefixes",
-                format!("{raw:?} is not a JSON list of CIDRs: {e}"),
+                format!(
+                    "{} is not a JSON list of CIDRs: {e}",
+                    crate::error::quote(raw)
+                ),
             )
         })?;
         for s in list {
@@ -780,7 +786,10 @@ fn k8s_port(path: &str, p: &K8sPolicyPort) -> Result<(Protocol, Option<Port>), C
         Some(other) => {
             return Err(ConvertError::new(
                 format!("{path}.protocol"),
-                format!("{other:?} is not a valid protocol (valid: TCP, UDP, SCTP)"),
+                format!(
+                    "{} is not a valid protocol (valid: TCP, UDP, SCTP)",
+                    crate::error::quote(other)
+                ),
             ));
         }
     };
@@ -904,7 +913,8 @@ pub fn network_policy_to_calico(np: &K8sNetworkPolicy) -> Result<NetworkPolicy, 
                         return Err(ConvertError::new(
                             format!("spec.policyTypes[{i}]"),
                             format!(
-                                "{other:?} is not a valid policy type (valid: Ingress, Egress)"
+                                "{} is not a valid policy type (valid: Ingress, Egress)",
+                                crate::error::quote(other)
                             ),
                         ));
                     }

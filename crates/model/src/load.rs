@@ -366,12 +366,13 @@ fn classify(v: &Value) -> Result<Class, ValidationError> {
             ));
         }
     };
+    let kind_q = crate::error::quote(kind);
     match api {
         API_VERSION => match Kind::from_name(kind) {
             Some(k) => Ok(Class::V3(k)),
             None => {
                 let mut msg = format!(
-                    "unknown kind {kind:?} for {API_VERSION} (valid: {})",
+                    "unknown kind {kind_q} for {API_VERSION} (valid: {})",
                     Kind::valid_names()
                 );
                 if let Some(k) = Kind::ALL
@@ -381,7 +382,7 @@ fn classify(v: &Value) -> Result<Class, ValidationError> {
                     msg.push_str(&format!("; kinds are case-sensitive, did you mean {k}?"));
                 } else if v1::V1Kind::from_name(kind).is_some() {
                     msg.push_str(&format!(
-                        "; {kind:?} is a legacy v1 kind, which needs apiVersion: v1"
+                        "; {kind_q} is a legacy v1 kind, which needs apiVersion: v1"
                     ));
                 }
                 Err(ValidationError::new("kind", msg))
@@ -396,7 +397,7 @@ fn classify(v: &Value) -> Result<Class, ValidationError> {
                 Err(ValidationError::new(
                     "kind",
                     format!(
-                        "unknown kind {kind:?} for apiVersion v1 (valid: legacy Calico {}; Kubernetes Namespace, Pod)",
+                        "unknown kind {kind_q} for apiVersion v1 (valid: legacy Calico {}; Kubernetes Namespace, Pod)",
                         v1::V1Kind::valid_names()
                     ),
                 ))
@@ -407,12 +408,15 @@ fn classify(v: &Value) -> Result<Class, ValidationError> {
                 Some(k) => Ok(Class::K8s(k)),
                 None => Err(ValidationError::new(
                     "kind",
-                    format!("unsupported kind {kind:?} for {api} (valid: NetworkPolicy)"),
+                    format!("unsupported kind {kind_q} for {api} (valid: NetworkPolicy)"),
                 )),
             }
         }
         other => {
-            let mut msg = format!("unsupported apiVersion {other:?} (valid: {VALID_API_VERSIONS})");
+            let mut msg = format!(
+                "unsupported apiVersion {} (valid: {VALID_API_VERSIONS})",
+                crate::error::quote(other)
+            );
             if other == "crd.projectcalico.org/v1" {
                 msg.push_str("; export CRDs through calicoctl or use projectcalico.org/v3");
             }

@@ -747,6 +747,51 @@ fn invalid_resources_are_rejected_with_path_and_reason() {
             "spec.interfacePrefx",
             "unknown field",
         ),
+        // StagedKubernetesNetworkPolicy: as the Kubernetes NetworkPolicy it stages.
+        (
+            res(
+                "StagedKubernetesNetworkPolicy",
+                "s",
+                "  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}\n",
+            ),
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+            "must be a strict subset of cidr",
+        ),
+        (
+            res(
+                "StagedKubernetesNetworkPolicy",
+                "s",
+                "  podSelector: {matchLabels: {\"bad key!\": x}}\n",
+            ),
+            "spec.podSelector",
+            "bad key!",
+        ),
+        (
+            res("StagedKubernetesNetworkPolicy", "s", "  policyTypes: [Sideways]\n"),
+            "spec.policyTypes[0]",
+            "valid: Ingress, Egress",
+        ),
+        (
+            res("StagedKubernetesNetworkPolicy", "s", "  stagedAction: Remove\n"),
+            "spec.stagedAction",
+            "valid: Set, Delete",
+        ),
+        (
+            res("StagedKubernetesNetworkPolicy", "s", "  selector: all()\n"),
+            "spec.selector",
+            "unknown field",
+        ),
+        // Kubernetes: an exception must be a strict subset of its block.
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [10.0.0.0/24]}\n".into(),
+            "spec.egress[0].to[0].ipBlock.except[0]",
+            "must be a strict subset of cidr",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  egress:\n  - to:\n    - ipBlock: {cidr: 10.0.0.0/24, except: [\"fd00::/120\"]}\n".into(),
+            "spec.egress[0].to[0].ipBlock.except[0]",
+            "must be a strict subset of cidr",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (text, path, frag)) in cases.iter().enumerate() {
