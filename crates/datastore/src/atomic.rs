@@ -348,7 +348,15 @@ impl Atomic {
             let _ = heartbeat.join();
             result
         });
-        match prepared? {
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // Best effort: release the lock now rather than after the heartbeat goes stale.
+                let _ = self.roll_back(&Intent::mine(id, chunks.len()));
+                return Err(e);
+            }
+        };
+        match prepared {
             Prepared::RolledBack => return Ok(None),
             Prepared::Failed(failed_keys) => {
                 self.roll_back(&Intent::mine(id, chunks.len()))?;
@@ -361,9 +369,14 @@ impl Atomic {
             key: INTENT_KEY.into(),
             value: Intent::value(Phase::Committed, chunks.len()),
         });
-        let committed = match self.inner.txn(&commit)? {
-            TxnOutcome::Committed { revision } => revision,
-            TxnOutcome::Failed { .. } => return Ok(None),
+        let committed = match self.inner.txn(&commit) {
+            Ok(TxnOutcome::Committed { revision }) => revision,
+            Ok(TxnOutcome::Failed { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "{e} (whether the write was committed is settled by the next gingham command that reads or writes this datastore: all of it or none of it)"
+                )));
+            }
         };
         // Step 5.
         let finished = self.apply(committed, id, chunks.len(), &txn.ops).map_err(|e| {
