@@ -110,3 +110,21 @@ fn sys_etcd_unreachable_is_said_in_words() {
         format!("cannot reach etcd at http://127.0.0.1:{port}: connection refused")
     );
 }
+
+/// A listing larger than gRPC's default 4 MiB answer (10,000 policies take about 5 MiB).
+#[test]
+fn sys_etcd_lists_more_than_four_mebibytes() {
+    let server = EtcdServer::start();
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .expect("connect to etcd");
+    let value = vec![b'x'; 64 * 1024];
+    for i in 0..96 {
+        store.put(&format!("/big/{i:03}"), &value).unwrap();
+    }
+    let listing = store.list("/big/").expect("a 6 MiB listing");
+    assert_eq!(listing.kvs.len(), 96);
+    assert!(listing.kvs.iter().all(|kv| kv.value == value));
+}
