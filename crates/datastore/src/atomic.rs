@@ -315,7 +315,11 @@ impl Atomic {
                 value: b"0".to_vec(),
             });
         let id = loop {
-            match self.inner.txn(&acquire)? {
+            match self
+                .inner
+                .txn(&acquire)
+                .map_err(|e| annotate(e, "nothing was written"))?
+            {
                 TxnOutcome::Committed { revision } => break revision,
                 TxnOutcome::Failed { .. } => self.settle()?,
             }
@@ -353,7 +357,7 @@ impl Atomic {
             Err(e) => {
                 // Best effort: release the lock now rather than after the heartbeat goes stale.
                 let _ = self.roll_back(&Intent::mine(id, chunks.len()));
-                return Err(e);
+                return Err(annotate(e, "nothing was written"));
             }
         };
         match prepared {
@@ -373,16 +377,18 @@ impl Atomic {
             Ok(TxnOutcome::Committed { revision }) => revision,
             Ok(TxnOutcome::Failed { .. }) => return Ok(None),
             Err(e) => {
-                return Err(Error::Unavailable(format!(
-                    "{e} (whether the write was committed is settled by the next gingham command that reads or writes this datastore: all of it or none of it)"
-                )));
+                return Err(annotate(
+                    e,
+                    "whether the write was committed is settled by the next gingham command that reads or writes this datastore: all of it or none of it",
+                ));
             }
         };
         // Step 5.
         let finished = self.apply(committed, id, chunks.len(), &txn.ops).map_err(|e| {
-            Error::Unavailable(format!(
-                "{e} (the write is committed: the next gingham command that reads or writes this datastore completes it)"
-            ))
+            annotate(
+                e,
+                "the write is committed: the next gingham command that reads or writes this datastore completes it",
+            )
         })?;
         let revision = match finished {
             Some(r) => r,
@@ -527,6 +533,16 @@ impl Intent {
         };
         let chunks = chunks.parse().map_err(|_| bad())?;
         Ok(Self { kv, phase, chunks })
+    }
+}
+
+/// Adds what became of the write to an error's message.
+fn annotate(e: Error, note: &str) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(format!("{m} ({note})")),
+        Error::ReadOnly(m) => Error::ReadOnly(format!("{m} ({note})")),
+        Error::Backend(m) => Error::Backend(format!("{m} ({note})")),
+        other => other,
     }
 }
 
