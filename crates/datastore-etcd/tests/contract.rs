@@ -41,6 +41,39 @@ impl Harness for EtcdHarness {
 
 gingham_datastore::contract_tests!(sys_etcd, EtcdHarness::new(), child: EtcdHarness::from_env);
 
+/// What gingham uses: etcd behind the layer that makes large writes all-or-nothing.
+struct AtomicEtcdHarness(EtcdHarness);
+
+impl AtomicEtcdHarness {
+    fn from_env() -> Box<dyn Datastore> {
+        Box::new(gingham_datastore::atomic::Atomic::new(
+            EtcdHarness::from_env().into(),
+            Default::default(),
+        ))
+    }
+}
+
+impl Harness for AtomicEtcdHarness {
+    fn connect(&self) -> Box<dyn Datastore> {
+        Box::new(gingham_datastore::atomic::Atomic::new(
+            self.0.connect().into(),
+            Default::default(),
+        ))
+    }
+    fn restart(&mut self) {
+        self.0.restart();
+    }
+    fn child_env(&self) -> Option<Vec<(String, String)>> {
+        self.0.child_env()
+    }
+}
+
+gingham_datastore::contract_tests!(
+    sys_etcd_atomic,
+    AtomicEtcdHarness(EtcdHarness::new()),
+    child: AtomicEtcdHarness::from_env
+);
+
 /// TLS with client certificates, configured through Calico's variables.
 #[test]
 fn sys_etcd_tls_with_client_certificates() {
