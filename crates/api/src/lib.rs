@@ -22,7 +22,7 @@ pub enum ApiError {
     NotFound { kind: Kind, name: String },
     /// The resourceVersion given with the resource is not the stored one.
     #[error(
-        "{kind} {name} has changed since resourceVersion {expected} was read: {}; get it again and retry, or leave resourceVersion out to overwrite it",
+        "{kind} {name} was changed by someone else since resourceVersion {expected} was read: {}; get it again and retry, or leave resourceVersion out to overwrite it",
         describe_found(*found)
     )]
     Conflict {

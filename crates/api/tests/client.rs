@@ -266,7 +266,7 @@ fn conflicts_are_explained_in_words() {
     assert_eq!(
         err.to_string(),
         format!(
-            "NetworkPolicy ns/p0 has changed since resourceVersion {stale} was read: it is now at resourceVersion {now}; get it again and retry, or leave resourceVersion out to overwrite it"
+            "NetworkPolicy ns/p0 was changed by someone else since resourceVersion {stale} was read: it is now at resourceVersion {now}; get it again and retry, or leave resourceVersion out to overwrite it"
         )
     );
     let mut labels = std::collections::BTreeMap::new();

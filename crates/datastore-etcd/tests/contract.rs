@@ -41,6 +41,39 @@ impl Harness for EtcdHarness {
 
 gingham_datastore::contract_tests!(sys_etcd, EtcdHarness::new(), child: EtcdHarness::from_env);
 
+/// What gingham uses: etcd behind the layer that makes large writes all-or-nothing.
+struct AtomicEtcdHarness(EtcdHarness);
+
+impl AtomicEtcdHarness {
+    fn from_env() -> Box<dyn Datastore> {
+        Box::new(gingham_datastore::atomic::Atomic::new(
+            EtcdHarness::from_env().into(),
+            Default::default(),
+        ))
+    }
+}
+
+impl Harness for AtomicEtcdHarness {
+    fn connect(&self) -> Box<dyn Datastore> {
+        Box::new(gingham_datastore::atomic::Atomic::new(
+            self.0.connect().into(),
+            Default::default(),
+        ))
+    }
+    fn restart(&mut self) {
+        self.0.restart();
+    }
+    fn child_env(&self) -> Option<Vec<(String, String)>> {
+        self.0.child_env()
+    }
+}
+
+gingham_datastore::contract_tests!(
+    sys_etcd_atomic,
+    AtomicEtcdHarness(EtcdHarness::new()),
+    child: AtomicEtcdHarness::from_env
+);
+
 /// TLS with client certificates, configured through Calico's variables.
 #[test]
 fn sys_etcd_tls_with_client_certificates() {
@@ -109,4 +142,22 @@ fn sys_etcd_unreachable_is_said_in_words() {
         err.to_string(),
         format!("cannot reach etcd at http://127.0.0.1:{port}: connection refused")
     );
+}
+
+/// A listing larger than gRPC's default 4 MiB answer (10,000 policies take about 5 MiB).
+#[test]
+fn sys_etcd_lists_more_than_four_mebibytes() {
+    let server = EtcdServer::start();
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints: vec![server.endpoint()],
+        ..EtcdConfig::default()
+    })
+    .expect("connect to etcd");
+    let value = vec![b'x'; 64 * 1024];
+    for i in 0..96 {
+        store.put(&format!("/big/{i:03}"), &value).unwrap();
+    }
+    let listing = store.list("/big/").expect("a 6 MiB listing");
+    assert_eq!(listing.kvs.len(), 96);
+    assert!(listing.kvs.iter().all(|kv| kv.value == value));
 }

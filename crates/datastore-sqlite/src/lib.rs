@@ -206,6 +206,11 @@ fn check_is_ours(path: &Path) -> Result<()> {
             }
         )));
     }
+    // Only our tables, perhaps not all of them yet: another process may be creating the store
+    // (its statements commit one by one).
+    if !tables.iter().any(|t| t == "meta") {
+        return Ok(());
+    }
     let schema: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| {
             r.get(0)
@@ -213,11 +218,10 @@ fn check_is_ours(path: &Path) -> Result<()> {
         .optional()
         .map_err(|_| not_ours("its meta table is not Gingham's".into()))?;
     match schema {
-        Some(1) => Ok(()),
+        Some(1) | None => Ok(()),
         Some(v) => Err(not_ours(format!(
             "it has schema version {v}, this gingham knows 1"
         ))),
-        None => Err(not_ours("its meta table has no schema version".into())),
     }
 }
 

@@ -315,7 +315,11 @@ impl Atomic {
                 value: b"0".to_vec(),
             });
         let id = loop {
-            match self.inner.txn(&acquire)? {
+            match self
+                .inner
+                .txn(&acquire)
+                .map_err(|e| annotate(e, "nothing was written"))?
+            {
                 TxnOutcome::Committed { revision } => break revision,
                 TxnOutcome::Failed { .. } => self.settle()?,
             }
@@ -348,7 +352,15 @@ impl Atomic {
             let _ = heartbeat.join();
             result
         });
-        match prepared? {
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // Best effort: release the lock now rather than after the heartbeat goes stale.
+                let _ = self.roll_back(&Intent::mine(id, chunks.len()));
+                return Err(annotate(e, "nothing was written"));
+            }
+        };
+        match prepared {
             Prepared::RolledBack => return Ok(None),
             Prepared::Failed(failed_keys) => {
                 self.roll_back(&Intent::mine(id, chunks.len()))?;
@@ -361,15 +373,22 @@ impl Atomic {
             key: INTENT_KEY.into(),
             value: Intent::value(Phase::Committed, chunks.len()),
         });
-        let committed = match self.inner.txn(&commit)? {
-            TxnOutcome::Committed { revision } => revision,
-            TxnOutcome::Failed { .. } => return Ok(None),
+        let committed = match self.inner.txn(&commit) {
+            Ok(TxnOutcome::Committed { revision }) => revision,
+            Ok(TxnOutcome::Failed { .. }) => return Ok(None),
+            Err(e) => {
+                return Err(annotate(
+                    e,
+                    "whether the write was committed is settled by the next gingham command that reads or writes this datastore: all of it or none of it",
+                ));
+            }
         };
         // Step 5.
         let finished = self.apply(committed, id, chunks.len(), &txn.ops).map_err(|e| {
-            Error::Unavailable(format!(
-                "{e} (the write is committed: the next gingham command that reads or writes this datastore completes it)"
-            ))
+            annotate(
+                e,
+                "the write is committed: the next gingham command that reads or writes this datastore completes it",
+            )
         })?;
         let revision = match finished {
             Some(r) => r,
@@ -514,6 +533,16 @@ impl Intent {
         };
         let chunks = chunks.parse().map_err(|_| bad())?;
         Ok(Self { kv, phase, chunks })
+    }
+}
+
+/// Adds what became of the write to an error's message.
+fn annotate(e: Error, note: &str) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(format!("{m} ({note})")),
+        Error::ReadOnly(m) => Error::ReadOnly(format!("{m} ({note})")),
+        Error::Backend(m) => Error::Backend(format!("{m} ({note})")),
+        other => other,
     }
 }
 

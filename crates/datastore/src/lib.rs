@@ -306,9 +306,9 @@ pub trait Datastore: Send + Sync {
     /// [`Error::Compacted`]. Compacting to a revision at or below the last compaction is a no-op.
     fn compact(&self, revision: Revision) -> Result<()>;
 
-    /// How big one transaction may be on this backend. Callers that write many keys split their
-    /// work into transactions within these limits (etcd refuses more than 128 operations or about
-    /// 1.5 MiB in one request by default).
+    /// How big one transaction may be on this backend (etcd refuses more than 128 operations or
+    /// about 1.5 MiB in one request by default). [`atomic::Atomic`] takes transactions of any
+    /// size on such a backend, all-or-nothing.
     fn txn_limits(&self) -> TxnLimits {
         TxnLimits::UNLIMITED
     }

@@ -25,3 +25,27 @@ impl Harness for MemHarness {
 }
 
 gingham_datastore::contract_tests!(memory, MemHarness::new());
+
+/// The atomic layer over a store with etcd's limits keeps the contract.
+struct AtomicHarness(MemStore);
+
+impl Harness for AtomicHarness {
+    fn connect(&self) -> Box<dyn Datastore> {
+        Box::new(gingham_datastore::atomic::Atomic::new(
+            std::sync::Arc::new(self.0.clone()),
+            Default::default(),
+        ))
+    }
+    fn restart(&mut self) {}
+    fn child_env(&self) -> Option<Vec<(String, String)>> {
+        None
+    }
+}
+
+gingham_datastore::contract_tests!(
+    atomic_over_memory,
+    AtomicHarness(MemStore::new().with_limits(gingham_datastore::TxnLimits {
+        max_ops: 128,
+        max_bytes: 1024 * 1024,
+    }))
+);

@@ -189,7 +189,8 @@ impl Generations {
     }
 }
 
-/// Kills `gingham apply` at 20 random points and checks all-or-nothing after each.
+/// Kills `gingham apply` at 20 random points and checks all-or-nothing after each (the next
+/// reader is `gingham get` at every fourth point, the library's reader at the others).
 fn kill_at_random_points(ds: &str, raw: &dyn Datastore, reader: &Arc<dyn Datastore>) {
     let dir = tempfile::tempdir().unwrap();
     let first = write_generation(dir.path(), 1);
@@ -213,6 +214,31 @@ fn kill_at_random_points(ds: &str, raw: &dyn Datastore, reader: &Arc<dyn Datasto
         }
         let status = child.wait().unwrap();
         let left = raw_state(raw);
+        if point % 4 == 0 {
+            // Here the next reader is `gingham get`: it completes a committed write.
+            let names = common::ok_in(
+                &[
+                    "--datastore",
+                    ds,
+                    "get",
+                    "networkpolicy",
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "name",
+                ],
+                None,
+            );
+            assert!(
+                [0, RESOURCES].contains(&names.lines().count()),
+                "point {point}: gingham get shows {} policies",
+                names.lines().count()
+            );
+            assert!(
+                !raw_state(raw).contains("committed"),
+                "gingham get completed the committed write"
+            );
+        }
         let seen = observed_generation(reader);
         let verdict = gens.check(g, seen, &format!("point {point}"));
         println!(
