@@ -129,7 +129,7 @@ fn apply_get_delete_round_trip() {
     let o = cli.run_stdin(&["apply", "-f", "-"], Some(&stale));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("has changed since resourceVersion 1 was read"),
+        stderr(&o).contains("was changed by someone else since resourceVersion 1 was read"),
         "{}",
         stderr(&o)
     );
