@@ -13,9 +13,10 @@
 //! templates read (per-host BGP fields, global settings, the set of peerings with the unidirectional
 //! mesh rule, reverse peerings and "first emitter wins"), and [`text`] writes the files.
 //!
-//! This crate does no I/O: the caller reads files or the datastore, writes the output and runs
-//! `bird -p -c` on it.
+//! This crate does no I/O: the caller reads files or the datastore ([`load`] turns resource text
+//! into [`Input`]), writes the output and runs `bird -p -c` on it.
 
+pub mod load;
 mod text;
 mod view;
 
@@ -107,6 +108,11 @@ pub enum RenderError {
         "node {0:?} not found among the Node resources (confd renders nothing until it exists)"
     )]
     NodeNotFound(String),
+    /// The node has no IPv4 address and no router id was given: BIRD needs a 4-byte id.
+    #[error(
+        "node {0:?} has no IPv4 address (spec.bgp.ipv4Address), so BIRD has no router id: set CALICO_ROUTER_ID to an IPv4 address or to hash"
+    )]
+    NoRouterId(String),
     /// `CALICO_ROUTER_ID` is neither an IPv4 address nor `hash`.
     #[error(
         "CALICO_ROUTER_ID {0:?} is not valid (valid: an IPv4 address such as 10.0.0.1, or hash)"
@@ -129,6 +135,10 @@ pub fn render(input: &Input, opts: &Options) -> Result<Rendered, RenderError> {
             Err(_) => return Err(RenderError::BadRouterId(s.to_string())),
         },
     };
+    if router_id.is_none() && !v.has_ipv4() {
+        // confd would write `router id ;`, which BIRD rejects.
+        return Err(RenderError::NoRouterId(opts.node_name.clone()));
+    }
     let mut files = Vec::with_capacity(6);
     for name in FILE_NAMES {
         let version = if name.starts_with("bird6") { 6 } else { 4 };

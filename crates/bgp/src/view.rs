@@ -577,6 +577,11 @@ impl<'a> View<'a> {
         self.node_peers = node;
     }
 
+    /// Whether the rendered node has an IPv4 address.
+    pub(crate) fn has_ipv4(&self) -> bool {
+        !self.host().ip4.is_empty()
+    }
+
     fn host(&self) -> &Host {
         &self.hosts[&self.me]
     }
