@@ -524,9 +524,7 @@ impl<'a> View<'a> {
                     let key = peer_key(peer.ip, peer.port);
                     if global_pass {
                         global.entry(key).or_insert(peer);
-                    } else if local_nodes.iter().any(|n| *n == self.me)
-                        && !global.contains_key(&key)
-                    {
+                    } else if local_nodes.contains(&self.me) && !global.contains_key(&key) {
                         node.entry(key).or_insert(peer);
                     }
                 }
@@ -551,7 +549,7 @@ impl<'a> View<'a> {
                 let v6 = ip.contains(':');
                 (self.nodes_with_ip_port_and_as(&ip, as_num, port), !v6, v6)
             };
-            if !local_nodes.iter().any(|n| *n == self.me) {
+            if !local_nodes.contains(&self.me) {
                 continue;
             }
             let peer_nodes = if !p.spec.node_selector.is_empty() {
