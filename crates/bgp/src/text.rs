@@ -257,6 +257,13 @@ pub(crate) fn aggr_cfg(c: &BirdConfig) -> String {
             }
         }
     }
+    if !c.static_routes.is_empty() {
+        route_added = true;
+        o.l("   # Static routes.");
+        for cidr in &c.static_routes {
+            o.l(format!("   route {cidr} blackhole;"));
+        }
+    }
     for (routes, heading) in [
         (
             &c.reachable_global,
@@ -339,6 +346,13 @@ pub(crate) fn ipam_cfg(c: &BirdConfig) -> String {
     o.l("  reject_local_routes();");
     o.l("  apply_communities();");
     o.l("  calico_aggr();");
+    if !c.static_routes.is_empty() {
+        o.blank();
+        o.l("  # Export static routes.");
+        for cidr in &c.static_routes {
+            o.l(format!("  if ( net ~ {cidr} ) then {{ accept; }}"));
+        }
+    }
     if c.is_route_reflector {
         for (list, what) in [
             (&c.load_balancer_ips, "LB service IP ranges"),
@@ -362,6 +376,14 @@ pub(crate) fn ipam_cfg(c: &BirdConfig) -> String {
     o.l("}");
     o.blank();
     o.l("filter calico_kernel_programming {");
+    if !c.reject_cidrs.is_empty() {
+        o.blank();
+        o.l("  # Don't program static routes into kernel.");
+        for cidr in &c.reject_cidrs {
+            o.l(format!("  if ( net ~ {cidr} ) then {{ reject; }}"));
+        }
+        o.blank();
+    }
     for l in c
         .set_metric
         .iter()

@@ -156,6 +156,10 @@ pub(crate) struct BirdConfig {
     pub is_route_reflector: bool,
     /// Lines of the BGPFilter functions section.
     pub filter_funcs: Vec<String>,
+    /// Service ranges advertised from this node (blackholed and exported), in key order.
+    pub static_routes: Vec<String>,
+    /// Service ranges never programmed into the kernel, in key order.
+    pub reject_cidrs: Vec<String>,
 }
 
 /// confd's view of the datastore, for one node.
@@ -713,7 +717,49 @@ impl<'a> View<'a> {
         c.reachable_node = reach(&self.node_peers);
         c.is_route_reflector = !me.rr_cluster_id.is_empty();
         c.filter_funcs = vec![format!("# No v{version} BGPFilters configured")];
+        (c.static_routes, c.reject_cidrs) = self.service_routes(version);
         c
+    }
+
+    /// The service ranges of the default BGPConfiguration that every node advertises (confd's
+    /// global routes): all cluster IP ranges, external IP and (with aggregation, the default)
+    /// LoadBalancer IP ranges that are not single addresses. A node labelled
+    /// `node.kubernetes.io/exclude-from-external-load-balancers=true` advertises none, but
+    /// still keeps them out of its kernel. Per-Service /32 routes need Services and
+    /// EndpointSlices and are not rendered.
+    fn service_routes(&self, version: u8) -> (Vec<String>, Vec<String>) {
+        let Some(g) = self.global else {
+            return (Vec::new(), Vec::new());
+        };
+        let cidrs = |list: &[gingham_model::bgp::CidrBlock], ranges_only: bool| -> Vec<String> {
+            list.iter()
+                .filter_map(|b| b.cidr)
+                .filter(|n| !ranges_only || n.prefix_len() != n.max_prefix_len())
+                .map(|n| n.to_string())
+                .collect()
+        };
+        let mut all = cidrs(&g.spec.service_cluster_ips, false);
+        all.extend(cidrs(&g.spec.service_external_ips, true));
+        if g.spec.service_load_balancer_aggregation.as_deref() != Some("Disabled") {
+            all.extend(cidrs(&g.spec.service_load_balancer_ips, true));
+        }
+        // Keyed as confd keys them: the CIDR with `-` for `/`, listed in key order.
+        let keys: BTreeSet<String> = all
+            .into_iter()
+            .filter(|c| c.contains(':') == (version == 6))
+            .map(|c| c.replacen('/', "-", 1))
+            .collect();
+        let routes: Vec<String> = keys.iter().map(|k| k.replacen('-', "/", 1)).collect();
+        let excluded = self
+            .host()
+            .labels
+            .get("node.kubernetes.io/exclude-from-external-load-balancers")
+            .is_some_and(|v| v == "true");
+        if excluded {
+            (Vec::new(), routes)
+        } else {
+            (routes.clone(), routes)
+        }
     }
 
     fn peers(&self, c: &BirdConfig, version: u8, warnings: &mut Vec<String>) -> Vec<BirdPeer> {

@@ -42,6 +42,9 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     // Communities: global, and replaced by a node's own BGPConfiguration.
     ("communities", "node-a", None),
     ("communities", "node-b", None),
+    // Service ranges from the default BGPConfiguration, and a node excluded from them.
+    ("service-ranges", "node-a", None),
+    ("service-ranges", "node-x", None),
 ];
 
 fn data_dir() -> PathBuf {
