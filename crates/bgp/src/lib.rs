@@ -16,6 +16,7 @@
 //! This crate does no I/O: the caller reads files or the datastore ([`load`] turns resource text
 //! into [`Input`]), writes the output and runs `bird -p -c` on it.
 
+pub mod filter;
 pub mod load;
 mod text;
 mod view;
@@ -61,6 +62,8 @@ pub struct Input {
     pub bgp_peers: Vec<BgpPeer>,
     /// IP pools.
     pub ip_pools: Vec<IpPool>,
+    /// BGP filters.
+    pub bgp_filters: Vec<filter::BgpFilter>,
     /// Block affinities (every node's; only the rendered node's are used).
     pub affinities: Vec<Affinity>,
     /// Secrets holding BGP passwords. A password whose secret or key is missing is left out

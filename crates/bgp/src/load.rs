@@ -8,6 +8,7 @@ use base64::Engine;
 use gingham_model::Resource;
 use serde_json::Value;
 
+use crate::filter::BgpFilter;
 use crate::{Affinity, Input};
 
 /// Adds the resources this renderer reads to `input`; other kinds are ignored.
@@ -32,6 +33,7 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
     let mut errors = Vec::new();
     let mut secrets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut affinities = Vec::new();
+    let mut filters = Vec::new();
     // Secrets and block affinities are taken out here; the other documents go to the resource
     // loader in place (an empty list keeps the document numbers of its messages).
     let mut rest = Vec::with_capacity(docs.len());
@@ -42,6 +44,9 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         let taken = match (api, kind) {
             ("v1", "Secret") => secret(&doc, &what).map(|s| secrets.push(s)),
             (_, "BlockAffinity") => affinity(&doc, &what).map(|a| affinities.push(a)),
+            ("projectcalico.org/v3", "BGPFilter") => {
+                bgp_filter(doc.clone(), &what).map(|f| filters.push(f))
+            }
             _ => {
                 rest.push(doc);
                 continue;
@@ -68,10 +73,32 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
     }
     add_resources(input, resources);
     input.affinities.extend(affinities);
+    input.bgp_filters.extend(filters);
     for (name, data) in secrets {
         input.secrets.entry(name).or_default().extend(data);
     }
     Ok(())
+}
+
+/// A BGPFilter, validated.
+fn bgp_filter(doc: Value, what: &str) -> Result<BgpFilter, String> {
+    let name = doc
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let what = format!("{what} (BGPFilter {name})");
+    let f: BgpFilter = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{what}: {path}: {}", e.into_inner())
+    })?;
+    let problems = f.validate();
+    if problems.is_empty() {
+        Ok(f)
+    } else {
+        Err(format!("{what}: {}", problems.join("; ")))
+    }
 }
 
 /// A Kubernetes Secret's name and decoded data (`data` is base64, `stringData` plain).

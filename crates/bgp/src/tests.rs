@@ -157,3 +157,50 @@ fn blank_line_comparison() {
     assert!(diff_ignoring_blank_lines("a\nb\n", "a\nc\n").is_some());
     assert!(diff_ignoring_blank_lines("a\n", "a\nb\n").is_some());
 }
+
+#[test]
+fn bgp_filter_problems_are_named_and_missing_filters_warned() {
+    let mut i = Input::default();
+    let e = load::add_text(
+        &mut i,
+        "f.yaml",
+        "apiVersion: projectcalico.org/v3
+kind: BGPFilter
+metadata: {name: bad}
+spec:
+  exportV4:
+    - {action: Drop, cidr: 10.0.0.0/8}
+",
+    )
+    .unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("f.yaml: document 1 (BGPFilter bad): spec.exportV4[0].action: \"Drop\""),
+        "{e:?}"
+    );
+    assert!(
+        e[0].contains("cidr and matchOperator must be given together"),
+        "{e:?}"
+    );
+    assert!(i.bgp_filters.is_empty());
+
+    let mut yaml = TWO_NODES.to_string();
+    yaml.push_str(
+        "
+---
+apiVersion: projectcalico.org/v3
+kind: BGPPeer
+metadata: {name: tor}
+spec: {peerIP: 192.0.2.1, asNumber: 65000, filters: [nope]}
+",
+    );
+    let r = render(&input(&yaml), &opts("n1")).unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("BGPFilter \"nope\" does not exist")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(!r.file("bird.cfg").unwrap().contains("nope"));
+}

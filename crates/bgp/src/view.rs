@@ -9,6 +9,7 @@ use gingham_model::bgp::{BgpPassword, Community, PrefixAdvertisement};
 use gingham_model::{BgpConfiguration, BgpPeer, IpPool, IpipMode, VxlanMode};
 use gingham_selector::Selector;
 
+use crate::filter::BgpFilter;
 use crate::{Input, RenderError, Secrets};
 
 /// BIRD's largest integer; route priorities are carried as `2147483647 - bgp_local_pref`.
@@ -180,6 +181,8 @@ pub(crate) struct View<'a> {
     /// This node's non-pending affinities: `(family, key segment, cidr, state)`.
     blocks: Vec<(u8, String, String, String)>,
     secrets: &'a Secrets,
+    /// BGP filters in name order.
+    filters: Vec<&'a BgpFilter>,
 }
 
 fn secret_value(secrets: &Secrets, pw: Option<&BgpPassword>) -> Option<String> {
@@ -311,6 +314,11 @@ impl<'a> View<'a> {
             pools: input.ip_pools.iter().collect(),
             blocks,
             secrets: &input.secrets,
+            filters: {
+                let mut f: Vec<&BgpFilter> = input.bgp_filters.iter().collect();
+                f.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+                f
+            },
         };
         let mut peers: Vec<&BgpPeer> = input.bgp_peers.iter().collect();
         peers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -716,7 +724,7 @@ impl<'a> View<'a> {
         c.reachable_global = reach(&self.global_peers);
         c.reachable_node = reach(&self.node_peers);
         c.is_route_reflector = !me.rr_cluster_id.is_empty();
-        c.filter_funcs = vec![format!("# No v{version} BGPFilters configured")];
+        c.filter_funcs = crate::filter::functions(&self.filters, version);
         (c.static_routes, c.reject_cidrs) = self.service_routes(version);
         c
     }
@@ -798,8 +806,8 @@ impl<'a> View<'a> {
                     name: format!("Mesh_{}", ip.replace(['.', ':'], "_")),
                     ip: ip.clone(),
                     port,
-                    import_filter: import_filter(c.normal_route_priority),
-                    export_filter: export_filter(same_as, c.normal_route_priority),
+                    import_filter: import_filter(&[], c.normal_route_priority),
+                    export_filter: export_filter(&[], same_as, c.normal_route_priority),
                     as_number,
                     kind: "mesh",
                     source_addr: my_ip.clone(),
@@ -816,7 +824,22 @@ impl<'a> View<'a> {
                 if !key.starts_with(&format!("peer_v{version}/")) {
                     continue;
                 }
-                if let Some(bp) = build_peer(p, prefix, c, my_ip, cluster_id) {
+                let calls = |import: bool, same_as: bool| -> Vec<String> {
+                    p.filters
+                        .iter()
+                        .filter_map(|name| {
+                            let f = self.filters.iter().find(|f| f.metadata.name == *name);
+                            if f.is_none() {
+                                warnings.push(format!(
+                                    "BGP peering with {}: BGPFilter {name:?} does not exist; the session is rendered without it",
+                                    p.ip
+                                ));
+                            }
+                            f?.call(import, version, same_as)
+                        })
+                        .collect()
+                };
+                if let Some(bp) = build_peer(p, prefix, c, my_ip, cluster_id, calls) {
                     out.push(bp);
                 }
             }
@@ -1011,28 +1034,32 @@ fn next_hop_mode(p: &BgpPeer) -> (bool, String) {
     }
 }
 
-fn import_filter(prio: i64) -> Vec<String> {
-    vec![
+fn import_filter(calls: &[String], prio: i64) -> Vec<String> {
+    let mut v = calls.to_vec();
+    v.extend([
         format!(
             "if (defined(bgp_local_pref)&&(bgp_local_pref > {})) then",
             BIRD_INT_MAX - prio
         ),
         format!("  preference = {OVERRIDE_PREFERENCE};"),
         "accept;".into(),
-    ]
+    ]);
+    v
 }
 
-fn export_filter(same_as: bool, prio: i64) -> Vec<String> {
-    vec![
+fn export_filter(calls: &[String], same_as: bool, prio: i64) -> Vec<String> {
+    let mut v: Vec<String> = vec![
         "if (defined(source) && source = RTS_BGP && defined(bgp_local_pref)) then {".into(),
         format!("  krt_metric = {BIRD_INT_MAX} - bgp_local_pref;"),
         "} else {".into(),
         format!("  if (!defined(krt_metric)) then {{ krt_metric = {prio}; }}"),
         format!("  bgp_local_pref = {BIRD_INT_MAX} - krt_metric;"),
         "}".into(),
-        format!("calico_export_to_bgp_peers({same_as});"),
-        "reject;".into(),
-    ]
+    ];
+    v.extend(calls.iter().cloned());
+    v.push(format!("calico_export_to_bgp_peers({same_as});"));
+    v.push("reject;".into());
+    v
 }
 
 /// confd's `buildPeerFromData`.
@@ -1042,6 +1069,7 @@ fn build_peer(
     c: &BirdConfig,
     my_ip: &str,
     cluster_id: &str,
+    mut filter_calls: impl FnMut(bool, bool) -> Vec<String>,
 ) -> Option<BirdPeer> {
     let ip = p.ip.to_string();
     if ip == my_ip {
@@ -1080,8 +1108,12 @@ fn build_peer(
         b.local_as_number.clone()
     };
     let same_as = b.as_number == node_as;
-    b.import_filter = import_filter(c.normal_route_priority);
-    b.export_filter = export_filter(same_as, c.normal_route_priority);
+    b.import_filter = import_filter(&filter_calls(true, same_as), c.normal_route_priority);
+    b.export_filter = export_filter(
+        &filter_calls(false, same_as),
+        same_as,
+        c.normal_route_priority,
+    );
     if let Some(pw) = &p.password {
         b.password = pw.clone();
     }

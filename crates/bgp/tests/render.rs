@@ -45,6 +45,8 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     // Service ranges from the default BGPConfiguration, and a node excluded from them.
     ("service-ranges", "node-a", None),
     ("service-ranges", "node-x", None),
+    // BGPFilters: matches, operations, peer types, long names, a missing filter.
+    ("filters", "node-a", None),
 ];
 
 fn data_dir() -> PathBuf {
