@@ -204,3 +204,39 @@ spec: {peerIP: 192.0.2.1, asNumber: 65000, filters: [nope]}
     );
     assert!(!r.file("bird.cfg").unwrap().contains("nope"));
 }
+
+#[test]
+fn bird_programmed_ipip_is_calicos_text_with_a_warning() {
+    let mut yaml = TWO_NODES.to_string();
+    yaml.push_str(
+        "
+---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {programClusterRoutes: Enabled}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: ipip-cross}
+spec: {cidr: 10.247.0.0/16, ipipMode: CrossSubnet}
+",
+    );
+    let r = render(&input(&yaml), &opts("n1")).unwrap();
+    let ipam = r.file("bird_ipam.cfg").unwrap();
+    assert!(
+        ipam.contains(
+            "  if (net ~ 10.247.0.0/16) then { if (defined(bgp_next_hop)&&(bgp_next_hop ~ 10.0.0.0/24)) then krt_tunnel=\"\"; else krt_tunnel=\"tunl0\"; accept; }"
+        ),
+        "{ipam}"
+    );
+    // BIRD programs IPIP routes itself: tunl0 routes are not filtered from iBGP exports.
+    assert!(ipam.contains("if ((ifname ~ \"*.cali\") || (ifname ~ \"*.calico\")) then {"));
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("IPPool ipip-cross:") && w.contains("krt_tunnel")),
+        "{:?}",
+        r.warnings
+    );
+}

@@ -705,7 +705,7 @@ impl<'a> View<'a> {
         c.peers = self.peers(&c, version, warnings);
         c.peers.sort_by(|a, b| a.name.cmp(&b.name));
         c.communities = self.communities(version);
-        self.pools(&mut c, version);
+        self.pools(&mut c, version, warnings);
         self.wireguard(&mut c, version);
         c.blocks = self
             .blocks
@@ -879,7 +879,7 @@ impl<'a> View<'a> {
         out
     }
 
-    fn pools(&self, c: &mut BirdConfig, version: u8) {
+    fn pools(&self, c: &mut BirdConfig, version: u8, warnings: &mut Vec<String>) {
         let (bird_ipip, bird_no_encap) = match self
             .global
             .and_then(|g| g.spec.program_cluster_routes.as_deref())
@@ -938,6 +938,12 @@ impl<'a> View<'a> {
                     "VXLAN routes are handled by Felix.",
                 )
             } else if bird_programs {
+                if version == 4 && ipip {
+                    warnings.push(format!(
+                        "IPPool {}: BGPConfiguration programClusterRoutes makes BIRD program its IPIP routes with krt_tunnel, which only Calico's BIRD fork accepts (stock BIRD rejects the configuration); use EnabledNoEncapOnly (the default) and let the agent program IPIP routes",
+                        pool.metadata.name
+                    ));
+                }
                 let extra = if version == 4 {
                     match pool.spec.ipip() {
                         IpipMode::Always => "krt_tunnel=\"tunl0\";".to_string(),
