@@ -48,6 +48,25 @@ pub struct Affinity {
     pub state: String,
 }
 
+/// A local workload's endpoint status (felix's `<prefix>/endpoint-status/<name>` file): the
+/// workloads selected by a BGPPeer's `localWorkloadSelector` name that peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalWorkload {
+    /// The status file's name.
+    #[serde(skip)]
+    pub name: String,
+    /// The BGPPeer whose localWorkloadSelector selects the workload (empty: none).
+    #[serde(default)]
+    pub bgp_peer_name: String,
+    /// The workload's IPv4 networks (the first is used).
+    #[serde(default)]
+    pub ipv4_nets: Vec<String>,
+    /// The workload's IPv6 networks (the first is used).
+    #[serde(default)]
+    pub ipv6_nets: Vec<String>,
+}
+
 /// Kubernetes secrets (namespace `kube-system`): secret name → key → decoded value.
 pub type Secrets = BTreeMap<String, BTreeMap<String, String>>;
 
@@ -64,6 +83,8 @@ pub struct Input {
     pub ip_pools: Vec<IpPool>,
     /// BGP filters.
     pub bgp_filters: Vec<filter::BgpFilter>,
+    /// Local workloads that are BGP peers (endpoint status files).
+    pub local_workloads: Vec<LocalWorkload>,
     /// Block affinities (every node's; only the rendered node's are used).
     pub affinities: Vec<Affinity>,
     /// Secrets holding BGP passwords. A password whose secret or key is missing is left out

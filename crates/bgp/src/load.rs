@@ -80,6 +80,14 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
     Ok(())
 }
 
+/// A workload endpoint status file (JSON) named `name`.
+pub fn local_workload(name: &str, text: &str) -> Result<crate::LocalWorkload, String> {
+    let mut w: crate::LocalWorkload =
+        serde_json::from_str(text).map_err(|e| format!("endpoint status file {name}: {e}"))?;
+    w.name = name.to_string();
+    Ok(w)
+}
+
 /// A BGPFilter, validated.
 fn bgp_filter(doc: Value, what: &str) -> Result<BgpFilter, String> {
     let name = doc

@@ -62,6 +62,8 @@ struct V1Peer {
     reachable_by: String,
     passive_mode: bool,
     next_hop_mode: String,
+    /// A local workload peering.
+    local: bool,
 }
 
 impl V1Peer {
@@ -84,6 +86,7 @@ impl V1Peer {
             reachable_by: String::new(),
             passive_mode: false,
             next_hop_mode: String::new(),
+            local: false,
         }
     }
 }
@@ -183,6 +186,8 @@ pub(crate) struct View<'a> {
     secrets: &'a Secrets,
     /// BGP filters in name order.
     filters: Vec<&'a BgpFilter>,
+    /// Local workload peers in status file name order.
+    local_workloads: Vec<&'a crate::LocalWorkload>,
 }
 
 fn secret_value(secrets: &Secrets, pw: Option<&BgpPassword>) -> Option<String> {
@@ -314,6 +319,11 @@ impl<'a> View<'a> {
             pools: input.ip_pools.iter().collect(),
             blocks,
             secrets: &input.secrets,
+            local_workloads: {
+                let mut w: Vec<&crate::LocalWorkload> = input.local_workloads.iter().collect();
+                w.sort_by(|a, b| a.name.cmp(&b.name));
+                w
+            },
             filters: {
                 let mut f: Vec<&BgpFilter> = input.bgp_filters.iter().collect();
                 f.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -415,6 +425,44 @@ impl<'a> View<'a> {
         out
     }
 
+    /// confd's `localBGPPeerDataAsBGPPeers` for the workloads that name this BGPPeer: passive
+    /// sessions to the workload's first address of each family, without a source address.
+    fn local_workload_peers(&self, p: &BgpPeer, warnings: &mut Vec<String>) -> Vec<V1Peer> {
+        let mut out = Vec::new();
+        for w in &self.local_workloads {
+            if w.bgp_peer_name.is_empty() || w.bgp_peer_name != p.metadata.name {
+                continue;
+            }
+            let first = |nets: &[String]| -> Result<Option<IpAddr>, ()> {
+                match nets.first() {
+                    None => Ok(None),
+                    Some(n) => n
+                        .parse::<ipnet::IpNet>()
+                        .map(|n| Some(n.addr()))
+                        .map_err(|_| ()),
+                }
+            };
+            let (Ok(v4), Ok(v6)) = (first(&w.ipv4_nets), first(&w.ipv6_nets)) else {
+                warnings.push(format!(
+                    "endpoint status {}: an address is not a CIDR; ignored",
+                    w.name
+                ));
+                continue;
+            };
+            for ip in [v4, v6].into_iter().flatten() {
+                let mut peer = V1Peer::new(ip);
+                peer.local_as_num = p.spec.local_as_number.map(|a| a.0).unwrap_or(0);
+                peer.filters = p.spec.filters.clone();
+                peer.as_num = p.spec.as_number.map(|a| a.0).unwrap_or(0);
+                peer.source_addr = "None".into();
+                peer.passive_mode = true;
+                peer.local = true;
+                out.push(peer);
+            }
+        }
+        out
+    }
+
     /// confd's `setPeerConfigFieldsFromV3Resource`.
     fn set_common_fields(&self, peers: &mut [V1Peer], p: &BgpPeer, warnings: &mut Vec<String>) {
         let password = secret_value(self.secrets, p.spec.password.as_ref());
@@ -472,10 +520,7 @@ impl<'a> View<'a> {
                 };
                 let mut v1 = Vec::new();
                 if !p.spec.local_workload_selector.is_empty() {
-                    warnings.push(format!(
-                        "BGPPeer {}: localWorkloadSelector peerings are not rendered yet",
-                        p.metadata.name
-                    ));
+                    v1 = self.local_workload_peers(p, warnings);
                 } else if !p.spec.peer_selector.is_empty() {
                     for n in self.nodes_matching(&p.spec.peer_selector, warnings) {
                         v1.extend(self.node_as_peers(&n, true, true, p));
@@ -824,6 +869,7 @@ impl<'a> View<'a> {
                 if !key.starts_with(&format!("peer_v{version}/")) {
                     continue;
                 }
+                let prefix = if p.local { "Local_Workload" } else { prefix };
                 let calls = |import: bool, same_as: bool| -> Vec<String> {
                     p.filters
                         .iter()
@@ -1088,7 +1134,11 @@ fn build_peer(
     let mut b = BirdPeer {
         name,
         ip: ip.clone(),
-        kind: if prefix == "Global" { "global" } else { "node" },
+        kind: match prefix {
+            "Global" => "global",
+            "Local_Workload" => "local_workload",
+            _ => "node",
+        },
         port: if p.port > 0 {
             p.port.to_string()
         } else {
@@ -1144,7 +1194,11 @@ fn build_peer(
         b.route_reflector = true;
         b.rr_cluster_id = cluster_id.to_string();
     }
-    if b.kind == "global" && !b.passive && p.calico_node && ip.as_str() > my_ip {
+    if matches!(b.kind, "global" | "local_workload")
+        && !b.passive
+        && p.calico_node
+        && ip.as_str() > my_ip
+    {
         b.passive = true;
     }
     Some(b)

@@ -3,6 +3,7 @@
 //! Each case is a directory under `tests/data/` with an `input.yaml` (Calico v3 resources,
 //! Kubernetes Secrets and BlockAffinity objects) and, per rendered node, the six files confd
 //! writes for it (`<case>/<node>/bird.cfg`, ...), compared with blank lines ignored.
+//! An `endpoint-status/` directory beside the input holds workload endpoint status files.
 //! `UPDATE_EXPECTED=1` rewrites the expected files from the renderer (review the diff!).
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     ("service-ranges", "node-x", None),
     // BGPFilters: matches, operations, peer types, long names, a missing filter.
     ("filters", "node-a", None),
+    // Local workloads that are BGP peers (localWorkloadSelector, endpoint status files).
+    ("local-workloads", "node-a", None),
 ];
 
 fn data_dir() -> PathBuf {
@@ -59,6 +62,17 @@ fn render_case(case: &str, node: &str, router_id: Option<&str>) -> Rendered {
     let mut input = Input::default();
     gingham_bgp::load::add_text(&mut input, &path.display().to_string(), &text)
         .unwrap_or_else(|e| panic!("{case}: {}", e.join("\n")));
+    // Workload endpoint status files, as felix writes them.
+    if let Ok(entries) = std::fs::read_dir(data_dir().join(case).join("endpoint-status")) {
+        for e in entries {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).unwrap();
+            input
+                .local_workloads
+                .push(gingham_bgp::load::local_workload(&name, &text).unwrap());
+        }
+    }
     let opts = Options {
         node_name: node.to_string(),
         router_id: router_id.map(str::to_string),

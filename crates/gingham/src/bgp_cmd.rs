@@ -36,6 +36,14 @@ pub struct RenderArgs {
     /// The router id: an IPv4 address, or `hash` (derived from the node name).
     #[arg(long, env = "CALICO_ROUTER_ID")]
     pub router_id: Option<String>,
+    /// Where workload endpoint status files are (`<prefix>/endpoint-status/`): the local
+    /// workloads that BGPPeers with a localWorkloadSelector peer with.
+    #[arg(
+        long,
+        env = "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
+        default_value = "/var/run/calico"
+    )]
+    pub endpoint_status_prefix: PathBuf,
 }
 
 pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
@@ -45,7 +53,7 @@ pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Re
 }
 
 fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
-    let input = if a.files.is_empty() {
+    let mut input = if a.files.is_empty() {
         from_datastore(&client()?)?
     } else {
         match from_files(&a.files)? {
@@ -53,6 +61,7 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
             None => return Ok(Exit::UserError),
         }
     };
+    read_endpoint_status(&a.endpoint_status_prefix, &mut input)?;
     let opts = Options {
         node_name: a.node.clone(),
         router_id: a.router_id.clone(),
@@ -64,6 +73,39 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
     }
     write_files(&a.out, &rendered.files)?;
     Ok(Exit::Ok)
+}
+
+/// Reads `<prefix>/endpoint-status/*` (a missing directory means no local workloads). Files
+/// that do not parse are skipped with a warning, as confd skips them.
+fn read_endpoint_status(prefix: &Path, input: &mut Input) -> Result<()> {
+    let dir = prefix.join("endpoint-status");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    for p in paths {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parsed = std::fs::read_to_string(&p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|t| gingham_bgp::load::local_workload(&name, &t));
+        match parsed {
+            Ok(w) => input.local_workloads.push(w),
+            Err(e) => {
+                tracing::warn!("{e}");
+                eprintln!("warning: {e}; skipped");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes every file to a temporary name first, then renames them all, so a failure leaves

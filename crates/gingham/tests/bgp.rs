@@ -14,7 +14,12 @@ fn gingham(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.args(args)
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("NODENAME")
-        .env_remove("CALICO_ROUTER_ID");
+        .env_remove("CALICO_ROUTER_ID")
+        // Not this machine's endpoint status files.
+        .env(
+            "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
+            "/nonexistent/gingham-test",
+        );
     for (k, v) in env {
         c.env(k, v);
     }
@@ -79,6 +84,28 @@ fn bgp_render_reads_nodename_and_router_id_from_the_environment() {
     );
     ok(&o);
     assert_same_files(tmp.path(), &cases().join("mesh-options/node-a"));
+}
+
+#[test]
+fn bgp_render_reads_endpoint_status_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = cases().join("local-workloads");
+    let input = case.join("input.yaml");
+    let o = gingham(
+        &[
+            "bgp",
+            "render",
+            "--node",
+            "node-a",
+            "-f",
+            input.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[("CALICO_ENDPOINT_STATUS_PATH_PREFIX", case.to_str().unwrap())],
+    );
+    ok(&o);
+    assert_same_files(tmp.path(), &case.join("node-a"));
 }
 
 #[test]
