@@ -133,6 +133,44 @@ fn bgp_render_from_the_datastore() {
     );
     ok(&o);
     assert_same_files(&out, &cases().join("global-peer/node-c"));
+
+    // Block affinities as IPAM stores them: confirmed and pending blocks of node-c, and one of
+    // node-a. Only node-c's confirmed block is blackholed and aggregated.
+    {
+        use gingham_datastore::Datastore;
+        let store = gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+        for (node, cidr, state) in [
+            ("node-c", "10.244.5.0/26", "confirmed"),
+            ("node-c", "10.244.6.0/26", "pending"),
+            ("node-a", "10.244.7.0/26", "confirmed"),
+        ] {
+            let key = gingham_ipam::stored::affinity_key(node, &cidr.parse().unwrap());
+            store
+                .create(&key, format!("{{\"state\":\"{state}\"}}").as_bytes())
+                .unwrap();
+        }
+    }
+    ok(&gingham(
+        &[
+            "bgp",
+            "render",
+            "--datastore",
+            &ds,
+            "--node",
+            "node-c",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let aggr = std::fs::read_to_string(out.join("bird_aggr.cfg")).unwrap();
+    assert!(aggr.contains("   route 10.244.5.0/26 blackhole;"), "{aggr}");
+    assert!(
+        aggr.contains("      # Block 10.244.5.0/26 is confirmed"),
+        "{aggr}"
+    );
+    assert!(!aggr.contains("10.244.6.0"), "{aggr}");
+    assert!(!aggr.contains("10.244.7.0"), "{aggr}");
     // The missing password secret of BGPPeer tor is reported, as confd logs it.
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
