@@ -240,3 +240,32 @@ spec: {cidr: 10.247.0.0/16, ipipMode: CrossSubnet}
         r.warnings
     );
 }
+
+#[test]
+fn wireguard_peers_routes_are_left_to_the_agent_only_when_this_node_runs_wireguard() {
+    let yaml = "
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec: {bgp: {ipv4Address: 10.0.0.9/24}, wireguard: {interfaceIPv4Address: 10.250.0.1}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n2}
+spec: {bgp: {ipv4Address: 10.0.0.10/24}, wireguard: {interfaceIPv4Address: 10.250.0.2}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n3}
+spec: {bgp: {ipv4Address: 10.0.0.11/24}}
+";
+    let i = input(yaml);
+    let n1 = render(&i, &opts("n1")).unwrap();
+    let ipam = n1.file("bird_ipam.cfg").unwrap();
+    assert!(ipam.contains(
+        "  if (defined(bgp_next_hop) && bgp_next_hop = 10.0.0.10) then { reject; } # WireGuard routes handled by Felix."
+    ));
+    assert!(!ipam.contains("bgp_next_hop = 10.0.0.11"), "{ipam}");
+    let n3 = render(&i, &opts("n3")).unwrap();
+    assert!(!n3.file("bird_ipam.cfg").unwrap().contains("WireGuard"));
+}
