@@ -68,7 +68,6 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
     };
     let rendered = gingham_bgp::render(&input, &opts)?;
     for w in &rendered.warnings {
-        tracing::warn!("{w}");
         eprintln!("warning: {w}");
     }
     write_files(&a.out, &rendered.files)?;
@@ -100,7 +99,6 @@ fn read_endpoint_status(prefix: &Path, input: &mut Input) -> Result<()> {
         match parsed {
             Ok(w) => input.local_workloads.push(w),
             Err(e) => {
-                tracing::warn!("{e}");
                 eprintln!("warning: {e}; skipped");
             }
         }
