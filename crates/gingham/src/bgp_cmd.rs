@@ -15,7 +15,7 @@ pub enum BgpCmd {
     /// Write bird.cfg, bird6.cfg, bird_aggr.cfg, bird6_aggr.cfg, bird_ipam.cfg and
     /// bird6_ipam.cfg for a node, with the text Calico's confd renders for the same resources.
     ///
-    /// With -f, the resources come from files (Calico v3 resources, Kubernetes `v1` Secrets
+    /// With -f, the resources come from files (Calico v3 resources and BGPFilters, Kubernetes `v1` Secrets
     /// holding BGP passwords, and `BlockAffinity` objects with spec.node, spec.cidr and
     /// spec.state); without, from the datastore (affinities from IPAM). CALICO_ROUTER_ID (an
     /// IPv4 address, or `hash`) sets the router id.
