@@ -1,7 +1,8 @@
 //! The BIRD configuration of a Calico node, rendered as Calico's confd renders it.
 //!
-//! Given the datastore content confd watches (Nodes, BGPConfigurations, BGPPeers, IPPools, the
-//! block affinities of IPAM and the secrets that hold BGP passwords) and the name of the node,
+//! Given the datastore content confd watches (Nodes, BGPConfigurations, BGPPeers, BGPFilters,
+//! IPPools, the block affinities of IPAM, the secrets that hold BGP passwords and the endpoint
+//! status files of local workloads that are BGP peers) and the name of the node,
 //! [`render`] returns the six files confd writes for BIRD 1.6: `bird.cfg`, `bird6.cfg` (the
 //! daemons' configurations), `bird_aggr.cfg`, `bird6_aggr.cfg` (blackholes and aggregation of
 //! the node's blocks) and `bird_ipam.cfg`, `bird6_ipam.cfg` (export and kernel filters from the
@@ -9,9 +10,14 @@
 //! so that Calico know-how (protocol names such as `Mesh_10_0_0_2`, `birdc show protocols`)
 //! applies unchanged.
 //!
-//! How it works, in confd's terms: [`view`] turns the resources into the facts confd's
-//! templates read (per-host BGP fields, global settings, the set of peerings with the unidirectional
-//! mesh rule, reverse peerings and "first emitter wins"), and [`text`] writes the files.
+//! How it works, in confd's terms: the `view` module turns the resources into the facts
+//! confd's templates read (per-host BGP fields, global settings, the set of peerings with the
+//! unidirectional mesh rule, reverse peerings and "first emitter wins"), [`filter`] renders
+//! BGPFilters, and the `text` module writes the files.
+//!
+//! Where confd's result depends on Go map order (two BGPPeers emitting the same peering), the
+//! BGPPeer first in name order wins here. Not rendered yet: per-Service /32 routes (they need
+//! Kubernetes Services and EndpointSlices); the ranges of the default BGPConfiguration are.
 //!
 //! This crate does no I/O: the caller reads files or the datastore ([`load`] turns resource text
 //! into [`Input`]), writes the output and runs `bird -p -c` on it.
