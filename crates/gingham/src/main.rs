@@ -25,6 +25,7 @@ macro_rules! eprintln {
 }
 
 mod agent;
+mod bgp_cmd;
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
@@ -97,6 +98,9 @@ enum Command {
     Lab(lab::LabCmd),
     /// Print which endpoints may connect to which (the reachability matrix), from policy.
     Reach(reach_cmd::ReachArgs),
+    /// BGP: render the BIRD configuration Calico's confd writes for a node.
+    #[command(subcommand)]
+    Bgp(bgp_cmd::BgpCmd),
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
@@ -159,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
+        Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
     }
 }
 

@@ -1,0 +1,187 @@
+//! Reading renderer input from resource text: Calico v3 resources (through the model's loader),
+//! Kubernetes `v1` Secrets holding BGP passwords, and `BlockAffinity` objects (spec.node,
+//! spec.cidr, spec.state), which the model does not know yet.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use gingham_model::Resource;
+use serde_json::Value;
+
+use crate::filter::BgpFilter;
+use crate::{Affinity, Input};
+
+/// Adds the resources this renderer reads to `input`; other kinds are ignored.
+pub fn add_resources(input: &mut Input, list: Vec<Resource>) {
+    for r in list {
+        match r {
+            Resource::Node(n) => input.nodes.push(n),
+            Resource::BgpConfiguration(c) => input.bgp_configurations.push(c),
+            Resource::BgpPeer(p) => input.bgp_peers.push(p),
+            Resource::IpPool(p) => input.ip_pools.push(p),
+            _ => {}
+        }
+    }
+}
+
+/// Adds everything in `text` (YAML or JSON, several documents) to `input`. `source_name`
+/// (usually the file name) starts every message. On error nothing is added and every problem
+/// is returned, one line each.
+pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), Vec<String>> {
+    let docs =
+        gingham_model::parse_documents(text).map_err(|e| vec![format!("{source_name}: {e}")])?;
+    let mut errors = Vec::new();
+    let mut secrets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut affinities = Vec::new();
+    let mut filters = Vec::new();
+    // Secrets and block affinities are taken out here; the other documents go to the resource
+    // loader in place (an empty list keeps the document numbers of its messages).
+    let mut rest = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.into_iter().enumerate() {
+        let what = format!("{source_name}: document {}", i + 1);
+        let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+        let taken = match (api, kind) {
+            ("v1", "Secret") => secret(&doc, &what).map(|s| secrets.push(s)),
+            (_, "BlockAffinity") => affinity(&doc, &what).map(|a| affinities.push(a)),
+            ("projectcalico.org/v3", "BGPFilter") => {
+                bgp_filter(doc.clone(), &what).map(|f| filters.push(f))
+            }
+            _ => {
+                rest.push(doc);
+                continue;
+            }
+        };
+        rest.push(Value::Array(Vec::new()));
+        if let Err(e) = taken {
+            errors.push(e);
+        }
+    }
+    let stream: String = rest
+        .iter()
+        .map(|v| format!("---\n{}\n", serde_json::to_string(v).unwrap_or_default()))
+        .collect();
+    let resources = match gingham_model::load_resources(source_name, &stream) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.extend(e.0.iter().map(ToString::to_string));
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    add_resources(input, resources);
+    input.affinities.extend(affinities);
+    input.bgp_filters.extend(filters);
+    for (name, data) in secrets {
+        input.secrets.entry(name).or_default().extend(data);
+    }
+    Ok(())
+}
+
+/// A workload endpoint status file (JSON) named `name`.
+pub fn local_workload(name: &str, text: &str) -> Result<crate::LocalWorkload, String> {
+    let mut w: crate::LocalWorkload =
+        serde_json::from_str(text).map_err(|e| format!("endpoint status file {name}: {e}"))?;
+    w.name = name.to_string();
+    Ok(w)
+}
+
+/// A BGPFilter, validated.
+fn bgp_filter(doc: Value, what: &str) -> Result<BgpFilter, String> {
+    let name = doc
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let what = format!("{what} (BGPFilter {name})");
+    let f: BgpFilter = serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{what}: {path}: {}", e.into_inner())
+    })?;
+    let problems = f.validate();
+    if problems.is_empty() {
+        Ok(f)
+    } else {
+        Err(format!("{what}: {}", problems.join("; ")))
+    }
+}
+
+/// A Kubernetes Secret's name and decoded data (`data` is base64, `stringData` plain).
+fn secret(doc: &Value, what: &str) -> Result<(String, BTreeMap<String, String>), String> {
+    let meta = doc.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.is_empty() {
+        return Err(format!("{what} (Secret): metadata.name is required"));
+    }
+    let what = format!("{what} (Secret {name})");
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("kube-system");
+    if ns != "kube-system" {
+        return Err(format!(
+            "{what}: metadata.namespace: {ns:?} is not read (valid: kube-system, where Calico reads BGP passwords)"
+        ));
+    }
+    let mut out = BTreeMap::new();
+    if let Some(data) = doc.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let s = v.as_str().unwrap_or("");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| format!("{what}: data.{k}: not base64 ({e})"))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{what}: data.{k}: not UTF-8 text"))?;
+            out.insert(k.clone(), text);
+        }
+    }
+    if let Some(data) = doc.get("stringData").and_then(Value::as_object) {
+        for (k, v) in data {
+            let Some(s) = v.as_str() else {
+                return Err(format!("{what}: stringData.{k}: must be a string"));
+            };
+            out.insert(k.clone(), s.to_string());
+        }
+    }
+    Ok((name.to_string(), out))
+}
+
+/// A `BlockAffinity` object: spec.node, spec.cidr, spec.state.
+fn affinity(doc: &Value, what: &str) -> Result<Affinity, String> {
+    let spec = doc.get("spec");
+    let field = |f: &str| {
+        spec.and_then(|s| s.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let what = format!("{what} (BlockAffinity)");
+    let node = field("node");
+    if node.is_empty() {
+        return Err(format!("{what}: spec.node is required"));
+    }
+    let cidr_text = field("cidr");
+    let cidr: ipnet::IpNet = cidr_text.parse().map_err(|_| {
+        format!("{what}: spec.cidr: {cidr_text:?} is not a CIDR (valid: 10.244.0.0/26)")
+    })?;
+    let state = field("state");
+    if !matches!(
+        state.as_str(),
+        "" | "confirmed" | "pending" | "pendingDeletion"
+    ) {
+        return Err(format!(
+            "{what}: spec.state: {state:?} is not valid (valid: confirmed, pending, pendingDeletion)"
+        ));
+    }
+    Ok(Affinity {
+        node,
+        cidr: cidr.trunc(),
+        state,
+    })
+}

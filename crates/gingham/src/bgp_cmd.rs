@@ -1,0 +1,187 @@
+//! `gingham bgp render`: the BIRD configuration Calico's confd would write for a node, from
+//! resource files or from the datastore.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use gingham_bgp::{Affinity, Input, Options};
+use gingham_model::Kind;
+
+use crate::Exit;
+
+#[derive(Debug, Subcommand)]
+pub enum BgpCmd {
+    /// Write bird.cfg, bird6.cfg, bird_aggr.cfg, bird6_aggr.cfg, bird_ipam.cfg and
+    /// bird6_ipam.cfg for a node, with the text Calico's confd renders for the same resources.
+    ///
+    /// With -f, the resources come from files (Calico v3 resources and BGPFilters, Kubernetes `v1` Secrets
+    /// holding BGP passwords, and `BlockAffinity` objects with spec.node, spec.cidr and
+    /// spec.state); without, from the datastore (affinities from IPAM). CALICO_ROUTER_ID (an
+    /// IPv4 address, or `hash`) sets the router id.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The node to render for.
+    #[arg(long, env = "NODENAME")]
+    pub node: String,
+    /// Resource files or directories (`-` for standard input); without, the datastore.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    /// The directory to write the six files to (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The router id: an IPv4 address, or `hash` (derived from the node name).
+    #[arg(long, env = "CALICO_ROUTER_ID")]
+    pub router_id: Option<String>,
+    /// Where workload endpoint status files are (`<prefix>/endpoint-status/`): the local
+    /// workloads that BGPPeers with a localWorkloadSelector peer with.
+    #[arg(
+        long,
+        env = "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
+        default_value = "/var/run/calico"
+    )]
+    pub endpoint_status_prefix: PathBuf,
+}
+
+pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
+    match cmd {
+        BgpCmd::Render(a) => render(a, client),
+    }
+}
+
+fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
+    let mut input = if a.files.is_empty() {
+        from_datastore(&client()?)?
+    } else {
+        match from_files(&a.files)? {
+            Some(i) => i,
+            None => return Ok(Exit::UserError),
+        }
+    };
+    read_endpoint_status(&a.endpoint_status_prefix, &mut input)?;
+    let opts = Options {
+        node_name: a.node.clone(),
+        router_id: a.router_id.clone(),
+    };
+    let rendered = gingham_bgp::render(&input, &opts)?;
+    for w in &rendered.warnings {
+        eprintln!("warning: {w}");
+    }
+    write_files(&a.out, &rendered.files)?;
+    Ok(Exit::Ok)
+}
+
+/// Reads `<prefix>/endpoint-status/*` (a missing directory means no local workloads). Files
+/// that do not parse are skipped with a warning, as confd skips them.
+fn read_endpoint_status(prefix: &Path, input: &mut Input) -> Result<()> {
+    let dir = prefix.join("endpoint-status");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    for p in paths {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parsed = std::fs::read_to_string(&p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|t| gingham_bgp::load::local_workload(&name, &t));
+        match parsed {
+            Ok(w) => input.local_workloads.push(w),
+            Err(e) => {
+                eprintln!("warning: {e}; skipped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes every file to a temporary name first, then renames them all, so a failure leaves
+/// the previous files in place.
+fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut staged = Vec::new();
+    for (name, text) in files {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        if let Err(e) = std::fs::write(&tmp, text) {
+            for (t, _) in &staged {
+                let _ = std::fs::remove_file(t);
+            }
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+        }
+        staged.push((tmp, dir.join(name)));
+    }
+    for (tmp, dest) in staged {
+        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+fn from_datastore(client: &gingham_api::Client) -> Result<Input> {
+    let mut input = Input::default();
+    for kind in [
+        Kind::Node,
+        Kind::BgpConfiguration,
+        Kind::BgpPeer,
+        Kind::IpPool,
+    ] {
+        let (list, _) = client
+            .list(kind, None)
+            .with_context(|| format!("cannot list {kind} resources"))?;
+        gingham_bgp::load::add_resources(&mut input, list);
+    }
+    let store = client.store();
+    let listing = store
+        .list(gingham_ipam::stored::HOST_PREFIX)
+        .context("cannot list block affinities")?;
+    for kv in listing.kvs {
+        let Some((node, cidr)) = gingham_ipam::stored::parse_affinity_key(&kv.key) else {
+            continue;
+        };
+        let aff = gingham_ipam::stored::BlockAffinity::from_bytes(&kv.value)
+            .with_context(|| format!("block affinity {} is not valid JSON", kv.key))?;
+        if aff.deleted {
+            continue;
+        }
+        let state = serde_json::to_value(aff.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        input.affinities.push(Affinity { node, cidr, state });
+    }
+    Ok(input)
+}
+
+/// Reads the files; on any error prints every problem and returns `None`.
+fn from_files(files: &[String]) -> Result<Option<Input>> {
+    let mut sources = Vec::new();
+    for f in files {
+        crate::resources_cmd::collect_sources(f, false, &mut sources)?;
+    }
+    let mut input = Input::default();
+    let mut failed = false;
+    for (name, text) in sources {
+        if let Err(errors) = gingham_bgp::load::add_text(&mut input, &name, &text) {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            failed = true;
+        }
+    }
+    if failed {
+        eprintln!("nothing was rendered");
+        return Ok(None);
+    }
+    Ok(Some(input))
+}
