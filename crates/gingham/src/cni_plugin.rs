@@ -725,16 +725,35 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
             }
         });
     }
-    Ok(Some(CniResult {
+    Ok(Some(attachment_result(
+        &spec,
+        &w,
+        netns,
+        plumbed.host_mac.to_string(),
+        plumbed.container_mac.to_string(),
+        &ips,
+    )))
+}
+
+/// ADD's result: the host and container interfaces, and the addresses on the container's.
+fn attachment_result(
+    spec: &WorkloadSpec,
+    w: &Workload,
+    netns: &Path,
+    host_mac: String,
+    container_mac: String,
+    ips: &[IpAddr],
+) -> CniResult {
+    CniResult {
         interfaces: vec![
             Interface {
                 name: spec.host_ifname.clone(),
-                mac: plumbed.host_mac.to_string(),
+                mac: host_mac,
                 sandbox: None,
             },
             Interface {
                 name: w.ifname.clone(),
-                mac: plumbed.container_mac.to_string(),
+                mac: container_mac,
                 sandbox: Some(netns.display().to_string()),
             },
         ],
@@ -747,7 +766,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
             })
             .collect(),
         ..CniResult::default()
-    }))
+    }
 }
 
 /// The result of an ADD repeated for an attachment whose endpoint exists: the endpoint's
@@ -850,29 +869,14 @@ fn existing_attachment(
     } else {
         tracing::info!(container = %w.container_id, ifname = %w.ifname, ips = %listed, "ADD repeated for an existing attachment; returning its result");
     }
-    Ok(CniResult {
-        interfaces: vec![
-            Interface {
-                name: spec.host_ifname.clone(),
-                mac: host_mac,
-                sandbox: None,
-            },
-            Interface {
-                name: w.ifname.clone(),
-                mac: container_mac,
-                sandbox: Some(netns.display().to_string()),
-            },
-        ],
-        ips: ips
-            .iter()
-            .map(|ip| IpConfig {
-                address: IpNet::from(*ip),
-                gateway: None,
-                interface: Some(1),
-            })
-            .collect(),
-        ..CniResult::default()
-    })
+    Ok(attachment_result(
+        &spec,
+        w,
+        netns,
+        host_mac,
+        container_mac,
+        &ips,
+    ))
 }
 
 /// A plumbing check's problems in words.

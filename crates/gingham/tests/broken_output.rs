@@ -174,6 +174,24 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
+        // Writes files, prints nothing on stdout.
+        ["bgp", "render"] => (
+            s(&[
+                "bgp",
+                "render",
+                "--node",
+                "node-b",
+                "-f",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../bgp/tests/data/mesh-3-nodes/input.yaml"
+                ),
+                "--out",
+                &f.path("bird"),
+            ]),
+            "",
+            false,
+        ),
         ["reach"] => (s(&["reach", "-f", &cluster, "--port", "80"]), "", true),
         ["explain"] => (
             s(&[
