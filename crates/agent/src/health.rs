@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use anyhow::{Context, Result};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -13,6 +12,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::Error;
 
 /// Why the node is or is not ready.
 #[derive(Default)]
@@ -203,14 +204,17 @@ impl Health {
     }
 
     /// Serves the endpoints on `127.0.0.1:port` from a thread of its own.
-    pub fn serve(&self, port: u16) -> Result<()> {
+    pub fn serve(&self, port: u16) -> Result<(), Error> {
+        let health_err = |what: &'static str| move |source| Error::Health { port, what, source };
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("cannot serve health on 127.0.0.1:{port}"))?;
-        listener.set_nonblocking(true).context("health listener")?;
+            .map_err(health_err("cannot listen"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(health_err("cannot set up the listener"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
-            .context("starting the health server's runtime")?;
+            .map_err(health_err("cannot start the runtime"))?;
         let health = self.clone();
         std::thread::Builder::new()
             .name("health".into())
@@ -228,7 +232,7 @@ impl Health {
                     }
                 })
             })
-            .context("starting the health server's thread")?;
+            .map_err(health_err("cannot start the thread"))?;
         Ok(())
     }
 }

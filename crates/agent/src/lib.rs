@@ -1,0 +1,382 @@
+//! The node agent: felix's job on one node. It watches the datastore and keeps the node's
+//! dataplane what the resources say it should be.
+//!
+//! The agent is driven by a closed set of [`Event`]s: a full listing ([`Event::Resync`]), one
+//! watched change ([`Event::Update`]), the end of a batch of changes ([`Event::Flush`]), and
+//! the passing of time ([`Event::Tick`]). Stored values are decoded in one place, whether they
+//! come from a listing or from the watch, and every [`Manager`] is fed the same decoded
+//! [`Update`]s; on a flush or a tick each makes its part of the dataplane match:
+//!
+//! - [`policy::PolicyManager`]: the incremental policy calculator, the renderer and the
+//!   nftables programmer (the kernel through [`gingham_dataplane::Nft`], or
+//!   [`gingham_dataplane::Recording`] in tests).
+//! - [`plumbing::PlumbingManager`]: the host side of local workloads (sysctls, /32 routes,
+//!   permanent neighbours) and the blackhole routes of the node's IPAM blocks (netlink through
+//!   [`plumbing::NetlinkPlumbing`], or [`plumbing::RecordingPlumbing`] in tests).
+//!
+//! [`Agent::start`] lists and programs once; [`Agent::step`] waits for one batch of changes (or
+//! a timer) and handles it; [`Agent::run`] steps forever. A watch that is lost (compacted
+//! history, datastore unavailable) or a programming error leads to a resync. `health` serves
+//! /liveness, /readiness and /metrics; `gingham_agent_datastore_revision` is the revision the
+//! dataplane reflects.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use gingham_dataplane::Backend;
+use gingham_datastore::{Datastore, EventKind, Listing, Revision, Watch};
+use gingham_model::{Kind, Resource};
+
+pub mod health;
+pub mod plumbing;
+pub mod policy;
+#[cfg(test)]
+mod tests;
+
+pub use health::Health;
+use plumbing::{Plumbing, PlumbingManager};
+use policy::PolicyManager;
+
+/// Where the agent watches: every Calico resource.
+pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("datastore: {0}")]
+    Datastore(#[from] gingham_datastore::Error),
+    #[error("installing the nftables table: {0}")]
+    Program(#[from] gingham_dataplane::Error),
+    #[error("opening netlink: {0}")]
+    Netlink(#[source] gingham_net::NetError),
+    #[error("health server on 127.0.0.1:{port}: {what}: {source}")]
+    Health {
+        port: u16,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The node this agent programs (its endpoints are the local ones).
+    pub node: String,
+    /// Between consistency checks of the kernel's table (felix's refresh interval); `None`:
+    /// never.
+    pub refresh_interval: Option<Duration>,
+}
+
+/// What drives the agent. Closed: every input of the agent is one of these.
+#[derive(Debug)]
+pub enum Event {
+    /// Everything under [`PREFIX`], at a revision: start, or the watch was lost.
+    Resync(Listing),
+    /// One watched change, not yet decoded.
+    Update {
+        kind: EventKind,
+        key: String,
+        value: Vec<u8>,
+        revision: Revision,
+    },
+    /// The end of a batch of updates: make the dataplane match; everything written up to
+    /// `revision` is then in force.
+    Flush { revision: Revision },
+    /// Time passed: periodic work that is due (consistency checks, plumbing refresh).
+    Tick(Instant),
+}
+
+/// One decoded change, as every manager sees it.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub key: String,
+    pub kind: Kind,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The resource now; `None`: deleted, or unreadable (whatever was there before is gone as
+    /// far as the agent can tell).
+    pub resource: Option<Resource>,
+}
+
+/// One part of the node's dataplane, kept true from the datastore's updates.
+pub trait Manager {
+    /// Forget everything and take the whole listing.
+    fn resync(&mut self, resources: &[Resource]);
+    /// One change (every manager sees every change).
+    fn on_update(&mut self, update: &Update);
+    /// When periodic work is next due (`None`: no timer).
+    fn deadline(&self) -> Option<Instant>;
+    /// Makes the dataplane match, if anything changed or periodic work is due at `now`. An
+    /// error asks for a resync.
+    fn apply(&mut self, store: &dyn Datastore, now: Instant) -> Result<(), Error>;
+}
+
+/// The FelixConfiguration resources, kept from the updates (the managers read their settings
+/// from them).
+#[derive(Clone, Debug, Default)]
+pub struct FelixConfigs(Vec<Resource>);
+
+impl FelixConfigs {
+    pub fn resync(&mut self, resources: &[Resource]) {
+        self.0 = resources
+            .iter()
+            .filter(|r| r.kind() == Kind::FelixConfiguration)
+            .cloned()
+            .collect();
+    }
+
+    /// Takes an update; returns whether it was a FelixConfiguration.
+    pub fn on_update(&mut self, update: &Update) -> bool {
+        if update.kind != Kind::FelixConfiguration {
+            return false;
+        }
+        self.0.retain(|r| r.meta().name != update.name);
+        self.0.extend(update.resource.clone());
+        true
+    }
+
+    pub fn resources(&self) -> &[Resource] {
+        &self.0
+    }
+
+    /// The global routeRefreshInterval, 90 s by default; zero: never.
+    pub fn route_refresh(&self) -> Duration {
+        self.0
+            .iter()
+            .find_map(|r| match r {
+                Resource::FelixConfiguration(f) if f.metadata.name == "default" => f
+                    .spec
+                    .route_refresh_interval
+                    .as_deref()
+                    .and_then(gingham_model::felix::parse_duration),
+                _ => None,
+            })
+            .unwrap_or(Duration::from_secs(90))
+    }
+}
+
+/// The agent of one node: the decode path, the managers, and the watch.
+pub struct Agent<B: Backend, P: Plumbing> {
+    pub health: Health,
+    /// Keys whose stored value cannot be read: skipped (logged once each) and reported on
+    /// /readiness until fixed or deleted.
+    unreadable: BTreeSet<String>,
+    pub policy: PolicyManager<B>,
+    pub plumbing: PlumbingManager<P>,
+    /// The revision the dataplane reflects.
+    revision: Revision,
+    watch: Option<Box<dyn Watch>>,
+}
+
+fn decode(key: &str, value: &[u8]) -> Option<Resource> {
+    let (kind, _, _) = Kind::parse_key(key)?;
+    match Resource::from_stored(kind, value) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "unreadable resource skipped");
+            None
+        }
+    }
+}
+
+impl<B: Backend, P: Plumbing> Agent<B, P> {
+    /// An agent programming nftables through `nft` and the host through `plumbing`.
+    pub fn new(config: &Config, nft: B, plumbing: P) -> Self {
+        let health = Health::default();
+        Agent {
+            policy: PolicyManager::new(config, nft, health.clone()),
+            plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
+            health,
+            unreadable: BTreeSet::new(),
+            revision: 0,
+            watch: None,
+        }
+    }
+
+    /// The managers, in the order they apply.
+    fn managers(&mut self) -> [&mut dyn Manager; 2] {
+        [&mut self.policy, &mut self.plumbing]
+    }
+
+    /// The datastore revision the dataplane reflects.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Lists everything and programs it; returns the listing's revision.
+    pub fn start(&mut self, store: &dyn Datastore) -> Result<Revision, Error> {
+        self.resync(store)?;
+        Ok(self.revision)
+    }
+
+    fn resync(&mut self, store: &dyn Datastore) -> Result<(), Error> {
+        self.watch = None;
+        let listing = store.list(PREFIX)?;
+        self.handle(Event::Resync(listing), store)
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, event: Event, store: &dyn Datastore) -> Result<(), Error> {
+        match event {
+            Event::Resync(listing) => {
+                self.health.metrics.resyncs.inc();
+                self.unreadable.clear();
+                self.health.state().unreadable.clear();
+                let resources: Vec<Resource> = listing
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| self.read(&kv.key, &kv.value))
+                    .collect();
+                for m in self.managers() {
+                    m.resync(&resources);
+                }
+                self.apply(store, Instant::now())?;
+                self.set_revision(listing.revision);
+                Ok(())
+            }
+            Event::Update {
+                kind,
+                key,
+                value,
+                revision: _,
+            } => {
+                if let Some(update) = self.decode_update(kind, key, &value) {
+                    for m in self.managers() {
+                        m.on_update(&update);
+                    }
+                }
+                Ok(())
+            }
+            Event::Flush { revision } => {
+                self.apply(store, Instant::now())?;
+                self.set_revision(self.revision.max(revision));
+                Ok(())
+            }
+            Event::Tick(now) => self.apply(store, now),
+        }
+    }
+
+    fn apply(&mut self, store: &dyn Datastore, now: Instant) -> Result<(), Error> {
+        for m in self.managers() {
+            m.apply(store, now)?;
+        }
+        Ok(())
+    }
+
+    fn set_revision(&mut self, revision: Revision) {
+        self.revision = revision;
+        self.health.metrics.datastore_revision.set(revision);
+    }
+
+    /// When the next periodic work of any manager is due.
+    pub fn deadline(&mut self) -> Option<Instant> {
+        self.managers().iter().filter_map(|m| m.deadline()).min()
+    }
+
+    /// Decodes a stored value, keeping track of the keys that cannot be read. The one decode
+    /// path of the agent: resync and watch both come through here.
+    fn read(&mut self, key: &str, value: &[u8]) -> Option<Resource> {
+        let r = decode(key, value);
+        let changed = if r.is_some() {
+            self.unreadable.remove(key)
+        } else {
+            self.unreadable.insert(key.to_owned())
+        };
+        if changed {
+            self.health.state().unreadable = self.unreadable.iter().cloned().collect();
+        }
+        r
+    }
+
+    fn decode_update(&mut self, kind: EventKind, key: String, value: &[u8]) -> Option<Update> {
+        let (k, namespace, name) = Kind::parse_key(&key)?;
+        let resource = match kind {
+            EventKind::Put => self.read(&key, value),
+            EventKind::Delete => {
+                if self.unreadable.remove(&key) {
+                    self.health.state().unreadable = self.unreadable.iter().cloned().collect();
+                }
+                None
+            }
+        };
+        Some(Update {
+            key,
+            kind: k,
+            namespace,
+            name,
+            resource,
+        })
+    }
+
+    /// Waits up to `max_wait` (less when periodic work is due sooner) for changes and handles
+    /// them: periodic work first, then one batch of updates and a flush. A lost watch or a
+    /// programming error leads to a resync; an error of the resync itself is returned.
+    pub fn step(&mut self, store: &dyn Datastore, max_wait: Duration) -> Result<(), Error> {
+        if let Err(e) = self.handle(Event::Tick(Instant::now()), store) {
+            tracing::error!(error = %e, "periodic work failed; retrying with a resync");
+            self.resync(store)?;
+        }
+        let wait = self
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(max_wait)
+            .clamp(
+                Duration::from_millis(10),
+                max_wait.max(Duration::from_millis(10)),
+            );
+        let watch = match self.watch.as_mut() {
+            Some(w) => w,
+            None => match store.watch(PREFIX, self.revision) {
+                Ok(w) => self.watch.insert(w),
+                Err(e) => return self.lost(store, e),
+            },
+        };
+        let first = match watch.next(wait) {
+            Ok(None) => return Ok(()),
+            Ok(Some(e)) => e,
+            Err(e) => return self.lost(store, e),
+        };
+        // Take whatever else arrives right away, then program once.
+        let mut batch = vec![first];
+        while let Ok(Some(e)) = watch.next(Duration::from_millis(10)) {
+            batch.push(e);
+        }
+        let mut seen = self.revision;
+        for e in batch {
+            seen = seen.max(e.revision());
+            self.handle(
+                Event::Update {
+                    kind: e.kind,
+                    key: e.kv.key,
+                    value: e.kv.value,
+                    revision: e.kv.mod_revision,
+                },
+                store,
+            )?;
+        }
+        if let Err(e) = self.handle(Event::Flush { revision: seen }, store) {
+            tracing::error!(error = %e, "programming failed; retrying with a resync");
+            self.resync(store)?;
+        }
+        Ok(())
+    }
+
+    fn lost(&mut self, store: &dyn Datastore, e: gingham_datastore::Error) -> Result<(), Error> {
+        match e {
+            gingham_datastore::Error::Compacted { .. }
+            | gingham_datastore::Error::Unavailable(_) => {
+                tracing::warn!(error = %e, "watch lost; listing again");
+                std::thread::sleep(Duration::from_millis(200));
+                self.resync(store)
+            }
+            e => Err(e.into()),
+        }
+    }
+
+    /// Steps forever (after [`Agent::start`]).
+    pub fn run(&mut self, store: &dyn Datastore) -> Result<Infallible, Error> {
+        loop {
+            self.step(store, Duration::from_secs(5))?;
+        }
+    }
+}

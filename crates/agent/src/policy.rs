@@ -1,0 +1,203 @@
+//! The policy manager: the incremental calculator, the renderer and the nftables programmer.
+//!
+//! Each change is rendered into the desired table and only the difference is sent, as one
+//! atomic transaction. The kernel is read once at start (a restarted agent reconciles without
+//! flushing: what matches stays, established connections are untouched) and then on the
+//! periodic consistency check, which repairs anything changed behind the agent's back.
+//! Programs of endpoints not yet calculated do not exist, so their traffic is dropped (fail
+//! closed).
+
+use std::time::{Duration, Instant};
+
+use gingham_calc::incremental::{self, Calculator, Change};
+use gingham_dataplane::{Backend, Programmer, Renderer, Settings};
+use gingham_datastore::Datastore;
+use gingham_model::Resource;
+
+use crate::{Config, Error, FelixConfigs, Health, Manager, Update};
+
+pub struct PolicyManager<B> {
+    health: Health,
+    node: String,
+    calc: Calculator,
+    /// The calculator's changes not yet rendered.
+    changes: Vec<Change>,
+    felix: FelixConfigs,
+    settings: Settings,
+    /// The desired table, kept up to date from the changes.
+    renderer: Renderer,
+    programmer: Programmer<B>,
+    /// The desired state changed since the last programming.
+    dirty: bool,
+    refresh: Option<Duration>,
+    last_check: Instant,
+}
+
+fn settings_from(felix: &FelixConfigs) -> Settings {
+    Settings {
+        felix: gingham_calc::snapshot::FelixSettings::from_resources(felix.resources()),
+        ..Settings::default()
+    }
+}
+
+impl<B: Backend> PolicyManager<B> {
+    pub fn new(config: &Config, backend: B, health: Health) -> Self {
+        PolicyManager {
+            health,
+            node: config.node.clone(),
+            calc: Calculator::new(&config.node),
+            changes: Vec::new(),
+            felix: FelixConfigs::default(),
+            settings: Settings::default(),
+            renderer: Renderer::new(Default::default(), Settings::default()),
+            programmer: Programmer::new(backend),
+            dirty: true,
+            refresh: config.refresh_interval.filter(|d| !d.is_zero()),
+            last_check: Instant::now(),
+        }
+    }
+
+    /// The programmer (and through it the backend: what was sent, for tests).
+    pub fn programmer(&self) -> &Programmer<B> {
+        &self.programmer
+    }
+
+    pub fn programmer_mut(&mut self) -> &mut Programmer<B> {
+        &mut self.programmer
+    }
+
+    /// Renders the changes into the desired table and installs the difference; with `check`,
+    /// reads the kernel first and repairs whatever differs.
+    fn install(&mut self, check: bool) -> Result<(), Error> {
+        self.dirty = false;
+        let t = Instant::now();
+        self.renderer.apply(&std::mem::take(&mut self.changes));
+        self.renderer.set_settings(self.settings.clone());
+        let touched = self.renderer.take_touched();
+        let calculated = t.elapsed();
+        let program = self.renderer.program();
+        let closed: Vec<String> = program
+            .problems()
+            .into_iter()
+            .map(|(what, eps)| {
+                format!(
+                    "{what} (closes {})",
+                    eps.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect();
+        let endpoints = program.endpoints.len();
+        let (chains, sets, set_members) = self.renderer.counts();
+        let result = if check {
+            self.programmer.check(self.renderer.table().clone())
+        } else {
+            self.programmer
+                .sync_touched(self.renderer.table(), &touched)
+        };
+        let applied = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.health.metrics.errors.inc();
+                self.health.state().problem = Some(format!("installing the nftables table: {e}"));
+                return Err(e.into());
+            }
+        };
+        {
+            let mut h = self.health.state();
+            h.ready = true;
+            h.problem = None;
+            for c in closed.iter().filter(|c| !h.closed.contains(c)) {
+                tracing::warn!(problem = %c, "endpoints closed until the missing object exists");
+            }
+            h.closed = closed;
+        }
+        let m = &self.health.metrics;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        m.endpoints.set(count(endpoints));
+        m.chains.set(count(chains));
+        m.sets.set(count(sets));
+        m.set_members.set(count(set_members));
+        m.programs.inc();
+        m.last_calculation_seconds.set(calculated.as_secs_f64());
+        m.last_apply_seconds
+            .set((t.elapsed() - calculated).as_secs_f64());
+        m.last_apply_bytes.set(count(applied.bytes));
+        m.last_apply_commands.set(count(applied.commands));
+        m.kernel_reads.inc_by(u64::from(applied.read_kernel));
+        if check && applied.commands > 0 {
+            m.kernel_repairs.inc();
+            tracing::warn!(
+                commands = applied.commands,
+                replaced = applied.replaced,
+                "the kernel's table had been changed; repaired"
+            );
+        }
+        tracing::info!(
+            endpoints,
+            chains,
+            sets,
+            set_members,
+            commands = applied.commands,
+            bytes = applied.bytes,
+            read_kernel = applied.read_kernel,
+            elapsed_ms = t.elapsed().as_secs_f64() * 1e3,
+            "programmed"
+        );
+        Ok(())
+    }
+}
+
+impl<B: Backend> Manager for PolicyManager<B> {
+    fn resync(&mut self, resources: &[Resource]) {
+        self.felix.resync(resources);
+        self.settings = settings_from(&self.felix);
+        self.calc = Calculator::new(&self.node);
+        self.calc.load_all(resources.to_vec());
+        self.changes.clear();
+        self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
+        self.dirty = true;
+    }
+
+    fn on_update(&mut self, update: &Update) {
+        if self.felix.on_update(update) {
+            let settings = settings_from(&self.felix);
+            if settings != self.settings {
+                self.settings = settings;
+                self.dirty = true;
+            }
+            return;
+        }
+        let u = match &update.resource {
+            Some(r) => incremental::Update::Upsert(Box::new(r.clone())),
+            None => incremental::Update::Delete {
+                kind: update.kind,
+                namespace: update.namespace.clone(),
+                name: update.name.clone(),
+            },
+        };
+        let changes = self.calc.apply(u);
+        self.dirty |= !changes.is_empty();
+        self.changes.extend(changes);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.refresh.map(|every| self.last_check + every)
+    }
+
+    fn apply(&mut self, _store: &dyn Datastore, now: Instant) -> Result<(), Error> {
+        if let Some(due) = self.deadline()
+            && now >= due
+        {
+            self.last_check = now;
+            if let Err(e) = self.install(true) {
+                // The programmer forgot its record: the next programming reads the kernel.
+                tracing::error!(error = %e, "consistency check failed");
+            }
+            return Ok(());
+        }
+        if self.dirty {
+            self.install(false)?;
+        }
+        Ok(())
+    }
+}

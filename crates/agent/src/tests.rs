@@ -1,0 +1,293 @@
+//! The agent loop over the in-memory datastore with recording dataplanes: no root, no kernel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use gingham_dataplane::Recording;
+use gingham_datastore::mem::MemStore;
+use gingham_datastore::{Datastore, EventKind};
+use gingham_model::Resource;
+use gingham_net::host::HostWorkload;
+
+use crate::plumbing::RecordingPlumbing;
+use crate::{Agent, Config, Event};
+
+const NODE: &str = "node-a";
+
+type TestAgent = Agent<Recording, RecordingPlumbing>;
+
+fn agent() -> TestAgent {
+    let config = Config {
+        node: NODE.into(),
+        refresh_interval: None,
+    };
+    Agent::new(&config, Recording::default(), RecordingPlumbing::default())
+}
+
+fn load(text: &str) -> Vec<Resource> {
+    gingham_model::load::load_resources("test.yaml", text).expect("valid test input")
+}
+
+fn one(text: &str) -> Resource {
+    load(text).remove(0)
+}
+
+fn felix(yaml_spec: &str) -> Resource {
+    one(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n{yaml_spec}"
+    ))
+}
+
+fn endpoint(node: &str, iface: &str, ip: &str) -> Resource {
+    // Calico's name: dashes in the node's name doubled.
+    let escaped = node.replace('-', "--");
+    one(&format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: {escaped}-cni-{iface}-eth0
+  namespace: default
+  labels: {{projectcalico.org/namespace: default, app: web}}
+spec:
+  node: {node}
+  orchestrator: cni
+  containerID: {iface}
+  endpoint: eth0
+  interfaceName: {iface}
+  mac: \"ee:ee:ee:ee:ee:01\"
+  ipNetworks: [{ip}/32]
+  profiles: [kns.default]
+"
+    ))
+}
+
+fn profile() -> Resource {
+    one("apiVersion: projectcalico.org/v3
+kind: Profile
+metadata:
+  name: kns.default
+spec:
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+")
+}
+
+fn policy(port: u16) -> Resource {
+    one(&format!(
+        "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: web-{port}
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    destination:
+      ports: [{port}]
+"
+    ))
+}
+
+fn put(store: &dyn Datastore, r: &Resource) -> i64 {
+    store.put(&r.key(), &r.to_stored()).expect("written")
+}
+
+/// Everything the recording nft backend was sent, in order.
+fn scripts(agent: &TestAgent) -> &[String] {
+    &agent.policy.programmer().backend().scripts
+}
+
+/// Steps until the agent has caught up with the store (each step waits for a batch).
+fn catch_up(agent: &mut TestAgent, store: &dyn Datastore) {
+    let target = store.revision().expect("revision");
+    for _ in 0..50 {
+        if agent.revision() >= target {
+            return;
+        }
+        agent
+            .step(store, Duration::from_millis(100))
+            .expect("steps");
+    }
+    panic!("agent at revision {}, store at {target}", agent.revision());
+}
+
+/// Whether a script installs the rule of `policy(port)`.
+fn allows(script: &str, port: u16) -> bool {
+    script.lines().any(|l| {
+        l.contains(&format!("th dport {{ {port} }}"))
+            && l.contains(&format!("GlobalNetworkPolicy web-{port} rule 0"))
+    })
+}
+
+fn metric(agent: &TestAgent, name: &str) -> String {
+    let text = agent.health.exposition().expect("encodes");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+}
+
+/// Regression: a FelixConfiguration unreadable at resync and fixed by a later write left
+/// /readiness at 503 until the next resync (the watch decoded it on a path of its own).
+#[test]
+fn an_unreadable_resource_fixed_by_a_watched_write_is_readable_again() {
+    let store = MemStore::new();
+    let mut agent = agent();
+    agent.health.state().ready = true;
+    let good = felix("  routeRefreshInterval: 30s\n");
+    let key = good.key();
+    let update = |kind, value: &[u8]| Event::Update {
+        kind,
+        key: key.clone(),
+        value: value.to_vec(),
+        revision: 0,
+    };
+    // As the resync reads it.
+    assert!(agent.read(&key, b"{not json").is_none());
+    assert_eq!(agent.health.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(agent.health.readiness().1.contains(&key));
+    // The fix arrives through the watch.
+    agent
+        .handle(update(EventKind::Put, &good.to_stored()), &store)
+        .expect("handled");
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+    assert_eq!(agent.plumbing.route_refresh(), Duration::from_secs(30));
+    // Broken again through the watch: reported again, and its settings are gone.
+    agent
+        .handle(update(EventKind::Put, b"{not json"), &store)
+        .expect("handled");
+    assert!(agent.health.readiness().1.contains(&key));
+    assert_eq!(agent.plumbing.route_refresh(), Duration::from_secs(90));
+    // Deleted: nothing left to report.
+    agent
+        .handle(update(EventKind::Delete, b""), &store)
+        .expect("handled");
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+}
+
+#[test]
+fn a_policy_write_is_programmed_and_its_revision_reported() {
+    let store = MemStore::new();
+    put(&store, &profile());
+    put(&store, &endpoint(NODE, "cali0000000001", "10.244.0.5"));
+    let mut agent = agent();
+    let start = agent.start(&store).expect("starts");
+    assert_eq!(start, store.revision().expect("revision"));
+    assert_eq!(scripts(&agent).len(), 1, "the first table, once");
+    assert!(
+        scripts(&agent)[0]
+            .contains("add element inet gingham wl-ingress { \"cali0000000001\" : accept"),
+        "{}",
+        scripts(&agent)[0]
+    );
+    assert!(!allows(&scripts(&agent)[0], 8080));
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+    assert_eq!(
+        metric(&agent, "gingham_agent_datastore_revision"),
+        start.to_string()
+    );
+
+    let written = put(&store, &policy(8080));
+    catch_up(&mut agent, &store);
+    assert_eq!(scripts(&agent).len(), 2, "one transaction for the write");
+    let script = &scripts(&agent)[1];
+    assert!(allows(script, 8080), "{script}");
+    assert!(
+        script.contains("add element inet gingham wl-ingress { \"cali0000000001\" : goto "),
+        "{script}"
+    );
+    assert_eq!(
+        metric(&agent, "gingham_agent_datastore_revision"),
+        written.to_string()
+    );
+    // The record of what is installed is what a full calculation renders now.
+    let fresh = {
+        let mut a = self::agent();
+        a.start(&store).expect("starts");
+        a.policy.programmer().installed().cloned()
+    };
+    assert_eq!(agent.policy.programmer().installed().cloned(), fresh);
+
+    // A write that changes nothing of this node's program sends nothing.
+    put(&store, &endpoint("node-b", "cali0000000002", "10.244.1.5"));
+    catch_up(&mut agent, &store);
+    assert_eq!(scripts(&agent).len(), 2, "{:?}", scripts(&agent).last());
+}
+
+#[test]
+fn a_local_workload_endpoint_is_plumbed_and_a_remote_one_is_not() {
+    let store = MemStore::new();
+    let mut agent = agent();
+    agent.start(&store).expect("starts");
+    let first = agent.plumbing.plumbing().requests.clone();
+    assert_eq!(first.len(), 1, "checked once at start");
+    assert!(first[0].workloads.is_empty());
+
+    let local = endpoint(NODE, "cali0000000001", "10.244.0.5");
+    put(&store, &local);
+    put(&store, &endpoint("node-b", "cali0000000002", "10.244.1.5"));
+    catch_up(&mut agent, &store);
+    let want = HostWorkload {
+        ifname: "cali0000000001".into(),
+        addresses: vec!["10.244.0.5/32".parse().expect("cidr")],
+        mac: "ee:ee:ee:ee:ee:01".parse().ok(),
+    };
+    let requests = &agent.plumbing.plumbing().requests;
+    assert_eq!(requests.last().expect("a request").workloads, vec![want]);
+    assert_eq!(
+        requests.last().expect("a request").blackholes,
+        Some(Default::default()),
+        "no IPAM blocks: no blackholes"
+    );
+    let seen = requests.len();
+
+    // A remote endpoint's change needs no check.
+    put(&store, &endpoint("node-b", "cali0000000002", "10.244.1.6"));
+    catch_up(&mut agent, &store);
+    assert_eq!(agent.plumbing.plumbing().requests.len(), seen);
+
+    // The local one deleted: checked again, without it.
+    store.delete(&local.key(), None).expect("deleted");
+    catch_up(&mut agent, &store);
+    let requests = &agent.plumbing.plumbing().requests;
+    assert_eq!(requests.len(), seen + 1);
+    assert!(requests.last().expect("a request").workloads.is_empty());
+}
+
+#[test]
+fn a_resync_after_a_compaction_reprograms() {
+    let store = Arc::new(MemStore::new());
+    put(store.as_ref(), &profile());
+    put(
+        store.as_ref(),
+        &endpoint(NODE, "cali0000000001", "10.244.0.5"),
+    );
+    let mut agent = agent();
+    agent.start(store.as_ref()).expect("starts");
+    assert_eq!(metric(&agent, "gingham_agent_resyncs_total"), "1");
+
+    // Written and compacted away before the agent watches: its history is gone.
+    put(store.as_ref(), &policy(8080));
+    put(store.as_ref(), &policy(9090));
+    let now = store.revision().expect("revision");
+    store.compact(now).expect("compacted");
+    catch_up(&mut agent, store.as_ref());
+
+    assert_eq!(metric(&agent, "gingham_agent_resyncs_total"), "2");
+    let script = scripts(&agent).last().expect("programmed");
+    assert!(allows(script, 8080), "{script}");
+    assert!(allows(script, 9090), "{script}");
+    assert_eq!(
+        metric(&agent, "gingham_agent_datastore_revision"),
+        now.to_string()
+    );
+    // The resync checked the plumbing again too.
+    assert_eq!(agent.plumbing.plumbing().requests.len(), 2);
+    // And the agent goes on watching from the listing.
+    let written = put(store.as_ref(), &policy(7070));
+    catch_up(&mut agent, store.as_ref());
+    assert!(allows(scripts(&agent).last().expect("programmed"), 7070));
+    assert_eq!(agent.revision(), written);
+}
