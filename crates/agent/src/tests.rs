@@ -291,3 +291,98 @@ fn a_resync_after_a_compaction_reprograms() {
     assert!(allows(scripts(&agent).last().expect("programmed"), 7070));
     assert_eq!(agent.revision(), written);
 }
+
+/// A kernel that refuses the next `refusals` transactions.
+#[derive(Default)]
+struct Refusing {
+    inner: Recording,
+    refusals: usize,
+}
+
+impl gingham_dataplane::Backend for Refusing {
+    fn run(&mut self, script: &str) -> Result<(), gingham_dataplane::Error> {
+        if self.refusals > 0 {
+            self.refusals -= 1;
+            return Err(gingham_dataplane::Error::Refused("test refusal".into()));
+        }
+        self.inner.run(script)
+    }
+
+    fn read(&mut self) -> Result<Option<String>, gingham_dataplane::Error> {
+        self.inner.read()
+    }
+}
+
+#[test]
+fn a_refused_transaction_is_retried_through_a_resync() {
+    let store = MemStore::new();
+    put(&store, &profile());
+    put(&store, &endpoint(NODE, "cali0000000001", "10.244.0.5"));
+    let config = Config {
+        node: NODE.into(),
+        refresh_interval: None,
+    };
+    let mut agent = Agent::new(&config, Refusing::default(), RecordingPlumbing::default());
+    agent.start(&store).expect("starts");
+    agent.policy.programmer_mut().backend_mut().refusals = 1;
+    let written = put(&store, &policy(8080));
+    agent
+        .step(&store, Duration::from_millis(100))
+        .expect("steps");
+    let text = agent.health.exposition().expect("encodes");
+    for line in [
+        "gingham_agent_errors_total 1",
+        "gingham_agent_resyncs_total 2",
+        &format!("gingham_agent_datastore_revision {written}"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line:?} missing in\n{text}"
+        );
+    }
+    let backend = &agent.policy.programmer().backend().inner;
+    assert!(allows(backend.scripts.last().expect("programmed"), 8080));
+    assert_eq!(
+        backend.reads, 2,
+        "the record dropped: the kernel read again"
+    );
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+}
+
+#[test]
+fn ticks_run_the_periodic_checks_when_they_are_due() {
+    let store = MemStore::new();
+    put(&store, &felix("  routeRefreshInterval: 30s\n"));
+    let config = Config {
+        node: NODE.into(),
+        refresh_interval: Some(Duration::from_secs(60)),
+    };
+    let mut agent = Agent::new(&config, Recording::default(), RecordingPlumbing::default());
+    agent.start(&store).expect("starts");
+    let start = std::time::Instant::now();
+    let counts = |a: &TestAgent| {
+        (
+            a.policy.programmer().backend().reads,
+            a.plumbing.plumbing().requests.len(),
+        )
+    };
+    assert_eq!(counts(&agent), (1, 1));
+    let at = |secs| Event::Tick(start + Duration::from_secs(secs));
+    agent.handle(at(0), &store).expect("ticks");
+    assert_eq!(counts(&agent), (1, 1), "nothing due yet");
+    agent.handle(at(31), &store).expect("ticks");
+    assert_eq!(counts(&agent), (1, 2), "the route refresh (30 s) is due");
+    agent.handle(at(32), &store).expect("ticks");
+    assert_eq!(counts(&agent), (1, 2));
+    agent.handle(at(60), &store).expect("ticks");
+    assert_eq!(
+        counts(&agent),
+        (2, 2),
+        "the consistency check (60 s) reads the kernel"
+    );
+    assert_eq!(
+        agent.deadline(),
+        Some(start + Duration::from_secs(61)),
+        "next: the route refresh, 30 s after the last"
+    );
+}
