@@ -49,7 +49,7 @@ pub enum Error {
     Program(#[from] gingham_dataplane::Error),
     #[error("opening netlink: {0}")]
     Netlink(#[source] gingham_net::NetError),
-    #[error("health server on 127.0.0.1:{port}: {what}: {source}")]
+    #[error("cannot serve health on 127.0.0.1:{port} ({what}): {source}")]
     Health {
         port: u16,
         what: &'static str,

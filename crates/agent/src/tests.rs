@@ -224,22 +224,41 @@ fn a_local_workload_endpoint_is_plumbed_and_a_remote_one_is_not() {
     let first = agent.plumbing.plumbing().requests.clone();
     assert_eq!(first.len(), 1, "checked once at start");
     assert!(first[0].workloads.is_empty());
+    assert_eq!(
+        first[0].blackholes,
+        Some(Default::default()),
+        "no blocks yet"
+    );
 
-    let local = endpoint(NODE, "cali0000000001", "10.244.0.5");
+    // The CNI plugin's order: an address from IPAM (claiming a block for the node), then the
+    // endpoint.
+    let ipam = gingham_ipam::Ipam::new(&store);
+    let block: ipnet::IpNet = "10.244.0.0/26".parse().expect("cidr");
+    let assigned = ipam
+        .auto_assign(&gingham_ipam::AssignRequest {
+            handle_id: "k8s-pod-network.c1".into(),
+            node: NODE.into(),
+            num_v4: 1,
+            pools_v4: vec![gingham_ipam::PoolSpec::new("default-ipv4-ippool", block)],
+            ..Default::default()
+        })
+        .expect("assigned");
+    let ip = assigned.v4[0].ip.to_string();
+    let local = endpoint(NODE, "cali0000000001", &ip);
     put(&store, &local);
     put(&store, &endpoint("node-b", "cali0000000002", "10.244.1.5"));
     catch_up(&mut agent, &store);
     let want = HostWorkload {
         ifname: "cali0000000001".into(),
-        addresses: vec!["10.244.0.5/32".parse().expect("cidr")],
+        addresses: vec![format!("{ip}/32").parse().expect("cidr")],
         mac: "ee:ee:ee:ee:ee:01".parse().ok(),
     };
     let requests = &agent.plumbing.plumbing().requests;
     assert_eq!(requests.last().expect("a request").workloads, vec![want]);
     assert_eq!(
         requests.last().expect("a request").blackholes,
-        Some(Default::default()),
-        "no IPAM blocks: no blackholes"
+        Some([block].into_iter().collect()),
+        "the node's block goes nowhere but to its workloads"
     );
     let seen = requests.len();
 
