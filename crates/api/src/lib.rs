@@ -580,13 +580,12 @@ impl Client {
             let Some((node, cidr)) = stored::parse_affinity_key(&kv.key) else {
                 continue;
             };
-            let aff = stored::BlockAffinity::from_bytes(&kv.value).map_err(|e| {
-                ApiError::Corrupt {
+            let aff =
+                stored::BlockAffinity::from_bytes(&kv.value).map_err(|e| ApiError::Corrupt {
                     kind: Kind::BlockAffinity,
                     key: kv.key.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             let state = serde_json::to_value(aff.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))

@@ -10,8 +10,8 @@ use gingham_model::{BgpConfiguration, BgpPeer, IpPool, IpipMode, VxlanMode};
 use gingham_selector::Selector;
 use ipnet::IpNet;
 
-use gingham_model::BgpFilter;
 use crate::{Input, RenderError, Secrets};
+use gingham_model::BgpFilter;
 
 /// BIRD's largest integer; route priorities are carried as `2147483647 - bgp_local_pref`.
 pub(crate) const BIRD_INT_MAX: i64 = 2_147_483_647;

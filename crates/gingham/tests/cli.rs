@@ -806,7 +806,10 @@ fn block_affinities_are_the_view_of_ipam() {
     let table = cli.ok(&["get", "blockaffinities"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("NODE"), "{table}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("NODE"),
+        "{table}"
+    );
     let mut rows: Vec<Vec<&str>> = lines[1..]
         .iter()
         .map(|l| l.split_whitespace().collect())

@@ -284,12 +284,18 @@ impl BlockAffinity {
         if name.len() < 253 {
             return name;
         }
-        let mut keep = 252usize.saturating_sub(cidr_name.len() + 13).min(node.len());
+        let mut keep = 252usize
+            .saturating_sub(cidr_name.len() + 13)
+            .min(node.len());
         while !node.is_char_boundary(keep) {
             keep -= 1;
         }
         let hash = Sha256::digest(format!("{node}+{cidr_name}").as_bytes());
-        format!("{}-{cidr_name}-{}c", &node[..keep], &hex::encode(hash)[..10])
+        format!(
+            "{}-{cidr_name}-{}c",
+            &node[..keep],
+            &hex::encode(hash)[..10]
+        )
     }
 
     /// Whether the block counts as the node's (confirmed, or from before states existed) and
@@ -311,13 +317,13 @@ mod tests {
             "node-1-10-244-0-64-26"
         );
         let n6: ipnet::IpNet = "fd00:10:244::/122".parse().unwrap();
-        assert_eq!(
-            BlockAffinity::name_for("n", &n6),
-            "n-fd00-10-244---122"
-        );
+        assert_eq!(BlockAffinity::name_for("n", &n6), "n-fd00-10-244---122");
         let long = "a".repeat(250);
         let name = BlockAffinity::name_for(&long, &n);
         assert!(name.len() < 253, "{}", name.len());
-        assert!(name.ends_with('c') && name.contains("-10-244-0-64-26-"), "{name}");
+        assert!(
+            name.ends_with('c') && name.contains("-10-244-0-64-26-"),
+            "{name}"
+        );
     }
 }

@@ -1666,8 +1666,7 @@ fn bgp_filter(v: &mut V, s: &BgpFilterSpec) {
 
 fn valid_filter_interface(s: &str) -> bool {
     (1..=15).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'*' | b'-'))
 }
 
@@ -1682,7 +1681,10 @@ fn bgp_filter_rule(v: &mut V, at: &str, r: &BgpFilterRule, v6: bool) {
             Ok(n) if n.addr().is_ipv6() == v6 => {}
             _ => v.err(
                 format!("{at}.cidr"),
-                format!("{:?} is not an {family} CIDR (valid: e.g. {example})", r.cidr),
+                format!(
+                    "{:?} is not an {family} CIDR (valid: e.g. {example})",
+                    r.cidr
+                ),
             ),
         }
     }
@@ -1795,7 +1797,10 @@ fn bgp_filter_rule(v: &mut V, at: &str, r: &BgpFilterRule, v6: bool) {
         {
             v.err(
                 format!("{at}.setPriority.value"),
-                format!("{} is out of range (valid: 1-{MAX_BGP_FILTER_PRIORITY})", p.value),
+                format!(
+                    "{} is out of range (valid: 1-{MAX_BGP_FILTER_PRIORITY})",
+                    p.value
+                ),
             );
         }
     }

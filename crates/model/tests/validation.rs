@@ -916,7 +916,9 @@ fn bgp_filter_and_block_affinity_problems_name_the_field() {
             "cidr is required",
         ),
         (
-            f("  importV6:\n  - {action: Accept, cidr: \"fd00::/8\", matchOperator: In, prefixLength: {max: 129}}\n"),
+            f(
+                "  importV6:\n  - {action: Accept, cidr: \"fd00::/8\", matchOperator: In, prefixLength: {max: 129}}\n",
+            ),
             "spec.importV6[0].prefixLength.max",
             "valid: 0-128",
         ),
@@ -956,7 +958,9 @@ fn bgp_filter_and_block_affinity_problems_name_the_field() {
             "exactly one operation must be set",
         ),
         (
-            f("  exportV4:\n  - action: Accept\n    operations: [{addCommunity: {value: \"1:2:3:4\"}}]\n"),
+            f(
+                "  exportV4:\n  - action: Accept\n    operations: [{addCommunity: {value: \"1:2:3:4\"}}]\n",
+            ),
             "spec.exportV4[0].operations[0].addCommunity.value",
             "not a valid community",
         ),
@@ -966,12 +970,20 @@ fn bgp_filter_and_block_affinity_problems_name_the_field() {
             "unknown field `bogus`, expected one of `cidr`",
         ),
         (
-            res("BlockAffinity", "a", "  node: n1\n  cidr: nonsense\n  state: confirmed\n"),
+            res(
+                "BlockAffinity",
+                "a",
+                "  node: n1\n  cidr: nonsense\n  state: confirmed\n",
+            ),
             "spec.cidr",
             "is not a CIDR (valid: e.g. 10.244.0.0/26)",
         ),
         (
-            res("BlockAffinity", "a", "  node: n1\n  cidr: 10.0.0.0/26\n  state: done\n"),
+            res(
+                "BlockAffinity",
+                "a",
+                "  node: n1\n  cidr: 10.0.0.0/26\n  state: done\n",
+            ),
             "spec.state",
             "(valid: confirmed, pending, pendingDeletion)",
         ),
@@ -1001,6 +1013,8 @@ fn bgp_filter_and_block_affinity_problems_name_the_field() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // The documented example loads.
-    let ok = f("  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 16, max: 24}, interface: \"cali*\"}\n  - action: Accept\n    operations: [{prependASPath: {prefix: [65000]}}]\n");
+    let ok = f(
+        "  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 16, max: 24}, interface: \"cali*\"}\n  - action: Accept\n    operations: [{prependASPath: {prefix: [65000]}}]\n",
+    );
     load("ok.yaml", &ok).expect("a valid BGPFilter loads");
 }
