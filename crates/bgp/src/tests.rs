@@ -266,3 +266,24 @@ spec: {bgp: {ipv4Address: 10.0.0.11/24}}
     let n3 = render(&i, &opts("n3")).unwrap();
     assert!(!n3.file("bird_ipam.cfg").unwrap().contains("WireGuard"));
 }
+
+#[test]
+fn deleted_and_pending_affinities_are_not_the_nodes_blocks() {
+    let mut yaml = TWO_NODES.to_string();
+    for (name, cidr, extra) in [
+        ("a", "10.244.1.0/26", "state: confirmed"),
+        ("b", "10.244.2.0/26", "state: confirmed, deleted: true"),
+        ("c", "10.244.3.0/26", "state: pending"),
+        ("d", "10.244.4.0/26", "state: ''"),
+    ] {
+        yaml.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: BlockAffinity\nmetadata: {{name: {name}}}\nspec: {{node: n1, cidr: {cidr}, {extra}}}\n"
+        ));
+    }
+    let r = render(&input(&yaml), &opts("n1")).unwrap();
+    let aggr = r.file("bird_aggr.cfg").unwrap();
+    assert!(aggr.contains("route 10.244.1.0/26 blackhole;"), "{aggr}");
+    assert!(aggr.contains("route 10.244.4.0/26 blackhole;"), "{aggr}");
+    assert!(!aggr.contains("10.244.2.0"), "{aggr}");
+    assert!(!aggr.contains("10.244.3.0"), "{aggr}");
+}
