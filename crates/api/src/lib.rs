@@ -72,6 +72,10 @@ pub enum ApiError {
     },
     #[error("{kind} {name} appears more than once in the input; keep one copy")]
     Duplicate { kind: Kind, name: String },
+    #[error(
+        "{kind} {name} cannot be written or deleted: {kind} resources are read-only, shown from IPAM's block affinities (manage them with `gingham ipam`)"
+    )]
+    ReadOnly { kind: Kind, name: String },
     #[error(transparent)]
     Datastore(#[from] gingham_datastore::Error),
 }
@@ -175,6 +179,17 @@ impl Client {
 
     /// Reads one resource, with `resourceVersion` set.
     pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Resource> {
+        if !kind.is_stored() {
+            return self
+                .list(kind, None)?
+                .0
+                .into_iter()
+                .find(|r| r.name() == name)
+                .ok_or_else(|| ApiError::NotFound {
+                    kind,
+                    name: name.to_owned(),
+                });
+        }
         let key = kind.key(namespace, name);
         match self.store.get(&key)? {
             Some(kv) => decode(kind, &kv.key, &kv.value, kv.mod_revision),
@@ -187,6 +202,9 @@ impl Client {
 
     /// Lists resources of a kind, in one namespace or (with `None`) in all, ordered by key.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Resource>, Revision)> {
+        if kind == Kind::BlockAffinity {
+            return self.block_affinities();
+        }
         let prefix = kind.key_prefix(namespace);
         let listing = self.store.list(&prefix)?;
         let mut out = Vec::with_capacity(listing.kvs.len());
@@ -211,6 +229,9 @@ impl Client {
     /// does), up to [`WRITE_ATTEMPTS`] times; the conditions the caller set (`resourceVersion`,
     /// create, replace) are checked again each time.
     pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
+        for r in resources {
+            refuse_read_only(r.kind(), r.meta().namespace.as_deref(), r.name())?;
+        }
         // Every write path validates as `apply` does: nothing stored here can fail to load.
         for r in resources {
             let problems = gingham_model::validate(r);
@@ -433,6 +454,7 @@ impl Client {
         name: &str,
         resource_version: Option<&str>,
     ) -> Result<Resource> {
+        refuse_read_only(kind, namespace, name)?;
         let key = kind.key(namespace, name);
         let shown = display_name(namespace, name);
         let expected = match resource_version.filter(|v| !v.is_empty()) {
@@ -465,6 +487,9 @@ impl Client {
 
     /// Deletes several resources all-or-nothing; every one must exist.
     pub fn delete_all(&self, targets: &[(Kind, Option<String>, String)]) -> Result<Vec<Resource>> {
+        for (kind, ns, name) in targets {
+            refuse_read_only(*kind, ns.as_deref(), name)?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -503,6 +528,7 @@ impl Client {
         changes: &BTreeMap<String, Option<String>>,
         overwrite: bool,
     ) -> Result<Resource> {
+        refuse_read_only(kind, namespace, name)?;
         let mut r = self.get(kind, namespace, name)?;
         {
             let labels = &mut r.meta_mut().labels;
@@ -527,6 +553,48 @@ impl Client {
         }
         self.write_all(std::slice::from_ref(&r), WriteMode::Replace)?;
         self.get(kind, namespace, name)
+    }
+}
+
+/// Refuses writes of kinds that are views of other data (BlockAffinity: IPAM's keys).
+fn refuse_read_only(kind: Kind, namespace: Option<&str>, name: &str) -> Result<()> {
+    if kind.is_stored() {
+        Ok(())
+    } else {
+        Err(ApiError::ReadOnly {
+            kind,
+            name: display_name(namespace, name),
+        })
+    }
+}
+
+impl Client {
+    /// Every block affinity of IPAM (`/calico/ipam/v2/host/<node>/ipv<N>/block/<cidr>`) as a
+    /// `BlockAffinity` resource named as Calico names it, in key order; `resourceVersion` is
+    /// the affinity key's mod revision. IPAM's keys stay the one source of truth.
+    pub fn block_affinities(&self) -> Result<(Vec<Resource>, Revision)> {
+        use gingham_ipam::stored;
+        let listing = self.store.list(stored::HOST_PREFIX)?;
+        let mut out = Vec::new();
+        for kv in &listing.kvs {
+            let Some((node, cidr)) = stored::parse_affinity_key(&kv.key) else {
+                continue;
+            };
+            let aff =
+                stored::BlockAffinity::from_bytes(&kv.value).map_err(|e| ApiError::Corrupt {
+                    kind: Kind::BlockAffinity,
+                    key: kv.key.clone(),
+                    message: e.to_string(),
+                })?;
+            let state = serde_json::to_value(aff.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let mut r = gingham_model::BlockAffinity::new(&node, &cidr, &state, aff.deleted);
+            r.metadata.resource_version = Some(kv.mod_revision.to_string());
+            out.push(Resource::BlockAffinity(r));
+        }
+        Ok((out, listing.revision))
     }
 }
 

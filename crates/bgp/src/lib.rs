@@ -29,8 +29,7 @@ mod view;
 
 use std::collections::BTreeMap;
 
-use gingham_model::{BgpConfiguration, BgpPeer, IpPool, Node};
-use ipnet::IpNet;
+use gingham_model::{BgpConfiguration, BgpFilter, BgpPeer, BlockAffinity, IpPool, Node};
 
 /// The files confd writes, in the order [`Rendered::files`] holds them.
 pub const FILE_NAMES: [&str; 6] = [
@@ -41,18 +40,6 @@ pub const FILE_NAMES: [&str; 6] = [
     "bird_ipam.cfg",
     "bird6_ipam.cfg",
 ];
-
-/// A block affinity as IPAM stores it (`/calico/ipam/v2/host/<node>/ipv4/block/<cidr>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Affinity {
-    /// The node the block is affine to.
-    pub node: String,
-    /// The block.
-    pub cidr: IpNet,
-    /// `confirmed`, `pending`, `pendingDeletion`, or empty for data written before states
-    /// existed (then "implicitly confirmed"). Pending affinities are ignored, as confd does.
-    pub state: String,
-}
 
 /// A local workload's endpoint status (felix's `<prefix>/endpoint-status/<name>` file): the
 /// workloads selected by a BGPPeer's `localWorkloadSelector` name that peer.
@@ -88,11 +75,12 @@ pub struct Input {
     /// IP pools.
     pub ip_pools: Vec<IpPool>,
     /// BGP filters.
-    pub bgp_filters: Vec<filter::BgpFilter>,
+    pub bgp_filters: Vec<BgpFilter>,
     /// Local workloads that are BGP peers (endpoint status files).
     pub local_workloads: Vec<LocalWorkload>,
-    /// Block affinities (every node's; only the rendered node's are used).
-    pub affinities: Vec<Affinity>,
+    /// Block affinities (every node's; only the rendered node's are used). Pending and
+    /// deleted ones are ignored, as confd ignores them; an empty state counts as confirmed.
+    pub affinities: Vec<BlockAffinity>,
     /// Secrets holding BGP passwords. A password whose secret or key is missing is left out
     /// (no `password` line), as confd does.
     pub secrets: Secrets,

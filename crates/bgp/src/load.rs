@@ -1,6 +1,5 @@
-//! Reading renderer input from resource text: Calico v3 resources (through the model's loader),
-//! Kubernetes `v1` Secrets holding BGP passwords, and `BlockAffinity` objects (spec.node,
-//! spec.cidr, spec.state), which the model does not know yet.
+//! Reading renderer input from resource text: Calico v3 resources (through the model's loader,
+//! BGPFilters and BlockAffinities included) and Kubernetes `v1` Secrets holding BGP passwords.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +7,7 @@ use base64::Engine;
 use gingham_model::Resource;
 use serde_json::Value;
 
-use crate::filter::BgpFilter;
-use crate::{Affinity, Input};
+use crate::Input;
 
 /// Adds the resources this renderer reads to `input`; other kinds are ignored.
 pub fn add_resources(input: &mut Input, list: Vec<Resource>) {
@@ -19,6 +17,8 @@ pub fn add_resources(input: &mut Input, list: Vec<Resource>) {
             Resource::BgpConfiguration(c) => input.bgp_configurations.push(c),
             Resource::BgpPeer(p) => input.bgp_peers.push(p),
             Resource::IpPool(p) => input.ip_pools.push(p),
+            Resource::BgpFilter(f) => input.bgp_filters.push(f),
+            Resource::BlockAffinity(a) => input.affinities.push(a),
             _ => {}
         }
     }
@@ -32,9 +32,7 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         gingham_model::parse_documents(text).map_err(|e| vec![format!("{source_name}: {e}")])?;
     let mut errors = Vec::new();
     let mut secrets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-    let mut affinities = Vec::new();
-    let mut filters = Vec::new();
-    // Secrets and block affinities are taken out here; the other documents go to the resource
+    // Secrets are taken out here; the other documents go to the resource
     // loader in place (an empty list keeps the document numbers of its messages).
     let mut rest = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
@@ -43,10 +41,6 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
         let taken = match (api, kind) {
             ("v1", "Secret") => secret(&doc, &what).map(|s| secrets.push(s)),
-            (_, "BlockAffinity") => affinity(&doc, &what).map(|a| affinities.push(a)),
-            ("projectcalico.org/v3", "BGPFilter") => {
-                bgp_filter(doc.clone(), &what).map(|f| filters.push(f))
-            }
             _ => {
                 rest.push(doc);
                 continue;
@@ -72,8 +66,6 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         return Err(errors);
     }
     add_resources(input, resources);
-    input.affinities.extend(affinities);
-    input.bgp_filters.extend(filters);
     for (name, data) in secrets {
         input.secrets.entry(name).or_default().extend(data);
     }
@@ -86,27 +78,6 @@ pub fn local_workload(name: &str, text: &str) -> Result<crate::LocalWorkload, St
         serde_json::from_str(text).map_err(|e| format!("endpoint status file {name}: {e}"))?;
     w.name = name.to_string();
     Ok(w)
-}
-
-/// A BGPFilter, validated.
-fn bgp_filter(doc: Value, what: &str) -> Result<BgpFilter, String> {
-    let name = doc
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let what = format!("{what} (BGPFilter {name})");
-    let f: BgpFilter = serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        format!("{what}: {path}: {}", e.into_inner())
-    })?;
-    let problems = f.validate();
-    if problems.is_empty() {
-        Ok(f)
-    } else {
-        Err(format!("{what}: {}", problems.join("; ")))
-    }
 }
 
 /// A Kubernetes Secret's name and decoded data (`data` is base64, `stringData` plain).
@@ -150,38 +121,4 @@ fn secret(doc: &Value, what: &str) -> Result<(String, BTreeMap<String, String>),
         }
     }
     Ok((name.to_string(), out))
-}
-
-/// A `BlockAffinity` object: spec.node, spec.cidr, spec.state.
-fn affinity(doc: &Value, what: &str) -> Result<Affinity, String> {
-    let spec = doc.get("spec");
-    let field = |f: &str| {
-        spec.and_then(|s| s.get(f))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let what = format!("{what} (BlockAffinity)");
-    let node = field("node");
-    if node.is_empty() {
-        return Err(format!("{what}: spec.node is required"));
-    }
-    let cidr_text = field("cidr");
-    let cidr: ipnet::IpNet = cidr_text.parse().map_err(|_| {
-        format!("{what}: spec.cidr: {cidr_text:?} is not a CIDR (valid: 10.244.0.0/26)")
-    })?;
-    let state = field("state");
-    if !matches!(
-        state.as_str(),
-        "" | "confirmed" | "pending" | "pendingDeletion"
-    ) {
-        return Err(format!(
-            "{what}: spec.state: {state:?} is not valid (valid: confirmed, pending, pendingDeletion)"
-        ));
-    }
-    Ok(Affinity {
-        node,
-        cidr: cidr.trunc(),
-        state,
-    })
 }

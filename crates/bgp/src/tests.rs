@@ -132,12 +132,12 @@ fn bad_side_inputs_are_named() {
     let e = load::add_text(
         &mut i,
         "f.yaml",
-        "apiVersion: projectcalico.org/v3\nkind: BlockAffinity\nspec: {node: n1, cidr: nonsense}\n",
+        "apiVersion: projectcalico.org/v3\nkind: BlockAffinity\nmetadata: {name: a}\nspec: {node: n1, cidr: nonsense}\n",
     )
     .unwrap_err();
     assert_eq!(e.len(), 1);
     assert!(
-        e[0].starts_with("f.yaml: document 1 (BlockAffinity): spec.cidr"),
+        e[0].starts_with("f.yaml: document 1 (BlockAffinity a): spec.cidr"),
         "{e:?}"
     );
     let e = load::add_text(
@@ -178,10 +178,7 @@ spec:
         e[0].starts_with("f.yaml: document 1 (BGPFilter bad): spec.exportV4[0].action: \"Drop\""),
         "{e:?}"
     );
-    assert!(
-        e[0].contains("cidr and matchOperator must be given together"),
-        "{e:?}"
-    );
+    assert!(e[0].contains("(valid: Accept, Reject)"), "{e:?}");
     assert!(i.bgp_filters.is_empty());
 
     let mut yaml = TWO_NODES.to_string();
@@ -268,4 +265,25 @@ spec: {bgp: {ipv4Address: 10.0.0.11/24}}
     assert!(!ipam.contains("bgp_next_hop = 10.0.0.11"), "{ipam}");
     let n3 = render(&i, &opts("n3")).unwrap();
     assert!(!n3.file("bird_ipam.cfg").unwrap().contains("WireGuard"));
+}
+
+#[test]
+fn deleted_and_pending_affinities_are_not_the_nodes_blocks() {
+    let mut yaml = TWO_NODES.to_string();
+    for (name, cidr, extra) in [
+        ("a", "10.244.1.0/26", "state: confirmed"),
+        ("b", "10.244.2.0/26", "state: confirmed, deleted: true"),
+        ("c", "10.244.3.0/26", "state: pending"),
+        ("d", "10.244.4.0/26", "state: ''"),
+    ] {
+        yaml.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: BlockAffinity\nmetadata: {{name: {name}}}\nspec: {{node: n1, cidr: {cidr}, {extra}}}\n"
+        ));
+    }
+    let r = render(&input(&yaml), &opts("n1")).unwrap();
+    let aggr = r.file("bird_aggr.cfg").unwrap();
+    assert!(aggr.contains("route 10.244.1.0/26 blackhole;"), "{aggr}");
+    assert!(aggr.contains("route 10.244.4.0/26 blackhole;"), "{aggr}");
+    assert!(!aggr.contains("10.244.2.0"), "{aggr}");
+    assert!(!aggr.contains("10.244.3.0"), "{aggr}");
 }

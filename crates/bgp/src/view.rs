@@ -8,9 +8,10 @@ use std::net::IpAddr;
 use gingham_model::bgp::{BgpPassword, Community, PrefixAdvertisement};
 use gingham_model::{BgpConfiguration, BgpPeer, IpPool, IpipMode, VxlanMode};
 use gingham_selector::Selector;
+use ipnet::IpNet;
 
-use crate::filter::BgpFilter;
 use crate::{Input, RenderError, Secrets};
+use gingham_model::BgpFilter;
 
 /// BIRD's largest integer; route priorities are carried as `2147483647 - bgp_local_pref`.
 pub(crate) const BIRD_INT_MAX: i64 = 2_147_483_647;
@@ -294,12 +295,13 @@ impl<'a> View<'a> {
         let mut blocks: Vec<(u8, String, String, String)> = input
             .affinities
             .iter()
-            .filter(|a| a.node == me && a.state != "pending")
-            .map(|a| {
-                let fam = if a.cidr.addr().is_ipv4() { 4 } else { 6 };
-                let seg = format!("{}-{}", a.cidr.network(), a.cidr.prefix_len());
-                let cidr = format!("{}/{}", a.cidr.network(), a.cidr.prefix_len());
-                (fam, seg, cidr, a.state.clone())
+            .filter(|a| a.spec.node == me && a.spec.state != "pending" && !a.spec.deleted)
+            .filter_map(|a| {
+                let net = a.spec.cidr.parse::<IpNet>().ok()?.trunc();
+                let fam = if net.addr().is_ipv4() { 4 } else { 6 };
+                let seg = format!("{}-{}", net.network(), net.prefix_len());
+                let cidr = format!("{}/{}", net.network(), net.prefix_len());
+                Some((fam, seg, cidr, a.spec.state.clone()))
             })
             .collect();
         blocks.sort();
@@ -881,7 +883,7 @@ impl<'a> View<'a> {
                                     p.ip
                                 ));
                             }
-                            f?.call(import, version, same_as)
+                            crate::filter::call(f?, import, version, same_as)
                         })
                         .collect()
                 };

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use gingham_bgp::{Affinity, Input, Options};
+use gingham_bgp::{Input, Options};
 use gingham_model::Kind;
 
 use crate::Exit;
@@ -15,10 +15,10 @@ pub enum BgpCmd {
     /// Write bird.cfg, bird6.cfg, bird_aggr.cfg, bird6_aggr.cfg, bird_ipam.cfg and
     /// bird6_ipam.cfg for a node, with the text Calico's confd renders for the same resources.
     ///
-    /// With -f, the resources come from files (Calico v3 resources and BGPFilters, Kubernetes `v1` Secrets
-    /// holding BGP passwords, and `BlockAffinity` objects with spec.node, spec.cidr and
-    /// spec.state); without, from the datastore (affinities from IPAM). CALICO_ROUTER_ID (an
-    /// IPv4 address, or `hash`) sets the router id.
+    /// With -f, the resources come from files (Calico v3 resources, BGPFilters and
+    /// BlockAffinities included, and Kubernetes `v1` Secrets holding BGP passwords); without,
+    /// from the datastore (BGPFilters as stored, block affinities from IPAM). CALICO_ROUTER_ID
+    /// (an IPv4 address, or `hash`) sets the router id.
     Render(RenderArgs),
 }
 
@@ -128,37 +128,22 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
     Ok(())
 }
 
+/// Reads every kind the renderer takes from the datastore (block affinities are the
+/// BlockAffinity view of IPAM's keys).
 fn from_datastore(client: &gingham_api::Client) -> Result<Input> {
     let mut input = Input::default();
     for kind in [
         Kind::Node,
         Kind::BgpConfiguration,
         Kind::BgpPeer,
+        Kind::BgpFilter,
         Kind::IpPool,
+        Kind::BlockAffinity,
     ] {
         let (list, _) = client
             .list(kind, None)
             .with_context(|| format!("cannot list {kind} resources"))?;
         gingham_bgp::load::add_resources(&mut input, list);
-    }
-    let store = client.store();
-    let listing = store
-        .list(gingham_ipam::stored::HOST_PREFIX)
-        .context("cannot list block affinities")?;
-    for kv in listing.kvs {
-        let Some((node, cidr)) = gingham_ipam::stored::parse_affinity_key(&kv.key) else {
-            continue;
-        };
-        let aff = gingham_ipam::stored::BlockAffinity::from_bytes(&kv.value)
-            .with_context(|| format!("block affinity {} is not valid JSON", kv.key))?;
-        if aff.deleted {
-            continue;
-        }
-        let state = serde_json::to_value(aff.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        input.affinities.push(Affinity { node, cidr, state });
     }
     Ok(input)
 }

@@ -226,6 +226,11 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
             }
         }
         Kind::IpReservation => vec![col!("CIDRS", "/spec/reservedCIDRs")],
+        Kind::BlockAffinity => vec![
+            col!("NODE", "/spec/node"),
+            col!("CIDR", "/spec/cidr"),
+            col!("STATE", "/spec/state"),
+        ],
         _ => vec![],
     };
     cols.extend(extra);

@@ -233,3 +233,34 @@ fn bgp_render_bad_input_writes_nothing() {
     assert!(err.contains("nothing was rendered"), "{err}");
     assert!(!out.exists());
 }
+
+/// BGPFilters stored in the datastore (applied like any resource) are rendered as from files:
+/// the `filters` case, applied then rendered without -f, gives the same six files.
+#[test]
+fn bgp_render_reads_bgp_filters_from_the_datastore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    let case = cases().join("filters");
+    let input = case.join("input.yaml");
+    ok(&gingham(
+        &["apply", "--datastore", &ds, "-f", input.to_str().unwrap()],
+        &[],
+    ));
+    let out = tmp.path().join("confd");
+    ok(&gingham(
+        &[
+            "bgp",
+            "render",
+            "--datastore",
+            &ds,
+            "--node",
+            "node-a",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_same_files(&out, &case.join("node-a"));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(bird.contains("# v4 BGPFilter "), "{bird}");
+}

@@ -711,3 +711,129 @@ fn sys_etcd_datastore_via_calicos_variables() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
 }
+
+/// BGPFilter is a stored kind: apply, get (by calicoctl's short names too), -o yaml round
+/// trip, delete; a bad one is refused naming the file, document and field.
+#[test]
+fn bgp_filter_apply_get_delete_round_trip() {
+    let cli = Cli::sqlite();
+    let filter = "apiVersion: projectcalico.org/v3
+kind: BGPFilter
+metadata:
+  name: tor-export
+spec:
+  exportV4:
+  - action: Accept
+    matchOperator: In
+    cidr: 10.244.0.0/16
+    prefixLength: {min: 26, max: 32}
+  - action: Reject
+";
+    let out = cli.run_stdin(&["apply", "-f", "-"], Some(filter));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "BGPFilter tor-export created\n"
+    );
+    for name in ["bgpfilters", "bgpfilter", "bgpf", "bfs"] {
+        assert!(cli.ok(&["get", name]).contains("tor-export"), "{name}");
+    }
+    let yaml = cli.ok(&["get", "bgpfilter", "tor-export", "-o", "yaml"]);
+    assert!(yaml.contains("kind: BGPFilter"), "{yaml}");
+    assert!(yaml.contains("cidr: 10.244.0.0/16"), "{yaml}");
+    // What get prints applies back unchanged.
+    let out = cli.run_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "BGPFilter tor-export unchanged\n"
+    );
+    // Stored under Calico's key.
+    {
+        use gingham_datastore::Datastore;
+        let path = cli.datastore.strip_prefix("sqlite:").unwrap();
+        let store = gingham_datastore_sqlite::SqliteStore::open(path).unwrap();
+        assert!(
+            store
+                .get("/calico/resources/v3/projectcalico.org/bgpfilters/tor-export")
+                .unwrap()
+                .is_some()
+        );
+    }
+    // A bad action: named, nothing written.
+    let bad = filter
+        .replace("name: tor-export", "name: other")
+        .replace("action: Reject", "action: Drop");
+    let out = cli.run_stdin(&["apply", "-f", "-"], Some(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("<stdin>: document 1 (BGPFilter other): spec.exportV4[1].action: \"Drop\" is not a valid BGPFilter action (valid: Accept, Reject)"),
+        "{err}"
+    );
+    assert!(!cli.ok(&["get", "bgpfilters"]).contains("other"));
+    assert_eq!(
+        cli.ok(&["delete", "bgpfilter", "tor-export"]),
+        "BGPFilter tor-export deleted\n"
+    );
+    assert!(!cli.ok(&["get", "bgpfilters"]).contains("tor-export"));
+}
+
+/// IPAM's block affinities are shown as BlockAffinity resources, named as Calico names them;
+/// they cannot be applied or deleted through the resource commands (IPAM's keys stay the one
+/// source of truth).
+#[test]
+fn block_affinities_are_the_view_of_ipam() {
+    let cli = Cli::sqlite();
+    {
+        let path = cli.datastore.strip_prefix("sqlite:").unwrap();
+        let store = gingham_datastore_sqlite::SqliteStore::open(path).unwrap();
+        let ipam = gingham_ipam::Ipam::new(&store);
+        for (node, handle) in [("node-1", "h1"), ("node-2", "h2")] {
+            let req = gingham_ipam::AssignRequest {
+                handle_id: handle.into(),
+                node: node.into(),
+                num_v4: 1,
+                pools_v4: vec![gingham_ipam::PoolSpec::new(
+                    "p",
+                    "10.244.0.0/16".parse().unwrap(),
+                )],
+                ..Default::default()
+            };
+            ipam.auto_assign(&req).unwrap();
+        }
+    }
+    let table = cli.ok(&["get", "blockaffinities"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("NODE"),
+        "{table}"
+    );
+    let mut rows: Vec<Vec<&str>> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    rows.sort();
+    assert_eq!(rows[0][1], "node-1");
+    assert_eq!(rows[1][1], "node-2");
+    for r in &rows {
+        // <node>-<cidr with . and / replaced by ->, as libcalico-go names it.
+        assert_eq!(r[0], format!("{}-{}", r[1], r[2].replace(['.', '/'], "-")));
+        assert_eq!(r[3], "confirmed");
+    }
+    let name = rows[0][0].to_string();
+    let yaml = cli.ok(&["get", "blockaffinity", &name, "-o", "yaml"]);
+    assert!(yaml.contains("kind: BlockAffinity"), "{yaml}");
+    assert!(yaml.contains("node: node-1"), "{yaml}");
+    // Read-only: apply and delete are refused, nothing changes.
+    let out = cli.run_stdin(&["apply", "-f", "-"], Some(&yaml));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    let out = cli.run(&["delete", "blockaffinity", &name]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    assert_eq!(cli.ok(&["get", "blockaffinities"]), table);
+    let out = cli.run(&["get", "blockaffinity", "node-9-10-0-0-0-26"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}

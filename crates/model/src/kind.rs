@@ -47,6 +47,11 @@ pub enum Kind {
     BgpPeer,
     /// `ClusterInformation`.
     ClusterInformation,
+    /// `BGPFilter`.
+    BgpFilter,
+    /// `BlockAffinity`: computed from IPAM's keys, never stored as a resource (see
+    /// [`Kind::is_stored`]).
+    BlockAffinity,
 }
 
 impl Kind {
@@ -70,6 +75,8 @@ impl Kind {
         Kind::BgpConfiguration,
         Kind::BgpPeer,
         Kind::ClusterInformation,
+        Kind::BgpFilter,
+        Kind::BlockAffinity,
     ];
 
     /// The canonical kind name, as written in `kind:`.
@@ -93,6 +100,8 @@ impl Kind {
             Kind::BgpConfiguration => "BGPConfiguration",
             Kind::BgpPeer => "BGPPeer",
             Kind::ClusterInformation => "ClusterInformation",
+            Kind::BgpFilter => "BGPFilter",
+            Kind::BlockAffinity => "BlockAffinity",
         }
     }
 
@@ -117,6 +126,8 @@ impl Kind {
             Kind::BgpConfiguration => "bgpconfigurations",
             Kind::BgpPeer => "bgppeers",
             Kind::ClusterInformation => "clusterinformations",
+            Kind::BgpFilter => "bgpfilters",
+            Kind::BlockAffinity => "blockaffinities",
         }
     }
 
@@ -130,6 +141,12 @@ impl Kind {
                 | Kind::WorkloadEndpoint
                 | Kind::NetworkSet
         )
+    }
+
+    /// Whether resources of this kind are stored under their own key. BlockAffinity is not:
+    /// IPAM's affinity keys are the one source of truth, and the resource is a view of them.
+    pub fn is_stored(self) -> bool {
+        !matches!(self, Kind::BlockAffinity)
     }
 
     /// The names calicoctl accepts on its command line for this kind (lower case).
@@ -209,6 +226,8 @@ impl Kind {
                 "clusterinfo",
                 "clusterinfos",
             ],
+            Kind::BgpFilter => &["bgpfilter", "bgpfilters", "bgpf", "bgpfs", "bf", "bfs"],
+            Kind::BlockAffinity => &["blockaffinity", "blockaffinities"],
         }
     }
 
@@ -298,6 +317,10 @@ mod tests {
             ("bgpp", Kind::BgpPeer),
             ("ipreservation", Kind::IpReservation),
             ("clusterinformation", Kind::ClusterInformation),
+            ("bgpfilter", Kind::BgpFilter),
+            ("BGPFilters", Kind::BgpFilter),
+            ("bgpf", Kind::BgpFilter),
+            ("blockaffinities", Kind::BlockAffinity),
         ];
         for (s, k) in cases {
             assert_eq!(Kind::from_cli_name(s), Some(k), "{s}");

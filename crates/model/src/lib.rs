@@ -18,6 +18,7 @@
 mod macros;
 
 pub mod bgp;
+pub mod bgpfilter;
 pub mod cidr;
 pub mod config;
 pub mod defaults;
@@ -42,6 +43,10 @@ pub mod v1;
 pub mod validate;
 
 pub use bgp::{AsNumber, BgpConfiguration, BgpConfigurationSpec, BgpPeer, BgpPeerSpec};
+pub use bgpfilter::{
+    BgpFilter, BgpFilterAction, BgpFilterMatchOperator, BgpFilterMatchSource, BgpFilterPeerType,
+    BgpFilterRule, BgpFilterSpec, BlockAffinity, BlockAffinitySpec,
+};
 pub use config::{ClusterInformation, ClusterInformationSpec};
 pub use defaults::{apply_defaults, apply_defaults_in};
 pub use endpoint::{

@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::bgp::{BgpConfiguration, BgpPeer};
+use crate::bgpfilter::{BgpFilter, BlockAffinity};
 use crate::config::ClusterInformation;
 use crate::endpoint::{HostEndpoint, WorkloadEndpoint};
 use crate::error::ValidationError;
@@ -63,6 +64,10 @@ pub enum Resource {
     BgpPeer(BgpPeer),
     /// Cluster information.
     ClusterInformation(ClusterInformation),
+    /// BGP import/export filter.
+    BgpFilter(BgpFilter),
+    /// A node's affinity for an IPAM block (a read-only view of IPAM).
+    BlockAffinity(BlockAffinity),
 }
 
 macro_rules! each_variant {
@@ -86,6 +91,8 @@ macro_rules! each_variant {
             Resource::BgpConfiguration($r) => $body,
             Resource::BgpPeer($r) => $body,
             Resource::ClusterInformation($r) => $body,
+            Resource::BgpFilter($r) => $body,
+            Resource::BlockAffinity($r) => $body,
         }
     };
 }
@@ -169,6 +176,8 @@ impl Resource {
             Resource::BgpConfiguration(_) => Kind::BgpConfiguration,
             Resource::BgpPeer(_) => Kind::BgpPeer,
             Resource::ClusterInformation(_) => Kind::ClusterInformation,
+            Resource::BgpFilter(_) => Kind::BgpFilter,
+            Resource::BlockAffinity(_) => Kind::BlockAffinity,
         }
     }
 
@@ -266,6 +275,8 @@ impl Resource {
             Kind::BgpConfiguration => de(value, Resource::BgpConfiguration),
             Kind::BgpPeer => de(value, Resource::BgpPeer),
             Kind::ClusterInformation => de(value, Resource::ClusterInformation),
+            Kind::BgpFilter => de(value, Resource::BgpFilter),
+            Kind::BlockAffinity => de(value, Resource::BlockAffinity),
         }
     }
 
@@ -346,6 +357,8 @@ from_impls!(
     BgpConfiguration(BgpConfiguration),
     BgpPeer(BgpPeer),
     ClusterInformation(ClusterInformation),
+    BgpFilter(BgpFilter),
+    BlockAffinity(BlockAffinity),
 );
 
 /// The JSON value written for several resources: calicoctl's `kind: List` wrapper.

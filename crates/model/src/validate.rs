@@ -11,6 +11,10 @@ use gingham_selector::Selector;
 use ipnet::IpNet;
 
 use crate::bgp::{BgpConfigurationSpec, BgpPeerSpec};
+use crate::bgpfilter::{
+    BLOCK_AFFINITY_STATES, BgpFilterAction, BgpFilterRule, BgpFilterSpec, BlockAffinitySpec,
+    MAX_BGP_FILTER_PRIORITY,
+};
 use crate::cidr;
 use crate::endpoint::{HostEndpointSpec, WorkloadEndpoint};
 use crate::error::{ValidationError, path_with_key, quote};
@@ -394,6 +398,14 @@ pub fn validate(resource: &Resource) -> Vec<ValidationError> {
             bgp_peer(&mut v, &b.spec);
         }
         Resource::ClusterInformation(c) => v.meta(&c.metadata),
+        Resource::BgpFilter(f) => {
+            v.meta(&f.metadata);
+            bgp_filter(&mut v, &f.spec);
+        }
+        Resource::BlockAffinity(a) => {
+            v.meta(&a.metadata);
+            block_affinity(&mut v, &a.spec);
+        }
     }
     v.errs
 }
@@ -1631,6 +1643,185 @@ fn bgp_peer(v: &mut V, s: &BgpPeerSpec) {
             format!(
                 "{:?} is not valid (valid: UseNodeIP, None)",
                 s.source_address
+            ),
+        );
+    }
+}
+
+/// The most operations one BGPFilter rule may have (Calico's CRD limit).
+pub const MAX_BGP_FILTER_OPERATIONS: usize = 10;
+
+fn bgp_filter(v: &mut V, s: &BgpFilterSpec) {
+    for (field, rules, v6) in [
+        ("exportV4", &s.export_v4, false),
+        ("importV4", &s.import_v4, false),
+        ("exportV6", &s.export_v6, true),
+        ("importV6", &s.import_v6, true),
+    ] {
+        for (i, r) in rules.iter().enumerate() {
+            bgp_filter_rule(v, &format!("spec.{field}[{i}]"), r, v6);
+        }
+    }
+}
+
+fn valid_filter_interface(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'*' | b'-'))
+}
+
+fn bgp_filter_rule(v: &mut V, at: &str, r: &BgpFilterRule, v6: bool) {
+    let (family, top, example) = if v6 {
+        ("IPv6", 128, "fd00:10::/64")
+    } else {
+        ("IPv4", 32, "10.0.0.0/8")
+    };
+    if !r.cidr.is_empty() {
+        match r.cidr.parse::<IpNet>() {
+            Ok(n) if n.addr().is_ipv6() == v6 => {}
+            _ => v.err(
+                format!("{at}.cidr"),
+                format!(
+                    "{:?} is not an {family} CIDR (valid: e.g. {example})",
+                    r.cidr
+                ),
+            ),
+        }
+    }
+    if r.cidr.is_empty() != r.match_operator.is_none() {
+        let missing = if r.cidr.is_empty() {
+            "cidr"
+        } else {
+            "matchOperator"
+        };
+        v.err(
+            format!("{at}.{missing}"),
+            "cidr and matchOperator must both be set or both be empty",
+        );
+    }
+    if let Some(pl) = &r.prefix_length {
+        if r.cidr.is_empty() {
+            v.err(
+                format!("{at}.prefixLength"),
+                "cidr is required when prefixLength is set",
+            );
+        }
+        for (f, n) in [("min", pl.min), ("max", pl.max)] {
+            if let Some(n) = n
+                && !(0..=top).contains(&n)
+            {
+                v.err(
+                    format!("{at}.prefixLength.{f}"),
+                    format!("{n} is out of range (valid: 0-{top})"),
+                );
+            }
+        }
+    }
+    if !r.interface.is_empty() && !valid_filter_interface(&r.interface) {
+        v.err(
+            format!("{at}.interface"),
+            format!(
+                "{:?} is not valid (valid: 1-15 characters of letters, digits, '_', '.', '-', and '*' as a wildcard)",
+                r.interface
+            ),
+        );
+    }
+    if let Some(c) = &r.communities {
+        if c.values.len() != 1 {
+            v.err(
+                format!("{at}.communities.values"),
+                format!("{} values given (valid: exactly one)", c.values.len()),
+            );
+        }
+        for (i, val) in c.values.iter().enumerate() {
+            if !community_ok(val) {
+                v.err(
+                    format!("{at}.communities.values[{i}]"),
+                    format!("{val:?} is not a valid community (valid: aa:nn with 16-bit parts, or aa:nn:mm with 32-bit parts)"),
+                );
+            }
+        }
+    }
+    if let Some(p) = r.priority
+        && !(1..=MAX_BGP_FILTER_PRIORITY).contains(&p)
+    {
+        v.err(
+            format!("{at}.priority"),
+            format!("{p} is out of range (valid: 1-{MAX_BGP_FILTER_PRIORITY})"),
+        );
+    }
+    if !r.operations.is_empty() && r.action != BgpFilterAction::Accept {
+        v.err(
+            format!("{at}.operations"),
+            "operations may only be used with action Accept",
+        );
+    }
+    if r.operations.len() > MAX_BGP_FILTER_OPERATIONS {
+        v.err(
+            format!("{at}.operations"),
+            format!(
+                "{} operations (valid: at most {MAX_BGP_FILTER_OPERATIONS})",
+                r.operations.len()
+            ),
+        );
+    }
+    for (i, op) in r.operations.iter().enumerate() {
+        let at = format!("{at}.operations[{i}]");
+        let set = usize::from(op.add_community.is_some())
+            + usize::from(op.prepend_as_path.is_some())
+            + usize::from(op.set_priority.is_some());
+        if set != 1 {
+            v.err(
+                at.clone(),
+                "exactly one operation must be set (valid: addCommunity, prependASPath or setPriority)",
+            );
+        }
+        if let Some(c) = &op.add_community
+            && !community_ok(&c.value)
+        {
+            v.err(
+                format!("{at}.addCommunity.value"),
+                format!("{:?} is not a valid community (valid: aa:nn with 16-bit parts, or aa:nn:mm with 32-bit parts)", c.value),
+            );
+        }
+        if let Some(p) = &op.prepend_as_path
+            && p.prefix.is_empty()
+        {
+            v.err(
+                format!("{at}.prependASPath.prefix"),
+                "give at least one AS number",
+            );
+        }
+        if let Some(p) = &op.set_priority
+            && !(1..=MAX_BGP_FILTER_PRIORITY).contains(&p.value)
+        {
+            v.err(
+                format!("{at}.setPriority.value"),
+                format!(
+                    "{} is out of range (valid: 1-{MAX_BGP_FILTER_PRIORITY})",
+                    p.value
+                ),
+            );
+        }
+    }
+}
+
+fn block_affinity(v: &mut V, s: &BlockAffinitySpec) {
+    if s.node.is_empty() {
+        v.err("spec.node", "a node name is required");
+    }
+    if s.cidr.parse::<IpNet>().is_err() {
+        v.err(
+            "spec.cidr",
+            format!("{:?} is not a CIDR (valid: e.g. 10.244.0.0/26)", s.cidr),
+        );
+    }
+    if !BLOCK_AFFINITY_STATES.contains(&s.state.as_str()) {
+        v.err(
+            "spec.state",
+            format!(
+                "{:?} is not valid (valid: confirmed, pending, pendingDeletion)",
+                s.state
             ),
         );
     }

@@ -864,3 +864,157 @@ fn valid_edge_cases_are_accepted() {
         }
     }
 }
+
+/// BGPFilter and BlockAffinity: each bad field is refused with its path and what is valid.
+#[test]
+fn bgp_filter_and_block_affinity_problems_name_the_field() {
+    let f = |spec: &str| res("BGPFilter", "f", spec);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            f("  exportV4:\n  - {action: Drop}\n"),
+            "spec.exportV4[0].action",
+            "\"Drop\" is not a valid BGPFilter action (valid: Accept, Reject)",
+        ),
+        (
+            f("  exportV4:\n  - {action: accept}\n"),
+            "spec.exportV4[0].action",
+            "did you mean Accept?",
+        ),
+        (
+            f("  importV4:\n  - {}\n"),
+            "spec.importV4[0]",
+            "missing field `action`",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/33, matchOperator: In}\n"),
+            "spec.exportV4[0].cidr",
+            "not an IPv4 CIDR (valid: e.g. 10.0.0.0/8)",
+        ),
+        (
+            f("  exportV6:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In}\n"),
+            "spec.exportV6[0].cidr",
+            "not an IPv6 CIDR",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: Within}\n"),
+            "spec.exportV4[0].matchOperator",
+            "(valid: Equal, NotEqual, In, NotIn)",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8}\n"),
+            "spec.exportV4[0].matchOperator",
+            "must both be set or both be empty",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, matchOperator: Equal}\n"),
+            "spec.exportV4[0].cidr",
+            "must both be set or both be empty",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, prefixLength: {min: 8}}\n"),
+            "spec.exportV4[0].prefixLength",
+            "cidr is required",
+        ),
+        (
+            f(
+                "  importV6:\n  - {action: Accept, cidr: \"fd00::/8\", matchOperator: In, prefixLength: {max: 129}}\n",
+            ),
+            "spec.importV6[0].prefixLength.max",
+            "valid: 0-128",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, source: Local}\n"),
+            "spec.exportV4[0].source",
+            "(valid: RemotePeers)",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, peerType: ebgp}\n"),
+            "spec.exportV4[0].peerType",
+            "did you mean eBGP?",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, interface: \"eth\\\"0\"}\n"),
+            "spec.exportV4[0].interface",
+            "'*' as a wildcard",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, communities: {values: [\"65536:1\"]}}\n"),
+            "spec.exportV4[0].communities.values[0]",
+            "not a valid community",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, priority: 0}\n"),
+            "spec.exportV4[0].priority",
+            "valid: 1-2147483646",
+        ),
+        (
+            f("  exportV4:\n  - action: Reject\n    operations: [{setPriority: {value: 5}}]\n"),
+            "spec.exportV4[0].operations",
+            "only be used with action Accept",
+        ),
+        (
+            f("  exportV4:\n  - action: Accept\n    operations: [{}]\n"),
+            "spec.exportV4[0].operations[0]",
+            "exactly one operation must be set",
+        ),
+        (
+            f(
+                "  exportV4:\n  - action: Accept\n    operations: [{addCommunity: {value: \"1:2:3:4\"}}]\n",
+            ),
+            "spec.exportV4[0].operations[0].addCommunity.value",
+            "not a valid community",
+        ),
+        (
+            f("  exportV4:\n  - {action: Accept, bogus: 1}\n"),
+            "spec.exportV4[0].bogus",
+            "unknown field `bogus`, expected one of `cidr`",
+        ),
+        (
+            res(
+                "BlockAffinity",
+                "a",
+                "  node: n1\n  cidr: nonsense\n  state: confirmed\n",
+            ),
+            "spec.cidr",
+            "is not a CIDR (valid: e.g. 10.244.0.0/26)",
+        ),
+        (
+            res(
+                "BlockAffinity",
+                "a",
+                "  node: n1\n  cidr: 10.0.0.0/26\n  state: done\n",
+            ),
+            "spec.state",
+            "(valid: confirmed, pending, pendingDeletion)",
+        ),
+        (
+            res("BlockAffinity", "a", "  cidr: 10.0.0.0/26\n"),
+            "spec.node",
+            "required",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (text, path, frag)) in cases.iter().enumerate() {
+        match load("filters.yaml", text) {
+            Ok(_) => failures.push(format!("case {i}: loaded but should fail:\n{text}")),
+            Err(e) => {
+                let hit = e.errors().iter().any(|l| {
+                    l.path == *path
+                        && l.message.contains(frag)
+                        && l.to_string().starts_with("filters.yaml: document 1 (")
+                });
+                if !hit {
+                    failures.push(format!(
+                        "case {i}: want path {path:?} containing {frag:?}, got:\n{e}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The documented example loads.
+    let ok = f(
+        "  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 16, max: 24}, interface: \"cali*\"}\n  - action: Accept\n    operations: [{prependASPath: {prefix: [65000]}}]\n",
+    );
+    load("ok.yaml", &ok).expect("a valid BGPFilter loads");
+}
