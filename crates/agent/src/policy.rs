@@ -7,12 +7,14 @@
 //! Programs of endpoints not yet calculated do not exist, so their traffic is dropped (fail
 //! closed).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{self, Calculator, Change};
+use gingham_calc::snapshot::NatPools;
 use gingham_dataplane::{Backend, Programmer, Renderer, Settings};
 use gingham_datastore::Datastore;
-use gingham_model::Resource;
+use gingham_model::{Kind, Resource};
 
 use crate::{Config, Error, FelixConfigs, Health, Manager, Update};
 
@@ -23,6 +25,8 @@ pub struct PolicyManager<B> {
     /// The calculator's changes not yet rendered.
     changes: Vec<Change>,
     felix: FelixConfigs,
+    /// The IPPool resources by name (natOutgoing).
+    pools: BTreeMap<String, Resource>,
     settings: Settings,
     /// The desired table, kept up to date from the changes.
     renderer: Renderer,
@@ -33,9 +37,10 @@ pub struct PolicyManager<B> {
     last_check: Instant,
 }
 
-fn settings_from(felix: &FelixConfigs) -> Settings {
+fn settings_from(felix: &FelixConfigs, pools: &BTreeMap<String, Resource>) -> Settings {
     Settings {
         felix: gingham_calc::snapshot::FelixSettings::from_resources(felix.resources()),
+        pools: NatPools::from_resources(pools.values()),
         ..Settings::default()
     }
 }
@@ -48,6 +53,7 @@ impl<B: Backend> PolicyManager<B> {
             calc: Calculator::new(&config.node),
             changes: Vec::new(),
             felix: FelixConfigs::default(),
+            pools: BTreeMap::new(),
             settings: Settings::default(),
             renderer: Renderer::new(Default::default(), Settings::default()),
             programmer: Programmer::new(backend),
@@ -150,7 +156,12 @@ impl<B: Backend> PolicyManager<B> {
 impl<B: Backend> Manager for PolicyManager<B> {
     fn resync(&mut self, resources: &[Resource]) {
         self.felix.resync(resources);
-        self.settings = settings_from(&self.felix);
+        self.pools = resources
+            .iter()
+            .filter(|r| r.kind() == Kind::IpPool)
+            .map(|r| (r.meta().name.clone(), r.clone()))
+            .collect();
+        self.settings = settings_from(&self.felix, &self.pools);
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources.to_vec());
         self.changes.clear();
@@ -159,8 +170,15 @@ impl<B: Backend> Manager for PolicyManager<B> {
     }
 
     fn on_update(&mut self, update: &Update) {
-        if self.felix.on_update(update) {
-            let settings = settings_from(&self.felix);
+        let felix = self.felix.on_update(update);
+        if update.kind == Kind::IpPool {
+            match &update.resource {
+                Some(r) => self.pools.insert(update.name.clone(), r.clone()),
+                None => self.pools.remove(&update.name),
+            };
+        }
+        if felix || update.kind == Kind::IpPool {
+            let settings = settings_from(&self.felix, &self.pools);
             if settings != self.settings {
                 self.settings = settings;
                 self.dirty = true;

@@ -405,6 +405,34 @@ pub struct Failsafe {
     pub net: Option<IpNet>,
 }
 
+/// The IP pools as felix's masquerade manager sees them: every pool's CIDR (`all`), and the
+/// CIDRs of pools with `natOutgoing: true` (`masq`). Disabled pools stay in both: their
+/// addresses may still be in use. Traffic from a `masq` pool to a destination outside every
+/// pool is masqueraded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NatPools {
+    pub all: std::collections::BTreeSet<IpNet>,
+    pub masq: std::collections::BTreeSet<IpNet>,
+}
+
+impl NatPools {
+    /// The pools of IPPool resources (others are ignored; a pool without a CIDR is skipped).
+    pub fn from_resources<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> NatPools {
+        let mut p = NatPools::default();
+        for r in resources {
+            if let Resource::IpPool(pool) = r
+                && let Some(cidr) = pool.spec.cidr
+            {
+                p.all.insert(cidr);
+                if pool.spec.nat_outgoing {
+                    p.masq.insert(cidr);
+                }
+            }
+        }
+        p
+    }
+}
+
 /// Felix settings the engine needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FelixSettings {

@@ -32,7 +32,7 @@ use gingham_calc::incremental::{Change, apply_changes};
 use gingham_calc::program::{
     ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
 };
-use gingham_calc::snapshot::{Failsafe, FelixSettings};
+use gingham_calc::snapshot::{Failsafe, FelixSettings, NatPools};
 use gingham_model::Action;
 use ipnet::IpNet;
 
@@ -53,6 +53,8 @@ pub struct Settings {
     pub felix: FelixSettings,
     /// Interface name prefix of workloads.
     pub workload_prefix: String,
+    /// The IP pools, for natOutgoing.
+    pub pools: NatPools,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
         Settings {
             felix: FelixSettings::default(),
             workload_prefix: "cali".into(),
+            pools: NatPools::default(),
         }
     }
 }
@@ -637,8 +640,17 @@ impl Renderer {
     }
 
     pub fn set_settings(&mut self, settings: Settings) {
-        if settings != self.settings {
-            self.settings = settings;
+        if settings == self.settings {
+            return;
+        }
+        let pools = settings.pools != self.settings.pools;
+        let rest = settings.felix != self.settings.felix
+            || settings.workload_prefix != self.settings.workload_prefix;
+        self.settings = settings;
+        if pools {
+            self.render_nat();
+        }
+        if rest {
             self.render_base();
         }
     }
@@ -716,6 +728,7 @@ impl Renderer {
             self.place(key);
         }
         self.render_base();
+        self.render_nat();
         self.touched = Touched {
             all: true,
             ..Touched::default()
@@ -903,6 +916,30 @@ impl Renderer {
         placed.host
     }
 
+    /// Renders natOutgoing again: its sets and chain, or nothing when no pool has natOutgoing.
+    fn render_nat(&mut self) {
+        let mut part = Table::default();
+        nat_outgoing(&mut part, &self.settings.pools);
+        for n in NAT_SETS {
+            let new = part.sets.remove(n);
+            if self.table.sets.get(n) != new.as_ref() {
+                self.touched.sets.insert(n.into());
+                match new {
+                    Some(s) => self.table.sets.insert(n.into(), s),
+                    None => self.table.sets.remove(n),
+                };
+            }
+        }
+        let new = part.chains.remove(NAT_CHAIN);
+        if self.table.chains.get(NAT_CHAIN) != new.as_ref() {
+            self.touched.chains.insert(NAT_CHAIN.into());
+            match new {
+                Some(c) => self.table.chains.insert(NAT_CHAIN.into(), c),
+                None => self.table.chains.remove(NAT_CHAIN),
+            };
+        }
+    }
+
     /// Renders the hooks and the host endpoint dispatch again.
     fn render_base(&mut self) {
         let mut hosts = HostDispatch::default();
@@ -985,6 +1022,48 @@ fn failsafe_rules(
             Rule::new(text, note)
         })
         .collect()
+}
+
+/// natOutgoing, as felix's masquerade manager: per family, an interval set of every pool
+/// (`all-pools4`, `all-pools6`) and one of the pools with natOutgoing (`masq-pools4`,
+/// `masq-pools6`); the chain `nat-outgoing` (nat hook postrouting, priority srcnat)
+/// masquerades traffic from a masq pool to a destination outside every pool.
+const NAT_CHAIN: &str = "nat-outgoing";
+const NAT_SETS: [&str; 4] = ["all-pools4", "masq-pools4", "all-pools6", "masq-pools6"];
+/// nft's `srcnat` priority.
+const PRIORITY_SRCNAT: i32 = 100;
+
+/// The natOutgoing sets and chain, only when some pool has natOutgoing.
+fn nat_outgoing(table: &mut Table, pools: &NatPools) {
+    if pools.masq.is_empty() {
+        return;
+    }
+    let mut rules = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let tag = family.tag();
+        let (all, masq) = (format!("all-pools{tag}"), format!("masq-pools{tag}"));
+        for (name, nets) in [(&all, &pools.all), (&masq, &pools.masq)] {
+            let elements = nets
+                .iter()
+                .filter(|n| Family::of(n) == family)
+                .map(ToString::to_string)
+                .collect();
+            let set = Set::new(family.addr_type(), SetKind::Interval, elements);
+            table.sets.insert(name.clone(), set);
+        }
+        let ip = family.ip();
+        rules.push(Rule::new(
+            format!("{ip} saddr @{masq} {ip} daddr != @{all} counter masquerade"),
+            "natOutgoing",
+        ));
+    }
+    let hook = Base {
+        kind: "nat".into(),
+        hook: "postrouting".into(),
+        priority: PRIORITY_SRCNAT,
+        policy: "accept".into(),
+    };
+    table.chains.insert(NAT_CHAIN.into(), Chain::base(hook, rules));
 }
 
 /// Conntrack first, in one lookup: established and related flows are accepted, invalid ones
@@ -1271,4 +1350,111 @@ fn endpoint_chain(
     }
     out.push((name.to_owned(), Chain::regular(main)));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(all: &[&str], masq: &[&str]) -> NatPools {
+        let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect();
+        NatPools {
+            all: nets(all),
+            masq: nets(masq),
+        }
+    }
+
+    fn with_pools(p: NatPools) -> Settings {
+        Settings {
+            pools: p,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn nat_outgoing_masquerades_from_masq_pools_to_outside_every_pool() {
+        let p = pools(
+            &["10.244.0.0/16", "10.9.0.0/24", "fd00:10::/64"],
+            &["10.244.0.0/16", "fd00:10::/64"],
+        );
+        let t = render(&NodeProgram::default(), &with_pools(p)).table;
+        let chain = &t.chains[NAT_CHAIN];
+        assert_eq!(
+            chain.base,
+            Some(Base {
+                kind: "nat".into(),
+                hook: "postrouting".into(),
+                priority: 100,
+                policy: "accept".into(),
+            })
+        );
+        let texts: Vec<&str> = chain.rules.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "ip saddr @masq-pools4 ip daddr != @all-pools4 counter masquerade",
+                "ip6 saddr @masq-pools6 ip6 daddr != @all-pools6 counter masquerade",
+            ]
+        );
+        let members = |n: &str| -> Vec<&str> {
+            assert_eq!(t.sets[n].kind, SetKind::Interval, "{n}");
+            t.sets[n].elements.iter().map(String::as_str).collect()
+        };
+        assert_eq!(members("all-pools4"), ["10.244.0.0/16", "10.9.0.0/24"]);
+        assert_eq!(members("masq-pools4"), ["10.244.0.0/16"]);
+        assert_eq!(members("all-pools6"), ["fd00:10::/64"]);
+        assert_eq!(members("masq-pools6"), ["fd00:10::/64"]);
+        assert_eq!(t.sets["all-pools6"].key, "ipv6_addr");
+        let script = t.replace_script().text;
+        assert!(
+            script.contains(
+                "add chain inet gingham nat-outgoing { type nat hook postrouting priority 100; policy accept; }"
+            ),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn without_a_nat_outgoing_pool_there_is_no_nat_chain() {
+        let p = pools(&["10.244.0.0/16"], &[]);
+        let t = render(&NodeProgram::default(), &with_pools(p)).table;
+        assert!(!t.chains.contains_key(NAT_CHAIN));
+        assert!(NAT_SETS.iter().all(|n| !t.sets.contains_key(*n)));
+    }
+
+    #[test]
+    fn a_pool_change_touches_only_the_nat_sets_and_chain() {
+        let mut r = Renderer::new(NodeProgram::default(), Settings::default());
+        r.take_touched();
+        r.set_settings(with_pools(pools(&["10.244.0.0/16"], &["10.244.0.0/16"])));
+        let touched = r.take_touched();
+        assert!(!touched.all);
+        assert_eq!(
+            touched.chains,
+            BTreeSet::from([NAT_CHAIN.to_owned()]),
+            "{touched:?}"
+        );
+        assert_eq!(touched.sets.len(), 4, "{touched:?}");
+        // A second pool (say, disabled, without natOutgoing) changes only all-pools4.
+        r.set_settings(with_pools(pools(
+            &["10.244.0.0/16", "10.9.0.0/24"],
+            &["10.244.0.0/16"],
+        )));
+        let touched = r.take_touched();
+        assert!(touched.chains.is_empty(), "{touched:?}");
+        assert_eq!(touched.sets, BTreeSet::from(["all-pools4".to_owned()]));
+        assert_eq!(
+            r.table(),
+            &render(r.program(), &with_pools(pools(
+                &["10.244.0.0/16", "10.9.0.0/24"],
+                &["10.244.0.0/16"],
+            )))
+            .table
+        );
+        // natOutgoing turned off everywhere: the chain and sets go.
+        r.set_settings(with_pools(pools(&["10.244.0.0/16"], &[])));
+        let touched = r.take_touched();
+        assert_eq!(touched.chains, BTreeSet::from([NAT_CHAIN.to_owned()]));
+        assert!(!r.table().chains.contains_key(NAT_CHAIN));
+    }
 }
