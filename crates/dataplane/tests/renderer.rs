@@ -3,7 +3,7 @@
 //! as touched cover every difference (a diff of only those equals the full diff); and a
 //! programmer syncing only the touched names keeps a record equal to the desired table.
 //! Updates: random clusters created in random order, then replacements, deletions, resyncs and
-//! settings changes (the engine's random-cluster generator).
+//! settings and IP pool changes (the engine's random-cluster generator).
 
 #[path = "../../calc/tests/common/mod.rs"]
 mod common;
@@ -12,8 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Rng, property_seeds, resolve_step, update_steps};
 use gingham_calc::incremental::Calculator;
+use gingham_calc::snapshot::NatPools;
 use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table, render};
 use gingham_model::Resource;
+use ipnet::IpNet;
 
 fn names<'a>(a: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
     a.map(String::as_str).collect()
@@ -37,6 +39,22 @@ fn differing(a: &Table, b: &Table) -> (BTreeSet<String>, BTreeSet<String>) {
         differing_in(&a.chains, &b.chains),
         differing_in(&a.sets, &b.sets),
     )
+}
+
+/// Some of a few IPv4 and IPv6 pools, each with natOutgoing or not.
+fn random_pools(rng: &mut Rng) -> NatPools {
+    const CIDRS: [&str; 4] = ["10.244.0.0/16", "10.9.0.0/24", "fd00:10::/64", "fd00:20::/64"];
+    let mut pools = NatPools::default();
+    for cidr in CIDRS {
+        if rng.chance(50) {
+            let net: IpNet = cidr.parse().unwrap();
+            pools.all.insert(net);
+            if rng.chance(50) {
+                pools.masq.insert(net);
+            }
+        }
+    }
+    pools
 }
 
 #[test]
@@ -68,6 +86,11 @@ fn incremental_rendering_equals_a_full_render() {
             if rng.chance(5) {
                 settings.felix.default_endpoint_to_host_action =
                     ["Drop", "Accept", "Return"][rng.below(3)].into();
+                renderer.set_settings(settings.clone());
+            }
+            if rng.chance(10) {
+                // IP pools come and go, with natOutgoing on or off (natOutgoing).
+                settings.pools = random_pools(&mut rng);
                 renderer.set_settings(settings.clone());
             }
             let full = render(&calc.state(), &settings);
