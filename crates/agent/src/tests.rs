@@ -405,3 +405,77 @@ fn ticks_run_the_periodic_checks_when_they_are_due() {
         "next: the route refresh, 30 s after the last"
     );
 }
+
+fn pool(name: &str, cidr: &str, extra: &str) -> Resource {
+    one(&format!(
+        "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: {name}
+spec:
+  cidr: {cidr}
+{extra}"
+    ))
+}
+
+/// natOutgoing: IPPool writes reach the table as the all-pools and masq-pools sets (disabled
+/// pools stay in both), each as one small transaction; the table with no natOutgoing pool has
+/// no nat chain.
+#[test]
+fn ip_pool_writes_program_nat_outgoing() {
+    let store = MemStore::new();
+    put(
+        &store,
+        &pool("default", "10.244.0.0/16", "  natOutgoing: true\n"),
+    );
+    let mut agent = agent();
+    agent.start(&store).expect("starts");
+    let first = &scripts(&agent)[0];
+    assert!(
+        first.contains("ip saddr @masq-pools4 ip daddr != @all-pools4 counter masquerade"),
+        "{first}"
+    );
+    assert!(
+        first.contains("add element inet gingham masq-pools4 { 10.244.0.0/16 }"),
+        "{first}"
+    );
+
+    // A disabled pool without natOutgoing joins the all-pools set only.
+    put(&store, &pool("old", "10.9.0.0/24", "  disabled: true\n"));
+    catch_up(&mut agent, &store);
+    assert_eq!(scripts(&agent).len(), 2);
+    let script = &scripts(&agent)[1];
+    assert!(
+        script.contains("all-pools4") && script.contains("10.9.0.0/24"),
+        "{script}"
+    );
+    assert!(!script.contains("masq-pools4"), "{script}");
+    assert!(!script.contains("chain"), "only a set changes: {script}");
+
+    // A disabled natOutgoing pool still masquerades (its addresses may be in use).
+    put(
+        &store,
+        &pool(
+            "old",
+            "10.9.0.0/24",
+            "  disabled: true\n  natOutgoing: true\n",
+        ),
+    );
+    catch_up(&mut agent, &store);
+    let script = scripts(&agent).last().unwrap();
+    assert!(
+        script.contains("masq-pools4") && script.contains("10.9.0.0/24"),
+        "{script}"
+    );
+
+    // natOutgoing off everywhere: the nat chain goes.
+    for name in ["default", "old"] {
+        store
+            .delete(&pool(name, "10.0.0.0/8", "").key(), None)
+            .expect("deleted");
+    }
+    catch_up(&mut agent, &store);
+    let table = agent.policy.programmer().installed().unwrap();
+    assert!(!table.chains.contains_key("nat-outgoing"), "{table:?}");
+    assert!(!table.sets.contains_key("masq-pools4"));
+}

@@ -1063,7 +1063,9 @@ fn nat_outgoing(table: &mut Table, pools: &NatPools) {
         priority: PRIORITY_SRCNAT,
         policy: "accept".into(),
     };
-    table.chains.insert(NAT_CHAIN.into(), Chain::base(hook, rules));
+    table
+        .chains
+        .insert(NAT_CHAIN.into(), Chain::base(hook, rules));
 }
 
 /// Conntrack first, in one lookup: established and related flows are accepted, invalid ones
@@ -1445,10 +1447,10 @@ mod tests {
         assert_eq!(touched.sets, BTreeSet::from(["all-pools4".to_owned()]));
         assert_eq!(
             r.table(),
-            &render(r.program(), &with_pools(pools(
-                &["10.244.0.0/16", "10.9.0.0/24"],
-                &["10.244.0.0/16"],
-            )))
+            &render(
+                r.program(),
+                &with_pools(pools(&["10.244.0.0/16", "10.9.0.0/24"], &["10.244.0.0/16"],))
+            )
             .table
         );
         // natOutgoing turned off everywhere: the chain and sets go.

@@ -49,7 +49,9 @@ fn sys_nft_accepts_the_nat_outgoing_chain_and_sets() {
     let ns = TestNetns::new("natnft");
     let table = render(&NodeProgram::default(), &settings(true)).table;
     let mut programmer = Programmer::new(Nft::in_netns(ns.name()));
-    programmer.sync(table.clone()).expect("nft accepts the table");
+    programmer
+        .sync(table.clone())
+        .expect("nft accepts the table");
     let listed = ns.exec_ok(&["nft", "list", "table", "inet", "gingham"]);
     for expected in [
         "type nat hook postrouting priority srcnat; policy accept;",
@@ -59,7 +61,10 @@ fn sys_nft_accepts_the_nat_outgoing_chain_and_sets() {
         "10.244.0.0/16",
         "fd00:10::/64",
     ] {
-        assert!(listed.contains(expected), "{expected:?} missing in\n{listed}");
+        assert!(
+            listed.contains(expected),
+            "{expected:?} missing in\n{listed}"
+        );
     }
     // A fresh programmer reading the kernel finds the table as desired.
     let mut fresh = Programmer::new(Nft::in_netns(ns.name()));
@@ -94,13 +99,29 @@ impl Lab {
         };
         let (pod, node, outside) = (&lab.pod, &lab.node, &lab.outside);
         pod.exec_ok(&[
-            "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "pod0", "netns",
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pod0",
+            "netns",
             node.name(),
         ]);
         pod.exec_ok(&["ip", "addr", "add", &format!("{POD}/24"), "dev", "eth0"]);
         pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
         pod.exec_ok(&["ip", "route", "add", "default", "via", POD_GATEWAY]);
-        node.exec_ok(&["ip", "addr", "add", &format!("{POD_GATEWAY}/24"), "dev", "pod0"]);
+        node.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{POD_GATEWAY}/24"),
+            "dev",
+            "pod0",
+        ]);
         node.exec_ok(&["ip", "link", "set", "pod0", "up"]);
         node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         wire_to_underlay(
@@ -110,7 +131,14 @@ impl Lab {
             &format!("{NODE}/24"),
             &format!("{OUTSIDE}/24"),
         );
-        outside.exec_ok(&["ip", "addr", "add", &format!("{OUTSIDE_IN_POOL}/32"), "dev", "lo"]);
+        outside.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IN_POOL}/32"),
+            "dev",
+            "lo",
+        ]);
         outside.exec_ok(&["ip", "route", "add", "10.244.0.0/16", "via", NODE]);
         lab
     }
@@ -171,7 +199,11 @@ fn sys_nat_outgoing_masquerades_pod_traffic_leaving_every_pool() {
         "the node's conntrack shows the SNAT:\n{conntrack}"
     );
     // A destination inside a pool (even one without natOutgoing) is not masqueraded.
-    assert_eq!(lab.seen_from_pod(OUTSIDE_IN_POOL), (pod, pod), "inside a pool");
+    assert_eq!(
+        lab.seen_from_pod(OUTSIDE_IN_POOL),
+        (pod, pod),
+        "inside a pool"
+    );
 
     // natOutgoing turned off (an IPPool update): the pod's own address goes out.
     renderer.set_settings(settings(false));

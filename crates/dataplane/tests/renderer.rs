@@ -43,7 +43,12 @@ fn differing(a: &Table, b: &Table) -> (BTreeSet<String>, BTreeSet<String>) {
 
 /// Some of a few IPv4 and IPv6 pools, each with natOutgoing or not.
 fn random_pools(rng: &mut Rng) -> NatPools {
-    const CIDRS: [&str; 4] = ["10.244.0.0/16", "10.9.0.0/24", "fd00:10::/64", "fd00:20::/64"];
+    const CIDRS: [&str; 4] = [
+        "10.244.0.0/16",
+        "10.9.0.0/24",
+        "fd00:10::/64",
+        "fd00:20::/64",
+    ];
     let mut pools = NatPools::default();
     for cidr in CIDRS {
         if rng.chance(50) {
