@@ -232,17 +232,19 @@ pub fn peer_table(peers: &[Peer]) -> String {
 mod tests {
     use super::*;
 
-    // Captured from BIRD 1.6.8 (Debian `bird`) running a rendered two-node mesh.
+    // Captured from BIRD 1.6.8 (Debian `bird`) running `gingham bgp render`'s configuration for
+    // node-a of a three-node mesh (node-b up, node-c not running) with a global BGPPeer and a
+    // node-a BGPPeer on port 1790, both unreachable; the Local_Workload_ row is added by hand.
     const V4: &str = "0001 BIRD 1.6.8 ready.\n\
 2002-name     proto    table    state  since       info\n\
-1002-static1  Static   master   up     01:50:02    \n \
-kernel1  Kernel   master   up     01:50:02    \n \
-device1  Device   master   up     01:50:02    \n \
-direct1  Direct   master   up     01:50:02    \n \
-Mesh_10_77_0_2 BGP      master   up     01:50:07    Established   \n \
-Global_10_9_0_1 BGP      master   start  01:50:02    Active        Socket: Connection refused\n \
-Node_10_9_0_2_port_1790 BGP      master   start  01:50:02    Connect       \n \
-Local_Workload_10_0_0_5 BGP master start 01:50:02 Idle\n\
+1002-kernel1  Kernel   master   up     01:48:08    \n \
+device1  Device   master   up     01:48:08    \n \
+direct1  Direct   master   up     01:48:08    \n \
+Global_10_77_0_254 BGP      master   start  01:48:08    Connect       Socket: No route to host\n \
+Mesh_10_77_0_2 BGP      master   up     01:48:11    Established   \n \
+Mesh_10_77_0_3 BGP      master   start  01:48:08    Passive       \n \
+Node_10_77_0_253_port_1790 BGP      master   start  01:48:08    Connect       Socket: No route to host\n \
+Local_Workload_10_0_0_5 BGP      master   start  01:48:08    Idle\n\
 0000 \n";
 
     #[test]
@@ -263,21 +265,22 @@ Local_Workload_10_0_0_5 BGP master start 01:50:02 Idle\n\
         assert_eq!(
             got,
             [
-                ("10.77.0.2", PeerType::Mesh, "up", "01:50:07", "Established"),
                 (
-                    "10.9.0.1",
+                    "10.77.0.254",
                     PeerType::Global,
                     "start",
-                    "01:50:02",
-                    "Active Socket: Connection refused"
+                    "01:48:08",
+                    "Connect Socket: No route to host"
                 ),
+                ("10.77.0.2", PeerType::Mesh, "up", "01:48:11", "Established"),
+                ("10.77.0.3", PeerType::Mesh, "start", "01:48:08", "Passive"),
                 // As calicoctl: the port suffix is not stripped.
                 (
-                    "10.9.0.2.port.1790",
+                    "10.77.0.253.port.1790",
                     PeerType::NodeSpecific,
                     "start",
-                    "01:50:02",
-                    "Connect"
+                    "01:48:08",
+                    "Connect Socket: No route to host"
                 ),
             ]
         );

@@ -254,7 +254,46 @@ fn is_named(argv: &[String], name: &str) -> bool {
     program(argv) == name
 }
 
-/// `gingham agent ...`.
+/// `gingham [GLOBAL OPTIONS] agent ...`: the first word after the global options (`--datastore`
+/// and `--log`, with their values) is `agent`.
 fn is_agent(argv: &[String]) -> bool {
-    program(argv) == "gingham" && argv.get(1).is_some_and(|a| a == "agent")
+    if program(argv) != "gingham" {
+        return false;
+    }
+    let mut words = argv.iter().skip(1);
+    while let Some(w) = words.next() {
+        match w.as_str() {
+            "--datastore" | "--log" => {
+                words.next();
+            }
+            w if w.starts_with("--datastore=") || w.starts_with("--log=") => {}
+            w => return w == "agent",
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_agent_is_found_after_global_options() {
+        assert!(is_agent(&argv("gingham agent --node a")));
+        assert!(is_agent(&argv(
+            "/usr/bin/gingham --datastore sqlite:/x agent --node a"
+        )));
+        assert!(is_agent(&argv(
+            "gingham --log=debug --datastore=etcd agent"
+        )));
+        assert!(!is_agent(&argv("gingham node status")));
+        assert!(!is_agent(&argv("gingham --datastore agent get nodes")));
+        assert!(!is_agent(&argv("calico-node -felix")));
+        assert!(is_named(&argv("/usr/sbin/bird -c x"), "bird"));
+        assert!(!is_named(&argv("/usr/sbin/bird6 -c x"), "bird"));
+    }
 }
