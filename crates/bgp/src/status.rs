@@ -129,8 +129,8 @@ pub fn parse_show_protocols(reply: &str, ip: IpVersion) -> Result<Vec<Peer>, Sta
         }
         let code = line.get(..4).unwrap_or("");
         let rest = line.get(5..).unwrap_or("");
-        if line.starts_with(' ') {
-            peers.extend(parse_row(&line[1..], ip));
+        if let Some(row) = line.strip_prefix(' ') {
+            peers.extend(parse_row(row, ip));
         } else if code == "0000" {
             break;
         } else if code == "0001" {
