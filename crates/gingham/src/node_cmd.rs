@@ -173,9 +173,10 @@ fn connect(
             Err(e) => {
                 tracing::debug!(path = %path.display(), error = %e, "cannot connect to BIRD");
                 last = format!(
-                    "unable to connect to BIRDv{} socket: {}: {e}",
+                    "unable to connect to BIRDv{} socket: {}: {}",
                     ip.number(),
-                    path.display()
+                    path.display(),
+                    crate::output::io_error_words(&e)
                 );
             }
         }

@@ -45,7 +45,10 @@ impl Node {
 
     /// `gingham node status ARGS` in the node's namespace, with its BIRD sockets.
     fn status(&self, args: &[&str]) -> Output {
-        let sock = self.socket();
+        self.status_with_socket(args, &self.socket())
+    }
+
+    fn status_with_socket(&self, args: &[&str], sock: &Path) -> Output {
         let sock6 = self.dir.join("bird6.ctl");
         let mut c = Command::new("ip");
         c.args([
@@ -57,7 +60,7 @@ impl Node {
         .args(["node", "status"])
         .args(args)
         .arg("--bird-socket")
-        .arg(&sock)
+        .arg(sock)
         .env("GINGHAM_BIRD6_SOCKET", &sock6)
         .env_remove("GINGHAM_BIRD_SOCKET");
         c.output().unwrap()
@@ -255,6 +258,18 @@ fn sys_node_status_shows_established_mesh_peers() {
     assert_eq!(peers[0]["peerAddress"], "10.77.0.2", "{j}");
     assert_eq!(peers[0]["peerType"], "node-to-node mesh", "{j}");
     assert_eq!(peers[0]["info"], "Established", "{j}");
+
+    // BIRD runs but its socket is elsewhere: calicoctl's message, and no table.
+    let wrong = a.dir.join("elsewhere.ctl");
+    let o = a.status_with_socket(&[], &wrong);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!(
+            "Calico process is running.\n\nIPv4 BGP status\nError querying BIRD: unable to connect to BIRDv4 socket: {}: no such file or directory\n\nINFO: BIRDv6 process: 'bird6' is not running.\n\n",
+            wrong.display()
+        )
+    );
 
     // node-b's BIRD dies: node-a's session leaves Established.
     b.kill_bird();
