@@ -24,6 +24,7 @@
 
 pub mod filter;
 pub mod load;
+pub mod status;
 mod text;
 mod view;
 

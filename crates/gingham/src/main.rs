@@ -30,6 +30,7 @@ mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
 mod lab;
+mod node_cmd;
 mod output;
 mod reach_cmd;
 mod resources_cmd;
@@ -101,6 +102,9 @@ enum Command {
     /// BGP: render the BIRD configuration Calico's confd writes for a node.
     #[command(subcommand)]
     Bgp(bgp_cmd::BgpCmd),
+    /// This node: whether its agent and BIRD run, and BIRD's BGP peers.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCmd),
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
@@ -164,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
+        Command::Node(cmd) => node_cmd::run(cmd),
     }
 }
 

@@ -192,6 +192,19 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
+        // In a namespace of its own, where no agent runs: the JSON says so (exit 1).
+        ["node", "status"] => (
+            s(&[
+                "node",
+                "status",
+                "-o",
+                "json",
+                "--bird-socket",
+                &f.path("bird.ctl"),
+            ]),
+            "",
+            true,
+        ),
         ["reach"] => (s(&["reach", "-f", &cluster, "--port", "80"]), "", true),
         ["explain"] => (
             s(&[
@@ -214,7 +227,7 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
         args,
         stdin,
         prints,
-        own_netns: words == ["agent"],
+        own_netns: words == ["agent"] || words == ["node", "status"],
     })
 }
 
