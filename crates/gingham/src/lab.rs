@@ -9,7 +9,7 @@
 //! up after a crash too.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -278,6 +278,11 @@ pub struct ConnectArgs {
     pub port: u16,
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// UDP: send to the i-th target from this port plus i (0: any port). `lab probe` and
+    /// `lab try` hand out ports that were not used recently, so that a probe never rides on
+    /// the connection-tracking entry of an earlier one (a flow the policy allowed then).
+    #[arg(long, default_value_t = 0)]
+    pub udp_source_port: u16,
     pub targets: Vec<IpAddr>,
 }
 
@@ -1439,7 +1444,7 @@ fn greeting_peer(greeting: &[u8]) -> Option<IpAddr> {
 }
 
 /// One TCP or UDP connection attempt to `addr`, classified.
-fn attempt(proto: u8, addr: SocketAddr, timeout: Duration) -> Attempt {
+fn attempt(proto: u8, addr: SocketAddr, timeout: Duration, udp_source_port: u16) -> Attempt {
     use std::io::ErrorKind;
     let classify = |e: &std::io::Error| match e.kind() {
         ErrorKind::ConnectionRefused => Outcome::Refused,
@@ -1476,7 +1481,10 @@ fn attempt(proto: u8, addr: SocketAddr, timeout: Duration) -> Attempt {
             },
         },
         17 => {
-            let socket = match UdpSocket::bind(("0.0.0.0", 0)) {
+            // The port handed out, or any port if that one is taken here.
+            let socket = match UdpSocket::bind(("0.0.0.0", udp_source_port))
+                .or_else(|_| UdpSocket::bind(("0.0.0.0", 0)))
+            {
                 Ok(s) => s,
                 Err(_) => return no_answer,
             };
@@ -1514,8 +1522,19 @@ fn connect(args: &ConnectArgs) -> Result<Exit> {
         let hs: Vec<_> = args
             .targets
             .iter()
-            .map(|&ip| {
-                sc.spawn(move || (ip, attempt(proto, SocketAddr::new(ip, args.port), timeout)))
+            .enumerate()
+            .map(|(i, &ip)| {
+                let source = match args.udp_source_port {
+                    0 => 0,
+                    first => u16::try_from(i)
+                        .ok()
+                        .and_then(|i| first.checked_add(i))
+                        .unwrap_or(0),
+                };
+                sc.spawn(move || {
+                    let to = SocketAddr::new(ip, args.port);
+                    (ip, attempt(proto, to, timeout, source))
+                })
             })
             .collect();
         hs.into_iter().filter_map(|h| h.join().ok()).collect()
@@ -1536,6 +1555,7 @@ fn connect_from(
     proto: u8,
     port: u16,
     timeout_ms: u64,
+    udp_source_port: u16,
     targets: &[String],
 ) -> Result<BTreeMap<String, Attempt>> {
     let out = Command::new("ip")
@@ -1550,6 +1570,8 @@ fn connect_from(
             &port.to_string(),
             "--timeout-ms",
             &timeout_ms.to_string(),
+            "--udp-source-port",
+            &udp_source_port.to_string(),
         ])
         .args(targets)
         .output()
@@ -1560,6 +1582,55 @@ fn connect_from(
             String::from_utf8_lossy(&out.stderr).trim()
         )
     })
+}
+
+/// The UDP source ports probes take turns on, far below the kernel's ephemeral range. A UDP
+/// conntrack entry lives 30 s after its last packet (120 s for a stream): at one matrix of 81
+/// probes a second the range comes round after two minutes.
+const PROBE_UDP_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+/// The file in the lab directory that holds the next probe's UDP source port.
+const UDP_PORT_COUNTER: &str = "udp-source-port";
+
+/// Hands out `n` consecutive UDP source ports that no probe of this lab used recently (a
+/// counter in the lab directory, taken under a lock), so that a new probe is a new flow for
+/// connection tracking rather than an old flow's reply direction that policy no longer sees.
+fn reserve_udp_ports(dir: &Path, n: usize) -> Result<u16> {
+    let path = dir.join(UDP_PORT_COUNTER);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let span = PROBE_UDP_PORTS.end - PROBE_UDP_PORTS.start;
+    let n = u16::try_from(n)
+        .ok()
+        .filter(|n| *n <= span)
+        .with_context(|| {
+            format!("{n} probe targets at once is more than {span} source ports can tell apart")
+        })?;
+    let mut first = text
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| PROBE_UDP_PORTS.contains(p))
+        .unwrap_or(PROBE_UDP_PORTS.start);
+    if first + n > PROBE_UDP_PORTS.end {
+        first = PROBE_UDP_PORTS.start;
+    }
+    let next = first + n;
+    file.set_len(0)
+        .and_then(|()| file.seek(std::io::SeekFrom::Start(0)).map(drop))
+        .and_then(|()| file.write_all(next.to_string().as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(first)
 }
 
 /// A probe matrix: reach's schema (`allowed`: the packet reached the destination, whether
@@ -1661,6 +1732,7 @@ fn probe(args: &ProbeArgs) -> Result<Exit> {
     let targets: Vec<String> = pods.iter().filter_map(|p| p.ip.clone()).collect();
     let mut matrices = Vec::new();
     for port in ports {
+        let udp_source_port = reserve_udp_ports(&args.lab.dir, targets.len())?;
         // One prober per client pod, all at once.
         let rows: Vec<Result<BTreeMap<String, Attempt>>> = std::thread::scope(|sc| {
             let hs: Vec<_> = pods
@@ -1668,7 +1740,15 @@ fn probe(args: &ProbeArgs) -> Result<Exit> {
                 .map(|client| {
                     let (exe, targets) = (&exe, &targets);
                     sc.spawn(move || {
-                        connect_from(exe, &client.netns, proto, port, args.timeout_ms, targets)
+                        connect_from(
+                            exe,
+                            &client.netns,
+                            proto,
+                            port,
+                            args.timeout_ms,
+                            udp_source_port,
+                            targets,
+                        )
                     })
                 })
                 .collect();
@@ -1866,6 +1946,7 @@ fn try_connect(args: &TryArgs) -> Result<Exit> {
         proto,
         args.port,
         args.timeout_ms,
+        reserve_udp_ports(&args.lab.dir, 1)?,
         std::slice::from_ref(&ip),
     )?;
     let attempt = got.get(&ip).cloned().unwrap_or(Attempt {
@@ -2002,7 +2083,38 @@ fn down(dir: &Path) -> Result<Exit> {
         bail!("lab down left things behind:\n{}", problems.join("\n"));
     }
     std::fs::remove_file(state_path(dir))?;
+    let _ = std::fs::remove_file(dir.join(UDP_PORT_COUNTER));
     let _ = std::fs::remove_dir(dir);
     println!("lab {} removed", state.name);
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Probes never share a UDP source port until the range comes round: a repeated port
+    /// would let a probe ride on an earlier probe's conntrack entry, past a policy that now
+    /// drops it (a flake of the agreement test in CI, x/a → z/a on UDP 81).
+    #[test]
+    fn probes_take_fresh_udp_source_ports_in_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        let span = usize::from(PROBE_UDP_PORTS.end - PROBE_UDP_PORTS.start);
+        let mut taken = 0;
+        while taken + 9 <= span {
+            let first = reserve_udp_ports(dir.path(), 9).unwrap();
+            for p in first..first + 9 {
+                assert!(PROBE_UDP_PORTS.contains(&p), "{p}");
+                assert!(seen.insert(p), "port {p} handed out twice in one round");
+            }
+            taken += 9;
+        }
+        // The round ends: the range starts again rather than running past its end.
+        assert_eq!(
+            reserve_udp_ports(dir.path(), 9).unwrap(),
+            PROBE_UDP_PORTS.start
+        );
+        assert!(reserve_udp_ports(dir.path(), span + 1).is_err());
+    }
 }
