@@ -2,6 +2,7 @@
 //! `/metrics` (OpenMetrics text, through `prometheus-client`), served by `axum` on the node's
 //! loopback from a thread of its own, so a slow scrape never delays programming.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -20,8 +21,9 @@ use crate::Error;
 pub struct State {
     /// The first table has been installed.
     pub ready: bool,
-    /// Why it is not ready, or the last error.
-    pub problem: Option<String>,
+    /// What stands in the way, by the manager that found it ("policy", "bgp", "tunnels"…):
+    /// one manager's trouble is said without hiding another's, and each clears its own.
+    pub problems: BTreeMap<&'static str, String>,
     /// Stored resources that cannot be read (skipped).
     pub unreadable: Vec<String>,
     /// Missing objects that close local endpoints (fail closed), with what they close.
@@ -29,13 +31,39 @@ pub struct State {
 }
 
 impl State {
+    /// Says (or, with `None`, clears) what stands in the way for `manager`; logs a new or
+    /// changed problem once.
+    pub fn set_problem(&mut self, manager: &'static str, problem: Option<String>) {
+        match problem {
+            Some(p) => {
+                if self.problems.get(manager) != Some(&p) {
+                    tracing::error!(manager, problem = %p, "not ready");
+                    self.problems.insert(manager, p);
+                }
+            }
+            None => {
+                if self.problems.remove(manager).is_some() {
+                    tracing::info!(manager, "problem cleared");
+                }
+            }
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready && self.problem.is_none() && self.unreadable.is_empty() && self.closed.is_empty()
+        self.ready
+            && self.problems.is_empty()
+            && self.unreadable.is_empty()
+            && self.closed.is_empty()
     }
 
     pub fn why_not(&self) -> String {
-        if let Some(p) = &self.problem {
-            return p.clone();
+        if !self.problems.is_empty() {
+            return self
+                .problems
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
         }
         if !self.unreadable.is_empty() {
             return format!(

@@ -38,8 +38,51 @@ pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
 
-/// Where the agent watches: every Calico resource.
-pub const PREFIX: &str = "/calico/resources/v3/projectcalico.org/";
+/// Where the agent watches: every Calico resource ([`gingham_model::KEY_ROOT`]) and the IPAM
+/// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
+/// tunnel and BGP managers follow.
+pub const PREFIX: &str = "/calico/";
+
+/// How pod routes get between nodes (felix and confd read `CALICO_NETWORKING_BACKEND`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Networking {
+    /// BIRD speaks BGP for unencapsulated pools; the agent programs encapsulated ones.
+    #[default]
+    Bird,
+    /// No BGP: the agent programs VXLAN (and plain CrossSubnet) routes for every pool.
+    Vxlan,
+    /// Someone else routes pods (flannel, static routes): policy and local plumbing only.
+    None,
+}
+
+impl Networking {
+    /// The names `CALICO_NETWORKING_BACKEND` takes.
+    pub const VALID: &'static str = "bird, vxlan, none";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Networking::Bird => "bird",
+            Networking::Vxlan => "vxlan",
+            Networking::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for Networking {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bird" => Ok(Networking::Bird),
+            "vxlan" => Ok(Networking::Vxlan),
+            "none" => Ok(Networking::None),
+            other => Err(format!(
+                "networking backend {other:?} is not one of {}",
+                Networking::VALID
+            )),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +108,27 @@ pub struct Config {
     /// Between consistency checks of the kernel's table (felix's refresh interval); `None`:
     /// never.
     pub refresh_interval: Option<Duration>,
+    /// How pod routes get between nodes.
+    pub networking: Networking,
+    /// The node's run directory (Calico: `/var/run/calico`): BIRD's control sockets and the
+    /// rendered BIRD configuration live here.
+    pub run_dir: std::path::PathBuf,
+}
+
+impl Config {
+    /// Where Calico keeps its run state on a node.
+    pub const DEFAULT_RUN_DIR: &'static str = "/var/run/calico";
+
+    /// A node's configuration with the defaults (BIRD networking, Calico's run directory,
+    /// felix's 90 s refresh).
+    pub fn new(node: &str) -> Self {
+        Config {
+            node: node.to_owned(),
+            refresh_interval: Some(Duration::from_secs(90)),
+            networking: Networking::default(),
+            run_dir: Self::DEFAULT_RUN_DIR.into(),
+        }
+    }
 }
 
 /// What drives the agent. Closed: every input of the agent is one of these.
@@ -86,6 +150,12 @@ pub enum Event {
     Tick(Instant),
 }
 
+/// Whether `key` is an IPAM key (a block, an affinity, a handle): managers that follow IPAM are
+/// told of it ([`Manager::on_ipam`]) and read what they need through `gingham-ipam`.
+pub fn is_ipam_key(key: &str) -> bool {
+    key.starts_with(gingham_ipam::stored::IPAM_PREFIX)
+}
+
 /// One decoded change, as every manager sees it.
 #[derive(Clone, Debug)]
 pub struct Update {
@@ -104,6 +174,9 @@ pub trait Manager {
     fn resync(&mut self, resources: &[Resource]);
     /// One change (every manager sees every change).
     fn on_update(&mut self, update: &Update);
+    /// An IPAM key changed (written or deleted); the value is read through `gingham-ipam` when
+    /// the manager applies. Most managers do not care.
+    fn on_ipam(&mut self, _key: &str) {}
     /// When periodic work is next due (`None`: no timer).
     fn deadline(&self) -> Option<Instant>;
     /// Makes the dataplane match, if anything changed or periodic work is due at `now`. An
@@ -222,9 +295,11 @@ impl<B: Backend, P: Plumbing> Agent<B, P> {
                 self.health.metrics.resyncs.inc();
                 self.unreadable.clear();
                 self.health.state().unreadable.clear();
+                // Resources are decoded here; IPAM keys are read by the managers that need them.
                 let resources: Vec<Resource> = listing
                     .kvs
                     .iter()
+                    .filter(|kv| Kind::parse_key(&kv.key).is_some())
                     .filter_map(|kv| self.read(&kv.key, &kv.value))
                     .collect();
                 for m in self.managers() {
@@ -240,7 +315,11 @@ impl<B: Backend, P: Plumbing> Agent<B, P> {
                 value,
                 revision: _,
             } => {
-                if let Some(update) = self.decode_update(kind, key, &value) {
+                if is_ipam_key(&key) {
+                    for m in self.managers() {
+                        m.on_ipam(&key);
+                    }
+                } else if let Some(update) = self.decode_update(kind, key, &value) {
                     for m in self.managers() {
                         m.on_update(&update);
                     }

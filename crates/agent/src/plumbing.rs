@@ -154,6 +154,15 @@ impl<P: Plumbing> Manager for PlumbingManager<P> {
         };
     }
 
+    fn on_ipam(&mut self, key: &str) {
+        // An affinity of this node came or went: its blackholes change.
+        let ours = key
+            .strip_prefix(gingham_ipam::stored::HOST_PREFIX)
+            .and_then(|rest| rest.strip_prefix(self.node.as_str()))
+            .is_some_and(|rest| rest.starts_with('/'));
+        self.due |= ours;
+    }
+
     fn deadline(&self) -> Option<Instant> {
         let every = self.felix.route_refresh();
         (!every.is_zero()).then(|| self.last + every)

@@ -104,14 +104,17 @@ impl<B: Backend> PolicyManager<B> {
             Ok(a) => a,
             Err(e) => {
                 self.health.metrics.errors.inc();
-                self.health.state().problem = Some(format!("installing the nftables table: {e}"));
+                self.health.state().set_problem(
+                    "policy",
+                    Some(format!("installing the nftables table: {e}")),
+                );
                 return Err(e.into());
             }
         };
         {
             let mut h = self.health.state();
             h.ready = true;
-            h.problem = None;
+            h.set_problem("policy", None);
             for c in closed.iter().filter(|c| !h.closed.contains(c)) {
                 tracing::warn!(problem = %c, "endpoints closed until the missing object exists");
             }

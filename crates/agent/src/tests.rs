@@ -21,6 +21,7 @@ fn agent() -> TestAgent {
     let config = Config {
         node: NODE.into(),
         refresh_interval: None,
+        ..Config::new(NODE)
     };
     Agent::new(&config, Recording::default(), RecordingPlumbing::default())
 }
@@ -216,6 +217,44 @@ fn a_policy_write_is_programmed_and_its_revision_reported() {
     assert_eq!(scripts(&agent).len(), 2, "{:?}", scripts(&agent).last());
 }
 
+/// IPAM keys are watched too: a block claimed for this node gets its blackhole route without
+/// waiting for an endpoint or the refresh timer; another node's block does not wake the
+/// plumbing.
+#[test]
+fn a_block_claimed_for_the_node_is_blackholed_at_once() {
+    let store = MemStore::new();
+    let mut agent = agent();
+    agent.start(&store).expect("starts");
+    let ipam = gingham_ipam::Ipam::new(&store);
+    let claim = |node: &str, cidr: &str, handle: &str| {
+        let block: ipnet::IpNet = cidr.parse().expect("cidr");
+        ipam.auto_assign(&gingham_ipam::AssignRequest {
+            handle_id: handle.into(),
+            node: node.into(),
+            num_v4: 1,
+            pools_v4: vec![gingham_ipam::PoolSpec::new("default-ipv4-ippool", block)],
+            ..Default::default()
+        })
+        .expect("assigned");
+        block
+    };
+    claim("node-b", "10.244.0.0/26", "h1");
+    catch_up(&mut agent, &store);
+    assert_eq!(agent.plumbing.plumbing().requests.len(), 1, "not ours");
+    let ours = claim(NODE, "10.244.0.64/26", "h2");
+    catch_up(&mut agent, &store);
+    let requests = &agent.plumbing.plumbing().requests;
+    assert_eq!(requests.len(), 2, "checked when our affinity appeared");
+    assert_eq!(
+        requests.last().expect("a request").blackholes,
+        Some([ours].into_iter().collect())
+    );
+    assert!(
+        agent.health.state().unreadable.is_empty(),
+        "IPAM keys are not resources"
+    );
+}
+
 #[test]
 fn a_local_workload_endpoint_is_plumbed_and_a_remote_one_is_not() {
     let store = MemStore::new();
@@ -340,6 +379,7 @@ fn a_refused_transaction_is_retried_through_a_resync() {
     let config = Config {
         node: NODE.into(),
         refresh_interval: None,
+        ..Config::new(NODE)
     };
     let mut agent = Agent::new(&config, Refusing::default(), RecordingPlumbing::default());
     agent.start(&store).expect("starts");
@@ -375,6 +415,7 @@ fn ticks_run_the_periodic_checks_when_they_are_due() {
     let config = Config {
         node: NODE.into(),
         refresh_interval: Some(Duration::from_secs(60)),
+        ..Config::new(NODE)
     };
     let mut agent = Agent::new(&config, Recording::default(), RecordingPlumbing::default());
     agent.start(&store).expect("starts");

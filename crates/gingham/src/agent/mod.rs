@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use gingham_agent::plumbing::NetlinkPlumbing;
-use gingham_agent::{Agent, Config};
+use gingham_agent::{Agent, Config, Networking};
 use gingham_dataplane::Nft;
 use gingham_datastore::Datastore;
 
@@ -26,6 +26,14 @@ pub struct AgentArgs {
     /// 0: never).
     #[arg(long, default_value_t = 90)]
     pub refresh_interval: u64,
+    /// How pod routes get between nodes: bird (BGP for unencapsulated pools, the agent's
+    /// routes for encapsulated ones), vxlan, or none (someone else routes pods).
+    #[arg(long, env = "CALICO_NETWORKING_BACKEND", default_value = "bird",
+          value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Networking>()))]
+    pub networking: Networking,
+    /// The node's run directory: BIRD's control sockets and configuration.
+    #[arg(long, env = "GINGHAM_RUN_DIR", default_value = Config::DEFAULT_RUN_DIR)]
+    pub run_dir: std::path::PathBuf,
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
@@ -33,6 +41,8 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         node: args.node.clone(),
         refresh_interval: (args.refresh_interval > 0)
             .then(|| Duration::from_secs(args.refresh_interval)),
+        networking: args.networking,
+        run_dir: args.run_dir.clone(),
     };
     let plumbing = NetlinkPlumbing::open()?;
     let mut agent = Agent::new(&config, Nft::default(), plumbing);
