@@ -354,6 +354,8 @@ pub struct RecordingSupervisor {
     pub starts: Vec<IpVersion>,
     pub reloads: Vec<IpVersion>,
     pub reject: Option<String>,
+    /// Makes `configure` on the running daemons fail with that message.
+    pub reject_reload: Option<String>,
     pub missing: bool,
     running: BTreeSet<u8>,
     crashed: BTreeSet<u8>,
@@ -415,7 +417,10 @@ impl Supervisor for RecordingSupervisor {
 
     fn reload(&mut self, ip: IpVersion) -> Result<(), BirdError> {
         self.reloads.push(ip);
-        Ok(())
+        match &self.reject_reload {
+            Some(m) => Err(BirdError::Rejected(m.clone())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -634,6 +639,7 @@ impl<S: Supervisor> BgpManager<S> {
         if self.installed.is_none() {
             return;
         }
+        let mut refused = Vec::new();
         for d in &mut self.daemons {
             let program = d.ip.daemon();
             match self.supervisor.state(d.ip) {
@@ -650,10 +656,16 @@ impl<S: Supervisor> BgpManager<S> {
                                 d.reload = false;
                                 tracing::info!(program, "configuration loaded");
                             }
+                            Err(e @ BirdError::Rejected(_)) => {
+                                // Checked, yet refused: said until a later configuration
+                                // is loaded.
+                                d.reload = false;
+                                tracing::error!(program, error = %e, "reloading failed");
+                                refused.push(format!("reloading {program}: {e}"));
+                            }
                             Err(e) => {
                                 // A daemon that is still starting may not answer yet: told
-                                // again on the next check, unless it refused the file.
-                                d.reload = !matches!(e, BirdError::Rejected(_));
+                                // again on the next check.
                                 tracing::error!(program, error = %e, "reloading failed");
                                 d.problem = Some(format!("reloading {program}: {e}"));
                             }
@@ -683,6 +695,9 @@ impl<S: Supervisor> BgpManager<S> {
                     d.problem = Some(e.to_string());
                 }
             }
+        }
+        if !refused.is_empty() {
+            self.config_problem = Some(refused.join("; "));
         }
     }
 

@@ -245,6 +245,40 @@ fn a_rejected_configuration_is_not_loaded_and_said_on_readiness() {
     assert_eq!(agent.health.readiness().0, StatusCode::OK);
 }
 
+/// Regression: a running BIRD that refused `configure` (the file passed `bird -p`) was
+/// reported for one tick only: the next look at the running daemon cleared the problem.
+#[test]
+fn a_configuration_refused_on_reload_stays_on_readiness() {
+    let store = cluster();
+    let mut agent = agent(Networking::Bird);
+    agent.start(&store).expect("starts");
+    agent.bgp.supervisor_mut().reject_reload = Some("bird.cfg:3:1 syntax error".into());
+    put(&store, &node("node-c", "10.77.0.3", ""));
+    catch_up(&mut agent, &store);
+    let t0 = Instant::now();
+    for secs in [1, 2, 3] {
+        agent
+            .handle(Event::Tick(t0 + Duration::from_secs(secs)), &store)
+            .expect("ticks");
+        let (code, body) = agent.health.readiness();
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "after {secs} s");
+        assert!(
+            body.contains(
+                "reloading bird: BIRD rejected the configuration: bird.cfg:3:1 syntax error"
+            ),
+            "{body}"
+        );
+    }
+    // A later configuration loaded: ready.
+    agent.bgp.supervisor_mut().reject_reload = None;
+    put(&store, &node("node-d", "10.77.0.4", ""));
+    catch_up(&mut agent, &store);
+    agent
+        .handle(Event::Tick(t0 + Duration::from_secs(4)), &store)
+        .expect("ticks");
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+}
+
 #[test]
 fn a_dead_daemon_is_restarted_with_a_growing_backoff() {
     let store = cluster();
