@@ -560,4 +560,18 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
     let status = a.status();
     assert!(!status.contains(&format!("| {} ", b.ip)), "{status}");
     assert!(!pings(&a, &b));
+
+    // The agent dies as a crash would: its BIRD goes with it (no orphan holds the socket and
+    // the BGP port from the next agent).
+    let mut a = a;
+    let bird = a.bird_pid().expect("node-a's bird runs");
+    let mut agent = a.agent.take().unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "node-a's bird gone with its agent",
+        || format!("bird pid {bird} still there"),
+        || !Path::new(&format!("/proc/{bird}")).exists() || a.bird_pid().is_none(),
+    );
 }
