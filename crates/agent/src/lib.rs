@@ -13,6 +13,9 @@
 //! - [`plumbing::PlumbingManager`]: the host side of local workloads (sysctls, /32 routes,
 //!   permanent neighbours) and the blackhole routes of the node's IPAM blocks (netlink through
 //!   [`plumbing::NetlinkPlumbing`], or [`plumbing::RecordingPlumbing`] in tests).
+//! - [`bgp::BgpManager`]: with the `bird` backend, confd's and runit's job: the BIRD
+//!   configuration rendered, checked and loaded, `bird` and `bird6` kept running
+//!   ([`bgp::BirdSupervisor`], or [`bgp::RecordingSupervisor`] in tests).
 //!
 //! [`Agent::start`] lists and programs once; [`Agent::step`] waits for one batch of changes (or
 //! a timer) and handles it; [`Agent::run`] steps forever. A watch that is lost (compacted
@@ -28,12 +31,14 @@ use gingham_dataplane::Backend;
 use gingham_datastore::{Datastore, EventKind, Listing, Revision, Watch};
 use gingham_model::{Kind, Resource};
 
+pub mod bgp;
 pub mod health;
 pub mod plumbing;
 pub mod policy;
 #[cfg(test)]
 mod tests;
 
+use bgp::{BgpManager, BirdSupervisor, Supervisor};
 pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
@@ -118,6 +123,9 @@ pub struct Config {
 impl Config {
     /// Where Calico keeps its run state on a node.
     pub const DEFAULT_RUN_DIR: &'static str = "/var/run/calico";
+    /// The environment variable naming the run directory (the agent's `--run-dir`; `gingham
+    /// node status` finds BIRD's sockets there).
+    pub const RUN_DIR_ENV: &'static str = "GINGHAM_RUN_DIR";
 
     /// A node's configuration with the defaults (BIRD networking, Calico's run directory,
     /// felix's 90 s refresh).
@@ -229,13 +237,14 @@ impl FelixConfigs {
 }
 
 /// The agent of one node: the decode path, the managers, and the watch.
-pub struct Agent<B: Backend, P: Plumbing> {
+pub struct Agent<B: Backend, P: Plumbing, S: Supervisor = BirdSupervisor> {
     pub health: Health,
     /// Keys whose stored value cannot be read: skipped (logged once each) and reported on
     /// /readiness until fixed or deleted.
     unreadable: BTreeSet<String>,
     pub policy: PolicyManager<B>,
     pub plumbing: PlumbingManager<P>,
+    pub bgp: BgpManager<S>,
     /// The revision the dataplane reflects.
     revision: Revision,
     watch: Option<Box<dyn Watch>>,
@@ -253,12 +262,21 @@ fn decode(key: &str, value: &[u8]) -> Option<Resource> {
 }
 
 impl<B: Backend, P: Plumbing> Agent<B, P> {
-    /// An agent programming nftables through `nft` and the host through `plumbing`.
+    /// An agent programming nftables through `nft` and the host through `plumbing`, running
+    /// BIRD in `config.run_dir` (with the `bird` backend).
     pub fn new(config: &Config, nft: B, plumbing: P) -> Self {
+        Agent::with_supervisor(config, nft, plumbing, BirdSupervisor::new(&config.run_dir))
+    }
+}
+
+impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
+    /// [`Agent::new`] with BIRD's processes and files through `supervisor`.
+    pub fn with_supervisor(config: &Config, nft: B, plumbing: P, supervisor: S) -> Self {
         let health = Health::default();
         Agent {
             policy: PolicyManager::new(config, nft, health.clone()),
             plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
+            bgp: BgpManager::new(config, supervisor, health.clone()),
             health,
             unreadable: BTreeSet::new(),
             revision: 0,
@@ -267,8 +285,8 @@ impl<B: Backend, P: Plumbing> Agent<B, P> {
     }
 
     /// The managers, in the order they apply.
-    fn managers(&mut self) -> [&mut dyn Manager; 2] {
-        [&mut self.policy, &mut self.plumbing]
+    fn managers(&mut self) -> [&mut dyn Manager; 3] {
+        [&mut self.policy, &mut self.plumbing, &mut self.bgp]
     }
 
     /// The datastore revision the dataplane reflects.

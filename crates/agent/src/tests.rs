@@ -11,7 +11,7 @@ use gingham_model::Resource;
 use gingham_net::host::HostWorkload;
 
 use crate::plumbing::RecordingPlumbing;
-use crate::{Agent, Config, Event};
+use crate::{Agent, Config, Event, Networking};
 
 const NODE: &str = "node-a";
 
@@ -21,6 +21,7 @@ fn agent() -> TestAgent {
     let config = Config {
         node: NODE.into(),
         refresh_interval: None,
+        networking: Networking::None,
         ..Config::new(NODE)
     };
     Agent::new(&config, Recording::default(), RecordingPlumbing::default())
@@ -379,6 +380,7 @@ fn a_refused_transaction_is_retried_through_a_resync() {
     let config = Config {
         node: NODE.into(),
         refresh_interval: None,
+        networking: Networking::None,
         ..Config::new(NODE)
     };
     let mut agent = Agent::new(&config, Refusing::default(), RecordingPlumbing::default());
@@ -415,6 +417,7 @@ fn ticks_run_the_periodic_checks_when_they_are_due() {
     let config = Config {
         node: NODE.into(),
         refresh_interval: Some(Duration::from_secs(60)),
+        networking: Networking::None,
         ..Config::new(NODE)
     };
     let mut agent = Agent::new(&config, Recording::default(), RecordingPlumbing::default());

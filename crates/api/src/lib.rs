@@ -212,21 +212,7 @@ impl Client {
 
     /// Lists resources of a kind, in one namespace or (with `None`) in all, ordered by key.
     pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Resource>, Revision)> {
-        if kind == Kind::BlockAffinity {
-            return self.block_affinities();
-        }
-        let prefix = kind.key_prefix(namespace);
-        let listing = self.store.list(&prefix)?;
-        let mut out = Vec::with_capacity(listing.kvs.len());
-        for kv in &listing.kvs {
-            // A prefix without a namespace also matches longer plural names; keep only this kind.
-            match Kind::parse_key(&kv.key) {
-                Some((k, _, _)) if k == kind => {}
-                _ => continue,
-            }
-            out.push(decode(kind, &kv.key, &kv.value, kv.mod_revision)?);
-        }
-        Ok((out, listing.revision))
+        list(self.store.as_ref(), kind, namespace)
     }
 
     /// Writes every resource or none: existence and `resourceVersion` conditions of all of them
@@ -623,33 +609,61 @@ fn refuse_read_only(kind: Kind, namespace: Option<&str>, name: &str) -> Result<(
 }
 
 impl Client {
-    /// Every block affinity of IPAM (`/calico/ipam/v2/host/<node>/ipv<N>/block/<cidr>`) as a
-    /// `BlockAffinity` resource named as Calico names it, in key order; `resourceVersion` is
-    /// the affinity key's mod revision. IPAM's keys stay the one source of truth.
+    /// Every block affinity of IPAM as a `BlockAffinity` resource (see [`block_affinities`]).
     pub fn block_affinities(&self) -> Result<(Vec<Resource>, Revision)> {
-        use gingham_ipam::stored;
-        let listing = self.store.list(stored::HOST_PREFIX)?;
-        let mut out = Vec::new();
-        for kv in &listing.kvs {
-            let Some((node, cidr)) = stored::parse_affinity_key(&kv.key) else {
-                continue;
-            };
-            let aff =
-                stored::BlockAffinity::from_bytes(&kv.value).map_err(|e| ApiError::Corrupt {
-                    kind: Kind::BlockAffinity,
-                    key: kv.key.clone(),
-                    message: e.to_string(),
-                })?;
-            let state = serde_json::to_value(aff.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            let mut r = gingham_model::BlockAffinity::new(&node, &cidr, &state, aff.deleted);
-            r.metadata.resource_version = Some(kv.mod_revision.to_string());
-            out.push(Resource::BlockAffinity(r));
-        }
-        Ok((out, listing.revision))
+        block_affinities(self.store.as_ref())
     }
+}
+
+/// Lists resources of a kind in `store`, in one namespace or (with `None`) in all, ordered by
+/// key ([`Client::list`] without a client, for readers that hold a plain store).
+pub fn list(
+    store: &dyn Datastore,
+    kind: Kind,
+    namespace: Option<&str>,
+) -> Result<(Vec<Resource>, Revision)> {
+    if kind == Kind::BlockAffinity {
+        return block_affinities(store);
+    }
+    let prefix = kind.key_prefix(namespace);
+    let listing = store.list(&prefix)?;
+    let mut out = Vec::with_capacity(listing.kvs.len());
+    for kv in &listing.kvs {
+        // A prefix without a namespace also matches longer plural names; keep only this kind.
+        match Kind::parse_key(&kv.key) {
+            Some((k, _, _)) if k == kind => {}
+            _ => continue,
+        }
+        out.push(decode(kind, &kv.key, &kv.value, kv.mod_revision)?);
+    }
+    Ok((out, listing.revision))
+}
+
+/// Every block affinity of IPAM (`/calico/ipam/v2/host/<node>/ipv<N>/block/<cidr>`) as a
+/// `BlockAffinity` resource named as Calico names it, in key order; `resourceVersion` is the
+/// affinity key's mod revision. IPAM's keys stay the one source of truth.
+pub fn block_affinities(store: &dyn Datastore) -> Result<(Vec<Resource>, Revision)> {
+    use gingham_ipam::stored;
+    let listing = store.list(stored::HOST_PREFIX)?;
+    let mut out = Vec::new();
+    for kv in &listing.kvs {
+        let Some((node, cidr)) = stored::parse_affinity_key(&kv.key) else {
+            continue;
+        };
+        let aff = stored::BlockAffinity::from_bytes(&kv.value).map_err(|e| ApiError::Corrupt {
+            kind: Kind::BlockAffinity,
+            key: kv.key.clone(),
+            message: e.to_string(),
+        })?;
+        let state = serde_json::to_value(aff.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let mut r = gingham_model::BlockAffinity::new(&node, &cidr, &state, aff.deleted);
+        r.metadata.resource_version = Some(kv.mod_revision.to_string());
+        out.push(Resource::BlockAffinity(r));
+    }
+    Ok((out, listing.revision))
 }
 
 fn decode(kind: Kind, key: &str, value: &[u8], revision: Revision) -> Result<Resource> {

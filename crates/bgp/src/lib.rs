@@ -32,6 +32,11 @@ use std::collections::BTreeMap;
 
 use gingham_model::{BgpConfiguration, BgpFilter, BgpPeer, BlockAffinity, IpPool, Node};
 
+/// The environment variable that sets the router id (confd's).
+pub const ROUTER_ID_ENV: &str = "CALICO_ROUTER_ID";
+/// The environment variable naming where endpoint status files are (confd's and felix's).
+pub const ENDPOINT_STATUS_PREFIX_ENV: &str = "CALICO_ENDPOINT_STATUS_PATH_PREFIX";
+
 /// The files confd writes, in the order [`Rendered::files`] holds them.
 pub const FILE_NAMES: [&str; 6] = [
     "bird.cfg",

@@ -18,6 +18,35 @@ pub enum IpVersion {
 }
 
 impl IpVersion {
+    /// Both BIRDs, as Calico runs them.
+    pub const BOTH: [IpVersion; 2] = [IpVersion::V4, IpVersion::V6];
+
+    /// The daemon's program: `bird` or `bird6`.
+    pub fn daemon(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "bird",
+            IpVersion::V6 => "bird6",
+        }
+    }
+
+    /// The file name of the daemon's control socket in the node's run directory (Calico:
+    /// `/var/run/calico/bird.ctl`, `bird6.ctl`).
+    pub fn socket_name(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "bird.ctl",
+            IpVersion::V6 => "bird6.ctl",
+        }
+    }
+
+    /// The configuration file the daemon is started on (one of [`crate::FILE_NAMES`]; it
+    /// includes the others of its version).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            IpVersion::V4 => "bird.cfg",
+            IpVersion::V6 => "bird6.cfg",
+        }
+    }
+
     /// `4` or `6`, as in "IPv4 BGP status".
     pub fn number(self) -> u8 {
         match self {
@@ -117,6 +146,37 @@ pub fn ends_reply(line: &str) -> bool {
         return false;
     }
     &line[..4] == "0000" || matches!(b[0], b'8' | b'9')
+}
+
+/// The reply code of `line` if it is the last line of a reply (four digits followed by a space
+/// or nothing), as BIRD ends every reply, the greeting (`0001`) included.
+pub fn last_line_code(line: &str) -> Option<u16> {
+    let b = line.as_bytes();
+    if b.len() < 4 || !b[..4].iter().all(u8::is_ascii_digit) || b.get(4).is_some_and(|c| *c != b' ')
+    {
+        return None;
+    }
+    line[..4].parse().ok()
+}
+
+/// The answer to `configure`: `Ok` when BIRD took the new configuration (`0003` reconfigured,
+/// `0004` in progress, `0005` queued, `0019`/`0020` nothing to do / OK), else BIRD's message.
+pub fn configure_outcome(reply: &str) -> Result<(), String> {
+    let last = reply
+        .lines()
+        .rev()
+        .find(|l| last_line_code(l).is_some())
+        .unwrap_or("");
+    match last_line_code(last) {
+        Some(3 | 4 | 5 | 19 | 20) => Ok(()),
+        _ => Err(reply
+            .lines()
+            .filter(|l| !l.starts_with("0001"))
+            .map(|l| l.get(5..).unwrap_or(l).trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ")),
+    }
 }
 
 /// The BGP peers in BIRD's answer to `show protocols` (the greeting may come first), in BIRD's
@@ -323,6 +383,25 @@ Local_Workload_10_0_0_5 BGP      master   start  01:48:08    Idle\n\
             parse_show_protocols("0001 BIRD 1.6.8 ready.\n9001 Syntax error\n", IpVersion::V4),
             Err(StatusError::Bird(_))
         ));
+    }
+
+    #[test]
+    fn configure_replies() {
+        // BIRD 1.6.8's answers.
+        let ok = "0001 BIRD 1.6.8 ready.\n0002-Reading configuration from /r/bird/bird.cfg\n0003 Reconfigured\n";
+        assert_eq!(configure_outcome(ok), Ok(()));
+        let bad = "0001 BIRD 1.6.8 ready.\n0002-Reading configuration from /r/bird/bird.cfg\n8002 /r/bird/bird.cfg:3:1 syntax error\n";
+        assert_eq!(
+            configure_outcome(bad),
+            Err(
+                "Reading configuration from /r/bird/bird.cfg: /r/bird/bird.cfg:3:1 syntax error"
+                    .into()
+            )
+        );
+        assert_eq!(last_line_code("0003 Reconfigured"), Some(3));
+        assert_eq!(last_line_code("0002-Reading"), None);
+        assert_eq!(last_line_code("0000"), Some(0));
+        assert_eq!(last_line_code(" Mesh_1 BGP"), None);
     }
 
     #[test]

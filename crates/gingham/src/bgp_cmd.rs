@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use gingham_bgp::{Input, Options};
-use gingham_model::Kind;
 
 use crate::Exit;
 
@@ -34,14 +33,14 @@ pub struct RenderArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// The router id: an IPv4 address, or `hash` (derived from the node name).
-    #[arg(long, env = "CALICO_ROUTER_ID")]
+    #[arg(long, env = gingham_bgp::ROUTER_ID_ENV)]
     pub router_id: Option<String>,
     /// Where workload endpoint status files are (`<prefix>/endpoint-status/`): the local
     /// workloads that BGPPeers with a localWorkloadSelector peer with.
     #[arg(
         long,
-        env = "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
-        default_value = "/var/run/calico"
+        env = gingham_bgp::ENDPOINT_STATUS_PREFIX_ENV,
+        default_value = gingham_agent::Config::DEFAULT_RUN_DIR
     )]
     pub endpoint_status_prefix: PathBuf,
 }
@@ -77,31 +76,10 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
 /// Reads `<prefix>/endpoint-status/*` (a missing directory means no local workloads). Files
 /// that do not parse are skipped with a warning, as confd skips them.
 fn read_endpoint_status(prefix: &Path, input: &mut Input) -> Result<()> {
-    let dir = prefix.join("endpoint-status");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    paths.sort();
-    for p in paths {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parsed = std::fs::read_to_string(&p)
-            .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            .and_then(|t| gingham_bgp::load::local_workload(&name, &t));
-        match parsed {
-            Ok(w) => input.local_workloads.push(w),
-            Err(e) => {
-                eprintln!("warning: {e}; skipped");
-            }
-        }
+    let warnings = gingham_agent::bgp::read_endpoint_status(prefix, input)
+        .with_context(|| format!("cannot read {}", prefix.join("endpoint-status").display()))?;
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
     Ok(())
 }
@@ -129,23 +107,10 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
 }
 
 /// Reads every kind the renderer takes from the datastore (block affinities are the
-/// BlockAffinity view of IPAM's keys).
+/// BlockAffinity view of IPAM's keys), as the agent does.
 fn from_datastore(client: &gingham_api::Client) -> Result<Input> {
-    let mut input = Input::default();
-    for kind in [
-        Kind::Node,
-        Kind::BgpConfiguration,
-        Kind::BgpPeer,
-        Kind::BgpFilter,
-        Kind::IpPool,
-        Kind::BlockAffinity,
-    ] {
-        let (list, _) = client
-            .list(kind, None)
-            .with_context(|| format!("cannot list {kind} resources"))?;
-        gingham_bgp::load::add_resources(&mut input, list);
-    }
-    Ok(input)
+    gingham_agent::bgp::input_from_datastore(client.store().as_ref())
+        .context("cannot read the BGP resources from the datastore")
 }
 
 /// Reads the files; on any error prints every problem and returns `None`.

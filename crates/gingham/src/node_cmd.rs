@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use gingham_agent::Config;
+use gingham_agent::bgp::BirdSupervisor;
 use gingham_bgp::status::{self, IpVersion, Peer};
 
 use crate::Exit;
@@ -28,13 +30,17 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// BIRD's control socket (default: /var/run/calico/bird.ctl, then /var/run/bird/bird.ctl).
+    /// BIRD's control socket (default: bird.ctl in the run directory; without one,
+    /// /var/run/calico/bird.ctl, then /var/run/bird/bird.ctl).
     #[arg(long, env = "GINGHAM_BIRD_SOCKET")]
     pub bird_socket: Option<PathBuf>,
-    /// BIRD6's control socket (default: /var/run/calico/bird6.ctl, then
-    /// /var/run/bird/bird6.ctl).
+    /// BIRD6's control socket (default: bird6.ctl in the run directory; without one,
+    /// /var/run/calico/bird6.ctl, then /var/run/bird/bird6.ctl).
     #[arg(long, env = "GINGHAM_BIRD6_SOCKET")]
     pub bird6_socket: Option<PathBuf>,
+    /// The node's run directory, where its agent runs BIRD (the agent's --run-dir).
+    #[arg(long, env = Config::RUN_DIR_ENV)]
+    pub run_dir: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Format,
@@ -74,8 +80,12 @@ struct NodeStatus {
 fn node_status(a: &StatusArgs) -> Result<Exit> {
     let procs = processes_here();
     let agent = procs.iter().any(|argv| is_agent(argv));
-    let bird4 = procs.iter().any(|argv| is_named(argv, "bird"));
-    let bird6 = procs.iter().any(|argv| is_named(argv, "bird6"));
+    let bird4 = procs
+        .iter()
+        .any(|argv| is_named(argv, IpVersion::V4.daemon()));
+    let bird6 = procs
+        .iter()
+        .any(|argv| is_named(argv, IpVersion::V6.daemon()));
     let query = |running: bool, ip: IpVersion, socket: &Option<PathBuf>| -> Result<BirdStatus> {
         if !agent || !running {
             return Ok(BirdStatus {
@@ -84,7 +94,7 @@ fn node_status(a: &StatusArgs) -> Result<Exit> {
                 peers: Vec::new(),
             });
         }
-        match connect(ip, socket.as_deref()) {
+        match connect(ip, socket.as_deref(), a.run_dir.as_deref()) {
             Ok((stream, path)) => {
                 let peers = query_peers(stream, ip).with_context(|| {
                     format!("error executing command: BIRD socket {}", path.display())
@@ -153,18 +163,23 @@ fn table_text(s: &NodeStatus) -> String {
     out
 }
 
-/// Connects to BIRD's control socket: the given path, else Calico's then BIRD's default.
+/// BIRD's own default run directory (a BIRD not started by an agent).
+const BIRD_RUN_DIR: &str = "/var/run/bird";
+
+/// Connects to BIRD's control socket: the given path, else the one in the given run directory,
+/// else Calico's then BIRD's default.
 fn connect(
     ip: IpVersion,
     given: Option<&Path>,
+    run_dir: Option<&Path>,
 ) -> std::result::Result<(UnixStream, PathBuf), String> {
-    let suffix = if ip == IpVersion::V6 { "6" } else { "" };
-    let candidates: Vec<PathBuf> = match given {
-        Some(p) => vec![p.to_path_buf()],
-        None => vec![
-            PathBuf::from(format!("/var/run/calico/bird{suffix}.ctl")),
-            PathBuf::from(format!("/var/run/bird/bird{suffix}.ctl")),
-        ],
+    let candidates: Vec<PathBuf> = match (given, run_dir) {
+        (Some(p), _) => vec![p.to_path_buf()],
+        (None, Some(dir)) => vec![BirdSupervisor::socket(dir, ip)],
+        (None, None) => [Config::DEFAULT_RUN_DIR, BIRD_RUN_DIR]
+            .into_iter()
+            .map(|d| BirdSupervisor::socket(Path::new(d), ip))
+            .collect(),
     };
     let mut last = String::new();
     for path in candidates {

@@ -32,8 +32,16 @@ pub struct AgentArgs {
           value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Networking>()))]
     pub networking: Networking,
     /// The node's run directory: BIRD's control sockets and configuration.
-    #[arg(long, env = "GINGHAM_RUN_DIR", default_value = Config::DEFAULT_RUN_DIR)]
+    #[arg(long, env = Config::RUN_DIR_ENV, default_value = Config::DEFAULT_RUN_DIR)]
     pub run_dir: std::path::PathBuf,
+    /// BIRD's router id: an IPv4 address, or `hash` (derived from the node name); unset: the
+    /// node's IPv4 address.
+    #[arg(long, env = gingham_bgp::ROUTER_ID_ENV)]
+    pub router_id: Option<String>,
+    /// Where felix's endpoint status files are (`<prefix>/endpoint-status/`): the local
+    /// workloads BGPPeers with a localWorkloadSelector peer with. Default: the run directory.
+    #[arg(long, env = gingham_bgp::ENDPOINT_STATUS_PREFIX_ENV)]
+    pub endpoint_status_prefix: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
@@ -46,6 +54,10 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     };
     let plumbing = NetlinkPlumbing::open()?;
     let mut agent = Agent::new(&config, Nft::default(), plumbing);
+    agent.bgp.set_router_id(args.router_id.clone());
+    if let Some(p) = &args.endpoint_status_prefix {
+        agent.bgp.set_endpoint_status_prefix(p.clone());
+    }
     if args.health_port != 0 && !args.once {
         agent.health.serve(args.health_port)?;
     }
