@@ -31,12 +31,15 @@ use gingham_model::{Kind, Resource};
 pub mod health;
 pub mod plumbing;
 pub mod policy;
+pub mod routes;
 #[cfg(test)]
 mod tests;
+pub mod tunnels;
 
 pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
+use routes::{RouteManager, RouteTable};
 
 /// Where the agent watches: every Calico resource ([`gingham_model::KEY_ROOT`]) and the IPAM
 /// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
@@ -236,6 +239,7 @@ pub struct Agent<B: Backend, P: Plumbing> {
     unreadable: BTreeSet<String>,
     pub policy: PolicyManager<B>,
     pub plumbing: PlumbingManager<P>,
+    pub routes: RouteManager<Box<dyn RouteTable>>,
     /// The revision the dataplane reflects.
     revision: Revision,
     watch: Option<Box<dyn Watch>>,
@@ -253,12 +257,14 @@ fn decode(key: &str, value: &[u8]) -> Option<Resource> {
 }
 
 impl<B: Backend, P: Plumbing> Agent<B, P> {
-    /// An agent programming nftables through `nft` and the host through `plumbing`.
-    pub fn new(config: &Config, nft: B, plumbing: P) -> Self {
+    /// An agent programming nftables through `nft`, the host through `plumbing` and the
+    /// routes to other nodes through `routes`.
+    pub fn new(config: &Config, nft: B, plumbing: P, routes: Box<dyn RouteTable>) -> Self {
         let health = Health::default();
         Agent {
             policy: PolicyManager::new(config, nft, health.clone()),
             plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
+            routes: RouteManager::new(&config.node, config.networking, routes, health.clone()),
             health,
             unreadable: BTreeSet::new(),
             revision: 0,
@@ -267,8 +273,8 @@ impl<B: Backend, P: Plumbing> Agent<B, P> {
     }
 
     /// The managers, in the order they apply.
-    fn managers(&mut self) -> [&mut dyn Manager; 2] {
-        [&mut self.policy, &mut self.plumbing]
+    fn managers(&mut self) -> [&mut dyn Manager; 3] {
+        [&mut self.policy, &mut self.plumbing, &mut self.routes]
     }
 
     /// The datastore revision the dataplane reflects.

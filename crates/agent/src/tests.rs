@@ -11,6 +11,7 @@ use gingham_model::Resource;
 use gingham_net::host::HostWorkload;
 
 use crate::plumbing::RecordingPlumbing;
+use crate::routes::RecordingRoutes;
 use crate::{Agent, Config, Event};
 
 const NODE: &str = "node-a";
@@ -23,7 +24,12 @@ fn agent() -> TestAgent {
         refresh_interval: None,
         ..Config::new(NODE)
     };
-    Agent::new(&config, Recording::default(), RecordingPlumbing::default())
+    Agent::new(
+        &config,
+        Recording::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    )
 }
 
 fn load(text: &str) -> Vec<Resource> {
@@ -381,7 +387,12 @@ fn a_refused_transaction_is_retried_through_a_resync() {
         refresh_interval: None,
         ..Config::new(NODE)
     };
-    let mut agent = Agent::new(&config, Refusing::default(), RecordingPlumbing::default());
+    let mut agent = Agent::new(
+        &config,
+        Refusing::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    );
     agent.start(&store).expect("starts");
     agent.policy.programmer_mut().backend_mut().refusals = 1;
     let written = put(&store, &policy(8080));
@@ -417,7 +428,12 @@ fn ticks_run_the_periodic_checks_when_they_are_due() {
         refresh_interval: Some(Duration::from_secs(60)),
         ..Config::new(NODE)
     };
-    let mut agent = Agent::new(&config, Recording::default(), RecordingPlumbing::default());
+    let mut agent = Agent::new(
+        &config,
+        Recording::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    );
     agent.start(&store).expect("starts");
     let start = std::time::Instant::now();
     let counts = |a: &TestAgent| {

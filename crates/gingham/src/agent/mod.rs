@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use gingham_agent::plumbing::NetlinkPlumbing;
+use gingham_agent::routes::NetlinkRoutes;
 use gingham_agent::{Agent, Config, Networking};
 use gingham_dataplane::Nft;
 use gingham_datastore::Datastore;
@@ -45,7 +46,8 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         run_dir: args.run_dir.clone(),
     };
     let plumbing = NetlinkPlumbing::open()?;
-    let mut agent = Agent::new(&config, Nft::default(), plumbing);
+    let routes = NetlinkRoutes::open()?;
+    let mut agent = Agent::new(&config, Nft::default(), plumbing, Box::new(routes));
     if args.health_port != 0 && !args.once {
         agent.health.serve(args.health_port)?;
     }
