@@ -34,6 +34,10 @@ use ipnet::IpNet;
 
 use crate::{Error, FelixConfigs, Health, Manager, Networking, Update};
 
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
+
 /// The name the route manager's readiness problems go under.
 pub const PROBLEM: &str = "tunnels";
 
