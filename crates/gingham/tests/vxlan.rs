@@ -127,7 +127,8 @@ impl Node {
         }
     }
 
-    fn start_agent(&mut self, ds: &str, dir: &Path) {
+    /// Starts the agent; `health`: the port of its /readiness on the node's loopback (0: off).
+    fn start_agent(&mut self, ds: &str, dir: &Path, health: u16) {
         let run = dir.join(&self.name);
         std::fs::create_dir_all(&run).unwrap();
         self.log = dir.join(format!("agent-{}.log", self.name));
@@ -148,7 +149,7 @@ impl Node {
                 "--run-dir",
                 run.to_str().unwrap(),
                 "--health-port",
-                "0",
+                &health.to_string(),
                 "--datastore",
                 ds,
                 "--log",
@@ -165,6 +166,15 @@ impl Node {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An HTTP GET to the agent's health port on the node's loopback: the whole answer.
+    fn http_get(&self, port: u16, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = self.ns.exec(&["bash", "-c", &script]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn sh(&self, cmd: &str) -> String {
@@ -345,7 +355,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
     let mut b = Node::new(&router, "node-b", "192.168.31.2/24", "r1", "192.168.31.254");
     let mut c = Node::new(&router, "node-c", "192.168.32.1/24", "r2", "192.168.32.254");
     for n in [&mut a, &mut b, &mut c] {
-        n.start_agent(&ds, dir.path());
+        n.start_agent(&ds, dir.path(), 0);
     }
     // Each agent gives its node a tunnel address.
     for n in [&a, &b, &c] {
@@ -437,7 +447,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
         Some(&node_yaml("node-d", "192.168.32.2/24")),
     );
     let mut d = Node::new(&router, "node-d", "192.168.32.2/24", "r2", "192.168.32.254");
-    d.start_agent(&ds, dir.path());
+    d.start_agent(&ds, dir.path(), 0);
     let pd = add_pod(&ds, &d, "pd", None);
     full_mesh(&[("pa", &pa), ("pc", &pc), ("pd", &pd)], &[&a, &c, &d]);
     let td = tunnel_addr(&ds, "node-d");
@@ -468,4 +478,93 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
     // The others still reach each other.
     assert!(pings(&pa, &pd.ip));
     assert!(pings(&pb, &pa.ip));
+}
+
+/// Whether this kernel can make an IPIP device (asked in a throwaway namespace).
+fn kernel_has_ipip() -> bool {
+    let ns = TestNetns::new("vxi");
+    ns.exec(&["ip", "link", "add", "gh-ipip", "type", "ipip"])
+        .status
+        .success()
+}
+
+#[test]
+fn sys_an_ipip_pool_without_the_ipip_module_is_reported_and_vxlan_keeps_working() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("bash");
+    gingham_testkit::require_tool("nft");
+    gingham_testkit::require_tool("ping");
+    let has_ipip = kernel_has_ipip();
+    if has_ipip {
+        eprintln!(
+            "NOTE: this kernel has the ipip module: checking that tunl0 is made instead of the error"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    let cluster = format!(
+        "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: pods}}
+spec: {{cidr: {POOL}, vxlanMode: Always}}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {{name: tunnelled}}
+spec: {{cidr: 10.249.0.0/16, ipipMode: Always, allowedUses: [Tunnel]}}
+---
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {{name: kns.default}}
+spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
+---
+{}{}",
+        node_yaml("node-a", "192.168.33.1/24"),
+        node_yaml("node-c", "192.168.34.1/24"),
+    );
+    gingham(&["apply", "-f", "-", "--datastore", &ds], Some(&cluster));
+    let router = Router::new(&[("r1", "192.168.33.254/24"), ("r2", "192.168.34.254/24")]);
+    let mut a = Node::new(&router, "node-a", "192.168.33.1/24", "r1", "192.168.33.254");
+    let mut c = Node::new(&router, "node-c", "192.168.34.1/24", "r2", "192.168.34.254");
+    a.start_agent(&ds, dir.path(), 9099);
+    c.start_agent(&ds, dir.path(), 9099);
+    let pa = add_pod(&ds, &a, "pa", None);
+    let pc = add_pod(&ds, &c, "pc", None);
+    // The VXLAN pool works either way.
+    full_mesh(&[("pa", &pa), ("pc", &pc)], &[&a, &c]);
+    assert!(a.route(&block(&pc.ip)).contains("dev vxlan.calico"));
+
+    let message = "this kernel cannot create IPIP tunnels (no ipip module); use vxlanMode";
+    if has_ipip {
+        until(20, "tunl0 carries node-a's IPIP address", || {
+            let out = a.sh("ip -o addr show dev tunl0 2>&1 || true");
+            (out.contains("10.249."), out)
+        });
+        until(10, "node-a ready", || {
+            let r = a.http_get(9099, "/readiness");
+            (r.contains("200 OK"), r)
+        });
+    } else {
+        until(
+            20,
+            "node-a's readiness names the missing ipip module",
+            || {
+                let r = a.http_get(9099, "/readiness");
+                (
+                    r.contains("503") && r.contains(message) && r.contains("tunnelled"),
+                    r,
+                )
+            },
+        );
+        assert!(
+            a.log().contains(message),
+            "the agent's log says it: {}",
+            a.log()
+        );
+        assert!(!a.sh("ip link").contains("tunl0"));
+    }
+    // Still working after the check.
+    assert!(pings(&pa, &pc.ip));
+    assert!(pings(&pc, &pa.ip));
 }
