@@ -442,14 +442,14 @@ fn sys_lab_up_probe_down() {
         let bad = tmp.path().join("bad-lab.yaml");
         std::fs::write(
             &bad,
-            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {racks: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {spines: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
         )
         .unwrap();
         let out = gingham(&["lab", "apply", "--dir", d, "-f", bad.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
-            err.contains("document 1 (Lab x): spec.racks: unknown field `racks`, expected `nodes` or `nodePorts`")
+            err.contains("document 1 (Lab x): spec.spines: unknown field `spines`, expected one of `nodes`, `racks`, `nodePorts`, `networking`, `router`, `external`")
                 && err.contains("nothing was applied"),
             "{err}"
         );
@@ -589,9 +589,9 @@ fn lab_document_refuses_unknown_fields() {
     let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
     for (doc, field, valid) in [
         (
-            "spec: {nodes: [node-a], racks: 3}",
-            "spec.racks: unknown field `racks`",
-            "expected `nodes` or `nodePorts`",
+            "spec: {nodes: [node-a], spines: 3}",
+            "spec.spines: unknown field `spines`",
+            "expected one of `nodes`, `racks`, `nodePorts`, `networking`, `router`, `external`",
         ),
         (
             "spec: {nodes: [node-a]}\nkubernetes: {version: 1.30}",
