@@ -4,7 +4,6 @@
 mod common;
 
 use common::Down;
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn gingham(args: &[&str]) -> Output {
@@ -35,30 +34,6 @@ fn lab_yaml(name: &str, annotated: bool) -> String {
         ));
     }
     y
-}
-
-/// Namespaces, interfaces and processes that belong to lab `name`.
-fn leftovers(name: &str, dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    for line in String::from_utf8_lossy(&netns.stdout).lines() {
-        if line.starts_with(&format!("gl-{name}-")) {
-            found.push(format!("netns {line}"));
-        }
-    }
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    for line in String::from_utf8_lossy(&ps.stdout).lines() {
-        if line.contains(&format!("lab serve --name {name}/"))
-            || (line.contains(" agent --node ")
-                && line.contains(&dir.parent().unwrap().display().to_string()))
-        {
-            found.push(format!("process {line}"));
-        }
-    }
-    if dir.exists() {
-        found.push(format!("directory {}", dir.display()));
-    }
-    found
 }
 
 #[test]
@@ -492,7 +467,7 @@ fn sys_lab_up_probe_down() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains("0 blocks, 0 allocations"), "{check}");
 }
@@ -524,7 +499,7 @@ fn sys_lab_up_that_fails_cleans_up() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("IPAM"), "{err}");
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
 }
 
 /// The same lab on etcd: the nodes reach this host's etcd through the lab's proxy on their own
@@ -568,7 +543,7 @@ fn sys_lab_on_etcd() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&ps.stdout)
