@@ -614,3 +614,19 @@ fn lab_try_documents_its_exit_codes() {
     );
     assert!(help.contains("refused: nothing listens on"), "{help}");
 }
+
+/// `lab up --help` documents the Lab document: racks, the networking backend and who routes
+/// pods with `none`, the router and its BIRD, the external host.
+#[test]
+fn lab_up_documents_the_lab_document() {
+    let help = ok(&["lab", "up", "--help"]);
+    for want in [
+        "`spec.racks: [{name, subnet, nodes: [NAME...]}]`",
+        "`spec.networking: bird | vxlan | none`",
+        "With `none`, the lab routes pods itself",
+        "`spec.router: {asNumber: N, staticPodRoutes: BOOL}`",
+        "`spec.external: {address: A}`",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
+}

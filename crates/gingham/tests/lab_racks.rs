@@ -229,6 +229,12 @@ fn sys_racks_with_lab_routes() {
             assert_eq!(v["peer"], node_ip.unwrap_or(&own), "{from} {proto}: {v}");
         }
     }
+    // natOutgoing leaves traffic to pods alone (their pools are in all-pools), across the
+    // router and to a borrowed address too.
+    for to in ["shop/p3", "shop/b2", "shop/p2"] {
+        let v = common::try_json(d, "shop/m1", to, "TCP", 80);
+        assert_eq!(v["peer"], address(&lab, "shop/m1"), "{v}");
+    }
     // The external host answers on any port it is asked for, and reaches the pods.
     let v = common::try_json(d, "shop/p2", "external", "TCP", 8443);
     assert_eq!(v["outcome"], "connected", "{v}");
