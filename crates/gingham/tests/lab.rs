@@ -534,6 +534,37 @@ fn sys_lab_on_etcd() {
         "shop/p1", "shop/p2", "shop/p3", "shop/p4", "shop/p5", "shop/p6",
     ];
     common::assert_probe("on etcd", &m, &pods, &|_, _| "connected");
+    // `lab exec` on a node hands commands the datastore as the node reaches it: etcd through
+    // the lab's proxy on the node's loopback.
+    let names = ok(&[
+        "lab",
+        "exec",
+        "--dir",
+        d,
+        "node-b",
+        "--",
+        env!("CARGO_BIN_EXE_gingham"),
+        "get",
+        "nodes",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        names.contains("node-a") && names.contains("node-b"),
+        "{names}"
+    );
+    let env = ok(&[
+        "lab",
+        "exec",
+        "--dir",
+        d,
+        "node-b",
+        "--",
+        "sh",
+        "-c",
+        "echo $GINGHAM_DATASTORE",
+    ]);
+    assert_eq!(env.trim(), "etcd:http://127.0.0.1:2379");
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains(" 6 allocations"), "{check}");
     let down = gingham(&["lab", "down", "--dir", d]);

@@ -245,6 +245,15 @@ fn sys_racks_with_lab_routes() {
     assert_eq!(v["peer"], "10.91.2.2", "{v}");
     let v = common::try_json(d, "router", "shop/p1", "TCP", 80);
     assert_eq!(v["outcome"], "connected", "{v}");
+    // The router itself: reached (its address in the pod's rack), nothing listens.
+    for (from, gateway) in [("shop/p1", "10.91.1.1"), ("shop/p3", "10.91.2.1")] {
+        let v = common::try_json(d, from, "router", "TCP", 80);
+        assert_eq!(
+            (v["outcome"].as_str(), v["address"].as_str()),
+            (Some("refused"), Some(gateway)),
+            "{v}"
+        );
+    }
     let out = common::gingham_in(
         &[
             "lab", "try", "--dir", d, "shop/p1", "nowhere", "--port", "80",
@@ -254,8 +263,9 @@ fn sys_racks_with_lab_routes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("\"nowhere\" is not a pod (with an address), a node or the external host")
-            && err.contains("node-c, external"),
+        err.contains(
+            "\"nowhere\" is not a pod (with an address), a node, the router or the external host"
+        ) && err.contains("node-c, router, external"),
         "{err}"
     );
 

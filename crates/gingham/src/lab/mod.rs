@@ -71,7 +71,8 @@ pub enum LabCmd {
     /// BIRD (configuration and control socket in DIR/router) with a BGP session to every node
     /// (the nodes' AS: the BGPConfiguration `default`'s asNumber among the lab's documents,
     /// else 64512) that imports pod routes into its kernel table, so that BGPPeer resources
-    /// towards the router give a top-of-rack fabric. `staticPodRoutes`: whether the router
+    /// towards the router give a top-of-rack fabric. The router learns and advertises
+    /// nothing back: nodes send what they do not know to their gateway, the router. `staticPodRoutes`: whether the router
     /// takes the lab's static pod routes (default: true with `networking: none`, the only
     /// backend it is valid with); false makes replies to un-NATed pod traffic from outside
     /// the rack undeliverable.
@@ -95,8 +96,9 @@ pub enum LabCmd {
     /// Delete a pod from a running lab, as the kubelet would: CNI DEL and its namespace.
     Delete(DeleteArgs),
     /// Try one connection with real packets: from a pod, a node, `router` or `external` to a
-    /// pod, a node (answering on the Lab's `spec.nodePorts`) or `external` (answering on every
-    /// port it is asked for).
+    /// pod, a node (answering on the Lab's `spec.nodePorts`), `router` (its address in the
+    /// rack of FROM: nothing listens there, so reaching it is `refused`) or `external`
+    /// (answering on every port it is asked for).
     ///
     /// Prints the outcome: `connected`; `refused: nothing listens on ADDR:PORT/PROTO` (the
     /// packet reached the destination, so policy let it through); or `no answer (dropped)`
@@ -216,7 +218,7 @@ pub struct TryArgs {
     pub lab: DirArgs,
     /// `namespace/pod`, a node name, `router` or `external`.
     pub from: String,
-    /// `namespace/pod`, a node name or `external`.
+    /// `namespace/pod`, a node name, `router` or `external`.
     pub to: String,
     #[arg(long)]
     pub port: u16,

@@ -480,6 +480,25 @@ pub(super) fn netns_of(state: &State, target: &str) -> Result<String> {
         })
 }
 
+/// The router's address as seen from `from`: its address in the rack of `from`'s node, else
+/// in the first rack. Nothing listens there: a try that reaches it is `refused`.
+fn router_address(state: &State, from: &str) -> Option<String> {
+    let router = state.router.as_ref()?;
+    let node = state
+        .pods
+        .iter()
+        .find(|p| p.key() == from)
+        .map(|p| p.node.as_str())
+        .unwrap_or(from);
+    let rack = state.node(node).and_then(|n| n.rack.as_ref());
+    router
+        .racks
+        .iter()
+        .find(|r| Some(&r.name) == rack)
+        .or(router.racks.first())
+        .map(|r| r.gateway.clone())
+}
+
 pub(super) fn try_connect(args: &TryArgs) -> Result<Exit> {
     let state = load_state(&args.lab.dir)?;
     let from = netns_of(&state, &args.from)?;
@@ -491,6 +510,7 @@ pub(super) fn try_connect(args: &TryArgs) -> Result<Exit> {
         .and_then(|p| p.ip.clone())
         .or_else(|| state.node(&args.to).map(|n| n.ip.clone()))
         .or_else(|| external.map(|x| x.address.clone()))
+        .or_else(|| router_address(&state, &args.from).filter(|_| args.to == ROUTER))
         .with_context(|| {
             let mut names: Vec<String> = state
                 .pods
@@ -499,11 +519,14 @@ pub(super) fn try_connect(args: &TryArgs) -> Result<Exit> {
                 .map(PodState::key)
                 .chain(state.nodes.iter().map(|n| n.name.clone()))
                 .collect();
+            if state.router.is_some() {
+                names.push(ROUTER.into());
+            }
             if state.external.is_some() {
                 names.push(EXTERNAL.into());
             }
             format!(
-                "{:?} is not a pod (with an address), a node or the external host of this lab (valid: {})",
+                "{:?} is not a pod (with an address), a node, the router or the external host of this lab (valid: {})",
                 args.to,
                 names.join(", ")
             )
