@@ -605,6 +605,16 @@ fn lab_document_refuses_unknown_fields() {
             "`apiVersion`, `kind`, `metadata`, `spec`",
         ),
         (
+            "spec: {racks: [{name: r1, subnet: 10.1.1.0/30, nodes: [a, b]}]}",
+            "spec.racks[0].subnet: 10.1.1.0/30 has 2 host addresses",
+            "too few for the router and 2 nodes",
+        ),
+        (
+            "spec: {networking: flannel}",
+            "spec.networking: networking backend \"flannel\" is not one of",
+            "bird, vxlan, none",
+        ),
+        (
             "spec: {nodePorts: [80, SCTP/9]}",
             "spec.nodePorts[1]: \"SCTP/9\" is not a port",
             "valid: 80 for TCP, or \"UDP/53\"",

@@ -65,7 +65,9 @@ pub enum LabCmd {
     /// node's IPAM blocks via that node on the nodes of the same subnet, a /32 for every
     /// borrowed address (a pod whose address is in a block affine to another node) via the
     /// pod's node, all with `proto static`, kept up to date by `lab apply` and `lab delete`.
-    /// Across racks the nodes send pod traffic to the router.
+    /// Across racks the nodes send pod traffic to the router. With `bird` and racks, pod
+    /// traffic between racks needs a router that knows the pods: give it an `asNumber` and
+    /// the nodes BGPPeer resources towards it (a top-of-rack fabric).
     ///
     /// `spec.router: {asNumber: N, staticPodRoutes: BOOL}`: with `asNumber`, the router runs
     /// BIRD (configuration and control socket in DIR/router) with a BGP session to every node

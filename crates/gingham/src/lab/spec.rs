@@ -12,6 +12,8 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::probe::{EXTERNAL, ROUTER};
+
 /// The apiVersion of the `Lab` document.
 const LAB_API_VERSION: &str = "gingham.dev/v1";
 
@@ -333,6 +335,19 @@ pub(super) fn parse_lab(source: &str, document: usize, doc: &Value) -> Result<Pl
         if nodes[..i].iter().any(|m| m.name == n.name) {
             return Err(err("spec", format!("node {:?} is named twice", n.name)));
         }
+    }
+    if with_racks
+        && let Some(n) = nodes
+            .iter()
+            .find(|n| [ROUTER, EXTERNAL].contains(&n.name.as_str()))
+    {
+        return Err(err(
+            "spec.racks",
+            format!(
+                "a node cannot be named {:?}: `lab try` and `lab exec` name the router and the external host so",
+                n.name
+            ),
+        ));
     }
     let router = spec.router.unwrap_or_default();
     let static_pod_routes = match router.static_pod_routes {
