@@ -97,19 +97,29 @@ fn sys_the_agent_repairs_workload_plumbing() {
     let neighbour = format!("ip neigh show {ip} dev {iface}");
     assert!(on_node(&dir, &neighbour).contains("PERMANENT"));
 
-    // Break it all.
+    // The route has felix's normal workload metric, which BIRD does not export.
+    assert!(
+        on_node(&dir, "ip route")
+            .contains(&format!("{ip} dev {iface} proto 80 scope link metric 1024")),
+        "{}",
+        on_node(&dir, "ip route")
+    );
+
+    // Break it all; and a copy of the route at metric 0 (BIRD would export it) appears.
     on_node(
         &dir,
         &format!(
             "ip route del {ip}/32 dev {iface} && ip neigh del {ip} dev {iface} && \
-             echo 0 > /proc/sys/net/ipv4/conf/{iface}/proxy_arp && ip route del blackhole {block}"
+             echo 0 > /proc/sys/net/ipv4/conf/{iface}/proxy_arp && ip route del blackhole {block} && \
+             ip route add {ip}/32 dev {iface} metric 0"
         ),
     );
-    assert!(!on_node(&dir, "ip route").contains(&format!("{ip} dev")));
+    assert!(!on_node(&dir, "ip route").contains("metric 1024"));
 
     // The agent puts everything back, and the pod answers again.
-    until("the /32 route", || {
-        on_node(&dir, "ip route").contains(&format!("{ip} dev {iface}"))
+    until("the /32 route, at metric 1024 only", || {
+        let routes = on_node(&dir, &format!("ip route show {ip}/32"));
+        routes.trim() == format!("{ip} dev {iface} proto 80 scope link metric 1024")
     });
     until("the static neighbour", || {
         on_node(&dir, &neighbour).contains("PERMANENT")

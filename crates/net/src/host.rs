@@ -89,15 +89,35 @@ pub fn repair(nl: &Netlink, want: &HostState) -> Result<Vec<String>> {
             continue;
         };
         for a in &w.addresses {
-            let has_route = routes.iter().any(|r| {
+            let want = Route::workload(*a, &w.ifname);
+            let to_pod = |r: &&Route| {
                 r.dst == *a
                     && r.kind == RouteKind::Unicast
                     && r.gateway.is_none()
                     && r.dev.as_deref() == Some(w.ifname.as_str())
-            });
-            if !has_route {
-                nl.replace_route(&Route::link(*a, &w.ifname))?;
+            };
+            if !routes
+                .iter()
+                .filter(to_pod)
+                .any(|r| r.metric == want.metric)
+            {
+                nl.replace_route(&want)?;
                 done.push(format!("route {a} dev {} restored", w.ifname));
+            }
+            // The same route at another metric (made before routes had felix's metric, or by
+            // hand) would be exported by BIRD: only ours stays.
+            for stale in routes
+                .iter()
+                .filter(to_pod)
+                .filter(|r| r.metric != want.metric)
+            {
+                nl.delete_route(stale)?;
+                done.push(format!(
+                    "route {a} dev {} at metric {} removed (workload routes use {})",
+                    w.ifname,
+                    stale.metric.unwrap_or(0),
+                    crate::types::WORKLOAD_ROUTE_METRIC
+                ));
             }
             if let Some(mac) = w.mac {
                 let ip = a.addr();

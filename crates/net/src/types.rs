@@ -13,6 +13,13 @@ use crate::error::{NetError, invalid};
 /// felix uses), so they can be found and cleaned up later.
 pub const ROUTE_PROTOCOL: u8 = 80;
 
+/// The metric of the host's route to each local workload: felix's
+/// `ipv4NormalRoutePriority`/`ipv6NormalRoutePriority` default (1024). BIRD's aggregation filter
+/// (`bird_aggr.cfg`) exports a route inside the node's own block only if its metric is below
+/// this (an elevated route, such as a migrating VM's), so normal workload routes stay covered
+/// by their block's advertisement.
+pub const WORKLOAD_ROUTE_METRIC: u32 = 1024;
+
 /// The kernel's main routing table.
 pub const MAIN_TABLE: u32 = 254;
 
@@ -239,6 +246,11 @@ impl Route {
             dev: Some(dev.to_owned()),
             ..Route::base(dst, RouteKind::Unicast, RouteScope::Link)
         }
+    }
+
+    /// The host's route to a local workload's address: `DST dev CALI… scope link metric 1024`.
+    pub fn workload(dst: IpNet, dev: &str) -> Route {
+        Route::link(dst, dev).with_metric(WORKLOAD_ROUTE_METRIC)
     }
 
     /// `DST via GATEWAY [dev DEV]`.

@@ -192,7 +192,7 @@ impl WorkloadSpec {
     pub fn host_routes(&self) -> Vec<Route> {
         self.addresses()
             .into_iter()
-            .map(|a| Route::link(a, &self.host_ifname))
+            .map(|a| Route::workload(a, &self.host_ifname))
             .collect()
     }
 }
@@ -910,8 +910,8 @@ mod tests {
         assert_eq!(
             routes,
             [
-                "10.65.0.5/32 dev cali1234567890a proto 80 scope link",
-                "fd00:65::5/128 dev cali1234567890a proto 80 scope link"
+                "10.65.0.5/32 dev cali1234567890a proto 80 scope link metric 1024",
+                "fd00:65::5/128 dev cali1234567890a proto 80 scope link metric 1024"
             ]
         );
         let keys: Vec<String> = s

@@ -157,7 +157,7 @@ fn sys_setup_installs_everything_on_both_sides() {
     let text = node
         .node
         .exec_ok(&["ip", "-4", "route", "show", "dev", "caliaaaaaaaaaa1"]);
-    assert_eq!(text.trim(), "10.65.0.2 proto 80 scope link");
+    assert_eq!(text.trim(), "10.65.0.2 proto 80 scope link metric 1024");
     for (key, want) in [
         ("net/ipv4/conf/caliaaaaaaaaaa1/proxy_arp", "1"),
         ("net/ipv4/conf/caliaaaaaaaaaa1/route_localnet", "1"),
@@ -376,7 +376,7 @@ fn sys_check_reports_what_is_broken() {
     sysctl::write_in(&node.ns(), "net/ipv4/conf/caliaaaaaaaaaa4/proxy_arp", "0").unwrap();
     let host = Netlink::open(&node.ns()).unwrap();
     assert!(
-        host.delete_route(&Route::link(net("10.65.0.2/32"), "caliaaaaaaaaaa4"))
+        host.delete_route(&Route::workload(net("10.65.0.2/32"), "caliaaaaaaaaaa4"))
             .unwrap()
     );
     let report = check_workload(&node.ns(), &pod.path(), &s).unwrap();
@@ -389,7 +389,7 @@ fn sys_check_reports_what_is_broken() {
                 actual: Some("0".into()),
             },
             Problem::HostRouteMissing {
-                want: Route::link(net("10.65.0.2/32"), "caliaaaaaaaaaa4")
+                want: Route::workload(net("10.65.0.2/32"), "caliaaaaaaaaaa4")
             },
         ],
         "{report}"
