@@ -451,3 +451,49 @@ fn sys_flat_lab_routes_borrowed_addresses() {
     );
     down_leaves_nothing(&lab);
 }
+
+/// A rack lab whose `lab up` fails half-way (the pool runs out on the third pod, after the
+/// router, its BIRD, the external host and the agents were made) leaves nothing behind.
+#[test]
+fn sys_rack_lab_up_that_fails_cleans_up() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("bird");
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("x{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab");
+    let file = tmp.path().join("lab.yaml");
+    let pods = [
+        pod("p1", "node-a", "ipv4pools", "tiny"),
+        pod("p2", "node-b", "ipv4pools", "tiny"),
+        pod("p3", "node-c", "ipv4pools", "tiny"),
+    ]
+    .concat();
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{networking: none, router: {{asNumber: 65001}}, external: {{address: {EXTERNAL}}}, {RACKS}}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: tiny}}\nspec: {{cidr: 10.244.0.0/31, blockSize: 31}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{pods}"
+        ),
+    )
+    .unwrap();
+    let out = common::gingham_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--datastore",
+            &format!("sqlite:{}", tmp.path().join("g.db").display()),
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("IPAM") && err.contains("cleaning up what was made"),
+        "{err}"
+    );
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
+}
