@@ -307,6 +307,15 @@ fn sys_racks_with_lab_routes() {
         Some(0)
     );
 
+    // A process started in a node (as an agent starts BIRD) goes with the lab.
+    let stray = exec_ok(
+        &lab,
+        "node-c",
+        &["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
+    );
+    let stray = format!("/proc/{}", stray.trim());
+    assert!(Path::new(&stray).exists(), "{stray}");
+
     // A borrowed address's routes go with its pod.
     ok_in(&["lab", "delete", "--dir", d, "shop/b2"], None);
     let router = pod_routes(&lab, "router");
@@ -322,6 +331,11 @@ fn sys_racks_with_lab_routes() {
     );
 
     down_leaves_nothing(&lab);
+    let state = std::fs::read_to_string(format!("{stray}/status")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains("State:\tZ"),
+        "{stray} still runs: {state}"
+    );
 }
 
 /// A router that does not know the pods (`staticPodRoutes: false`, as a BGP router nobody
