@@ -166,6 +166,17 @@ fn sys_racks_with_lab_routes() {
         common::assert_probe(&format!("{proto}/{port}"), &m, &all, &|_, _| "connected");
     }
 
+    // The borrowed addresses are reachable from every node itself too.
+    for node in ["node-a", "node-b", "node-c"] {
+        for to in ["shop/b2", "shop/b3"] {
+            assert_eq!(
+                common::try_outcome(d, node, to, "TCP", 80),
+                "connected",
+                "{node} -> {to}"
+            );
+        }
+    }
+
     // The routes: a node routes its rack's blocks via their node, sends the other rack's to
     // its gateway (the default route), and a borrowed address via the node that holds it (or
     // the gateway); the router holds only the lab's static pod routes.
