@@ -166,6 +166,17 @@ fn sys_racks_with_lab_routes() {
         common::assert_probe(&format!("{proto}/{port}"), &m, &all, &|_, _| "connected");
     }
 
+    // The borrowed addresses are reachable from every node itself too.
+    for node in ["node-a", "node-b", "node-c"] {
+        for to in ["shop/b2", "shop/b3"] {
+            assert_eq!(
+                common::try_outcome(d, node, to, "TCP", 80),
+                "connected",
+                "{node} -> {to}"
+            );
+        }
+    }
+
     // The routes: a node routes its rack's blocks via their node, sends the other rack's to
     // its gateway (the default route), and a borrowed address via the node that holds it (or
     // the gateway); the router holds only the lab's static pod routes.
@@ -307,6 +318,15 @@ fn sys_racks_with_lab_routes() {
         Some(0)
     );
 
+    // A process started in a node (as an agent starts BIRD) goes with the lab.
+    let stray = exec_ok(
+        &lab,
+        "node-c",
+        &["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"],
+    );
+    let stray = format!("/proc/{}", stray.trim());
+    assert!(Path::new(&stray).exists(), "{stray}");
+
     // A borrowed address's routes go with its pod.
     ok_in(&["lab", "delete", "--dir", d, "shop/b2"], None);
     let router = pod_routes(&lab, "router");
@@ -322,6 +342,11 @@ fn sys_racks_with_lab_routes() {
     );
 
     down_leaves_nothing(&lab);
+    let state = std::fs::read_to_string(format!("{stray}/status")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains("State:\tZ"),
+        "{stray} still runs: {state}"
+    );
 }
 
 /// A router that does not know the pods (`staticPodRoutes: false`, as a BGP router nobody
@@ -450,4 +475,50 @@ fn sys_flat_lab_routes_borrowed_addresses() {
         "{routes:?}"
     );
     down_leaves_nothing(&lab);
+}
+
+/// A rack lab whose `lab up` fails half-way (the pool runs out on the third pod, after the
+/// router, its BIRD, the external host and the agents were made) leaves nothing behind.
+#[test]
+fn sys_rack_lab_up_that_fails_cleans_up() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("bird");
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("x{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab");
+    let file = tmp.path().join("lab.yaml");
+    let pods = [
+        pod("p1", "node-a", "ipv4pools", "tiny"),
+        pod("p2", "node-b", "ipv4pools", "tiny"),
+        pod("p3", "node-c", "ipv4pools", "tiny"),
+    ]
+    .concat();
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{networking: none, router: {{asNumber: 65001}}, external: {{address: {EXTERNAL}}}, {RACKS}}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: tiny}}\nspec: {{cidr: 10.244.0.0/31, blockSize: 31}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n{pods}"
+        ),
+    )
+    .unwrap();
+    let out = common::gingham_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--datastore",
+            &format!("sqlite:{}", tmp.path().join("g.db").display()),
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("IPAM") && err.contains("cleaning up what was made"),
+        "{err}"
+    );
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
 }

@@ -74,7 +74,10 @@ pub enum LabCmd {
     /// (the nodes' AS: the BGPConfiguration `default`'s asNumber among the lab's documents,
     /// else 64512) that imports pod routes into its kernel table, so that BGPPeer resources
     /// towards the router give a top-of-rack fabric. The router learns and advertises
-    /// nothing back: nodes send what they do not know to their gateway, the router. `staticPodRoutes`: whether the router
+    /// nothing back: nodes send what they do not know to their gateway, the router. With
+    /// the node-to-node mesh on, every node also advertises the blocks it learned from the
+    /// mesh, with itself as next hop: give those BGPPeers `keepOriginalNextHop: true` (or
+    /// turn the mesh off), or the router may send a block's traffic to the wrong node. `staticPodRoutes`: whether the router
     /// takes the lab's static pod routes (default: true with `networking: none`, the only
     /// backend it is valid with); false makes replies to un-NATed pod traffic from outside
     /// the rack undeliverable.
