@@ -280,10 +280,9 @@ fn sys_racks_with_lab_routes() {
         "{err}"
     );
 
-    // `lab exec` on a node: the node's datastore, run directory and BIRD sockets; the
-    // command's exit code.
-    let gingham = env!("CARGO_BIN_EXE_gingham");
-    let names = exec_ok(&lab, "node-a", &[gingham, "get", "nodes", "-o", "name"]);
+    // `lab exec` on a node: the node's datastore, run directory and BIRD sockets, the lab's
+    // own `gingham` first on PATH; the command's exit code.
+    let names = exec_ok(&lab, "node-a", &["gingham", "get", "nodes", "-o", "name"]);
     for n in ["node-a", "node-b", "node-c"] {
         assert!(names.contains(n), "{names}");
     }
@@ -300,7 +299,7 @@ fn sys_racks_with_lab_routes() {
         env.trim(),
         format!("{d}/run/node-b {d}/run/node-b/bird.ctl {d}/run/node-b/bird6.ctl")
     );
-    let status = exec_ok(&lab, "node-a", &[gingham, "node", "status", "-o", "json"]);
+    let status = exec_ok(&lab, "node-a", &["gingham", "node", "status", "-o", "json"]);
     let status: Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["agentRunning"], true, "{status}");
     assert_eq!(

@@ -632,6 +632,16 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
     let netns = probe::netns_of(&state, &args.target)?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &netns]).args(&args.command);
+    // This `gingham` first on PATH, so `lab exec node-a -- gingham node status` runs the
+    // binary that made the lab even where it is not installed.
+    if let Some(bin) = self_exe()?.parent() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined = std::env::join_paths(
+            std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)),
+        )
+        .context("PATH")?;
+        cmd.env("PATH", joined);
+    }
     if let Some(node) = state.node(&args.target) {
         let run = State::run_dir(dir, &node.name);
         cmd.env("GINGHAM_DATASTORE", &state.node_datastore)
