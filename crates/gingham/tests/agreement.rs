@@ -1,8 +1,9 @@
 //! What `reach` predicts is what packets do: a lab of nine pods (namespaces x, y, z; pods a, b,
-//! c; every pod serving TCP and UDP on ports 80 and 81) with the agent on both nodes, and policy
+//! c; every pod serving TCP and UDP on ports 80 and 81) with the agent on every node, and policy
 //! sets applied one after another. After each, `gingham lab probe` (real packets) must equal
-//! `gingham reach` (the policy engine) on every pair, for TCP 80, TCP 81 and UDP 81.
-//! A system test: root, iproute2, nftables.
+//! `gingham reach` (the policy engine) on every pair, for TCP 80, TCP 81 and UDP 81. On one
+//! flat subnet, and across two racks routed by VXLAN and by BGP.
+//! A system test: root, iproute2, nftables; BIRD for the BGP lab.
 
 mod common;
 
@@ -10,23 +11,23 @@ fn ok(args: &[&str], stdin: Option<&str>) -> String {
     common::ok_in(args, stdin)
 }
 
-use common::Down;
+use common::Fabric;
 
-fn cluster(name: &str) -> String {
-    let mut y = format!(
-        "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {{nodes: [node-a, node-b]}}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: pods}}\nspec: {{cidr: 10.244.0.0/16}}\n"
-    );
+/// The lab's documents: pods a, b, c in namespaces x, y, z (the lab schedules them over the
+/// nodes in turn), one pool and what the fabric needs.
+fn cluster(f: Fabric) -> String {
+    let mut y = format!("{}{}", f.pool("pods", "10.244.0.0/16", ""), f.docs());
     for ns in ["x", "y", "z"] {
         y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
         ));
         for pod in ["a", "b", "c"] {
             y.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{containers: [{{name: s, ports: [{{name: http, containerPort: 80}}, {{name: alt, containerPort: 81}}, {{containerPort: 80, protocol: UDP}}, {{name: alt-udp, containerPort: 81, protocol: UDP}}]}}]}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{containers: [{{name: s, ports: [{{name: http, containerPort: 80}}, {{name: alt, containerPort: 81}}, {{containerPort: 80, protocol: UDP}}, {{name: alt-udp, containerPort: 81, protocol: UDP}}]}}]}}\n---\n"
             ));
         }
     }
-    y
+    y.trim_end_matches("---\n").to_owned()
 }
 
 /// Policy sets: Kubernetes NetworkPolicy features and Calico ones. `{yb}` is y/b's address.
@@ -179,59 +180,68 @@ fn agree(d: &str, ds: &str, what: &str) {
     }
 }
 
-#[test]
-fn sys_packets_agree_with_reach() {
-    gingham_testkit::require_root();
-    gingham_testkit::require_tool("nft");
-    let tmp = tempfile::tempdir().unwrap();
-    let name = format!("g{}", std::process::id() % 100_000);
-    let dir = tmp.path().join("lab");
-    let d = dir.to_str().unwrap().to_owned();
-    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
-    let file = tmp.path().join("cluster.yaml");
-    std::fs::write(&file, cluster(&name)).unwrap();
-    let up = ok(
-        &[
-            "lab",
-            "up",
-            "-f",
-            file.to_str().unwrap(),
-            "--dir",
-            &d,
-            "--datastore",
-            &ds,
-        ],
-        None,
-    );
-    let _down = Down(d.clone());
-    let yb = up
-        .lines()
-        .find(|l| l.trim_start().starts_with("y/b "))
-        .and_then(|l| l.split_whitespace().last())
-        .expect("y/b's address")
-        .to_owned();
+/// Brings up a lab on fabric `f`, then for each of `sets` (names of [`SETS`]; all when
+/// empty) applies it, checks that packets agree with `reach`, and deletes it; then seed 004.
+fn agreement(f: Fabric, prefix: &str, sets: &[&str]) {
+    f.require();
+    let lab = common::lab_up(prefix, &f.spec(""), &cluster(f));
+    let (d, ds) = (lab.dir.as_str(), lab.ds.as_str());
+    f.wait_converged(d);
+    let yb = common::pod_address(&lab, "y/b");
+    let mut ran = 0;
     for (what, yaml) in SETS {
+        if !sets.is_empty() && !sets.contains(what) {
+            continue;
+        }
+        ran += 1;
         let yaml = yaml.replace("{yb}", &yb);
         if !yaml.is_empty() {
-            ok(&["apply", "-f", "-", "--datastore", &ds], Some(&yaml));
+            ok(&["apply", "-f", "-", "--datastore", ds], Some(&yaml));
         }
-        agree(&d, &ds, what);
+        agree(d, ds, what);
         if !yaml.is_empty() {
-            ok(&["delete", "-f", "-", "--datastore", &ds], Some(&yaml));
+            ok(&["delete", "-f", "-", "--datastore", ds], Some(&yaml));
         }
     }
+    assert_eq!(
+        ran,
+        if sets.is_empty() {
+            SETS.len()
+        } else {
+            sets.len()
+        },
+        "{sets:?}"
+    );
     // Seed 004: the namespace profile of z disappears: z drops everything; restoring it fixes it.
     let profile = ok(
-        &["get", "profile", "kns.z", "-o", "yaml", "--datastore", &ds],
+        &["get", "profile", "kns.z", "-o", "yaml", "--datastore", ds],
         None,
     );
-    ok(&["delete", "profile", "kns.z", "--datastore", &ds], None);
-    agree(&d, &ds, "profile kns.z missing");
+    ok(&["delete", "profile", "kns.z", "--datastore", ds], None);
+    agree(d, ds, "profile kns.z missing");
     let restored: String = profile
         .lines()
         .filter(|l| !l.trim_start().starts_with("resourceVersion:"))
         .map(|l| format!("{l}\n"))
         .collect();
-    ok(&["apply", "-f", "-", "--datastore", &ds], Some(&restored));
-    agree(&d, &ds, "profile kns.z restored");
+    ok(&["apply", "-f", "-", "--datastore", ds], Some(&restored));
+    agree(d, ds, "profile kns.z restored");
+}
+
+#[test]
+fn sys_packets_agree_with_reach() {
+    agreement(Fabric::Flat, "g", &[]);
+}
+
+/// Across racks, pods routed by VXLAN (CrossSubnet: the tunnel between racks, plain routes
+/// within one).
+#[test]
+fn sys_packets_agree_with_reach_in_a_vxlan_lab() {
+    agreement(Fabric::Vxlan, "v", &[]);
+}
+
+/// Across racks, pods routed by BGP (the node mesh and the racks' router).
+#[test]
+fn sys_packets_agree_with_reach_in_a_bird_lab() {
+    agreement(Fabric::Bird, "b", &[]);
 }

@@ -7,11 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{TestLab, ok_in};
+use common::{RACKS, TestLab, down_leaves_nothing, ok_in, pod_address as address};
 use serde_json::Value;
 
-/// Two racks: r1 (node-a, node-b) and r2 (node-c).
-const RACKS: &str = "racks: [{name: r1, subnet: 10.91.1.0/24, nodes: [node-a, node-b]}, {name: r2, subnet: 10.91.2.0/24, nodes: [node-c]}]";
 const EXTERNAL: &str = "203.0.113.10";
 
 /// Three pools: `pods` (no NAT), `masq` (natOutgoing) and `borrow` (one block: the first pod
@@ -26,31 +24,12 @@ fn pod(name: &str, node: &str, ann: &str, value: &str) -> String {
     )
 }
 
-/// The address `lab up` printed for a pod.
-fn address(lab: &TestLab, pod: &str) -> String {
-    lab.up
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(pod))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("{pod} not in {}", lab.up))
-        .to_owned()
-}
-
 fn exec(lab: &TestLab, target: &str, cmd: &[&str]) -> std::process::Output {
-    let mut args = vec!["lab", "exec", "--dir", &lab.dir, target, "--"];
-    args.extend_from_slice(cmd);
-    common::gingham_in(&args, None)
+    common::lab_exec(&lab.dir, target, cmd)
 }
 
 fn exec_ok(lab: &TestLab, target: &str, cmd: &[&str]) -> String {
-    let out = exec(lab, target, cmd);
-    assert!(
-        out.status.success(),
-        "lab exec {target} {cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::lab_exec_ok(&lab.dir, target, cmd)
 }
 
 /// The IPv4 routes of a lab namespace to the pools (10.244-10.246), one per line.
@@ -60,15 +39,6 @@ fn pod_routes(lab: &TestLab, target: &str) -> Vec<String> {
         .filter(|l| l.starts_with("10.24") || l.starts_with("blackhole 10.24"))
         .map(str::to_owned)
         .collect()
-}
-
-/// Takes the lab down and checks that nothing of it is left.
-fn down_leaves_nothing(lab: &TestLab) {
-    ok_in(&["lab", "down", "--dir", &lab.dir], None);
-    assert_eq!(
-        common::leftovers(&lab.name, Path::new(&lab.dir)),
-        Vec::<String>::new()
-    );
 }
 
 /// Two racks with `networking: none`: the lab routes pods itself (the router with static

@@ -1,8 +1,11 @@
 //! The seed stories (`../shared/seeds/`) reproduced with real packets in a lab with the agent,
 //! each symptom first and then the fix; `gingham explain` names the cause of each blocked flow.
-//! A system test: root, iproute2, nftables.
+//! On one flat subnet and across two racks routed by VXLAN and by BGP.
+//! A system test: root, iproute2, nftables; BIRD for the BGP lab.
 
 mod common;
+
+use common::Fabric;
 
 fn ok(args: &[&str], stdin: Option<&str>) -> String {
     common::ok_in(args, stdin)
@@ -44,12 +47,9 @@ impl Lab {
     }
 }
 
-const CLUSTER: &str = r#"apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: pods}
-spec: {cidr: 10.244.0.0/16}
----
-apiVersion: v1
+/// The seed's cluster: the pods of node B (node-b on a flat subnet, node-c in the other rack in
+/// a rack lab) are in the text as `NODE_B`.
+const CLUSTER: &str = r#"apiVersion: v1
 kind: List
 items:
 - {apiVersion: v1, kind: Namespace, metadata: {name: default}}
@@ -60,23 +60,49 @@ items:
     name: test
     annotations: {net.beta.kubernetes.io/network-policy: '{"ingress": {"isolation": "DefaultDeny"}}'}
 - {apiVersion: v1, kind: Pod, metadata: {name: web-a, namespace: default}, spec: {nodeName: node-a, containers: [{name: w, ports: [{containerPort: 80}]}]}}
-- {apiVersion: v1, kind: Pod, metadata: {name: web-b, namespace: default}, spec: {nodeName: node-b, containers: [{name: w, ports: [{containerPort: 80}]}]}}
-- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default}, spec: {nodeName: node-b}}
+- {apiVersion: v1, kind: Pod, metadata: {name: web-b, namespace: default}, spec: {nodeName: NODE_B, containers: [{name: w, ports: [{containerPort: 80}]}]}}
+- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default}, spec: {nodeName: NODE_B}}
 - apiVersion: v1
   kind: Pod
   metadata: {name: kubernetes-dashboard, namespace: kube-system, labels: {k8s-app: kubernetes-dashboard}}
   spec: {nodeName: node-a, containers: [{name: d, ports: [{containerPort: 22}, {containerPort: 8443}]}]}
-- {apiVersion: v1, kind: Pod, metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}, spec: {nodeName: node-b, containers: [{name: c, ports: [{containerPort: 22}]}]}}
+- {apiVersion: v1, kind: Pod, metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}, spec: {nodeName: NODE_B, containers: [{name: c, ports: [{containerPort: 22}]}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: nginx, namespace: test, labels: {run: nginx}}, spec: {nodeName: node-a, containers: [{name: n, ports: [{containerPort: 80}]}]}}
-- {apiVersion: v1, kind: Pod, metadata: {name: access, namespace: test, labels: {access: "true"}}, spec: {nodeName: node-b}}
-- {apiVersion: v1, kind: Pod, metadata: {name: no-access, namespace: test}, spec: {nodeName: node-b}}
+- {apiVersion: v1, kind: Pod, metadata: {name: access, namespace: test, labels: {access: "true"}}, spec: {nodeName: NODE_B}}
+- {apiVersion: v1, kind: Pod, metadata: {name: no-access, namespace: test}, spec: {nodeName: NODE_B}}
 "#;
 
 #[test]
 fn sys_seed_stories_with_real_packets() {
-    gingham_testkit::require_root();
-    gingham_testkit::require_tool("nft");
-    let made = common::lab_up("s", "{nodes: [node-a, node-b]}", CLUSTER);
+    seed_stories(Fabric::Flat, "s");
+}
+
+/// The same stories across two racks routed by VXLAN (node B is node-c, in the other rack).
+#[test]
+fn sys_seed_stories_with_real_packets_in_a_vxlan_lab() {
+    seed_stories(Fabric::Vxlan, "v");
+}
+
+/// The same stories across two racks routed by BGP (node B is node-c, in the other rack).
+#[test]
+fn sys_seed_stories_with_real_packets_in_a_bird_lab() {
+    seed_stories(Fabric::Bird, "b");
+}
+
+fn seed_stories(f: Fabric, prefix: &str) {
+    f.require();
+    let far = f.far_node();
+    let made = common::lab_up(
+        prefix,
+        &f.spec(""),
+        &format!(
+            "{}{}{}",
+            f.pool("pods", "10.244.0.0/16", ""),
+            f.docs(),
+            CLUSTER.replace("NODE_B", far)
+        ),
+    );
+    f.wait_converged(&made.dir);
     let lab = Lab {
         dir: made.dir.clone(),
         ds: made.ds.clone(),
@@ -99,7 +125,7 @@ fn sys_seed_stories_with_real_packets() {
     lab.apply(isolation);
     lab.expect(&[
         ("node-a", "default/web-b", 80, N),
-        ("node-b", "default/web-b", 80, C),
+        (far, "default/web-b", 80, C),
         ("default/client", "default/web-b", 80, N),
     ]);
     let why = lab.explain("node-a", "default/web-b", 80);
@@ -107,8 +133,35 @@ fn sys_seed_stories_with_real_packets() {
         why.contains("DENIED") && why.contains("HostEndpoint"),
         "{why}"
     );
-    // The fix: a host endpoint for node-a with its address and the label the policy allows.
-    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: node-a-eth0, labels: {role: node}}\nspec: {node: node-a, interfaceName: eth0, expectedIPs: [172.31.0.1], profiles: [projectcalico-default-allow]}\n";
+    // The fix: a host endpoint for node-a with its addresses and the label the policy allows:
+    // its address on the underlay, and its tunnel address (VXLAN across racks) that it sends
+    // from to pods beyond the tunnel.
+    let state = common::lab_state(&lab.dir);
+    let mut ips = vec![state["nodes"][0]["ip"].as_str().unwrap().to_owned()];
+    assert_eq!(state["nodes"][0]["name"], "node-a");
+    let node: serde_json::Value = serde_json::from_str(&ok(
+        &[
+            "get",
+            "node",
+            "node-a",
+            "-o",
+            "json",
+            "--datastore",
+            &lab.ds,
+        ],
+        None,
+    ))
+    .unwrap();
+    ips.extend(
+        node["spec"]["ipv4VXLANTunnelAddr"]
+            .as_str()
+            .map(str::to_owned),
+    );
+    assert_eq!(ips.len(), if f == Fabric::Vxlan { 2 } else { 1 }, "{node}");
+    let hep = &format!(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: node-a-eth0, labels: {{role: node}}}}\nspec: {{node: node-a, interfaceName: eth0, expectedIPs: [{}], profiles: [projectcalico-default-allow]}}\n",
+        ips.join(", ")
+    );
     lab.apply(hep);
     lab.expect(&[
         ("node-a", "default/web-b", 80, C),

@@ -250,3 +250,192 @@ pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     }
     found
 }
+
+/// Two racks joined by the lab's router: r1 (node-a, node-b) and r2 (node-c).
+pub const RACKS: &str = "racks: [{name: r1, subnet: 10.91.1.0/24, nodes: [node-a, node-b]}, {name: r2, subnet: 10.91.2.0/24, nodes: [node-c]}]";
+
+/// The AS number of the rack router in [`Fabric::Bird`] labs (the nodes keep Calico's default).
+pub const ROUTER_AS: u32 = 64513;
+
+/// How pods of different nodes reach each other in a lab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fabric {
+    /// One subnet (node-a, node-b), `networking: none`: the lab routes pods itself.
+    Flat,
+    /// [`RACKS`], `networking: vxlan`, pools with `vxlanMode: CrossSubnet`.
+    Vxlan,
+    /// [`RACKS`], `networking: bird`, unencapsulated pools, the router a BGP peer of each rack
+    /// (node-to-node mesh on).
+    Bird,
+}
+
+impl Fabric {
+    /// The node that is on another node than node-a: node-b in a flat lab, node-c (the other
+    /// rack) in a rack lab.
+    pub fn far_node(self) -> &'static str {
+        match self {
+            Fabric::Flat => "node-b",
+            Fabric::Vxlan | Fabric::Bird => "node-c",
+        }
+    }
+
+    /// Fails the test unless the tools this fabric needs are here.
+    pub fn require(self) {
+        gingham_testkit::require_root();
+        gingham_testkit::require_tool("ip");
+        gingham_testkit::require_tool("nft");
+        if self == Fabric::Bird {
+            gingham_testkit::require_tool("bird");
+        }
+    }
+
+    /// The Lab's `spec` (flow YAML) with `extra` fields (e.g. `external: {address: A}`).
+    pub fn spec(self, extra: &str) -> String {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        match self {
+            Fabric::Flat => format!("{{nodes: [node-a, node-b]{extra}}}"),
+            Fabric::Vxlan => format!("{{networking: vxlan, {RACKS}{extra}}}"),
+            Fabric::Bird => {
+                format!("{{networking: bird, router: {{asNumber: {ROUTER_AS}}}, {RACKS}{extra}}}")
+            }
+        }
+    }
+
+    /// An IPPool document: `name`, `cidr`, and `more` spec fields (e.g. `natOutgoing: true`);
+    /// with VXLAN, `vxlanMode: CrossSubnet`.
+    pub fn pool(self, name: &str, cidr: &str, more: &str) -> String {
+        let mut fields = vec![format!("cidr: {cidr}")];
+        if self == Fabric::Vxlan {
+            fields.push("vxlanMode: CrossSubnet".to_owned());
+        }
+        if !more.is_empty() {
+            fields.push(more.to_owned());
+        }
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{{}}}\n---\n",
+            fields.join(", ")
+        )
+    }
+
+    /// What else the fabric needs in the datastore: with BIRD, a BGPPeer per rack towards the
+    /// router's address in it. `keepOriginalNextHop`: with the mesh on, every node re-advertises
+    /// the blocks it learned from the mesh with itself as next hop, and the router may then send
+    /// a block's traffic to a node that sends it back to the router: a loop.
+    pub fn docs(self) -> String {
+        if self != Fabric::Bird {
+            return String::new();
+        }
+        [("r1", "10.91.1.1"), ("r2", "10.91.2.1")]
+            .iter()
+            .map(|(rack, ip)| {
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: tor-{rack}}}\nspec: {{peerIP: {ip}, asNumber: {ROUTER_AS}, nodeSelector: \"rack == '{rack}'\", keepOriginalNextHop: true}}\n---\n"
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until the fabric carries every pod of the lab in `dir`: the agents have
+    /// programmed every write; with BIRD, every node's sessions (the other nodes and its rack's
+    /// router) are Established and the router's kernel routes every pod's address to its node.
+    pub fn wait_converged(self, dir: &str) {
+        wait_programmed(dir);
+        if self != Fabric::Bird {
+            return;
+        }
+        let state = lab_state(dir);
+        let nodes = state["nodes"].as_array().unwrap();
+        for n in nodes {
+            let name = n["name"].as_str().unwrap();
+            wait_until(&format!("{name}'s BGP sessions Established"), 60, || {
+                let status = node_status(dir, name);
+                let peers = status["ipv4"]["peers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                (peers.len() == nodes.len() && peers.iter().all(|p| p["info"] == "Established"))
+                    .then_some(())
+                    .ok_or_else(|| status.to_string())
+            });
+        }
+        for p in state["pods"].as_array().unwrap() {
+            let Some(ip) = p["ip"].as_str() else { continue };
+            let node = nodes.iter().find(|n| n["name"] == p["node"]).unwrap();
+            let via = format!("via {} ", node["ip"].as_str().unwrap());
+            wait_until(&format!("the router's route to {ip}"), 60, || {
+                let out = lab_exec(dir, "router", &["ip", "-4", "route", "get", ip]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.contains(&via).then_some(()).ok_or(text)
+            });
+        }
+    }
+}
+
+/// The lab's `state.json`.
+pub fn lab_state(dir: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(Path::new(dir).join("state.json")).unwrap())
+        .unwrap()
+}
+
+/// Calls `check` every 200 ms until it returns Ok, failing the test with `what` and the last
+/// error after `seconds`.
+pub fn wait_until<T>(what: &str, seconds: u64, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() >= end => {
+                panic!("{what}: not after {seconds} s: {e}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `gingham lab exec --dir DIR TARGET -- CMD...`.
+pub fn lab_exec(dir: &str, target: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["lab", "exec", "--dir", dir, target, "--"];
+    args.extend_from_slice(cmd);
+    gingham_in(&args, None)
+}
+
+/// Like [`lab_exec`], failing the test unless the command succeeds; its standard output.
+pub fn lab_exec_ok(dir: &str, target: &str, cmd: &[&str]) -> String {
+    let out = lab_exec(dir, target, cmd);
+    assert!(
+        out.status.success(),
+        "lab exec {target} {cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `gingham node status -o json` run on a node of the lab in `dir`.
+pub fn node_status(dir: &str, node: &str) -> serde_json::Value {
+    let text = lab_exec_ok(dir, node, &["gingham", "node", "status", "-o", "json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("node status on {node}: {e}: {text}"))
+}
+
+/// The address `lab up` printed for a pod (`ns/name`).
+pub fn pod_address(lab: &TestLab, pod: &str) -> String {
+    lab.up
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(pod))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("{pod} not in {}", lab.up))
+        .to_owned()
+}
+
+/// Takes the lab down and checks that nothing of it is left.
+pub fn down_leaves_nothing(lab: &TestLab) {
+    ok_in(&["lab", "down", "--dir", &lab.dir], None);
+    assert_eq!(
+        leftovers(&lab.name, Path::new(&lab.dir)),
+        Vec::<String>::new()
+    );
+}
