@@ -272,7 +272,10 @@ fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
     });
     wait_until("node-a's mesh session to node-c gone", 30, || {
         let status = common::node_status(d, "node-a");
-        let peers = status["ipv4"]["peers"].as_array().cloned().unwrap_or_default();
+        let peers = status["ipv4"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         (!peers.iter().any(|p| p["peerAddress"] == NODE_C))
             .then_some(())
             .ok_or(status.to_string())
