@@ -460,6 +460,14 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
             .contains(&format!("via {td} dev vxlan.calico"))
     );
 
+    // IPAM agrees: the tunnel addresses are their nodes', the pods' addresses their pods'.
+    let check = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["ipam", "check", "--datastore", &ds])
+        .env_remove("GINGHAM_DATASTORE")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "ipam check: {}", text(&check));
+
     // Node c's Node resource is deleted: its routes, neighbours and FDB entries go away on the
     // others.
     gingham(&["delete", "node", "node-c", "--datastore", &ds], None);
