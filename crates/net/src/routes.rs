@@ -83,7 +83,7 @@ fn owned(r: &Route) -> bool {
 }
 
 /// The interface holding `addr`.
-fn holding<'a>(interfaces: &'a [Interface], addr: IpAddr) -> Option<&'a Interface> {
+fn holding(interfaces: &[Interface], addr: IpAddr) -> Option<&Interface> {
     interfaces
         .iter()
         .find(|i| i.addresses.iter().any(|a| a.addr() == addr))
