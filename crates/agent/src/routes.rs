@@ -459,7 +459,10 @@ impl<R: RouteTable> RouteManager<R> {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // Tried again on the next pass (a write that lost a race, a datastore
+                    // hiccup).
                     self.allocate = true;
+                    self.due = true;
                     self.health.metrics.errors.inc();
                     tracing::error!(error = %e, "assigning the node's tunnel addresses failed; retrying");
                 }
@@ -470,6 +473,7 @@ impl<R: RouteTable> RouteManager<R> {
                 Ok(b) => self.blocks = Some(b),
                 Err(e) => {
                     self.ipam = true;
+                    self.due = true;
                     tracing::warn!(error = %e, "cannot read the IPAM blocks; routes left as they are");
                     return;
                 }
@@ -480,12 +484,8 @@ impl<R: RouteTable> RouteManager<R> {
         match self.table.sync(&want) {
             Ok(done) => {
                 for d in &done {
-                    tracing::info!(change = %d, "routes");
+                    tracing::info!(change = %d, "routes to other nodes");
                 }
-                self.health
-                    .metrics
-                    .plumbing_repairs
-                    .inc_by(done.len() as u64);
             }
             Err(e) => {
                 self.health.metrics.errors.inc();

@@ -574,3 +574,34 @@ fn tunnel_addresses_follow_pool_selectors_uses_and_state() {
             .is_none()
     );
 }
+
+#[test]
+fn routes_are_checked_again_every_route_refresh_interval() {
+    let c = cluster(", vxlanMode: Always");
+    let s = &c.store;
+    put(
+        s,
+        &load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {routeRefreshInterval: 2s}\n").remove(0),
+    );
+    let table = RecordingRoutes::default();
+    let mut m = manager("node-a", Networking::Vxlan, table.clone());
+    let start = Instant::now();
+    m.resync(&resources(s));
+    m.apply(s, start).unwrap();
+    let count = || table.requests.lock().unwrap().len();
+    assert_eq!(count(), 1);
+    // Nothing changed and the interval has not passed: nothing asked.
+    m.apply(s, start + std::time::Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(count(), 1);
+    assert_eq!(
+        m.deadline(),
+        Some(start + std::time::Duration::from_secs(2))
+    );
+    // It has: the same state is asked for again (whatever was removed comes back).
+    m.apply(s, start + std::time::Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(count(), 2);
+    let r = table.requests.lock().unwrap();
+    assert_eq!(r[0], r[1]);
+}
