@@ -28,7 +28,7 @@ use gingham_datastore::Datastore;
 use gingham_ipam::BlockRoutes;
 use gingham_model::{IpPool, IpipMode, Kind, Resource, VxlanMode};
 use gingham_net::routes::{ClusterRoute, ClusterRoutes, Via};
-use gingham_net::vxlan::{IpipDevice, Vtep, VxlanDevice, vtep_mac};
+use gingham_net::vxlan::{IpipDevice, Vtep, VxlanDevice, vtep_mac, vtep_mac_v6};
 use gingham_net::{MacAddr, NetError, Netlink, NetnsRef};
 use ipnet::IpNet;
 
@@ -143,41 +143,61 @@ impl RouteTable for RecordingRoutes {
     }
 }
 
-/// A node as routes see it.
+/// A node as routes see it, in one IP family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Side {
+    /// `spec.bgp.ipv4Address` (`ipv6Address`): the node's address and its subnet.
+    addr: Option<(IpAddr, IpNet)>,
+    /// `spec.ipv4VXLANTunnelAddr` (`ipv6VXLANTunnelAddr`).
+    vxlan: Option<IpAddr>,
+    /// `spec.vxlanTunnelMACAddr` (`…V6`), else Calico's derived MAC.
+    mac: MacAddr,
+}
+
+/// A node as routes see it: IPv4 (`[0]`) and IPv6 (`[1]`), and its IPIP address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct NodeInfo {
-    /// `spec.bgp.ipv4Address`: the node's address and its subnet.
-    ipv4: Option<(Ipv4Addr, IpNet)>,
-    vxlan: Option<Ipv4Addr>,
-    mac: MacAddr,
+    side: [Side; 2],
     ipip: Option<Ipv4Addr>,
 }
 
 impl NodeInfo {
     fn of(n: &gingham_model::Node) -> NodeInfo {
-        let ipv4 = n
-            .spec
-            .bgp
-            .as_ref()
-            .and_then(|b| b.ipv4_address)
-            .and_then(|a| match a.addr() {
-                IpAddr::V4(ip) => Some((ip, a.trunc())),
-                IpAddr::V6(_) => None,
-            });
-        let mac = n
-            .spec
-            .vxlan_tunnel_mac_addr
+        let bgp = n.spec.bgp.as_ref();
+        let addr = |a: Option<IpNet>, v6: bool| {
+            a.filter(|a| a.addr().is_ipv6() == v6)
+                .map(|a| (a.addr(), a.trunc()))
+        };
+        let side = |v6: bool| Side {
+            addr: addr(
+                bgp.and_then(|b| if v6 { b.ipv6_address } else { b.ipv4_address }),
+                v6,
+            ),
+            vxlan: if v6 {
+                &n.spec.ipv6_vxlan_tunnel_addr
+            } else {
+                &n.spec.ipv4_vxlan_tunnel_addr
+            }
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|a| a.is_ipv6() == v6),
+            mac: if v6 {
+                &n.spec.vxlan_tunnel_mac_addr_v6
+            } else {
+                &n.spec.vxlan_tunnel_mac_addr
+            }
             .parse()
-            .unwrap_or_else(|_| vtep_mac(&n.metadata.name));
+            .unwrap_or_else(|_| {
+                if v6 {
+                    vtep_mac_v6(&n.metadata.name)
+                } else {
+                    vtep_mac(&n.metadata.name)
+                }
+            }),
+        };
         NodeInfo {
-            ipv4,
-            vxlan: n.spec.ipv4_vxlan_tunnel_addr.parse().ok(),
-            mac,
-            ipip: n
-                .spec
-                .bgp
-                .as_ref()
-                .and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok()),
+            side: [side(false), side(true)],
+            ipip: bgp.and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok()),
         }
     }
 }
@@ -290,47 +310,59 @@ impl<R: RouteTable> RouteManager<R> {
             // Not known yet: no address, no subnet, no tunnel; nothing can be decided.
             return (want, None);
         };
-        want.local = me.ipv4.map(|(ip, _)| IpAddr::V4(ip));
+        want.local = me.side[0].addr.map(|(ip, _)| ip);
+        want.local_v6 = me.side[1].addr.map(|(ip, _)| ip);
         let pools: Vec<(IpNet, Encap, &str)> = self
             .pools
             .values()
             .filter_map(|p| Some((p.spec.cidr?, Self::encap(p), p.metadata.name.as_str())))
             .collect();
 
-        // VXLAN: wanted while a VXLAN pool exists and the node has what a VTEP needs.
-        let any_vxlan = pools
-            .iter()
-            .any(|(c, e, _)| c.addr().is_ipv4() && matches!(e, Encap::Vxlan { .. }));
-        if any_vxlan && let (Some((local, _)), Some(addr)) = (me.ipv4, me.vxlan) {
-            let mut dev = VxlanDevice::calico(local, addr, me.mac);
-            if let Some(vni) = self
-                .felix_setting(|s| s.vxlan_vni)
-                .and_then(|v| u32::try_from(v).ok())
-            {
-                dev.vni = vni;
-            }
-            if let Some(port) = self
-                .felix_setting(|s| s.vxlan_port)
-                .and_then(|v| u16::try_from(v).ok())
-            {
-                dev.port = port;
-            }
+        // VXLAN, per family: wanted while a VXLAN pool of the family exists and the node has
+        // what a VTEP needs.
+        let vni = self
+            .felix_setting(|s| s.vxlan_vni)
+            .and_then(|v| u32::try_from(v).ok());
+        let port = self
+            .felix_setting(|s| s.vxlan_port)
+            .and_then(|v| u16::try_from(v).ok());
+        for v6 in [false, true] {
+            let any = pools
+                .iter()
+                .any(|(c, e, _)| c.addr().is_ipv6() == v6 && matches!(e, Encap::Vxlan { .. }));
+            let side = &me.side[usize::from(v6)];
+            let (Some((local, _)), Some(addr), true) = (side.addr, side.vxlan, any) else {
+                continue;
+            };
+            let mut dev = match (local, addr) {
+                (IpAddr::V4(l), IpAddr::V4(a)) => VxlanDevice::calico(l, a, side.mac),
+                (IpAddr::V6(l), IpAddr::V6(a)) => VxlanDevice::calico_v6(l, a, side.mac),
+                _ => continue,
+            };
+            dev.vni = vni.unwrap_or(dev.vni);
+            dev.port = port.unwrap_or(dev.port);
             dev.mtu = self
-                .felix_setting(|s| s.vxlan_mtu)
+                .felix_setting(|s| if v6 { s.vxlan_mtu_v6 } else { s.vxlan_mtu })
                 .and_then(|v| u32::try_from(v).ok())
                 .filter(|m| *m > 0);
-            want.vxlan = Some(dev);
-            want.vteps = infos
-                .iter()
-                .filter(|(name, _)| **name != self.node)
-                .filter_map(|(_, i)| {
-                    Some(Vtep {
-                        tunnel_ip: i.vxlan?,
-                        mac: i.mac,
-                        host_ip: i.ipv4?.0,
-                    })
-                })
-                .collect();
+            want.vteps.extend(
+                infos
+                    .iter()
+                    .filter(|(name, _)| **name != self.node)
+                    .filter_map(|(_, i)| {
+                        let s = &i.side[usize::from(v6)];
+                        Some(Vtep {
+                            tunnel_ip: s.vxlan?,
+                            mac: s.mac,
+                            host_ip: s.addr?.0,
+                        })
+                    }),
+            );
+            if v6 {
+                want.vxlan_v6 = Some(dev);
+            } else {
+                want.vxlan = Some(dev);
+            }
         }
 
         // IPIP: wanted while an IPIP pool exists, if the kernel can.
@@ -340,11 +372,9 @@ impl<R: RouteTable> RouteManager<R> {
             .map(|(_, _, n)| *n)
             .collect();
         let mut problem = None;
-        let mut ipip_ok = false;
         if !ipip_pools.is_empty() {
             match self.table.ipip_support() {
                 Ok(()) => {
-                    ipip_ok = true;
                     if let Some(addr) = me.ipip {
                         want.ipip = Some(IpipDevice {
                             address: addr,
@@ -365,7 +395,6 @@ impl<R: RouteTable> RouteManager<R> {
         }
 
         // The routes.
-        let my_subnet = me.ipv4.map(|(_, net)| net);
         let route = |dst: IpNet,
                      node: &str,
                      tunnel_dst: bool,
@@ -374,12 +403,15 @@ impl<R: RouteTable> RouteManager<R> {
             if node == self.node {
                 return None;
             }
+            let v6 = dst.addr().is_ipv6();
+            let mine = &me.side[usize::from(v6)];
             let remote = infos.get(node)?;
-            let same_subnet = matches!((my_subnet, remote.ipv4), (Some(net), Some((ip, _))) if net.contains(&IpAddr::V4(ip)));
+            let theirs = &remote.side[usize::from(v6)];
+            let same_subnet = matches!((mine.addr, theirs.addr), (Some((_, net)), Some((ip, _))) if net.contains(&ip));
             let underlay = || {
                 Some(ClusterRoute {
                     dst,
-                    via: Via::Underlay(IpAddr::V4(remote.ipv4?.0)),
+                    via: Via::Underlay(theirs.addr?.0),
                 })
             };
             match encap {
@@ -387,9 +419,13 @@ impl<R: RouteTable> RouteManager<R> {
                     if cross_subnet && same_subnet {
                         return underlay();
                     }
-                    want.vxlan.as_ref()?;
-                    let gw = remote.vxlan?;
-                    let via = if tunnel_dst && dst == IpNet::from(IpAddr::V4(gw)) {
+                    if v6 {
+                        want.vxlan_v6.as_ref()?;
+                    } else {
+                        want.vxlan.as_ref()?;
+                    }
+                    let gw = theirs.vxlan?;
+                    let via = if tunnel_dst && dst == IpNet::from(gw) {
                         Via::VxlanDevice
                     } else {
                         Via::Vxlan(gw)
@@ -397,16 +433,20 @@ impl<R: RouteTable> RouteManager<R> {
                     Some(ClusterRoute { dst, via })
                 }
                 Encap::Ipip { cross_subnet } => {
+                    if v6 {
+                        return None;
+                    }
                     if cross_subnet && same_subnet {
                         return underlay();
                     }
-                    if !ipip_ok || want.ipip.is_none() {
-                        return None;
+                    want.ipip.as_ref()?;
+                    match theirs.addr? {
+                        (IpAddr::V4(ip), _) => Some(ClusterRoute {
+                            dst,
+                            via: Via::Ipip(ip),
+                        }),
+                        _ => None,
                     }
-                    Some(ClusterRoute {
-                        dst,
-                        via: Via::Ipip(remote.ipv4?.0),
-                    })
                 }
                 Encap::None => {
                     if self.networking == Networking::Vxlan && same_subnet {
@@ -419,9 +459,6 @@ impl<R: RouteTable> RouteManager<R> {
         };
         let mut routes = BTreeSet::new();
         for b in self.blocks.iter().flatten() {
-            if !b.cidr.addr().is_ipv4() {
-                continue;
-            }
             let Some((_, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
                 continue;
             };

@@ -26,9 +26,9 @@ fn node() -> (TestNetns, TestNetns) {
 
 fn want() -> ClusterRoutes {
     let vtep = Vtep {
-        tunnel_ip: v4("10.250.1.1"),
+        tunnel_ip: "10.250.1.1".parse().unwrap(),
         mac: vtep_mac("node-b"),
-        host_ip: v4("192.168.40.2"),
+        host_ip: "192.168.40.2".parse().unwrap(),
     };
     ClusterRoutes {
         local: Some("192.168.40.1".parse().unwrap()),
@@ -42,7 +42,7 @@ fn want() -> ClusterRoutes {
         routes: BTreeSet::from([
             ClusterRoute {
                 dst: "10.250.1.0/26".parse().unwrap(),
-                via: Via::Vxlan(v4("10.250.1.1")),
+                via: Via::Vxlan("10.250.1.1".parse().unwrap()),
             },
             ClusterRoute {
                 dst: "10.250.2.0/26".parse().unwrap(),
@@ -53,6 +53,7 @@ fn want() -> ClusterRoutes {
                 via: Via::VxlanDevice,
             },
         ]),
+        ..Default::default()
     }
 }
 
@@ -220,4 +221,94 @@ fn sys_ipip_support_is_what_the_kernel_can_do() {
         assert!(!routes.contains("10.250.5.0/26"), "{routes}");
         assert!(routes.contains("10.250.1.0/26 via 10.250.1.1 dev vxlan.calico"));
     }
+}
+
+#[test]
+fn sys_ipv6_vxlan_device_entries_and_routes() {
+    gingham_testkit::require_root();
+    let (n, peer) = node();
+    n.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:40::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    peer.exec_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "fd00:40::2/64",
+        "dev",
+        "p0",
+        "nodad",
+    ]);
+    let nl = Netlink::open(&NetnsRef::path(n.path())).unwrap();
+    let mac = gingham_net::vxlan::vtep_mac_v6("node-b");
+    let want = ClusterRoutes {
+        local: Some("192.168.40.1".parse().unwrap()),
+        local_v6: Some("fd00:40::1".parse().unwrap()),
+        vxlan_v6: Some(VxlanDevice::calico_v6(
+            "fd00:40::1".parse().unwrap(),
+            "fd00:250::1".parse().unwrap(),
+            gingham_net::vxlan::vtep_mac_v6("node-a"),
+        )),
+        vteps: BTreeSet::from([Vtep {
+            tunnel_ip: "fd00:250:1::1".parse().unwrap(),
+            mac,
+            host_ip: "fd00:40::2".parse().unwrap(),
+        }]),
+        routes: BTreeSet::from([
+            ClusterRoute {
+                dst: "fd00:250:1::/122".parse().unwrap(),
+                via: Via::Vxlan("fd00:250:1::1".parse().unwrap()),
+            },
+            ClusterRoute {
+                dst: "fd00:250:2::/122".parse().unwrap(),
+                via: Via::Underlay("fd00:40::2".parse().unwrap()),
+            },
+        ]),
+        ..Default::default()
+    };
+    sync(&nl, &want).unwrap();
+    let dev = n.exec_ok(&["ip", "-d", "link", "show", "vxlan-v6.calico"]);
+    for s in [
+        "mtu 1430",
+        "vxlan id 4096",
+        "local fd00:40::1",
+        "dstport 4789",
+        "nolearning",
+    ] {
+        assert!(dev.contains(s), "{s} in {dev}");
+    }
+    let addr = n.exec_ok(&["ip", "-o", "-6", "addr", "show", "dev", "vxlan-v6.calico"]);
+    assert!(addr.contains("fd00:250::1/128"), "{addr}");
+    let neigh = n.exec_ok(&["ip", "-6", "neigh", "show", "dev", "vxlan-v6.calico"]);
+    assert!(
+        neigh.contains(&format!("fd00:250:1::1 lladdr {mac} PERMANENT")),
+        "{neigh}"
+    );
+    let fdb = n.exec_ok(&["bridge", "fdb", "show", "dev", "vxlan-v6.calico"]);
+    assert!(
+        fdb.contains(&format!("{mac} dst fd00:40::2 self permanent")),
+        "{fdb}"
+    );
+    let routes = n.exec_ok(&["ip", "-6", "route"]);
+    for r in [
+        "fd00:250:1::/122 via fd00:250:1::1 dev vxlan-v6.calico proto 80",
+        "fd00:250:2::/122 via fd00:40::2 dev up0 proto 80",
+    ] {
+        assert!(routes.contains(r), "{r} in\n{routes}");
+    }
+    assert_eq!(
+        sync(&nl, &want).unwrap(),
+        Vec::<String>::new(),
+        "a second pass changes nothing"
+    );
+    // No IPv4 VXLAN device was asked for.
+    assert!(!n.exec_ok(&["ip", "link"]).contains("vxlan.calico"));
 }
