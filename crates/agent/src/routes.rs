@@ -65,6 +65,8 @@ impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
 /// The kernel, through netlink, in the namespace the agent runs in.
 pub struct NetlinkRoutes {
     nl: Netlink,
+    /// The destinations the last pass wanted (what may be ours once its pool is gone).
+    earlier: BTreeSet<IpNet>,
     /// Learnt once: a kernel does not grow modules while the agent runs.
     ipip: Option<Result<(), String>>,
 }
@@ -73,6 +75,7 @@ impl NetlinkRoutes {
     pub fn open() -> Result<Self, Error> {
         Ok(NetlinkRoutes {
             nl: Netlink::open(&NetnsRef::Current).map_err(Error::Netlink)?,
+            earlier: BTreeSet::new(),
             ipip: None,
         })
     }
@@ -97,7 +100,7 @@ impl RouteTable for NetlinkRoutes {
     }
 
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
-        gingham_net::routes::sync(&self.nl, want)
+        gingham_net::routes::sync(&self.nl, want, &mut self.earlier)
     }
 }
 
@@ -312,6 +315,7 @@ impl<R: RouteTable> RouteManager<R> {
         };
         want.local = me.side[0].addr.map(|(ip, _)| ip);
         want.local_v6 = me.side[1].addr.map(|(ip, _)| ip);
+        want.pools = self.pools.values().filter_map(|p| p.spec.cidr).collect();
         let pools: Vec<(IpNet, Encap, &str)> = self
             .pools
             .values()
@@ -516,8 +520,7 @@ impl<R: RouteTable> RouteManager<R> {
                 }
             }
         }
-        let (want, problem) = self.desired();
-        self.health.state().set_problem(PROBLEM, problem);
+        let (want, mut problem) = self.desired();
         match self.table.sync(&want) {
             Ok(done) => {
                 for d in &done {
@@ -527,9 +530,14 @@ impl<R: RouteTable> RouteManager<R> {
             Err(e) => {
                 self.health.metrics.errors.inc();
                 self.due = true;
-                tracing::error!(error = %e, "programming the routes to other nodes failed");
+                let failed = format!("programming the routes to other nodes failed: {e}");
+                problem = Some(match problem {
+                    Some(p) => format!("{p}; {failed}"),
+                    None => failed,
+                });
             }
         }
+        self.health.state().set_problem(PROBLEM, problem);
     }
 }
 

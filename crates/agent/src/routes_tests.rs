@@ -682,3 +682,47 @@ fn ipv6_vxlan_has_its_own_device_entries_and_routes() {
             .is_empty()
     );
 }
+
+/// A route table that refuses, as a kernel might (an interface gone mid-change).
+struct Failing(bool);
+
+impl RouteTable for Failing {
+    fn ipip_support(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn sync(&mut self, _: &ClusterRoutes) -> Result<Vec<String>, gingham_net::NetError> {
+        if self.0 {
+            Err(gingham_net::NetError::NoSuchInterface {
+                name: "vxlan.calico".into(),
+                netns: "the test".into(),
+            })
+        } else {
+            Ok(Vec::new())
+        }
+    }
+}
+
+#[test]
+fn a_route_table_that_fails_makes_the_node_unready_until_it_works() {
+    let c = cluster(", vxlanMode: Always");
+    let s = &c.store;
+    let mut m = RouteManager::new(
+        "node-a",
+        Networking::Vxlan,
+        Failing(true),
+        Health::default(),
+    );
+    m.health.state().ready = true;
+    m.resync(&resources(s));
+    m.apply(s, Instant::now()).unwrap();
+    let (code, why) = m.health.readiness();
+    assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        why.contains("programming the routes to other nodes failed"),
+        "{why}"
+    );
+    assert!(m.due, "tried again on the next pass");
+    m.table.0 = false;
+    m.apply(s, Instant::now()).unwrap();
+    assert_eq!(m.health.readiness().0, axum::http::StatusCode::OK);
+}

@@ -4,13 +4,16 @@
 //! [`ClusterRoutes`] says everything a node must have: the VXLAN device and one entry per remote
 //! VTEP, the IPIP device, and a route per remote block (or borrowed address). [`sync`] reads the
 //! kernel once, changes only what differs, removes what this project programmed earlier and no
-//! longer wants (routes of protocol [`ROUTE_PROTOCOL`] through a gateway or a tunnel device,
-//! neighbours and FDB entries on the VXLAN device), and says what it changed.
+//! longer wants (see below; neighbours and FDB entries on the VXLAN devices), and says what
+//! it changed.
 //!
-//! The routes' owner is recognised as felix recognises its own: protocol 80 for routes via a
-//! gateway, and the device for routes on the tunnel devices. The local workloads' /32 routes
-//! (protocol 80 too, but without a gateway, on `cali…` devices) and the blackholes are the host
-//! plumbing's ([`crate::host`]) and never touched here.
+//! A route is ours when it has protocol [`ROUTE_PROTOCOL`] in the main table and either goes
+//! through a tunnel device, or goes through a gateway to somewhere inside an IP pool
+//! ([`ClusterRoutes::pools`]) or to a destination an earlier pass wanted (so the routes of a
+//! pool that is gone go too). Anything else, such as a default route someone made with the
+//! same protocol number, is left alone. The local workloads' /32 routes (protocol 80 too, but
+//! without a gateway, on `cali…` devices) and the blackholes are the host plumbing's
+//! ([`crate::host`]) and never touched here.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -81,18 +84,23 @@ pub struct ClusterRoutes {
     /// address).
     pub ipip: Option<IpipDevice>,
     pub routes: BTreeSet<ClusterRoute>,
+    /// Every IP pool's CIDR: where routes through a gateway may be ours.
+    pub pools: BTreeSet<IpNet>,
 }
 
 /// Whether `r` is one of ours: see the module documentation.
-fn owned(r: &Route) -> bool {
+fn owned(r: &Route, pools: &BTreeSet<IpNet>, earlier: &BTreeSet<IpNet>) -> bool {
+    let tunnel = matches!(
+        r.dev.as_deref(),
+        Some(VXLAN_DEVICE) | Some(VXLAN_V6_DEVICE) | Some(IPIP_DEVICE)
+    );
+    let cluster = r.gateway.is_some()
+        && r.dst.prefix_len() > 0
+        && (earlier.contains(&r.dst) || pools.iter().any(|p| p.contains(&r.dst)));
     r.protocol == ROUTE_PROTOCOL
         && r.table == MAIN_TABLE
         && r.kind == RouteKind::Unicast
-        && (r.gateway.is_some()
-            || matches!(
-                r.dev.as_deref(),
-                Some(VXLAN_DEVICE) | Some(VXLAN_V6_DEVICE) | Some(IPIP_DEVICE)
-            ))
+        && (tunnel || cluster)
 }
 
 /// The VXLAN device of `addr`'s family.
@@ -125,8 +133,13 @@ pub fn ipip_support(nl: &Netlink) -> Result<std::result::Result<(), String>> {
 }
 
 /// Makes the node's tunnels and cluster routes match `want`; returns what it changed, one
-/// line each.
-pub fn sync(nl: &Netlink, want: &ClusterRoutes) -> Result<Vec<String>> {
+/// line each. `earlier`: the destinations an earlier pass wanted (see the module
+/// documentation); updated to this pass's.
+pub fn sync(
+    nl: &Netlink,
+    want: &ClusterRoutes,
+    earlier: &mut BTreeSet<IpNet>,
+) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let interfaces = nl.interfaces()?;
     let parent = want.local.and_then(|a| holding(&interfaces, a)).cloned();
@@ -226,17 +239,19 @@ pub fn sync(nl: &Netlink, want: &ClusterRoutes) -> Result<Vec<String>> {
             && (a.dev.is_none() || a.dev == b.dev)
     };
     let present = nl.routes()?;
-    for r in present.iter().filter(|r| owned(r)) {
+    let ours = |r: &Route| owned(r, &want.pools, earlier);
+    for r in present.iter().filter(|r| ours(r)) {
         if !wanted.iter().any(|w| same(w, r)) && nl.delete_route(r)? {
             done.push(format!("route {r} removed"));
         }
     }
     for w in &wanted {
-        if !present.iter().any(|r| owned(r) && same(w, r)) {
+        if !present.iter().any(|r| ours(r) && same(w, r)) {
             nl.replace_route(w)?;
             done.push(format!("route {w} programmed"));
         }
     }
+    *earlier = want.routes.iter().map(|r| r.dst).collect();
     Ok(done)
 }
 

@@ -53,6 +53,7 @@ fn want() -> ClusterRoutes {
                 via: Via::VxlanDevice,
             },
         ]),
+        pools: BTreeSet::from(["10.250.0.0/16".parse().unwrap()]),
         ..Default::default()
     }
 }
@@ -62,9 +63,10 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
     gingham_testkit::require_root();
     let (n, _peer) = node();
     let nl = Netlink::open(&NetnsRef::path(n.path())).unwrap();
+    let mut earlier = BTreeSet::new();
     let want = want();
 
-    let done = sync(&nl, &want).unwrap();
+    let done = sync(&nl, &want, &mut earlier).unwrap();
     assert!(!done.is_empty());
     let dev = n.exec_ok(&["ip", "-d", "link", "show", "vxlan.calico"]);
     for s in [
@@ -110,7 +112,10 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
     }
 
     // A second pass changes nothing.
-    assert_eq!(sync(&nl, &want).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        sync(&nl, &want, &mut earlier).unwrap(),
+        Vec::<String>::new()
+    );
 
     // Changed or added by someone: put back; another owner's route stays.
     n.exec_ok(&["ip", "link", "set", "vxlan.calico", "mtu", "1300"]);
@@ -126,7 +131,28 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
         "80",
     ]);
     n.exec_ok(&["ip", "route", "add", "10.250.8.0/26", "via", "192.168.40.2"]);
-    let done = sync(&nl, &want).unwrap();
+    // Someone's routes with our protocol number outside every pool are theirs.
+    n.exec_ok(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.168.40.2",
+        "proto",
+        "80",
+    ]);
+    n.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "172.31.0.0/16",
+        "via",
+        "192.168.40.2",
+        "proto",
+        "80",
+    ]);
+    let done = sync(&nl, &want, &mut earlier).unwrap();
     assert_eq!(done.len(), 3, "{done:?}");
     let routes = n.exec_ok(&["ip", "route"]);
     assert!(!routes.contains("10.250.9.0/26"), "{routes}");
@@ -158,7 +184,7 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
         "dev",
         "up0",
     ]);
-    sync(&nl, &want).unwrap();
+    sync(&nl, &want, &mut earlier).unwrap();
     let dev = n.exec_ok(&["ip", "-d", "link", "show", "vxlan.calico"]);
     assert!(dev.contains("vxlan id 4096"), "{dev}");
     assert!(
@@ -166,11 +192,20 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
             .contains("10.250.1.0/26 via 10.250.1.1 dev vxlan.calico")
     );
 
+    // The pool is gone: its routes go all the same (an earlier pass wanted them).
+    let mut gone = want.clone();
+    gone.pools.clear();
+    gone.routes.retain(|r| r.via == Via::VxlanDevice);
+    sync(&nl, &gone, &mut earlier).unwrap();
+    let routes = n.exec_ok(&["ip", "route"]);
+    assert!(!routes.contains("10.250.2.0/26"), "{routes}");
+    sync(&nl, &want, &mut earlier).unwrap();
+
     // The remote node goes: its entries and routes go.
     let mut less = want.clone();
     less.vteps.clear();
     less.routes.retain(|r| r.via == Via::VxlanDevice);
-    sync(&nl, &less).unwrap();
+    sync(&nl, &less, &mut earlier).unwrap();
     let neigh = n.exec_ok(&["ip", "neigh", "show", "dev", "vxlan.calico"]);
     assert!(!neigh.contains("10.250.1.1"), "{neigh}");
     let fdb = n.exec_ok(&["bridge", "fdb", "show", "dev", "vxlan.calico"]);
@@ -186,7 +221,7 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
         local: want.local,
         ..Default::default()
     };
-    sync(&nl, &none).unwrap();
+    sync(&nl, &none, &mut earlier).unwrap();
     assert!(!n.exec_ok(&["ip", "link"]).contains("vxlan.calico"));
     let routes = n.exec_ok(&["ip", "route"]);
     assert!(!routes.contains("10.250.3.7"), "{routes}");
@@ -203,6 +238,7 @@ fn sys_ipip_support_is_what_the_kernel_can_do() {
         .success();
     let (n, _peer) = node();
     let nl = Netlink::open(&NetnsRef::path(n.path())).unwrap();
+    let mut earlier = BTreeSet::new();
     let answer = ipip_support(&nl).unwrap();
     assert_eq!(answer.is_ok(), kernel, "{answer:?}");
     if kernel {
@@ -216,7 +252,7 @@ fn sys_ipip_support_is_what_the_kernel_can_do() {
             dst: "10.250.5.0/26".parse().unwrap(),
             via: Via::Ipip(v4("192.168.40.2")),
         });
-        sync(&nl, &w).unwrap();
+        sync(&nl, &w, &mut earlier).unwrap();
         let routes = n.exec_ok(&["ip", "route"]);
         assert!(!routes.contains("10.250.5.0/26"), "{routes}");
         assert!(routes.contains("10.250.1.0/26 via 10.250.1.1 dev vxlan.calico"));
@@ -248,6 +284,7 @@ fn sys_ipv6_vxlan_device_entries_and_routes() {
         "nodad",
     ]);
     let nl = Netlink::open(&NetnsRef::path(n.path())).unwrap();
+    let mut earlier = BTreeSet::new();
     let mac = gingham_net::vxlan::vtep_mac_v6("node-b");
     let want = ClusterRoutes {
         local: Some("192.168.40.1".parse().unwrap()),
@@ -272,9 +309,10 @@ fn sys_ipv6_vxlan_device_entries_and_routes() {
                 via: Via::Underlay("fd00:40::2".parse().unwrap()),
             },
         ]),
+        pools: BTreeSet::from(["fd00:250::/32".parse().unwrap()]),
         ..Default::default()
     };
-    sync(&nl, &want).unwrap();
+    sync(&nl, &want, &mut earlier).unwrap();
     let dev = n.exec_ok(&["ip", "-d", "link", "show", "vxlan-v6.calico"]);
     for s in [
         "mtu 1430",
@@ -305,7 +343,7 @@ fn sys_ipv6_vxlan_device_entries_and_routes() {
         assert!(routes.contains(r), "{r} in\n{routes}");
     }
     assert_eq!(
-        sync(&nl, &want).unwrap(),
+        sync(&nl, &want, &mut earlier).unwrap(),
         Vec::<String>::new(),
         "a second pass changes nothing"
     );
