@@ -14,7 +14,8 @@
 //! (BIRD programs the others, v3.33's split); `none`, nothing (someone else routes pods).
 //!
 //! "Same subnet" is Calico's: the remote node's `ipv4Address` lies inside this node's
-//! `ipv4Address` prefix.
+//! `ipv4Address` prefix. IPv6 pools work alike with `ipv6Address`, `ipv6VXLANTunnelAddr` and
+//! `vxlan-v6.calico` (IPIP is IPv4 only).
 //!
 //! A kernel without the `ipip` module cannot make `tunl0`: then IPIP routes are left out and
 //! the node is not ready ("tunnels"), while everything else is programmed.
