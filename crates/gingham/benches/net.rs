@@ -417,7 +417,8 @@ fn pods_across_nodes() {
     );
     let mut labs = Vec::new();
     for (label, net, pool) in &runs {
-        let lab = Lab::up(&two_racks(&format!("bn{net}"), net, pool, &[]));
+        // Lab names are at most 6 characters (they prefix namespace names).
+        let lab = Lab::up(&two_racks(&format!("b{}", &net[..3]), net, pool, &[]));
         // BIRD's sessions take a moment after the agents start: wait for the path.
         let (c_ns, _) = lab.pod("p3");
         let (_, a_ip) = lab.pod("p1");
@@ -459,7 +460,7 @@ fn new_node_routes() {
     println!("\n## A new node: time until all 10 nodes have the route to its block (VXLAN)");
     let extra: Vec<String> = (1..=7).map(|i| format!("node-r2-{i}")).collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let lab = Lab::up(&two_racks("bnnodes", "vxlan", "vxlanMode: Always", &extra));
+    let lab = Lab::up(&two_racks("bnodes", "vxlan", "vxlanMode: Always", &extra));
     let nodes = lab.node_netns();
     assert_eq!(nodes.len(), 10, "{nodes:?}");
     let store = datastore(&lab);
