@@ -575,3 +575,63 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
         || !Path::new(&format!("/proc/{bird}")).exists() || a.bird_pid().is_none(),
     );
 }
+
+/// Without BIRD on PATH the agent keeps running (policy and plumbing work) and /readiness names
+/// the Debian package.
+#[test]
+fn sys_without_bird_on_path_the_agent_says_which_package() {
+    gingham_testkit::require_root();
+    let ip = gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("bash");
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    common::ok_in(
+        &["apply", "-f", "-", "--datastore", &ds],
+        Some(&cluster(&[("node-a", "10.77.0.1")])),
+    );
+    let ns = TestNetns::new("bgpnobird");
+    // A PATH with what the agent needs but BIRD: nft.
+    let empty = tmp.path().join("path-without-bird");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::os::unix::fs::symlink(gingham_testkit::require_tool("nft"), empty.join("nft")).unwrap();
+    let log = tmp.path().join("agent.log");
+    let out = std::fs::File::create(&log).unwrap();
+    // (`ip` by its full path: the child's PATH has no `ip`.)
+    let mut agent = Command::new(ip)
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_gingham")])
+        .args(["--datastore", &ds, "agent", "--node", "node-a", "--run-dir"])
+        .arg(tmp.path().join("run"))
+        .env("PATH", &empty)
+        .env("CALICO_NETWORKING_BACKEND", "bird")
+        .env_remove("GINGHAM_DATASTORE")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let readiness = || {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /readiness HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+        String::from_utf8_lossy(&ns.exec(&["bash", "-c", script]).stdout).into_owned()
+    };
+    let want = "not ready: bird is not installed: no bird on PATH (install the Debian package bird, which has bird and bird6)";
+    wait_until(
+        Duration::from_secs(10),
+        "readiness naming the package",
+        || {
+            format!(
+                "{}\n{}",
+                readiness(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || readiness().contains(want),
+    );
+    assert!(readiness().contains("503"));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent keeps running: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
