@@ -230,8 +230,16 @@ fn start_node(tmp: &Path, ds: &str, underlay: &TestNetns, name: &str, i: u8) -> 
     node
 }
 
-/// A pod on the node, plumbed by the real CNI plugin (its address from the node's block).
+/// The node's pod, plumbed by the real CNI plugin (its address from the node's block).
 fn add_pod(node: &mut Node, ds: &str) {
+    let (pod, ip) = cni_add(node, ds, &format!("pod-{}", node.name), None);
+    node.pod_ip = ip;
+    node.pod = Some(pod);
+}
+
+/// CNI ADD of pod `name` on `node` (with `IP=` when an address is asked for); returns the
+/// pod's namespace and address.
+fn cni_add(node: &Node, ds: &str, name: &str, ip: Option<&str>) -> (TestNetns, String) {
     let pod = TestNetns::new("bgpp");
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -242,22 +250,27 @@ fn add_pod(node: &mut Node, ds: &str) {
         "ipam": {"type": "gingham-ipam"},
     })
     .to_string();
+    let mut args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x"
+    );
+    if let Some(ip) = ip {
+        args.push_str(&format!(";IP={ip}"));
+    }
     let mut child = Command::new("ip")
-        .args(["netns", "exec", node.ns.name(), env!("CARGO_BIN_EXE_gingham")])
+        .args([
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("c-{}", node.name))
+        .env("CNI_CONTAINERID", format!("c-{name}"))
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{};K8S_POD_INFRA_CONTAINER_ID=x",
-                node.name
-            ),
-        )
+        .env("CNI_ARGS", args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -272,18 +285,18 @@ fn add_pod(node: &mut Node, ds: &str) {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "CNI ADD on {}: {}{}",
+        "CNI ADD of {name} on {}: {}{}",
         node.name,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    node.pod_ip = result["ips"][0]["address"]
+    let ip = result["ips"][0]["address"]
         .as_str()
         .unwrap()
         .trim_end_matches("/32")
         .to_owned();
-    node.pod = Some(pod);
+    (pod, ip)
 }
 
 fn pod(node: &Node) -> &TestNetns {
@@ -458,6 +471,49 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
         || pings(&a, &b),
     );
     assert!(pings(&b, &a), "pod-b reaches pod-a");
+
+    // A borrowed address: a pod on node-a with an address of node-b's block. node-a's BIRD
+    // exports its /32 (learned from the kernel), node-b routes it to node-a past its own
+    // block's blackhole, and both pods reach it.
+    let borrowed_ip = {
+        let base: std::net::Ipv4Addr = block_b.trim_end_matches("/26").parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 50).to_string()
+    };
+    let (borrowed, got) = cni_add(&a, &ds, "borrowed", Some(&borrowed_ip));
+    assert_eq!(got, borrowed_ip);
+    wait_until(
+        Duration::from_secs(30),
+        "node-b's /32 route to the borrowed address",
+        || b.exec_ok("ip route"),
+        || {
+            b.route(&format!("{borrowed_ip}/32"))
+                .contains(&format!("via {} dev up0 proto bird", a.ip))
+        },
+    );
+    for from in [&b, &a] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!(
+                "{}'s pod reaching the borrowed address {borrowed_ip}",
+                from.name
+            ),
+            || {
+                format!(
+                    "node-a:\n{}\nnode-b:\n{}\nnft a:\n{}",
+                    a.exec_ok("ip route; ip neigh"),
+                    b.exec_ok("ip route; ip neigh"),
+                    a.exec_ok("nft list ruleset")
+                )
+            },
+            || {
+                pod(from)
+                    .exec(&["ping", "-c", "1", "-W", "1", &borrowed_ip])
+                    .status
+                    .success()
+            },
+        );
+    }
+    drop(borrowed);
 
     // BIRD crashes on node-b (SIGKILL). A connection opened before goes on; node-a keeps the
     // routes it learned from node-b while node-b's BIRD is away (graceful restart), node-b
