@@ -35,13 +35,16 @@ pub mod bgp;
 pub mod health;
 pub mod plumbing;
 pub mod policy;
+pub mod routes;
 #[cfg(test)]
 mod tests;
+pub mod tunnels;
 
 use bgp::{BgpManager, BirdSupervisor, Supervisor};
 pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
+use routes::{RouteManager, RouteTable};
 
 /// Where the agent watches: every Calico resource ([`gingham_model::KEY_ROOT`]) and the IPAM
 /// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
@@ -245,6 +248,7 @@ pub struct Agent<B: Backend, P: Plumbing, S: Supervisor = BirdSupervisor> {
     pub policy: PolicyManager<B>,
     pub plumbing: PlumbingManager<P>,
     pub bgp: BgpManager<S>,
+    pub routes: RouteManager<Box<dyn RouteTable>>,
     /// The revision the dataplane reflects.
     revision: Revision,
     watch: Option<Box<dyn Watch>>,
@@ -262,21 +266,35 @@ fn decode(key: &str, value: &[u8]) -> Option<Resource> {
 }
 
 impl<B: Backend, P: Plumbing> Agent<B, P> {
-    /// An agent programming nftables through `nft` and the host through `plumbing`, running
-    /// BIRD in `config.run_dir` (with the `bird` backend).
-    pub fn new(config: &Config, nft: B, plumbing: P) -> Self {
-        Agent::with_supervisor(config, nft, plumbing, BirdSupervisor::new(&config.run_dir))
+    /// An agent programming nftables through `nft`, the host through `plumbing`, the routes
+    /// to other nodes through `routes`, and running BIRD in `config.run_dir` (with the `bird`
+    /// backend).
+    pub fn new(config: &Config, nft: B, plumbing: P, routes: Box<dyn RouteTable>) -> Self {
+        Agent::with_supervisor(
+            config,
+            nft,
+            plumbing,
+            routes,
+            BirdSupervisor::new(&config.run_dir),
+        )
     }
 }
 
 impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
     /// [`Agent::new`] with BIRD's processes and files through `supervisor`.
-    pub fn with_supervisor(config: &Config, nft: B, plumbing: P, supervisor: S) -> Self {
+    pub fn with_supervisor(
+        config: &Config,
+        nft: B,
+        plumbing: P,
+        routes: Box<dyn RouteTable>,
+        supervisor: S,
+    ) -> Self {
         let health = Health::default();
         Agent {
             policy: PolicyManager::new(config, nft, health.clone()),
             plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
             bgp: BgpManager::new(config, supervisor, health.clone()),
+            routes: RouteManager::new(&config.node, config.networking, routes, health.clone()),
             health,
             unreadable: BTreeSet::new(),
             revision: 0,
@@ -285,8 +303,8 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
     }
 
     /// The managers, in the order they apply.
-    fn managers(&mut self) -> [&mut dyn Manager; 3] {
-        [&mut self.policy, &mut self.plumbing, &mut self.bgp]
+    fn managers(&mut self) -> [&mut dyn Manager; 4] {
+        [&mut self.policy, &mut self.plumbing, &mut self.routes, &mut self.bgp]
     }
 
     /// The datastore revision the dataplane reflects.

@@ -11,6 +11,7 @@ use gingham_model::Resource;
 use gingham_net::host::HostWorkload;
 
 use crate::plumbing::RecordingPlumbing;
+use crate::routes::RecordingRoutes;
 use crate::{Agent, Config, Event, Networking};
 
 const NODE: &str = "node-a";
@@ -24,7 +25,12 @@ fn agent() -> TestAgent {
         networking: Networking::None,
         ..Config::new(NODE)
     };
-    Agent::new(&config, Recording::default(), RecordingPlumbing::default())
+    Agent::new(
+        &config,
+        Recording::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    )
 }
 
 fn load(text: &str) -> Vec<Resource> {
@@ -383,7 +389,12 @@ fn a_refused_transaction_is_retried_through_a_resync() {
         networking: Networking::None,
         ..Config::new(NODE)
     };
-    let mut agent = Agent::new(&config, Refusing::default(), RecordingPlumbing::default());
+    let mut agent = Agent::new(
+        &config,
+        Refusing::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    );
     agent.start(&store).expect("starts");
     agent.policy.programmer_mut().backend_mut().refusals = 1;
     let written = put(&store, &policy(8080));
@@ -420,7 +431,12 @@ fn ticks_run_the_periodic_checks_when_they_are_due() {
         networking: Networking::None,
         ..Config::new(NODE)
     };
-    let mut agent = Agent::new(&config, Recording::default(), RecordingPlumbing::default());
+    let mut agent = Agent::new(
+        &config,
+        Recording::default(),
+        RecordingPlumbing::default(),
+        Box::new(RecordingRoutes::default()),
+    );
     agent.start(&store).expect("starts");
     let start = std::time::Instant::now();
     let counts = |a: &TestAgent| {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use gingham_datastore::atomic::Atomic;
 use gingham_datastore::{Compare, Datastore, KeyValue, Op, Revision, Txn, TxnOutcome};
 use gingham_model::{Kind, Resource};
+use ipnet::IpNet;
 
 /// Errors of resource operations, each naming the resource.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,15 @@ pub enum ApiError {
         name: String,
         key: String,
         value: String,
+    },
+    #[error(
+        "IPPool {name}: spec.cidr {cidr} overlaps IPPool {other} ({other_cidr}); pools may not overlap (Calico refuses it too): choose a CIDR outside every other pool, or delete {other} in the same apply"
+    )]
+    PoolOverlap {
+        name: String,
+        cidr: IpNet,
+        other: String,
+        other_cidr: IpNet,
     },
     #[error("{kind} {name} appears more than once in the input; keep one copy")]
     Duplicate { kind: Kind, name: String },
@@ -250,8 +260,52 @@ impl Client {
         }
     }
 
+    /// Refuses IP pools that would overlap, as libcalico-go does: each pool written is
+    /// compared with the other pools of the write and with the stored ones it does not
+    /// replace. (Like Calico's check, this reads before it writes: two writers creating
+    /// overlapping pools at the same instant are not both refused.)
+    fn refuse_overlapping_pools(&self, resources: &[Resource]) -> Result<()> {
+        let written: Vec<(&str, IpNet)> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::IpPool(p) => Some((p.metadata.name.as_str(), p.spec.cidr?)),
+                _ => None,
+            })
+            .collect();
+        if written.is_empty() {
+            return Ok(());
+        }
+        let (stored, _) = self.list(Kind::IpPool, None)?;
+        let stored: Vec<(String, IpNet)> = stored
+            .iter()
+            .filter_map(|r| match r {
+                Resource::IpPool(p) => Some((p.metadata.name.clone(), p.spec.cidr?)),
+                _ => None,
+            })
+            .filter(|(name, _)| !written.iter().any(|(w, _)| w == name))
+            .collect();
+        for (i, (name, cidr)) in written.iter().enumerate() {
+            let others = written[..i]
+                .iter()
+                .map(|(n, c)| (*n, *c))
+                .chain(stored.iter().map(|(n, c)| (n.as_str(), *c)));
+            for (other, other_cidr) in others {
+                if gingham_model::cidr::overlaps(cidr, &other_cidr) {
+                    return Err(ApiError::PoolOverlap {
+                        name: (*name).to_owned(),
+                        cidr: *cidr,
+                        other: other.to_owned(),
+                        other_cidr,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the current state and decides what to write.
     fn plan(&self, resources: &[Resource], mode: WriteMode) -> Result<(Vec<Outcome>, Vec<Unit>)> {
+        self.refuse_overlapping_pools(resources)?;
         let current = self.prefetch(resources)?;
         // Resolve the current state of every key first, to report precise errors.
         let mut plan = Vec::with_capacity(resources.len());

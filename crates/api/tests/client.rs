@@ -91,6 +91,52 @@ fn the_same_resource_twice_is_refused() {
     assert!(err.to_string().contains("ns/p0"), "{err}");
 }
 
+fn pool(name: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidr: {cidr}}}\n---\n"
+    )
+}
+
+/// Overlapping IP pools are refused as libcalico-go refuses them: against stored pools and
+/// within one write, naming both pools; nothing is written. Re-applying a pool, or moving a
+/// pool's CIDR (replacing it by name) is not an overlap with itself.
+#[test]
+fn overlapping_pools_are_refused() {
+    let client = Client::new(Arc::new(MemStore::new()));
+    client
+        .write_all(&resources(&pool("a", "10.244.0.0/16")), WriteMode::Apply)
+        .expect("first pool");
+    // Against a stored pool.
+    let err = client
+        .write_all(&resources(&pool("b", "10.244.128.0/17")), WriteMode::Apply)
+        .unwrap_err();
+    assert!(matches!(err, ApiError::PoolOverlap { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("IPPool b")
+            && text.contains("10.244.128.0/17")
+            && text.contains("IPPool a (10.244.0.0/16)"),
+        "{text}"
+    );
+    // Within one write, with an unrelated resource: nothing of it is written.
+    let mut both = resources(&(pool("c", "10.9.0.0/24") + &pool("d", "10.9.0.128/25")));
+    both.extend(policies("ns", 1, 1));
+    let err = client.write_all(&both, WriteMode::Apply).unwrap_err();
+    assert!(matches!(err, ApiError::PoolOverlap { .. }), "{err}");
+    assert_eq!(client.list(Kind::IpPool, None).unwrap().0.len(), 1);
+    assert_eq!(client.list(Kind::NetworkPolicy, None).unwrap().0.len(), 0);
+    // The same pool again, or the pool itself with a new CIDR: not an overlap.
+    client
+        .write_all(&resources(&pool("a", "10.244.0.0/16")), WriteMode::Apply)
+        .expect("re-applied");
+    client
+        .write_all(&resources(&pool("a", "10.245.0.0/16")), WriteMode::Apply)
+        .expect("a pool does not overlap itself");
+    client
+        .write_all(&resources(&pool("b", "10.244.128.0/17")), WriteMode::Apply)
+        .expect("no longer overlapping");
+}
+
 #[test]
 fn large_writes_fit_the_backend_limits() {
     // etcd-like limits: 128 operations per transaction.

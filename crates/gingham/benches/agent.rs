@@ -20,8 +20,10 @@
 //! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P; `AGENT_BENCH_SPLIT=1` prints how
 //! each update's time splits into calculation, rendering, and diff plus nft.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+#[path = "support/packets.rs"]
+mod packets;
+
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use gingham_dataplane::{Backend, Nft, Programmer, Renderer, Settings, render};
 use gingham_model::Resource;
 use gingham_net::NetnsRef;
 use gingham_testkit::netns::TestNetns;
+use packets::{Killed, median};
 
 const NAMESPACES: usize = 100;
 const ENDPOINTS: usize = 1000;
@@ -303,91 +306,6 @@ fn latency(scales: &[usize]) {
     println!(" every incremental operation spent before the diff: calculation and rendering)");
 }
 
-/// Helper processes (run inside pod namespaces by re-executing this benchmark).
-fn helper(mode: &str, args: &[String]) {
-    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    match mode {
-        "tcp-server" => {
-            let l = TcpListener::bind("0.0.0.0:80").unwrap();
-            println!("ready");
-            std::io::stdout().flush().unwrap();
-            for mut s in l.incoming().flatten() {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                let mut b = [0u8; 1];
-                if s.read_exact(&mut b).is_ok() {
-                    let _ = s.write_all(&b);
-                }
-            }
-        }
-        "udp-server" => {
-            let s = UdpSocket::bind("0.0.0.0:5353").unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            println!("ready");
-            std::io::stdout().flush().unwrap();
-            let mut count = 0u64;
-            let mut buf = [0u8; 2048];
-            let mut started = false;
-            let give_up = Instant::now() + Duration::from_secs(5);
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(_) => {
-                        count += 1;
-                        started = true;
-                    }
-                    Err(_) if started || Instant::now() > give_up => break,
-                    Err(_) => {}
-                }
-            }
-            println!("{count}");
-        }
-        "crr" => {
-            let target = format!("{}:80", args[0]);
-            let end = Instant::now() + Duration::from_secs_f64(secs);
-            let target: std::net::SocketAddr = target.parse().unwrap();
-            let mut n = 0u64;
-            let mut failed = 0u64;
-            while Instant::now() < end {
-                let round = || -> std::io::Result<()> {
-                    let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(500))?;
-                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-                    s.write_all(b"x")?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b)?;
-                    // The server closes first (TIME_WAIT stays on its side).
-                    let _ = s.read(&mut b);
-                    Ok(())
-                };
-                match round() {
-                    Ok(()) => n += 1,
-                    Err(_) => failed += 1,
-                }
-            }
-            if failed > 0 {
-                eprintln!("crr: {failed} of {} connections failed", n + failed);
-            }
-            println!("{}", n as f64 / secs);
-        }
-        "udp" => {
-            let target = format!("{}:5353", args[0]);
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.connect(&target).unwrap();
-            let end = Instant::now() + Duration::from_secs_f64(secs);
-            let payload = [7u8; 64];
-            let mut sent = 0u64;
-            while Instant::now() < end {
-                for _ in 0..64 {
-                    if s.send(&payload).is_ok() {
-                        sent += 1;
-                    }
-                }
-            }
-            println!("{sent}");
-        }
-        other => panic!("unknown helper {other}"),
-    }
-}
-
 fn ip(ns: &TestNetns, args: &[&str]) {
     ns.exec_ok(args);
 }
@@ -507,41 +425,12 @@ fn pods() -> Pods {
 const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 
-fn helper_command(ns: &TestNetns, cpu: &str, args: &[&str]) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns.name(), "taskset", "-c", cpu])
-        .arg(exe)
-        .arg("--bench")
-        .args(args)
-        .env("GINGHAM_BENCH_HELPER", "1");
-    c
-}
-
-fn spawn_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> std::process::Child {
-    let mut child = helper_command(ns, cpu, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut line)
-        .unwrap();
-    child
+fn spawn_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> Killed {
+    packets::spawn(ns.name(), Some(cpu), args)
 }
 
 fn run_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> f64 {
-    let out = helper_command(ns, cpu, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    packets::run(ns.name(), Some(cpu), args)
 }
 
 /// Connections per second and UDP packets per second (received), one run of each.
@@ -553,18 +442,14 @@ fn measure(p: &Pods) -> (f64, f64) {
     run_helper(&p.client, CLIENT_CPU, &["udp", SERVER_IP, &secs_arg]);
     let mut out = String::new();
     server
+        .0
         .stdout
         .take()
         .unwrap()
         .read_to_string(&mut out)
         .unwrap();
-    let _ = server.wait();
+    let _ = server.0.wait();
     (crr, out.trim().parse::<f64>().unwrap() / secs)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Rounds of one row: the table installed, measured, removed, the bare pods measured; the
@@ -601,7 +486,7 @@ fn per_packet(scales: &[usize]) {
     );
     println!(" next to a run with no table at all; ratio: ours / no table, per round)");
     let pods = pods();
-    let _server = Killed(spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]));
+    let _server = spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]);
     println!(
         "{:>32} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
         "", "CRR/s", "no table", "ratio", "UDP pkt/s", "no table", "ratio"
@@ -674,16 +559,6 @@ spec:
             &rendered.script(),
             "delete table inet gingham\n",
         );
-    }
-}
-
-/// A helper process killed when dropped (also when a measurement panics).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -768,14 +643,7 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    if std::env::var_os("GINGHAM_BENCH_HELPER").is_some() {
-        let rest: Vec<String> = args
-            .iter()
-            .skip_while(|a| *a != "--bench")
-            .skip(1)
-            .cloned()
-            .collect();
-        helper(&rest[0], &rest[1..]);
+    if packets::run_if_helper(&args) {
         return;
     }
     gingham_testkit::require_root();

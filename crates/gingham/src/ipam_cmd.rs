@@ -7,9 +7,8 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use gingham_api::Client;
-use gingham_ipam::{AllocationStatus, EndpointClaim, Ipam, PoolSpec, Use};
+use gingham_ipam::{AllocationStatus, EndpointClaim, Ipam, PoolSpec};
 use gingham_model::{Kind, Resource};
-use gingham_selector::Selector;
 use ipnet::IpNet;
 
 use crate::Exit;
@@ -67,32 +66,7 @@ pub fn stored_pools(
     let mut out = Vec::new();
     for r in stored {
         let Resource::IpPool(p) = r else { continue };
-        let Some(cidr) = p.spec.cidr else { continue };
-        let mut spec = PoolSpec::new(p.metadata.name.clone(), cidr);
-        if let Some(b) = p.spec.block_size {
-            spec = spec.with_block_size(b);
-        }
-        spec.disabled = p.spec.disabled;
-        spec.node_selector_matches = match node_labels {
-            None => true,
-            Some(labels) => {
-                p.spec.node_selector.trim().is_empty()
-                    || Selector::parse(&p.spec.node_selector).is_ok_and(|s| s.matches(labels))
-            }
-        };
-        if !p.spec.allowed_uses.is_empty() {
-            spec.allowed_uses = p
-                .spec
-                .allowed_uses
-                .iter()
-                .map(|u| match u {
-                    gingham_model::AllowedUse::Workload => Use::Workload,
-                    gingham_model::AllowedUse::Tunnel => Use::Tunnel,
-                    gingham_model::AllowedUse::LoadBalancer => Use::LoadBalancer,
-                })
-                .collect();
-        }
-        out.push(spec);
+        out.extend(gingham_agent::tunnels::pool_spec(&p, node_labels));
     }
     let (reservations, _) = client.list(Kind::IpReservation, None)?;
     let reserved = reservations

@@ -4,7 +4,6 @@
 mod common;
 
 use common::Down;
-use std::path::Path;
 use std::process::{Command, Output};
 
 fn gingham(args: &[&str]) -> Output {
@@ -35,30 +34,6 @@ fn lab_yaml(name: &str, annotated: bool) -> String {
         ));
     }
     y
-}
-
-/// Namespaces, interfaces and processes that belong to lab `name`.
-fn leftovers(name: &str, dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    for line in String::from_utf8_lossy(&netns.stdout).lines() {
-        if line.starts_with(&format!("gl-{name}-")) {
-            found.push(format!("netns {line}"));
-        }
-    }
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    for line in String::from_utf8_lossy(&ps.stdout).lines() {
-        if line.contains(&format!("lab serve --name {name}/"))
-            || (line.contains(" agent --node ")
-                && line.contains(&dir.parent().unwrap().display().to_string()))
-        {
-            found.push(format!("process {line}"));
-        }
-    }
-    if dir.exists() {
-        found.push(format!("directory {}", dir.display()));
-    }
-    found
 }
 
 #[test]
@@ -442,14 +417,14 @@ fn sys_lab_up_probe_down() {
         let bad = tmp.path().join("bad-lab.yaml");
         std::fs::write(
             &bad,
-            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {racks: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {name: x}\nspec: {spines: 2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p8, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 80}]}]}\n",
         )
         .unwrap();
         let out = gingham(&["lab", "apply", "--dir", d, "-f", bad.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(
-            err.contains("document 1 (Lab x): spec.racks: unknown field `racks`, expected `nodes` or `nodePorts`")
+            err.contains("document 1 (Lab x): spec.spines: unknown field `spines`, expected one of `nodes`, `racks`, `nodePorts`, `networking`, `router`, `external`")
                 && err.contains("nothing was applied"),
             "{err}"
         );
@@ -492,7 +467,7 @@ fn sys_lab_up_probe_down() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains("0 blocks, 0 allocations"), "{check}");
 }
@@ -524,7 +499,7 @@ fn sys_lab_up_that_fails_cleans_up() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("IPAM"), "{err}");
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
 }
 
 /// The same lab on etcd: the nodes reach this host's etcd through the lab's proxy on their own
@@ -559,6 +534,37 @@ fn sys_lab_on_etcd() {
         "shop/p1", "shop/p2", "shop/p3", "shop/p4", "shop/p5", "shop/p6",
     ];
     common::assert_probe("on etcd", &m, &pods, &|_, _| "connected");
+    // `lab exec` on a node hands commands the datastore as the node reaches it: etcd through
+    // the lab's proxy on the node's loopback.
+    let names = ok(&[
+        "lab",
+        "exec",
+        "--dir",
+        d,
+        "node-b",
+        "--",
+        env!("CARGO_BIN_EXE_gingham"),
+        "get",
+        "nodes",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        names.contains("node-a") && names.contains("node-b"),
+        "{names}"
+    );
+    let env = ok(&[
+        "lab",
+        "exec",
+        "--dir",
+        d,
+        "node-b",
+        "--",
+        "sh",
+        "-c",
+        "echo $GINGHAM_DATASTORE",
+    ]);
+    assert_eq!(env.trim(), "etcd:http://127.0.0.1:2379");
     let check = ok(&["ipam", "check", "--datastore", &ds]);
     assert!(check.contains(" 6 allocations"), "{check}");
     let down = gingham(&["lab", "down", "--dir", d]);
@@ -568,7 +574,7 @@ fn sys_lab_on_etcd() {
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
-    assert_eq!(leftovers(&name, &dir), Vec::<String>::new());
+    assert_eq!(common::leftovers(&name, &dir), Vec::<String>::new());
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&ps.stdout)
@@ -589,14 +595,24 @@ fn lab_document_refuses_unknown_fields() {
     let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
     for (doc, field, valid) in [
         (
-            "spec: {nodes: [node-a], racks: 3}",
-            "spec.racks: unknown field `racks`",
-            "expected `nodes` or `nodePorts`",
+            "spec: {nodes: [node-a], spines: 3}",
+            "spec.spines: unknown field `spines`",
+            "expected one of `nodes`, `racks`, `nodePorts`, `networking`, `router`, `external`",
         ),
         (
             "spec: {nodes: [node-a]}\nkubernetes: {version: 1.30}",
             "kubernetes: unknown field `kubernetes`",
             "`apiVersion`, `kind`, `metadata`, `spec`",
+        ),
+        (
+            "spec: {racks: [{name: r1, subnet: 10.1.1.0/30, nodes: [a, b]}]}",
+            "spec.racks[0].subnet: 10.1.1.0/30 has 2 host addresses",
+            "too few for the router and 2 nodes",
+        ),
+        (
+            "spec: {networking: flannel}",
+            "spec.networking: networking backend \"flannel\" is not one of",
+            "bird, vxlan, none",
         ),
         (
             "spec: {nodePorts: [80, SCTP/9]}",
@@ -638,4 +654,20 @@ fn lab_try_documents_its_exit_codes() {
         "{help}"
     );
     assert!(help.contains("refused: nothing listens on"), "{help}");
+}
+
+/// `lab up --help` documents the Lab document: racks, the networking backend and who routes
+/// pods with `none`, the router and its BIRD, the external host.
+#[test]
+fn lab_up_documents_the_lab_document() {
+    let help = ok(&["lab", "up", "--help"]);
+    for want in [
+        "`spec.racks: [{name, subnet, nodes: [NAME...]}]`",
+        "`spec.networking: bird | vxlan | none`",
+        "With `none`, the lab routes pods itself",
+        "`spec.router: {asNumber: N, staticPodRoutes: BOOL}`",
+        "`spec.external: {address: A}`",
+    ] {
+        assert!(help.contains(want), "{want}: {help}");
+    }
 }

@@ -31,6 +31,7 @@ mod names;
 mod pool;
 mod release;
 mod report;
+mod routes;
 pub mod stored;
 mod time;
 
@@ -50,3 +51,4 @@ pub use report::{
     EndpointMismatch, HandleMismatch, LeakedAllocation, NodeGone, PoolUsage, SharedAddress, Usage,
     handle_is_for_container,
 };
+pub use routes::{ATTR_NODE, ATTR_TYPE, BlockRoutes};

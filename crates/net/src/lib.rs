@@ -9,9 +9,11 @@
 //! - kernel settings under `/proc/sys` in a chosen namespace ([`sysctl`]);
 //! - the plumbing of one workload the way Calico does it, with teardown and a read-back check
 //!   that reports what differs ([`workload`]);
-//! - host-side interface names computed with Calico's rule ([`host_ifname`]).
+//! - host-side interface names computed with Calico's rule ([`host_ifname`]);
+//! - the tunnel devices felix makes (`vxlan.calico` with its neighbour and FDB entries per
+//!   remote node, `tunl0`) and the routes to other nodes' pods ([`vxlan`], [`routes`]).
 //!
-//! What it does not do: firewalling (nftables/iptables), IPAM, tunnels, BGP, or any policy
+//! What it does not do: firewalling (nftables/iptables), IPAM, BGP, or any policy
 //! decision. It never touches a namespace it was not given; tests build their own.
 //!
 //! All calls block. The netlink session drives its socket on a small private current-thread
@@ -23,8 +25,10 @@ pub mod host;
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod routes;
 pub mod sysctl;
 pub mod types;
+pub mod vxlan;
 pub mod workload;
 
 pub use error::{NetError, Result};

@@ -28,6 +28,7 @@ fn agent(networking: Networking) -> TestAgent {
         &config,
         Recording::default(),
         RecordingPlumbing::default(),
+        Box::new(crate::routes::RecordingRoutes::default()),
         RecordingSupervisor::default(),
     )
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use gingham_agent::plumbing::NetlinkPlumbing;
+use gingham_agent::routes::NetlinkRoutes;
 use gingham_agent::{Agent, Config, Networking};
 use gingham_dataplane::Nft;
 use gingham_datastore::Datastore;
@@ -53,7 +54,8 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         run_dir: args.run_dir.clone(),
     };
     let plumbing = NetlinkPlumbing::open()?;
-    let mut agent = Agent::new(&config, Nft::default(), plumbing);
+    let routes = NetlinkRoutes::open()?;
+    let mut agent = Agent::new(&config, Nft::default(), plumbing, Box::new(routes));
     agent.bgp.set_router_id(args.router_id.clone());
     if let Some(p) = &args.endpoint_status_prefix {
         agent.bgp.set_endpoint_status_prefix(p.clone());

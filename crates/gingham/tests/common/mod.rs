@@ -48,6 +48,8 @@ impl Drop for Down {
 
 /// A lab made by `gingham lab up` on SQLite in a temporary directory; `lab down` when dropped.
 pub struct TestLab {
+    /// The lab's name (`metadata.name`: its namespaces are `gl-NAME-...`).
+    pub name: String,
     /// The lab's state directory.
     pub dir: String,
     /// Its datastore URL.
@@ -86,6 +88,7 @@ pub fn lab_up(prefix: &str, spec: &str, docs: &str) -> TestLab {
         None,
     );
     TestLab {
+        name,
         _down: Down(dir.clone()),
         dir,
         ds,
@@ -122,6 +125,15 @@ pub fn wait_programmed(dir: &str) {
 /// What one connection with real packets does (`gingham lab try -o json`): `connected`,
 /// `refused` or `no-answer`. Checks that the exit code goes with the outcome.
 pub fn try_outcome(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> String {
+    try_json(dir, from, to, proto, port)["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `gingham lab try -o json` for one connection: `{from, to, address, port, protocol, outcome,
+/// peer}`. Checks that the exit code goes with the outcome.
+pub fn try_json(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> serde_json::Value {
     let out = gingham_in(
         &[
             "lab",
@@ -148,15 +160,14 @@ pub fn try_outcome(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> S
             String::from_utf8_lossy(&out.stderr)
         )
     });
-    let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
-    let code = match outcome.as_str() {
+    let code = match v["outcome"].as_str().unwrap_or_default() {
         "connected" => 0,
         "refused" => 3,
         "no-answer" => 4,
         other => panic!("lab try {from} {to} {proto}/{port}: outcome {other:?}: {v}"),
     };
     assert_eq!(out.status.code(), Some(code), "exit code of {v}");
-    outcome
+    v
 }
 
 /// Asserts that a `lab probe -o json` matrix has exactly `endpoints`, and on every cell the
@@ -213,4 +224,29 @@ pub fn probe(dir: &str, proto: &str, port: u16) -> serde_json::Value {
         None,
     );
     serde_json::from_str(&json).unwrap()
+}
+
+/// Namespaces, processes and files that belong to lab `name` in `dir`: empty once it is down.
+/// Processes: the pods' and nodes' servers (named after the lab), and anything whose command
+/// line names the directory the lab's directory is in (agents with their run directories, the
+/// router's BIRD).
+pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    for line in String::from_utf8_lossy(&netns.stdout).lines() {
+        if line.starts_with(&format!("gl-{name}-")) {
+            found.push(format!("netns {line}"));
+        }
+    }
+    let parent = dir.parent().unwrap().display().to_string();
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    for line in String::from_utf8_lossy(&ps.stdout).lines() {
+        if line.contains(&format!("lab serve --name {name}/")) || line.contains(&parent) {
+            found.push(format!("process {line}"));
+        }
+    }
+    if dir.exists() {
+        found.push(format!("directory {}", dir.display()));
+    }
+    found
 }

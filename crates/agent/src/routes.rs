@@ -1,0 +1,559 @@
+//! The route manager: felix's VXLAN, IPIP and route managers, and calico-node's tunnel address
+//! allocation, in one place.
+//!
+//! From the Nodes (addresses, tunnel addresses, VTEP MACs), the IPPools (encapsulation modes)
+//! and the IPAM blocks (each block goes to the node it is affine to; an address allocated to a
+//! workload on another node, a *borrowed* address, gets a /32 to that node), it computes the
+//! node's [`ClusterRoutes`] and has a [`RouteTable`] make them true: on every relevant change,
+//! and every `routeRefreshInterval` (routes, neighbours or FDB entries someone removed are put
+//! back).
+//!
+//! Which pools it programs depends on the networking backend: `vxlan`, all of them (a VXLAN
+//! pool through `vxlan.calico`, an IPIP pool through `tunl0`, CrossSubnet and unencapsulated
+//! pools by a plain route when the node is on the same subnet); `bird`, only encapsulated pools
+//! (BIRD programs the others, v3.33's split); `none`, nothing (someone else routes pods).
+//!
+//! "Same subnet" is Calico's: the remote node's `ipv4Address` lies inside this node's
+//! `ipv4Address` prefix.
+//!
+//! A kernel without the `ipip` module cannot make `tunl0`: then IPIP routes are left out and
+//! the node is not ready ("tunnels"), while everything else is programmed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use gingham_datastore::Datastore;
+use gingham_ipam::BlockRoutes;
+use gingham_model::{IpPool, IpipMode, Kind, Resource, VxlanMode};
+use gingham_net::routes::{ClusterRoute, ClusterRoutes, Via};
+use gingham_net::vxlan::{IpipDevice, Vtep, VxlanDevice, vtep_mac};
+use gingham_net::{MacAddr, NetError, Netlink, NetnsRef};
+use ipnet::IpNet;
+
+use crate::{Error, FelixConfigs, Health, Manager, Networking, Update};
+
+#[cfg(test)]
+#[path = "routes_tests.rs"]
+mod tests;
+
+/// The name the route manager's readiness problems go under.
+pub const PROBLEM: &str = "tunnels";
+
+/// What this kernel says when asked for an IPIP tunnel it cannot make.
+pub const NO_IPIP: &str = "this kernel cannot create IPIP tunnels (no ipip module); use vxlanMode";
+
+/// Where the node's routes to other nodes' pods are made true.
+pub trait RouteTable {
+    /// Whether the kernel can make IPIP tunnels: `Err` says why not. Asked only while an
+    /// IPIP pool exists.
+    fn ipip_support(&mut self) -> Result<(), String>;
+    /// Makes the tunnels and routes match `want`; returns what was changed, one line each.
+    fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError>;
+}
+
+impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
+    fn ipip_support(&mut self) -> Result<(), String> {
+        (**self).ipip_support()
+    }
+    fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
+        (**self).sync(want)
+    }
+}
+
+/// The kernel, through netlink, in the namespace the agent runs in.
+pub struct NetlinkRoutes {
+    nl: Netlink,
+    /// Learnt once: a kernel does not grow modules while the agent runs.
+    ipip: Option<Result<(), String>>,
+}
+
+impl NetlinkRoutes {
+    pub fn open() -> Result<Self, Error> {
+        Ok(NetlinkRoutes {
+            nl: Netlink::open(&NetnsRef::Current).map_err(Error::Netlink)?,
+            ipip: None,
+        })
+    }
+}
+
+impl RouteTable for NetlinkRoutes {
+    fn ipip_support(&mut self) -> Result<(), String> {
+        if let Some(known) = &self.ipip {
+            return known.clone();
+        }
+        match gingham_net::routes::ipip_support(&self.nl) {
+            Ok(answer) => {
+                if let Err(why) = &answer {
+                    tracing::error!(error = %why, "{NO_IPIP}");
+                }
+                self.ipip = Some(answer.clone());
+                answer
+            }
+            // Could not even ask: say so, and ask again next time.
+            Err(e) => Err(format!("cannot tell whether IPIP tunnels work: {e}")),
+        }
+    }
+
+    fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
+        gingham_net::routes::sync(&self.nl, want)
+    }
+}
+
+/// Keeps every request (for tests); changes nothing. Clones share the record.
+#[derive(Clone, Debug)]
+pub struct RecordingRoutes {
+    pub requests: Arc<Mutex<Vec<ClusterRoutes>>>,
+    /// What [`RouteTable::ipip_support`] answers.
+    pub ipip: bool,
+}
+
+impl Default for RecordingRoutes {
+    fn default() -> Self {
+        RecordingRoutes {
+            requests: Arc::default(),
+            ipip: true,
+        }
+    }
+}
+
+impl RecordingRoutes {
+    /// The last state asked for.
+    pub fn last(&self) -> Option<ClusterRoutes> {
+        self.requests.lock().expect("not poisoned").last().cloned()
+    }
+}
+
+impl RouteTable for RecordingRoutes {
+    fn ipip_support(&mut self) -> Result<(), String> {
+        if self.ipip {
+            Ok(())
+        } else {
+            Err("create ipip device tunl0: Operation not supported".into())
+        }
+    }
+
+    fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
+        self.requests
+            .lock()
+            .expect("not poisoned")
+            .push(want.clone());
+        Ok(Vec::new())
+    }
+}
+
+/// A node as routes see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NodeInfo {
+    /// `spec.bgp.ipv4Address`: the node's address and its subnet.
+    ipv4: Option<(Ipv4Addr, IpNet)>,
+    vxlan: Option<Ipv4Addr>,
+    mac: MacAddr,
+    ipip: Option<Ipv4Addr>,
+}
+
+impl NodeInfo {
+    fn of(n: &gingham_model::Node) -> NodeInfo {
+        let ipv4 = n
+            .spec
+            .bgp
+            .as_ref()
+            .and_then(|b| b.ipv4_address)
+            .and_then(|a| match a.addr() {
+                IpAddr::V4(ip) => Some((ip, a.trunc())),
+                IpAddr::V6(_) => None,
+            });
+        let mac = n
+            .spec
+            .vxlan_tunnel_mac_addr
+            .parse()
+            .unwrap_or_else(|_| vtep_mac(&n.metadata.name));
+        NodeInfo {
+            ipv4,
+            vxlan: n.spec.ipv4_vxlan_tunnel_addr.parse().ok(),
+            mac,
+            ipip: n
+                .spec
+                .bgp
+                .as_ref()
+                .and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok()),
+        }
+    }
+}
+
+/// How a pool's routes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encap {
+    Vxlan { cross_subnet: bool },
+    Ipip { cross_subnet: bool },
+    None,
+}
+
+pub struct RouteManager<R> {
+    health: Health,
+    node: String,
+    networking: Networking,
+    table: R,
+    felix: FelixConfigs,
+    nodes: BTreeMap<String, gingham_model::Node>,
+    pools: BTreeMap<String, IpPool>,
+    reservations: BTreeMap<String, Vec<IpNet>>,
+    /// The blocks as last read (`None`: not read yet, or unreadable).
+    blocks: Option<Vec<BlockRoutes>>,
+    /// The node's tunnel addresses need checking (pools or the node changed).
+    allocate: bool,
+    /// The blocks need reading.
+    ipam: bool,
+    /// The routes need recomputing.
+    due: bool,
+    last: Instant,
+}
+
+impl<R: RouteTable> RouteManager<R> {
+    pub fn new(node: &str, networking: Networking, table: R, health: Health) -> Self {
+        RouteManager {
+            health,
+            node: node.to_owned(),
+            networking,
+            table,
+            felix: FelixConfigs::default(),
+            nodes: BTreeMap::new(),
+            pools: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            blocks: None,
+            allocate: true,
+            ipam: true,
+            due: true,
+            last: Instant::now(),
+        }
+    }
+
+    /// The route table (what was asked of it, for tests).
+    pub fn table(&self) -> &R {
+        &self.table
+    }
+
+    fn take(&mut self, r: &Resource) {
+        match r {
+            Resource::Node(n) => {
+                self.nodes.insert(n.metadata.name.clone(), n.clone());
+            }
+            Resource::IpPool(p) => {
+                self.pools.insert(p.metadata.name.clone(), p.clone());
+            }
+            Resource::IpReservation(x) => {
+                self.reservations
+                    .insert(x.metadata.name.clone(), x.spec.reserved_cidrs.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn encap(pool: &IpPool) -> Encap {
+        match (pool.spec.vxlan(), pool.spec.ipip()) {
+            (VxlanMode::Always, _) => Encap::Vxlan {
+                cross_subnet: false,
+            },
+            (VxlanMode::CrossSubnet, _) => Encap::Vxlan { cross_subnet: true },
+            (VxlanMode::Never, IpipMode::Always) => Encap::Ipip {
+                cross_subnet: false,
+            },
+            (VxlanMode::Never, IpipMode::CrossSubnet) => Encap::Ipip { cross_subnet: true },
+            (VxlanMode::Never, IpipMode::Never) => Encap::None,
+        }
+    }
+
+    /// The felix settings that shape the VXLAN device.
+    fn felix_setting(
+        &self,
+        pick: impl Fn(&gingham_model::FelixConfigurationSpec) -> Option<i64>,
+    ) -> Option<i64> {
+        self.felix.resources().iter().find_map(|r| match r {
+            Resource::FelixConfiguration(f) if f.metadata.name == "default" => pick(&f.spec),
+            _ => None,
+        })
+    }
+
+    /// What the node's tunnels and routes should be, and the IPIP problem if there is one.
+    fn desired(&mut self) -> (ClusterRoutes, Option<String>) {
+        let mut want = ClusterRoutes::default();
+        if self.networking == Networking::None {
+            return (want, None);
+        }
+        let infos: BTreeMap<&str, NodeInfo> = self
+            .nodes
+            .iter()
+            .map(|(k, n)| (k.as_str(), NodeInfo::of(n)))
+            .collect();
+        let Some(me) = infos.get(self.node.as_str()).cloned() else {
+            // Not known yet: no address, no subnet, no tunnel; nothing can be decided.
+            return (want, None);
+        };
+        want.local = me.ipv4.map(|(ip, _)| IpAddr::V4(ip));
+        let pools: Vec<(IpNet, Encap, &str)> = self
+            .pools
+            .values()
+            .filter_map(|p| Some((p.spec.cidr?, Self::encap(p), p.metadata.name.as_str())))
+            .collect();
+
+        // VXLAN: wanted while a VXLAN pool exists and the node has what a VTEP needs.
+        let any_vxlan = pools
+            .iter()
+            .any(|(c, e, _)| c.addr().is_ipv4() && matches!(e, Encap::Vxlan { .. }));
+        if any_vxlan && let (Some((local, _)), Some(addr)) = (me.ipv4, me.vxlan) {
+            let mut dev = VxlanDevice::calico(local, addr, me.mac);
+            if let Some(vni) = self
+                .felix_setting(|s| s.vxlan_vni)
+                .and_then(|v| u32::try_from(v).ok())
+            {
+                dev.vni = vni;
+            }
+            if let Some(port) = self
+                .felix_setting(|s| s.vxlan_port)
+                .and_then(|v| u16::try_from(v).ok())
+            {
+                dev.port = port;
+            }
+            dev.mtu = self
+                .felix_setting(|s| s.vxlan_mtu)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|m| *m > 0);
+            want.vxlan = Some(dev);
+            want.vteps = infos
+                .iter()
+                .filter(|(name, _)| **name != self.node)
+                .filter_map(|(_, i)| {
+                    Some(Vtep {
+                        tunnel_ip: i.vxlan?,
+                        mac: i.mac,
+                        host_ip: i.ipv4?.0,
+                    })
+                })
+                .collect();
+        }
+
+        // IPIP: wanted while an IPIP pool exists, if the kernel can.
+        let ipip_pools: Vec<&str> = pools
+            .iter()
+            .filter(|(c, e, _)| c.addr().is_ipv4() && matches!(e, Encap::Ipip { .. }))
+            .map(|(_, _, n)| *n)
+            .collect();
+        let mut problem = None;
+        let mut ipip_ok = false;
+        if !ipip_pools.is_empty() {
+            match self.table.ipip_support() {
+                Ok(()) => {
+                    ipip_ok = true;
+                    if let Some(addr) = me.ipip {
+                        want.ipip = Some(IpipDevice {
+                            address: addr,
+                            mtu: self
+                                .felix_setting(|s| s.ipip_mtu)
+                                .and_then(|v| u32::try_from(v).ok())
+                                .filter(|m| *m > 0),
+                        });
+                    }
+                }
+                Err(why) => {
+                    problem = Some(format!(
+                        "{NO_IPIP} (IPPool {} has ipipMode on; {why})",
+                        ipip_pools.join(", ")
+                    ));
+                }
+            }
+        }
+
+        // The routes.
+        let my_subnet = me.ipv4.map(|(_, net)| net);
+        let route = |dst: IpNet,
+                     node: &str,
+                     tunnel_dst: bool,
+                     encap: Encap|
+         -> Option<ClusterRoute> {
+            if node == self.node {
+                return None;
+            }
+            let remote = infos.get(node)?;
+            let same_subnet = matches!((my_subnet, remote.ipv4), (Some(net), Some((ip, _))) if net.contains(&IpAddr::V4(ip)));
+            let underlay = || {
+                Some(ClusterRoute {
+                    dst,
+                    via: Via::Underlay(IpAddr::V4(remote.ipv4?.0)),
+                })
+            };
+            match encap {
+                Encap::Vxlan { cross_subnet } => {
+                    if cross_subnet && same_subnet {
+                        return underlay();
+                    }
+                    want.vxlan.as_ref()?;
+                    let gw = remote.vxlan?;
+                    let via = if tunnel_dst && dst == IpNet::from(IpAddr::V4(gw)) {
+                        Via::VxlanDevice
+                    } else {
+                        Via::Vxlan(gw)
+                    };
+                    Some(ClusterRoute { dst, via })
+                }
+                Encap::Ipip { cross_subnet } => {
+                    if cross_subnet && same_subnet {
+                        return underlay();
+                    }
+                    if !ipip_ok || want.ipip.is_none() {
+                        return None;
+                    }
+                    Some(ClusterRoute {
+                        dst,
+                        via: Via::Ipip(remote.ipv4?.0),
+                    })
+                }
+                Encap::None => {
+                    if self.networking == Networking::Vxlan && same_subnet {
+                        underlay()
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        let mut routes = BTreeSet::new();
+        for b in self.blocks.iter().flatten() {
+            if !b.cidr.addr().is_ipv4() {
+                continue;
+            }
+            let Some((_, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
+                continue;
+            };
+            if self.networking == Networking::Bird && *encap == Encap::None {
+                continue;
+            }
+            if let Some(node) = &b.node
+                && let Some(r) = route(b.cidr, node, false, *encap)
+            {
+                routes.insert(r);
+            }
+            for (ip, node) in &b.borrowed {
+                if let Some(r) = route(IpNet::from(*ip), node, true, *encap) {
+                    routes.insert(r);
+                }
+            }
+        }
+        want.routes = routes;
+        (want, problem)
+    }
+
+    fn program(&mut self, store: &dyn Datastore, now: Instant) {
+        self.due = false;
+        self.last = now;
+        if self.networking == Networking::None {
+            return;
+        }
+        if std::mem::take(&mut self.allocate) {
+            let pools: Vec<IpPool> = self.pools.values().cloned().collect();
+            let reservations: Vec<IpNet> = self.reservations.values().flatten().copied().collect();
+            match crate::tunnels::reconcile(store, &self.node, &pools, &reservations) {
+                Ok(Some(node)) => {
+                    // Use what was written at once; the watch brings it back too.
+                    self.nodes.insert(self.node.clone(), node);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.allocate = true;
+                    self.health.metrics.errors.inc();
+                    tracing::error!(error = %e, "assigning the node's tunnel addresses failed; retrying");
+                }
+            }
+        }
+        if std::mem::take(&mut self.ipam) || self.blocks.is_none() {
+            match gingham_ipam::Ipam::new(store).block_routes() {
+                Ok(b) => self.blocks = Some(b),
+                Err(e) => {
+                    self.ipam = true;
+                    tracing::warn!(error = %e, "cannot read the IPAM blocks; routes left as they are");
+                    return;
+                }
+            }
+        }
+        let (want, problem) = self.desired();
+        self.health.state().set_problem(PROBLEM, problem);
+        match self.table.sync(&want) {
+            Ok(done) => {
+                for d in &done {
+                    tracing::info!(change = %d, "routes");
+                }
+                self.health
+                    .metrics
+                    .plumbing_repairs
+                    .inc_by(done.len() as u64);
+            }
+            Err(e) => {
+                self.health.metrics.errors.inc();
+                self.due = true;
+                tracing::error!(error = %e, "programming the routes to other nodes failed");
+            }
+        }
+    }
+}
+
+impl<R: RouteTable> Manager for RouteManager<R> {
+    fn resync(&mut self, resources: &[Resource]) {
+        self.felix.resync(resources);
+        self.nodes.clear();
+        self.pools.clear();
+        self.reservations.clear();
+        for r in resources {
+            self.take(r);
+        }
+        self.allocate = true;
+        self.ipam = true;
+        self.due = true;
+    }
+
+    fn on_update(&mut self, update: &Update) {
+        if self.felix.on_update(update) {
+            self.due = true;
+            return;
+        }
+        match update.kind {
+            Kind::Node | Kind::IpPool | Kind::IpReservation => {}
+            _ => return,
+        }
+        match &update.resource {
+            Some(r) => self.take(r),
+            None => {
+                if update.kind == Kind::Node {
+                    self.nodes.remove(&update.name);
+                } else if update.kind == Kind::IpPool {
+                    self.pools.remove(&update.name);
+                } else if update.kind == Kind::IpReservation {
+                    self.reservations.remove(&update.name);
+                }
+            }
+        }
+        // Pools, reservations and this node's own record decide its tunnel addresses.
+        if update.kind != Kind::Node || update.name == self.node {
+            self.allocate = true;
+        }
+        self.due = true;
+    }
+
+    fn on_ipam(&mut self, key: &str) {
+        if key.starts_with(gingham_ipam::stored::BLOCK_PREFIX) {
+            self.ipam = true;
+            self.due = true;
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let every = self.felix.route_refresh();
+        (self.networking != Networking::None && !every.is_zero()).then(|| self.last + every)
+    }
+
+    fn apply(&mut self, store: &dyn Datastore, now: Instant) -> Result<(), Error> {
+        if self.due || self.deadline().is_some_and(|d| now >= d) {
+            self.program(store, now);
+        }
+        Ok(())
+    }
+}
