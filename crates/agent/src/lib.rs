@@ -304,7 +304,12 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
 
     /// The managers, in the order they apply.
     fn managers(&mut self) -> [&mut dyn Manager; 4] {
-        [&mut self.policy, &mut self.plumbing, &mut self.routes, &mut self.bgp]
+        [
+            &mut self.policy,
+            &mut self.plumbing,
+            &mut self.routes,
+            &mut self.bgp,
+        ]
     }
 
     /// The datastore revision the dataplane reflects.

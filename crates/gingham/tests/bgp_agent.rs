@@ -605,7 +605,12 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
         || a.readiness().contains("200 OK"),
     );
 
-    // node-b's Node deleted: node-a's BIRD drops the peering and with it node-b's routes.
+    // node-b's Node deleted: node-a's BIRD drops the peering and with it node-b's routes;
+    // node-b's agent stops its BIRD (no peer keeps routes from a node that left) and says so.
+    let node_b = common::ok_in(
+        &["get", "node", "node-b", "-o", "yaml", "--datastore", &ds],
+        None,
+    );
     common::ok_in(&["delete", "node", "node-b", "--datastore", &ds], None);
     wait_until(
         Duration::from_secs(30),
@@ -616,6 +621,41 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
     let status = a.status();
     assert!(!status.contains(&format!("| {} ", b.ip)), "{status}");
     assert!(!pings(&a, &b));
+    wait_until(
+        Duration::from_secs(15),
+        "node-b's BIRD stopped",
+        || format!("{}\n{}", b.readiness(), b.agent_log()),
+        || b.bird_pid().is_none(),
+    );
+    let r = b.readiness();
+    assert!(
+        r.contains("BIRD stopped: node \"node-b\" not found among the Node resources"),
+        "{r}"
+    );
+
+    // node-b back: its BIRD runs again, the mesh and the routes return.
+    let node_b: String = node_b
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("resourceVersion")
+                && !l.trim_start().starts_with("uid:")
+                && !l.trim_start().starts_with("creationTimestamp")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&node_b));
+    wait_until(
+        Duration::from_secs(60),
+        "node-b's peering and route back on node-a",
+        || format!("{}\n{}", a.status(), logs()),
+        || a.established(&b.ip) && a.route(&block_b).contains(&format!("via {}", b.ip)),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pod-a reaching pod-b again",
+        logs,
+        || pings(&a, &b),
+    );
 
     // The agent dies as a crash would: its BIRD goes with it (no orphan holds the socket and
     // the BGP port from the next agent).

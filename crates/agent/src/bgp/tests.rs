@@ -433,3 +433,36 @@ fn other_backends_run_no_bird() {
         assert!(agent.bgp.deadline().is_none());
     }
 }
+
+/// The node's own Node deleted: BIRD stops (so that no peer, a top-of-rack router included,
+/// keeps routes from a node that left); the Node back: BIRD runs again.
+#[test]
+fn the_own_node_deleted_stops_bird_until_it_is_back() {
+    let store = cluster();
+    let mut agent = agent(Networking::Bird);
+    agent.start(&store).expect("starts");
+    let me = node(NODE, "10.77.0.1", "");
+    store.delete(&me.key(), None).expect("deleted");
+    catch_up(&mut agent, &store);
+    assert_eq!(sup(&agent).stops, [IpVersion::V4, IpVersion::V6]);
+    assert!(agent.bgp.installed().is_none());
+    let (code, body) = agent.health.readiness();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("BIRD stopped: node \"node-a\" not found among the Node resources"),
+        "{body}"
+    );
+    // Not started again on ticks while the node is gone.
+    agent
+        .handle(Event::Tick(Instant::now() + Duration::from_secs(5)), &store)
+        .expect("ticks");
+    assert_eq!(sup(&agent).starts.len(), 2);
+
+    put(&store, &me);
+    catch_up(&mut agent, &store);
+    assert_eq!(
+        sup(&agent).starts,
+        [IpVersion::V4, IpVersion::V6, IpVersion::V4, IpVersion::V6]
+    );
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
+}
