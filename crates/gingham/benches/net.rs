@@ -376,7 +376,12 @@ fn first_packet(label: &str, lab: &Lab) {
             .spawn()
             .expect("the prober starts");
         let t = Instant::now();
-        lab.apply(&pod_yaml(&format!("new{i}"), "node-a", Some(&address), true));
+        lab.apply(&pod_yaml(
+            &format!("new{i}"),
+            "node-a",
+            Some(&address),
+            true,
+        ));
         let added = t.elapsed();
         let status = prober.wait().expect("the prober ends");
         let connected = t.elapsed();
