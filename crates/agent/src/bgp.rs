@@ -143,6 +143,9 @@ pub trait Supervisor {
     fn state(&mut self, ip: IpVersion) -> DaemonState;
     /// Has the running daemon load the installed configuration.
     fn reload(&mut self, ip: IpVersion) -> Result<(), BirdError>;
+    /// Stops the daemon as an administrator would (SIGTERM: BIRD closes its sessions, so its
+    /// peers drop its routes at once), if it runs.
+    fn stop(&mut self, ip: IpVersion);
 }
 
 /// The real daemons, children of the agent, their files in the node's run directory:
@@ -302,6 +305,32 @@ impl Supervisor for BirdSupervisor {
         })?;
         status::configure_outcome(&reply).map_err(BirdError::Rejected)
     }
+
+    fn stop(&mut self, ip: IpVersion) {
+        if let Some(child) = self.children.remove(&ip.number()) {
+            Self::stop_child(ip, child);
+        }
+    }
+}
+
+/// How long a stopped BIRD has to close its sessions before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl BirdSupervisor {
+    fn stop_child(ip: IpVersion, mut child: Child) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let until = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                tracing::info!(program = ip.daemon(), "stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 impl Drop for BirdSupervisor {
@@ -353,6 +382,7 @@ pub struct RecordingSupervisor {
     pub checks: Vec<IpVersion>,
     pub starts: Vec<IpVersion>,
     pub reloads: Vec<IpVersion>,
+    pub stops: Vec<IpVersion>,
     pub reject: Option<String>,
     /// Makes `configure` on the running daemons fail with that message.
     pub reject_reload: Option<String>,
@@ -420,6 +450,12 @@ impl Supervisor for RecordingSupervisor {
         match &self.reject_reload {
             Some(m) => Err(BirdError::Rejected(m.clone())),
             None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self, ip: IpVersion) {
+        if self.running.remove(&ip.number()) {
+            self.stops.push(ip);
         }
     }
 }
@@ -582,6 +618,20 @@ impl<S: Supervisor> BgpManager<S> {
         };
         let rendered = match gingham_bgp::render(&input, &opts) {
             Ok(r) => r,
+            Err(e @ gingham_bgp::RenderError::NodeNotFound(_)) if self.installed.is_some() => {
+                // The node left the cluster: BIRD stops speaking for it (its peers, the
+                // route reflectors and top-of-rack routers included, drop its routes) until
+                // the Node exists again.
+                tracing::warn!(error = %e, "this node's Node resource is gone; stopping BIRD");
+                for d in &mut self.daemons {
+                    self.supervisor.stop(d.ip);
+                    *d = Daemon::new(d.ip);
+                }
+                self.installed = None;
+                self.rejected = None;
+                self.config_problem = Some(format!("BIRD stopped: {e}"));
+                return;
+            }
             Err(e) => {
                 self.config_problem = Some(format!("cannot render the BIRD configuration: {e}"));
                 return;

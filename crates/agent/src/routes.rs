@@ -14,7 +14,8 @@
 //! (BIRD programs the others, v3.33's split); `none`, nothing (someone else routes pods).
 //!
 //! "Same subnet" is Calico's: the remote node's `ipv4Address` lies inside this node's
-//! `ipv4Address` prefix.
+//! `ipv4Address` prefix. IPv6 pools work alike with `ipv6Address`, `ipv6VXLANTunnelAddr` and
+//! `vxlan-v6.calico` (IPIP is IPv4 only).
 //!
 //! A kernel without the `ipip` module cannot make `tunl0`: then IPIP routes are left out and
 //! the node is not ready ("tunnels"), while everything else is programmed.
@@ -28,7 +29,7 @@ use gingham_datastore::Datastore;
 use gingham_ipam::BlockRoutes;
 use gingham_model::{IpPool, IpipMode, Kind, Resource, VxlanMode};
 use gingham_net::routes::{ClusterRoute, ClusterRoutes, Via};
-use gingham_net::vxlan::{IpipDevice, Vtep, VxlanDevice, vtep_mac};
+use gingham_net::vxlan::{IpipDevice, Vtep, VxlanDevice, vtep_mac, vtep_mac_v6};
 use gingham_net::{MacAddr, NetError, Netlink, NetnsRef};
 use ipnet::IpNet;
 
@@ -65,6 +66,8 @@ impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
 /// The kernel, through netlink, in the namespace the agent runs in.
 pub struct NetlinkRoutes {
     nl: Netlink,
+    /// The destinations the last pass wanted (what may be ours once its pool is gone).
+    earlier: BTreeSet<IpNet>,
     /// Learnt once: a kernel does not grow modules while the agent runs.
     ipip: Option<Result<(), String>>,
 }
@@ -73,6 +76,7 @@ impl NetlinkRoutes {
     pub fn open() -> Result<Self, Error> {
         Ok(NetlinkRoutes {
             nl: Netlink::open(&NetnsRef::Current).map_err(Error::Netlink)?,
+            earlier: BTreeSet::new(),
             ipip: None,
         })
     }
@@ -97,7 +101,7 @@ impl RouteTable for NetlinkRoutes {
     }
 
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
-        gingham_net::routes::sync(&self.nl, want)
+        gingham_net::routes::sync(&self.nl, want, &mut self.earlier)
     }
 }
 
@@ -143,41 +147,61 @@ impl RouteTable for RecordingRoutes {
     }
 }
 
-/// A node as routes see it.
+/// A node as routes see it, in one IP family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Side {
+    /// `spec.bgp.ipv4Address` (`ipv6Address`): the node's address and its subnet.
+    addr: Option<(IpAddr, IpNet)>,
+    /// `spec.ipv4VXLANTunnelAddr` (`ipv6VXLANTunnelAddr`).
+    vxlan: Option<IpAddr>,
+    /// `spec.vxlanTunnelMACAddr` (`…V6`), else Calico's derived MAC.
+    mac: MacAddr,
+}
+
+/// A node as routes see it: IPv4 (`[0]`) and IPv6 (`[1]`), and its IPIP address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct NodeInfo {
-    /// `spec.bgp.ipv4Address`: the node's address and its subnet.
-    ipv4: Option<(Ipv4Addr, IpNet)>,
-    vxlan: Option<Ipv4Addr>,
-    mac: MacAddr,
+    side: [Side; 2],
     ipip: Option<Ipv4Addr>,
 }
 
 impl NodeInfo {
     fn of(n: &gingham_model::Node) -> NodeInfo {
-        let ipv4 = n
-            .spec
-            .bgp
-            .as_ref()
-            .and_then(|b| b.ipv4_address)
-            .and_then(|a| match a.addr() {
-                IpAddr::V4(ip) => Some((ip, a.trunc())),
-                IpAddr::V6(_) => None,
-            });
-        let mac = n
-            .spec
-            .vxlan_tunnel_mac_addr
+        let bgp = n.spec.bgp.as_ref();
+        let addr = |a: Option<IpNet>, v6: bool| {
+            a.filter(|a| a.addr().is_ipv6() == v6)
+                .map(|a| (a.addr(), a.trunc()))
+        };
+        let side = |v6: bool| Side {
+            addr: addr(
+                bgp.and_then(|b| if v6 { b.ipv6_address } else { b.ipv4_address }),
+                v6,
+            ),
+            vxlan: if v6 {
+                &n.spec.ipv6_vxlan_tunnel_addr
+            } else {
+                &n.spec.ipv4_vxlan_tunnel_addr
+            }
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|a| a.is_ipv6() == v6),
+            mac: if v6 {
+                &n.spec.vxlan_tunnel_mac_addr_v6
+            } else {
+                &n.spec.vxlan_tunnel_mac_addr
+            }
             .parse()
-            .unwrap_or_else(|_| vtep_mac(&n.metadata.name));
+            .unwrap_or_else(|_| {
+                if v6 {
+                    vtep_mac_v6(&n.metadata.name)
+                } else {
+                    vtep_mac(&n.metadata.name)
+                }
+            }),
+        };
         NodeInfo {
-            ipv4,
-            vxlan: n.spec.ipv4_vxlan_tunnel_addr.parse().ok(),
-            mac,
-            ipip: n
-                .spec
-                .bgp
-                .as_ref()
-                .and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok()),
+            side: [side(false), side(true)],
+            ipip: bgp.and_then(|b| b.ipv4_ipip_tunnel_addr.parse().ok()),
         }
     }
 }
@@ -290,47 +314,60 @@ impl<R: RouteTable> RouteManager<R> {
             // Not known yet: no address, no subnet, no tunnel; nothing can be decided.
             return (want, None);
         };
-        want.local = me.ipv4.map(|(ip, _)| IpAddr::V4(ip));
+        want.local = me.side[0].addr.map(|(ip, _)| ip);
+        want.local_v6 = me.side[1].addr.map(|(ip, _)| ip);
+        want.pools = self.pools.values().filter_map(|p| p.spec.cidr).collect();
         let pools: Vec<(IpNet, Encap, &str)> = self
             .pools
             .values()
             .filter_map(|p| Some((p.spec.cidr?, Self::encap(p), p.metadata.name.as_str())))
             .collect();
 
-        // VXLAN: wanted while a VXLAN pool exists and the node has what a VTEP needs.
-        let any_vxlan = pools
-            .iter()
-            .any(|(c, e, _)| c.addr().is_ipv4() && matches!(e, Encap::Vxlan { .. }));
-        if any_vxlan && let (Some((local, _)), Some(addr)) = (me.ipv4, me.vxlan) {
-            let mut dev = VxlanDevice::calico(local, addr, me.mac);
-            if let Some(vni) = self
-                .felix_setting(|s| s.vxlan_vni)
-                .and_then(|v| u32::try_from(v).ok())
-            {
-                dev.vni = vni;
-            }
-            if let Some(port) = self
-                .felix_setting(|s| s.vxlan_port)
-                .and_then(|v| u16::try_from(v).ok())
-            {
-                dev.port = port;
-            }
+        // VXLAN, per family: wanted while a VXLAN pool of the family exists and the node has
+        // what a VTEP needs.
+        let vni = self
+            .felix_setting(|s| s.vxlan_vni)
+            .and_then(|v| u32::try_from(v).ok());
+        let port = self
+            .felix_setting(|s| s.vxlan_port)
+            .and_then(|v| u16::try_from(v).ok());
+        for v6 in [false, true] {
+            let any = pools
+                .iter()
+                .any(|(c, e, _)| c.addr().is_ipv6() == v6 && matches!(e, Encap::Vxlan { .. }));
+            let side = &me.side[usize::from(v6)];
+            let (Some((local, _)), Some(addr), true) = (side.addr, side.vxlan, any) else {
+                continue;
+            };
+            let mut dev = match (local, addr) {
+                (IpAddr::V4(l), IpAddr::V4(a)) => VxlanDevice::calico(l, a, side.mac),
+                (IpAddr::V6(l), IpAddr::V6(a)) => VxlanDevice::calico_v6(l, a, side.mac),
+                _ => continue,
+            };
+            dev.vni = vni.unwrap_or(dev.vni);
+            dev.port = port.unwrap_or(dev.port);
             dev.mtu = self
-                .felix_setting(|s| s.vxlan_mtu)
+                .felix_setting(|s| if v6 { s.vxlan_mtu_v6 } else { s.vxlan_mtu })
                 .and_then(|v| u32::try_from(v).ok())
                 .filter(|m| *m > 0);
-            want.vxlan = Some(dev);
-            want.vteps = infos
-                .iter()
-                .filter(|(name, _)| **name != self.node)
-                .filter_map(|(_, i)| {
-                    Some(Vtep {
-                        tunnel_ip: i.vxlan?,
-                        mac: i.mac,
-                        host_ip: i.ipv4?.0,
-                    })
-                })
-                .collect();
+            want.vteps.extend(
+                infos
+                    .iter()
+                    .filter(|(name, _)| **name != self.node)
+                    .filter_map(|(_, i)| {
+                        let s = &i.side[usize::from(v6)];
+                        Some(Vtep {
+                            tunnel_ip: s.vxlan?,
+                            mac: s.mac,
+                            host_ip: s.addr?.0,
+                        })
+                    }),
+            );
+            if v6 {
+                want.vxlan_v6 = Some(dev);
+            } else {
+                want.vxlan = Some(dev);
+            }
         }
 
         // IPIP: wanted while an IPIP pool exists, if the kernel can.
@@ -340,11 +377,9 @@ impl<R: RouteTable> RouteManager<R> {
             .map(|(_, _, n)| *n)
             .collect();
         let mut problem = None;
-        let mut ipip_ok = false;
         if !ipip_pools.is_empty() {
             match self.table.ipip_support() {
                 Ok(()) => {
-                    ipip_ok = true;
                     if let Some(addr) = me.ipip {
                         want.ipip = Some(IpipDevice {
                             address: addr,
@@ -365,7 +400,6 @@ impl<R: RouteTable> RouteManager<R> {
         }
 
         // The routes.
-        let my_subnet = me.ipv4.map(|(_, net)| net);
         let route = |dst: IpNet,
                      node: &str,
                      tunnel_dst: bool,
@@ -374,12 +408,15 @@ impl<R: RouteTable> RouteManager<R> {
             if node == self.node {
                 return None;
             }
+            let v6 = dst.addr().is_ipv6();
+            let mine = &me.side[usize::from(v6)];
             let remote = infos.get(node)?;
-            let same_subnet = matches!((my_subnet, remote.ipv4), (Some(net), Some((ip, _))) if net.contains(&IpAddr::V4(ip)));
+            let theirs = &remote.side[usize::from(v6)];
+            let same_subnet = matches!((mine.addr, theirs.addr), (Some((_, net)), Some((ip, _))) if net.contains(&ip));
             let underlay = || {
                 Some(ClusterRoute {
                     dst,
-                    via: Via::Underlay(IpAddr::V4(remote.ipv4?.0)),
+                    via: Via::Underlay(theirs.addr?.0),
                 })
             };
             match encap {
@@ -387,9 +424,13 @@ impl<R: RouteTable> RouteManager<R> {
                     if cross_subnet && same_subnet {
                         return underlay();
                     }
-                    want.vxlan.as_ref()?;
-                    let gw = remote.vxlan?;
-                    let via = if tunnel_dst && dst == IpNet::from(IpAddr::V4(gw)) {
+                    if v6 {
+                        want.vxlan_v6.as_ref()?;
+                    } else {
+                        want.vxlan.as_ref()?;
+                    }
+                    let gw = theirs.vxlan?;
+                    let via = if tunnel_dst && dst == IpNet::from(gw) {
                         Via::VxlanDevice
                     } else {
                         Via::Vxlan(gw)
@@ -397,16 +438,20 @@ impl<R: RouteTable> RouteManager<R> {
                     Some(ClusterRoute { dst, via })
                 }
                 Encap::Ipip { cross_subnet } => {
+                    if v6 {
+                        return None;
+                    }
                     if cross_subnet && same_subnet {
                         return underlay();
                     }
-                    if !ipip_ok || want.ipip.is_none() {
-                        return None;
+                    want.ipip.as_ref()?;
+                    match theirs.addr? {
+                        (IpAddr::V4(ip), _) => Some(ClusterRoute {
+                            dst,
+                            via: Via::Ipip(ip),
+                        }),
+                        _ => None,
                     }
-                    Some(ClusterRoute {
-                        dst,
-                        via: Via::Ipip(remote.ipv4?.0),
-                    })
                 }
                 Encap::None => {
                     if self.networking == Networking::Vxlan && same_subnet {
@@ -419,9 +464,6 @@ impl<R: RouteTable> RouteManager<R> {
         };
         let mut routes = BTreeSet::new();
         for b in self.blocks.iter().flatten() {
-            if !b.cidr.addr().is_ipv4() {
-                continue;
-            }
             let Some((_, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
                 continue;
             };
@@ -459,7 +501,10 @@ impl<R: RouteTable> RouteManager<R> {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // Tried again on the next pass (a write that lost a race, a datastore
+                    // hiccup).
                     self.allocate = true;
+                    self.due = true;
                     self.health.metrics.errors.inc();
                     tracing::error!(error = %e, "assigning the node's tunnel addresses failed; retrying");
                 }
@@ -470,29 +515,30 @@ impl<R: RouteTable> RouteManager<R> {
                 Ok(b) => self.blocks = Some(b),
                 Err(e) => {
                     self.ipam = true;
+                    self.due = true;
                     tracing::warn!(error = %e, "cannot read the IPAM blocks; routes left as they are");
                     return;
                 }
             }
         }
-        let (want, problem) = self.desired();
-        self.health.state().set_problem(PROBLEM, problem);
+        let (want, mut problem) = self.desired();
         match self.table.sync(&want) {
             Ok(done) => {
                 for d in &done {
-                    tracing::info!(change = %d, "routes");
+                    tracing::info!(change = %d, "routes to other nodes");
                 }
-                self.health
-                    .metrics
-                    .plumbing_repairs
-                    .inc_by(done.len() as u64);
             }
             Err(e) => {
                 self.health.metrics.errors.inc();
                 self.due = true;
-                tracing::error!(error = %e, "programming the routes to other nodes failed");
+                let failed = format!("programming the routes to other nodes failed: {e}");
+                problem = Some(match problem {
+                    Some(p) => format!("{p}; {failed}"),
+                    None => failed,
+                });
             }
         }
+        self.health.state().set_problem(PROBLEM, problem);
     }
 }
 

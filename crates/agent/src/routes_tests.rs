@@ -143,8 +143,12 @@ fn program(m: &mut RouteManager<RecordingRoutes>, store: &dyn Datastore) -> Clus
     m.table().last().expect("programmed")
 }
 
-fn tunnel(store: &dyn Datastore, name: &str) -> Ipv4Addr {
-    v4(&stored_node(store, name).spec.ipv4_vxlan_tunnel_addr)
+fn tunnel(store: &dyn Datastore, name: &str) -> IpAddr {
+    ip(&stored_node(store, name).spec.ipv4_vxlan_tunnel_addr)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }
 
 fn route(dst: IpNet, via: Via) -> ClusterRoute {
@@ -160,7 +164,7 @@ fn cross_subnet_reaches_the_same_rack_plainly_and_the_other_through_vxlan() {
     let dev = want.vxlan.as_ref().expect("a VXLAN device");
     assert_eq!(dev.name, "vxlan.calico");
     assert_eq!((dev.vni, dev.port), (4096, 4789));
-    assert_eq!(dev.local, v4("192.168.1.1"));
+    assert_eq!(dev.local, ip("192.168.1.1"));
     assert_eq!(dev.address, tunnel(s, "node-a"));
     assert_eq!(dev.mac, vtep_mac("node-a"));
     assert_eq!(dev.mtu, None, "the underlay's MTU minus 50");
@@ -172,8 +176,8 @@ fn cross_subnet_reaches_the_same_rack_plainly_and_the_other_through_vxlan() {
     assert_eq!(
         vteps.into_iter().collect::<std::collections::BTreeSet<_>>(),
         [
-            (tunnel(s, "node-b"), vtep_mac("node-b"), v4("192.168.1.2")),
-            (tunnel(s, "node-c"), vtep_mac("node-c"), v4("192.168.2.1")),
+            (tunnel(s, "node-b"), vtep_mac("node-b"), ip("192.168.1.2")),
+            (tunnel(s, "node-c"), vtep_mac("node-c"), ip("192.168.2.1")),
         ]
         .into_iter()
         .collect()
@@ -239,7 +243,7 @@ fn routes_come_and_go_with_blocks_and_nodes() {
     assert_eq!(blocks(&before, "node-c").len(), 1, "{:?}", before.routes);
 
     // A block of c's appears (its first block is full): routed once IPAM says so.
-    let c_block = block_of(&store, IpAddr::V4(tunnel(&store, "node-c")));
+    let c_block = block_of(&store, tunnel(&store, "node-c"));
     let taken: Vec<IpAddr> = (0..64)
         .map(|i| workload(&store, "node-c", &format!("c-{i}")))
         .collect();
@@ -289,7 +293,7 @@ fn routes_come_and_go_with_blocks_and_nodes() {
         "{:?}",
         now.routes
     );
-    assert!(!now.vteps.iter().any(|v| v.host_ip == v4("192.168.2.1")));
+    assert!(!now.vteps.iter().any(|v| v.host_ip == ip("192.168.2.1")));
     assert_eq!(now.vteps.len(), 1, "node-b's VTEP stays");
 }
 
@@ -478,7 +482,7 @@ fn the_agent_assigns_records_keeps_and_releases_its_tunnel_address() {
         .ipv4_vxlan_tunnel_addr
         .parse()
         .expect("recorded on the Node");
-    assert_eq!(want.vxlan.as_ref().map(|d| IpAddr::V4(d.address)), Some(ip));
+    assert_eq!(want.vxlan.as_ref().map(|d| d.address), Some(ip));
     let AllocationStatus::InUse(info) = Ipam::new(&store).get_allocation(ip).unwrap() else {
         panic!("allocated");
     };
@@ -573,4 +577,152 @@ fn tunnel_addresses_follow_pool_selectors_uses_and_state() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn routes_are_checked_again_every_route_refresh_interval() {
+    let c = cluster(", vxlanMode: Always");
+    let s = &c.store;
+    put(
+        s,
+        &load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {routeRefreshInterval: 2s}\n").remove(0),
+    );
+    let table = RecordingRoutes::default();
+    let mut m = manager("node-a", Networking::Vxlan, table.clone());
+    let start = Instant::now();
+    m.resync(&resources(s));
+    m.apply(s, start).unwrap();
+    let count = || table.requests.lock().unwrap().len();
+    assert_eq!(count(), 1);
+    // Nothing changed and the interval has not passed: nothing asked.
+    m.apply(s, start + std::time::Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(count(), 1);
+    assert_eq!(
+        m.deadline(),
+        Some(start + std::time::Duration::from_secs(2))
+    );
+    // It has: the same state is asked for again (whatever was removed comes back).
+    m.apply(s, start + std::time::Duration::from_secs(2))
+        .unwrap();
+    assert_eq!(count(), 2);
+    let r = table.requests.lock().unwrap();
+    assert_eq!(r[0], r[1]);
+}
+
+#[test]
+fn ipv6_vxlan_has_its_own_device_entries_and_routes() {
+    let store = MemStore::new();
+    put(&store, &pool("pods", POOL, ", vxlanMode: CrossSubnet"));
+    put(
+        &store,
+        &pool("pods6", "fd00:10::/48", ", vxlanMode: CrossSubnet"),
+    );
+    let nodes = [
+        ("node-a", "192.168.1.1/24", "fd00:1::1/64"),
+        ("node-b", "192.168.1.2/24", "fd00:1::2/64"),
+        ("node-c", "192.168.2.1/24", "fd00:2::1/64"),
+    ];
+    for (name, v4net, v6net) in nodes {
+        put(
+            &store,
+            &load(&format!(
+                "apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{bgp: {{ipv4Address: {v4net}, ipv6Address: {v6net}}}}}\n"
+            ))
+            .remove(0),
+        );
+        tunnels::reconcile(&store, name, &pools(&store), &[]).expect("tunnel addresses");
+    }
+    let v6_tunnel = |name: &str| ip(&stored_node(&store, name).spec.ipv6_vxlan_tunnel_addr);
+    let a6 = v6_tunnel("node-a");
+    assert!(a6.is_ipv6());
+    let AllocationStatus::InUse(info) = Ipam::new(&store).get_allocation(a6).unwrap() else {
+        panic!("allocated");
+    };
+    assert_eq!(
+        info.handle_id.as_deref(),
+        Some("vxlan-v6-tunnel-addr-node-a")
+    );
+    assert_eq!(
+        info.attrs.get("type").map(String::as_str),
+        Some("vxlanV6TunnelAddress")
+    );
+    // Each node's IPv6 block (its tunnel address's).
+    let block6 = |name: &str| block_of(&store, v6_tunnel(name));
+    let mut m = manager("node-a", Networking::Vxlan, RecordingRoutes::default());
+    let want = program(&mut m, &store);
+    let dev = want.vxlan_v6.as_ref().expect("an IPv6 VXLAN device");
+    assert_eq!(dev.name, "vxlan-v6.calico");
+    assert_eq!(dev.local, ip("fd00:1::1"));
+    assert_eq!(dev.address, a6);
+    assert_eq!(dev.mac, gingham_net::vxlan::vtep_mac_v6("node-a"));
+    assert_eq!(dev.overhead(), 70);
+    assert!(want.vxlan.is_some(), "and the IPv4 one");
+    assert_eq!(want.local_v6, Some(ip("fd00:1::1")));
+    assert!(want.vteps.iter().any(|v| v.tunnel_ip == v6_tunnel("node-c")
+        && v.host_ip == ip("fd00:2::1")
+        && v.mac == gingham_net::vxlan::vtep_mac_v6("node-c")));
+    assert!(
+        want.routes
+            .contains(&route(block6("node-b"), Via::Underlay(ip("fd00:1::2"))))
+    );
+    let cross = route(block6("node-c"), Via::Vxlan(v6_tunnel("node-c")));
+    assert!(want.routes.contains(&cross), "{:?}", want.routes);
+    assert!(cross.to_string().contains("dev vxlan-v6.calico onlink"));
+    // The IPv6 pool goes: its device and address go, the IPv4 ones stay.
+    let key = Kind::IpPool.key(None, "pods6");
+    store.delete(&key, None).unwrap();
+    let want = program(&mut m, &store);
+    assert!(want.vxlan_v6.is_none());
+    assert!(want.vxlan.is_some());
+    assert!(
+        stored_node(&store, "node-a")
+            .spec
+            .ipv6_vxlan_tunnel_addr
+            .is_empty()
+    );
+}
+
+/// A route table that refuses, as a kernel might (an interface gone mid-change).
+struct Failing(bool);
+
+impl RouteTable for Failing {
+    fn ipip_support(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn sync(&mut self, _: &ClusterRoutes) -> Result<Vec<String>, gingham_net::NetError> {
+        if self.0 {
+            Err(gingham_net::NetError::NoSuchInterface {
+                name: "vxlan.calico".into(),
+                netns: "the test".into(),
+            })
+        } else {
+            Ok(Vec::new())
+        }
+    }
+}
+
+#[test]
+fn a_route_table_that_fails_makes_the_node_unready_until_it_works() {
+    let c = cluster(", vxlanMode: Always");
+    let s = &c.store;
+    let mut m = RouteManager::new(
+        "node-a",
+        Networking::Vxlan,
+        Failing(true),
+        Health::default(),
+    );
+    m.health.state().ready = true;
+    m.resync(&resources(s));
+    m.apply(s, Instant::now()).unwrap();
+    let (code, why) = m.health.readiness();
+    assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        why.contains("programming the routes to other nodes failed"),
+        "{why}"
+    );
+    assert!(m.due, "tried again on the next pass");
+    m.table.0 = false;
+    m.apply(s, Instant::now()).unwrap();
+    assert_eq!(m.health.readiness().0, axum::http::StatusCode::OK);
 }

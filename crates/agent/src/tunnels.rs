@@ -4,7 +4,9 @@
 //! `vxlan-tunnel-addr-<node>`, attributes `node` and `type: vxlanTunnelAddress`; IPIP:
 //! `ipip-tunnel-addr-<node>`, `ipipTunnelAddress`), recorded on its Node
 //! (`spec.ipv4VXLANTunnelAddr`, `spec.bgp.ipv4IPIPTunnelAddr`); when no such pool remains the
-//! address is released and the field cleared. Idempotent: an address that is still the node's,
+//! address is released and the field cleared. IPv6 VXLAN likewise: an IPv6 pool with
+//! `vxlanMode` on gives `spec.ipv6VXLANTunnelAddr` (`vxlan-v6-tunnel-addr-<node>`,
+//! `vxlanV6TunnelAddress`). Idempotent: an address that is still the node's,
 //! by its IPAM attributes, in a pool that still qualifies, is kept.
 
 use std::collections::BTreeMap;
@@ -20,16 +22,23 @@ use ipnet::IpNet;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TunnelKind {
     Vxlan,
+    VxlanV6,
     Ipip,
 }
 
 impl TunnelKind {
-    pub const ALL: [TunnelKind; 2] = [TunnelKind::Vxlan, TunnelKind::Ipip];
+    pub const ALL: [TunnelKind; 3] = [TunnelKind::Vxlan, TunnelKind::VxlanV6, TunnelKind::Ipip];
+
+    /// Whether the address is IPv6.
+    pub fn v6(self) -> bool {
+        self == TunnelKind::VxlanV6
+    }
 
     /// The IPAM handle of `node`'s address.
     pub fn handle(self, node: &str) -> String {
         match self {
             TunnelKind::Vxlan => format!("vxlan-tunnel-addr-{node}"),
+            TunnelKind::VxlanV6 => format!("vxlan-v6-tunnel-addr-{node}"),
             TunnelKind::Ipip => format!("ipip-tunnel-addr-{node}"),
         }
     }
@@ -38,6 +47,7 @@ impl TunnelKind {
     pub fn attr_type(self) -> &'static str {
         match self {
             TunnelKind::Vxlan => "vxlanTunnelAddress",
+            TunnelKind::VxlanV6 => "vxlanV6TunnelAddress",
             TunnelKind::Ipip => "ipipTunnelAddress",
         }
     }
@@ -45,7 +55,7 @@ impl TunnelKind {
     /// Whether `pool` calls for this kind of address.
     fn wants(self, pool: &IpPool) -> bool {
         match self {
-            TunnelKind::Vxlan => pool.spec.vxlan().enabled(),
+            TunnelKind::Vxlan | TunnelKind::VxlanV6 => pool.spec.vxlan().enabled(),
             TunnelKind::Ipip => pool.spec.ipip().enabled(),
         }
     }
@@ -54,6 +64,7 @@ impl TunnelKind {
     pub fn get(self, node: &Node) -> &str {
         match self {
             TunnelKind::Vxlan => &node.spec.ipv4_vxlan_tunnel_addr,
+            TunnelKind::VxlanV6 => &node.spec.ipv6_vxlan_tunnel_addr,
             TunnelKind::Ipip => node
                 .spec
                 .bgp
@@ -65,6 +76,7 @@ impl TunnelKind {
     fn set(self, node: &mut Node, addr: String) {
         match self {
             TunnelKind::Vxlan => node.spec.ipv4_vxlan_tunnel_addr = addr,
+            TunnelKind::VxlanV6 => node.spec.ipv6_vxlan_tunnel_addr = addr,
             TunnelKind::Ipip => {
                 let bgp = node.spec.bgp.get_or_insert_with(Default::default);
                 bgp.ipv4_ipip_tunnel_addr = addr;
@@ -119,15 +131,15 @@ pub fn pool_spec(pool: &IpPool, node_labels: Option<&Labels>) -> Option<PoolSpec
 }
 
 /// The pools `node` may take a `kind` tunnel address from (Calico's
-/// `determineEnabledPoolCIDRs`): IPv4, enabled, selecting the node, allowing tunnels, with the
-/// encapsulation on.
+/// `determineEnabledPoolCIDRs`): of the kind's family, enabled, selecting the node, allowing
+/// tunnels, with the encapsulation on.
 pub fn tunnel_pools(kind: TunnelKind, node: &Node, pools: &[IpPool]) -> Vec<PoolSpec> {
     pools
         .iter()
         .filter(|p| kind.wants(p))
         .filter_map(|p| pool_spec(p, Some(&node.metadata.labels)))
         .filter(|s| {
-            s.cidr.addr().is_ipv4()
+            s.cidr.addr().is_ipv6() == kind.v6()
                 && !s.disabled
                 && s.node_selector_matches
                 && s.allows(Use::Tunnel)
@@ -180,6 +192,7 @@ pub fn reconcile(
             tracing::info!(
                 node = node_name,
                 vxlan = TunnelKind::Vxlan.get(&updated),
+                vxlan_v6 = TunnelKind::VxlanV6.get(&updated),
                 ipip = TunnelKind::Ipip.get(&updated),
                 "tunnel addresses recorded on the Node"
             );
@@ -236,6 +249,11 @@ fn ensure(
     if release {
         ipam.release_by_handle(&handle)?;
     }
+    let (pools_v4, pools_v6) = if kind.v6() {
+        (Vec::new(), candidates)
+    } else {
+        (candidates, Vec::new())
+    };
     let req = AssignRequest {
         handle_id: handle,
         attrs: BTreeMap::from([
@@ -246,16 +264,16 @@ fn ensure(
             ),
         ]),
         node: name,
-        num_v4: 1,
-        num_v6: 0,
-        pools_v4: candidates,
-        pools_v6: Vec::new(),
+        num_v4: usize::from(!kind.v6()),
+        num_v6: usize::from(kind.v6()),
+        pools_v4,
+        pools_v6,
         reservations: reservations.to_vec(),
         max_blocks_per_host: None,
         intended_use: Use::Tunnel,
     };
     let got = ipam.auto_assign(&req)?;
-    let Some(a) = got.v4.first() else {
+    let Some(a) = got.v4.first().or(got.v6.first()) else {
         return Ok(None);
     };
     tracing::info!(ip = %a.ip, kind = kind.attr_type(), "tunnel address assigned");

@@ -154,8 +154,23 @@ pub fn run(client: &Client, cmd: &IpamCmd) -> Result<Exit> {
             }
             // Handles are `<network>.<containerID>`; a container ID may itself hold dots, so
             // every suffix after a dot is tried.
-            let is_live = |handle: &str, _: &BTreeMap<String, String>| {
-                containers.contains(handle)
+            let node_names: BTreeSet<&str> = nodes.iter().map(|n| n.meta().name.as_str()).collect();
+            // A node's tunnel address lives as long as its Node (calico-node's allocateip
+            // gives and takes it back).
+            let tunnel_of_live_node = |attrs: &BTreeMap<String, String>| {
+                let tunnel = attrs.get(gingham_ipam::ATTR_TYPE).is_some_and(|t| {
+                    gingham_agent::tunnels::TunnelKind::ALL
+                        .iter()
+                        .any(|k| k.attr_type() == t)
+                });
+                tunnel
+                    && attrs
+                        .get(gingham_ipam::ATTR_NODE)
+                        .is_some_and(|n| node_names.contains(n.as_str()))
+            };
+            let is_live = |handle: &str, attrs: &BTreeMap<String, String>| {
+                tunnel_of_live_node(attrs)
+                    || containers.contains(handle)
                     || handle
                         .match_indices('.')
                         .any(|(i, _)| containers.contains(&handle[i + 1..]))

@@ -166,6 +166,19 @@ fn table_text(s: &NodeStatus) -> String {
 /// BIRD's own default run directory (a BIRD not started by an agent).
 const BIRD_RUN_DIR: &str = "/var/run/bird";
 
+/// Where BIRD's control socket may be, in the order tried: the given path, else the one in the
+/// given run directory (where the agent runs BIRD), else Calico's then BIRD's default.
+fn socket_candidates(ip: IpVersion, given: Option<&Path>, run_dir: Option<&Path>) -> Vec<PathBuf> {
+    match (given, run_dir) {
+        (Some(p), _) => vec![p.to_path_buf()],
+        (None, Some(dir)) => vec![BirdSupervisor::socket(dir, ip)],
+        (None, None) => [Config::DEFAULT_RUN_DIR, BIRD_RUN_DIR]
+            .into_iter()
+            .map(|d| BirdSupervisor::socket(Path::new(d), ip))
+            .collect(),
+    }
+}
+
 /// Connects to BIRD's control socket: the given path, else the one in the given run directory,
 /// else Calico's then BIRD's default.
 fn connect(
@@ -173,16 +186,8 @@ fn connect(
     given: Option<&Path>,
     run_dir: Option<&Path>,
 ) -> std::result::Result<(UnixStream, PathBuf), String> {
-    let candidates: Vec<PathBuf> = match (given, run_dir) {
-        (Some(p), _) => vec![p.to_path_buf()],
-        (None, Some(dir)) => vec![BirdSupervisor::socket(dir, ip)],
-        (None, None) => [Config::DEFAULT_RUN_DIR, BIRD_RUN_DIR]
-            .into_iter()
-            .map(|d| BirdSupervisor::socket(Path::new(d), ip))
-            .collect(),
-    };
     let mut last = String::new();
-    for path in candidates {
+    for path in socket_candidates(ip, given, run_dir) {
         match UnixStream::connect(&path) {
             Ok(s) => return Ok((s, path)),
             Err(e) => {
@@ -295,6 +300,28 @@ mod tests {
 
     fn argv(s: &str) -> Vec<String> {
         s.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn sockets_are_looked_for_in_the_run_directory() {
+        let paths = |ip, given: Option<&str>, run: Option<&str>| {
+            socket_candidates(ip, given.map(Path::new), run.map(Path::new))
+        };
+        assert_eq!(
+            paths(IpVersion::V4, None, None),
+            [
+                PathBuf::from("/var/run/calico/bird.ctl"),
+                PathBuf::from("/var/run/bird/bird.ctl")
+            ]
+        );
+        assert_eq!(
+            paths(IpVersion::V6, None, Some("/tmp/n1")),
+            [PathBuf::from("/tmp/n1/bird6.ctl")]
+        );
+        assert_eq!(
+            paths(IpVersion::V4, Some("/x.ctl"), Some("/tmp/n1")),
+            [PathBuf::from("/x.ctl")]
+        );
     }
 
     #[test]

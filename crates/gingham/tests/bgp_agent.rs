@@ -230,8 +230,16 @@ fn start_node(tmp: &Path, ds: &str, underlay: &TestNetns, name: &str, i: u8) -> 
     node
 }
 
-/// A pod on the node, plumbed by the real CNI plugin (its address from the node's block).
+/// The node's pod, plumbed by the real CNI plugin (its address from the node's block).
 fn add_pod(node: &mut Node, ds: &str) {
+    let (pod, ip) = cni_add(node, ds, &format!("pod-{}", node.name), None);
+    node.pod_ip = ip;
+    node.pod = Some(pod);
+}
+
+/// CNI ADD of pod `name` on `node` (with `IP=` when an address is asked for); returns the
+/// pod's namespace and address.
+fn cni_add(node: &Node, ds: &str, name: &str, ip: Option<&str>) -> (TestNetns, String) {
     let pod = TestNetns::new("bgpp");
     let conf = serde_json::json!({
         "cniVersion": "1.0.0",
@@ -242,22 +250,27 @@ fn add_pod(node: &mut Node, ds: &str) {
         "ipam": {"type": "gingham-ipam"},
     })
     .to_string();
+    let mut args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x"
+    );
+    if let Some(ip) = ip {
+        args.push_str(&format!(";IP={ip}"));
+    }
     let mut child = Command::new("ip")
-        .args(["netns", "exec", node.ns.name(), env!("CARGO_BIN_EXE_gingham")])
+        .args([
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("c-{}", node.name))
+        .env("CNI_CONTAINERID", format!("c-{name}"))
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{};K8S_POD_INFRA_CONTAINER_ID=x",
-                node.name
-            ),
-        )
+        .env("CNI_ARGS", args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -272,18 +285,18 @@ fn add_pod(node: &mut Node, ds: &str) {
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "CNI ADD on {}: {}{}",
+        "CNI ADD of {name} on {}: {}{}",
         node.name,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    node.pod_ip = result["ips"][0]["address"]
+    let ip = result["ips"][0]["address"]
         .as_str()
         .unwrap()
         .trim_end_matches("/32")
         .to_owned();
-    node.pod = Some(pod);
+    (pod, ip)
 }
 
 fn pod(node: &Node) -> &TestNetns {
@@ -459,6 +472,49 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
     );
     assert!(pings(&b, &a), "pod-b reaches pod-a");
 
+    // A borrowed address: a pod on node-a with an address of node-b's block. node-a's BIRD
+    // exports its /32 (learned from the kernel), node-b routes it to node-a past its own
+    // block's blackhole, and both pods reach it.
+    let borrowed_ip = {
+        let base: std::net::Ipv4Addr = block_b.trim_end_matches("/26").parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 50).to_string()
+    };
+    let (borrowed, got) = cni_add(&a, &ds, "borrowed", Some(&borrowed_ip));
+    assert_eq!(got, borrowed_ip);
+    wait_until(
+        Duration::from_secs(30),
+        "node-b's /32 route to the borrowed address",
+        || b.exec_ok("ip route"),
+        || {
+            b.route(&format!("{borrowed_ip}/32"))
+                .contains(&format!("via {} dev up0 proto bird", a.ip))
+        },
+    );
+    for from in [&b, &a] {
+        wait_until(
+            Duration::from_secs(10),
+            &format!(
+                "{}'s pod reaching the borrowed address {borrowed_ip}",
+                from.name
+            ),
+            || {
+                format!(
+                    "node-a:\n{}\nnode-b:\n{}\nnft a:\n{}",
+                    a.exec_ok("ip route; ip neigh"),
+                    b.exec_ok("ip route; ip neigh"),
+                    a.exec_ok("nft list ruleset")
+                )
+            },
+            || {
+                pod(from)
+                    .exec(&["ping", "-c", "1", "-W", "1", &borrowed_ip])
+                    .status
+                    .success()
+            },
+        );
+    }
+    drop(borrowed);
+
     // BIRD crashes on node-b (SIGKILL). A connection opened before goes on; node-a keeps the
     // routes it learned from node-b while node-b's BIRD is away (graceful restart), node-b
     // keeps the routes its BIRD programmed (persist), and the agent starts BIRD again.
@@ -549,7 +605,12 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
         || a.readiness().contains("200 OK"),
     );
 
-    // node-b's Node deleted: node-a's BIRD drops the peering and with it node-b's routes.
+    // node-b's Node deleted: node-a's BIRD drops the peering and with it node-b's routes;
+    // node-b's agent stops its BIRD (no peer keeps routes from a node that left) and says so.
+    let node_b = common::ok_in(
+        &["get", "node", "node-b", "-o", "yaml", "--datastore", &ds],
+        None,
+    );
     common::ok_in(&["delete", "node", "node-b", "--datastore", &ds], None);
     wait_until(
         Duration::from_secs(30),
@@ -560,6 +621,41 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
     let status = a.status();
     assert!(!status.contains(&format!("| {} ", b.ip)), "{status}");
     assert!(!pings(&a, &b));
+    wait_until(
+        Duration::from_secs(15),
+        "node-b's BIRD stopped",
+        || format!("{}\n{}", b.readiness(), b.agent_log()),
+        || b.bird_pid().is_none(),
+    );
+    let r = b.readiness();
+    assert!(
+        r.contains("BIRD stopped: node \"node-b\" not found among the Node resources"),
+        "{r}"
+    );
+
+    // node-b back: its BIRD runs again, the mesh and the routes return.
+    let node_b: String = node_b
+        .lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("resourceVersion")
+                && !l.trim_start().starts_with("uid:")
+                && !l.trim_start().starts_with("creationTimestamp")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&node_b));
+    wait_until(
+        Duration::from_secs(60),
+        "node-b's peering and route back on node-a",
+        || format!("{}\n{}", a.status(), logs()),
+        || a.established(&b.ip) && a.route(&block_b).contains(&format!("via {}", b.ip)),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pod-a reaching pod-b again",
+        logs,
+        || pings(&a, &b),
+    );
 
     // The agent dies as a crash would: its BIRD goes with it (no orphan holds the socket and
     // the BGP port from the next agent).
@@ -574,4 +670,64 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
         || format!("bird pid {bird} still there"),
         || !Path::new(&format!("/proc/{bird}")).exists() || a.bird_pid().is_none(),
     );
+}
+
+/// Without BIRD on PATH the agent keeps running (policy and plumbing work) and /readiness names
+/// the Debian package.
+#[test]
+fn sys_without_bird_on_path_the_agent_says_which_package() {
+    gingham_testkit::require_root();
+    let ip = gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("bash");
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    common::ok_in(
+        &["apply", "-f", "-", "--datastore", &ds],
+        Some(&cluster(&[("node-a", "10.77.0.1")])),
+    );
+    let ns = TestNetns::new("bgpnobird");
+    // A PATH with what the agent needs but BIRD: nft.
+    let empty = tmp.path().join("path-without-bird");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::os::unix::fs::symlink(gingham_testkit::require_tool("nft"), empty.join("nft")).unwrap();
+    let log = tmp.path().join("agent.log");
+    let out = std::fs::File::create(&log).unwrap();
+    // (`ip` by its full path: the child's PATH has no `ip`.)
+    let mut agent = Command::new(ip)
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_gingham")])
+        .args(["--datastore", &ds, "agent", "--node", "node-a", "--run-dir"])
+        .arg(tmp.path().join("run"))
+        .env("PATH", &empty)
+        .env("CALICO_NETWORKING_BACKEND", "bird")
+        .env_remove("GINGHAM_DATASTORE")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let readiness = || {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /readiness HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+        String::from_utf8_lossy(&ns.exec(&["bash", "-c", script]).stdout).into_owned()
+    };
+    let want = "not ready: bird is not installed: no bird on PATH (install the Debian package bird, which has bird and bird6)";
+    wait_until(
+        Duration::from_secs(10),
+        "readiness naming the package",
+        || {
+            format!(
+                "{}\n{}",
+                readiness(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || readiness().contains(want),
+    );
+    assert!(readiness().contains("503"));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent keeps running: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
 }

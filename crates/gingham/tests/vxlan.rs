@@ -440,6 +440,37 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
     until(10, "pa reaches pc again", || {
         (pings(&pa, &pc.ip), String::new())
     });
+    // So are node-c's neighbour and FDB entries.
+    let mac = a
+        .sh("bridge fdb show dev vxlan.calico")
+        .lines()
+        .find(|l| l.contains(&format!("dst {}", c.ip)))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .expect("node-c's FDB entry");
+    a.ns.exec_ok(&["ip", "neigh", "del", &tc, "dev", "vxlan.calico"]);
+    a.ns.exec_ok(&[
+        "bridge",
+        "fdb",
+        "del",
+        &mac,
+        "dev",
+        "vxlan.calico",
+        "dst",
+        &c.ip,
+    ]);
+    until(10, "node-c's neighbour and FDB entries are back", || {
+        let neigh = a.sh("ip neigh show dev vxlan.calico");
+        let fdb = a.sh("bridge fdb show dev vxlan.calico");
+        let back = neigh.lines().any(|l| {
+            l.starts_with(&format!("{tc} ")) && l.contains(&mac) && l.contains("PERMANENT")
+        }) && fdb
+            .lines()
+            .any(|l| l.starts_with(&mac) && l.contains(&format!("dst {}", c.ip)));
+        (back, format!("{neigh}\n{fdb}"))
+    });
+    until(10, "pa reaches pc with them", || {
+        (pings(&pa, &pc.ip), String::new())
+    });
 
     // A new node in rack 2: its pods become reachable.
     gingham(
@@ -459,6 +490,14 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
         a.route(&block(&pd.ip))
             .contains(&format!("via {td} dev vxlan.calico"))
     );
+
+    // IPAM agrees: the tunnel addresses are their nodes', the pods' addresses their pods'.
+    let check = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["ipam", "check", "--datastore", &ds])
+        .env_remove("GINGHAM_DATASTORE")
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "ipam check: {}", text(&check));
 
     // Node c's Node resource is deleted: its routes, neighbours and FDB entries go away on the
     // others.

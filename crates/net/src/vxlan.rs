@@ -1,10 +1,12 @@
 //! Tunnel devices as felix makes them: the VXLAN device `vxlan.calico` (VNI 4096, UDP port
 //! 4789, the node's address as source, learning off, MTU of the underlay interface minus 50,
-//! the node's tunnel address as a /32, a MAC derived from the node's name), its per-remote-node
-//! entries (a permanent neighbour `tunnel address -> MAC` and a permanent FDB entry
-//! `MAC -> node address`), and the IPIP device `tunl0` (which needs the kernel's `ipip` module).
+//! the node's tunnel address as a /32, a MAC derived from the node's name) and its IPv6 twin
+//! `vxlan-v6.calico` (MTU minus 70, a /128, the MAC derived from `<name>-v6`), their
+//! per-remote-node entries (a permanent neighbour `tunnel address -> MAC` and a permanent FDB
+//! entry `MAC -> node address`), and the IPIP device `tunl0` (which needs the kernel's `ipip`
+//! module).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
@@ -23,12 +25,16 @@ use crate::types::MacAddr;
 
 /// Calico's IPv4 VXLAN device.
 pub const VXLAN_DEVICE: &str = "vxlan.calico";
+/// Calico's IPv6 VXLAN device.
+pub const VXLAN_V6_DEVICE: &str = "vxlan-v6.calico";
 /// Calico's VXLAN network identifier (FelixConfiguration `vxlanVNI`).
 pub const VXLAN_VNI: u32 = 4096;
 /// Calico's VXLAN UDP port (FelixConfiguration `vxlanPort`).
 pub const VXLAN_PORT: u16 = 4789;
 /// What VXLAN over IPv4 takes from the underlay's MTU.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// What VXLAN over IPv6 takes from the underlay's MTU.
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 /// The kernel's IPIP fallback device, which Calico uses.
 pub const IPIP_DEVICE: &str = "tunl0";
 /// What IPIP takes from the underlay's MTU.
@@ -41,6 +47,11 @@ pub fn vtep_mac(node: &str) -> MacAddr {
     MacAddr([0x66, d[0], d[1], d[2], d[3], d[4]])
 }
 
+/// The IPv6 VTEP MAC Calico derives: [`vtep_mac`] of `<node>-v6`.
+pub fn vtep_mac_v6(node: &str) -> MacAddr {
+    vtep_mac(&format!("{node}-v6"))
+}
+
 /// The VXLAN device a node needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VxlanDevice {
@@ -48,11 +59,12 @@ pub struct VxlanDevice {
     pub vni: u32,
     pub port: u16,
     /// The node's own address: the tunnel's source, and how its underlay interface is found.
-    pub local: Ipv4Addr,
+    /// Its family is the device's.
+    pub local: IpAddr,
     pub mac: MacAddr,
-    /// The node's tunnel address (installed as a /32).
-    pub address: Ipv4Addr,
-    /// `None`: the underlay interface's MTU minus [`VXLAN_OVERHEAD`].
+    /// The node's tunnel address (installed as a /32 or /128).
+    pub address: IpAddr,
+    /// `None`: the underlay interface's MTU minus [`VXLAN_OVERHEAD`] ([`VXLAN_V6_OVERHEAD`]).
     pub mtu: Option<u32>,
 }
 
@@ -64,10 +76,29 @@ impl VxlanDevice {
             name: VXLAN_DEVICE.into(),
             vni: VXLAN_VNI,
             port: VXLAN_PORT,
-            local,
+            local: IpAddr::V4(local),
             mac,
-            address,
+            address: IpAddr::V4(address),
             mtu: None,
+        }
+    }
+
+    /// Calico's IPv6 device (`vxlan-v6.calico`).
+    pub fn calico_v6(local: Ipv6Addr, address: Ipv6Addr, mac: MacAddr) -> VxlanDevice {
+        VxlanDevice {
+            name: VXLAN_V6_DEVICE.into(),
+            local: IpAddr::V6(local),
+            address: IpAddr::V6(address),
+            ..VxlanDevice::calico(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, mac)
+        }
+    }
+
+    /// What the encapsulation takes from the underlay's MTU.
+    pub fn overhead(&self) -> u32 {
+        if self.local.is_ipv6() {
+            VXLAN_V6_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
         }
     }
 }
@@ -76,11 +107,11 @@ impl VxlanDevice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Vtep {
     /// The remote node's tunnel address.
-    pub tunnel_ip: Ipv4Addr,
+    pub tunnel_ip: IpAddr,
     /// Its device's MAC.
     pub mac: MacAddr,
     /// The remote node's address on the underlay (where the UDP packets go).
-    pub host_ip: Ipv4Addr,
+    pub host_ip: IpAddr,
 }
 
 /// The IPIP device a node needs.
@@ -97,7 +128,7 @@ pub struct IpipDevice {
 pub struct VxlanInfo {
     pub vni: Option<u32>,
     pub port: Option<u16>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     /// The underlay interface's index.
     pub link: Option<u32>,
     pub learning: Option<bool>,
@@ -150,7 +181,8 @@ impl Netlink {
                     match x {
                         InfoVxlan::Id(id) => out.vni = Some(*id),
                         InfoVxlan::Port(p) => out.port = Some(*p),
-                        InfoVxlan::Local(l) => out.local = Some(*l),
+                        InfoVxlan::Local(l) => out.local = Some(IpAddr::V4(*l)),
+                        InfoVxlan::Local6(l) => out.local = Some(IpAddr::V6(*l)),
                         InfoVxlan::Link(l) => out.link = Some(*l),
                         InfoVxlan::Learning(l) => out.learning = Some(*l),
                         _ => {}
@@ -166,9 +198,12 @@ impl Netlink {
     /// off, down; the caller sets the MTU, address and state.
     pub fn add_vxlan(&self, dev: &VxlanDevice, parent: u32) -> Result<()> {
         crate::netlink::validate_ifname(&dev.name)?;
-        let msg = LinkVxlan::new(&dev.name, dev.vni)
-            .port(dev.port)
-            .local(dev.local)
+        let msg = LinkVxlan::new(&dev.name, dev.vni).port(dev.port);
+        let msg = match dev.local {
+            IpAddr::V4(l) => msg.local(l),
+            IpAddr::V6(l) => msg.local6(l),
+        };
+        let msg = msg
             .dev(parent)
             .learning(false)
             .address(dev.mac.0.to_vec())

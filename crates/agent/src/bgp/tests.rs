@@ -204,6 +204,60 @@ fn a_relevant_change_renders_and_reloads_an_irrelevant_one_does_not() {
     assert!(!installed_cfg(&agent).contains("Mesh_10_77_0_2"));
 }
 
+/// Every kind the configuration reads renders it again, and what it changes is loaded.
+#[test]
+fn each_kind_the_configuration_reads_renders_it_again() {
+    let store = cluster();
+    let mut agent = agent(Networking::Bird);
+    agent.start(&store).expect("starts");
+    let steps = [
+        (
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {asNumber: 65001}\n",
+            "bird.cfg",
+            "local as 65001;",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: f}\nspec: {exportV4: [{action: Reject, matchOperator: In, cidr: 10.9.0.0/16}]}\n",
+            "",
+            "",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 10.77.0.254, asNumber: 65000, filters: [f]}\n",
+            "bird.cfg",
+            "protocol bgp Global_10_77_0_254 from bgp_template",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: f}\nspec: {exportV4: [{action: Reject, matchOperator: In, cidr: 10.8.0.0/16}]}\n",
+            "bird.cfg",
+            "10.8.0.0/16",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: more}\nspec: {cidr: 10.250.0.0/16, ipipMode: Never, vxlanMode: Never}\n",
+            "bird_ipam.cfg",
+            "10.250.0.0/16",
+        ),
+    ];
+    for (yaml, file, text) in steps {
+        let renders = agent.bgp.renders();
+        put(&store, &one(yaml));
+        catch_up(&mut agent, &store);
+        assert_eq!(agent.bgp.renders(), renders + 1, "{yaml}");
+        if file.is_empty() {
+            continue;
+        }
+        let installed = agent
+            .bgp
+            .installed()
+            .and_then(|f| f.iter().find(|(n, _)| *n == file))
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+        assert!(
+            installed.contains(text),
+            "{text:?} not in {file}:\n{installed}"
+        );
+    }
+}
+
 #[test]
 fn a_rejected_configuration_is_not_loaded_and_said_on_readiness() {
     let store = cluster();
@@ -378,4 +432,37 @@ fn other_backends_run_no_bird() {
         assert!(sup(&agent).starts.is_empty());
         assert!(agent.bgp.deadline().is_none());
     }
+}
+
+/// The node's own Node deleted: BIRD stops (so that no peer, a top-of-rack router included,
+/// keeps routes from a node that left); the Node back: BIRD runs again.
+#[test]
+fn the_own_node_deleted_stops_bird_until_it_is_back() {
+    let store = cluster();
+    let mut agent = agent(Networking::Bird);
+    agent.start(&store).expect("starts");
+    let me = node(NODE, "10.77.0.1", "");
+    store.delete(&me.key(), None).expect("deleted");
+    catch_up(&mut agent, &store);
+    assert_eq!(sup(&agent).stops, [IpVersion::V4, IpVersion::V6]);
+    assert!(agent.bgp.installed().is_none());
+    let (code, body) = agent.health.readiness();
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body.contains("BIRD stopped: node \"node-a\" not found among the Node resources"),
+        "{body}"
+    );
+    // Not started again on ticks while the node is gone.
+    agent
+        .handle(Event::Tick(Instant::now() + Duration::from_secs(5)), &store)
+        .expect("ticks");
+    assert_eq!(sup(&agent).starts.len(), 2);
+
+    put(&store, &me);
+    catch_up(&mut agent, &store);
+    assert_eq!(
+        sup(&agent).starts,
+        [IpVersion::V4, IpVersion::V6, IpVersion::V4, IpVersion::V6]
+    );
+    assert_eq!(agent.health.readiness().0, StatusCode::OK);
 }
