@@ -144,7 +144,7 @@ fn held_connection(lab: &TestLab, from: &str, to_ip: &str, seconds: u32) -> std:
 /// each rack. Every pod reaches every pod; node-a's `node status` shows the mesh and the
 /// router Established; the router's kernel has the blocks from BGP; BIRD killed on node-c is
 /// restarted by the agent and a TCP flow through node-c never notices (graceful restart);
-/// node-c's Node deleted, its routes leave the other nodes.
+/// node-c's Node deleted, its routes leave the other nodes and the router.
 #[test]
 fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
     let f = Fabric::Bird;
@@ -213,7 +213,7 @@ fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
 
     // BIRD on node-c crashes under an established flow from node-a's pod to node-c's.
     let before = bird_pid(&lab, "node-c").expect("node-c's BIRD");
-    let flow = held_connection(&lab, "shop/p1", &p3, 20);
+    let flow = held_connection(&lab, "shop/p1", &p3, 12);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let kill = Command::new("kill")
         .args(["-9", &before.to_string()])
@@ -242,48 +242,42 @@ fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["failed"], 0, "the flow broke: {report}");
-    assert!(report["ok"].as_u64().unwrap() > 200, "{report}");
+    assert!(report["ok"].as_u64().unwrap() > 100, "{report}");
     let log = std::fs::read_to_string(format!("{d}/agent-node-c.log")).unwrap();
     assert!(log.contains("restarting"), "{log}");
     // And new connections still work everywhere.
     f.wait_converged(d);
     full_mesh(&lab, &all);
 
-    // node-c's Node deleted: its block leaves the other nodes' kernels (their mesh session to
-    // node-c goes). node-c's own BIRD keeps its last configuration, as Calico's confd does
-    // ("renders nothing until the Node exists"), so the router, an outside BGP speaker with a
-    // session of its own to node-c, keeps learning node-c's block from node-c itself.
+    // node-c's Node deleted: its block leaves the other nodes' and the router's kernels (the
+    // mesh sessions to node-c go; node-c's agent stops its BIRD, so the router's session drops
+    // too).
     assert_eq!(
         common::try_outcome(d, "shop/p1", "shop/p3", "TCP", 80),
         "connected"
     );
     common::ok_in(&["delete", "node", "node-c", "--datastore", &lab.ds], None);
-    wait_until("node-c's block gone from node-a and node-b", 60, || {
-        let left: Vec<String> = ["node-a", "node-b"]
-            .iter()
-            .flat_map(|t| {
-                pod_routes(&lab, t)
-                    .into_iter()
-                    .filter(|r| r.starts_with(&format!("{c_block} ")) || r.contains(NODE_C))
-                    .map(move |r| format!("{t}: {r}"))
-            })
-            .collect();
-        left.is_empty().then_some(()).ok_or(format!("{left:?}"))
-    });
-    wait_until("node-a's mesh session to node-c gone", 30, || {
-        let status = common::node_status(d, "node-a");
-        let peers = status["ipv4"]["peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        (!peers.iter().any(|p| p["peerAddress"] == NODE_C))
-            .then_some(())
-            .ok_or(status.to_string())
-    });
+    wait_until(
+        "node-c's block gone from node-a, node-b and the router",
+        60,
+        || {
+            let left: Vec<String> = ["node-a", "node-b", "router"]
+                .iter()
+                .flat_map(|t| {
+                    pod_routes(&lab, t)
+                        .into_iter()
+                        .filter(|r| r.starts_with(&format!("{c_block} ")) || r.contains(NODE_C))
+                        .map(move |r| format!("{t}: {r}"))
+                })
+                .collect();
+            left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+        },
+    );
+    let status = common::node_status(d, "node-a");
+    let peers = status["ipv4"]["peers"].as_array().unwrap();
     assert!(
-        route_to(&lab, "router", &p3, "proto bird").is_some_and(|r| r.contains(NODE_C)),
-        "{:?}",
-        pod_routes(&lab, "router")
+        !peers.iter().any(|p| p["peerAddress"] == NODE_C),
+        "{status}"
     );
     // node-a and node-b still reach each other.
     assert_eq!(
