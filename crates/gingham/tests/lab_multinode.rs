@@ -220,13 +220,56 @@ fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
         .status()
         .unwrap();
     assert!(kill.success());
+    // Until node-c's BIRD is back with its sessions, the router keeps node-c's block (graceful
+    // restart: stale, not withdrawn): watched every 10 ms straight in the router's namespace.
+    let router_ns = common::lab_state(d)["router"]["netns"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let router_has_c = || {
+        let out = Command::new("ip")
+            .args(["-n", &router_ns, "-4", "route", "show", "exact", &c_block])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("via {NODE_C} "))
+    };
     let after = wait_until("node-c's BIRD restarted by its agent", 30, || {
+        for _ in 0..20 {
+            assert!(
+                router_has_c(),
+                "the router lost node-c's block while node-c's BIRD was down"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         bird_pid(&lab, "node-c")
             .filter(|p| *p != before)
             .ok_or_else(|| "no new BIRD".to_owned())
     });
     assert_ne!(after, before);
-    wait_established(&lab, "node-c", &[ROUTER_R2, NODE_A, NODE_B]);
+    wait_until("node-c's sessions Established again", 60, || {
+        for _ in 0..20 {
+            assert!(
+                router_has_c(),
+                "the router lost node-c's block while node-c's BIRD was restarting"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let status = common::node_status(d, "node-c");
+        let peers = status["ipv4"]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let up = |ip: &str| {
+            peers
+                .iter()
+                .any(|p| p["peerAddress"] == ip && p["info"] == "Established")
+        };
+        [ROUTER_R2, NODE_A, NODE_B]
+            .iter()
+            .all(|ip| up(ip))
+            .then_some(())
+            .ok_or(status.to_string())
+    });
     wait_established(&lab, "node-a", &[NODE_C]);
     // The flow was opened before the crash and is still running after the restart.
     let mut flow = flow;
