@@ -303,6 +303,35 @@ impl Snapshot {
         }
     }
 
+    /// Whether a host's packets from `src`'s node to the pod `dst` (on another node) go
+    /// through the tunnel: the pod's pool encapsulates always, or CrossSubnet and the two
+    /// nodes share no subnet (or their subnets are unknown). A pod address in no pool (the
+    /// pools are not known) keeps the tunnel whenever the node has a tunnel address.
+    fn tunneled(&self, src: &Peer<'_>, dst: &Peer<'_>, v6: bool) -> bool {
+        let Peer::Workload(pod) = dst else {
+            return false;
+        };
+        let Some(pool) = pod
+            .ip(v6)
+            .and_then(|ip| self.pools.iter().find(|p| p.cidr.contains(&ip)))
+        else {
+            return true;
+        };
+        if pool.always {
+            return true;
+        }
+        if !pool.cross_subnet {
+            return false;
+        }
+        let subnets = |n: Option<&str>| {
+            n.and_then(|n| self.nodes.get(n))
+                .map(|n| n.subnets.clone())
+                .unwrap_or_default()
+        };
+        let (from, to) = (subnets(src.node()), subnets(dst.node()));
+        !from.iter().any(|s| to.contains(s)) || from.is_empty()
+    }
+
     /// The address a peer uses; hosts talking to pods on other nodes use their tunnel address
     /// when they have one (felix masquerades host traffic onto the tunnel), as seed 000 shows.
     fn address(
@@ -379,7 +408,8 @@ impl Snapshot {
         let mut notes = Vec::new();
         let same_node = src.node().is_some() && src.node() == dst.node();
         let dst_is_remote_pod = matches!(dst, Peer::Workload(_)) && !same_node;
-        let src_ip = self.address(&src, &flow.src, flow.ipv6, dst_is_remote_pod, &mut notes)?;
+        let tunneled = dst_is_remote_pod && self.tunneled(&src, &dst, flow.ipv6);
+        let src_ip = self.address(&src, &flow.src, flow.ipv6, tunneled, &mut notes)?;
         let dst_ip = self.address(&dst, &flow.dst, flow.ipv6, false, &mut notes)?;
         let pkt = Packet {
             snap: self,

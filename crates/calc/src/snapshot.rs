@@ -193,6 +193,20 @@ pub struct NodeInfo {
     pub ips: Vec<IpAddr>,
     /// IPIP or VXLAN tunnel address: the source of host traffic to pods on other nodes.
     pub tunnel_ips: Vec<IpAddr>,
+    /// The subnets of its BGP addresses (`spec.bgp.ipv4Address`, `ipv6Address`): a
+    /// CrossSubnet pool encapsulates only between nodes that share none.
+    pub subnets: Vec<ipnet::IpNet>,
+}
+
+/// How a pool carries pod traffic between nodes: what decides whether a host's packets to a
+/// pod of another node leave through the tunnel (from the tunnel address).
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolEncap {
+    pub cidr: ipnet::IpNet,
+    /// IPIP or VXLAN `Always`.
+    pub always: bool,
+    /// IPIP or VXLAN `CrossSubnet` (and neither `Always`).
+    pub cross_subnet: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -534,6 +548,8 @@ pub struct Snapshot {
     pub staged_view: Option<Vec<Policy>>,
     pub profiles: BTreeMap<String, ProfileInfo>,
     pub felix: FelixSettings,
+    /// The IP pools' encapsulation, in the order they were given.
+    pub pools: Vec<PoolEncap>,
     pub warnings: Vec<Warning>,
     /// Lookups by name and address, rebuilt by [`Snapshot::reindex`].
     pub index: EndpointIndex,
@@ -667,6 +683,12 @@ impl Snapshot {
                     if let Some(bgp) = &n.spec.bgp {
                         info.ips.extend(bgp.ipv4_address.map(|a| a.addr()));
                         info.ips.extend(bgp.ipv6_address.map(|a| a.addr()));
+                        info.subnets.extend(
+                            bgp.ipv4_address
+                                .iter()
+                                .chain(&bgp.ipv6_address)
+                                .map(|a| a.trunc()),
+                        );
                         info.tunnel_ips
                             .extend(bgp.ipv4_ipip_tunnel_addr.parse::<IpAddr>().ok());
                     }
@@ -682,6 +704,20 @@ impl Snapshot {
                     }
                 }
                 Resource::FelixConfiguration(f) => s.apply_felix(f),
+                Resource::IpPool(pool) => {
+                    use gingham_model::pool::{IpipMode, VxlanMode};
+                    if let Some(cidr) = pool.spec.cidr {
+                        let (ipip, vxlan) = (pool.spec.ipip(), pool.spec.vxlan());
+                        let always = ipip == IpipMode::Always || vxlan == VxlanMode::Always;
+                        s.pools.push(PoolEncap {
+                            cidr,
+                            always,
+                            cross_subnet: !always
+                                && (ipip == IpipMode::CrossSubnet
+                                    || vxlan == VxlanMode::CrossSubnet),
+                        });
+                    }
+                }
                 _ => {}
             }
         }

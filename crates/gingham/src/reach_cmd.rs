@@ -82,6 +82,8 @@ const POLICY_KINDS: &[Kind] = &[
     Kind::GlobalNetworkSet,
     Kind::Node,
     Kind::FelixConfiguration,
+    // Their encapsulation decides whether a host reaches a pod from its tunnel address.
+    Kind::IpPool,
 ];
 
 /// Loads the cluster from files (Kubernetes objects converted as Calico's controllers do) or,

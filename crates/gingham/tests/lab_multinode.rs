@@ -559,6 +559,7 @@ fn sys_seed_000_with_the_vxlan_tunnel_address() {
     f.require();
     let pods = [
         pod("p1", "node-a", "ipv4pools", "pods"),
+        pod("p2", "node-b", "ipv4pools", "pods"),
         pod("p3", "node-c", "ipv4pools", "pods"),
     ]
     .concat();
@@ -593,6 +594,15 @@ fn sys_seed_000_with_the_vxlan_tunnel_address() {
         common::try_outcome(d, "node-a", "shop/p3", "TCP", 80),
         "no-answer"
     );
+    // Within the rack (CrossSubnet: no tunnel) node-a sends from its own address: allowed.
+    let v = try_json(d, "node-a", "shop/p2", "TCP", 80);
+    assert_eq!(
+        (v["outcome"].as_str(), v["peer"].as_str()),
+        (Some("connected"), Some(NODE_A)),
+        "{v}"
+    );
+    let why = common::explain(&lab.ds, "node-a", "shop/p2", 80);
+    assert!(why.contains("ALLOWED") && !why.contains(&ta), "{why}");
     let why = common::explain(&lab.ds, "node-a", "shop/p3", 80);
     assert!(
         why.contains("DENIED")
