@@ -357,7 +357,9 @@ impl Fabric {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                (peers.len() == nodes.len() && peers.iter().all(|p| p["info"] == "Established"))
+                // The other nodes (the mesh) and the router of its rack.
+                let want = nodes.len() - 1 + 1;
+                (peers.len() == want && peers.iter().all(|p| p["info"] == "Established"))
                     .then_some(())
                     .ok_or_else(|| status.to_string())
             });
