@@ -149,6 +149,7 @@ fn held_connection(lab: &TestLab, from: &str, to_ip: &str, seconds: u32) -> std:
 fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
     let f = Fabric::Bird;
     f.require();
+    gingham_testkit::require_tool("ss");
     let pods = [
         pod("p1", "node-a", "ipv4pools", "pods"),
         pod("p2", "node-b", "ipv4pools", "pods"),
@@ -213,8 +214,32 @@ fn sys_bgp_lab_connects_racks_and_survives_bird_crash() {
 
     // BIRD on node-c crashes under an established flow from node-a's pod to node-c's.
     let before = bird_pid(&lab, "node-c").expect("node-c's BIRD");
-    let flow = held_connection(&lab, "shop/p1", &p3, 12);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let flow = held_connection(&lab, "shop/p1", &p3, 15);
+    let p1_ns = common::lab_state(d)["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "p1")
+        .and_then(|p| p["netns"].as_str())
+        .unwrap()
+        .to_owned();
+    wait_until("the flow p1 -> p3 established", 10, || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &p1_ns,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .arg(format!("dst {p3}:80"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (!text.trim().is_empty()).then_some(()).ok_or(text)
+    });
     let kill = Command::new("kill")
         .args(["-9", &before.to_string()])
         .status()
