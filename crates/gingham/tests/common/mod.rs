@@ -178,6 +178,9 @@ pub fn assert_probe(
     endpoints: &[&str],
     expected: &dyn Fn(&str, &str) -> &'static str,
 ) {
+    let mut m = m.clone();
+    second_look(&mut m, expected);
+    let m = &m;
     let mut outcomes = serde_json::Map::new();
     let mut allowed = serde_json::Map::new();
     for from in endpoints {
@@ -223,7 +226,65 @@ pub fn probe(dir: &str, proto: &str, port: u16) -> serde_json::Value {
         ],
         None,
     );
-    serde_json::from_str(&json).unwrap()
+    let mut m: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // Where it came from, for `assert_probe`'s second look at a cell that did not answer.
+    m["lab_dir"] = dir.into();
+    m
+}
+
+/// A cell of a `probe` matrix that got no answer where an answer was expected gets a second,
+/// patient look (`lab try` with 3 s to answer): on a loaded 2-core machine a connection can
+/// take longer than the probe's 500 ms. A cell expected to get no answer is never retried, and a
+/// policy drop stays a drop however long one waits, so the check can still fail.
+fn second_look(m: &mut serde_json::Value, expected: &dyn Fn(&str, &str) -> &'static str) {
+    let Some(dir) = m["lab_dir"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let proto = m["protocol"].as_str().unwrap_or("TCP").to_owned();
+    let port = m["port"].as_u64().unwrap_or(0).to_string();
+    let cells: Vec<(String, String)> = m["outcomes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(from, row)| {
+            row.as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(to, got)| *got == "no-answer" && expected(from, to) != "no-answer")
+                .map(|(to, _)| (from.clone(), to.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (from, to) in cells {
+        let out = gingham_in(
+            &[
+                "lab",
+                "try",
+                "--dir",
+                &dir,
+                &from,
+                &to,
+                "--protocol",
+                &proto,
+                "--port",
+                &port,
+                "--timeout-ms",
+                "3000",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(outcome) = v["outcome"].as_str().filter(|o| *o != "no-answer") {
+            eprintln!(
+                "{from} -> {to} {proto}/{port}: no answer in 500 ms, {outcome} on a second look"
+            );
+            m["outcomes"][&from][&to] = outcome.into();
+            m["allowed"][&from][&to] = true.into();
+        }
+    }
 }
 
 /// Namespaces, processes and files that belong to lab `name` in `dir`: empty once it is down.
