@@ -5,10 +5,10 @@
 //!   whose nodes route pods with VXLAN (`networking: vxlan`, `vxlanMode: CrossSubnet`, so the
 //!   cross-rack path is encapsulated) and with BIRD (`networking: bird`, an unencapsulated pool,
 //!   the router peering with every node). Baseline: the same two pod namespaces joined by a plain
-//!   routed veth path of the same length (three routing namespaces standing for node-a, the
-//!   router and node-c: no tunnel, no nftables, static routes), measured alternately with the
-//!   lab's path so the machine's drift cancels; ratio = lab / plain (targets: VXLAN ≥ 0.8,
-//!   native ≥ 0.95).
+//!   routed veth path shaped like the lab's underlay (three routing namespaces standing for
+//!   node-a, the router and node-c, and a bridge for each rack: no tunnel, no nftables, static
+//!   routes), measured alternately with the lab's path so the machine's drift cancels;
+//!   ratio = lab / plain (targets: VXLAN ≥ 0.8, native ≥ 0.95).
 //! - **Pod ADD to first packet from another node**: a pod added on node-a with an address in a
 //!   block no node has yet (so the route to it must travel: BIRD's advertisement or the VXLAN
 //!   agents' routes), and a prober on node-c's pod that connects every few milliseconds; the time
@@ -221,16 +221,17 @@ spec: {{nodeName: {node}, containers: [{{name: c{ports}}}]}}
     )
 }
 
-/// The same two pod namespaces joined by a plain routed path: pod A — r1 — r2 — r3 — pod B,
-/// over veths, with static routes and nothing else. Built beside the lab's interfaces (the
-/// pods' own eth0 and routes are left alone; the plain path has its own addresses).
+/// The same two pod namespaces joined by a plain path shaped like the lab's underlay: pod A —
+/// R0 — bridge — R1 — bridge — R2 — pod B, where R0, R1 and R2 stand for node-a, the router and
+/// node-c (forwarding, static routes, no tunnel, no nftables, no BGP) and each bridge stands for
+/// a rack's bridge, over veths as in the lab. Built beside the lab's interfaces (the pods' own
+/// eth0 and routes are left alone; the plain path has its own addresses), so the ratio is the
+/// cost of what Gingham adds, not of the lab's cabling.
 struct PlainPath {
-    _routers: Vec<TestNetns>,
-    a_ip: String,
+    _namespaces: Vec<TestNetns>,
     b_ip: String,
 }
 
-const PLAIN_A: &str = "192.168.250.2";
 const PLAIN_B: &str = "192.168.253.2";
 
 fn sh(netns: &str, args: &[&str]) {
@@ -247,49 +248,87 @@ fn sh(netns: &str, args: &[&str]) {
     );
 }
 
+/// A veth from `left` (named `l_if`, address `l_addr`) to `right` (`r_if`, `r_addr`); an empty
+/// address leaves that end without one.
+fn cable(left: &str, l_if: &str, l_addr: &str, right: &str, r_if: &str, r_addr: &str) {
+    sh(
+        left,
+        &[
+            "ip", "link", "add", l_if, "type", "veth", "peer", "name", r_if, "netns", right,
+        ],
+    );
+    for (ns, ifname, addr) in [(left, l_if, l_addr), (right, r_if, r_addr)] {
+        if !addr.is_empty() {
+            sh(ns, &["ip", "addr", "add", addr, "dev", ifname]);
+        }
+        sh(ns, &["ip", "link", "set", ifname, "up"]);
+    }
+}
+
+/// `left` and `right` on one subnet through a bridge in `bridge_ns`.
+fn bridged(n: usize, left: &str, l_addr: &str, bridge_ns: &str, right: &str, r_addr: &str) {
+    sh(bridge_ns, &["ip", "link", "add", "br0", "type", "bridge"]);
+    sh(bridge_ns, &["ip", "link", "set", "br0", "up"]);
+    let (a, b, c, d) = (
+        format!("pl{n}a"),
+        format!("pl{n}b"),
+        format!("pl{n}c"),
+        format!("pl{n}d"),
+    );
+    cable(left, &a, l_addr, bridge_ns, &b, "");
+    cable(right, &d, r_addr, bridge_ns, &c, "");
+    for port in [&b, &c] {
+        sh(bridge_ns, &["ip", "link", "set", port, "master", "br0"]);
+    }
+}
+
 impl PlainPath {
     fn new(pod_a: &str, pod_b: &str) -> PlainPath {
         let routers: Vec<TestNetns> = (0..3).map(|_| TestNetns::new("bplain")).collect();
-        // Links: A—R0 (192.168.250.0/30), R0—R1 (.251), R1—R2 (.252), R2—B (.253).
-        let hops: Vec<&str> = std::iter::once(pod_a)
-            .chain(routers.iter().map(TestNetns::name))
-            .chain(std::iter::once(pod_b))
-            .collect();
-        for (i, pair) in hops.windows(2).enumerate() {
-            let (left, right) = (pair[0], pair[1]);
-            let net = 250 + i;
-            let (l_if, r_if) = (format!("plain{i}l"), format!("plain{i}r"));
-            sh(
-                left,
-                &[
-                    "ip", "link", "add", &l_if, "type", "veth", "peer", "name", &r_if, "netns",
-                    right,
-                ],
-            );
-            // Left side .1, right side .2, except that the pods hold .2 on their own link.
-            let (l_addr, r_addr) = if i == 0 {
-                (format!("192.168.{net}.2/30"), format!("192.168.{net}.1/30"))
-            } else {
-                (format!("192.168.{net}.1/30"), format!("192.168.{net}.2/30"))
-            };
-            sh(left, &["ip", "addr", "add", &l_addr, "dev", &l_if]);
-            sh(left, &["ip", "link", "set", &l_if, "up"]);
-            sh(right, &["ip", "addr", "add", &r_addr, "dev", &r_if]);
-            sh(right, &["ip", "link", "set", &r_if, "up"]);
-        }
+        let bridges: Vec<TestNetns> = (0..2).map(|_| TestNetns::new("bplbr")).collect();
+        let [r0, r1, r2] = [routers[0].name(), routers[1].name(), routers[2].name()];
+        cable(
+            pod_a,
+            "plain0l",
+            "192.168.250.2/30",
+            r0,
+            "plain0r",
+            "192.168.250.1/30",
+        );
+        bridged(
+            1,
+            r0,
+            "192.168.251.1/30",
+            bridges[0].name(),
+            r1,
+            "192.168.251.2/30",
+        );
+        bridged(
+            2,
+            r1,
+            "192.168.252.1/30",
+            bridges[1].name(),
+            r2,
+            "192.168.252.2/30",
+        );
+        cable(
+            r2,
+            "plain3l",
+            "192.168.253.1/30",
+            pod_b,
+            "plain3r",
+            "192.168.253.2/30",
+        );
         for r in &routers {
             sh(r.name(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
-        // Routes: everything 192.168.248.0/21 goes along the path.
+        // Everything in 192.168.248.0/21 goes along the path.
         let wide = "192.168.248.0/21";
         sh(pod_a, &["ip", "route", "add", wide, "via", "192.168.250.1"]);
         sh(pod_b, &["ip", "route", "add", wide, "via", "192.168.253.1"]);
+        sh(r0, &["ip", "route", "add", wide, "via", "192.168.251.2"]);
         sh(
-            routers[0].name(),
-            &["ip", "route", "add", wide, "via", "192.168.251.2"],
-        );
-        sh(
-            routers[1].name(),
+            r1,
             &[
                 "ip",
                 "route",
@@ -300,7 +339,7 @@ impl PlainPath {
             ],
         );
         sh(
-            routers[1].name(),
+            r1,
             &[
                 "ip",
                 "route",
@@ -310,13 +349,9 @@ impl PlainPath {
                 "192.168.252.2",
             ],
         );
-        sh(
-            routers[2].name(),
-            &["ip", "route", "add", wide, "via", "192.168.252.1"],
-        );
+        sh(r2, &["ip", "route", "add", wide, "via", "192.168.252.1"]);
         PlainPath {
-            _routers: routers,
-            a_ip: PLAIN_A.to_owned(),
+            _namespaces: routers.into_iter().chain(bridges).collect(),
             b_ip: PLAIN_B.to_owned(),
         }
     }
@@ -353,7 +388,6 @@ fn per_packet(label: &str, lab: &Lab) {
         ours.push(a);
         base.push(b);
     }
-    let _ = &plain.a_ip;
     println!(
         "{label:>22} | {:>8.2} {:>8.2} {:>6.2} | {:>8.0} {:>8.0} {:>6.2}",
         median(ours.iter().map(|m| m.0 / 1e9).collect()),
