@@ -241,61 +241,7 @@ fn add_pod(node: &mut Node, ds: &str) {
 /// pod's namespace and address.
 fn cni_add(node: &Node, ds: &str, name: &str, ip: Option<&str>) -> (TestNetns, String) {
     let pod = TestNetns::new("bgpp");
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "gingham",
-        "nodename": node.name,
-        "datastore": ds,
-        "ipam": {"type": "gingham-ipam"},
-    })
-    .to_string();
-    let mut args = format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x"
-    );
-    if let Some(ip) = ip {
-        args.push_str(&format!(";IP={ip}"));
-    }
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.ns.name(),
-            env!("CARGO_BIN_EXE_gingham"),
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("c-{name}"))
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "CNI ADD of {name} on {}: {}{}",
-        node.name,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_owned();
+    let ip = common::cni_add_pod(&node.name, node.ns.name(), &pod.path(), ds, name, ip, None);
     (pod, ip)
 }
 

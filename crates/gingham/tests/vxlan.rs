@@ -7,6 +7,8 @@
 //! deleted node's routes, neighbours and FDB entries go away.
 //! System test: root, iproute2 (with `bridge`), nftables.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -206,58 +208,16 @@ struct Pod {
 }
 
 fn add_pod(ds: &str, node: &Node, name: &str, ip: Option<&str>) -> Pod {
-    use std::io::Write;
     let ns = TestNetns::new("vxp");
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "gingham",
-        "nodename": node.name,
-        "datastore": ds,
-        "mtu": 1400,
-        "ipam": {"type": "gingham-ipam"},
-    })
-    .to_string();
-    let mut args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-    if let Some(ip) = ip {
-        args.push_str(&format!(";IP={ip}"));
-    }
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.ns.name(),
-            env!("CARGO_BIN_EXE_gingham"),
-        ])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", format!("c-{name}"))
-        .env("CNI_NETNS", ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "CNI ADD {name}: {}", text(&out));
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let ip = common::cni_add_pod(
+        &node.name,
+        node.ns.name(),
+        &ns.path(),
+        ds,
+        name,
+        ip,
+        Some(1400),
+    );
     Pod { ns, ip }
 }
 

@@ -434,9 +434,16 @@ pub(super) const EXTERNAL: &str = "external";
 
 /// Every name `lab try` and `lab exec` take in this lab.
 fn valid_names(state: &State) -> String {
+    names_of(state, |_| true)
+}
+
+/// The names of the pods `pod` keeps, the nodes, and the router and external host if the lab
+/// has them.
+fn names_of(state: &State, pod: impl Fn(&PodState) -> bool) -> String {
     let mut names: Vec<String> = state
         .pods
         .iter()
+        .filter(|p| pod(p))
         .map(PodState::key)
         .chain(state.nodes.iter().map(|n| n.name.clone()))
         .collect();
@@ -512,23 +519,10 @@ pub(super) fn try_connect(args: &TryArgs) -> Result<Exit> {
         .or_else(|| external.map(|x| x.address.clone()))
         .or_else(|| router_address(&state, &args.from).filter(|_| args.to == ROUTER))
         .with_context(|| {
-            let mut names: Vec<String> = state
-                .pods
-                .iter()
-                .filter(|p| p.ip.is_some())
-                .map(PodState::key)
-                .chain(state.nodes.iter().map(|n| n.name.clone()))
-                .collect();
-            if state.router.is_some() {
-                names.push(ROUTER.into());
-            }
-            if state.external.is_some() {
-                names.push(EXTERNAL.into());
-            }
+            let names = names_of(&state, |p| p.ip.is_some());
             format!(
                 "{:?} is not a pod (with an address), a node, the router or the external host of this lab (valid: {})",
-                args.to,
-                names.join(", ")
+                args.to, names
             )
         })?;
     let proto = parse_protocol(&args.protocol)

@@ -23,6 +23,71 @@ pub fn gingham_in(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// CNI ADD, as a kubelet on node `node` (whose network namespace is `node_netns`) would call
+/// the plugin: pod `name` in namespace `default`, in the network namespace at `pod_netns`, on
+/// datastore `ds`, with `IP=` when an address is asked for and the network configuration's
+/// `mtu` if given. Fails the test unless it succeeds; returns the pod's IPv4 address.
+pub fn cni_add_pod(
+    node: &str,
+    node_netns: &str,
+    pod_netns: &Path,
+    ds: &str,
+    name: &str,
+    ip: Option<&str>,
+    mtu: Option<u32>,
+) -> String {
+    let mut conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "gingham",
+        "nodename": node,
+        "datastore": ds,
+        "ipam": {"type": "gingham-ipam"},
+    });
+    if let Some(mtu) = mtu {
+        conf["mtu"] = mtu.into();
+    }
+    let mut args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x"
+    );
+    if let Some(ip) = ip {
+        args.push_str(&format!(";IP={ip}"));
+    }
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", node_netns, env!("CARGO_BIN_EXE_gingham")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", format!("c-{name}"))
+        .env("CNI_NETNS", pod_netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env("CNI_ARGS", args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(conf.to_string().as_bytes()).unwrap();
+    drop(pipe);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI ADD of {name} on {node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Like [`gingham_in`], but fails the test (showing both streams) unless it succeeds.
 pub fn ok_in(args: &[&str], stdin: Option<&str>) -> String {
     let out = gingham_in(args, stdin);
