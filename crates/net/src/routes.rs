@@ -267,6 +267,7 @@ fn ensure_vxlan(
             && i.local == Some(dev.local)
             && i.link == Some(parent.index)
             && i.learning != Some(true)
+            && (dev.local.is_ipv6() || i.udp_csum != Some(true))
     };
     match nl.vxlan_info(&dev.name)? {
         Some(i) if fits(&i) => {}

@@ -132,6 +132,8 @@ pub struct VxlanInfo {
     /// The underlay interface's index.
     pub link: Option<u32>,
     pub learning: Option<bool>,
+    /// Whether the outer UDP header of IPv4 packets carries a checksum.
+    pub udp_csum: Option<bool>,
 }
 
 /// A bridge forwarding entry of a VXLAN device (`bridge fdb show dev …`).
@@ -185,6 +187,7 @@ impl Netlink {
                         InfoVxlan::Local6(l) => out.local = Some(IpAddr::V6(*l)),
                         InfoVxlan::Link(l) => out.link = Some(*l),
                         InfoVxlan::Learning(l) => out.learning = Some(*l),
+                        InfoVxlan::UDPCsum(c) => out.udp_csum = Some(*c),
                         _ => {}
                     }
                 }
@@ -195,12 +198,14 @@ impl Netlink {
     }
 
     /// Creates the VXLAN device `dev` over the underlay interface `parent` (by index): learning
-    /// off, down; the caller sets the MTU, address and state.
+    /// off, down; the caller sets the MTU, address and state. Over IPv4 the outer UDP header
+    /// carries no checksum (`noudpcsum`), as on Calico's `vxlan.calico`: the inner packet has
+    /// its own, and computing the outer one in software costs every packet.
     pub fn add_vxlan(&self, dev: &VxlanDevice, parent: u32) -> Result<()> {
         crate::netlink::validate_ifname(&dev.name)?;
         let msg = LinkVxlan::new(&dev.name, dev.vni).port(dev.port);
         let msg = match dev.local {
-            IpAddr::V4(l) => msg.local(l),
+            IpAddr::V4(l) => msg.local(l).udp_csum(false),
             IpAddr::V6(l) => msg.local6(l),
         };
         let msg = msg

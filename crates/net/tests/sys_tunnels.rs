@@ -76,6 +76,7 @@ fn sys_vxlan_device_entries_and_routes_are_made_kept_and_removed() {
         "dev up0",
         "dstport 4789",
         "nolearning",
+        "noudpcsum",
         "state UNKNOWN",
     ] {
         assert!(dev.contains(s), "{s} in {dev}");
