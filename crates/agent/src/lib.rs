@@ -13,6 +13,10 @@
 //! - [`plumbing::PlumbingManager`]: the host side of local workloads (sysctls, /32 routes,
 //!   permanent neighbours) and the blackhole routes of the node's IPAM blocks (netlink through
 //!   [`plumbing::NetlinkPlumbing`], or [`plumbing::RecordingPlumbing`] in tests).
+//! - [`routes::RouteManager`]: felix's route, VXLAN and IPIP managers: routes to other nodes'
+//!   blocks and borrowed addresses, the VXLAN device and its neighbours and FDB entries
+//!   ([`routes::NetlinkRoutes`], or [`routes::RecordingRoutes`] in tests), and the node's tunnel
+//!   addresses ([`tunnels`], calico-node's allocateip).
 //! - [`bgp::BgpManager`]: with the `bird` backend, confd's and runit's job: the BIRD
 //!   configuration rendered, checked and loaded, `bird` and `bird6` kept running
 //!   ([`bgp::BirdSupervisor`], or [`bgp::RecordingSupervisor`] in tests).
@@ -46,7 +50,7 @@ use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
 use routes::{RouteManager, RouteTable};
 
-/// Where the agent watches: every Calico resource ([`gingham_model::KEY_ROOT`]) and the IPAM
+/// Where the agent watches: every Calico resource ([`gingham_model::kind::KEY_ROOT`]) and the IPAM
 /// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
 /// tunnel and BGP managers follow.
 pub const PREFIX: &str = "/calico/";
