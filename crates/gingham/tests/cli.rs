@@ -837,3 +837,27 @@ fn block_affinities_are_the_view_of_ipam() {
     let out = cli.run(&["get", "blockaffinity", "node-9-10-0-0-0-26"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
+
+/// An unknown networking backend, on the command line or in `CALICO_NETWORKING_BACKEND`, is
+/// refused before the agent starts, naming the valid ones.
+#[test]
+fn an_unknown_networking_backend_is_refused() {
+    for (args, env) in [
+        (
+            vec!["agent", "--node", "n1", "--networking", "flannel"],
+            None,
+        ),
+        (vec!["agent", "--node", "n1"], Some("calico-ipip")),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gingham"));
+        cmd.args(&args)
+            .args(["--datastore", "sqlite:/nonexistent/never-opened.db"]);
+        if let Some(v) = env {
+            cmd.env("CALICO_NETWORKING_BACKEND", v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains("is not one of bird, vxlan, none"), "{err}");
+    }
+}
