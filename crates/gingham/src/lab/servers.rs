@@ -54,7 +54,8 @@ fn watched_write_between(
     after: i64,
     upto: i64,
 ) -> Result<bool> {
-    // What the agents watch: every Calico resource.
+    // The writes `lab wait` waits for: every Calico resource (policy and endpoints). The agents
+    // also follow IPAM, for routes; those are checked by what they do (a route, a probe).
     let prefix = format!("{}/", gingham_model::kind::KEY_ROOT);
     let mut watch = match store.watch(&prefix, after) {
         Ok(w) => w,
@@ -70,7 +71,7 @@ fn watched_write_between(
 pub(super) fn wait(args: &WaitArgs) -> Result<Exit> {
     let state = load_state(&args.lab.dir)?;
     let store = DatastoreUrl::parse(&state.datastore)?.open()?;
-    // Everything written so far; writes the agents do not watch (IPAM) need not be reached.
+    // Everything written so far; IPAM writes alone (routes, not policy) need not be reached.
     let target = store.revision()?;
     let deadline = std::time::Instant::now() + Duration::from_millis(args.timeout_ms);
     let agents: Vec<&NodeState> = state
