@@ -26,6 +26,18 @@ fn gingham(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
+/// `gingham bgp render [--node NODE] FROM... --out OUT`, where FROM is `-f FILE`s or
+/// `--datastore DS`.
+fn render(node: Option<&str>, from: &[&str], out: &Path, env: &[(&str, &str)]) -> Output {
+    let mut args = vec!["bgp", "render"];
+    if let Some(n) = node {
+        args.extend(["--node", n]);
+    }
+    args.extend_from_slice(from);
+    args.extend(["--out", out.to_str().unwrap()]);
+    gingham(&args, env)
+}
+
 fn ok(out: &Output) {
     assert!(
         out.status.success(),
@@ -50,19 +62,7 @@ fn bgp_render_from_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("confd");
     let input = cases().join("mesh-3-nodes/input.yaml");
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "--node",
-            "node-b",
-            "-f",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = render(Some("node-b"), &["-f", input.to_str().unwrap()], &out, &[]);
     ok(&o);
     assert_same_files(&out, &cases().join("mesh-3-nodes/node-b"));
 }
@@ -71,15 +71,10 @@ fn bgp_render_from_files() {
 fn bgp_render_reads_nodename_and_router_id_from_the_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let input = cases().join("mesh-options/input.yaml");
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "-f",
-            input.to_str().unwrap(),
-            "--out",
-            tmp.path().to_str().unwrap(),
-        ],
+    let o = render(
+        None,
+        &["-f", input.to_str().unwrap()],
+        tmp.path(),
         &[("NODENAME", "node-a"), ("CALICO_ROUTER_ID", "hash")],
     );
     ok(&o);
@@ -91,17 +86,10 @@ fn bgp_render_reads_endpoint_status_files() {
     let tmp = tempfile::tempdir().unwrap();
     let case = cases().join("local-workloads");
     let input = case.join("input.yaml");
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "--node",
-            "node-a",
-            "-f",
-            input.to_str().unwrap(),
-            "--out",
-            tmp.path().to_str().unwrap(),
-        ],
+    let o = render(
+        Some("node-a"),
+        &["-f", input.to_str().unwrap()],
+        tmp.path(),
         &[("CALICO_ENDPOINT_STATUS_PATH_PREFIX", case.to_str().unwrap())],
     );
     ok(&o);
@@ -118,19 +106,7 @@ fn bgp_render_from_the_datastore() {
         &[],
     ));
     let out = tmp.path().join("confd");
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "--datastore",
-            &ds,
-            "--node",
-            "node-c",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = render(Some("node-c"), &["--datastore", &ds], &out, &[]);
     ok(&o);
     assert_same_files(&out, &cases().join("global-peer/node-c"));
 
@@ -150,19 +126,7 @@ fn bgp_render_from_the_datastore() {
                 .unwrap();
         }
     }
-    ok(&gingham(
-        &[
-            "bgp",
-            "render",
-            "--datastore",
-            &ds,
-            "--node",
-            "node-c",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    ok(&render(Some("node-c"), &["--datastore", &ds], &out, &[]));
     let aggr = std::fs::read_to_string(out.join("bird_aggr.cfg")).unwrap();
     assert!(aggr.contains("   route 10.244.5.0/26 blackhole;"), "{aggr}");
     assert!(
@@ -185,19 +149,7 @@ fn bgp_render_bad_input_writes_nothing() {
     let out = tmp.path().join("confd");
     let input = cases().join("mesh-3-nodes/input.yaml");
     // An unknown node.
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "--node",
-            "node-x",
-            "-f",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = render(Some("node-x"), &["-f", input.to_str().unwrap()], &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("node \"node-x\" not found"), "{err}");
@@ -209,19 +161,10 @@ fn bgp_render_bad_input_writes_nothing() {
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 10.0.0.300, asNumber: 65000}\n",
     )
     .unwrap();
-    let o = gingham(
-        &[
-            "bgp",
-            "render",
-            "--node",
-            "node-b",
-            "-f",
-            input.to_str().unwrap(),
-            "-f",
-            bad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
+    let o = render(
+        Some("node-b"),
+        &["-f", input.to_str().unwrap(), "-f", bad.to_str().unwrap()],
+        &out,
         &[],
     );
     assert_eq!(o.status.code(), Some(1));
@@ -247,19 +190,7 @@ fn bgp_render_reads_bgp_filters_from_the_datastore() {
         &[],
     ));
     let out = tmp.path().join("confd");
-    ok(&gingham(
-        &[
-            "bgp",
-            "render",
-            "--datastore",
-            &ds,
-            "--node",
-            "node-a",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    ok(&render(Some("node-a"), &["--datastore", &ds], &out, &[]));
     assert_same_files(&out, &case.join("node-a"));
     let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
     assert!(bird.contains("# v4 BGPFilter "), "{bird}");

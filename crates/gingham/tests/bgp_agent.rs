@@ -180,25 +180,15 @@ fn block_of(ip: &str) -> String {
 fn start_node(tmp: &Path, ds: &str, underlay: &TestNetns, name: &str, i: u8) -> Node {
     let ns = TestNetns::new("bgpn");
     let ip = format!("10.77.0.{i}");
-    let peer = format!("br-{name}");
-    ns.exec_ok(&[
-        "ip",
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        underlay.name(),
-    ]);
-    underlay.exec_ok(&["ip", "link", "set", &peer, "master", "br0", "up"]);
-    ns.exec_ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "up0"]);
-    ns.exec_ok(&["ip", "link", "set", "up0", "up"]);
     // A default route (proxy ARP for the pods' gateway needs one), toward the bridge.
-    ns.exec_ok(&["ip", "route", "add", "default", "via", "10.77.0.254"]);
+    gingham_testkit::netns::wire_to_bridge(
+        &ns,
+        underlay,
+        &format!("br-{name}"),
+        &format!("{ip}/24"),
+        "br0",
+        "10.77.0.254",
+    );
     let run_dir = tmp.join(name);
     std::fs::create_dir_all(&run_dir).unwrap();
     let log = tmp.join(format!("agent-{name}.log"));

@@ -17,31 +17,6 @@ use gingham_testkit::netns::TestNetns;
 
 const POOL: &str = "10.248.0.0/16";
 
-fn gingham(args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
-        .args(args)
-        .env_remove("GINGHAM_DATASTORE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        pipe.write_all(s.as_bytes()).unwrap();
-    }
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "gingham {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Polls `f` until it holds, for at most `secs` seconds; `what` and the last `detail` say
 /// what was awaited when it never does.
 fn until(secs: u64, what: &str, mut f: impl FnMut() -> (bool, String)) {
@@ -99,27 +74,14 @@ struct Node {
 impl Node {
     fn new(router: &Router, name: &str, cidr: &str, bridge: &str, gateway: &str) -> Node {
         let ns = TestNetns::new("vxn");
-        let peer = format!("p-{name}");
-        ns.exec_ok(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            router.ns.name(),
-        ]);
-        ns.exec_ok(&["ip", "addr", "add", cidr, "dev", "up0"]);
-        ns.exec_ok(&["ip", "link", "set", "up0", "up"]);
-        ns.exec_ok(&["ip", "route", "add", "default", "via", gateway]);
-        router
-            .ns
-            .exec_ok(&["ip", "link", "set", &peer, "master", bridge]);
-        router.ns.exec_ok(&["ip", "link", "set", &peer, "up"]);
+        gingham_testkit::netns::wire_to_bridge(
+            &ns,
+            &router.ns,
+            &format!("p-{name}"),
+            cidr,
+            bridge,
+            gateway,
+        );
         Node {
             name: name.to_owned(),
             ip: cidr.split('/').next().unwrap().to_owned(),
@@ -261,11 +223,11 @@ fn block(ip: &str) -> String {
 }
 
 fn tunnel_addr(ds: &str, node: &str) -> String {
-    let out = gingham(
+    let out = common::ok_in(
         &["get", "node", node, "-o", "json", "--datastore", ds],
         None,
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["spec"]["ipv4VXLANTunnelAddr"]
         .as_str()
         .unwrap_or_default()
@@ -308,7 +270,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
         node_yaml("node-b", "192.168.31.2/24"),
         node_yaml("node-c", "192.168.32.1/24"),
     );
-    gingham(&["apply", "-f", "-", "--datastore", &ds], Some(&cluster));
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&cluster));
 
     let router = Router::new(&[("r1", "192.168.31.254/24"), ("r2", "192.168.32.254/24")]);
     let mut a = Node::new(&router, "node-a", "192.168.31.1/24", "r1", "192.168.31.254");
@@ -433,7 +395,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
     });
 
     // A new node in rack 2: its pods become reachable.
-    gingham(
+    common::ok_in(
         &["apply", "-f", "-", "--datastore", &ds],
         Some(&node_yaml("node-d", "192.168.32.2/24")),
     );
@@ -461,7 +423,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
 
     // Node c's Node resource is deleted: its routes, neighbours and FDB entries go away on the
     // others.
-    gingham(&["delete", "node", "node-c", "--datastore", &ds], None);
+    common::ok_in(&["delete", "node", "node-c", "--datastore", &ds], None);
     for n in [&a, &b, &d] {
         until(20, &format!("node-c gone from {}", n.name), || {
             let routes = n.sh("ip route");
@@ -522,7 +484,7 @@ spec: {{ingress: [{{action: Allow}}], egress: [{{action: Allow}}]}}
         node_yaml("node-a", "192.168.33.1/24"),
         node_yaml("node-c", "192.168.34.1/24"),
     );
-    gingham(&["apply", "-f", "-", "--datastore", &ds], Some(&cluster));
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&cluster));
     let router = Router::new(&[("r1", "192.168.33.254/24"), ("r2", "192.168.34.254/24")]);
     let mut a = Node::new(&router, "node-a", "192.168.33.1/24", "r1", "192.168.33.254");
     let mut c = Node::new(&router, "node-c", "192.168.34.1/24", "r2", "192.168.34.254");

@@ -92,17 +92,8 @@ impl Drop for TestNetns {
     }
 }
 
-/// Wires `node` to `underlay` the way the system tests model a host: a veth `up0` in the node
-/// (address `node_cidr`, e.g. `192.168.200.1/24`) whose peer `peer` sits in the underlay with
-/// `gateway_cidr` (e.g. `192.168.200.254/24`), and the node's default route through it. A host
-/// needs that route for proxy ARP to answer for the pods' gateway.
-pub fn wire_to_underlay(
-    node: &TestNetns,
-    underlay: &TestNetns,
-    peer: &str,
-    node_cidr: &str,
-    gateway_cidr: &str,
-) {
+/// A veth `up0` in `node` with address `node_cidr`, its peer `peer` in `other`; both up.
+fn veth_up0(node: &TestNetns, other: &TestNetns, peer: &str, node_cidr: &str) {
     node.exec_ok(&[
         "ip",
         "link",
@@ -114,12 +105,42 @@ pub fn wire_to_underlay(
         "name",
         peer,
         "netns",
-        underlay.name(),
+        other.name(),
     ]);
     node.exec_ok(&["ip", "addr", "add", node_cidr, "dev", "up0"]);
     node.exec_ok(&["ip", "link", "set", "up0", "up"]);
+    other.exec_ok(&["ip", "link", "set", peer, "up"]);
+}
+
+/// Wires `node` to `underlay` the way the system tests model a host: a veth `up0` in the node
+/// (address `node_cidr`, e.g. `192.168.200.1/24`) whose peer `peer` sits in the underlay with
+/// `gateway_cidr` (e.g. `192.168.200.254/24`), and the node's default route through it. A host
+/// needs that route for proxy ARP to answer for the pods' gateway.
+pub fn wire_to_underlay(
+    node: &TestNetns,
+    underlay: &TestNetns,
+    peer: &str,
+    node_cidr: &str,
+    gateway_cidr: &str,
+) {
+    veth_up0(node, underlay, peer, node_cidr);
     underlay.exec_ok(&["ip", "addr", "add", gateway_cidr, "dev", peer]);
-    underlay.exec_ok(&["ip", "link", "set", peer, "up"]);
     let gateway = gateway_cidr.split('/').next().unwrap_or(gateway_cidr);
+    node.exec_ok(&["ip", "route", "add", "default", "via", gateway]);
+}
+
+/// Wires `node` onto an existing bridge of `underlay`, as a host on a subnet: a veth `up0` in
+/// the node (address `node_cidr`) whose peer `peer` is a port of `bridge`, and the node's
+/// default route via `gateway` (an address on that subnet).
+pub fn wire_to_bridge(
+    node: &TestNetns,
+    underlay: &TestNetns,
+    peer: &str,
+    node_cidr: &str,
+    bridge: &str,
+    gateway: &str,
+) {
+    veth_up0(node, underlay, peer, node_cidr);
+    underlay.exec_ok(&["ip", "link", "set", peer, "master", bridge]);
     node.exec_ok(&["ip", "route", "add", "default", "via", gateway]);
 }

@@ -199,6 +199,18 @@ pub fn try_outcome(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> S
 /// `gingham lab try -o json` for one connection: `{from, to, address, port, protocol, outcome,
 /// peer}`. Checks that the exit code goes with the outcome.
 pub fn try_json(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> serde_json::Value {
+    try_json_within(dir, from, to, proto, port, 500)
+}
+
+/// [`try_json`] with `timeout_ms` to answer.
+pub fn try_json_within(
+    dir: &str,
+    from: &str,
+    to: &str,
+    proto: &str,
+    port: u16,
+    timeout_ms: u64,
+) -> serde_json::Value {
     let out = gingham_in(
         &[
             "lab",
@@ -212,7 +224,7 @@ pub fn try_json(dir: &str, from: &str, to: &str, proto: &str, port: u16) -> serd
             "--port",
             &port.to_string(),
             "--timeout-ms",
-            "500",
+            &timeout_ms.to_string(),
             "-o",
             "json",
         ],
@@ -306,7 +318,7 @@ fn second_look(m: &mut serde_json::Value, expected: &dyn Fn(&str, &str) -> &'sta
         return;
     };
     let proto = m["protocol"].as_str().unwrap_or("TCP").to_owned();
-    let port = m["port"].as_u64().unwrap_or(0).to_string();
+    let port = u16::try_from(m["port"].as_u64().unwrap_or(0)).unwrap_or(0);
     let cells: Vec<(String, String)> = m["outcomes"]
         .as_object()
         .into_iter()
@@ -321,27 +333,7 @@ fn second_look(m: &mut serde_json::Value, expected: &dyn Fn(&str, &str) -> &'sta
         })
         .collect();
     for (from, to) in cells {
-        let out = gingham_in(
-            &[
-                "lab",
-                "try",
-                "--dir",
-                &dir,
-                &from,
-                &to,
-                "--protocol",
-                &proto,
-                "--port",
-                &port,
-                "--timeout-ms",
-                "3000",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let v = try_json_within(&dir, &from, &to, &proto, port, 3000);
         if let Some(outcome) = v["outcome"].as_str().filter(|o| *o != "no-answer") {
             eprintln!(
                 "{from} -> {to} {proto}/{port}: no answer in 500 ms, {outcome} on a second look"
