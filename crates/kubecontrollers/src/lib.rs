@@ -1,0 +1,1 @@
+//! calico-kube-controllers for Gingham (work in progress, issue 13).
