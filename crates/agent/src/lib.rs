@@ -37,6 +37,7 @@ use gingham_model::{Kind, Resource};
 
 pub mod bgp;
 pub mod health;
+pub mod mtu;
 pub mod plumbing;
 pub mod policy;
 pub mod routes;

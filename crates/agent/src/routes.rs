@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +53,9 @@ pub trait RouteTable {
     fn ipip_support(&mut self) -> Result<(), String>;
     /// Makes the tunnels and routes match `want`; returns what was changed, one line each.
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError>;
+    /// The smallest MTU of the interfaces that are up and whose name matches `pattern`
+    /// (felix's host MTU); `None` when none matches.
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError>;
 }
 
 impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
@@ -60,6 +64,9 @@ impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
     }
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
         (**self).sync(want)
+    }
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        (**self).host_mtu(pattern)
     }
 }
 
@@ -103,6 +110,10 @@ impl RouteTable for NetlinkRoutes {
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
         gingham_net::routes::sync(&self.nl, want, &mut self.earlier)
     }
+
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        gingham_net::routes::host_mtu(&self.nl, |name| pattern.is_match(name))
+    }
 }
 
 /// Keeps every request (for tests); changes nothing. Clones share the record.
@@ -111,6 +122,8 @@ pub struct RecordingRoutes {
     pub requests: Arc<Mutex<Vec<ClusterRoutes>>>,
     /// What [`RouteTable::ipip_support`] answers.
     pub ipip: bool,
+    /// What [`RouteTable::host_mtu`] answers.
+    pub host_mtu: Option<u32>,
 }
 
 impl Default for RecordingRoutes {
@@ -118,6 +131,7 @@ impl Default for RecordingRoutes {
         RecordingRoutes {
             requests: Arc::default(),
             ipip: true,
+            host_mtu: Some(1500),
         }
     }
 }
@@ -144,6 +158,10 @@ impl RouteTable for RecordingRoutes {
             .expect("not poisoned")
             .push(want.clone());
         Ok(Vec::new())
+    }
+
+    fn host_mtu(&mut self, _pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        Ok(self.host_mtu)
     }
 }
 
@@ -232,6 +250,10 @@ pub struct RouteManager<R> {
     /// The routes need recomputing.
     due: bool,
     last: Instant,
+    /// Where the pod MTU is written for the CNI plugin (`None`: nowhere).
+    mtu_file: Option<PathBuf>,
+    /// The host's MTU as last detected.
+    host_mtu: u32,
 }
 
 impl<R: RouteTable> RouteManager<R> {
@@ -250,7 +272,17 @@ impl<R: RouteTable> RouteManager<R> {
             ipam: true,
             due: true,
             last: Instant::now(),
+            mtu_file: None,
+            host_mtu: crate::mtu::UNDETECTED_HOST_MTU,
         }
+    }
+
+    /// Writes the pod MTU to `path` for the CNI plugin ([`crate::mtu`]), on every pass that
+    /// finds it saying something else (the agent's binary: [`crate::mtu::file_in`] its run
+    /// directory).
+    pub fn set_mtu_file(&mut self, path: PathBuf) {
+        self.mtu_file = Some(path);
+        self.due = true;
     }
 
     /// The route table (what was asked of it, for tests).
@@ -288,15 +320,69 @@ impl<R: RouteTable> RouteManager<R> {
         }
     }
 
+    /// The global FelixConfiguration's settings.
+    fn felix_spec(&self) -> Option<&gingham_model::FelixConfigurationSpec> {
+        self.felix.resources().iter().find_map(|r| match r {
+            Resource::FelixConfiguration(f) if f.metadata.name == "default" => Some(&f.spec),
+            _ => None,
+        })
+    }
+
     /// The felix settings that shape the VXLAN device.
     fn felix_setting(
         &self,
         pick: impl Fn(&gingham_model::FelixConfigurationSpec) -> Option<i64>,
     ) -> Option<i64> {
-        self.felix.resources().iter().find_map(|r| match r {
-            Resource::FelixConfiguration(f) if f.metadata.name == "default" => pick(&f.spec),
-            _ => None,
-        })
+        self.felix_spec().and_then(pick)
+    }
+
+    /// Felix's MTU of each tunnel, from the host's MTU as last detected.
+    fn tunnel_mtus(&self) -> crate::mtu::TunnelMtus {
+        crate::mtu::TunnelMtus::of(self.host_mtu, self.felix_spec())
+    }
+
+    /// Detects the host's MTU (felix's `findHostMTU`) and writes the pod MTU to the MTU file
+    /// if it says something else.
+    fn sync_mtu(&mut self) {
+        let pattern = self
+            .felix_spec()
+            .and_then(|s| s.mtu_iface_pattern.as_deref())
+            .filter(|p| !p.is_empty())
+            .unwrap_or(crate::mtu::DEFAULT_IFACE_PATTERN)
+            .to_owned();
+        let re = match regex::Regex::new(&pattern) {
+            Ok(re) => re,
+            Err(e) => {
+                tracing::error!(%pattern, error = %e, "FelixConfiguration mtuIfacePattern is not a regular expression; using felix's default");
+                regex::Regex::new(crate::mtu::DEFAULT_IFACE_PATTERN).expect("a valid pattern")
+            }
+        };
+        match self.table.host_mtu(&re) {
+            Ok(Some(m)) => self.host_mtu = m,
+            Ok(None) => {
+                tracing::warn!(%pattern, "no interface that is up matches mtuIfacePattern; assuming a host MTU of {}", crate::mtu::UNDETECTED_HOST_MTU);
+                self.host_mtu = crate::mtu::UNDETECTED_HOST_MTU;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list interfaces to detect the host MTU; keeping {}", self.host_mtu);
+            }
+        }
+        let Some(path) = self.mtu_file.clone() else {
+            return;
+        };
+        let encaps = crate::mtu::Encaps::of(self.pools.values(), self.felix_spec());
+        let mtu = crate::mtu::pod_mtu(self.host_mtu, &self.tunnel_mtus(), &encaps);
+        if matches!(crate::mtu::read(&path), Ok(Some(m)) if m == mtu) {
+            return;
+        }
+        match crate::mtu::write(&path, mtu) {
+            Ok(()) => tracing::info!(mtu, file = %path.display(), "pod MTU written"),
+            Err(e) => {
+                self.health.metrics.errors.inc();
+                self.due = true;
+                tracing::error!(file = %path.display(), error = %e, "cannot write the pod MTU file");
+            }
+        }
     }
 
     /// What the node's tunnels and routes should be, and the IPIP problem if there is one.
@@ -346,10 +432,8 @@ impl<R: RouteTable> RouteManager<R> {
             };
             dev.vni = vni.unwrap_or(dev.vni);
             dev.port = port.unwrap_or(dev.port);
-            dev.mtu = self
-                .felix_setting(|s| if v6 { s.vxlan_mtu_v6 } else { s.vxlan_mtu })
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|m| *m > 0);
+            let mtus = self.tunnel_mtus();
+            dev.mtu = Some(if v6 { mtus.vxlan_v6 } else { mtus.vxlan });
             want.vteps.extend(
                 infos
                     .iter()
@@ -383,10 +467,7 @@ impl<R: RouteTable> RouteManager<R> {
                     if let Some(addr) = me.ipip {
                         want.ipip = Some(IpipDevice {
                             address: addr,
-                            mtu: self
-                                .felix_setting(|s| s.ipip_mtu)
-                                .and_then(|v| u32::try_from(v).ok())
-                                .filter(|m| *m > 0),
+                            mtu: Some(self.tunnel_mtus().ipip),
                         });
                     }
                 }
@@ -488,6 +569,7 @@ impl<R: RouteTable> RouteManager<R> {
     fn program(&mut self, store: &dyn Datastore, now: Instant) {
         self.due = false;
         self.last = now;
+        self.sync_mtu();
         if self.networking == Networking::None {
             return;
         }

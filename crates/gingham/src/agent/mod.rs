@@ -56,6 +56,9 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     let plumbing = NetlinkPlumbing::open()?;
     let routes = NetlinkRoutes::open()?;
     let mut agent = Agent::new(&config, Nft::default(), plumbing, Box::new(routes));
+    agent
+        .routes
+        .set_mtu_file(gingham_agent::mtu::file_in(&config.run_dir));
     agent.bgp.set_router_id(args.router_id.clone());
     if let Some(p) = &args.endpoint_status_prefix {
         agent.bgp.set_endpoint_status_prefix(p.clone());

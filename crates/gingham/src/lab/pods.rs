@@ -157,6 +157,7 @@ pub(super) fn add_pod(
     let requested = annotations.get(&format!("{ns}/{pod}"));
     let result = cni(
         exe,
+        dir,
         &node,
         "ADD",
         &state.node_datastore,
@@ -185,10 +186,12 @@ pub(super) fn add_pod(
     Ok(())
 }
 
-/// Invokes the CNI plugin for one pod, as a kubelet would.
+/// Invokes the CNI plugin for one pod, as a kubelet would, with the node's run directory
+/// (where its agent writes the pod MTU).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn cni(
     exe: &Path,
+    dir: &Path,
     node: &NodeState,
     command: &str,
     datastore: &str,
@@ -231,6 +234,10 @@ pub(super) fn cni(
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", bin_dir)
         .env("CNI_ARGS", args)
+        .env(
+            gingham_agent::Config::RUN_DIR_ENV,
+            State::run_dir(dir, &node.name),
+        )
         .env_remove("GINGHAM_DATASTORE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -285,6 +292,7 @@ pub(super) fn remove_pod(dir: &Path, state: &State, exe: &Path, p: &PodState) ->
         && gingham_net::netns_exists(&node.netns)
         && let Err(e) = cni(
             exe,
+            dir,
             node,
             "DEL",
             &state.node_datastore,
