@@ -133,7 +133,16 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             true,
         ),
         ["agent"] => (
-            s(&["agent", "--node", "n1", "--once", "--health-port", "0"]),
+            s(&[
+                "agent",
+                "--node",
+                "n1",
+                "--once",
+                "--health-port",
+                "0",
+                "--run-dir",
+                &f.path("run"),
+            ]),
             "",
             true,
         ),
