@@ -297,7 +297,12 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
         let health = Health::default();
         Agent {
             policy: PolicyManager::new(config, nft, health.clone()),
-            plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
+            plumbing: PlumbingManager::new(
+                &config.node,
+                config.networking,
+                plumbing,
+                health.clone(),
+            ),
             bgp: BgpManager::new(config, supervisor, health.clone()),
             routes: RouteManager::new(&config.node, config.networking, routes, health.clone()),
             health,

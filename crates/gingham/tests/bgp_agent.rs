@@ -401,6 +401,17 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
                 .contains(&format!("via {} dev up0 proto bird", a.ip))
         },
     );
+    // Each node's own block has one blackhole, BIRD's (bird_aggr.cfg's static route, which
+    // its kernel filter exports for an unencapsulated pool), and no copy of the agent's.
+    for (n, own) in [(&a, &block_a), (&b, &block_b)] {
+        let blackholes = || n.exec_ok(&format!("ip -4 route show type blackhole {own}"));
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{}'s blackhole for {own} from BIRD", n.name),
+            blackholes,
+            || blackholes().trim() == format!("blackhole {own} proto bird"),
+        );
+    }
     wait_until(
         Duration::from_secs(10),
         "pod-a reaching pod-b",
