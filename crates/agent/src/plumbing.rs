@@ -277,11 +277,15 @@ mod tests {
     fn two_pools(store: &MemStore) -> (IpNet, IpNet) {
         put(
             store,
-            &load("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: plain}\nspec: {cidr: 10.244.0.0/16}\n"),
+            &load(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: plain}\nspec: {cidr: 10.244.0.0/16}\n",
+            ),
         );
         put(
             store,
-            &load("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: tunnel}\nspec: {cidr: 10.245.0.0/16, vxlanMode: Always}\n"),
+            &load(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: tunnel}\nspec: {cidr: 10.245.0.0/16, vxlanMode: Always}\n",
+            ),
         );
         let claim = |pool: &str, cidr: &str| {
             let a = Ipam::new(store)
@@ -325,7 +329,10 @@ mod tests {
     fn each_blackhole_has_one_owner_per_networking_mode() {
         let store = MemStore::new();
         let (plain, tunnel) = two_pools(&store);
-        assert_eq!(blackholes(Networking::Bird, &store), BTreeSet::from([tunnel]));
+        assert_eq!(
+            blackholes(Networking::Bird, &store),
+            BTreeSet::from([tunnel])
+        );
         assert_eq!(
             blackholes(Networking::Vxlan, &store),
             BTreeSet::from([plain, tunnel])
@@ -336,7 +343,9 @@ mod tests {
         );
         put(
             &store,
-            &load("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {programClusterRoutes: Disabled}\n"),
+            &load(
+                "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {programClusterRoutes: Disabled}\n",
+            ),
         );
         assert_eq!(
             blackholes(Networking::Bird, &store),
@@ -358,7 +367,9 @@ mod tests {
         );
         m.resync(&listing(&store));
         m.apply(&store, Instant::now()).expect("applied");
-        let r = load("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: plain}\nspec: {cidr: 10.244.0.0/16, vxlanMode: CrossSubnet}\n");
+        let r = load(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: plain}\nspec: {cidr: 10.244.0.0/16, vxlanMode: CrossSubnet}\n",
+        );
         m.on_update(&Update {
             key: r.key(),
             kind: Kind::IpPool,

@@ -10,8 +10,10 @@
 //!
 //! Which pools it programs depends on the networking backend: `vxlan`, all of them (a VXLAN
 //! pool through `vxlan.calico`, an IPIP pool through `tunl0`, CrossSubnet and unencapsulated
-//! pools by a plain route when the node is on the same subnet); `bird`, only encapsulated pools
-//! (BIRD programs the others, v3.33's split); `none`, nothing (someone else routes pods).
+//! pools by a plain route when the node is on the same subnet); `bird`, the pools BIRD's kernel
+//! filter leaves to felix ([`gingham_bgp::bird_programs_pool`], v3.33's split: encapsulated
+//! pools, and unencapsulated ones too under BGPConfiguration `programClusterRoutes: Disabled`
+//! or `EnabledIPIPOnly`); `none`, nothing (someone else routes pods).
 //!
 //! "Same subnet" is Calico's: the remote node's `ipv4Address` lies inside this node's
 //! `ipv4Address` prefix. IPv6 pools work alike with `ipv6Address`, `ipv6VXLANTunnelAddr` and
@@ -241,6 +243,9 @@ pub struct RouteManager<R> {
     nodes: BTreeMap<String, gingham_model::Node>,
     pools: BTreeMap<String, IpPool>,
     reservations: BTreeMap<String, Vec<IpNet>>,
+    /// The default BGPConfiguration's `programClusterRoutes` (with BIRD: which pools BIRD
+    /// programs, [`gingham_bgp::bird_programs_pool`]).
+    program_cluster_routes: Option<String>,
     /// The blocks as last read (`None`: not read yet, or unreadable).
     blocks: Option<Vec<BlockRoutes>>,
     /// The node's tunnel addresses need checking (pools or the node changed).
@@ -267,6 +272,7 @@ impl<R: RouteTable> RouteManager<R> {
             nodes: BTreeMap::new(),
             pools: BTreeMap::new(),
             reservations: BTreeMap::new(),
+            program_cluster_routes: None,
             blocks: None,
             allocate: true,
             ipam: true,
@@ -301,6 +307,9 @@ impl<R: RouteTable> RouteManager<R> {
             Resource::IpReservation(x) => {
                 self.reservations
                     .insert(x.metadata.name.clone(), x.spec.reserved_cidrs.clone());
+            }
+            Resource::BgpConfiguration(c) if c.metadata.name == "default" => {
+                self.program_cluster_routes = c.spec.program_cluster_routes.clone();
             }
             _ => {}
         }
@@ -408,6 +417,18 @@ impl<R: RouteTable> RouteManager<R> {
             .values()
             .filter_map(|p| Some((p.spec.cidr?, Self::encap(p), p.metadata.name.as_str())))
             .collect();
+        // With BIRD, the pools whose routes BIRD programs are left to it.
+        let bird_pools: Vec<IpNet> = if self.networking == Networking::Bird {
+            self.pools
+                .values()
+                .filter(|p| {
+                    gingham_bgp::bird_programs_pool(p, self.program_cluster_routes.as_deref())
+                })
+                .filter_map(|p| p.spec.cidr)
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         // VXLAN, per family: wanted while a VXLAN pool of the family exists and the node has
         // what a VTEP needs.
@@ -534,8 +555,9 @@ impl<R: RouteTable> RouteManager<R> {
                         _ => None,
                     }
                 }
+                // Felix's no-encap route manager: a plain route within the subnet only.
                 Encap::None => {
-                    if self.networking == Networking::Vxlan && same_subnet {
+                    if same_subnet {
                         underlay()
                     } else {
                         None
@@ -545,10 +567,10 @@ impl<R: RouteTable> RouteManager<R> {
         };
         let mut routes = BTreeSet::new();
         for b in self.blocks.iter().flatten() {
-            let Some((_, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
+            let Some((cidr, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
                 continue;
             };
-            if self.networking == Networking::Bird && *encap == Encap::None {
+            if bird_pools.contains(cidr) {
                 continue;
             }
             if let Some(node) = &b.node
@@ -630,6 +652,7 @@ impl<R: RouteTable> Manager for RouteManager<R> {
         self.nodes.clear();
         self.pools.clear();
         self.reservations.clear();
+        self.program_cluster_routes = None;
         for r in resources {
             self.take(r);
         }
@@ -645,6 +668,14 @@ impl<R: RouteTable> Manager for RouteManager<R> {
         }
         match update.kind {
             Kind::Node | Kind::IpPool | Kind::IpReservation => {}
+            Kind::BgpConfiguration if update.name == "default" => {
+                self.program_cluster_routes = match &update.resource {
+                    Some(Resource::BgpConfiguration(c)) => c.spec.program_cluster_routes.clone(),
+                    _ => None,
+                };
+                self.due = true;
+                return;
+            }
             _ => return,
         }
         match &update.resource {

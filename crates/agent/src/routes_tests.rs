@@ -462,6 +462,20 @@ fn bird_programs_only_encapsulated_pools_and_none_programs_nothing() {
     )));
     assert!(want.vxlan.is_some());
 
+    // BGPConfiguration programClusterRoutes: Disabled: BIRD's kernel filter rejects the
+    // unencapsulated pool ("Cluster routes are handled by Felix"), so the agent routes it
+    // within the subnet, as felix's no-encap route manager does.
+    let disabled = load("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {programClusterRoutes: Disabled}\n").remove(0);
+    put(s, &disabled);
+    let want = program(&mut bird, s);
+    assert!(
+        want.routes
+            .contains(&route(plain, Via::Underlay("192.168.1.2".parse().unwrap()))),
+        "{:?}",
+        want.routes
+    );
+    s.delete(&disabled.key(), None).expect("deleted");
+
     let table = RecordingRoutes::default();
     let mut none = manager("node-a", Networking::None, table.clone());
     none.resync(&resources(s));
