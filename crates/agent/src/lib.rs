@@ -41,6 +41,7 @@ pub mod mtu;
 pub mod plumbing;
 pub mod policy;
 pub mod routes;
+pub mod status;
 #[cfg(test)]
 mod tests;
 pub mod tunnels;
@@ -50,6 +51,7 @@ pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
 use routes::{RouteManager, RouteTable};
+use status::StatusManager;
 
 /// Where the agent watches: every Calico resource ([`gingham_model::kind::KEY_ROOT`]) and the IPAM
 /// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
@@ -254,6 +256,7 @@ pub struct Agent<B: Backend, P: Plumbing, S: Supervisor = BirdSupervisor> {
     pub plumbing: PlumbingManager<P>,
     pub bgp: BgpManager<S>,
     pub routes: RouteManager<Box<dyn RouteTable>>,
+    pub status: StatusManager,
     /// The revision the dataplane reflects.
     revision: Revision,
     watch: Option<Box<dyn Watch>>,
@@ -305,6 +308,7 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
             ),
             bgp: BgpManager::new(config, supervisor, health.clone()),
             routes: RouteManager::new(&config.node, config.networking, routes, health.clone()),
+            status: StatusManager::new(&config.node, health.clone()),
             health,
             unreadable: BTreeSet::new(),
             revision: 0,
@@ -313,13 +317,22 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
     }
 
     /// The managers, in the order they apply.
-    fn managers(&mut self) -> [&mut dyn Manager; 4] {
+    fn managers(&mut self) -> [&mut dyn Manager; 5] {
         [
             &mut self.policy,
             &mut self.plumbing,
             &mut self.routes,
+            // Before BGP, which reads the endpoint status files it writes.
+            &mut self.status,
             &mut self.bgp,
         ]
+    }
+
+    /// Where felix's endpoint status files go (`<prefix>/endpoint-status/`): written by the
+    /// status manager, read by the BGP manager for local workload peers.
+    pub fn set_endpoint_status_prefix(&mut self, prefix: std::path::PathBuf) {
+        self.status.set_prefix(prefix.clone());
+        self.bgp.set_endpoint_status_prefix(prefix);
     }
 
     /// The datastore revision the dataplane reflects.
