@@ -16,7 +16,11 @@
 //! - [`routes::RouteManager`]: felix's route, VXLAN and IPIP managers: routes to other nodes'
 //!   blocks and borrowed addresses, the VXLAN device and its neighbours and FDB entries
 //!   ([`routes::NetlinkRoutes`], or [`routes::RecordingRoutes`] in tests), and the node's tunnel
-//!   addresses ([`tunnels`], calico-node's allocateip).
+//!   addresses ([`tunnels`], calico-node's allocateip); it also detects the host's MTU and
+//!   writes felix's pod MTU to the MTU file the CNI plugin reads ([`mtu`]).
+//! - [`status::StatusManager`]: felix's endpoint status files, one per local workload
+//!   endpoint, naming the BGPPeer whose `localWorkloadSelector` selects it (the BGP manager
+//!   reads them for local workload peers).
 //! - [`bgp::BgpManager`]: with the `bird` backend, confd's and runit's job: the BIRD
 //!   configuration rendered, checked and loaded, `bird` and `bird6` kept running
 //!   ([`bgp::BirdSupervisor`], or [`bgp::RecordingSupervisor`] in tests).
