@@ -194,7 +194,10 @@ impl NetConf {
     /// The API server's URL from the configuration, if it names one (`kubernetes.k8s_api_root`
     /// wins over `policy.k8s_api_root`), without the old `/api/...` suffix.
     pub fn k8s_api_root(&self) -> Option<String> {
-        let from_k8s = self.kubernetes.as_ref().and_then(|k| k.k8s_api_root.clone());
+        let from_k8s = self
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.k8s_api_root.clone());
         let from_policy = self.policy.as_ref().and_then(|p| p.k8s_api_root.clone());
         from_k8s
             .filter(|s| !s.is_empty())

@@ -76,7 +76,9 @@ fn one_per_family(pod: &str, annotation: &str, value: &str) -> Result<Vec<IpAddr
             let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
             return Err(invalid(
                 pod,
-                format!("cannot have more than one {family} address for \"{annotation}\" annotation"),
+                format!(
+                    "cannot have more than one {family} address for \"{annotation}\" annotation"
+                ),
             ));
         }
         *seen = true;
@@ -94,9 +96,8 @@ impl PodPlan {
         ns_annotations: &BTreeMap<String, String>,
         pod_annotations: &BTreeMap<String, String>,
     ) -> Result<PodPlan, CniError> {
-        let get = |m: &BTreeMap<String, String>, k: &str| {
-            m.get(k).filter(|v| !v.is_empty()).cloned()
-        };
+        let get =
+            |m: &BTreeMap<String, String>, k: &str| m.get(k).filter(|v| !v.is_empty()).cloned();
         let mut plan = PodPlan {
             ipv4_pools: None,
             ipv6_pools: None,
@@ -151,7 +152,9 @@ impl PodPlan {
                 if !conf.calico_ipam() {
                     return Err(invalid(
                         pod,
-                        format!("ipAddrsNoIpam is not compatible with configured IPAM: {ipam_kind}"),
+                        format!(
+                            "ipAddrsNoIpam is not compatible with configured IPAM: {ipam_kind}"
+                        ),
                     ));
                 }
                 if !conf.feature_control.ip_addrs_no_ipam {
@@ -305,7 +308,12 @@ mod tests {
     #[test]
     fn address_annotations_need_calico_ipam_and_their_features() {
         let host_local = conf(serde_json::json!({"ipam": {"type": "host-local"}}));
-        let e = plan(&host_local, &[], &[(ANNOTATION_IP_ADDRS, r#"["10.0.0.5"]"#)]).unwrap_err();
+        let e = plan(
+            &host_local,
+            &[],
+            &[(ANNOTATION_IP_ADDRS, r#"["10.0.0.5"]"#)],
+        )
+        .unwrap_err();
         assert!(
             e.contains("ipAddrs is not compatible with configured IPAM: host-local"),
             "{e}"
@@ -331,7 +339,10 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("can't have both annotations"), "{e}");
         let e = plan(&c, &[], &[(ANNOTATION_FLOATING_IPS, r#"["1.2.3.4"]"#)]).unwrap_err();
-        assert!(e.contains("requested feature is not enabled: floating_ips"), "{e}");
+        assert!(
+            e.contains("requested feature is not enabled: floating_ips"),
+            "{e}"
+        );
 
         let enabled = conf(
             serde_json::json!({"feature_control": {"ip_addrs_no_ipam": true, "floating_ips": true}}),
@@ -359,8 +370,10 @@ mod tests {
         );
         assert!(c.k8s_policy());
         assert_eq!(c.k8s_api_root().as_deref(), Some("http://10.0.0.1:6443"));
-        let c = conf(serde_json::json!({"kubernetes": {"kubeconfig": "/etc/k", "k8s_api_root": "http://a:1"},
-            "policy": {"type": "k8s", "k8s_api_root": "http://b:2"}}));
+        let c = conf(
+            serde_json::json!({"kubernetes": {"kubeconfig": "/etc/k", "k8s_api_root": "http://a:1"},
+            "policy": {"type": "k8s", "k8s_api_root": "http://b:2"}}),
+        );
         assert_eq!(c.k8s_api_root().as_deref(), Some("http://a:1"));
         assert_eq!(c.kubeconfig(), Some("/etc/k"));
     }

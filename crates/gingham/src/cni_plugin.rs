@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use gingham_api::{Client, WriteMode};
 use gingham_cni::{
-    CniError, CniResult, Command, ErrorCode, Interface, Invocation, IpConfig, NetConf,
+    CniError, CniResult, Command, ErrorCode, Interface, Invocation, IpConfig, NetConf, PodAddresses,
 };
 use gingham_datastore::Datastore;
 use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
@@ -410,11 +410,31 @@ fn ipam_error(e: gingham_ipam::Error) -> CniError {
     CniError::new(code, format!("IPAM: {e}"))
 }
 
-/// Allocates the workload's addresses (a requested `IP=` from CNI_ARGS, else automatically).
+/// The addresses CNI_ARGS `IP=` requests (a comma-separated list), if any.
+fn requested_in_args(inv: &Invocation) -> Result<Option<Vec<IpAddr>>, CniError> {
+    let Some(requested) = inv.args.get("IP") else {
+        return Ok(None);
+    };
+    requested
+        .split(',')
+        .map(|one| {
+            one.trim().parse().map_err(|_| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("CNI_ARGS IP={one} is not an IP address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<IpAddr>, _>>()
+        .map(Some)
+}
+
+/// Allocates the workload's addresses: the `requested` ones (CNI_ARGS `IP=`, the pod's
+/// `ipAddrs`), else automatically.
 fn allocate(
     store: &Arc<dyn Datastore>,
     client: &Client,
-    inv: &Invocation,
+    requested: Option<&[IpAddr]>,
     conf: &NetConf,
     w: &Workload,
 ) -> Result<Vec<IpAddr>, CniError> {
@@ -428,15 +448,9 @@ fn allocate(
         attrs.insert("namespace".into(), ns.clone());
         attrs.insert("pod".into(), pod.clone());
     }
-    if let Some(requested) = inv.args.get("IP") {
+    if let Some(requested) = requested {
         let mut out = Vec::new();
-        for one in requested.split(',') {
-            let ip: IpAddr = one.trim().parse().map_err(|_| {
-                CniError::new(
-                    ErrorCode::InvalidConfig,
-                    format!("CNI_ARGS IP={one} is not an IP address"),
-                )
-            })?;
+        for &ip in requested {
             let req = AssignIpRequest {
                 ip: Some(ip),
                 handle_id: w.handle.clone(),
@@ -579,7 +593,8 @@ fn ipam_add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         .ips_by_handle(&w.handle)
         .map_err(ipam_error)?;
     let ips = if held.is_empty() {
-        allocate(&store, &client, inv, conf, &w)?
+        let requested = requested_in_args(inv)?;
+        allocate(&store, &client, requested.as_deref(), conf, &w)?
     } else {
         held
     };
@@ -649,15 +664,36 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     {
         return existing_attachment(&store, &client, e.clone(), &w, netns, conf).map(Some);
     }
+    // Calico's `policy: {type: k8s}`: the pod and its namespace from the API server, before
+    // anything is allocated (an API server that cannot be reached fails ADD here).
+    let pod_info = match (&w.k8s, conf.k8s_policy()) {
+        (Some((ns, pod)), true) => Some(crate::cni_k8s::lookup(conf, &w.node, ns, pod)?),
+        _ => None,
+    };
+    // The pool and family annotations rewrite the IPAM section, as Calico's plugin does.
+    let mut planned = conf.clone();
+    if let Some(info) = &pod_info {
+        info.plan.apply_to(&mut planned);
+    }
+    let conf = &planned;
+    let mut requested = requested_in_args(inv)?;
+    let mut no_ipam: Option<Vec<IpAddr>> = None;
+    match pod_info.as_ref().map(|i| &i.plan.addresses) {
+        Some(PodAddresses::Requested(ips)) => requested = Some(ips.clone()),
+        Some(PodAddresses::NoIpam(ips)) => no_ipam = Some(ips.clone()),
+        Some(PodAddresses::Ipam) | None => {}
+    }
     let delegated = delegated_ipam(conf);
     // The addresses this call allocates (and releases again if it fails); addresses the handle
     // already held are reused and never released here.
     let mut own: Vec<IpAddr> = Vec::new();
     let ips = match delegated {
+        // `ipAddrsNoIpam`: the addresses as given, IPAM bypassed.
+        _ if no_ipam.is_some() => no_ipam.clone().unwrap_or_default(),
         None => {
             let orphaned = orphaned_addresses(&store, &client, &w, &name)?;
             if orphaned.is_empty() {
-                own = allocate(&store, &client, inv, conf, &w)?;
+                own = allocate(&store, &client, requested.as_deref(), conf, &w)?;
                 own.clone()
             } else {
                 tracing::info!(handle = %w.handle, ips = ?orphaned, "reusing the addresses an earlier, unfinished ADD of this container allocated");
@@ -673,6 +709,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
             .collect(),
     };
     let undo_ipam = || match delegated {
+        _ if no_ipam.is_some() => {}
         None => release_own(&store, &w.handle, &own),
         Some(plugin) => {
             if let Err(e) = delegate(inv, plugin, "DEL") {
@@ -711,6 +748,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         &spec,
         &plumbed.container_mac.to_string(),
         conf,
+        pod_info.as_ref(),
     )
     .map_err(undo)?;
     if let Err(e) = client.write_all(&[wep], WriteMode::Apply) {
@@ -943,6 +981,7 @@ fn workload_endpoint(
     spec: &WorkloadSpec,
     mac: &str,
     conf: &NetConf,
+    pod: Option<&crate::cni_k8s::PodInfo>,
 ) -> Result<Resource, CniError> {
     let name = w.endpoint_name()?;
     let ns = w.namespace();
@@ -996,6 +1035,16 @@ fn workload_endpoint(
     s.interface_name = spec.host_ifname.clone();
     s.mac = mac.to_owned();
     s.ip_networks = ips.iter().map(|ip| IpNet::from(*ip)).collect();
+    // From the API server: what the pod is now, whatever an earlier endpoint said.
+    if let Some(info) = pod {
+        wep.metadata.labels = info.labels.clone().into_iter().collect();
+        let s = &mut wep.spec;
+        s.profiles = info.profiles.clone();
+        s.ports = info.ports.clone();
+        s.service_account_name = info.service_account.clone();
+        s.allow_spoofed_source_prefixes = info.allow_spoofed_source_prefixes.clone();
+        s.ip_nats = floating_ips(&info.plan.floating_ips, ips, &name)?;
+    }
     let mut r = Resource::WorkloadEndpoint(wep);
     gingham_model::apply_defaults_in(&mut r, &ns);
     let problems = gingham_model::validate(&r);
@@ -1009,6 +1058,34 @@ fn workload_endpoint(
         ));
     }
     Ok(r)
+}
+
+/// Calico's `floatingIPs`: each external address NATed to the pod's address of its family.
+fn floating_ips(
+    floating: &[String],
+    ips: &[IpAddr],
+    endpoint: &str,
+) -> Result<Vec<gingham_model::endpoint::IpNat>, CniError> {
+    floating
+        .iter()
+        .map(|f| {
+            let v6 = f.contains(':');
+            let internal = ips.iter().find(|ip| ip.is_ipv6() == v6).ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "annotation {}: floating IP {f} needs an {} address on {endpoint}, which has none",
+                        gingham_model::k8s::ANNOTATION_FLOATING_IPS,
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ),
+                )
+            })?;
+            Ok(gingham_model::endpoint::IpNat {
+                internal_ip: internal.to_string(),
+                external_ip: f.clone(),
+            })
+        })
+        .collect()
 }
 
 fn del(inv: &Invocation) -> Result<(), CniError> {

@@ -26,6 +26,7 @@ macro_rules! eprintln {
 
 mod agent;
 mod bgp_cmd;
+mod cni_k8s;
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
