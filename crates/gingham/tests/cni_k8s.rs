@@ -1,0 +1,336 @@
+//! The CNI plugin's Kubernetes path (`policy: {type: k8s}`) against the Kubernetes API double:
+//! pods made with `kubectl`, the real `gingham` binary run inside a test-made node namespace as
+//! a kubelet runs it. The API double listens on the node namespace's loopback (its socket is
+//! made there), over an in-memory datastore; the plugin's own datastore is a SQLite file.
+//! System tests: root, iproute2, kubectl.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use gingham_datastore::Datastore;
+use gingham_kubeapi::{ApiServer, RunningApiServer};
+use gingham_net::NetnsRef;
+use gingham_testkit::netns::TestNetns;
+
+/// A node namespace with the API double on its loopback, and the plugin's datastore.
+struct Cluster {
+    node: TestNetns,
+    rt: tokio::runtime::Runtime,
+    server: Option<RunningApiServer>,
+    dir: tempfile::TempDir,
+    ds: String,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        gingham_testkit::require_root();
+        gingham_testkit::require_tool("kubectl");
+        let dir = tempfile::tempdir().unwrap();
+        let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+        common::ok_in(
+            &["apply", "-f", "-", "--datastore", &ds],
+            Some(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.89.0.0/24, blockSize: 26}\n",
+            ),
+        );
+        let node = TestNetns::new("cnik");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: Arc<dyn Datastore> = Arc::new(gingham_datastore::mem::MemStore::new());
+        // `block_on` polls `start` on this thread, so the listening socket is made inside the
+        // node's namespace, where the plugin runs.
+        let server = gingham_net::netns::in_netns_same_thread(&NetnsRef::Path(node.path()), || {
+            rt.block_on(ApiServer::start(store, "127.0.0.1:0".parse().unwrap()))
+        })
+        .unwrap()
+        .unwrap();
+        server
+            .write_kubeconfig(&dir.path().join("kubeconfig"))
+            .unwrap();
+        Cluster {
+            node,
+            rt,
+            server: Some(server),
+            dir,
+            ds,
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// `kubectl create -f` of `yaml`, inside the node.
+    fn kubectl_create(&self, yaml: &str) {
+        let file = self.dir.path().join("obj.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        self.node.exec_ok(&[
+            "kubectl",
+            "--kubeconfig",
+            &self.kubeconfig().display().to_string(),
+            "create",
+            "-f",
+            &file.display().to_string(),
+        ]);
+    }
+
+    fn stop_api(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
+
+    fn conf(&self) -> String {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "gingham",
+            "nodename": "node-a",
+            "datastore": self.ds,
+            "ipam": {"type": "calico-ipam"},
+            "policy": {"type": "k8s"},
+            "kubernetes": {"kubeconfig": self.kubeconfig()},
+        })
+        .to_string()
+    }
+
+    /// Runs the plugin in the node as a kubelet would, for pod `ns/pod` in `netns`.
+    fn cni(&self, command: &str, ns: &str, pod: &str, netns: &Path) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.node.name(),
+                env!("CARGO_BIN_EXE_gingham"),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("c-{pod}"))
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.conf().as_bytes());
+        child.wait_with_output().unwrap()
+    }
+
+    fn cni_ok(&self, command: &str, ns: &str, pod: &str, netns: &Path) -> serde_json::Value {
+        let out = self.cni(command, ns, pod, netns);
+        assert!(
+            out.status.success(),
+            "CNI {command} of {ns}/{pod}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn endpoint(&self, ns: &str, pod: &str) -> Option<serde_json::Value> {
+        let out = common::ok_in(
+            &[
+                "get",
+                "wep",
+                "-n",
+                ns,
+                "-o",
+                "json",
+                "--datastore",
+                &self.ds,
+            ],
+            None,
+        );
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["spec"]["pod"] == pod)
+            .cloned()
+    }
+
+    /// Every IPAM key in the plugin's datastore (blocks, handles, affinities).
+    fn ipam_keys(&self) -> Vec<String> {
+        let path = self.ds.trim_start_matches("sqlite:");
+        let store = gingham_datastore_sqlite::SqliteStore::open(Path::new(path)).unwrap();
+        store
+            .list("/calico/ipam/")
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_api();
+    }
+}
+
+const SHOP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+#[test]
+fn sys_k8s_pod_labels_service_account_and_named_ports_reach_the_endpoint() {
+    let mut c = Cluster::new();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: shop
+  labels: {app: web, tier: front}
+spec:
+  nodeName: node-a
+  serviceAccountName: frontend
+  containers:
+  - name: web
+    image: busybox
+    ports:
+    - {name: http, containerPort: 8080}
+    - {name: metrics, containerPort: 9090, protocol: TCP}
+    - {containerPort: 7000}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fixed
+  namespace: shop
+  annotations:
+    cni.projectcalico.org/ipAddrs: '["10.89.0.77"]'
+spec:
+  nodeName: node-a
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    let web = TestNetns::new("cnikp");
+    let result = c.cni_ok("ADD", "shop", "web-0", &web.path());
+    assert!(
+        result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.89.0."),
+        "{result}"
+    );
+    let wep = c.endpoint("shop", "web-0").expect("web-0's endpoint");
+    let labels = &wep["metadata"]["labels"];
+    assert_eq!(labels["app"], "web", "{wep}");
+    assert_eq!(labels["tier"], "front");
+    assert_eq!(labels["projectcalico.org/namespace"], "shop");
+    assert_eq!(labels["projectcalico.org/orchestrator"], "k8s");
+    assert_eq!(labels["projectcalico.org/serviceaccount"], "frontend");
+    assert_eq!(
+        wep["spec"]["profiles"],
+        serde_json::json!(["kns.shop", "ksa.shop.frontend"])
+    );
+    assert_eq!(wep["spec"]["serviceAccountName"], "frontend");
+    let ports: Vec<(String, u64)> = wep["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("http".to_owned(), 8080), ("metrics".to_owned(), 9090)],
+        "{wep}"
+    );
+
+    // The ipAddrs annotation: that address, from IPAM.
+    let fixed = TestNetns::new("cnikp");
+    let result = c.cni_ok("ADD", "shop", "fixed", &fixed.path());
+    assert_eq!(result["ips"][0]["address"], "10.89.0.77/32", "{result}");
+    let wep = c.endpoint("shop", "fixed").unwrap();
+    assert_eq!(
+        wep["spec"]["ipNetworks"],
+        serde_json::json!(["10.89.0.77/32"])
+    );
+    assert_eq!(
+        wep["spec"]["profiles"],
+        serde_json::json!(["kns.shop", "ksa.shop.default"])
+    );
+
+    // DEL never needs the API server.
+    c.stop_api();
+    c.cni_ok("DEL", "shop", "web-0", &web.path());
+    c.cni_ok("DEL", "shop", "fixed", &fixed.path());
+    assert!(c.endpoint("shop", "web-0").is_none());
+    assert!(c.endpoint("shop", "fixed").is_none());
+    let handles: Vec<String> = c
+        .ipam_keys()
+        .into_iter()
+        .filter(|k| k.contains("/handle/"))
+        .collect();
+    assert!(handles.is_empty(), "{handles:?}");
+}
+
+#[test]
+fn sys_k8s_add_with_the_api_server_down_allocates_and_writes_nothing() {
+    let mut c = Cluster::new();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nspec: {nodeName: node-a, containers: [{name: c, image: busybox}]}\n",
+    );
+    c.stop_api();
+    let pod = TestNetns::new("cnikp");
+    let out = c.cni("ADD", "shop", "web-1", &pod.path());
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 103, "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot read namespace shop from the Kubernetes API server")
+            && msg.contains("nothing was allocated"),
+        "{msg}"
+    );
+    assert_eq!(c.ipam_keys(), Vec::<String>::new(), "nothing allocated");
+    assert!(c.endpoint("shop", "web-1").is_none(), "no endpoint written");
+    let links = c.node.exec_ok(&["ip", "-o", "link"]);
+    assert!(!links.contains("cali"), "no veth: {links}");
+    // DEL works without it.
+    c.cni_ok("DEL", "shop", "web-1", &pod.path());
+}
+
+#[test]
+fn sys_k8s_a_pod_the_api_does_not_know_fails_add_before_allocating() {
+    let c = Cluster::new();
+    let pod = TestNetns::new("cnikp");
+    let out = c.cni("ADD", "default", "ghost", &pod.path());
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 103, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pod default/ghost is not in the Kubernetes API"),
+        "{err}"
+    );
+    assert_eq!(c.ipam_keys(), Vec::<String>::new());
+}
