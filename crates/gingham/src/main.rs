@@ -31,6 +31,7 @@ mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
 mod lab;
+mod manifests_cmd;
 mod node_cmd;
 mod output;
 mod reach_cmd;
@@ -109,6 +110,9 @@ enum Command {
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
+    /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
+    #[command(subcommand)]
+    Manifests(manifests_cmd::ManifestsCmd),
 }
 
 fn main() -> ExitCode {
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Explain(a) => reach_cmd::explain(a, &client),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
+        Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),
     }
 }
 
