@@ -637,7 +637,8 @@ fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> WorkloadSpec {
             IpAddr::V6(a) => spec = spec.with_ipv6(*a),
         }
     }
-    if let Some(mtu) = conf.mtu {
+    // 0 is Calico's "work it out" (the manifests' default).
+    if let Some(mtu) = conf.mtu.filter(|m| *m > 0) {
         spec = spec.with_mtu(mtu);
     }
     spec
