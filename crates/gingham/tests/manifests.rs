@@ -161,3 +161,113 @@ fn sys_kubectl_applies_the_manifests_to_the_api_double() {
     }
     rt.block_on(server.shutdown());
 }
+
+/// The `gingham-config` ConfigMap's data of a manifest.
+fn config_map_data(manifest: &str) -> serde_json::Map<String, serde_json::Value> {
+    let text = std::fs::read_to_string(deploy().join(manifest)).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.into_iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "gingham-config")
+        .and_then(|d| d["data"].as_object().cloned())
+        .unwrap_or_else(|| panic!("{manifest} has no ConfigMap gingham-config"))
+}
+
+#[test]
+fn sys_install_cni_installs_the_plugin_and_a_configuration_it_accepts() {
+    let sh = gingham_testkit::require_tool("sh");
+    gingham_testkit::require_tool("base64");
+    gingham_testkit::require_tool("sed");
+    for (manifest, datastore) in [
+        ("gingham-etcd.yaml", "etcdv3"),
+        ("gingham-kdd.yaml", "kubernetes"),
+    ] {
+        let data = config_map_data(manifest);
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        let sa = dir.path().join("sa");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(
+            sa.join("ca.crt"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(sa.join("token"), "tok-123").unwrap();
+        let out = Command::new(&sh)
+            .arg("-c")
+            .arg(data["install_cni"].as_str().unwrap())
+            .env("HOST_ROOT", &host)
+            .env("SA_DIR", &sa)
+            .env("GINGHAM_BIN", env!("CARGO_BIN_EXE_gingham"))
+            .env(
+                "CNI_NETWORK_CONFIG",
+                data["cni_network_config"].as_str().unwrap(),
+            )
+            .env("CNI_MTU", data["veth_mtu"].as_str().unwrap())
+            .env("KUBERNETES_NODE_NAME", "node-a")
+            .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+            .env("KUBERNETES_SERVICE_PORT", "443")
+            .env("ETCD_ENDPOINTS", "http://127.0.0.1:2379")
+            .env("ETCD_CA_CERT_FILE", "")
+            .env("ETCD_CERT_FILE", "")
+            .env("ETCD_KEY_FILE", "")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{manifest}: install-cni: {out:?}");
+
+        // The plugin, under both names, answers a runtime.
+        for name in ["gingham", "gingham-ipam"] {
+            let bin = host.join("opt/cni/bin").join(name);
+            let v = Command::new(&bin)
+                .env("CNI_COMMAND", "VERSION")
+                .output()
+                .unwrap();
+            assert!(v.status.success(), "{manifest}: {name} VERSION: {v:?}");
+            let doc: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+            assert!(
+                doc["supportedVersions"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            );
+        }
+
+        // The network configuration is one the plugin accepts, with the Kubernetes path on.
+        let netd = host.join("etc/cni/net.d");
+        let list: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(netd.join("10-gingham.conflist")).unwrap())
+                .unwrap_or_else(|e| panic!("{manifest}: the conflist is not JSON: {e}"));
+        let mut plugin = list["plugins"][0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        let conf = gingham_cni::NetConf::from_value(&plugin).unwrap();
+        assert_eq!(conf.kind, "gingham");
+        assert_eq!(conf.nodename.as_deref(), Some("node-a"));
+        assert_eq!(conf.datastore_type.as_deref(), Some(datastore));
+        assert!(conf.k8s_policy());
+        assert_eq!(conf.kubeconfig(), Some("/etc/cni/net.d/gingham-kubeconfig"));
+        assert_eq!(conf.mtu, Some(0));
+        if datastore == "etcdv3" {
+            assert_eq!(
+                conf.etcd_endpoints.as_deref(),
+                Some("http://127.0.0.1:2379")
+            );
+            assert_eq!(conf.etcd_ca_cert_file.as_deref(), Some(""));
+        }
+
+        // The kubeconfig reaches the cluster's API with the service account's token.
+        let kc = kube::config::Kubeconfig::read_from(netd.join("gingham-kubeconfig"))
+            .unwrap_or_else(|e| panic!("{manifest}: the kubeconfig: {e}"));
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://10.96.0.1:443")
+        );
+        assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+        let text = std::fs::read_to_string(netd.join("gingham-kubeconfig")).unwrap();
+        assert!(text.contains("    token: tok-123\n"), "{text}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(netd.join("gingham-kubeconfig"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "only root reads the kubeconfig: {mode:o}");
+    }
+}
