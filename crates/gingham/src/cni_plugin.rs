@@ -214,6 +214,17 @@ fn store_error(e: impl std::fmt::Display) -> CniError {
 /// `datastore_type: etcdv3` with `etcd_endpoints` and the `etcd_*_file` fields, else
 /// `GINGHAM_DATASTORE`, else the default SQLite file.
 fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
+    match conf.datastore_type.as_deref() {
+        None | Some("" | "etcdv3" | "etcd") => {}
+        Some(other) => {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network configuration field datastore_type {other:?} is not supported yet (valid: etcdv3, or a `datastore` URL)"
+                ),
+            ));
+        }
+    }
     let etcd_wanted = conf.etcd_endpoints.is_some()
         || matches!(conf.datastore_type.as_deref(), Some("etcdv3" | "etcd"));
     if etcd_wanted && conf.datastore.is_none() {
@@ -1190,6 +1201,19 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datastore_type_not_supported_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = NetConf::from_value(&serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "gingham", "datastore_type": "kubernetes",
+            "datastore": format!("sqlite:{}", dir.path().join("g.db").display())}))
+        .unwrap();
+        let e = open_store(&conf).err().expect("refused");
+        assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
+        assert!(e.msg.contains("datastore_type \"kubernetes\""), "{}", e.msg);
+        assert!(!dir.path().join("g.db").exists(), "nothing opened");
+    }
 
     #[test]
     fn container_ids_calico_accepts_are_kept() {
