@@ -1255,6 +1255,16 @@ fn prepare_update(
     let mut out = if status_only {
         let mut o = old.clone();
         o["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        if !res.custom {
+            // kube-apiserver's status strategies for the built-in kinds keep the new labels
+            // and annotations (custom resources take only status).
+            for k in ["labels", "annotations"] {
+                match new["metadata"].get(k) {
+                    Some(v) => meta(&mut o).insert(k.into(), v.clone()),
+                    None => meta(&mut o).remove(k),
+                };
+            }
+        }
         if o["status"].is_null()
             && let Some(m) = o.as_object_mut()
         {
