@@ -321,15 +321,24 @@ impl Api {
             status,
         };
         let dry_run = req.q("dryRun").is_some();
+        if !req.body.is_empty()
+            && req
+                .content_type
+                .starts_with("application/vnd.kubernetes.protobuf")
+        {
+            return Err(ApiError::unsupported_media_type(
+                "the body is protobuf, which this Kubernetes API double does not read: send JSON or YAML (kubectl's typed generators such as `kubectl create namespace` or `kubectl run` send protobuf; `kubectl apply -f` and `kubectl create -f` send JSON)",
+            ));
+        }
         match (req.method.as_str(), &t.name) {
             ("GET", None) if req.flag("watch") => self.watch_plan(&t, req),
             ("GET", None) => self.list(&t, req).map(|v| Reply::Json(200, v)),
             ("GET", Some(name)) => {
                 let kv = self.get_kv(&t, name)?;
                 let obj = self.decorate(&t.res, &kv)?;
-                if req.accept.contains("as=Table") {
-                    let table = discovery::table(&t.res, kv.mod_revision, &[obj], &json!({}));
-                    return Ok(Reply::Json(200, table));
+                let view = discovery::View::from_accept(&req.accept);
+                if view != discovery::View::Full {
+                    return Ok(Reply::Json(200, view.object(&t.res, kv.mod_revision, obj)));
                 }
                 Ok(Reply::Json(200, obj))
             }
@@ -429,8 +438,18 @@ impl Api {
             metadata["remainingItemCount"] = json!(remaining);
         }
         let items: Vec<Value> = matched.into_iter().map(|(_, o)| o).collect();
-        if req.accept.contains("as=Table") {
-            return Ok(discovery::table(&t.res, rv, &items, &metadata));
+        match discovery::View::from_accept(&req.accept) {
+            discovery::View::Full => {}
+            discovery::View::Table => return Ok(discovery::table(&t.res, rv, &items, &metadata)),
+            discovery::View::Metadata => {
+                let items: Vec<Value> = items.iter().map(discovery::partial).collect();
+                return Ok(json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": metadata,
+                    "items": items,
+                }));
+            }
         }
         Ok(json!({
             "kind": format!("{}List", t.res.kind),
@@ -474,6 +493,7 @@ impl Api {
             start,
             bookmarks: req.flag("allowWatchBookmarks"),
             initial_end_bookmark: send_initial,
+            view: discovery::View::from_accept(&req.accept),
             timeout,
         })))
     }
