@@ -154,7 +154,7 @@ fn label_problem(labels: &Value) -> Option<(String, String)> {
                     && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
         if !value_ok {
             return Some((
-                format!("metadata.labels"),
+                "metadata.labels".to_owned(),
                 format!(
                     "Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"
                 ),
@@ -1197,10 +1197,10 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             let spec = obj["spec"].as_object_mut().ok_or_else(|| {
                 ApiError::invalid(res, &name, "spec.containers", "Required value")
             })?;
-            if !spec
+            if spec
                 .get("containers")
                 .and_then(Value::as_array)
-                .is_some_and(|c| !c.is_empty())
+                .is_none_or(Vec::is_empty)
             {
                 return Err(ApiError::invalid(
                     res,
@@ -1230,12 +1230,12 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             obj["status"] = crd_status(obj);
         }
         _ => {
+            // Nodes register with their status; other kinds get theirs from controllers.
             if res.status
+                && res.plural != "nodes"
                 && let Some(o) = obj.as_object_mut()
             {
-                if res.plural != "nodes" {
-                    o.remove("status");
-                }
+                o.remove("status");
             }
         }
     }
