@@ -154,7 +154,7 @@ fn label_problem(labels: &Value) -> Option<(String, String)> {
                     && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
         if !value_ok {
             return Some((
-                format!("metadata.labels"),
+                "metadata.labels".to_owned(),
                 format!(
                     "Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"
                 ),
@@ -321,15 +321,24 @@ impl Api {
             status,
         };
         let dry_run = req.q("dryRun").is_some();
+        if !req.body.is_empty()
+            && req
+                .content_type
+                .starts_with("application/vnd.kubernetes.protobuf")
+        {
+            return Err(ApiError::unsupported_media_type(
+                "the body is protobuf, which this Kubernetes API double does not read: send JSON or YAML (kubectl's typed generators such as `kubectl create namespace` or `kubectl run` send protobuf; `kubectl apply -f` and `kubectl create -f` send JSON)",
+            ));
+        }
         match (req.method.as_str(), &t.name) {
             ("GET", None) if req.flag("watch") => self.watch_plan(&t, req),
             ("GET", None) => self.list(&t, req).map(|v| Reply::Json(200, v)),
             ("GET", Some(name)) => {
                 let kv = self.get_kv(&t, name)?;
                 let obj = self.decorate(&t.res, &kv)?;
-                if req.accept.contains("as=Table") {
-                    let table = discovery::table(&t.res, kv.mod_revision, &[obj], &json!({}));
-                    return Ok(Reply::Json(200, table));
+                let view = discovery::View::from_accept(&req.accept);
+                if view != discovery::View::Full {
+                    return Ok(Reply::Json(200, view.object(&t.res, kv.mod_revision, obj)));
                 }
                 Ok(Reply::Json(200, obj))
             }
@@ -429,8 +438,18 @@ impl Api {
             metadata["remainingItemCount"] = json!(remaining);
         }
         let items: Vec<Value> = matched.into_iter().map(|(_, o)| o).collect();
-        if req.accept.contains("as=Table") {
-            return Ok(discovery::table(&t.res, rv, &items, &metadata));
+        match discovery::View::from_accept(&req.accept) {
+            discovery::View::Full => {}
+            discovery::View::Table => return Ok(discovery::table(&t.res, rv, &items, &metadata)),
+            discovery::View::Metadata => {
+                let items: Vec<Value> = items.iter().map(discovery::partial).collect();
+                return Ok(json!({
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": metadata,
+                    "items": items,
+                }));
+            }
         }
         Ok(json!({
             "kind": format!("{}List", t.res.kind),
@@ -474,6 +493,7 @@ impl Api {
             start,
             bookmarks: req.flag("allowWatchBookmarks"),
             initial_end_bookmark: send_initial,
+            view: discovery::View::from_accept(&req.accept),
             timeout,
         })))
     }
@@ -1177,10 +1197,10 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             let spec = obj["spec"].as_object_mut().ok_or_else(|| {
                 ApiError::invalid(res, &name, "spec.containers", "Required value")
             })?;
-            if !spec
+            if spec
                 .get("containers")
                 .and_then(Value::as_array)
-                .is_some_and(|c| !c.is_empty())
+                .is_none_or(Vec::is_empty)
             {
                 return Err(ApiError::invalid(
                     res,
@@ -1210,12 +1230,12 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             obj["status"] = crd_status(obj);
         }
         _ => {
+            // Nodes register with their status; other kinds get theirs from controllers.
             if res.status
+                && res.plural != "nodes"
                 && let Some(o) = obj.as_object_mut()
             {
-                if res.plural != "nodes" {
-                    o.remove("status");
-                }
+                o.remove("status");
             }
         }
     }
@@ -1255,6 +1275,16 @@ fn prepare_update(
     let mut out = if status_only {
         let mut o = old.clone();
         o["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        if !res.custom {
+            // kube-apiserver's status strategies for the built-in kinds keep the new labels
+            // and annotations (custom resources take only status).
+            for k in ["labels", "annotations"] {
+                match new["metadata"].get(k) {
+                    Some(v) => meta(&mut o).insert(k.into(), v.clone()),
+                    None => meta(&mut o).remove(k),
+                };
+            }
+        }
         if o["status"].is_null()
             && let Some(m) = o.as_object_mut()
         {

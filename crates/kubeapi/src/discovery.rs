@@ -324,3 +324,50 @@ pub fn table(res: &Resource, rv: i64, items: &[Value], list_meta: &Value) -> Val
         "rows": rows,
     })
 }
+
+/// How a client asked to see objects (its first `Accept` media type with an `as=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Full,
+    /// `as=Table;g=meta.k8s.io` (kubectl get).
+    Table,
+    /// `as=PartialObjectMetadata[List];g=meta.k8s.io` (kube-rs metadata API).
+    Metadata,
+}
+
+impl View {
+    pub fn from_accept(accept: &str) -> Self {
+        let first = accept.split(',').next().unwrap_or("");
+        let params: Vec<&str> = first.split(';').map(str::trim).collect();
+        if !params.contains(&"g=meta.k8s.io") {
+            return Self::Full;
+        }
+        if params.contains(&"as=Table") {
+            Self::Table
+        } else if params.contains(&"as=PartialObjectMetadata")
+            || params.contains(&"as=PartialObjectMetadataList")
+        {
+            Self::Metadata
+        } else {
+            Self::Full
+        }
+    }
+
+    /// One object in this view.
+    pub fn object(self, res: &Resource, rv: i64, obj: Value) -> Value {
+        match self {
+            Self::Full => obj,
+            Self::Table => table(res, rv, &[obj], &json!({})),
+            Self::Metadata => partial(&obj),
+        }
+    }
+}
+
+/// The PartialObjectMetadata of an object.
+pub fn partial(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj["metadata"],
+    })
+}

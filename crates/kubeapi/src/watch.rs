@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::api::decorate;
+use crate::discovery::View;
 use crate::resources::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -44,6 +45,8 @@ pub struct WatchPlan {
     /// `k8s.io/initial-events-end`.
     pub initial_end_bookmark: bool,
     pub timeout: Duration,
+    /// Full objects, Table rows (kubectl get --watch) or metadata only.
+    pub view: View,
 }
 
 impl WatchPlan {
@@ -55,6 +58,15 @@ impl WatchPlan {
                 .as_deref()
                 .is_none_or(|n| obj["metadata"]["name"].as_str() == Some(n))
     }
+}
+
+/// An event line with the object in the plan's view.
+fn event(plan: &WatchPlan, kind: &str, object: Value) -> Vec<u8> {
+    let rv = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    line(kind, plan.view.object(&plan.res, rv, object))
 }
 
 fn line(kind: &str, object: Value) -> Vec<u8> {
@@ -102,7 +114,7 @@ pub fn run(
             for kv in &listing.kvs {
                 match decorate(&plan.res, kv) {
                     Ok(obj) if plan.matches(&obj) => {
-                        if !send(line("ADDED", obj)) {
+                        if !send(event(&plan, "ADDED", obj)) {
                             return;
                         }
                     }
@@ -168,7 +180,7 @@ fn translate(plan: &WatchPlan, ev: &Event) -> Option<Vec<u8>> {
                 return None;
             }
             obj["metadata"]["resourceVersion"] = json!(ev.revision().to_string());
-            Some(line("DELETED", obj))
+            Some(event(plan, "DELETED", obj))
         }
         EventKind::Put => {
             let obj = decorate(&plan.res, &ev.kv).ok()?;
@@ -180,9 +192,9 @@ fn translate(plan: &WatchPlan, ev: &Event) -> Option<Vec<u8>> {
                 prev.as_ref().map(|p| plan.matches(p))
             };
             match (before, now) {
-                (Some(false), true) => Some(line("ADDED", obj)),
-                (Some(true), true) | (None, true) => Some(line("MODIFIED", obj)),
-                (Some(true), false) => Some(line("DELETED", obj)),
+                (Some(false), true) => Some(event(plan, "ADDED", obj)),
+                (Some(true), true) | (None, true) => Some(event(plan, "MODIFIED", obj)),
+                (Some(true), false) => Some(event(plan, "DELETED", obj)),
                 (_, false) => None,
             }
         }
