@@ -695,6 +695,22 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         Some(PodAddresses::NoIpam(ips)) => no_ipam = Some(ips.clone()),
         Some(PodAddresses::Ipam) | None => {}
     }
+    // A new sandbox of a pod whose endpoint an older sandbox wrote, with `ipAddrs`: as Calico's
+    // plugin does, the older sandbox's addresses are released first, or the requested ones
+    // would be in use. Only what the older container's handle holds goes.
+    if let (Some(PodAddresses::Requested(_)), Some(old)) = (
+        pod_info.as_ref().map(|i| &i.plan.addresses),
+        stored
+            .as_ref()
+            .filter(|e| runtime_container_id(e) != w.container_id),
+    ) {
+        let old_handle = format!("{}.{}", conf.name, runtime_container_id(old));
+        let ips: Vec<IpAddr> = old.spec.ip_networks.iter().map(IpNet::addr).collect();
+        tracing::info!(endpoint = %name, %old_handle, ?ips, "ipAddrs: releasing the addresses of the pod's previous sandbox");
+        Ipam::new(store.as_ref())
+            .release_ips_of_handle(&ips, Some(&old_handle))
+            .map_err(ipam_error)?;
+    }
     let delegated = delegated_ipam(conf);
     // The addresses this call allocates (and releases again if it fails); addresses the handle
     // already held are reused and never released here.
@@ -1108,18 +1124,33 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
     // Each step tolerates what is already gone, so DEL can be repeated. The endpoint goes
     // before the addresses: interrupted in between, DEL leaves a leak (found by `ipam check`,
     // released by the next DEL), never an endpoint listing an address IPAM may hand out again.
-    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
-        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
-    plumbing.teardown(&w.host_ifname()).map_err(|e| {
-        CniError::new(
-            ErrorCode::Dataplane,
-            format!("removing {}: {e}", w.host_ifname()),
-        )
-    })?;
     let name = w.endpoint_name()?;
-    match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
-        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+    // A Kubernetes endpoint is named after the pod, not the container: a DEL for an older
+    // sandbox of a pod that runs again must leave the running sandbox's endpoint and veth
+    // alone (as Calico's plugin does), and only release what its own handle holds.
+    let stored = match client.get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name) {
+        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
+        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => None,
         Err(e) => return Err(store_error(e)),
+    };
+    let another_sandboxs = stored
+        .as_ref()
+        .is_some_and(|e| runtime_container_id(e) != w.container_id);
+    if another_sandboxs {
+        tracing::warn!(endpoint = %name, container = %w.container_id, "DEL for a container whose pod's endpoint belongs to another container; leaving the endpoint and its veth");
+    } else {
+        let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+            .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
+        plumbing.teardown(&w.host_ifname()).map_err(|e| {
+            CniError::new(
+                ErrorCode::Dataplane,
+                format!("removing {}: {e}", w.host_ifname()),
+            )
+        })?;
+        match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
+            Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(e)),
+        }
     }
     match delegated_ipam(conf) {
         None => {

@@ -100,8 +100,14 @@ impl Cluster {
         .to_string()
     }
 
-    /// Runs the plugin in the node as a kubelet would, for pod `ns/pod` in `netns`.
+    /// Runs the plugin in the node as a kubelet would, for pod `ns/pod` in `netns` (container
+    /// `c-<pod>`).
     fn cni(&self, command: &str, ns: &str, pod: &str, netns: &Path) -> Output {
+        self.cni_as(command, ns, pod, &format!("c-{pod}"), netns)
+    }
+
+    /// [`Cluster::cni`] for the pod's sandbox `container`.
+    fn cni_as(&self, command: &str, ns: &str, pod: &str, container: &str, netns: &Path) -> Output {
         use std::io::Write;
         let mut child = Command::new("ip")
             .args([
@@ -113,13 +119,13 @@ impl Cluster {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("c-{pod}"))
+            .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod}"),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container}"),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,7 +141,18 @@ impl Cluster {
     }
 
     fn cni_ok(&self, command: &str, ns: &str, pod: &str, netns: &Path) -> serde_json::Value {
-        let out = self.cni(command, ns, pod, netns);
+        self.cni_ok_as(command, ns, pod, &format!("c-{pod}"), netns)
+    }
+
+    fn cni_ok_as(
+        &self,
+        command: &str,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        netns: &Path,
+    ) -> serde_json::Value {
+        let out = self.cni_as(command, ns, pod, container, netns);
         assert!(
             out.status.success(),
             "CNI {command} of {ns}/{pod}: {}{}",
@@ -333,4 +350,54 @@ fn sys_k8s_a_pod_the_api_does_not_know_fails_add_before_allocating() {
         "{err}"
     );
     assert_eq!(c.ipam_keys(), Vec::<String>::new());
+}
+
+#[test]
+fn sys_k8s_a_new_sandbox_keeps_its_ip_addrs_and_the_old_sandboxs_del_leaves_it_alone() {
+    let c = Cluster::new();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: fixed
+  namespace: shop
+  annotations:
+    cni.projectcalico.org/ipAddrs: '["10.89.0.77"]'
+spec:
+  nodeName: node-a
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    let first = TestNetns::new("cnikp");
+    let r = c.cni_ok_as("ADD", "shop", "fixed", "sandbox-1", &first.path());
+    assert_eq!(r["ips"][0]["address"], "10.89.0.77/32", "{r}");
+    // The pod's sandbox is made again (the kubelet's DEL of the first comes later): the new
+    // one gets the address the annotation asks for.
+    let second = TestNetns::new("cnikp");
+    let r = c.cni_ok_as("ADD", "shop", "fixed", "sandbox-2", &second.path());
+    assert_eq!(r["ips"][0]["address"], "10.89.0.77/32", "{r}");
+    let host_if = r["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    // The first sandbox's DEL: the running sandbox keeps its endpoint, veth and address.
+    c.cni_ok_as("DEL", "shop", "fixed", "sandbox-1", &first.path());
+    let wep = c
+        .endpoint("shop", "fixed")
+        .expect("the running sandbox's endpoint");
+    assert_eq!(wep["spec"]["containerID"], "sandbox-2", "{wep}");
+    let links = c.node.exec_ok(&["ip", "-o", "link"]);
+    assert!(links.contains(&host_if), "{host_if} stays: {links}");
+    let path = c.ds.trim_start_matches("sqlite:");
+    let store = gingham_datastore_sqlite::SqliteStore::open(Path::new(path)).unwrap();
+    let ipam = gingham_ipam::Ipam::new(&store);
+    assert_eq!(
+        ipam.ips_by_handle("k8s-pod-network.sandbox-2").unwrap(),
+        vec!["10.89.0.77".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert!(
+        ipam.ips_by_handle("k8s-pod-network.sandbox-1")
+            .unwrap()
+            .is_empty()
+    );
+    c.cni_ok_as("DEL", "shop", "fixed", "sandbox-2", &second.path());
+    assert!(c.endpoint("shop", "fixed").is_none());
 }
