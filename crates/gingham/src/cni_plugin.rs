@@ -866,7 +866,9 @@ fn existing_attachment(
         let held = Ipam::new(store.as_ref())
             .ips_by_handle(&w.handle)
             .map_err(ipam_error)?;
-        if let Some(ip) = ips.iter().find(|ip| !held.contains(ip)) {
+        // Addresses given by `ipAddrsNoIpam` were never IPAM's: nothing to compare.
+        let no_ipam = held.is_empty() && conf.feature_control.ip_addrs_no_ipam;
+        if let Some(ip) = ips.iter().find(|ip| !no_ipam && !held.contains(ip)) {
             return Err(CniError::new(
                 ErrorCode::Datastore,
                 format!(

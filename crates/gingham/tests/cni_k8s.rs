@@ -22,6 +22,8 @@ struct Cluster {
     server: Option<RunningApiServer>,
     dir: tempfile::TempDir,
     ds: String,
+    /// Fields added to the network configuration.
+    extra: serde_json::Value,
 }
 
 impl Cluster {
@@ -59,6 +61,7 @@ impl Cluster {
             server: Some(server),
             dir,
             ds,
+            extra: serde_json::json!({}),
         }
     }
 
@@ -87,7 +90,7 @@ impl Cluster {
     }
 
     fn conf(&self) -> String {
-        serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "k8s-pod-network",
             "type": "gingham",
@@ -96,8 +99,11 @@ impl Cluster {
             "ipam": {"type": "calico-ipam"},
             "policy": {"type": "k8s"},
             "kubernetes": {"kubeconfig": self.kubeconfig()},
-        })
-        .to_string()
+        });
+        for (k, v) in self.extra.as_object().unwrap() {
+            conf[k] = v.clone();
+        }
+        conf.to_string()
     }
 
     /// Runs the plugin in the node as a kubelet would, for pod `ns/pod` in `netns` (container
@@ -400,4 +406,100 @@ spec:
     );
     c.cni_ok_as("DEL", "shop", "fixed", "sandbox-2", &second.path());
     assert!(c.endpoint("shop", "fixed").is_none());
+}
+
+#[test]
+fn sys_k8s_pool_floating_and_no_ipam_annotations_as_calico() {
+    let mut c = Cluster::new();
+    c.extra =
+        serde_json::json!({"feature_control": {"ip_addrs_no_ipam": true, "floating_ips": true}});
+    common::ok_in(
+        &["apply", "-f", "-", "--datastore", &c.ds],
+        Some(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: blue}\nspec: {cidr: 10.90.0.0/24, blockSize: 26}\n",
+        ),
+    );
+    c.kubectl_create(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: blue
+  annotations: {cni.projectcalico.org/ipv4pools: '["blue"]'}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: a
+  namespace: blue
+  annotations: {cni.projectcalico.org/floatingIPs: '["172.16.0.9"]'}
+spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: given
+  namespace: blue
+  annotations: {cni.projectcalico.org/ipAddrsNoIpam: '["10.123.0.5"]'}
+spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: two
+  namespace: blue
+  annotations: {cni.projectcalico.org/ipAddrs: '["10.90.0.5", "10.90.0.6"]'}
+spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+"#,
+    );
+    // The namespace's pool, and the floating IP NATed to the pod's address.
+    let a = TestNetns::new("cnikp");
+    let r = c.cni_ok("ADD", "blue", "a", &a.path());
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_owned();
+    assert!(ip.starts_with("10.90.0."), "the namespace's pool: {r}");
+    let wep = c.endpoint("blue", "a").unwrap();
+    assert_eq!(
+        wep["spec"]["ipNATs"],
+        serde_json::json!([{"internalIP": ip, "externalIP": "172.16.0.9"}]),
+        "{wep}"
+    );
+    // ipAddrsNoIpam: the address as given, IPAM untouched; ADD again returns it.
+    let given = TestNetns::new("cnikp");
+    let before = c.ipam_keys();
+    for _ in 0..2 {
+        let r = c.cni_ok("ADD", "blue", "given", &given.path());
+        assert_eq!(r["ips"][0]["address"], "10.123.0.5/32", "{r}");
+    }
+    assert_eq!(c.ipam_keys(), before, "IPAM untouched");
+    // Two IPv4 addresses in ipAddrs: Calico's refusal, before anything is allocated.
+    let two = TestNetns::new("cnikp");
+    let out = c.cni("ADD", "blue", "two", &two.path());
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("cannot have more than one IPv4 address for \"cni.projectcalico.org/ipAddrs\" annotation"),
+        "{err}"
+    );
+    assert_eq!(c.ipam_keys(), before, "nothing allocated");
+    assert!(c.endpoint("blue", "two").is_none());
+    for (pod, ns) in [("a", &a), ("given", &given)] {
+        c.cni_ok("DEL", "blue", pod, &ns.path());
+    }
+    // Without the features enabled, the annotations are refused as Calico refuses them.
+    c.extra = serde_json::json!({});
+    let out = c.cni("ADD", "blue", "given", &given.path());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("requested feature is not enabled: ip_addrs_no_ipam"),
+        "{err}"
+    );
 }
