@@ -94,8 +94,6 @@ async fn client_config(conf: &NetConf) -> Result<kube::Config, CniError> {
             config.root_cert = None;
         }
     }
-    config.connect_timeout = Some(API_TIMEOUT);
-    config.read_timeout = Some(API_TIMEOUT);
     Ok(config)
 }
 
@@ -110,12 +108,25 @@ fn parse_root(root: &str) -> Result<http::Uri, CniError> {
 
 /// Reads the pod `ns/name` and its namespace from the API server, with a time limit.
 pub fn lookup(conf: &NetConf, node: &str, ns: &str, name: &str) -> Result<PodInfo, CniError> {
+    lookup_within(conf, node, ns, name, API_TIMEOUT)
+}
+
+/// [`lookup`] with another time limit.
+fn lookup_within(
+    conf: &NetConf,
+    node: &str,
+    ns: &str,
+    name: &str,
+    limit: Duration,
+) -> Result<PodInfo, CniError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| api_error(format!("cannot start the Kubernetes client: {e}")))?;
     let (namespace, pod, server) = rt.block_on(async {
-        let config = client_config(conf).await?;
+        let mut config = client_config(conf).await?;
+        config.connect_timeout = Some(limit);
+        config.read_timeout = Some(limit);
         let server = config.cluster_url.to_string();
         let fetch = async {
             let client = kube::Client::try_from(config).map_err(|e| {
@@ -131,12 +142,12 @@ pub fn lookup(conf: &NetConf, node: &str, ns: &str, name: &str) -> Result<PodInf
                 .map_err(|e| read_error(&server, &format!("pod {ns}/{name}"), e))?;
             Ok::<_, CniError>((namespace, pod))
         };
-        let (namespace, pod) = tokio::time::timeout(API_TIMEOUT, fetch)
+        let (namespace, pod) = tokio::time::timeout(limit, fetch)
             .await
             .map_err(|_| {
                 api_error(format!(
-                    "the Kubernetes API server {server} did not answer within {} s reading pod {ns}/{name}; nothing was allocated",
-                    API_TIMEOUT.as_secs()
+                    "the Kubernetes API server {server} did not answer within {:?} reading pod {ns}/{name}; nothing was allocated",
+                    limit
                 ))
             })??;
         Ok::<_, CniError>((namespace, pod, server))
@@ -298,6 +309,28 @@ status:
         let e = rt.block_on(client_config(&conf())).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
         assert!(e.msg.contains("kubernetes.kubeconfig"), "{}", e.msg);
+    }
+
+    #[test]
+    fn an_api_server_that_does_not_answer_is_given_up_in_time() {
+        // Connections are accepted (the kernel's backlog) and never answered.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let c = NetConf::from_value(&serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "gingham", "policy": {"type": "k8s"},
+            "kubernetes": {"k8s_api_root": format!("http://127.0.0.1:{port}")}}))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e =
+            lookup_within(&c, "node-1", "default", "p", Duration::from_millis(500)).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.code, ErrorCode::Kubernetes as u32, "{}", e.msg);
+        assert!(e.msg.contains("nothing was allocated"), "{}", e.msg);
+        drop(listener);
     }
 
     #[test]
