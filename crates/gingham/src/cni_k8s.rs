@@ -312,6 +312,23 @@ status:
     }
 
     #[test]
+    fn a_missing_kubeconfig_names_the_field_and_the_file() {
+        let c = NetConf::from_value(&serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "gingham", "policy": {"type": "k8s"},
+            "kubernetes": {"kubeconfig": "/nonexistent/gingham-kubeconfig"}}))
+        .unwrap();
+        let e = lookup(&c, "node-1", "default", "p").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
+        assert!(
+            e.msg.contains(
+                "network configuration field kubernetes.kubeconfig: /nonexistent/gingham-kubeconfig"
+            ),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
     fn an_api_server_that_does_not_answer_is_given_up_in_time() {
         // Connections are accepted (the kernel's backlog) and never answered.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
