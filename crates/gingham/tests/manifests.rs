@@ -38,12 +38,31 @@ fn the_checked_in_crds_are_the_generated_ones() {
         generated == checked_in,
         "deploy/crds.yaml differs from `gingham manifests crds`; run `gingham manifests crds > deploy/crds.yaml`"
     );
-    for c in gingham_model::crd::kdd_crds() {
-        assert!(
-            checked_in.contains(&format!("  name: {}\n", c.crd_name())),
-            "{}",
-            c.crd_name()
-        );
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&checked_in).unwrap();
+    let want = gingham_model::crd::kdd_crds();
+    assert_eq!(docs.len(), want.len());
+    for (doc, c) in docs.iter().zip(&want) {
+        assert_eq!(doc["metadata"]["name"], c.crd_name().as_str());
+        assert_eq!(doc["spec"]["group"], "crd.projectcalico.org");
+        assert_eq!(doc["spec"]["names"]["kind"], c.kind);
+        assert_eq!(doc["spec"]["names"]["plural"], c.plural);
+        let scope = if c.namespaced {
+            "Namespaced"
+        } else {
+            "Cluster"
+        };
+        assert_eq!(doc["spec"]["scope"], scope, "{}", c.crd_name());
+        // A real API server prunes fields a structural schema does not list: spec and status
+        // keep them all (Gingham validates the resources itself).
+        let props = &doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        for part in ["spec", "status"] {
+            assert_eq!(
+                props[part]["x-kubernetes-preserve-unknown-fields"],
+                true,
+                "{} {part}",
+                c.crd_name()
+            );
+        }
     }
 }
 
@@ -159,6 +178,31 @@ fn sys_kubectl_applies_the_manifests_to_the_api_double() {
         let got = kubectl(&kc, &["get", what, name, "-o", "name"]);
         assert!(got.contains(name), "{what} {name}: {got}");
     }
+    // The CRDs serve their kinds (the double does not prune fields as a real API server does;
+    // that spec and status are kept there is checked on the CRDs' schemas above).
+    let pool = dir.path().join("pool.yaml");
+    std::fs::write(
+        &pool,
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {name: default-ipv4-ippool}\nspec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: CrossSubnet, natOutgoing: true}\n",
+    )
+    .unwrap();
+    kubectl(&kc, &["apply", "-f", &pool.display().to_string()]);
+    let got: serde_json::Value = serde_json::from_str(&kubectl(
+        &kc,
+        &[
+            "get",
+            "ippools.crd.projectcalico.org",
+            "default-ipv4-ippool",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        got["spec"],
+        serde_json::json!({"cidr": "10.244.0.0/16", "blockSize": 26, "vxlanMode": "CrossSubnet", "natOutgoing": true}),
+        "{got}"
+    );
     rt.block_on(server.shutdown());
 }
 
