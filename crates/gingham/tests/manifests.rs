@@ -315,3 +315,86 @@ fn sys_install_cni_installs_the_plugin_and_a_configuration_it_accepts() {
         assert_eq!(mode & 0o077, 0, "only root reads the kubeconfig: {mode:o}");
     }
 }
+
+/// The objects of a manifest by `kind/name`, with what only etcd needs removed (ETCD_*
+/// variables, the etcd-certs volume, the etcd Secret) and what differs by datastore by design
+/// (ClusterRoles, the datastore's configuration, the controllers enabled) left out.
+fn shared_part(manifest: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let text = std::fs::read_to_string(deploy().join(manifest)).unwrap();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for mut d in docs {
+        let key = format!(
+            "{}/{}",
+            d["kind"].as_str().unwrap(),
+            d["metadata"]["name"].as_str().unwrap()
+        );
+        match d["kind"].as_str().unwrap() {
+            "ClusterRole" | "Secret" => continue,
+            "ConfigMap" => {
+                let data = d["data"].as_object_mut().unwrap();
+                data.retain(|k, _| {
+                    !k.starts_with("etcd_")
+                        && !matches!(
+                            k.as_str(),
+                            "datastore_type" | "cni_network_config" | "install_cni"
+                        )
+                });
+            }
+            "DaemonSet" | "Deployment" => {
+                let spec = &mut d["spec"]["template"]["spec"];
+                if let Some(v) = spec
+                    .get_mut("volumes")
+                    .and_then(serde_json::Value::as_array_mut)
+                {
+                    v.retain(|v| v["name"] != "etcd-certs");
+                    if v.is_empty() {
+                        spec.as_object_mut().unwrap().remove("volumes");
+                    }
+                }
+                for list in ["initContainers", "containers"] {
+                    let containers = spec.get_mut(list).and_then(serde_json::Value::as_array_mut);
+                    for c in containers.into_iter().flatten() {
+                        if let Some(env) =
+                            c.get_mut("env").and_then(serde_json::Value::as_array_mut)
+                        {
+                            env.retain(|e| {
+                                let n = e["name"].as_str().unwrap();
+                                !n.starts_with("ETCD_") && n != "ENABLED_CONTROLLERS"
+                            });
+                        }
+                        if let Some(m) = c
+                            .get_mut("volumeMounts")
+                            .and_then(serde_json::Value::as_array_mut)
+                        {
+                            m.retain(|m| m["name"] != "etcd-certs");
+                            if m.is_empty() {
+                                c.as_object_mut().unwrap().remove("volumeMounts");
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.insert(key, d);
+    }
+    out
+}
+
+#[test]
+fn the_etcd_and_kdd_manifests_differ_only_where_the_datastore_does() {
+    let etcd = shared_part("gingham-etcd.yaml");
+    let kdd = shared_part("gingham-kdd.yaml");
+    assert_eq!(
+        etcd.keys().collect::<Vec<_>>(),
+        kdd.keys().collect::<Vec<_>>()
+    );
+    for (key, e) in &etcd {
+        assert!(
+            *e == kdd[key],
+            "{key} differs between deploy/gingham-etcd.yaml and deploy/gingham-kdd.yaml:\n{e}\n{}",
+            kdd[key]
+        );
+    }
+}
