@@ -14,6 +14,7 @@ use crate::patch;
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+use crate::typed;
 use crate::watch::{WatchPlan, WatchStart};
 
 /// The namespaces a cluster starts with.
@@ -66,6 +67,8 @@ pub struct Api {
 /// Where a resource request points.
 struct Target {
     res: Resource,
+    /// `fieldValidation=Strict`: fields a built-in kind does not have are refused.
+    strict: bool,
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
@@ -213,7 +216,7 @@ impl Api {
             if self.store.get(&ns.key(None, name))?.is_none() {
                 let body =
                     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                match self.create(&ns, None, body, false) {
+                match self.create(&ns, None, body, false, true) {
                     Ok(_) => {}
                     Err(e) if e.reason == "AlreadyExists" => {}
                     Err(e) => return Err(e),
@@ -316,6 +319,7 @@ impl Api {
         };
         let t = Target {
             res,
+            strict: req.q("fieldValidation") == Some("Strict"),
             namespace,
             name,
             status,
@@ -347,7 +351,7 @@ impl Api {
                 if t.res.namespaced && t.namespace.is_none() {
                     return Err(ApiError::no_route());
                 }
-                self.create(&t.res, t.namespace.as_deref(), body, dry_run)
+                self.create(&t.res, t.namespace.as_deref(), body, dry_run, t.strict)
                     .map(|v| Reply::Json(201, v))
             }
             ("PUT", Some(name)) => {
@@ -505,6 +509,7 @@ impl Api {
         namespace: Option<&str>,
         mut obj: Value,
         dry_run: bool,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request(format!(
@@ -555,6 +560,7 @@ impl Api {
         m.insert("generation".into(), json!(1));
         validate(res, &name, &obj)?;
         prepare_create(res, &mut obj)?;
+        typed::check(res, &mut obj, strict)?;
         if let Some(ns) = namespace
             && res.namespaced
         {
@@ -700,6 +706,7 @@ impl Api {
             }
             let mut merged = prepare_update(&t.res, &cur_obj, new, t.status)?;
             validate(&t.res, name, &merged)?;
+            typed::check(&t.res, &mut merged, t.strict)?;
             if merged == cur_obj || dry_run {
                 return Ok(merged);
             }
@@ -769,7 +776,7 @@ impl Api {
                     )));
                 }
                 set_managed(&mut obj, &manager, &t.res, &body);
-                return match self.create(&t.res, t.namespace.as_deref(), obj, dry_run) {
+                return match self.create(&t.res, t.namespace.as_deref(), obj, dry_run, t.strict) {
                     Ok(v) => Ok(Reply::Json(201, v)),
                     // Created meanwhile: apply to it.
                     Err(e) if e.reason == "AlreadyExists" => {
@@ -1014,6 +1021,7 @@ impl Api {
             let ns = str_at(item, &["metadata", "namespace"]).map(str::to_owned);
             let target = Target {
                 res: t.res.clone(),
+                strict: false,
                 namespace: ns,
                 name: Some(name.clone()),
                 status: false,
