@@ -362,7 +362,7 @@ impl Api {
             ("PATCH", Some(name)) => self.patch(&t, name, req, dry_run),
             ("DELETE", Some(name)) => self
                 .delete(&t, name, &req.body, dry_run)
-                .map(|v| Reply::Json(200, v)),
+                .map(|v| Reply::Json(200, deleted_reply(&t.res, v))),
             ("DELETE", None) => self
                 .delete_collection(&t, req, dry_run)
                 .map(|v| Reply::Json(200, v)),
@@ -459,7 +459,7 @@ impl Api {
             "kind": format!("{}List", t.res.kind),
             "apiVersion": t.res.api_version(),
             "metadata": metadata,
-            "items": items,
+            "items": list_items(&t.res, items),
         }))
     }
 
@@ -1036,9 +1036,55 @@ impl Api {
             "kind": format!("{}List", t.res.kind),
             "apiVersion": t.res.api_version(),
             "metadata": {"resourceVersion": self.store.revision()?.to_string()},
-            "items": deleted,
+            "items": list_items(&t.res, deleted),
         }))
     }
+}
+
+/// The items of a list as kube-apiserver encodes them: built-in kinds without their kind and
+/// apiVersion (the list says them), custom resources with.
+fn list_items(res: &Resource, mut items: Vec<Value>) -> Vec<Value> {
+    if !res.custom {
+        for i in &mut items {
+            if let Some(o) = i.as_object_mut() {
+                o.remove("kind");
+                o.remove("apiVersion");
+            }
+        }
+    }
+    items
+}
+
+/// What a DELETE answers: the object for the kinds kube-apiserver deletes gracefully (pods,
+/// services, namespaces and CRDs, which have finalizers or grace periods), a Success Status
+/// naming the object for the others.
+fn deleted_reply(res: &Resource, obj: Value) -> Value {
+    let returns_object = !res.custom
+        && matches!(
+            (res.group.as_str(), res.plural.as_str()),
+            ("", "pods")
+                | ("", "services")
+                | ("", "namespaces")
+                | ("apiextensions.k8s.io", "customresourcedefinitions")
+        );
+    if returns_object {
+        return obj;
+    }
+    let mut details = json!({
+        "name": obj["metadata"]["name"],
+        "kind": res.plural,
+        "uid": obj["metadata"]["uid"],
+    });
+    if !res.group.is_empty() {
+        details["group"] = json!(res.group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
 }
 
 fn namespaces() -> Resource {
@@ -1234,7 +1280,17 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         ("", "services") => {
             obj["status"] = json!({"loadBalancer": {}});
         }
+        // Their strategies reset status to the empty one (the counts a DaemonSet's status
+        // always has are zero).
+        ("apps", "deployments") => {
+            obj["status"] = json!({});
+        }
+        ("apps", "daemonsets") => {
+            obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                "desiredNumberScheduled": 0, "numberReady": 0});
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            crd_defaults(obj);
             obj["status"] = crd_status(obj);
         }
         _ => {
@@ -1248,6 +1304,22 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// kube-apiserver's defaults of a CRD: `names.listKind` and the `None` conversion strategy.
+fn crd_defaults(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let names = &mut crd["spec"]["names"];
+    if names.is_object() && names.get("listKind").is_none() {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
+    let spec = &mut crd["spec"];
+    if spec.is_object() && spec.get("conversion").is_none() {
+        spec["conversion"] = json!({"strategy": "None"});
+    }
 }
 
 /// A CRD is Established and its names accepted as soon as it is stored.
@@ -1362,6 +1434,7 @@ fn prepare_update(
                 }
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") if !status_only => {
+                crd_defaults(&mut out);
                 out["status"] = crd_status(&out);
             }
             _ => {}
