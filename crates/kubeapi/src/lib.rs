@@ -22,6 +22,7 @@ mod patch;
 pub mod resources;
 mod selector;
 mod status;
+mod typed;
 mod watch;
 
 use std::collections::HashMap;
