@@ -519,7 +519,7 @@ async fn pod_labels_follow_to_the_endpoint_and_endpoints_are_never_made_or_remov
         .iter()
         .map(|r| r.name().to_owned())
         .collect();
-    assert_eq!(names, [wep.clone()]);
+    assert_eq!(names, std::slice::from_ref(wep));
     ctl.stop().await;
 }
 
