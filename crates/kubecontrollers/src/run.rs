@@ -119,6 +119,9 @@ enum Signal {
     Changed(Watched),
     /// The kind's cache holds a complete listing (after the first list or a relist).
     Listed(Watched),
+    /// A WorkloadEndpoint changed in the datastore (the CNI plugin made one, perhaps with
+    /// labels older than its pod's).
+    Endpoints,
     Stop,
 }
 
@@ -250,6 +253,8 @@ pub async fn run(
         health.clone(),
     );
     let tasks = [t1, t2, t3, t4, t5];
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoints = watch_endpoints(store.clone(), tx.clone(), stopping.clone())?;
     let reconciler = Reconciler {
         client: Client::new(store.clone()),
         store,
@@ -275,11 +280,60 @@ pub async fn run(
         t.abort();
     }
     let _ = tx.send(Signal::Stop);
-    tokio::task::spawn_blocking(move || thread.join())
-        .await
-        .ok()
-        .and_then(Result::ok);
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        let _ = thread.join();
+        let _ = endpoints.join();
+    })
+    .await
+    .ok();
     Ok(())
+}
+
+/// Watches the datastore's WorkloadEndpoints: each change asks for a pod pass. A lost watch
+/// (compacted, unavailable) is opened again from the current revision, with a pass.
+fn watch_endpoints(
+    store: Arc<dyn Datastore>,
+    tx: mpsc::Sender<Signal>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    let prefix = Kind::WorkloadEndpoint.key_prefix(None);
+    std::thread::Builder::new()
+        .name("endpoints".into())
+        .spawn(move || {
+            let stopped = || stopping.load(std::sync::atomic::Ordering::Relaxed);
+            while !stopped() {
+                let watch = store
+                    .revision()
+                    .and_then(|rev| store.watch(&prefix, rev).map(|w| (w, rev)));
+                let mut watch = match watch {
+                    Ok((w, _)) => w,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch the datastore's endpoints; trying again");
+                        std::thread::sleep(RETRY);
+                        continue;
+                    }
+                };
+                if tx.send(Signal::Endpoints).is_err() {
+                    return;
+                }
+                while !stopped() {
+                    match watch.next(Duration::from_millis(200)) {
+                        Ok(None) => {}
+                        Ok(Some(_)) => {
+                            if tx.send(Signal::Endpoints).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "the datastore's endpoint watch ended; watching again");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(Error::Thread)
 }
 
 struct Reconciler {
@@ -326,6 +380,9 @@ impl Reconciler {
                         dirty.extend(k.tasks());
                     }
                     Signal::Changed(k) => dirty.extend(k.tasks()),
+                    Signal::Endpoints => {
+                        dirty.insert(Task::Pods);
+                    }
                 }
             }
             let now = Instant::now();

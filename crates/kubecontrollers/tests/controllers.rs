@@ -459,7 +459,6 @@ fn endpoint_label(env: &Env, name: &str, key: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_labels_follow_to_the_endpoint_and_endpoints_are_never_made_or_removed() {
     let env = Env::start().await;
-    let ctl = start_controllers(&env.server().url(), &env.store, fast());
     let pods: Api<Pod> = Api::namespaced(env.kube.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
@@ -469,8 +468,15 @@ async fn pod_labels_follow_to_the_endpoint_and_endpoints_are_never_made_or_remov
     pods.create(&PostParams::default(), &pod)
         .await
         .expect("pod");
+    let ctl = start_controllers(&env.server().url(), &env.store, fast());
+    // Every kind synced (the pod seen) before the plugin writes the endpoint, with old labels:
+    // the endpoint's own change brings the pod's labels, with no pod event and no resync.
+    until("ready", FOLLOW * 5, || {
+        ctl.readiness().starts_with("HTTP/1.0 200")
+    })
+    .await;
     let wep = &endpoint_as_the_cni_plugin_writes_it(&env.client(), "node-a", "web", "10.0.0.5");
-    until("the endpoint takes the pod's labels", FOLLOW * 2, || {
+    until("the new endpoint takes the pod's labels", FOLLOW, || {
         endpoint_label(&env, wep, "app").as_deref() == Some("web")
     })
     .await;
