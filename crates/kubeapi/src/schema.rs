@@ -37,13 +37,25 @@ pub fn apply(res: &Resource, name: &str, schema: &Value, obj: &mut Value) -> Res
             res.qualified_kind(),
             all.join(", ")
         );
-        e.details["causes"] = Value::Array(
-            errors
-                .iter()
-                .map(|(f, w)| serde_json::json!({"reason": "FieldValueInvalid", "message": w, "field": f}))
-                .collect(),
-        );
     }
+    // kube-apiserver's cause reasons, from the kind of message.
+    e.details["causes"] = Value::Array(
+        errors
+            .iter()
+            .map(|(f, w)| {
+                let reason = if w.starts_with("Required value") {
+                    "FieldValueRequired"
+                } else if w.starts_with("Unsupported value") {
+                    "FieldValueNotSupported"
+                } else if w.contains("in body must be of type") {
+                    "FieldValueTypeInvalid"
+                } else {
+                    "FieldValueInvalid"
+                };
+                serde_json::json!({"reason": reason, "message": w, "field": f})
+            })
+            .collect(),
+    );
     Err(e)
 }
 
@@ -91,7 +103,9 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, Str
         if !ok {
             errors.push((
                 field.into(),
-                format!("Invalid value: \"{have}\": {field} in body must be of type {want}: \"{have}\""),
+                format!(
+                    "Invalid value: \"{have}\": {field} in body must be of type {want}: \"{have}\""
+                ),
             ));
             return;
         }
@@ -102,7 +116,10 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, Str
         let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
         errors.push((
             field.into(),
-            format!("Unsupported value: {v}: supported values: {}", list.join(", ")),
+            format!(
+                "Unsupported value: {v}: supported values: {}",
+                list.join(", ")
+            ),
         ));
     }
     match v {
@@ -172,17 +189,38 @@ mod tests {
         let mut obj = json!({"apiVersion": "g.io/v1", "kind": "Foo", "metadata": {"name": "f"},
             "spec": {"a": "1", "unknown": 3, "free": {"any": [1]}, "m": {"k": "v"}, "e": "x"}, "junk": true});
         apply(&res(), "f", &schema, &mut obj).unwrap();
-        assert_eq!(obj, json!({"apiVersion": "g.io/v1", "kind": "Foo", "metadata": {"name": "f"},
-            "spec": {"a": "1", "free": {"any": [1]}, "m": {"k": "v"}, "e": "x"}}));
+        assert_eq!(
+            obj,
+            json!({"apiVersion": "g.io/v1", "kind": "Foo", "metadata": {"name": "f"},
+            "spec": {"a": "1", "free": {"any": [1]}, "m": {"k": "v"}, "e": "x"}})
+        );
 
         let mut missing = json!({"spec": {"n": 1}});
         let e = apply(&res(), "f", &schema, &mut missing).unwrap_err();
         assert_eq!(e.code, 422);
-        assert!(e.message.contains("spec.a: Required value"), "{}", e.message);
+        assert!(
+            e.message.contains("spec.a: Required value"),
+            "{}",
+            e.message
+        );
         let mut wrong = json!({"spec": {"a": true, "e": "z", "m": {"k": 1}}});
         let e = apply(&res(), "f", &schema, &mut wrong).unwrap_err();
-        assert!(e.message.contains("spec.a: Invalid value: \"boolean\": spec.a in body must be of type string"), "{}", e.message);
-        assert!(e.message.contains("spec.e: Unsupported value"), "{}", e.message);
-        assert!(e.message.contains("spec.m.k: Invalid value"), "{}", e.message);
+        assert!(
+            e.message.contains(
+                "spec.a: Invalid value: \"boolean\": spec.a in body must be of type string"
+            ),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("spec.e: Unsupported value"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("spec.m.k: Invalid value"),
+            "{}",
+            e.message
+        );
     }
 }
