@@ -14,6 +14,7 @@ use crate::patch;
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+use crate::typed;
 use crate::watch::{WatchPlan, WatchStart};
 
 /// The namespaces a cluster starts with.
@@ -66,6 +67,8 @@ pub struct Api {
 /// Where a resource request points.
 struct Target {
     res: Resource,
+    /// `fieldValidation=Strict`: fields a built-in kind does not have are refused.
+    strict: bool,
     namespace: Option<String>,
     name: Option<String>,
     status: bool,
@@ -154,7 +157,7 @@ fn label_problem(labels: &Value) -> Option<(String, String)> {
                     && v.ends_with(|c: char| c.is_ascii_alphanumeric())));
         if !value_ok {
             return Some((
-                format!("metadata.labels"),
+                "metadata.labels".to_owned(),
                 format!(
                     "Invalid value: \"{v}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"
                 ),
@@ -213,7 +216,7 @@ impl Api {
             if self.store.get(&ns.key(None, name))?.is_none() {
                 let body =
                     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                match self.create(&ns, None, body, false) {
+                match self.create(&ns, None, body, false, true) {
                     Ok(_) => {}
                     Err(e) if e.reason == "AlreadyExists" => {}
                     Err(e) => return Err(e),
@@ -316,6 +319,7 @@ impl Api {
         };
         let t = Target {
             res,
+            strict: req.q("fieldValidation") == Some("Strict"),
             namespace,
             name,
             status,
@@ -347,7 +351,7 @@ impl Api {
                 if t.res.namespaced && t.namespace.is_none() {
                     return Err(ApiError::no_route());
                 }
-                self.create(&t.res, t.namespace.as_deref(), body, dry_run)
+                self.create(&t.res, t.namespace.as_deref(), body, dry_run, t.strict)
                     .map(|v| Reply::Json(201, v))
             }
             ("PUT", Some(name)) => {
@@ -358,7 +362,7 @@ impl Api {
             ("PATCH", Some(name)) => self.patch(&t, name, req, dry_run),
             ("DELETE", Some(name)) => self
                 .delete(&t, name, &req.body, dry_run)
-                .map(|v| Reply::Json(200, v)),
+                .map(|v| Reply::Json(200, deleted_reply(&t.res, v))),
             ("DELETE", None) => self
                 .delete_collection(&t, req, dry_run)
                 .map(|v| Reply::Json(200, v)),
@@ -455,7 +459,7 @@ impl Api {
             "kind": format!("{}List", t.res.kind),
             "apiVersion": t.res.api_version(),
             "metadata": metadata,
-            "items": items,
+            "items": list_items(&t.res, items),
         }))
     }
 
@@ -505,6 +509,7 @@ impl Api {
         namespace: Option<&str>,
         mut obj: Value,
         dry_run: bool,
+        strict: bool,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::bad_request(format!(
@@ -555,6 +560,7 @@ impl Api {
         m.insert("generation".into(), json!(1));
         validate(res, &name, &obj)?;
         prepare_create(res, &mut obj)?;
+        typed::check(res, &mut obj, strict)?;
         if let Some(ns) = namespace
             && res.namespaced
         {
@@ -700,6 +706,7 @@ impl Api {
             }
             let mut merged = prepare_update(&t.res, &cur_obj, new, t.status)?;
             validate(&t.res, name, &merged)?;
+            typed::check(&t.res, &mut merged, t.strict)?;
             if merged == cur_obj || dry_run {
                 return Ok(merged);
             }
@@ -769,7 +776,7 @@ impl Api {
                     )));
                 }
                 set_managed(&mut obj, &manager, &t.res, &body);
-                return match self.create(&t.res, t.namespace.as_deref(), obj, dry_run) {
+                return match self.create(&t.res, t.namespace.as_deref(), obj, dry_run, t.strict) {
                     Ok(v) => Ok(Reply::Json(201, v)),
                     // Created meanwhile: apply to it.
                     Err(e) if e.reason == "AlreadyExists" => {
@@ -1014,6 +1021,7 @@ impl Api {
             let ns = str_at(item, &["metadata", "namespace"]).map(str::to_owned);
             let target = Target {
                 res: t.res.clone(),
+                strict: false,
                 namespace: ns,
                 name: Some(name.clone()),
                 status: false,
@@ -1028,9 +1036,55 @@ impl Api {
             "kind": format!("{}List", t.res.kind),
             "apiVersion": t.res.api_version(),
             "metadata": {"resourceVersion": self.store.revision()?.to_string()},
-            "items": deleted,
+            "items": list_items(&t.res, deleted),
         }))
     }
+}
+
+/// The items of a list as kube-apiserver encodes them: built-in kinds without their kind and
+/// apiVersion (the list says them), custom resources with.
+fn list_items(res: &Resource, mut items: Vec<Value>) -> Vec<Value> {
+    if !res.custom {
+        for i in &mut items {
+            if let Some(o) = i.as_object_mut() {
+                o.remove("kind");
+                o.remove("apiVersion");
+            }
+        }
+    }
+    items
+}
+
+/// What a DELETE answers: the object for the kinds kube-apiserver deletes gracefully (pods,
+/// services, namespaces and CRDs, which have finalizers or grace periods), a Success Status
+/// naming the object for the others.
+fn deleted_reply(res: &Resource, obj: Value) -> Value {
+    let returns_object = !res.custom
+        && matches!(
+            (res.group.as_str(), res.plural.as_str()),
+            ("", "pods")
+                | ("", "services")
+                | ("", "namespaces")
+                | ("apiextensions.k8s.io", "customresourcedefinitions")
+        );
+    if returns_object {
+        return obj;
+    }
+    let mut details = json!({
+        "name": obj["metadata"]["name"],
+        "kind": res.plural,
+        "uid": obj["metadata"]["uid"],
+    });
+    if !res.group.is_empty() {
+        details["group"] = json!(res.group);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
 }
 
 fn namespaces() -> Resource {
@@ -1197,10 +1251,10 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
             let spec = obj["spec"].as_object_mut().ok_or_else(|| {
                 ApiError::invalid(res, &name, "spec.containers", "Required value")
             })?;
-            if !spec
+            if spec
                 .get("containers")
                 .and_then(Value::as_array)
-                .is_some_and(|c| !c.is_empty())
+                .is_none_or(Vec::is_empty)
             {
                 return Err(ApiError::invalid(
                     res,
@@ -1226,20 +1280,46 @@ fn prepare_create(res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
         ("", "services") => {
             obj["status"] = json!({"loadBalancer": {}});
         }
+        // Their strategies reset status to the empty one (the counts a DaemonSet's status
+        // always has are zero).
+        ("apps", "deployments") => {
+            obj["status"] = json!({});
+        }
+        ("apps", "daemonsets") => {
+            obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                "desiredNumberScheduled": 0, "numberReady": 0});
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            crd_defaults(obj);
             obj["status"] = crd_status(obj);
         }
         _ => {
+            // Nodes register with their status; other kinds get theirs from controllers.
             if res.status
+                && res.plural != "nodes"
                 && let Some(o) = obj.as_object_mut()
             {
-                if res.plural != "nodes" {
-                    o.remove("status");
-                }
+                o.remove("status");
             }
         }
     }
     Ok(())
+}
+
+/// kube-apiserver's defaults of a CRD: `names.listKind` and the `None` conversion strategy.
+fn crd_defaults(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let names = &mut crd["spec"]["names"];
+    if names.is_object() && names.get("listKind").is_none() {
+        names["listKind"] = json!(format!("{kind}List"));
+    }
+    let spec = &mut crd["spec"];
+    if spec.is_object() && spec.get("conversion").is_none() {
+        spec["conversion"] = json!({"strategy": "None"});
+    }
 }
 
 /// A CRD is Established and its names accepted as soon as it is stored.
@@ -1354,6 +1434,7 @@ fn prepare_update(
                 }
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") if !status_only => {
+                crd_defaults(&mut out);
                 out["status"] = crd_status(&out);
             }
             _ => {}

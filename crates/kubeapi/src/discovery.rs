@@ -10,7 +10,7 @@ use crate::status::ApiError;
 pub const KUBERNETES_MINOR: &str = "33";
 
 /// The media type of `/openapi/v2` (gnostic's protobuf).
-pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+pub const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 pub fn version() -> Value {
     json!({

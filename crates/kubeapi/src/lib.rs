@@ -20,8 +20,10 @@ mod api;
 mod discovery;
 mod patch;
 pub mod resources;
+mod schema;
 mod selector;
 mod status;
+mod typed;
 mod watch;
 
 use std::collections::HashMap;

@@ -253,65 +253,6 @@ fn remove_dropped(live: &mut Value, prev: &Value, now: &Value) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn containers_merge_by_name_and_ports_by_container_port() {
-        let orig = json!({"spec": {"containers": [
-            {"name": "a", "image": "x", "ports": [{"containerPort": 80, "name": "http"}]},
-            {"name": "b", "image": "y"}
-        ], "tolerations": [{"key": "k"}]}});
-        let patch = json!({"spec": {"containers": [
-            {"name": "a", "ports": [{"containerPort": 443}]},
-            {"name": "b", "$patch": "delete"},
-            {"name": "c", "image": "z"}
-        ], "tolerations": [{"key": "j"}]}});
-        let got = strategic_merge(&orig, &patch).unwrap();
-        assert_eq!(
-            got,
-            json!({"spec": {"containers": [
-                {"name": "a", "image": "x", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 443}]},
-                {"name": "c", "image": "z"}
-            ], "tolerations": [{"key": "j"}]}})
-        );
-    }
-
-    #[test]
-    fn maps_merge_and_null_deletes() {
-        let orig = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]}});
-        let patch = json!({"metadata": {"labels": {"a": null, "c": "3"}, "finalizers": ["y"]}});
-        let got = strategic_merge(&orig, &patch).unwrap();
-        assert_eq!(
-            got,
-            json!({"metadata": {"labels": {"b": "2", "c": "3"}, "finalizers": ["x", "y"]}})
-        );
-    }
-
-    #[test]
-    fn replace_directive_replaces_a_map() {
-        let orig = json!({"spec": {"selector": {"a": "1"}}});
-        let patch = json!({"spec": {"selector": {"$patch": "replace", "b": "2"}}});
-        assert_eq!(
-            strategic_merge(&orig, &patch).unwrap(),
-            json!({"spec": {"selector": {"b": "2"}}})
-        );
-    }
-
-    #[test]
-    fn apply_removes_what_the_manager_no_longer_applies() {
-        let live = json!({"metadata": {"labels": {"a": "1", "b": "2", "other": "x"}}});
-        let prev = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        let now = json!({"metadata": {"labels": {"a": "1"}}});
-        assert_eq!(
-            apply(&live, &now, Some(&prev), true).unwrap(),
-            json!({"metadata": {"labels": {"a": "1", "other": "x"}}})
-        );
-    }
-}
-
 /// The `fieldsV1` set of the fields an applied configuration sets (`f:<key>` for map keys,
 /// `k:{…}` for elements of lists merged by key), as in `metadata.managedFields`.
 pub fn fields_of(applied: &Value) -> Value {
@@ -375,4 +316,63 @@ pub fn shape_of_fields(fields: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_merge_by_name_and_ports_by_container_port() {
+        let orig = json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "ports": [{"containerPort": 80, "name": "http"}]},
+            {"name": "b", "image": "y"}
+        ], "tolerations": [{"key": "k"}]}});
+        let patch = json!({"spec": {"containers": [
+            {"name": "a", "ports": [{"containerPort": 443}]},
+            {"name": "b", "$patch": "delete"},
+            {"name": "c", "image": "z"}
+        ], "tolerations": [{"key": "j"}]}});
+        let got = strategic_merge(&orig, &patch).unwrap();
+        assert_eq!(
+            got,
+            json!({"spec": {"containers": [
+                {"name": "a", "image": "x", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 443}]},
+                {"name": "c", "image": "z"}
+            ], "tolerations": [{"key": "j"}]}})
+        );
+    }
+
+    #[test]
+    fn maps_merge_and_null_deletes() {
+        let orig = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]}});
+        let patch = json!({"metadata": {"labels": {"a": null, "c": "3"}, "finalizers": ["y"]}});
+        let got = strategic_merge(&orig, &patch).unwrap();
+        assert_eq!(
+            got,
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}, "finalizers": ["x", "y"]}})
+        );
+    }
+
+    #[test]
+    fn replace_directive_replaces_a_map() {
+        let orig = json!({"spec": {"selector": {"a": "1"}}});
+        let patch = json!({"spec": {"selector": {"$patch": "replace", "b": "2"}}});
+        assert_eq!(
+            strategic_merge(&orig, &patch).unwrap(),
+            json!({"spec": {"selector": {"b": "2"}}})
+        );
+    }
+
+    #[test]
+    fn apply_removes_what_the_manager_no_longer_applies() {
+        let live = json!({"metadata": {"labels": {"a": "1", "b": "2", "other": "x"}}});
+        let prev = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
+        let now = json!({"metadata": {"labels": {"a": "1"}}});
+        assert_eq!(
+            apply(&live, &now, Some(&prev), true).unwrap(),
+            json!({"metadata": {"labels": {"a": "1", "other": "x"}}})
+        );
+    }
 }

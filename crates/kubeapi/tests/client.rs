@@ -802,3 +802,106 @@ async fn status_is_a_subresource() {
         .unwrap();
     assert_eq!(listed.items.len(), 1);
 }
+
+/// Creates one object of a built-in kind through kube-rs's typed API and reads it back, listed
+/// and by name.
+async fn roundtrip<K>(client: &kube::Client, namespaced: bool, body: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let _ = namespaced;
+    let api: Api<K> = Api::namespaced(client.clone(), "default");
+    let obj: K = serde_json::from_value(body).unwrap();
+    let name = obj.meta().name.clone().unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("{} {name}: {e}", K::kind(&())));
+    api.get(&name).await.unwrap();
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}
+
+async fn roundtrip_cluster<K>(client: &kube::Client, body: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let obj: K = serde_json::from_value(body).unwrap();
+    let name = obj.meta().name.clone().unwrap();
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("{} {name}: {e}", K::kind(&())));
+    api.get(&name).await.unwrap();
+    assert!(
+        !api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_built_in_kind_round_trips_through_typed_clients() {
+    use k8s_openapi::api::{apps, coordination, core::v1 as core, discovery, rbac};
+    let env = start().await;
+    let c = &env.client;
+    let m = |name: &str| json!({"name": name});
+    let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+    let selector = json!({"matchLabels": {"app": "x"}});
+    roundtrip::<apps::v1::DaemonSet>(
+        c,
+        true,
+        json!({"metadata": m("ds"), "spec": {"selector": selector, "template": template}}),
+    )
+    .await;
+    roundtrip::<apps::v1::Deployment>(
+        c,
+        true,
+        json!({"metadata": m("dep"), "spec": {"selector": selector, "template": template}}),
+    )
+    .await;
+    roundtrip::<core::Service>(
+        c,
+        true,
+        json!({"metadata": m("svc"), "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    roundtrip::<core::Endpoints>(
+        c,
+        true,
+        json!({"metadata": m("svc"), "subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]}),
+    )
+    .await;
+    roundtrip::<discovery::v1::EndpointSlice>(c, true, json!({"metadata": m("svc-1"), "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]})).await;
+    roundtrip::<core::Secret>(c, true, json!({"metadata": m("s"), "data": {"k": "dg=="}})).await;
+    roundtrip::<core::ConfigMap>(c, true, json!({"metadata": m("cm"), "data": {"k": "v"}})).await;
+    roundtrip::<rbac::v1::Role>(c, true, json!({"metadata": m("r"), "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})).await;
+    roundtrip::<rbac::v1::RoleBinding>(c, true, json!({"metadata": m("rb"), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]})).await;
+    roundtrip::<coordination::v1::Lease>(
+        c,
+        true,
+        json!({"metadata": m("l"), "spec": {"holderIdentity": "me"}}),
+    )
+    .await;
+    roundtrip_cluster::<core::Node>(c, json!({"metadata": m("node-1"), "status": {"addresses": [{"type": "InternalIP", "address": "172.31.0.2"}]}})).await;
+    roundtrip_cluster::<rbac::v1::ClusterRole>(c, json!({"metadata": m("cr"), "rules": []})).await;
+    roundtrip_cluster::<rbac::v1::ClusterRoleBinding>(c, json!({"metadata": m("crb"), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cr"}})).await;
+    // A node registers with its status (kubelet does).
+    let nodes: Api<core::Node> = Api::all(c.clone());
+    let n = nodes.get("node-1").await.unwrap();
+    assert_eq!(
+        n.status.unwrap().addresses.unwrap()[0].address,
+        "172.31.0.2"
+    );
+}

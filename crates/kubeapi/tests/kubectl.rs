@@ -330,5 +330,28 @@ fn sys_kubectl_reports_what_the_server_refuses() {
         !ok && err.contains("namespaces \"nowhere\" not found"),
         "{err}"
     );
+    // Fields are validated as kube-apiserver does with kubectl's fieldValidation=Strict: an
+    // unknown field and a value of the wrong type are refused, naming the field.
+    let typo = k.file(
+        "typo.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: np\n  namespace: default\nspec:\n  podSelectr: {}\n",
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", &typo]);
+    assert!(!ok, "an unknown field is refused");
+    assert!(err.contains("unknown field \"spec.podSelectr\""), "{err}");
+    let wrong = k.file(
+        "wrong.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: default\nspec:\n  containers:\n  - name: c\n    image: x\n    ports:\n    - containerPort: eighty\n",
+    );
+    let (ok, _, err) = k.run(&["apply", "-f", &wrong]);
+    assert!(!ok, "a value of the wrong type is refused");
+    assert!(
+        err.contains("spec.containers[0].ports[0].containerPort"),
+        "{err}"
+    );
+    // Without strict validation the unknown field is dropped, as kube-apiserver does.
+    k.ok(&["apply", "--validate=false", "-f", &typo]);
+    let np = k.json(&["get", "netpol", "np"]);
+    assert!(np["spec"].get("podSelectr").is_none(), "{np}");
     rt.block_on(server.shutdown());
 }
