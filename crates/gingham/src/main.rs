@@ -30,6 +30,7 @@ mod cni_k8s;
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
+mod kube_controllers_cmd;
 mod lab;
 mod manifests_cmd;
 mod node_cmd;
@@ -93,6 +94,9 @@ enum Command {
     Selector(selector_cmd::SelectorCmd),
     /// Program this node's policy in nftables from the datastore, and keep it up to date.
     Agent(agent::AgentArgs),
+    /// calico-kube-controllers (etcd mode): Kubernetes NetworkPolicies, Namespaces,
+    /// ServiceAccounts, Pods and Nodes kept as Calico resources; IPAM garbage collection.
+    KubeControllers(kube_controllers_cmd::KubeControllersArgs),
     /// IP address management: usage, leak checks, manual release.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
         Command::Agent(a) => agent::run(a, client()?.store().as_ref()),
+        Command::KubeControllers(a) => kube_controllers_cmd::run(a, client()?.store().clone()),
         Command::Ipam(cmd) => ipam_cmd::run(&client()?, cmd),
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),

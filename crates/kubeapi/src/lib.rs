@@ -20,6 +20,7 @@ mod api;
 mod discovery;
 mod patch;
 pub mod resources;
+mod schema;
 mod selector;
 mod status;
 mod typed;

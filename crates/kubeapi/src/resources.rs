@@ -23,8 +23,10 @@ pub struct Resource {
     pub categories: Vec<String>,
     /// Whether it has a `/status` subresource.
     pub status: bool,
-    /// Served from a CustomResourceDefinition (no strategic merge patch, objects stored as given).
+    /// Served from a CustomResourceDefinition (no strategic merge patch).
     pub custom: bool,
+    /// A custom resource's structural schema (its version's `openAPIV3Schema`).
+    pub schema: Option<Value>,
 }
 
 impl Resource {
@@ -245,6 +247,7 @@ pub fn builtins() -> Vec<Resource> {
             categories: if b.all { vec!["all".into()] } else { vec![] },
             status: b.status,
             custom: false,
+            schema: None,
         })
         .collect()
 }
@@ -298,6 +301,7 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 categories: strings(&spec["names"]["categories"]),
                 status: v["subresources"]["status"].is_object(),
                 custom: true,
+                schema: Some(v["schema"]["openAPIV3Schema"].clone()).filter(|s| s.is_object()),
             })
         })
         .collect()

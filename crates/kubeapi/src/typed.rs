@@ -14,9 +14,16 @@ use crate::status::ApiError;
 
 /// Checks a built-in object against its kind's definition; without `strict`, fields the kind
 /// does not have are dropped (as decoding into kube-apiserver's types drops them). Custom
-/// resources are stored as given.
+/// resources are pruned and validated against their CRD's schema ([`crate::schema`]).
 pub fn check(res: &Resource, obj: &mut Value, strict: bool) -> Result<(), ApiError> {
-    if res.custom || res.version != "v1" {
+    if res.custom {
+        if let Some(schema) = &res.schema {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            crate::schema::apply(res, &name, schema, obj)?;
+        }
+        return Ok(());
+    }
+    if res.version != "v1" {
         return Ok(());
     }
     let f = match (res.group.as_str(), res.plural.as_str()) {

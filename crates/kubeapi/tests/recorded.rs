@@ -119,7 +119,7 @@ async fn crd_session_answers_as_kube_apiserver_1_33() {
     };
     let group = "recorded.example.com";
     let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object",
-        "required": ["prop1"], "properties": {"prop1": {"type": "string"}, "prop2": {"type": "array", "items": {"type": "boolean"}},
+        "required": ["prop1", "prop2", "prop4"], "properties": {"prop1": {"type": "string"}, "prop2": {"type": "array", "items": {"type": "boolean"}},
         "prop4": {"x-kubernetes-int-or-string": true}}}}}});
     let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": format!("foobars.{group}")},
@@ -207,6 +207,43 @@ async fn crd_session_answers_as_kube_apiserver_1_33() {
         &want_watch,
     )
     .await;
+    // The schema is enforced: a required field missing, a value of the wrong type.
+    let invalid = |field: &str, reason: &str, message: &str| {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("FooBar.{group} \"fb3\" is invalid: {field}: {message}"),
+            "reason": "Invalid",
+            "details": {"name": "fb3", "group": group, "kind": "FooBar",
+                "causes": [{"reason": reason, "message": message, "field": field}]},
+            "code": 422})
+    };
+    s.exchange(
+        Method::POST,
+        &base,
+        "application/json",
+        Some(cr("fb3", json!({"prop1": "value1", "prop4": "value4"}))),
+        422,
+        &invalid("spec.prop2", "FieldValueRequired", "Required value"),
+    )
+    .await;
+    s.exchange(
+        Method::POST,
+        &base,
+        "application/json",
+        Some(cr(
+            "fb3",
+            json!({"prop1": "value1", "prop2": true, "prop4": "value4"}),
+        )),
+        422,
+        &invalid(
+            "spec.prop2",
+            "FieldValueTypeInvalid",
+            "Invalid value: \"boolean\": spec.prop2 in body must be of type array: \"boolean\"",
+        ),
+    )
+    .await;
+    s.exchange(Method::POST, &base, "application/json",
+        Some(cr("fb3", json!({"prop1": "value1", "prop2": [true], "prop4": true}))), 422,
+        &invalid("spec.prop4", "FieldValueTypeInvalid", "Invalid value: \"boolean\": spec.prop4 in body must be of type integer,string: \"boolean\"")).await;
     // DELETE of a custom resource: a Success Status naming it.
     let want_deleted = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": "fb1", "group": group, "kind": "foobars", "uid": fb1["metadata"]["uid"]}});

@@ -45,6 +45,8 @@ pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 /// The label carrying the namespace or service-account name.
 pub const NAME_LABEL: &str = "projectcalico.org/name";
+/// The orchestrator name of Kubernetes (WorkloadEndpoints, Node `orchRefs`).
+pub const K8S_ORCHESTRATOR: &str = "k8s";
 /// The order of converted Kubernetes policies.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;
 /// The old (Kubernetes ≤ 1.6) namespace isolation annotation.
