@@ -1,14 +1,10 @@
 //! The agent's health and metrics: `/liveness`, `/readiness` (503 with the reason) and
-//! `/metrics` (OpenMetrics text, through `prometheus-client`), served by `axum` on the node's
-//! loopback from a thread of its own, so a slow scrape never delays programming.
+//! `/metrics` (OpenMetrics text, through `prometheus-client`), served on the node's loopback by
+//! `gingham-health` from a thread of its own, so a slow scrape never delays programming.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use gingham_health::{Problems, Report, StatusCode};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,7 +19,7 @@ pub struct State {
     pub ready: bool,
     /// What stands in the way, by the manager that found it ("policy", "bgp", "tunnels"…):
     /// one manager's trouble is said without hiding another's, and each clears its own.
-    pub problems: BTreeMap<&'static str, String>,
+    pub problems: Problems,
     /// Stored resources that cannot be read (skipped).
     pub unreadable: Vec<String>,
     /// Missing objects that close local endpoints (fail closed), with what they close.
@@ -34,19 +30,7 @@ impl State {
     /// Says (or, with `None`, clears) what stands in the way for `manager`; logs a new or
     /// changed problem once.
     pub fn set_problem(&mut self, manager: &'static str, problem: Option<String>) {
-        match problem {
-            Some(p) => {
-                if self.problems.get(manager) != Some(&p) {
-                    tracing::error!(manager, problem = %p, "not ready");
-                    self.problems.insert(manager, p);
-                }
-            }
-            None => {
-                if self.problems.remove(manager).is_some() {
-                    tracing::info!(manager, "problem cleared");
-                }
-            }
-        }
+        self.problems.set(manager, problem);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -58,12 +42,7 @@ impl State {
 
     pub fn why_not(&self) -> String {
         if !self.problems.is_empty() {
-            return self
-                .problems
-                .values()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ");
+            return self.problems.summary();
         }
         if !self.unreadable.is_empty() {
             return format!(
@@ -209,8 +188,21 @@ impl Health {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Serves the endpoints on `127.0.0.1:port` from a thread of its own.
+    pub fn serve(&self, port: u16) -> Result<(), Error> {
+        gingham_health::serve(([127, 0, 0, 1], port).into(), self.clone())
+            .map(|_| ())
+            .map_err(|e| Error::Health {
+                port,
+                what: e.what,
+                source: e.source,
+            })
+    }
+}
+
+impl Report for Health {
     /// `/readiness`: the status and its body.
-    pub fn readiness(&self) -> (StatusCode, String) {
+    fn readiness(&self) -> (StatusCode, String) {
         let s = self.state();
         if s.is_ready() {
             (StatusCode::OK, "ready\n".into())
@@ -223,75 +215,13 @@ impl Health {
     }
 
     /// `/metrics` in the OpenMetrics text format.
-    pub fn exposition(&self) -> Result<String, std::fmt::Error> {
+    fn exposition(&self) -> Result<String, std::fmt::Error> {
         let ready = self.state().is_ready();
         self.metrics.ready.set(i64::from(ready));
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
     }
-
-    /// Serves the endpoints on `127.0.0.1:port` from a thread of its own.
-    pub fn serve(&self, port: u16) -> Result<(), Error> {
-        let health_err = |what: &'static str| move |source| Error::Health { port, what, source };
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
-            .map_err(health_err("cannot listen"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(health_err("cannot set up the listener"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(health_err("cannot start the runtime"))?;
-        let health = self.clone();
-        std::thread::Builder::new()
-            .name("health".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "health server cannot listen");
-                            return;
-                        }
-                    };
-                    if let Err(e) = axum::serve(listener, router(health)).await {
-                        tracing::error!(error = %e, "health server stopped");
-                    }
-                })
-            })
-            .map_err(health_err("cannot start the thread"))?;
-        Ok(())
-    }
-}
-
-fn router(health: Health) -> Router {
-    let (r, m) = (health.clone(), health);
-    Router::new()
-        .route("/liveness", get(|| async { "ok\n" }))
-        .route("/readiness", get(move || async move { r.readiness() }))
-        .route(
-            "/metrics",
-            get(move || async move {
-                match m.exposition() {
-                    Ok(body) => (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-                }
-            }),
-        )
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                "try /liveness, /readiness or /metrics\n",
-            )
-        })
 }
 
 #[cfg(test)]
@@ -343,18 +273,7 @@ mod tests {
         };
         h.serve(port).expect("serves");
         let get = |path: &str| {
-            use std::io::{Read, Write};
-            let mut s = (0..50)
-                .find_map(|_| {
-                    std::net::TcpStream::connect(("127.0.0.1", port))
-                        .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
-                        .ok()
-                })
-                .expect("connects");
-            write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("writes");
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("reads");
-            out
+            gingham_health::http_get(([127, 0, 0, 1], port).into(), path).expect("answers")
         };
         assert!(get("/liveness").starts_with("HTTP/1.0 200"), "liveness");
         let r = get("/readiness");

@@ -1,6 +1,7 @@
 //! The route manager and tunnel address allocation on the in-memory datastore with a
 //! recording route table: no root, no kernel.
 
+use gingham_health::Report;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -401,7 +402,7 @@ fn without_the_ipip_module_ipip_is_a_readiness_problem_and_vxlan_still_works() {
     m.health.state().ready = true;
     let want = program(&mut m, s);
     let (code, why) = m.health.readiness();
-    assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, gingham_health::StatusCode::SERVICE_UNAVAILABLE);
     assert!(why.contains(NO_IPIP), "{why}");
     assert!(why.contains("tunnelled"), "names the pool: {why}");
     assert!(want.ipip.is_none());
@@ -422,7 +423,7 @@ fn without_the_ipip_module_ipip_is_a_readiness_problem_and_vxlan_still_works() {
         resource: None,
     });
     m.apply(s, Instant::now()).unwrap();
-    assert_eq!(m.health.readiness().0, axum::http::StatusCode::OK);
+    assert_eq!(m.health.readiness().0, gingham_health::StatusCode::OK);
 }
 
 #[test]
@@ -737,7 +738,7 @@ fn a_route_table_that_fails_makes_the_node_unready_until_it_works() {
     m.resync(&resources(s));
     m.apply(s, Instant::now()).unwrap();
     let (code, why) = m.health.readiness();
-    assert_eq!(code, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, gingham_health::StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         why.contains("programming the routes to other nodes failed"),
         "{why}"
@@ -745,7 +746,7 @@ fn a_route_table_that_fails_makes_the_node_unready_until_it_works() {
     assert!(m.due, "tried again on the next pass");
     m.table.0 = false;
     m.apply(s, Instant::now()).unwrap();
-    assert_eq!(m.health.readiness().0, axum::http::StatusCode::OK);
+    assert_eq!(m.health.readiness().0, gingham_health::StatusCode::OK);
 }
 
 /// Felix's pod MTU in the MTU file: the smallest enabled tunnel's (the host's MTU minus the

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use gingham_dataplane::Recording;
 use gingham_datastore::mem::MemStore;
 use gingham_datastore::{Datastore, EventKind};
+use gingham_health::{Report, StatusCode};
 use gingham_model::Resource;
 use gingham_net::host::HostWorkload;
 

@@ -46,9 +46,9 @@ impl TunnelKind {
     /// The allocation's `type` attribute.
     pub fn attr_type(self) -> &'static str {
         match self {
-            TunnelKind::Vxlan => "vxlanTunnelAddress",
-            TunnelKind::VxlanV6 => "vxlanV6TunnelAddress",
-            TunnelKind::Ipip => "ipipTunnelAddress",
+            TunnelKind::Vxlan => gingham_ipam::TYPE_VXLAN_TUNNEL,
+            TunnelKind::VxlanV6 => gingham_ipam::TYPE_VXLAN_V6_TUNNEL,
+            TunnelKind::Ipip => gingham_ipam::TYPE_IPIP_TUNNEL,
         }
     }
 

@@ -47,7 +47,10 @@ pub struct NetConf {
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
     #[serde(default)]
-    pub kubernetes: Option<serde_json::Value>,
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Calico's `feature_control` (`ip_addrs_no_ipam`, `floating_ips`).
+    #[serde(default)]
+    pub feature_control: FeatureControl,
     #[serde(default)]
     pub container_settings: Option<serde_json::Value>,
     #[serde(default)]
@@ -134,13 +137,92 @@ impl IpamConfig {
     }
 }
 
-/// The `policy` section (`{"type": "k8s"}`).
+/// The `policy` section (`{"type": "k8s"}`); with type `k8s` the plugin reads the pod and its
+/// namespace from the Kubernetes API at ADD. The `k8s_*` fields override the kubeconfig's, as
+/// Calico's do.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct PolicyConfig {
     #[serde(rename = "type", default)]
     pub kind: String,
+    #[serde(default)]
+    pub k8s_api_root: Option<String>,
+    #[serde(default)]
+    pub k8s_auth_token: Option<String>,
+    #[serde(default)]
+    pub k8s_client_certificate: Option<String>,
+    #[serde(default)]
+    pub k8s_client_key: Option<String>,
+    #[serde(default)]
+    pub k8s_certificate_authority: Option<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// The `kubernetes` section: where the API server is.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file.
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    /// The API server's URL (overrides the kubeconfig's; Calico also accepts the old form
+    /// ending in `/api/v1/`).
+    #[serde(default)]
+    pub k8s_api_root: Option<String>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Calico's `feature_control`: features a pod annotation may only use when enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct FeatureControl {
+    /// `cni.projectcalico.org/ipAddrsNoIpam` is honoured.
+    #[serde(default)]
+    pub ip_addrs_no_ipam: bool,
+    /// `cni.projectcalico.org/floatingIPs` is honoured.
+    #[serde(default)]
+    pub floating_ips: bool,
+}
+
+impl NetConf {
+    /// Whether ADD reads the pod from the Kubernetes API (`policy: {type: k8s}`).
+    pub fn k8s_policy(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.kind == "k8s")
+    }
+
+    /// The API server's URL from the configuration, if it names one (`kubernetes.k8s_api_root`
+    /// wins over `policy.k8s_api_root`), without the old `/api/...` suffix.
+    pub fn k8s_api_root(&self) -> Option<String> {
+        let from_k8s = self
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.k8s_api_root.clone());
+        let from_policy = self.policy.as_ref().and_then(|p| p.k8s_api_root.clone());
+        from_k8s
+            .filter(|s| !s.is_empty())
+            .or(from_policy.filter(|s| !s.is_empty()))
+            .map(|s| match s.split_once("/api/") {
+                Some((root, _)) => root.to_owned(),
+                None => s,
+            })
+    }
+
+    /// The kubeconfig file the configuration names, if any.
+    pub fn kubeconfig(&self) -> Option<&str> {
+        self.kubernetes
+            .as_ref()
+            .and_then(|k| k.kubeconfig.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether this IPAM is Calico's (ours): the pool and address annotations apply only then.
+    pub fn calico_ipam(&self) -> bool {
+        matches!(
+            self.ipam.as_ref().map(|i| i.kind.as_str()),
+            None | Some("" | "gingham-ipam" | "calico-ipam")
+        )
+    }
 }
 
 /// The Kubernetes arguments a kubelet passes in `CNI_ARGS`.

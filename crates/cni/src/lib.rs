@@ -7,9 +7,11 @@
 //! does the work and prints what this crate renders.
 
 mod config;
+mod k8s;
 mod result;
 
-pub use config::{IpamConfig, K8sArgs, NetConf, PolicyConfig};
+pub use config::{FeatureControl, IpamConfig, K8sArgs, KubernetesConfig, NetConf, PolicyConfig};
+pub use k8s::{PodAddresses, PodPlan};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 
 use std::collections::BTreeMap;
@@ -77,6 +79,9 @@ pub enum ErrorCode {
     Datastore = 101,
     /// Setting up or tearing down the interfaces failed.
     Dataplane = 102,
+    /// The Kubernetes API server could not be read (unreachable, or the pod or namespace is
+    /// not there).
+    Kubernetes = 103,
 }
 
 /// A CNI error document, printed on stdout with a non-zero exit.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use gingham_api::{Client, WriteMode};
 use gingham_cni::{
-    CniError, CniResult, Command, ErrorCode, Interface, Invocation, IpConfig, NetConf,
+    CniError, CniResult, Command, ErrorCode, Interface, Invocation, IpConfig, NetConf, PodAddresses,
 };
 use gingham_datastore::Datastore;
 use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
@@ -214,6 +214,17 @@ fn store_error(e: impl std::fmt::Display) -> CniError {
 /// `datastore_type: etcdv3` with `etcd_endpoints` and the `etcd_*_file` fields, else
 /// `GINGHAM_DATASTORE`, else the default SQLite file.
 fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
+    match conf.datastore_type.as_deref() {
+        None | Some("" | "etcdv3" | "etcd") => {}
+        Some(other) => {
+            return Err(CniError::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "network configuration field datastore_type {other:?} is not supported yet (valid: etcdv3, or a `datastore` URL)"
+                ),
+            ));
+        }
+    }
     let etcd_wanted = conf.etcd_endpoints.is_some()
         || matches!(conf.datastore_type.as_deref(), Some("etcdv3" | "etcd"));
     if etcd_wanted && conf.datastore.is_none() {
@@ -410,11 +421,31 @@ fn ipam_error(e: gingham_ipam::Error) -> CniError {
     CniError::new(code, format!("IPAM: {e}"))
 }
 
-/// Allocates the workload's addresses (a requested `IP=` from CNI_ARGS, else automatically).
+/// The addresses CNI_ARGS `IP=` requests (a comma-separated list), if any.
+fn requested_in_args(inv: &Invocation) -> Result<Option<Vec<IpAddr>>, CniError> {
+    let Some(requested) = inv.args.get("IP") else {
+        return Ok(None);
+    };
+    requested
+        .split(',')
+        .map(|one| {
+            one.trim().parse().map_err(|_| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("CNI_ARGS IP={one} is not an IP address"),
+                )
+            })
+        })
+        .collect::<Result<Vec<IpAddr>, _>>()
+        .map(Some)
+}
+
+/// Allocates the workload's addresses: the `requested` ones (CNI_ARGS `IP=`, the pod's
+/// `ipAddrs`), else automatically.
 fn allocate(
     store: &Arc<dyn Datastore>,
     client: &Client,
-    inv: &Invocation,
+    requested: Option<&[IpAddr]>,
     conf: &NetConf,
     w: &Workload,
 ) -> Result<Vec<IpAddr>, CniError> {
@@ -428,15 +459,9 @@ fn allocate(
         attrs.insert("namespace".into(), ns.clone());
         attrs.insert("pod".into(), pod.clone());
     }
-    if let Some(requested) = inv.args.get("IP") {
+    if let Some(requested) = requested {
         let mut out = Vec::new();
-        for one in requested.split(',') {
-            let ip: IpAddr = one.trim().parse().map_err(|_| {
-                CniError::new(
-                    ErrorCode::InvalidConfig,
-                    format!("CNI_ARGS IP={one} is not an IP address"),
-                )
-            })?;
+        for &ip in requested {
             let req = AssignIpRequest {
                 ip: Some(ip),
                 handle_id: w.handle.clone(),
@@ -579,7 +604,8 @@ fn ipam_add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         .ips_by_handle(&w.handle)
         .map_err(ipam_error)?;
     let ips = if held.is_empty() {
-        allocate(&store, &client, inv, conf, &w)?
+        let requested = requested_in_args(inv)?;
+        allocate(&store, &client, requested.as_deref(), conf, &w)?
     } else {
         held
     };
@@ -677,15 +703,52 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     {
         return existing_attachment(&store, &client, e.clone(), &w, netns, conf).map(Some);
     }
+    // Calico's `policy: {type: k8s}`: the pod and its namespace from the API server, before
+    // anything is allocated (an API server that cannot be reached fails ADD here).
+    let pod_info = match (&w.k8s, conf.k8s_policy()) {
+        (Some((ns, pod)), true) => Some(crate::cni_k8s::lookup(conf, &w.node, ns, pod)?),
+        _ => None,
+    };
+    // The pool and family annotations rewrite the IPAM section, as Calico's plugin does.
+    let mut planned = conf.clone();
+    if let Some(info) = &pod_info {
+        info.plan.apply_to(&mut planned);
+    }
+    let conf = &planned;
+    let mut requested = requested_in_args(inv)?;
+    let mut no_ipam: Option<Vec<IpAddr>> = None;
+    match pod_info.as_ref().map(|i| &i.plan.addresses) {
+        Some(PodAddresses::Requested(ips)) => requested = Some(ips.clone()),
+        Some(PodAddresses::NoIpam(ips)) => no_ipam = Some(ips.clone()),
+        Some(PodAddresses::Ipam) | None => {}
+    }
+    // A new sandbox of a pod whose endpoint an older sandbox wrote, with `ipAddrs`: as Calico's
+    // plugin does, the older sandbox's addresses are released first, or the requested ones
+    // would be in use. Only what the older container's handle holds goes.
+    if let (Some(PodAddresses::Requested(_)), Some(old)) = (
+        pod_info.as_ref().map(|i| &i.plan.addresses),
+        stored
+            .as_ref()
+            .filter(|e| runtime_container_id(e) != w.container_id),
+    ) {
+        let old_handle = format!("{}.{}", conf.name, runtime_container_id(old));
+        let ips: Vec<IpAddr> = old.spec.ip_networks.iter().map(IpNet::addr).collect();
+        tracing::info!(endpoint = %name, %old_handle, ?ips, "ipAddrs: releasing the addresses of the pod's previous sandbox");
+        Ipam::new(store.as_ref())
+            .release_ips_of_handle(&ips, Some(&old_handle))
+            .map_err(ipam_error)?;
+    }
     let delegated = delegated_ipam(conf);
     // The addresses this call allocates (and releases again if it fails); addresses the handle
     // already held are reused and never released here.
     let mut own: Vec<IpAddr> = Vec::new();
     let ips = match delegated {
+        // `ipAddrsNoIpam`: the addresses as given, IPAM bypassed.
+        _ if no_ipam.is_some() => no_ipam.clone().unwrap_or_default(),
         None => {
             let orphaned = orphaned_addresses(&store, &client, &w, &name)?;
             if orphaned.is_empty() {
-                own = allocate(&store, &client, inv, conf, &w)?;
+                own = allocate(&store, &client, requested.as_deref(), conf, &w)?;
                 own.clone()
             } else {
                 tracing::info!(handle = %w.handle, ips = ?orphaned, "reusing the addresses an earlier, unfinished ADD of this container allocated");
@@ -701,6 +764,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
             .collect(),
     };
     let undo_ipam = || match delegated {
+        _ if no_ipam.is_some() => {}
         None => release_own(&store, &w.handle, &own),
         Some(plugin) => {
             if let Err(e) = delegate(inv, plugin, "DEL") {
@@ -739,6 +803,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         &spec,
         &plumbed.container_mac.to_string(),
         conf,
+        pod_info.as_ref(),
     )
     .map_err(undo)?;
     if let Err(e) = client.write_all(&[wep], WriteMode::Apply) {
@@ -828,7 +893,9 @@ fn existing_attachment(
         let held = Ipam::new(store.as_ref())
             .ips_by_handle(&w.handle)
             .map_err(ipam_error)?;
-        if let Some(ip) = ips.iter().find(|ip| !held.contains(ip)) {
+        // Addresses given by `ipAddrsNoIpam` were never IPAM's: nothing to compare.
+        let no_ipam = held.is_empty() && conf.feature_control.ip_addrs_no_ipam;
+        if let Some(ip) = ips.iter().find(|ip| !no_ipam && !held.contains(ip)) {
             return Err(CniError::new(
                 ErrorCode::Datastore,
                 format!(
@@ -971,6 +1038,7 @@ fn workload_endpoint(
     spec: &WorkloadSpec,
     mac: &str,
     conf: &NetConf,
+    pod: Option<&crate::cni_k8s::PodInfo>,
 ) -> Result<Resource, CniError> {
     let name = w.endpoint_name()?;
     let ns = w.namespace();
@@ -1024,6 +1092,16 @@ fn workload_endpoint(
     s.interface_name = spec.host_ifname.clone();
     s.mac = mac.to_owned();
     s.ip_networks = ips.iter().map(|ip| IpNet::from(*ip)).collect();
+    // From the API server: what the pod is now, whatever an earlier endpoint said.
+    if let Some(info) = pod {
+        wep.metadata.labels = info.labels.clone().into_iter().collect();
+        let s = &mut wep.spec;
+        s.profiles = info.profiles.clone();
+        s.ports = info.ports.clone();
+        s.service_account_name = info.service_account.clone();
+        s.allow_spoofed_source_prefixes = info.allow_spoofed_source_prefixes.clone();
+        s.ip_nats = floating_ips(&info.plan.floating_ips, ips, &name)?;
+    }
     let mut r = Resource::WorkloadEndpoint(wep);
     gingham_model::apply_defaults_in(&mut r, &ns);
     let problems = gingham_model::validate(&r);
@@ -1039,6 +1117,34 @@ fn workload_endpoint(
     Ok(r)
 }
 
+/// Calico's `floatingIPs`: each external address NATed to the pod's address of its family.
+fn floating_ips(
+    floating: &[String],
+    ips: &[IpAddr],
+    endpoint: &str,
+) -> Result<Vec<gingham_model::endpoint::IpNat>, CniError> {
+    floating
+        .iter()
+        .map(|f| {
+            let v6 = f.contains(':');
+            let internal = ips.iter().find(|ip| ip.is_ipv6() == v6).ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "annotation {}: floating IP {f} needs an {} address on {endpoint}, which has none",
+                        gingham_model::k8s::ANNOTATION_FLOATING_IPS,
+                        if v6 { "IPv6" } else { "IPv4" }
+                    ),
+                )
+            })?;
+            Ok(gingham_model::endpoint::IpNat {
+                internal_ip: internal.to_string(),
+                external_ip: f.clone(),
+            })
+        })
+        .collect()
+}
+
 fn del(inv: &Invocation) -> Result<(), CniError> {
     let conf = conf(inv)?;
     let w = Workload::of(inv, conf)?;
@@ -1047,18 +1153,33 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
     // Each step tolerates what is already gone, so DEL can be repeated. The endpoint goes
     // before the addresses: interrupted in between, DEL leaves a leak (found by `ipam check`,
     // released by the next DEL), never an endpoint listing an address IPAM may hand out again.
-    let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
-        .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
-    plumbing.teardown(&w.host_ifname()).map_err(|e| {
-        CniError::new(
-            ErrorCode::Dataplane,
-            format!("removing {}: {e}", w.host_ifname()),
-        )
-    })?;
     let name = w.endpoint_name()?;
-    match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
-        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+    // A Kubernetes endpoint is named after the pod, not the container: a DEL for an older
+    // sandbox of a pod that runs again must leave the running sandbox's endpoint and veth
+    // alone (as Calico's plugin does), and only release what its own handle holds.
+    let stored = match client.get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name) {
+        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
+        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => None,
         Err(e) => return Err(store_error(e)),
+    };
+    let another_sandboxs = stored
+        .as_ref()
+        .is_some_and(|e| runtime_container_id(e) != w.container_id);
+    if another_sandboxs {
+        tracing::warn!(endpoint = %name, container = %w.container_id, "DEL for a container whose pod's endpoint belongs to another container; leaving the endpoint and its veth");
+    } else {
+        let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
+            .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
+        plumbing.teardown(&w.host_ifname()).map_err(|e| {
+            CniError::new(
+                ErrorCode::Dataplane,
+                format!("removing {}: {e}", w.host_ifname()),
+            )
+        })?;
+        match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
+            Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(store_error(e)),
+        }
     }
     match delegated_ipam(conf) {
         None => {
@@ -1140,6 +1261,19 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datastore_type_not_supported_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = NetConf::from_value(&serde_json::json!({"cniVersion": "1.0.0", "name": "n",
+            "type": "gingham", "datastore_type": "kubernetes",
+            "datastore": format!("sqlite:{}", dir.path().join("g.db").display())}))
+        .unwrap();
+        let e = open_store(&conf).err().expect("refused");
+        assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
+        assert!(e.msg.contains("datastore_type \"kubernetes\""), "{}", e.msg);
+        assert!(!dir.path().join("g.db").exists(), "nothing opened");
+    }
 
     #[test]
     fn container_ids_calico_accepts_are_kept() {

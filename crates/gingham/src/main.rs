@@ -26,10 +26,13 @@ macro_rules! eprintln {
 
 mod agent;
 mod bgp_cmd;
+mod cni_k8s;
 mod cni_plugin;
 mod datastore;
 mod ipam_cmd;
+mod kube_controllers_cmd;
 mod lab;
+mod manifests_cmd;
 mod node_cmd;
 mod output;
 mod reach_cmd;
@@ -91,6 +94,9 @@ enum Command {
     Selector(selector_cmd::SelectorCmd),
     /// Program this node's policy in nftables from the datastore, and keep it up to date.
     Agent(agent::AgentArgs),
+    /// calico-kube-controllers (etcd mode): Kubernetes NetworkPolicies, Namespaces,
+    /// ServiceAccounts, Pods and Nodes kept as Calico resources; IPAM garbage collection.
+    KubeControllers(kube_controllers_cmd::KubeControllersArgs),
     /// IP address management: usage, leak checks, manual release.
     #[command(subcommand)]
     Ipam(ipam_cmd::IpamCmd),
@@ -108,6 +114,9 @@ enum Command {
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
+    /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
+    #[command(subcommand)]
+    Manifests(manifests_cmd::ManifestsCmd),
 }
 
 fn main() -> ExitCode {
@@ -163,12 +172,14 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Convert(a) => resources_cmd::convert(a),
         Command::Selector(cmd) => selector_cmd::run(cmd),
         Command::Agent(a) => agent::run(a, client()?.store().as_ref()),
+        Command::KubeControllers(a) => kube_controllers_cmd::run(a, client()?.store().clone()),
         Command::Ipam(cmd) => ipam_cmd::run(&client()?, cmd),
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
+        Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),
     }
 }
 

@@ -51,4 +51,7 @@ pub use report::{
     EndpointMismatch, HandleMismatch, LeakedAllocation, NodeGone, PoolUsage, SharedAddress, Usage,
     handle_is_for_container,
 };
-pub use routes::{ATTR_NODE, ATTR_TYPE, BlockRoutes};
+pub use routes::{
+    ATTR_NAMESPACE, ATTR_NODE, ATTR_POD, ATTR_TYPE, BlockRoutes, TUNNEL_TYPES, TYPE_IPIP_TUNNEL,
+    TYPE_VXLAN_TUNNEL, TYPE_VXLAN_V6_TUNNEL,
+};

@@ -212,6 +212,32 @@ impl Ipam<'_> {
         Ok(out)
     }
 
+    /// Every allocated address (cooling-down ones aside), with its handle, attributes and
+    /// block affinity, in block order: what a garbage collector walks.
+    pub fn allocations(&self) -> Result<Vec<AllocationInfo>> {
+        let cooldown = i64::from(self.config()?.ip_cooldown_seconds);
+        let mut out = Vec::new();
+        for b in self.list_blocks(None, cooldown)? {
+            let b = &b.value;
+            for o in 0..b.num_addresses() {
+                let Some(a) = b.active(o) else {
+                    continue;
+                };
+                out.push(AllocationInfo {
+                    ip: b.ip_at(o),
+                    block: b.cidr,
+                    handle_id: a
+                        .handle_id
+                        .as_deref()
+                        .map(|h| sanitize_handle(h).to_owned()),
+                    attrs: a.secondary.clone().unwrap_or_default(),
+                    block_affinity: b.affinity.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// What holds `ip`, if anything.
     pub fn get_allocation(&self, ip: IpAddr) -> Result<AllocationStatus> {
         let cooldown = i64::from(self.config()?.ip_cooldown_seconds);

@@ -14,6 +14,24 @@ use crate::stored::{self, BLOCK_PREFIX};
 pub const ATTR_NODE: &str = "node";
 /// The allocation attribute saying what an address is for (tunnel addresses).
 pub const ATTR_TYPE: &str = "type";
+/// The allocation attribute naming a pod's namespace (set by the CNI plugin for Kubernetes pods).
+pub const ATTR_NAMESPACE: &str = "namespace";
+/// The allocation attribute naming a pod (set by the CNI plugin for Kubernetes pods).
+pub const ATTR_POD: &str = "pod";
+/// `type` of a node's IPv4 VXLAN tunnel address.
+pub const TYPE_VXLAN_TUNNEL: &str = "vxlanTunnelAddress";
+/// `type` of a node's IPv6 VXLAN tunnel address.
+pub const TYPE_VXLAN_V6_TUNNEL: &str = "vxlanV6TunnelAddress";
+/// `type` of a node's IPIP tunnel address.
+pub const TYPE_IPIP_TUNNEL: &str = "ipipTunnelAddress";
+/// Every `type` of a node's tunnel address, WireGuard's (which Calico gives) included.
+pub const TUNNEL_TYPES: [&str; 5] = [
+    TYPE_VXLAN_TUNNEL,
+    TYPE_VXLAN_V6_TUNNEL,
+    TYPE_IPIP_TUNNEL,
+    "wireguardTunnelAddress",
+    "wireguardV6TunnelAddress",
+];
 
 /// One block as routes see it.
 #[derive(Clone, Debug, PartialEq, Eq)]

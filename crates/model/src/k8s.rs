@@ -45,6 +45,8 @@ pub const NAMESPACE_LABEL_PREFIX: &str = "pcns.";
 pub const SERVICE_ACCOUNT_LABEL_PREFIX: &str = "pcsa.";
 /// The label carrying the namespace or service-account name.
 pub const NAME_LABEL: &str = "projectcalico.org/name";
+/// The orchestrator name of Kubernetes (WorkloadEndpoints, Node `orchRefs`).
+pub const K8S_ORCHESTRATOR: &str = "k8s";
 /// The order of converted Kubernetes policies.
 pub const K8S_POLICY_ORDER: f64 = 1000.0;
 /// The old (Kubernetes ≤ 1.6) namespace isolation annotation.
@@ -55,6 +57,15 @@ pub const ANNOTATION_POD_IP: &str = "cni.projectcalico.org/podIP";
 pub const ANNOTATION_POD_IPS: &str = "cni.projectcalico.org/podIPs";
 /// Calico IPAM's requested-addresses annotation (a JSON list).
 pub const ANNOTATION_IP_ADDRS: &str = "cni.projectcalico.org/ipAddrs";
+/// Calico CNI's annotation for addresses used without IPAM (a JSON list; needs
+/// `feature_control.ip_addrs_no_ipam`).
+pub const ANNOTATION_IP_ADDRS_NO_IPAM: &str = "cni.projectcalico.org/ipAddrsNoIpam";
+/// Calico CNI's IPv4 pools annotation, on pods or namespaces (a JSON list of names or CIDRs).
+pub const ANNOTATION_IPV4_POOLS: &str = "cni.projectcalico.org/ipv4pools";
+/// Calico CNI's IPv6 pools annotation, on pods or namespaces.
+pub const ANNOTATION_IPV6_POOLS: &str = "cni.projectcalico.org/ipv6pools";
+/// Calico CNI's IP families annotation (`["IPv4"]`, `["IPv4", "IPv6"]`...).
+pub const ANNOTATION_IP_FAMILIES: &str = "cni.projectcalico.org/ipFamilies";
 /// Calico CNI's container id annotation.
 pub const ANNOTATION_CONTAINER_ID: &str = "cni.projectcalico.org/containerID";
 /// Floating IPs annotation (a JSON list).

@@ -21,6 +21,7 @@ pub mod bgp;
 pub mod bgpfilter;
 pub mod cidr;
 pub mod config;
+pub mod crd;
 pub mod defaults;
 pub mod endpoint;
 pub mod error;

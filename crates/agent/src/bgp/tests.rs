@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use gingham_bgp::status::IpVersion;
 use gingham_dataplane::Recording;
 use gingham_datastore::Datastore;
 use gingham_datastore::mem::MemStore;
+use gingham_health::{Report, StatusCode};
 use gingham_model::Resource;
 
 use super::RecordingSupervisor;
