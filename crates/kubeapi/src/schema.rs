@@ -156,11 +156,9 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, Str
                 }
             }
         }
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for (i, item) in items.iter_mut().enumerate() {
-                    walk(&schema["items"], item, &format!("{path}[{i}]"), errors);
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk(&schema["items"], item, &format!("{path}[{i}]"), errors);
             }
         }
         _ => {}
