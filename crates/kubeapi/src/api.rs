@@ -25,6 +25,10 @@ pub const INITIAL_NAMESPACES: &[&str] =
 /// server stores it like any annotation).
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// kube-apiserver's limit on the total size of an object's annotations (which is why large CRDs
+/// need `kubectl apply --server-side` or `kubectl create`: the last-applied annotation).
+pub const MAX_ANNOTATIONS_SIZE: usize = 256 * 1024;
+
 /// How many times a write without a client precondition is retried after losing a race.
 const WRITE_RETRIES: usize = 16;
 
@@ -1156,6 +1160,22 @@ fn validate(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
             name,
             "metadata.annotations",
             "Invalid value: annotations must be a map of strings",
+        ));
+    }
+    let annotations_size: usize = obj["metadata"]["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    if annotations_size > MAX_ANNOTATIONS_SIZE {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            "metadata.annotations",
+            &format!("Too long: must have at most {MAX_ANNOTATIONS_SIZE} bytes"),
         ));
     }
     if res.plural == "customresourcedefinitions" && !res.custom {

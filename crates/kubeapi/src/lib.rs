@@ -38,7 +38,7 @@ use axum::response::Response;
 use gingham_datastore::Datastore;
 use tokio::sync::{mpsc, oneshot};
 
-pub use api::{INITIAL_NAMESPACES, LAST_APPLIED};
+pub use api::{INITIAL_NAMESPACES, LAST_APPLIED, MAX_ANNOTATIONS_SIZE};
 pub use resources::{REGISTRY_PREFIX, Resource};
 pub use watch::BOOKMARK_INTERVAL;
 

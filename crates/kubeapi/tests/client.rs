@@ -905,3 +905,67 @@ async fn every_built_in_kind_round_trips_through_typed_clients() {
         "172.31.0.2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotations_are_limited_to_256_kib_in_total() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let big = "x".repeat(gingham_kubeapi::MAX_ANNOTATIONS_SIZE);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "big", "annotations": {"a": big}}}))
+            .unwrap();
+    let e = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(e.code, 422, "{e:?}");
+    assert!(
+        e.message.contains("metadata.annotations: Too long"),
+        "{e:?}"
+    );
+    let fits = "x".repeat(gingham_kubeapi::MAX_ANNOTATIONS_SIZE - 1);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "big", "annotations": {"a": fits}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_list_watcher_gets_its_initial_events_and_shutdown_ends_open_watches() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("one", &[], None))
+        .await
+        .unwrap();
+    // sendInitialEvents: the objects, then a bookmark that ends the initial events.
+    let mut s = watcher(pods.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        match ev {
+            watcher::Event::Init => seen.push("Init".to_owned()),
+            watcher::Event::InitApply(p) => {
+                seen.push(format!("InitApply {}", p.metadata.name.unwrap()))
+            }
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["Init", "InitApply one"]);
+    // A raw watch stays open; shutdown ends it and returns.
+    let mut w = pods
+        .watch(&WatchParams::default().timeout(290), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(describe(&next_event(&mut w).await), "ADDED one");
+    tokio::time::timeout(Duration::from_secs(10), env.server.shutdown())
+        .await
+        .expect("shutdown returns with a watch open");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = w.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the watch ended");
+}
