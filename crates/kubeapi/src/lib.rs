@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -113,6 +113,20 @@ impl ApiServer {
                     message: e.message,
                 })?;
         }
+        {
+            let (store, generation, stopping) = (
+                store.clone(),
+                shared.api.crd_generation.clone(),
+                stopping.clone(),
+            );
+            std::thread::Builder::new()
+                .name("kubeapi-crds".into())
+                .spawn(move || watch_crds(store.as_ref(), &generation, &stopping))
+                .map_err(|e| Error::Bootstrap {
+                    store: "the CRD watch".into(),
+                    message: e.to_string(),
+                })?;
+        }
         let app = axum::Router::new().fallback(serve).with_state(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -178,6 +192,39 @@ impl RunningApiServer {
 impl Drop for RunningApiServer {
     fn drop(&mut self) {
         self.signal();
+    }
+}
+
+/// Follows the stored CRDs, so that the resource table is read again when another server on the
+/// same datastore changes one (this server's own CRD writes invalidate it at once).
+fn watch_crds(store: &dyn Datastore, generation: &AtomicU64, stopping: &AtomicBool) {
+    let prefix = resources::crd_resource().prefix();
+    let pause = std::time::Duration::from_millis(200);
+    while !stopping.load(Ordering::Relaxed) {
+        let watch = store
+            .revision()
+            .and_then(|rev| store.watch(&prefix, rev));
+        generation.fetch_add(1, Ordering::SeqCst);
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the CRDs; trying again");
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        while !stopping.load(Ordering::Relaxed) {
+            match watch.next(pause) {
+                Ok(Some(_)) => {
+                    generation.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CRD watch ended; watching again");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -969,3 +969,38 @@ async fn a_streaming_list_watcher_gets_its_initial_events_and_shutdown_ends_open
     .await;
     assert!(end.is_ok(), "the watch ended");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_made_through_another_server_on_the_same_datastore_is_served() {
+    let a = start().await;
+    let b = common::start_on(a.store.clone()).await;
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Gadget"), "gadgets");
+    let on_b: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), "default", &ar);
+    // B has read its resource table: no gadgets.
+    assert_eq!(status(on_b.list(&ListParams::default()).await.unwrap_err()).code, 404);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(a.client.clone());
+    crds.create(&PostParams::default(), &serde_json::from_value(json!({
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    })).unwrap())
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match on_b.list(&ListParams::default()).await {
+            Ok(l) => {
+                assert!(l.items.is_empty());
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("server B never served the CRD made through A: {e}"),
+        }
+    }
+}
