@@ -201,9 +201,7 @@ fn watch_crds(store: &dyn Datastore, generation: &AtomicU64, stopping: &AtomicBo
     let prefix = resources::crd_resource().prefix();
     let pause = std::time::Duration::from_millis(200);
     while !stopping.load(Ordering::Relaxed) {
-        let watch = store
-            .revision()
-            .and_then(|rev| store.watch(&prefix, rev));
+        let watch = store.revision().and_then(|rev| store.watch(&prefix, rev));
         generation.fetch_add(1, Ordering::SeqCst);
         let mut watch = match watch {
             Ok(w) => w,

@@ -974,10 +974,16 @@ async fn a_streaming_list_watcher_gets_its_initial_events_and_shutdown_ends_open
 async fn a_crd_made_through_another_server_on_the_same_datastore_is_served() {
     let a = start().await;
     let b = common::start_on(a.store.clone()).await;
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Gadget"), "gadgets");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Gadget"),
+        "gadgets",
+    );
     let on_b: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), "default", &ar);
     // B has read its resource table: no gadgets.
-    assert_eq!(status(on_b.list(&ListParams::default()).await.unwrap_err()).code, 404);
+    assert_eq!(
+        status(on_b.list(&ListParams::default()).await.unwrap_err()).code,
+        404
+    );
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(a.client.clone());
     crds.create(&PostParams::default(), &serde_json::from_value(json!({
