@@ -42,8 +42,8 @@ pub use api::{INITIAL_NAMESPACES, LAST_APPLIED, MAX_ANNOTATIONS_SIZE};
 pub use resources::{REGISTRY_PREFIX, Resource};
 pub use watch::BOOKMARK_INTERVAL;
 
-/// The largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest request body accepted, as kube-apiserver's default (`MaxRequestBodyBytes`).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -316,7 +316,7 @@ async fn serve(
                 &status::ApiError::new(
                     413,
                     "RequestEntityTooLarge",
-                    format!("the request body could not be read: {e}"),
+                    format!("Request entity too large: limit is {MAX_BODY} ({e})"),
                 )
                 .status(),
             );

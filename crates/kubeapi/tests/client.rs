@@ -1010,3 +1010,15 @@ async fn a_crd_made_through_another_server_on_the_same_datastore_is_served() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_3_mib_is_refused_as_kube_apiserver_does() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let data = "x".repeat(gingham_kubeapi::MAX_BODY);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "huge"}, "data": {"d": data}})).unwrap();
+    let e = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(e.code, 413, "{e:?}");
+    assert!(e.message.contains("Request entity too large"), "{e:?}");
+}
