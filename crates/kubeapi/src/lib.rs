@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -38,12 +38,12 @@ use axum::response::Response;
 use gingham_datastore::Datastore;
 use tokio::sync::{mpsc, oneshot};
 
-pub use api::{INITIAL_NAMESPACES, LAST_APPLIED};
+pub use api::{INITIAL_NAMESPACES, LAST_APPLIED, MAX_ANNOTATIONS_SIZE};
 pub use resources::{REGISTRY_PREFIX, Resource};
 pub use watch::BOOKMARK_INTERVAL;
 
-/// The largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest request body accepted, as kube-apiserver's default (`MaxRequestBodyBytes`).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -113,6 +113,20 @@ impl ApiServer {
                     message: e.message,
                 })?;
         }
+        {
+            let (store, generation, stopping) = (
+                store.clone(),
+                shared.api.crd_generation.clone(),
+                stopping.clone(),
+            );
+            std::thread::Builder::new()
+                .name("kubeapi-crds".into())
+                .spawn(move || watch_crds(store.as_ref(), &generation, &stopping))
+                .map_err(|e| Error::Bootstrap {
+                    store: "the CRD watch".into(),
+                    message: e.to_string(),
+                })?;
+        }
         let app = axum::Router::new().fallback(serve).with_state(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -178,6 +192,37 @@ impl RunningApiServer {
 impl Drop for RunningApiServer {
     fn drop(&mut self) {
         self.signal();
+    }
+}
+
+/// Follows the stored CRDs, so that the resource table is read again when another server on the
+/// same datastore changes one (this server's own CRD writes invalidate it at once).
+fn watch_crds(store: &dyn Datastore, generation: &AtomicU64, stopping: &AtomicBool) {
+    let prefix = resources::crd_resource().prefix();
+    let pause = std::time::Duration::from_millis(200);
+    while !stopping.load(Ordering::Relaxed) {
+        let watch = store.revision().and_then(|rev| store.watch(&prefix, rev));
+        generation.fetch_add(1, Ordering::SeqCst);
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the CRDs; trying again");
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        while !stopping.load(Ordering::Relaxed) {
+            match watch.next(pause) {
+                Ok(Some(_)) => {
+                    generation.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CRD watch ended; watching again");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -271,7 +316,7 @@ async fn serve(
                 &status::ApiError::new(
                     413,
                     "RequestEntityTooLarge",
-                    format!("the request body could not be read: {e}"),
+                    format!("Request entity too large: limit is {MAX_BODY} ({e})"),
                 )
                 .status(),
             );
