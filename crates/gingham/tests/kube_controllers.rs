@@ -25,6 +25,10 @@ fn start(args: &[&str], db: &Path) -> (Process, String) {
         .arg(format!("sqlite:{}", db.display()))
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("KUBECONFIG")
+        .env(
+            "GINGHAM_LOG",
+            std::env::var("GINGHAM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -34,6 +38,16 @@ fn start(args: &[&str], db: &Path) -> (Process, String) {
         .read_line(&mut line)
         .expect("reads");
     (Process(child), line.trim().to_owned())
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(p: &Process) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.0.id())).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }
 
 fn kubectl(dir: &Path, kubeconfig: &Path, args: &[&str]) -> String {
@@ -198,4 +212,84 @@ fn sys_kube_controllers_follow_kubectl() {
     );
     let r = gingham_health::http_get(health, "/metrics").expect("metrics");
     assert!(r.contains("gingham_kube_controllers_ready 1"), "{r}");
+}
+
+#[test]
+fn sys_kube_controllers_memory_per_1000_pods() {
+    gingham_testkit::require_tool("kubectl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("gingham.db");
+    let kc = dir.path().join("kubeconfig");
+    let kc_s = kc.to_str().expect("utf-8");
+    let (_api, _) = start(
+        &[
+            "lab",
+            "apiserver",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            kc_s,
+        ],
+        &db,
+    );
+    let (ctl, health) = start(
+        &[
+            "kube-controllers",
+            "--kubeconfig",
+            kc_s,
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+        &db,
+    );
+    let health: std::net::SocketAddr = health
+        .strip_prefix("health: http://")
+        .and_then(|a| a.parse().ok())
+        .expect("the health address");
+    until("ready", Duration::from_secs(10), || {
+        gingham_health::http_get(health, "/readiness").is_ok_and(|r| r.starts_with("HTTP/1.0 200"))
+    });
+    let before = rss_kib(&ctl);
+    // The last pod's endpoint, as the CNI plugin would have written it: once it carries the
+    // pod's labels, the controllers have seen every pod.
+    let store = gingham_datastore_sqlite::SqliteStore::open(&db).expect("opens");
+    let client = gingham_api::Client::new(std::sync::Arc::new(store));
+    let wep = gingham_model::load_resources(
+        "wep.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: node--a-k8s-pod--999-eth0, namespace: default}\nspec: {orchestrator: k8s, node: node-a, pod: pod-999, endpoint: eth0, containerID: c999, interfaceName: cali0123456789a, ipNetworks: [10.0.0.9/32]}\n",
+    )
+    .expect("loads");
+    client
+        .write_all(&wep, gingham_api::WriteMode::Create)
+        .expect("writes");
+    let mut pods = String::new();
+    for i in 0..1000 {
+        pods.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: default, labels: {{app: web, idx: n{i}}}}}\nspec:\n  nodeName: node-a\n  containers: [{{name: c, image: busybox, ports: [{{name: http, containerPort: 80}}]}}]\n"
+        ));
+    }
+    let file = dir.path().join("pods.yaml");
+    std::fs::write(&file, pods).expect("writes");
+    kubectl(
+        dir.path(),
+        &kc,
+        &["apply", "-f", file.to_str().expect("utf-8")],
+    );
+    until(
+        "the controllers saw every pod",
+        Duration::from_secs(60),
+        || {
+            matches!(client.get(gingham_model::Kind::WorkloadEndpoint, Some("default"), "node--a-k8s-pod--999-eth0"),
+            Ok(gingham_model::Resource::WorkloadEndpoint(w)) if w.metadata.labels.get("idx").map(String::as_str) == Some("n999"))
+        },
+    );
+    let after = rss_kib(&ctl);
+    eprintln!(
+        "kube-controllers resident memory: {before} KiB before, {after} KiB with 1,000 pods ({} KiB per 1,000 pods)",
+        after.saturating_sub(before)
+    );
+    assert!(
+        after.saturating_sub(before) < 100 * 1024,
+        "{before} KiB -> {after} KiB"
+    );
 }
