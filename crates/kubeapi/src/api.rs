@@ -711,6 +711,17 @@ impl Api {
                 ApiError::bad_request(format!("metadata.resourceVersion {rv:?} is not valid"))
             })?),
         };
+        // Custom resources and CRDs do not allow unconditional updates (their strategies'
+        // AllowUnconditionalUpdate is false); the built-in kinds here do.
+        let unconditional_ok = !t.res.custom && t.res.plural != "customresourcedefinitions";
+        if precondition.is_none() && !unconditional_ok {
+            return Err(ApiError::invalid(
+                &t.res,
+                name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            ));
+        }
         self.write_loop(t, name, precondition, dry_run, |_cur| Ok(obj.clone()))
     }
 

@@ -6,6 +6,29 @@
 //! `metadata.resourceVersion` is the datastore revision of the object's last write, so lists,
 //! watches from a resourceVersion and 410 Gone follow the datastore's history and compaction.
 //!
+//! What it serves (module by module):
+//! - `resources`: the built-in kinds (core namespaces, pods, serviceaccounts, nodes, services,
+//!   endpoints, secrets, configmaps; endpointslices, networkpolicies, CRDs, daemonsets,
+//!   deployments, RBAC, leases) and the kinds of stored CRDs.
+//! - `discovery`: `/version`, `/api`, `/apis`, resource lists (legacy discovery, which kubectl
+//!   falls back to), `/openapi/v3` (kubectl reads it to learn that the server validates fields,
+//!   so plain `kubectl apply` works), an empty `/openapi/v2`, Table and PartialObjectMetadata
+//!   views.
+//! - `api`: get, list (label and field selectors, limit/continue), create (generateName),
+//!   update with resourceVersion preconditions, patch (JSON, merge, strategic, server-side
+//!   apply), delete (immediate; a namespace takes its objects, a CRD its resources), status
+//!   subresources, `dryRun`.
+//! - `typed`: built-in kinds decoded through their k8s-openapi types (wrong types refused,
+//!   unknown fields refused with `fieldValidation=Strict` or dropped); `schema`: custom resources
+//!   pruned and validated against their CRD's structural schema.
+//! - `watch`: ADDED/MODIFIED/DELETED from a datastore watch, BOOKMARKs, initial events,
+//!   ERROR 410 Expired when the revision was compacted, selectors, timeoutSeconds.
+//!
+//! Not done: authentication and authorization, protobuf request bodies (kubectl's typed
+//! generators such as `kubectl create namespace` send them; `kubectl apply/create -f` send
+//! JSON), graceful deletion and finalizers, field ownership conflicts of server-side apply,
+//! defaulting of pod templates, admission webhooks, aggregated discovery.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), gingham_kubeapi::Error> {
 //! let store = std::sync::Arc::new(gingham_datastore::mem::MemStore::new());

@@ -652,6 +652,17 @@ async fn custom_resource_definitions_serve_their_resources_until_deleted() {
             .len(),
         1
     );
+    // A replace of a custom resource must name the version it replaces.
+    let mut current = widgets.get("w1").await.unwrap();
+    current.metadata.resource_version = None;
+    let e = status(
+        widgets
+            .replace("w1", &PostParams::default(), &current)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    assert!(e.message.contains("metadata.resourceVersion"), "{e:?}");
 
     // Discovery lists it.
     let discovery = kube::Discovery::new(env.client.clone())
