@@ -156,6 +156,20 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
+        // Long-running; here its listen address is not one and the refusal goes to stderr.
+        ["lab", "apiserver"] => (
+            s(&[
+                "lab",
+                "apiserver",
+                "--datastore",
+                &format!("sqlite:{}", f.path("apiserver.db")),
+                "--listen",
+                "not-an-address",
+            ]),
+            "",
+            false,
+        ),
+        ["manifests", "crds"] => (s(&["manifests", "crds"]), "", true),
         ["ipam", "show"] => (s(&["ipam", "show"]), "", true),
         ["ipam", "check"] => (s(&["ipam", "check"]), "", true),
         // Nothing is allocated: the refusal goes to stderr.
