@@ -899,6 +899,12 @@ async fn every_built_in_kind_round_trips_through_typed_clients() {
     roundtrip::<core::ConfigMap>(c, true, json!({"metadata": m("cm"), "data": {"k": "v"}})).await;
     roundtrip::<rbac::v1::Role>(c, true, json!({"metadata": m("r"), "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})).await;
     roundtrip::<rbac::v1::RoleBinding>(c, true, json!({"metadata": m("rb"), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]})).await;
+    roundtrip::<core::Event>(
+        c,
+        true,
+        json!({"metadata": m("e"), "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "Scheduled"}),
+    )
+    .await;
     roundtrip::<coordination::v1::Lease>(
         c,
         true,
