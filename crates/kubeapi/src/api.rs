@@ -974,7 +974,9 @@ impl Api {
                     ),
                 ));
             }
-            if dry_run {
+            // dryRun comes as a query parameter or in the DeleteOptions body (kube-rs).
+            let dry_in_body = opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
+            if dry_run || dry_in_body {
                 return Ok(obj);
             }
             let mut txn = Txn::new()
@@ -1076,7 +1078,7 @@ impl Api {
                 name: Some(name.clone()),
                 status: false,
             };
-            match self.delete(&target, &name, b"", dry_run) {
+            match self.delete(&target, &name, &req.body, dry_run) {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

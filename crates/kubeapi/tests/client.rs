@@ -1039,3 +1039,46 @@ async fn a_body_over_3_mib_is_refused_as_kube_apiserver_does() {
     assert_eq!(e.code, 413, "{e:?}");
     assert!(e.message.contains("Request entity too large"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_answer_without_writing() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let before = env.store.revision().unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).unwrap();
+    let answered = cms.create(&dry, &cm).await.unwrap();
+    assert_eq!(answered.data.unwrap()["a"], "1");
+    assert_eq!(
+        env.store.revision().unwrap(),
+        before,
+        "a dry-run create writes nothing"
+    );
+    assert_eq!(status(cms.get("c").await.unwrap_err()).code, 404);
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let at = env.store.revision().unwrap();
+    let patched = cms
+        .patch(
+            "c",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"data": {"a": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["a"], "2");
+    let dp = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cms.delete("c", &dp).await.unwrap();
+    assert_eq!(
+        env.store.revision().unwrap(),
+        at,
+        "dry-run patch and delete write nothing"
+    );
+    assert_eq!(cms.get("c").await.unwrap().data.unwrap()["a"], "1");
+}
