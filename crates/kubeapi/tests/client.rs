@@ -1082,3 +1082,47 @@ async fn dry_runs_answer_without_writing() {
     );
     assert_eq!(cms.get("c").await.unwrap().data.unwrap()["a"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metadata_api_lists_and_watches_partial_objects() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("m1", &[("app", "web")], None))
+        .await
+        .unwrap();
+    let listed = pods.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("m1"));
+    let got = pods.get_metadata("m1").await.unwrap();
+    assert_eq!(got.metadata.labels.unwrap()["app"], "web");
+    // A metadata watcher (what controllers use to keep little in memory).
+    let mut s = kube::runtime::metadata_watcher(pods.clone(), watcher::Config::default()).boxed();
+    let mut names = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        match ev {
+            watcher::Event::InitApply(p) => names.push(p.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["m1"]);
+    pods.create(&PostParams::default(), &pod("m2", &[], None))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        if let watcher::Event::Apply(p) = ev {
+            assert_eq!(p.metadata.name.as_deref(), Some("m2"));
+            break;
+        }
+    }
+}
