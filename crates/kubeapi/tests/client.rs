@@ -1095,8 +1095,12 @@ async fn the_metadata_api_lists_and_watches_partial_objects() {
     assert_eq!(listed.items[0].metadata.name.as_deref(), Some("m1"));
     let got = pods.get_metadata("m1").await.unwrap();
     assert_eq!(got.metadata.labels.unwrap()["app"], "web");
+    // The server answered with PartialObjectMetadata, not the whole pod.
+    assert_eq!(got.types.unwrap().kind, "PartialObjectMetadata");
     // A metadata watcher (what controllers use to keep little in memory).
-    let mut s = kube::runtime::metadata_watcher(pods.clone(), watcher::Config::default()).boxed();
+    let meta: Api<kube::core::PartialObjectMeta<Pod>> =
+        Api::namespaced(env.client.clone(), "default");
+    let mut s = watcher(meta, watcher::Config::default()).boxed();
     let mut names = Vec::new();
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
