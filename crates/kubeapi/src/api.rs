@@ -925,7 +925,21 @@ impl Api {
                 "resourceVersion".into(),
                 cur["metadata"]["resourceVersion"].clone(),
             );
-            set_managed(&mut obj, manager, &res, applied);
+            // An apply that changes nothing writes nothing (not even the entry's time), as
+            // kube-apiserver: controllers that apply on every reconcile see no event of their
+            // own.
+            let same_fields = cur["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter().find(|e| {
+                        e["manager"].as_str() == Some(manager)
+                            && e["operation"].as_str() == Some("Apply")
+                    })
+                })
+                .is_some_and(|e| e["fieldsV1"] == patch::fields_of(applied));
+            if !(same_fields && obj == *cur) {
+                set_managed(&mut obj, manager, &res, applied);
+            }
             Ok(obj)
         })?;
         Ok(Reply::Json(200, v))

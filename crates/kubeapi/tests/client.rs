@@ -226,6 +226,7 @@ async fn server_side_apply_creates_merges_and_drops_what_is_no_longer_applied() 
         "metadata": {"name": "cfg", "labels": {"a": "1"}},
         "data": {"x": "10"}});
     let cm = cms.patch("cfg", &pp, &Patch::Apply(&second)).await.unwrap();
+    let cm_rv = cm.metadata.resource_version.clone();
     let labels = cm.metadata.labels.unwrap();
     assert_eq!(labels.get("a").map(String::as_str), Some("1"));
     assert!(
@@ -236,6 +237,12 @@ async fn server_side_apply_creates_merges_and_drops_what_is_no_longer_applied() 
     let data = cm.data.unwrap();
     assert_eq!(data.get("x").map(String::as_str), Some("10"));
     assert!(!data.contains_key("y"));
+    // The same apply again changes nothing: same resourceVersion, no event.
+    let again = cms.patch("cfg", &pp, &Patch::Apply(&second)).await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version, cm_rv,
+        "a no-op apply writes nothing"
+    );
     // Apply without a field manager is refused.
     let e = status(
         cms.patch("cfg", &PatchParams::default(), &Patch::Apply(&second))
