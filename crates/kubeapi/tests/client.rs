@@ -237,7 +237,9 @@ async fn server_side_apply_creates_merges_and_drops_what_is_no_longer_applied() 
     let data = cm.data.unwrap();
     assert_eq!(data.get("x").map(String::as_str), Some("10"));
     assert!(!data.contains_key("y"));
-    // The same apply again changes nothing: same resourceVersion, no event.
+    // The same apply again, a second later (managedFields times have seconds), changes
+    // nothing: same resourceVersion, no event.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let again = cms.patch("cfg", &pp, &Patch::Apply(&second)).await.unwrap();
     assert_eq!(
         again.metadata.resource_version, cm_rv,
