@@ -9,6 +9,7 @@
 //! Everything made is recorded in `<dir>/state.json` *before* it is made ([`state`]), so
 //! `lab down` cleans up after a crash too.
 
+mod apiserver;
 mod pods;
 mod probe;
 mod servers;
@@ -127,6 +128,11 @@ pub enum LabCmd {
     Wait(WaitArgs),
     /// Remove everything the lab made.
     Down(DirArgs),
+    /// Serve the Kubernetes API test double in the foreground, over the datastore
+    /// (`--datastore`): kubectl and kube-rs clients work against it (discovery, get, list,
+    /// watch, create, update, patch, server-side apply, delete, CRDs). Objects are stored under
+    /// `/registry/`; a resourceVersion is the datastore revision.
+    Apiserver(apiserver::ApiserverArgs),
     /// (internal) The server a pod runs on its declared ports.
     #[command(hide = true)]
     Serve(ServeArgs),
@@ -332,6 +338,7 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::RestartAgent(a) => restart_agent(a),
         LabCmd::Wait(a) => servers::wait(a),
         LabCmd::Down(a) => down(&a.dir),
+        LabCmd::Apiserver(a) => apiserver::run(a, datastore),
         LabCmd::Serve(a) => servers::serve(a),
         LabCmd::Connect(a) => probe::connect(a),
         LabCmd::Proxy(a) => servers::proxy(a),
