@@ -16,14 +16,15 @@
 //! BGPFilters, and the `text` module writes the files.
 //!
 //! Where confd's result depends on Go map order (two BGPPeers emitting the same peering), the
-//! BGPPeer first in name order wins here. Not rendered yet: per-Service /32 routes (they need
-//! Kubernetes Services and EndpointSlices); the ranges of the default BGPConfiguration are.
+//! BGPPeer first in name order wins here. Per-Service /32 and /128 routes come from the
+//! Kubernetes Services and EndpointSlices in the input, as confd's route generator makes them.
 //!
 //! This crate does no I/O: the caller reads files or the datastore ([`load`] turns resource text
 //! into [`Input`]), writes the output and runs `bird -p -c` on it.
 
 pub mod filter;
 pub mod load;
+pub mod services;
 pub mod status;
 mod text;
 mod view;
@@ -90,6 +91,10 @@ pub struct Input {
     /// Secrets holding BGP passwords. A password whose secret or key is missing is left out
     /// (no `password` line), as confd does.
     pub secrets: Secrets,
+    /// Kubernetes Services (per-Service routes, see [`services`]).
+    pub services: Vec<services::Service>,
+    /// Kubernetes EndpointSlices (which nodes host a Service's endpoints).
+    pub endpoint_slices: Vec<services::EndpointSlice>,
 }
 
 /// Settings from the environment of confd.

@@ -46,6 +46,10 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     // Service ranges from the default BGPConfiguration, and a node excluded from them.
     ("service-ranges", "node-a", None),
     ("service-ranges", "node-x", None),
+    // Per-Service routes (confd's own test mesh/static-routes and its expected files):
+    // externalTrafficPolicy Local with an endpoint on the node, IPv6, a slice of the wrong
+    // family.
+    ("static-routes", "kube-master", None),
     // BGPFilters: matches, operations, peer types, long names, a missing filter.
     ("filters", "node-a", None),
     // Local workloads that are BGP peers (localWorkloadSelector, endpoint status files).
