@@ -462,6 +462,8 @@ impl Supervisor for RecordingSupervisor {
 
 /// How often the daemons are looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often changes seen by the Kubernetes watches (an in-memory counter) are looked at.
+pub const SIDE_POLL: Duration = Duration::from_millis(200);
 /// The first wait before a daemon that died is started again; it doubles up to
 /// [`MAX_BACKOFF`] while the daemon keeps dying within [`STABLE_RUN`] of its start.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -537,6 +539,11 @@ pub struct BgpManager<S> {
     last_check: Instant,
     /// Renderer warnings already logged.
     warned: BTreeSet<String>,
+    /// The Kubernetes API's Secrets, Services and EndpointSlices (with a kubeconfig).
+    side: Option<Box<dyn kube::SideInputs>>,
+    /// The side inputs' generation last rendered.
+    side_seen: u64,
+    last_apply: Instant,
 }
 
 impl<S: Supervisor> BgpManager<S> {
@@ -559,7 +566,19 @@ impl<S: Supervisor> BgpManager<S> {
             daemons: IpVersion::BOTH.map(Daemon::new),
             last_check: Instant::now(),
             warned: BTreeSet::new(),
+            side: None,
+            side_seen: 0,
+            last_apply: Instant::now(),
         }
+    }
+
+    /// Reads BGP password Secrets and the Services and EndpointSlices of per-Service routes
+    /// from `side` (the Kubernetes API, [`kube::KubeWatch`]), rendering again when they
+    /// change. Until every kind has been listed once nothing is rendered, as confd waits for
+    /// its route generator to sync.
+    pub fn set_side_inputs(&mut self, side: Box<dyn kube::SideInputs>) {
+        self.side = Some(side);
+        self.dirty = true;
     }
 
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash`; `None`: the node's IPv4 address.
@@ -597,6 +616,16 @@ impl<S: Supervisor> BgpManager<S> {
     fn render(&mut self, store: &dyn Datastore, now: Instant) {
         self.dirty = false;
         self.retry = None;
+        if let Some(side) = &self.side {
+            self.side_seen = side.generation();
+            if !side.synced() {
+                self.config_problem = Some(
+                    "waiting for the Kubernetes API (Secrets, Services, EndpointSlices)".into(),
+                );
+                self.retry = Some(now + SIDE_POLL);
+                return;
+            }
+        }
         self.renders += 1;
         let mut input = match input_from(self.resources.values().cloned(), store) {
             Ok(i) => i,
@@ -615,6 +644,9 @@ impl<S: Supervisor> BgpManager<S> {
                     .display()
             )],
         };
+        if let Some(side) = &self.side {
+            warnings.extend(side.add_to(&mut input));
+        }
         let opts = Options {
             node_name: self.node.clone(),
             router_id: self.router_id.clone(),
@@ -824,13 +856,21 @@ impl<S: Supervisor> Manager for BgpManager<S> {
         if !self.active {
             return None;
         }
-        let next = self.last_check + CHECK_INTERVAL;
+        let mut next = self.last_check + CHECK_INTERVAL;
+        if self.side.is_some() {
+            // Changes seen by the Kubernetes watches are picked up this often.
+            next = next.min(self.last_apply + SIDE_POLL);
+        }
         Some(self.retry.map_or(next, |r| r.min(next)))
     }
 
     fn apply(&mut self, store: &dyn Datastore, now: Instant) -> Result<(), Error> {
         if !self.active {
             return Ok(());
+        }
+        self.last_apply = now;
+        if let Some(side) = &self.side {
+            self.dirty |= side.generation() != self.side_seen;
         }
         if self.dirty || self.retry.is_some_and(|r| now >= r) {
             self.render(store, now);
@@ -840,6 +880,8 @@ impl<S: Supervisor> Manager for BgpManager<S> {
         Ok(())
     }
 }
+
+pub mod kube;
 
 #[cfg(test)]
 mod tests;

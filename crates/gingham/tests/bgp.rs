@@ -15,6 +15,8 @@ fn gingham(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("NODENAME")
         .env_remove("CALICO_ROUTER_ID")
+        .env_remove("KUBECONFIG")
+        .env_remove("NAMESPACE")
         // Not this machine's endpoint status files.
         .env(
             "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
@@ -194,4 +196,204 @@ fn bgp_render_reads_bgp_filters_from_the_datastore() {
     assert_same_files(&out, &case.join("node-a"));
     let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
     assert!(bird.contains("# v4 BGPFilter "), "{bird}");
+}
+
+/// A Kubernetes API double over an in-memory store, on a runtime of its own, with a
+/// kubeconfig for it.
+struct Kube {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    _server: gingham_kubeapi::RunningApiServer,
+}
+
+impl Kube {
+    fn start(dir: &Path) -> Kube {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: std::sync::Arc<dyn gingham_datastore::Datastore> =
+            std::sync::Arc::new(gingham_datastore::mem::MemStore::new());
+        let server = rt
+            .block_on(gingham_kubeapi::ApiServer::start(
+                store,
+                "127.0.0.1:0".parse().unwrap(),
+            ))
+            .unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        let client = rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            kube::Client::try_from(cfg).unwrap()
+        });
+        Kube {
+            rt,
+            client,
+            kubeconfig,
+            _server: server,
+        }
+    }
+
+    /// Creates (or replaces) a Kubernetes object given as JSON.
+    fn put(&self, doc: &serde_json::Value) {
+        use kube::api::{Api, DynamicObject, Patch, PatchParams};
+        use kube::discovery::ApiResource;
+        let api_version = doc["apiVersion"].as_str().unwrap();
+        let kind = doc["kind"].as_str().unwrap();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let plural = match kind {
+            "Service" => "services",
+            "EndpointSlice" => "endpointslices",
+            "Secret" => "secrets",
+            k => panic!("kind {k}"),
+        };
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
+        self.rt
+            .block_on(api.patch(
+                &name,
+                &PatchParams::apply("gingham-test").force(),
+                &Patch::Apply(doc),
+            ))
+            .unwrap_or_else(|e| panic!("{kind} {ns}/{name}: {e}"));
+    }
+}
+
+/// Without -f, `bgp render --kubeconfig` reads what confd reads from the Kubernetes API
+/// whatever the datastore: the Services and EndpointSlices of per-Service routes (confd's own
+/// mesh/static-routes test, its expected files) and the Secrets of BGP passwords (kube-system).
+#[test]
+fn bgp_render_reads_services_and_secrets_from_the_kubernetes_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    let case = cases().join("static-routes");
+    let docs =
+        gingham_model::parse_documents(&std::fs::read_to_string(case.join("input.yaml")).unwrap())
+            .unwrap();
+    let (calico, k8s): (Vec<_>, Vec<_>) = docs
+        .into_iter()
+        .partition(|d| d["apiVersion"] == "projectcalico.org/v3");
+    // Calico resources in the datastore (block affinities as IPAM stores them), Kubernetes
+    // objects in the API server.
+    let mut stored = String::new();
+    let mut affinities = Vec::new();
+    for d in &calico {
+        if d["kind"] == "BlockAffinity" {
+            let state = d["spec"]["state"].as_str().unwrap_or("").to_string();
+            affinities.push((d["spec"]["cidr"].as_str().unwrap().to_string(), state));
+        } else {
+            stored.push_str(&format!("---\n{d}\n"));
+        }
+    }
+    let calico_file = tmp.path().join("calico.yaml");
+    std::fs::write(&calico_file, stored).unwrap();
+    ok(&gingham(
+        &[
+            "apply",
+            "--datastore",
+            &ds,
+            "-f",
+            calico_file.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    {
+        use gingham_datastore::Datastore;
+        let store = gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+        for (cidr, state) in affinities {
+            let key = gingham_ipam::stored::affinity_key("kube-master", &cidr.parse().unwrap());
+            store
+                .create(&key, format!("{{\"state\":\"{state}\"}}").as_bytes())
+                .unwrap();
+        }
+    }
+    let kube = Kube::start(tmp.path());
+    for d in &k8s {
+        kube.put(d);
+    }
+    let kc = kube.kubeconfig.to_str().unwrap().to_string();
+    let out = tmp.path().join("confd");
+    let with_api = ["--datastore", ds.as_str(), "--kubeconfig", kc.as_str()];
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    assert_same_files(&out, &case.join("kube-master"));
+
+    // The endpoint moves to kube-node-1: kube-master no longer advertises service-1.
+    let mut moved = k8s
+        .iter()
+        .find(|d| d["metadata"]["name"] == "service-1-def")
+        .unwrap()
+        .clone();
+    moved["endpoints"][0]["nodeName"] = "kube-node-1".into();
+    kube.put(&moved);
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    let aggr = std::fs::read_to_string(out.join("bird_aggr.cfg")).unwrap();
+    assert!(!aggr.contains("10.101.0.101/32"), "{aggr}");
+    assert!(aggr.contains("route 10.101.0.0/16 blackhole;"), "{aggr}");
+
+    // A peer whose password is in a Secret of kube-system.
+    let peer = tmp.path().join("peer.yaml");
+    std::fs::write(
+        &peer,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\n\
+         spec: {peerIP: 10.192.0.100, asNumber: 64513, password: {secretKeyRef: {name: bgp-passwords, key: tor}}}\n",
+    )
+    .unwrap();
+    ok(&gingham(
+        &["apply", "--datastore", &ds, "-f", peer.to_str().unwrap()],
+        &[],
+    ));
+    let pw_line = "  password \"s3cr3t\";";
+    // No Secret yet: no password line, and a warning.
+    let o = render(Some("kube-master"), &with_api, &out, &[]);
+    ok(&o);
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(bird.contains("protocol bgp Global_10_192_0_100"), "{bird}");
+    assert!(!bird.contains("password"), "{bird}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("BGPPeer tor: the password secret is missing"),
+        "{err}"
+    );
+    kube.put(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp-passwords", "namespace": "kube-system"},
+        "data": {"tor": "czNjcjN0"},
+    }));
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(bird.contains(pw_line), "{bird}");
+    // Another namespace's Secret of that name is not read; NAMESPACE names Calico's.
+    ok(&render(
+        Some("kube-master"),
+        &with_api,
+        &out,
+        &[("NAMESPACE", "calico-system")],
+    ));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(!bird.contains("password"), "{bird}");
+    // Without a kubeconfig: no Kubernetes objects, as before.
+    ok(&render(
+        Some("kube-master"),
+        &["--datastore", &ds],
+        &out,
+        &[],
+    ));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(!bird.contains("password"), "{bird}");
+    let aggr6 = std::fs::read_to_string(out.join("bird6_aggr.cfg")).unwrap();
+    assert!(aggr6.contains("route fd00:96::/112 blackhole;"), "{aggr6}");
+    assert!(!aggr6.contains("fd00:96::28"), "{aggr6}");
 }

@@ -43,6 +43,11 @@ pub struct AgentArgs {
     /// workloads BGPPeers with a localWorkloadSelector peer with. Default: the run directory.
     #[arg(long, env = gingham_bgp::ENDPOINT_STATUS_PREFIX_ENV)]
     pub endpoint_status_prefix: Option<std::path::PathBuf>,
+    /// A kubeconfig for the Kubernetes API, read as confd reads it whatever the datastore:
+    /// BGP password Secrets (namespace `NAMESPACE`, default kube-system) and the Services and
+    /// EndpointSlices of per-Service routes, watched. Unset: none of them.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
@@ -65,6 +70,13 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
             .clone()
             .unwrap_or_else(|| config.run_dir.clone()),
     );
+    if let Some(path) = &args.kubeconfig
+        && args.networking == Networking::Bird
+    {
+        let ns = gingham_agent::bgp::kube::secrets_namespace();
+        let watch = gingham_agent::bgp::kube::KubeWatch::start(path, &ns)?;
+        agent.bgp.set_side_inputs(Box::new(watch));
+    }
     if args.health_port != 0 && !args.once {
         agent.health.serve(args.health_port)?;
     }
