@@ -1,6 +1,8 @@
 //! `gingham bgp render`: from files and from the datastore, NODENAME and CALICO_ROUTER_ID,
 //! and bad input. The expected text is the renderer's table of cases (crates/bgp/tests/data).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -198,80 +200,6 @@ fn bgp_render_reads_bgp_filters_from_the_datastore() {
     assert!(bird.contains("# v4 BGPFilter "), "{bird}");
 }
 
-/// A Kubernetes API double over an in-memory store, on a runtime of its own, with a
-/// kubeconfig for it.
-struct Kube {
-    rt: tokio::runtime::Runtime,
-    client: kube::Client,
-    kubeconfig: PathBuf,
-    _server: gingham_kubeapi::RunningApiServer,
-}
-
-impl Kube {
-    fn start(dir: &Path) -> Kube {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let store: std::sync::Arc<dyn gingham_datastore::Datastore> =
-            std::sync::Arc::new(gingham_datastore::mem::MemStore::new());
-        let server = rt
-            .block_on(gingham_kubeapi::ApiServer::start(
-                store,
-                "127.0.0.1:0".parse().unwrap(),
-            ))
-            .unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        let client = rt.block_on(async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .unwrap();
-            kube::Client::try_from(cfg).unwrap()
-        });
-        Kube {
-            rt,
-            client,
-            kubeconfig,
-            _server: server,
-        }
-    }
-
-    /// Creates (or replaces) a Kubernetes object given as JSON.
-    fn put(&self, doc: &serde_json::Value) {
-        use kube::api::{Api, DynamicObject, Patch, PatchParams};
-        use kube::discovery::ApiResource;
-        let api_version = doc["apiVersion"].as_str().unwrap();
-        let kind = doc["kind"].as_str().unwrap();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let plural = match kind {
-            "Service" => "services",
-            "EndpointSlice" => "endpointslices",
-            "Secret" => "secrets",
-            k => panic!("kind {k}"),
-        };
-        let ar = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: api_version.into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
-        let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
-        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
-        self.rt
-            .block_on(api.patch(
-                &name,
-                &PatchParams::apply("gingham-test").force(),
-                &Patch::Apply(doc),
-            ))
-            .unwrap_or_else(|e| panic!("{kind} {ns}/{name}: {e}"));
-    }
-}
-
 /// Without -f, `bgp render --kubeconfig` reads what confd reads from the Kubernetes API
 /// whatever the datastore: the Services and EndpointSlices of per-Service routes (confd's own
 /// mesh/static-routes test, its expected files) and the Secrets of BGP passwords (kube-system).
@@ -320,9 +248,13 @@ fn bgp_render_reads_services_and_secrets_from_the_kubernetes_api() {
                 .unwrap();
         }
     }
-    let kube = Kube::start(tmp.path());
+    let kube = common::KubeApi::start(
+        std::sync::Arc::new(gingham_datastore::mem::MemStore::new()),
+        tmp.path(),
+        "api",
+    );
     for d in &k8s {
-        kube.put(d);
+        kube.apply(d);
     }
     let kc = kube.kubeconfig.to_str().unwrap().to_string();
     let out = tmp.path().join("confd");
@@ -337,7 +269,7 @@ fn bgp_render_reads_services_and_secrets_from_the_kubernetes_api() {
         .unwrap()
         .clone();
     moved["endpoints"][0]["nodeName"] = "kube-node-1".into();
-    kube.put(&moved);
+    kube.apply(&moved);
     ok(&render(Some("kube-master"), &with_api, &out, &[]));
     let aggr = std::fs::read_to_string(out.join("bird_aggr.cfg")).unwrap();
     assert!(!aggr.contains("10.101.0.101/32"), "{aggr}");
@@ -367,7 +299,7 @@ fn bgp_render_reads_services_and_secrets_from_the_kubernetes_api() {
         err.contains("BGPPeer tor: the password secret is missing"),
         "{err}"
     );
-    kube.put(&serde_json::json!({
+    kube.apply(&serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "bgp-passwords", "namespace": "kube-system"},
         "data": {"tor": "czNjcjN0"},

@@ -705,74 +705,13 @@ impl Drop for Killed {
     }
 }
 
-/// Writes Kubernetes objects through an API double of its own on the host's loopback, over
-/// the SQLite datastore the nodes' API server (in the underlay) serves too.
-struct KubeWriter {
-    rt: tokio::runtime::Runtime,
-    client: kube::Client,
-    _server: gingham_kubeapi::RunningApiServer,
-}
-
-impl KubeWriter {
-    fn start(db: &Path, dir: &Path) -> KubeWriter {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let store: std::sync::Arc<dyn gingham_datastore::Datastore> =
-            std::sync::Arc::new(gingham_datastore_sqlite::SqliteStore::open(db).unwrap());
-        let server = rt
-            .block_on(gingham_kubeapi::ApiServer::start(
-                store,
-                "127.0.0.1:0".parse().unwrap(),
-            ))
-            .unwrap();
-        let kc = dir.join("writer.kubeconfig");
-        server.write_kubeconfig(&kc).unwrap();
-        let client = rt.block_on(gingham_agent::bgp::kube::client(&kc)).unwrap();
-        KubeWriter {
-            rt,
-            client,
-            _server: server,
-        }
-    }
-
-    /// Creates or replaces the object (server-side apply).
-    fn apply(&self, doc: serde_json::Value) {
-        use kube::api::{Api, DynamicObject, Patch, PatchParams};
-        use kube::discovery::ApiResource;
-        let api_version = doc["apiVersion"].as_str().unwrap().to_string();
-        let kind = doc["kind"].as_str().unwrap().to_string();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-        let ar = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: api_version.clone(),
-            kind: kind.clone(),
-            plural: format!("{}s", kind.to_lowercase()),
-        };
-        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
-        let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
-            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
-            None => Api::all_with(self.client.clone(), &ar),
-        };
-        self.rt
-            .block_on(api.patch(
-                &name,
-                &PatchParams::apply("bgp-agent-test").force(),
-                &Patch::Apply(&doc),
-            ))
-            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
-    }
-
-    fn mesh_password(&self, namespace: &str, password: &str) {
-        self.apply(serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "bgp", "namespace": namespace},
-            "stringData": {"mesh": password},
-        }));
-    }
+/// A Secret `bgp` in `namespace` whose key `mesh` is `password`.
+fn mesh_password(kube: &common::KubeApi, namespace: &str, password: &str) {
+    kube.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp", "namespace": namespace},
+        "stringData": {"mesh": password},
+    }));
 }
 
 /// With a kubeconfig, the agents read what confd reads from the Kubernetes API: the mesh
@@ -806,13 +745,18 @@ spec:
     underlay.exec_ok(&["ip", "addr", "add", "10.77.0.254/24", "dev", "br0"]);
     underlay.exec_ok(&["ip", "link", "set", "br0", "up"]);
 
-    // The Kubernetes API the nodes see, in the underlay; the test writes through its own.
-    let kube = KubeWriter::start(&db, tmp.path());
+    // The Kubernetes API the nodes see, in the underlay; the test writes through its own,
+    // over the same SQLite datastore.
+    let kube = common::KubeApi::start(
+        std::sync::Arc::new(gingham_datastore_sqlite::SqliteStore::open(&db).unwrap()),
+        tmp.path(),
+        "writer",
+    );
     for ns in ["calico-a", "calico-b"] {
-        kube.apply(serde_json::json!({
+        kube.apply(&serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
         }));
-        kube.mesh_password(ns, "r1ght");
+        mesh_password(&kube, ns, "r1ght");
     }
     let kubeconfig = tmp.path().join("nodes.kubeconfig");
     let _apiserver = Killed(
@@ -873,13 +817,13 @@ spec:
     assert!(cfg(&a).contains("  password \"r1ght\";"), "{}", cfg(&a));
 
     // A Service with its endpoint on node-b: node-a's BIRD learns its /32 from node-b.
-    kube.apply(serde_json::json!({
+    kube.apply(&serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
                  "clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
     }));
-    kube.apply(serde_json::json!({
+    kube.apply(&serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "web-1", "namespace": "default",
                      "labels": {"kubernetes.io/service-name": "web"}},
@@ -912,7 +856,7 @@ spec:
     );
 
     // node-b's Secret changes: its BIRD gets the other password and the session goes down.
-    kube.mesh_password("calico-b", "wr0ng");
+    mesh_password(&kube, "calico-b", "wr0ng");
     wait_until(
         Duration::from_secs(30),
         "node-b rendering the new password",
@@ -937,7 +881,7 @@ spec:
         std::thread::sleep(Duration::from_millis(500));
     }
     // The same password again: the mesh comes back.
-    kube.mesh_password("calico-b", "r1ght");
+    mesh_password(&kube, "calico-b", "r1ght");
     wait_until(
         Duration::from_secs(60),
         "the mesh back with the same password",
