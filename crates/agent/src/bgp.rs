@@ -517,6 +517,8 @@ pub struct BgpManager<S> {
     /// BIRD runs only with the `bird` networking backend.
     active: bool,
     router_id: Option<String>,
+    /// `CALICO_K8S_NODE_REF`: the node's name in the Kubernetes API.
+    k8s_node_ref: Option<String>,
     /// Where endpoint status files are (`<prefix>/endpoint-status/`).
     endpoint_status_prefix: PathBuf,
     supervisor: S,
@@ -553,6 +555,7 @@ impl<S: Supervisor> BgpManager<S> {
             node: config.node.clone(),
             active: config.networking == Networking::Bird,
             router_id: None,
+            k8s_node_ref: None,
             endpoint_status_prefix: config.run_dir.clone(),
             supervisor,
             resources: BTreeMap::new(),
@@ -584,6 +587,13 @@ impl<S: Supervisor> BgpManager<S> {
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash`; `None`: the node's IPv4 address.
     pub fn set_router_id(&mut self, router_id: Option<String>) {
         self.router_id = router_id.filter(|r| !r.is_empty());
+        self.dirty = true;
+    }
+
+    /// `CALICO_K8S_NODE_REF`: the node's name in the Kubernetes API (EndpointSlices'
+    /// `nodeName`), when it differs from the Calico node's.
+    pub fn set_k8s_node_ref(&mut self, name: Option<String>) {
+        self.k8s_node_ref = name.filter(|n| !n.is_empty());
         self.dirty = true;
     }
 
@@ -650,6 +660,7 @@ impl<S: Supervisor> BgpManager<S> {
         let opts = Options {
             node_name: self.node.clone(),
             router_id: self.router_id.clone(),
+            k8s_node_ref: self.k8s_node_ref.clone(),
         };
         let rendered = match gingham_bgp::render(&input, &opts) {
             Ok(r) => r,

@@ -12,6 +12,7 @@ fn opts(node: &str) -> Options {
     Options {
         node_name: node.into(),
         router_id: None,
+        k8s_node_ref: None,
     }
 }
 
@@ -469,4 +470,19 @@ fn a_bad_endpoint_slice_names_its_field() {
             && e[0].contains("valid: IPv4, IPv6, FQDN"),
         "{e:?}"
     );
+}
+
+#[test]
+fn calico_k8s_node_ref_names_the_node_in_endpoint_slices() {
+    // The slice says the endpoint is on "kube-n1", the Calico node is n1.
+    let y = with_service(&LOCAL_WEB.replace("nodeName: n1", "nodeName: kube-n1"));
+    assert_eq!(
+        service_statics(&y, "n1"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+    let mut o = opts("n1");
+    o.k8s_node_ref = Some("kube-n1".into());
+    let aggr = render(&input(&y), &o).unwrap();
+    let aggr = aggr.file("bird_aggr.cfg").unwrap();
+    assert!(aggr.contains("   route 10.96.0.10/32 blackhole;"), "{aggr}");
 }

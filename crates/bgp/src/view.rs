@@ -170,6 +170,8 @@ pub(crate) struct BirdConfig {
 /// confd's view of the datastore, for one node.
 pub(crate) struct View<'a> {
     me: String,
+    /// The node's name in the Kubernetes API (`CALICO_K8S_NODE_REF`, else `me`).
+    pub(crate) k8s_node: String,
     hosts: BTreeMap<String, Host>,
     global: Option<&'a BgpConfiguration>,
     node_cfg: Option<&'a BgpConfiguration>,
@@ -311,6 +313,7 @@ impl<'a> View<'a> {
 
         let mut v = View {
             me: me.to_string(),
+            k8s_node: me.to_string(),
             hosts,
             global,
             node_cfg,
@@ -833,7 +836,7 @@ impl<'a> View<'a> {
         keys.extend(key_set(crate::services::service_routes(
             self.services,
             self.endpoint_slices,
-            &self.me,
+            &self.k8s_node,
             excluded,
             &ranges,
         )));

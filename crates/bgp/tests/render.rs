@@ -80,6 +80,7 @@ fn render_case(case: &str, node: &str, router_id: Option<&str>) -> Rendered {
     let opts = Options {
         node_name: node.to_string(),
         router_id: router_id.map(str::to_string),
+        k8s_node_ref: None,
     };
     gingham_bgp::render(&input, &opts).unwrap_or_else(|e| panic!("{case}/{node}: {e}"))
 }

@@ -48,6 +48,10 @@ pub struct RenderArgs {
     /// that Kubernetes API, as confd reads them whatever the datastore.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The node's name in the Kubernetes API, when it differs from the Calico node's: the
+    /// EndpointSlices' `nodeName` that makes a Service's endpoint local.
+    #[arg(long, env = gingham_bgp::K8S_NODE_REF_ENV)]
+    pub k8s_node_ref: Option<String>,
 }
 
 pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
@@ -73,6 +77,7 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
     let opts = Options {
         node_name: a.node.clone(),
         router_id: a.router_id.clone(),
+        k8s_node_ref: a.k8s_node_ref.clone(),
     };
     let rendered = gingham_bgp::render(&input, &opts)?;
     for w in &rendered.warnings {

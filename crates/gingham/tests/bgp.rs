@@ -19,6 +19,7 @@ fn gingham(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("CALICO_ROUTER_ID")
         .env_remove("KUBECONFIG")
         .env_remove("NAMESPACE")
+        .env_remove("CALICO_K8S_NODE_REF")
         // Not this machine's endpoint status files.
         .env(
             "CALICO_ENDPOINT_STATUS_PATH_PREFIX",

@@ -216,6 +216,7 @@ fn start_node_with(
         .env_remove("CALICO_ROUTER_ID")
         .env_remove("KUBECONFIG")
         .env_remove("NAMESPACE")
+        .env_remove("CALICO_K8S_NODE_REF")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())

@@ -48,6 +48,10 @@ pub struct AgentArgs {
     /// EndpointSlices of per-Service routes, watched. Unset: none of them.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// The node's name in the Kubernetes API, when it differs from the Calico node's: the
+    /// EndpointSlices' `nodeName` that makes a Service's endpoint local.
+    #[arg(long, env = gingham_bgp::K8S_NODE_REF_ENV)]
+    pub k8s_node_ref: Option<String>,
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
@@ -65,6 +69,7 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         .routes
         .set_mtu_file(gingham_agent::mtu::file_in(&config.run_dir));
     agent.bgp.set_router_id(args.router_id.clone());
+    agent.bgp.set_k8s_node_ref(args.k8s_node_ref.clone());
     agent.set_endpoint_status_prefix(
         args.endpoint_status_prefix
             .clone()
