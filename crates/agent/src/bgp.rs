@@ -16,6 +16,12 @@
 //! protocols, the kernel protocol with `persist`): a BIRD that crashes leaves its routes in the
 //! kernel and its peers keep the routes they learned from it while it comes back.
 //!
+//! With a kubeconfig (`--kubeconfig`/`KUBECONFIG`) the manager also reads what confd reads
+//! from the Kubernetes API whatever the datastore ([`kube::KubeWatch`], set with
+//! [`BgpManager::set_side_inputs`]): the Secrets holding BGP passwords (namespace `NAMESPACE`,
+//! default kube-system) and the Services and EndpointSlices of per-Service routes, watched;
+//! a change renders again. Nothing is rendered until they have been listed once.
+//!
 //! Processes and files are effects of a [`Supervisor`]: [`BirdSupervisor`] runs the real
 //! daemons, [`RecordingSupervisor`] keeps what was asked (for tests).
 
