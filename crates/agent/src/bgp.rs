@@ -16,6 +16,12 @@
 //! protocols, the kernel protocol with `persist`): a BIRD that crashes leaves its routes in the
 //! kernel and its peers keep the routes they learned from it while it comes back.
 //!
+//! With a kubeconfig (`--kubeconfig`/`KUBECONFIG`) the manager also reads what confd reads
+//! from the Kubernetes API whatever the datastore ([`kube::KubeWatch`], set with
+//! [`BgpManager::set_side_inputs`]): the Secrets holding BGP passwords (namespace `NAMESPACE`,
+//! default kube-system) and the Services and EndpointSlices of per-Service routes, watched;
+//! a change renders again. Nothing is rendered until they have been listed once.
+//!
 //! Processes and files are effects of a [`Supervisor`]: [`BirdSupervisor`] runs the real
 //! daemons, [`RecordingSupervisor`] keeps what was asked (for tests).
 
@@ -462,6 +468,8 @@ impl Supervisor for RecordingSupervisor {
 
 /// How often the daemons are looked at.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often changes seen by the Kubernetes watches (an in-memory counter) are looked at.
+pub const SIDE_POLL: Duration = Duration::from_millis(200);
 /// The first wait before a daemon that died is started again; it doubles up to
 /// [`MAX_BACKOFF`] while the daemon keeps dying within [`STABLE_RUN`] of its start.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -515,6 +523,8 @@ pub struct BgpManager<S> {
     /// BIRD runs only with the `bird` networking backend.
     active: bool,
     router_id: Option<String>,
+    /// `CALICO_K8S_NODE_REF`: the node's name in the Kubernetes API.
+    k8s_node_ref: Option<String>,
     /// Where endpoint status files are (`<prefix>/endpoint-status/`).
     endpoint_status_prefix: PathBuf,
     supervisor: S,
@@ -537,6 +547,11 @@ pub struct BgpManager<S> {
     last_check: Instant,
     /// Renderer warnings already logged.
     warned: BTreeSet<String>,
+    /// The Kubernetes API's Secrets, Services and EndpointSlices (with a kubeconfig).
+    side: Option<Box<dyn kube::SideInputs>>,
+    /// The side inputs' generation last rendered.
+    side_seen: u64,
+    last_apply: Instant,
 }
 
 impl<S: Supervisor> BgpManager<S> {
@@ -546,6 +561,7 @@ impl<S: Supervisor> BgpManager<S> {
             node: config.node.clone(),
             active: config.networking == Networking::Bird,
             router_id: None,
+            k8s_node_ref: None,
             endpoint_status_prefix: config.run_dir.clone(),
             supervisor,
             resources: BTreeMap::new(),
@@ -559,12 +575,31 @@ impl<S: Supervisor> BgpManager<S> {
             daemons: IpVersion::BOTH.map(Daemon::new),
             last_check: Instant::now(),
             warned: BTreeSet::new(),
+            side: None,
+            side_seen: 0,
+            last_apply: Instant::now(),
         }
+    }
+
+    /// Reads BGP password Secrets and the Services and EndpointSlices of per-Service routes
+    /// from `side` (the Kubernetes API, [`kube::KubeWatch`]), rendering again when they
+    /// change. Until every kind has been listed once nothing is rendered, as confd waits for
+    /// its route generator to sync.
+    pub fn set_side_inputs(&mut self, side: Box<dyn kube::SideInputs>) {
+        self.side = Some(side);
+        self.dirty = true;
     }
 
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash`; `None`: the node's IPv4 address.
     pub fn set_router_id(&mut self, router_id: Option<String>) {
         self.router_id = router_id.filter(|r| !r.is_empty());
+        self.dirty = true;
+    }
+
+    /// `CALICO_K8S_NODE_REF`: the node's name in the Kubernetes API (EndpointSlices'
+    /// `nodeName`), when it differs from the Calico node's.
+    pub fn set_k8s_node_ref(&mut self, name: Option<String>) {
+        self.k8s_node_ref = name.filter(|n| !n.is_empty());
         self.dirty = true;
     }
 
@@ -597,6 +632,16 @@ impl<S: Supervisor> BgpManager<S> {
     fn render(&mut self, store: &dyn Datastore, now: Instant) {
         self.dirty = false;
         self.retry = None;
+        if let Some(side) = &self.side {
+            self.side_seen = side.generation();
+            if !side.synced() {
+                self.config_problem = Some(
+                    "waiting for the Kubernetes API (Secrets, Services, EndpointSlices)".into(),
+                );
+                self.retry = Some(now + SIDE_POLL);
+                return;
+            }
+        }
         self.renders += 1;
         let mut input = match input_from(self.resources.values().cloned(), store) {
             Ok(i) => i,
@@ -615,9 +660,13 @@ impl<S: Supervisor> BgpManager<S> {
                     .display()
             )],
         };
+        if let Some(side) = &self.side {
+            warnings.extend(side.add_to(&mut input));
+        }
         let opts = Options {
             node_name: self.node.clone(),
             router_id: self.router_id.clone(),
+            k8s_node_ref: self.k8s_node_ref.clone(),
         };
         let rendered = match gingham_bgp::render(&input, &opts) {
             Ok(r) => r,
@@ -824,13 +873,21 @@ impl<S: Supervisor> Manager for BgpManager<S> {
         if !self.active {
             return None;
         }
-        let next = self.last_check + CHECK_INTERVAL;
+        let mut next = self.last_check + CHECK_INTERVAL;
+        if self.side.is_some() {
+            // Changes seen by the Kubernetes watches are picked up this often.
+            next = next.min(self.last_apply + SIDE_POLL);
+        }
         Some(self.retry.map_or(next, |r| r.min(next)))
     }
 
     fn apply(&mut self, store: &dyn Datastore, now: Instant) -> Result<(), Error> {
         if !self.active {
             return Ok(());
+        }
+        self.last_apply = now;
+        if let Some(side) = &self.side {
+            self.dirty |= side.generation() != self.side_seen;
         }
         if self.dirty || self.retry.is_some_and(|r| now >= r) {
             self.render(store, now);
@@ -840,6 +897,8 @@ impl<S: Supervisor> Manager for BgpManager<S> {
         Ok(())
     }
 }
+
+pub mod kube;
 
 #[cfg(test)]
 mod tests;

@@ -16,14 +16,15 @@
 //! BGPFilters, and the `text` module writes the files.
 //!
 //! Where confd's result depends on Go map order (two BGPPeers emitting the same peering), the
-//! BGPPeer first in name order wins here. Not rendered yet: per-Service /32 routes (they need
-//! Kubernetes Services and EndpointSlices); the ranges of the default BGPConfiguration are.
+//! BGPPeer first in name order wins here. Per-Service /32 and /128 routes come from the
+//! Kubernetes Services and EndpointSlices in the input, as confd's route generator makes them.
 //!
 //! This crate does no I/O: the caller reads files or the datastore ([`load`] turns resource text
 //! into [`Input`]), writes the output and runs `bird -p -c` on it.
 
 pub mod filter;
 pub mod load;
+pub mod services;
 pub mod status;
 mod text;
 mod view;
@@ -34,6 +35,9 @@ use gingham_model::{BgpConfiguration, BgpFilter, BgpPeer, BlockAffinity, IpPool,
 
 /// The environment variable that sets the router id (confd's).
 pub const ROUTER_ID_ENV: &str = "CALICO_ROUTER_ID";
+/// The environment variable naming the node in the Kubernetes API when it differs from the
+/// Calico node's name (confd's route generator matches EndpointSlices' `nodeName` with it).
+pub const K8S_NODE_REF_ENV: &str = "CALICO_K8S_NODE_REF";
 /// The environment variable naming where endpoint status files are (confd's and felix's).
 pub const ENDPOINT_STATUS_PREFIX_ENV: &str = "CALICO_ENDPOINT_STATUS_PATH_PREFIX";
 
@@ -90,6 +94,10 @@ pub struct Input {
     /// Secrets holding BGP passwords. A password whose secret or key is missing is left out
     /// (no `password` line), as confd does.
     pub secrets: Secrets,
+    /// Kubernetes Services (per-Service routes, see [`services`]).
+    pub services: Vec<services::Service>,
+    /// Kubernetes EndpointSlices (which nodes host a Service's endpoints).
+    pub endpoint_slices: Vec<services::EndpointSlice>,
 }
 
 /// Settings from the environment of confd.
@@ -100,6 +108,9 @@ pub struct Options {
     /// `CALICO_ROUTER_ID`: an IPv4 address, or `hash` for an id derived from the node name.
     /// Unset: the node's IPv4 address.
     pub router_id: Option<String>,
+    /// `CALICO_K8S_NODE_REF`: the node's name in the Kubernetes API, which EndpointSlices'
+    /// `nodeName` is compared with. Unset: the node name.
+    pub k8s_node_ref: Option<String>,
 }
 
 /// The rendered files.
@@ -150,7 +161,10 @@ pub fn render(input: &Input, opts: &Options) -> Result<Rendered, RenderError> {
         return Err(RenderError::NoNodeName);
     }
     let mut warnings = Vec::new();
-    let v = view::View::build(input, &opts.node_name, &mut warnings)?;
+    let mut v = view::View::build(input, &opts.node_name, &mut warnings)?;
+    if let Some(r) = opts.k8s_node_ref.as_deref().filter(|r| !r.is_empty()) {
+        v.k8s_node = r.to_string();
+    }
     let router_id = match opts.router_id.as_deref() {
         None | Some("") => None,
         Some("hash") => Some(hash_to_ipv4(&opts.node_name)),

@@ -1,5 +1,6 @@
 //! Reading renderer input from resource text: Calico v3 resources (through the model's loader,
-//! BGPFilters and BlockAffinities included) and Kubernetes `v1` Secrets holding BGP passwords.
+//! BGPFilters and BlockAffinities included), Kubernetes `v1` Secrets holding BGP passwords, and
+//! `v1` Services and `discovery.k8s.io/v1` EndpointSlices for service advertisement.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,8 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         gingham_model::parse_documents(text).map_err(|e| vec![format!("{source_name}: {e}")])?;
     let mut errors = Vec::new();
     let mut secrets: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
     // Secrets are taken out here; the other documents go to the resource
     // loader in place (an empty list keeps the document numbers of its messages).
     let mut rest = Vec::with_capacity(docs.len());
@@ -41,6 +44,10 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
         let taken = match (api, kind) {
             ("v1", "Secret") => secret(&doc, &what).map(|s| secrets.push(s)),
+            ("v1", "Service") => crate::services::service(&doc, &what).map(|s| services.push(s)),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                crate::services::endpoint_slice(&doc, &what).map(|s| slices.push(s))
+            }
             _ => {
                 rest.push(doc);
                 continue;
@@ -69,6 +76,8 @@ pub fn add_text(input: &mut Input, source_name: &str, text: &str) -> Result<(), 
     for (name, data) in secrets {
         input.secrets.entry(name).or_default().extend(data);
     }
+    input.services.extend(services);
+    input.endpoint_slices.extend(slices);
     Ok(())
 }
 

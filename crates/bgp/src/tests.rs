@@ -12,6 +12,7 @@ fn opts(node: &str) -> Options {
     Options {
         node_name: node.into(),
         router_id: None,
+        k8s_node_ref: None,
     }
 }
 
@@ -294,4 +295,194 @@ fn deleted_and_pending_affinities_are_not_the_nodes_blocks() {
     assert!(aggr.contains("route 10.244.4.0/26 blackhole;"), "{aggr}");
     assert!(!aggr.contains("10.244.2.0"), "{aggr}");
     assert!(!aggr.contains("10.244.3.0"), "{aggr}");
+}
+
+/// The per-Service static routes `node` renders in bird_aggr.cfg (IPv4), in order.
+fn service_statics(yaml: &str, node: &str) -> Vec<String> {
+    let r = render(&input(yaml), &opts(node)).unwrap();
+    let aggr = r.file("bird_aggr.cfg").unwrap();
+    let after = aggr.split("# Static routes.").nth(1).unwrap_or("");
+    after
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("route "))
+        .filter_map(|l| l.strip_suffix(" blackhole;"))
+        .map(str::to_string)
+        .collect()
+}
+
+const SERVICE_CLUSTER: &str = "
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  serviceClusterIPs: [{cidr: 10.96.0.0/16}]
+  serviceExternalIPs: [{cidr: 203.0.113.0/24}, {cidr: 198.18.0.7/32}]
+  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}, {cidr: 192.0.2.9/32}]
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec: {bgp: {ipv4Address: 10.0.0.9/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n2}
+spec: {bgp: {ipv4Address: 10.0.0.10/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: nx
+  labels: {node.kubernetes.io/exclude-from-external-load-balancers: 'true'}
+spec: {bgp: {ipv4Address: 10.0.0.11/24}}
+";
+
+fn with_service(extra: &str) -> String {
+    format!("{SERVICE_CLUSTER}---\n{extra}")
+}
+
+const LOCAL_WEB: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  clusterIP: 10.96.0.10
+  externalIPs: [203.0.113.5, 192.168.7.7]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.3}, {ip: 172.31.0.1}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.0.5], nodeName: n1, conditions: {ready: true}}
+- {addresses: [10.244.0.6], nodeName: n2, conditions: {ready: false}}
+";
+
+#[test]
+fn local_services_are_advertised_by_nodes_with_a_ready_endpoint() {
+    let y = with_service(LOCAL_WEB);
+    // Cluster IP, the external IP inside serviceExternalIPs and the LoadBalancer IP inside
+    // serviceLoadBalancerIPs, each a /32 beside the ranges; the addresses outside are not.
+    assert_eq!(
+        service_statics(&y, "n1"),
+        [
+            "10.96.0.0/16",
+            "10.96.0.10/32",
+            "198.51.100.0/24",
+            "198.51.100.3/32",
+            "203.0.113.0/24",
+            "203.0.113.5/32"
+        ]
+    );
+    // n2's endpoint is not ready; nx is excluded from load balancers.
+    assert_eq!(
+        service_statics(&y, "n2"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+    assert!(service_statics(&y, "nx").is_empty());
+    // An endpoint in another namespace's slice of the same name does not count.
+    let other_ns = y.replace("namespace: shop, labels", "namespace: other, labels");
+    assert_eq!(
+        service_statics(&other_ns, "n1"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+}
+
+#[test]
+fn cluster_services_follow_aggregation_and_single_addresses() {
+    let cluster = LOCAL_WEB.replace(
+        "externalTrafficPolicy: Local",
+        "externalTrafficPolicy: Cluster",
+    );
+    // Aggregated (the default): the ranges stand for the Service, no /32.
+    let y = with_service(&cluster);
+    assert_eq!(
+        service_statics(&y, "n2"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+    // Aggregation disabled: every node advertises a Service with a ready endpoint anywhere
+    // (the LoadBalancer range itself is no longer advertised).
+    let y = with_service(&cluster).replace(
+        "  serviceClusterIPs:",
+        "  serviceLoadBalancerAggregation: Disabled\n  serviceClusterIPs:",
+    );
+    assert_eq!(
+        service_statics(&y, "n2"),
+        [
+            "10.96.0.0/16",
+            "10.96.0.10/32",
+            "198.51.100.3/32",
+            "203.0.113.0/24",
+            "203.0.113.5/32"
+        ]
+    );
+    // A LoadBalancer IP that is a single-address range: advertised from every node, even
+    // with aggregation and no local endpoint.
+    let single = cluster.replace("ip: 198.51.100.3", "ip: 192.0.2.9");
+    assert_eq!(
+        service_statics(&with_service(&single), "n2"),
+        [
+            "10.96.0.0/16",
+            "10.96.0.10/32",
+            "192.0.2.9/32",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "203.0.113.5/32"
+        ]
+    );
+    // No EndpointSlice at all: confd never looks at the Service.
+    let no_slices = single.split("---").next().unwrap().to_string();
+    assert_eq!(
+        service_statics(&with_service(&no_slices), "n2"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+}
+
+#[test]
+fn headless_and_external_name_services_are_never_advertised() {
+    for (from, to) in [
+        ("clusterIP: 10.96.0.10", "clusterIP: None"),
+        ("type: LoadBalancer", "type: ExternalName"),
+    ] {
+        let y = with_service(&LOCAL_WEB.replace(from, to));
+        assert_eq!(
+            service_statics(&y, "n1"),
+            ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"],
+            "{to}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_endpoint_slice_names_its_field() {
+    let mut i = Input::default();
+    let e = load::add_text(
+        &mut i,
+        "svc.yaml",
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv5\n",
+    )
+    .unwrap_err();
+    assert!(
+        e[0].contains("svc.yaml: document 1 (EndpointSlice default/s): addressType")
+            && e[0].contains("valid: IPv4, IPv6, FQDN"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn calico_k8s_node_ref_names_the_node_in_endpoint_slices() {
+    // The slice says the endpoint is on "kube-n1", the Calico node is n1.
+    let y = with_service(&LOCAL_WEB.replace("nodeName: n1", "nodeName: kube-n1"));
+    assert_eq!(
+        service_statics(&y, "n1"),
+        ["10.96.0.0/16", "198.51.100.0/24", "203.0.113.0/24"]
+    );
+    let mut o = opts("n1");
+    o.k8s_node_ref = Some("kube-n1".into());
+    let aggr = render(&input(&y), &o).unwrap();
+    let aggr = aggr.file("bird_aggr.cfg").unwrap();
+    assert!(aggr.contains("   route 10.96.0.10/32 blackhole;"), "{aggr}");
 }

@@ -170,6 +170,8 @@ pub(crate) struct BirdConfig {
 /// confd's view of the datastore, for one node.
 pub(crate) struct View<'a> {
     me: String,
+    /// The node's name in the Kubernetes API (`CALICO_K8S_NODE_REF`, else `me`).
+    pub(crate) k8s_node: String,
     hosts: BTreeMap<String, Host>,
     global: Option<&'a BgpConfiguration>,
     node_cfg: Option<&'a BgpConfiguration>,
@@ -189,6 +191,8 @@ pub(crate) struct View<'a> {
     filters: Vec<&'a BgpFilter>,
     /// Local workload peers in status file name order.
     local_workloads: Vec<&'a crate::LocalWorkload>,
+    services: &'a [crate::services::Service],
+    endpoint_slices: &'a [crate::services::EndpointSlice],
 }
 
 fn secret_value(secrets: &Secrets, pw: Option<&BgpPassword>) -> Option<String> {
@@ -309,6 +313,7 @@ impl<'a> View<'a> {
 
         let mut v = View {
             me: me.to_string(),
+            k8s_node: me.to_string(),
             hosts,
             global,
             node_cfg,
@@ -321,6 +326,8 @@ impl<'a> View<'a> {
             pools: input.ip_pools.iter().collect(),
             blocks,
             secrets: &input.secrets,
+            services: &input.services,
+            endpoint_slices: &input.endpoint_slices,
             local_workloads: {
                 let mut w: Vec<&crate::LocalWorkload> = input.local_workloads.iter().collect();
                 w.sort_by(|a, b| a.name.cmp(&b.name));
@@ -780,8 +787,8 @@ impl<'a> View<'a> {
     /// global routes): all cluster IP ranges, external IP and (with aggregation, the default)
     /// LoadBalancer IP ranges that are not single addresses. A node labelled
     /// `node.kubernetes.io/exclude-from-external-load-balancers=true` advertises none, but
-    /// still keeps them out of its kernel. Per-Service /32 routes need Services and
-    /// EndpointSlices and are not rendered.
+    /// still keeps them out of its kernel. Per-Service /32 and /128 routes (confd's route
+    /// generator, [`crate::services`]) join the ranges as static routes, not as reject CIDRs.
     fn service_routes(&self, version: u8) -> (Vec<String>, Vec<String>) {
         let Some(g) = self.global else {
             return (Vec::new(), Vec::new());
@@ -793,28 +800,48 @@ impl<'a> View<'a> {
                 .map(|n| n.to_string())
                 .collect()
         };
+        let aggregate = g.spec.service_load_balancer_aggregation.as_deref() != Some("Disabled");
         let mut all = cidrs(&g.spec.service_cluster_ips, false);
         all.extend(cidrs(&g.spec.service_external_ips, true));
-        if g.spec.service_load_balancer_aggregation.as_deref() != Some("Disabled") {
+        if aggregate {
             all.extend(cidrs(&g.spec.service_load_balancer_ips, true));
         }
         // Keyed as confd keys them: the CIDR with `-` for `/`, listed in key order.
-        let keys: BTreeSet<String> = all
-            .into_iter()
-            .filter(|c| c.contains(':') == (version == 6))
-            .map(|c| c.replacen('/', "-", 1))
-            .collect();
-        let routes: Vec<String> = keys.iter().map(|k| k.replacen('-', "/", 1)).collect();
+        let key_set = |list: Vec<String>| -> BTreeSet<String> {
+            list.into_iter()
+                .filter(|c| c.contains(':') == (version == 6))
+                .map(|c| c.replacen('/', "-", 1))
+                .collect()
+        };
+        let keys = key_set(all);
+        let rejects: Vec<String> = keys.iter().map(|k| k.replacen('-', "/", 1)).collect();
         let excluded = self
             .host()
             .labels
-            .get("node.kubernetes.io/exclude-from-external-load-balancers")
+            .get(crate::services::EXCLUDE_LABEL)
             .is_some_and(|v| v == "true");
         if excluded {
-            (Vec::new(), routes)
-        } else {
-            (routes.clone(), routes)
+            return (Vec::new(), rejects);
         }
+        let nets = |list: &[gingham_model::bgp::CidrBlock]| -> Vec<ipnet::IpNet> {
+            list.iter().filter_map(|b| b.cidr).collect()
+        };
+        let ranges = crate::services::Ranges {
+            cluster: !g.spec.service_cluster_ips.is_empty(),
+            external: nets(&g.spec.service_external_ips),
+            load_balancer: nets(&g.spec.service_load_balancer_ips),
+            aggregate,
+        };
+        let mut keys = keys;
+        keys.extend(key_set(crate::services::service_routes(
+            self.services,
+            self.endpoint_slices,
+            &self.k8s_node,
+            excluded,
+            &ranges,
+        )));
+        let routes = keys.iter().map(|k| k.replacen('-', "/", 1)).collect();
+        (routes, rejects)
     }
 
     fn peers(&self, c: &BirdConfig, version: u8, warnings: &mut Vec<String>) -> Vec<BirdPeer> {

@@ -46,6 +46,10 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     // Service ranges from the default BGPConfiguration, and a node excluded from them.
     ("service-ranges", "node-a", None),
     ("service-ranges", "node-x", None),
+    // Per-Service routes (confd's own test mesh/static-routes and its expected files):
+    // externalTrafficPolicy Local with an endpoint on the node, IPv6, a slice of the wrong
+    // family.
+    ("static-routes", "kube-master", None),
     // BGPFilters: matches, operations, peer types, long names, a missing filter.
     ("filters", "node-a", None),
     // Local workloads that are BGP peers (localWorkloadSelector, endpoint status files).
@@ -76,6 +80,7 @@ fn render_case(case: &str, node: &str, router_id: Option<&str>) -> Rendered {
     let opts = Options {
         node_name: node.to_string(),
         router_id: router_id.map(str::to_string),
+        k8s_node_ref: None,
     };
     gingham_bgp::render(&input, &opts).unwrap_or_else(|e| panic!("{case}/{node}: {e}"))
 }

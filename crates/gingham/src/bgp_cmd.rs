@@ -43,6 +43,15 @@ pub struct RenderArgs {
         default_value = gingham_agent::Config::DEFAULT_RUN_DIR
     )]
     pub endpoint_status_prefix: PathBuf,
+    /// A kubeconfig: without -f, BGP password Secrets (namespace `NAMESPACE`, default
+    /// kube-system) and the Services and EndpointSlices of per-Service routes are read from
+    /// that Kubernetes API, as confd reads them whatever the datastore.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's name in the Kubernetes API, when it differs from the Calico node's: the
+    /// EndpointSlices' `nodeName` that makes a Service's endpoint local.
+    #[arg(long, env = gingham_bgp::K8S_NODE_REF_ENV)]
+    pub k8s_node_ref: Option<String>,
 }
 
 pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
@@ -53,7 +62,11 @@ pub fn run(cmd: &BgpCmd, client: &dyn Fn() -> Result<gingham_api::Client>) -> Re
 
 fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
     let mut input = if a.files.is_empty() {
-        from_datastore(&client()?)?
+        let mut input = from_datastore(&client()?)?;
+        if let Some(path) = &a.kubeconfig {
+            from_kubernetes(path, &mut input)?;
+        }
+        input
     } else {
         match from_files(&a.files)? {
             Some(i) => i,
@@ -64,6 +77,7 @@ fn render(a: &RenderArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> R
     let opts = Options {
         node_name: a.node.clone(),
         router_id: a.router_id.clone(),
+        k8s_node_ref: a.k8s_node_ref.clone(),
     };
     let rendered = gingham_bgp::render(&input, &opts)?;
     for w in &rendered.warnings {
@@ -111,6 +125,24 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<()> {
 fn from_datastore(client: &gingham_api::Client) -> Result<Input> {
     gingham_agent::bgp::input_from_datastore(client.store().as_ref())
         .context("cannot read the BGP resources from the datastore")
+}
+
+/// Adds the Secrets, Services and EndpointSlices of the Kubernetes API the kubeconfig at
+/// `path` names.
+fn from_kubernetes(path: &Path, input: &mut Input) -> Result<()> {
+    use gingham_agent::bgp::kube;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for the Kubernetes API")?;
+    let objects = rt.block_on(async {
+        let client = kube::client(path).await?;
+        kube::KubeObjects::list(&client, &kube::secrets_namespace()).await
+    })?;
+    for w in objects.add_to(input) {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 /// Reads the files; on any error prints every problem and returns `None`.

@@ -1,6 +1,8 @@
 //! `gingham bgp render`: from files and from the datastore, NODENAME and CALICO_ROUTER_ID,
 //! and bad input. The expected text is the renderer's table of cases (crates/bgp/tests/data).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -15,6 +17,9 @@ fn gingham(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("NODENAME")
         .env_remove("CALICO_ROUTER_ID")
+        .env_remove("KUBECONFIG")
+        .env_remove("NAMESPACE")
+        .env_remove("CALICO_K8S_NODE_REF")
         // Not this machine's endpoint status files.
         .env(
             "CALICO_ENDPOINT_STATUS_PATH_PREFIX",
@@ -194,4 +199,134 @@ fn bgp_render_reads_bgp_filters_from_the_datastore() {
     assert_same_files(&out, &case.join("node-a"));
     let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
     assert!(bird.contains("# v4 BGPFilter "), "{bird}");
+}
+
+/// Without -f, `bgp render --kubeconfig` reads what confd reads from the Kubernetes API
+/// whatever the datastore: the Services and EndpointSlices of per-Service routes (confd's own
+/// mesh/static-routes test, its expected files) and the Secrets of BGP passwords (kube-system).
+#[test]
+fn bgp_render_reads_services_and_secrets_from_the_kubernetes_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("g.db").display());
+    let case = cases().join("static-routes");
+    let docs =
+        gingham_model::parse_documents(&std::fs::read_to_string(case.join("input.yaml")).unwrap())
+            .unwrap();
+    let (calico, k8s): (Vec<_>, Vec<_>) = docs
+        .into_iter()
+        .partition(|d| d["apiVersion"] == "projectcalico.org/v3");
+    // Calico resources in the datastore (block affinities as IPAM stores them), Kubernetes
+    // objects in the API server.
+    let mut stored = String::new();
+    let mut affinities = Vec::new();
+    for d in &calico {
+        if d["kind"] == "BlockAffinity" {
+            let state = d["spec"]["state"].as_str().unwrap_or("").to_string();
+            affinities.push((d["spec"]["cidr"].as_str().unwrap().to_string(), state));
+        } else {
+            stored.push_str(&format!("---\n{d}\n"));
+        }
+    }
+    let calico_file = tmp.path().join("calico.yaml");
+    std::fs::write(&calico_file, stored).unwrap();
+    ok(&gingham(
+        &[
+            "apply",
+            "--datastore",
+            &ds,
+            "-f",
+            calico_file.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    {
+        use gingham_datastore::Datastore;
+        let store = gingham_datastore_sqlite::SqliteStore::open(tmp.path().join("g.db")).unwrap();
+        for (cidr, state) in affinities {
+            let key = gingham_ipam::stored::affinity_key("kube-master", &cidr.parse().unwrap());
+            store
+                .create(&key, format!("{{\"state\":\"{state}\"}}").as_bytes())
+                .unwrap();
+        }
+    }
+    let kube = common::KubeApi::start(
+        std::sync::Arc::new(gingham_datastore::mem::MemStore::new()),
+        tmp.path(),
+        "api",
+    );
+    for d in &k8s {
+        kube.apply(d);
+    }
+    let kc = kube.kubeconfig.to_str().unwrap().to_string();
+    let out = tmp.path().join("confd");
+    let with_api = ["--datastore", ds.as_str(), "--kubeconfig", kc.as_str()];
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    assert_same_files(&out, &case.join("kube-master"));
+
+    // The endpoint moves to kube-node-1: kube-master no longer advertises service-1.
+    let mut moved = k8s
+        .iter()
+        .find(|d| d["metadata"]["name"] == "service-1-def")
+        .unwrap()
+        .clone();
+    moved["endpoints"][0]["nodeName"] = "kube-node-1".into();
+    kube.apply(&moved);
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    let aggr = std::fs::read_to_string(out.join("bird_aggr.cfg")).unwrap();
+    assert!(!aggr.contains("10.101.0.101/32"), "{aggr}");
+    assert!(aggr.contains("route 10.101.0.0/16 blackhole;"), "{aggr}");
+
+    // A peer whose password is in a Secret of kube-system.
+    let peer = tmp.path().join("peer.yaml");
+    std::fs::write(
+        &peer,
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: tor}\n\
+         spec: {peerIP: 10.192.0.100, asNumber: 64513, password: {secretKeyRef: {name: bgp-passwords, key: tor}}}\n",
+    )
+    .unwrap();
+    ok(&gingham(
+        &["apply", "--datastore", &ds, "-f", peer.to_str().unwrap()],
+        &[],
+    ));
+    let pw_line = "  password \"s3cr3t\";";
+    // No Secret yet: no password line, and a warning.
+    let o = render(Some("kube-master"), &with_api, &out, &[]);
+    ok(&o);
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(bird.contains("protocol bgp Global_10_192_0_100"), "{bird}");
+    assert!(!bird.contains("password"), "{bird}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("BGPPeer tor: the password secret is missing"),
+        "{err}"
+    );
+    kube.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp-passwords", "namespace": "kube-system"},
+        "data": {"tor": "czNjcjN0"},
+    }));
+    ok(&render(Some("kube-master"), &with_api, &out, &[]));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(bird.contains(pw_line), "{bird}");
+    // Another namespace's Secret of that name is not read; NAMESPACE names Calico's.
+    ok(&render(
+        Some("kube-master"),
+        &with_api,
+        &out,
+        &[("NAMESPACE", "calico-system")],
+    ));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(!bird.contains("password"), "{bird}");
+    // Without a kubeconfig: no Kubernetes objects, as before.
+    ok(&render(
+        Some("kube-master"),
+        &["--datastore", &ds],
+        &out,
+        &[],
+    ));
+    let bird = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+    assert!(!bird.contains("password"), "{bird}");
+    let aggr6 = std::fs::read_to_string(out.join("bird6_aggr.cfg")).unwrap();
+    assert!(aggr6.contains("route fd00:96::/112 blackhole;"), "{aggr6}");
+    assert!(!aggr6.contains("fd00:96::28"), "{aggr6}");
 }

@@ -179,6 +179,18 @@ fn block_of(ip: &str) -> String {
 }
 
 fn start_node(tmp: &Path, ds: &str, underlay: &TestNetns, name: &str, i: u8) -> Node {
+    start_node_with(tmp, ds, underlay, name, i, &[])
+}
+
+/// [`start_node`] with more environment for the agent.
+fn start_node_with(
+    tmp: &Path,
+    ds: &str,
+    underlay: &TestNetns,
+    name: &str,
+    i: u8,
+    env: &[(&str, &str)],
+) -> Node {
     let ns = TestNetns::new("bgpn");
     let ip = format!("10.77.0.{i}");
     // A default route (proxy ARP for the pods' gateway needs one), toward the bridge.
@@ -202,6 +214,10 @@ fn start_node(tmp: &Path, ds: &str, underlay: &TestNetns, name: &str, i: u8) -> 
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("CALICO_NETWORKING_BACKEND")
         .env_remove("CALICO_ROUTER_ID")
+        .env_remove("KUBECONFIG")
+        .env_remove("NAMESPACE")
+        .env_remove("CALICO_K8S_NODE_REF")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -678,4 +694,199 @@ fn sys_without_bird_on_path_the_agent_says_which_package() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
+}
+
+/// A process killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Secret `bgp` in `namespace` whose key `mesh` is `password`.
+fn mesh_password(kube: &common::KubeApi, namespace: &str, password: &str) {
+    kube.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp", "namespace": namespace},
+        "stringData": {"mesh": password},
+    }));
+}
+
+/// With a kubeconfig, the agents read what confd reads from the Kubernetes API: the mesh
+/// password from a Secret (each node from its `NAMESPACE`), and a Service whose
+/// externalTrafficPolicy is Local is advertised as a /32 by the node hosting its endpoint
+/// only. Matching passwords establish the mesh; a changed Secret on one side breaks it, and
+/// putting it back restores it.
+#[test]
+fn sys_agents_read_passwords_and_services_from_the_kubernetes_api() {
+    gingham_testkit::require_root();
+    for tool in ["ip", "nft", "bird", "bird6", "birdc"] {
+        gingham_testkit::require_tool(tool);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    let mut calico = cluster(&[("node-a", "10.77.0.1"), ("node-b", "10.77.0.2")]);
+    calico.push_str(
+        "---
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  serviceClusterIPs: [{cidr: 10.96.0.0/16}]
+  nodeMeshPassword: {secretKeyRef: {name: bgp, key: mesh}}
+",
+    );
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&calico));
+    let underlay = TestNetns::new("bgpu");
+    underlay.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    underlay.exec_ok(&["ip", "addr", "add", "10.77.0.254/24", "dev", "br0"]);
+    underlay.exec_ok(&["ip", "link", "set", "br0", "up"]);
+
+    // The Kubernetes API the nodes see, in the underlay; the test writes through its own,
+    // over the same SQLite datastore.
+    let kube = common::KubeApi::start(
+        std::sync::Arc::new(gingham_datastore_sqlite::SqliteStore::open(&db).unwrap()),
+        tmp.path(),
+        "writer",
+    );
+    for ns in ["calico-a", "calico-b"] {
+        kube.apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+        }));
+        mesh_password(&kube, ns, "r1ght");
+    }
+    let kubeconfig = tmp.path().join("nodes.kubeconfig");
+    let _apiserver = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                underlay.name(),
+                env!("CARGO_BIN_EXE_gingham"),
+            ])
+            .args(["--datastore", &ds, "lab", "apiserver"])
+            .args(["--listen", "10.77.0.254:6443", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env_remove("GINGHAM_DATASTORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the API server's kubeconfig",
+        String::new,
+        || kubeconfig.exists(),
+    );
+    let kc = kubeconfig.to_str().unwrap();
+    let a = start_node_with(
+        tmp.path(),
+        &ds,
+        &underlay,
+        "node-a",
+        1,
+        &[("KUBECONFIG", kc), ("NAMESPACE", "calico-a")],
+    );
+    let b = start_node_with(
+        tmp.path(),
+        &ds,
+        &underlay,
+        "node-b",
+        2,
+        &[("KUBECONFIG", kc), ("NAMESPACE", "calico-b")],
+    );
+    let logs = || format!("node-a:\n{}\nnode-b:\n{}", a.agent_log(), b.agent_log());
+    let cfg = |n: &Node| {
+        std::fs::read_to_string(
+            gingham_agent::bgp::BirdSupervisor::config_dir(&n.run_dir).join("bird.cfg"),
+        )
+        .unwrap_or_default()
+    };
+
+    // The same password on both sides: the mesh comes up, with MD5 on its sessions.
+    wait_until(
+        Duration::from_secs(60),
+        "the mesh Established with the password from the Secrets",
+        || format!("{}\n{}", a.status(), logs()),
+        || a.established(&b.ip) && b.established(&a.ip),
+    );
+    assert!(cfg(&a).contains("  password \"r1ght\";"), "{}", cfg(&a));
+
+    // A Service with its endpoint on node-b: node-a's BIRD learns its /32 from node-b.
+    kube.apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                 "clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+    }));
+    kube.apply(&serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [b.pod_ip.clone()], "nodeName": "node-b"}],
+    }));
+    let bird_route = |n: &Node, prefix: &str| {
+        n.exec_ok(&format!(
+            "birdc -s {} show route {prefix} all",
+            n.run_dir.join("bird.ctl").display()
+        ))
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "node-a learning 10.96.0.10/32 from node-b",
+        || format!("{}\n{}", bird_route(&a, "10.96.0.10/32"), logs()),
+        || bird_route(&a, "10.96.0.10/32").contains(&format!("via {} on up0", b.ip)),
+    );
+    // node-a has no endpoint: it does not advertise the /32 itself (only the range).
+    assert!(!cfg(&a).contains("10.96.0.10"), "{}", cfg(&a));
+    let aggr_a = std::fs::read_to_string(
+        gingham_agent::bgp::BirdSupervisor::config_dir(&a.run_dir).join("bird_aggr.cfg"),
+    )
+    .unwrap();
+    assert!(!aggr_a.contains("10.96.0.10/32"), "{aggr_a}");
+    assert!(
+        bird_route(&b, "10.96.0.10/32").contains("static"),
+        "{}",
+        bird_route(&b, "10.96.0.10/32")
+    );
+
+    // node-b's Secret changes: its BIRD gets the other password and the session goes down.
+    mesh_password(&kube, "calico-b", "wr0ng");
+    wait_until(
+        Duration::from_secs(30),
+        "node-b rendering the new password",
+        logs,
+        || cfg(&b).contains("  password \"wr0ng\";"),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the mesh down with different passwords",
+        || format!("{}\n{}", a.status(), b.status()),
+        || !a.established(&b.ip) && !b.established(&a.ip),
+    );
+    // It stays down for as long as it took to come up at first and more (BIRD retries every
+    // few seconds; MD5 makes the kernel drop every attempt).
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        assert!(
+            !a.established(&b.ip),
+            "established with different passwords:\n{}",
+            a.status()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The same password again: the mesh comes back.
+    mesh_password(&kube, "calico-b", "r1ght");
+    wait_until(
+        Duration::from_secs(60),
+        "the mesh back with the same password",
+        || format!("{}\n{}\n{}", a.status(), b.status(), logs()),
+        || a.established(&b.ip) && b.established(&a.ip),
+    );
 }

@@ -564,3 +564,164 @@ fn local_workload_peers_come_from_the_endpoint_status_files_the_agent_writes() {
         "the session went with the workload"
     );
 }
+
+/// The Kubernetes API double on a runtime of its own, and a client of it.
+struct KubeApi {
+    rt: tokio::runtime::Runtime,
+    client: kube::Client,
+    kubeconfig: std::path::PathBuf,
+    _server: gingham_kubeapi::RunningApiServer,
+    _dir: tempfile::TempDir,
+}
+
+impl KubeApi {
+    fn start() -> KubeApi {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store: std::sync::Arc<dyn Datastore> = std::sync::Arc::new(MemStore::new());
+        let server = rt
+            .block_on(gingham_kubeapi::ApiServer::start(
+                store,
+                "127.0.0.1:0".parse().expect("addr"),
+            ))
+            .expect("API server");
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let client = rt
+            .block_on(super::kube::client(&kubeconfig))
+            .expect("client");
+        KubeApi {
+            rt,
+            client,
+            kubeconfig,
+            _server: server,
+            _dir: dir,
+        }
+    }
+
+    /// Creates or replaces `obj` (server-side apply).
+    fn apply<K>(&self, obj: &K)
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        let ns = obj
+            .meta()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = obj.meta().name.clone().expect("name");
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), &ns);
+        let pp = kube::api::PatchParams::apply("agent-test").force();
+        self.rt
+            .block_on(api.patch(&name, &pp, &kube::api::Patch::Apply(obj)))
+            .expect("applied");
+    }
+}
+
+fn k8s<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+    serde_json::from_value(v).expect("a valid Kubernetes object")
+}
+
+/// Steps the agent until `cond` holds of the installed files (each step waits for the agent's
+/// work, at most 100 ms; the watches deliver asynchronously).
+fn step_until(
+    agent: &mut TestAgent,
+    store: &dyn Datastore,
+    what: &str,
+    cond: impl Fn(&TestAgent) -> bool,
+) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        agent
+            .step(store, Duration::from_millis(100))
+            .expect("steps");
+        if agent.bgp.installed().is_some() && cond(agent) {
+            return;
+        }
+    }
+    panic!(
+        "{what}: not within 20 s; installed bird.cfg:\n{}",
+        agent
+            .bgp
+            .installed()
+            .map(|_| installed_cfg(agent))
+            .unwrap_or_default()
+    );
+}
+
+/// With a kubeconfig the manager reads the mesh password from a Secret of kube-system and the
+/// Services and EndpointSlices of per-Service routes from the Kubernetes API, and renders again
+/// when any of them changes.
+#[test]
+fn kubernetes_secrets_services_and_slices_are_watched() {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let api = KubeApi::start();
+    let store = cluster();
+    put(
+        &store,
+        &one(
+            "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec:\n  serviceClusterIPs: [{cidr: 10.96.0.0/16}]\n  nodeMeshPassword: {secretKeyRef: {name: bgp, key: mesh}}\n",
+        ),
+    );
+    let mut agent = agent(Networking::Bird);
+    let watch = super::kube::KubeWatch::start(&api.kubeconfig, "kube-system").expect("watching");
+    agent.bgp.set_side_inputs(Box::new(watch));
+    agent.start(&store).expect("starts");
+    step_until(&mut agent, &store, "first configuration", |a| {
+        installed_aggr(a).contains("route 10.96.0.0/16 blackhole;")
+    });
+    assert!(!installed_cfg(&agent).contains("password"));
+
+    api.apply::<Secret>(&k8s(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp", "namespace": "kube-system"},
+        "stringData": {"mesh": "m3sh"},
+    })));
+    step_until(&mut agent, &store, "the mesh password", |a| {
+        installed_cfg(a).contains("  password \"m3sh\";")
+    });
+
+    let slice = |node: &str| -> EndpointSlice {
+        k8s(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "nodeName": node}],
+        }))
+    };
+    api.apply::<Service>(&k8s(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                 "clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+    })));
+    api.apply(&slice(NODE));
+    step_until(&mut agent, &store, "the Service's /32", |a| {
+        installed_aggr(a).contains("route 10.96.0.10/32 blackhole;")
+    });
+    // The endpoint moves to node-b: the route is withdrawn here.
+    api.apply(&slice("node-b"));
+    step_until(&mut agent, &store, "the /32 withdrawn", |a| {
+        !installed_aggr(a).contains("10.96.0.10/32")
+    });
+    // The password changes: rendered again.
+    api.apply::<Secret>(&k8s(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp", "namespace": "kube-system"},
+        "stringData": {"mesh": "n3w"},
+    })));
+    step_until(&mut agent, &store, "the new password", |a| {
+        installed_cfg(a).contains("  password \"n3w\";")
+    });
+}

@@ -43,6 +43,15 @@ pub struct AgentArgs {
     /// workloads BGPPeers with a localWorkloadSelector peer with. Default: the run directory.
     #[arg(long, env = gingham_bgp::ENDPOINT_STATUS_PREFIX_ENV)]
     pub endpoint_status_prefix: Option<std::path::PathBuf>,
+    /// A kubeconfig for the Kubernetes API, read as confd reads it whatever the datastore:
+    /// BGP password Secrets (namespace `NAMESPACE`, default kube-system) and the Services and
+    /// EndpointSlices of per-Service routes, watched. Unset: none of them.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The node's name in the Kubernetes API, when it differs from the Calico node's: the
+    /// EndpointSlices' `nodeName` that makes a Service's endpoint local.
+    #[arg(long, env = gingham_bgp::K8S_NODE_REF_ENV)]
+    pub k8s_node_ref: Option<String>,
 }
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
@@ -60,11 +69,19 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         .routes
         .set_mtu_file(gingham_agent::mtu::file_in(&config.run_dir));
     agent.bgp.set_router_id(args.router_id.clone());
+    agent.bgp.set_k8s_node_ref(args.k8s_node_ref.clone());
     agent.set_endpoint_status_prefix(
         args.endpoint_status_prefix
             .clone()
             .unwrap_or_else(|| config.run_dir.clone()),
     );
+    if let Some(path) = &args.kubeconfig
+        && args.networking == Networking::Bird
+    {
+        let ns = gingham_agent::bgp::kube::secrets_namespace();
+        let watch = gingham_agent::bgp::kube::KubeWatch::start(path, &ns)?;
+        agent.bgp.set_side_inputs(Box::new(watch));
+    }
     if args.health_port != 0 && !args.once {
         agent.health.serve(args.health_port)?;
     }

@@ -192,6 +192,11 @@ pub(super) fn start_agent(exe: &Path, dir: &Path, state: &State, node: &NodeStat
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("CALICO_NETWORKING_BACKEND")
         .env_remove("GINGHAM_RUN_DIR")
+        // The user's Kubernetes cluster is not the lab's: its Secrets and Services are not
+        // read by the lab's BIRD.
+        .env_remove("KUBECONFIG")
+        .env_remove(gingham_agent::bgp::kube::NAMESPACE_ENV)
+        .env_remove(gingham_bgp::K8S_NODE_REF_ENV)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

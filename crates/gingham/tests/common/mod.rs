@@ -559,3 +559,74 @@ pub fn down_leaves_nothing(lab: &TestLab) {
         Vec::<String>::new()
     );
 }
+
+/// The Kubernetes API double (gingham-kubeapi) on 127.0.0.1 over `store`, on a runtime of its
+/// own, with a kubeconfig for it and a kube-rs client.
+pub struct KubeApi {
+    pub rt: tokio::runtime::Runtime,
+    pub client: kube::Client,
+    pub kubeconfig: std::path::PathBuf,
+    _server: gingham_kubeapi::RunningApiServer,
+}
+
+impl KubeApi {
+    /// Serves `store`; the kubeconfig is written in `dir` as `<name>.kubeconfig`.
+    pub fn start(
+        store: std::sync::Arc<dyn gingham_datastore::Datastore>,
+        dir: &Path,
+        name: &str,
+    ) -> KubeApi {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt
+            .block_on(gingham_kubeapi::ApiServer::start(
+                store,
+                "127.0.0.1:0".parse().unwrap(),
+            ))
+            .unwrap();
+        let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        let client = rt
+            .block_on(gingham_agent::bgp::kube::client(&kubeconfig))
+            .unwrap();
+        KubeApi {
+            rt,
+            client,
+            kubeconfig,
+            _server: server,
+        }
+    }
+
+    /// Creates or replaces a Kubernetes object given as JSON (server-side apply); the
+    /// resource's plural is its kind's, lower case, with an `s`.
+    pub fn apply(&self, doc: &serde_json::Value) {
+        use kube::api::{Api, DynamicObject, Patch, PatchParams};
+        use kube::discovery::ApiResource;
+        let api_version = doc["apiVersion"].as_str().unwrap().to_string();
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+        let ar = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: api_version.clone(),
+            kind: kind.clone(),
+            plural: format!("{}s", kind.to_lowercase()),
+        };
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None if kind == "Namespace" => Api::all_with(self.client.clone(), &ar),
+            None => Api::namespaced_with(self.client.clone(), "default", &ar),
+        };
+        self.rt
+            .block_on(api.patch(
+                &name,
+                &PatchParams::apply("gingham-test").force(),
+                &Patch::Apply(doc),
+            ))
+            .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+    }
+}
