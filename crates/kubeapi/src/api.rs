@@ -600,6 +600,7 @@ impl Api {
         validate(res, &name, &obj)?;
         prepare_create(res, &mut obj)?;
         typed::check(res, &mut obj, strict)?;
+        fold_string_data(res, &mut obj);
         if let Some(ns) = namespace
             && res.namespaced
         {
@@ -757,6 +758,7 @@ impl Api {
             let mut merged = prepare_update(&t.res, &cur_obj, new, t.status)?;
             validate(&t.res, name, &merged)?;
             typed::check(&t.res, &mut merged, t.strict)?;
+            fold_string_data(&t.res, &mut merged);
             if merged == cur_obj || dry_run {
                 return Ok(merged);
             }
@@ -1309,6 +1311,30 @@ fn validate_crd(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError>
         );
     }
     Ok(())
+}
+
+/// A Secret's `stringData` is write-only: kube-apiserver folds it into `data` (base64, its
+/// values winning over `data`'s for the same key) and never stores or returns it.
+fn fold_string_data(res: &Resource, obj: &mut Value) {
+    use base64::Engine as _;
+    if res.custom || res.group != "" || res.plural != "secrets" {
+        return;
+    }
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = o.remove("stringData") else {
+        return;
+    };
+    let data = o.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (k, v) in strings {
+        if let Some(text) = v.as_str() {
+            data[k.as_str()] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
 }
 
 /// What kube-apiserver's strategies and admission set when an object is created.

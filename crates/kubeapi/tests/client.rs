@@ -1139,3 +1139,49 @@ async fn the_metadata_api_lists_and_watches_partial_objects() {
         }
     }
 }
+
+/// A Secret's `stringData` is folded into `data` on create and on patch, and never stored or
+/// returned, as kube-apiserver does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secrets_string_data_is_folded_into_data() {
+    use k8s_openapi::api::core::v1::Secret;
+    let env = start().await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), "kube-system");
+    let s: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "bgp"},
+        "data": {"kept": "a2VwdA==", "pw": "b2xk"},
+        "stringData": {"pw": "s3cret"},
+    }))
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    let data = |s: &Secret, k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    assert_eq!(data(&created, "pw").as_deref(), Some("s3cret"));
+    assert_eq!(data(&created, "kept").as_deref(), Some("kept"));
+    assert!(created.string_data.is_none(), "{created:?}");
+    let stored = env
+        .store
+        .get("/registry/core/secrets/kube-system/bgp")
+        .unwrap()
+        .expect("stored");
+    assert!(
+        !String::from_utf8_lossy(&stored.value).contains("stringData"),
+        "stringData is never stored"
+    );
+
+    let patched = secrets
+        .patch(
+            "bgp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"pw": "new"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(data(&patched, "pw").as_deref(), Some("new"));
+    assert!(patched.string_data.is_none());
+}

@@ -103,11 +103,7 @@ impl KubeObjects {
         for s in &self.secrets {
             let name = s.metadata.name.clone().unwrap_or_default();
             let entry = input.secrets.entry(name.clone()).or_default();
-            // An API server folds stringData into data on writes; taken as well in case one
-            // hands it back.
-            for (k, v) in s.string_data.iter().flatten() {
-                entry.insert(k.clone(), v.clone());
-            }
+            // stringData is write-only: the API server folds it into data.
             for (k, v) in s.data.iter().flatten() {
                 match String::from_utf8(v.0.clone()) {
                     Ok(text) => {
