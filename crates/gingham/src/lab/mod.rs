@@ -10,6 +10,7 @@
 //! `lab down` cleans up after a crash too.
 
 mod apiserver;
+mod kube;
 mod pods;
 mod probe;
 mod servers;
@@ -128,11 +129,18 @@ pub enum LabCmd {
     Wait(WaitArgs),
     /// Remove everything the lab made.
     Down(DirArgs),
+    /// Print the path of the lab's kubeconfig (a lab with `spec.kubernetes: true`):
+    /// `kubectl --kubeconfig "$(gingham lab kubeconfig)" get pods -A`. The API is served on
+    /// 127.0.0.1 in this host's namespace and in every node's, so the same file works there.
+    Kubeconfig(DirArgs),
     /// Serve the Kubernetes API test double in the foreground, over the datastore
     /// (`--datastore`): kubectl and kube-rs clients work against it (discovery, get, list,
     /// watch, create, update, patch, server-side apply, delete, CRDs). Objects are stored under
     /// `/registry/`; a resourceVersion is the datastore revision.
     Apiserver(apiserver::ApiserverArgs),
+    /// (internal) The kubelet's share of the lab's nodes (`spec.kubernetes: true`).
+    #[command(hide = true)]
+    Kubelet(DirArgs),
     /// (internal) The server a pod runs on its declared ports.
     #[command(hide = true)]
     Serve(ServeArgs),
@@ -338,6 +346,8 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::RestartAgent(a) => restart_agent(a),
         LabCmd::Wait(a) => servers::wait(a),
         LabCmd::Down(a) => down(&a.dir),
+        LabCmd::Kubeconfig(a) => kube::kubeconfig(a),
+        LabCmd::Kubelet(a) => kube::kubelet(a),
         LabCmd::Apiserver(a) => apiserver::run(a, datastore),
         LabCmd::Serve(a) => servers::serve(a),
         LabCmd::Connect(a) => probe::connect(a),
@@ -407,6 +417,14 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         next += 1;
         n
     };
+    // With Kubernetes, its objects go through the lab's API (checked here all the same).
+    let kube_objects = if plan.kubernetes {
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule);
+        all_docs = docs;
+        objects
+    } else {
+        Vec::new()
+    };
     let Some(inputs) = load_inputs(all_docs, &mut schedule, &[]) else {
         eprintln!("nothing was made");
         return Ok(Exit::UserError);
@@ -425,7 +443,15 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     save_state(dir, &state)?;
     // From here on, a failure leaves state that `lab down` cleans.
-    if let Err(e) = build(dir, &mut state, &client, &plan, &inputs, start_agents) {
+    let built = build(dir, &mut state, &client, &plan, &inputs, start_agents).and_then(|()| {
+        if plan.kubernetes {
+            kube::apply(dir, kube_objects)?;
+            // The kubelet added the pods.
+            state = load_state(dir)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = built {
         eprintln!("lab up failed: {e:#}");
         eprintln!("cleaning up what was made");
         let _ = down(dir);
@@ -546,6 +572,9 @@ fn build(
             state.nodes[i].agent_pid = Some(pid);
             save_state(dir, state)?;
         }
+    }
+    if plan.kubernetes {
+        kube::start(dir, state)?;
     }
     // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
     for r in resources {
@@ -676,6 +705,9 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
 /// Removes everything recorded in the state, in reverse order, tolerating what is already gone.
 fn down(dir: &Path) -> Result<Exit> {
     let dir = &lab_dir(dir)?;
+    if load_state(dir)?.kubernetes.is_some() {
+        kube::stop_kubelet(dir)?;
+    }
     let state = load_state(dir)?;
     let exe = self_exe()?;
     let mut problems = Vec::new();
@@ -714,6 +746,9 @@ fn down(dir: &Path) -> Result<Exit> {
     if let Some(r) = &state.router {
         r.bird_pid.iter().for_each(kill);
     }
+    if let Some(k) = &state.kubernetes {
+        kube::stop(dir, k);
+    }
     if let Some(pid) = &state.proxy_pid {
         kill(pid);
         let _ = std::fs::remove_file(dir.join("etcd-proxy.log"));
@@ -749,4 +784,23 @@ fn down(dir: &Path) -> Result<Exit> {
     let _ = std::fs::remove_dir(dir);
     println!("lab {} removed", state.name);
     Ok(Exit::Ok)
+}
+
+/// Takes the Kubernetes objects out of the documents (they go through the lab's API), with
+/// every Pod scheduled; checks them as the lab checks documents without Kubernetes. Returns
+/// the objects and the documents that are left.
+#[allow(clippy::type_complexity)]
+fn split_kubernetes(
+    all_docs: Vec<(String, Vec<Value>)>,
+    schedule: &mut dyn FnMut() -> String,
+) -> (Vec<Value>, Vec<(String, Vec<Value>)>) {
+    let mut objects = Vec::new();
+    let mut rest = Vec::new();
+    for (name, mut docs) in all_docs {
+        let mut mine = kube::split_kubernetes(&mut docs);
+        kube::prepare_pods(&mut mine, schedule);
+        objects.extend(mine);
+        rest.push((name, docs));
+    }
+    (objects, rest)
 }
