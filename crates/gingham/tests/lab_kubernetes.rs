@@ -1,0 +1,405 @@
+//! The lab as a small Kubernetes (`spec.kubernetes: true`), driven by `kubectl`: NetworkPolicies,
+//! pod and namespace labels, namespace deletion and the v1beta1 DefaultDeny annotation reach
+//! the datastore through `gingham kube-controllers`, and real packets follow; pods made and
+//! deleted with `kubectl` get (and lose) a namespace, an address and their status through the
+//! lab's kubelet. System tests: root, iproute2, nftables, kubectl.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{TestLab, down_leaves_nothing, lab_state, lab_up, ok_in, try_outcome, wait_until};
+
+const SPEC: &str = "{nodes: [node-a, node-b], kubernetes: true}";
+
+/// Two namespaces: `shop` with a web pod and a client, `other` with an intruder (labelled as a
+/// client too) and an api pod.
+const DOCS: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.244.0.0/16, blockSize: 26}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: other}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: web, namespace: shop, labels: {app: web}}
+  spec: {containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: client, namespace: shop, labels: {role: client}}
+  spec: {containers: [{name: c, image: busybox}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: intruder, namespace: other, labels: {role: client}}
+  spec: {containers: [{name: i, image: busybox}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: api, namespace: other, labels: {app: api}}
+  spec: {containers: [{name: a, image: nginx, ports: [{containerPort: 80}]}]}
+";
+
+/// Only clients of its own namespace may reach the web pod.
+const POLICY: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-clients, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 80}]
+";
+
+fn require() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("ip");
+    gingham_testkit::require_tool("kubectl");
+}
+
+fn up(prefix: &str) -> (TestLab, String) {
+    let lab = lab_up(prefix, SPEC, DOCS);
+    let kubeconfig = ok_in(&["lab", "kubeconfig", "--dir", &lab.dir], None)
+        .trim()
+        .to_owned();
+    assert!(
+        Path::new(&kubeconfig).exists(),
+        "lab kubeconfig printed {kubeconfig}"
+    );
+    (lab, kubeconfig)
+}
+
+/// Runs kubectl against the lab's API, failing the test unless it succeeds; its output.
+fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A stored Calico resource as JSON (`gingham get KIND [-n NS] NAME -o json`), or why not.
+fn get(
+    lab: &TestLab,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<serde_json::Value, String> {
+    let mut args = vec!["get", kind, name, "-o", "json", "--datastore", &lab.ds];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    let out = common::gingham_in(&args, None);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// The labels of pod `ns/name`'s WorkloadEndpoint.
+fn endpoint_labels(lab: &TestLab, ns: &str, pod: &str) -> serde_json::Value {
+    let out = ok_in(
+        &["get", "wep", "-n", ns, "-o", "json", "--datastore", &lab.ds],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let items = v["items"].as_array().cloned().unwrap_or_else(|| vec![v]);
+    items
+        .into_iter()
+        .find(|w| w["spec"]["pod"] == pod)
+        .map(|w| w["metadata"]["labels"].clone())
+        .unwrap_or_else(|| panic!("no endpoint of {ns}/{pod} in {out}"))
+}
+
+/// Waits until the agents have programmed everything written so far, then tries one TCP
+/// connection with real packets.
+fn outcome(lab: &TestLab, from: &str, to: &str, port: u16) -> String {
+    common::wait_programmed(&lab.dir);
+    try_outcome(&lab.dir, from, to, "TCP", port)
+}
+
+#[test]
+fn sys_kubectl_network_policy_and_pod_labels_are_enforced() {
+    require();
+    let (lab, kc) = up("k");
+    // Every pod Running with the address the lab gave it.
+    let pods: serde_json::Value =
+        serde_json::from_str(&kubectl(&kc, &["get", "pods", "-A", "-o", "json"], None)).unwrap();
+    let state = lab_state(&lab.dir);
+    for p in pods["items"].as_array().unwrap() {
+        let key = format!(
+            "{}/{}",
+            p["metadata"]["namespace"].as_str().unwrap(),
+            p["metadata"]["name"].as_str().unwrap()
+        );
+        let ip = state["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                format!(
+                    "{}/{}",
+                    s["namespace"].as_str().unwrap(),
+                    s["name"].as_str().unwrap()
+                ) == key
+            })
+            .map(|s| s["ip"].clone())
+            .unwrap_or_else(|| panic!("the lab does not run {key}"));
+        assert_eq!(p["status"]["phase"], "Running", "{key}: {p}");
+        assert_eq!(p["status"]["podIP"], ip, "{key}");
+        assert_eq!(p["status"]["podIPs"][0]["ip"], ip, "{key}");
+    }
+    assert_eq!(pods["items"].as_array().unwrap().len(), 4);
+
+    assert_eq!(outcome(&lab, "shop/client", "shop/web", 80), "connected");
+    assert_eq!(outcome(&lab, "other/intruder", "shop/web", 80), "connected");
+
+    kubectl(&kc, &["apply", "-f", "-"], Some(POLICY));
+    let applied = Instant::now();
+    loop {
+        if get(
+            &lab,
+            "networkpolicy",
+            Some("shop"),
+            "knp.default.web-from-clients",
+        )
+        .is_ok()
+        {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(1),
+            "knp.default.web-from-clients not in the datastore 1 s after kubectl apply"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(outcome(&lab, "shop/client", "shop/web", 80), "connected");
+    assert_eq!(outcome(&lab, "other/intruder", "shop/web", 80), "no-answer");
+
+    // The client loses its label: the endpoint follows, and so do the packets.
+    kubectl(
+        &kc,
+        &["label", "pod", "-n", "shop", "client", "role-"],
+        None,
+    );
+    wait_until("the client's endpoint loses role", 5, || {
+        let l = endpoint_labels(&lab, "shop", "client");
+        if l.get("role").is_none() {
+            Ok(())
+        } else {
+            Err(l.to_string())
+        }
+    });
+    assert_eq!(outcome(&lab, "shop/client", "shop/web", 80), "no-answer");
+    kubectl(
+        &kc,
+        &["label", "pod", "-n", "shop", "client", "role=client"],
+        None,
+    );
+    wait_until("the client's endpoint gets role=client", 5, || {
+        let l = endpoint_labels(&lab, "shop", "client");
+        if l["role"] == "client" {
+            Ok(())
+        } else {
+            Err(l.to_string())
+        }
+    });
+    assert_eq!(outcome(&lab, "shop/client", "shop/web", 80), "connected");
+
+    // The policy deleted: its Calico policy goes, the intruder gets through again.
+    kubectl(
+        &kc,
+        &["delete", "networkpolicy", "-n", "shop", "web-from-clients"],
+        None,
+    );
+    wait_until("knp.default.web-from-clients removed", 5, || {
+        match get(
+            &lab,
+            "networkpolicy",
+            Some("shop"),
+            "knp.default.web-from-clients",
+        ) {
+            Ok(p) => Err(p.to_string()),
+            Err(_) => Ok(()),
+        }
+    });
+    assert_eq!(outcome(&lab, "other/intruder", "shop/web", 80), "connected");
+    down_leaves_nothing(&lab);
+}
+
+#[test]
+fn sys_kubectl_namespaces_are_profiles() {
+    require();
+    let (lab, kc) = up("n");
+    // Labels of the namespace: the profile's labels to apply.
+    kubectl(&kc, &["label", "namespace", "shop", "team=blue"], None);
+    wait_until("kns.shop gets pcns.team", 5, || {
+        let p = get(&lab, "profile", None, "kns.shop")?;
+        let l = &p["spec"]["labelsToApply"];
+        if l["pcns.team"] == "blue" {
+            Ok(())
+        } else {
+            Err(l.to_string())
+        }
+    });
+
+    // The v1beta1 DefaultDeny annotation isolates the namespace's pods.
+    assert_eq!(outcome(&lab, "shop/client", "other/api", 80), "connected");
+    kubectl(
+        &kc,
+        &[
+            "annotate",
+            "namespace",
+            "other",
+            r#"net.beta.kubernetes.io/network-policy={"ingress":{"isolation":"DefaultDeny"}}"#,
+        ],
+        None,
+    );
+    wait_until("kns.other denies ingress", 5, || {
+        let p = get(&lab, "profile", None, "kns.other")?;
+        let ingress = &p["spec"]["ingress"];
+        if ingress.to_string().contains("Deny") {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    assert_eq!(outcome(&lab, "shop/client", "other/api", 80), "no-answer");
+    // Its pods may still go out.
+    assert_eq!(outcome(&lab, "other/intruder", "shop/web", 80), "connected");
+
+    // The namespace deleted: its profile goes, and its pods with their network namespaces.
+    let netns_of = |key: &str| -> String {
+        let s = lab_state(&lab.dir);
+        s["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                format!(
+                    "{}/{}",
+                    p["namespace"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                ) == key
+            })
+            .map(|p| p["netns"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{key} not in the lab"))
+    };
+    let gone = [netns_of("other/api"), netns_of("other/intruder")];
+    kubectl(&kc, &["delete", "namespace", "other"], None);
+    wait_until("kns.other removed", 5, || {
+        match get(&lab, "profile", None, "kns.other") {
+            Ok(p) => Err(p.to_string()),
+            Err(_) => Ok(()),
+        }
+    });
+    wait_until("the pods of other stopped", 10, || {
+        let left: Vec<&String> = gone
+            .iter()
+            .filter(|n| Path::new("/run/netns").join(n).exists())
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    assert!(
+        !lab_state(&lab.dir)["pods"]
+            .to_string()
+            .contains("\"other\""),
+        "the lab still lists pods of other"
+    );
+    down_leaves_nothing(&lab);
+}
+
+#[test]
+fn sys_kubectl_pods_run_and_stop() {
+    require();
+    let (lab, kc) = up("p");
+    kubectl(
+        &kc,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop, labels: {app: late}}\n\
+             spec: {nodeName: node-b, containers: [{name: l, image: nginx, ports: [{containerPort: 8080}]}]}\n",
+        ),
+    );
+    let ip = wait_until("shop/late Running", 20, || {
+        let p: serde_json::Value = serde_json::from_str(&kubectl(
+            &kc,
+            &["get", "pod", "-n", "shop", "late", "-o", "json"],
+            None,
+        ))
+        .unwrap();
+        match (&p["status"]["phase"], &p["status"]["podIP"]) {
+            (phase, serde_json::Value::String(ip)) if phase == "Running" => Ok(ip.clone()),
+            _ => Err(p["status"].to_string()),
+        }
+    });
+    let state = lab_state(&lab.dir);
+    let late = state["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "late")
+        .cloned()
+        .expect("the lab runs shop/late");
+    assert_eq!(late["ip"], ip.as_str());
+    assert_eq!(late["node"], "node-b");
+    assert_eq!(outcome(&lab, "shop/client", "shop/late", 8080), "connected");
+    // The endpoint the CNI plugin wrote has the pod's labels from the API.
+    assert_eq!(endpoint_labels(&lab, "shop", "late")["app"], "late");
+
+    kubectl(&kc, &["delete", "pod", "-n", "shop", "late"], None);
+    let netns = late["netns"].as_str().unwrap().to_owned();
+    wait_until("shop/late's namespace removed", 10, || {
+        if Path::new("/run/netns").join(&netns).exists() {
+            Err(netns.clone())
+        } else {
+            Ok(())
+        }
+    });
+    wait_until("shop/late's endpoint removed", 5, || {
+        let out = ok_in(
+            &[
+                "get",
+                "wep",
+                "-n",
+                "shop",
+                "-o",
+                "json",
+                "--datastore",
+                &lab.ds,
+            ],
+            None,
+        );
+        if out.contains("\"late\"") {
+            Err(out)
+        } else {
+            Ok(())
+        }
+    });
+    down_leaves_nothing(&lab);
+}
