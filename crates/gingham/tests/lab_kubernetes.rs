@@ -343,7 +343,7 @@ fn sys_kubectl_pods_run_and_stop() {
         &["apply", "-f", "-"],
         Some(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop, labels: {app: late}}\n\
-             spec: {nodeName: node-b, containers: [{name: l, image: nginx, ports: [{containerPort: 8080}]}]}\n",
+             spec: {nodeName: node-b, containers: [{name: l, image: nginx, ports: [{name: http, containerPort: 8080}]}]}\n",
         ),
     );
     let ip = wait_until("shop/late Running", 20, || {
@@ -369,8 +369,26 @@ fn sys_kubectl_pods_run_and_stop() {
     assert_eq!(late["ip"], ip.as_str());
     assert_eq!(late["node"], "node-b");
     assert_eq!(outcome(&lab, "shop/client", "shop/late", 8080), "connected");
-    // The endpoint the CNI plugin wrote has the pod's labels from the API.
+    // The endpoint the CNI plugin wrote has the pod's labels and named ports from the API
+    // (the controllers keep labels, only the plugin's Kubernetes path writes ports).
     assert_eq!(endpoint_labels(&lab, "shop", "late")["app"], "late");
+    let weps: serde_json::Value = serde_json::from_str(&ok_in(
+        &["get", "wep", "-n", "shop", "-o", "json", "--datastore", &lab.ds],
+        None,
+    ))
+    .unwrap();
+    let wep = weps["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["spec"]["pod"] == "late")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        wep["spec"]["ports"],
+        serde_json::json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        "{wep}"
+    );
 
     kubectl(&kc, &["delete", "pod", "-n", "shop", "late"], None);
     let netns = late["netns"].as_str().unwrap().to_owned();
