@@ -7,10 +7,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestLab, down_leaves_nothing, lab_state, lab_up, ok_in, try_outcome, wait_until};
+use common::{
+    TestLab, down_leaves_nothing, kubectl, lab_state, lab_up, ok_in, try_outcome, wait_until,
+};
 
 const SPEC: &str = "{nodes: [node-a, node-b], kubernetes: true}";
 
@@ -73,30 +74,6 @@ fn up(prefix: &str) -> (TestLab, String) {
         "lab kubeconfig printed {kubeconfig}"
     );
     (lab, kubeconfig)
-}
-
-/// Runs kubectl against the lab's API, failing the test unless it succeeds; its output.
-fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A stored Calico resource as JSON (`gingham get KIND [-n NS] NAME -o json`), or why not.
@@ -373,7 +350,16 @@ fn sys_kubectl_pods_run_and_stop() {
     // (the controllers keep labels, only the plugin's Kubernetes path writes ports).
     assert_eq!(endpoint_labels(&lab, "shop", "late")["app"], "late");
     let weps: serde_json::Value = serde_json::from_str(&ok_in(
-        &["get", "wep", "-n", "shop", "-o", "json", "--datastore", &lab.ds],
+        &[
+            "get",
+            "wep",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            "--datastore",
+            &lab.ds,
+        ],
         None,
     ))
     .unwrap();
