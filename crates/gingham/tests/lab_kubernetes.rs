@@ -405,5 +405,43 @@ fn sys_kubectl_pods_run_and_stop() {
             Ok(())
         }
     });
+
+    // `lab apply` and `lab delete` go through the API too: kubectl sees what they do.
+    let file = Path::new(&lab.dir).parent().unwrap().join("more.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: extra, namespace: shop, labels: {app: extra}}\n\
+         spec: {containers: [{name: e, ports: [{containerPort: 80}]}]}\n",
+    )
+    .unwrap();
+    ok_in(
+        &[
+            "lab",
+            "apply",
+            "--dir",
+            &lab.dir,
+            "-f",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    let extra: serde_json::Value = serde_json::from_str(&kubectl(
+        &kc,
+        &["get", "pod", "-n", "shop", "extra", "-o", "json"],
+        None,
+    ))
+    .unwrap();
+    assert_eq!(extra["status"]["phase"], "Running", "{extra}");
+    assert_eq!(outcome(&lab, "shop/client", "shop/extra", 80), "connected");
+    ok_in(&["lab", "delete", "--dir", &lab.dir, "shop/extra"], None);
+    assert!(
+        !kubectl(&kc, &["get", "pods", "-n", "shop", "-o", "name"], None).contains("extra"),
+        "lab delete left the pod in the API"
+    );
+    assert!(
+        !lab_state(&lab.dir)["pods"]
+            .to_string()
+            .contains("\"extra\"")
+    );
     down_leaves_nothing(&lab);
 }

@@ -120,18 +120,54 @@ fn pod_keys(objects: &[Value]) -> Vec<String> {
     objects
         .iter()
         .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Pod"))
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o.pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default"),
-                o.pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-            )
-        })
+        .map(key_of_doc)
         .collect()
+}
+
+/// `ns/name` of an object (`name` for cluster-wide ones).
+pub(super) fn key_of_doc(o: &Value) -> String {
+    let name = o
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind_rank(o).is_some_and(|r| !KINDS[r].3) {
+        return name.to_owned();
+    }
+    let ns = o
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    format!("{ns}/{name}")
+}
+
+/// Deletes pod `ns/name` through the lab's API and waits until the kubelet stopped it.
+pub(super) fn delete_pod(dir: &Path, key: &str) -> Result<()> {
+    let state = load_state(dir)?;
+    let k = state
+        .kubernetes
+        .as_ref()
+        .context("this lab has no Kubernetes (spec.kubernetes)")?;
+    let (ns, name) = key.split_once('/').context("a pod is `namespace/name`")?;
+    runtime()?.block_on(async {
+        let client = gingham_kubecontrollers::kube_client(&k.kubeconfig).await?;
+        let api: Api<Pod> = Api::namespaced(client, ns);
+        api.delete(name, &Default::default())
+            .await
+            .with_context(|| format!("deleting pod {key} through the lab's API"))?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let end = Instant::now() + SETTLE;
+    while load_state(dir)?.pods.iter().any(|p| p.key() == key) {
+        if Instant::now() >= end {
+            bail!(
+                "the kubelet did not stop {key} within {} s; see {}",
+                SETTLE.as_secs(),
+                dir.join(KUBELET_LOG).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn spawn_logged(dir: &Path, log: &str, cmd: &mut Command, what: &str) -> Result<u32> {

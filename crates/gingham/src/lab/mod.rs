@@ -419,7 +419,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     // With Kubernetes, its objects go through the lab's API (checked here all the same).
     let kube_objects = if plan.kubernetes {
-        let (objects, docs) = split_kubernetes(all_docs, &mut schedule);
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &[]);
         all_docs = docs;
         objects
     } else {
@@ -607,6 +607,13 @@ fn apply(args: &UpArgs) -> Result<Exit> {
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         all_docs.push((name, docs));
     }
+    // With Kubernetes, its objects go through the lab's API.
+    let mut kube_objects = Vec::new();
+    if state.kubernetes.is_some() {
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &state.pods);
+        all_docs = docs;
+        kube_objects = objects;
+    }
     let Some(Inputs {
         resources,
         pod_ports,
@@ -633,6 +640,22 @@ fn apply(args: &UpArgs) -> Result<Exit> {
             }
         }
     }
+    if state.kubernetes.is_some() {
+        let before: Vec<String> = state.pods.iter().map(PodState::key).collect();
+        for o in &kube_objects {
+            println!(
+                "{} {} applied through the lab's API",
+                o["kind"].as_str().unwrap_or_default(),
+                kube::key_of_doc(o)
+            );
+        }
+        kube::apply(dir, kube_objects)?;
+        // The kubelet added the new pods.
+        state = load_state(dir)?;
+        for p in state.pods.iter().filter(|p| !before.contains(&p.key())) {
+            println!("pod {} started", p.key());
+        }
+    }
     topology::sync_routes(&state, client.store().as_ref())?;
     Ok(Exit::Ok)
 }
@@ -648,6 +671,12 @@ fn delete(args: &DeleteArgs) -> Result<Exit> {
             names.join(", ")
         );
     };
+    if state.kubernetes.is_some() {
+        // As kubectl would: the kubelet stops the pod.
+        kube::delete_pod(dir, &args.pod)?;
+        println!("pod {} deleted", args.pod);
+        return Ok(Exit::Ok);
+    }
     let pod = state.pods[pos].clone();
     let problems = remove_pod(dir, &state, &self_exe()?, &pod);
     if !problems.is_empty() {
@@ -793,11 +822,18 @@ fn down(dir: &Path) -> Result<Exit> {
 fn split_kubernetes(
     all_docs: Vec<(String, Vec<Value>)>,
     schedule: &mut dyn FnMut() -> String,
+    running: &[PodState],
 ) -> (Vec<Value>, Vec<(String, Vec<Value>)>) {
     let mut objects = Vec::new();
     let mut rest = Vec::new();
     for (name, mut docs) in all_docs {
         let mut mine = kube::split_kubernetes(&mut docs);
+        for o in &mut mine {
+            if o.get("kind").and_then(Value::as_str) == Some("Pod") {
+                let key = kube::key_of_doc(o);
+                pods::pin_running_pod(&key, o, running);
+            }
+        }
         kube::prepare_pods(&mut mine, schedule);
         objects.extend(mine);
         rest.push((name, docs));
