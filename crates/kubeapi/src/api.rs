@@ -2,7 +2,8 @@
 //! call here is synchronous (the datastore is); the HTTP layer runs them on blocking threads.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,6 +25,10 @@ pub const INITIAL_NAMESPACES: &[&str] =
 /// The annotation kubectl keeps client-side apply's last configuration in (set by kubectl; the
 /// server stores it like any annotation).
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// kube-apiserver's limit on the total size of an object's annotations (which is why large CRDs
+/// need `kubectl apply --server-side` or `kubectl create`: the last-applied annotation).
+pub const MAX_ANNOTATIONS_SIZE: usize = 256 * 1024;
 
 /// How many times a write without a client precondition is retried after losing a race.
 const WRITE_RETRIES: usize = 16;
@@ -62,6 +67,11 @@ pub struct Api {
     pub store: Arc<dyn Datastore>,
     /// `host:port` the server is reached at (for `/api`'s serverAddressByClientCIDRs).
     pub address: String,
+    /// Bumped whenever a CRD may have changed (by this server's writes, and by a watch of the
+    /// CRDs for writes of other servers on the same datastore).
+    pub crd_generation: Arc<AtomicU64>,
+    /// The resource table and the CRD generation it was read at.
+    cache: Mutex<Option<(u64, Arc<Vec<Resource>>)>>,
 }
 
 /// Where a resource request points.
@@ -203,7 +213,12 @@ struct ContinueToken {
 
 impl Api {
     pub fn new(store: Arc<dyn Datastore>, address: String) -> Self {
-        Self { store, address }
+        Self {
+            store,
+            address,
+            crd_generation: Arc::new(AtomicU64::new(0)),
+            cache: Mutex::new(None),
+        }
     }
 
     /// Creates the namespaces every cluster has, if missing.
@@ -226,8 +241,22 @@ impl Api {
         Ok(())
     }
 
-    /// Every served resource: the built-in ones and those of stored CRDs.
-    pub fn resources(&self) -> Result<Vec<Resource>, ApiError> {
+    /// Every served resource: the built-in ones and those of stored CRDs (read again only
+    /// when a CRD may have changed).
+    pub fn resources(&self) -> Result<Arc<Vec<Resource>>, ApiError> {
+        let generation = self.crd_generation.load(Ordering::SeqCst);
+        let lock = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((g, all)) = lock().as_ref()
+            && *g == generation
+        {
+            return Ok(all.clone());
+        }
+        let all = Arc::new(self.read_resources()?);
+        *lock() = Some((generation, all.clone()));
+        Ok(all)
+    }
+
+    fn read_resources(&self) -> Result<Vec<Resource>, ApiError> {
         let mut all = resources::builtins();
         let crds = self.store.list(&resources::crd_resource().prefix())?;
         for kv in crds.kvs {
@@ -245,6 +274,15 @@ impl Api {
     }
 
     pub fn handle(&self, req: &Request) -> Result<Reply, ApiError> {
+        let reply = self.route(req);
+        if req.method != "GET" && req.path.contains("/customresourcedefinitions") {
+            // Whatever happened, the next request reads the CRDs again.
+            self.crd_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        reply
+    }
+
+    fn route(&self, req: &Request) -> Result<Reply, ApiError> {
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
         match segs.as_slice() {
             [] => Ok(Reply::Json(200, discovery::root_paths(&self.resources()?))),
@@ -306,8 +344,9 @@ impl Api {
         };
         let res = self
             .resources()?
-            .into_iter()
+            .iter()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
+            .cloned()
             .ok_or_else(ApiError::no_route)?;
         if namespace.is_some() && !res.namespaced {
             return Err(ApiError::no_route());
@@ -672,6 +711,17 @@ impl Api {
                 ApiError::bad_request(format!("metadata.resourceVersion {rv:?} is not valid"))
             })?),
         };
+        // Custom resources and CRDs do not allow unconditional updates (their strategies'
+        // AllowUnconditionalUpdate is false); the built-in kinds here do.
+        let unconditional_ok = !t.res.custom && t.res.plural != "customresourcedefinitions";
+        if precondition.is_none() && !unconditional_ok {
+            return Err(ApiError::invalid(
+                &t.res,
+                name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            ));
+        }
         self.write_loop(t, name, precondition, dry_run, |_cur| Ok(obj.clone()))
     }
 
@@ -958,8 +1008,8 @@ impl Api {
             return Ok(keys);
         }
         if res.plural == "namespaces" {
-            for r in self.resources()? {
-                if r.namespaced && r.version == self.storage_version(&r)? {
+            for r in self.resources()?.iter() {
+                if r.namespaced && r.version == self.storage_version(r)? {
                     keys.extend(
                         self.store
                             .list(&r.list_prefix(Some(name)))?
@@ -990,9 +1040,9 @@ impl Api {
     fn storage_version(&self, r: &Resource) -> Result<String, ApiError> {
         Ok(self
             .resources()?
-            .into_iter()
+            .iter()
             .find(|x| x.group == r.group && x.plural == r.plural)
-            .map(|x| x.version)
+            .map(|x| x.version.clone())
             .unwrap_or_else(|| r.version.clone()))
     }
 
@@ -1156,6 +1206,22 @@ fn validate(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
             name,
             "metadata.annotations",
             "Invalid value: annotations must be a map of strings",
+        ));
+    }
+    let annotations_size: usize = obj["metadata"]["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    if annotations_size > MAX_ANNOTATIONS_SIZE {
+        return Err(ApiError::invalid(
+            res,
+            name,
+            "metadata.annotations",
+            &format!("Too long: must have at most {MAX_ANNOTATIONS_SIZE} bytes"),
         ));
     }
     if res.plural == "customresourcedefinitions" && !res.custom {

@@ -6,6 +6,29 @@
 //! `metadata.resourceVersion` is the datastore revision of the object's last write, so lists,
 //! watches from a resourceVersion and 410 Gone follow the datastore's history and compaction.
 //!
+//! What it serves (module by module):
+//! - `resources`: the built-in kinds (core namespaces, pods, serviceaccounts, nodes, services,
+//!   endpoints, secrets, configmaps; endpointslices, networkpolicies, CRDs, daemonsets,
+//!   deployments, RBAC, leases) and the kinds of stored CRDs.
+//! - `discovery`: `/version`, `/api`, `/apis`, resource lists (legacy discovery, which kubectl
+//!   falls back to), `/openapi/v3` (kubectl reads it to learn that the server validates fields,
+//!   so plain `kubectl apply` works), an empty `/openapi/v2`, Table and PartialObjectMetadata
+//!   views.
+//! - `api`: get, list (label and field selectors, limit/continue), create (generateName),
+//!   update with resourceVersion preconditions, patch (JSON, merge, strategic, server-side
+//!   apply), delete (immediate; a namespace takes its objects, a CRD its resources), status
+//!   subresources, `dryRun`.
+//! - `typed`: built-in kinds decoded through their k8s-openapi types (wrong types refused,
+//!   unknown fields refused with `fieldValidation=Strict` or dropped); `schema`: custom resources
+//!   pruned and validated against their CRD's structural schema.
+//! - `watch`: ADDED/MODIFIED/DELETED from a datastore watch, BOOKMARKs, initial events,
+//!   ERROR 410 Expired when the revision was compacted, selectors, timeoutSeconds.
+//!
+//! Not done: authentication and authorization, protobuf request bodies (kubectl's typed
+//! generators such as `kubectl create namespace` send them; `kubectl apply/create -f` send
+//! JSON), graceful deletion and finalizers, field ownership conflicts of server-side apply,
+//! defaulting of pod templates, admission webhooks, aggregated discovery.
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), gingham_kubeapi::Error> {
 //! let store = std::sync::Arc::new(gingham_datastore::mem::MemStore::new());
@@ -30,7 +53,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -38,12 +61,12 @@ use axum::response::Response;
 use gingham_datastore::Datastore;
 use tokio::sync::{mpsc, oneshot};
 
-pub use api::{INITIAL_NAMESPACES, LAST_APPLIED};
+pub use api::{INITIAL_NAMESPACES, LAST_APPLIED, MAX_ANNOTATIONS_SIZE};
 pub use resources::{REGISTRY_PREFIX, Resource};
 pub use watch::BOOKMARK_INTERVAL;
 
-/// The largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// The largest request body accepted, as kube-apiserver's default (`MaxRequestBodyBytes`).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -113,6 +136,20 @@ impl ApiServer {
                     message: e.message,
                 })?;
         }
+        {
+            let (store, generation, stopping) = (
+                store.clone(),
+                shared.api.crd_generation.clone(),
+                stopping.clone(),
+            );
+            std::thread::Builder::new()
+                .name("kubeapi-crds".into())
+                .spawn(move || watch_crds(store.as_ref(), &generation, &stopping))
+                .map_err(|e| Error::Bootstrap {
+                    store: "the CRD watch".into(),
+                    message: e.to_string(),
+                })?;
+        }
         let app = axum::Router::new().fallback(serve).with_state(shared);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -178,6 +215,37 @@ impl RunningApiServer {
 impl Drop for RunningApiServer {
     fn drop(&mut self) {
         self.signal();
+    }
+}
+
+/// Follows the stored CRDs, so that the resource table is read again when another server on the
+/// same datastore changes one (this server's own CRD writes invalidate it at once).
+fn watch_crds(store: &dyn Datastore, generation: &AtomicU64, stopping: &AtomicBool) {
+    let prefix = resources::crd_resource().prefix();
+    let pause = std::time::Duration::from_millis(200);
+    while !stopping.load(Ordering::Relaxed) {
+        let watch = store.revision().and_then(|rev| store.watch(&prefix, rev));
+        generation.fetch_add(1, Ordering::SeqCst);
+        let mut watch = match watch {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the CRDs; trying again");
+                std::thread::sleep(pause);
+                continue;
+            }
+        };
+        while !stopping.load(Ordering::Relaxed) {
+            match watch.next(pause) {
+                Ok(Some(_)) => {
+                    generation.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CRD watch ended; watching again");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -271,7 +339,7 @@ async fn serve(
                 &status::ApiError::new(
                     413,
                     "RequestEntityTooLarge",
-                    format!("the request body could not be read: {e}"),
+                    format!("Request entity too large: limit is {MAX_BODY} ({e})"),
                 )
                 .status(),
             );

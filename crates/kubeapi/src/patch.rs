@@ -237,16 +237,44 @@ fn remove_dropped(live: &mut Value, prev: &Value, now: &Value) {
         return;
     };
     for (k, pv) in p {
+        if k.starts_with("k:") {
+            continue;
+        }
         match now.get(k) {
             None => {
                 l.remove(k);
             }
-            Some(nv) => {
-                if let Some(lv) = l.get_mut(k)
-                    && pv.is_object()
-                    && nv.is_object()
-                {
+            Some(nv) => match l.get_mut(k) {
+                Some(lv @ Value::Object(_)) if pv.is_object() && nv.is_object() => {
                     remove_dropped(lv, pv, nv);
+                }
+                Some(Value::Array(items)) => remove_dropped_elements(items, pv, nv),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// In a list merged by key: removes the elements applied before (`k:{…}` in `prev`) and no
+/// longer applied, and what was dropped inside the elements still applied.
+fn remove_dropped_elements(items: &mut Vec<Value>, prev: &Value, now: &Value) {
+    let Value::Object(p) = prev else {
+        return;
+    };
+    let now_items = now.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let matches = |e: &Value, id: &Map<String, Value>| id.iter().all(|(f, v)| e.get(f) == Some(v));
+    for (k, element_prev) in p {
+        let Some(id) = k
+            .strip_prefix("k:")
+            .and_then(|j| serde_json::from_str::<Map<String, Value>>(j).ok())
+        else {
+            continue;
+        };
+        match now_items.iter().find(|e| matches(e, &id)) {
+            None => items.retain(|e| !matches(e, &id)),
+            Some(element_now) => {
+                for e in items.iter_mut().filter(|e| matches(e, &id)) {
+                    remove_dropped(e, element_prev, element_now);
                 }
             }
         }
@@ -302,16 +330,19 @@ pub fn shape_of_fields(fields: &Value) -> Value {
     let mut out = Map::new();
     if let Value::Object(m) = fields {
         for (k, sub) in m {
+            let has_children = sub
+                .as_object()
+                .is_some_and(|s| s.keys().any(|k| k.starts_with("f:") || k.starts_with("k:")));
+            let child = if has_children {
+                shape_of_fields(sub)
+            } else {
+                Value::Bool(true)
+            };
             if let Some(name) = k.strip_prefix("f:") {
-                let child = if sub
-                    .as_object()
-                    .is_some_and(|s| s.keys().any(|k| k.starts_with("f:")))
-                {
-                    shape_of_fields(sub)
-                } else {
-                    Value::Bool(true)
-                };
                 out.insert(name.to_owned(), child);
+            } else if k.starts_with("k:") {
+                // A list element, kept under its key for `remove_dropped_elements`.
+                out.insert(k.clone(), child);
             }
         }
     }
@@ -362,6 +393,25 @@ mod tests {
         assert_eq!(
             strategic_merge(&orig, &patch).unwrap(),
             json!({"spec": {"selector": {"b": "2"}}})
+        );
+    }
+
+    #[test]
+    fn apply_removes_list_elements_the_manager_no_longer_applies() {
+        let first = json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "args": ["1"]}, {"name": "b", "image": "y"}]}});
+        let live = json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "args": ["1"], "tty": true},
+            {"name": "b", "image": "y"},
+            {"name": "c", "image": "z"}]}});
+        let prev = shape_of_fields(&fields_of(&first));
+        let now = json!({"spec": {"containers": [{"name": "a", "image": "x2"}]}});
+        assert_eq!(
+            apply(&live, &now, Some(&prev), true).unwrap(),
+            json!({"spec": {"containers": [
+                {"name": "a", "image": "x2", "tty": true},
+                {"name": "c", "image": "z"}]}}),
+            "b (applied before) goes, c (someone else's) stays, a loses args"
         );
     }
 

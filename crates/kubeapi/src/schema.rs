@@ -8,9 +8,17 @@ use crate::resources::Resource;
 use crate::status::ApiError;
 
 /// Prunes and validates `obj` (a custom resource) against `schema` (the version's
-/// `openAPIV3Schema`).
-pub fn apply(res: &Resource, name: &str, schema: &Value, obj: &mut Value) -> Result<(), ApiError> {
+/// `openAPIV3Schema`). With `strict` (`fieldValidation=Strict`), a field that would be pruned is
+/// a 400 instead.
+pub fn apply(
+    res: &Resource,
+    name: &str,
+    schema: &Value,
+    obj: &mut Value,
+    strict: bool,
+) -> Result<(), ApiError> {
     let mut errors = Vec::new();
+    let mut pruned = Vec::new();
     if let Value::Object(o) = obj {
         // apiVersion, kind and metadata belong to every object whatever the schema says.
         let mut rest: Map<String, Value> = o
@@ -19,11 +27,21 @@ pub fn apply(res: &Resource, name: &str, schema: &Value, obj: &mut Value) -> Res
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut rest_value = Value::Object(std::mem::take(&mut rest));
-        walk(schema, &mut rest_value, "", &mut errors);
+        walk(schema, &mut rest_value, "", &mut errors, &mut pruned);
         o.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
         if let Value::Object(r) = rest_value {
             o.extend(r);
         }
+    }
+    if strict && !pruned.is_empty() {
+        let list: Vec<String> = pruned
+            .iter()
+            .map(|p| format!("unknown field \"{p}\""))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            list.join(", ")
+        )));
     }
     if errors.is_empty() {
         return Ok(());
@@ -79,7 +97,13 @@ fn join(path: &str, k: &str) -> String {
     }
 }
 
-fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, String)>) {
+fn walk(
+    schema: &Value,
+    v: &mut Value,
+    path: &str,
+    errors: &mut Vec<(String, String)>,
+    pruned: &mut Vec<String>,
+) {
     if v.is_null() {
         return;
     }
@@ -134,17 +158,18 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, Str
                 match sub {
                     Some(s) => {
                         if let Some(child) = m.get_mut(&k) {
-                            walk(s, child, &join(path, &k), errors);
+                            walk(s, child, &join(path, &k), errors, pruned);
                         }
                     }
                     None if additional.is_object() => {
                         if let Some(child) = m.get_mut(&k) {
-                            walk(additional, child, &join(path, &k), errors);
+                            walk(additional, child, &join(path, &k), errors, pruned);
                         }
                     }
                     None if additional.as_bool() == Some(true) || preserve => {}
                     None => {
                         m.remove(&k);
+                        pruned.push(join(path, &k));
                     }
                 }
             }
@@ -156,11 +181,15 @@ fn walk(schema: &Value, v: &mut Value, path: &str, errors: &mut Vec<(String, Str
                 }
             }
         }
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for (i, item) in items.iter_mut().enumerate() {
-                    walk(&schema["items"], item, &format!("{path}[{i}]"), errors);
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, item) in items.iter_mut().enumerate() {
+                walk(
+                    &schema["items"],
+                    item,
+                    &format!("{path}[{i}]"),
+                    errors,
+                    pruned,
+                );
             }
         }
         _ => {}
@@ -188,7 +217,7 @@ mod tests {
             "e": {"type": "string", "enum": ["x", "y"]}}}}});
         let mut obj = json!({"apiVersion": "g.io/v1", "kind": "Foo", "metadata": {"name": "f"},
             "spec": {"a": "1", "unknown": 3, "free": {"any": [1]}, "m": {"k": "v"}, "e": "x"}, "junk": true});
-        apply(&res(), "f", &schema, &mut obj).unwrap();
+        apply(&res(), "f", &schema, &mut obj, false).unwrap();
         assert_eq!(
             obj,
             json!({"apiVersion": "g.io/v1", "kind": "Foo", "metadata": {"name": "f"},
@@ -196,7 +225,7 @@ mod tests {
         );
 
         let mut missing = json!({"spec": {"n": 1}});
-        let e = apply(&res(), "f", &schema, &mut missing).unwrap_err();
+        let e = apply(&res(), "f", &schema, &mut missing, false).unwrap_err();
         assert_eq!(e.code, 422);
         assert!(
             e.message.contains("spec.a: Required value"),
@@ -204,7 +233,7 @@ mod tests {
             e.message
         );
         let mut wrong = json!({"spec": {"a": true, "e": "z", "m": {"k": 1}}});
-        let e = apply(&res(), "f", &schema, &mut wrong).unwrap_err();
+        let e = apply(&res(), "f", &schema, &mut wrong, false).unwrap_err();
         assert!(
             e.message.contains(
                 "spec.a: Invalid value: \"boolean\": spec.a in body must be of type string"

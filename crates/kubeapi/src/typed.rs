@@ -19,7 +19,7 @@ pub fn check(res: &Resource, obj: &mut Value, strict: bool) -> Result<(), ApiErr
     if res.custom {
         if let Some(schema) = &res.schema {
             let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
-            crate::schema::apply(res, &name, schema, obj)?;
+            crate::schema::apply(res, &name, schema, obj, strict)?;
         }
         return Ok(());
     }

@@ -652,6 +652,17 @@ async fn custom_resource_definitions_serve_their_resources_until_deleted() {
             .len(),
         1
     );
+    // A replace of a custom resource must name the version it replaces.
+    let mut current = widgets.get("w1").await.unwrap();
+    current.metadata.resource_version = None;
+    let e = status(
+        widgets
+            .replace("w1", &PostParams::default(), &current)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    assert!(e.message.contains("metadata.resourceVersion"), "{e:?}");
 
     // Discovery lists it.
     let discovery = kube::Discovery::new(env.client.clone())
@@ -904,4 +915,121 @@ async fn every_built_in_kind_round_trips_through_typed_clients() {
         n.status.unwrap().addresses.unwrap()[0].address,
         "172.31.0.2"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn annotations_are_limited_to_256_kib_in_total() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let big = "x".repeat(gingham_kubeapi::MAX_ANNOTATIONS_SIZE);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "big", "annotations": {"a": big}}}))
+            .unwrap();
+    let e = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(e.code, 422, "{e:?}");
+    assert!(
+        e.message.contains("metadata.annotations: Too long"),
+        "{e:?}"
+    );
+    let fits = "x".repeat(gingham_kubeapi::MAX_ANNOTATIONS_SIZE - 1);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "big", "annotations": {"a": fits}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_list_watcher_gets_its_initial_events_and_shutdown_ends_open_watches() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("one", &[], None))
+        .await
+        .unwrap();
+    // sendInitialEvents: the objects, then a bookmark that ends the initial events.
+    let mut s = watcher(pods.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        match ev {
+            watcher::Event::Init => seen.push("Init".to_owned()),
+            watcher::Event::InitApply(p) => {
+                seen.push(format!("InitApply {}", p.metadata.name.unwrap()))
+            }
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, ["Init", "InitApply one"]);
+    // A raw watch stays open; shutdown ends it and returns.
+    let mut w = pods
+        .watch(&WatchParams::default().timeout(290), "0")
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(describe(&next_event(&mut w).await), "ADDED one");
+    tokio::time::timeout(Duration::from_secs(10), env.server.shutdown())
+        .await
+        .expect("shutdown returns with a watch open");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = w.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the watch ended");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_made_through_another_server_on_the_same_datastore_is_served() {
+    let a = start().await;
+    let b = common::start_on(a.store.clone()).await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Gadget"),
+        "gadgets",
+    );
+    let on_b: Api<DynamicObject> = Api::namespaced_with(b.client.clone(), "default", &ar);
+    // B has read its resource table: no gadgets.
+    assert_eq!(
+        status(on_b.list(&ListParams::default()).await.unwrap_err()).code,
+        404
+    );
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(a.client.clone());
+    crds.create(&PostParams::default(), &serde_json::from_value(json!({
+        "metadata": {"name": "gadgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    })).unwrap())
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match on_b.list(&ListParams::default()).await {
+            Ok(l) => {
+                assert!(l.items.is_empty());
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("server B never served the CRD made through A: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_3_mib_is_refused_as_kube_apiserver_does() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let data = "x".repeat(gingham_kubeapi::MAX_BODY);
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "huge"}, "data": {"d": data}})).unwrap();
+    let e = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
+    assert_eq!(e.code, 413, "{e:?}");
+    assert!(e.message.contains("Request entity too large"), "{e:?}");
 }

@@ -242,6 +242,57 @@ fn sys_kubectl_applies_gets_labels_annotates_and_deletes() {
     let none = k.json(&["get", "pods", "-A", "-l", "app!=web"]);
     assert!(none["items"].as_array().unwrap().is_empty());
 
+    // get --watch: the table's rows as the pod changes (the server sends Table rows).
+    let mut watcher = Command::new(&k.bin)
+        .env("KUBECONFIG", k.dir.path().join("kubeconfig"))
+        .env("HOME", k.dir.path())
+        .arg("--cache-dir")
+        .arg(k.dir.path().join("cache"))
+        .args([
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "--watch",
+            "--output-watch-events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Lines arrive through a channel, so that a silent kubectl fails the test instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("kubectl get --watch prints a line within 10 s")
+    };
+    let mut lines = vec![next(), next()];
+    k.ok(&["annotate", "pod", "web", "-n", "shop", "watched=yes"]);
+    lines.push(next());
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(lines[0].starts_with("EVENT"), "{lines:?}");
+    assert!(
+        lines[1].starts_with("ADDED") && lines[1].contains("web"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("MODIFIED") && lines[2].contains("web"),
+        "{lines:?}"
+    );
+
     // A label kubectl refuses to send is caught by kubectl; one the server refuses is named.
     let (ok, _, err) = k.run(&["label", "pod", "web", "-n", "shop", "bad=-x-"]);
     assert!(!ok && err.contains("bad"), "{err}");
