@@ -18,7 +18,8 @@ pub struct KubeControllersArgs {
     /// The kubeconfig of the Kubernetes API server to watch (its current context).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
-    /// Serve /liveness, /readiness and /metrics on this address.
+    /// Serve /liveness, /readiness and /metrics on this address (port 0: any free port); the
+    /// address is printed first on standard output (`health: http://ADDR`).
     #[arg(long, default_value = "127.0.0.1:9094")]
     pub health_listen: SocketAddr,
     /// Seconds between full resyncs of every controller (orphans removed, missing ones
@@ -45,6 +46,8 @@ pub fn run(args: &KubeControllersArgs, store: Arc<dyn Datastore>) -> Result<Exit
         let kube = gingham_kubecontrollers::kube_client(&args.kubeconfig).await?;
         let health = Health::default();
         let bound = gingham_health::serve(args.health_listen, health.clone())?;
+        // The health address first (port 0 picks one): whoever started us can find it.
+        println!("health: http://{bound}");
         tracing::info!(%bound, datastore = %store.describe(), "kube-controllers running");
         gingham_kubecontrollers::run(kube, store, config, health, shutdown()).await?;
         Ok::<_, anyhow::Error>(())

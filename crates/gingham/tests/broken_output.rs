@@ -137,6 +137,16 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             true,
         ),
+        // Long-running; here its kubeconfig is missing and the refusal goes to stderr.
+        ["kube-controllers"] => (
+            s(&[
+                "kube-controllers",
+                "--kubeconfig",
+                &f.path("missing-kubeconfig"),
+            ]),
+            "",
+            false,
+        ),
         ["ipam", "show"] => (s(&["ipam", "show"]), "", true),
         ["ipam", "check"] => (s(&["ipam", "check"]), "", true),
         // Nothing is allocated: the refusal goes to stderr.

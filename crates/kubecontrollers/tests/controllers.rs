@@ -675,3 +675,21 @@ async fn the_kubeconfig_the_double_writes_is_read() {
     };
     assert!(e.to_string().contains("nope"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_when_the_datastore_cannot_be_reached() {
+    let env = Env::start().await;
+    // The controllers' datastore is gone (every call fails); the API server's is fine.
+    let dead: Arc<dyn Datastore> =
+        Arc::new(gingham_datastore::mem::Dying::new(env.store.clone(), 0));
+    let ctl = start_controllers(&env.server().url(), &dead, fast());
+    until("not ready without the datastore", FOLLOW * 5, || {
+        let r = ctl.readiness();
+        r.starts_with("HTTP/1.0 503")
+            && r.contains("cannot bring the datastore in line")
+            && r.contains("the writing process died")
+    })
+    .await;
+    assert!(ctl.health.metrics.errors.get() > 0);
+    ctl.stop().await;
+}
