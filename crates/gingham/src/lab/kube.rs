@@ -100,10 +100,10 @@ pub(super) fn prepare_pods(objects: &mut [Value], schedule: &mut dyn FnMut() -> 
         {
             spec["nodeName"] = Value::String(schedule());
         }
-        if !spec
+        if spec
             .get("containers")
             .and_then(Value::as_array)
-            .is_some_and(|c| !c.is_empty())
+            .is_none_or(Vec::is_empty)
         {
             spec["containers"] = serde_json::json!([{"name": "main"}]);
         }
@@ -668,7 +668,7 @@ fn run_pod(dir: &Path, exe: &Path, pod: &Pod, node: &str) -> Result<String> {
 
 fn sync_routes(state: &State) {
     let synced = DatastoreUrl::parse(&state.datastore)
-        .and_then(|u| u.open().map_err(Into::into))
+        .and_then(|u| u.open())
         .and_then(|store| topology::sync_routes(state, store.as_ref()));
     if let Err(e) = synced {
         tracing::warn!("cannot update the lab's pod routes: {e:#}");
