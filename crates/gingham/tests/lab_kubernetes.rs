@@ -445,3 +445,76 @@ fn sys_kubectl_pods_run_and_stop() {
     );
     down_leaves_nothing(&lab);
 }
+
+/// `lab up` of `extra` after the usual documents in a Kubernetes lab: it fails; stderr.
+fn failed_up(name: &str, tmp: &Path, extra: &str) -> String {
+    let dir = tmp.join("lab");
+    let file = tmp.join("lab.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {SPEC}\n---\n{DOCS}---\n{extra}"
+        ),
+    )
+    .unwrap();
+    let _down = common::Down(dir.display().to_string());
+    let out = common::gingham_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+            "--datastore",
+            &format!("sqlite:{}", tmp.join("g.db").display()),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_eq!(common::leftovers(name, &dir), Vec::<String>::new());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A pod bound to a node the lab does not have is refused before anything is made.
+#[test]
+fn sys_kubernetes_lab_refuses_a_pod_on_no_node() {
+    require();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("r{}", std::process::id() % 100_000);
+    let stderr = failed_up(
+        &name,
+        tmp.path(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: lost, namespace: shop}\nspec: {nodeName: node-z}\n",
+    );
+    assert!(
+        stderr.contains(
+            "pod shop/lost: spec.nodeName \"node-z\" is not a node of the lab (valid: node-a, node-b)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cleaning up"),
+        "something was made: {stderr}"
+    );
+}
+
+/// The API refuses a pod after the lab's Kubernetes started: everything goes, its processes
+/// and files too.
+#[test]
+fn sys_kubernetes_lab_up_that_fails_cleans_up() {
+    require();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("f{}", std::process::id() % 100_000);
+    let stderr = failed_up(
+        &name,
+        tmp.path(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: odd, namespace: shop}\n\
+         spec: {containers: [{name: c, image: i, ports: [{containerPort: eighty}]}]}\n",
+    );
+    assert!(stderr.contains("cleaning up"), "{stderr}");
+    assert!(
+        stderr.contains("pod shop/odd") || stderr.contains("Pod odd"),
+        "{stderr}"
+    );
+}

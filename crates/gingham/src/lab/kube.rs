@@ -83,11 +83,26 @@ pub(super) fn split_kubernetes(docs: &mut Vec<Value>) -> Vec<Value> {
 }
 
 /// Gives Pods without `spec.nodeName` one from `schedule`, and every container an image (the
-/// lab runs none; the API asks for one).
-pub(super) fn prepare_pods(objects: &mut [Value], schedule: &mut dyn FnMut() -> String) {
+/// lab runs none; the API asks for one). A Pod bound to a node that is not among `nodes`
+/// would never start: refused.
+pub(super) fn prepare_pods(
+    objects: &mut [Value],
+    schedule: &mut dyn FnMut() -> String,
+    nodes: &[String],
+) -> Result<()> {
     for o in objects.iter_mut() {
         if o.get("kind").and_then(Value::as_str) != Some("Pod") {
             continue;
+        }
+        if let Some(node) = o.pointer("/spec/nodeName").and_then(Value::as_str)
+            && !node.is_empty()
+            && !nodes.iter().any(|n| n == node)
+        {
+            bail!(
+                "pod {}: spec.nodeName {node:?} is not a node of the lab (valid: {})",
+                key_of_doc(o),
+                nodes.join(", ")
+            );
         }
         if !o.get("spec").is_some_and(Value::is_object) {
             o["spec"] = serde_json::json!({});
@@ -113,6 +128,7 @@ pub(super) fn prepare_pods(objects: &mut [Value], schedule: &mut dyn FnMut() -> 
             }
         }
     }
+    Ok(())
 }
 
 /// `ns/name` of every Pod among `objects`.
@@ -153,6 +169,7 @@ pub(super) fn delete_pod(dir: &Path, key: &str) -> Result<()> {
         let api: Api<Pod> = Api::namespaced(client, ns);
         api.delete(name, &Default::default())
             .await
+            .map_err(in_words)
             .with_context(|| format!("deleting pod {key} through the lab's API"))?;
         Ok::<_, anyhow::Error>(())
     })?;
@@ -457,11 +474,21 @@ async fn write(client: &kube::Client, o: Value, keep: bool) -> Result<()> {
             if !keep {
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&o))
                     .await
+                    .map_err(in_words)
                     .with_context(|| format!("updating {kind} {name} through the lab's API"))?;
             }
             Ok(())
         }
-        Err(e) => Err(e).with_context(|| format!("creating {kind} {name} through the lab's API")),
+        Err(e) => Err(in_words(e))
+            .with_context(|| format!("creating {kind} {name} through the lab's API")),
+    }
+}
+
+/// An error of the API in its own words (its message and reason), others as they are.
+fn in_words(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{} ({} {})", s.message, s.code, s.reason),
+        e => e.into(),
     }
 }
 

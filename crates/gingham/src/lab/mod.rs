@@ -89,6 +89,18 @@ pub enum LabCmd {
     /// every port `lab try` names, with the source address it saw (`peer`). Needs racks.
     ///
     /// `spec.nodePorts: [80, "UDP/53"]`: ports every node's host listens on.
+    ///
+    /// `spec.kubernetes: true`: the lab is a small Kubernetes that kubectl drives
+    /// (`gingham lab kubeconfig` prints its kubeconfig). It serves the Kubernetes API (the
+    /// test double of `gingham lab apiserver`, over the lab's datastore) on 127.0.0.1 of this
+    /// host and of every node, runs `gingham kube-controllers` (NetworkPolicies, Namespaces,
+    /// ServiceAccounts and Pods into Calico resources) and a kubelet's share of every node: a
+    /// Pod bound to a lab node (`spec.nodeName`) gets a network namespace, a CNI ADD through
+    /// the plugin's Kubernetes path (`policy: {type: k8s}`: labels, service account, named
+    /// ports and Calico's annotations read from the API) and a server on its container ports,
+    /// and its status says Running with its address; a deleted Pod gets CNI DEL. The
+    /// Namespaces, ServiceAccounts, NetworkPolicies and Pods of the lab's documents (and of
+    /// `lab apply`) are written through the API; `lab delete` deletes the Pod there.
     Up(UpArgs),
     /// Try every pod-to-pod connection with real packets; print the matrix.
     ///
@@ -419,7 +431,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     // With Kubernetes, its objects go through the lab's API (checked here all the same).
     let kube_objects = if plan.kubernetes {
-        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &[]);
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &[], &names)?;
         all_docs = docs;
         objects
     } else {
@@ -610,7 +622,7 @@ fn apply(args: &UpArgs) -> Result<Exit> {
     // With Kubernetes, its objects go through the lab's API.
     let mut kube_objects = Vec::new();
     if state.kubernetes.is_some() {
-        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &state.pods);
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &state.pods, &nodes)?;
         all_docs = docs;
         kube_objects = objects;
     }
@@ -823,7 +835,8 @@ fn split_kubernetes(
     all_docs: Vec<(String, Vec<Value>)>,
     schedule: &mut dyn FnMut() -> String,
     running: &[PodState],
-) -> (Vec<Value>, Vec<(String, Vec<Value>)>) {
+    nodes: &[String],
+) -> Result<(Vec<Value>, Vec<(String, Vec<Value>)>)> {
     let mut objects = Vec::new();
     let mut rest = Vec::new();
     for (name, mut docs) in all_docs {
@@ -834,9 +847,10 @@ fn split_kubernetes(
                 pods::pin_running_pod(&key, o, running);
             }
         }
-        kube::prepare_pods(&mut mine, schedule);
+        kube::prepare_pods(&mut mine, schedule, nodes)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         objects.extend(mine);
         rest.push((name, docs));
     }
-    (objects, rest)
+    Ok((objects, rest))
 }
