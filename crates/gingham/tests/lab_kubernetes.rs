@@ -518,3 +518,70 @@ fn sys_kubernetes_lab_up_that_fails_cleans_up() {
         "{stderr}"
     );
 }
+
+/// On etcd: the API double and the controllers on the host's etcd, the nodes' plugin and
+/// agents through the lab's proxy; kubectl's policy is enforced all the same.
+#[test]
+fn sys_kubernetes_lab_on_etcd() {
+    require();
+    let server = gingham_testkit::etcd::EtcdServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("e{}", std::process::id() % 100_000);
+    let dir = tmp.path().join("lab").display().to_string();
+    let file = tmp.path().join("lab.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {name}}}\nspec: {SPEC}\n---\n{DOCS}"),
+    )
+    .unwrap();
+    let _down = common::Down(dir.clone());
+    let ds = format!("etcd:{}", server.endpoint());
+    ok_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            &dir,
+            "--datastore",
+            &ds,
+        ],
+        None,
+    );
+    let kc = ok_in(&["lab", "kubeconfig", "--dir", &dir], None)
+        .trim()
+        .to_owned();
+    let wait_try = |from: &str, to: &str| {
+        common::wait_programmed(&dir);
+        try_outcome(&dir, from, to, "TCP", 80)
+    };
+    assert_eq!(wait_try("other/intruder", "shop/web"), "connected");
+    kubectl(&kc, &["apply", "-f", "-"], Some(POLICY));
+    wait_until("knp.default.web-from-clients in etcd", 5, || {
+        let out = common::gingham_in(
+            &[
+                "get",
+                "networkpolicy",
+                "-n",
+                "shop",
+                "knp.default.web-from-clients",
+                "--datastore",
+                &ds,
+            ],
+            None,
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    assert_eq!(wait_try("other/intruder", "shop/web"), "no-answer");
+    assert_eq!(wait_try("shop/client", "shop/web"), "connected");
+    ok_in(&["lab", "down", "--dir", &dir], None);
+    assert_eq!(
+        common::leftovers(&name, Path::new(&dir)),
+        Vec::<String>::new()
+    );
+}
