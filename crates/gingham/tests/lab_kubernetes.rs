@@ -444,6 +444,42 @@ fn sys_kubectl_pods_run_and_stop() {
             .contains("\"extra\"")
     );
     down_leaves_nothing(&lab);
+
+    // Its pods left the API with it: a new lab on the same datastore runs none of them.
+    let again = Path::new(&lab.dir).parent().unwrap().join("again");
+    let file = again.with_extension("yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: gingham.dev/v1\nkind: Lab\nmetadata: {{name: {}}}\nspec: {SPEC}\n",
+            lab.name
+        ),
+    )
+    .unwrap();
+    let again = again.display().to_string();
+    let _down = common::Down(again.clone());
+    ok_in(
+        &[
+            "lab",
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--dir",
+            &again,
+            "--datastore",
+            &lab.ds,
+        ],
+        None,
+    );
+    let kc = ok_in(&["lab", "kubeconfig", "--dir", &again], None)
+        .trim()
+        .to_owned();
+    assert_eq!(
+        kubectl(&kc, &["get", "pods", "-A", "-o", "name"], None).trim(),
+        ""
+    );
+    assert_eq!(lab_state(&again)["pods"], serde_json::json!([]));
+    ok_in(&["lab", "down", "--dir", &again], None);
 }
 
 /// `lab up` of `extra` after the usual documents in a Kubernetes lab: it fails; stderr.

@@ -562,8 +562,16 @@ pub(super) fn stop_kubelet(dir: &Path) -> Result<()> {
     })
 }
 
-/// Stops the rest of the lab's Kubernetes and removes its files.
-pub(super) fn stop(dir: &Path, k: &KubeState) {
+/// Stops the rest of the lab's Kubernetes and removes its files. The Pods bound to the lab's
+/// nodes are deleted from the API first (their endpoints went with CNI DEL), so that a lab
+/// made later on the same datastore does not find them.
+pub(super) fn stop(dir: &Path, state: &State, k: &KubeState) -> Vec<String> {
+    let mut problems = Vec::new();
+    if k.apiserver_pid.is_some()
+        && let Err(e) = delete_lab_pods(state, k)
+    {
+        problems.push(format!("deleting the lab's pods from its API: {e:#}"));
+    }
     for pid in [k.controllers_pid, k.proxy_pid, k.apiserver_pid]
         .into_iter()
         .flatten()
@@ -580,6 +588,43 @@ pub(super) fn stop(dir: &Path, k: &KubeState) {
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
+    problems
+}
+
+fn delete_lab_pods(state: &State, k: &KubeState) -> Result<()> {
+    runtime()?.block_on(async {
+        let work = async {
+            let client = gingham_kubecontrollers::kube_client(&k.kubeconfig).await?;
+            let all: Api<Pod> = Api::all(client.clone());
+            for pod in all.list(&Default::default()).await.map_err(in_words)? {
+                let on_lab_node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| state.node(n).is_some());
+                if !on_lab_node {
+                    continue;
+                }
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+                match api
+                    .delete(
+                        pod.metadata.name.as_deref().unwrap_or_default(),
+                        &Default::default(),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(in_words(e)),
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .context("the API did not answer within 10 s")?
+    })
 }
 
 /// `gingham lab kubelet` (internal): the kubelet's share of every node of the lab.

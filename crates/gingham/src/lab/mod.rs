@@ -788,7 +788,7 @@ fn down(dir: &Path) -> Result<Exit> {
         r.bird_pid.iter().for_each(kill);
     }
     if let Some(k) = &state.kubernetes {
-        kube::stop(dir, k);
+        problems.extend(kube::stop(dir, &state, k));
     }
     if let Some(pid) = &state.proxy_pid {
         kill(pid);
