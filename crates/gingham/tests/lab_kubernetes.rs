@@ -621,3 +621,59 @@ fn sys_kubernetes_lab_on_etcd() {
         Vec::<String>::new()
     );
 }
+
+/// The example lab plays seed 001 through kubectl as its comment (and the README) tells it:
+/// the DefaultDeny annotation isolates the namespace, access-nginx lets `access: "true"` in.
+#[test]
+fn sys_the_kubernetes_example_plays_seed_001() {
+    require();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let example = std::fs::read_to_string(root.join("examples/lab/kubernetes.yaml")).unwrap();
+    let docs = example
+        .split_once("\n---\n")
+        .map(|(_, rest)| rest)
+        .expect("the Lab document first");
+    let lab = lab_up("s", "{nodes: [node-a, node-b], kubernetes: true}", docs);
+    let kc = ok_in(&["lab", "kubeconfig", "--dir", &lab.dir], None)
+        .trim()
+        .to_owned();
+    assert_eq!(
+        outcome(&lab, "test/no-access", "test/nginx", 80),
+        "connected"
+    );
+    kubectl(
+        &kc,
+        &[
+            "annotate",
+            "namespace",
+            "test",
+            r#"net.beta.kubernetes.io/network-policy={"ingress":{"isolation":"DefaultDeny"}}"#,
+        ],
+        None,
+    );
+    wait_until("kns.test denies ingress", 5, || {
+        let p = get(&lab, "profile", None, "kns.test")?;
+        if p["spec"]["ingress"].to_string().contains("Deny") {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    });
+    assert_eq!(outcome(&lab, "test/access", "test/nginx", 80), "no-answer");
+    let policy = root.join("examples/lab/kubernetes-access-nginx.yaml");
+    kubectl(&kc, &["apply", "-f", policy.to_str().unwrap()], None);
+    wait_until("knp.default.access-nginx written", 5, || {
+        get(
+            &lab,
+            "networkpolicy",
+            Some("test"),
+            "knp.default.access-nginx",
+        )
+    });
+    assert_eq!(outcome(&lab, "test/access", "test/nginx", 80), "connected");
+    assert_eq!(
+        outcome(&lab, "test/no-access", "test/nginx", 80),
+        "no-answer"
+    );
+    down_leaves_nothing(&lab);
+}
