@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -650,7 +650,15 @@ pub(super) fn kubelet(args: &DirArgs) -> Result<Exit> {
             .boxed();
         let mut listed = BTreeSet::new();
         tracing::info!("kubelet watching pods");
-        while let Some(event) = events.try_next().await? {
+        while let Some(event) = events.next().await {
+            // A failed watch (the API away, 410 Gone) is retried with backoff, relisting.
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("watching pods: {e}");
+                    continue;
+                }
+            };
             match event {
                 watcher::Event::Init => listed.clear(),
                 watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
@@ -672,12 +680,18 @@ pub(super) fn kubelet(args: &DirArgs) -> Result<Exit> {
                 }
                 watcher::Event::InitDone => {
                     // Pods deleted while nobody watched.
-                    let gone: Vec<String> = load_state(&dir)?
-                        .pods
-                        .iter()
-                        .map(super::state::PodState::key)
-                        .filter(|k| !listed.contains(k))
-                        .collect();
+                    let gone: Vec<String> = match load_state(&dir) {
+                        Ok(s) => s
+                            .pods
+                            .iter()
+                            .map(super::state::PodState::key)
+                            .filter(|k| !listed.contains(k))
+                            .collect(),
+                        Err(e) => {
+                            tracing::warn!("reading the lab's state: {e:#}");
+                            Vec::new()
+                        }
+                    };
                     for key in gone {
                         tokio::task::block_in_place(|| stop_pod(&dir, &exe, &key));
                     }
