@@ -165,7 +165,23 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
-        ["lab", "probe" | "down" | "wait"] => (s(&["lab", words[1], "--dir", &nolab]), "", false),
+        ["lab", "probe" | "down" | "wait" | "kubeconfig"] => {
+            (s(&["lab", words[1], "--dir", &nolab]), "", false)
+        }
+        // Long-running; here its kubeconfig cannot be written and the refusal goes to stderr.
+        ["lab", "apiserver"] => (
+            s(&[
+                "lab",
+                "apiserver",
+                "--listen",
+                "127.0.0.1:0",
+                "--kubeconfig",
+                &format!("{nolab}/missing/kubeconfig"),
+            ]),
+            "",
+            false,
+        ),
+        ["manifests", "crds"] => (s(&["manifests", "crds"]), "", true),
         ["lab", "delete"] => (s(&["lab", "delete", "ns/pod", "--dir", &nolab]), "", false),
         ["lab", "try"] => (
             s(&[

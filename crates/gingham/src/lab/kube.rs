@@ -584,7 +584,6 @@ pub(super) fn stop(dir: &Path, state: &State, k: &KubeState) -> Vec<String> {
         PROXY_LOG,
         CONTROLLERS_LOG,
         KUBELET_LOG,
-        super::state::STATE_LOCK,
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }

@@ -370,33 +370,35 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
 
 fn restart_agent(args: &RestartArgs) -> Result<Exit> {
     let dir = &lab_dir(&args.lab.dir)?;
-    let mut state = load_state(dir)?;
-    let Some(i) = state.nodes.iter().position(|n| n.name == args.node) else {
-        let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "{:?} is not a node of this lab (valid: {})",
-            args.node,
-            names.join(", ")
-        );
-    };
-    if let Some(pid) = state.nodes[i].agent_pid.take() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        for _ in 0..500 {
-            // Gone, or a zombie nobody reaps (its parent, `lab up`, has exited).
-            let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
-            if !proc_dir.exists() || status.contains("State:\tZ") {
-                break;
+    // Under the state's lock: a Kubernetes lab's kubelet writes the state too.
+    let pid = state::update_state(dir, |state| {
+        let Some(i) = state.nodes.iter().position(|n| n.name == args.node) else {
+            let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+            bail!(
+                "{:?} is not a node of this lab (valid: {})",
+                args.node,
+                names.join(", ")
+            );
+        };
+        if let Some(pid) = state.nodes[i].agent_pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            for _ in 0..500 {
+                // Gone, or a zombie nobody reaps (its parent, `lab up`, has exited).
+                let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+                if !proc_dir.exists() || status.contains("State:\tZ") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-    }
-    save_state(dir, &state)?;
-    let pid = servers::start_agent(&self_exe()?, dir, &state, &state.nodes[i])?;
-    state.nodes[i].agent_pid = Some(pid);
-    save_state(dir, &state)?;
+        save_state(dir, state)?;
+        let pid = servers::start_agent(&self_exe()?, dir, state, &state.nodes[i])?;
+        state.nodes[i].agent_pid = Some(pid);
+        Ok(pid)
+    })?;
     println!("agent of node {} restarted (pid {pid})", args.node);
     Ok(Exit::Ok)
 }
@@ -822,6 +824,7 @@ fn down(dir: &Path) -> Result<Exit> {
     std::fs::remove_file(state_path(dir))?;
     let _ = std::fs::remove_file(dir.join(probe::UDP_PORT_COUNTER));
     let _ = std::fs::remove_file(dir.join(servers::EXTERNAL_LOCK));
+    let _ = std::fs::remove_file(dir.join(state::STATE_LOCK));
     let _ = std::fs::remove_dir(dir);
     println!("lab {} removed", state.name);
     Ok(Exit::Ok)

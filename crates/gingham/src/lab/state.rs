@@ -190,7 +190,8 @@ pub(super) fn save_state(dir: &Path, state: &State) -> Result<()> {
 /// Runs `f` on the state as stored, under the lab's lock, and stores what it leaves: the
 /// kubelet and the lab's commands change the state from different processes.
 pub(super) fn update_state<T>(dir: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // No lab, no lock file made.
+    load_state(dir)?;
     let lock = std::fs::File::create(dir.join(STATE_LOCK))
         .with_context(|| format!("cannot create the lock in {}", dir.display()))?;
     lock.lock().context("cannot lock the lab's state")?;
