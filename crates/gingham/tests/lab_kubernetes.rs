@@ -315,6 +315,13 @@ fn sys_kubectl_namespaces_are_profiles() {
 fn sys_kubectl_pods_run_and_stop() {
     require();
     let (lab, kc) = up("p");
+    // The API answers in the nodes' namespaces too, on the same address: kubectl on a node.
+    let on_node = common::lab_exec_ok(
+        &lab.dir,
+        "node-b",
+        &["kubectl", "get", "pods", "-n", "shop", "-o", "name"],
+    );
+    assert_eq!(on_node.lines().count(), 2, "{on_node}");
     kubectl(
         &kc,
         &["apply", "-f", "-"],

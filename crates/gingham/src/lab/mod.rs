@@ -131,7 +131,8 @@ pub enum LabCmd {
     /// On a node, the environment is the node's: GINGHAM_DATASTORE (the datastore as the node
     /// reaches it), GINGHAM_RUN_DIR (DIR/run/NODE) and GINGHAM_BIRD_SOCKET /
     /// GINGHAM_BIRD6_SOCKET (its BIRDs' control sockets there), so that `gingham get`,
-    /// `gingham node status` and `birdc -s "$GINGHAM_BIRD_SOCKET"` work; on the router,
+    /// `gingham node status` and `birdc -s "$GINGHAM_BIRD_SOCKET"` work (and KUBECONFIG, the
+    /// lab's, in a lab with `spec.kubernetes: true`: kubectl works); on the router,
     /// GINGHAM_BIRD_SOCKET is the router's BIRD's.
     Exec(ExecArgs),
     /// Kill a node's agent (SIGKILL, as a crash would) and start it again.
@@ -727,6 +728,10 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
             .env("GINGHAM_BIRD_SOCKET", run.join("bird.ctl"))
             .env("GINGHAM_BIRD6_SOCKET", run.join("bird6.ctl"))
             .env("GINGHAM_RUN_DIR", run);
+        // The lab's API answers on the node's 127.0.0.1 too: kubectl works there.
+        if let Some(k) = &state.kubernetes {
+            cmd.env("KUBECONFIG", &k.kubeconfig);
+        }
     } else if args.target == probe::ROUTER {
         cmd.env(
             "GINGHAM_BIRD_SOCKET",
