@@ -243,7 +243,7 @@ pub(super) fn start(dir: &Path, state: &mut State) -> Result<()> {
         "the Kubernetes API double",
         &dir.join(APISERVER_LOG),
         || {
-            port = api_port(&kubeconfig);
+            port = api_port(&dir.join(APISERVER_LOG));
             port.is_some()
         },
     )?;
@@ -299,12 +299,13 @@ pub(super) fn start(dir: &Path, state: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// The port of the API in the kubeconfig the double wrote (once it listens).
-fn api_port(kubeconfig: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(kubeconfig).ok()?;
-    let rest = &text[text.find("http://127.0.0.1:")? + "http://127.0.0.1:".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+/// The port of the API: `lab apiserver` prints its URL, a whole line, once it listens and its
+/// kubeconfig is written.
+fn api_port(log: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .take(text.matches('\n').count())
+        .find_map(|l| l.trim().strip_prefix("http://127.0.0.1:")?.parse().ok())
 }
 
 /// Writes `objects` through the lab's API (created, or merged into what is there), in
@@ -363,7 +364,7 @@ pub(super) fn apply(dir: &Path, objects: Vec<Value>) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    wait_pods_running(dir, &pods)
+    wait_pods_running(dir, &pods, &rt, &client)
 }
 
 /// The Calico resources the controllers make of `objects`' NetworkPolicies and of the
@@ -492,15 +493,39 @@ fn in_words(e: kube::Error) -> anyhow::Error {
     }
 }
 
-/// Waits until the kubelet runs every pod of `keys` (it has an address), naming those it
-/// does not.
-fn wait_pods_running(dir: &Path, keys: &[String]) -> Result<()> {
+/// Waits until the kubelet runs every pod of `keys`: the lab has its address and the API
+/// says Running with it. Names those it does not.
+fn wait_pods_running(
+    dir: &Path,
+    keys: &[String],
+    rt: &tokio::runtime::Runtime,
+    client: &kube::Client,
+) -> Result<()> {
     let end = Instant::now() + SETTLE;
     loop {
         let state = load_state(dir)?;
-        let missing: Vec<&String> = keys
+        let listed = rt
+            .block_on(Api::<Pod>::all(client.clone()).list(&Default::default()))
+            .map_err(in_words)
+            .context("listing the lab's pods")?;
+        let running = |key: &String| {
+            let ip = state
+                .pods
+                .iter()
+                .find(|p| &p.key() == key)
+                .and_then(|p| p.ip.as_deref());
+            listed.items.iter().any(|p| {
+                &key_of(p) == key
+                    && p.status.as_ref().is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running") && s.pod_ip.is_some()
+                    })
+                    && p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == ip
+            })
+        };
+        let missing: Vec<&str> = keys
             .iter()
-            .filter(|k| !state.pods.iter().any(|p| &p.key() == *k && p.ip.is_some()))
+            .filter(|k| !running(k))
+            .map(String::as_str)
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -508,11 +533,7 @@ fn wait_pods_running(dir: &Path, keys: &[String]) -> Result<()> {
         if Instant::now() >= end {
             bail!(
                 "the kubelet did not start {} within {} s; see {}",
-                missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                missing.join(", "),
                 SETTLE.as_secs(),
                 dir.join(KUBELET_LOG).display()
             );
