@@ -520,6 +520,8 @@ pub struct BgpManager<S> {
     supervisor: S,
     /// The resources of [`INPUT_KINDS`], by key.
     resources: BTreeMap<String, Resource>,
+    /// The keys of this node's workload endpoints (their endpoint status files are read).
+    local_endpoints: BTreeSet<String>,
     /// Something the configuration reads changed since the last rendering.
     dirty: bool,
     /// Renderings done (for tests: a relevant change renders, an irrelevant one does not).
@@ -547,6 +549,7 @@ impl<S: Supervisor> BgpManager<S> {
             endpoint_status_prefix: config.run_dir.clone(),
             supervisor,
             resources: BTreeMap::new(),
+            local_endpoints: BTreeSet::new(),
             dirty: true,
             renders: 0,
             installed: None,
@@ -771,10 +774,31 @@ impl<S: Supervisor> Manager for BgpManager<S> {
             .filter(|r| INPUT_KINDS.contains(&r.kind()))
             .map(|r| (r.key(), r.clone()))
             .collect();
+        self.local_endpoints = resources
+            .iter()
+            .filter(|r| matches!(r, Resource::WorkloadEndpoint(w) if w.spec.node == self.node))
+            .map(Resource::key)
+            .collect();
         self.dirty = true;
     }
 
     fn on_update(&mut self, update: &Update) {
+        if update.kind == Kind::WorkloadEndpoint {
+            // A local workload may have come, gone or changed: its endpoint status file (which
+            // the status manager writes before this manager applies) is read again.
+            let local = |r: &Resource| matches!(r, Resource::WorkloadEndpoint(w) if w.spec.node == self.node);
+            let before = self.local_endpoints.remove(&update.key);
+            if update.resource.as_ref().is_some_and(local) {
+                self.local_endpoints.insert(update.key.clone());
+            }
+            self.dirty |= before || self.local_endpoints.contains(&update.key);
+            return;
+        }
+        if update.kind == Kind::Profile {
+            // Profile labels decide which local workloads a localWorkloadSelector selects.
+            self.dirty |= !self.local_endpoints.is_empty();
+            return;
+        }
         if !INPUT_KINDS.contains(&update.kind) {
             return;
         }

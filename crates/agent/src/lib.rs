@@ -16,7 +16,11 @@
 //! - [`routes::RouteManager`]: felix's route, VXLAN and IPIP managers: routes to other nodes'
 //!   blocks and borrowed addresses, the VXLAN device and its neighbours and FDB entries
 //!   ([`routes::NetlinkRoutes`], or [`routes::RecordingRoutes`] in tests), and the node's tunnel
-//!   addresses ([`tunnels`], calico-node's allocateip).
+//!   addresses ([`tunnels`], calico-node's allocateip); it also detects the host's MTU and
+//!   writes felix's pod MTU to the MTU file the CNI plugin reads ([`mtu`]).
+//! - [`status::StatusManager`]: felix's endpoint status files, one per local workload
+//!   endpoint, naming the BGPPeer whose `localWorkloadSelector` selects it (the BGP manager
+//!   reads them for local workload peers).
 //! - [`bgp::BgpManager`]: with the `bird` backend, confd's and runit's job: the BIRD
 //!   configuration rendered, checked and loaded, `bird` and `bird6` kept running
 //!   ([`bgp::BirdSupervisor`], or [`bgp::RecordingSupervisor`] in tests).
@@ -37,9 +41,11 @@ use gingham_model::{Kind, Resource};
 
 pub mod bgp;
 pub mod health;
+pub mod mtu;
 pub mod plumbing;
 pub mod policy;
 pub mod routes;
+pub mod status;
 #[cfg(test)]
 mod tests;
 pub mod tunnels;
@@ -49,6 +55,7 @@ pub use health::Health;
 use plumbing::{Plumbing, PlumbingManager};
 use policy::PolicyManager;
 use routes::{RouteManager, RouteTable};
+use status::StatusManager;
 
 /// Where the agent watches: every Calico resource ([`gingham_model::kind::KEY_ROOT`]) and the IPAM
 /// keys ([`gingham_ipam::stored::IPAM_PREFIX`]: blocks, affinities, handles), which the route,
@@ -253,6 +260,7 @@ pub struct Agent<B: Backend, P: Plumbing, S: Supervisor = BirdSupervisor> {
     pub plumbing: PlumbingManager<P>,
     pub bgp: BgpManager<S>,
     pub routes: RouteManager<Box<dyn RouteTable>>,
+    pub status: StatusManager,
     /// The revision the dataplane reflects.
     revision: Revision,
     watch: Option<Box<dyn Watch>>,
@@ -296,9 +304,15 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
         let health = Health::default();
         Agent {
             policy: PolicyManager::new(config, nft, health.clone()),
-            plumbing: PlumbingManager::new(&config.node, plumbing, health.clone()),
+            plumbing: PlumbingManager::new(
+                &config.node,
+                config.networking,
+                plumbing,
+                health.clone(),
+            ),
             bgp: BgpManager::new(config, supervisor, health.clone()),
             routes: RouteManager::new(&config.node, config.networking, routes, health.clone()),
+            status: StatusManager::new(&config.node, health.clone()),
             health,
             unreadable: BTreeSet::new(),
             revision: 0,
@@ -307,13 +321,22 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
     }
 
     /// The managers, in the order they apply.
-    fn managers(&mut self) -> [&mut dyn Manager; 4] {
+    fn managers(&mut self) -> [&mut dyn Manager; 5] {
         [
             &mut self.policy,
             &mut self.plumbing,
             &mut self.routes,
+            // Before BGP, which reads the endpoint status files it writes.
+            &mut self.status,
             &mut self.bgp,
         ]
+    }
+
+    /// Where felix's endpoint status files go (`<prefix>/endpoint-status/`): written by the
+    /// status manager, read by the BGP manager for local workload peers.
+    pub fn set_endpoint_status_prefix(&mut self, prefix: std::path::PathBuf) {
+        self.status.set_prefix(prefix.clone());
+        self.bgp.set_endpoint_status_prefix(prefix);
     }
 
     /// The datastore revision the dataplane reflects.

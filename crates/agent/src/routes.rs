@@ -10,8 +10,10 @@
 //!
 //! Which pools it programs depends on the networking backend: `vxlan`, all of them (a VXLAN
 //! pool through `vxlan.calico`, an IPIP pool through `tunl0`, CrossSubnet and unencapsulated
-//! pools by a plain route when the node is on the same subnet); `bird`, only encapsulated pools
-//! (BIRD programs the others, v3.33's split); `none`, nothing (someone else routes pods).
+//! pools by a plain route when the node is on the same subnet); `bird`, the pools BIRD's kernel
+//! filter leaves to felix ([`gingham_bgp::bird_programs_pool`], v3.33's split: encapsulated
+//! pools, and unencapsulated ones too under BGPConfiguration `programClusterRoutes: Disabled`
+//! or `EnabledIPIPOnly`); `none`, nothing (someone else routes pods).
 //!
 //! "Same subnet" is Calico's: the remote node's `ipv4Address` lies inside this node's
 //! `ipv4Address` prefix. IPv6 pools work alike with `ipv6Address`, `ipv6VXLANTunnelAddr` and
@@ -22,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,6 +55,9 @@ pub trait RouteTable {
     fn ipip_support(&mut self) -> Result<(), String>;
     /// Makes the tunnels and routes match `want`; returns what was changed, one line each.
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError>;
+    /// The smallest MTU of the interfaces that are up and whose name matches `pattern`
+    /// (felix's host MTU); `None` when none matches.
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError>;
 }
 
 impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
@@ -60,6 +66,9 @@ impl<T: RouteTable + ?Sized> RouteTable for Box<T> {
     }
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
         (**self).sync(want)
+    }
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        (**self).host_mtu(pattern)
     }
 }
 
@@ -103,6 +112,10 @@ impl RouteTable for NetlinkRoutes {
     fn sync(&mut self, want: &ClusterRoutes) -> Result<Vec<String>, NetError> {
         gingham_net::routes::sync(&self.nl, want, &mut self.earlier)
     }
+
+    fn host_mtu(&mut self, pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        gingham_net::routes::host_mtu(&self.nl, |name| pattern.is_match(name))
+    }
 }
 
 /// Keeps every request (for tests); changes nothing. Clones share the record.
@@ -111,6 +124,8 @@ pub struct RecordingRoutes {
     pub requests: Arc<Mutex<Vec<ClusterRoutes>>>,
     /// What [`RouteTable::ipip_support`] answers.
     pub ipip: bool,
+    /// What [`RouteTable::host_mtu`] answers.
+    pub host_mtu: Option<u32>,
 }
 
 impl Default for RecordingRoutes {
@@ -118,6 +133,7 @@ impl Default for RecordingRoutes {
         RecordingRoutes {
             requests: Arc::default(),
             ipip: true,
+            host_mtu: Some(1500),
         }
     }
 }
@@ -144,6 +160,10 @@ impl RouteTable for RecordingRoutes {
             .expect("not poisoned")
             .push(want.clone());
         Ok(Vec::new())
+    }
+
+    fn host_mtu(&mut self, _pattern: &regex::Regex) -> Result<Option<u32>, NetError> {
+        Ok(self.host_mtu)
     }
 }
 
@@ -223,6 +243,9 @@ pub struct RouteManager<R> {
     nodes: BTreeMap<String, gingham_model::Node>,
     pools: BTreeMap<String, IpPool>,
     reservations: BTreeMap<String, Vec<IpNet>>,
+    /// The default BGPConfiguration's `programClusterRoutes` (with BIRD: which pools BIRD
+    /// programs, [`gingham_bgp::bird_programs_pool`]).
+    program_cluster_routes: Option<String>,
     /// The blocks as last read (`None`: not read yet, or unreadable).
     blocks: Option<Vec<BlockRoutes>>,
     /// The node's tunnel addresses need checking (pools or the node changed).
@@ -232,6 +255,10 @@ pub struct RouteManager<R> {
     /// The routes need recomputing.
     due: bool,
     last: Instant,
+    /// Where the pod MTU is written for the CNI plugin (`None`: nowhere).
+    mtu_file: Option<PathBuf>,
+    /// The host's MTU as last detected.
+    host_mtu: u32,
 }
 
 impl<R: RouteTable> RouteManager<R> {
@@ -245,12 +272,23 @@ impl<R: RouteTable> RouteManager<R> {
             nodes: BTreeMap::new(),
             pools: BTreeMap::new(),
             reservations: BTreeMap::new(),
+            program_cluster_routes: None,
             blocks: None,
             allocate: true,
             ipam: true,
             due: true,
             last: Instant::now(),
+            mtu_file: None,
+            host_mtu: crate::mtu::UNDETECTED_HOST_MTU,
         }
+    }
+
+    /// Writes the pod MTU to `path` for the CNI plugin ([`crate::mtu`]), on every pass that
+    /// finds it saying something else (the agent's binary: [`crate::mtu::file_in`] its run
+    /// directory).
+    pub fn set_mtu_file(&mut self, path: PathBuf) {
+        self.mtu_file = Some(path);
+        self.due = true;
     }
 
     /// The route table (what was asked of it, for tests).
@@ -270,6 +308,9 @@ impl<R: RouteTable> RouteManager<R> {
                 self.reservations
                     .insert(x.metadata.name.clone(), x.spec.reserved_cidrs.clone());
             }
+            Resource::BgpConfiguration(c) if c.metadata.name == "default" => {
+                self.program_cluster_routes = c.spec.program_cluster_routes.clone();
+            }
             _ => {}
         }
     }
@@ -288,15 +329,69 @@ impl<R: RouteTable> RouteManager<R> {
         }
     }
 
+    /// The global FelixConfiguration's settings.
+    fn felix_spec(&self) -> Option<&gingham_model::FelixConfigurationSpec> {
+        self.felix.resources().iter().find_map(|r| match r {
+            Resource::FelixConfiguration(f) if f.metadata.name == "default" => Some(&f.spec),
+            _ => None,
+        })
+    }
+
     /// The felix settings that shape the VXLAN device.
     fn felix_setting(
         &self,
         pick: impl Fn(&gingham_model::FelixConfigurationSpec) -> Option<i64>,
     ) -> Option<i64> {
-        self.felix.resources().iter().find_map(|r| match r {
-            Resource::FelixConfiguration(f) if f.metadata.name == "default" => pick(&f.spec),
-            _ => None,
-        })
+        self.felix_spec().and_then(pick)
+    }
+
+    /// Felix's MTU of each tunnel, from the host's MTU as last detected.
+    fn tunnel_mtus(&self) -> crate::mtu::TunnelMtus {
+        crate::mtu::TunnelMtus::of(self.host_mtu, self.felix_spec())
+    }
+
+    /// Detects the host's MTU (felix's `findHostMTU`) and writes the pod MTU to the MTU file
+    /// if it says something else.
+    fn sync_mtu(&mut self) {
+        let pattern = self
+            .felix_spec()
+            .and_then(|s| s.mtu_iface_pattern.as_deref())
+            .filter(|p| !p.is_empty())
+            .unwrap_or(crate::mtu::DEFAULT_IFACE_PATTERN)
+            .to_owned();
+        let re = match regex::Regex::new(&pattern) {
+            Ok(re) => re,
+            Err(e) => {
+                tracing::error!(%pattern, error = %e, "FelixConfiguration mtuIfacePattern is not a regular expression; using felix's default");
+                regex::Regex::new(crate::mtu::DEFAULT_IFACE_PATTERN).expect("a valid pattern")
+            }
+        };
+        match self.table.host_mtu(&re) {
+            Ok(Some(m)) => self.host_mtu = m,
+            Ok(None) => {
+                tracing::warn!(%pattern, "no interface that is up matches mtuIfacePattern; assuming a host MTU of {}", crate::mtu::UNDETECTED_HOST_MTU);
+                self.host_mtu = crate::mtu::UNDETECTED_HOST_MTU;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list interfaces to detect the host MTU; keeping {}", self.host_mtu);
+            }
+        }
+        let Some(path) = self.mtu_file.clone() else {
+            return;
+        };
+        let encaps = crate::mtu::Encaps::of(self.pools.values(), self.felix_spec());
+        let mtu = crate::mtu::pod_mtu(self.host_mtu, &self.tunnel_mtus(), &encaps);
+        if matches!(crate::mtu::read(&path), Ok(Some(m)) if m == mtu) {
+            return;
+        }
+        match crate::mtu::write(&path, mtu) {
+            Ok(()) => tracing::info!(mtu, file = %path.display(), "pod MTU written"),
+            Err(e) => {
+                self.health.metrics.errors.inc();
+                self.due = true;
+                tracing::error!(file = %path.display(), error = %e, "cannot write the pod MTU file");
+            }
+        }
     }
 
     /// What the node's tunnels and routes should be, and the IPIP problem if there is one.
@@ -322,6 +417,18 @@ impl<R: RouteTable> RouteManager<R> {
             .values()
             .filter_map(|p| Some((p.spec.cidr?, Self::encap(p), p.metadata.name.as_str())))
             .collect();
+        // With BIRD, the pools whose routes BIRD programs are left to it.
+        let bird_pools: Vec<IpNet> = if self.networking == Networking::Bird {
+            self.pools
+                .values()
+                .filter(|p| {
+                    gingham_bgp::bird_programs_pool(p, self.program_cluster_routes.as_deref())
+                })
+                .filter_map(|p| p.spec.cidr)
+                .collect()
+        } else {
+            Vec::new()
+        };
 
         // VXLAN, per family: wanted while a VXLAN pool of the family exists and the node has
         // what a VTEP needs.
@@ -346,10 +453,8 @@ impl<R: RouteTable> RouteManager<R> {
             };
             dev.vni = vni.unwrap_or(dev.vni);
             dev.port = port.unwrap_or(dev.port);
-            dev.mtu = self
-                .felix_setting(|s| if v6 { s.vxlan_mtu_v6 } else { s.vxlan_mtu })
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|m| *m > 0);
+            let mtus = self.tunnel_mtus();
+            dev.mtu = Some(if v6 { mtus.vxlan_v6 } else { mtus.vxlan });
             want.vteps.extend(
                 infos
                     .iter()
@@ -383,10 +488,7 @@ impl<R: RouteTable> RouteManager<R> {
                     if let Some(addr) = me.ipip {
                         want.ipip = Some(IpipDevice {
                             address: addr,
-                            mtu: self
-                                .felix_setting(|s| s.ipip_mtu)
-                                .and_then(|v| u32::try_from(v).ok())
-                                .filter(|m| *m > 0),
+                            mtu: Some(self.tunnel_mtus().ipip),
                         });
                     }
                 }
@@ -453,8 +555,9 @@ impl<R: RouteTable> RouteManager<R> {
                         _ => None,
                     }
                 }
+                // Felix's no-encap route manager: a plain route within the subnet only.
                 Encap::None => {
-                    if self.networking == Networking::Vxlan && same_subnet {
+                    if same_subnet {
                         underlay()
                     } else {
                         None
@@ -464,10 +567,10 @@ impl<R: RouteTable> RouteManager<R> {
         };
         let mut routes = BTreeSet::new();
         for b in self.blocks.iter().flatten() {
-            let Some((_, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
+            let Some((cidr, encap, _)) = pools.iter().find(|(c, _, _)| c.contains(&b.cidr)) else {
                 continue;
             };
-            if self.networking == Networking::Bird && *encap == Encap::None {
+            if bird_pools.contains(cidr) {
                 continue;
             }
             if let Some(node) = &b.node
@@ -488,6 +591,7 @@ impl<R: RouteTable> RouteManager<R> {
     fn program(&mut self, store: &dyn Datastore, now: Instant) {
         self.due = false;
         self.last = now;
+        self.sync_mtu();
         if self.networking == Networking::None {
             return;
         }
@@ -548,6 +652,7 @@ impl<R: RouteTable> Manager for RouteManager<R> {
         self.nodes.clear();
         self.pools.clear();
         self.reservations.clear();
+        self.program_cluster_routes = None;
         for r in resources {
             self.take(r);
         }
@@ -563,6 +668,14 @@ impl<R: RouteTable> Manager for RouteManager<R> {
         }
         match update.kind {
             Kind::Node | Kind::IpPool | Kind::IpReservation => {}
+            Kind::BgpConfiguration if update.name == "default" => {
+                self.program_cluster_routes = match &update.resource {
+                    Some(Resource::BgpConfiguration(c)) => c.spec.program_cluster_routes.clone(),
+                    _ => None,
+                };
+                self.due = true;
+                return;
+            }
             _ => return,
         }
         match &update.resource {

@@ -168,7 +168,11 @@ fn cross_subnet_reaches_the_same_rack_plainly_and_the_other_through_vxlan() {
     assert_eq!(dev.local, ip("192.168.1.1"));
     assert_eq!(dev.address, tunnel(s, "node-a"));
     assert_eq!(dev.mac, vtep_mac("node-a"));
-    assert_eq!(dev.mtu, None, "the underlay's MTU minus 50");
+    assert_eq!(
+        dev.mtu,
+        Some(1450),
+        "the host's MTU (1500, recorded) minus 50"
+    );
     let vteps: Vec<_> = want
         .vteps
         .iter()
@@ -459,6 +463,20 @@ fn bird_programs_only_encapsulated_pools_and_none_programs_nothing() {
     )));
     assert!(want.vxlan.is_some());
 
+    // BGPConfiguration programClusterRoutes: Disabled: BIRD's kernel filter rejects the
+    // unencapsulated pool ("Cluster routes are handled by Felix"), so the agent routes it
+    // within the subnet, as felix's no-encap route manager does.
+    let disabled = load("apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\nspec: {programClusterRoutes: Disabled}\n").remove(0);
+    put(s, &disabled);
+    let want = program(&mut bird, s);
+    assert!(
+        want.routes
+            .contains(&route(plain, Via::Underlay("192.168.1.2".parse().unwrap()))),
+        "{:?}",
+        want.routes
+    );
+    s.delete(&disabled.key(), None).expect("deleted");
+
     let table = RecordingRoutes::default();
     let mut none = manager("node-a", Networking::None, table.clone());
     none.resync(&resources(s));
@@ -701,6 +719,9 @@ impl RouteTable for Failing {
             Ok(Vec::new())
         }
     }
+    fn host_mtu(&mut self, _: &regex::Regex) -> Result<Option<u32>, gingham_net::NetError> {
+        Ok(Some(1500))
+    }
 }
 
 #[test]
@@ -726,4 +747,70 @@ fn a_route_table_that_fails_makes_the_node_unready_until_it_works() {
     m.table.0 = false;
     m.apply(s, Instant::now()).unwrap();
     assert_eq!(m.health.readiness().0, gingham_health::StatusCode::OK);
+}
+
+/// Felix's pod MTU in the MTU file: the smallest enabled tunnel's (the host's MTU minus the
+/// overhead, or FelixConfiguration's), the host's with no tunnel, felix's 1460 when no
+/// interface matches; rewritten as pools come and go, in every networking mode, and the
+/// VXLAN device gets the same MTU.
+#[test]
+fn the_pod_mtu_file_follows_pools_and_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = crate::mtu::file_in(dir.path());
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    let c = cluster(", vxlanMode: Always");
+    let s = &c.store;
+    let table = RecordingRoutes {
+        host_mtu: Some(9000),
+        ..RecordingRoutes::default()
+    };
+    let mut m = manager("node-a", Networking::Vxlan, table);
+    m.set_mtu_file(file.clone());
+    let want = program(&mut m, s);
+    assert_eq!(read(), "8950");
+    assert_eq!(want.vxlan.as_ref().and_then(|d| d.mtu), Some(8950));
+
+    put(
+        s,
+        &pool("pods", POOL, ", vxlanMode: Never, ipipMode: Always"),
+    );
+    program(&mut m, s);
+    assert_eq!(read(), "8980", "IPIP's overhead is 20");
+
+    put(
+        s,
+        &pool("pods", POOL, ", vxlanMode: Never, ipipMode: Never"),
+    );
+    program(&mut m, s);
+    assert_eq!(read(), "9000", "no tunnel: the host's MTU");
+
+    put(
+        s,
+        &load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanEnabled: true, vxlanMTU: 1300}\n").remove(0),
+    );
+    program(&mut m, s);
+    assert_eq!(
+        read(),
+        "1300",
+        "FelixConfiguration's vxlanEnabled and vxlanMTU"
+    );
+
+    // Without BGP or tunnels to program (networking none) the file is still written; with no
+    // interface matching mtuIfacePattern, felix assumes 1460.
+    let none = tempfile::tempdir().unwrap();
+    let none_file = crate::mtu::file_in(none.path());
+    let table = RecordingRoutes {
+        host_mtu: None,
+        ..RecordingRoutes::default()
+    };
+    let mut m = manager("node-a", Networking::None, table);
+    m.set_mtu_file(none_file.clone());
+    put(s, &pool("pods", POOL, ", vxlanMode: Always"));
+    m.resync(&resources(s));
+    m.apply(s, Instant::now()).expect("applied");
+    assert_eq!(std::fs::read_to_string(&none_file).unwrap(), "1300");
+    s.delete(&load("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {}\n").remove(0).key(), None).unwrap();
+    m.resync(&resources(s));
+    m.apply(s, Instant::now()).expect("applied");
+    assert_eq!(std::fs::read_to_string(&none_file).unwrap(), "1410");
 }

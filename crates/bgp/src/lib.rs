@@ -179,6 +179,29 @@ pub fn render(input: &Input, opts: &Options) -> Result<Rendered, RenderError> {
     Ok(Rendered { files, warnings })
 }
 
+/// Who programs a pool's cluster routes in BIRD mode (confd's `processIPPool` with the default
+/// BGPConfiguration's `programClusterRoutes`: unset is `EnabledNoEncapOnly`): `true` when BIRD
+/// does, its kernel filter accepting the pool's routes, and with them the blackholes of the
+/// node's blocks in it (`bird_aggr.cfg`'s static protocol); `false` when felix (our agent)
+/// does: VXLAN pools always, IPIP pools unless `Enabled`/`EnabledIPIPOnly`, unencapsulated
+/// pools under `Disabled`/`EnabledIPIPOnly`.
+pub fn bird_programs_pool(pool: &IpPool, program_cluster_routes: Option<&str>) -> bool {
+    let (bird_ipip, bird_no_encap) = match program_cluster_routes {
+        Some("Disabled") => (false, false),
+        Some("Enabled") => (true, true),
+        Some("EnabledIPIPOnly") => (true, false),
+        _ => (false, true),
+    };
+    if pool.spec.vxlan() != gingham_model::VxlanMode::Never {
+        return false;
+    }
+    if pool.spec.ipip() != gingham_model::IpipMode::Never {
+        bird_ipip
+    } else {
+        bird_no_encap
+    }
+}
+
 /// Calico's `CALICO_ROUTER_ID=hash`: the first four bytes of sha256(node name) as an IPv4
 /// address, with a first octet above 223 (multicast and reserved) lowered by 32.
 pub fn hash_to_ipv4(node_name: &str) -> String {

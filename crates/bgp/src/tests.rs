@@ -199,7 +199,15 @@ spec: {peerIP: 192.0.2.1, asNumber: 65000, filters: [nope]}
         "{:?}",
         r.warnings
     );
-    assert!(!r.file("bird.cfg").unwrap().contains("nope"));
+    // confd v3.33 (bgp_processor.go, buildImportFilter/buildExportFilter) skips a filter it
+    // cannot read: the session is still rendered, with the default import and export.
+    let bird = r.file("bird.cfg").unwrap();
+    assert!(!bird.contains("nope"), "{bird}");
+    assert!(bird.contains("neighbor 192.0.2.1 as 65000;"), "{bird}");
+    assert!(
+        bird.contains("calico_export_to_bgp_peers(false);\n    reject;"),
+        "{bird}"
+    );
 }
 
 #[test]

@@ -928,15 +928,10 @@ impl<'a> View<'a> {
     }
 
     fn pools(&self, c: &mut BirdConfig, version: u8, warnings: &mut Vec<String>) {
-        let (bird_ipip, bird_no_encap) = match self
+        let program_cluster_routes = self
             .global
-            .and_then(|g| g.spec.program_cluster_routes.as_deref())
-        {
-            Some("Disabled") => (false, false),
-            Some("Enabled") => (true, true),
-            Some("EnabledIPIPOnly") => (true, false),
-            _ => (false, true),
-        };
+            .and_then(|g| g.spec.program_cluster_routes.as_deref());
+        let bird_ipip = matches!(program_cluster_routes, Some("Enabled" | "EnabledIPIPOnly"));
         let mut patterns = vec!["*.cali", "*.calico"];
         if !bird_ipip {
             patterns.push("tunl0");
@@ -962,7 +957,7 @@ impl<'a> View<'a> {
             let cidr = cidr.to_string();
             let vxlan = pool.spec.vxlan() != VxlanMode::Never;
             let ipip = pool.spec.ipip() != IpipMode::Never;
-            let bird_programs = !vxlan && if ipip { bird_ipip } else { bird_no_encap };
+            let bird_programs = crate::bird_programs_pool(pool, program_cluster_routes);
             // Export to peers.
             if pool.spec.disable_bgp_export {
                 c.export_disabled_pools.push(statement(

@@ -639,7 +639,35 @@ fn netns_path(inv: &Invocation) -> Result<&Path, CniError> {
         .ok_or_else(|| CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set"))
 }
 
-fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> WorkloadSpec {
+/// The pod MTU: the network configuration's `mtu`, else (absent or 0, Calico's
+/// `__CNI_MTU__`) the one the node's agent wrote to the MTU file in its run directory
+/// (`GINGHAM_RUN_DIR`, default Calico's), else the kernel's default. Calico's
+/// `require_mtu_file: true` makes a missing file an error.
+fn pod_mtu(conf: &NetConf) -> Result<Option<u32>, CniError> {
+    if let Some(mtu) = conf.mtu.filter(|m| *m != 0) {
+        return Ok(Some(mtu));
+    }
+    let run_dir = std::env::var_os(gingham_agent::Config::RUN_DIR_ENV).map_or_else(
+        || gingham_agent::Config::DEFAULT_RUN_DIR.into(),
+        std::path::PathBuf::from,
+    );
+    let path = gingham_agent::mtu::file_in(&run_dir);
+    let invalid = |e: String| CniError::new(ErrorCode::InvalidConfig, e);
+    let found = gingham_agent::mtu::read(&path).map_err(|e| invalid(e.to_string()))?;
+    let required = conf
+        .other
+        .get("require_mtu_file")
+        .is_some_and(|v| v.as_bool() == Some(true));
+    if found.is_none() && required {
+        return Err(invalid(format!(
+            "require_mtu_file is true and the MTU file {} does not exist (the node's agent writes it)",
+            path.display()
+        )));
+    }
+    Ok(found)
+}
+
+fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> Result<WorkloadSpec, CniError> {
     let mut spec = WorkloadSpec::new(&w.host_ifname());
     spec.container_ifname = w.ifname.clone();
     for ip in ips {
@@ -648,11 +676,10 @@ fn spec_for(w: &Workload, ips: &[IpAddr], conf: &NetConf) -> WorkloadSpec {
             IpAddr::V6(a) => spec = spec.with_ipv6(*a),
         }
     }
-    // 0 is Calico's "work it out" (the manifests' default).
-    if let Some(mtu) = conf.mtu.filter(|m| *m > 0) {
+    if let Some(mtu) = pod_mtu(conf)? {
         spec = spec.with_mtu(mtu);
     }
-    spec
+    Ok(spec)
 }
 
 fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
@@ -749,7 +776,7 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
         undo_ipam();
         CniError::new(ErrorCode::Dataplane, format!("netlink: {e}"))
     })?;
-    let spec = spec_for(&w, &ips, conf);
+    let spec = spec_for(&w, &ips, conf).inspect_err(|_| undo_ipam())?;
     let plumbed = match plumbing.setup(netns, &spec) {
         Ok(p) => p,
         Err(e) => {
@@ -878,7 +905,7 @@ fn existing_attachment(
             ));
         }
     }
-    let spec = spec_for(w, &ips, conf);
+    let spec = spec_for(w, &ips, conf)?;
     let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
         .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
     let report = plumbing.check(netns, &spec).map_err(|err| {
@@ -1209,7 +1236,7 @@ fn check(inv: &Invocation) -> Result<(), CniError> {
             format!("no address is allocated to {}", w.handle),
         ));
     }
-    let spec = spec_for(&w, &ips, conf);
+    let spec = spec_for(&w, &ips, conf)?;
     let plumbing = WorkloadPlumbing::new(&NetnsRef::Current)
         .map_err(|e| CniError::new(ErrorCode::Dataplane, format!("netlink: {e}")))?;
     let report = plumbing

@@ -43,13 +43,14 @@ spec:
     y
 }
 
-/// A BGPFilter the renderer writes and BIRD refuses (a prefix length range whose minimum is
-/// above its maximum), used by a global BGPPeer so every node's configuration has it.
+/// A BGPFilter that passes validation, as Calico's, and that the renderer writes and BIRD
+/// refuses: a maximum prefix length shorter than the CIDR's own, so confd's range is `{16,8}`.
+/// Used by a global BGPPeer so every node's configuration has it.
 const REJECTED: &str = "apiVersion: projectcalico.org/v3
 kind: BGPFilter
 metadata: {name: upside-down}
 spec:
-  exportV4: [{action: Reject, matchOperator: In, cidr: 10.0.0.0/8, prefixLength: {min: 30, max: 20}}]
+  exportV4: [{action: Reject, matchOperator: In, cidr: 10.0.0.0/16, prefixLength: {max: 8}}]
 ---
 apiVersion: projectcalico.org/v3
 kind: BGPPeer
@@ -400,6 +401,17 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
                 .contains(&format!("via {} dev up0 proto bird", a.ip))
         },
     );
+    // Each node's own block has one blackhole, BIRD's (bird_aggr.cfg's static route, which
+    // its kernel filter exports for an unencapsulated pool), and no copy of the agent's.
+    for (n, own) in [(&a, &block_a), (&b, &block_b)] {
+        let blackholes = || n.exec_ok(&format!("ip -4 route show type blackhole {own}"));
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{}'s blackhole for {own} from BIRD", n.name),
+            blackholes,
+            || blackholes().trim() == format!("blackhole {own} proto bird"),
+        );
+    }
     wait_until(
         Duration::from_secs(10),
         "pod-a reaching pod-b",
@@ -512,7 +524,7 @@ fn sys_agents_run_bird_route_pods_restart_it_and_refuse_bad_configs() {
             let r = a.readiness();
             r.contains("503")
                 && r.contains("not ready: BIRD rejected the configuration: bird: ")
-                && r.contains("Invalid prefix pattern range: {30, 20}")
+                && r.contains("Invalid prefix pattern range: {16, 8}")
         },
     );
     let status = a.status();

@@ -133,7 +133,16 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             true,
         ),
         ["agent"] => (
-            s(&["agent", "--node", "n1", "--once", "--health-port", "0"]),
+            s(&[
+                "agent",
+                "--node",
+                "n1",
+                "--once",
+                "--health-port",
+                "0",
+                "--run-dir",
+                &f.path("run"),
+            ]),
             "",
             true,
         ),
@@ -147,6 +156,20 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
+        // Long-running; here its listen address is not one and the refusal goes to stderr.
+        ["lab", "apiserver"] => (
+            s(&[
+                "lab",
+                "apiserver",
+                "--datastore",
+                &format!("sqlite:{}", f.path("apiserver.db")),
+                "--listen",
+                "not-an-address",
+            ]),
+            "",
+            false,
+        ),
+        ["manifests", "crds"] => (s(&["manifests", "crds"]), "", true),
         ["ipam", "show"] => (s(&["ipam", "show"]), "", true),
         ["ipam", "check"] => (s(&["ipam", "check"]), "", true),
         // Nothing is allocated: the refusal goes to stderr.
@@ -168,20 +191,6 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
         ["lab", "probe" | "down" | "wait" | "kubeconfig"] => {
             (s(&["lab", words[1], "--dir", &nolab]), "", false)
         }
-        // Long-running; here its kubeconfig cannot be written and the refusal goes to stderr.
-        ["lab", "apiserver"] => (
-            s(&[
-                "lab",
-                "apiserver",
-                "--listen",
-                "127.0.0.1:0",
-                "--kubeconfig",
-                &format!("{nolab}/missing/kubeconfig"),
-            ]),
-            "",
-            false,
-        ),
-        ["manifests", "crds"] => (s(&["manifests", "crds"]), "", true),
         ["lab", "delete"] => (s(&["lab", "delete", "ns/pod", "--dir", &nolab]), "", false),
         ["lab", "try"] => (
             s(&[

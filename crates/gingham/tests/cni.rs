@@ -1683,3 +1683,100 @@ fn sys_reliability_random_add_del_with_faults_on_etcd() {
         seed,
     );
 }
+
+/// The pod MTU from the node agent's MTU file (Calico's `/var/lib/calico/mtu`; ours in the run
+/// directory, `GINGHAM_RUN_DIR`): used when the network configuration sets no `mtu` (or 0,
+/// Calico's `__CNI_MTU__` left unset), ignored when it sets one; a file that holds no MTU, or
+/// a missing file with `require_mtu_file: true`, fails the ADD with an error naming it.
+#[test]
+fn sys_the_mtu_file_gives_the_pod_mtu_when_the_configuration_has_none() {
+    gingham_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    pool(&ds, "10.91.0.0/24", 26);
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mtu_file = run.join("mtu");
+    let underlay = Underlay::new();
+    let node = Node::new(&underlay, "node-m", 5);
+    let run_dir = run.to_str().unwrap();
+    let add = |i: usize, pod: &TestNetns, conf: serde_json::Value| {
+        let c = Call {
+            command: "ADD",
+            container: &format!("mtu{i}"),
+            netns: pod.path(),
+            args: k8s_args("default", &format!("m{i}")),
+            conf: conf.to_string(),
+        };
+        plugin_with(&node, &c, &[("GINGHAM_RUN_DIR", Some(run_dir))])
+    };
+    let base = |mtu: Option<u32>| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&conf(&ds, &node.name, "1.0.0")).unwrap();
+        match mtu {
+            Some(m) => v["mtu"] = m.into(),
+            None => {
+                v.as_object_mut().unwrap().remove("mtu");
+            }
+        }
+        v
+    };
+    let link_mtu = |pod: &TestNetns| {
+        let out = String::from_utf8_lossy(&pod.exec(&["ip", "-o", "link", "show", "eth0"]).stdout)
+            .into_owned();
+        assert!(out.contains(" mtu "), "{out}");
+        out
+    };
+    let pods: Vec<TestNetns> = (0..5).map(|_| TestNetns::new("cnim")).collect();
+
+    std::fs::write(&mtu_file, "1410").unwrap();
+    let out = add(0, &pods[0], base(None));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        link_mtu(&pods[0]).contains(" mtu 1410 "),
+        "no mtu: the file's"
+    );
+    let out = add(1, &pods[1], base(Some(0)));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        link_mtu(&pods[1]).contains(" mtu 1410 "),
+        "mtu 0: the file's"
+    );
+    let out = add(2, &pods[2], base(Some(1400)));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        link_mtu(&pods[2]).contains(" mtu 1400 "),
+        "the configuration's wins"
+    );
+
+    std::fs::write(&mtu_file, "jumbo\n").unwrap();
+    let out = add(3, &pods[3], base(None));
+    assert!(!out.status.success());
+    let err = json(&out);
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&mtu_file.display().to_string()) && msg.contains("not an MTU"),
+        "{err}"
+    );
+
+    std::fs::remove_file(&mtu_file).unwrap();
+    let mut required = base(None);
+    required["require_mtu_file"] = true.into();
+    let out = add(4, &pods[4], required);
+    assert!(!out.status.success());
+    let err = json(&out);
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("require_mtu_file is true"),
+        "{err}"
+    );
+    // Without the requirement a missing file is the kernel's default.
+    let out = add(4, &pods[4], base(None));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(link_mtu(&pods[4]).contains(" mtu 1500 "));
+    // The failed ADDs kept no address: every allocation has its endpoint.
+    let shown = node.cli(&["ipam", "check", "--datastore", &ds]);
+    assert!(shown.status.success(), "{}", text(&shown));
+}

@@ -479,6 +479,105 @@ fn sys_vxlan_lab_routes_within_and_across_racks() {
     common::down_leaves_nothing(&lab);
 }
 
+/// The MTU of interface `ifname` in a lab namespace (`ip -o link show`).
+fn link_mtu(dir: &str, target: &str, ifname: &str) -> u32 {
+    let out = lab_exec_ok(dir, target, &["ip", "-o", "link", "show", "dev", ifname]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no mtu in {out}"))
+}
+
+/// Pod MTU in a VXLAN lab: each agent writes felix's pod MTU (the node's `eth0`, 1500, minus
+/// VXLAN's 50) to the MTU file in its run directory, the CNI plugin gives it to both ends of
+/// the pod's veth when the network configuration sets no `mtu`, and full-size packets cross
+/// `vxlan.calico`: a ping of the pod MTU with DF set, and a 4 MB TCP transfer that never needs
+/// path MTU discovery (no PMTU exception cached in the sending pod).
+#[test]
+fn sys_vxlan_lab_pods_get_the_tunnel_mtu() {
+    let f = Fabric::Vxlan;
+    f.require();
+    gingham_testkit::require_tool("nc");
+    gingham_testkit::require_tool("ping");
+    let pods = [
+        pod("p1", "node-a", "ipv4pools", "pods"),
+        pod("p3", "node-c", "ipv4pools", "pods"),
+    ]
+    .concat();
+    let lab = common::lab_up("m", &f.spec(""), &format!("{}{pods}", pools(f)));
+    let d = lab.dir.as_str();
+    f.wait_converged(d);
+    let tunnel = link_mtu(d, "node-a", "vxlan.calico");
+    assert_eq!(tunnel, link_mtu(d, "node-a", "eth0") - 50, "vxlan.calico");
+    for node in ["node-a", "node-b", "node-c"] {
+        let file = std::path::Path::new(d).join("run").join(node).join("mtu");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap_or_default(),
+            tunnel.to_string(),
+            "{}",
+            file.display()
+        );
+    }
+    assert_eq!(link_mtu(d, "shop/p1", "eth0"), tunnel, "p1's eth0");
+    assert_eq!(link_mtu(d, "shop/p3", "eth0"), tunnel, "p3's eth0");
+    let host_side = lab_exec_ok(d, "node-a", &["ip", "-o", "link", "show", "type", "veth"]);
+    let cali: Vec<&str> = host_side.lines().filter(|l| l.contains(": cali")).collect();
+    assert!(
+        !cali.is_empty() && cali.iter().all(|l| l.contains(&format!(" mtu {tunnel} "))),
+        "{host_side}"
+    );
+
+    let p3 = pod_address(&lab, "shop/p3");
+    // The route crosses the tunnel (node-c is in the other rack).
+    let route = lab_exec_ok(d, "node-a", &["ip", "-4", "route", "get", &p3]);
+    assert!(route.contains("dev vxlan.calico"), "{route}");
+    // A packet of the pod's MTU, DF set, gets through whole.
+    let size = (tunnel - 28).to_string();
+    lab_exec_ok(
+        d,
+        "shop/p1",
+        &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", &size, &p3],
+    );
+    // A full-size TCP transfer: 4 MB from p1 to p3.
+    let receiver = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["lab", "exec", "--dir", d, "shop/p3", "--"])
+        .args(["sh", "-c", "timeout 30 nc -l 9000 | wc -c"])
+        .env_remove("GINGHAM_DATASTORE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("p1 sending 4 MB to p3", 20, || {
+        let out = common::lab_exec(
+            d,
+            "shop/p1",
+            &[
+                "sh",
+                "-c",
+                &format!("head -c 4000000 /dev/zero | nc -N -w 10 {p3} 9000"),
+            ],
+        );
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    let got = receiver.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "4000000",
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let cached = lab_exec_ok(d, "shop/p1", &["ip", "-4", "route", "get", &p3]);
+    assert!(
+        !cached.contains(" mtu "),
+        "p1 had to learn a smaller path MTU to {p3}: {cached}"
+    );
+    common::down_leaves_nothing(&lab);
+}
+
 /// One TCP connection each way between two pods.
 fn full_mesh_pair(lab: &TestLab, a: &str, b: &str) {
     for (from, to) in [(a, b), (b, a)] {

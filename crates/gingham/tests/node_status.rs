@@ -116,6 +116,8 @@ fn start_node(name: &str, ns: TestNetns, tmp: &Path, input: &Path) -> Node {
                 "--health-port",
                 "0",
             ])
+            .arg("--run-dir")
+            .arg(node.dir.join("run"))
             // The agent must not run a BIRD of its own here: this test runs it.
             .env("CALICO_NETWORKING_BACKEND", "none")
             .stdout(Stdio::null())

@@ -258,7 +258,8 @@ spec: {{cidr: {POOL}, vxlanMode: CrossSubnet}}
 apiVersion: projectcalico.org/v3
 kind: FelixConfiguration
 metadata: {{name: default}}
-spec: {{routeRefreshInterval: 1s}}
+# The nodes' underlay interface is up0, which felix's default mtuIfacePattern does not match.
+spec: {{routeRefreshInterval: 1s, mtuIfacePattern: '^up0$'}}
 ---
 apiVersion: projectcalico.org/v3
 kind: Profile

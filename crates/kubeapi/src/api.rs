@@ -925,7 +925,21 @@ impl Api {
                 "resourceVersion".into(),
                 cur["metadata"]["resourceVersion"].clone(),
             );
-            set_managed(&mut obj, manager, &res, applied);
+            // An apply that changes nothing writes nothing (not even the entry's time), as
+            // kube-apiserver: controllers that apply on every reconcile see no event of their
+            // own.
+            let same_fields = cur["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter().find(|e| {
+                        e["manager"].as_str() == Some(manager)
+                            && e["operation"].as_str() == Some("Apply")
+                    })
+                })
+                .is_some_and(|e| e["fieldsV1"] == patch::fields_of(applied));
+            if !(same_fields && obj == *cur) {
+                set_managed(&mut obj, manager, &res, applied);
+            }
             Ok(obj)
         })?;
         Ok(Reply::Json(200, v))
@@ -974,7 +988,9 @@ impl Api {
                     ),
                 ));
             }
-            if dry_run {
+            // dryRun comes as a query parameter or in the DeleteOptions body (kube-rs).
+            let dry_in_body = opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
+            if dry_run || dry_in_body {
                 return Ok(obj);
             }
             let mut txn = Txn::new()
@@ -1076,7 +1092,7 @@ impl Api {
                 name: Some(name.clone()),
                 status: false,
             };
-            match self.delete(&target, &name, b"", dry_run) {
+            match self.delete(&target, &name, &req.body, dry_run) {
                 Ok(v) => deleted.push(v),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

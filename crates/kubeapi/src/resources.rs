@@ -148,6 +148,7 @@ const BUILTINS: &[Builtin] = &[
     b("", "endpoints", "Endpoints", true, &["ep"], false, false),
     b("", "secrets", "Secret", true, &[], false, false),
     b("", "configmaps", "ConfigMap", true, &["cm"], false, false),
+    b("", "events", "Event", true, &["ev"], false, false),
     b(
         "discovery.k8s.io",
         "endpointslices",

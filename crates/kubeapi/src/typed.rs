@@ -35,6 +35,7 @@ pub fn check(res: &Resource, obj: &mut Value, strict: bool) -> Result<(), ApiErr
         ("", "endpoints") => roundtrip::<core::v1::Endpoints>,
         ("", "secrets") => roundtrip::<core::v1::Secret>,
         ("", "configmaps") => roundtrip::<core::v1::ConfigMap>,
+        ("", "events") => roundtrip::<core::v1::Event>,
         ("discovery.k8s.io", "endpointslices") => roundtrip::<discovery::v1::EndpointSlice>,
         ("networking.k8s.io", "networkpolicies") => roundtrip::<networking::v1::NetworkPolicy>,
         ("apiextensions.k8s.io", "customresourcedefinitions") => {

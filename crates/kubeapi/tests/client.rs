@@ -226,6 +226,7 @@ async fn server_side_apply_creates_merges_and_drops_what_is_no_longer_applied() 
         "metadata": {"name": "cfg", "labels": {"a": "1"}},
         "data": {"x": "10"}});
     let cm = cms.patch("cfg", &pp, &Patch::Apply(&second)).await.unwrap();
+    let cm_rv = cm.metadata.resource_version.clone();
     let labels = cm.metadata.labels.unwrap();
     assert_eq!(labels.get("a").map(String::as_str), Some("1"));
     assert!(
@@ -236,6 +237,14 @@ async fn server_side_apply_creates_merges_and_drops_what_is_no_longer_applied() 
     let data = cm.data.unwrap();
     assert_eq!(data.get("x").map(String::as_str), Some("10"));
     assert!(!data.contains_key("y"));
+    // The same apply again, a second later (managedFields times have seconds), changes
+    // nothing: same resourceVersion, no event.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = cms.patch("cfg", &pp, &Patch::Apply(&second)).await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version, cm_rv,
+        "a no-op apply writes nothing"
+    );
     // Apply without a field manager is refused.
     let e = status(
         cms.patch("cfg", &PatchParams::default(), &Patch::Apply(&second))
@@ -899,6 +908,12 @@ async fn every_built_in_kind_round_trips_through_typed_clients() {
     roundtrip::<core::ConfigMap>(c, true, json!({"metadata": m("cm"), "data": {"k": "v"}})).await;
     roundtrip::<rbac::v1::Role>(c, true, json!({"metadata": m("r"), "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})).await;
     roundtrip::<rbac::v1::RoleBinding>(c, true, json!({"metadata": m("rb"), "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]})).await;
+    roundtrip::<core::Event>(
+        c,
+        true,
+        json!({"metadata": m("e"), "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "reason": "Scheduled"}),
+    )
+    .await;
     roundtrip::<coordination::v1::Lease>(
         c,
         true,
@@ -1032,4 +1047,95 @@ async fn a_body_over_3_mib_is_refused_as_kube_apiserver_does() {
     let e = status(cms.create(&PostParams::default(), &cm).await.unwrap_err());
     assert_eq!(e.code, 413, "{e:?}");
     assert!(e.message.contains("Request entity too large"), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_answer_without_writing() {
+    let env = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let before = env.store.revision().unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let cm =
+        serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).unwrap();
+    let answered = cms.create(&dry, &cm).await.unwrap();
+    assert_eq!(answered.data.unwrap()["a"], "1");
+    assert_eq!(
+        env.store.revision().unwrap(),
+        before,
+        "a dry-run create writes nothing"
+    );
+    assert_eq!(status(cms.get("c").await.unwrap_err()).code, 404);
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let at = env.store.revision().unwrap();
+    let patched = cms
+        .patch(
+            "c",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"data": {"a": "2"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.data.unwrap()["a"], "2");
+    let dp = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    cms.delete("c", &dp).await.unwrap();
+    assert_eq!(
+        env.store.revision().unwrap(),
+        at,
+        "dry-run patch and delete write nothing"
+    );
+    assert_eq!(cms.get("c").await.unwrap().data.unwrap()["a"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metadata_api_lists_and_watches_partial_objects() {
+    let env = start().await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("m1", &[("app", "web")], None))
+        .await
+        .unwrap();
+    let listed = pods.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("m1"));
+    let got = pods.get_metadata("m1").await.unwrap();
+    assert_eq!(got.metadata.labels.unwrap()["app"], "web");
+    // The server answered with PartialObjectMetadata, not the whole pod.
+    assert_eq!(got.types.unwrap().kind, "PartialObjectMetadata");
+    // A metadata watcher (what controllers use to keep little in memory).
+    let meta: Api<kube::core::PartialObjectMeta<Pod>> =
+        Api::namespaced(env.client.clone(), "default");
+    let mut s = watcher(meta, watcher::Config::default()).boxed();
+    let mut names = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        match ev {
+            watcher::Event::InitApply(p) => names.push(p.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, ["m1"]);
+    pods.create(&PostParams::default(), &pod("m2", &[], None))
+        .await
+        .unwrap();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watcher runs")
+            .expect("no error");
+        if let watcher::Event::Apply(p) = ev {
+            assert_eq!(p.metadata.name.as_deref(), Some("m2"));
+            break;
+        }
+    }
 }

@@ -605,3 +605,67 @@ fn calico_nodes(client: &Client) -> Result<BTreeMap<String, gingham_model::Node>
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of a NetworkPolicy as kube-rs hands it over reaches the model's conversion
+    /// (which refuses unknown fields), and so do a Pod's and a Namespace's with the fields the
+    /// model ignores.
+    #[test]
+    fn kubernetes_objects_decode_into_the_model() {
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
+                "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"a": "b"}, "annotations": {"x": "y"}},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "web"},
+                    "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [
+                    {"podSelector": {"matchLabels": {"role": "client"}},
+                     "namespaceSelector": {"matchLabels": {"team": "x"}}},
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                    "ports": [{"protocol": "TCP", "port": 80, "endPort": 90},
+                              {"protocol": "UDP", "port": "dns"}]}],
+                "egress": [{"to": [{"namespaceSelector": {}}]}]
+            }
+        }))
+        .expect("a NetworkPolicy");
+        let m: K8sNetworkPolicy = decode(&np).expect("decodes");
+        let p = gingham_model::k8s::network_policy_to_calico(&m).expect("converts");
+        assert_eq!(p.metadata.name, "knp.default.web");
+        assert_eq!(p.spec.ingress.len(), 4, "two peers by two protocols");
+        assert_eq!(p.spec.egress.len(), 1);
+
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ReplicaSet", "name": "r", "uid": "u"}]},
+            "spec": {"nodeName": "node-a", "serviceAccountName": "sa",
+                "containers": [{"name": "c", "image": "busybox",
+                    "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}],
+                    "resources": {"limits": {"cpu": "1"}}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}],
+                "conditions": [{"type": "Ready", "status": "True"}], "qosClass": "Burstable"}
+        }))
+        .expect("a Pod");
+        let m: K8sPod = decode(&pod).expect("decodes");
+        let w = gingham_model::k8s::pod_to_workload_endpoint(&m)
+            .expect("converts")
+            .expect("an endpoint");
+        assert_eq!(w.spec.service_account_name, "sa");
+        assert_eq!(w.spec.ports.len(), 1);
+        assert_eq!(w.spec.ip_networks.len(), 1);
+
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "labels": {"team": "x"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+        }))
+        .expect("a Namespace");
+        let m: K8sNamespace = decode(&ns).expect("decodes");
+        assert_eq!(m.metadata.labels["team"], "x");
+    }
+}

@@ -693,3 +693,39 @@ async fn readiness_says_when_the_datastore_cannot_be_reached() {
     assert!(ctl.health.metrics.errors.get() > 0);
     ctl.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_resync_repairs_the_datastore_behind_the_controllers_back() {
+    let env = Env::start().await;
+    let nps: Api<NetworkPolicy> = Api::namespaced(env.kube.clone(), "default");
+    nps.create(&PostParams::default(), &network_policy("a", "a"))
+        .await
+        .expect("policy");
+    let config = Config {
+        resync: Duration::from_millis(300),
+        ..fast()
+    };
+    let ctl = start_controllers(&env.server().url(), &env.store, config);
+    until("knp.default.a", FOLLOW * 5, || {
+        env.has(Kind::NetworkPolicy, Some("default"), "knp.default.a")
+    })
+    .await;
+    // No Kubernetes event follows these: only the resync sees them.
+    env.client()
+        .delete(Kind::NetworkPolicy, Some("default"), "knp.default.a", None)
+        .expect("deleted");
+    let orphan = gingham_model::load_resources(
+        "orphan.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: knp.default.gone, namespace: default}\nspec: {selector: all()}\n",
+    )
+    .expect("loads");
+    env.client()
+        .write_all(&orphan, WriteMode::Create)
+        .expect("writes");
+    until("the resync repairs both", Duration::from_secs(3), || {
+        env.has(Kind::NetworkPolicy, Some("default"), "knp.default.a")
+            && !env.has(Kind::NetworkPolicy, Some("default"), "knp.default.gone")
+    })
+    .await;
+    ctl.stop().await;
+}

@@ -1716,6 +1716,16 @@ fn bgp_filter_rule(v: &mut V, at: &str, r: &BgpFilterRule, v6: bool) {
                 );
             }
         }
+        // Calico's validator checks each bound alone; BIRD refuses an empty range
+        // (`{30,20}`), which would stop every later configuration of the node from loading.
+        if let (Some(min), Some(max)) = (pl.min, pl.max)
+            && min > max
+        {
+            v.err(
+                format!("{at}.prefixLength.min"),
+                format!("min {min} is greater than max {max} (valid: min <= max, a range of prefix lengths BIRD accepts)"),
+            );
+        }
     }
     if !r.interface.is_empty() && !valid_filter_interface(&r.interface) {
         v.err(

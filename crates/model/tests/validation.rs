@@ -923,6 +923,27 @@ fn bgp_filter_and_block_affinity_problems_name_the_field() {
             "valid: 0-128",
         ),
         (
+            f(
+                "  exportV4:\n  - {action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 33}}\n",
+            ),
+            "spec.exportV4[0].prefixLength.min",
+            "33 is out of range (valid: 0-32)",
+        ),
+        (
+            f(
+                "  exportV4:\n  - {action: Reject, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 30, max: 20}}\n",
+            ),
+            "spec.exportV4[0].prefixLength.min",
+            "min 30 is greater than max 20 (valid: min <= max",
+        ),
+        (
+            f(
+                "  importV6:\n  - {action: Accept, cidr: \"fd00::/8\", matchOperator: In, prefixLength: {min: 64, max: 48}}\n",
+            ),
+            "spec.importV6[0].prefixLength.min",
+            "min 64 is greater than max 48",
+        ),
+        (
             f("  exportV4:\n  - {action: Accept, source: Local}\n"),
             "spec.exportV4[0].source",
             "(valid: RemotePeers)",

@@ -119,6 +119,17 @@ fn holding(interfaces: &[Interface], addr: IpAddr) -> Option<&Interface> {
         .find(|i| i.addresses.iter().any(|a| a.addr() == addr))
 }
 
+/// The host's MTU as felix detects it: the smallest MTU of the interfaces that are up (carrier
+/// too) and whose name `matches` (felix's `mtuIfacePattern`); `None` when none does.
+pub fn host_mtu(nl: &Netlink, matches: impl Fn(&str) -> bool) -> Result<Option<u32>> {
+    Ok(nl
+        .interfaces()?
+        .iter()
+        .filter(|i| i.up && i.lower_up && matches(&i.name))
+        .filter_map(|i| i.mtu)
+        .min())
+}
+
 /// Whether the kernel can make IPIP tunnels: `Ok(())`, or why not. Creating `tunl0` loads the
 /// `ipip` module where there is one (which makes the device itself).
 pub fn ipip_support(nl: &Netlink) -> Result<std::result::Result<(), String>> {

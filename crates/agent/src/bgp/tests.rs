@@ -466,3 +466,101 @@ fn the_own_node_deleted_stops_bird_until_it_is_back() {
     );
     assert_eq!(agent.health.readiness().0, StatusCode::OK);
 }
+
+/// A pod's workload endpoint on `node` (Kubernetes names), labels `app: APP`.
+fn pod_endpoint(node: &str, pod: &str, app: &str, iface: &str, ip: &str) -> Resource {
+    // Calico's name: dashes in each part doubled.
+    let (node_part, pod_part) = (node.replace('-', "--"), pod.replace('-', "--"));
+    one(&format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: {node_part}-k8s-{pod_part}-eth0
+  namespace: default
+  labels: {{projectcalico.org/namespace: default, app: {app}}}
+spec:
+  node: {node}
+  orchestrator: k8s
+  pod: {pod}
+  endpoint: eth0
+  interfaceName: {iface}
+  mac: \"ee:ee:ee:ee:ee:05\"
+  ipNetworks: [{ip}/32]
+  profiles: [kns.default]
+"
+    ))
+}
+
+/// Felix's endpoint status files, written by the agent: one per local workload endpoint,
+/// named and written as felix does, the selected one naming its BGPPeer; the BGP manager reads
+/// them and peers with the workload (`Local_Workload_…`); a workload that goes takes its file
+/// and its session with it.
+#[test]
+fn local_workload_peers_come_from_the_endpoint_status_files_the_agent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cluster();
+    put(
+        &store,
+        &one(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: pod-routers}\nspec: {localWorkloadSelector: \"app == 'router'\", asNumber: 65100, localASNumber: 65101}\n",
+        ),
+    );
+    let router = pod_endpoint(NODE, "router-1", "router", "cali1234567890a", "10.244.0.5");
+    put(&store, &router);
+    put(
+        &store,
+        &pod_endpoint(NODE, "web-1", "web", "cali1234567890b", "10.244.0.6"),
+    );
+    put(
+        &store,
+        &pod_endpoint(
+            "node-b",
+            "router-2",
+            "router",
+            "cali1234567890c",
+            "10.244.1.5",
+        ),
+    );
+    let mut agent = agent(Networking::Bird);
+    agent.set_endpoint_status_prefix(dir.path().to_path_buf());
+    agent.start(&store).expect("starts");
+    let status = dir.path().join("endpoint-status");
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&status)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        files(),
+        ["k8s default%2Frouter-1 eth0", "k8s default%2Fweb-1 eth0"],
+        "local endpoints only, named as felix names them"
+    );
+    assert_eq!(
+        std::fs::read_to_string(status.join("k8s default%2Frouter-1 eth0")).unwrap(),
+        r#"{"ifaceName":"cali1234567890a","mac":"ee:ee:ee:ee:ee:05","ipv4Nets":["10.244.0.5/32"],"bgpPeerName":"pod-routers"}"#
+    );
+    assert_eq!(
+        std::fs::read_to_string(status.join("k8s default%2Fweb-1 eth0")).unwrap(),
+        r#"{"ifaceName":"cali1234567890b","mac":"ee:ee:ee:ee:ee:05","ipv4Nets":["10.244.0.6/32"]}"#
+    );
+    let cfg = installed_cfg(&agent);
+    assert!(
+        cfg.contains("protocol bgp Local_Workload_10_244_0_5 from bgp_template"),
+        "{cfg}"
+    );
+    assert!(
+        !cfg.contains("10_244_0_6") && !cfg.contains("10_244_1_5"),
+        "{cfg}"
+    );
+
+    store.delete(&router.key(), None).expect("deleted");
+    catch_up(&mut agent, &store);
+    assert_eq!(files(), ["k8s default%2Fweb-1 eth0"]);
+    assert!(
+        !installed_cfg(&agent).contains("Local_Workload"),
+        "the session went with the workload"
+    );
+}

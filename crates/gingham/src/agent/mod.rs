@@ -56,10 +56,15 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     let plumbing = NetlinkPlumbing::open()?;
     let routes = NetlinkRoutes::open()?;
     let mut agent = Agent::new(&config, Nft::default(), plumbing, Box::new(routes));
+    agent
+        .routes
+        .set_mtu_file(gingham_agent::mtu::file_in(&config.run_dir));
     agent.bgp.set_router_id(args.router_id.clone());
-    if let Some(p) = &args.endpoint_status_prefix {
-        agent.bgp.set_endpoint_status_prefix(p.clone());
-    }
+    agent.set_endpoint_status_prefix(
+        args.endpoint_status_prefix
+            .clone()
+            .unwrap_or_else(|| config.run_dir.clone()),
+    );
     if args.health_port != 0 && !args.once {
         agent.health.serve(args.health_port)?;
     }

@@ -175,6 +175,7 @@ pub(super) fn start_pod(
     topology::new_netns(&netns)?;
     let result = cni(
         exe,
+        dir,
         state,
         &node,
         "ADD",
@@ -203,10 +204,12 @@ pub(super) fn start_pod(
     Ok(())
 }
 
-/// Invokes the CNI plugin for one pod, as a kubelet would.
+/// Invokes the CNI plugin for one pod, as a kubelet would, with the node's run directory
+/// (where its agent writes the pod MTU).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn cni(
     exe: &Path,
+    dir: &Path,
     state: &State,
     node: &NodeState,
     command: &str,
@@ -254,6 +257,10 @@ pub(super) fn cni(
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", bin_dir)
         .env("CNI_ARGS", args)
+        .env(
+            gingham_agent::Config::RUN_DIR_ENV,
+            State::run_dir(dir, &node.name),
+        )
         .env_remove("GINGHAM_DATASTORE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -308,6 +315,7 @@ pub(super) fn remove_pod(dir: &Path, state: &State, exe: &Path, p: &PodState) ->
         && gingham_net::netns_exists(&node.netns)
         && let Err(e) = cni(
             exe,
+            dir,
             state,
             node,
             "DEL",
