@@ -272,7 +272,13 @@ pub(super) fn start(dir: &Path, state: &mut State) -> Result<()> {
         dir,
         CONTROLLERS_LOG,
         Command::new(&exe)
-            .args(["kube-controllers", "--datastore", &state.datastore])
+            .args([
+                "kube-controllers",
+                "--log",
+                "info",
+                "--datastore",
+                &state.datastore,
+            ])
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args([
@@ -290,7 +296,7 @@ pub(super) fn start(dir: &Path, state: &mut State) -> Result<()> {
         dir,
         KUBELET_LOG,
         Command::new(&exe)
-            .args(["lab", "kubelet", "--dir"])
+            .args(["lab", "kubelet", "--log", "info", "--dir"])
             .arg(dir),
         "the kubelet",
     )?;
