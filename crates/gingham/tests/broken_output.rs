@@ -188,7 +188,9 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             false,
         ),
-        ["lab", "probe" | "down" | "wait"] => (s(&["lab", words[1], "--dir", &nolab]), "", false),
+        ["lab", "probe" | "down" | "wait" | "kubeconfig"] => {
+            (s(&["lab", words[1], "--dir", &nolab]), "", false)
+        }
         ["lab", "delete"] => (s(&["lab", "delete", "ns/pod", "--dir", &nolab]), "", false),
         ["lab", "try"] => (
             s(&[

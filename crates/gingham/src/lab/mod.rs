@@ -10,6 +10,7 @@
 //! `lab down` cleans up after a crash too.
 
 mod apiserver;
+mod kube;
 mod pods;
 mod probe;
 mod servers;
@@ -88,6 +89,18 @@ pub enum LabCmd {
     /// every port `lab try` names, with the source address it saw (`peer`). Needs racks.
     ///
     /// `spec.nodePorts: [80, "UDP/53"]`: ports every node's host listens on.
+    ///
+    /// `spec.kubernetes: true`: the lab is a small Kubernetes that kubectl drives
+    /// (`gingham lab kubeconfig` prints its kubeconfig). It serves the Kubernetes API (the
+    /// test double of `gingham lab apiserver`, over the lab's datastore) on 127.0.0.1 of this
+    /// host and of every node, runs `gingham kube-controllers` (NetworkPolicies, Namespaces,
+    /// ServiceAccounts and Pods into Calico resources) and a kubelet's share of every node: a
+    /// Pod bound to a lab node (`spec.nodeName`) gets a network namespace, a CNI ADD through
+    /// the plugin's Kubernetes path (`policy: {type: k8s}`: labels, service account, named
+    /// ports and Calico's annotations read from the API) and a server on its container ports,
+    /// and its status says Running with its address; a deleted Pod gets CNI DEL. The
+    /// Namespaces, ServiceAccounts, NetworkPolicies and Pods of the lab's documents (and of
+    /// `lab apply`) are written through the API; `lab delete` deletes the Pod there.
     Up(UpArgs),
     /// Try every pod-to-pod connection with real packets; print the matrix.
     ///
@@ -118,7 +131,8 @@ pub enum LabCmd {
     /// On a node, the environment is the node's: GINGHAM_DATASTORE (the datastore as the node
     /// reaches it), GINGHAM_RUN_DIR (DIR/run/NODE) and GINGHAM_BIRD_SOCKET /
     /// GINGHAM_BIRD6_SOCKET (its BIRDs' control sockets there), so that `gingham get`,
-    /// `gingham node status` and `birdc -s "$GINGHAM_BIRD_SOCKET"` work; on the router,
+    /// `gingham node status` and `birdc -s "$GINGHAM_BIRD_SOCKET"` work (and KUBECONFIG, the
+    /// lab's, in a lab with `spec.kubernetes: true`: kubectl works); on the router,
     /// GINGHAM_BIRD_SOCKET is the router's BIRD's.
     Exec(ExecArgs),
     /// Kill a node's agent (SIGKILL, as a crash would) and start it again.
@@ -128,11 +142,18 @@ pub enum LabCmd {
     Wait(WaitArgs),
     /// Remove everything the lab made.
     Down(DirArgs),
+    /// Print the path of the lab's kubeconfig (a lab with `spec.kubernetes: true`):
+    /// `kubectl --kubeconfig "$(gingham lab kubeconfig)" get pods -A`. The API is served on
+    /// 127.0.0.1 in this host's namespace and in every node's, so the same file works there.
+    Kubeconfig(DirArgs),
     /// Serve the Kubernetes API test double in the foreground, over the datastore
     /// (`--datastore`): kubectl and kube-rs clients work against it (discovery, get, list,
     /// watch, create, update, patch, server-side apply, delete, CRDs). Objects are stored under
     /// `/registry/`; a resourceVersion is the datastore revision.
     Apiserver(apiserver::ApiserverArgs),
+    /// (internal) The kubelet's share of the lab's nodes (`spec.kubernetes: true`).
+    #[command(hide = true)]
+    Kubelet(DirArgs),
     /// (internal) The server a pod runs on its declared ports.
     #[command(hide = true)]
     Serve(ServeArgs),
@@ -338,6 +359,8 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
         LabCmd::RestartAgent(a) => restart_agent(a),
         LabCmd::Wait(a) => servers::wait(a),
         LabCmd::Down(a) => down(&a.dir),
+        LabCmd::Kubeconfig(a) => kube::kubeconfig(a),
+        LabCmd::Kubelet(a) => kube::kubelet(a),
         LabCmd::Apiserver(a) => apiserver::run(a, datastore),
         LabCmd::Serve(a) => servers::serve(a),
         LabCmd::Connect(a) => probe::connect(a),
@@ -348,33 +371,35 @@ pub fn run(cmd: &LabCmd, datastore: Option<&str>) -> Result<Exit> {
 
 fn restart_agent(args: &RestartArgs) -> Result<Exit> {
     let dir = &lab_dir(&args.lab.dir)?;
-    let mut state = load_state(dir)?;
-    let Some(i) = state.nodes.iter().position(|n| n.name == args.node) else {
-        let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "{:?} is not a node of this lab (valid: {})",
-            args.node,
-            names.join(", ")
-        );
-    };
-    if let Some(pid) = state.nodes[i].agent_pid.take() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        for _ in 0..500 {
-            // Gone, or a zombie nobody reaps (its parent, `lab up`, has exited).
-            let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
-            if !proc_dir.exists() || status.contains("State:\tZ") {
-                break;
+    // Under the state's lock: a Kubernetes lab's kubelet writes the state too.
+    let pid = state::update_state(dir, |state| {
+        let Some(i) = state.nodes.iter().position(|n| n.name == args.node) else {
+            let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+            bail!(
+                "{:?} is not a node of this lab (valid: {})",
+                args.node,
+                names.join(", ")
+            );
+        };
+        if let Some(pid) = state.nodes[i].agent_pid.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            for _ in 0..500 {
+                // Gone, or a zombie nobody reaps (its parent, `lab up`, has exited).
+                let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+                if !proc_dir.exists() || status.contains("State:\tZ") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-    }
-    save_state(dir, &state)?;
-    let pid = servers::start_agent(&self_exe()?, dir, &state, &state.nodes[i])?;
-    state.nodes[i].agent_pid = Some(pid);
-    save_state(dir, &state)?;
+        save_state(dir, state)?;
+        let pid = servers::start_agent(&self_exe()?, dir, state, &state.nodes[i])?;
+        state.nodes[i].agent_pid = Some(pid);
+        Ok(pid)
+    })?;
     println!("agent of node {} restarted (pid {pid})", args.node);
     Ok(Exit::Ok)
 }
@@ -407,6 +432,14 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         next += 1;
         n
     };
+    // With Kubernetes, its objects go through the lab's API (checked here all the same).
+    let kube_objects = if plan.kubernetes {
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &[], &names)?;
+        all_docs = docs;
+        objects
+    } else {
+        Vec::new()
+    };
     let Some(inputs) = load_inputs(all_docs, &mut schedule, &[]) else {
         eprintln!("nothing was made");
         return Ok(Exit::UserError);
@@ -425,7 +458,15 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
     };
     save_state(dir, &state)?;
     // From here on, a failure leaves state that `lab down` cleans.
-    if let Err(e) = build(dir, &mut state, &client, &plan, &inputs, start_agents) {
+    let built = build(dir, &mut state, &client, &plan, &inputs, start_agents).and_then(|()| {
+        if plan.kubernetes {
+            kube::apply(dir, kube_objects)?;
+            // The kubelet added the pods.
+            state = load_state(dir)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = built {
         eprintln!("lab up failed: {e:#}");
         eprintln!("cleaning up what was made");
         let _ = down(dir);
@@ -547,6 +588,9 @@ fn build(
             save_state(dir, state)?;
         }
     }
+    if plan.kubernetes {
+        kube::start(dir, state)?;
+    }
     // Pods: a namespace each, wired by the CNI plugin as a kubelet would.
     for r in resources {
         if let gingham_model::Resource::WorkloadEndpoint(w) = r
@@ -578,6 +622,13 @@ fn apply(args: &UpArgs) -> Result<Exit> {
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         all_docs.push((name, docs));
     }
+    // With Kubernetes, its objects go through the lab's API.
+    let mut kube_objects = Vec::new();
+    if state.kubernetes.is_some() {
+        let (objects, docs) = split_kubernetes(all_docs, &mut schedule, &state.pods, &nodes)?;
+        all_docs = docs;
+        kube_objects = objects;
+    }
     let Some(Inputs {
         resources,
         pod_ports,
@@ -604,6 +655,22 @@ fn apply(args: &UpArgs) -> Result<Exit> {
             }
         }
     }
+    if state.kubernetes.is_some() {
+        let before: Vec<String> = state.pods.iter().map(PodState::key).collect();
+        for o in &kube_objects {
+            println!(
+                "{} {} applied through the lab's API",
+                o["kind"].as_str().unwrap_or_default(),
+                kube::key_of_doc(o)
+            );
+        }
+        kube::apply(dir, kube_objects)?;
+        // The kubelet added the new pods.
+        state = load_state(dir)?;
+        for p in state.pods.iter().filter(|p| !before.contains(&p.key())) {
+            println!("pod {} started", p.key());
+        }
+    }
     topology::sync_routes(&state, client.store().as_ref())?;
     Ok(Exit::Ok)
 }
@@ -619,6 +686,12 @@ fn delete(args: &DeleteArgs) -> Result<Exit> {
             names.join(", ")
         );
     };
+    if state.kubernetes.is_some() {
+        // As kubectl would: the kubelet stops the pod.
+        kube::delete_pod(dir, &args.pod)?;
+        println!("pod {} deleted", args.pod);
+        return Ok(Exit::Ok);
+    }
     let pod = state.pods[pos].clone();
     let problems = remove_pod(dir, &state, &self_exe()?, &pod);
     if !problems.is_empty() {
@@ -655,6 +728,10 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
             .env("GINGHAM_BIRD_SOCKET", run.join("bird.ctl"))
             .env("GINGHAM_BIRD6_SOCKET", run.join("bird6.ctl"))
             .env("GINGHAM_RUN_DIR", run);
+        // The lab's API answers on the node's 127.0.0.1 too: kubectl works there.
+        if let Some(k) = &state.kubernetes {
+            cmd.env("KUBECONFIG", &k.kubeconfig);
+        }
     } else if args.target == probe::ROUTER {
         cmd.env(
             "GINGHAM_BIRD_SOCKET",
@@ -676,6 +753,9 @@ fn exec(args: &ExecArgs) -> Result<Exit> {
 /// Removes everything recorded in the state, in reverse order, tolerating what is already gone.
 fn down(dir: &Path) -> Result<Exit> {
     let dir = &lab_dir(dir)?;
+    if load_state(dir)?.kubernetes.is_some() {
+        kube::stop_kubelet(dir)?;
+    }
     let state = load_state(dir)?;
     let exe = self_exe()?;
     let mut problems = Vec::new();
@@ -714,6 +794,9 @@ fn down(dir: &Path) -> Result<Exit> {
     if let Some(r) = &state.router {
         r.bird_pid.iter().for_each(kill);
     }
+    if let Some(k) = &state.kubernetes {
+        problems.extend(kube::stop(dir, &state, k));
+    }
     if let Some(pid) = &state.proxy_pid {
         kill(pid);
         let _ = std::fs::remove_file(dir.join("etcd-proxy.log"));
@@ -746,7 +829,36 @@ fn down(dir: &Path) -> Result<Exit> {
     std::fs::remove_file(state_path(dir))?;
     let _ = std::fs::remove_file(dir.join(probe::UDP_PORT_COUNTER));
     let _ = std::fs::remove_file(dir.join(servers::EXTERNAL_LOCK));
+    let _ = std::fs::remove_file(dir.join(state::STATE_LOCK));
     let _ = std::fs::remove_dir(dir);
     println!("lab {} removed", state.name);
     Ok(Exit::Ok)
+}
+
+/// Takes the Kubernetes objects out of the documents (they go through the lab's API), with
+/// every Pod scheduled; checks them as the lab checks documents without Kubernetes. Returns
+/// the objects and the documents that are left.
+#[allow(clippy::type_complexity)]
+fn split_kubernetes(
+    all_docs: Vec<(String, Vec<Value>)>,
+    schedule: &mut dyn FnMut() -> String,
+    running: &[PodState],
+    nodes: &[String],
+) -> Result<(Vec<Value>, Vec<(String, Vec<Value>)>)> {
+    let mut objects = Vec::new();
+    let mut rest = Vec::new();
+    for (name, mut docs) in all_docs {
+        let mut mine = kube::split_kubernetes(&mut docs);
+        for o in &mut mine {
+            if o.get("kind").and_then(Value::as_str) == Some("Pod") {
+                let key = kube::key_of_doc(o);
+                pods::pin_running_pod(&key, o, running);
+            }
+        }
+        kube::prepare_pods(&mut mine, schedule, nodes)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        objects.extend(mine);
+        rest.push((name, docs));
+    }
+    Ok((objects, rest))
 }

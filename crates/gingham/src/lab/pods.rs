@@ -123,46 +123,64 @@ pub(super) fn add_pod(
     pod_ports: &BTreeMap<String, Vec<(u8, u16)>>,
     annotations: &PodAnnotations,
 ) -> Result<()> {
-    let ns = w.metadata.namespace_or_empty().to_owned();
-    let pod = w.spec.pod.clone();
+    let ns = w.metadata.namespace_or_empty();
+    let key = format!("{ns}/{}", w.spec.pod);
+    let ports = pod_ports.get(&key).cloned().unwrap_or_default();
+    start_pod(
+        dir,
+        state,
+        exe,
+        ns,
+        &w.spec.pod,
+        &w.spec.node,
+        &ports,
+        annotations.get(&key),
+    )
+}
+
+/// Makes pod `ns/pod` on `node` as a kubelet would: its namespace, the CNI ADD (with the
+/// lab's Kubernetes path when it has one), its server on `ports`. Recorded in the state first.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn start_pod(
+    dir: &Path,
+    state: &mut State,
+    exe: &Path,
+    ns: &str,
+    pod: &str,
+    node: &str,
+    ports: &[(u8, u16)],
+    requested: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
     let node = state
         .nodes
         .iter()
-        .find(|n| n.name == w.spec.node)
+        .find(|n| n.name == node)
         .cloned()
         .with_context(|| {
-            format!(
-                "pod {ns}/{pod} is on node {}, which is not in the Lab's nodes",
-                w.spec.node
-            )
+            format!("pod {ns}/{pod} is on node {node}, which is not in the Lab's nodes")
         })?;
-    let netns = pod_netns(&state.name, &ns, &pod);
+    let netns = pod_netns(&state.name, ns, pod);
     let container_id = fnv_hex(&format!("{}/{ns}/{pod}", state.name))[..16].to_owned();
-    let ports = pod_ports
-        .get(&format!("{ns}/{pod}"))
-        .cloned()
-        .unwrap_or_default();
     state.pods.push(PodState {
-        namespace: ns.clone(),
-        name: pod.clone(),
+        namespace: ns.to_owned(),
+        name: pod.to_owned(),
         node: node.name.clone(),
         netns: netns.clone(),
         container_id: container_id.clone(),
         ip: None,
-        ports: ports.clone(),
+        ports: ports.to_vec(),
         server_pid: None,
     });
     save_state(dir, state)?;
     topology::new_netns(&netns)?;
-    let requested = annotations.get(&format!("{ns}/{pod}"));
     let result = cni(
         exe,
         dir,
+        state,
         &node,
         "ADD",
-        &state.node_datastore,
-        &ns,
-        &pod,
+        ns,
+        pod,
         &container_id,
         &netns,
         requested,
@@ -177,7 +195,7 @@ pub(super) fn add_pod(
         &netns,
         &format!("{netns}.log"),
         &format!("{}/{ns}/{pod}", state.name),
-        &ports,
+        ports,
     )?;
     let entry = state.pods.last_mut().expect("just pushed");
     entry.ip = pod_ip;
@@ -192,9 +210,9 @@ pub(super) fn add_pod(
 pub(super) fn cni(
     exe: &Path,
     dir: &Path,
+    state: &State,
     node: &NodeState,
     command: &str,
-    datastore: &str,
     ns: &str,
     pod: &str,
     container_id: &str,
@@ -206,9 +224,14 @@ pub(super) fn cni(
         "name": "k8s-pod-network",
         "type": "gingham",
         "nodename": node.name,
-        "datastore": datastore,
+        "datastore": state.node_datastore,
         "ipam": {"type": "gingham-ipam"},
     });
+    // The Kubernetes path: the plugin reads the pod and its namespace from the lab's API.
+    if let Some(k) = &state.kubernetes {
+        conf["policy"] = serde_json::json!({"type": "k8s"});
+        conf["kubernetes"] = serde_json::json!({"kubeconfig": k.kubeconfig});
+    }
     let mut args = format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id}"
     );
@@ -293,9 +316,9 @@ pub(super) fn remove_pod(dir: &Path, state: &State, exe: &Path, p: &PodState) ->
         && let Err(e) = cni(
             exe,
             dir,
+            state,
             node,
             "DEL",
-            &state.node_datastore,
             &p.namespace,
             &p.name,
             &p.container_id,

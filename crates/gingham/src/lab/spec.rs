@@ -63,6 +63,10 @@ struct LabSpec {
     router: Option<RouterSpec>,
     #[serde(default)]
     external: Option<ExternalSpec>,
+    /// Serve the Kubernetes API (the lab's kubeconfig), run kube-controllers and a kubelet's
+    /// share: Pods, Namespaces, ServiceAccounts and NetworkPolicies go through the API.
+    #[serde(default)]
+    kubernetes: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +129,8 @@ pub(super) struct Plan {
     /// Whether the router holds the lab's static pod routes.
     pub static_pod_routes: bool,
     pub external: Option<Ipv4Addr>,
+    /// `spec.kubernetes`.
+    pub kubernetes: bool,
 }
 
 /// A problem in a Lab document, in the form of every other load error.
@@ -393,6 +399,7 @@ pub(super) fn parse_lab(source: &str, document: usize, doc: &Value) -> Result<Pl
         router_as: router.as_number.map(|a| a.0),
         static_pod_routes,
         external,
+        kubernetes: spec.kubernetes,
     })
 }
 

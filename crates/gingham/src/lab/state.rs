@@ -36,6 +36,27 @@ pub(super) struct State {
     pub external: Option<ExternalState>,
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
+    /// The lab's Kubernetes (`spec.kubernetes: true`).
+    #[serde(default)]
+    pub kubernetes: Option<KubeState>,
+}
+
+/// The processes of a lab's Kubernetes and where to reach its API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct KubeState {
+    /// The kubeconfig every client uses, in the root namespace and in the nodes' alike.
+    pub kubeconfig: PathBuf,
+    /// The API double, on 127.0.0.1 in the root namespace.
+    #[serde(default)]
+    pub apiserver_pid: Option<u32>,
+    /// Carries the API's port into every node's namespace (on its 127.0.0.1).
+    #[serde(default)]
+    pub proxy_pid: Option<u32>,
+    #[serde(default)]
+    pub controllers_pid: Option<u32>,
+    /// The kubelet's share of every node: Pods bound to a node get a namespace and CNI ADD.
+    #[serde(default)]
+    pub kubelet_pid: Option<u32>,
 }
 
 fn default_networking() -> String {
@@ -165,3 +186,20 @@ pub(super) fn save_state(dir: &Path, state: &State) -> Result<()> {
     std::fs::rename(&tmp, state_path(dir))?;
     Ok(())
 }
+
+/// Runs `f` on the state as stored, under the lab's lock, and stores what it leaves: the
+/// kubelet and the lab's commands change the state from different processes.
+pub(super) fn update_state<T>(dir: &Path, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    // No lab, no lock file made.
+    load_state(dir)?;
+    let lock = std::fs::File::create(dir.join(STATE_LOCK))
+        .with_context(|| format!("cannot create the lock in {}", dir.display()))?;
+    lock.lock().context("cannot lock the lab's state")?;
+    let mut state = load_state(dir)?;
+    let out = f(&mut state);
+    save_state(dir, &state)?;
+    out
+}
+
+/// The lock file of [`update_state`].
+pub(super) const STATE_LOCK: &str = "state.lock";

@@ -345,9 +345,10 @@ fn second_look(m: &mut serde_json::Value, expected: &dyn Fn(&str, &str) -> &'sta
 }
 
 /// Namespaces, processes and files that belong to lab `name` in `dir`: empty once it is down.
-/// Processes: the pods' and nodes' servers (named after the lab), and anything whose command
+/// Processes: the pods' and nodes' servers (named after the lab), anything whose command
 /// line names the directory the lab's directory is in (agents with their run directories, the
-/// router's BIRD).
+/// router's BIRD, the lab's Kubernetes) or one of the lab's namespaces (the proxies into the
+/// nodes).
 pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -359,7 +360,10 @@ pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     let parent = dir.parent().unwrap().display().to_string();
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     for line in String::from_utf8_lossy(&ps.stdout).lines() {
-        if line.contains(&format!("lab serve --name {name}/")) || line.contains(&parent) {
+        if line.contains(&format!("lab serve --name {name}/"))
+            || line.contains(&parent)
+            || line.contains(&format!("--netns gl-{name}-"))
+        {
             found.push(format!("process {line}"));
         }
     }
@@ -629,4 +633,27 @@ impl KubeApi {
             ))
             .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
     }
+}
+
+/// Runs kubectl against the lab's API, failing the test unless it succeeds; its output.
+pub fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
