@@ -1317,7 +1317,7 @@ fn validate_crd(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError>
 /// values winning over `data`'s for the same key) and never stores or returns it.
 fn fold_string_data(res: &Resource, obj: &mut Value) {
     use base64::Engine as _;
-    if res.custom || res.group != "" || res.plural != "secrets" {
+    if res.custom || !res.group.is_empty() || res.plural != "secrets" {
         return;
     }
     let Some(o) = obj.as_object_mut() else {
