@@ -347,6 +347,9 @@ struct Reconciler {
     rt: tokio::runtime::Handle,
 }
 
+/// How long the reconciler gathers further changes after the first one before a pass.
+const COALESCE: Duration = Duration::from_millis(50);
+
 /// How soon a failed pass is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -367,7 +370,19 @@ impl Reconciler {
                 .unwrap_or(next_resync);
             let mut signals = Vec::new();
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
-                Ok(s) => signals.push(s),
+                Ok(s) => {
+                    signals.push(s);
+                    // Gather what else arrives in a short window, so that a burst (one
+                    // `kubectl apply` of many objects) costs a few passes, not one per object.
+                    let window = Instant::now() + COALESCE;
+                    loop {
+                        match rx.recv_timeout(window.saturating_duration_since(Instant::now())) {
+                            Ok(s) => signals.push(s),
+                            Err(mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
