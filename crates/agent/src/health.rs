@@ -2,10 +2,7 @@
 //! `/metrics` (OpenMetrics text, through `prometheus-client`), served on the node's loopback by
 //! `gingham-health` from a thread of its own, so a slow scrape never delays programming.
 
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use gingham_health::{Problems, Report, StatusCode};
-use prometheus_client::encoding::text::encode;
+use gingham_health::Problems;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -86,7 +83,13 @@ pub struct Metrics {
     pub plumbing_repairs: Counter,
 }
 
-impl Metrics {
+impl gingham_health::Metrics for Metrics {
+    const PREFIX: &'static str = "gingham_agent";
+
+    fn ready(&self) -> &Gauge {
+        &self.ready
+    }
+
     fn register(&self, registry: &mut Registry) {
         let gauges: [(&str, &str, &Gauge); 8] = [
             (
@@ -163,70 +166,33 @@ impl Metrics {
 }
 
 /// What the agent shares with its health server.
-#[derive(Clone)]
-pub struct Health {
-    state: Arc<Mutex<State>>,
-    pub metrics: Metrics,
-    registry: Arc<Registry>,
-}
+pub type Health = gingham_health::Health<State, Metrics>;
 
-impl Default for Health {
-    fn default() -> Self {
-        let metrics = Metrics::default();
-        let mut registry = Registry::with_prefix("gingham_agent");
-        metrics.register(&mut registry);
-        Health {
-            state: Arc::default(),
-            metrics,
-            registry: Arc::new(registry),
-        }
+impl gingham_health::Readiness for State {
+    fn is_ready(&self) -> bool {
+        State::is_ready(self)
+    }
+
+    fn why_not(&self) -> String {
+        State::why_not(self)
     }
 }
 
-impl Health {
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Serves the endpoints on `127.0.0.1:port` from a thread of its own.
-    pub fn serve(&self, port: u16) -> Result<(), Error> {
-        gingham_health::serve(([127, 0, 0, 1], port).into(), self.clone())
-            .map(|_| ())
-            .map_err(|e| Error::Health {
-                port,
-                what: e.what,
-                source: e.source,
-            })
-    }
-}
-
-impl Report for Health {
-    /// `/readiness`: the status and its body.
-    fn readiness(&self) -> (StatusCode, String) {
-        let s = self.state();
-        if s.is_ready() {
-            (StatusCode::OK, "ready\n".into())
-        } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", s.why_not()),
-            )
-        }
-    }
-
-    /// `/metrics` in the OpenMetrics text format.
-    fn exposition(&self) -> Result<String, std::fmt::Error> {
-        let ready = self.state().is_ready();
-        self.metrics.ready.set(i64::from(ready));
-        let mut out = String::new();
-        encode(&mut out, &self.registry)?;
-        Ok(out)
-    }
+/// Serves the agent's endpoints on `127.0.0.1:port` from a thread of its own.
+pub fn serve(health: &Health, port: u16) -> Result<(), Error> {
+    gingham_health::serve(([127, 0, 0, 1], port).into(), health.clone())
+        .map(|_| ())
+        .map_err(|e| Error::Health {
+            port,
+            what: e.what,
+            source: e.source,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gingham_health::{Report, StatusCode};
 
     #[test]
     fn exposition_names_every_metric_with_its_value() {
@@ -271,7 +237,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        h.serve(port).expect("serves");
+        serve(&h, port).expect("serves");
         let get = |path: &str| {
             gingham_health::http_get(([127, 0, 0, 1], port).into(), path).expect("answers")
         };

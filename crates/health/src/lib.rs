@@ -6,12 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 pub use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// What a process tells its health server.
 pub trait Report: Clone + Send + Sync + 'static {
@@ -57,6 +61,83 @@ impl Problems {
     /// Every problem, joined with "; " in the parts' order.
     pub fn summary(&self) -> String {
         self.0.values().cloned().collect::<Vec<_>>().join("; ")
+    }
+}
+
+/// Why a process is or is not ready (its own state, kept behind [`Health`]'s lock).
+pub trait Readiness: Default + Send + 'static {
+    fn is_ready(&self) -> bool;
+    /// The reason given on `/readiness` when not ready.
+    fn why_not(&self) -> String;
+}
+
+/// A process's metrics: handles shared with the registry, so updating one is an atomic
+/// operation and a scrape reads them without a lock.
+pub trait Metrics: Default + Clone + Send + Sync + 'static {
+    /// The prefix of every metric's name (`gingham_agent`).
+    const PREFIX: &'static str;
+    /// Registers every handle.
+    fn register(&self, registry: &mut Registry);
+    /// The gauge that says 1 when the process is ready, set at each scrape.
+    fn ready(&self) -> &Gauge;
+}
+
+/// What a process shares with its health server: its readiness state and its metrics.
+pub struct Health<S, M> {
+    state: Arc<Mutex<S>>,
+    pub metrics: M,
+    registry: Arc<Registry>,
+}
+
+impl<S, M: Clone> Clone for Health<S, M> {
+    fn clone(&self) -> Self {
+        Health {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+impl<S: Readiness, M: Metrics> Default for Health<S, M> {
+    fn default() -> Self {
+        let metrics = M::default();
+        let mut registry = Registry::with_prefix(M::PREFIX);
+        metrics.register(&mut registry);
+        Health {
+            state: Arc::default(),
+            metrics,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl<S, M> Health<S, M> {
+    /// The readiness state (a poisoned lock is taken over: the state stays readable).
+    pub fn state(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Readiness, M: Metrics> Report for Health<S, M> {
+    fn readiness(&self) -> (StatusCode, String) {
+        let s = self.state();
+        if s.is_ready() {
+            (StatusCode::OK, "ready\n".into())
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", s.why_not()),
+            )
+        }
+    }
+
+    fn exposition(&self) -> Result<String, std::fmt::Error> {
+        let ready = self.state().is_ready();
+        self.metrics.ready().set(i64::from(ready));
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
     }
 }
 

@@ -2,14 +2,11 @@
 //! `/readiness` is 503 until every watched kind has been listed and reconciled once, and while
 //! the API server or the datastore cannot be reached (saying which and why).
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use gingham_health::{Problems, Report, StatusCode};
-use prometheus_client::encoding::text::encode;
+use gingham_health::Problems;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
 
 /// Why the controllers are or are not ready.
 #[derive(Default)]
@@ -60,7 +57,13 @@ pub struct Metrics {
     pub relists: Counter,
 }
 
-impl Metrics {
+impl gingham_health::Metrics for Metrics {
+    const PREFIX: &'static str = "gingham_kube_controllers";
+
+    fn ready(&self) -> &Gauge {
+        &self.ready
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "ready",
@@ -113,57 +116,22 @@ impl Metrics {
 }
 
 /// What the controllers share with their health server.
-#[derive(Clone)]
-pub struct Health {
-    state: Arc<Mutex<State>>,
-    pub metrics: Metrics,
-    registry: Arc<Registry>,
-}
+pub type Health = gingham_health::Health<State, Metrics>;
 
-impl Default for Health {
-    fn default() -> Self {
-        let metrics = Metrics::default();
-        let mut registry = Registry::with_prefix("gingham_kube_controllers");
-        metrics.register(&mut registry);
-        Health {
-            state: Arc::default(),
-            metrics,
-            registry: Arc::new(registry),
-        }
-    }
-}
-
-impl Health {
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Report for Health {
-    fn readiness(&self) -> (StatusCode, String) {
-        let s = self.state();
-        if s.is_ready() {
-            (StatusCode::OK, "ready\n".into())
-        } else {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", s.why_not()),
-            )
-        }
+impl gingham_health::Readiness for State {
+    fn is_ready(&self) -> bool {
+        State::is_ready(self)
     }
 
-    fn exposition(&self) -> Result<String, std::fmt::Error> {
-        let ready = self.state().is_ready();
-        self.metrics.ready.set(i64::from(ready));
-        let mut out = String::new();
-        encode(&mut out, &self.registry)?;
-        Ok(out)
+    fn why_not(&self) -> String {
+        State::why_not(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gingham_health::{Report, StatusCode};
 
     #[test]
     fn readiness_waits_for_every_kind_and_names_problems() {

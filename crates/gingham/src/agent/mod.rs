@@ -83,7 +83,7 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         agent.bgp.set_side_inputs(Box::new(watch));
     }
     if args.health_port != 0 && !args.once {
-        agent.health.serve(args.health_port)?;
+        gingham_agent::health::serve(&agent.health, args.health_port)?;
     }
     agent.start(store)?;
     println!(
