@@ -15,42 +15,24 @@
 //! Run: `cargo bench -p gingham --bench kube` or `scripts/bench kube` (no root needed).
 //! `KUBE_BENCH_ROUNDS` (default 5) sets the rounds; `KUBE_BENCH_PODS=1000,5000` the pod counts.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gingham_model::{Kind, Resource};
 
+#[path = "support/kube_cluster.rs"]
+mod kube_cluster;
+use kube_cluster::{Cluster, Process, until};
+
 const POLICIES: usize = 1000;
 
-/// A `gingham` process, killed when dropped.
-struct Process(Child);
+/// How long the controllers may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Process {
-    /// Resident memory, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .expect("the process is running");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// CPU time (user + system) spent so far.
-    fn cpu(&self) -> Duration {
-        proc_cpu(&format!("/proc/{}/stat", self.0.id()), 11)
-    }
+/// CPU time (user + system) a process spent so far.
+fn cpu(p: &Process) -> Duration {
+    proc_cpu(&format!("/proc/{}/stat", p.0.id()), 11)
 }
 
 /// Fields `at` and `at + 1` of a /proc stat file (counted after the command name), as CPU time.
@@ -64,108 +46,12 @@ fn proc_cpu(path: &str, at: usize) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Starts `gingham ARGS --datastore sqlite:DB`; returns it with the first line it printed.
-fn start(args: &[&str], db: &Path) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
-        .args(args)
-        .arg("--datastore")
-        .arg(format!("sqlite:{}", db.display()))
-        .env_remove("GINGHAM_DATASTORE")
-        .env_remove("KUBECONFIG")
-        .env("GINGHAM_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("gingham starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("reads");
-    (Process(child), line.trim().to_owned())
-}
-
-/// The API double and the controllers on one fresh SQLite datastore in `dir`.
-struct Cluster {
-    // Fields drop in order: the controllers stop before the API server they watch.
-    ctl: Process,
-    api: Process,
-    kubeconfig: PathBuf,
-    client: gingham_api::Client,
-}
-
-impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let db = dir.join("gingham.db");
-        let kubeconfig = dir.join("kubeconfig");
-        let kc = kubeconfig.to_str().expect("utf-8");
-        let (api, url) = start(
-            &[
-                "lab",
-                "apiserver",
-                "--listen",
-                "127.0.0.1:0",
-                "--kubeconfig",
-                kc,
-            ],
-            &db,
-        );
-        assert!(url.starts_with("http://"), "{url}");
-        let (ctl, health) = start(
-            &[
-                "kube-controllers",
-                "--kubeconfig",
-                kc,
-                "--health-listen",
-                "127.0.0.1:0",
-            ],
-            &db,
-        );
-        let health: std::net::SocketAddr = health
-            .strip_prefix("health: http://")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("the health address first: {health:?}"));
-        until("the controllers ready", Duration::from_secs(30), || {
-            gingham_health::http_get(health, "/readiness")
-                .is_ok_and(|r| r.starts_with("HTTP/1.0 200"))
-        });
-        let store = gingham_datastore_sqlite::SqliteStore::open(&db).expect("opens");
-        Cluster {
-            ctl,
-            api,
-            kubeconfig,
-            client: gingham_api::Client::new(Arc::new(store)),
-        }
-    }
-}
-
-/// Polls every 5 ms until `f` holds.
-fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Runs kubectl; returns its wall time and its own CPU time (user + system).
-fn kubectl(dir: &Path, kubeconfig: &Path, args: &[&str]) -> (Duration, Duration) {
+fn kubectl(c: &Cluster, dir: &Path, args: &[&str]) -> (Duration, Duration) {
     let cpu_before = children_cpu();
     let t = Instant::now();
-    let out = Command::new(gingham_testkit::require_tool("kubectl"))
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", dir)
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(args)
-        .output()
-        .expect("kubectl runs");
+    c.kubectl(dir, args);
     let wall = t.elapsed();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     (wall, children_cpu().saturating_sub(cpu_before))
 }
 
@@ -241,12 +127,12 @@ fn policies(rounds: usize) {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let c = Cluster::start(dir.path());
+        let c = Cluster::start(dir.path(), READY_WITHIN);
         // Warm kubectl's discovery cache as a user's second command would find it.
-        kubectl(dir.path(), &c.kubeconfig, &["get", "netpol"]);
-        let (api0, ctl0) = (c.api.cpu(), c.ctl.cpu());
+        kubectl(&c, dir.path(), &["get", "netpol"]);
+        let (api0, ctl0) = (cpu(&c.api), cpu(&c.ctl));
         let t = Instant::now();
-        let (wall, cpu) = kubectl(dir.path(), &c.kubeconfig, &["apply", "-f", file]);
+        let (wall, kubectl_cpu) = kubectl(&c, dir.path(), &["apply", "-f", file]);
         until(
             "1,000 policies in the datastore",
             Duration::from_secs(120),
@@ -254,9 +140,9 @@ fn policies(rounds: usize) {
         );
         r.total.push(t.elapsed());
         r.kubectl_wall.push(wall);
-        r.kubectl_cpu.push(cpu);
-        r.api_cpu.push(c.api.cpu() - api0);
-        r.ctl_cpu.push(c.ctl.cpu() - ctl0);
+        r.kubectl_cpu.push(kubectl_cpu);
+        r.api_cpu.push(cpu(&c.api) - api0);
+        r.ctl_cpu.push(cpu(&c.ctl) - ctl0);
         eprintln!(
             "round {}: all in the datastore after {:.0} ms (kubectl returned after {:.0} ms)",
             round + 1,
@@ -311,7 +197,7 @@ fn endpoints(from: usize, to: usize) -> Vec<Resource> {
 
 fn memory(counts: &[usize]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = Cluster::start(dir.path());
+    let c = Cluster::start(dir.path(), READY_WITHIN);
     std::thread::sleep(Duration::from_secs(1));
     let empty = c.ctl.rss_kib();
     println!("kube-controllers resident memory (pods and their WorkloadEndpoints in the double)");
@@ -326,11 +212,7 @@ fn memory(counts: &[usize]) {
             .expect("writes the endpoints");
         let file = dir.path().join(format!("pods-{n}.yaml"));
         std::fs::write(&file, pods_yaml(have, n)).expect("writes");
-        kubectl(
-            dir.path(),
-            &c.kubeconfig,
-            &["create", "-f", file.to_str().expect("utf-8")],
-        );
+        c.kubectl(dir.path(), &["create", "-f", file.to_str().expect("utf-8")]);
         let last = format!("node--a-k8s-pod--{}-eth0", n - 1);
         let want = format!("n{}", n - 1);
         until(

@@ -3,80 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Process(Child);
+#[path = "../benches/support/kube_cluster.rs"]
+mod kube_cluster;
+use kube_cluster::{Cluster, until};
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `gingham ARGS` and returns it with the first line it printed.
-fn start(args: &[&str], db: &Path) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gingham"))
-        .args(args)
-        .arg("--datastore")
-        .arg(format!("sqlite:{}", db.display()))
-        .env_remove("GINGHAM_DATASTORE")
-        .env_remove("KUBECONFIG")
-        .env(
-            "GINGHAM_LOG",
-            std::env::var("GINGHAM_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("gingham starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("reads");
-    (Process(child), line.trim().to_owned())
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(p: &Process) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", p.0.id())).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-fn kubectl(dir: &Path, kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new(gingham_testkit::require_tool("kubectl"))
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", dir)
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls the datastore every 10 ms until `f` holds; returns how long it took.
-fn until(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
+/// How long the controllers may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(10);
 
 #[test]
 fn kube_controllers_refuses_a_kubeconfig_it_cannot_read() {
@@ -110,42 +45,10 @@ fn kube_controllers_refuses_a_kubeconfig_it_cannot_read() {
 fn sys_kube_controllers_follow_kubectl() {
     gingham_testkit::require_tool("kubectl");
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("gingham.db");
-    let kc = dir.path().join("kubeconfig");
-    let kc_s = kc.to_str().expect("utf-8");
-    let (_api, url) = start(
-        &[
-            "lab",
-            "apiserver",
-            "--listen",
-            "127.0.0.1:0",
-            "--kubeconfig",
-            kc_s,
-        ],
-        &db,
-    );
-    assert!(url.starts_with("http://"), "{url}");
-    let (_ctl, health) = start(
-        &[
-            "kube-controllers",
-            "--kubeconfig",
-            kc_s,
-            "--health-listen",
-            "127.0.0.1:0",
-        ],
-        &db,
-    );
-    let health: std::net::SocketAddr = health
-        .strip_prefix("health: http://")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the health address first: {health:?}"));
-    let store = gingham_datastore_sqlite::SqliteStore::open(&db).expect("opens");
-    let client = gingham_api::Client::new(std::sync::Arc::new(store));
+    let c = Cluster::start(dir.path(), READY_WITHIN);
+    let client = &c.client;
     let has = |ns: Option<&str>, name: &str, kind| client.get(kind, ns, name).is_ok();
     use gingham_model::{Kind, Resource};
-    until("ready", Duration::from_secs(10), || {
-        gingham_health::http_get(health, "/readiness").is_ok_and(|r| r.starts_with("HTTP/1.0 200"))
-    });
 
     let file = dir.path().join("np.yaml");
     std::fs::write(
@@ -153,26 +56,18 @@ fn sys_kube_controllers_follow_kubectl() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: default}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n",
     )
     .expect("writes");
-    kubectl(
-        dir.path(),
-        &kc,
-        &["apply", "-f", file.to_str().expect("utf-8")],
-    );
+    c.kubectl(dir.path(), &["apply", "-f", file.to_str().expect("utf-8")]);
     let t = until("knp.default.deny-all", Duration::from_secs(1), || {
         has(Some("default"), "knp.default.deny-all", Kind::NetworkPolicy)
     });
     eprintln!("knp.default.deny-all {t:?} after kubectl apply returned");
 
-    kubectl(
-        dir.path(),
-        &kc,
-        &["label", "namespace", "default", "team=x"],
-    );
+    c.kubectl(dir.path(), &["label", "namespace", "default", "team=x"]);
     until("kns.default relabelled", Duration::from_secs(1), || {
         matches!(client.get(Kind::Profile, None, "kns.default"),
             Ok(Resource::Profile(p)) if p.spec.labels_to_apply.get("pcns.team").map(String::as_str) == Some("x"))
     });
-    kubectl(dir.path(), &kc, &["delete", "netpol", "deny-all"]);
+    c.kubectl(dir.path(), &["delete", "netpol", "deny-all"]);
     until(
         "knp.default.deny-all removed",
         Duration::from_secs(1),
@@ -189,11 +84,7 @@ fn sys_kube_controllers_follow_kubectl() {
     let file = dir.path().join("many.yaml");
     std::fs::write(&file, many).expect("writes");
     let start = Instant::now();
-    kubectl(
-        dir.path(),
-        &kc,
-        &["apply", "-f", file.to_str().expect("utf-8")],
-    );
+    c.kubectl(dir.path(), &["apply", "-f", file.to_str().expect("utf-8")]);
     let applied = start.elapsed();
     let count = || {
         client
@@ -210,7 +101,7 @@ fn sys_kube_controllers_follow_kubectl() {
         "1,000 NetworkPolicies: kubectl apply returned after {applied:?}, all in the datastore after {:?}",
         start.elapsed()
     );
-    let r = gingham_health::http_get(health, "/metrics").expect("metrics");
+    let r = gingham_health::http_get(c.health, "/metrics").expect("metrics");
     assert!(r.contains("gingham_kube_controllers_ready 1"), "{r}");
 }
 
@@ -218,42 +109,11 @@ fn sys_kube_controllers_follow_kubectl() {
 fn sys_kube_controllers_memory_per_1000_pods() {
     gingham_testkit::require_tool("kubectl");
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("gingham.db");
-    let kc = dir.path().join("kubeconfig");
-    let kc_s = kc.to_str().expect("utf-8");
-    let (_api, _) = start(
-        &[
-            "lab",
-            "apiserver",
-            "--listen",
-            "127.0.0.1:0",
-            "--kubeconfig",
-            kc_s,
-        ],
-        &db,
-    );
-    let (ctl, health) = start(
-        &[
-            "kube-controllers",
-            "--kubeconfig",
-            kc_s,
-            "--health-listen",
-            "127.0.0.1:0",
-        ],
-        &db,
-    );
-    let health: std::net::SocketAddr = health
-        .strip_prefix("health: http://")
-        .and_then(|a| a.parse().ok())
-        .expect("the health address");
-    until("ready", Duration::from_secs(10), || {
-        gingham_health::http_get(health, "/readiness").is_ok_and(|r| r.starts_with("HTTP/1.0 200"))
-    });
-    let before = rss_kib(&ctl);
+    let c = Cluster::start(dir.path(), READY_WITHIN);
+    let before = c.ctl.rss_kib();
     // The last pod's endpoint, as the CNI plugin would have written it: once it carries the
     // pod's labels, the controllers have seen every pod.
-    let store = gingham_datastore_sqlite::SqliteStore::open(&db).expect("opens");
-    let client = gingham_api::Client::new(std::sync::Arc::new(store));
+    let client = &c.client;
     let wep = gingham_model::load_resources(
         "wep.yaml",
         "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: node--a-k8s-pod--999-eth0, namespace: default}\nspec: {orchestrator: k8s, node: node-a, pod: pod-999, endpoint: eth0, containerID: c999, interfaceName: cali0123456789a, ipNetworks: [10.0.0.9/32]}\n",
@@ -270,11 +130,7 @@ fn sys_kube_controllers_memory_per_1000_pods() {
     }
     let file = dir.path().join("pods.yaml");
     std::fs::write(&file, pods).expect("writes");
-    kubectl(
-        dir.path(),
-        &kc,
-        &["apply", "-f", file.to_str().expect("utf-8")],
-    );
+    c.kubectl(dir.path(), &["apply", "-f", file.to_str().expect("utf-8")]);
     until(
         "the controllers saw every pod",
         Duration::from_secs(60),
@@ -283,7 +139,7 @@ fn sys_kube_controllers_memory_per_1000_pods() {
             Ok(gingham_model::Resource::WorkloadEndpoint(w)) if w.metadata.labels.get("idx").map(String::as_str) == Some("n999"))
         },
     );
-    let after = rss_kib(&ctl);
+    let after = c.ctl.rss_kib();
     eprintln!(
         "kube-controllers resident memory: {before} KiB before, {after} KiB with 1,000 pods ({} KiB per 1,000 pods)",
         after.saturating_sub(before)
