@@ -29,15 +29,17 @@ impl State {
     pub fn set_problem(&mut self, manager: &'static str, problem: Option<String>) {
         self.problems.set(manager, problem);
     }
+}
 
-    pub fn is_ready(&self) -> bool {
+impl gingham_health::Readiness for State {
+    fn is_ready(&self) -> bool {
         self.ready
             && self.problems.is_empty()
             && self.unreadable.is_empty()
             && self.closed.is_empty()
     }
 
-    pub fn why_not(&self) -> String {
+    fn why_not(&self) -> String {
         if !self.problems.is_empty() {
             return self.problems.summary();
         }
@@ -167,16 +169,6 @@ impl gingham_health::Metrics for Metrics {
 
 /// What the agent shares with its health server.
 pub type Health = gingham_health::Health<State, Metrics>;
-
-impl gingham_health::Readiness for State {
-    fn is_ready(&self) -> bool {
-        State::is_ready(self)
-    }
-
-    fn why_not(&self) -> String {
-        State::why_not(self)
-    }
-}
 
 /// Serves the agent's endpoints on `127.0.0.1:port` from a thread of its own.
 pub fn serve(health: &Health, port: u16) -> Result<(), Error> {

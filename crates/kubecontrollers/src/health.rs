@@ -19,12 +19,12 @@ pub struct State {
     pub expected: BTreeSet<&'static str>,
 }
 
-impl State {
-    pub fn is_ready(&self) -> bool {
+impl gingham_health::Readiness for State {
+    fn is_ready(&self) -> bool {
         self.problems.is_empty() && self.expected.is_subset(&self.synced)
     }
 
-    pub fn why_not(&self) -> String {
+    fn why_not(&self) -> String {
         if !self.problems.is_empty() {
             return self.problems.summary();
         }
@@ -117,16 +117,6 @@ impl gingham_health::Metrics for Metrics {
 
 /// What the controllers share with their health server.
 pub type Health = gingham_health::Health<State, Metrics>;
-
-impl gingham_health::Readiness for State {
-    fn is_ready(&self) -> bool {
-        State::is_ready(self)
-    }
-
-    fn why_not(&self) -> String {
-        State::why_not(self)
-    }
-}
 
 #[cfg(test)]
 mod tests {
