@@ -632,6 +632,65 @@ pub fn kvs_from_object(
     })
 }
 
+/// The value of `key` held by `object` (of `kind`, as JSON), as the store's `get` reads it:
+/// `None` when the object holds no such key now (a pod without addresses yet, a pod on
+/// another node than the key names).
+pub fn value_for_key(
+    key: &str,
+    kind: K8sObjectKind,
+    object: &Value,
+) -> Result<Option<Vec<u8>>, K8sBackedError> {
+    Ok(kvs_from_object(kind, object)?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
+}
+
+/// Every key `object` (of `kind`, as JSON) can hold, whether or not it holds it now: what a
+/// watch must report deleted when the object is deleted or stops holding it (a pod whose
+/// addresses the CNI plugin took back). A pod's key is fixed once it is scheduled.
+pub fn object_keys(kind: K8sObjectKind, object: &Value) -> Vec<String> {
+    let s = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let name = s("/metadata/name");
+    let ns = match s("/metadata/namespace") {
+        "" => "default",
+        ns => ns,
+    };
+    if name.is_empty() {
+        return Vec::new();
+    }
+    match kind {
+        K8sObjectKind::Node => vec![Kind::Node.key(None, name)],
+        K8sObjectKind::NetworkPolicy => {
+            vec![Kind::NetworkPolicy.key(Some(ns), &format!("{K8S_POLICY_PREFIX}{name}"))]
+        }
+        K8sObjectKind::Namespace => {
+            vec![Kind::Profile.key(None, &format!("{NAMESPACE_PROFILE_PREFIX}{name}"))]
+        }
+        K8sObjectKind::ServiceAccount => {
+            vec![Kind::Profile.key(None, &k8s::service_account_profile_name(ns, name))]
+        }
+        K8sObjectKind::Pod => {
+            let host_network = object
+                .pointer("/spec/hostNetwork")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let node = s("/spec/nodeName");
+            if host_network || node.is_empty() {
+                return Vec::new();
+            }
+            gingham_model::names::workload_endpoint_name(node, K8S_ORCHESTRATOR, name, POD_ENDPOINT)
+                .map(|w| vec![Kind::WorkloadEndpoint.key(Some(ns), &w)])
+                .unwrap_or_default()
+        }
+    }
+}
+
 fn object_ref(
     kind: K8sObjectKind,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

@@ -901,3 +901,62 @@ fn objects_as_json_convert_to_every_key_they_hold() {
         "{err}"
     );
 }
+
+#[test]
+fn keys_an_object_can_hold_and_the_value_of_one() {
+    let key = Kind::WorkloadEndpoint.key(Some("default"), "nodeA-k8s-podA-eth0");
+    let with_ip = serde_json::to_value(pod()).expect("json");
+    let mut without_ip = with_ip.clone();
+    without_ip["metadata"]["annotations"] = json!({});
+    // The key is the pod's whether or not it has an endpoint now.
+    assert_eq!(object_keys(K8sObjectKind::Pod, &with_ip), vec![key.clone()]);
+    assert_eq!(
+        object_keys(K8sObjectKind::Pod, &without_ip),
+        vec![key.clone()]
+    );
+    assert_eq!(
+        value_for_key(&key, K8sObjectKind::Pod, &with_ip).expect("reads"),
+        Some(
+            workload_endpoints_from_pod(&pod())
+                .expect("converts")
+                .remove(0)
+                .1
+        )
+    );
+    assert_eq!(
+        value_for_key(&key, K8sObjectKind::Pod, &without_ip).expect("reads"),
+        None
+    );
+    let other_node = Kind::WorkloadEndpoint.key(Some("default"), "nodeB-k8s-podA-eth0");
+    assert_eq!(
+        value_for_key(&other_node, K8sObjectKind::Pod, &with_ip).expect("reads"),
+        None
+    );
+    let mut host = with_ip.clone();
+    host["spec"]["hostNetwork"] = json!(true);
+    assert_eq!(object_keys(K8sObjectKind::Pod, &host), Vec::<String>::new());
+
+    // Every other kind: the one key its conversion gives.
+    let ns = json!({"metadata": {"name": "shop"}});
+    let sa = json!({"metadata": {"name": "web", "namespace": "shop"}});
+    let np = json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"podSelector": {}}});
+    let node = serde_json::to_value(k8s_node()).expect("json");
+    for (kind, o) in [
+        (K8sObjectKind::Namespace, ns),
+        (K8sObjectKind::ServiceAccount, sa),
+        (K8sObjectKind::NetworkPolicy, np),
+        (K8sObjectKind::Node, node),
+    ] {
+        let keys: Vec<String> = kvs_from_object(kind, &o)
+            .expect("converts")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(object_keys(kind, &o), keys, "{kind:?}");
+        assert!(
+            k8s_backed_kind(&keys[0])
+                .and_then(|b| b.object())
+                .is_some_and(|r| r.kind == kind)
+        );
+    }
+}
