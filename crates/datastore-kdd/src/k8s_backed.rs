@@ -1329,5 +1329,7 @@ pub fn k8s_node_delete_patch(existing: &corev1::Node) -> Value {
     annotations_patch(annotations)
 }
 
+pub mod store;
+
 #[cfg(test)]
 mod tests;

@@ -64,6 +64,8 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 
 use crate::crd::{CrdType, MapError, ObjectRef};
+use crate::k8s_backed::store::K8sObjects;
+use crate::k8s_backed::{k8s_backed_kind, list_sources};
 
 /// How many times a write that lost a race with another writer is tried again.
 const RACE_RETRIES: usize = 32;
@@ -74,46 +76,18 @@ const WATCH_SECONDS: u32 = 290;
 /// The CRD whose list tells the store's revision (every Calico installation has it).
 const REVISION_PLURAL: &str = "clusterinformations";
 
-/// Where a key lives: a CRD object, or (the seam for module `k8s_backed`) one of Kubernetes'
-/// own objects.
+/// Where a key lives: a CRD object, or one of Kubernetes' own objects (module `k8s_backed`).
 enum Home {
     Crd(ObjectRef),
     /// Kept in Kubernetes' own objects; the text says which.
     K8s(&'static str),
 }
 
-/// The kinds that are Kubernetes' own objects rather than CRDs. `k8s_backed` converts them;
-/// until it is plugged in here, reads and writes of these keys are refused with this text.
-fn k8s_backed_area(key_or_prefix: &str) -> Option<&'static str> {
-    let rest = key_or_prefix.strip_prefix(KEY_ROOT)?.strip_prefix('/')?;
-    let (plural, name_part) = rest.split_once('/').unwrap_or((rest, ""));
-    match plural {
-        "nodes" => Some("Calico Nodes are the Kubernetes Nodes' annotations"),
-        "workloadendpoints" => Some("WorkloadEndpoints are the Kubernetes Pods"),
-        "profiles" => {
-            Some("Profiles are the Kubernetes Namespaces (kns.) and ServiceAccounts (ksa.)")
-        }
-        "networkpolicies" => {
-            let name = name_part.split_once('/').map(|(_, n)| n).unwrap_or("");
-            name.starts_with("knp.default.")
-                .then_some("knp.default. policies are the Kubernetes NetworkPolicies (read-only)")
-        }
-        _ => None,
-    }
-}
-
-/// Whether a list or watch of `prefix` would have to include a whole k8s-backed kind.
-fn covers_k8s_backed(prefix: &str) -> Option<&'static str> {
-    ["nodes/", "workloadendpoints/", "profiles/"]
-        .iter()
-        .map(|p| format!("{KEY_ROOT}/{p}"))
-        .find(|space| space.starts_with(prefix) || prefix.starts_with(space.as_str()))
-        .and_then(|space| k8s_backed_area(&space))
-}
-
 fn home(key: &str) -> Result<Home> {
-    if let Some(what) = k8s_backed_area(key) {
-        return Ok(Home::K8s(what));
+    if k8s_backed_kind(key).is_some() {
+        return Ok(Home::K8s(
+            "it is kept in Kubernetes' own objects (Nodes, Pods, NetworkPolicies, Namespaces, ServiceAccounts)",
+        ));
     }
     crd::locate(key).map(Home::Crd).map_err(map_error)
 }
@@ -133,6 +107,9 @@ pub struct KddStore {
     server: String,
     /// Where the configuration came from (a kubeconfig path, or `KUBECONFIG`/in-cluster).
     source: String,
+    /// The kinds kept in Kubernetes' own objects (Nodes, Pods, NetworkPolicies, Namespaces,
+    /// ServiceAccounts).
+    k8s: K8sObjects,
 }
 
 impl KddStore {
@@ -176,6 +153,7 @@ impl KddStore {
         })?;
         let store = Self {
             rt: Arc::new(rt),
+            k8s: K8sObjects::new(client.clone(), server.clone()),
             client,
             server,
             source,
@@ -211,9 +189,8 @@ impl KddStore {
     fn crd_home(&self, key: &str) -> Result<ObjectRef> {
         match home(key)? {
             Home::Crd(r) => Ok(r),
-            Home::K8s(what) => Err(Error::Backend(format!(
-                "{key}: {what}; the Kubernetes datastore does not read or write them yet"
-            ))),
+            // Unreachable: `get_async` and `txn_async` send these keys to `k8s_backed::store`.
+            Home::K8s(what) => Err(Error::Backend(format!("{key}: {what}, not in a CRD"))),
         }
     }
 
@@ -232,6 +209,9 @@ impl KddStore {
     }
 
     async fn get_async(&self, key: &str) -> Result<Option<KeyValue>> {
+        if k8s_backed_kind(key).is_some() {
+            return self.k8s.get(key).await;
+        }
         let r = self.crd_home(key)?;
         let Some(cur) = self.read(&r).await? else {
             return Ok(None);
@@ -256,13 +236,13 @@ impl KddStore {
     }
 
     async fn list_async(&self, prefix: &str) -> Result<Listing> {
-        if let Some(what) = covers_k8s_backed(prefix) {
-            return Err(Error::Backend(format!(
-                "cannot list {prefix}: {what}; the Kubernetes datastore does not read them yet"
-            )));
-        }
         let types = crd::types_for_prefix(prefix);
-        if types.is_empty() && !prefix.starts_with(KEY_ROOT) && !KEY_ROOT.starts_with(prefix) {
+        let (k8s_kvs, k8s_revision) = self.k8s.list(prefix).await?;
+        if types.is_empty()
+            && list_sources(prefix).is_empty()
+            && !prefix.starts_with(KEY_ROOT)
+            && !KEY_ROOT.starts_with(prefix)
+        {
             return Err(Error::Config(format!(
                 "cannot list {prefix}: {}",
                 MapError::NoCrd { key: prefix.into() }
@@ -299,7 +279,9 @@ impl KddStore {
                 }
             }
         }
-        if types.is_empty() {
+        kvs.extend(k8s_kvs);
+        revision = revision.max(k8s_revision);
+        if revision == 0 {
             revision = self.revision_async().await?;
         }
         kvs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -351,6 +333,21 @@ impl KddStore {
     }
 
     async fn txn_async(&self, txn: &Txn) -> Result<TxnOutcome> {
+        let touches_k8s = txn
+            .compares
+            .iter()
+            .map(Compare::key)
+            .chain(txn.ops.iter().map(op_key))
+            .any(|k| k8s_backed_kind(k).is_some());
+        if touches_k8s {
+            self.txn_with_k8s(txn).await
+        } else {
+            self.txn_crd(txn).await
+        }
+    }
+
+    /// A transaction over CRD keys only.
+    async fn txn_crd(&self, txn: &Txn) -> Result<TxnOutcome> {
         let mut refs: BTreeMap<String, ObjectRef> = BTreeMap::new();
         for key in txn
             .compares
@@ -449,6 +446,127 @@ impl KddStore {
             revision = revision.max(self.revision_async().await?);
         }
         Ok(TxnOutcome::Committed { revision })
+    }
+
+    /// A transaction with keys kept in Kubernetes' own objects: their comparisons are checked,
+    /// their writes made, each conditional on what its comparison read (a conflict fails the
+    /// transaction before anything else is written); then the rest goes as a CRD transaction.
+    /// When a later step fails, the Kubernetes-backed writes are undone (compensating
+    /// conditional writes), as the CRD writes are.
+    async fn txn_with_k8s(&self, txn: &Txn) -> Result<TxnOutcome> {
+        use k8s_backed::store::{Expect, Write, Written};
+        let is_k8s = |k: &str| k8s_backed_kind(k).is_some();
+        let mut expect: HashMap<String, Expect> = HashMap::new();
+        let mut failed = Vec::new();
+        for c in txn.compares.iter().filter(|c| is_k8s(c.key())) {
+            let key = c.key();
+            let kv = self.k8s.get(key).await?;
+            if !compare_holds(c, kv.as_ref()) {
+                if !failed.iter().any(|f| f == key) {
+                    failed.push(key.to_owned());
+                }
+                continue;
+            }
+            let e = match &kv {
+                Some(kv) => Expect::ModRevision(kv.mod_revision),
+                None => Expect::Absent,
+            };
+            expect.insert(key.to_owned(), e);
+        }
+        if !failed.is_empty() {
+            return Ok(TxnOutcome::Failed {
+                failed_keys: failed,
+            });
+        }
+        let mut done: Vec<(String, Option<Vec<u8>>, Revision)> = Vec::new();
+        let mut revision: Revision = 0;
+        let mut outcome = None;
+        for op in txn.ops.iter().filter(|op| is_k8s(op_key(op))) {
+            let key = op_key(op);
+            let write = match op {
+                Op::Put { value, .. } => Write::Put(value),
+                Op::Delete { .. } => Write::Delete,
+            };
+            // Only the first write of a key is conditional on its comparison.
+            let e = expect.remove(key).unwrap_or(Expect::Any);
+            match self.k8s.write(key, write, e).await {
+                Ok(Written::Applied {
+                    revision: rv,
+                    before,
+                }) => {
+                    revision = revision.max(rv);
+                    done.push((key.to_owned(), before, rv));
+                }
+                Ok(Written::Nothing) => {}
+                Ok(Written::Lost { .. }) => {
+                    outcome = Some(Ok(TxnOutcome::Failed {
+                        failed_keys: vec![key.to_owned()],
+                    }));
+                    break;
+                }
+                Err(err) => {
+                    outcome = Some(Err(err));
+                    break;
+                }
+            }
+        }
+        if outcome.is_none() {
+            let rest = Txn {
+                compares: txn
+                    .compares
+                    .iter()
+                    .filter(|c| !is_k8s(c.key()))
+                    .cloned()
+                    .collect(),
+                ops: txn
+                    .ops
+                    .iter()
+                    .filter(|op| !is_k8s(op_key(op)))
+                    .cloned()
+                    .collect(),
+            };
+            if rest.compares.is_empty() && rest.ops.is_empty() {
+                if revision == 0 {
+                    revision = self.revision_async().await?;
+                }
+                return Ok(TxnOutcome::Committed { revision });
+            }
+            match self.txn_crd(&rest).await {
+                Ok(TxnOutcome::Committed { revision: r }) => {
+                    return Ok(TxnOutcome::Committed {
+                        revision: revision.max(r),
+                    });
+                }
+                other => outcome = Some(other),
+            }
+        }
+        for (key, before, after) in done.into_iter().rev() {
+            let write = match &before {
+                Some(v) => Write::Put(v),
+                None => Write::Delete,
+            };
+            match self
+                .k8s
+                .write(&key, write, Expect::ModRevision(after))
+                .await
+            {
+                Ok(Written::Applied { .. }) | Ok(Written::Nothing) => {
+                    tracing::debug!(%key, "undid a write of a failed transaction")
+                }
+                Ok(Written::Lost { .. }) => tracing::warn!(
+                    %key,
+                    "cannot undo a write of a failed transaction: another writer changed the object since"
+                ),
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "cannot undo a write of a failed transaction")
+                }
+            }
+        }
+        outcome.unwrap_or_else(|| {
+            Err(Error::Backend(
+                "a transaction ended without an outcome".into(),
+            ))
+        })
     }
 
     /// A transaction whose one comparison is the condition of its one write: one request.
@@ -740,20 +858,19 @@ impl Datastore for KddStore {
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>> {
-        if let Some(what) = covers_k8s_backed(prefix) {
-            return Err(Error::Backend(format!(
-                "cannot watch {prefix}: {what}; the Kubernetes datastore does not read them yet"
-            )));
-        }
         let types = crd::types_for_prefix(prefix);
-        if types.is_empty() && !prefix.starts_with(KEY_ROOT) && !KEY_ROOT.starts_with(prefix) {
+        if types.is_empty()
+            && list_sources(prefix).is_empty()
+            && !prefix.starts_with(KEY_ROOT)
+            && !KEY_ROOT.starts_with(prefix)
+        {
             return Err(Error::Config(format!(
                 "cannot watch {prefix}: {}",
                 MapError::NoCrd { key: prefix.into() }
             )));
         }
         let (tx, rx) = mpsc::channel();
-        let tasks = types
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = types
             .into_iter()
             .map(|ty| {
                 let follower = Follower {
@@ -766,6 +883,9 @@ impl Datastore for KddStore {
                 self.rt.spawn(follower.run(after))
             })
             .collect();
+        for f in self.k8s.followers(prefix, after, &tx) {
+            tasks.push(self.rt.spawn(f));
+        }
         Ok(Box::new(KddWatch {
             rx,
             pending: Vec::new(),
@@ -1008,7 +1128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn k8s_backed_keys_are_refused_by_name() {
+    fn k8s_backed_keys_have_their_own_home() {
         for key in [
             format!("{KEY_ROOT}/nodes/n1"),
             format!("{KEY_ROOT}/workloadendpoints/ns/n1-k8s-pod-eth0"),
@@ -1021,9 +1141,6 @@ mod tests {
             home(&format!("{KEY_ROOT}/networkpolicies/ns/deny")),
             Ok(Home::Crd(_))
         ));
-        assert!(covers_k8s_backed(&format!("{KEY_ROOT}/")).is_some());
-        assert!(covers_k8s_backed(&format!("{KEY_ROOT}/networkpolicies/")).is_none());
-        assert!(covers_k8s_backed("/calico/ipam/v2/").is_none());
         let e = map_error(crd::locate("/gingham/atomic/lock").unwrap_err());
         assert!(
             matches!(&e, Error::Config(m) if m.contains("/gingham/atomic/lock")),
