@@ -263,19 +263,21 @@ fn a_transaction_with_a_node_and_a_crd_key_is_undone_when_the_crd_part_fails() {
             value: set.clone(),
         });
     match store.txn(&txn).expect("txn") {
-        TxnOutcome::Failed { failed_keys } => assert_eq!(failed_keys, [set_key.clone()]),
+        TxnOutcome::Failed { failed_keys } => {
+            assert_eq!(failed_keys, std::slice::from_ref(&set_key))
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
     // The Node's write was undone.
     let after = store.get(&node_key).expect("get").expect("node");
     assert_eq!(after.value, kv.value);
     assert!(
-        kube.node("node-a")
+        !kube
+            .node("node-a")
             .metadata
             .annotations
             .unwrap_or_default()
-            .get(NODE_IPV4_VXLAN_TUNNEL_ADDR)
-            .is_none()
+            .contains_key(NODE_IPV4_VXLAN_TUNNEL_ADDR)
     );
 
     // The same with the CRD condition holding commits both.
