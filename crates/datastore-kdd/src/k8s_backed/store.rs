@@ -319,7 +319,7 @@ struct Follower {
 }
 
 /// What a follower knows of a key: its last key-value, or that it is absent.
-type Known = HashMap<String, Option<KeyValue>>;
+pub(super) type Known = HashMap<String, Option<KeyValue>>;
 
 impl Follower {
     async fn run(self, after: Revision) {
@@ -361,9 +361,10 @@ impl Follower {
                     }
                 };
                 failures = 0;
-                let (deleted, o) = match ev {
-                    WatchEvent::Added(o) | WatchEvent::Modified(o) => (false, o),
-                    WatchEvent::Deleted(o) => (true, o),
+                let (added, deleted, o) = match ev {
+                    WatchEvent::Added(o) => (true, false, o),
+                    WatchEvent::Modified(o) => (false, false, o),
+                    WatchEvent::Deleted(o) => (false, true, o),
                     WatchEvent::Bookmark(b) => {
                         rv = b.metadata.resource_version;
                         continue;
@@ -381,7 +382,16 @@ impl Follower {
                     }
                 };
                 rv = o.metadata.resource_version.clone().unwrap_or_default();
-                let events = to_json(&o).and_then(|obj| self.events(deleted, &obj, &mut known));
+                let events = to_json(&o).and_then(|obj| {
+                    watch_events(
+                        self.source.kind,
+                        &self.prefix,
+                        added,
+                        deleted,
+                        &obj,
+                        &mut known,
+                    )
+                });
                 match events {
                     Ok(events) => {
                         for e in events {
@@ -398,85 +408,89 @@ impl Follower {
             }
         }
     }
+}
 
-    /// The events of one watch event of an object: a Put for each key it holds now, a Delete
-    /// for each key it held and holds no more (or all of them when it is deleted).
-    fn events(&self, deleted: bool, obj: &Value, known: &mut Known) -> Result<Vec<Event>> {
-        let kind = self.source.kind;
-        let rv = object_revision(obj, &kind.kind())?;
-        let now: Vec<KeyValue> = if deleted {
-            Vec::new()
-        } else {
-            object_kvs(kind, obj)?
-        };
-        let mut out = Vec::new();
-        for key in object_keys(kind, obj) {
-            if !key.starts_with(&self.prefix) {
-                continue;
-            }
-            let prev = known.get(&key).cloned();
-            match now.iter().find(|kv| kv.key == key) {
-                Some(kv) => {
-                    let mut kv = kv.clone();
-                    if !matches!(prev, Some(Some(_))) {
-                        kv.create_revision = kv.mod_revision;
-                    } else if let Some(Some(p)) = &prev {
-                        kv.create_revision = p.create_revision;
-                    }
-                    known.insert(key, Some(kv.clone()));
-                    out.push(Event {
-                        kind: EventKind::Put,
-                        kv,
-                        prev: prev.flatten(),
-                    });
-                }
-                None => {
-                    known.insert(key.clone(), None);
-                    // A key this watch never saw: deleted only when the object says it had one
-                    // (the object went, or the CNI plugin's DEL emptied the pod's podIP).
-                    let said_gone = deleted || pod_ip_taken_back(obj);
-                    let report = match &prev {
-                        Some(Some(_)) => true,
-                        Some(None) => false,
-                        None => said_gone,
-                    };
-                    if report {
-                        let prev = prev.flatten();
-                        out.push(Event {
-                            kind: EventKind::Delete,
-                            kv: KeyValue {
-                                key: key.clone(),
-                                value: Vec::new(),
-                                create_revision: 0,
-                                mod_revision: rv,
-                                version: 0,
-                            },
-                            prev: Some(prev.unwrap_or(KeyValue {
-                                key,
-                                value: Vec::new(),
-                                create_revision: 0,
-                                mod_revision: 0,
-                                version: 0,
-                            })),
-                        });
-                    }
-                }
-            }
+/// The datastore events of one watch event of an object of `kind` (`added`: an ADDED event,
+/// `deleted`: a DELETED one) for a watch of `prefix`: a Put for each key it holds now whose
+/// value changed, a Delete for each key it held and holds no more (all of them when it is
+/// deleted). `known` is what the watch has seen of each key. Changes of the object that leave a
+/// key's value as it was (kubelet's status updates of a pod, a Node's conditions) give no event.
+pub(super) fn watch_events(
+    kind: K8sObjectKind,
+    prefix: &str,
+    added: bool,
+    deleted: bool,
+    obj: &Value,
+    known: &mut Known,
+) -> Result<Vec<Event>> {
+    let rv = object_revision(obj, &kind.kind())?;
+    let now: Vec<KeyValue> = if deleted {
+        Vec::new()
+    } else {
+        object_kvs(kind, obj)?
+    };
+    let mut out = Vec::new();
+    let mut keys = object_keys(kind, obj);
+    // Keys the object holds that `object_keys` did not name cannot occur; they still count.
+    for kv in &now {
+        if !keys.contains(&kv.key) {
+            keys.push(kv.key.clone());
         }
-        // Keys under the prefix the object holds that `object_keys` did not name cannot occur;
-        // Puts for them are still delivered.
-        for kv in now {
-            if kv.key.starts_with(&self.prefix) && !out.iter().any(|e| e.kv.key == kv.key) {
-                known.insert(kv.key.clone(), Some(kv.clone()));
+    }
+    for key in keys {
+        if !key.starts_with(prefix) {
+            continue;
+        }
+        let prev = known.get(&key).cloned();
+        match now.iter().find(|kv| kv.key == key) {
+            Some(kv) => {
+                let mut kv = kv.clone();
+                kv.create_revision = match &prev {
+                    Some(Some(p)) => p.create_revision,
+                    Some(None) => kv.mod_revision,
+                    None if added => kv.mod_revision,
+                    None => 0,
+                };
+                known.insert(key, Some(kv.clone()));
+                if let Some(Some(p)) = &prev
+                    && p.value == kv.value
+                {
+                    continue;
+                }
                 out.push(Event {
                     kind: EventKind::Put,
                     kv,
-                    prev: None,
+                    prev: prev.flatten(),
                 });
             }
+            None => {
+                known.insert(key.clone(), None);
+                // A key this watch never saw: deleted only when the object says it had one
+                // (the object went, or the CNI plugin's DEL emptied the pod's podIP).
+                let report = match &prev {
+                    Some(Some(_)) => true,
+                    Some(None) => false,
+                    None => deleted || pod_ip_taken_back(obj),
+                };
+                if report {
+                    let gone = |mod_revision| KeyValue {
+                        key: key.clone(),
+                        value: Vec::new(),
+                        create_revision: 0,
+                        mod_revision,
+                        version: 0,
+                    };
+                    let prev = prev.flatten().unwrap_or_else(|| gone(0));
+                    out.push(Event {
+                        kind: EventKind::Delete,
+                        kv: gone(rv),
+                        prev: Some(prev),
+                    });
+                }
+            }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 /// Whether a pod's `cni.projectcalico.org/podIP` annotation is present and empty: the CNI

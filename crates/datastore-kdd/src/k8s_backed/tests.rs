@@ -960,3 +960,102 @@ fn keys_an_object_can_hold_and_the_value_of_one() {
         );
     }
 }
+
+#[test]
+fn watch_events_follow_a_pod_through_the_cni_plugin() {
+    use gingham_datastore::EventKind;
+    use store::{Known, watch_events};
+    let key = Kind::WorkloadEndpoint.key(Some("default"), "nodeA-k8s-podA-eth0");
+    let prefix = Kind::WorkloadEndpoint.key_prefix(None);
+    let at = |mut v: Value, rv: u64| {
+        v["metadata"]["resourceVersion"] = json!(rv.to_string());
+        v
+    };
+    let with_ip = serde_json::to_value(pod()).expect("json");
+    let mut pending = with_ip.clone();
+    pending["metadata"]["annotations"] = json!({});
+    let mut running = with_ip.clone();
+    running["status"]["phase"] = json!("Running");
+    running["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
+    let mut relabelled = running.clone();
+    relabelled["metadata"]["labels"]["labelA"] = json!("changed");
+    let mut del = relabelled.clone();
+    del["metadata"]["annotations"]["cni.projectcalico.org/podIP"] = json!("");
+    del["metadata"]["annotations"]["cni.projectcalico.org/podIPs"] = json!("");
+
+    let mut known = Known::new();
+    let mut step = |added: bool, deleted: bool, obj: Value| {
+        watch_events(
+            K8sObjectKind::Pod,
+            &prefix,
+            added,
+            deleted,
+            &obj,
+            &mut known,
+        )
+        .expect("events")
+        .into_iter()
+        .map(|e| {
+            (
+                e.kind,
+                e.kv.mod_revision,
+                e.kv.create_revision,
+                e.prev.map(|p| p.mod_revision),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    // Created without an address: nothing yet.
+    assert_eq!(step(true, false, at(pending, 10)), vec![]);
+    // The CNI plugin's ADD: the endpoint is created.
+    assert_eq!(
+        step(false, false, at(with_ip, 11)),
+        vec![(EventKind::Put, 11, 11, None)]
+    );
+    // kubelet's status update changes nothing Calico sees: no event.
+    assert_eq!(step(false, false, at(running, 12)), vec![]);
+    // A label: a Put whose prev is the last state seen (its revision the silent update's).
+    assert_eq!(
+        step(false, false, at(relabelled, 13)),
+        vec![(EventKind::Put, 13, 11, Some(12))]
+    );
+    // The CNI plugin's DEL: a Delete; the pod's deletion afterwards: nothing more.
+    assert_eq!(
+        step(false, false, at(del.clone(), 14)),
+        vec![(EventKind::Delete, 14, 0, Some(13))]
+    );
+    assert_eq!(step(false, true, at(del.clone(), 15)), vec![]);
+
+    // A watch that starts late learns of a DEL it had not seen the endpoint for.
+    let mut fresh = Known::new();
+    let events = watch_events(
+        K8sObjectKind::Pod,
+        &prefix,
+        false,
+        false,
+        &at(del, 16),
+        &mut fresh,
+    )
+    .expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].kind, events[0].kv.key.as_str()),
+        (EventKind::Delete, key.as_str())
+    );
+    // Keys outside the prefix give nothing.
+    let mut other = Known::new();
+    let ns_prefix = Kind::WorkloadEndpoint.key_prefix(Some("elsewhere"));
+    let with_ip = at(serde_json::to_value(pod()).expect("json"), 17);
+    assert!(
+        watch_events(
+            K8sObjectKind::Pod,
+            &ns_prefix,
+            true,
+            false,
+            &with_ip,
+            &mut other
+        )
+        .expect("events")
+        .is_empty()
+    );
+}
