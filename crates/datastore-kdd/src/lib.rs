@@ -971,6 +971,91 @@ impl Drop for KddWatch {
     }
 }
 
+/// Follows one Kubernetes resource for a watch from `after`: the watch request is renewed after
+/// timeouts and disconnects, an expired resourceVersion (410 Gone) ends it with
+/// [`Error::Compacted`]; each change (`Some(true)` added, `Some(false)` modified, `None`
+/// deleted) becomes what `convert` makes of it, sent to `tx` with any error that ends it.
+pub(crate) async fn follow(
+    api: Api<DynamicObject>,
+    what: String,
+    server: String,
+    after: Revision,
+    tx: mpsc::Sender<Result<Event>>,
+    mut convert: impl FnMut(Option<bool>, DynamicObject) -> Result<Vec<Event>> + Send,
+) {
+    let mut rv = after.to_string();
+    let mut failures = 0u32;
+    loop {
+        let params = WatchParams::default().timeout(WATCH_SECONDS);
+        let stream = match api.watch(&params, &rv).await {
+            Ok(s) => s,
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                let _ = tx.send(Err(compacted(&rv, &s.message)));
+                return;
+            }
+            Err(e @ kube::Error::Api(_)) => {
+                let _ = tx.send(Err(request_error(&server, &what, e)));
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 30 {
+                    let _ = tx.send(Err(request_error(&server, &what, e)));
+                    return;
+                }
+                tracing::debug!(error = %e, %what, "watch request failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            let ev = match item {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(error = %e, %what, "watch stream broke; resuming");
+                    break;
+                }
+            };
+            failures = 0;
+            let (kind, o) = match ev {
+                WatchEvent::Added(o) => (Some(true), o),
+                WatchEvent::Modified(o) => (Some(false), o),
+                WatchEvent::Deleted(o) => (None, o),
+                WatchEvent::Bookmark(b) => {
+                    rv = b.metadata.resource_version;
+                    continue;
+                }
+                WatchEvent::Error(s) if s.code == 410 => {
+                    let _ = tx.send(Err(compacted(&rv, &s.message)));
+                    return;
+                }
+                WatchEvent::Error(s) => {
+                    let _ = tx.send(Err(Error::Backend(format!(
+                        "the watch of {what} on {server} failed: {} {}",
+                        s.code, s.message
+                    ))));
+                    return;
+                }
+            };
+            rv = o.metadata.resource_version.clone().unwrap_or_default();
+            match convert(kind, o) {
+                Ok(events) => {
+                    for event in events {
+                        if tx.send(Ok(event)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Follows one CRD type for a watch.
 struct Follower {
     api: Api<DynamicObject>,
@@ -983,130 +1068,70 @@ struct Follower {
 impl Follower {
     async fn run(self, after: Revision) {
         let what = format!("{}.{CRD_GROUP}", self.ty.crd.plural);
-        let mut rv = after.to_string();
         // The last state seen of each key, for `prev`.
         let mut last: HashMap<String, KeyValue> = HashMap::new();
-        let mut failures = 0u32;
-        loop {
-            let params = WatchParams::default().timeout(WATCH_SECONDS);
-            let stream = match self.api.watch(&params, &rv).await {
-                Ok(s) => s,
-                Err(kube::Error::Api(s)) if s.code == 410 => {
-                    let _ = self.tx.send(Err(compacted(&rv, &s.message)));
-                    return;
-                }
-                Err(e @ kube::Error::Api(_)) => {
-                    let _ = self.tx.send(Err(request_error(&self.server, &what, e)));
-                    return;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures > 30 {
-                        let _ = self.tx.send(Err(request_error(&self.server, &what, e)));
-                        return;
-                    }
-                    tracing::debug!(error = %e, %what, "watch request failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10))))
-                        .await;
-                    continue;
-                }
-            };
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                let ev = match item {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::debug!(error = %e, %what, "watch stream broke; resuming");
-                        break;
-                    }
-                };
-                failures = 0;
-                let (kind, o) = match ev {
-                    WatchEvent::Added(o) => (Some(true), o),
-                    WatchEvent::Modified(o) => (Some(false), o),
-                    WatchEvent::Deleted(o) => (None, o),
-                    WatchEvent::Bookmark(b) => {
-                        rv = b.metadata.resource_version;
-                        continue;
-                    }
-                    WatchEvent::Error(s) if s.code == 410 => {
-                        let _ = self.tx.send(Err(compacted(&rv, &s.message)));
-                        return;
-                    }
-                    WatchEvent::Error(s) => {
-                        let _ = self.tx.send(Err(Error::Backend(format!(
-                            "the watch of {what} on {} failed: {} {}",
-                            self.server, s.code, s.message
-                        ))));
-                        return;
-                    }
-                };
-                let result = self.event(kind, o, &mut last);
-                match result {
-                    Ok((new_rv, event)) => {
-                        rv = new_rv;
-                        if let Some(event) = event
-                            && self.tx.send(Ok(event)).is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = self.tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        }
+        let Follower {
+            api,
+            ty,
+            prefix,
+            server,
+            tx,
+        } = self;
+        follow(api, what, server, after, tx, move |kind, o| {
+            Ok(event(&ty, &prefix, kind, o, &mut last)?
+                .into_iter()
+                .collect())
+        })
+        .await
     }
+}
 
-    /// The event for one watch event (`added`: Some(true) added, Some(false) modified, None
-    /// deleted), and the resourceVersion to resume from.
-    fn event(
-        &self,
-        added: Option<bool>,
-        o: DynamicObject,
-        last: &mut HashMap<String, KeyValue>,
-    ) -> Result<(String, Option<Event>)> {
-        let rv_text = o.metadata.resource_version.clone().unwrap_or_default();
-        let obj = serde_json::to_value(&o).map_err(|e| Error::Backend(e.to_string()))?;
-        let Some(mut kv) = key_value(&self.ty, &obj)? else {
-            return Ok((rv_text, None));
-        };
-        if !kv.key.starts_with(&self.prefix) {
-            return Ok((rv_text, None));
-        }
-        let prev = last.remove(&kv.key);
-        let event = match added {
-            Some(created) => {
-                if created {
-                    kv.create_revision = kv.mod_revision;
-                }
-                last.insert(kv.key.clone(), kv.clone());
-                Event {
-                    kind: EventKind::Put,
-                    kv,
-                    prev,
-                }
-            }
-            None => {
-                let mut old = kv.clone();
-                old.mod_revision = prev.as_ref().map_or(0, |p| p.mod_revision);
-                old.create_revision = prev.as_ref().map_or(0, |p| p.create_revision);
-                Event {
-                    kind: EventKind::Delete,
-                    kv: KeyValue {
-                        value: Vec::new(),
-                        create_revision: 0,
-                        version: 0,
-                        ..kv
-                    },
-                    prev: Some(old),
-                }
-            }
-        };
-        Ok((rv_text, Some(event)))
+/// The event for one watch event of a CRD object (`added`: Some(true) added, Some(false)
+/// modified, None deleted) for a watch of `prefix`.
+fn event(
+    ty: &CrdType,
+    prefix: &str,
+    added: Option<bool>,
+    o: DynamicObject,
+    last: &mut HashMap<String, KeyValue>,
+) -> Result<Option<Event>> {
+    let obj = serde_json::to_value(&o).map_err(|e| Error::Backend(e.to_string()))?;
+    let Some(mut kv) = key_value(ty, &obj)? else {
+        return Ok(None);
+    };
+    if !kv.key.starts_with(prefix) {
+        return Ok(None);
     }
+    let prev = last.remove(&kv.key);
+    let event = match added {
+        Some(created) => {
+            if created {
+                kv.create_revision = kv.mod_revision;
+            }
+            last.insert(kv.key.clone(), kv.clone());
+            Event {
+                kind: EventKind::Put,
+                kv,
+                prev,
+            }
+        }
+        None => {
+            let mut old = kv.clone();
+            old.mod_revision = prev.as_ref().map_or(0, |p| p.mod_revision);
+            old.create_revision = prev.as_ref().map_or(0, |p| p.create_revision);
+            Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    value: Vec::new(),
+                    create_revision: 0,
+                    version: 0,
+                    ..kv
+                },
+                prev: Some(old),
+            }
+        }
+    };
+    Ok(Some(event))
 }
 
 /// [`Error::Compacted`] for a watch from `rv`; kube-apiserver says the oldest revision it still

@@ -7,24 +7,20 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use gingham_datastore::{Error, Event, EventKind, KeyValue, Result, Revision};
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
-use kube::api::{
-    Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams,
-};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::Value;
 
 use super::{
-    K8sBacked, K8sObjectKind, K8sObjectRef, ListSource, k8s_backed_kind, k8s_node_delete_patch,
+    K8sBacked, K8sObjectKind, K8sObjectRef, k8s_backed_kind, k8s_node_delete_patch,
     k8s_node_patch_for, kvs_from_object, list_sources, object_keys,
     pod_patch_for_workload_endpoint, pod_patch_for_workload_endpoint_delete, value_for_key,
     with_preconditions,
 };
-use crate::{PAGE, RACE_RETRIES, WATCH_SECONDS, compacted, parse_revision, request_error};
+use crate::{PAGE, RACE_RETRIES, follow, parse_revision, request_error};
 
 /// The condition of a write of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,119 +292,28 @@ impl K8sObjects {
         list_sources(prefix)
             .into_iter()
             .map(|source| {
-                Follower {
-                    api: api(&self.client, source.kind, source.namespace.as_deref()),
-                    source,
-                    prefix: prefix.to_owned(),
-                    server: self.server.clone(),
-                    tx: tx.clone(),
-                }
-                .run(after)
+                let kind = source.kind;
+                let prefix = prefix.to_owned();
+                let mut known = Known::new();
+                follow(
+                    api(&self.client, kind, source.namespace.as_deref()),
+                    kind.plural().to_owned(),
+                    self.server.clone(),
+                    after,
+                    tx.clone(),
+                    move |change, o| {
+                        let obj = to_json(&o)?;
+                        let (added, deleted) = (change == Some(true), change.is_none());
+                        watch_events(kind, &prefix, added, deleted, &obj, &mut known)
+                    },
+                )
             })
             .collect()
     }
 }
 
-/// Follows one kind of object for a watch.
-struct Follower {
-    api: Api<DynamicObject>,
-    source: ListSource,
-    prefix: String,
-    server: String,
-    tx: mpsc::Sender<Result<Event>>,
-}
-
 /// What a follower knows of a key: its last key-value, or that it is absent.
 pub(super) type Known = HashMap<String, Option<KeyValue>>;
-
-impl Follower {
-    async fn run(self, after: Revision) {
-        let what = self.source.kind.plural();
-        let mut rv = after.to_string();
-        let mut known: Known = HashMap::new();
-        let mut failures = 0u32;
-        loop {
-            let params = WatchParams::default().timeout(WATCH_SECONDS);
-            let stream = match self.api.watch(&params, &rv).await {
-                Ok(s) => s,
-                Err(kube::Error::Api(s)) if s.code == 410 => {
-                    let _ = self.tx.send(Err(compacted(&rv, &s.message)));
-                    return;
-                }
-                Err(e @ kube::Error::Api(_)) => {
-                    let _ = self.tx.send(Err(request_error(&self.server, what, e)));
-                    return;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures > 30 {
-                        let _ = self.tx.send(Err(request_error(&self.server, what, e)));
-                        return;
-                    }
-                    tracing::debug!(error = %e, %what, "watch request failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10))))
-                        .await;
-                    continue;
-                }
-            };
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                let ev = match item {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        tracing::debug!(error = %e, %what, "watch stream broke; resuming");
-                        break;
-                    }
-                };
-                failures = 0;
-                let (added, deleted, o) = match ev {
-                    WatchEvent::Added(o) => (true, false, o),
-                    WatchEvent::Modified(o) => (false, false, o),
-                    WatchEvent::Deleted(o) => (false, true, o),
-                    WatchEvent::Bookmark(b) => {
-                        rv = b.metadata.resource_version;
-                        continue;
-                    }
-                    WatchEvent::Error(s) if s.code == 410 => {
-                        let _ = self.tx.send(Err(compacted(&rv, &s.message)));
-                        return;
-                    }
-                    WatchEvent::Error(s) => {
-                        let _ = self.tx.send(Err(Error::Backend(format!(
-                            "the watch of {what} on {} failed: {} {}",
-                            self.server, s.code, s.message
-                        ))));
-                        return;
-                    }
-                };
-                rv = o.metadata.resource_version.clone().unwrap_or_default();
-                let events = to_json(&o).and_then(|obj| {
-                    watch_events(
-                        self.source.kind,
-                        &self.prefix,
-                        added,
-                        deleted,
-                        &obj,
-                        &mut known,
-                    )
-                });
-                match events {
-                    Ok(events) => {
-                        for e in events {
-                            if self.tx.send(Ok(e)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = self.tx.send(Err(e));
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// The datastore events of one watch event of an object of `kind` (`added`: an ADDED event,
 /// `deleted`: a DELETED one) for a watch of `prefix`: a Put for each key it holds now whose
