@@ -310,3 +310,22 @@ fn a_cluster_without_calicos_crds_is_named() {
     }
     rt.block_on(server.shutdown());
 }
+
+#[test]
+fn a_watch_resumes_by_itself_when_the_api_server_comes_back() {
+    let mut cluster = Cluster::start();
+    let s = cluster.connect();
+    let a = format!("{KEY_ROOT}/ippools/a");
+    let start = s.revision().unwrap();
+    let mut w = s.watch(&format!("{KEY_ROOT}/ippools/"), start).unwrap();
+    let r1 = s.create(&a, &pool("a", "10.0.0.0/16")).unwrap();
+    assert_eq!(w.next(Duration::from_secs(5)).unwrap().unwrap().revision(), r1);
+    cluster.restart();
+    let r2 = s.put(&a, &pool("a", "10.1.0.0/16")).unwrap();
+    let e = w
+        .next(Duration::from_secs(15))
+        .unwrap()
+        .expect("the event after the restart");
+    assert_eq!((e.kind, e.revision()), (EventKind::Put, r2));
+    assert_eq!(e.prev.map(|p| p.mod_revision), Some(r1));
+}
