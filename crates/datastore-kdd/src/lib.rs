@@ -817,8 +817,14 @@ fn key_value(ty: &CrdType, obj: &Value) -> Result<Option<KeyValue>> {
 fn request_error(server: &str, what: &str, e: kube::Error) -> Error {
     match e {
         kube::Error::Api(s) => match s.code {
+            404 if s.message.contains("could not find the requested resource") => {
+                Error::Backend(format!(
+                    "the Kubernetes API server {server} does not serve {what}: {} (are Calico's CRDs installed? `gingham manifests crds | kubectl apply -f -`)",
+                    s.message
+                ))
+            }
             404 => Error::Backend(format!(
-                "the Kubernetes API server {server} does not serve {what}: {} (are Calico's CRDs installed? `gingham manifests crds | kubectl apply -f -`)",
+                "the Kubernetes API server {server} answered 404 for {what}: {}",
                 s.message
             )),
             410 => Error::Compacted {
