@@ -249,14 +249,21 @@ fn errors_name_the_key_the_server_and_the_fix() {
         matches!(&e, Error::Config(m) if m.contains("/gingham/atomic/intent")),
         "{e}"
     );
+    // Kubernetes-backed keys (tests/k8s_backed_store.rs): a Calico Node needs its Kubernetes
+    // Node, and the views of Kubernetes objects are read-only.
     let node = format!("{KEY_ROOT}/nodes/n1");
-    let e = s.get(&node).unwrap_err();
+    assert_eq!(s.get(&node).unwrap(), None);
+    let e = s.put(&node, b"{}").unwrap_err();
     assert!(
-        e.to_string().contains(&node) && e.to_string().contains("Kubernetes Nodes"),
+        e.to_string().contains("Node n1") && e.to_string().contains("register the node"),
         "{e}"
     );
-    let e = s.list(&format!("{KEY_ROOT}/")).unwrap_err();
-    assert!(e.to_string().contains("not read them yet"), "{e}");
+    let knp = format!("{KEY_ROOT}/networkpolicies/default/knp.default.web");
+    let e = s.put(&knp, b"{}").unwrap_err();
+    assert!(
+        e.to_string().contains("change the NetworkPolicy instead"),
+        "{e}"
+    );
     let key = format!("{KEY_ROOT}/ippools/p");
     let e = s.put(&key, b"not json").unwrap_err();
     assert!(e.to_string().contains(&key), "{e}");
@@ -319,7 +326,10 @@ fn a_watch_resumes_by_itself_when_the_api_server_comes_back() {
     let start = s.revision().unwrap();
     let mut w = s.watch(&format!("{KEY_ROOT}/ippools/"), start).unwrap();
     let r1 = s.create(&a, &pool("a", "10.0.0.0/16")).unwrap();
-    assert_eq!(w.next(Duration::from_secs(5)).unwrap().unwrap().revision(), r1);
+    assert_eq!(
+        w.next(Duration::from_secs(5)).unwrap().unwrap().revision(),
+        r1
+    );
     cluster.restart();
     let r2 = s.put(&a, &pool("a", "10.1.0.0/16")).unwrap();
     let e = w
