@@ -27,8 +27,22 @@
 //! and `creationTimestamp` are the Kubernetes object's, as in Calico's KDD.
 //!
 //! The store classifies a key with [`k8s_backed_kind`], finds what to list or watch for a prefix
-//! with [`list_sources`], converts objects with [`kvs_from_object`] (every key one object holds,
-//! so that a watch can diff them), and refuses writes with [`K8sBacked::check_write`].
+//! with [`list_sources`], converts objects with [`kvs_from_object`] / [`value_for_key`] (and
+//! [`object_keys`], every key an object can hold, so that a watch can report deletions), and
+//! refuses writes with [`K8sBacked::check_write`]. [`store`] does the requests.
+//!
+//! Where this differs from Calico's KDD backend, and why:
+//! - Calico's node client refuses Create and Delete. Here a delete removes the Calico Node's
+//!   annotations (the Kubernetes Node stays); a create still needs the Kubernetes Node.
+//! - Calico's v3 client shows a WorkloadEndpoint for every scheduled pod off the host network;
+//!   here, as Felix's syncer filters them, only pods with an address that have not finished, so
+//!   that the datastore contract holds (after the CNI plugin's DEL deletes the key, it is gone).
+//! - Calico's CNI patch carries no resourceVersion; here every write is conditional on the
+//!   revision its comparison read (a kubelet status update in between makes the writer retry).
+//! - The model's Namespace conversion honours the old DefaultDeny annotation, and profile UIDs
+//!   are the objects' own (Calico converts them); the model's pod conversion leaves out init
+//!   containers' named ports, QoS annotations and `generateName`; host-local IPAM's static tunnel
+//!   address (`usePodCIDR`) is not done.
 
 use std::collections::BTreeMap;
 
