@@ -319,7 +319,10 @@ fn a_watch_resumes_by_itself_when_the_api_server_comes_back() {
     let start = s.revision().unwrap();
     let mut w = s.watch(&format!("{KEY_ROOT}/ippools/"), start).unwrap();
     let r1 = s.create(&a, &pool("a", "10.0.0.0/16")).unwrap();
-    assert_eq!(w.next(Duration::from_secs(5)).unwrap().unwrap().revision(), r1);
+    assert_eq!(
+        w.next(Duration::from_secs(5)).unwrap().unwrap().revision(),
+        r1
+    );
     cluster.restart();
     let r2 = s.put(&a, &pool("a", "10.1.0.0/16")).unwrap();
     let e = w

@@ -52,7 +52,9 @@ fn sys_kubectl_sees_the_ippool_calico_would_have() {
         "metadata": {"name": "pool-a", "labels": {"zone": "a"}},
         "spec": {"cidr": "10.5.0.0/16", "blockSize": 26, "ipipMode": "Never",
             "vxlanMode": "Always", "natOutgoing": true, "nodeSelector": "all()"}});
-    let rev = s.create(&key, &serde_json::to_vec(&value).unwrap()).unwrap();
+    let rev = s
+        .create(&key, &serde_json::to_vec(&value).unwrap())
+        .unwrap();
 
     let yaml = kubectl(
         &cluster,
