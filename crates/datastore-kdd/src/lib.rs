@@ -28,7 +28,8 @@
 //!   clients). Each write gets its own resourceVersion; the transaction reports the highest.
 //!   IPAM stays safe because every block change is one conditional write of the block.
 //! - Watches: one Kubernetes watch per CRD type the prefix covers, from resourceVersion
-//!   `after`, resumed internally after disconnects and timeouts; an expired resourceVersion
+//!   `after`, resumed internally after disconnects and timeouts (it ends with
+//!   [`Error::Unavailable`] after about 25 s without the API server); an expired resourceVersion
 //!   (410 Gone) ends the watch with [`Error::Compacted`]. Events of one type come in revision
 //!   order; across types, the events that have arrived when `next` is called are delivered in
 //!   revision order (Kubernetes orders nothing across resources). A delete carries the object's
