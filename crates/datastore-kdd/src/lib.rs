@@ -1039,6 +1039,32 @@ mod tests {
     }
 
     #[test]
+    fn lists_of_one_namespace_ask_for_that_namespace() {
+        let ty = |plural: &str| {
+            crd::crd_types()
+                .into_iter()
+                .find(|t| t.crd.plural == plural)
+                .unwrap()
+        };
+        let np = ty("networkpolicies");
+        let root = format!("{KEY_ROOT}/networkpolicies/");
+        assert_eq!(
+            list_namespace(&np, &format!("{root}ns1/")),
+            Some("ns1".into())
+        );
+        assert_eq!(
+            list_namespace(&np, &format!("{root}ns1/allow")),
+            Some("ns1".into())
+        );
+        assert_eq!(list_namespace(&np, &format!("{root}ns")), None);
+        assert_eq!(list_namespace(&np, &root), None);
+        assert_eq!(
+            list_namespace(&ty("ippools"), &format!("{KEY_ROOT}/ippools/a/")),
+            None
+        );
+    }
+
+    #[test]
     fn compacted_reads_kube_apiservers_message() {
         match compacted("5", "too old resource version: 5 (10)") {
             Error::Compacted {
