@@ -28,7 +28,8 @@
 //!   clients). Each write gets its own resourceVersion; the transaction reports the highest.
 //!   IPAM stays safe because every block change is one conditional write of the block.
 //! - Watches: one Kubernetes watch per CRD type the prefix covers, from resourceVersion
-//!   `after`, resumed internally after disconnects and timeouts; an expired resourceVersion
+//!   `after`, resumed internally after disconnects and timeouts (it ends with
+//!   [`Error::Unavailable`] after about 25 s without the API server); an expired resourceVersion
 //!   (410 Gone) ends the watch with [`Error::Compacted`]. Events of one type come in revision
 //!   order; across types, the events that have arrived when `next` is called are delivered in
 //!   revision order (Kubernetes orders nothing across resources). A delete carries the object's
@@ -1176,6 +1177,32 @@ mod tests {
         assert!(
             matches!(&e, Error::Config(m) if m.contains("/gingham/atomic/lock")),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn lists_of_one_namespace_ask_for_that_namespace() {
+        let ty = |plural: &str| {
+            crd::crd_types()
+                .into_iter()
+                .find(|t| t.crd.plural == plural)
+                .unwrap()
+        };
+        let np = ty("networkpolicies");
+        let root = format!("{KEY_ROOT}/networkpolicies/");
+        assert_eq!(
+            list_namespace(&np, &format!("{root}ns1/")),
+            Some("ns1".into())
+        );
+        assert_eq!(
+            list_namespace(&np, &format!("{root}ns1/allow")),
+            Some("ns1".into())
+        );
+        assert_eq!(list_namespace(&np, &format!("{root}ns")), None);
+        assert_eq!(list_namespace(&np, &root), None);
+        assert_eq!(
+            list_namespace(&ty("ippools"), &format!("{KEY_ROOT}/ippools/a/")),
+            None
         );
     }
 

@@ -130,6 +130,17 @@ fn every_crd_kind_round_trips() {
         let listing = s.list(&ty.key_space()).unwrap();
         assert!(listing.kvs.iter().any(|kv| &kv.key == key), "{key}");
     }
+    // A namespace's list asks for that namespace only.
+    let in_default = s
+        .list(&format!("{KEY_ROOT}/networkpolicies/default/"))
+        .unwrap();
+    assert_eq!(in_default.kvs.len(), 1);
+    assert!(
+        s.list(&format!("{KEY_ROOT}/networkpolicies/other/"))
+            .unwrap()
+            .kvs
+            .is_empty()
+    );
     let ipam = s.list(stored::IPAM_PREFIX).unwrap();
     assert_eq!(ipam.kvs.len(), 4);
     let mut seen = Vec::new();
