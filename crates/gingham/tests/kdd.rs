@@ -109,14 +109,28 @@ fn the_cli_keeps_resources_as_calicos_crds() {
         let obj: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
         assert_eq!(obj["apiVersion"], "crd.projectcalico.org/v1");
     }
-    // What is not kept yet, and a kubeconfig that is not there, are named.
-    let out = run(&["get", "nodes"], &env, "");
-    assert!(!out.status.success());
+    // Calico Nodes are the Kubernetes Nodes' annotations.
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-a",
+                     "annotations": {"projectcalico.org/IPv4Address": "10.0.0.1/24"}}
+    }))
+    .unwrap();
+    api.rt
+        .block_on(kube::Api::all(api.client.clone()).create(&Default::default(), &node))
+        .unwrap();
+    let out = run(&["get", "nodes", "-o", "json"], &env, "");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Kubernetes Nodes"),
+        out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["items"][0]["metadata"]["name"], "node-a", "{v}");
+    assert_eq!(
+        v["items"][0]["spec"]["bgp"]["ipv4Address"], "10.0.0.1/24",
+        "{v}"
+    );
+    // A kubeconfig that is not there is named.
     let missing = dir.path().join("missing-kubeconfig");
     let out = run(
         &[
