@@ -1,14 +1,16 @@
 //! Choosing and opening the datastore from `--datastore`, `GINGHAM_DATASTORE` or Calico's
-//! environment (`DATASTORE_TYPE=etcdv3`, `ETCD_ENDPOINTS`, `ETCD_*_FILE`).
+//! environment (`DATASTORE_TYPE=etcdv3`, `ETCD_ENDPOINTS`, `ETCD_*_FILE`;
+//! `DATASTORE_TYPE=kubernetes` with `KUBECONFIG`).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use gingham_datastore::Datastore;
 use gingham_datastore::atomic::Atomic;
 use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
+use gingham_datastore_kdd::KddStore;
 use gingham_datastore_sqlite::SqliteStore;
 
 /// Where the embedded datastore lives unless told otherwise.
@@ -21,18 +23,23 @@ pub enum DatastoreUrl {
     Sqlite(PathBuf),
     /// `etcd` (endpoints from `ETCD_ENDPOINTS`) or `etcd:URL[,URL...]`.
     Etcd(Option<Vec<String>>),
+    /// `kubernetes` (the API server from `KUBECONFIG`, `~/.kube/config` or the pod's service
+    /// account) or `kubernetes:/path/to/kubeconfig`: the Kubernetes datastore (KDD).
+    Kubernetes(Option<PathBuf>),
 }
 
+/// What `--datastore` takes, for error messages.
+const VALID: &str = "sqlite:/path/to/file.db, etcd, etcd:http://127.0.0.1:2379[,...], kubernetes, kubernetes:/path/to/kubeconfig";
+
 impl DatastoreUrl {
-    /// Parses `sqlite:PATH`, `etcd`, `etcdv3` or `etcd:http://host:port[,...]`.
+    /// Parses `sqlite:PATH`, `etcd`, `etcdv3`, `etcd:http://host:port[,...]`, `kubernetes` or
+    /// `kubernetes:/path/to/kubeconfig`.
     pub fn parse(s: &str) -> Result<Self> {
         let s = s.trim();
         if let Some(path) = s.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                bail!(
-                    "datastore URL {s:?} has no path (valid: sqlite:/path/to/file.db, etcd, etcd:http://127.0.0.1:2379)"
-                );
+                bail!("datastore URL {s:?} has no path (valid: {VALID})");
             }
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
@@ -56,29 +63,37 @@ impl DatastoreUrl {
             }
             return Ok(Self::Etcd(Some(eps)));
         }
-        bail!(
-            "unknown datastore {s:?} (valid: sqlite:/path/to/file.db, etcd, etcd:http://127.0.0.1:2379[,...])"
-        )
+        if s == "kubernetes" {
+            return Ok(Self::Kubernetes(None));
+        }
+        if let Some(path) = s.strip_prefix("kubernetes:") {
+            if path.is_empty() {
+                bail!("datastore URL {s:?} names no kubeconfig (valid: {VALID})");
+            }
+            return Ok(Self::Kubernetes(Some(PathBuf::from(path))));
+        }
+        bail!("unknown datastore {s:?} (valid: {VALID})")
     }
 
     /// Resolves the datastore from an explicit flag, then `GINGHAM_DATASTORE` (handled by clap),
-    /// then Calico's `DATASTORE_TYPE=etcdv3`, then the default SQLite file.
+    /// then Calico's `DATASTORE_TYPE` (`etcdv3`, or `kubernetes` with `KUBECONFIG`), then the
+    /// default SQLite file.
     pub fn resolve(flag: Option<&str>) -> Result<Self> {
         if let Some(f) = flag {
             return Self::parse(f);
         }
         match std::env::var("DATASTORE_TYPE").ok().as_deref() {
             Some("etcdv3") | Some("etcd") => return Ok(Self::Etcd(None)),
-            Some("kubernetes") => bail!(
-                "DATASTORE_TYPE=kubernetes is not supported yet (valid: etcdv3, or unset for the embedded SQLite store)"
-            ),
+            Some("kubernetes") => return Ok(Self::Kubernetes(None)),
             _ => {}
         }
         Ok(Self::Sqlite(PathBuf::from(DEFAULT_SQLITE_PATH)))
     }
 
     /// Opens the store. Writes of any size through it are all-or-nothing (etcd's are wrapped
-    /// in the write-ahead intent layer, [`gingham_datastore::atomic`]).
+    /// in the write-ahead intent layer, [`gingham_datastore::atomic`]), except on the
+    /// Kubernetes datastore: its multi-object writes are conditional with compensation, not
+    /// crash-atomic (as Calico's), and it has no place for the intent layer's keys.
     pub fn open(&self) -> Result<Arc<dyn Datastore>> {
         match self {
             Self::Sqlite(path) => {
@@ -96,6 +111,11 @@ impl DatastoreUrl {
                 let store = EtcdStore::connect(cfg)?;
                 Ok(Atomic::wrap(Arc::new(store)))
             }
+            Self::Kubernetes(path) => {
+                // The errors name the kubeconfig or the API server and say what went wrong.
+                let store = KddStore::connect(path.as_deref().map(Path::new))?;
+                Ok(Arc::new(store))
+            }
         }
     }
 }
@@ -106,6 +126,8 @@ impl fmt::Display for DatastoreUrl {
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             Self::Etcd(None) => write!(f, "etcd"),
             Self::Etcd(Some(eps)) => write!(f, "etcd:{}", eps.join(",")),
+            Self::Kubernetes(None) => write!(f, "kubernetes"),
+            Self::Kubernetes(Some(p)) => write!(f, "kubernetes:{}", p.display()),
         }
     }
 }
@@ -135,7 +157,19 @@ mod tests {
                 "http://127.0.0.1:2380".into()
             ]))
         );
-        for bad in ["", "sqlite:", "mysql://x", "etcd:"] {
+        assert_eq!(
+            DatastoreUrl::parse("kubernetes").unwrap(),
+            DatastoreUrl::Kubernetes(None)
+        );
+        assert_eq!(
+            DatastoreUrl::parse("kubernetes:/etc/kube/config").unwrap(),
+            DatastoreUrl::Kubernetes(Some("/etc/kube/config".into()))
+        );
+        assert_eq!(
+            DatastoreUrl::Kubernetes(Some("/k".into())).to_string(),
+            "kubernetes:/k"
+        );
+        for bad in ["", "sqlite:", "mysql://x", "etcd:", "kubernetes:"] {
             let err = DatastoreUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains("valid:"), "{bad}: {err}");
         }

@@ -61,7 +61,9 @@ pub enum Exit {
 )]
 struct Cli {
     /// Where resources are stored: sqlite:PATH (default sqlite:/var/lib/gingham/gingham.db),
-    /// etcd (endpoints from ETCD_ENDPOINTS) or etcd:URL[,URL]. DATASTORE_TYPE=etcdv3 also selects etcd.
+    /// etcd (endpoints from ETCD_ENDPOINTS), etcd:URL[,URL], kubernetes (the API server from
+    /// KUBECONFIG or in-cluster) or kubernetes:/path/to/kubeconfig. DATASTORE_TYPE=etcdv3 also
+    /// selects etcd, DATASTORE_TYPE=kubernetes the Kubernetes datastore.
     #[arg(long, global = true, env = "GINGHAM_DATASTORE")]
     datastore: Option<String>,
 
