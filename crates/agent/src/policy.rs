@@ -11,10 +11,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{self, Calculator, Change};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 use gingham_calc::snapshot::NatPools;
-use gingham_dataplane::{Backend, Programmer, Renderer, Settings};
+use gingham_dataplane::{Backend, Programmer, Renderer, Settings, Tunnels, VXLAN_PORT};
 use gingham_datastore::Datastore;
-use gingham_model::{Kind, Resource};
+use gingham_model::{Kind, Node, Resource};
+use ipnet::IpNet;
 
 use crate::{Config, Error, FelixConfigs, Health, Manager, Update};
 
@@ -25,8 +29,10 @@ pub struct PolicyManager<B> {
     /// The calculator's changes not yet rendered.
     changes: Vec<Change>,
     felix: FelixConfigs,
-    /// The IPPool resources by name (natOutgoing).
+    /// The IPPool resources by name (natOutgoing, tunnels).
     pools: BTreeMap<String, Resource>,
+    /// The Node resources by name (the tunnels' peers).
+    nodes: BTreeMap<String, Node>,
     settings: Settings,
     /// The desired table, kept up to date from the changes.
     renderer: Renderer,
@@ -37,12 +43,75 @@ pub struct PolicyManager<B> {
     last_check: Instant,
 }
 
-fn settings_from(felix: &FelixConfigs, pools: &BTreeMap<String, Resource>) -> Settings {
+fn settings_from(
+    felix: &FelixConfigs,
+    pools: &BTreeMap<String, Resource>,
+    nodes: &BTreeMap<String, Node>,
+    me: &str,
+) -> Settings {
     Settings {
         felix: gingham_calc::snapshot::FelixSettings::from_resources(felix.resources()),
         pools: NatPools::from_resources(pools.values()),
+        tunnels: tunnels_from(felix, pools, nodes, me),
         ..Settings::default()
     }
+}
+
+/// What felix's static rules need of the tunnels: which are on (its encapsulation calculator),
+/// every node's address (`all-hosts-net`), the underlay address of every other node's VTEP
+/// (`all-vxlan-net`), both with FelixConfiguration's `externalNodesList`.
+fn tunnels_from(
+    felix: &FelixConfigs,
+    pools: &BTreeMap<String, Resource>,
+    nodes: &BTreeMap<String, Node>,
+    me: &str,
+) -> Tunnels {
+    let spec = felix.resources().iter().find_map(|r| match r {
+        Resource::FelixConfiguration(f) if f.metadata.name == "default" => Some(&f.spec),
+        _ => None,
+    });
+    let encaps = crate::mtu::Encaps::of(
+        pools.values().filter_map(|r| match r {
+            Resource::IpPool(p) => Some(p),
+            _ => None,
+        }),
+        spec,
+    );
+    let external: BTreeSet<IpNet> = spec
+        .and_then(|s| s.external_nodes_list.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            c.parse::<IpNet>()
+                .ok()
+                .or_else(|| c.parse::<IpAddr>().ok().map(IpNet::from))
+        })
+        .collect();
+    let mut t = Tunnels {
+        ipip: encaps.ipip,
+        vxlan: encaps.vxlan,
+        vxlan_v6: encaps.vxlan_v6,
+        vxlan_port: spec
+            .and_then(|s| s.vxlan_port)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(VXLAN_PORT),
+        hosts: external.clone(),
+        vxlan_sources: external,
+    };
+    for (name, node) in nodes {
+        for v6 in [false, true] {
+            let Some((addr, vtep)) = crate::routes::underlay(node, v6) else {
+                continue;
+            };
+            if !v6 {
+                t.hosts.insert(IpNet::from(addr));
+            }
+            if vtep && name != me {
+                t.vxlan_sources.insert(IpNet::from(addr));
+            }
+        }
+    }
+    t
 }
 
 impl<B: Backend> PolicyManager<B> {
@@ -54,6 +123,7 @@ impl<B: Backend> PolicyManager<B> {
             changes: Vec::new(),
             felix: FelixConfigs::default(),
             pools: BTreeMap::new(),
+            nodes: BTreeMap::new(),
             settings: Settings::default(),
             renderer: Renderer::new(Default::default(), Settings::default()),
             programmer: Programmer::new(backend),
@@ -164,7 +234,14 @@ impl<B: Backend> Manager for PolicyManager<B> {
             .filter(|r| r.kind() == Kind::IpPool)
             .map(|r| (r.meta().name.clone(), r.clone()))
             .collect();
-        self.settings = settings_from(&self.felix, &self.pools);
+        self.nodes = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Node(n) => Some((n.metadata.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        self.settings = settings_from(&self.felix, &self.pools, &self.nodes, &self.node);
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources.to_vec());
         self.changes.clear();
@@ -180,13 +257,22 @@ impl<B: Backend> Manager for PolicyManager<B> {
                 None => self.pools.remove(&update.name),
             };
         }
-        if felix || update.kind == Kind::IpPool {
-            let settings = settings_from(&self.felix, &self.pools);
+        if update.kind == Kind::Node {
+            match &update.resource {
+                Some(Resource::Node(n)) => self.nodes.insert(update.name.clone(), n.clone()),
+                _ => self.nodes.remove(&update.name),
+            };
+        }
+        if felix || update.kind == Kind::IpPool || update.kind == Kind::Node {
+            let settings = settings_from(&self.felix, &self.pools, &self.nodes, &self.node);
             if settings != self.settings {
                 self.settings = settings;
                 self.dirty = true;
             }
-            return;
+            // Nodes also matter to policy (host endpoints' addresses, reach).
+            if update.kind != Kind::Node {
+                return;
+            }
         }
         let u = match &update.resource {
             Some(r) => incremental::Update::Upsert(Box::new(r.clone())),
@@ -220,5 +306,82 @@ impl<B: Backend> Manager for PolicyManager<B> {
             self.install(false)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tunnel_tests {
+    use super::*;
+
+    fn load(text: &str) -> Vec<Resource> {
+        gingham_model::load::load_resources("test.yaml", text).expect("valid test input")
+    }
+
+    /// Felix's `all-hosts-net` holds every node (this one too) and `externalNodesList`;
+    /// `all-vxlan-net` the other nodes with a VTEP, and the external list.
+    #[test]
+    fn tunnel_peers_are_the_nodes_and_the_external_list() {
+        let resources = load(
+            "apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: p}
+spec: {cidr: 10.244.0.0/16, vxlanMode: CrossSubnet}
+---
+apiVersion: projectcalico.org/v3
+kind: FelixConfiguration
+metadata: {name: default}
+spec: {externalNodesList: [192.0.2.0/28, 198.51.100.7], vxlanPort: 4790}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: me}
+spec: {bgp: {ipv4Address: 10.91.1.2/24}, ipv4VXLANTunnelAddr: 10.244.1.0}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: vtep}
+spec: {bgp: {ipv4Address: 10.91.2.2/24}, ipv4VXLANTunnelAddr: 10.244.2.0}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: plain}
+spec: {bgp: {ipv4Address: 10.91.2.3/24}}
+",
+        );
+        let mut felix = FelixConfigs::default();
+        felix.resync(&resources);
+        let pools: BTreeMap<String, Resource> = resources
+            .iter()
+            .filter(|r| r.kind() == Kind::IpPool)
+            .map(|r| (r.meta().name.clone(), r.clone()))
+            .collect();
+        let nodes: BTreeMap<String, Node> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Node(n) => Some((n.metadata.name.clone(), n.clone())),
+                _ => None,
+            })
+            .collect();
+        let t = tunnels_from(&felix, &pools, &nodes, "me");
+        let nets =
+            |v: &[&str]| -> BTreeSet<IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
+        assert_eq!(
+            (t.ipip, t.vxlan, t.vxlan_v6, t.vxlan_port),
+            (false, true, false, 4790)
+        );
+        assert_eq!(
+            t.hosts,
+            nets(&[
+                "10.91.1.2/32",
+                "10.91.2.2/32",
+                "10.91.2.3/32",
+                "192.0.2.0/28",
+                "198.51.100.7/32"
+            ])
+        );
+        assert_eq!(
+            t.vxlan_sources,
+            nets(&["10.91.2.2/32", "192.0.2.0/28", "198.51.100.7/32"])
+        );
     }
 }

@@ -226,6 +226,13 @@ impl NodeInfo {
     }
 }
 
+/// `node`'s underlay address in one family (`spec.bgp.ipv4Address`, `ipv6Address`), and
+/// whether it has a VTEP in that family (felix's VTEP parent address).
+pub(crate) fn underlay(node: &gingham_model::Node, v6: bool) -> Option<(IpAddr, bool)> {
+    let side = &NodeInfo::of(node).side[usize::from(v6)];
+    side.addr.map(|(a, _)| (a, side.vxlan.is_some()))
+}
+
 /// How a pool's routes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encap {

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-pub use render::{Rendered, Renderer, Settings, TABLE, Touched, render};
+pub use render::{Rendered, Renderer, Settings, TABLE, Touched, Tunnels, VXLAN_PORT, render};
 pub use table::{Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]

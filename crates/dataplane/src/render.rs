@@ -55,6 +55,46 @@ pub struct Settings {
     pub workload_prefix: String,
     /// The IP pools, for natOutgoing.
     pub pools: NatPools,
+    /// The tunnels between nodes: which are on, and who may send them.
+    pub tunnels: Tunnels,
+}
+
+/// The tunnels between nodes, as felix filters them: IPIP and VXLAN packets are accepted only
+/// from other nodes (felix's `all-hosts-net` and `all-vxlan-net` IP sets), host endpoint
+/// policy never blocks them, and (beyond felix, which tracks them) outer VXLAN packets between
+/// nodes skip conntrack: each new connection inside the tunnel has its own outer UDP source
+/// port, so tracking the outer packets would create two more conntrack entries per connection
+/// on each node for nothing the rules need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tunnels {
+    /// An IPv4 pool uses IPIP (felix's `IPIPEnabled`).
+    pub ipip: bool,
+    /// An IPv4 (IPv6) pool uses VXLAN (felix's `VXLANEnabled`, `VXLANEnabledV6`).
+    pub vxlan: bool,
+    pub vxlan_v6: bool,
+    /// FelixConfiguration `vxlanPort` (4789).
+    pub vxlan_port: u16,
+    /// `all-hosts-net`: every node's address, and `externalNodesList`.
+    pub hosts: BTreeSet<IpNet>,
+    /// `all-vxlan-net`: the underlay address of every other node that has a VTEP, and
+    /// `externalNodesList`.
+    pub vxlan_sources: BTreeSet<IpNet>,
+}
+
+/// Calico's VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Tunnels {
+            ipip: false,
+            vxlan: false,
+            vxlan_v6: false,
+            vxlan_port: VXLAN_PORT,
+            hosts: BTreeSet::new(),
+            vxlan_sources: BTreeSet::new(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -63,6 +103,7 @@ impl Default for Settings {
             felix: FelixSettings::default(),
             workload_prefix: "cali".into(),
             pools: NatPools::default(),
+            tunnels: Tunnels::default(),
         }
     }
 }
@@ -175,6 +216,12 @@ impl Family {
         match self {
             Family::V4 => "4",
             Family::V6 => "6",
+        }
+    }
+    fn nfproto(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
         }
     }
     fn of(net: &IpNet) -> Family {
@@ -645,7 +692,8 @@ impl Renderer {
         }
         let pools = settings.pools != self.settings.pools;
         let rest = settings.felix != self.settings.felix
-            || settings.workload_prefix != self.settings.workload_prefix;
+            || settings.workload_prefix != self.settings.workload_prefix
+            || settings.tunnels != self.settings.tunnels;
         self.settings = settings;
         if pools {
             self.render_nat();
@@ -1068,6 +1116,96 @@ fn nat_outgoing(table: &mut Table, pools: &NatPools) {
         .insert(NAT_CHAIN.into(), Chain::base(hook, rules));
 }
 
+/// The tunnels' rules: the head of `input` (and of `output`, used when the node has host
+/// endpoints), their IP sets, and the raw chains that exempt outer VXLAN packets between nodes
+/// from conntrack.
+struct TunnelRules {
+    input: Vec<Rule>,
+    output: Vec<Rule>,
+}
+
+/// The chains that exempt outer VXLAN packets between nodes from conntrack.
+const RAW_TUNNEL_IN: &str = "raw-tunnels-in";
+const RAW_TUNNEL_OUT: &str = "raw-tunnels-out";
+
+fn tunnel_rules(table: &mut Table, t: &Tunnels) -> TunnelRules {
+    let mut out = TunnelRules {
+        input: Vec::new(),
+        output: Vec::new(),
+    };
+    let interval = |nets: &BTreeSet<IpNet>, family: Family| {
+        let elements = nets
+            .iter()
+            .filter(|n| Family::of(n) == family)
+            .map(ToString::to_string)
+            .collect();
+        Set::new(family.addr_type(), SetKind::Interval, elements)
+    };
+    if t.ipip {
+        table
+            .sets
+            .insert("all-hosts4".into(), interval(&t.hosts, Family::V4));
+        out.input.extend([
+            Rule::new(
+                "ip protocol 4 ip saddr @all-hosts4 accept",
+                "IPIP from a node",
+            ),
+            Rule::new("ip protocol 4 counter drop", "IPIP from elsewhere"),
+        ]);
+        out.output.push(Rule::new(
+            "ip protocol 4 ip daddr @all-hosts4 accept",
+            "IPIP to a node",
+        ));
+    }
+    let port = t.vxlan_port;
+    let (mut raw_in, mut raw_out) = (Vec::new(), Vec::new());
+    for (on, family) in [(t.vxlan, Family::V4), (t.vxlan_v6, Family::V6)] {
+        if !on {
+            continue;
+        }
+        let (ip, set) = (family.ip(), format!("all-vxlan{}", family.tag()));
+        table
+            .sets
+            .insert(set.clone(), interval(&t.vxlan_sources, family));
+        out.input.extend([
+            Rule::new(
+                format!("udp dport {port} {ip} saddr @{set} accept"),
+                "VXLAN from a node",
+            ),
+            Rule::new(
+                format!(
+                    "meta nfproto {} udp dport {port} counter drop",
+                    family.nfproto()
+                ),
+                "VXLAN from elsewhere",
+            ),
+        ]);
+        out.output.push(Rule::new(
+            format!("udp dport {port} {ip} daddr @{set} accept"),
+            "VXLAN to a node",
+        ));
+        raw_in.push(Rule::new(
+            format!("udp dport {port} {ip} saddr @{set} notrack"),
+            "VXLAN from a node: untracked",
+        ));
+        raw_out.push(Rule::new(
+            format!("udp dport {port} {ip} daddr @{set} notrack"),
+            "VXLAN to a node: untracked",
+        ));
+    }
+    if !raw_in.is_empty() {
+        table.chains.insert(
+            RAW_TUNNEL_IN.into(),
+            Chain::base(base("prerouting", -300), raw_in),
+        );
+        table.chains.insert(
+            RAW_TUNNEL_OUT.into(),
+            Chain::base(base("output", -300), raw_out),
+        );
+    }
+    out
+}
+
 /// Conntrack first, in one lookup: established and related flows are accepted, invalid ones
 /// dropped; only new flows meet policy.
 const CT_STATE: &str = "ct state vmap { established : accept, related : accept, invalid : drop }";
@@ -1126,13 +1264,15 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     table
         .chains
         .insert("wl-to-host".into(), Chain::regular(to_host));
-    let mut input = vec![
+    let tunnels = tunnel_rules(table, &settings.tunnels);
+    let mut input = tunnels.input;
+    input.extend([
         r(CT_STATE.into(), ""),
         r(
             format!("iifname \"{prefix}*\" goto wl-to-host"),
             "workload to host",
         ),
-    ];
+    ]);
     if hosts.any {
         input.extend([
             r("iifname \"lo\" accept".into(), "the host to itself"),
@@ -1152,7 +1292,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     }
 
     let fs = &settings.felix;
-    let output = vec![
+    let output: Vec<Rule> = [
         r("ct state established,related accept".into(), ""),
         r(format!("{accepted} accept"), "allowed by untracked policy"),
         r(
@@ -1160,9 +1300,14 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             "the host to its own workloads",
         ),
         r("oifname \"lo\" accept".into(), "the host to itself"),
+    ]
+    .into_iter()
+    .chain(tunnels.output)
+    .chain([
         r(clear.clone(), ""),
         r("jump hd-e".into(), "host endpoint egress"),
-    ];
+    ])
+    .collect();
     table
         .chains
         .insert("output".into(), Chain::base(base("output", 10), output));
@@ -1414,6 +1559,73 @@ mod tests {
             ),
             "{script}"
         );
+    }
+
+    fn with_tunnels(ipip: bool, vxlan: bool) -> Settings {
+        let nets = |v: &[&str]| v.iter().map(|n| n.parse().unwrap()).collect();
+        Settings {
+            tunnels: Tunnels {
+                ipip,
+                vxlan,
+                hosts: nets(&["10.91.1.2/32", "10.91.2.2/32"]),
+                vxlan_sources: nets(&["10.91.2.2/32"]),
+                ..Tunnels::default()
+            },
+            ..Settings::default()
+        }
+    }
+
+    fn texts(chain: &Chain) -> Vec<&str> {
+        chain.rules.iter().map(|r| r.text.as_str()).collect()
+    }
+
+    #[test]
+    fn tunnels_are_accepted_only_from_nodes_and_outer_vxlan_is_untracked() {
+        let t = render(&NodeProgram::default(), &with_tunnels(true, true)).table;
+        assert_eq!(
+            texts(&t.chains["input"])[..6],
+            [
+                "ip protocol 4 ip saddr @all-hosts4 accept",
+                "ip protocol 4 counter drop",
+                "udp dport 4789 ip saddr @all-vxlan4 accept",
+                "meta nfproto ipv4 udp dport 4789 counter drop",
+                CT_STATE,
+                "iifname \"cali*\" goto wl-to-host",
+            ]
+        );
+        let members = |n: &str| -> Vec<&str> {
+            assert_eq!(t.sets[n].kind, SetKind::Interval, "{n}");
+            t.sets[n].elements.iter().map(String::as_str).collect()
+        };
+        assert_eq!(members("all-hosts4"), ["10.91.1.2/32", "10.91.2.2/32"]);
+        assert_eq!(members("all-vxlan4"), ["10.91.2.2/32"]);
+        assert!(!t.sets.contains_key("all-vxlan6"));
+        let raw_in = &t.chains[RAW_TUNNEL_IN];
+        assert_eq!(raw_in.base, Some(base("prerouting", -300)));
+        assert_eq!(
+            texts(raw_in),
+            ["udp dport 4789 ip saddr @all-vxlan4 notrack"]
+        );
+        assert_eq!(t.chains[RAW_TUNNEL_OUT].base, Some(base("output", -300)));
+        assert_eq!(
+            texts(&t.chains[RAW_TUNNEL_OUT]),
+            ["udp dport 4789 ip daddr @all-vxlan4 notrack"]
+        );
+        // Without host endpoints there is no output chain; the nft text is valid either way.
+        assert!(!t.chains.contains_key("output"));
+        let script = t.replace_script().text;
+        assert!(script.contains("add chain inet gingham raw-tunnels-in { type filter hook prerouting priority -300; policy accept; }"), "{script}");
+    }
+
+    #[test]
+    fn without_tunnels_there_are_no_tunnel_rules() {
+        let t = render(&NodeProgram::default(), &with_tunnels(false, false)).table;
+        assert_eq!(texts(&t.chains["input"])[0], CT_STATE);
+        for n in ["all-hosts4", "all-vxlan4", "all-vxlan6"] {
+            assert!(!t.sets.contains_key(n), "{n}");
+        }
+        assert!(!t.chains.contains_key(RAW_TUNNEL_IN));
+        assert!(!t.chains.contains_key(RAW_TUNNEL_OUT));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   routed veth path shaped like the lab's underlay (three routing namespaces standing for
 //!   node-a, the router and node-c, and a bridge for each rack: no tunnel, no nftables, static
 //!   routes), measured alternately with the lab's path so the machine's drift cancels;
-//!   ratio = lab / plain (targets: VXLAN ≥ 0.8, native ≥ 0.95).
+//!   ratio = lab / plain (targets: VXLAN ≥ 0.8, native ≥ 0.95). Beside it, the same plain path
+//!   with one conntrack lookup in each node (`ct`): the floor of any stateful netfilter dataplane.
 //! - **Pod ADD to first packet from another node**: a pod added on node-a with an address in a
 //!   block no node has yet (so the route to it must travel: BIRD's advertisement or the VXLAN
 //!   agents' routes), and a prober on node-c's pod that connects every few milliseconds; the time
@@ -223,16 +224,44 @@ spec: {{nodeName: {node}, containers: [{{name: c{ports}}}]}}
 
 /// The same two pod namespaces joined by a plain path shaped like the lab's underlay: pod A —
 /// R0 — bridge — R1 — bridge — R2 — pod B, where R0, R1 and R2 stand for node-a, the router and
-/// node-c (forwarding, static routes, no tunnel, no nftables, no BGP) and each bridge stands for
-/// a rack's bridge, over veths as in the lab. Built beside the lab's interfaces (the pods' own
-/// eth0 and routes are left alone; the plain path has its own addresses), so the ratio is the
-/// cost of what Gingham adds, not of the lab's cabling.
+/// node-c (forwarding, static routes, no tunnel, no BGP) and each bridge stands for a rack's
+/// bridge, over veths as in the lab. Built beside the lab's interfaces (the pods' own eth0 and
+/// routes are left alone; each plain path has its own addresses), so the ratio is the cost of
+/// what Gingham adds, not of the lab's cabling.
+///
+/// Two variants: [`Variant::Plain`] has no nftables at all (the issue's baseline), and
+/// [`Variant::Conntrack`] has, in R0 and R2 (the nodes), nothing but a forward chain with the
+/// one conntrack lookup every stateful dataplane starts with (the floor for netfilter: what
+/// conntrack alone costs on this machine).
 struct PlainPath {
     _namespaces: Vec<TestNetns>,
     b_ip: String,
 }
 
-const PLAIN_B: &str = "192.168.253.2";
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Conntrack,
+}
+
+impl Variant {
+    /// The third octet of the variant's /21 in 192.168.0.0/16, and its interface tag.
+    fn base(self) -> (u8, &'static str) {
+        match self {
+            Variant::Plain => (248, "p"),
+            Variant::Conntrack => (240, "c"),
+        }
+    }
+}
+
+/// What the conntrack-only variant's nodes hold: one forward chain, one conntrack lookup.
+const CONNTRACK_ONLY: &str = "table inet ctonly {
+  chain forward {
+    type filter hook forward priority 10; policy accept;
+    ct state vmap { established : accept, related : accept, invalid : drop }
+  }
+}
+";
 
 fn sh(netns: &str, args: &[&str]) {
     let out = Command::new("ip")
@@ -265,16 +294,11 @@ fn cable(left: &str, l_if: &str, l_addr: &str, right: &str, r_if: &str, r_addr: 
     }
 }
 
-/// `left` and `right` on one subnet through a bridge in `bridge_ns`.
-fn bridged(n: usize, left: &str, l_addr: &str, bridge_ns: &str, right: &str, r_addr: &str) {
+/// `left` and `right` on one subnet through a bridge in `bridge_ns`; `tag` names the ports.
+fn bridged(tag: &str, left: &str, l_addr: &str, bridge_ns: &str, right: &str, r_addr: &str) {
     sh(bridge_ns, &["ip", "link", "add", "br0", "type", "bridge"]);
     sh(bridge_ns, &["ip", "link", "set", "br0", "up"]);
-    let (a, b, c, d) = (
-        format!("pl{n}a"),
-        format!("pl{n}b"),
-        format!("pl{n}c"),
-        format!("pl{n}d"),
-    );
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|end| format!("pl{tag}{end}"));
     cable(left, &a, l_addr, bridge_ns, &b, "");
     cable(right, &d, r_addr, bridge_ns, &c, "");
     for port in [&b, &c] {
@@ -283,76 +307,80 @@ fn bridged(n: usize, left: &str, l_addr: &str, bridge_ns: &str, right: &str, r_a
 }
 
 impl PlainPath {
-    fn new(pod_a: &str, pod_b: &str) -> PlainPath {
+    fn new(pod_a: &str, pod_b: &str, variant: Variant) -> PlainPath {
         let routers: Vec<TestNetns> = (0..3).map(|_| TestNetns::new("bplain")).collect();
         let bridges: Vec<TestNetns> = (0..2).map(|_| TestNetns::new("bplbr")).collect();
         let [r0, r1, r2] = [routers[0].name(), routers[1].name(), routers[2].name()];
+        let (b, t) = variant.base();
+        // Four /30s: pod A–R0, R0–R1, R1–R2, R2–pod B.
+        let net = |k: u8, host: u8| format!("192.168.{}.{host}", b + 2 + k);
+        let cidr = |k: u8, host: u8| format!("{}/30", net(k, host));
         cable(
             pod_a,
-            "plain0l",
-            "192.168.250.2/30",
+            &format!("plain{t}0l"),
+            &cidr(0, 2),
             r0,
-            "plain0r",
-            "192.168.250.1/30",
+            &format!("plain{t}0r"),
+            &cidr(0, 1),
         );
         bridged(
-            1,
+            &format!("{t}1"),
             r0,
-            "192.168.251.1/30",
+            &cidr(1, 1),
             bridges[0].name(),
             r1,
-            "192.168.251.2/30",
+            &cidr(1, 2),
         );
         bridged(
-            2,
+            &format!("{t}2"),
             r1,
-            "192.168.252.1/30",
+            &cidr(2, 1),
             bridges[1].name(),
             r2,
-            "192.168.252.2/30",
+            &cidr(2, 2),
         );
         cable(
             r2,
-            "plain3l",
-            "192.168.253.1/30",
+            &format!("plain{t}3l"),
+            &cidr(3, 1),
             pod_b,
-            "plain3r",
-            "192.168.253.2/30",
+            &format!("plain{t}3r"),
+            &cidr(3, 2),
         );
         for r in &routers {
             sh(r.name(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         }
-        // Everything in 192.168.248.0/21 goes along the path.
-        let wide = "192.168.248.0/21";
-        sh(pod_a, &["ip", "route", "add", wide, "via", "192.168.250.1"]);
-        sh(pod_b, &["ip", "route", "add", wide, "via", "192.168.253.1"]);
-        sh(r0, &["ip", "route", "add", wide, "via", "192.168.251.2"]);
-        sh(
-            r1,
-            &[
-                "ip",
-                "route",
-                "add",
-                "192.168.250.0/30",
-                "via",
-                "192.168.251.1",
-            ],
-        );
-        sh(
-            r1,
-            &[
-                "ip",
-                "route",
-                "add",
-                "192.168.253.0/30",
-                "via",
-                "192.168.252.2",
-            ],
-        );
-        sh(r2, &["ip", "route", "add", wide, "via", "192.168.252.1"]);
+        if variant == Variant::Conntrack {
+            for node in [r0, r2] {
+                let status = Command::new("ip")
+                    .args(["netns", "exec", node, "nft", "-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .and_then(|mut child| {
+                        use std::io::Write;
+                        child
+                            .stdin
+                            .take()
+                            .expect("piped")
+                            .write_all(CONNTRACK_ONLY.as_bytes())?;
+                        child.wait()
+                    })
+                    .expect("nft runs");
+                assert!(status.success(), "{node}: the conntrack-only table");
+            }
+        }
+        // Everything in the variant's /21 goes along the path.
+        let wide = format!("192.168.{b}.0/21");
+        let wide = wide.as_str();
+        sh(pod_a, &["ip", "route", "add", wide, "via", &net(0, 1)]);
+        sh(pod_b, &["ip", "route", "add", wide, "via", &net(3, 1)]);
+        sh(r0, &["ip", "route", "add", wide, "via", &net(1, 2)]);
+        sh(r1, &["ip", "route", "add", &cidr(0, 0), "via", &net(1, 1)]);
+        sh(r1, &["ip", "route", "add", &cidr(3, 0), "via", &net(2, 2)]);
+        sh(r2, &["ip", "route", "add", wide, "via", &net(2, 1)]);
         PlainPath {
             _namespaces: routers.into_iter().chain(bridges).collect(),
-            b_ip: PLAIN_B.to_owned(),
+            b_ip: net(3, 2),
         }
     }
 }
@@ -371,31 +399,38 @@ fn measure(client: &str, server_ip: &str) -> (f64, f64) {
     (stream, crr)
 }
 
-/// Rounds alternating the lab's path and the plain path between the same two pods; prints
-/// medians and the median of each round's ratio.
+/// Rounds alternating the lab's path, the plain path and the conntrack-only path between the
+/// same two pods; prints medians and the median of each round's ratios.
 fn per_packet(label: &str, lab: &Lab) {
     let (a_ns, _) = lab.pod("p1");
     let (b_ns, b_ip) = lab.pod("p3");
-    let plain = PlainPath::new(&a_ns, &b_ns);
-    // The servers listen on every address of the server pod: one pair serves both paths.
+    let plain = PlainPath::new(&a_ns, &b_ns, Variant::Plain);
+    let ct = PlainPath::new(&a_ns, &b_ns, Variant::Conntrack);
+    // The servers listen on every address of the server pod: one pair serves every path.
     let _tcp = packets::spawn(&b_ns, Some("1"), &["tcp-server"]);
     let _stream = packets::spawn(&b_ns, Some("1"), &["stream-server"]);
-    let (mut ours, mut base, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // Per round: (lab, plain, conntrack-only), each (bit/s, CRR/s).
+    let mut runs: Vec<[(f64, f64); 3]> = Vec::new();
     for _ in 0..rounds(5) {
-        let a = measure(&a_ns, &b_ip);
-        let b = measure(&a_ns, &plain.b_ip);
-        ratios.push((a.0 / b.0, a.1 / b.1));
-        ours.push(a);
-        base.push(b);
+        runs.push([
+            measure(&a_ns, &b_ip),
+            measure(&a_ns, &plain.b_ip),
+            measure(&a_ns, &ct.b_ip),
+        ]);
     }
+    let med = |f: &dyn Fn(&[(f64, f64); 3]) -> f64| median(runs.iter().map(f).collect());
     println!(
-        "{label:>22} | {:>8.2} {:>8.2} {:>6.2} | {:>8.0} {:>8.0} {:>6.2}",
-        median(ours.iter().map(|m| m.0 / 1e9).collect()),
-        median(base.iter().map(|m| m.0 / 1e9).collect()),
-        median(ratios.iter().map(|r| r.0).collect()),
-        median(ours.iter().map(|m| m.1).collect()),
-        median(base.iter().map(|m| m.1).collect()),
-        median(ratios.iter().map(|r| r.1).collect()),
+        "{label:>22} | {:>6.2} {:>6.2} {:>6.2} {:>5.2} {:>5.2} | {:>6.0} {:>6.0} {:>6.0} {:>5.2} {:>5.2}",
+        med(&|r| r[0].0 / 1e9),
+        med(&|r| r[1].0 / 1e9),
+        med(&|r| r[2].0 / 1e9),
+        med(&|r| r[0].0 / r[1].0),
+        med(&|r| r[0].0 / r[2].0),
+        med(&|r| r[0].1),
+        med(&|r| r[1].1),
+        med(&|r| r[2].1),
+        med(&|r| r[0].1 / r[1].1),
+        med(&|r| r[0].1 / r[2].1),
     );
 }
 
@@ -449,10 +484,16 @@ fn pods_across_nodes() {
     }
     println!("\n## Pod to pod across racks: node-a (r1) → node-c (r2)");
     println!("(client on cpu0, server on cpu1; medians of rounds alternating the lab's path with");
-    println!(" the plain routed path between the same pods; ratio: lab / plain, per round)");
     println!(
-        "{:>22} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6}",
-        "", "Gbit/s", "plain", "ratio", "CRR/s", "plain", "ratio"
+        " two paths between the same pods: `plain`, routed with no nftables (the baseline), and"
+    );
+    println!(
+        " `ct`, the same with one conntrack lookup in each node's forward hook (the floor of a"
+    );
+    println!(" stateful netfilter dataplane); ratios per round: lab / plain, lab / ct)");
+    println!(
+        "{:>22} | {:>6} {:>6} {:>6} {:>5} {:>5} | {:>6} {:>6} {:>6} {:>5} {:>5}",
+        "", "Gbit/s", "plain", "ct", "/pl", "/ct", "CRR/s", "plain", "ct", "/pl", "/ct"
     );
     let mut labs = Vec::new();
     for (label, net, pool) in &runs {

@@ -505,7 +505,7 @@ fn sys_vxlan_lab_pods_get_the_tunnel_mtu() {
         pod("p3", "node-c", "ipv4pools", "pods"),
     ]
     .concat();
-    let lab = common::lab_up("m", &f.spec(""), &format!("{}{pods}", pools(f)));
+    let lab = common::lab_up("u", &f.spec(""), &format!("{}{pods}", pools(f)));
     let d = lab.dir.as_str();
     f.wait_converged(d);
     let tunnel = link_mtu(d, "node-a", "vxlan.calico");
@@ -750,5 +750,97 @@ fn sys_seed_000_with_the_vxlan_tunnel_address() {
         common::try_outcome(d, "shop/p1", "shop/p3", "TCP", 80),
         "no-answer"
     );
+    common::down_leaves_nothing(&lab);
+}
+
+/// The packets counted by the rule of `node`'s `input` chain whose comment has `note`.
+fn input_counter(lab: &TestLab, node: &str, note: &str) -> u64 {
+    let chain = lab_exec_ok(
+        &lab.dir,
+        node,
+        &["nft", "list", "chain", "inet", "gingham", "input"],
+    );
+    let line = chain
+        .lines()
+        .find(|l| l.contains(note))
+        .unwrap_or_else(|| panic!("no rule {note:?} in {node}'s input chain:\n{chain}"));
+    line.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {line}"))
+}
+
+/// The tunnels between nodes, as felix filters them: VXLAN between nodes passes host endpoint
+/// policy that allows nothing but SSH (felix's "Allow VXLAN packets from/to allowed hosts"), a
+/// VXLAN packet from anything that is not a node is dropped (the router's, counted by the
+/// rule), and the outer packets between nodes leave no conntrack entries behind (each
+/// connection inside the tunnel has its own outer source port: tracked, they would cost two
+/// entries per connection on each node).
+#[test]
+fn sys_vxlan_between_nodes_passes_host_endpoints_untracked_and_only_from_nodes() {
+    let f = Fabric::Vxlan;
+    f.require();
+    gingham_testkit::require_tool("conntrack");
+    let pods = [
+        pod("p1", "node-a", "ipv4pools", "pods"),
+        pod("p3", "node-c", "ipv4pools", "pods"),
+    ]
+    .concat();
+    let lab = common::lab_up("h", &f.spec(""), &format!("{}{pods}", pools(f)));
+    let d = lab.dir.as_str();
+    f.wait_converged(d);
+    // Host endpoints on both nodes' eth0 whose policy allows SSH only, both ways.
+    let mut hosts = String::new();
+    for (node, ip) in [("node-a", NODE_A), ("node-c", NODE_C)] {
+        hosts.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: {node}-eth0, labels: {{hep: 'yes'}}}}\nspec: {{node: {node}, interfaceName: eth0, expectedIPs: [{ip}]}}\n---\n"
+        ));
+    }
+    hosts.push_str("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: hosts-ssh-only}\nspec: {selector: \"hep == 'yes'\", types: [Ingress, Egress], ingress: [{action: Allow, protocol: TCP, destination: {ports: [22]}}], egress: [{action: Allow, protocol: TCP, destination: {ports: [22]}}]}\n");
+    let file = std::path::Path::new(d).parent().unwrap().join("hosts.yaml");
+    std::fs::write(&file, hosts).unwrap();
+    common::ok_in(
+        &["lab", "apply", "--dir", d, "-f", file.to_str().unwrap()],
+        None,
+    );
+    common::wait_programmed(d);
+    for (from, to) in [("shop/p1", "shop/p3"), ("shop/p3", "shop/p1")] {
+        for _ in 0..3 {
+            assert_eq!(
+                common::try_outcome(d, from, to, "TCP", 80),
+                "connected",
+                "{from} → {to} through the tunnel, past the host endpoints"
+            );
+        }
+    }
+    for node in ["node-a", "node-c"] {
+        let out = lab_exec_ok(
+            d,
+            node,
+            &["conntrack", "-L", "-p", "udp", "--dport", "4789"],
+        );
+        assert!(
+            out.trim().is_empty(),
+            "{node} tracks outer VXLAN packets:\n{out}"
+        );
+    }
+    // A VXLAN packet from the router (not a node) to node-c: dropped, and counted as such.
+    let before = input_counter(&lab, "node-c", "VXLAN from elsewhere");
+    lab_exec_ok(
+        d,
+        "router",
+        &[
+            "bash",
+            "-c",
+            &format!("echo not-a-vtep > /dev/udp/{NODE_C}/4789"),
+        ],
+    );
+    wait_until("the router's VXLAN packet counted as dropped", 10, || {
+        let now = input_counter(&lab, "node-c", "VXLAN from elsewhere");
+        (now == before + 1)
+            .then_some(())
+            .ok_or(format!("{before} → {now}"))
+    });
     common::down_leaves_nothing(&lab);
 }
