@@ -107,8 +107,8 @@ pub const CODES: &[(&str, &str, &str)] = &[
     ),
     (
         POOL_MISMATCH,
-        "warning",
-        "workload addresses or a node's pod CIDR outside every IP pool, or IP pools that overlap",
+        "error",
+        "a node's pod CIDR outside every IP pool, or IP pools that overlap (a warning: a workload address outside every pool)",
     ),
     (
         DUPLICATE_ADDRESS,
@@ -225,31 +225,37 @@ fn rule_key(p: &Policy, dir: Direction, index: usize) -> RuleKey {
     (p.id.to_string(), dir, index)
 }
 
-/// A node and the addresses of it that no host endpoint lists.
+/// A node and the addresses of it that no host endpoint matching a rule's selector lists.
 struct Uncovered<'a> {
     node: &'a str,
+    /// Empty when the input does not give the node's addresses.
     missing: Vec<IpAddr>,
 }
 
-/// Nodes whose addresses (tunnel addresses included) some host endpoint does not list, or that
-/// have no host endpoint at all.
-fn uncovered_nodes(snap: &Snapshot) -> Vec<Uncovered<'_>> {
+/// Nodes some of whose addresses (tunnel addresses included) no host endpoint matching `sel`
+/// lists, and nodes with no such host endpoint whose addresses are unknown.
+fn uncovered_nodes<'a>(snap: &'a Snapshot, sel: &Selector) -> Vec<Uncovered<'a>> {
     let heps: Vec<&Endpoint> = snap
         .endpoints
         .iter()
-        .filter(|e| e.kind == EndpointKind::Host)
+        .filter(|e| e.kind == EndpointKind::Host && sel.matches(&e.effective_labels))
         .collect();
     snap.nodes
         .values()
         .filter_map(|n| {
-            let mut addrs: Vec<IpAddr> = n.ips.iter().chain(&n.tunnel_ips).copied().collect();
-            addrs.dedup();
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            for ip in n.ips.iter().chain(&n.tunnel_ips) {
+                if !addrs.contains(ip) {
+                    addrs.push(*ip);
+                }
+            }
+            let known = !addrs.is_empty();
             let missing: Vec<IpAddr> = addrs
                 .into_iter()
                 .filter(|ip| !heps.iter().any(|h| h.has_ip(*ip)))
                 .collect();
             let has_hep = heps.iter().any(|h| h.node == n.name);
-            (!missing.is_empty() || !has_hep).then_some(Uncovered {
+            (!missing.is_empty() || (!known && !has_hep)).then_some(Uncovered {
                 node: &n.name,
                 missing,
             })
@@ -257,16 +263,12 @@ fn uncovered_nodes(snap: &Snapshot) -> Vec<Uncovered<'_>> {
         .collect()
 }
 
-/// Seed 000: a GlobalNetworkPolicy allows sources by a selector that matches no workload, host
-/// endpoint or network set, so only hosts can have been meant; nodes without host endpoints
-/// for their addresses match nothing, and the evaluator confirms their traffic to a pod the
-/// policy selects (on another node) is dropped.
+/// Seed 000: a GlobalNetworkPolicy allows sources by a selector that matches no workload
+/// endpoint and no network set, so only hosts can have been meant; nodes whose addresses
+/// (tunnel addresses included) no host endpoint matching it lists are not matched, and the
+/// evaluator confirms their traffic to a pod the policy selects (on another node) is dropped.
 fn missing_host_endpoint(snap: &Snapshot, out: &mut Vec<Finding>) -> BTreeSet<RuleKey> {
     let mut flagged = BTreeSet::new();
-    let uncovered = uncovered_nodes(snap);
-    if uncovered.is_empty() {
-        return flagged;
-    }
     for p in &snap.policies {
         // Namespaced policies fold their namespace into rule selectors: they cannot mean hosts.
         if p.id.kind != PolicyKind::GlobalNetworkPolicy {
@@ -286,9 +288,15 @@ fn missing_host_endpoint(snap: &Snapshot, out: &mut Vec<Finding>) -> BTreeSet<Ru
             let Some(sel) = &r.source.selector else {
                 continue;
             };
-            if matches_any(snap, sel) {
+            let meant_for_pods = snap
+                .endpoints
+                .iter()
+                .any(|e| e.kind == EndpointKind::Workload && sel.matches(&e.effective_labels))
+                || snap.netsets.iter().any(|n| sel.matches(&n.labels));
+            if meant_for_pods {
                 continue;
             }
+            let uncovered = uncovered_nodes(snap, sel);
             let dropped: Vec<&Uncovered<'_>> = uncovered
                 .iter()
                 .filter(|u| node_traffic_dropped(snap, u.node, &pods, r))
@@ -325,7 +333,7 @@ fn missing_host_endpoint(snap: &Snapshot, out: &mut Vec<Finding>) -> BTreeSet<Ru
                 severity: Severity::Error,
                 resource: p.id.to_string(),
                 message: format!(
-                    "ingress rule {} allows sources matching `{selector}`, which no workload endpoint, host endpoint or network set matches, so it can only be meant for hosts; {} {} {} no host endpoint covering {} addresses (tunnel addresses included), so {} traffic to the pods this policy selects ({}) is dropped",
+                    "ingress rule {} allows sources matching `{selector}`, which no workload endpoint or network set matches, so it can only be meant for hosts; {} {} {} no host endpoint matching it that covers {} addresses (tunnel addresses included), so {} traffic to the pods this policy selects ({}) is dropped",
                     r.index,
                     if node_names.len() == 1 {
                         "node"
@@ -897,7 +905,7 @@ fn pool_mismatch(snap: &Snapshot, out: &mut Vec<Finding>) {
             if overlaps(&a.cidr, &b.cidr) {
                 out.push(Finding {
                     code: POOL_MISMATCH,
-                    severity: Severity::Warning,
+                    severity: Severity::Error,
                     resource: format!("IPPool {}", a.name),
                     message: format!(
                         "its CIDR {} overlaps IPPool {} ({}): an address in both has two sets of settings (encapsulation, natOutgoing), and Calico refuses such pools",
@@ -920,10 +928,10 @@ fn pool_mismatch(snap: &Snapshot, out: &mut Vec<Finding>) {
         }
         out.push(Finding {
             code: POOL_MISMATCH,
-            severity: Severity::Warning,
+            severity: Severity::Error,
             resource: format!("Node {}", n.name),
             message: format!(
-                "its pod CIDR {} lies outside every IP pool ({pools}): pods there get addresses the pools, the routes and the natOutgoing rules do not know (the canal subnet disagreement of seed 002)",
+                "its pod CIDR {} lies outside every IP pool ({pools}): pods there get addresses the pools, the routes and the natOutgoing rules do not know (as when canal's flannel subnet and the CNI configuration disagree)",
                 outside.join(", ")
             ),
             fix: "Make the node's pod CIDR (its IPAM subnet, e.g. flannel's subnet.env and the CNI configuration) agree with the IP pools, or add a pool covering it.".into(),
