@@ -214,10 +214,6 @@ fn selected<'a>(snap: &'a Snapshot, p: &'a Policy, dir: Direction) -> Vec<&'a En
         .collect()
 }
 
-fn dir_rules(p: &Policy, dir: Direction) -> &[CompiledRule] {
-    p.rules(dir)
-}
-
 /// Rules flagged by one check, so that another does not say the same again.
 type RuleKey = (String, Direction, usize);
 
@@ -281,7 +277,7 @@ fn missing_host_endpoint(snap: &Snapshot, out: &mut Vec<Finding>) -> BTreeSet<Ru
         if pods.is_empty() {
             continue;
         }
-        for r in dir_rules(p, Direction::Ingress) {
+        for r in p.rules(Direction::Ingress) {
             if r.action != Action::Allow {
                 continue;
             }
@@ -438,7 +434,10 @@ fn missing_profile(snap: &Snapshot, out: &mut Vec<Finding>) {
                 }
                 None => {}
                 Some(info) => {
-                    for (i, dir) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+                    for (i, dir) in [Direction::Ingress, Direction::Egress]
+                        .into_iter()
+                        .enumerate()
+                    {
                         if info.rules(dir).iter().any(always_decides) {
                             open[i] = false;
                         }
@@ -492,7 +491,7 @@ fn missing_profile(snap: &Snapshot, out: &mut Vec<Finding>) {
 fn deny_only_isolates(snap: &Snapshot, out: &mut Vec<Finding>) {
     for p in &snap.policies {
         for dir in [Direction::Ingress, Direction::Egress] {
-            let rules = dir_rules(p, dir);
+            let rules = p.rules(dir);
             let deny_only = rules.iter().any(|r| r.action == Action::Deny)
                 && rules
                     .iter()
@@ -524,7 +523,7 @@ fn deny_only_isolates(snap: &Snapshot, out: &mut Vec<Finding>) {
             let denied: Vec<String> = rules
                 .iter()
                 .filter(|r| r.action == Action::Deny)
-                .map(|r| describe_rule(r))
+                .map(describe_rule)
                 .collect();
             out.push(Finding {
                 code: DENY_ONLY_ISOLATES,
@@ -563,10 +562,7 @@ fn describe_rule(r: &CompiledRule) -> String {
     if !ports.is_empty() {
         parts.push(format!("port {}", ports.join(",")));
     }
-    for (side, e) in [
-        ("from", &r.rule.source),
-        ("to", &r.rule.destination),
-    ] {
+    for (side, e) in [("from", &r.rule.source), ("to", &r.rule.destination)] {
         if !e.selector.trim().is_empty() {
             parts.push(format!("{side} `{}`", e.selector));
         }
@@ -599,7 +595,7 @@ fn selector_matches_nothing(snap: &Snapshot, flagged: &BTreeSet<RuleKey>, out: &
             });
         }
         for dir in [Direction::Ingress, Direction::Egress] {
-            for r in dir_rules(p, dir) {
+            for r in p.rules(dir) {
                 if flagged.contains(&rule_key(p, dir, r.index)) {
                     continue;
                 }
@@ -647,9 +643,13 @@ fn ports_cover(a: &[Port], b: &[Port]) -> bool {
     !b.is_empty()
         && b.iter().all(|bp| {
             a.iter().any(|ap| match (ap, bp) {
-                (Port::Range { min, max }, Port::Range { min: bmin, max: bmax }) => {
-                    min <= bmin && bmax <= max
-                }
+                (
+                    Port::Range { min, max },
+                    Port::Range {
+                        min: bmin,
+                        max: bmax,
+                    },
+                ) => min <= bmin && bmax <= max,
                 (Port::Named(x), Port::Named(y)) => x == y,
                 _ => false,
             })
@@ -667,7 +667,11 @@ fn entity_covers(a: &Entity, b: &Entity) -> bool {
         return false;
     }
     if !a.nets.is_empty()
-        && (b.nets.is_empty() || !b.nets.iter().all(|bn| a.nets.iter().any(|an| an.contains(bn))))
+        && (b.nets.is_empty()
+            || !b
+                .nets
+                .iter()
+                .all(|bn| a.nets.iter().any(|an| an.contains(bn))))
     {
         return false;
     }
@@ -687,8 +691,7 @@ fn entity_covers(a: &Entity, b: &Entity) -> bool {
         return false;
     }
     // Named ports are resolved against the selected endpoints: only the same selector's.
-    ports_cover(&a.ports, &b.ports)
-        && a.not_ports.iter().all(|p| b.not_ports.contains(p))
+    ports_cover(&a.ports, &b.ports) && a.not_ports.iter().all(|p| b.not_ports.contains(p))
 }
 
 /// Whether rule `a`, met first, decides every packet rule `b` matches.
@@ -731,18 +734,17 @@ fn shadowed_rules(snap: &Snapshot, out: &mut Vec<Finding>) {
                                 || (!q_eps.is_empty() && q_eps.iter().all(|e| p.selects(e))))
                     })
                     .collect();
-                let rules = dir_rules(q, dir);
+                let rules = q.rules(dir);
                 for (k, b) in rules.iter().enumerate() {
                     if b.source.services || b.destination.services {
                         continue;
                     }
-                    let mine = rules[..k]
-                        .iter()
-                        .find(|a| rule_covers(a, b))
-                        .map(|a| format!("{dir} rule {} ({:?}) of the same policy", a.index, a.action));
+                    let mine = rules[..k].iter().find(|a| rule_covers(a, b)).map(|a| {
+                        format!("{dir} rule {} ({:?}) of the same policy", a.index, a.action)
+                    });
                     let theirs = || {
                         earlier.iter().find_map(|p| {
-                            dir_rules(p, dir).iter().find(|a| rule_covers(a, b)).map(|a| {
+                            p.rules(dir).iter().find(|a| rule_covers(a, b)).map(|a| {
                                 format!(
                                     "{dir} rule {} ({:?}) of {}, which comes earlier in tier {} and selects every endpoint this policy selects,",
                                     a.index, a.action, p.id, tier.name
@@ -969,7 +971,11 @@ fn pool_mismatch(snap: &Snapshot, out: &mut Vec<Finding>) {
 fn duplicate_address(snap: &Snapshot, out: &mut Vec<Finding>) {
     let mut by_ip: BTreeMap<IpAddr, Vec<&Endpoint>> = BTreeMap::new();
     for e in &snap.endpoints {
-        for net in e.ips.iter().filter(|n| n.prefix_len() == n.max_prefix_len()) {
+        for net in e
+            .ips
+            .iter()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+        {
             let list = by_ip.entry(net.addr()).or_default();
             if !list.iter().any(|x| std::ptr::eq(*x, e)) {
                 list.push(e);

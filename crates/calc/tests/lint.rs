@@ -9,7 +9,8 @@ fn snap(yaml: &str) -> Snapshot {
     let mut docs = gingham_model::load::parse_documents(yaml).unwrap();
     prepare_documents(&mut docs);
     let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
-    let loaded = gingham_model::load("test.yaml", &json.join("\n")).unwrap_or_else(|e| panic!("{e}"));
+    let loaded =
+        gingham_model::load("test.yaml", &json.join("\n")).unwrap_or_else(|e| panic!("{e}"));
     Snapshot::build(
         &loaded
             .into_iter()
@@ -94,8 +95,7 @@ fn missing_host_endpoint_names_the_nodes_and_their_addresses() {
     assert_eq!(f[0].resource, "GlobalNetworkPolicy allow-from-nodes");
     assert!(f[0].message.contains("node-1, node-2"), "{}", f[0].message);
     assert!(
-        f[0].fix.contains("node-1: 192.168.0.1, 10.244.1.1")
-            && f[0].fix.contains("HostEndpoint"),
+        f[0].fix.contains("node-1: 192.168.0.1, 10.244.1.1") && f[0].fix.contains("HostEndpoint"),
         "{}",
         f[0].fix
     );
@@ -287,7 +287,8 @@ fn shadowed_rules_within_a_policy_and_across_policies() {
     let f = with_code(&same, lint::SHADOWED_RULE);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert!(
-        f[0].message.starts_with("ingress rule 1 (Deny) can never match")
+        f[0].message
+            .starts_with("ingress rule 1 (Deny) can never match")
             && f[0].message.contains("rule 0 (Allow) of the same policy"),
         "{}",
         f[0].message
@@ -305,7 +306,10 @@ fn shadowed_rules_within_a_policy_and_across_policies() {
         f[0].message
     );
     // The earlier policy selects fewer endpoints: the later rule still matters.
-    let narrower = across.replace("selector: has(k8s-app)", "selector: k8s-app == 'kubernetes-dashboard'");
+    let narrower = across.replace(
+        "selector: has(k8s-app)",
+        "selector: k8s-app == 'kubernetes-dashboard'",
+    );
     assert!(with_code(&narrower, lint::SHADOWED_RULE).is_empty());
     // The same rules in the other order shadow nothing.
     let ordered = format!(
@@ -381,7 +385,10 @@ fn failsafe_lockout_with_failsafe_ports_on_and_off() {
     let allowed = format!("{HOST}{}{FAILSAFE_OFF}", host_policy("22, 2379, 6443"));
     assert!(with_code(&allowed, lint::FAILSAFE_LOCKOUT).is_empty());
     // A host endpoint whose profile allows everything.
-    let open = HOST.replace("expectedIPs: [192.168.0.1]}", "expectedIPs: [192.168.0.1], profiles: [projectcalico-default-allow]}");
+    let open = HOST.replace(
+        "expectedIPs: [192.168.0.1]}",
+        "expectedIPs: [192.168.0.1], profiles: [projectcalico-default-allow]}",
+    );
     assert_clean("open host endpoint", &open);
 }
 
@@ -453,8 +460,13 @@ fn pool_mismatch_for_pod_cidrs_addresses_and_overlaps() {
         "{f:#?}"
     );
     // Without pools, addresses are not judged.
-    let no_pool = CANAL.replacen("kind: IPPool", "kind: GlobalNetworkSet", 1).replace("spec: {cidr: 10.1.0.0/16}", "spec: {nets: [10.1.0.0/16]}");
-    assert!(with_code(&no_pool, lint::POOL_MISMATCH).is_empty(), "{no_pool}");
+    let no_pool = CANAL
+        .replacen("kind: IPPool", "kind: GlobalNetworkSet", 1)
+        .replace("spec: {cidr: 10.1.0.0/16}", "spec: {nets: [10.1.0.0/16]}");
+    assert!(
+        with_code(&no_pool, lint::POOL_MISMATCH).is_empty(),
+        "{no_pool}"
+    );
 }
 
 #[test]
@@ -470,7 +482,14 @@ fn duplicate_address_between_endpoints() {
         "{}",
         f[0].message
     );
-    assert_clean("distinct addresses", &yaml.replacen("status: {podIP: 10.244.2.10}\n", "status: {podIP: 10.244.2.11}\n", 1));
+    assert_clean(
+        "distinct addresses",
+        &yaml.replacen(
+            "status: {podIP: 10.244.2.10}\n",
+            "status: {podIP: 10.244.2.11}\n",
+            1,
+        ),
+    );
     // Two host endpoints of one node listing its address (eth0 and a wildcard) are fine.
     let heps = format!(
         "{}apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: node-1-all, labels: {{role: node}}}}\nspec: {{node: node-1, interfaceName: '*', expectedIPs: [192.168.0.1], profiles: [projectcalico-default-allow]}}\n",

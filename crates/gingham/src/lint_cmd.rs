@@ -70,13 +70,11 @@ pub fn run(args: &LintArgs, client: &dyn Fn() -> Result<gingham_api::Client>) ->
         ),
         LintFormat::Table => print!("{}", table(&findings)),
     }
-    Ok(
-        if findings.iter().any(|f| f.severity == Severity::Error) {
-            Exit::UserError
-        } else {
-            Exit::Ok
-        },
-    )
+    Ok(if findings.iter().any(|f| f.severity == Severity::Error) {
+        Exit::UserError
+    } else {
+        Exit::Ok
+    })
 }
 
 /// One header line per finding (severity, code, resource), then its message and fix indented;

@@ -128,7 +128,10 @@ pub fn load_kinds(
             // takes its place, so that later documents keep their numbers in messages.
             for (i, d) in docs.iter_mut().enumerate() {
                 if crate::lab::spec::is_lab(d) {
-                    eprintln!("notice: {name}: document {} is a Lab document; ignored", i + 1);
+                    eprintln!(
+                        "notice: {name}: document {} is a Lab document; ignored",
+                        i + 1
+                    );
                     *d = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
                 }
             }

@@ -102,7 +102,10 @@ const CODES: &[&str] = &[
 #[test]
 fn each_code_is_found_and_its_fix_is_clean() {
     let pods = data("pods.yaml");
-    assert_eq!(findings(&lint(std::slice::from_ref(&pods), &[])), Vec::<Value>::new());
+    assert_eq!(
+        findings(&lint(std::slice::from_ref(&pods), &[])),
+        Vec::<Value>::new()
+    );
     for code in CODES {
         let broken = findings(&lint(&[pods.clone(), data(&format!("{code}.yaml"))], &[]));
         assert_eq!(codes(&broken), [*code], "{code}: {broken:#?}");
@@ -233,7 +236,12 @@ fn seed_stories_broken_and_fixed() {
         Vec::<Value>::new()
     );
     let broken = findings(&lint(&[example("reach/dashboard.yaml")], &[]));
-    assert_names("002 reach", &broken, "deny-only-isolates", "- action: Allow");
+    assert_names(
+        "002 reach",
+        &broken,
+        "deny-only-isolates",
+        "- action: Allow",
+    );
     // 002, the customer's canal cluster: a node's subnet outside the pool.
     let broken = findings(&lint(&[example("lint/seed-002-canal-subnets.yaml")], &[]));
     assert_names("002 canal", &broken, "pool-mismatch", "subnet.env");
@@ -301,11 +309,17 @@ fn examples_are_clean_but_the_seed_stories_broken_states() {
         (vec![e("lab/racks.yaml")], &[]),
         (vec![e("lab/kubernetes.yaml")], &[]),
         (
-            vec![e("lab/kubernetes.yaml"), e("lab/kubernetes-access-nginx.yaml")],
+            vec![
+                e("lab/kubernetes.yaml"),
+                e("lab/kubernetes-access-nginx.yaml"),
+            ],
             &[],
         ),
         (
-            vec![e("lab/seeds/cluster.yaml"), e("lab/seeds/000-isolation.yaml")],
+            vec![
+                e("lab/seeds/cluster.yaml"),
+                e("lab/seeds/000-isolation.yaml"),
+            ],
             &["missing-host-endpoint"],
         ),
         (
@@ -317,7 +331,10 @@ fn examples_are_clean_but_the_seed_stories_broken_states() {
             &[],
         ),
         (
-            vec![e("lab/seeds/cluster.yaml"), e("lab/seeds/001-access-nginx.yaml")],
+            vec![
+                e("lab/seeds/cluster.yaml"),
+                e("lab/seeds/001-access-nginx.yaml"),
+            ],
             &[],
         ),
         (
@@ -385,7 +402,13 @@ fn lint_reads_the_datastore() {
     let list = findings(&o);
     assert_eq!(codes(&list), ["missing-host-endpoint"], "{list:#?}");
     common::ok_in(
-        &["apply", "-f", &data("seed-000-fix.yaml"), "--datastore", &ds],
+        &[
+            "apply",
+            "-f",
+            &data("seed-000-fix.yaml"),
+            "--datastore",
+            &ds,
+        ],
         None,
     );
     let o = gingham_in(&["lint", "-o", "json", "--datastore", &ds], None);
@@ -396,7 +419,11 @@ fn lint_reads_the_datastore() {
 fn bad_input_names_the_file_and_document() {
     let o = gingham_in(&["lint", "-f", "/nonexistent/policy.yaml"], None);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/policy.yaml"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/policy.yaml"),
+        "{}",
+        stderr(&o)
+    );
     assert!(o.stdout.is_empty());
     let bad = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/bad-second-doc.yaml")

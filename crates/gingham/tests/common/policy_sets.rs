@@ -100,4 +100,3 @@ pub const SETS: &[(&str, &str)] = &[
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a-deny-y}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Deny, source: {namespaceSelector: ns == 'y'}}]\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b-allow-all}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Allow}]\n",
     ),
 ];
-
