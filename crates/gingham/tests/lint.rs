@@ -444,3 +444,111 @@ fn bad_input_names_the_file_and_document() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("broken.yaml"), "{}", stderr(&o));
 }
+
+/// Lint from a lab's datastore agrees with real packets (seed 000): the isolation policy is
+/// found and node-a's traffic to a pod on another node gets no answer; host endpoints for the
+/// nodes' own addresses fix it on a flat subnet, while across VXLAN racks lint still names
+/// the tunnel addresses and the packets are still dropped; with the tunnel addresses too, lint
+/// is clean and the packets connect.
+fn lint_agrees_with_packets(f: common::Fabric, prefix: &str) {
+    f.require();
+    let far = f.far_node();
+    let docs = format!(
+        "{}{}apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Namespace, metadata: {{name: default}}}}\n- {{apiVersion: v1, kind: Pod, metadata: {{name: web-a, namespace: default}}, spec: {{nodeName: node-a, containers: [{{name: w, ports: [{{containerPort: 80}}]}}]}}}}\n- {{apiVersion: v1, kind: Pod, metadata: {{name: web-b, namespace: default}}, spec: {{nodeName: {far}, containers: [{{name: w, ports: [{{containerPort: 80}}]}}]}}}}\n",
+        f.pool("pods", "10.244.0.0/16", ""),
+        f.docs()
+    );
+    let lab = common::lab_up(prefix, &f.spec(""), &docs);
+    f.wait_converged(&lab.dir);
+    let ds = lab.ds.as_str();
+    let lint_ds = || {
+        findings(&gingham_in(
+            &["lint", "-o", "json", "--datastore", ds],
+            None,
+        ))
+    };
+    let outcome = || common::try_outcome(&lab.dir, "node-a", "default/web-b", "TCP", 80);
+    assert_clean("no policy", &lint_ds());
+    common::ok_in(
+        &[
+            "apply",
+            "-f",
+            &example("lab/seeds/000-isolation.yaml"),
+            "--datastore",
+            ds,
+        ],
+        None,
+    );
+    common::wait_programmed(&lab.dir);
+    assert_eq!(codes(&lint_ds()), ["missing-host-endpoint"]);
+    assert_eq!(outcome(), "no-answer");
+    // Each node's addresses: its own, then its tunnel address (VXLAN).
+    let state = common::lab_state(&lab.dir);
+    let nodes: Vec<(String, String, Option<String>)> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let name = n["name"].as_str().unwrap().to_owned();
+            let node: Value = serde_json::from_str(&common::ok_in(
+                &["get", "node", &name, "-o", "json", "--datastore", ds],
+                None,
+            ))
+            .unwrap();
+            let tunnel = node["spec"]["ipv4VXLANTunnelAddr"]
+                .as_str()
+                .map(str::to_owned);
+            (name, n["ip"].as_str().unwrap().to_owned(), tunnel)
+        })
+        .collect();
+    let heps = |with_tunnel: bool| -> String {
+        nodes
+            .iter()
+            .map(|(name, ip, tunnel)| {
+                let mut ips = vec![ip.clone()];
+                if with_tunnel {
+                    ips.extend(tunnel.clone());
+                }
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {{name: {name}-eth0, labels: {{role: node}}}}\nspec: {{node: {name}, interfaceName: eth0, expectedIPs: [{}], profiles: [projectcalico-default-allow]}}\n---\n",
+                    ips.join(", ")
+                )
+            })
+            .collect()
+    };
+    common::ok_in(&["apply", "-f", "-", "--datastore", ds], Some(&heps(false)));
+    common::wait_programmed(&lab.dir);
+    let tunnel_a = nodes[0].2.clone();
+    assert_eq!(nodes[0].0, "node-a");
+    assert_eq!(tunnel_a.is_some(), f == common::Fabric::Vxlan, "{nodes:?}");
+    match &tunnel_a {
+        None => {
+            assert_eq!(lint_ds(), Vec::<Value>::new());
+            assert_eq!(outcome(), "connected");
+        }
+        Some(t) => {
+            let list = lint_ds();
+            assert_names(
+                "tunnel",
+                &list,
+                "missing-host-endpoint",
+                &format!("node-a: {t}"),
+            );
+            assert_eq!(outcome(), "no-answer");
+            common::ok_in(&["apply", "-f", "-", "--datastore", ds], Some(&heps(true)));
+            common::wait_programmed(&lab.dir);
+            assert_eq!(lint_ds(), Vec::<Value>::new());
+            assert_eq!(outcome(), "connected");
+        }
+    }
+}
+
+#[test]
+fn sys_lint_agrees_with_packets_in_a_lab() {
+    lint_agrees_with_packets(common::Fabric::Flat, "l");
+}
+
+#[test]
+fn sys_lint_agrees_with_packets_in_a_vxlan_lab() {
+    lint_agrees_with_packets(common::Fabric::Vxlan, "m");
+}
