@@ -709,9 +709,22 @@ fn rule_covers(a: &CompiledRule, b: &CompiledRule) -> bool {
         && entity_covers(&a.destination, &b.destination)
 }
 
+/// A rule that can never match, and what decides first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadowed {
+    pub policy: crate::snapshot::PolicyRef,
+    pub direction: Direction,
+    pub rule: usize,
+    /// The rule that decides first, in words.
+    pub by: String,
+}
+
 /// Rules that can never match: an earlier rule of the same policy, or of an earlier policy of
-/// the same tier that selects (at least) every endpoint this one selects, decides first.
-fn shadowed_rules(snap: &Snapshot, out: &mut Vec<Finding>) {
+/// the same tier that selects (at least) every endpoint this one selects, decides every packet
+/// they match first. Sufficient, not necessary: a rule covered only by several rules together
+/// is not found. (A property test holds that the evaluator never matches a rule found here.)
+pub fn shadowed(snap: &Snapshot) -> Vec<Shadowed> {
+    let mut out = Vec::new();
     for tier in &snap.tiers {
         for dir in [Direction::Ingress, Direction::Egress] {
             let mut in_tier: Vec<&Policy> = snap
@@ -752,22 +765,42 @@ fn shadowed_rules(snap: &Snapshot, out: &mut Vec<Finding>) {
                             })
                         })
                     };
-                    let Some(by) = mine.or_else(theirs) else {
-                        continue;
-                    };
-                    out.push(Finding {
-                        code: SHADOWED_RULE,
-                        severity: Severity::Warning,
-                        resource: q.id.to_string(),
-                        message: format!(
-                            "{dir} rule {} ({:?}) can never match: {by} matches everything it matches and decides first",
-                            b.index, b.action
-                        ),
-                        fix: "Delete the rule, or move it before the rule that shadows it (or narrow that rule) if it is meant to take effect.".into(),
-                    });
+                    if let Some(by) = mine.or_else(theirs) {
+                        out.push(Shadowed {
+                            policy: q.id.clone(),
+                            direction: dir,
+                            rule: b.index,
+                            by,
+                        });
+                    }
                 }
             }
         }
+    }
+    out
+}
+
+fn shadowed_rules(snap: &Snapshot, out: &mut Vec<Finding>) {
+    for s in shadowed(snap) {
+        let action = snap
+            .policies
+            .iter()
+            .find(|p| p.id == s.policy)
+            .and_then(|p| p.rules(s.direction).get(s.rule))
+            .map(|r| r.action);
+        out.push(Finding {
+            code: SHADOWED_RULE,
+            severity: Severity::Warning,
+            resource: s.policy.to_string(),
+            message: format!(
+                "{} rule {} ({}) can never match: {} matches everything it matches and decides first",
+                s.direction,
+                s.rule,
+                action.map(|a| format!("{a:?}")).unwrap_or_default(),
+                s.by
+            ),
+            fix: "Delete the rule, or move it before the rule that shadows it (or narrow that rule) if it is meant to take effect.".into(),
+        });
     }
 }
 
