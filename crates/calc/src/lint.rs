@@ -73,7 +73,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         MISSING_HOST_ENDPOINT,
         "error",
-        "a rule allows sources by a selector that matches no endpoint or network set, and nodes have no host endpoint covering their addresses: their traffic is dropped",
+        "a GlobalNetworkPolicy rule allows sources by a selector that matches no pod or network set (so it means hosts), and nodes have no host endpoint matching it that lists their addresses, tunnel addresses included: their traffic is dropped",
     ),
     (
         MISSING_PROFILE,
