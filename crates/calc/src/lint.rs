@@ -859,10 +859,17 @@ fn failsafe_lockout(snap: &Snapshot, out: &mut Vec<Finding>) {
     if nodes.is_empty() {
         return;
     }
-    let dropped = |s: &Snapshot, node: &str, protocol: u8, port: u16| {
+    // Inbound: from outside to the node; outbound: from the node to outside.
+    let dropped = |s: &Snapshot, node: &str, inbound: bool, protocol: u8, port: u16| {
+        let (outside, host) = (PeerSpec::Ip(OUTSIDE), PeerSpec::Node(node.to_owned()));
+        let (src, dst) = if inbound {
+            (outside, host)
+        } else {
+            (host, outside)
+        };
         let flow = Flow {
-            src: PeerSpec::Ip(OUTSIDE),
-            dst: PeerSpec::Node(node.to_owned()),
+            src,
+            dst,
             protocol,
             port: Some(port),
             src_port: None,
@@ -873,37 +880,44 @@ fn failsafe_lockout(snap: &Snapshot, out: &mut Vec<Finding>) {
     };
     let mut without = snap.clone();
     without.felix.failsafe_inbound.clear();
-    let failsafe: BTreeSet<(u8, u16)> = snap
-        .felix
-        .failsafe_inbound
-        .iter()
-        .map(|f| (f.protocol, f.port))
-        .collect();
+    without.felix.failsafe_outbound.clear();
+    let ports = |list: &[crate::snapshot::Failsafe]| -> BTreeSet<(u8, u16)> {
+        list.iter().map(|f| (f.protocol, f.port)).collect()
+    };
+    let failsafe = ports(&snap.felix.failsafe_inbound);
+    let failsafe_out = ports(&snap.felix.failsafe_outbound);
     for node in nodes {
         let Some(hep) = snap.host_endpoint_of(node) else {
             continue;
         };
-        let would: Vec<String> = failsafe
+        let name = |proto: u8, port: u16| format!("{}/{port}", protocol_name(proto));
+        let mut would: Vec<String> = failsafe
             .iter()
-            .filter(|(proto, port)| dropped(&without, node, *proto, *port))
-            .map(|(proto, port)| format!("{}/{port}", protocol_name(*proto)))
+            .filter(|(proto, port)| dropped(&without, node, true, *proto, *port))
+            .map(|(proto, port)| format!("{} in", name(*proto, *port)))
             .collect();
+        would.extend(
+            failsafe_out
+                .iter()
+                .filter(|(proto, port)| dropped(&without, node, false, *proto, *port))
+                .map(|(proto, port)| format!("{} out", name(*proto, *port))),
+        );
         if !would.is_empty() {
             out.push(Finding {
                 code: FAILSAFE_LOCKOUT,
                 severity: Severity::Warning,
                 resource: endpoint_resource(hep),
                 message: format!(
-                    "its policy would drop failsafe traffic to node {node} from outside the cluster ({}) if failsafe ports were turned off: only the failsafe ports keep the node reachable",
+                    "its policy would drop failsafe traffic of node {node} with the world outside the cluster ({}) if failsafe ports were turned off: only the failsafe ports keep the node reachable",
                     would.join(", ")
                 ),
-                fix: "Before turning failsafe ports off (FelixConfiguration failsafeInboundHostPorts), allow these ports to the host endpoint in a policy (e.g. SSH from your admin network, BGP and etcd from the nodes).".into(),
+                fix: "Before turning failsafe ports off (FelixConfiguration failsafeInboundHostPorts, failsafeOutboundHostPorts), allow this traffic of the host endpoint in a policy (e.g. SSH from your admin network, BGP and etcd from the nodes).".into(),
             });
         }
         let locked: Vec<String> = LIFELINES
             .iter()
             .filter(|(proto, port, _)| {
-                !failsafe.contains(&(*proto, *port)) && dropped(snap, node, *proto, *port)
+                !failsafe.contains(&(*proto, *port)) && dropped(snap, node, true, *proto, *port)
             })
             .map(|(proto, port, what)| format!("{what} ({}/{port})", protocol_name(*proto)))
             .collect();

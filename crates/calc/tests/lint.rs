@@ -367,7 +367,19 @@ fn failsafe_lockout_with_failsafe_ports_on_and_off() {
     assert_eq!(f[0].severity, Severity::Warning);
     assert_eq!(f[0].resource, "HostEndpoint node-1-eth0");
     assert!(
-        f[0].message.contains("TCP/22") && f[0].message.contains("TCP/2379"),
+        f[0].message.contains("TCP/22 in") && f[0].message.contains("TCP/2379 in"),
+        "{}",
+        f[0].message
+    );
+    // Outbound too: a policy that allows the host nothing out.
+    let closed = host_policy("80").replace(
+        "  egress: [{action: Allow}]\n",
+        "  egress: [{action: Deny}]\n",
+    );
+    let f = with_code(&format!("{HOST}{closed}"), lint::FAILSAFE_LOCKOUT);
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert!(
+        f[0].message.contains("UDP/53 out") && f[0].message.contains("TCP/2379 out"),
         "{}",
         f[0].message
     );
