@@ -103,7 +103,7 @@ pub const CODES: &[(&str, &str, &str)] = &[
     (
         FAILSAFE_LOCKOUT,
         "error",
-        "failsafe ports are off and host endpoint policy drops SSH, etcd or the API server to a node (a warning: it would drop failsafe traffic if failsafe ports were turned off)",
+        "failsafe ports are off and host endpoint policy drops SSH, etcd or the API server to a node (a warning: its policy would drop failsafe traffic, in or out, if failsafe ports were turned off)",
     ),
     (
         POOL_MISMATCH,
