@@ -97,6 +97,23 @@ fn step_line(step: &Step) -> String {
     }
 }
 
+/// What to do about a profile that endpoints name but that does not exist (seed 004).
+pub fn missing_profile_fix(profile: &str) -> String {
+    match profile.strip_prefix("kns.") {
+        Some(ns) => format!(
+            "Create it: in etcd mode the Calico namespace controller writes kns.<namespace> profiles (is calico-kube-controllers running?); or apply a Profile named {profile} with ingress and egress Allow rules, or recreate the namespace {ns}."
+        ),
+        None => format!("Create profile {profile}, or remove it from the endpoint's profiles."),
+    }
+}
+
+/// What to do about policies in a tier that does not exist.
+pub fn missing_tier_fix(tier: &str) -> String {
+    format!(
+        "Create the tier (apiVersion: projectcalico.org/v3, kind: Tier, metadata.name: {tier}, spec.order: a number; lower orders are evaluated first), or move the policies to an existing tier (spec.tier)."
+    )
+}
+
 /// What to change, from the step that decided.
 fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
     let mut out = Vec::new();
@@ -177,15 +194,7 @@ fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
                 "Endpoint {} uses profile {profile}, which does not exist, so felix drops all its traffic that no policy allows.",
                 stage.endpoint
             ));
-            if let Some(ns) = profile.strip_prefix("kns.") {
-                out.push(format!(
-                    "Create it: in etcd mode the Calico namespace controller writes kns.<namespace> profiles (is calico-kube-controllers running?); or apply a Profile named {profile} with ingress and egress Allow rules, or recreate the namespace {ns}."
-                ));
-            } else {
-                out.push(format!(
-                    "Create profile {profile}, or remove it from the endpoint's profiles."
-                ));
-            }
+            out.push(missing_profile_fix(profile));
         }
         (Step::TierMissing { tier, policies }, _) => {
             let names: Vec<String> = policies.iter().map(ToString::to_string).collect();
@@ -195,9 +204,7 @@ fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
                 if names.len() == 1 { "is" } else { "are" },
                 stage.endpoint
             ));
-            out.push(format!(
-                "Create the tier (apiVersion: projectcalico.org/v3, kind: Tier, metadata.name: {tier}, spec.order: a number; lower orders are evaluated first), or move the policies to an existing tier (spec.tier)."
-            ));
+            out.push(missing_tier_fix(tier));
         }
         (Step::NoProfiles, _) => {
             let is_host = snap

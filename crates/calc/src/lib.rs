@@ -4,6 +4,7 @@
 //! - [`eval`]: the reference evaluator, `Snapshot::verdict(flow)` with a trace.
 //! - [`explain`]: the trace in plain words.
 //! - [`reach`]: the reachability matrix between endpoints.
+//! - [`lint`]: problems of a policy set (codes, severities, fixes), found with the same semantics.
 //!
 //! No I/O: callers load resources (files or a datastore) and print results.
 
@@ -11,6 +12,7 @@ pub mod eval;
 pub mod explain;
 pub mod incremental;
 pub mod input;
+pub mod lint;
 pub mod program;
 pub mod reach;
 pub mod snapshot;

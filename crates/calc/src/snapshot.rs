@@ -196,12 +196,17 @@ pub struct NodeInfo {
     /// The subnets of its BGP addresses (`spec.bgp.ipv4Address`, `ipv6Address`): a
     /// CrossSubnet pool encapsulates only between nodes that share none.
     pub subnets: Vec<ipnet::IpNet>,
+    /// The node's pod CIDRs: Kubernetes' (`status.podCIDRs`) and its IPAM blocks
+    /// (BlockAffinity resources).
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// How a pool carries pod traffic between nodes: what decides whether a host's packets to a
 /// pod of another node leave through the tunnel (from the tunnel address).
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolEncap {
+    /// The IPPool's name.
+    pub name: String,
     pub cidr: ipnet::IpNet,
     /// IPIP or VXLAN `Always`.
     pub always: bool,
@@ -694,6 +699,9 @@ impl Snapshot {
                     }
                     info.tunnel_ips
                         .extend(n.spec.ipv4_vxlan_tunnel_addr.parse::<IpAddr>().ok());
+                    let cidrs = n.status.iter().flat_map(|st| &st.pod_cidrs);
+                    info.pod_cidrs
+                        .extend(cidrs.filter_map(|c| gingham_model::cidr::parse_net(c).ok()));
                     for a in &n.spec.addresses {
                         if let Ok(net) = gingham_model::cidr::parse_net(&a.address) {
                             let ip = net.addr();
@@ -703,6 +711,13 @@ impl Snapshot {
                         }
                     }
                 }
+                Resource::BlockAffinity(b) if !b.spec.deleted => {
+                    if let Ok(net) = gingham_model::cidr::parse_net(&b.spec.cidr) {
+                        let info = s.nodes.entry(b.spec.node.clone()).or_default();
+                        info.name = b.spec.node.clone();
+                        info.pod_cidrs.push(net);
+                    }
+                }
                 Resource::FelixConfiguration(f) => s.apply_felix(f),
                 Resource::IpPool(pool) => {
                     use gingham_model::pool::{IpipMode, VxlanMode};
@@ -710,6 +725,7 @@ impl Snapshot {
                         let (ipip, vxlan) = (pool.spec.ipip(), pool.spec.vxlan());
                         let always = ipip == IpipMode::Always || vxlan == VxlanMode::Always;
                         s.pools.push(PoolEncap {
+                            name: pool.metadata.name.clone(),
                             cidr,
                             always,
                             cross_subnet: !always

@@ -62,3 +62,63 @@ fn programs_agree_with_the_reference_evaluator() {
         decided[0], decided[1]
     );
 }
+
+/// Property: a rule `lint` reports as shadowed is never the rule the reference evaluator
+/// matches, for any flow of a random cluster. The generator must make some shadowed rules.
+#[test]
+fn shadowed_rules_never_match() {
+    use gingham_calc::eval::{StageKind, Step};
+    use gingham_calc::snapshot::Direction;
+    let seeds = common::property_seeds(300);
+    let (mut shadowed, mut flows) = (0usize, 0usize);
+    for seed in 0..seeds {
+        let docs = gen_cluster(seed);
+        let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
+        let resources = gingham_model::load_resources("random.json", &text.join("\n"))
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let snap = Snapshot::build(&resources);
+        let found = gingham_calc::lint::shadowed(&snap);
+        if found.is_empty() {
+            continue;
+        }
+        shadowed += found.len();
+        for flow in gen_flows(seed, &snap) {
+            let Ok(v) = snap.verdict(&flow) else {
+                continue;
+            };
+            flows += 1;
+            for stage in &v.stages {
+                let dir = match stage.kind {
+                    StageKind::WorkloadEgress
+                    | StageKind::HostEgress
+                    | StageKind::ForwardEgress
+                    | StageKind::UntrackedEgress => Direction::Egress,
+                    StageKind::EndpointToHost => continue,
+                    _ => Direction::Ingress,
+                };
+                for step in &stage.steps {
+                    if let Step::RuleMatched { policy, rule, .. } = step {
+                        let hit = found
+                            .iter()
+                            .find(|s| &s.policy == policy && s.rule == *rule && s.direction == dir);
+                        assert!(
+                            hit.is_none(),
+                            "seed {seed}: {policy} {dir} rule {rule} is reported shadowed ({:?}) but matched {:?} -> {:?} {}/{:?}\ncluster:\n{}",
+                            hit,
+                            flow.src,
+                            flow.dst,
+                            flow.protocol,
+                            flow.port,
+                            text.join("\n")
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        shadowed > 20 && flows > 1000,
+        "vacuous: {shadowed} shadowed rules, {flows} flows in clusters with some"
+    );
+    eprintln!("{shadowed} shadowed rules never matched in {flows} flows");
+}

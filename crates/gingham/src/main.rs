@@ -32,6 +32,7 @@ mod datastore;
 mod ipam_cmd;
 mod kube_controllers_cmd;
 mod lab;
+mod lint_cmd;
 mod manifests_cmd;
 mod node_cmd;
 mod output;
@@ -116,6 +117,10 @@ enum Command {
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
+    /// Find problems in policy before deploying it: each with a code, a severity, the
+    /// resource, what goes wrong and the fix (from files, or the datastore without -f).
+    #[command(after_help = lint_cmd::codes_help())]
+    Lint(lint_cmd::LintArgs),
     /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
     #[command(subcommand)]
     Manifests(manifests_cmd::ManifestsCmd),
@@ -179,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
+        Command::Lint(a) => lint_cmd::run(a, &client),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
         Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),

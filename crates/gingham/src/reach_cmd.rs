@@ -68,7 +68,7 @@ pub struct ExplainArgs {
 }
 
 /// The kinds the engine reads from a datastore.
-const POLICY_KINDS: &[Kind] = &[
+pub const POLICY_KINDS: &[Kind] = &[
     Kind::Tier,
     Kind::NetworkPolicy,
     Kind::GlobalNetworkPolicy,
@@ -92,11 +92,20 @@ fn load(
     source: &SourceArgs,
     client: &dyn Fn() -> Result<gingham_api::Client>,
 ) -> Result<Option<(Snapshot, PodPorts)>> {
+    load_kinds(source, client, POLICY_KINDS)
+}
+
+/// [`load`], reading `kinds` from the datastore.
+pub fn load_kinds(
+    source: &SourceArgs,
+    client: &dyn Fn() -> Result<gingham_api::Client>,
+    kinds: &[Kind],
+) -> Result<Option<(Snapshot, PodPorts)>> {
     let mut resources: Vec<Resource> = Vec::new();
     let mut pod_ports = PodPorts::new();
     if source.files.is_empty() {
         let client = client()?;
-        for kind in POLICY_KINDS {
+        for kind in kinds {
             let (items, _) = client.list(*kind, None)?;
             resources.extend(items);
         }
@@ -115,6 +124,17 @@ fn load(
                     continue;
                 }
             };
+            // A lab's file works too: its Lab document is `gingham lab`'s alone. An empty List
+            // takes its place, so that later documents keep their numbers in messages.
+            for (i, d) in docs.iter_mut().enumerate() {
+                if crate::lab::spec::is_lab(d) {
+                    eprintln!(
+                        "notice: {name}: document {} is a Lab document; ignored",
+                        i + 1
+                    );
+                    *d = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
+                }
+            }
             let (ports, notes) = prepare_documents(&mut docs);
             for n in notes {
                 eprintln!("notice: {n}");

@@ -241,6 +241,7 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             true,
         ),
         ["reach"] => (s(&["reach", "-f", &cluster, "--port", "80"]), "", true),
+        ["lint"] => (s(&["lint", "-f", &cluster]), "", true),
         ["explain"] => (
             s(&[
                 "explain",

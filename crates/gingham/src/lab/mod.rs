@@ -14,7 +14,7 @@ mod kube;
 mod pods;
 mod probe;
 mod servers;
-mod spec;
+pub(crate) mod spec;
 mod state;
 mod topology;
 

@@ -420,7 +420,8 @@ fn node_port(p: &Value) -> Option<PortSpec> {
 /// (protocol number, port).
 pub(super) type PortSpec = (u8, u16);
 
-pub(super) fn is_lab(doc: &Value) -> bool {
+/// Whether a document is the lab's own (`kind: Lab`), which only `gingham lab` reads.
+pub(crate) fn is_lab(doc: &Value) -> bool {
     doc.get("kind").and_then(Value::as_str) == Some("Lab")
 }
 
