@@ -106,7 +106,10 @@ fn table(findings: &[Finding]) -> String {
     let parts: Vec<String> = [Severity::Error, Severity::Warning, Severity::Info]
         .into_iter()
         .filter(|s| count(*s) > 0)
-        .map(|s| format!("{} {s}", count(s)))
+        .map(|s| {
+            let n = count(s);
+            format!("{n} {s}{}", if n == 1 { "" } else { "s" })
+        })
         .collect();
     out.push_str(&format!(
         "\n{} finding{}: {}\n",
