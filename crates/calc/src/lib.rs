@@ -4,9 +4,11 @@
 //! - [`eval`]: the reference evaluator, `Snapshot::verdict(flow)` with a trace.
 //! - [`explain`]: the trace in plain words.
 //! - [`reach`]: the reachability matrix between endpoints.
+//! - [`diff`]: the pairs two policy sets disagree on, with the cause of each loss.
 //!
 //! No I/O: callers load resources (files or a datastore) and print results.
 
+pub mod diff;
 pub mod eval;
 pub mod explain;
 pub mod incremental;

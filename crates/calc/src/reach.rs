@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, PeerSpec, protocol_name};
+use crate::eval::{Flow, FlowError, ICMP, ICMPV6, PeerSpec, protocol_name};
 use crate::input::PodPorts;
 use crate::snapshot::{EndpointKind, Snapshot};
 
@@ -110,6 +110,17 @@ pub fn declared_ports(snap: &Snapshot, pod_ports: &PodPorts) -> Vec<(u8, u16)> {
         out.extend(e.ports.iter().map(|p| (p.protocol, p.port)));
     }
     out.into_iter().collect()
+}
+
+/// The (protocol, port) pairs a reachability question covers (`reach`, `diff`): the port asked
+/// for; without one, the protocol alone when it has no ports (ICMP, ICMPv6), else every port
+/// the servers declare ([`declared_ports`]; empty when they declare none).
+pub fn probes(protocol: u8, port: Option<u16>, declared: &[(u8, u16)]) -> Vec<(u8, Option<u16>)> {
+    match port {
+        Some(p) => vec![(protocol, Some(p))],
+        None if matches!(protocol, ICMP | ICMPV6) => vec![(protocol, None)],
+        None => declared.iter().map(|&(pr, p)| (pr, Some(p))).collect(),
+    }
 }
 
 /// The matrix as a table: rows are clients, columns servers; `✓` allowed, `✗` denied.

@@ -12,6 +12,7 @@ fn ok(args: &[&str], stdin: Option<&str>) -> String {
 }
 
 use common::Fabric;
+use common::policy_sets::SETS;
 
 /// The lab's documents: pods a, b, c in namespaces x, y, z (the lab schedules them over the
 /// nodes in turn), one pool and what the fabric needs.
@@ -29,87 +30,6 @@ fn cluster(f: Fabric) -> String {
     }
     y.trim_end_matches("---\n").to_owned()
 }
-
-/// Policy sets: Kubernetes NetworkPolicy features and Calico ones. `{yb}` is y/b's address.
-const SETS: &[(&str, &str)] = &[
-    ("no policy", ""),
-    (
-        "deny all ingress in x",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-in, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
-    ),
-    (
-        "deny all egress in y",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-out, namespace: y}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
-    ),
-    (
-        "x only from x",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-ns, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n",
-    ),
-    (
-        "x/a from pod=b anywhere (one peer)",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b-anywhere, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: b}}}]}]\n",
-    ),
-    (
-        "x/a from namespace y or from x/c (two peers)",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: two-peers, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: c}}}]}]\n",
-    ),
-    (
-        "x/a TCP 80 only",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: tcp80, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 80}]}]\n",
-    ),
-    (
-        "x/a TCP 80-81 by endPort",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: endport, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{protocol: TCP, port: 80, endPort: 81}]}]\n",
-    ),
-    (
-        "x/a UDP 81 only",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: udp81, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{protocol: UDP, port: 81}]}]\n",
-    ),
-    (
-        "x/a from pod In (b, c)",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: in-bc, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}}]}]\n",
-    ),
-    (
-        "x/a from a block except y/b",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ipblock, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.0.0/16, except: [\"{yb}/32\"]}}]}]\n",
-    ),
-    (
-        "x/a egress only to y on TCP 80",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: egress-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]\n",
-    ),
-    (
-        "x/b from y and, by another policy, from z",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-z, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n",
-    ),
-    (
-        "x/a to the named port http only",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: http}]}]\n",
-    ),
-    (
-        "Calico: deny TCP 81 to every c, then allow",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-81-c}\nspec:\n  order: 10\n  selector: pod == 'c'\n  ingress:\n  - {action: Deny, protocol: TCP, destination: {ports: [81]}}\n  - {action: Allow}\n",
-    ),
-    (
-        "Calico: z from everything but pod a (notSelector)",
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: not-a, namespace: z}\nspec:\n  selector: all()\n  ingress:\n  - {action: Allow, source: {notSelector: pod == 'a'}}\n",
-    ),
-    (
-        "Calico: a tier passing x, dropping the rest",
-        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: sec}\nspec: {order: 10}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: sec.pass-x}\nspec:\n  tier: sec\n  selector: all()\n  types: [Ingress]\n  ingress:\n  - {action: Pass, source: {namespaceSelector: ns == 'x'}}\n",
-    ),
-    (
-        "Calico: Log then Deny UDP to b",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: log-b}\nspec:\n  selector: pod == 'b'\n  ingress:\n  - {action: Log}\n  - {action: Deny, protocol: UDP}\n  - {action: Allow, protocol: TCP}\n",
-    ),
-    (
-        "Calico: c only from a GlobalNetworkSet holding y/b",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: trusted, labels: {role: trusted}}\nspec: {nets: [\"{yb}/32\"]}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: c-trusted}\nspec:\n  selector: pod == 'c'\n  ingress:\n  - {action: Allow, source: {selector: role == 'trusted'}}\n",
-    ),
-    (
-        "Calico: Deny before Allow at equal order",
-        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a-deny-y}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Deny, source: {namespaceSelector: ns == 'y'}}]\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b-allow-all}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Allow}]\n",
-    ),
-];
 
 /// Once the agents have programmed every write so far, the packets agree with `reach` on
 /// every pair (or the test fails with both matrices); every server listens, so each cell is

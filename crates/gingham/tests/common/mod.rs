@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI and lab tests.
 #![allow(dead_code)]
 
+pub mod policy_sets;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
