@@ -76,7 +76,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or update the resources in files (all or nothing).
+    /// Create or update the resources in files (all or nothing); with --dry-run, write nothing
+    /// and print the pairs of endpoints the change would let in and shut out.
     Apply(diff_cmd::ApplyArgs),
     /// Create the resources in files; fails if any exists (all or nothing).
     Create(resources_cmd::FileArgs),
