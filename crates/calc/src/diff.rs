@@ -1,15 +1,16 @@
 //! The connectivity difference between two policy sets: for each probed protocol and port, the
 //! pairs of endpoints that gain access and the pairs that lose it, each loss with the cause
-//! `explain` gives in the after state. Both sides are decided by [`reach::matrix`] (the reference
-//! evaluator), so a difference is exactly what two `reach` runs disagree on.
+//! `explain` gives in the after state. Both sides are decided as [`reach::matrix`] decides them
+//! ([`reach::Grid`], the reference evaluator), so a difference is exactly what two `reach` runs
+//! disagree on.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, PeerSpec};
+use crate::eval::{Flow, FlowError, PeerSpec, protocol_name};
 use crate::explain;
-use crate::reach::{self, Matrix};
+use crate::reach::{self, Grid};
 use crate::snapshot::Snapshot;
 
 /// A pair that may connect after the change and could not before.
@@ -56,39 +57,65 @@ pub fn diff(
 ) -> Result<Diff, FlowError> {
     let eps_before = reach::matrix_endpoints(before);
     let eps_after = reach::matrix_endpoints(after);
-    let all: BTreeSet<&String> = eps_before.iter().chain(&eps_after).collect();
+    let all: Vec<&String> = eps_before
+        .iter()
+        .chain(&eps_after)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Each endpoint's position in either side's list (none: that side lacks it).
+    let position = |eps: &[String]| -> Vec<Option<usize>> {
+        let at: HashMap<&str, usize> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_str(), i))
+            .collect();
+        all.iter().map(|e| at.get(e.as_str()).copied()).collect()
+    };
+    let (at_before, at_after) = (position(&eps_before), position(&eps_after));
     let mut out = Diff::default();
+    let mut lost = Vec::new();
     for &(protocol, port) in probes {
-        let mb = reach::matrix(before, &eps_before, protocol, port)?;
-        let ma = reach::matrix(after, &eps_after, protocol, port)?;
-        for from in &all {
-            for to in &all {
-                let was = allowed(&mb, from, to);
-                let is = allowed(&ma, from, to);
+        let gb = Grid::decide(before, &eps_before, protocol, port)?;
+        let ga = Grid::decide(after, &eps_after, protocol, port)?;
+        let name = protocol_name(protocol);
+        for (f, from) in all.iter().enumerate() {
+            for (t, to) in all.iter().enumerate() {
+                let side = |g: &Grid, at: &[Option<usize>]| match (at[f], at[t]) {
+                    (Some(i), Some(j)) => g.allowed(i, j),
+                    _ => false,
+                };
+                let was = side(&gb, &at_before);
+                let is = side(&ga, &at_after);
                 if !was && is {
                     out.gained.push(Gained {
                         from: (*from).clone(),
                         to: (*to).clone(),
                         port,
-                        protocol: ma.protocol.clone(),
+                        protocol: name.clone(),
                     });
                 } else if was && !is {
-                    out.lost.push(Lost {
-                        from: (*from).clone(),
-                        to: (*to).clone(),
-                        port,
-                        protocol: ma.protocol.clone(),
-                        cause: cause(after, from, to, protocol, port),
-                    });
+                    lost.push((*from, *to, protocol, port));
                 }
             }
         }
     }
+    // Each loss's cause is one verdict with its trace: spread over the cores.
+    let causes = reach::in_parallel(&lost, |&(from, to, protocol, port)| {
+        Ok(cause(after, from, to, protocol, port))
+    })?;
+    out.lost = lost
+        .into_iter()
+        .zip(causes)
+        .map(|((from, to, protocol, port), cause)| Lost {
+            from: from.clone(),
+            to: to.clone(),
+            port,
+            protocol: protocol_name(protocol),
+            cause,
+        })
+        .collect();
     Ok(out)
-}
-
-fn allowed(m: &Matrix, from: &str, to: &str) -> bool {
-    m.get(from, to) == Some(true)
 }
 
 /// Why `after` denies the flow: the verdict's [`explain::cause`], or, when the flow cannot be

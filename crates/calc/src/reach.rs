@@ -51,46 +51,13 @@ pub fn matrix(
     protocol: u8,
     port: Option<u16>,
 ) -> Result<Matrix, FlowError> {
-    let class = classes(snap, endpoints);
-    let count = class.iter().max().map_or(0, |m| m + 1);
-    // Up to two members of each class: a flow between two members of one class needs both.
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
-    for (i, &c) in class.iter().enumerate() {
-        if members[c].len() < 2 {
-            members[c].push(i);
-        }
-    }
-    let cell =
-        |from: usize, to: usize| allowed(snap, &endpoints[from], &endpoints[to], protocol, port);
-    // class → class → allowed (None: the class has one member, so no such flow exists).
-    let table: Vec<Vec<Option<bool>>> = in_parallel(&(0..count).collect::<Vec<_>>(), |&c1| {
-        let from = members[c1][0];
-        (0..count)
-            .map(|c2| {
-                let to = if c1 == c2 {
-                    members[c2].get(1).copied()
-                } else {
-                    Some(members[c2][0])
-                };
-                to.map(|to| cell(from, to)).transpose()
-            })
-            .collect()
-    })?;
-    let itself: Vec<bool> =
-        in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
+    let grid = Grid::decide(snap, endpoints, protocol, port)?;
     let mut allowed = BTreeMap::new();
     for (i, from) in endpoints.iter().enumerate() {
         let row: BTreeMap<String, bool> = endpoints
             .iter()
             .enumerate()
-            .map(|(j, to)| {
-                let ok = if i == j {
-                    itself[i]
-                } else {
-                    table[class[i]][class[j]].unwrap_or(false)
-                };
-                (to.clone(), ok)
-            })
+            .map(|(j, to)| (to.clone(), grid.allowed(i, j)))
             .collect();
         allowed.insert(from.clone(), row);
     }
@@ -100,6 +67,66 @@ pub fn matrix(
         endpoints: endpoints.to_vec(),
         allowed,
     })
+}
+
+/// The cells of a matrix by position in its endpoint list: one verdict per pair of classes
+/// ([`classes`]) and one per endpoint's flow to itself.
+pub struct Grid {
+    class: Vec<usize>,
+    /// class → class → allowed (None: the class has one member, so no such flow exists).
+    table: Vec<Vec<Option<bool>>>,
+    itself: Vec<bool>,
+}
+
+impl Grid {
+    /// Decides the cells of `endpoints` × `endpoints` with the reference evaluator.
+    pub fn decide(
+        snap: &Snapshot,
+        endpoints: &[String],
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Result<Grid, FlowError> {
+        let class = classes(snap, endpoints);
+        let count = class.iter().max().map_or(0, |m| m + 1);
+        // Up to two members of each class: a flow between two members of one class needs both.
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for (i, &c) in class.iter().enumerate() {
+            if members[c].len() < 2 {
+                members[c].push(i);
+            }
+        }
+        let cell = |from: usize, to: usize| {
+            allowed(snap, &endpoints[from], &endpoints[to], protocol, port)
+        };
+        let table = in_parallel(&(0..count).collect::<Vec<_>>(), |&c1| {
+            let from = members[c1][0];
+            (0..count)
+                .map(|c2| {
+                    let to = if c1 == c2 {
+                        members[c2].get(1).copied()
+                    } else {
+                        Some(members[c2][0])
+                    };
+                    to.map(|to| cell(from, to)).transpose()
+                })
+                .collect()
+        })?;
+        let itself = in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
+        Ok(Grid {
+            class,
+            table,
+            itself,
+        })
+    }
+
+    /// Whether the `i`th endpoint may connect to the `j`th.
+    pub fn allowed(&self, i: usize, j: usize) -> bool {
+        if i == j {
+            self.itself[i]
+        } else {
+            self.table[self.class[i]][self.class[j]].unwrap_or(false)
+        }
+    }
 }
 
 /// The matrix with every cell decided by the evaluator (no classes): what [`matrix`] must equal.
@@ -149,7 +176,7 @@ fn allowed(
 }
 
 /// `f` over `items`, split over the machine's cores (items are independent), in order.
-fn in_parallel<T: Sync, R: Send>(
+pub(crate) fn in_parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R, FlowError> + Sync,
 ) -> Result<Vec<R>, FlowError> {
