@@ -618,3 +618,183 @@ fn sys_apply_dry_run_writes_nothing_on_etcd() {
     .collect();
     dry_run_agrees_and_writes_nothing(&ds, store.as_ref(), &sets);
 }
+
+/// A pod only one side has: every pair with it is gained (it appears) or lost (it is gone, the
+/// cause being explain's refusal of an unknown pod), as two `reach` runs say.
+#[test]
+fn diff_covers_pods_only_one_side_has() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", tmp.path().join("unused.db").display());
+    let all = tmp.path().join("all.yaml");
+    std::fs::write(&all, offline_cluster()).unwrap();
+    // The same cluster without z/c (the last document).
+    let without = tmp.path().join("without-zc.yaml");
+    let docs = offline_cluster();
+    let cut = docs.rfind("---\n").unwrap();
+    assert!(
+        docs[cut..].contains("name: c, namespace: z"),
+        "{}",
+        &docs[cut..]
+    );
+    std::fs::write(&without, &docs[..cut]).unwrap();
+    let (all, without) = (all.to_str().unwrap(), without.to_str().unwrap());
+    let reach = |f: &str| {
+        allowed_cells(&json_ok(&[
+            "reach",
+            "-f",
+            f,
+            "--port",
+            "80",
+            "-o",
+            "json",
+            "--datastore",
+            &ds,
+        ]))
+    };
+    let (with_zc, without_zc) = (reach(all), reach(without));
+    let appears = json_ok(&[
+        "diff",
+        "--before",
+        without,
+        "-f",
+        all,
+        "--port",
+        "80",
+        "-o",
+        "json",
+        "--datastore",
+        &ds,
+    ]);
+    assert_agrees("z/c appears", &appears, &without_zc, &with_zc);
+    let (gained, _) = diff_cells(&appears);
+    assert_eq!(
+        gained.len(),
+        17,
+        "z/c to and from the 8 others, and to itself: {appears}"
+    );
+    let goes = json_ok(&[
+        "diff",
+        "--before",
+        all,
+        "-f",
+        without,
+        "--port",
+        "80",
+        "-o",
+        "json",
+        "--datastore",
+        &ds,
+    ]);
+    assert_agrees("z/c goes", &goes, &with_zc, &without_zc);
+    let (_, lost) = diff_cells(&goes);
+    assert_eq!(lost.len(), 17, "{goes}");
+    // explain refuses the flow in the after state with the same words.
+    let o = run(&[
+        "explain",
+        "-f",
+        without,
+        "--from",
+        "x/a",
+        "--to",
+        "z/c",
+        "--port",
+        "80",
+        "--datastore",
+        &ds,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    for (_, cause) in &lost {
+        assert!(cause.contains("\"z/c\" is not a known pod"), "{cause}");
+        assert!(
+            stderr(&o).contains("\"z/c\" is not a known pod"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+/// A dry run that replaces a stored policy (here: a NetworkPolicy's port moves from 80 to 81)
+/// shows the replacement's effect, as the real apply then has it.
+#[test]
+fn apply_dry_run_of_a_changed_policy_shows_its_effect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("g.db");
+    let ds = format!("sqlite:{}", db.display());
+    let cluster = tmp.path().join("cluster.yaml");
+    std::fs::write(&cluster, offline_cluster()).unwrap();
+    let (_, tcp80) = SETS.iter().find(|(n, _)| *n == "x/a TCP 80 only").unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, offline_set(tcp80)).unwrap();
+    for f in [&cluster, &policy] {
+        let o = run(&["apply", "-f", f.to_str().unwrap(), "--datastore", &ds]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let changed = tmp.path().join("changed.yaml");
+    std::fs::write(&changed, offline_set(tcp80).replace("port: 80", "port: 81")).unwrap();
+    let changed = changed.to_str().unwrap();
+    let reach = |port: &str| {
+        allowed_cells(&json_ok(&[
+            "reach",
+            "--port",
+            port,
+            "-o",
+            "json",
+            "--datastore",
+            &ds,
+        ]))
+    };
+    let before = [reach("80"), reach("81")];
+    let store = gingham_datastore_sqlite::SqliteStore::open(&db).unwrap();
+    let stored = dump(&store);
+    let dry: Vec<Value> = ["80", "81"]
+        .iter()
+        .map(|port| {
+            json_ok(&[
+                "apply",
+                "--dry-run",
+                "-f",
+                changed,
+                "--port",
+                port,
+                "-o",
+                "json",
+                "--datastore",
+                &ds,
+            ])
+        })
+        .collect();
+    let o = run(&[
+        "apply",
+        "--dry-run",
+        "-f",
+        changed,
+        "--port",
+        "80",
+        "--datastore",
+        &ds,
+    ]);
+    assert!(
+        stdout(&o).contains("NetworkPolicy x/knp.default.tcp80 configured (dry run)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        dump(&store),
+        stored,
+        "apply --dry-run wrote to the datastore"
+    );
+    let o = run(&["apply", "-f", changed, "--datastore", &ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = [reach("80"), reach("81")];
+    for k in 0..2 {
+        assert_agrees(
+            &format!("port {}", [80, 81][k]),
+            &dry[k],
+            &before[k],
+            &after[k],
+        );
+    }
+    // x/a loses TCP 80 and gains TCP 81 from the 8 other pods.
+    assert_eq!(diff_cells(&dry[0]).1.len(), 8, "{}", dry[0]);
+    assert_eq!(diff_cells(&dry[1]).0.len(), 8, "{}", dry[1]);
+}
