@@ -449,6 +449,8 @@ fn apply_dry_run_survives_a_full_or_readerless_stdout() {
                 "--dry-run".into(),
                 "-f".into(),
                 f.path("extra.yaml"),
+                "--port".into(),
+                "80".into(),
             ],
             stdin: "",
             prints: true,
