@@ -225,6 +225,35 @@ impl Client {
     /// does), up to [`WRITE_ATTEMPTS`] times; the conditions the caller set (`resourceVersion`,
     /// create, replace) are checked again each time.
     pub fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<Outcome>> {
+        Self::check_write(resources)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (plan, units, _) = self.plan(resources, mode)?;
+            match self.commit(units, resources, attempt)? {
+                Committed::Yes => return Ok(plan),
+                Committed::Retry => retry_pause(attempt),
+            }
+        }
+    }
+
+    /// What [`Client::write_all`] would do, without writing: the same checks and the same plan
+    /// from the current state (so the same errors), and each resource as it would be stored
+    /// (identity fields and the CNI plugin's fields of an existing endpoint kept). Nothing is
+    /// written: `apply --dry-run` leaves the datastore's revision where it was.
+    pub fn dry_run(
+        &self,
+        resources: &[Resource],
+        mode: WriteMode,
+    ) -> Result<Vec<(Outcome, Resource)>> {
+        Self::check_write(resources)?;
+        let (plan, _, stored) = self.plan(resources, mode)?;
+        Ok(plan.into_iter().zip(stored).collect())
+    }
+
+    /// The checks of a write that need no read: writable kinds, valid resources, no resource
+    /// twice.
+    fn check_write(resources: &[Resource]) -> Result<()> {
         for r in resources {
             refuse_read_only(r.kind(), r.meta().namespace.as_deref(), r.name())?;
         }
@@ -249,15 +278,7 @@ impl Client {
                 });
             }
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (plan, units) = self.plan(resources, mode)?;
-            match self.commit(units, resources, attempt)? {
-                Committed::Yes => return Ok(plan),
-                Committed::Retry => retry_pause(attempt),
-            }
-        }
+        Ok(())
     }
 
     /// Refuses IP pools that would overlap, as libcalico-go does: each pool written is
@@ -303,13 +324,19 @@ impl Client {
         Ok(())
     }
 
-    /// Reads the current state and decides what to write.
-    fn plan(&self, resources: &[Resource], mode: WriteMode) -> Result<(Vec<Outcome>, Vec<Unit>)> {
+    /// Reads the current state and decides what to write: an outcome, a unit of the
+    /// transaction and the resource as it will be stored, for each resource.
+    fn plan(
+        &self,
+        resources: &[Resource],
+        mode: WriteMode,
+    ) -> Result<(Vec<Outcome>, Vec<Unit>, Vec<Resource>)> {
         self.refuse_overlapping_pools(resources)?;
         let current = self.prefetch(resources)?;
         // Resolve the current state of every key first, to report precise errors.
         let mut plan = Vec::with_capacity(resources.len());
         let mut units = Vec::with_capacity(resources.len());
+        let mut planned = Vec::with_capacity(resources.len());
         for r in resources {
             let kind = r.kind();
             let meta = r.meta();
@@ -361,6 +388,7 @@ impl Client {
                         }),
                     });
                     plan.push(Outcome::Created);
+                    planned.push(stored);
                 }
                 (Some(kv), _) => {
                     if let Some(e) = expected
@@ -395,10 +423,11 @@ impl Client {
                         });
                         plan.push(Outcome::Replaced);
                     }
+                    planned.push(stored);
                 }
             }
         }
-        Ok((plan, units))
+        Ok((plan, units, planned))
     }
 
     /// The stored value of every resource's key (`None`: absent). Kinds with many resources in

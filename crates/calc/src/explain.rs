@@ -249,6 +249,40 @@ fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
     out
 }
 
+/// The stage that decided: the last one that did not let the packet go on.
+fn deciding_stage(v: &Verdict) -> Option<&Stage> {
+    v.stages
+        .iter()
+        .rev()
+        .find(|s| s.outcome != Outcome::Continue)
+}
+
+/// The `=>` lines of [`render`]: what decided and what to change.
+fn conclusion(snap: &Snapshot, v: &Verdict) -> Vec<String> {
+    match deciding_stage(v) {
+        Some(stage) => advice(snap, v, stage),
+        None if v.allowed => vec!["Nothing on the path polices this flow.".into()],
+        None => Vec::new(),
+    }
+}
+
+/// The verdict's cause in one line, in [`render`]'s words: its first `=>` line, or, when the
+/// deciding step has no advice, the deciding stage and step as the trace names them.
+/// `gingham diff` gives it for each pair that loses access.
+pub fn cause(snap: &Snapshot, v: &Verdict) -> String {
+    if let Some(first) = conclusion(snap, v).into_iter().next() {
+        return first;
+    }
+    match deciding_stage(v) {
+        Some(stage) => match stage.steps.last() {
+            Some(step) => format!("{}: {}", stage_title(stage), step_line(step).trim()),
+            None => format!("{}: {}", stage_title(stage), stage.outcome),
+        },
+        None if v.allowed => "ALLOWED".into(),
+        None => "DENIED".into(),
+    }
+}
+
 /// The verdict and its trace as text.
 pub fn render(snap: &Snapshot, v: &Verdict) -> String {
     let mut out = String::new();
@@ -283,21 +317,8 @@ pub fn render(snap: &Snapshot, v: &Verdict) -> String {
             let _ = writeln!(out, "       {}", step_line(step));
         }
     }
-    let deciding = v
-        .stages
-        .iter()
-        .rev()
-        .find(|s| s.outcome != Outcome::Continue);
-    match deciding {
-        Some(stage) => {
-            for line in advice(snap, v, stage) {
-                let _ = writeln!(out, "  => {line}");
-            }
-        }
-        None if v.allowed => {
-            let _ = writeln!(out, "  => Nothing on the path polices this flow.");
-        }
-        None => {}
+    for line in conclusion(snap, v) {
+        let _ = writeln!(out, "  => {line}");
     }
     if let Some(staged) = v.staged_allowed
         && staged != v.allowed

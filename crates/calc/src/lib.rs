@@ -5,9 +5,11 @@
 //! - [`explain`]: the trace in plain words.
 //! - [`reach`]: the reachability matrix between endpoints.
 //! - [`lint`]: problems of a policy set (codes, severities, fixes), found with the same semantics.
+//! - [`diff`]: the pairs two policy sets disagree on, with the cause of each loss.
 //!
 //! No I/O: callers load resources (files or a datastore) and print results.
 
+pub mod diff;
 pub mod eval;
 pub mod explain;
 pub mod incremental;

@@ -71,7 +71,7 @@ pub enum EndpointKind {
 
 /// A compact, sorted, shared label set (endpoints are many; a map per endpoint costs more than
 /// its labels, and an endpoint whose profiles add nothing shares one set for both uses).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LabelSet(std::sync::Arc<[(Box<str>, Box<str>)]>);
 
 impl LabelSet {

@@ -122,3 +122,78 @@ fn shadowed_rules_never_match() {
     );
     eprintln!("{shadowed} shadowed rules never matched in {flows} flows");
 }
+
+/// Property: `reach`'s matrix, which decides one flow per pair of endpoint classes (endpoints
+/// policy cannot tell apart), equals the matrix with every cell decided by the evaluator, on
+/// random clusters and on the same clusters with a copy of every workload (same node, labels,
+/// profiles and ports; another address, which `nets` rules may or may not tell apart).
+#[test]
+fn grouped_reach_equals_every_cell_evaluated() {
+    use gingham_calc::reach;
+    let seeds = common::property_seeds(300);
+    let (mut merged, mut cells) = (0usize, 0usize);
+    for seed in 0..seeds {
+        let mut docs = gen_cluster(seed);
+        let copies: Vec<serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "WorkloadEndpoint")
+            .enumerate()
+            .map(|(i, d)| {
+                let mut c = d.clone();
+                let node = c["spec"]["node"].as_str().unwrap().to_owned();
+                let pod = format!("{}c", c["spec"]["pod"].as_str().unwrap());
+                c["metadata"]["name"] =
+                    format!("{}-k8s-{pod}-eth0", node.replace('-', "--")).into();
+                c["spec"]["pod"] = pod.into();
+                c["spec"]["interfaceName"] = format!("calc{i:011}").into();
+                // Half the copies stay in their original's /24, half move to the other one.
+                c["spec"]["ipNetworks"] =
+                    serde_json::json!([format!("10.0.{}.{}/32", (i / 2) % 2, 100 + i)]);
+                c
+            })
+            .collect();
+        for with_copies in [false, true] {
+            if with_copies {
+                docs.extend(copies.iter().cloned());
+            }
+            let text: Vec<String> = docs.iter().map(ToString::to_string).collect();
+            let resources = gingham_model::load_resources("random.json", &text.join("\n"))
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let snap = Snapshot::build(&resources);
+            let endpoints = reach::matrix_endpoints(&snap);
+            let classes = reach::classes(&snap, &endpoints);
+            merged += endpoints.len()
+                - classes
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+            for (protocol, port) in [(6, Some(80)), (6, Some(8080)), (17, Some(53)), (1, None)] {
+                let grouped = reach::matrix(&snap, &endpoints, protocol, port);
+                let each = reach::matrix_each(&snap, &endpoints, protocol, port);
+                match (grouped, each) {
+                    (Ok(g), Ok(e)) => {
+                        cells += endpoints.len() * endpoints.len();
+                        assert_eq!(
+                            g,
+                            e,
+                            "seed {seed} (copies: {with_copies}), {protocol}/{port:?}: classes {classes:?}\ncluster:\n{}",
+                            text.join("\n")
+                        );
+                    }
+                    (g, e) => assert_eq!(
+                        g.err(),
+                        e.err(),
+                        "seed {seed}: one path failed, the other did not"
+                    ),
+                }
+            }
+        }
+    }
+    // Not vacuous: many endpoints shared a class, and many cells were compared.
+    assert!(
+        merged > seeds as usize,
+        "only {merged} endpoints shared a class"
+    );
+    assert!(cells > seeds as usize * 100, "only {cells} cells compared");
+    eprintln!("{cells} cells agreed; {merged} endpoints shared a class with another");
+}

@@ -29,6 +29,7 @@ mod bgp_cmd;
 mod cni_k8s;
 mod cni_plugin;
 mod datastore;
+mod diff_cmd;
 mod ipam_cmd;
 mod kube_controllers_cmd;
 mod lab;
@@ -78,8 +79,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or update the resources in files (all or nothing).
-    Apply(resources_cmd::FileArgs),
+    /// Create or update the resources in files (all or nothing); with --dry-run, write nothing
+    /// and print the pairs of endpoints the change would let in and shut out.
+    Apply(diff_cmd::ApplyArgs),
     /// Create the resources in files; fails if any exists (all or nothing).
     Create(resources_cmd::FileArgs),
     /// Replace the resources in files; fails if any does not exist (all or nothing).
@@ -121,6 +123,9 @@ enum Command {
     /// resource, what goes wrong and the fix (from files, or the datastore without -f).
     #[command(after_help = lint_cmd::codes_help())]
     Lint(lint_cmd::LintArgs),
+    /// The connectivity difference between two policy sets (files, or files against the
+    /// datastore): per port, the pairs that gain and lose access, each loss with its cause.
+    Diff(diff_cmd::DiffArgs),
     /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
     #[command(subcommand)]
     Manifests(manifests_cmd::ManifestsCmd),
@@ -170,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
     };
     use gingham_api::WriteMode;
     match &cli.command {
-        Command::Apply(a) => resources_cmd::write(&client()?, a, WriteMode::Apply),
+        Command::Apply(a) => diff_cmd::apply(a, &client),
         Command::Create(a) => resources_cmd::write(&client()?, a, WriteMode::Create),
         Command::Replace(a) => resources_cmd::write(&client()?, a, WriteMode::Replace),
         Command::Delete(a) => resources_cmd::delete(&client()?, a),
@@ -185,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
         Command::Lint(a) => lint_cmd::run(a, &client),
+        Command::Diff(a) => diff_cmd::diff(a, &client),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
         Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),

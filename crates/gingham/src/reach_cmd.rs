@@ -101,65 +101,91 @@ pub fn load_kinds(
     client: &dyn Fn() -> Result<gingham_api::Client>,
     kinds: &[Kind],
 ) -> Result<Option<(Snapshot, PodPorts)>> {
-    let mut resources: Vec<Resource> = Vec::new();
-    let mut pod_ports = PodPorts::new();
-    if source.files.is_empty() {
-        let client = client()?;
-        for kind in kinds {
-            let (items, _) = client.list(*kind, None)?;
-            resources.extend(items);
-        }
+    let loaded = if source.files.is_empty() {
+        Some((load_datastore_kinds(&client()?, kinds)?, PodPorts::new()))
     } else {
-        let mut sources = Vec::new();
-        for f in &source.files {
-            collect_sources(f, source.recursive, &mut sources)?;
-        }
-        let mut failed = false;
-        for (name, text) in sources {
-            let mut docs = match gingham_model::load::parse_documents(&text) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("{name}: {e}");
-                    failed = true;
-                    continue;
-                }
-            };
-            // A lab's file works too: its Lab document is `gingham lab`'s alone. An empty List
-            // takes its place, so that later documents keep their numbers in messages.
-            for (i, d) in docs.iter_mut().enumerate() {
-                if crate::lab::spec::is_lab(d) {
-                    eprintln!(
-                        "notice: {name}: document {} is a Lab document; ignored",
-                        i + 1
-                    );
-                    *d = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
-                }
-            }
-            let (ports, notes) = prepare_documents(&mut docs);
-            for n in notes {
-                eprintln!("notice: {n}");
-            }
-            pod_ports.extend(ports);
-            match load_documents(&name, &docs) {
-                Ok(loaded) => resources.extend(loaded),
-                Err(e) => {
-                    eprintln!("{e}");
-                    failed = true;
-                }
-            }
-        }
-        if failed {
-            return Ok(None);
-        }
-    }
-    let snap = Snapshot::build(&resources);
-    for w in &snap.warnings {
-        eprintln!("warning: {}", w.0);
-    }
-    Ok(Some((snap, pod_ports)))
+        load_files(&source.files, source.recursive)?
+    };
+    Ok(loaded.map(|(resources, pod_ports)| (snapshot(&resources, ""), pod_ports)))
 }
 
-fn protocol(s: &str) -> Result<u8> {
+/// The resources of the kinds the engine reads, from the datastore.
+pub fn load_datastore(client: &gingham_api::Client) -> Result<Vec<Resource>> {
+    load_datastore_kinds(client, POLICY_KINDS)
+}
+
+/// The resources of `kinds`, from the datastore.
+pub fn load_datastore_kinds(client: &gingham_api::Client, kinds: &[Kind]) -> Result<Vec<Resource>> {
+    let mut resources = Vec::new();
+    for kind in kinds {
+        let (items, _) = client.list(*kind, None)?;
+        resources.extend(items);
+    }
+    Ok(resources)
+}
+
+/// The resources in files (Kubernetes objects converted as Calico's controllers do; pods that
+/// name no node placed on one) and the ports the pods declare. Returns `None` after printing
+/// every input error (file, document and field).
+pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resource>, PodPorts)>> {
+    let mut resources: Vec<Resource> = Vec::new();
+    let mut pod_ports = PodPorts::new();
+    let mut sources = Vec::new();
+    for f in files {
+        collect_sources(f, recursive, &mut sources)?;
+    }
+    let mut failed = false;
+    for (name, text) in sources {
+        let mut docs = match gingham_model::load::parse_documents(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        // A lab's file works too: its Lab document is `gingham lab`'s alone. An empty List
+        // takes its place, so that later documents keep their numbers in messages.
+        for (i, d) in docs.iter_mut().enumerate() {
+            if crate::lab::spec::is_lab(d) {
+                eprintln!(
+                    "notice: {name}: document {} is a Lab document; ignored",
+                    i + 1
+                );
+                *d = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
+            }
+        }
+        let (ports, notes) = prepare_documents(&mut docs);
+        for n in notes {
+            eprintln!("notice: {n}");
+        }
+        pod_ports.extend(ports);
+        match load_documents(&name, &docs) {
+            Ok(loaded) => resources.extend(loaded),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    Ok((!failed).then_some((resources, pod_ports)))
+}
+
+/// The engine's snapshot of `resources`, its warnings printed (after `side`, when not empty:
+/// `before`, `after`).
+pub fn snapshot(resources: &[Resource], side: &str) -> Snapshot {
+    let snap = Snapshot::build(resources);
+    for w in &snap.warnings {
+        if side.is_empty() {
+            eprintln!("warning: {}", w.0);
+        } else {
+            eprintln!("warning ({side}): {}", w.0);
+        }
+    }
+    snap
+}
+
+pub fn protocol(s: &str) -> Result<u8> {
     parse_protocol(s).with_context(|| {
         format!(
             "--protocol {} is not a protocol (valid: TCP, UDP, SCTP, ICMP, ICMPv6, UDPLite or a number 1-255)",
@@ -170,7 +196,7 @@ fn protocol(s: &str) -> Result<u8> {
 
 /// Refuses `--port` with a protocol that has no ports: Calico matches ports only for the
 /// protocols [`gingham_model::Protocol::supports_ports`] names.
-fn check_port(proto: u8, name: &str, port: Option<u16>) -> Result<()> {
+pub fn check_port(proto: u8, name: &str, port: Option<u16>) -> Result<()> {
     if port.is_some()
         && !gingham_model::Protocol::from_number(u64::from(proto)).is_ok_and(|p| p.supports_ports())
     {
@@ -180,6 +206,10 @@ fn check_port(proto: u8, name: &str, port: Option<u16>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Said when no port is asked for and the servers declare none.
+pub const NO_PORTS: &str =
+    "the servers declare no ports (spec.containers[].ports); name one with --port";
 
 pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {
     let proto = protocol(&args.protocol)?;
@@ -191,19 +221,10 @@ pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>)
     if endpoints.is_empty() {
         bail!("no pods with addresses and no host endpoints in the input; nothing to compute");
     }
-    let ports: Vec<(u8, Option<u16>)> = match args.port {
-        Some(p) => vec![(proto, Some(p))],
-        None if matches!(proto, 1 | 58) => vec![(proto, None)],
-        None => {
-            let declared = reach::declared_ports(&snap, &pod_ports);
-            if declared.is_empty() {
-                bail!(
-                    "the servers declare no ports (spec.containers[].ports); name one with --port"
-                );
-            }
-            declared.into_iter().map(|(pr, p)| (pr, Some(p))).collect()
-        }
-    };
+    let ports = reach::probes(proto, args.port, &reach::declared_ports(&snap, &pod_ports));
+    if ports.is_empty() {
+        bail!("{NO_PORTS}");
+    }
     let mut matrices = Vec::new();
     for (pr, port) in ports {
         matrices.push(reach::matrix(&snap, &endpoints, pr, port)?);

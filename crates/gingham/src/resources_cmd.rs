@@ -239,14 +239,18 @@ pub fn write(client: &Client, args: &FileArgs, mode: WriteMode) -> Result<Exit> 
         resources.len()
     ));
     for (r, o) in resources.iter().zip(outcomes) {
-        let verb = match o {
-            Outcome::Created => "created",
-            Outcome::Replaced => "configured",
-            Outcome::Unchanged => "unchanged",
-        };
-        println!("{} {verb}", output::qualified_name(r));
+        println!("{} {}", output::qualified_name(r), outcome_verb(&o));
     }
     Ok(Exit::Ok)
+}
+
+/// What a write did to one resource, in kubectl's words.
+pub fn outcome_verb(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Created => "created",
+        Outcome::Replaced => "configured",
+        Outcome::Unchanged => "unchanged",
+    }
 }
 
 pub fn delete(client: &Client, args: &DeleteArgs) -> Result<Exit> {

@@ -242,6 +242,8 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
         ),
         ["reach"] => (s(&["reach", "-f", &cluster, "--port", "80"]), "", true),
         ["lint"] => (s(&["lint", "-f", &cluster]), "", true),
+        // The datastore (policies, no endpoints) against the cluster's files: pairs gained.
+        ["diff"] => (s(&["diff", "-f", &cluster, "--port", "80"]), "", true),
         ["explain"] => (
             s(&[
                 "explain",
@@ -432,6 +434,50 @@ fn a_committed_write_says_so_when_its_report_cannot_be_printed() {
             .output()
             .unwrap();
         assert!(got.status.success(), "{mode:?}: extra was not written");
+    }
+}
+
+/// `apply --dry-run` prints the plan and its difference, and writes nothing: on a full device it
+/// fails in words, on a pipe without a reader it exits quietly, and never says a write was
+/// committed (none was).
+#[test]
+fn apply_dry_run_survives_a_full_or_readerless_stdout() {
+    for mode in [Stdout::Full, Stdout::NoReader, Stdout::ReaderLeaves] {
+        let f = Fixture::new();
+        let inv = Invocation {
+            args: vec![
+                "apply".into(),
+                "--dry-run".into(),
+                "-f".into(),
+                f.path("extra.yaml"),
+                "--port".into(),
+                "80".into(),
+            ],
+            stdin: "",
+            prints: true,
+            own_netns: false,
+        };
+        let o = run(&inv, &f, mode, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(101), "{mode:?}: {err}");
+        assert!(!err.contains("panicked"), "{mode:?}: {err}");
+        assert!(!err.contains("committed"), "{mode:?}: {err}");
+        match mode {
+            Stdout::Full => {
+                assert_eq!(o.status.code(), Some(1), "{mode:?}: {err}");
+                assert!(
+                    err.contains("error: writing output: no space left on device"),
+                    "{mode:?}: {err}"
+                );
+            }
+            Stdout::NoReader => assert_eq!(o.status.code(), Some(141), "{mode:?}: {err}"),
+            _ => {}
+        }
+        let got = f
+            .command(&["get", "gnp", "extra", "-o", "name"])
+            .output()
+            .unwrap();
+        assert!(!got.status.success(), "{mode:?}: the dry run wrote extra");
     }
 }
 

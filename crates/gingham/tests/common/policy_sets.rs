@@ -1,10 +1,11 @@
-//! The agreement test's cluster and its 20 policy sets, in one place: `agreement.rs` applies them
-//! in labs (packets against `reach`), `lint.rs` holds `gingham lint` free of false positives on
-//! them.
+//! The agreement test's cluster and its 20 policy sets, one copy for every test that uses them
+//! (`agreement`: packets against `reach`; `lint`: no false positives; `diff`: `diff` and
+//! `apply --dry-run` against two `reach` runs). The pods they are written for: a, b, c (label
+//! `pod`) in namespaces x, y, z (label `ns`), each serving TCP and UDP on ports 80 and 81 (named
+//! `http` TCP 80, `alt` TCP 81, `alt-udp` UDP 81).
 
 /// Namespaces x, y, z (labelled `ns: <name>`), each with pods a, b, c (labelled `pod: <name>`)
-/// serving TCP 80 (`http`), TCP 81 (`alt`), UDP 80 and UDP 81 (`alt-udp`); no node, no address
-/// (the lab places and addresses them).
+/// with [`CONTAINERS`]; no node, no address (the lab places and addresses them).
 pub fn namespaces_and_pods() -> String {
     let mut y = String::new();
     for ns in ["x", "y", "z"] {
@@ -13,7 +14,7 @@ pub fn namespaces_and_pods() -> String {
         ));
         for pod in ["a", "b", "c"] {
             y.push_str(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{containers: [{{name: s, ports: [{{name: http, containerPort: 80}}, {{name: alt, containerPort: 81}}, {{containerPort: 80, protocol: UDP}}, {{name: alt-udp, containerPort: 81, protocol: UDP}}]}}]}}\n---\n"
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{containers: {CONTAINERS}}}\n---\n"
             ));
         }
     }
@@ -100,3 +101,40 @@ pub const SETS: &[(&str, &str)] = &[
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a-deny-y}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Deny, source: {namespaceSelector: ns == 'y'}}]\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: b-allow-all}\nspec:\n  order: 50\n  selector: pod == 'a'\n  ingress: [{action: Allow}]\n",
     ),
 ];
+
+/// The containers of every pod the sets are written for.
+pub const CONTAINERS: &str = "[{name: s, ports: [{name: http, containerPort: 80}, {name: alt, containerPort: 81}, {containerPort: 80, protocol: UDP}, {name: alt-udp, containerPort: 81, protocol: UDP}]}]";
+
+/// The pods as documents for questions answered from policy alone (`reach -f`, `diff`,
+/// `apply`): x/a, x/b, ... z/c at 10.244.0.1, 10.244.0.2, ..., on node-1 and node-2 in turn.
+pub fn offline_cluster() -> String {
+    let mut y = String::new();
+    let mut n = 0;
+    for ns in ["x", "y", "z"] {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
+        ));
+        for pod in ["a", "b", "c"] {
+            n += 1;
+            y.push_str(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\nspec: {{nodeName: node-{}, containers: {CONTAINERS}}}\nstatus: {{podIP: {}}}\n---\n",
+                1 + n % 2,
+                offline_address(ns, pod)
+            ));
+        }
+    }
+    y.trim_end_matches("---\n").to_owned()
+}
+
+/// The address of a pod of [`offline_cluster`].
+pub fn offline_address(ns: &str, pod: &str) -> String {
+    let n = ["x", "y", "z"].iter().position(|x| *x == ns).unwrap() * 3
+        + ["a", "b", "c"].iter().position(|p| *p == pod).unwrap()
+        + 1;
+    format!("10.244.0.{n}")
+}
+
+/// A set's documents for [`offline_cluster`] (`{yb}` filled in).
+pub fn offline_set(yaml: &str) -> String {
+    yaml.replace("{yb}", &offline_address("y", "b"))
+}

@@ -1,0 +1,195 @@
+//! The connectivity difference between two policy sets: for each probed protocol and port, the
+//! pairs of endpoints that gain access and the pairs that lose it, each loss with the cause
+//! `explain` gives in the after state. Both sides are decided as [`reach::matrix`] decides them
+//! ([`reach::Grid`], the reference evaluator), so a difference is exactly what two `reach` runs
+//! disagree on.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::eval::{Flow, FlowError, PeerSpec, protocol_name};
+use crate::explain;
+use crate::reach::{self, Grid};
+use crate::snapshot::Snapshot;
+
+/// A pair that may connect after the change and could not before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Gained {
+    pub from: String,
+    pub to: String,
+    /// None for protocols without ports (ICMP).
+    pub port: Option<u16>,
+    pub protocol: String,
+}
+
+/// A pair that could connect before the change and may not after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lost {
+    pub from: String,
+    pub to: String,
+    pub port: Option<u16>,
+    pub protocol: String,
+    /// Why the flow is denied after the change, in `explain`'s words ([`explain::cause`]).
+    pub cause: String,
+}
+
+/// The difference, in the stable JSON schema of `gingham diff -o json`: pairs in the order of
+/// the probes, then by client and server name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Diff {
+    pub gained: Vec<Gained>,
+    pub lost: Vec<Lost>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.gained.is_empty() && self.lost.is_empty()
+    }
+}
+
+/// The difference between `before` and `after` for each (protocol, port) of `probes`, over
+/// every endpoint either side has (an endpoint one side lacks has no access on that side).
+pub fn diff(
+    before: &Snapshot,
+    after: &Snapshot,
+    probes: &[(u8, Option<u16>)],
+) -> Result<Diff, FlowError> {
+    let eps_before = reach::matrix_endpoints(before);
+    let eps_after = reach::matrix_endpoints(after);
+    let all: Vec<&String> = eps_before
+        .iter()
+        .chain(&eps_after)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Each endpoint's position in either side's list (none: that side lacks it).
+    let position = |eps: &[String]| -> Vec<Option<usize>> {
+        let at: HashMap<&str, usize> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.as_str(), i))
+            .collect();
+        all.iter().map(|e| at.get(e.as_str()).copied()).collect()
+    };
+    let (at_before, at_after) = (position(&eps_before), position(&eps_after));
+    let mut out = Diff::default();
+    let mut lost = Vec::new();
+    for &(protocol, port) in probes {
+        let gb = Grid::decide(before, &eps_before, protocol, port)?;
+        let ga = Grid::decide(after, &eps_after, protocol, port)?;
+        let name = protocol_name(protocol);
+        for (f, from) in all.iter().enumerate() {
+            for (t, to) in all.iter().enumerate() {
+                let side = |g: &Grid, at: &[Option<usize>]| match (at[f], at[t]) {
+                    (Some(i), Some(j)) => g.allowed(i, j),
+                    _ => false,
+                };
+                let was = side(&gb, &at_before);
+                let is = side(&ga, &at_after);
+                if !was && is {
+                    out.gained.push(Gained {
+                        from: (*from).clone(),
+                        to: (*to).clone(),
+                        port,
+                        protocol: name.clone(),
+                    });
+                } else if was && !is {
+                    lost.push((*from, *to, protocol, port));
+                }
+            }
+        }
+    }
+    // Each loss's cause is one verdict with its trace: spread over the cores.
+    let causes = reach::in_parallel(&lost, |&(from, to, protocol, port)| {
+        Ok(cause(after, from, to, protocol, port))
+    })?;
+    out.lost = lost
+        .into_iter()
+        .zip(causes)
+        .map(|((from, to, protocol, port), cause)| Lost {
+            from: from.clone(),
+            to: to.clone(),
+            port,
+            protocol: protocol_name(protocol),
+            cause,
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Why `after` denies the flow: the verdict's [`explain::cause`], or, when the flow cannot be
+/// evaluated there (an endpoint gone or without an address), the error `explain` reports.
+fn cause(after: &Snapshot, from: &str, to: &str, protocol: u8, port: Option<u16>) -> String {
+    let flow = Flow {
+        src: PeerSpec::Endpoint(from.to_owned()),
+        dst: PeerSpec::Endpoint(to.to_owned()),
+        protocol,
+        port,
+        src_port: None,
+        icmp: None,
+        ipv6: false,
+    };
+    match after.verdict(&flow) {
+        Ok(v) => explain::cause(after, &v),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The difference as a table: one line per pair, gained (`+`) then lost (`-`) with its cause.
+pub fn render_table(d: &Diff) -> String {
+    if d.is_empty() {
+        return "no pair gains or loses access\n".into();
+    }
+    let what = |protocol: &str, port: Option<u16>| match port {
+        Some(p) => format!("{protocol}/{p}"),
+        None => protocol.to_owned(),
+    };
+    let mut rows: Vec<[String; 5]> = vec![[
+        "CHANGE".into(),
+        "PORT".into(),
+        "FROM".into(),
+        "TO".into(),
+        "CAUSE".into(),
+    ]];
+    for g in &d.gained {
+        rows.push([
+            "+ gained".into(),
+            what(&g.protocol, g.port),
+            g.from.clone(),
+            g.to.clone(),
+            String::new(),
+        ]);
+    }
+    for l in &d.lost {
+        rows.push([
+            "- lost".into(),
+            what(&l.protocol, l.port),
+            l.from.clone(),
+            l.to.clone(),
+            l.cause.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 4];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, w) in widths.iter().enumerate() {
+            line.push_str(&format!("{:<w$}  ", r[i]));
+        }
+        line.push_str(&r[4]);
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{} gained, {} lost\n",
+        d.gained.len(),
+        d.lost.len()
+    ));
+    out
+}
