@@ -410,7 +410,8 @@ fn per_packet(label: &str, lab: &Lab) {
     let _tcp = packets::spawn(&b_ns, Some("1"), &["tcp-server"]);
     let _stream = packets::spawn(&b_ns, Some("1"), &["stream-server"]);
     // Per round: (lab, plain, conntrack-only), each (bit/s, CRR/s).
-    let mut runs: Vec<[(f64, f64); 3]> = Vec::new();
+    type Round = [(f64, f64); 3];
+    let mut runs: Vec<Round> = Vec::new();
     for _ in 0..rounds(5) {
         runs.push([
             measure(&a_ns, &b_ip),
@@ -418,7 +419,7 @@ fn per_packet(label: &str, lab: &Lab) {
             measure(&a_ns, &ct.b_ip),
         ]);
     }
-    let med = |f: &dyn Fn(&[(f64, f64); 3]) -> f64| median(runs.iter().map(f).collect());
+    let med = |f: &dyn Fn(&Round) -> f64| median(runs.iter().map(f).collect());
     println!(
         "{label:>22} | {:>6.2} {:>6.2} {:>6.2} {:>5.2} {:>5.2} | {:>6.0} {:>6.0} {:>6.0} {:>5.2} {:>5.2}",
         med(&|r| r[0].0 / 1e9),
