@@ -29,6 +29,7 @@ mod bgp_cmd;
 mod cni_k8s;
 mod cni_plugin;
 mod datastore;
+mod hits;
 mod ipam_cmd;
 mod kube_controllers_cmd;
 mod lab;
