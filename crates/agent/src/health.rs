@@ -329,6 +329,74 @@ mod tests {
     }
 
     #[test]
+    fn rule_counters_are_read_at_scrape_time_and_labelled_by_policy_rule() {
+        use gingham_calc::snapshot::PolicyKind;
+        use gingham_dataplane::{ChainOrigin, Owner};
+        let h = Health::default();
+        // No kernel to read: said so, and no rule series (not zeros).
+        let text = h.exposition().expect("encodes");
+        assert!(
+            text.lines().any(|l| l == "gingham_rule_counters_read 0"),
+            "{text}"
+        );
+        assert!(!text.contains("gingham_rule_packets"), "{text}");
+        let owner = Owner::Policy {
+            tier: "security".into(),
+            policy: gingham_calc::PolicyRef {
+                kind: PolicyKind::NetworkPolicy,
+                namespace: Some("shop".into()),
+                name: "security.web".into(),
+            },
+        };
+        let chain = ChainOrigin {
+            owner,
+            direction: gingham_calc::Direction::Ingress,
+            rules: [("aaa".to_owned(), 0), ("bbb".to_owned(), 1)].into(),
+        };
+        h.metrics
+            .rules
+            .set_origins(Arc::new([("pxi".to_owned(), chain)].into()));
+        let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = reads.clone();
+        h.metrics.rules.set_reader(Some(Box::new(move || {
+            let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let rule = |id: &str, p: u64| {
+                format!(
+                    r#"{{"rule": {{"chain": "pxi", "comment": "{id} note", "expr": [{{"counter": {{"packets": {p}, "bytes": {}}}}}, {{"drop": null}}]}}}}"#,
+                    p * 60
+                )
+            };
+            Ok(Some(format!(
+                r#"{{"nftables": [{}, {}, {}]}}"#,
+                rule("aaa", n),
+                rule("aaa", 2),
+                rule("bbb", 0)
+            )))
+        })));
+        for n in [1, 2] {
+            let text = h.exposition().expect("encodes");
+            let labels = |rule: u32| {
+                format!(
+                    "{{kind=\"networkpolicy\",tier=\"security\",policy=\"shop/security.web\",rule=\"{rule}\",direction=\"ingress\"}}"
+                )
+            };
+            for line in [
+                "gingham_rule_counters_read 1".to_owned(),
+                "# TYPE gingham_rule_packets counter".to_owned(),
+                format!("gingham_rule_packets_total{} {}", labels(0), n + 2),
+                format!("gingham_rule_bytes_total{} {}", labels(0), (n + 2) * 60),
+                format!("gingham_rule_packets_total{} 0", labels(1)),
+            ] {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{line:?} missing in\n{text}"
+                );
+            }
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        }
+    }
+
+    #[test]
     fn readiness_says_why_not() {
         let h = Health::default();
         assert_eq!(h.readiness().0, StatusCode::SERVICE_UNAVAILABLE);
