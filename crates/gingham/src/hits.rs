@@ -115,9 +115,11 @@ pub fn parse(text: &str) -> Result<BTreeMap<RuleKey, Hits>> {
             .ok()
     });
     match read {
-        Some(v) if v == 1.0 => {}
-        Some(_) => bail!("the agent could not read its rules' counters (see its log)"),
         None => bail!("the agent does not report hit counters ({RULE_COUNTERS_READ})"),
+        Some(v) if v != 1.0 => {
+            bail!("the agent could not read its rules' counters (see its log)")
+        }
+        Some(_) => {}
     }
     let packets = format!("{RULE_PACKETS}_total{{");
     let bytes = format!("{RULE_BYTES}_total{{");
