@@ -2,8 +2,15 @@
 //! `/metrics` (OpenMetrics text, through `prometheus-client`), served on the node's loopback by
 //! `gingham-health` from a thread of its own, so a slow scrape never delays programming.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use gingham_dataplane::{Hits, Origins, RuleOrigin, TableReader};
 use gingham_health::Problems;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -83,6 +90,113 @@ pub struct Metrics {
     pub kernel_reads: Counter,
     pub kernel_repairs: Counter,
     pub plumbing_repairs: Counter,
+    /// The hit counters of every policy and profile rule, read from the kernel at scrape time.
+    pub rules: RuleCounters,
+}
+
+/// The names of the hit counter metrics (one home: the CLI reads them from here).
+pub const RULE_PACKETS: &str = "gingham_rule_packets";
+pub const RULE_BYTES: &str = "gingham_rule_bytes";
+/// 1 when the agent read its rules' counters at this scrape, 0 when it could not (the rule
+/// metrics are then absent, not zero).
+pub const RULE_COUNTERS_READ: &str = "gingham_rule_counters_read";
+
+/// The hit counters, read from the kernel at each scrape (no cost between scrapes): the
+/// policy manager gives the reader and, after each programming, the renderer's record of which
+/// rule each nft rule came from.
+#[derive(Clone, Default)]
+pub struct RuleCounters(Arc<Mutex<RuleSource>>);
+
+#[derive(Default)]
+struct RuleSource {
+    reader: Option<TableReader>,
+    origins: Arc<Origins>,
+}
+
+impl std::fmt::Debug for RuleCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuleCounters")
+    }
+}
+
+impl RuleCounters {
+    fn source(&self) -> std::sync::MutexGuard<'_, RuleSource> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the installed table is read from.
+    pub fn set_reader(&self, reader: Option<TableReader>) {
+        self.source().reader = reader;
+    }
+
+    /// The record of the installed table's shared chains.
+    pub fn set_origins(&self, origins: Arc<Origins>) {
+        self.source().origins = origins;
+    }
+
+    /// Every policy and profile rule's hits on this node, read now.
+    pub fn read(&self) -> Result<BTreeMap<RuleOrigin, Hits>, String> {
+        let mut source = self.source();
+        let origins = source.origins.clone();
+        let reader = source
+            .reader
+            .as_mut()
+            .ok_or("this agent's dataplane has no kernel table to read")?;
+        let json = reader().map_err(|e| e.to_string())?;
+        match json {
+            Some(json) => gingham_dataplane::rule_hits(&json, &origins).map_err(|e| e.to_string()),
+            None => Err("the table is not installed".into()),
+        }
+    }
+}
+
+impl Collector for RuleCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let hits = self.read();
+        if let Err(e) = &hits {
+            tracing::warn!(error = %e, "cannot read the rules' hit counters");
+        }
+        let read = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(hits.is_ok()));
+        read.encode(encoder.encode_descriptor(
+            RULE_COUNTERS_READ,
+            "1 when the rules' hit counters could be read from the kernel at this scrape.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let Ok(hits) = hits else {
+            return Ok(());
+        };
+        let labels: Vec<[(&str, String); 5]> = hits
+            .keys()
+            .map(|o| {
+                [
+                    ("kind", o.owner.kind().to_owned()),
+                    ("tier", o.owner.tier().to_owned()),
+                    ("policy", o.owner.name()),
+                    ("rule", o.rule.to_string()),
+                    ("direction", o.direction.to_string()),
+                ]
+            })
+            .collect();
+        for (name, help, value) in [
+            (
+                RULE_PACKETS,
+                "Packets that matched a policy or profile rule on this node.",
+                (|h: &Hits| h.packets) as fn(&Hits) -> u64,
+            ),
+            (
+                RULE_BYTES,
+                "Bytes of the packets that matched a policy or profile rule on this node.",
+                |h: &Hits| h.bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (l, h) in labels.iter().zip(hits.values()) {
+                ConstCounter::new(value(h)).encode(family.encode_family(l)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl gingham_health::Metrics for Metrics {
@@ -165,6 +279,10 @@ impl gingham_health::Metrics for Metrics {
             registry.register(name, help, c.clone());
         }
     }
+
+    fn register_unprefixed(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self.rules.clone()));
+    }
 }
 
 /// What the agent shares with its health server.
@@ -208,6 +326,74 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn rule_counters_are_read_at_scrape_time_and_labelled_by_policy_rule() {
+        use gingham_calc::snapshot::PolicyKind;
+        use gingham_dataplane::{ChainOrigin, Owner};
+        let h = Health::default();
+        // No kernel to read: said so, and no rule series (not zeros).
+        let text = h.exposition().expect("encodes");
+        assert!(
+            text.lines().any(|l| l == "gingham_rule_counters_read 0"),
+            "{text}"
+        );
+        assert!(!text.contains("gingham_rule_packets"), "{text}");
+        let owner = Owner::Policy {
+            tier: "security".into(),
+            policy: gingham_calc::PolicyRef {
+                kind: PolicyKind::NetworkPolicy,
+                namespace: Some("shop".into()),
+                name: "security.web".into(),
+            },
+        };
+        let chain = ChainOrigin {
+            owner,
+            direction: gingham_calc::Direction::Ingress,
+            rules: [("aaa".to_owned(), 0), ("bbb".to_owned(), 1)].into(),
+        };
+        h.metrics
+            .rules
+            .set_origins(Arc::new([("pxi".to_owned(), chain)].into()));
+        let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = reads.clone();
+        h.metrics.rules.set_reader(Some(Box::new(move || {
+            let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let rule = |id: &str, p: u64| {
+                format!(
+                    r#"{{"rule": {{"chain": "pxi", "comment": "{id} note", "expr": [{{"counter": {{"packets": {p}, "bytes": {}}}}}, {{"drop": null}}]}}}}"#,
+                    p * 60
+                )
+            };
+            Ok(Some(format!(
+                r#"{{"nftables": [{}, {}, {}]}}"#,
+                rule("aaa", n),
+                rule("aaa", 2),
+                rule("bbb", 0)
+            )))
+        })));
+        for n in [1, 2] {
+            let text = h.exposition().expect("encodes");
+            let labels = |rule: u32| {
+                format!(
+                    "{{kind=\"networkpolicy\",tier=\"security\",policy=\"shop/security.web\",rule=\"{rule}\",direction=\"ingress\"}}"
+                )
+            };
+            for line in [
+                "gingham_rule_counters_read 1".to_owned(),
+                "# TYPE gingham_rule_packets counter".to_owned(),
+                format!("gingham_rule_packets_total{} {}", labels(0), n + 2),
+                format!("gingham_rule_bytes_total{} {}", labels(0), (n + 2) * 60),
+                format!("gingham_rule_packets_total{} 0", labels(1)),
+            ] {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{line:?} missing in\n{text}"
+                );
+            }
+            assert!(text.ends_with("# EOF\n"), "{text}");
+        }
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn tunnels_from(
 
 impl<B: Backend> PolicyManager<B> {
     pub fn new(config: &Config, backend: B, health: Health) -> Self {
+        health.metrics.rules.set_reader(backend.reader());
         PolicyManager {
             health,
             node: config.node.clone(),
@@ -181,6 +182,9 @@ impl<B: Backend> PolicyManager<B> {
                 return Err(e.into());
             }
         };
+        // What the installed table's rules are, for the hit counters read at scrape time.
+        let origins = std::sync::Arc::new(self.renderer.origins().clone());
+        self.health.metrics.rules.set_origins(origins);
         {
             let mut h = self.health.state();
             h.ready = true;

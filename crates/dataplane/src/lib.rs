@@ -6,6 +6,7 @@
 //! for tests. The kernel is read once, when the programmer has no record (start, after an
 //! error, or on the periodic consistency check), and reconciled without flushing.
 
+pub mod counters;
 mod libnft;
 pub mod render;
 pub mod table;
@@ -14,6 +15,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+pub use counters::{ChainOrigin, Hits, Origins, Owner, RuleOrigin, rule_hits};
 pub use render::{Rendered, Renderer, Settings, TABLE, Touched, Tunnels, VXLAN_PORT, render};
 pub use table::{Script, Table, canonical};
 
@@ -31,7 +33,15 @@ pub trait Backend {
     fn run(&mut self, script: &str) -> Result<(), Error>;
     /// The installed table as `nft -j list table inet gingham` prints it; `None` if absent.
     fn read(&mut self) -> Result<Option<String>, Error>;
+    /// Reads the installed table as [`Backend::read`] does, from another thread (the metrics
+    /// server reads the hit counters at scrape time); `None` when this backend has no kernel.
+    fn reader(&self) -> Option<TableReader> {
+        None
+    }
 }
+
+/// Reads the installed table (`nft -j list table`) from any thread.
+pub type TableReader = Box<dyn FnMut() -> Result<Option<String>, Error> + Send>;
 
 /// The kernel, through `nft`, in the network namespace of the calling thread or, for tests
 /// and benchmarks, in a named one (`ip netns exec`). Transactions in the calling thread's
@@ -126,6 +136,16 @@ impl Backend for Nft {
             return Ok(None);
         }
         Err(Error::Refused(err.trim().to_owned()))
+    }
+
+    fn reader(&self) -> Option<TableReader> {
+        // Reads always spawn `nft` (libnftables is only used for transactions).
+        let mut nft = Nft {
+            netns: self.netns.clone(),
+            lib: None,
+            lib_tried: true,
+        };
+        Some(Box::new(move || nft.read()))
     }
 }
 

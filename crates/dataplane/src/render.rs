@@ -32,10 +32,11 @@ use gingham_calc::incremental::{Change, apply_changes};
 use gingham_calc::program::{
     ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
 };
-use gingham_calc::snapshot::{Failsafe, FelixSettings, NatPools};
+use gingham_calc::snapshot::{Direction, Failsafe, FelixSettings, NatPools};
 use gingham_model::Action;
 use ipnet::IpNet;
 
+use crate::counters::{ChainOrigin, Origins, Owner};
 use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
 /// The table Gingham owns; nothing else is ever touched.
@@ -436,9 +437,15 @@ fn action_text(a: Action) -> &'static str {
     }
 }
 
-/// The rules of one policy or profile for one direction.
-fn rules_chain(label: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
+/// The rules of one policy or profile for one direction, and the policy rule index of each
+/// nft rule by its id (the chain's [`ChainOrigin`] record).
+fn rules_chain(
+    label: &str,
+    rules: &[RuleProgram],
+    names: &SetNames,
+) -> (Chain, HashMap<String, usize>) {
     let mut out = Vec::new();
+    let mut origins = HashMap::new();
     for r in rules {
         let prefix = if r.action == Action::Log {
             // nft log prefixes are at most 127 characters.
@@ -449,10 +456,12 @@ fn rules_chain(label: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
             String::new()
         };
         for line in rule_lines(r, action_text(r.action), &prefix, names) {
-            out.push(Rule::new(line, format!("{label} rule {}", r.index)));
+            let rule = Rule::new(line, format!("{label} rule {}", r.index));
+            origins.insert(rule.id().to_owned(), r.index);
+            out.push(rule);
         }
     }
-    Chain::regular(out)
+    (Chain::regular(out), origins)
 }
 
 /// What the renderer produces: the table, and its size for metrics.
@@ -632,6 +641,8 @@ pub struct Renderer {
     base_chains: Vec<String>,
     base_maps: Vec<String>,
     touched: Touched,
+    /// Which policy or profile rule each rule of the shared chains came from (hit counters).
+    origins: Origins,
 }
 
 impl Renderer {
@@ -648,6 +659,7 @@ impl Renderer {
             base_chains: Vec::new(),
             base_maps: Vec::new(),
             touched: Touched::default(),
+            origins: Origins::new(),
         };
         r.render_all();
         r
@@ -661,6 +673,11 @@ impl Renderer {
     /// The programs the table is rendered from.
     pub fn program(&self) -> &NodeProgram {
         &self.program
+    }
+
+    /// Which policy or profile rule each rule of the shared chains came from.
+    pub fn origins(&self) -> &Origins {
+        &self.origins
     }
 
     /// The table with its size.
@@ -759,6 +776,7 @@ impl Renderer {
         self.fresh.clear();
         self.base_chains.clear();
         self.base_maps.clear();
+        self.origins.clear();
         let ids: Vec<String> = self.program.sets.keys().cloned().collect();
         for id in &ids {
             self.render_set(id);
@@ -889,9 +907,16 @@ impl Renderer {
             }
             let mut shared = Vec::new();
             if chain.missing_tier.is_none() {
-                for p in chain.tiers.iter().flat_map(|t| &t.policies) {
-                    let label = p.policy.to_string();
-                    shared.push((policy_chain_name(&p.policy, dir), label, &p.rules));
+                for t in &chain.tiers {
+                    for p in &t.policies {
+                        let label = p.policy.to_string();
+                        let owner = Owner::Policy {
+                            tier: t.tier.clone(),
+                            policy: p.policy.clone(),
+                        };
+                        let name = policy_chain_name(&p.policy, dir);
+                        shared.push((name, label, &p.rules, owner));
+                    }
                 }
                 if chain.profiles_apply {
                     for p in &chain.profiles {
@@ -899,13 +924,25 @@ impl Renderer {
                             break;
                         };
                         let label = format!("profile {profile}");
-                        shared.push((profile_chain_name(profile, dir), label, rules));
+                        let owner = Owner::Profile(profile.clone());
+                        shared.push((profile_chain_name(profile, dir), label, rules, owner));
                     }
                 }
             }
-            for (n, label, rules) in shared {
+            for (n, label, rules, owner) in shared {
                 if self.fresh.insert(n.clone()) {
-                    let c = rules_chain(&label, rules, &self.names);
+                    let (c, by_id) = rules_chain(&label, rules, &self.names);
+                    let direction = if dir == "i" {
+                        Direction::Ingress
+                    } else {
+                        Direction::Egress
+                    };
+                    let origin = ChainOrigin {
+                        owner,
+                        direction,
+                        rules: by_id,
+                    };
+                    self.origins.insert(n.clone(), origin);
                     self.table.chains.insert(n.clone(), c);
                     self.touched.chains.insert(n.clone());
                 }
@@ -957,6 +994,7 @@ impl Renderer {
             *users = users.saturating_sub(1);
             if *users == 0 {
                 self.users.remove(&n);
+                self.origins.remove(&n);
                 self.table.chains.remove(&n);
                 self.touched.chains.insert(n);
             }

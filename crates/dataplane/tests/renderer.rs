@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{Rng, property_seeds, resolve_step, update_steps};
 use gingham_calc::incremental::Calculator;
 use gingham_calc::snapshot::NatPools;
-use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table, render};
+use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table};
 use gingham_model::Resource;
 use ipnet::IpNet;
 
@@ -98,8 +98,14 @@ fn incremental_rendering_equals_a_full_render() {
                 settings.pools = random_pools(&mut rng);
                 renderer.set_settings(settings.clone());
             }
-            let full = render(&calc.state(), &settings);
+            let fresh = Renderer::new(calc.state(), settings.clone());
+            let full = fresh.rendered();
             let at = format!("seed {seed}, step {i}: {what}");
+            // The hit counters' record of where each rule came from follows the table too.
+            assert!(
+                renderer.origins() == fresh.origins(),
+                "{at}: rule origins differ"
+            );
             let (chains, sets) = differing(&full.table, renderer.table());
             assert!(
                 chains.is_empty() && sets.is_empty(),

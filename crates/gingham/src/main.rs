@@ -30,6 +30,7 @@ mod cni_k8s;
 mod cni_plugin;
 mod datastore;
 mod diff_cmd;
+mod hits;
 mod ipam_cmd;
 mod kube_controllers_cmd;
 mod lab;

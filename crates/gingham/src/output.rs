@@ -298,6 +298,72 @@ pub fn render(
     })
 }
 
+/// Policies in the wide table with their rules' hit counters: one row per rule (direction,
+/// index, action, packets and bytes summed across the nodes; `-` when no node answered), one
+/// row of `-` for a policy without rules.
+pub fn render_with_hits(
+    kind: Kind,
+    resources: &[Resource],
+    show_namespace: bool,
+    hits: &crate::hits::NodeHits,
+) -> String {
+    let cols = columns(kind, true);
+    let mut header: Vec<String> = Vec::new();
+    if show_namespace {
+        header.push("NAMESPACE".into());
+    }
+    header.extend(cols.iter().map(|c| c.header.to_owned()));
+    header.extend(["DIRECTION", "RULE", "ACTION", "PACKETS", "BYTES"].map(String::from));
+    let mut rows = vec![header];
+    let kind_label = kind.name().to_lowercase();
+    for r in resources {
+        let v = r.to_value();
+        let mut base = Vec::new();
+        if show_namespace {
+            base.push(s(&v, "/metadata/namespace"));
+        }
+        base.extend(cols.iter().map(|c| (c.cell)(&v)));
+        let policy = match &r.meta().namespace {
+            Some(ns) => format!("{ns}/{}", r.meta().name),
+            None => r.meta().name.clone(),
+        };
+        let mut any = false;
+        for direction in ["ingress", "egress"] {
+            let rules = v
+                .pointer(&format!("/spec/{direction}"))
+                .and_then(Value::as_array);
+            for (i, rule) in rules.into_iter().flatten().enumerate() {
+                any = true;
+                let key = crate::hits::RuleKey {
+                    kind: kind_label.clone(),
+                    policy: policy.clone(),
+                    direction: direction.into(),
+                    rule: i,
+                };
+                let (packets, bytes) = match hits.get(&key) {
+                    Some(h) => (h.packets.to_string(), h.bytes.to_string()),
+                    None => ("-".into(), "-".into()),
+                };
+                let mut row = base.clone();
+                row.extend([
+                    direction.to_owned(),
+                    i.to_string(),
+                    s(rule, "/action"),
+                    packets,
+                    bytes,
+                ]);
+                rows.push(row);
+            }
+        }
+        if !any {
+            let mut row = base;
+            row.extend(["-"; 5].map(String::from));
+            rows.push(row);
+        }
+    }
+    table(&rows)
+}
+
 /// Left-aligned columns separated by three spaces, as calicoctl and kubectl print them.
 pub fn table(rows: &[Vec<String>]) -> String {
     let ncols = rows.iter().map(Vec::len).max().unwrap_or(0);

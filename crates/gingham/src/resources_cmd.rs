@@ -51,8 +51,17 @@ pub struct GetArgs {
     /// All namespaces.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    /// ps, wide (for networkpolicy and globalnetworkpolicy: one row per rule with its hit
+    /// counters, packets and bytes summed across the nodes' agents), yaml, json or name.
     #[arg(short = 'o', long, value_enum, default_value = "ps")]
     pub output: OutputFormat,
+    /// With -o wide: read the hit counters from the agents of the lab whose state directory
+    /// this is (`lab up --dir`), rather than from this node's agent.
+    #[arg(long, value_name = "DIR")]
+    pub lab: Option<PathBuf>,
+    /// With -o wide and no --lab: the port of this node's agent's /metrics (its --health-port).
+    #[arg(long, default_value_t = crate::agent::DEFAULT_HEALTH_PORT)]
+    pub agent_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -341,6 +350,22 @@ pub fn get(client: &Client, args: &GetArgs) -> Result<Exit> {
         out
     };
     let show_ns = kind.is_namespaced() && args.all_namespaces;
+    if args.output == OutputFormat::Wide
+        && matches!(kind, Kind::NetworkPolicy | Kind::GlobalNetworkPolicy)
+    {
+        let hits = match &args.lab {
+            Some(dir) => crate::hits::from_lab(dir)?,
+            None => crate::hits::from_local(args.agent_port),
+        };
+        if let Some(note) = hits.note() {
+            eprintln!("note: {note}");
+        }
+        print!(
+            "{}",
+            output::render_with_hits(kind, &resources, show_ns, &hits)
+        );
+        return Ok(Exit::Ok);
+    }
     print!(
         "{}",
         output::render(

@@ -506,8 +506,10 @@ fn sys_lab_commands_survive_a_full_or_readerless_stdout() {
     let lab = common::lab_up("o", "{nodes: [node-a]}", LAB);
     let f = Fixture::new();
     let d = lab.dir.as_str();
-    let cases: [(&[&str], bool); 4] = [
+    let cases: [(&[&str], bool); 5] = [
         (&["lab", "probe", "--dir", d, "--port", "80"], true),
+        // Hit counters from the lab's agents.
+        (&["get", "gnp", "-o", "wide", "--lab", d], true),
         (&["lab", "wait", "--dir", d], true),
         (
             &[

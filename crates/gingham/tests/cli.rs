@@ -85,9 +85,26 @@ fn apply_get_delete_round_trip() {
         table,
         "NAME                 TIER\ndeny-ssh-dashboard   default\n"
     );
-    let wide = cli.ok(&["get", "policy", "-n", "shop", "-o", "wide"]);
+    // Wide: one row per rule with its hit counters; no agent answers here (port 1), so they
+    // are `-`, not zeros.
+    let wide = cli.ok(&[
+        "get",
+        "policy",
+        "-n",
+        "shop",
+        "-o",
+        "wide",
+        "--agent-port",
+        "1",
+    ]);
     assert!(
-        wide.starts_with("NAME        TIER      ORDER   SELECTOR\n"),
+        wide.starts_with(
+            "NAME        TIER      ORDER   SELECTOR       DIRECTION   RULE   ACTION   PACKETS   BYTES\n"
+        ),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("ingress     0      Allow    -         -\n"),
         "{wide}"
     );
     assert!(wide.contains("allow-web"), "{wide}");

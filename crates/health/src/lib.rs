@@ -13,7 +13,7 @@ pub use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -78,6 +78,9 @@ pub trait Metrics: Default + Clone + Send + Sync + 'static {
     const PREFIX: &'static str;
     /// Registers every handle.
     fn register(&self, registry: &mut Registry);
+    /// Registers the metrics whose names do not start with [`Metrics::PREFIX`] (names shared
+    /// with other exporters, such as `gingham_rule_packets_total`). None by default.
+    fn register_unprefixed(&self, _registry: &mut Registry) {}
     /// The gauge that says 1 when the process is ready, set at each scrape.
     fn ready(&self) -> &Gauge;
 }
@@ -87,6 +90,7 @@ pub struct Health<S, M> {
     state: Arc<Mutex<S>>,
     pub metrics: M,
     registry: Arc<Registry>,
+    unprefixed: Arc<Registry>,
 }
 
 impl<S, M: Clone> Clone for Health<S, M> {
@@ -95,6 +99,7 @@ impl<S, M: Clone> Clone for Health<S, M> {
             state: self.state.clone(),
             metrics: self.metrics.clone(),
             registry: self.registry.clone(),
+            unprefixed: self.unprefixed.clone(),
         }
     }
 }
@@ -104,10 +109,13 @@ impl<S: Readiness, M: Metrics> Default for Health<S, M> {
         let metrics = M::default();
         let mut registry = Registry::with_prefix(M::PREFIX);
         metrics.register(&mut registry);
+        let mut unprefixed = Registry::default();
+        metrics.register_unprefixed(&mut unprefixed);
         Health {
             state: Arc::default(),
             metrics,
             registry: Arc::new(registry),
+            unprefixed: Arc::new(unprefixed),
         }
     }
 }
@@ -136,7 +144,9 @@ impl<S: Readiness, M: Metrics> Report for Health<S, M> {
         let ready = self.state().is_ready();
         self.metrics.ready().set(i64::from(ready));
         let mut out = String::new();
-        encode(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, &self.unprefixed)?;
+        encode_eof(&mut out)?;
         Ok(out)
     }
 }

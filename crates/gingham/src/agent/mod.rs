@@ -12,6 +12,9 @@ use gingham_datastore::Datastore;
 
 use crate::Exit;
 
+/// Where the agent serves /liveness, /readiness and /metrics unless told otherwise.
+pub const DEFAULT_HEALTH_PORT: u16 = 9099;
+
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The node this agent programs (its endpoints are the local ones).
@@ -21,7 +24,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub once: bool,
     /// Serve /liveness, /readiness and /metrics on 127.0.0.1:PORT (0: off).
-    #[arg(long, default_value_t = 9099)]
+    #[arg(long, default_value_t = DEFAULT_HEALTH_PORT)]
     pub health_port: u16,
     /// Seconds between consistency checks of the kernel's table (felix's refresh interval;
     /// 0: never).

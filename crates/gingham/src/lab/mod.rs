@@ -862,3 +862,23 @@ fn split_kubernetes(
     }
     Ok((objects, rest))
 }
+
+/// Every node's agent's /metrics in the lab at `dir`: per node, the text or why it could not
+/// be had (no agent runs there, or it does not answer).
+pub(crate) fn agents_metrics(dir: &Path) -> Result<Vec<(String, Result<String>)>> {
+    let state = load_state(dir)?;
+    Ok(state
+        .nodes
+        .iter()
+        .map(|n| {
+            let text = match n.agent_pid {
+                None => Err(anyhow::anyhow!(
+                    "no agent runs on node {} (the lab was made with --no-agent)",
+                    n.name
+                )),
+                Some(_) => servers::agent_metrics(n),
+            };
+            (n.name.clone(), text)
+        })
+        .collect())
+}

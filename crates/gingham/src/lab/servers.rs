@@ -17,8 +17,8 @@ use super::{
 use crate::Exit;
 use crate::datastore::DatastoreUrl;
 
-/// The datastore revision a node's agent has programmed, from its /metrics.
-pub(super) fn agent_revision(node: &NodeState) -> Result<i64> {
+/// A node's agent's /metrics (OpenMetrics text, headers included), fetched in its namespace.
+pub(crate) fn agent_metrics(node: &NodeState) -> Result<String> {
     let target = gingham_net::NetnsRef::named(&node.netns);
     let addr = SocketAddr::from(([127, 0, 0, 1], AGENT_HEALTH_PORT));
     // A socket keeps the namespace it was made in.
@@ -33,6 +33,12 @@ pub(super) fn agent_revision(node: &NodeState) -> Result<i64> {
     stream
         .read_to_string(&mut text)
         .with_context(|| format!("reading the metrics of node {}'s agent", node.name))?;
+    Ok(text)
+}
+
+/// The datastore revision a node's agent has programmed, from its /metrics.
+pub(super) fn agent_revision(node: &NodeState) -> Result<i64> {
+    let text = agent_metrics(node)?;
     text.lines()
         .filter(|l| {
             l.strip_prefix(AGENT_REVISION_METRIC)
