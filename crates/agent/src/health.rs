@@ -83,6 +83,8 @@ pub struct Metrics {
     pub kernel_reads: Counter,
     pub kernel_repairs: Counter,
     pub plumbing_repairs: Counter,
+    /// Flow log packets dropped because the writer (or the socket) could not keep up.
+    pub flow_logs_dropped: Counter,
 }
 
 impl gingham_health::Metrics for Metrics {
@@ -137,7 +139,7 @@ impl gingham_health::Metrics for Metrics {
             self.last_apply_seconds.clone(),
         );
         // prometheus-client adds `_total` to counters.
-        let counters: [(&str, &str, &Counter); 6] = [
+        let counters: [(&str, &str, &Counter); 7] = [
             ("programs", "Tables installed.", &self.programs),
             (
                 "errors",
@@ -159,6 +161,11 @@ impl gingham_health::Metrics for Metrics {
                 "plumbing_repairs",
                 "Routes, neighbours, sysctls and blackholes of local workloads put back.",
                 &self.plumbing_repairs,
+            ),
+            (
+                "flow_logs_dropped",
+                "Flow log packets dropped because the flow log could not keep up.",
+                &self.flow_logs_dropped,
             ),
         ];
         for (name, help, c) in counters {

@@ -112,6 +112,9 @@ impl<'a> Peer<'a> {
     }
 }
 
+/// Why a workload's packet to its own host is dropped (the step `explain` shows).
+pub const ENDPOINT_TO_HOST_DROP: &str = "DefaultEndpointToHostAction is Drop (felix's default): workloads may not reach their own host";
+
 /// Where in the packet's path a decision was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -501,7 +504,7 @@ impl Snapshot {
                         ),
                         _ => (
                             Outcome::Deny,
-                            "DefaultEndpointToHostAction is Drop (felix's default): workloads may not reach their own host",
+                            ENDPOINT_TO_HOST_DROP,
                         ),
                     };
                     out.stages.push(Stage {

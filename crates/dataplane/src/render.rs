@@ -38,6 +38,10 @@ use ipnet::IpNet;
 
 use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
+mod flowlog;
+pub use flowlog::{FLOW_LOG_GROUP, FlowCause, flow_cause};
+use flowlog::log_rule;
+
 /// The table Gingham owns; nothing else is ever touched.
 pub const TABLE: &str = "gingham";
 /// Mark bits: a stage allowed the packet / a policy passed it to the next tier.
@@ -437,7 +441,9 @@ fn action_text(a: Action) -> &'static str {
 }
 
 /// The rules of one policy or profile for one direction.
-fn rules_chain(label: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
+fn rules_chain(label: &str, chain: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
+    // The flow log's tag of a rule: its chain and index (see `flowlog`).
+    let tag = flowlog::tag(chain);
     let mut out = Vec::new();
     for r in rules {
         let prefix = if r.action == Action::Log {
@@ -449,6 +455,11 @@ fn rules_chain(label: &str, rules: &[RuleProgram], names: &SetNames) -> Chain {
             String::new()
         };
         for line in rule_lines(r, action_text(r.action), &prefix, names) {
+            if r.action == Action::Deny
+                && let Some(matches) = line.strip_suffix("counter drop")
+            {
+                out.push(log_rule(matches, &format!("{tag} {}", r.index)));
+            }
             out.push(Rule::new(line, format!("{label} rule {}", r.index)));
         }
     }
@@ -905,7 +916,7 @@ impl Renderer {
             }
             for (n, label, rules) in shared {
                 if self.fresh.insert(n.clone()) {
-                    let c = rules_chain(&label, rules, &self.names);
+                    let c = rules_chain(&label, &n, rules, &self.names);
                     self.table.chains.insert(n.clone(), c);
                     self.touched.chains.insert(n.clone());
                 }
@@ -1237,7 +1248,10 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("{ifname} \"{prefix}*\" counter drop"),
             "workload without a program",
         );
-        table.chains.insert(name.into(), Chain::regular(vec![drop]));
+        let log = log_rule(&format!("{ifname} \"{prefix}*\" "), flowlog::NO_PROGRAM);
+        table
+            .chains
+            .insert(name.into(), Chain::regular(vec![log, drop]));
     }
     if hosts.any {
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
@@ -1259,7 +1273,10 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("{clear} return"),
             "DefaultEndpointToHostAction Return",
         )),
-        _ => to_host.push(r("counter drop".into(), "DefaultEndpointToHostAction Drop")),
+        _ => to_host.extend([
+            log_rule("", flowlog::TO_HOST),
+            r("counter drop".into(), "DefaultEndpointToHostAction Drop"),
+        ]),
     }
     table
         .chains
@@ -1466,6 +1483,7 @@ fn endpoint_chain(
             ));
         }
         if chain.end_of_tier && tier.default_action != Action::Pass {
+            rules.push(log_rule("", &flowlog::tag(&tname)));
             rules.push(Rule::new(
                 "counter drop",
                 format!("end of tier {}", tier.tier),
@@ -1478,6 +1496,7 @@ fn endpoint_chain(
         for p in &chain.profiles {
             match p {
                 ProfileProgram::Missing { profile } => {
+                    main.push(log_rule("", &flowlog::tag(name)));
                     main.push(Rule::new(
                         "counter drop",
                         format!("profile {profile} does not exist"),
@@ -1490,6 +1509,7 @@ fn endpoint_chain(
                 }
             }
         }
+        main.push(log_rule("", &flowlog::tag(name)));
         main.push(Rule::new(
             "counter drop",
             format!("no policy or profile allowed ({})", ep.endpoint),

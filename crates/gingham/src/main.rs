@@ -29,6 +29,7 @@ mod bgp_cmd;
 mod cni_k8s;
 mod cni_plugin;
 mod datastore;
+mod flows_cmd;
 mod ipam_cmd;
 mod kube_controllers_cmd;
 mod lab;
@@ -116,6 +117,9 @@ enum Command {
     /// Say whether one flow is allowed, which policy, rule or missing object decided, and
     /// what to change.
     Explain(reach_cmd::ExplainArgs),
+    /// Print the flows the agents logged: dropped traffic with its cause in `explain`'s
+    /// words (from every node of a lab, or one node's run directory).
+    Flows(flows_cmd::FlowsArgs),
     /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
     #[command(subcommand)]
     Manifests(manifests_cmd::ManifestsCmd),
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.as_deref()),
         Command::Reach(a) => reach_cmd::reach(a, &client),
         Command::Explain(a) => reach_cmd::explain(a, &client),
+        Command::Flows(a) => flows_cmd::run(a),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
         Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),
