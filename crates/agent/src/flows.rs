@@ -197,10 +197,7 @@ fn record(node: &str, view: &FlowView, logged: &Logged) -> Option<FlowRecord> {
 
 /// The log files of a run directory, oldest first.
 pub fn files(run_dir: &Path) -> [PathBuf; 2] {
-    [
-        run_dir.join(format!("{FILE}.1")),
-        run_dir.join(FILE),
-    ]
+    [run_dir.join(format!("{FILE}.1")), run_dir.join(FILE)]
 }
 
 /// Appends JSON lines, rotating at `max` bytes.
@@ -432,18 +429,26 @@ mod tests {
 
     #[test]
     fn decodes_ipv4_tcp_and_ipv6_udp() {
-        let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut v4 = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
         v4.extend([0x30, 0x39, 0, 80]);
         let h = decode(&v4).unwrap();
         assert_eq!(h.src, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(h.dst, "10.0.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!((h.protocol, h.src_port, h.dst_port), (6, Some(12345), Some(80)));
+        assert_eq!(
+            (h.protocol, h.src_port, h.dst_port),
+            (6, Some(12345), Some(80))
+        );
         let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
         v6.extend("fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
         v6.extend("fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
         v6.extend([0, 53, 0x01, 0xbb]);
         let h = decode(&v6).unwrap();
-        assert_eq!((h.protocol, h.src_port, h.dst_port), (17, Some(53), Some(443)));
+        assert_eq!(
+            (h.protocol, h.src_port, h.dst_port),
+            (17, Some(53), Some(443))
+        );
         // ICMP: no ports.
         let mut icmp = v4.clone();
         icmp[9] = 1;

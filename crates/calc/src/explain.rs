@@ -106,9 +106,7 @@ pub fn cause(step: &Step) -> String {
 
 /// The cause of a verdict: the last step of the stage that decided (see [`cause`]).
 pub fn verdict_cause(v: &Verdict) -> Option<String> {
-    v.deciding_stage()
-        .and_then(|s| s.steps.last())
-        .map(cause)
+    v.deciding_stage().and_then(|s| s.steps.last()).map(cause)
 }
 
 /// The place a flow was decided, in `explain`'s words (`ingress policy of pod ns/a`).

@@ -39,8 +39,8 @@ use ipnet::IpNet;
 use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
 mod flowlog;
-pub use flowlog::{FLOW_LOG_GROUP, FlowCause, flow_cause};
 use flowlog::log_rule;
+pub use flowlog::{FLOW_LOG_GROUP, FlowCause, flow_cause};
 
 /// The table Gingham owns; nothing else is ever touched.
 pub const TABLE: &str = "gingham";

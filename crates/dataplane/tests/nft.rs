@@ -251,8 +251,10 @@ fn every_flow_log_tag_names_its_cause() {
                     .unwrap_or_else(|| panic!("{}: tag {tag:?} names nothing", dir.display()));
                 assert!(!cause.cause.is_empty());
                 assert!(
-                    r.text.contains(&format!(" log group {} ", gingham_dataplane::render::FLOW_LOG_GROUP))
-                        && r.text.contains("limit rate"),
+                    r.text.contains(&format!(
+                        " log group {} ",
+                        gingham_dataplane::render::FLOW_LOG_GROUP
+                    )) && r.text.contains("limit rate"),
                     "{}",
                     r.text
                 );

@@ -75,10 +75,7 @@ fn sources(args: &FlowsArgs) -> Result<BTreeMap<String, PathBuf>> {
         if let Some(n) = &args.node
             && out.is_empty()
         {
-            bail!(
-                "the lab in {} has no node {n:?}",
-                args.dir.display()
-            );
+            bail!("the lab in {} has no node {n:?}", args.dir.display());
         }
         return Ok(out);
     }
@@ -154,7 +151,15 @@ fn row(r: &FlowRecord) -> Vec<String> {
     ]
 }
 
-const HEADER: [&str; 7] = ["TIME", "NODE", "SOURCE", "DESTINATION", "PORT", "VERDICT", "CAUSE"];
+const HEADER: [&str; 7] = [
+    "TIME",
+    "NODE",
+    "SOURCE",
+    "DESTINATION",
+    "PORT",
+    "VERDICT",
+    "CAUSE",
+];
 
 pub fn run(args: &FlowsArgs) -> Result<Exit> {
     let sources = sources(args)?;

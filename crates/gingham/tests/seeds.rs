@@ -48,7 +48,10 @@ impl Lab {
                 .into_iter()
                 .filter(|r| common::flow_is(r, from, to, *port, since))
                 .collect();
-            assert!(logged.is_empty(), "{from} -> {to}:{port} got through, yet was logged: {logged:#?}");
+            assert!(
+                logged.is_empty(),
+                "{from} -> {to}:{port} got through, yet was logged: {logged:#?}"
+            );
         }
     }
 

@@ -109,7 +109,11 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
             let dir = mode.dir();
             let ingress = Some(dir == "i");
             if let Some(index) = index {
-                for p in prog.tiers.iter().flat_map(|t| t.policies.iter().map(move |p| (t, p))) {
+                for p in prog
+                    .tiers
+                    .iter()
+                    .flat_map(|t| t.policies.iter().map(move |p| (t, p)))
+                {
                     let (tier, p) = p;
                     if policy_chain_name(&p.policy, dir) == chain {
                         return Some(FlowCause {

@@ -680,7 +680,13 @@ pub fn flows(dir: &str, denied: bool) -> Vec<serde_json::Value> {
 
 /// Whether a flow record is of a TCP flow from `from` (a pod, or a node by its name) to `to`
 /// on `port`, logged at or after `since`.
-pub fn flow_is(r: &serde_json::Value, from: &str, to: &str, port: u16, since: jiff::Timestamp) -> bool {
+pub fn flow_is(
+    r: &serde_json::Value,
+    from: &str,
+    to: &str,
+    port: u16,
+    since: jiff::Timestamp,
+) -> bool {
     let src = r["src"].as_str().unwrap_or_default();
     let time: Option<jiff::Timestamp> = r["time"].as_str().and_then(|t| t.parse().ok());
     (src == from || src == format!("node {from}"))
@@ -694,7 +700,11 @@ pub fn flow_is(r: &serde_json::Value, from: &str, to: &str, port: u16, since: ji
 /// `gingham flows --denied` shows for it within 1 s of the try.
 pub fn try_denied_and_flow(dir: &str, from: &str, to: &str, port: u16) -> serde_json::Value {
     let since = jiff::Timestamp::now();
-    assert_eq!(try_outcome(dir, from, to, "TCP", port), "no-answer", "{from} -> {to}:{port}");
+    assert_eq!(
+        try_outcome(dir, from, to, "TCP", port),
+        "no-answer",
+        "{from} -> {to}:{port}"
+    );
     let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         let all = flows(dir, true);
