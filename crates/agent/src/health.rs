@@ -92,6 +92,8 @@ pub struct Metrics {
     pub plumbing_repairs: Counter,
     /// The hit counters of every policy and profile rule, read from the kernel at scrape time.
     pub rules: RuleCounters,
+    /// Flow log packets dropped because the writer (or the socket) could not keep up.
+    pub flow_logs_dropped: Counter,
 }
 
 /// The names of the hit counter metrics (one home: the CLI reads them from here).
@@ -251,7 +253,7 @@ impl gingham_health::Metrics for Metrics {
             self.last_apply_seconds.clone(),
         );
         // prometheus-client adds `_total` to counters.
-        let counters: [(&str, &str, &Counter); 6] = [
+        let counters: [(&str, &str, &Counter); 7] = [
             ("programs", "Tables installed.", &self.programs),
             (
                 "errors",
@@ -273,6 +275,11 @@ impl gingham_health::Metrics for Metrics {
                 "plumbing_repairs",
                 "Routes, neighbours, sysctls and blackholes of local workloads put back.",
                 &self.plumbing_repairs,
+            ),
+            (
+                "flow_logs_dropped",
+                "Flow log packets dropped because the flow log could not keep up.",
+                &self.flow_logs_dropped,
             ),
         ];
         for (name, help, c) in counters {

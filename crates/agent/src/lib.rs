@@ -40,6 +40,7 @@ use gingham_datastore::{Datastore, EventKind, Listing, Revision, Watch};
 use gingham_model::{Kind, Resource};
 
 pub mod bgp;
+pub mod flows;
 pub mod health;
 pub mod mtu;
 pub mod plumbing;

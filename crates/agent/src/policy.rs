@@ -41,6 +41,8 @@ pub struct PolicyManager<B> {
     dirty: bool,
     refresh: Option<Duration>,
     last_check: Instant,
+    /// The flow logger's view, swapped after each installed table (when flow logs run).
+    flow_view: Option<crate::flows::SharedView>,
 }
 
 fn settings_from(
@@ -131,12 +133,19 @@ impl<B: Backend> PolicyManager<B> {
             dirty: true,
             refresh: config.refresh_interval.filter(|d| !d.is_zero()),
             last_check: Instant::now(),
+            flow_view: None,
         }
     }
 
     /// The programmer (and through it the backend: what was sent, for tests).
     pub fn programmer(&self) -> &Programmer<B> {
         &self.programmer
+    }
+
+    /// Keeps the flow logger's view of the programs and addresses up to date.
+    pub fn set_flow_view(&mut self, view: crate::flows::SharedView) {
+        self.flow_view = Some(view);
+        self.dirty = true;
     }
 
     pub fn programmer_mut(&mut self) -> &mut Programmer<B> {
@@ -165,6 +174,12 @@ impl<B: Backend> PolicyManager<B> {
             .collect();
         let endpoints = program.endpoints.len();
         let (chains, sets, set_members) = self.renderer.counts();
+        if let Some(view) = &self.flow_view {
+            let new = crate::flows::FlowView::new(&program.endpoints, self.calc.snapshot());
+            if let Ok(mut v) = view.lock() {
+                *v = std::sync::Arc::new(new);
+            }
+        }
         let result = if check {
             self.programmer.check(self.renderer.table().clone())
         } else {

@@ -112,6 +112,10 @@ impl<'a> Peer<'a> {
     }
 }
 
+/// Why a workload's packet to its own host is dropped (the step `explain` shows).
+pub const ENDPOINT_TO_HOST_DROP: &str =
+    "DefaultEndpointToHostAction is Drop (felix's default): workloads may not reach their own host";
+
 /// Where in the packet's path a decision was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -499,10 +503,7 @@ impl Snapshot {
                             Outcome::Allow,
                             "DefaultEndpointToHostAction is Return: the packet leaves Gingham's rules for the host's own firewall (host endpoint policy does not apply)",
                         ),
-                        _ => (
-                            Outcome::Deny,
-                            "DefaultEndpointToHostAction is Drop (felix's default): workloads may not reach their own host",
-                        ),
+                        _ => (Outcome::Deny, ENDPOINT_TO_HOST_DROP),
                     };
                     out.stages.push(Stage {
                         kind: StageKind::EndpointToHost,

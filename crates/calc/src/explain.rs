@@ -114,6 +114,36 @@ pub fn missing_tier_fix(tier: &str) -> String {
     )
 }
 
+/// The cause of a decision in `explain`'s words: the line `explain` prints for the step that
+/// decided, without its indentation. Flow logs use it for the drops they observe, so a flow
+/// record and `explain` name a cause with the same text.
+pub fn step_cause(step: &Step) -> String {
+    step_line(step).trim().to_owned()
+}
+
+/// The cause of a verdict: the last step of the stage that decided (see [`step_cause`]).
+pub fn verdict_cause(v: &Verdict) -> Option<String> {
+    v.deciding_stage()
+        .and_then(|s| s.steps.last())
+        .map(step_cause)
+}
+
+/// The place a flow was decided, in `explain`'s words (`ingress policy of pod ns/a`).
+pub fn stage_words(kind: StageKind, endpoint: &str) -> String {
+    stage_title(&Stage {
+        kind,
+        endpoint: endpoint.to_owned(),
+        endpoint_key: String::new(),
+        steps: Vec::new(),
+        outcome: Outcome::Continue,
+    })
+}
+
+/// A drop `explain` never reports, because the policy alone cannot cause it: a workload
+/// interface the agent has not programmed yet is closed.
+pub const NO_PROGRAM: &str =
+    "the workload's interface has no program yet: it is closed until the agent programs it";
+
 /// What to change, from the step that decided.
 fn advice(snap: &Snapshot, v: &Verdict, stage: &Stage) -> Vec<String> {
     let mut out = Vec::new();

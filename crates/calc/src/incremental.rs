@@ -257,6 +257,11 @@ impl Calculator {
     }
 
     /// The current desired state (what applying every change so far gives).
+    /// The resources the calculator holds, compiled (every endpoint, node and policy).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
     pub fn state(&self) -> NodeProgram {
         NodeProgram {
             endpoints: self

@@ -39,6 +39,10 @@ use ipnet::IpNet;
 use crate::counters::{ChainOrigin, Origins, Owner};
 use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
+mod flowlog;
+use flowlog::log_rule;
+pub use flowlog::{FLOW_LOG_GROUP, FlowCause, flow_cause};
+
 /// The table Gingham owns; nothing else is ever touched.
 pub const TABLE: &str = "gingham";
 /// Mark bits: a stage allowed the packet / a policy passed it to the next tier.
@@ -441,9 +445,12 @@ fn action_text(a: Action) -> &'static str {
 /// nft rule by its id (the chain's [`ChainOrigin`] record).
 fn rules_chain(
     label: &str,
+    chain: &str,
     rules: &[RuleProgram],
     names: &SetNames,
 ) -> (Chain, HashMap<String, usize>) {
+    // The flow log's tag of a rule: its chain and index (see `flowlog`).
+    let tag = flowlog::tag(chain);
     let mut out = Vec::new();
     let mut origins = HashMap::new();
     for r in rules {
@@ -456,6 +463,15 @@ fn rules_chain(
             String::new()
         };
         for line in rule_lines(r, action_text(r.action), &prefix, names) {
+            if r.action == Action::Deny
+                && let Some(matches) = line.strip_suffix("counter drop")
+            {
+                // The flow log's rule belongs to the same policy rule (it has no counter, so
+                // the hit counters count the drop once).
+                let log = log_rule(matches, &format!("{tag} {}", r.index));
+                origins.insert(log.id().to_owned(), r.index);
+                out.push(log);
+            }
             let rule = Rule::new(line, format!("{label} rule {}", r.index));
             origins.insert(rule.id().to_owned(), r.index);
             out.push(rule);
@@ -931,7 +947,7 @@ impl Renderer {
             }
             for (n, label, rules, owner) in shared {
                 if self.fresh.insert(n.clone()) {
-                    let (c, by_id) = rules_chain(&label, rules, &self.names);
+                    let (c, by_id) = rules_chain(&label, &n, rules, &self.names);
                     let direction = if dir == "i" {
                         Direction::Ingress
                     } else {
@@ -1275,7 +1291,10 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("{ifname} \"{prefix}*\" counter drop"),
             "workload without a program",
         );
-        table.chains.insert(name.into(), Chain::regular(vec![drop]));
+        let log = log_rule(&format!("{ifname} \"{prefix}*\" "), flowlog::NO_PROGRAM);
+        table
+            .chains
+            .insert(name.into(), Chain::regular(vec![log, drop]));
     }
     if hosts.any {
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
@@ -1297,7 +1316,10 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("{clear} return"),
             "DefaultEndpointToHostAction Return",
         )),
-        _ => to_host.push(r("counter drop".into(), "DefaultEndpointToHostAction Drop")),
+        _ => to_host.extend([
+            log_rule("", flowlog::TO_HOST),
+            r("counter drop".into(), "DefaultEndpointToHostAction Drop"),
+        ]),
     }
     table
         .chains
@@ -1504,6 +1526,7 @@ fn endpoint_chain(
             ));
         }
         if chain.end_of_tier && tier.default_action != Action::Pass {
+            rules.push(log_rule("", &flowlog::tag(&tname)));
             rules.push(Rule::new(
                 "counter drop",
                 format!("end of tier {}", tier.tier),
@@ -1516,6 +1539,7 @@ fn endpoint_chain(
         for p in &chain.profiles {
             match p {
                 ProfileProgram::Missing { profile } => {
+                    main.push(log_rule("", &flowlog::tag(name)));
                     main.push(Rule::new(
                         "counter drop",
                         format!("profile {profile} does not exist"),
@@ -1528,6 +1552,7 @@ fn endpoint_chain(
                 }
             }
         }
+        main.push(log_rule("", &flowlog::tag(name)));
         main.push(Rule::new(
             "counter drop",
             format!("no policy or profile allowed ({})", ep.endpoint),

@@ -141,9 +141,10 @@ fn every_policy_and_profile_rule_maps_to_its_tier_policy_direction_and_index() {
                 *m.entry(o).or_default() += 1;
                 m
             });
-    // The nft rules of each policy rule: one per family, and per port alternative.
+    // The nft rules of each policy rule: one per family, and per port alternative; a Deny
+    // rule's flow-log rule (no counter) before each of its drops.
     let want = BTreeMap::from([
-        (origin(&guard, Direction::Ingress, 0), 2),
+        (origin(&guard, Direction::Ingress, 0), 4),
         (origin(&guard, Direction::Ingress, 1), 2),
         (origin(&guard, Direction::Egress, 0), 2),
         (origin(&web, Direction::Ingress, 0), 2),
@@ -160,11 +161,20 @@ fn every_policy_and_profile_rule_maps_to_its_tier_policy_direction_and_index() {
             .iter()
             .find(|x| x.id() == id)
             .unwrap();
-        assert!(
-            rule.note.ends_with(&format!(" rule {}", o.rule)),
-            "{chain}: {} recorded as {o:?}",
-            rule.note
-        );
+        if rule.note == "flow log" {
+            // Its log prefix is the chain's tag and the rule's index.
+            assert!(
+                rule.text.contains(&format!(" {}\"", o.rule)) && !rule.text.contains("counter"),
+                "{chain}: {} recorded as {o:?}",
+                rule.text
+            );
+        } else {
+            assert!(
+                rule.note.ends_with(&format!(" rule {}", o.rule)),
+                "{chain}: {} recorded as {o:?}",
+                rule.note
+            );
+        }
     }
     assert_eq!(guard.kind(), "globalnetworkpolicy");
     assert_eq!(

@@ -30,6 +30,7 @@ mod cni_k8s;
 mod cni_plugin;
 mod datastore;
 mod diff_cmd;
+mod flows_cmd;
 mod hits;
 mod ipam_cmd;
 mod kube_controllers_cmd;
@@ -127,6 +128,9 @@ enum Command {
     /// The connectivity difference between two policy sets (files, or files against the
     /// datastore): per port, the pairs that gain and lose access, each loss with its cause.
     Diff(diff_cmd::DiffArgs),
+    /// Print the flows the agents logged: dropped traffic with its cause in `explain`'s
+    /// words (from every node of a lab, or one node's run directory).
+    Flows(flows_cmd::FlowsArgs),
     /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
     #[command(subcommand)]
     Manifests(manifests_cmd::ManifestsCmd),
@@ -192,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Explain(a) => reach_cmd::explain(a, &client),
         Command::Lint(a) => lint_cmd::run(a, &client),
         Command::Diff(a) => diff_cmd::diff(a, &client),
+        Command::Flows(a) => flows_cmd::run(a),
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
         Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),

@@ -259,6 +259,12 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             true,
         ),
+        // A run directory without a flow log: the (empty) list is printed.
+        ["flows"] => (
+            s(&["flows", "--run-dir", &f.path("run-flows"), "-o", "json"]),
+            "",
+            true,
+        ),
         _ => return None,
     };
     Some(Invocation {

@@ -22,14 +22,35 @@ impl Lab {
         common::try_outcome(&self.dir, from, to, "TCP", port)
     }
 
-    /// Asserts what each flow does, once the agents have programmed every write so far.
+    /// Asserts what each flow does, once the agents have programmed every write so far. Each
+    /// blocked flow shows up in `gingham flows --denied` within 1 s with the cause `explain`
+    /// gives; flows that get through are not logged.
     fn expect(&self, flows: &[(&str, &str, u16, &str)]) {
         common::wait_programmed(&self.dir);
         for (from, to, port, want) in flows {
+            if *want == "no-answer" {
+                let record = common::try_denied_and_flow(&self.dir, from, to, *port);
+                let explained = self.explain(from, to, *port);
+                assert_eq!(
+                    record["cause"].as_str().unwrap_or_default(),
+                    common::explain_cause(&explained),
+                    "{from} -> {to}:{port}: the flow log's cause is not explain's:\n{record:#}\n{explained}"
+                );
+                continue;
+            }
+            let since = jiff::Timestamp::now();
             assert_eq!(
                 self.outcome(from, to, *port),
                 *want,
                 "{from} -> {to}:{port}"
+            );
+            let logged: Vec<_> = common::flows(&self.dir, false)
+                .into_iter()
+                .filter(|r| common::flow_is(r, from, to, *port, since))
+                .collect();
+            assert!(
+                logged.is_empty(),
+                "{from} -> {to}:{port} got through, yet was logged: {logged:#?}"
             );
         }
     }

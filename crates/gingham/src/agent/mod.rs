@@ -85,6 +85,18 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         let watch = gingham_agent::bgp::kube::KubeWatch::start(path, &ns)?;
         agent.bgp.set_side_inputs(Box::new(watch));
     }
+    if !args.once {
+        // Flow logs of dropped traffic (NFLOG); the agent runs without them if the kernel
+        // refuses (no nfnetlink_log).
+        match gingham_agent::flows::start(
+            &args.node,
+            &config.run_dir,
+            agent.health.metrics.flow_logs_dropped.clone(),
+        ) {
+            Ok(logger) => agent.policy.set_flow_view(logger.view),
+            Err(e) => tracing::warn!(error = %e, "flow logs are off: cannot read NFLOG"),
+        }
+    }
     if args.health_port != 0 && !args.once {
         gingham_agent::health::serve(&agent.health, args.health_port)?;
     }

@@ -34,7 +34,7 @@ use pods::{Inputs, add_pod, load_inputs, remove_pod};
 use state::{PodState, State, load_state, save_state, state_path};
 
 /// Where labs keep their state by default (tmpfs: gone on reboot, like the namespaces).
-const DEFAULT_DIR: &str = "/run/gingham/lab";
+pub const DEFAULT_DIR: &str = "/run/gingham/lab";
 /// Where the lab's agents serve /metrics, on their node's loopback.
 const AGENT_HEALTH_PORT: u16 = 9099;
 /// The metric in which an agent says up to which datastore revision its table is programmed.
@@ -341,6 +341,21 @@ fn fnv_hex(s: &str) -> String {
         out.push_str(&format!("{h:016x}"));
     }
     out
+}
+
+/// Each node's run directory (where its agent writes its flow log), when a lab is in `dir`.
+pub fn node_run_dirs(dir: &Path) -> Result<Option<Vec<(String, PathBuf)>>> {
+    if !state_path(dir).exists() {
+        return Ok(None);
+    }
+    let state = load_state(dir)?;
+    Ok(Some(
+        state
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), State::run_dir(dir, &n.name)))
+            .collect(),
+    ))
 }
 
 /// The lab directory as an absolute path: it is handed to processes in other namespaces.

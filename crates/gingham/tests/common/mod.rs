@@ -659,3 +659,64 @@ pub fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The cause `gingham explain`'s text gives for a flow: the last step of the stage that
+/// decided (the line before its advice), without its indentation.
+pub fn explain_cause(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with("  =>") && !l.starts_with("  staged"))
+        .last()
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `gingham flows -o json` for the lab in `dir` (`--denied` with `denied`): the records.
+pub fn flows(dir: &str, denied: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["flows", "--dir", dir, "-o", "json", "--since", "1h"];
+    if denied {
+        args.push("--denied");
+    }
+    let v: serde_json::Value = serde_json::from_str(&ok_in(&args, None)).unwrap();
+    v["flows"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether a flow record is of a TCP flow from `from` (a pod, or a node by its name) to `to`
+/// on `port`, logged at or after `since`.
+pub fn flow_is(
+    r: &serde_json::Value,
+    from: &str,
+    to: &str,
+    port: u16,
+    since: jiff::Timestamp,
+) -> bool {
+    let src = r["src"].as_str().unwrap_or_default();
+    let time: Option<jiff::Timestamp> = r["time"].as_str().and_then(|t| t.parse().ok());
+    (src == from || src == format!("node {from}"))
+        && r["dst"] == to
+        && r["port"] == port
+        && r["protocol"] == "TCP"
+        && time.is_some_and(|t| t >= since)
+}
+
+/// Tries one TCP connection that policy must drop and returns the denied flow record that
+/// `gingham flows --denied` shows for it within 1 s of the try.
+pub fn try_denied_and_flow(dir: &str, from: &str, to: &str, port: u16) -> serde_json::Value {
+    let since = jiff::Timestamp::now();
+    assert_eq!(
+        try_outcome(dir, from, to, "TCP", port),
+        "no-answer",
+        "{from} -> {to}:{port}"
+    );
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let all = flows(dir, true);
+        if let Some(r) = all.iter().find(|r| flow_is(r, from, to, port, since)) {
+            return r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no denied flow {from} -> {to}:{port} in `gingham flows --denied` 1 s after the try: {all:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
