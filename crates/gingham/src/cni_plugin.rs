@@ -1380,6 +1380,41 @@ mod tests {
     }
 
     #[test]
+    fn on_kdd_only_a_pods_eth0_is_added_and_it_is_refused_before_the_datastore() {
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "k8s-pod-network",
+            "type": "gingham", "nodename": "node-a", "datastore_type": "kubernetes",
+            "kubernetes": {"kubeconfig": "/nonexistent/kubeconfig"}});
+        let add = |ifname: &str, args: &str| {
+            let env = BTreeMap::from(
+                [
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_NETNS", "/proc/self/ns/net"),
+                    ("CNI_IFNAME", ifname),
+                    ("CNI_ARGS", args),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            let inv = Invocation::parse(&env, conf.to_string().as_bytes()).unwrap();
+            add(&inv).err().expect("refused")
+        };
+        let pod = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web";
+        // Not a pod, or not its eth0: refused before the kubeconfig is even read.
+        for (ifname, args, says) in [
+            ("eth0", "", "CNI_ARGS names no pod"),
+            ("net1", pod, "CNI_IFNAME=\"net1\""),
+        ] {
+            let e = add(ifname, args);
+            assert_eq!(e.code, ErrorCode::InvalidEnvironment as u32, "{}", e.msg);
+            assert!(e.msg.contains(says), "{}", e.msg);
+        }
+        // A pod's eth0 goes on to the datastore.
+        let e = add("eth0", pod);
+        assert!(e.msg.contains("/nonexistent/kubeconfig"), "{}", e.msg);
+        assert!(e.msg.contains("nothing was allocated"), "{}", e.msg);
+    }
+
+    #[test]
     fn container_ids_calico_accepts_are_kept() {
         for id in ["c0ffee", "abc-123", "0"] {
             assert_eq!(calico_container_id(id), id);
