@@ -648,3 +648,146 @@ fn sys_kdd_add_writes_the_pods_annotations_del_clears_them_and_api_down_fails_ad
     let links = c.node.exec_ok(&["ip", "-o", "link"]);
     assert!(!links.contains("cali"), "no veth: {links}");
 }
+
+/// The agent's `gingham_agent_datastore_revision` (the revision its dataplane reflects), read
+/// from its /metrics on `port` inside `node`.
+fn agent_revision(node: &TestNetns, port: u16) -> Option<i64> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // A socket keeps the namespace it was made in.
+    let mut stream = gingham_net::netns::in_netns_same_thread(&NetnsRef::Path(node.path()), || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+    })
+    .ok()?
+    .ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("gingham_agent_datastore_revision "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
+/// The agent on the Kubernetes datastore (`--datastore kubernetes:KUBECONFIG`, no controllers,
+/// as Calico in KDD mode): a Kubernetes NetworkPolicy made with kubectl is programmed (its
+/// `knp.default.` policy gets a chain in the node's table) once the agent's revision reaches the
+/// policy's resourceVersion, and deleting it removes the chain.
+#[test]
+fn sys_kdd_agent_programs_a_kubernetes_network_policy() {
+    gingham_testkit::require_tool("nft");
+    let mut c = Cluster::new();
+    let ds = c.on_kdd();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c, image: busybox}]}\n",
+    );
+    let web = TestNetns::new("cnikp");
+    c.cni_ok("ADD", "shop", "web-0", &web.path());
+    let port = 19_099;
+    let run_dir = c.dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut agent = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c.node.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ])
+        .args([
+            "agent",
+            "--node",
+            "node-a",
+            "--networking",
+            "none",
+            "--refresh-interval",
+            "0",
+        ])
+        .args([
+            "--health-port",
+            &port.to_string(),
+            "--datastore",
+            &ds,
+            "--run-dir",
+        ])
+        .arg(&run_dir)
+        .env_remove("GINGHAM_DATASTORE")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let agent = Kill(&mut agent);
+    let kubectl = |args: &[&str]| {
+        let kc = c.kubeconfig().display().to_string();
+        let mut full = vec!["kubectl", "--kubeconfig", kc.as_str()];
+        full.extend_from_slice(args);
+        c.node.exec_ok(&full)
+    };
+    let wait_revision = |rv: i64| {
+        common::wait_until("the agent's revision", 20, || {
+            match agent_revision(&c.node, port) {
+                Some(r) if r >= rv => Ok(()),
+                other => Err(format!("at {other:?}, waiting for {rv}")),
+            }
+        })
+    };
+    let policy_chains = || -> usize {
+        c.node
+            .exec_ok(&["nft", "list", "table", "inet", "gingham"])
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                l.starts_with("chain p") && !l.starts_with("chain pre")
+            })
+            .count()
+    };
+    // Programmed what there is: the pod, allowed by its namespace's profile, no policy chain.
+    let now: i64 = kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        "shop",
+        "web-0",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    wait_revision(now);
+    assert_eq!(policy_chains(), 0);
+    let file = c.dir.path().join("np.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-in, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n",
+    )
+    .unwrap();
+    c.kubectl("create", &file);
+    let rv: i64 = kubectl(&[
+        "get",
+        "networkpolicy",
+        "-n",
+        "shop",
+        "web-in",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    wait_revision(rv);
+    assert!(policy_chains() > 0, "the policy is programmed");
+    kubectl(&["delete", "networkpolicy", "-n", "shop", "web-in"]);
+    let after = c.backing.revision().unwrap();
+    wait_revision(after);
+    assert_eq!(policy_chains(), 0, "the policy's chain is gone");
+    drop(agent);
+}
