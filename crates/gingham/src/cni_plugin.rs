@@ -1396,7 +1396,7 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned())),
             );
             let inv = Invocation::parse(&env, conf.to_string().as_bytes()).unwrap();
-            add(&inv).err().expect("refused")
+            add(&inv).expect_err("refused")
         };
         let pod = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web";
         // Not a pod, or not its eth0: refused before the kubeconfig is even read.

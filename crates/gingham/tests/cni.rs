@@ -429,6 +429,9 @@ fn sys_pool_exhaustion_is_a_clear_cni_error() {
 /// The namespace of the pods [`fifty_at_once`] adds.
 const LOAD_NAMESPACE: &str = "load";
 
+/// Pods to be added: (pod name, node name).
+type Placed<'a> = [(String, &'a str)];
+
 /// 50 ADDs at once (one node, then two), then 50 DELs at once: distinct addresses, a clean
 /// `gingham ipam check`, nothing left behind. The checks run inside a node, like the plugin.
 /// `ds` is the CLI's `--datastore`; `net_conf(node)` the network configuration the plugin gets
@@ -438,7 +441,7 @@ fn fifty_at_once(
     ds: &str,
     nodes: &[Node; 2],
     net_conf: &(dyn Fn(&str) -> String + Sync),
-    before_adds: &dyn Fn(&[(String, &str)]),
+    before_adds: &dyn Fn(&Placed<'_>),
 ) {
     // The nodes exist (calico/node or `gingham lab` registers them), so their blocks are not leaks.
     let node_file = tempfile::NamedTempFile::new().unwrap();
@@ -652,7 +655,7 @@ fn sys_fifty_parallel_adds_on_kubernetes() {
         serde_json::Value::Object(c.clone()).to_string()
     };
     // The pods exist, each bound to its node, before their ADDs (a kubelet's order).
-    let make_pods = |pods: &[(String, &str)]| {
+    let make_pods = |pods: &Placed<'_>| {
         let items: Vec<serde_json::Value> = pods
             .iter()
             .map(|(pod, node)| {
