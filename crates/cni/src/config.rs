@@ -17,10 +17,12 @@ pub struct NetConf {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
-    /// Our datastore URL (`sqlite:PATH`, `etcd`, `etcd:URL`); overrides `datastore_type`.
+    /// Our datastore URL (`sqlite:PATH`, `etcd`, `etcd:URL`, `kubernetes:KUBECONFIG`); overrides
+    /// `datastore_type`.
     #[serde(default)]
     pub datastore: Option<String>,
-    /// Calico's `datastore_type` (`etcdv3`; `kubernetes` is not supported).
+    /// Calico's `datastore_type`: `etcdv3` (with the `etcd_*` fields) or `kubernetes` (the API
+    /// server from the `kubernetes` section, else `KUBECONFIG` or in-cluster).
     #[serde(default)]
     pub datastore_type: Option<String>,
     #[serde(default)]
@@ -158,7 +160,8 @@ pub struct PolicyConfig {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// The `kubernetes` section: where the API server is.
+/// The `kubernetes` section: where the API server is (for `policy: {type: k8s}` and for
+/// `datastore_type: kubernetes`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct KubernetesConfig {
     /// A kubeconfig file.

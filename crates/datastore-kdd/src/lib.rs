@@ -100,6 +100,16 @@ fn map_error(e: MapError) -> Error {
     }
 }
 
+/// The store's own runtime: its calls are synchronous, as the other backends'.
+fn runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gingham-kdd")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Backend(format!("cannot start the Kubernetes client: {e}")))
+}
+
 /// The store.
 pub struct KddStore {
     rt: Arc<Runtime>,
@@ -118,40 +128,49 @@ impl KddStore {
     /// (`KUBECONFIG`, `~/.kube/config`, then the in-cluster service account), and checks that
     /// the API server answers and serves Calico's CRDs.
     pub fn connect(kubeconfig: Option<&Path>) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("gingham-kdd")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Backend(format!("cannot start the Kubernetes client: {e}")))?;
+        let rt = runtime()?;
         let source = match kubeconfig {
             Some(p) => p.display().to_string(),
             None => "KUBECONFIG or in-cluster".to_owned(),
         };
-        let (client, server) = rt.block_on(async {
-            let config = match kubeconfig {
+        let config = rt.block_on(async {
+            match kubeconfig {
                 Some(p) => {
                     let kc = Kubeconfig::read_from(p).map_err(|e| {
                         Error::Config(format!("cannot read the kubeconfig {}: {e}", p.display()))
                     })?;
                     kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                         .await
-                        .map_err(|e| {
-                            Error::Config(format!("the kubeconfig {}: {e}", p.display()))
-                        })?
+                        .map_err(|e| Error::Config(format!("the kubeconfig {}: {e}", p.display())))
                 }
                 None => kube::Config::infer().await.map_err(|e| {
                     Error::Config(format!(
                         "cannot find the Kubernetes API server (set KUBECONFIG, give kubernetes:/path/to/kubeconfig, or run in a pod): {e}"
                     ))
-                })?,
-            };
-            let server = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config).map_err(|e| {
-                Error::Config(format!("cannot make a client for the API server {server}: {e}"))
-            })?;
-            Ok::<_, Error>((client, server))
+                }),
+            }
         })?;
+        Self::start(rt, config, source)
+    }
+
+    /// Connects with a client configuration made elsewhere (the CNI plugin builds one from its
+    /// network configuration, as Calico's does); `source` says where it came from, for
+    /// messages. Checks that the API server answers and serves Calico's CRDs.
+    pub fn with_config(config: kube::Config, source: &str) -> Result<Self> {
+        Self::start(runtime()?, config, source.to_owned())
+    }
+
+    fn start(rt: Runtime, config: kube::Config, source: String) -> Result<Self> {
+        let server = config.cluster_url.to_string();
+        let client = {
+            // Making a client spawns its connection machinery on the current runtime.
+            let _in_runtime = rt.enter();
+            kube::Client::try_from(config).map_err(|e| {
+                Error::Config(format!(
+                    "cannot make a client for the API server {server}: {e}"
+                ))
+            })?
+        };
         let store = Self {
             rt: Arc::new(rt),
             k8s: K8sObjects::new(client.clone(), server.clone()),

@@ -42,8 +42,21 @@ fn api_error(msg: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::Kubernetes, msg.to_string())
 }
 
-/// The API server's client configuration from the network configuration.
+/// The API server's client configuration from the network configuration (`policy: {type:
+/// k8s}` needs one).
 async fn client_config(conf: &NetConf) -> Result<kube::Config, CniError> {
+    configured(conf).await?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "network configuration: policy type \"k8s\" reads the pod from the Kubernetes API and needs kubernetes.kubeconfig (or kubernetes.k8s_api_root)",
+        )
+    })
+}
+
+/// The client configuration the network configuration gives (`kubernetes.kubeconfig`,
+/// `k8s_api_root`, the `policy.k8s_*` overrides), as Calico's plugin builds its client; `None`
+/// when it names no API server.
+async fn configured(conf: &NetConf) -> Result<Option<kube::Config>, CniError> {
     let root = conf.k8s_api_root();
     let mut config = match (conf.kubeconfig(), &root) {
         (Some(path), _) => {
@@ -63,12 +76,7 @@ async fn client_config(conf: &NetConf) -> Result<kube::Config, CniError> {
                 })?
         }
         (None, Some(root)) => kube::Config::new(parse_root(root)?),
-        (None, None) => {
-            return Err(CniError::new(
-                ErrorCode::InvalidConfig,
-                "network configuration: policy type \"k8s\" reads the pod from the Kubernetes API and needs kubernetes.kubeconfig (or kubernetes.k8s_api_root)",
-            ));
-        }
+        (None, None) => return Ok(None),
     };
     if let Some(root) = &root {
         config.cluster_url = parse_root(root)?;
@@ -94,7 +102,44 @@ async fn client_config(conf: &NetConf) -> Result<kube::Config, CniError> {
             config.root_cert = None;
         }
     }
-    Ok(config)
+    Ok(Some(config))
+}
+
+/// The Kubernetes datastore for Calico's `datastore_type: kubernetes`: the API server the
+/// network configuration names (as for [`lookup`]), else `KUBECONFIG` or the pod's service
+/// account, as Calico's plugin finds it. Every request is bounded by [`API_TIMEOUT`]; an API
+/// server that cannot be reached (or does not serve Calico's CRDs) fails here, before anything
+/// is allocated.
+pub fn kdd_store(conf: &NetConf) -> Result<gingham_datastore_kdd::KddStore, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| api_error(format!("cannot start the Kubernetes client: {e}")))?;
+    let (mut config, source) = match rt.block_on(configured(conf))? {
+        Some(c) => {
+            let source = conf.kubeconfig().map_or_else(
+                || "network configuration field kubernetes.k8s_api_root".to_owned(),
+                |k| format!("network configuration field kubernetes.kubeconfig {k}"),
+            );
+            (c, source)
+        }
+        None => {
+            let c = rt.block_on(kube::Config::infer()).map_err(|e| {
+                CniError::new(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "network configuration: datastore_type \"kubernetes\" needs the API server: set kubernetes.kubeconfig (or KUBECONFIG, or run in a pod): {e}"
+                    ),
+                )
+            })?;
+            (c, "KUBECONFIG or in-cluster".to_owned())
+        }
+    };
+    config.connect_timeout = Some(API_TIMEOUT);
+    config.read_timeout = Some(API_TIMEOUT);
+    config.write_timeout = Some(API_TIMEOUT);
+    gingham_datastore_kdd::KddStore::with_config(config, &source)
+        .map_err(|e| CniError::new(ErrorCode::Datastore, format!("datastore: {e}")))
 }
 
 fn parse_root(root: &str) -> Result<http::Uri, CniError> {

@@ -26,6 +26,7 @@ use gingham_cni::{
 };
 use gingham_datastore::Datastore;
 use gingham_datastore_etcd::{EtcdConfig, EtcdStore};
+use gingham_datastore_kdd::k8s_backed::POD_ENDPOINT;
 use gingham_ipam::{AssignIpRequest, AssignRequest, Ipam, PoolSpec, Use};
 use gingham_model::endpoint::{WorkloadEndpoint, WorkloadEndpointSpec};
 use gingham_model::meta::ObjectMeta;
@@ -41,7 +42,7 @@ const NODENAME_FILE: &str = "/var/lib/calico/nodename";
 /// The annotation on a WorkloadEndpoint that records the container ID exactly as the runtime
 /// gave it (Calico records it under this key on pods), for container IDs that a Calico
 /// `spec.containerID` cannot hold as they are (upper case, `_`, `.`).
-pub const CONTAINER_ID_ANNOTATION: &str = "cni.projectcalico.org/containerID";
+pub const CONTAINER_ID_ANNOTATION: &str = gingham_model::k8s::ANNOTATION_CONTAINER_ID;
 
 /// The container ID the runtime used for an endpoint: the annotation when present, else
 /// `spec.containerID`.
@@ -210,37 +211,72 @@ fn store_error(e: impl std::fmt::Display) -> CniError {
     CniError::new(ErrorCode::Datastore, format!("datastore: {e}"))
 }
 
-/// The datastore named by the network configuration: `datastore` (a Gingham URL), Calico's
-/// `datastore_type: etcdv3` with `etcd_endpoints` and the `etcd_*_file` fields, else
-/// `GINGHAM_DATASTORE`, else the default SQLite file.
-fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
-    match conf.datastore_type.as_deref() {
-        None | Some("" | "etcdv3" | "etcd") => {}
-        Some(other) => {
+/// Where the network configuration keeps the datastore.
+enum Location {
+    /// Calico's `datastore_type: etcdv3` (or `etcd_endpoints`) with its `etcd_*` fields.
+    Etcd(EtcdConfig),
+    /// Calico's `datastore_type: kubernetes`: the API server from the `kubernetes` section
+    /// (`kubeconfig`, `k8s_api_root`), else `KUBECONFIG` or in-cluster.
+    Kubernetes,
+    /// Our `datastore` URL, else `GINGHAM_DATASTORE`/`DATASTORE_TYPE`, else the default file.
+    Url(DatastoreUrl),
+}
+
+impl Location {
+    /// The datastore the network configuration names: `datastore` (a Gingham URL) first, then
+    /// Calico's `datastore_type` (`etcdv3` with `etcd_endpoints` and the `etcd_*_file` fields,
+    /// or `kubernetes` with the `kubernetes` section), else `GINGHAM_DATASTORE`, else the
+    /// default SQLite file.
+    fn of(conf: &NetConf) -> Result<Location, CniError> {
+        let kind = conf.datastore_type.as_deref().unwrap_or_default();
+        if !matches!(kind, "" | "etcdv3" | "etcd" | "kubernetes") {
             return Err(CniError::new(
                 ErrorCode::InvalidConfig,
                 format!(
-                    "network configuration field datastore_type {other:?} is not supported yet (valid: etcdv3, or a `datastore` URL)"
+                    "network configuration field datastore_type {kind:?} is not a datastore type (valid: etcdv3, kubernetes, or a `datastore` URL)"
                 ),
             ));
         }
-    }
-    let etcd_wanted = conf.etcd_endpoints.is_some()
-        || matches!(conf.datastore_type.as_deref(), Some("etcdv3" | "etcd"));
-    if etcd_wanted && conf.datastore.is_none() {
-        let mut cfg = EtcdConfig::from_env();
-        if let Some(eps) = &conf.etcd_endpoints {
-            cfg.endpoints = eps.split(',').map(|s| s.trim().to_owned()).collect();
+        if conf.datastore.is_none() {
+            if kind == "kubernetes" {
+                return Ok(Location::Kubernetes);
+            }
+            if conf.etcd_endpoints.is_some() || matches!(kind, "etcdv3" | "etcd") {
+                let mut cfg = EtcdConfig::from_env();
+                if let Some(eps) = &conf.etcd_endpoints {
+                    cfg.endpoints = eps.split(',').map(|s| s.trim().to_owned()).collect();
+                }
+                cfg.ca_cert_file = conf.etcd_ca_cert_file.clone().or(cfg.ca_cert_file);
+                cfg.cert_file = conf.etcd_cert_file.clone().or(cfg.cert_file);
+                cfg.key_file = conf.etcd_key_file.clone().or(cfg.key_file);
+                return Ok(Location::Etcd(cfg));
+            }
         }
-        cfg.ca_cert_file = conf.etcd_ca_cert_file.clone().or(cfg.ca_cert_file);
-        cfg.cert_file = conf.etcd_cert_file.clone().or(cfg.cert_file);
-        cfg.key_file = conf.etcd_key_file.clone().or(cfg.key_file);
-        let store = EtcdStore::connect(cfg).map_err(store_error)?;
-        return Ok(Arc::new(store));
+        DatastoreUrl::resolve(conf.datastore.as_deref())
+            .map(Location::Url)
+            .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("datastore: {e:#}")))
     }
-    let url = DatastoreUrl::resolve(conf.datastore.as_deref())
-        .map_err(|e| CniError::new(ErrorCode::InvalidConfig, format!("datastore: {e:#}")))?;
-    url.open().map_err(|e| store_error(format!("{e:#}")))
+
+    /// Whether this is the Kubernetes datastore, where a WorkloadEndpoint is its pod.
+    fn is_kubernetes(&self) -> bool {
+        matches!(
+            self,
+            Location::Kubernetes | Location::Url(DatastoreUrl::Kubernetes(_))
+        )
+    }
+
+    fn open(self, conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
+        match self {
+            Location::Etcd(cfg) => Ok(Arc::new(EtcdStore::connect(cfg).map_err(store_error)?)),
+            Location::Kubernetes => Ok(Arc::new(crate::cni_k8s::kdd_store(conf)?)),
+            Location::Url(url) => url.open().map_err(|e| store_error(format!("{e:#}"))),
+        }
+    }
+}
+
+/// The datastore named by the network configuration ([`Location::of`]).
+fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
+    Location::of(conf)?.open(conf)
 }
 
 /// The node name as Calico's plugin finds it: `nodename` in the config, the file named by
@@ -350,6 +386,27 @@ impl Workload {
             ));
         }
         Ok(w)
+    }
+
+    /// Why this workload can have no WorkloadEndpoint in the Kubernetes datastore, where an
+    /// endpoint is its pod's `eth0` and lives in the pod's annotations (as in Calico).
+    fn kdd_problem(&self) -> Option<CniError> {
+        if self.k8s.is_none() {
+            return Some(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                "datastore_type \"kubernetes\" keeps a WorkloadEndpoint in its pod's annotations, and CNI_ARGS names no pod (K8S_POD_NAMESPACE and K8S_POD_NAME, as a kubelet passes them)",
+            ));
+        }
+        if self.ifname != POD_ENDPOINT {
+            return Some(CniError::new(
+                ErrorCode::InvalidEnvironment,
+                format!(
+                    "CNI_IFNAME={:?}: in the Kubernetes datastore a pod's WorkloadEndpoint is its {POD_ENDPOINT} (valid: {POD_ENDPOINT})",
+                    self.ifname
+                ),
+            ));
+        }
+        None
     }
 
     fn host_ifname(&self) -> String {
@@ -687,7 +744,16 @@ fn add(inv: &Invocation) -> Result<Option<CniResult>, CniError> {
     let netns = netns_path(inv)?;
     netns_must_exist(netns)?;
     let w = Workload::of(inv, conf)?;
-    let store = open_store(conf)?;
+    let location = Location::of(conf)?;
+    if location.is_kubernetes()
+        && let Some(e) = w.kdd_problem()
+    {
+        return Err(e);
+    }
+    let store = location.open(conf).map_err(|e| CniError {
+        msg: format!("{}; nothing was allocated", e.msg),
+        ..e
+    })?;
     let client = Client::new(store.clone());
     let name = w.endpoint_name()?;
     let ns = w.namespace();
@@ -1148,7 +1214,11 @@ fn floating_ips(
 fn del(inv: &Invocation) -> Result<(), CniError> {
     let conf = conf(inv)?;
     let w = Workload::of(inv, conf)?;
-    let store = open_store(conf)?;
+    let location = Location::of(conf)?;
+    // A workload the Kubernetes datastore can hold no endpoint for (its ADD was refused) has
+    // none to remove.
+    let may_have_endpoint = !location.is_kubernetes() || w.kdd_problem().is_none();
+    let store = location.open(conf)?;
     let client = Client::new(store.clone());
     // Each step tolerates what is already gone, so DEL can be repeated. The endpoint goes
     // before the addresses: interrupted in between, DEL leaves a leak (found by `ipam check`,
@@ -1157,10 +1227,14 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
     // A Kubernetes endpoint is named after the pod, not the container: a DEL for an older
     // sandbox of a pod that runs again must leave the running sandbox's endpoint and veth
     // alone (as Calico's plugin does), and only release what its own handle holds.
-    let stored = match client.get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name) {
-        Ok(Resource::WorkloadEndpoint(e)) => Some(e),
-        Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => None,
-        Err(e) => return Err(store_error(e)),
+    let stored = if may_have_endpoint {
+        match client.get(Kind::WorkloadEndpoint, Some(&w.namespace()), &name) {
+            Ok(Resource::WorkloadEndpoint(e)) => Some(e),
+            Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => None,
+            Err(e) => return Err(store_error(e)),
+        }
+    } else {
+        None
     };
     let another_sandboxs = stored
         .as_ref()
@@ -1176,9 +1250,11 @@ fn del(inv: &Invocation) -> Result<(), CniError> {
                 format!("removing {}: {e}", w.host_ifname()),
             )
         })?;
-        match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
-            Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
-            Err(e) => return Err(store_error(e)),
+        if may_have_endpoint {
+            match client.delete(Kind::WorkloadEndpoint, Some(&w.namespace()), &name, None) {
+                Ok(_) | Err(gingham_api::ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(e)),
+            }
         }
     }
     match delegated_ipam(conf) {
@@ -1263,16 +1339,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_datastore_type_not_supported_is_refused_not_replaced() {
+    fn an_unknown_datastore_type_is_refused_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let conf = NetConf::from_value(&serde_json::json!({"cniVersion": "1.0.0", "name": "n",
-            "type": "gingham", "datastore_type": "kubernetes",
+            "type": "gingham", "datastore_type": "consul",
             "datastore": format!("sqlite:{}", dir.path().join("g.db").display())}))
         .unwrap();
         let e = open_store(&conf).err().expect("refused");
         assert_eq!(e.code, ErrorCode::InvalidConfig as u32);
-        assert!(e.msg.contains("datastore_type \"kubernetes\""), "{}", e.msg);
+        assert!(
+            e.msg.contains("datastore_type \"consul\"")
+                && e.msg.contains("valid: etcdv3, kubernetes"),
+            "{}",
+            e.msg
+        );
         assert!(!dir.path().join("g.db").exists(), "nothing opened");
+    }
+
+    #[test]
+    fn datastore_type_kubernetes_is_the_kubernetes_datastore() {
+        let conf = |v: serde_json::Value| {
+            let mut base =
+                serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "gingham"});
+            base.as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+            NetConf::from_value(&base).unwrap()
+        };
+        let kdd = conf(serde_json::json!({"datastore_type": "kubernetes",
+            "kubernetes": {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}}));
+        assert!(Location::of(&kdd).unwrap().is_kubernetes());
+        let url = conf(serde_json::json!({"datastore": "kubernetes:/k"}));
+        assert!(Location::of(&url).unwrap().is_kubernetes());
+        // Our `datastore` URL wins over Calico's field, as for etcd.
+        let both =
+            conf(serde_json::json!({"datastore_type": "kubernetes", "datastore": "sqlite:/x.db"}));
+        assert!(!Location::of(&both).unwrap().is_kubernetes());
+        let etcd = conf(serde_json::json!({"datastore_type": "etcdv3"}));
+        assert!(matches!(Location::of(&etcd).unwrap(), Location::Etcd(_)));
+    }
+
+    #[test]
+    fn on_kdd_only_a_pods_eth0_is_added_and_it_is_refused_before_the_datastore() {
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "k8s-pod-network",
+            "type": "gingham", "nodename": "node-a", "datastore_type": "kubernetes",
+            "kubernetes": {"kubeconfig": "/nonexistent/kubeconfig"}});
+        let add = |ifname: &str, args: &str| {
+            let env = BTreeMap::from(
+                [
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "c1"),
+                    ("CNI_NETNS", "/proc/self/ns/net"),
+                    ("CNI_IFNAME", ifname),
+                    ("CNI_ARGS", args),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            let inv = Invocation::parse(&env, conf.to_string().as_bytes()).unwrap();
+            add(&inv).expect_err("refused")
+        };
+        let pod = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web";
+        // Not a pod, or not its eth0: refused before the kubeconfig is even read.
+        for (ifname, args, says) in [
+            ("eth0", "", "CNI_ARGS names no pod"),
+            ("net1", pod, "CNI_IFNAME=\"net1\""),
+        ] {
+            let e = add(ifname, args);
+            assert_eq!(e.code, ErrorCode::InvalidEnvironment as u32, "{}", e.msg);
+            assert!(e.msg.contains(says), "{}", e.msg);
+        }
+        // A pod's eth0 goes on to the datastore.
+        let e = add("eth0", pod);
+        assert!(e.msg.contains("/nonexistent/kubeconfig"), "{}", e.msg);
+        assert!(e.msg.contains("nothing was allocated"), "{}", e.msg);
     }
 
     #[test]

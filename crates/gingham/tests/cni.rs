@@ -426,9 +426,23 @@ fn sys_pool_exhaustion_is_a_clear_cni_error() {
     assert!(msg.contains("IPAM"), "{msg}");
 }
 
+/// The namespace of the pods [`fifty_at_once`] adds.
+const LOAD_NAMESPACE: &str = "load";
+
+/// Pods to be added: (pod name, node name).
+type Placed<'a> = [(String, &'a str)];
+
 /// 50 ADDs at once (one node, then two), then 50 DELs at once: distinct addresses, a clean
 /// `gingham ipam check`, nothing left behind. The checks run inside a node, like the plugin.
-fn fifty_at_once(ds: &str, nodes: &[Node; 2]) {
+/// `ds` is the CLI's `--datastore`; `net_conf(node)` the network configuration the plugin gets
+/// on `node`; `before_adds(pods)` makes what must exist before the ADDs of `pods` (pod name,
+/// node name) in [`LOAD_NAMESPACE`].
+fn fifty_at_once(
+    ds: &str,
+    nodes: &[Node; 2],
+    net_conf: &(dyn Fn(&str) -> String + Sync),
+    before_adds: &dyn Fn(&Placed<'_>),
+) {
     // The nodes exist (calico/node or `gingham lab` registers them), so their blocks are not leaks.
     let node_file = tempfile::NamedTempFile::new().unwrap();
     let yaml: String = nodes
@@ -455,6 +469,11 @@ fn fifty_at_once(ds: &str, nodes: &[Node; 2]) {
     );
     for spread in [1usize, 2] {
         let pods: Vec<TestNetns> = (0..50).map(|_| TestNetns::new("cnic")).collect();
+        let pod_name = |i: usize| format!("p{spread}-{i}");
+        let placed: Vec<(String, &str)> = (0..pods.len())
+            .map(|i| (pod_name(i), nodes[i % spread].name.as_str()))
+            .collect();
+        before_adds(&placed);
         let run_all = |command: &'static str| -> Vec<Output> {
             std::thread::scope(|sc| {
                 let handles: Vec<_> = pods
@@ -467,8 +486,8 @@ fn fifty_at_once(ds: &str, nodes: &[Node; 2]) {
                                 command,
                                 container: &format!("par{spread}-{i}"),
                                 netns: pod.path(),
-                                args: k8s_args("load", &format!("p{spread}-{i}")),
-                                conf: conf(ds, &node.name, "1.0.0"),
+                                args: k8s_args(LOAD_NAMESPACE, &pod_name(i)),
+                                conf: net_conf(&node.name),
                             };
                             plugin(node, &c)
                         })
@@ -527,7 +546,7 @@ fn sys_fifty_parallel_adds_on_sqlite() {
         Node::new(&underlay, "node-p", 4),
         Node::new(&underlay, "node-q", 5),
     ];
-    fifty_at_once(&ds, &nodes);
+    fifty_at_once(&ds, &nodes, &|n| conf(&ds, n, "1.0.0"), &|_| {});
 }
 
 /// etcd runs in the underlay, where the nodes reach it, as a cluster's etcd would.
@@ -560,7 +579,144 @@ fn sys_fifty_parallel_adds_on_etcd() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fifty_at_once(&ds, &nodes);
+    fifty_at_once(&ds, &nodes, &|n| conf(&ds, n, "1.0.0"), &|_| {});
+}
+
+/// The Kubernetes datastore: the API double serves from the underlay (its listening socket is
+/// made there), where both nodes reach it as they would a cluster's API server, over an
+/// in-memory store. Calico's CRDs, the Kubernetes Nodes, the namespace and every pod (each
+/// bound to the node that ADDs it) are made with kubectl inside a node; the plugin gets
+/// Calico's network configuration for KDD (`datastore_type: kubernetes` and
+/// `kubernetes.kubeconfig`), and the CLI `--datastore kubernetes:KUBECONFIG`.
+#[test]
+fn sys_fifty_parallel_adds_on_kubernetes() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("kubectl");
+    let underlay = Underlay::new();
+    let nodes = [
+        Node::new(&underlay, "node-p", 8),
+        Node::new(&underlay, "node-q", 9),
+    ];
+    let api = UnderlayApi::start(&underlay, "192.168.208.254");
+    let kc = api.kubeconfig.display().to_string();
+    let ds = format!("kubernetes:{kc}");
+    let kubectl = |verb: &str, yaml: &str| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        nodes[0].ns.exec_ok(&[
+            "kubectl",
+            "--kubeconfig",
+            &kc,
+            verb,
+            "-f",
+            file.path().to_str().unwrap(),
+        ]);
+    };
+    let crds = Command::new(env!("CARGO_BIN_EXE_gingham"))
+        .args(["manifests", "crds"])
+        .output()
+        .unwrap();
+    assert!(crds.status.success());
+    kubectl("apply", &String::from_utf8(crds.stdout).unwrap());
+    let objects: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name}}))
+        .chain([serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": LOAD_NAMESPACE}})])
+        .collect();
+    kubectl(
+        "create",
+        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+    );
+    let pool_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        pool_file.path(),
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.93.0.0/24, blockSize: 28}\n",
+    )
+    .unwrap();
+    let out = nodes[0].cli(&[
+        "apply",
+        "-f",
+        pool_file.path().to_str().unwrap(),
+        "--datastore",
+        &ds,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let net_conf = |node: &str| {
+        let mut c: serde_json::Value = serde_json::from_str(&conf("", node, "1.0.0")).unwrap();
+        let c = c.as_object_mut().unwrap();
+        c.remove("datastore");
+        c.insert("datastore_type".into(), "kubernetes".into());
+        c.insert("kubernetes".into(), serde_json::json!({"kubeconfig": kc}));
+        serde_json::Value::Object(c.clone()).to_string()
+    };
+    // The pods exist, each bound to its node, before their ADDs (a kubelet's order).
+    let make_pods = |pods: &Placed<'_>| {
+        let items: Vec<serde_json::Value> = pods
+            .iter()
+            .map(|(pod, node)| {
+                serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": LOAD_NAMESPACE},
+                    "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none"}]}})
+            })
+            .collect();
+        kubectl(
+            "create",
+            &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+        );
+    };
+    fifty_at_once(&ds, &nodes, &net_conf, &make_pods);
+}
+
+/// The Kubernetes API double listening on an address of the underlay, over an in-memory
+/// store, with a kubeconfig for it.
+struct UnderlayApi {
+    rt: tokio::runtime::Runtime,
+    server: Option<gingham_kubeapi::RunningApiServer>,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl UnderlayApi {
+    fn start(underlay: &Underlay, address: &str) -> UnderlayApi {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store: std::sync::Arc<dyn Datastore> =
+            std::sync::Arc::new(gingham_datastore::mem::MemStore::new());
+        let listen = format!("{address}:0").parse().unwrap();
+        // `block_on` polls `start` on this thread, so the listening socket is made in the
+        // underlay.
+        let server = gingham_net::netns::in_netns_same_thread(
+            &gingham_net::NetnsRef::Path(underlay.ns.path()),
+            || rt.block_on(gingham_kubeapi::ApiServer::start(store, listen)),
+        )
+        .unwrap()
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        UnderlayApi {
+            rt,
+            server: Some(server),
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for UnderlayApi {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown());
+        }
+    }
 }
 
 /// Dual stack: with an IPv4 and an IPv6 pool a pod gets one address of each family, the IPv6

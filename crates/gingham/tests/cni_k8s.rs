@@ -22,8 +22,10 @@ struct Cluster {
     server: Option<RunningApiServer>,
     dir: tempfile::TempDir,
     ds: String,
-    /// Fields added to the network configuration.
+    /// Fields added to the network configuration (`null` removes one).
     extra: serde_json::Value,
+    /// What the API double keeps its objects in.
+    backing: Arc<dyn Datastore>,
 }
 
 impl Cluster {
@@ -47,6 +49,7 @@ impl Cluster {
         let store: Arc<dyn Datastore> = Arc::new(gingham_datastore::mem::MemStore::new());
         // `block_on` polls `start` on this thread, so the listening socket is made inside the
         // node's namespace, where the plugin runs.
+        let backing = store.clone();
         let server = gingham_net::netns::in_netns_same_thread(&NetnsRef::Path(node.path()), || {
             rt.block_on(ApiServer::start(store, "127.0.0.1:0".parse().unwrap()))
         })
@@ -62,7 +65,49 @@ impl Cluster {
             dir,
             ds,
             extra: serde_json::json!({}),
+            backing,
         }
+    }
+
+    /// Switches the plugin to the Kubernetes datastore, as Calico's KDD network configuration
+    /// does (`datastore_type: kubernetes`, the API server from `kubernetes.kubeconfig`), with
+    /// Calico's CRDs, the Kubernetes Node `node-a` and the IPPool in the API; returns the CLI's
+    /// `--datastore` (usable inside the node).
+    fn on_kdd(&mut self) -> String {
+        let crds = common::ok_in(&["manifests", "crds"], None);
+        let file = self.dir.path().join("crds.yaml");
+        std::fs::write(&file, crds).unwrap();
+        self.kubectl("apply", &file);
+        self.kubectl_create("apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\n");
+        let ds = format!("kubernetes:{}", self.kubeconfig().display());
+        let pool = self.dir.path().join("pool.yaml");
+        std::fs::write(
+            &pool,
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.89.0.0/24, blockSize: 26}\n",
+        )
+        .unwrap();
+        self.node.exec_ok(&[
+            env!("CARGO_BIN_EXE_gingham"),
+            "apply",
+            "-f",
+            &pool.display().to_string(),
+            "--datastore",
+            &ds,
+        ]);
+        self.extra = serde_json::json!({"datastore": null, "datastore_type": "kubernetes"});
+        ds
+    }
+
+    /// `kubectl VERB -f FILE`, inside the node; its output.
+    fn kubectl(&self, verb: &str, file: &Path) -> String {
+        self.node.exec_ok(&[
+            "kubectl",
+            "--kubeconfig",
+            &self.kubeconfig().display().to_string(),
+            verb,
+            "-f",
+            &file.display().to_string(),
+        ])
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -73,14 +118,7 @@ impl Cluster {
     fn kubectl_create(&self, yaml: &str) {
         let file = self.dir.path().join("obj.yaml");
         std::fs::write(&file, yaml).unwrap();
-        self.node.exec_ok(&[
-            "kubectl",
-            "--kubeconfig",
-            &self.kubeconfig().display().to_string(),
-            "create",
-            "-f",
-            &file.display().to_string(),
-        ]);
+        self.kubectl("create", &file);
     }
 
     fn stop_api(&mut self) {
@@ -101,7 +139,11 @@ impl Cluster {
             "kubernetes": {"kubeconfig": self.kubeconfig()},
         });
         for (k, v) in self.extra.as_object().unwrap() {
-            conf[k] = v.clone();
+            if v.is_null() {
+                conf.as_object_mut().unwrap().remove(k);
+            } else {
+                conf[k] = v.clone();
+            }
         }
         conf.to_string()
     }
@@ -502,4 +544,250 @@ spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
             .contains("requested feature is not enabled: ip_addrs_no_ipam"),
         "{err}"
     );
+}
+
+/// The Kubernetes datastore (Calico's `datastore_type: kubernetes`): ADD allocates from IPAM's
+/// CRDs and writes the endpoint as Calico's plugin does, into the pod's annotations (`podIP`,
+/// `podIPs`, `containerID`), where `gingham get wep` finds it with the pod's labels; DEL
+/// empties the address annotations and releases the handle; with the API server down, ADD
+/// fails naming it, and nothing is plumbed.
+#[test]
+fn sys_kdd_add_writes_the_pods_annotations_del_clears_them_and_api_down_fails_add() {
+    let mut c = Cluster::new();
+    let ds = c.on_kdd();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c, image: busybox}]}\n",
+    );
+    let web = TestNetns::new("cnikp");
+    let result = c.cni_ok("ADD", "shop", "web-0", &web.path());
+    let address = result["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(address.starts_with("10.89.0."), "{result}");
+    let pod = |name: &str| -> serde_json::Value {
+        let out = c.node.exec_ok(&[
+            "kubectl",
+            "--kubeconfig",
+            &c.kubeconfig().display().to_string(),
+            "get",
+            "pod",
+            "-n",
+            "shop",
+            name,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let annotations = pod("web-0")["metadata"]["annotations"].clone();
+    assert_eq!(annotations["cni.projectcalico.org/podIP"], address.as_str());
+    assert_eq!(
+        annotations["cni.projectcalico.org/podIPs"],
+        address.as_str()
+    );
+    assert_eq!(annotations["cni.projectcalico.org/containerID"], "c-web-0");
+    let cli = |args: &[&str]| -> String {
+        let mut full = vec![env!("CARGO_BIN_EXE_gingham")];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--datastore", &ds]);
+        c.node.exec_ok(&full)
+    };
+    let weps: serde_json::Value =
+        serde_json::from_str(&cli(&["get", "wep", "-n", "shop", "-o", "json"])).unwrap();
+    let items = weps["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{weps}");
+    assert_eq!(items[0]["metadata"]["name"], "node--a-k8s-web--0-eth0");
+    assert_eq!(items[0]["metadata"]["labels"]["app"], "web");
+    assert_eq!(items[0]["spec"]["ipNetworks"], serde_json::json!([address]));
+    let check = cli(&["ipam", "check"]);
+    assert!(check.contains(" 1 allocations"), "{check}");
+    // The IPAM objects are Calico's CRDs in the API.
+    let crd_keys = |plural: &str| -> Vec<String> {
+        c.backing
+            .list(&format!(
+                "{}crd.projectcalico.org/{plural}/",
+                gingham_kubeapi::REGISTRY_PREFIX
+            ))
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect()
+    };
+    assert_eq!(crd_keys("ipamhandles").len(), 1);
+    assert_eq!(crd_keys("ipamblocks").len(), 1);
+
+    c.cni_ok("DEL", "shop", "web-0", &web.path());
+    let annotations = pod("web-0")["metadata"]["annotations"].clone();
+    assert_eq!(annotations["cni.projectcalico.org/podIP"], "");
+    assert_eq!(annotations["cni.projectcalico.org/podIPs"], "");
+    let weps: serde_json::Value =
+        serde_json::from_str(&cli(&["get", "wep", "-A", "-o", "json"])).unwrap();
+    assert_eq!(weps["items"], serde_json::json!([]), "{weps}");
+    assert_eq!(crd_keys("ipamhandles"), Vec::<String>::new());
+    let check = cli(&["ipam", "check"]);
+    assert!(check.contains(" 0 allocations"), "{check}");
+    // A repeated DEL is fine.
+    c.cni_ok("DEL", "shop", "web-0", &web.path());
+
+    c.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nspec: {nodeName: node-a, containers: [{name: c, image: busybox}]}\n",
+    );
+    c.stop_api();
+    let before = c.backing.list("/").unwrap().kvs;
+    let late = TestNetns::new("cnikp");
+    let out = c.cni("ADD", "shop", "web-1", &late.path());
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot reach the Kubernetes API server")
+            && msg.contains("nothing was allocated"),
+        "{msg}"
+    );
+    assert_eq!(c.backing.list("/").unwrap().kvs, before, "nothing written");
+    let links = c.node.exec_ok(&["ip", "-o", "link"]);
+    assert!(!links.contains("cali"), "no veth: {links}");
+}
+
+/// The agent's `gingham_agent_datastore_revision` (the revision its dataplane reflects), read
+/// from its /metrics on `port` inside `node`.
+fn agent_revision(node: &TestNetns, port: u16) -> Option<i64> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // A socket keeps the namespace it was made in.
+    let mut stream = gingham_net::netns::in_netns_same_thread(&NetnsRef::Path(node.path()), || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+    })
+    .ok()?
+    .ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("gingham_agent_datastore_revision "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
+}
+
+/// The agent on the Kubernetes datastore (`--datastore kubernetes:KUBECONFIG`, no controllers,
+/// as Calico in KDD mode): a Kubernetes NetworkPolicy made with kubectl is programmed (its
+/// `knp.default.` policy gets a chain in the node's table) once the agent's revision reaches the
+/// policy's resourceVersion, and deleting it removes the chain.
+#[test]
+fn sys_kdd_agent_programs_a_kubernetes_network_policy() {
+    gingham_testkit::require_tool("nft");
+    let mut c = Cluster::new();
+    let ds = c.on_kdd();
+    c.kubectl_create(SHOP);
+    c.kubectl_create(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, namespace: shop, labels: {app: web}}\nspec: {nodeName: node-a, containers: [{name: c, image: busybox}]}\n",
+    );
+    let web = TestNetns::new("cnikp");
+    c.cni_ok("ADD", "shop", "web-0", &web.path());
+    let port = 19_099;
+    let run_dir = c.dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut agent = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c.node.name(),
+            env!("CARGO_BIN_EXE_gingham"),
+        ])
+        .args([
+            "agent",
+            "--node",
+            "node-a",
+            "--networking",
+            "none",
+            "--refresh-interval",
+            "0",
+        ])
+        .args([
+            "--health-port",
+            &port.to_string(),
+            "--datastore",
+            &ds,
+            "--run-dir",
+        ])
+        .arg(&run_dir)
+        .env_remove("GINGHAM_DATASTORE")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let agent = Kill(&mut agent);
+    let kubectl = |args: &[&str]| {
+        let kc = c.kubeconfig().display().to_string();
+        let mut full = vec!["kubectl", "--kubeconfig", kc.as_str()];
+        full.extend_from_slice(args);
+        c.node.exec_ok(&full)
+    };
+    let wait_revision = |rv: i64| {
+        common::wait_until("the agent's revision", 20, || {
+            match agent_revision(&c.node, port) {
+                Some(r) if r >= rv => Ok(()),
+                other => Err(format!("at {other:?}, waiting for {rv}")),
+            }
+        })
+    };
+    let policy_chains = || -> usize {
+        c.node
+            .exec_ok(&["nft", "list", "table", "inet", "gingham"])
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                l.starts_with("chain p") && !l.starts_with("chain pre")
+            })
+            .count()
+    };
+    // Programmed what there is: the pod, allowed by its namespace's profile, no policy chain.
+    let now: i64 = kubectl(&[
+        "get",
+        "pod",
+        "-n",
+        "shop",
+        "web-0",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    wait_revision(now);
+    assert_eq!(policy_chains(), 0);
+    let file = c.dir.path().join("np.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-in, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n",
+    )
+    .unwrap();
+    c.kubectl("create", &file);
+    let rv: i64 = kubectl(&[
+        "get",
+        "networkpolicy",
+        "-n",
+        "shop",
+        "web-in",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    wait_revision(rv);
+    assert!(policy_chains() > 0, "the policy is programmed");
+    kubectl(&["delete", "networkpolicy", "-n", "shop", "web-in"]);
+    let after = c.backing.revision().unwrap();
+    wait_revision(after);
+    assert_eq!(policy_chains(), 0, "the policy's chain is gone");
+    drop(agent);
 }
