@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, PeerSpec, protocol_name};
+use crate::eval::{Flow, FlowError, protocol_name};
 use crate::explain;
 use crate::reach::{self, Grid};
 use crate::snapshot::Snapshot;
@@ -121,15 +121,7 @@ pub fn diff(
 /// Why `after` denies the flow: the verdict's [`explain::cause`], or, when the flow cannot be
 /// evaluated there (an endpoint gone or without an address), the error `explain` reports.
 fn cause(after: &Snapshot, from: &str, to: &str, protocol: u8, port: Option<u16>) -> String {
-    let flow = Flow {
-        src: PeerSpec::Endpoint(from.to_owned()),
-        dst: PeerSpec::Endpoint(to.to_owned()),
-        protocol,
-        port,
-        src_port: None,
-        icmp: None,
-        ipv6: false,
-    };
+    let flow = Flow::between_endpoints(from, to, protocol, port);
     match after.verdict(&flow) {
         Ok(v) => explain::cause(after, &v),
         Err(e) => e.to_string(),

@@ -77,6 +77,15 @@ impl Flow {
             ipv6: false,
         }
     }
+
+    /// A flow between two endpoints named by their keys (as the matrix names them).
+    pub fn between_endpoints(src: &str, dst: &str, protocol: u8, port: Option<u16>) -> Flow {
+        Flow {
+            src: PeerSpec::Endpoint(src.to_owned()),
+            dst: PeerSpec::Endpoint(dst.to_owned()),
+            ..Flow::new(src, dst, protocol, port)
+        }
+    }
 }
 
 /// A resolved peer.

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, ICMP, ICMPV6, PeerSpec, protocol_name};
+use crate::eval::{Flow, FlowError, ICMP, ICMPV6, protocol_name};
 use crate::input::PodPorts;
 use crate::snapshot::{CompiledRule, EndpointKind, LabelSet, Snapshot};
 
@@ -158,15 +158,7 @@ fn allowed(
     protocol: u8,
     port: Option<u16>,
 ) -> Result<bool, FlowError> {
-    let flow = Flow {
-        src: PeerSpec::Endpoint(from.to_owned()),
-        dst: PeerSpec::Endpoint(to.to_owned()),
-        protocol,
-        port,
-        src_port: None,
-        icmp: None,
-        ipv6: false,
-    };
+    let flow = Flow::between_endpoints(from, to, protocol, port);
     match snap.verdict(&flow) {
         Ok(v) => Ok(v.allowed),
         // An endpoint without an IPv4 address cannot take part in an IPv4 flow.
