@@ -293,6 +293,9 @@ const NFULNL_MSG_PACKET: u16 = 0;
 const NFULNL_MSG_CONFIG: u16 = 1;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+/// How many packets the kernel gathers before it sends them (its default is 100, or a second's
+/// wait): 1, so that a record follows its drop at once. The rules' rate limit bounds the rate.
+const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULA_PAYLOAD: u16 = 9;
@@ -336,6 +339,7 @@ fn open() -> std::io::Result<netlink_sys::Socket> {
     for msg in [
         config(&[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])]),
         config(&[(NFULA_CFG_MODE, mode)]),
+        config(&[(NFULA_CFG_QTHRESH, 1u32.to_be_bytes().to_vec())]),
     ] {
         socket.send(&msg, 0)?;
         let mut buf = Vec::with_capacity(4096);

@@ -43,6 +43,9 @@ pub struct PolicyManager<B> {
     last_check: Instant,
     /// The flow logger's view, swapped after each installed table (when flow logs run).
     flow_view: Option<crate::flows::SharedView>,
+    /// An endpoint or node changed without changing the table (an address added, say): the
+    /// flow logger's names are refreshed at the next apply.
+    view_stale: bool,
 }
 
 fn settings_from(
@@ -134,6 +137,7 @@ impl<B: Backend> PolicyManager<B> {
             refresh: config.refresh_interval.filter(|d| !d.is_zero()),
             last_check: Instant::now(),
             flow_view: None,
+            view_stale: false,
         }
     }
 
@@ -146,6 +150,20 @@ impl<B: Backend> PolicyManager<B> {
     pub fn set_flow_view(&mut self, view: crate::flows::SharedView) {
         self.flow_view = Some(view);
         self.dirty = true;
+    }
+
+    /// Gives the flow logger the programs and every known address, as of now.
+    fn refresh_flow_view(&mut self) {
+        self.view_stale = false;
+        if let Some(view) = &self.flow_view {
+            let new = crate::flows::FlowView::new(
+                &self.renderer.program().endpoints,
+                self.calc.snapshot(),
+            );
+            if let Ok(mut v) = view.lock() {
+                *v = std::sync::Arc::new(new);
+            }
+        }
     }
 
     pub fn programmer_mut(&mut self) -> &mut Programmer<B> {
@@ -174,12 +192,7 @@ impl<B: Backend> PolicyManager<B> {
             .collect();
         let endpoints = program.endpoints.len();
         let (chains, sets, set_members) = self.renderer.counts();
-        if let Some(view) = &self.flow_view {
-            let new = crate::flows::FlowView::new(&program.endpoints, self.calc.snapshot());
-            if let Ok(mut v) = view.lock() {
-                *v = std::sync::Arc::new(new);
-            }
-        }
+        self.refresh_flow_view();
         let result = if check {
             self.programmer.check(self.renderer.table().clone())
         } else {
@@ -301,6 +314,12 @@ impl<B: Backend> Manager for PolicyManager<B> {
                 name: update.name.clone(),
             },
         };
+        if matches!(
+            update.kind,
+            Kind::WorkloadEndpoint | Kind::HostEndpoint | Kind::Node
+        ) {
+            self.view_stale = self.flow_view.is_some();
+        }
         let changes = self.calc.apply(u);
         self.dirty |= !changes.is_empty();
         self.changes.extend(changes);
@@ -323,6 +342,8 @@ impl<B: Backend> Manager for PolicyManager<B> {
         }
         if self.dirty {
             self.install(false)?;
+        } else if self.view_stale {
+            self.refresh_flow_view();
         }
         Ok(())
     }

@@ -139,3 +139,45 @@ fn sys_flow_log_flood_stays_bounded_and_programming_goes_on() {
         }
     }
 }
+
+/// Right after a lab comes up, a denied connection's record is in `gingham flows --denied` by
+/// the time `lab try` returns (the kernel sends each logged packet at once, not in batches of
+/// 100 or after a second), and it names both endpoints: their addresses were learned after the
+/// table was programmed (a pod's endpoint gets its address in a later write that changes no
+/// rule), and the flow log's names follow every endpoint change, not only reprogramming.
+#[test]
+fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
+    Fabric::Flat.require();
+    let lab = common::lab_up(
+        "n",
+        "{nodes: [node-a, node-b]}",
+        // The policy is in the lab from the start: nothing is programmed after the pods came.
+        &format!(
+            "{}{CLUSTER}---\n{DENY}",
+            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
+        ),
+    );
+    common::wait_programmed(&lab.dir);
+    assert_eq!(
+        common::try_outcome(&lab.dir, "default/flooder", "default/target", "TCP", 80),
+        "no-answer"
+    );
+    // No waiting: the try's own timeout is all the time the record gets.
+    let out = common::ok_in(
+        &["flows", "--dir", &lab.dir, "--denied", "-o", "json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let target = common::pod_address(&lab, "default/target");
+    let found = v["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst_ip"] == target.as_str() && r["port"] == 80)
+        .unwrap_or_else(|| panic!("no record of the denied try yet: {out}"));
+    assert_eq!(
+        (found["src"].as_str(), found["dst"].as_str()),
+        (Some("default/flooder"), Some("default/target")),
+        "{found}"
+    );
+}
