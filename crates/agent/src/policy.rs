@@ -7,13 +7,11 @@
 //! Programs of endpoints not yet calculated do not exist, so their traffic is dropped (fail
 //! closed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{self, Calculator, Change};
-use std::collections::BTreeSet;
-use std::net::IpAddr;
-
 use gingham_calc::snapshot::NatPools;
 use gingham_dataplane::{Backend, Programmer, Renderer, Settings, Tunnels, VXLAN_PORT};
 use gingham_datastore::Datastore;

@@ -549,6 +549,30 @@ fn sys_fifty_parallel_adds_on_sqlite() {
     fifty_at_once(&ds, &nodes, &|n| conf(&ds, n, "1.0.0"), &|_| {});
 }
 
+/// Creates IP pool `p` (`cidr`, /28 blocks) from inside `node`, where the datastore is reachable.
+fn apply_pool_from(node: &Node, ds: &str, cidr: &str) {
+    let pool_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        pool_file.path(),
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\nspec: {{cidr: {cidr}, blockSize: 28}}\n"
+        ),
+    )
+    .unwrap();
+    let out = node.cli(&[
+        "apply",
+        "-f",
+        pool_file.path().to_str().unwrap(),
+        "--datastore",
+        ds,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// etcd runs in the underlay, where the nodes reach it, as a cluster's etcd would.
 #[test]
 fn sys_fifty_parallel_adds_on_etcd() {
@@ -561,24 +585,7 @@ fn sys_fifty_parallel_adds_on_etcd() {
     let server = gingham_testkit::etcd::EtcdServer::start_in(underlay.ns.name(), "192.168.206.254");
     let ds = format!("etcd:{}", server.endpoint());
     // Pools are created from inside a node (the only place etcd is reachable from).
-    let pool_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        pool_file.path(),
-        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.92.0.0/24, blockSize: 28}\n",
-    )
-    .unwrap();
-    let out = nodes[0].cli(&[
-        "apply",
-        "-f",
-        pool_file.path().to_str().unwrap(),
-        "--datastore",
-        &ds,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_pool_from(&nodes[0], &ds, "10.92.0.0/24");
     fifty_at_once(&ds, &nodes, &|n| conf(&ds, n, "1.0.0"), &|_| {});
 }
 
@@ -628,24 +635,7 @@ fn sys_fifty_parallel_adds_on_kubernetes() {
         "create",
         &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
     );
-    let pool_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        pool_file.path(),
-        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.93.0.0/24, blockSize: 28}\n",
-    )
-    .unwrap();
-    let out = nodes[0].cli(&[
-        "apply",
-        "-f",
-        pool_file.path().to_str().unwrap(),
-        "--datastore",
-        &ds,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_pool_from(&nodes[0], &ds, "10.93.0.0/24");
     let net_conf = |node: &str| {
         let mut c: serde_json::Value = serde_json::from_str(&conf("", node, "1.0.0")).unwrap();
         let c = c.as_object_mut().unwrap();
