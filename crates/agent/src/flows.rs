@@ -27,7 +27,7 @@ use gingham_calc::eval::protocol_name;
 use gingham_calc::program::EndpointProgram;
 use gingham_calc::program::NodeProgram;
 pub use gingham_dataplane::render::FLOW_LOG_GROUP;
-use gingham_dataplane::render::flow_cause;
+use gingham_dataplane::render::{Interfaces, flow_cause};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +113,9 @@ pub type SharedView = Arc<Mutex<Arc<FlowView>>>;
 struct Logged {
     prefix: String,
     payload: Vec<u8>,
+    /// Interface indexes in and out, when the packet had them.
+    input: Option<u32>,
+    output: Option<u32>,
     at: jiff::Timestamp,
 }
 
@@ -169,7 +172,13 @@ pub fn decode(packet: &[u8]) -> Option<Headers> {
 
 /// A flow record for a logged packet; `None` when the prefix is not a flow log's.
 fn record(node: &str, view: &FlowView, logged: &Logged) -> Option<FlowRecord> {
-    let cause = flow_cause(&view.programs, &logged.prefix)?;
+    let input = logged.input.and_then(interface_name);
+    let output = logged.output.and_then(interface_name);
+    let via = Interfaces {
+        input: input.as_deref(),
+        output: output.as_deref(),
+    };
+    let cause = flow_cause(&view.programs, &logged.prefix, via)?;
     let h = decode(&logged.payload)?;
     let name = |ip: &IpAddr| view.names.get(ip).cloned();
     Some(FlowRecord {
@@ -298,6 +307,9 @@ const NFULA_CFG_MODE: u16 = 2;
 const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
+/// The interface indexes a packet came in by and was going out by (big-endian u32).
+const NFULA_IFINDEX_INDEV: u16 = 4;
+const NFULA_IFINDEX_OUTDEV: u16 = 5;
 const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 /// Bytes of each packet copied: enough for the IPv6 header and the ports.
@@ -384,6 +396,17 @@ fn read_loop(socket: &netlink_sys::Socket, tx: &SyncSender<Logged>, dropped: &Co
     }
 }
 
+/// An interface index attribute's value.
+fn ifindex(value: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
+}
+
+/// An interface's name by its index, in the reader's network namespace (the node's).
+fn interface_name(index: u32) -> Option<String> {
+    let name = nix::net::if_::if_indextoname(index).ok()?;
+    name.into_string().ok()
+}
+
 /// The packets in a datagram of netlink messages.
 fn parse(mut buf: &[u8], at: jiff::Timestamp) -> Vec<Logged> {
     let mut out = Vec::new();
@@ -397,6 +420,7 @@ fn parse(mut buf: &[u8], at: jiff::Timestamp) -> Vec<Logged> {
         if kind == ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET) && msg.len() >= 4 {
             let mut attrs = &msg[4..];
             let (mut prefix, mut payload) = (None, None);
+            let (mut input, mut output) = (None, None);
             while attrs.len() >= 4 {
                 let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
                 let akind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
@@ -410,6 +434,8 @@ fn parse(mut buf: &[u8], at: jiff::Timestamp) -> Vec<Logged> {
                         prefix = Some(String::from_utf8_lossy(&value[..end]).into_owned());
                     }
                     NFULA_PAYLOAD => payload = Some(value.to_vec()),
+                    NFULA_IFINDEX_INDEV => input = ifindex(value),
+                    NFULA_IFINDEX_OUTDEV => output = ifindex(value),
                     _ => {}
                 }
                 attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
@@ -418,6 +444,8 @@ fn parse(mut buf: &[u8], at: jiff::Timestamp) -> Vec<Logged> {
                 out.push(Logged {
                     prefix,
                     payload,
+                    input,
+                    output,
                     at,
                 });
             }

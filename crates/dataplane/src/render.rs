@@ -41,7 +41,7 @@ use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
 
 mod flowlog;
 use flowlog::log_rule;
-pub use flowlog::{FLOW_LOG_GROUP, FlowCause, flow_cause};
+pub use flowlog::{FLOW_LOG_GROUP, FlowCause, Interfaces, flow_cause};
 
 /// The table Gingham owns; nothing else is ever touched.
 pub const TABLE: &str = "gingham";
@@ -570,8 +570,47 @@ fn set_name(letter: &str, family: Family, id: &str) -> String {
     format!("{letter}{}{}", family.tag(), short_hash(id))
 }
 
+/// A host endpoint's chain for one mode (its own: host endpoints are few, and the host
+/// dispatch names them).
 fn endpoint_chain_name(key: &str, mode: Mode) -> String {
     format!("e{}{}", short_hash(key), mode.suffix())
+}
+
+/// A workload stage's chain, named by what it holds (the tiers with their policies, the
+/// profiles, how it ends), not by the endpoint: workloads whose programs jump to the same
+/// policies share it, so a policy change that selects forty workloads alike writes one new
+/// chain and moves forty dispatch map elements, instead of rewriting forty chains.
+fn workload_chain_name(mode: Mode, chain: &ChainProgram) -> String {
+    use std::fmt::Write as _;
+    let mut shape = format!(
+        "{}|{:?}|{}|{}|",
+        mode.suffix(),
+        chain.missing_tier,
+        chain.end_of_tier,
+        chain.profiles_apply
+    );
+    for t in &chain.tiers {
+        let _ = write!(shape, "t{:?}{:?}", t.tier, t.default_action);
+        for p in &t.policies {
+            let _ = write!(shape, "p{:?}", p.policy);
+        }
+    }
+    for p in &chain.profiles {
+        let _ = match p {
+            ProfileProgram::Rules { profile, .. } => write!(shape, "r{profile:?}"),
+            ProfileProgram::Missing { profile } => write!(shape, "m{profile:?}"),
+        };
+    }
+    format!("w{}{}", short_hash(&shape), mode.suffix())
+}
+
+/// The chain an endpoint's stage is rendered in.
+fn stage_chain_name(key: &str, ep: &EndpointProgram, mode: Mode, chain: &ChainProgram) -> String {
+    if ep.host {
+        endpoint_chain_name(key, mode)
+    } else {
+        workload_chain_name(mode, chain)
+    }
 }
 
 fn policy_chain_name(policy: &impl std::fmt::Debug, dir: &str) -> String {
@@ -626,8 +665,10 @@ pub struct Touched {
 /// What one endpoint put in the table.
 struct Placed {
     host: bool,
-    /// Its own chains: one per direction and mode, and their tier chains.
+    /// Its own chains (host endpoints): one per direction and mode, and their tier chains.
     owned: Vec<String>,
+    /// The shared workload stage chains its dispatch map elements name (counted in `users`).
+    stages: Vec<String>,
     /// The shared policy and profile chains they jump to (counted in `users`).
     shared: Vec<String>,
     /// Its elements in the workload dispatch maps (map, element).
@@ -646,8 +687,10 @@ pub struct Renderer {
     table: Table,
     names: SetNames,
     placed: HashMap<String, Placed>,
-    /// How many endpoint chains jump to each shared chain.
+    /// How many endpoint stages use each shared chain (policy, profile or workload stage).
     users: HashMap<String, usize>,
+    /// The tier chains of each shared workload stage chain.
+    stage_parts: HashMap<String, Vec<String>>,
     /// How many endpoints put each element in a dispatch map (two endpoints may claim one
     /// interface).
     entry_users: HashMap<(&'static str, String), usize>,
@@ -670,6 +713,7 @@ impl Renderer {
             names: SetNames::default(),
             placed: HashMap::new(),
             users: HashMap::new(),
+            stage_parts: HashMap::new(),
             entry_users: HashMap::new(),
             fresh: HashSet::new(),
             base_chains: Vec::new(),
@@ -788,6 +832,7 @@ impl Renderer {
         self.names = SetNames::default();
         self.placed.clear();
         self.users.clear();
+        self.stage_parts.clear();
         self.entry_users.clear();
         self.fresh.clear();
         self.base_chains.clear();
@@ -884,6 +929,7 @@ impl Renderer {
         let mut placed = Placed {
             host: ep.host,
             owned: Vec::new(),
+            stages: Vec::new(),
             shared: Vec::new(),
             entries: Vec::new(),
         };
@@ -908,7 +954,7 @@ impl Renderer {
                 entries.push((map, format!("\"{}\" : {verdict}", ep.interface)));
                 continue;
             }
-            let name = endpoint_chain_name(key, mode);
+            let name = stage_chain_name(key, ep, mode, chain);
             // A workload's ingress is the last stage of a forwarded packet; its egress is
             // followed by the destination's ingress, or by the host's own input rules.
             let (on_accept, entry) = match (ep.host, mode) {
@@ -916,10 +962,27 @@ impl Renderer {
                 (false, Mode::In) => ("accept", Some(format!("goto {name}"))),
                 (false, _) => ("return", Some(format!("jump {name}"))),
             };
-            for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
-                self.table.chains.insert(n.clone(), c);
-                self.touched.chains.insert(n.clone());
-                placed.owned.push(n);
+            if ep.host {
+                for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
+                    self.table.chains.insert(n.clone(), c);
+                    self.touched.chains.insert(n.clone());
+                    placed.owned.push(n);
+                }
+            } else {
+                // Shared by every workload with the same stage: rendered by the first, taken
+                // out with the last (its name says everything it holds).
+                let users = self.users.entry(name.clone()).or_default();
+                *users += 1;
+                if *users == 1 {
+                    for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
+                        self.table.chains.insert(n.clone(), c);
+                        self.touched.chains.insert(n.clone());
+                        if n != name {
+                            self.stage_parts.entry(name.clone()).or_default().push(n);
+                        }
+                    }
+                }
+                placed.stages.push(name.clone());
             }
             let mut shared = Vec::new();
             if chain.missing_tier.is_none() {
@@ -1005,12 +1068,16 @@ impl Renderer {
                 self.touched.sets.insert(map.into());
             }
         }
-        for n in placed.shared {
+        for n in placed.shared.into_iter().chain(placed.stages) {
             let users = self.users.entry(n.clone()).or_default();
             *users = users.saturating_sub(1);
             if *users == 0 {
                 self.users.remove(&n);
                 self.origins.remove(&n);
+                for part in self.stage_parts.remove(&n).unwrap_or_default() {
+                    self.table.chains.remove(&part);
+                    self.touched.chains.insert(part);
+                }
                 self.table.chains.remove(&n);
                 self.touched.chains.insert(n);
             }
@@ -1555,7 +1622,11 @@ fn endpoint_chain(
         main.push(log_rule("", &flowlog::tag(name)));
         main.push(Rule::new(
             "counter drop",
-            format!("no policy or profile allowed ({})", ep.endpoint),
+            if ep.host {
+                format!("no policy or profile allowed ({})", ep.endpoint)
+            } else {
+                "no policy or profile allowed".to_owned()
+            },
         ));
     }
     out.push((name.to_owned(), Chain::regular(main)));

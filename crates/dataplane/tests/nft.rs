@@ -250,8 +250,9 @@ fn every_flow_log_tag_names_its_cause() {
                     continue;
                 }
                 tags += 1;
-                let cause = gingham_dataplane::render::flow_cause(&program, tag)
-                    .unwrap_or_else(|| panic!("{}: tag {tag:?} names nothing", dir.display()));
+                let cause =
+                    gingham_dataplane::render::flow_cause(&program, tag, Default::default())
+                        .unwrap_or_else(|| panic!("{}: tag {tag:?} names nothing", dir.display()));
                 assert!(!cause.cause.is_empty());
                 assert!(
                     r.text.contains(&format!(

@@ -11,8 +11,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Rng, property_seeds, resolve_step, update_steps};
-use gingham_calc::incremental::Calculator;
+use gingham_calc::incremental::{Calculator, Update};
 use gingham_calc::snapshot::NatPools;
+use gingham_dataplane::render::{Interfaces, flow_cause};
 use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table};
 use gingham_model::Resource;
 use ipnet::IpNet;
@@ -148,4 +149,152 @@ fn incremental_rendering_equals_a_full_render() {
     eprintln!(
         "{steps_checked} updates ({partial_syncs} partial syncs), always equal to a full render"
     );
+}
+
+/// `n` workloads alike (`cali0000`… on node-a, namespace web, app=web), their namespace profile
+/// and a policy selecting them all (ingress TCP 443 only).
+fn alike_pods(n: usize) -> Vec<Resource> {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: kns.web}\nspec:\n  ingress: [{action: Allow}]\n  egress: [{action: Allow}]\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: before, namespace: web}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [443]}}]\n---\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: node--a-k8s-pod{i}-eth0, namespace: web, labels: {{app: web, projectcalico.org/namespace: web}}}}\nspec: {{node: node-a, orchestrator: k8s, pod: pod{i}, endpoint: eth0, interfaceName: cali{i:04}, ipNetworks: [10.0.0.{}/32], profiles: [kns.web]}}\n---\n",
+            i + 1
+        ));
+    }
+    gingham_model::load_resources("pods.yaml", &text).unwrap()
+}
+
+/// Workloads with the same stage share its chain: a policy that selects forty-one workloads
+/// alike (which all had another policy before) writes one new stage chain (with its tier chain)
+/// and the policy's chain, and moves forty-one dispatch map elements; it does not rewrite a
+/// chain per workload. Removing it again takes the shared chains out.
+#[test]
+fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
+    const PODS: usize = 41;
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(alike_pods(PODS));
+    let mut renderer = Renderer::new(calc.state(), Settings::default());
+    renderer.take_touched();
+    let ingress_stages = |t: &Table| {
+        t.sets["wl-ingress"]
+            .elements
+            .iter()
+            .filter(|e| e.starts_with("\"cali"))
+            .map(|e| e.rsplit(' ').next().unwrap().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        ingress_stages(renderer.table()).len(),
+        1,
+        "one shared stage"
+    );
+
+    let policy = gingham_model::load_resources(
+        "policy.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: web, namespace: web}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [80]}}]\n",
+    )
+    .unwrap();
+    let changes = calc.apply(Update::Upsert(Box::new(policy[0].clone())));
+    assert_eq!(changes.len(), PODS, "every workload's program changes");
+    let before = renderer.table().clone();
+    renderer.apply(&changes);
+    let touched = renderer.take_touched();
+    let script = before
+        .diff_only(
+            renderer.table(),
+            &names(touched.chains.iter()),
+            &names(touched.sets.iter()),
+        )
+        .unwrap();
+    // Chains the update writes: new or changed ones (the programmer rewrites exactly these).
+    let written: Vec<&String> = renderer
+        .table()
+        .chains
+        .iter()
+        .filter(|(n, c)| before.chains.get(*n) != Some(*c))
+        .map(|(n, _)| n)
+        .collect();
+    // The new stage chain and its tier chain, the new policy's chain.
+    assert!(written.len() <= 3, "chains written: {written:#?}");
+    let moved = script
+        .text
+        .lines()
+        .filter(|l| l.contains("wl-ingress"))
+        .map(|l| l.matches("\"cali").count())
+        .sum::<usize>();
+    assert_eq!(
+        moved,
+        2 * PODS,
+        "each element deleted and added once:\n{}",
+        script.text
+    );
+    assert_eq!(
+        ingress_stages(renderer.table()).len(),
+        1,
+        "still one shared stage"
+    );
+    assert_ne!(ingress_stages(&before), ingress_stages(renderer.table()));
+    // The old stage chains are gone, not left behind.
+    let stale: Vec<&String> = before
+        .chains
+        .keys()
+        .filter(|c| c.starts_with('w') && !renderer.table().chains.contains_key(*c))
+        .collect();
+    assert_eq!(
+        stale.len(),
+        2,
+        "old stage and tier chain removed: {stale:?}"
+    );
+    assert_eq!(
+        renderer.table(),
+        Renderer::new(calc.state(), Settings::default()).table()
+    );
+}
+
+/// A flow log tag of a shared stage chain names the stage of the workload the packet was
+/// going to (its way out is the workload's interface), not the first workload sharing it.
+#[test]
+fn a_shared_stage_drop_names_the_workload_by_the_packets_interface() {
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(alike_pods(3));
+    let program = calc.state();
+    let table = Renderer::new(program.clone(), Settings::default())
+        .table()
+        .clone();
+    let tags: Vec<String> = table
+        .chains
+        .iter()
+        .filter(|(n, _)| n.starts_with('w') && n.ends_with("i0"))
+        .flat_map(|(_, c)| c.rules.iter())
+        .filter_map(|r| {
+            r.text
+                .split_once(" prefix \"")
+                .map(|(_, t)| t.trim_end_matches('"').to_owned())
+        })
+        .collect();
+    assert_eq!(
+        tags.len(),
+        1,
+        "one end-of-tier log rule for the shared ingress stage: {tags:?}"
+    );
+    for (iface, pod) in [
+        ("cali0000", "pod0"),
+        ("cali0002", "pod2"),
+        ("cali0001", "pod1"),
+    ] {
+        let via = Interfaces {
+            input: Some("eth0"),
+            output: Some(iface),
+        };
+        let cause = flow_cause(&program, &tags[0], via).expect("the tag names a cause");
+        let stage = cause.stage.unwrap_or_default();
+        assert!(stage.contains(&format!("web/{pod}")), "{iface}: {stage}");
+        assert_eq!(cause.tier.as_deref(), Some("default"));
+    }
+    // Without interfaces, the cause is still known (any of the workloads alike).
+    let cause = flow_cause(&program, &tags[0], Interfaces::default()).unwrap();
+    assert_eq!(cause.tier.as_deref(), Some("default"));
 }

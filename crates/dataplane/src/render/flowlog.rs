@@ -6,8 +6,9 @@
 //! the table was rendered from.
 //!
 //! Tags: `gh <chain> <index>` for a Deny rule of a policy (`p…`) or profile (`r…`) chain;
-//! `gh <chain>` for the end of a tier (`e…<k>`) or of an endpoint chain (`e…`: a missing
-//! profile, or no profile allowed); `gh w` for a workload interface without a program and
+//! `gh <chain>` for the end of a tier (`e…<k>`, `w…<k>`) or of an endpoint chain (`e…` for
+//! host endpoints, `w…` for workload stages, shared by workloads alike: a missing profile, or
+//! no profile allowed); `gh w` for a workload interface without a program and
 //! `gh h` for DefaultEndpointToHostAction Drop.
 
 use gingham_calc::eval::ENDPOINT_TO_HOST_DROP;
@@ -16,7 +17,7 @@ use gingham_calc::program::{NodeProgram, ProfileProgram};
 use gingham_calc::{StageKind, Step};
 use gingham_model::Action;
 
-use super::{Mode, endpoint_chain_name, policy_chain_name, profile_chain_name};
+use super::{Mode, policy_chain_name, profile_chain_name, stage_chain_name};
 use crate::table::Rule;
 
 /// The NFLOG group the flow log rules send to (the agent's reader binds it).
@@ -78,9 +79,18 @@ fn with_step(step: Step) -> FlowCause {
     }
 }
 
+/// The interfaces a logged packet came in by and was going out by, when NFLOG said.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interfaces<'a> {
+    pub input: Option<&'a str>,
+    pub output: Option<&'a str>,
+}
+
 /// The decision behind a flow log prefix, from the programs the table was rendered from;
 /// `None` for a prefix that is not ours or names a chain the programs no longer have.
-pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
+/// Workloads with the same stage share its chain: the packet's interfaces say whose stage it
+/// was (a workload's ingress is the packet's way out, its egress the way in).
+pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Option<FlowCause> {
     let prefix = prefix.trim_end();
     if prefix == NO_PROGRAM {
         return Some(FlowCause {
@@ -104,6 +114,7 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
         Some(i) => Some(i.parse().ok()?),
         None => None,
     };
+    let mut first = None;
     for (key, ep) in &program.endpoints {
         for (mode, prog) in Mode::of(ep) {
             let dir = mode.dir();
@@ -147,10 +158,15 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
                 }
                 continue;
             }
-            let name = endpoint_chain_name(key, mode);
+            let name = stage_chain_name(key, ep, mode, prog);
             let Some(tail) = chain.strip_prefix(&name) else {
                 continue;
             };
+            let packet_interface = if dir == "i" { via.output } else { via.input };
+            let this_one = ep.host || packet_interface == Some(ep.interface.as_str());
+            if !this_one && first.is_some() {
+                continue;
+            }
             let stage = Some(stage_words(stage_kind(ep.host, mode), &ep.endpoint));
             if tail.is_empty() {
                 let missing = prog.profiles.iter().find_map(|p| match p {
@@ -164,17 +180,22 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
                     None if prog.profiles.is_empty() => Step::NoProfiles,
                     None => Step::ProfilesExhausted,
                 };
-                return Some(FlowCause {
+                let cause = FlowCause {
                     stage,
                     ingress,
                     profile: missing,
                     ..with_step(step)
-                });
+                };
+                if this_one {
+                    return Some(cause);
+                }
+                first = Some(cause);
+                continue;
             }
             if let Ok(k) = tail.parse::<usize>()
                 && let Some(tier) = prog.tiers.get(k)
             {
-                return Some(FlowCause {
+                let cause = FlowCause {
                     stage,
                     ingress,
                     tier: Some(tier.tier.clone()),
@@ -182,9 +203,15 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str) -> Option<FlowCause> {
                         tier: tier.tier.clone(),
                         action: tier.default_action,
                     })
-                });
+                };
+                if this_one {
+                    return Some(cause);
+                }
+                first = Some(cause);
             }
         }
     }
-    None
+    // No endpoint with the chain has the packet's interface (NFLOG did not say, or the
+    // endpoint moved): the cause is the same for every endpoint sharing it.
+    first
 }
