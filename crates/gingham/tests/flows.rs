@@ -145,6 +145,12 @@ fn sys_flow_log_flood_stays_bounded_and_programming_goes_on() {
 /// 100 or after a second), and it names both endpoints: their addresses were learned after the
 /// table was programmed (a pod's endpoint gets its address in a later write that changes no
 /// rule), and the flow log's names follow every endpoint change, not only reprogramming.
+/// Two pods alike (CLUSTER's list goes on) and a policy that lets only TCP 443 in to them.
+const ALIKE: &str = r#"- {apiVersion: v1, kind: Pod, metadata: {name: alike-1, namespace: default, labels: {app: alike}}, spec: {nodeName: node-a}}
+- {apiVersion: v1, kind: Pod, metadata: {name: alike-2, namespace: default, labels: {app: alike}}, spec: {nodeName: node-a}}
+"#;
+const ONLY_443: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: only-443, namespace: default}\nspec:\n  selector: app == 'alike'\n  ingress: [{action: Allow, protocol: TCP, destination: {ports: [443]}}]\n";
+
 #[test]
 fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
     Fabric::Flat.require();
@@ -153,7 +159,7 @@ fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
         "{nodes: [node-a, node-b]}",
         // The policy is in the lab from the start: nothing is programmed after the pods came.
         &format!(
-            "{}{CLUSTER}---\n{DENY}",
+            "{}{CLUSTER}{ALIKE}---\n{DENY}---\n{ONLY_443}",
             Fabric::Flat.pool("pods", "10.244.0.0/16", "")
         ),
     );
@@ -180,4 +186,26 @@ fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
         (Some("default/flooder"), Some("default/target")),
         "{found}"
     );
+
+    // Two pods alike share their ingress stage's chain; a drop at its end of tier names the
+    // pod the packet was going to (the later one in name order, not the first sharing it).
+    assert_eq!(
+        common::try_outcome(&lab.dir, "default/flooder", "default/alike-2", "TCP", 80),
+        "no-answer"
+    );
+    let out = common::ok_in(
+        &["flows", "--dir", &lab.dir, "--denied", "-o", "json"],
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let alike = common::pod_address(&lab, "default/alike-2");
+    let found = v["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst_ip"] == alike.as_str() && r["port"] == 80)
+        .unwrap_or_else(|| panic!("no record of the denied try to alike-2 yet: {out}"));
+    assert_eq!(found["tier"], "default", "{found}");
+    let stage = found["stage"].as_str().unwrap_or_default();
+    assert!(stage.contains("default/alike-2"), "{found}");
 }
