@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 use common::Fabric;
 use serde_json::{Value, json};
 
+/// A file of the examples (`examples/PATH`) or, for `data/PATH`, of this crate's test data.
 fn example(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(path)
-        .display()
-        .to_string()
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match path.strip_prefix("data/") {
+        Some(p) => root.join("tests/data").join(p),
+        None => root.join("../../examples").join(path),
+    }
+    .display()
+    .to_string()
 }
 
 /// A `gingham ui` process on a free port of 127.0.0.1, killed when dropped.
@@ -235,6 +238,20 @@ fn matrix_explain_and_lint_endpoints_answer_as_the_cli_on_seed_000() {
 #[test]
 fn matrix_explain_and_lint_endpoints_answer_as_the_cli_on_seed_004() {
     endpoints_agree_with_the_cli(&["reach/missing-profile.yaml"], 80);
+}
+
+/// Lint's warnings too (selector-matches-nothing, shadowed-rule) and an error.
+#[test]
+fn matrix_explain_and_lint_endpoints_answer_as_the_cli_on_lint_warnings() {
+    endpoints_agree_with_the_cli(
+        &[
+            "data/lint/pods.yaml",
+            "data/lint/shadowed-rule.yaml",
+            "data/lint/selector-matches-nothing.yaml",
+            "data/lint/deny-only-isolates.yaml",
+        ],
+        80,
+    );
 }
 
 #[test]
