@@ -357,6 +357,78 @@ fn matrix_endpoint_ports_namespaces_bad_parameters_and_the_page() {
     assert_eq!(ui.get("/nothing-here").0, 404);
 }
 
+/// `big` pods in namespace `big` (three kinds of labels) and `small` in `small` (two), with a
+/// policy in `small` that lets only one kind in to the other.
+fn namespaces_of(big: usize, small: usize) -> String {
+    let mut docs = String::from(
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: big}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: small}}\n",
+    );
+    for i in 0..big + small {
+        let (ns, app) = if i < big {
+            ("big", i % 3)
+        } else {
+            ("small", i % 2)
+        };
+        docs.push_str(&format!(
+            "- {{apiVersion: v1, kind: Pod, metadata: {{name: p{i}, namespace: {ns}, labels: {{app: a{app}}}}}, spec: {{nodeName: node-1}}, status: {{podIP: 10.244.{}.{}}}}}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    docs.push_str("---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: only-a0, namespace: small}\nspec:\n  selector: app == 'a1'\n  ingress: [{action: Allow, source: {selector: app == 'a0'}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: only-a1, namespace: big}\nspec:\n  selector: app == 'a2'\n  ingress: [{action: Allow, source: {selector: app == 'a1'}}]\n");
+    docs
+}
+
+/// A cluster larger than one matrix on the page: the page is told to choose a namespace (not
+/// left to hang), and a namespace's matrix is reach's cells, in good time.
+#[test]
+fn a_matrix_beyond_the_cap_asks_for_a_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    let (big, small) = (250, 60);
+    let docs = namespaces_of(big, small);
+    common::ok_in(&["apply", "-f", "-", "--datastore", &ds], Some(&docs));
+    let ui = UiServer::start(&ds, &["--run-dir", dir.path().to_str().unwrap()]);
+
+    let (status, body) = ui.get("/api/matrix?port=80");
+    assert_eq!(status, 422, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["error"],
+        format!(
+            "{} endpoints: the page shows at most 300 in one matrix; choose a namespace (or use gingham reach)",
+            big + small
+        )
+        .as_str()
+    );
+
+    let t = Instant::now();
+    let one = ui.json("/api/matrix?port=80&namespace=small");
+    eprintln!(
+        "a matrix of {small} endpoints of {}: {:?}",
+        big + small,
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(one["endpoints"], big + small);
+    let m = &one["matrices"][0];
+    let full = &reach(&ds, Some(80))[0];
+    let eps = m["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), small);
+    let mut denied = 0;
+    for from in eps {
+        for to in eps {
+            let (from, to) = (from.as_str().unwrap(), to.as_str().unwrap());
+            assert_eq!(
+                m["allowed"][from][to], full["allowed"][from][to],
+                "{from} -> {to}"
+            );
+            denied += usize::from(m["allowed"][from][to] == false);
+        }
+    }
+    assert!(denied > 0);
+}
+
 /// `/api/flows` is `gingham flows --denied -o json` of the same run directory: allowed flows
 /// left out, records oldest first, the rotated file included.
 #[test]
@@ -599,7 +671,11 @@ async fn choose(page: &chromiumoxide::Page, id: &str, value: &str) {
 }
 
 /// What the page must show for the lab: checked step by step (see the module documentation).
-async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
+fn check_page(lab_dir: String, ds: String) -> impl FnOnce(chromiumoxide::Page) -> Checks {
+    move |page| Box::pin(check_lab_page(page, lab_dir, ds))
+}
+
+async fn check_lab_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
     // 1. Every matrix the page offers, every cell, against reach (one matrix per declared port).
     let cli = reach(&ds, None);
     assert!(cli.len() >= 2, "the lab declares two ports: {cli:#?}");
@@ -620,7 +696,7 @@ async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
         Ok(())
     })
     .await;
-    screenshot(&page, "matrix.png").await;
+    screenshot(&page, "lab-matrix.png").await;
     for (i, m) in cli.iter().enumerate() {
         choose(&page, "which", &i.to_string()).await;
         let want_title = format!("from \\ to {}", titles[i]);
@@ -671,7 +747,7 @@ async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
         same_cells(v, &cli[i])
     })
     .await;
-    screenshot(&page, "namespace.png").await;
+    screenshot(&page, "lab-namespace.png").await;
     choose(&page, "namespace", "").await;
 
     // 3. Click the denied cell client -> web on port 80: explain's text for that flow.
@@ -739,7 +815,7 @@ async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
         },
     )
     .await;
-    screenshot(&page, "explain.png").await;
+    screenshot(&page, "lab-explain.png").await;
     assert_eq!(got["title"], format!("TCP/80 from {from} to {to}").as_str());
     assert_eq!(
         got["text"],
@@ -827,7 +903,7 @@ async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
         },
     )
     .await;
-    screenshot(&page, "flows.png").await;
+    screenshot(&page, "lab-flows.png").await;
     let record = common::flows(&lab_dir, true)
         .into_iter()
         .find(|r| common::flow_is(r, from, to, 80, since))
@@ -837,6 +913,56 @@ async fn check_page(page: chromiumoxide::Page, lab_dir: String, ds: String) {
         "the page's cause is not the flow log's"
     );
     assert_eq!(row[5], cause.as_str(), "the page's cause is not explain's");
+}
+
+/// The checks run on a page.
+type Checks = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Opens `url` in headless Chromium and runs `checks` on the page; takes a screenshot
+/// (`TAG-failure.png`) if they fail, and closes Chromium in any case before failing the test.
+fn in_chromium(
+    chromium: &Path,
+    url: &str,
+    tag: &str,
+    checks: impl FnOnce(chromiumoxide::Page) -> Checks,
+) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let outcome = runtime.block_on(async {
+        use chromiumoxide::browser::{Browser, BrowserConfig};
+        use futures::StreamExt as _;
+        let config = BrowserConfig::builder()
+            .chrome_executable(chromium)
+            .no_sandbox()
+            .arg("--disable-gpu")
+            .window_size(1400, 1000)
+            .user_data_dir(profile.path())
+            .build()
+            .unwrap();
+        let (mut browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
+        // The connection's events; a message this client does not know is skipped.
+        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let page = browser.new_page(url).await.expect("the page opens");
+        let outcome = tokio::spawn(checks(page.clone())).await;
+        if outcome.is_err() {
+            screenshot(&page, &format!("{tag}-failure.png")).await;
+        }
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        events.abort();
+        outcome
+    });
+    drop(runtime);
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(p) => std::panic::resume_unwind(p),
+            Err(e) => panic!("the checks did not finish: {e}"),
+        }
+    }
 }
 
 #[test]
@@ -860,46 +986,85 @@ fn sys_web_view_in_headless_chromium_shows_the_lab() {
         artifacts().display()
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let outcome = runtime.block_on(async {
-        use chromiumoxide::browser::{Browser, BrowserConfig};
-        use futures::StreamExt as _;
-        let config = BrowserConfig::builder()
-            .chrome_executable(&chromium)
-            .no_sandbox()
-            .arg("--disable-gpu")
-            .window_size(1400, 1000)
-            .user_data_dir(profile.path())
-            .build()
-            .unwrap();
-        let (mut browser, mut handler) = Browser::launch(config).await.expect("chromium starts");
-        // The connection's events; a message this client does not know is skipped.
-        let events = tokio::spawn(async move { while handler.next().await.is_some() {} });
-        let page = browser
-            .new_page(ui.url.as_str())
-            .await
-            .expect("the page opens");
-        let checks = tokio::spawn(check_page(page.clone(), lab.dir.clone(), lab.ds.clone())).await;
-        if checks.is_err() {
-            screenshot(&page, "failure.png").await;
-        }
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-        events.abort();
-        checks
-    });
-    drop(runtime);
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(p) => std::panic::resume_unwind(p),
-            Err(e) => panic!("the checks did not finish: {e}"),
-        }
-    }
+    in_chromium(
+        &chromium,
+        &ui.url,
+        "lab",
+        check_page(lab.dir.clone(), lab.ds.clone()),
+    );
     drop(ui);
     common::down_leaves_nothing(&lab);
+}
+
+/// At the cap (300 endpoints in one namespace) the page shows the whole matrix in good time,
+/// every one of its 90,000 cells reach's, and a click still explains a cell.
+#[test]
+fn sys_web_view_shows_a_matrix_at_the_cap_in_headless_chromium() {
+    let chromium = gingham_testkit::require_tool("chromium");
+    let dir = tempfile::tempdir().unwrap();
+    let ds = format!("sqlite:{}", dir.path().join("g.db").display());
+    common::ok_in(
+        &["apply", "-f", "-", "--datastore", &ds],
+        Some(&namespaces_of(300, 20)),
+    );
+    let ui = UiServer::start(&ds, &["--run-dir", dir.path().to_str().unwrap()]);
+    let full = reach(&ds, Some(80)).remove(0);
+    let started = Instant::now();
+    let url = format!("{}?port=80&namespace=big", ui.url);
+    in_chromium(&chromium, &url, "cap", move |page| {
+        Box::pin(async move {
+            let (n, shown) =
+                wait_page(&page, "the matrix of 300 endpoints", 60, READ_MATRIX, |v| {
+                    match v["columns"].as_array() {
+                        Some(c) if c.len() == 300 => same_cells(v, &full).map(|n| (n, v.clone())),
+                        _ => Err(format!(
+                            "{} columns",
+                            v["columns"].as_array().map_or(0, Vec::len)
+                        )),
+                    }
+                })
+                .await;
+            assert_eq!(n, 300 * 300);
+            let took = started.elapsed();
+            eprintln!("the page showed a matrix of 300 endpoints {took:?} after it was opened");
+            assert!(took < Duration::from_secs(30), "{took:?}");
+            screenshot(&page, "cap-matrix.png").await;
+            // A denied cell far down and right: its explanation.
+            let columns = shown["columns"].as_array().unwrap();
+            let (row, col) = (0..300)
+                .rev()
+                .flat_map(|r| (0..300).rev().map(move |c| (r, c)))
+                .find(|&(r, c)| shown["rows"][r]["cells"][c] == "✗")
+                .expect("a denied cell");
+            let (from, to) = (
+                shown["rows"][row]["from"].as_str().unwrap(),
+                columns[col].as_str().unwrap(),
+            );
+            page.find_element(format!(
+                "#matrix tbody tr:nth-child({}) td:nth-child({})",
+                row + 1,
+                col + 2
+            ))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+            let explained = common::explain(&ds, from, to, 80);
+            let text = wait_page(
+                &page,
+                "the explanation",
+                20,
+                r#"() => document.getElementById('explain-text').textContent"#,
+                |v| {
+                    v.as_str()
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("{v}"))
+                },
+            )
+            .await;
+            assert_eq!(text, explained);
+        })
+    });
 }

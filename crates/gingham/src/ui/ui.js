@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const FLOWS_EVERY_MS = 1000;
 const LINT_EVERY_MS = 5000;
+const MAX_FLOW_ROWS = 500;
 
 let matrices = [];
 
@@ -112,14 +113,22 @@ function renderMatrix() {
     tr.appendChild(el("th", from));
     for (const to of m.endpoints) {
       const ok = m.allowed[from][to];
-      const td = el("td", ok ? "✓" : "✗", ok ? "allowed" : "denied");
-      td.title = from + " → " + to + ": " + (ok ? "allowed" : "denied");
-      td.addEventListener("click", () => explainCell(td, m, from, to));
-      tr.appendChild(td);
+      tr.appendChild(el("td", ok ? "✓" : "✗", ok ? "allowed" : "denied"));
     }
     tbody.appendChild(tr);
   }
   table.appendChild(tbody);
+}
+
+// One listener for every cell (a matrix at the cap has 90,000): the cell's row and column
+// name the flow.
+function matrixClicked(ev) {
+  const td = ev.target.closest("#matrix td");
+  const m = matrices[Number($("which").value) || 0];
+  if (!td || !m) return;
+  const from = m.endpoints[td.parentElement.sectionRowIndex];
+  const to = m.endpoints[td.cellIndex - 1];
+  if (from !== undefined && to !== undefined) explainCell(td, m, from, to);
 }
 
 async function explainCell(td, m, from, to) {
@@ -180,7 +189,11 @@ async function loadFlows() {
     if (text !== shownFlows) {
       shownFlows = text;
       tbody.replaceChildren();
-      for (const r of data.flows.slice().reverse()) {
+      const newest = data.flows.slice(-MAX_FLOW_ROWS).reverse();
+      $("flows-more").textContent = data.flows.length > MAX_FLOW_ROWS
+        ? "Showing the newest " + MAX_FLOW_ROWS + " of " + data.flows.length + " (all: gingham flows --denied)."
+        : "";
+      for (const r of newest) {
         const tr = el("tr");
         tr.appendChild(el("td", r.time));
         tr.appendChild(el("td", r.node));
@@ -222,6 +235,7 @@ function start() {
   });
   $("namespace").addEventListener("change", loadMatrix);
   $("which").addEventListener("change", renderMatrix);
+  $("matrix").addEventListener("click", matrixClicked);
   loadMatrix();
   every(LINT_EVERY_MS, loadLint);
   every(FLOWS_EVERY_MS, loadFlows);
