@@ -237,7 +237,11 @@ function start() {
   $("which").addEventListener("change", renderMatrix);
   $("matrix").addEventListener("click", matrixClicked);
   loadMatrix();
-  every(LINT_EVERY_MS, loadLint);
+  every(LINT_EVERY_MS, async () => {
+    // A matrix that failed (the datastore down) is asked for again: it shows once it answers.
+    if (matrices.length === 0 && !$("matrix-error").hidden) await loadMatrix();
+    await loadLint();
+  });
   every(FLOWS_EVERY_MS, loadFlows);
 }
 
