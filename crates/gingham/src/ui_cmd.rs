@@ -49,6 +49,8 @@ pub const HOSTS: &str = "(host endpoints)";
 #[derive(Debug, Args)]
 pub struct UiArgs {
     /// Where to serve the page: ADDRESS:PORT (port 0: any free port). The URL is printed.
+    /// The page has no login: whoever reaches the address reads the policy, so keep it on
+    /// loopback (or behind a proxy that authenticates).
     #[arg(long, default_value = "127.0.0.1:9097")]
     pub listen: SocketAddr,
     /// The lab whose nodes' denied flows to show (`lab up --dir`); if no lab is there, this
