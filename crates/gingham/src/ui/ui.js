@@ -57,13 +57,18 @@ function matrixTitle(m) {
   return m.port === null || m.port === undefined ? m.protocol : m.protocol + "/" + m.port;
 }
 
+// Answers to older requests (the user chose again meanwhile) are dropped.
+let matrixRequest = 0;
+
 async function loadMatrix() {
+  const request = ++matrixRequest;
   const params = new URLSearchParams();
   params.set("protocol", $("protocol").value);
   if ($("port").value) params.set("port", $("port").value);
   if ($("namespace").value) params.set("namespace", $("namespace").value);
   try {
     const data = await getJson("/api/matrix?" + params.toString());
+    if (request !== matrixRequest) return;
     showError("matrix-error", null);
     matrices = data.matrices;
     const ns = $("namespace");
@@ -88,6 +93,7 @@ async function loadMatrix() {
     w.hidden = data.warnings.length === 0;
     renderMatrix();
   } catch (e) {
+    if (request !== matrixRequest) return;
     matrices = [];
     $("which").replaceChildren();
     $("matrix").replaceChildren();
