@@ -161,8 +161,12 @@ const HEADER: [&str; 7] = [
     "CAUSE",
 ];
 
-pub fn run(args: &FlowsArgs) -> Result<Exit> {
-    let sources = sources(args)?;
+/// The records `args` selects (node, verdict, period) from every file of their run
+/// directories, oldest first, and how far each file was read.
+fn read_records(
+    args: &FlowsArgs,
+    sources: &BTreeMap<String, PathBuf>,
+) -> Result<(Vec<FlowRecord>, BTreeMap<PathBuf, u64>)> {
     let after = args
         .since
         .map(|d| jiff::Timestamp::now() - jiff::SignedDuration::try_from(d).unwrap_or_default());
@@ -176,6 +180,19 @@ pub fn run(args: &FlowsArgs) -> Result<Exit> {
         }
     }
     records.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok((records, offsets))
+}
+
+/// What `flows -o json` prints for `args` (without `--follow`): `{"flows":[...]}`. The web
+/// view (`gingham ui`) serves the same.
+pub fn json_document(args: &FlowsArgs) -> Result<serde_json::Value> {
+    let (records, _) = read_records(args, &sources(args)?)?;
+    Ok(serde_json::json!({ "flows": records }))
+}
+
+pub fn run(args: &FlowsArgs) -> Result<Exit> {
+    let sources = sources(args)?;
+    let (records, mut offsets) = read_records(args, &sources)?;
     match (args.output, args.follow) {
         (FlowsFormat::Json, false) => {
             let doc = serde_json::json!({ "flows": records });

@@ -42,15 +42,16 @@ pub fn codes_help() -> String {
 }
 
 /// What `lint` reads from a datastore: what `reach` reads, and the nodes' IPAM blocks.
-fn kinds() -> Vec<Kind> {
+pub fn kinds() -> Vec<Kind> {
     let mut k = POLICY_KINDS.to_vec();
     k.push(Kind::BlockAffinity);
     k
 }
 
+/// `lint -o json`'s document.
 #[derive(Serialize)]
-struct Report<'a> {
-    findings: &'a [Finding],
+pub struct Report<'a> {
+    pub findings: &'a [Finding],
 }
 
 pub fn run(args: &LintArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -> Result<Exit> {

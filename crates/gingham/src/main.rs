@@ -42,6 +42,7 @@ mod output;
 mod reach_cmd;
 mod resources_cmd;
 mod selector_cmd;
+mod ui_cmd;
 
 use std::process::ExitCode;
 
@@ -134,6 +135,9 @@ enum Command {
     /// Print manifests derived from the model (the Kubernetes datastore's CRDs).
     #[command(subcommand)]
     Manifests(manifests_cmd::ManifestsCmd),
+    /// Serve a web page of the datastore's policy: the reachability matrix (each cell's
+    /// explanation on click), the lint findings and the denied flows as they are logged.
+    Ui(ui_cmd::UiArgs),
 }
 
 fn main() -> ExitCode {
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bgp(cmd) => bgp_cmd::run(cmd, &client),
         Command::Node(cmd) => node_cmd::run(cmd),
         Command::Manifests(cmd) => manifests_cmd::run(cmd).map(|()| Exit::Ok),
+        Command::Ui(a) => ui_cmd::run(a, cli.datastore.as_deref()),
     }
 }
 

@@ -218,19 +218,32 @@ pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>)
         return Ok(Exit::UserError);
     };
     let endpoints = reach::matrix_endpoints(&snap);
+    let matrices = matrices(&snap, &pod_ports, &endpoints, proto, args.port)?;
+    print_matrices(&matrices, args.output)?;
+    Ok(Exit::Ok)
+}
+
+/// The matrices `reach` prints for `endpoints` (rows and columns): one for `port`, or, without
+/// one, one per port the servers declare. The web view (`gingham ui`) shows the same.
+pub fn matrices(
+    snap: &Snapshot,
+    pod_ports: &PodPorts,
+    endpoints: &[String],
+    proto: u8,
+    port: Option<u16>,
+) -> Result<Vec<reach::Matrix>> {
     if endpoints.is_empty() {
         bail!("no pods with addresses and no host endpoints in the input; nothing to compute");
     }
-    let ports = reach::probes(proto, args.port, &reach::declared_ports(&snap, &pod_ports));
+    let ports = reach::probes(proto, port, &reach::declared_ports(snap, pod_ports));
     if ports.is_empty() {
         bail!("{NO_PORTS}");
     }
     let mut matrices = Vec::new();
     for (pr, port) in ports {
-        matrices.push(reach::matrix(&snap, &endpoints, pr, port)?);
+        matrices.push(reach::matrix(snap, endpoints, pr, port)?);
     }
-    print_matrices(&matrices, args.output)?;
-    Ok(Exit::Ok)
+    Ok(matrices)
 }
 
 /// Loads documents that were parsed (and prepared) already. Concatenated JSON keeps the document
@@ -263,21 +276,17 @@ pub fn print_matrices(matrices: &[reach::Matrix], format: MatrixFormat) -> Resul
     Ok(())
 }
 
-pub fn explain(
-    args: &ExplainArgs,
-    client: &dyn Fn() -> Result<gingham_api::Client>,
-) -> Result<Exit> {
-    let proto = protocol(&args.protocol)?;
-    check_port(proto, &args.protocol, args.port)?;
-    if args.port.is_none() && matches!(proto, 6 | 17 | 132) {
-        bail!("--port is needed for {}", args.protocol.to_uppercase());
+/// The flow `explain` decides: from `from` to `to` (names checked for length), protocol
+/// `protocol` (a name or number), on `port` (needed for TCP, UDP and SCTP, refused for others).
+pub fn explain_flow(from: &str, to: &str, protocol_arg: &str, port: Option<u16>) -> Result<Flow> {
+    let proto = protocol(protocol_arg)?;
+    check_port(proto, protocol_arg, port)?;
+    if port.is_none() && matches!(proto, 6 | 17 | 132) {
+        bail!("--port is needed for {}", protocol_arg.to_uppercase());
     }
-    let Some((snap, _)) = load(&args.source, client)? else {
-        return Ok(Exit::UserError);
-    };
     // No pod, host endpoint, node or address has a longer name (namespace/name: 63 + 1 + 253).
     const MAX_PEER_LEN: usize = 317;
-    for (flag, value) in [("--from", &args.from), ("--to", &args.to)] {
+    for (flag, value) in [("--from", from), ("--to", to)] {
         if value.len() > MAX_PEER_LEN {
             bail!(
                 "{flag} {}: too long for a pod (namespace/pod), host endpoint, node or IP address",
@@ -285,14 +294,24 @@ pub fn explain(
             );
         }
     }
-    let flow = Flow {
-        src: PeerSpec::parse(&args.from),
-        dst: PeerSpec::parse(&args.to),
+    Ok(Flow {
+        src: PeerSpec::parse(from),
+        dst: PeerSpec::parse(to),
         protocol: proto,
-        port: args.port,
+        port,
         src_port: None,
         icmp: None,
         ipv6: false,
+    })
+}
+
+pub fn explain(
+    args: &ExplainArgs,
+    client: &dyn Fn() -> Result<gingham_api::Client>,
+) -> Result<Exit> {
+    let flow = explain_flow(&args.from, &args.to, &args.protocol, args.port)?;
+    let Some((snap, _)) = load(&args.source, client)? else {
+        return Ok(Exit::UserError);
     };
     let verdict = snap.verdict(&flow)?;
     match args.output {

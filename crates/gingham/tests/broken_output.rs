@@ -265,6 +265,8 @@ fn invocation(path: &[String], f: &Fixture) -> Option<Invocation> {
             "",
             true,
         ),
+        // Long-running; here its listen address is not one and the refusal goes to stderr.
+        ["ui"] => (s(&["ui", "--listen", "not-an-address"]), "", false),
         _ => return None,
     };
     Some(Invocation {
