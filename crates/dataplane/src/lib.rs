@@ -7,11 +7,15 @@
 //! error, or on the periodic consistency check), and reconciled without flushing.
 
 pub mod counters;
+pub mod iptables;
 mod libnft;
 pub mod render;
 pub mod table;
 
 use std::collections::BTreeSet;
+
+use gingham_calc::incremental::Change;
+use gingham_calc::program::NodeProgram;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -274,5 +278,123 @@ impl<B: Backend> Programmer<B> {
     pub fn check(&mut self, desired: Table) -> Result<Applied, Error> {
         self.installed = None;
         self.sync(desired)
+    }
+}
+
+/// What went wrong in a [`Dataplane`]: the nft or the iptables path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Nft(#[from] Error),
+    #[error(transparent)]
+    Iptables(#[from] iptables::Error),
+}
+
+/// A node's programs made real: rendered, then installed (the nft table, or the Calico-style
+/// iptables peer), so that benchmarks and tests can swap one for the other.
+pub trait Dataplane {
+    /// Renders `program` from scratch and installs it (cold start: the kernel is read first).
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError>;
+    /// Applies the calculator's changes: renders what they touch, installs the difference.
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError>;
+    /// Chains, IP sets and set members of the desired state.
+    fn counts(&self) -> (usize, usize, usize);
+}
+
+/// The nft table through a [`Programmer`].
+pub struct NftDataplane<B> {
+    renderer: Option<Renderer>,
+    programmer: Programmer<B>,
+}
+
+impl<B: Backend> NftDataplane<B> {
+    pub fn new(backend: B) -> Self {
+        NftDataplane {
+            renderer: None,
+            programmer: Programmer::new(backend),
+        }
+    }
+
+    pub fn renderer(&self) -> Option<&Renderer> {
+        self.renderer.as_ref()
+    }
+}
+
+impl<B: Backend> Dataplane for NftDataplane<B> {
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError> {
+        let mut renderer = Renderer::new(program, settings);
+        let all = renderer.take_touched();
+        let applied = self.programmer.sync_touched(renderer.table(), &all)?;
+        self.renderer = Some(renderer);
+        Ok(applied)
+    }
+
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError> {
+        let renderer = self
+            .renderer
+            .get_or_insert_with(|| Renderer::new(NodeProgram::default(), Settings::default()));
+        renderer.apply(changes);
+        let touched = renderer.take_touched();
+        Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        self.renderer.as_ref().map_or((0, 0, 0), Renderer::counts)
+    }
+}
+
+/// The Calico-style iptables rendering through an [`iptables::IptProgrammer`].
+pub struct IptDataplane<B> {
+    renderer: Option<iptables::IptRenderer>,
+    programmer: iptables::IptProgrammer<B>,
+}
+
+impl<B: iptables::IptBackend> IptDataplane<B> {
+    pub fn new(backend: B) -> Self {
+        IptDataplane {
+            renderer: None,
+            programmer: iptables::IptProgrammer::new(backend),
+        }
+    }
+
+    pub fn renderer(&self) -> Option<&iptables::IptRenderer> {
+        self.renderer.as_ref()
+    }
+}
+
+impl<B: iptables::IptBackend> Dataplane for IptDataplane<B> {
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError> {
+        let mut renderer = iptables::IptRenderer::new(program, settings);
+        let all = renderer.take_touched();
+        let applied = self.programmer.sync_touched(renderer.table(), &all)?;
+        self.renderer = Some(renderer);
+        Ok(applied)
+    }
+
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError> {
+        let renderer = self.renderer.get_or_insert_with(|| {
+            iptables::IptRenderer::new(NodeProgram::default(), Settings::default())
+        });
+        renderer.apply(changes);
+        let touched = renderer.take_touched();
+        Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        self.renderer
+            .as_ref()
+            .map_or((0, 0, 0), iptables::IptRenderer::counts)
     }
 }
