@@ -31,7 +31,7 @@ use gingham_calc::incremental::{Calculator, Update};
 use gingham_dataplane::{Backend, Nft, Programmer, Renderer, Settings, render};
 use gingham_model::Resource;
 use gingham_net::NetnsRef;
-use gingham_testkit::netns::TestNetns;
+use gingham_testkit::netns::{TestNetns, TwoPods as Pods};
 use packets::{Killed, median};
 
 const NAMESPACES: usize = 100;
@@ -306,119 +306,8 @@ fn latency(scales: &[usize]) {
     println!(" every incremental operation spent before the diff: calculation and rendering)");
 }
 
-fn ip(ns: &TestNetns, args: &[&str]) {
-    ns.exec_ok(args);
-}
-
-/// A node namespace with two pods plumbed the Calico way.
-struct Pods {
-    node: TestNetns,
-    client: TestNetns,
-    server: TestNetns,
-}
-
 const CLIENT_IP: &str = "10.99.0.1";
 const SERVER_IP: &str = "10.99.0.2";
-
-fn pods() -> Pods {
-    let node = TestNetns::new("bnode");
-    let client = TestNetns::new("bcli");
-    let server = TestNetns::new("bsrv");
-    ip(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    // The node's own address (ARP towards the pods needs a source).
-    ip(&node, &["ip", "link", "set", "lo", "up"]);
-    ip(
-        &node,
-        &["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"],
-    );
-    for (pod, host_if, addr) in [
-        (&client, "calibclient", CLIENT_IP),
-        (&server, "calibserver", SERVER_IP),
-    ] {
-        ip(
-            &node,
-            &[
-                "ip",
-                "link",
-                "add",
-                host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pod.name(),
-            ],
-        );
-        ip(&node, &["ip", "link", "set", host_if, "up"]);
-        ip(
-            &node,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
-            ],
-        );
-        ip(
-            &node,
-            &["ip", "route", "add", &format!("{addr}/32"), "dev", host_if],
-        );
-        ip(pod, &["ip", "link", "set", "lo", "up"]);
-        ip(pod, &["ip", "link", "set", "eth0", "up"]);
-        ip(
-            pod,
-            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"],
-        );
-        ip(
-            pod,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        );
-        let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
-        ip(
-            pod,
-            &[
-                "ip",
-                "neigh",
-                "add",
-                "169.254.1.1",
-                "lladdr",
-                mac.trim(),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
-        ip(
-            pod,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        );
-    }
-    Pods {
-        node,
-        client,
-        server,
-    }
-}
 
 /// CPUs the helpers are pinned to (performance.md: client and server on cpu0 and cpu1), so
 /// that every run divides the machine the same way.
@@ -485,7 +374,7 @@ fn per_packet(scales: &[usize]) {
         "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; medians of 5 rounds, each the table's run"
     );
     println!(" next to a run with no table at all; ratio: ours / no table, per round)");
-    let pods = pods();
+    let pods = Pods::new("b", CLIENT_IP, SERVER_IP);
     let _server = spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]);
     println!(
         "{:>32} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
@@ -497,13 +386,13 @@ fn per_packet(scales: &[usize]) {
         let mut text = endpoint(
             ENDPOINTS * 20,
             "app: a0, role: client",
-            "calibclient",
+            Pods::CLIENT_IF,
             CLIENT_IP,
         );
         text.push_str(&endpoint(
             ENDPOINTS * 21,
             "app: a0",
-            "calibserver",
+            Pods::SERVER_IF,
             SERVER_IP,
         ));
         text.push_str(&format!(
@@ -538,7 +427,7 @@ spec:
         let selecting = state
             .endpoints
             .values()
-            .find(|e| e.interface == "calibserver")
+            .find(|e| e.interface == Pods::SERVER_IF)
             .map(|e| {
                 e.ingress
                     .tiers
