@@ -1017,17 +1017,26 @@ pub trait IptBackend {
     fn set_names(&mut self) -> Result<Vec<String>, Error>;
 }
 
-/// The kernel of a named network namespace (`ip netns exec`), through iptables and ipset.
+/// The kernel, through iptables and ipset: of a named network namespace (`ip netns exec`), or
+/// of the calling thread's (the tools are spawned directly and inherit it).
 #[derive(Clone, Debug)]
 pub struct Iptables {
-    netns: String,
+    netns: Option<String>,
     flavour: Flavour,
 }
 
 impl Iptables {
     pub fn in_netns(name: &str, flavour: Flavour) -> Iptables {
         Iptables {
-            netns: name.to_owned(),
+            netns: Some(name.to_owned()),
+            flavour,
+        }
+    }
+
+    /// The calling thread's network namespace.
+    pub fn current(flavour: Flavour) -> Iptables {
+        Iptables {
+            netns: None,
             flavour,
         }
     }
@@ -1038,9 +1047,19 @@ impl Iptables {
 
     fn run(&self, args: &[&str], input: Option<&str>) -> Result<String, Error> {
         let tool = args.first().copied().unwrap_or_default().to_owned();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .args(args)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).args(args);
+                c
+            }
+            None => {
+                let mut c = Command::new(&tool);
+                c.args(&args[1..]);
+                c
+            }
+        };
+        let mut child = command
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {

@@ -13,6 +13,7 @@ pub mod render;
 pub mod table;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::Change;
 use gingham_calc::program::NodeProgram;
@@ -303,10 +304,13 @@ pub trait Dataplane {
     fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError>;
     /// Chains, IP sets and set members of the desired state.
     fn counts(&self) -> (usize, usize, usize);
+    /// How long the last [`Dataplane::update`] spent rendering (before the kernel).
+    fn last_render(&self) -> Duration;
 }
 
 /// The nft table through a [`Programmer`].
 pub struct NftDataplane<B> {
+    rendering: Duration,
     renderer: Option<Renderer>,
     programmer: Programmer<B>,
 }
@@ -314,6 +318,7 @@ pub struct NftDataplane<B> {
 impl<B: Backend> NftDataplane<B> {
     pub fn new(backend: B) -> Self {
         NftDataplane {
+            rendering: Duration::ZERO,
             renderer: None,
             programmer: Programmer::new(backend),
         }
@@ -341,9 +346,15 @@ impl<B: Backend> Dataplane for NftDataplane<B> {
         let renderer = self
             .renderer
             .get_or_insert_with(|| Renderer::new(NodeProgram::default(), Settings::default()));
+        let t = Instant::now();
         renderer.apply(changes);
         let touched = renderer.take_touched();
+        self.rendering = t.elapsed();
         Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn last_render(&self) -> Duration {
+        self.rendering
     }
 
     fn counts(&self) -> (usize, usize, usize) {
@@ -353,6 +364,7 @@ impl<B: Backend> Dataplane for NftDataplane<B> {
 
 /// The Calico-style iptables rendering through an [`iptables::IptProgrammer`].
 pub struct IptDataplane<B> {
+    rendering: Duration,
     renderer: Option<iptables::IptRenderer>,
     programmer: iptables::IptProgrammer<B>,
 }
@@ -360,6 +372,7 @@ pub struct IptDataplane<B> {
 impl<B: iptables::IptBackend> IptDataplane<B> {
     pub fn new(backend: B) -> Self {
         IptDataplane {
+            rendering: Duration::ZERO,
             renderer: None,
             programmer: iptables::IptProgrammer::new(backend),
         }
@@ -387,9 +400,15 @@ impl<B: iptables::IptBackend> Dataplane for IptDataplane<B> {
         let renderer = self.renderer.get_or_insert_with(|| {
             iptables::IptRenderer::new(NodeProgram::default(), Settings::default())
         });
+        let t = Instant::now();
         renderer.apply(changes);
         let touched = renderer.take_touched();
+        self.rendering = t.elapsed();
         Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn last_render(&self) -> Duration {
+        self.rendering
     }
 
     fn counts(&self) -> (usize, usize, usize) {
