@@ -582,8 +582,11 @@ fn rules_chain(rules: &[RuleProgram], label: &str) -> Vec<String> {
                 }
             }
             Action::Log => {
-                let mut prefix = format!("calico-packet {label} {}: ", r.index);
-                prefix.truncate(29);
+                // iptables takes at most 29 characters.
+                let prefix: String = format!("calico-packet {label} {}: ", r.index)
+                    .chars()
+                    .take(29)
+                    .collect();
                 for a in &alts {
                     out.push(format!("{}-j LOG --log-prefix \"{prefix}\"", m(a)));
                 }

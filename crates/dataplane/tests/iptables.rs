@@ -4,6 +4,8 @@
 //! as through the nft table and as the reference evaluator says (system tests: root, nft,
 //! iptables-nft-restore, ipset).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -436,5 +438,56 @@ fn sys_the_legacy_flavour_programs_the_same_chains() {
             saved.contains(&format!(":{chain} ")),
             "{chain} missing:\n{saved}"
         );
+    }
+}
+
+/// Every chain of `table` holds exactly its rules in the kernel (`iptables-save`), the hooks are
+/// there once, and no other `cali-*` chain is.
+fn assert_installed(ns: &TestNetns, table: &IptTable, case: &str) {
+    let saved = ns.exec_ok(&["iptables-nft-save", "-t", "filter"]);
+    let mut in_kernel: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in saved.lines() {
+        if let Some(name) = line.strip_prefix(':').and_then(|l| l.split(' ').next())
+            && name.starts_with("cali-")
+        {
+            in_kernel.entry(name).or_default();
+        } else if let Some(rest) = line.strip_prefix("-A ")
+            && let Some((chain, _)) = rest.split_once(' ')
+            && chain.starts_with("cali-")
+        {
+            *in_kernel.entry(chain).or_default() += 1;
+        }
+    }
+    let desired: std::collections::BTreeMap<&str, usize> = table
+        .chains
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.len()))
+        .collect();
+    assert_eq!(in_kernel, desired, "{case}:\n{saved}");
+    assert_eq!(saved.matches("-j cali-FORWARD").count(), 1, "{case}");
+    let sets = ns.exec_ok(&["ipset", "list", "-n"]);
+    let sets: std::collections::BTreeSet<&str> = sets.lines().collect();
+    let wanted: std::collections::BTreeSet<&str> = table.sets.keys().map(String::as_str).collect();
+    assert_eq!(sets, wanted, "{case}");
+}
+
+#[test]
+fn sys_every_case_renders_to_rules_iptables_and_ipset_accept() {
+    require_tools();
+    let ns = TestNetns::new("iptcase");
+    // One programmer going from case to case by difference (chains and sets come and go), and
+    // after each a fresh one rewriting everything from what it reads.
+    let mut programmer = IptProgrammer::new(Iptables::in_netns(ns.name(), Flavour::Nft));
+    for (dir, program, settings) in common::case_programs() {
+        let case = dir.display().to_string();
+        let table = render_iptables(&program, &settings);
+        programmer
+            .sync(&table)
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{}", table.restore_text()));
+        assert_installed(&ns, &table, &case);
+        IptProgrammer::new(Iptables::in_netns(ns.name(), Flavour::Nft))
+            .check(&table)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_installed(&ns, &table, &case);
     }
 }
