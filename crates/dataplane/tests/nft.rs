@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use gingham_dataplane::{Backend, Nft, Programmer, Settings, Table, canonical, render};
+use gingham_dataplane::{Backend, Nft, Programmer, Table, canonical, render};
 use gingham_testkit::netns::TestNetns;
 
 fn nft_in(ns: &TestNetns, script: &str) -> std::process::Output {
