@@ -216,7 +216,7 @@ fn dataplane(path: &str) -> Box<dyn Dataplane> {
 
 /// The whole state rewritten at once: nft's table replaced in one transaction; for iptables,
 /// felix's resync (read the kernel, restore every chain and set).
-fn replace_whole(path: &str, state: &NodeProgram) -> Duration {
+fn replace_whole(path: &str, state: &NodeProgram, nft: &mut Nft) -> Duration {
     let t = Instant::now();
     match path {
         "nft" => {
@@ -224,7 +224,7 @@ fn replace_whole(path: &str, state: &NodeProgram) -> Duration {
                 .table
                 .replace_script()
                 .text;
-            Nft::default().run(&script).unwrap();
+            nft.run(&script).unwrap();
         }
         _ => {
             let table = render_iptables(state, &Settings::default());
@@ -324,8 +324,10 @@ fn latency(scales: &[usize]) {
                             .collect()
                     })
                     .collect();
-                let mut replace: Vec<Duration> =
-                    (0..5).map(|_| replace_whole(path, &calc.state())).collect();
+                let mut nft = Nft::default();
+                let mut replace: Vec<Duration> = (0..5)
+                    .map(|_| replace_whole(path, &calc.state(), &mut nft))
+                    .collect();
                 let pair = |v: &mut Vec<Duration>| {
                     format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
                 };
