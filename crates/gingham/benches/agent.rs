@@ -203,14 +203,23 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
 }
 
 /// The dataplanes the latency table compares: ours (nft, in-process libnftables) and the
-/// Calico-style iptables peer (`iptables-nft-restore` and `ipset restore`, spawned per update as
-/// felix does), each in the calling thread's namespace.
-const PATHS: [&str; 2] = ["nft", "iptables"];
+/// Calico-style iptables peer (`ipset restore` and `iptables-nft-restore`, or
+/// `iptables-legacy-restore`, spawned per update as felix does), each in the calling thread's
+/// namespace.
+const PATHS: [&str; 3] = ["nft", "iptables", "legacy"];
+
+fn flavour(path: &str) -> Flavour {
+    if path == "legacy" {
+        Flavour::Legacy
+    } else {
+        Flavour::Nft
+    }
+}
 
 fn dataplane(path: &str) -> Box<dyn Dataplane> {
     match path {
         "nft" => Box::new(NftDataplane::new(Nft::default())),
-        _ => Box::new(IptDataplane::new(Iptables::current(Flavour::Nft))),
+        _ => Box::new(IptDataplane::new(Iptables::current(flavour(path)))),
     }
 }
 
@@ -228,7 +237,7 @@ fn replace_whole(path: &str, state: &NodeProgram, nft: &mut Nft) -> Duration {
         }
         _ => {
             let table = render_iptables(state, &Settings::default());
-            IptProgrammer::new(Iptables::current(Flavour::Nft))
+            IptProgrammer::new(Iptables::current(flavour(path)))
                 .sync(&table)
                 .unwrap();
         }
@@ -260,19 +269,22 @@ fn latency(scales: &[usize]) {
                 ms(percentile(&mut floors, 0.99))
             );
         }
-        let mut ipt = Iptables::current(Flavour::Nft);
-        let mut floors: Vec<Duration> = (0..30)
-            .map(|_| {
-                let t = Instant::now();
-                ipt.restore("*filter\nCOMMIT\n").unwrap();
-                t.elapsed()
-            })
-            .collect();
-        println!(
-            "floor (an empty iptables-nft-restore --noflush): p50 {} p99 {}",
-            ms(percentile(&mut floors, 0.5)),
-            ms(percentile(&mut floors, 0.99))
-        );
+        for flavour in [Flavour::Nft, Flavour::Legacy] {
+            let mut ipt = Iptables::current(flavour);
+            let mut floors: Vec<Duration> = (0..30)
+                .map(|_| {
+                    let t = Instant::now();
+                    ipt.restore("*filter\nCOMMIT\n").unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "floor (an empty {} --noflush): p50 {} p99 {}",
+                flavour.restore_tool(),
+                ms(percentile(&mut floors, 0.5)),
+                ms(percentile(&mut floors, 0.99))
+            );
+        }
     })
     .unwrap();
     println!(
@@ -355,6 +367,7 @@ fn latency(scales: &[usize]) {
     }
     println!("(path: nft = our table; iptables = the Calico-style peer, felix's chains and ipsets");
     println!(" through iptables-nft-restore --noflush of the changed chains and ipset restore;");
+    println!(" legacy = the same through iptables-legacy-restore;");
     println!(" ratio: whole-state rewrite / incremental policy change, p50; calc: the part of");
     println!(" every incremental operation spent before the kernel: calculation and rendering)");
 }
