@@ -5,6 +5,10 @@
 //! atomic `nft -f` transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`]
 //! for tests. The kernel is read once, when the programmer has no record (start, after an
 //! error, or on the periodic consistency check), and reconciled without flushing.
+//!
+//! [`iptables`] renders the same programs in Calico felix's iptables layout and programs them
+//! with `iptables-restore` and `ipset`: the peer the benchmarks compare with. The [`Dataplane`]
+//! trait (render and install; [`NftDataplane`], [`IptDataplane`]) lets callers swap the two.
 
 pub mod counters;
 pub mod iptables;
