@@ -250,6 +250,7 @@ fn policy_id(p: &gingham_calc::snapshot::PolicyRef) -> String {
     }
 }
 
+/// A policy's chain for one direction: `cali-pi-<id>` (ingress) or `cali-po-<id>`.
 pub fn policy_chain(p: &gingham_calc::snapshot::PolicyRef, ingress: bool) -> String {
     let prefix = if ingress {
         PREFIX_POLICY_IN
@@ -259,6 +260,7 @@ pub fn policy_chain(p: &gingham_calc::snapshot::PolicyRef, ingress: bool) -> Str
     limited(prefix, &policy_id(p), MAX_CHAIN_NAME)
 }
 
+/// A profile's chain for one direction: `cali-pri-<name>` (ingress) or `cali-pro-<name>`.
 pub fn profile_chain(profile: &str, ingress: bool) -> String {
     let prefix = if ingress {
         PREFIX_PROFILE_IN
@@ -268,6 +270,7 @@ pub fn profile_chain(profile: &str, ingress: bool) -> String {
     limited(prefix, profile, MAX_CHAIN_NAME)
 }
 
+/// A workload's chain: `cali-tw-<iface>` (to it: ingress) or `cali-fw-<iface>` (from it).
 pub fn endpoint_chain(interface: &str, ingress: bool) -> String {
     let prefix = if ingress {
         PREFIX_TO_WL
@@ -823,6 +826,18 @@ impl IptRenderer {
     /// What changed since the last call (everything, the first time).
     pub fn take_touched(&mut self) -> Touched {
         std::mem::take(&mut self.touched)
+    }
+
+    /// New node settings: the static chains are rendered again (the workload prefix,
+    /// DefaultEndpointToHostAction).
+    pub fn set_settings(&mut self, settings: Settings) {
+        if settings == self.settings {
+            return;
+        }
+        self.settings = settings;
+        for (name, rules) in static_chains(&self.settings) {
+            self.insert_chain(name, rules);
+        }
     }
 
     /// Applies the calculator's changes, in its order.
@@ -1405,6 +1420,23 @@ mod tests {
         assert!(set_name("s:abc").len() <= MAX_SET_NAME);
         assert!(set_name("s:abc").starts_with("cali40s:"));
         assert!(set_name("n:http:abc").starts_with("cali40n:"));
+    }
+
+    #[test]
+    fn new_settings_rewrite_only_the_static_chains() {
+        let mut r = IptRenderer::new(NodeProgram::default(), Settings::default());
+        r.take_touched();
+        let mut settings = Settings::default();
+        settings.felix.default_endpoint_to_host_action = "Accept".into();
+        r.set_settings(settings.clone());
+        let touched = r.take_touched();
+        assert!(touched.chains.contains(CHAIN_WL_TO_HOST), "{touched:?}");
+        assert!(!touched.chains.contains(CHAIN_FROM_WL_DISPATCH));
+        assert_eq!(
+            r.table(),
+            &render_iptables(&NodeProgram::default(), &settings)
+        );
+        assert!(r.table().chains[CHAIN_WL_TO_HOST][1].ends_with("-j ACCEPT"));
     }
 
     #[test]
