@@ -5,13 +5,22 @@
 //! atomic `nft -f` transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`]
 //! for tests. The kernel is read once, when the programmer has no record (start, after an
 //! error, or on the periodic consistency check), and reconciled without flushing.
+//!
+//! [`iptables`] renders the same programs in Calico felix's iptables layout and programs them
+//! with `iptables-restore` and `ipset`: the peer the benchmarks compare with. The [`Dataplane`]
+//! trait (render and install; [`NftDataplane`], [`IptDataplane`]) lets callers swap the two.
 
 pub mod counters;
+pub mod iptables;
 mod libnft;
 pub mod render;
 pub mod table;
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use gingham_calc::incremental::Change;
+use gingham_calc::program::NodeProgram;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -274,5 +283,141 @@ impl<B: Backend> Programmer<B> {
     pub fn check(&mut self, desired: Table) -> Result<Applied, Error> {
         self.installed = None;
         self.sync(desired)
+    }
+}
+
+/// What went wrong in a [`Dataplane`]: the nft or the iptables path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Nft(#[from] Error),
+    #[error(transparent)]
+    Iptables(#[from] iptables::Error),
+}
+
+/// A node's programs made real: rendered, then installed (the nft table, or the Calico-style
+/// iptables peer), so that benchmarks and tests can swap one for the other.
+pub trait Dataplane {
+    /// Renders `program` from scratch and installs it (cold start: the kernel is read first).
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError>;
+    /// Applies the calculator's changes: renders what they touch, installs the difference.
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError>;
+    /// Chains, IP sets and set members of the desired state.
+    fn counts(&self) -> (usize, usize, usize);
+    /// How long the last [`Dataplane::update`] spent rendering (before the kernel).
+    fn last_render(&self) -> Duration;
+}
+
+/// The nft table through a [`Programmer`].
+pub struct NftDataplane<B> {
+    rendering: Duration,
+    renderer: Option<Renderer>,
+    programmer: Programmer<B>,
+}
+
+impl<B: Backend> NftDataplane<B> {
+    pub fn new(backend: B) -> Self {
+        NftDataplane {
+            rendering: Duration::ZERO,
+            renderer: None,
+            programmer: Programmer::new(backend),
+        }
+    }
+
+    pub fn renderer(&self) -> Option<&Renderer> {
+        self.renderer.as_ref()
+    }
+}
+
+impl<B: Backend> Dataplane for NftDataplane<B> {
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError> {
+        let mut renderer = Renderer::new(program, settings);
+        let all = renderer.take_touched();
+        let applied = self.programmer.sync_touched(renderer.table(), &all)?;
+        self.renderer = Some(renderer);
+        Ok(applied)
+    }
+
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError> {
+        let renderer = self
+            .renderer
+            .get_or_insert_with(|| Renderer::new(NodeProgram::default(), Settings::default()));
+        let t = Instant::now();
+        renderer.apply(changes);
+        let touched = renderer.take_touched();
+        self.rendering = t.elapsed();
+        Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn last_render(&self) -> Duration {
+        self.rendering
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        self.renderer.as_ref().map_or((0, 0, 0), Renderer::counts)
+    }
+}
+
+/// The Calico-style iptables rendering through an [`iptables::IptProgrammer`].
+pub struct IptDataplane<B> {
+    rendering: Duration,
+    renderer: Option<iptables::IptRenderer>,
+    programmer: iptables::IptProgrammer<B>,
+}
+
+impl<B: iptables::IptBackend> IptDataplane<B> {
+    pub fn new(backend: B) -> Self {
+        IptDataplane {
+            rendering: Duration::ZERO,
+            renderer: None,
+            programmer: iptables::IptProgrammer::new(backend),
+        }
+    }
+
+    pub fn renderer(&self) -> Option<&iptables::IptRenderer> {
+        self.renderer.as_ref()
+    }
+}
+
+impl<B: iptables::IptBackend> Dataplane for IptDataplane<B> {
+    fn install(
+        &mut self,
+        program: NodeProgram,
+        settings: Settings,
+    ) -> Result<Applied, DataplaneError> {
+        let mut renderer = iptables::IptRenderer::new(program, settings);
+        let all = renderer.take_touched();
+        let applied = self.programmer.sync_touched(renderer.table(), &all)?;
+        self.renderer = Some(renderer);
+        Ok(applied)
+    }
+
+    fn update(&mut self, changes: &[Change]) -> Result<Applied, DataplaneError> {
+        let renderer = self.renderer.get_or_insert_with(|| {
+            iptables::IptRenderer::new(NodeProgram::default(), Settings::default())
+        });
+        let t = Instant::now();
+        renderer.apply(changes);
+        let touched = renderer.take_touched();
+        self.rendering = t.elapsed();
+        Ok(self.programmer.sync_touched(renderer.table(), &touched)?)
+    }
+
+    fn last_render(&self) -> Duration {
+        self.rendering
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        self.renderer
+            .as_ref()
+            .map_or((0, 0, 0), iptables::IptRenderer::counts)
     }
 }

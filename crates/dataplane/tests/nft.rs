@@ -4,32 +4,13 @@
 //! reading the kernel finds nothing to do, and repairs whatever was changed behind its back.
 //! System tests: root and nftables.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use gingham_calc::Snapshot;
-use gingham_calc::input::prepare_documents;
-use gingham_dataplane::{Backend, Nft, Programmer, Settings, Table, canonical, render};
+use gingham_dataplane::{Backend, Nft, Programmer, Table, canonical, render};
 use gingham_testkit::netns::TestNetns;
-
-fn load_case(dir: &Path) -> Snapshot {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let mut resources = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let mut docs = gingham_model::load::parse_documents(&text).unwrap();
-        prepare_documents(&mut docs);
-        let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
-        let loaded = gingham_model::load(&f.display().to_string(), &json.join("\n")).unwrap();
-        resources.extend(loaded.into_iter().flat_map(|d| d.resources));
-    }
-    Snapshot::build(&resources)
-}
 
 fn nft_in(ns: &TestNetns, script: &str) -> std::process::Output {
     use std::io::Write;
@@ -50,25 +31,9 @@ fn nft_in(ns: &TestNetns, script: &str) -> std::process::Output {
 }
 
 fn case_tables() -> Vec<(PathBuf, Table)> {
-    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../calc/tests/cases");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cases)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert!(dirs.len() >= 10);
-    dirs.into_iter()
-        .map(|dir| {
-            let snap = load_case(&dir);
-            let program = snap.node_program(None);
-            let settings = Settings {
-                felix: snap.felix.clone(),
-                ..Settings::default()
-            };
-            let table = render(&program, &settings).table;
-            (dir, table)
-        })
+    common::case_programs()
+        .into_iter()
+        .map(|(dir, program, settings)| (dir, render(&program, &settings).table))
         .collect()
 }
 
@@ -212,19 +177,8 @@ fn sys_the_consistency_check_repairs_changes_made_behind_its_back() {
 /// `explain`'s words (none is left unresolved), and every drop that policy decides has one.
 #[test]
 fn every_flow_log_tag_names_its_cause() {
-    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../calc/tests/cases");
     let mut tags = 0;
-    for entry in std::fs::read_dir(&cases).unwrap() {
-        let dir = entry.unwrap().path();
-        if !dir.is_dir() {
-            continue;
-        }
-        let snap = load_case(&dir);
-        let program = snap.node_program(None);
-        let settings = Settings {
-            felix: snap.felix.clone(),
-            ..Settings::default()
-        };
+    for (dir, program, settings) in common::case_programs() {
         let table = render(&program, &settings).table;
         for (name, chain) in &table.chains {
             let rules = &chain.rules;

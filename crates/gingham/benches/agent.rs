@@ -4,12 +4,16 @@
 //! - **Programming latency** (B3): from an update handed to the agent's calculator to the nft
 //!   transaction committed in the kernel (calculate, render, diff, `nft -f`), p50/p99 over
 //!   repeated operations, with P policies present; and cold start (load everything, install
-//!   the table). Baselines: replacing the whole table (what the agent did before diffs), and an
-//!   empty nft transaction (the floor of spawning nft).
+//!   the table). Baselines: replacing the whole table (what the agent did before diffs), an
+//!   empty nft transaction (the floor of spawning nft), and the Calico-style iptables peer
+//!   (`gingham_dataplane::iptables`: felix's chains and ipsets, each update one
+//!   `iptables-nft-restore --noflush` of the changed chains plus `ipset restore`, as felix does)
+//!   doing the same operations in its own namespace.
 //! - **Per-packet cost** (B1): new TCP connections per second (connect, 1-byte request and
 //!   response, close) and UDP packets per second between two pods on one node, through the
-//!   node's table with P policies, against the same pods with no table at all (client and server
-//!   pinned to their own CPU; rounds alternate the two so the machine's drift cancels).
+//!   node's table with P policies, and through the iptables peer with the same policies, each
+//!   against the same pods with no table at all (client and server pinned to their own CPU;
+//!   rounds alternate the two so the machine's drift cancels).
 //! - **Agent footprint** (B7): resident memory and idle CPU of `gingham agent` on SQLite.
 //!
 //! The cluster model: 100 namespaces, 1,000 endpoints on 10 nodes (100 on the measured node, one
@@ -28,10 +32,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{Calculator, Update};
-use gingham_dataplane::{Backend, Nft, Programmer, Renderer, Settings, render};
+use gingham_calc::program::NodeProgram;
+use gingham_dataplane::iptables::{Flavour, IptBackend, IptProgrammer, Iptables, render_iptables};
+use gingham_dataplane::{Backend, Dataplane, IptDataplane, Nft, NftDataplane, Settings, render};
 use gingham_model::Resource;
 use gingham_net::NetnsRef;
-use gingham_testkit::netns::TestNetns;
+use gingham_testkit::netns::{TestNetns, TwoPods as Pods};
 use packets::{Killed, median};
 
 const NAMESPACES: usize = 100;
@@ -127,36 +133,120 @@ fn ms(d: Duration) -> String {
 }
 
 /// The agent's path for one update: calculate, render what changed, install the difference.
-/// Returns the commands sent and the time spent before nft (calculation, rendering).
-fn program(
-    calc: &mut Calculator,
-    renderer: &mut Renderer,
-    dp: &mut Programmer<Nft>,
-    update: Update,
-) -> (usize, Duration) {
+/// Returns the commands sent and the time spent before the kernel (calculation, rendering).
+fn program(calc: &mut Calculator, dp: &mut dyn Dataplane, update: Update) -> (usize, Duration) {
     let t = Instant::now();
     let changes = calc.apply(update);
     let t1 = t.elapsed();
-    renderer.apply(&changes);
-    let touched = renderer.take_touched();
-    let before_nft = t.elapsed();
-    let applied = dp
-        .sync_touched(renderer.table(), &touched)
-        .expect("nft accepts");
+    let applied = dp.update(&changes).expect("the kernel accepts the update");
+    let spent = dp.last_render();
+    let before_kernel = t1 + spent;
     if std::env::var("AGENT_BENCH_SPLIT").is_ok() {
         eprintln!(
-            "calculate {:?} render {:?} diff+nft {:?} ({} commands)",
+            "calculate {:?} render {:?} diff+kernel {:?} ({} commands)",
             t1,
-            before_nft - t1,
-            t.elapsed() - before_nft,
+            spent,
+            t.elapsed().saturating_sub(before_kernel),
             applied.commands
         );
     }
-    (applied.commands, before_nft)
+    (applied.commands, before_kernel)
+}
+
+/// The four operations of the latency table, `reps` updates each.
+fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
+    // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
+    // policies' sources, then joins it again.
+    let relabels: Vec<Resource> = [11usize, 10]
+        .iter()
+        .flat_map(|&role| load(&model_endpoint(150, role)))
+        .collect();
+    let member = (0..reps)
+        .map(|i| Update::Upsert(Box::new(relabels[i % 2].clone())))
+        .collect();
+    // A new local endpoint (a new pod on the node, app a0, in namespace i: the model puts
+    // index k in namespace k % 100 on node (k / 100) % 10).
+    let add_ep = (0..reps)
+        .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1001, 1)))
+        .map(|r| Update::Upsert(Box::new(r)))
+        .collect();
+    // A policy selecting local endpoints changes its port.
+    let changes: Vec<Resource> = [90u16, 80]
+        .iter()
+        .flat_map(|&port| load(&policy(0, port)))
+        .collect();
+    let change = (0..reps)
+        .map(|i| Update::Upsert(Box::new(changes[i % 2].clone())))
+        .collect();
+    // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
+    let j = p.max(1) * 10;
+    let extra = load(&policy(j, 99));
+    let add_del = (0..reps)
+        .map(|i| {
+            if i % 2 == 0 {
+                Update::Upsert(Box::new(extra[0].clone()))
+            } else {
+                Update::Delete {
+                    kind: gingham_model::Kind::NetworkPolicy,
+                    namespace: Some(format!("ns{}", j % NAMESPACES)),
+                    name: format!("pol{j}"),
+                }
+            }
+        })
+        .collect();
+    vec![
+        ("set member", member),
+        ("add endpoint", add_ep),
+        ("change policy", change),
+        ("add/delete policy", add_del),
+    ]
+}
+
+/// The dataplanes the latency table compares: ours (nft, in-process libnftables) and the
+/// Calico-style iptables peer (`ipset restore` and `iptables-nft-restore`, or
+/// `iptables-legacy-restore`, spawned per update as felix does), each in the calling thread's
+/// namespace.
+const PATHS: [&str; 3] = ["nft", "iptables", "legacy"];
+
+fn flavour(path: &str) -> Flavour {
+    if path == "legacy" {
+        Flavour::Legacy
+    } else {
+        Flavour::Nft
+    }
+}
+
+fn dataplane(path: &str) -> Box<dyn Dataplane> {
+    match path {
+        "nft" => Box::new(NftDataplane::new(Nft::default())),
+        _ => Box::new(IptDataplane::new(Iptables::current(flavour(path)))),
+    }
+}
+
+/// The whole state rewritten at once: nft's table replaced in one transaction; for iptables,
+/// felix's resync (read the kernel, restore every chain and set).
+fn replace_whole(path: &str, state: &NodeProgram, nft: &mut Nft) -> Duration {
+    let t = Instant::now();
+    match path {
+        "nft" => {
+            let script = render(state, &Settings::default())
+                .table
+                .replace_script()
+                .text;
+            nft.run(&script).unwrap();
+        }
+        _ => {
+            let table = render_iptables(state, &Settings::default());
+            IptProgrammer::new(Iptables::current(flavour(path)))
+                .sync(&table)
+                .unwrap();
+        }
+    }
+    t.elapsed()
 }
 
 fn latency(scales: &[usize]) {
-    println!("\n## Programming latency (B3): update -> nft transaction committed, ms");
+    println!("\n## Programming latency (B3): update -> rules committed in the kernel, ms");
     // The agent runs in its node's namespace and talks to the kernel in-process (libnftables);
     // this thread enters each test namespace the same way.
     let floor_ns = TestNetns::new("bfl");
@@ -179,11 +269,28 @@ fn latency(scales: &[usize]) {
                 ms(percentile(&mut floors, 0.99))
             );
         }
+        for flavour in [Flavour::Nft, Flavour::Legacy] {
+            let mut ipt = Iptables::current(flavour);
+            let mut floors: Vec<Duration> = (0..30)
+                .map(|_| {
+                    let t = Instant::now();
+                    ipt.restore("*filter\nCOMMIT\n").unwrap();
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "floor (an empty {} --noflush): p50 {} p99 {}",
+                flavour.restore_tool(),
+                ms(percentile(&mut floors, 0.5)),
+                ms(percentile(&mut floors, 0.99))
+            );
+        }
     })
     .unwrap();
     println!(
-        "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8}",
+        "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8}",
         "P",
+        "path",
         "chains",
         "members",
         "set member p50/p99",
@@ -197,228 +304,76 @@ fn latency(scales: &[usize]) {
     );
     let reps = 40;
     for &p in scales {
-        let ns = TestNetns::new("blat");
-        gingham_net::in_netns_same_thread(&NetnsRef::named(ns.name()), || {
-            let resources = model(p);
-            // Cold start: everything loaded, the table installed into an empty kernel.
-            let t = Instant::now();
-            let mut calc = Calculator::new(NODE);
-            calc.load_all(resources.clone());
-            let mut renderer = Renderer::new(calc.state(), Settings::default());
-            let mut dp = Programmer::new(Nft::default());
-            let all = renderer.take_touched();
-            dp.sync_touched(renderer.table(), &all).expect("nft accepts");
-            let cold = t.elapsed();
-            let (chains, _, members) = renderer.counts();
+        let resources = model(p);
+        for path in PATHS {
+            let ns = TestNetns::new("blat");
+            gingham_net::in_netns_same_thread(&NetnsRef::named(ns.name()), || {
+                // Cold start: everything loaded, the rules installed into an empty kernel.
+                let t = Instant::now();
+                let mut calc = Calculator::new(NODE);
+                calc.load_all(resources.clone());
+                let mut dp = dataplane(path);
+                dp.install(calc.state(), Settings::default())
+                    .expect("the kernel accepts the rules");
+                let cold = t.elapsed();
+                let (chains, _, members) = dp.counts();
 
-            let mut in_calc = Vec::new();
-            let mut run = |what: &str, make: &mut dyn FnMut(usize) -> Update| -> Vec<Duration> {
-                (0..reps)
-                    .map(|i| {
-                        let u = make(i);
-                        let t = Instant::now();
-                        let (commands, calc_time) = program(&mut calc, &mut renderer, &mut dp, u);
-                        let took = t.elapsed();
-                        in_calc.push(calc_time);
-                        assert!(commands > 0, "{what} #{i} changed nothing in the kernel");
-                        took
+                let mut in_calc = Vec::new();
+                let mut timings: Vec<Vec<Duration>> = operations(p, reps)
+                    .into_iter()
+                    .map(|(what, updates)| {
+                        updates
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, u)| {
+                                let t = Instant::now();
+                                let (commands, calc_time) = program(&mut calc, dp.as_mut(), u);
+                                let took = t.elapsed();
+                                in_calc.push(calc_time);
+                                assert!(commands > 0, "{path}: {what} #{i} changed nothing");
+                                took
+                            })
+                            .collect()
                     })
-                    .collect()
-            };
-            // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
-            // policies' sources, then joins it again.
-            let relabels: Vec<Resource> = [11usize, 10]
-                .iter()
-                .flat_map(|&role| load(&model_endpoint(150, role)))
-                .collect();
-            let mut member = run("set member", &mut |i| {
-                Update::Upsert(Box::new(relabels[i % 2].clone()))
-            });
-            // A new local endpoint (a new pod on the node, app a0, in namespace i: the model puts
-            // index k in namespace k % 100 on node (k / 100) % 10).
-            let adds: Vec<Resource> = (0..reps)
-                .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1001, 1)))
-                .collect();
-            let mut add_ep = run("add endpoint", &mut |i| {
-                Update::Upsert(Box::new(adds[i].clone()))
-            });
-            // A policy selecting local endpoints changes its port.
-            let changes: Vec<Resource> = [90u16, 80]
-                .iter()
-                .flat_map(|&port| load(&policy(0, port)))
-                .collect();
-            let mut change = run("change policy", &mut |i| {
-                Update::Upsert(Box::new(changes[i % 2].clone()))
-            });
-            // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
-            let j = p.max(1) * 10;
-            let extra = load(&policy(j, 99));
-            let mut add_del = run("add/delete policy", &mut |i| {
-                if i % 2 == 0 {
-                    Update::Upsert(Box::new(extra[0].clone()))
-                } else {
-                    Update::Delete {
-                        kind: gingham_model::Kind::NetworkPolicy,
-                        namespace: Some(format!("ns{}", j % NAMESPACES)),
-                        name: format!("pol{j}"),
-                    }
-                }
-            });
-            // Baseline: the whole table replaced, as before diffs.
-            let script = render(&calc.state(), &Settings::default())
-                .table
-                .replace_script()
-                .text;
-            let mut nft = Nft::default();
-            let mut replace: Vec<Duration> = (0..5)
-                .map(|_| {
-                    let t = Instant::now();
-                    let table = render(&calc.state(), &Settings::default()).table;
-                    let _ = table;
-                    nft.run(&script).unwrap();
-                    t.elapsed()
-                })
-                .collect();
-            let pair = |v: &mut Vec<Duration>| {
-                format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
-            };
-            let replace50 = percentile(&mut replace, 0.5);
-            let calc50 = percentile(&mut in_calc, 0.5);
-            let inc50 = percentile(&mut change, 0.5);
-            println!(
-                "{:>7} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
-                p,
-                chains,
-                members,
-                pair(&mut member),
-                pair(&mut add_ep),
-                pair(&mut change),
-                pair(&mut add_del),
-                ms(cold),
-                ms(replace50),
-                replace50.as_secs_f64() / inc50.as_secs_f64(),
-                ms(calc50)
-            );
-        })
-        .unwrap();
+                    .collect();
+                let mut nft = Nft::default();
+                let mut replace: Vec<Duration> = (0..5)
+                    .map(|_| replace_whole(path, &calc.state(), &mut nft))
+                    .collect();
+                let pair = |v: &mut Vec<Duration>| {
+                    format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
+                };
+                let replace50 = percentile(&mut replace, 0.5);
+                let calc50 = percentile(&mut in_calc, 0.5);
+                let inc50 = percentile(&mut timings[2], 0.5);
+                println!(
+                    "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
+                    p,
+                    path,
+                    chains,
+                    members,
+                    pair(&mut timings[0]),
+                    pair(&mut timings[1]),
+                    pair(&mut timings[2]),
+                    pair(&mut timings[3]),
+                    ms(cold),
+                    ms(replace50),
+                    replace50.as_secs_f64() / inc50.as_secs_f64(),
+                    ms(calc50)
+                );
+            })
+            .unwrap();
+        }
     }
-    println!("(ratio: whole-table replacement / incremental policy change, p50; calc: the part of");
-    println!(" every incremental operation spent before the diff: calculation and rendering)");
-}
-
-fn ip(ns: &TestNetns, args: &[&str]) {
-    ns.exec_ok(args);
-}
-
-/// A node namespace with two pods plumbed the Calico way.
-struct Pods {
-    node: TestNetns,
-    client: TestNetns,
-    server: TestNetns,
+    println!("(path: nft = our table; iptables = the Calico-style peer, felix's chains and ipsets");
+    println!(" through iptables-nft-restore --noflush of the changed chains and ipset restore;");
+    println!(" legacy = the same through iptables-legacy-restore;");
+    println!(" ratio: whole-state rewrite / incremental policy change, p50; calc: the part of");
+    println!(" every incremental operation spent before the kernel: calculation and rendering)");
 }
 
 const CLIENT_IP: &str = "10.99.0.1";
 const SERVER_IP: &str = "10.99.0.2";
-
-fn pods() -> Pods {
-    let node = TestNetns::new("bnode");
-    let client = TestNetns::new("bcli");
-    let server = TestNetns::new("bsrv");
-    ip(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    // The node's own address (ARP towards the pods needs a source).
-    ip(&node, &["ip", "link", "set", "lo", "up"]);
-    ip(
-        &node,
-        &["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"],
-    );
-    for (pod, host_if, addr) in [
-        (&client, "calibclient", CLIENT_IP),
-        (&server, "calibserver", SERVER_IP),
-    ] {
-        ip(
-            &node,
-            &[
-                "ip",
-                "link",
-                "add",
-                host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pod.name(),
-            ],
-        );
-        ip(&node, &["ip", "link", "set", host_if, "up"]);
-        ip(
-            &node,
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
-            ],
-        );
-        ip(
-            &node,
-            &["ip", "route", "add", &format!("{addr}/32"), "dev", host_if],
-        );
-        ip(pod, &["ip", "link", "set", "lo", "up"]);
-        ip(pod, &["ip", "link", "set", "eth0", "up"]);
-        ip(
-            pod,
-            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"],
-        );
-        ip(
-            pod,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        );
-        let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
-        ip(
-            pod,
-            &[
-                "ip",
-                "neigh",
-                "add",
-                "169.254.1.1",
-                "lladdr",
-                mac.trim(),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
-        ip(
-            pod,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        );
-    }
-    Pods {
-        node,
-        client,
-        server,
-    }
-}
 
 /// CPUs the helpers are pinned to (performance.md: client and server on cpu0 and cpu1), so
 /// that every run divides the machine the same way.
@@ -452,16 +407,15 @@ fn measure(p: &Pods) -> (f64, f64) {
     (crr, out.trim().parse::<f64>().unwrap() / secs)
 }
 
-/// Rounds of one row: the table installed, measured, removed, the bare pods measured; the
+/// Rounds of one row: the rules installed, measured, removed, the bare pods measured; the
 /// ratio of each round's adjacent runs cancels the machine's drift. Prints medians.
-fn paired_row(pods: &Pods, label: &str, install: &str, remove: &str) {
+fn paired_row(pods: &Pods, label: &str, install: &mut dyn FnMut(), remove: &mut dyn FnMut()) {
     const ROUNDS: usize = 5;
-    let mut nft = Nft::in_netns(pods.node.name());
     let (mut ours, mut bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        nft.run(install).expect("nft accepts the table");
+        install();
         let a = measure(pods);
-        nft.run(remove).expect("nft removes the table");
+        remove();
         let b = measure(pods);
         ratios.push((a.0 / b.0, a.1 / b.1));
         ours.push(a);
@@ -478,14 +432,53 @@ fn paired_row(pods: &Pods, label: &str, install: &str, remove: &str) {
     );
 }
 
+/// A row whose rules are one nft script, removed by another.
+fn nft_row(pods: &Pods, label: &str, install: &str, remove: &str) {
+    let mut nft = Nft::in_netns(pods.node.name());
+    let mut nft2 = Nft::in_netns(pods.node.name());
+    paired_row(
+        pods,
+        label,
+        &mut || nft.run(install).expect("nft accepts the table"),
+        &mut || nft2.run(remove).expect("nft removes the table"),
+    );
+}
+
+/// A row through the Calico-style iptables rendering: installed by a fresh programmer (read,
+/// then restore everything, as felix at start), removed down to no table at all (iptables-nft's
+/// `ip filter` table deleted, the ipsets destroyed).
+fn iptables_row(pods: &Pods, label: &str, state: &NodeProgram) {
+    let table = render_iptables(state, &Settings::default());
+    let node = pods.node.name();
+    let mut nft = Nft::in_netns(node);
+    paired_row(
+        pods,
+        label,
+        &mut || {
+            IptProgrammer::new(Iptables::in_netns(node, Flavour::Nft))
+                .sync(&table)
+                .expect("iptables accepts the rules");
+        },
+        &mut || {
+            nft.run("delete table ip filter\n")
+                .expect("the iptables-nft table goes");
+            let (_, destroy) = gingham_dataplane::iptables::removal(&table);
+            Iptables::in_netns(node, Flavour::Nft)
+                .ipset(&destroy)
+                .expect("the ipsets go");
+        },
+    );
+}
+
 fn per_packet(scales: &[usize]) {
     gingham_testkit::require_tool("taskset");
     println!("\n## Per-packet cost (B1): two pods on one node, through the node's table");
     println!(
         "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; medians of 5 rounds, each the table's run"
     );
-    println!(" next to a run with no table at all; ratio: ours / no table, per round)");
-    let pods = pods();
+    println!(" next to a run with no table at all; ratio: the rules / no table, per round; the");
+    println!(" iptables rows: the same policies through the Calico-style iptables-nft peer)");
+    let pods = Pods::new("b", CLIENT_IP, SERVER_IP);
     let _server = spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]);
     println!(
         "{:>32} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
@@ -497,13 +490,13 @@ fn per_packet(scales: &[usize]) {
         let mut text = endpoint(
             ENDPOINTS * 20,
             "app: a0, role: client",
-            "calibclient",
+            Pods::CLIENT_IF,
             CLIENT_IP,
         );
         text.push_str(&endpoint(
             ENDPOINTS * 21,
             "app: a0",
-            "calibserver",
+            Pods::SERVER_IF,
             SERVER_IP,
         ));
         text.push_str(&format!(
@@ -523,7 +516,7 @@ spec:
         load(&text)
     };
     // Conntrack alone (any stateful firewall pays it): one rule accepting established flows.
-    paired_row(
+    nft_row(
         &pods,
         "conntrack only",
         "table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n",
@@ -538,7 +531,7 @@ spec:
         let selecting = state
             .endpoints
             .values()
-            .find(|e| e.interface == "calibserver")
+            .find(|e| e.interface == Pods::SERVER_IF)
             .map(|e| {
                 e.ingress
                     .tiers
@@ -553,12 +546,14 @@ spec:
             let path = std::path::Path::new(&dir).join(format!("b1-table-{p}.nft"));
             std::fs::write(path, rendered.script()).unwrap();
         }
-        paired_row(
+        nft_row(
             &pods,
             &format!("P={p} ({} chains, {selecting} sel.)", rendered.chains),
             &rendered.script(),
             "delete table inet gingham\n",
         );
+        let rules = render_iptables(&state, &Settings::default()).rule_count();
+        iptables_row(&pods, &format!("P={p} iptables ({rules} rules)"), &state);
     }
 }
 

@@ -144,3 +144,93 @@ pub fn wire_to_bridge(
     underlay.exec_ok(&["ip", "link", "set", peer, "master", bridge]);
     node.exec_ok(&["ip", "route", "add", "default", "via", gateway]);
 }
+
+/// A node namespace with two pods plumbed the Calico way (a veth per pod, `cali…` on the node
+/// with proxy ARP and a /32 route, the pod's default route via 169.254.1.1), for tests and
+/// benchmarks that send real packets from one pod to the other through the node's rules.
+pub struct TwoPods {
+    pub node: TestNetns,
+    pub client: TestNetns,
+    pub server: TestNetns,
+}
+
+impl TwoPods {
+    /// The node's interface towards the client and the server pod.
+    pub const CLIENT_IF: &'static str = "calibclient";
+    pub const SERVER_IF: &'static str = "calibserver";
+
+    /// Plumbs the pods with the given addresses (IPv4) into namespaces named after `tag`.
+    pub fn new(tag: &str, client_ip: &str, server_ip: &str) -> TwoPods {
+        let node = TestNetns::new(&format!("{tag}n"));
+        let client = TestNetns::new(&format!("{tag}c"));
+        let server = TestNetns::new(&format!("{tag}s"));
+        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // The node's own address (ARP towards the pods needs a source).
+        node.exec_ok(&["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"]);
+        for (pod, host_if, addr) in [
+            (&client, Self::CLIENT_IF, client_ip),
+            (&server, Self::SERVER_IF, server_ip),
+        ] {
+            node.exec_ok(&[
+                "ip",
+                "link",
+                "add",
+                host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                pod.name(),
+            ]);
+            node.exec_ok(&["ip", "link", "set", host_if, "up"]);
+            node.exec_ok(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+            ]);
+            node.exec_ok(&["ip", "route", "add", &format!("{addr}/32"), "dev", host_if]);
+            pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+            pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+            pod.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
+            pod.exec_ok(&[
+                "ip",
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                mac.trim(),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+            pod.exec_ok(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ]);
+        }
+        TwoPods {
+            node,
+            client,
+            server,
+        }
+    }
+}
