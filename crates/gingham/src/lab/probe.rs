@@ -287,23 +287,20 @@ impl ProbeMatrix {
         endpoints: Vec<String>,
         outcomes: BTreeMap<String, BTreeMap<String, Outcome>>,
     ) -> Self {
-        let allowed = outcomes
-            .iter()
-            .map(|(from, row)| {
-                let row = row
-                    .iter()
-                    .map(|(to, o)| (to.clone(), o.reached()))
-                    .collect();
-                (from.clone(), row)
-            })
-            .collect();
+        let reached = |i: usize, j: usize| {
+            outcomes
+                .get(&endpoints[i])
+                .and_then(|row| row.get(&endpoints[j]))
+                .is_some_and(|o| o.reached())
+        };
+        let matrix = Matrix::from_fn(
+            Some(port),
+            protocol_name(proto),
+            endpoints.clone(),
+            reached,
+        );
         ProbeMatrix {
-            matrix: Matrix {
-                port: Some(port),
-                protocol: protocol_name(proto),
-                endpoints,
-                allowed,
-            },
+            matrix,
             outcomes,
         }
     }
