@@ -139,7 +139,7 @@ fn run(pods: usize, all_ports: bool) {
             .sum();
         let allowed: usize = matrices.iter().map(reach::Matrix::allowed_count).sum();
         println!(
-            "  reach, {label}: {} cells ({allowed} allowed) in {:.3} s; baseline (traced class pairs, map of names; with the comparison) {:.3} s: {:.1}x faster, every cell equal",
+            "  reach, {label}: {} cells ({allowed} allowed) in {:.3} s; baseline (traced class pairs, map of names) {:.3} s: {:.1}x faster, every cell equal",
             n * n * probes.len(),
             secs(took),
             secs(took_base),
@@ -230,12 +230,18 @@ fn command_line(cli: &str, before: &str, after: &str) {
     let file = file.to_str().expect("utf-8 path");
     let (b, a) = (bdir.to_str().expect("path"), adir.to_str().expect("path"));
     let runs: [(&str, Vec<&str>); 4] = [
-        ("reach -f FILE --port 80", vec!["reach", "-f", file, "--port", "80"]),
+        (
+            "reach -f FILE --port 80",
+            vec!["reach", "-f", file, "--port", "80"],
+        ),
         (
             "reach -f FILE --port 80 -o json",
             vec!["reach", "-f", file, "--port", "80", "-o", "json"],
         ),
-        ("reach -f FILE (every declared port)", vec!["reach", "-f", file]),
+        (
+            "reach -f FILE (every declared port)",
+            vec!["reach", "-f", file],
+        ),
         (
             "diff --before DIR --after DIR",
             vec!["diff", "--before", b, "--after", a],

@@ -56,7 +56,9 @@ pub fn diff(
     probes: &[(u8, Option<u16>)],
 ) -> Result<Diff, FlowError> {
     let eval = Evaluator::new(after);
-    diff_by(before, after, probes, Grid::decide, &|flow| eval.verdict(flow))
+    diff_by(before, after, probes, Grid::decide, &|flow| {
+        eval.verdict(flow)
+    })
 }
 
 /// [`diff`] as it was before the [`Evaluator`]: both sides' class pairs decided with full
@@ -203,7 +205,11 @@ impl<'a> Sides<'a> {
         sides.differs = (0..first.len())
             .map(|j1| {
                 (0..first.len()).any(|j2| {
-                    let to = if j1 == j2 { second[j2] } else { Some(first[j2]) };
+                    let to = if j1 == j2 {
+                        second[j2]
+                    } else {
+                        Some(first[j2])
+                    };
                     to.is_some_and(|t| {
                         let (was, is) = sides.cell(first[j1], t);
                         was != is

@@ -984,7 +984,12 @@ struct Selections {
     slots: Vec<OnceLock<Selection>>,
 }
 
-const CHAINS: [Chain; 4] = [Chain::Normal, Chain::Forward, Chain::PreDnat, Chain::Untracked];
+const CHAINS: [Chain; 4] = [
+    Chain::Normal,
+    Chain::Forward,
+    Chain::PreDnat,
+    Chain::Untracked,
+];
 
 impl Selections {
     fn new(snap: &Snapshot) -> Selections {

@@ -245,7 +245,11 @@ impl Grid {
         for i in 0..n {
             let r = row(i)?;
             itself.push(r[i]);
-            table.extend(r.into_iter().enumerate().map(|(j, v)| (i != j).then_some(v)));
+            table.extend(
+                r.into_iter()
+                    .enumerate()
+                    .map(|(j, v)| (i != j).then_some(v)),
+            );
         }
         Ok(Grid {
             class: (0..n).collect(),
@@ -283,9 +287,7 @@ impl Grid {
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        let itself = in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| {
-            cell(i, i)
-        })?;
+        let itself = in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
         Ok(Grid {
             class,
             count,

@@ -1187,7 +1187,8 @@ impl Snapshot {
     /// equal one).
     pub fn position(&self, ep: &Endpoint) -> Option<usize> {
         let size = std::mem::size_of::<Endpoint>().max(1);
-        let offset = (ep as *const Endpoint as usize).checked_sub(self.endpoints.as_ptr() as usize)?;
+        let offset =
+            (ep as *const Endpoint as usize).checked_sub(self.endpoints.as_ptr() as usize)?;
         let i = offset / size;
         (offset % size == 0 && self.endpoints.get(i).is_some_and(|e| std::ptr::eq(e, ep)))
             .then_some(i)

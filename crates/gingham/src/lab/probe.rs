@@ -293,16 +293,8 @@ impl ProbeMatrix {
                 .and_then(|row| row.get(&endpoints[j]))
                 .is_some_and(|o| o.reached())
         };
-        let matrix = Matrix::from_fn(
-            Some(port),
-            protocol_name(proto),
-            endpoints.clone(),
-            reached,
-        );
-        ProbeMatrix {
-            matrix,
-            outcomes,
-        }
+        let matrix = Matrix::from_fn(Some(port), protocol_name(proto), endpoints.clone(), reached);
+        ProbeMatrix { matrix, outcomes }
     }
 
     fn outcome(&self, from: &str, to: &str) -> Outcome {
