@@ -115,12 +115,8 @@ fn run(pods: usize, all_ports: bool) {
             .collect();
         let label = format!("{what} (TCP {})", ports.join(", "));
         // reach: the new path, then the baseline.
-        let (matrices, took) = timed(|| {
-            probes
-                .iter()
-                .map(|&(pr, port)| reach::matrix(&snap, &endpoints, pr, port).expect("matrix"))
-                .collect::<Vec<_>>()
-        });
+        let (matrices, took) =
+            timed(|| reach::matrices(&snap, &endpoints, probes).expect("matrix"));
         if !baseline {
             let (d, took_diff) = timed(|| diff::diff(&snap, &after, probes).expect("diff"));
             println!(

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::eval::{Evaluator, Flow, FlowError, Verdict, protocol_name};
+use crate::eval::{Flow, FlowError, Verdict, protocol_name};
 use crate::explain;
-use crate::reach::{self, Grid};
+use crate::reach::{self, Decider, Grid};
 use crate::snapshot::Snapshot;
 
 /// A pair that may connect after the change and could not before.
@@ -55,32 +55,51 @@ pub fn diff(
     after: &Snapshot,
     probes: &[(u8, Option<u16>)],
 ) -> Result<Diff, FlowError> {
-    let eval = Evaluator::new(after);
-    diff_by(before, after, probes, Grid::decide, &|flow| {
-        eval.verdict(flow)
-    })
+    let before_grids = Decider::new(before, &reach::matrix_endpoints(before));
+    let after_grids = Decider::new(after, &reach::matrix_endpoints(after));
+    diff_by(
+        before,
+        after,
+        probes,
+        &|pr, port| Ok((before_grids.grid(pr, port)?, after_grids.grid(pr, port)?)),
+        &|flow| after_grids.evaluator().verdict(flow),
+    )
 }
 
-/// [`diff`] as it was before the [`Evaluator`]: both sides' class pairs decided with full
-/// traces ([`Grid::decide_traced`]). Kept as the benchmark's baseline.
+/// [`diff`] as it was before the [`Evaluator`](crate::eval::Evaluator): both sides' class
+/// pairs decided with full traces ([`Grid::decide_traced`]). Kept as the benchmark's baseline.
 #[doc(hidden)]
 pub fn diff_traced(
     before: &Snapshot,
     after: &Snapshot,
     probes: &[(u8, Option<u16>)],
 ) -> Result<Diff, FlowError> {
-    diff_by(before, after, probes, Grid::decide_traced, &|flow| {
-        after.verdict(flow)
-    })
+    let (eps_before, eps_after) = (
+        reach::matrix_endpoints(before),
+        reach::matrix_endpoints(after),
+    );
+    diff_by(
+        before,
+        after,
+        probes,
+        &|pr, port| {
+            Ok((
+                Grid::decide_traced(before, &eps_before, pr, port)?,
+                Grid::decide_traced(after, &eps_after, pr, port)?,
+            ))
+        },
+        &|flow| after.verdict(flow),
+    )
 }
 
-type Decide = fn(&Snapshot, &[String], u8, Option<u16>) -> Result<Grid, FlowError>;
+/// Both sides' grids for one protocol and port.
+type Grids<'a> = dyn Fn(u8, Option<u16>) -> Result<(Grid, Grid), FlowError> + 'a;
 
 fn diff_by(
     before: &Snapshot,
     after: &Snapshot,
     probes: &[(u8, Option<u16>)],
-    decide: Decide,
+    grids: &Grids<'_>,
     verdict_after: &(dyn Fn(&Flow) -> Result<Verdict, FlowError> + Sync),
 ) -> Result<Diff, FlowError> {
     let eps_before = reach::matrix_endpoints(before);
@@ -104,8 +123,7 @@ fn diff_by(
     let mut out = Diff::default();
     let mut lost = Vec::new();
     for &(protocol, port) in probes {
-        let gb = decide(before, &eps_before, protocol, port)?;
-        let ga = decide(after, &eps_after, protocol, port)?;
+        let (gb, ga) = grids(protocol, port)?;
         let sides = Sides::new(&gb, &ga, &at_before, &at_after);
         let name = protocol_name(protocol);
         for (f, from) in all.iter().enumerate() {

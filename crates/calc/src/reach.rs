@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use serde::Serialize;
 
-use crate::eval::{Evaluator, Flow, FlowError, ICMP, ICMPV6, protocol_name};
+use crate::eval::{Endpoints, Evaluator, Flow, FlowError, ICMP, ICMPV6, protocol_name};
 use crate::input::PodPorts;
 use crate::snapshot::{CompiledRule, EndpointKind, LabelSet, Snapshot};
 
@@ -169,13 +169,7 @@ pub fn matrix(
     protocol: u8,
     port: Option<u16>,
 ) -> Result<Matrix, FlowError> {
-    let cells = Grid::decide(snap, endpoints, protocol, port)?;
-    Ok(Matrix::new(
-        port,
-        protocol_name(protocol),
-        endpoints.to_vec(),
-        cells,
-    ))
+    Ok(matrices(snap, endpoints, &[(protocol, port)])?.remove(0))
 }
 
 /// The cells of a matrix by position in its endpoint list: one verdict per pair of classes
@@ -193,18 +187,14 @@ pub struct Grid {
 impl Grid {
     /// Decides the cells of `endpoints` × `endpoints`: one verdict per pair of classes, by the
     /// reference evaluator's walk ([`Evaluator::allowed`]: what each endpoint's stages select
-    /// worked out once per endpoint, no trace recorded).
+    /// worked out once per endpoint, no trace recorded). [`Decider`] decides several probes.
     pub fn decide(
         snap: &Snapshot,
         endpoints: &[String],
         protocol: u8,
         port: Option<u16>,
     ) -> Result<Grid, FlowError> {
-        let eval = Evaluator::new(snap);
-        let eps = eval.endpoints(endpoints);
-        Grid::by_classes(snap, endpoints, |from, to| {
-            no_address_denies(eval.allowed_between(&eps, from, to, protocol, port))
-        })
+        Decider::new(snap, endpoints).grid(protocol, port)
     }
 
     /// [`Grid::decide`] as it was before the [`Evaluator`]: every class pair's verdict with its
@@ -265,7 +255,14 @@ impl Grid {
         endpoints: &[String],
         cell: impl Fn(usize, usize) -> Result<bool, FlowError> + Sync,
     ) -> Result<Grid, FlowError> {
-        let class = classes(snap, endpoints);
+        Grid::by_these_classes(classes(snap, endpoints), cell)
+    }
+
+    /// [`Grid::by_classes`] with the classes of the endpoints (`class[i]` the `i`th one's).
+    fn by_these_classes(
+        class: Vec<usize>,
+        cell: impl Fn(usize, usize) -> Result<bool, FlowError> + Sync,
+    ) -> Result<Grid, FlowError> {
         let count = class.iter().max().map_or(0, |m| m + 1);
         // Up to two members of each class: a flow between two members of one class needs both.
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
@@ -287,7 +284,7 @@ impl Grid {
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        let itself = in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
+        let itself = in_parallel(&(0..class.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
         Ok(Grid {
             class,
             count,
@@ -314,6 +311,62 @@ impl Grid {
     pub fn between(&self, c1: usize, c2: usize) -> bool {
         self.table[c1 * self.count + c2].unwrap_or(false)
     }
+}
+
+/// Grids of one snapshot's endpoints for several probes, sharing what does not depend on the
+/// probe: the classes, the endpoints resolved, and what each endpoint's stages select.
+pub struct Decider<'s> {
+    eval: Evaluator<'s>,
+    eps: Endpoints<'s>,
+    class: Vec<usize>,
+}
+
+impl<'s> Decider<'s> {
+    pub fn new(snap: &'s Snapshot, endpoints: &[String]) -> Decider<'s> {
+        let eval = Evaluator::new(snap);
+        let eps = eval.endpoints(endpoints);
+        Decider {
+            eval,
+            eps,
+            class: classes(snap, endpoints),
+        }
+    }
+
+    /// [`Grid::decide`] for one protocol and port.
+    pub fn grid(&self, protocol: u8, port: Option<u16>) -> Result<Grid, FlowError> {
+        Grid::by_these_classes(self.class.clone(), |from, to| {
+            no_address_denies(
+                self.eval
+                    .allowed_between(&self.eps, from, to, protocol, port),
+            )
+        })
+    }
+
+    /// The evaluator the grids use, for verdicts with their trace.
+    pub fn evaluator(&self) -> &Evaluator<'s> {
+        &self.eval
+    }
+}
+
+/// [`matrix`] for each of `probes` (protocol, port), sharing the work they have in common
+/// ([`Decider`]).
+pub fn matrices(
+    snap: &Snapshot,
+    endpoints: &[String],
+    probes: &[(u8, Option<u16>)],
+) -> Result<Vec<Matrix>, FlowError> {
+    let decider = Decider::new(snap, endpoints);
+    probes
+        .iter()
+        .map(|&(protocol, port)| {
+            Ok(Matrix::new(
+                port,
+                protocol_name(protocol),
+                endpoints.to_vec(),
+                decider.grid(protocol, port)?,
+            ))
+        })
+        .collect()
 }
 
 /// The matrix with every cell decided by [`Snapshot::verdict`] with its trace (no classes, no

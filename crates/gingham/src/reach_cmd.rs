@@ -225,10 +225,7 @@ pub fn reach(args: &ReachArgs, client: &dyn Fn() -> Result<gingham_api::Client>)
     if ports.is_empty() {
         bail!("{NO_PORTS}");
     }
-    let mut matrices = Vec::new();
-    for (pr, port) in ports {
-        matrices.push(reach::matrix(&snap, &endpoints, pr, port)?);
-    }
+    let matrices = reach::matrices(&snap, &endpoints, &ports)?;
     print_matrices(&matrices, args.output)?;
     Ok(Exit::Ok)
 }
