@@ -127,7 +127,7 @@ pub fn load_datastore_kinds(client: &gingham_api::Client, kinds: &[Kind]) -> Res
 /// The resources in files (Kubernetes objects converted as Calico's controllers do; pods that
 /// name no node placed on one) and the ports the pods declare. Returns `None` after printing
 /// every input error (file, document and field).
-pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resource>, PodPorts)>> {
+pub fn load_files(files: &[String], recursive: bool) -> Result<Option<Loaded>> {
     let (loaded, messages) = load_files_quietly(files, recursive)?;
     for m in messages {
         eprintln!("{m}");
@@ -135,12 +135,15 @@ pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resou
     Ok(loaded)
 }
 
+/// Resources read from files, and the ports their pods declare.
+pub type Loaded = (Vec<Resource>, PodPorts);
+
 /// [`load_files`] with the messages it would print (errors, notices) returned in order
 /// instead: several inputs can load at once and still print one after the other.
 pub fn load_files_quietly(
     files: &[String],
     recursive: bool,
-) -> Result<(Option<(Vec<Resource>, PodPorts)>, Vec<String>)> {
+) -> Result<(Option<Loaded>, Vec<String>)> {
     let mut resources: Vec<Resource> = Vec::new();
     let mut pod_ports = PodPorts::new();
     let mut sources = Vec::new();
