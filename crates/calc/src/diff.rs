@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, protocol_name};
+use crate::eval::{Flow, FlowError, Verdict, protocol_name};
 use crate::explain;
-use crate::reach::{self, Grid};
+use crate::reach::{self, Decider, Grid};
 use crate::snapshot::Snapshot;
 
 /// A pair that may connect after the change and could not before.
@@ -55,6 +55,53 @@ pub fn diff(
     after: &Snapshot,
     probes: &[(u8, Option<u16>)],
 ) -> Result<Diff, FlowError> {
+    let before_grids = Decider::new(before, &reach::matrix_endpoints(before));
+    let after_grids = Decider::new(after, &reach::matrix_endpoints(after));
+    diff_by(
+        before,
+        after,
+        probes,
+        &|pr, port| Ok((before_grids.grid(pr, port)?, after_grids.grid(pr, port)?)),
+        &|flow| after_grids.evaluator().verdict(flow),
+    )
+}
+
+/// [`diff`] as it was before the [`Evaluator`](crate::eval::Evaluator): both sides' class
+/// pairs decided with full traces ([`Grid::decide_traced`]). Kept as the benchmark's baseline.
+#[doc(hidden)]
+pub fn diff_traced(
+    before: &Snapshot,
+    after: &Snapshot,
+    probes: &[(u8, Option<u16>)],
+) -> Result<Diff, FlowError> {
+    let (eps_before, eps_after) = (
+        reach::matrix_endpoints(before),
+        reach::matrix_endpoints(after),
+    );
+    diff_by(
+        before,
+        after,
+        probes,
+        &|pr, port| {
+            Ok((
+                Grid::decide_traced(before, &eps_before, pr, port)?,
+                Grid::decide_traced(after, &eps_after, pr, port)?,
+            ))
+        },
+        &|flow| after.verdict(flow),
+    )
+}
+
+/// Both sides' grids for one protocol and port.
+type Grids<'a> = dyn Fn(u8, Option<u16>) -> Result<(Grid, Grid), FlowError> + 'a;
+
+fn diff_by(
+    before: &Snapshot,
+    after: &Snapshot,
+    probes: &[(u8, Option<u16>)],
+    grids: &Grids<'_>,
+    verdict_after: &(dyn Fn(&Flow) -> Result<Verdict, FlowError> + Sync),
+) -> Result<Diff, FlowError> {
     let eps_before = reach::matrix_endpoints(before);
     let eps_after = reach::matrix_endpoints(after);
     let all: Vec<&String> = eps_before
@@ -76,17 +123,15 @@ pub fn diff(
     let mut out = Diff::default();
     let mut lost = Vec::new();
     for &(protocol, port) in probes {
-        let gb = Grid::decide(before, &eps_before, protocol, port)?;
-        let ga = Grid::decide(after, &eps_after, protocol, port)?;
+        let (gb, ga) = grids(protocol, port)?;
+        let sides = Sides::new(&gb, &ga, &at_before, &at_after);
         let name = protocol_name(protocol);
         for (f, from) in all.iter().enumerate() {
+            if !sides.row_may_differ(f) {
+                continue;
+            }
             for (t, to) in all.iter().enumerate() {
-                let side = |g: &Grid, at: &[Option<usize>]| match (at[f], at[t]) {
-                    (Some(i), Some(j)) => g.allowed(i, j),
-                    _ => false,
-                };
-                let was = side(&gb, &at_before);
-                let is = side(&ga, &at_after);
+                let (was, is) = sides.cell(f, t);
                 if !was && is {
                     out.gained.push(Gained {
                         from: (*from).clone(),
@@ -102,7 +147,13 @@ pub fn diff(
     }
     // Each loss's cause is one verdict with its trace: spread over the cores.
     let causes = reach::in_parallel(&lost, |&(from, to, protocol, port)| {
-        Ok(cause(after, from, to, protocol, port))
+        let flow = Flow::between_endpoints(from, to, protocol, port);
+        Ok(match verdict_after(&flow) {
+            Ok(v) => explain::cause(after, &v),
+            // The flow cannot be evaluated there (an endpoint gone or without an address):
+            // the error `explain` reports.
+            Err(e) => e.to_string(),
+        })
     })?;
     out.lost = lost
         .into_iter()
@@ -118,13 +169,92 @@ pub fn diff(
     Ok(out)
 }
 
-/// Why `after` denies the flow: the verdict's [`explain::cause`], or, when the flow cannot be
-/// evaluated there (an endpoint gone or without an address), the error `explain` reports.
-fn cause(after: &Snapshot, from: &str, to: &str, protocol: u8, port: Option<u16>) -> String {
-    let flow = Flow::between_endpoints(from, to, protocol, port);
-    match after.verdict(&flow) {
-        Ok(v) => explain::cause(after, &v),
-        Err(e) => e.to_string(),
+/// Both sides' cells over the union of endpoints, and which rows can hold a difference.
+struct Sides<'a> {
+    before: &'a Grid,
+    after: &'a Grid,
+    at_before: &'a [Option<usize>],
+    at_after: &'a [Option<usize>],
+    /// Each endpoint's pair of classes (before, after; none where a side lacks it), numbered.
+    joint: Vec<usize>,
+    /// Whether a member of each joint class disagrees on a cell with another endpoint.
+    differs: Vec<bool>,
+}
+
+impl<'a> Sides<'a> {
+    fn new(
+        before: &'a Grid,
+        after: &'a Grid,
+        at_before: &'a [Option<usize>],
+        at_after: &'a [Option<usize>],
+    ) -> Sides<'a> {
+        let mut numbered: HashMap<(Option<usize>, Option<usize>), usize> = HashMap::new();
+        let mut first = Vec::new();
+        let joint: Vec<usize> = (0..at_before.len())
+            .map(|e| {
+                let key = (
+                    at_before[e].map(|i| before.class(i)),
+                    at_after[e].map(|i| after.class(i)),
+                );
+                *numbered.entry(key).or_insert_with(|| {
+                    first.push(e);
+                    first.len() - 1
+                })
+            })
+            .collect();
+        let mut sides = Sides {
+            before,
+            after,
+            at_before,
+            at_after,
+            joint,
+            differs: Vec::new(),
+        };
+        // A cell between two endpoints depends on their joint classes only (a class's cell
+        // with itself is the same for every two members), so one member of each speaks for
+        // all: its cells with one member of every other joint class, and with a second
+        // member of its own when there is one.
+        let mut second = vec![None; first.len()];
+        for (e, &j) in sides.joint.iter().enumerate() {
+            if first[j] != e && second[j].is_none() {
+                second[j] = Some(e);
+            }
+        }
+        sides.differs = (0..first.len())
+            .map(|j1| {
+                (0..first.len()).any(|j2| {
+                    let to = if j1 == j2 {
+                        second[j2]
+                    } else {
+                        Some(first[j2])
+                    };
+                    to.is_some_and(|t| {
+                        let (was, is) = sides.cell(first[j1], t);
+                        was != is
+                    })
+                })
+            })
+            .collect();
+        sides
+    }
+
+    /// Whether row `f` can hold a difference: its joint class disagrees somewhere, or its
+    /// flow to itself does.
+    fn row_may_differ(&self, f: usize) -> bool {
+        let (was, is) = self.cell(f, f);
+        self.differs[self.joint[f]] || was != is
+    }
+
+    /// The cell of endpoints `f` and `t` (positions in the union) before and after.
+    fn cell(&self, f: usize, t: usize) -> (bool, bool) {
+        let side = |g: &Grid, at: &[Option<usize>]| match (at[f], at[t]) {
+            (Some(i), Some(j)) => g.allowed(i, j),
+            _ => false,
+        };
+        (
+            side(self.before, self.at_before),
+            side(self.after, self.at_after),
+        )
     }
 }
 

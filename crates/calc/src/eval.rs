@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use gingham_model::{Action, Port};
 use gingham_selector::Selector;
@@ -268,6 +269,11 @@ pub enum FlowError {
 /// The context rules are matched in.
 struct Packet<'a> {
     snap: &'a Snapshot,
+    /// Which policy list the verdict runs ([`View`]), and the memo of what it selects.
+    view: View,
+    selections: Option<&'a Selections>,
+    /// Whether stages and steps are recorded (off: only the verdict matters).
+    trace: bool,
     src_ip: IpAddr,
     dst_ip: IpAddr,
     protocol: u8,
@@ -407,25 +413,80 @@ impl Snapshot {
     /// The verdict for `flow` under the enforced policies (and, when staged policies exist, what
     /// it would be with them).
     pub fn verdict(&self, flow: &Flow) -> Result<Verdict, FlowError> {
-        let mut v = self.verdict_with(flow, &self.policies)?;
-        if let Some(view) = &self.staged_view {
-            v.staged_allowed = Some(self.verdict_with(flow, view)?.allowed);
+        self.verdict_in(flow, None)
+    }
+
+    fn verdict_in(
+        &self,
+        flow: &Flow,
+        selections: Option<&Selections>,
+    ) -> Result<Verdict, FlowError> {
+        let mut v = self.verdict_with(flow, View::Enforced, selections, true)?;
+        if self.staged_view.is_some() {
+            v.staged_allowed = Some(
+                self.verdict_with(flow, View::Staged, selections, false)?
+                    .allowed,
+            );
         }
         Ok(v)
     }
 
-    fn verdict_with(&self, flow: &Flow, policies: &[Policy]) -> Result<Verdict, FlowError> {
+    /// The policy list of a view (the staged view falls back to the enforced policies when
+    /// there are no staged ones).
+    fn view_policies(&self, view: View) -> &[Policy] {
+        match (view, &self.staged_view) {
+            (View::Staged, Some(staged)) => staged,
+            _ => &self.policies,
+        }
+    }
+
+    /// The verdict under one view; `trace` off records no stages or steps (the
+    /// verdict's `allowed` is the same either way: the same walk decides it).
+    fn verdict_with(
+        &self,
+        flow: &Flow,
+        view: View,
+        selections: Option<&Selections>,
+        trace: bool,
+    ) -> Result<Verdict, FlowError> {
         let src = self.resolve(&flow.src)?;
         let dst = self.resolve(&flow.dst)?;
+        let ends = Ends {
+            src_spec: &flow.src,
+            dst_spec: &flow.dst,
+            src,
+            dst,
+            protocol: flow.protocol,
+            port: flow.port,
+            src_port: flow.src_port,
+            icmp: flow.icmp,
+            ipv6: flow.ipv6,
+        };
+        self.verdict_between(ends, view, selections, trace)
+    }
+
+    /// [`Snapshot::verdict_with`] once the peers are resolved.
+    fn verdict_between(
+        &self,
+        flow: Ends<'_, '_>,
+        view: View,
+        selections: Option<&Selections>,
+        trace: bool,
+    ) -> Result<Verdict, FlowError> {
+        let policies = self.view_policies(view);
+        let (src_spec, dst_spec, src, dst) = (flow.src_spec, flow.dst_spec, flow.src, flow.dst);
         // A host endpoint named as a destination stands for its node.
         let mut notes = Vec::new();
         let same_node = src.node().is_some() && src.node() == dst.node();
         let dst_is_remote_pod = matches!(dst, Peer::Workload(_)) && !same_node;
         let tunneled = dst_is_remote_pod && self.tunneled(&src, &dst, flow.ipv6);
-        let src_ip = self.address(&src, &flow.src, flow.ipv6, tunneled, &mut notes)?;
-        let dst_ip = self.address(&dst, &flow.dst, flow.ipv6, false, &mut notes)?;
+        let src_ip = self.address(&src, src_spec, flow.ipv6, tunneled, &mut notes)?;
+        let dst_ip = self.address(&dst, dst_spec, flow.ipv6, false, &mut notes)?;
         let pkt = Packet {
             snap: self,
+            view,
+            selections,
+            trace,
             src_ip,
             dst_ip,
             protocol: flow.protocol,
@@ -433,10 +494,11 @@ impl Snapshot {
             src_port: flow.src_port,
             icmp: flow.icmp,
         };
+        let describe = |p: &Peer<'_>| if trace { p.describe() } else { String::new() };
         let mut out = Verdict {
             allowed: false,
-            src: src.describe(),
-            dst: dst.describe(),
+            src: describe(&src),
+            dst: describe(&dst),
             src_ip: Some(src_ip),
             dst_ip: Some(dst_ip),
             protocol: flow.protocol,
@@ -476,15 +538,20 @@ impl Snapshot {
         out: &mut Verdict,
     ) -> bool {
         let run = |kind, ep: &Endpoint, dir, mode, out: &mut Verdict| -> Outcome {
-            let mut steps = Vec::new();
+            let mut steps = Steps {
+                on: pkt.trace,
+                steps: Vec::new(),
+            };
             let outcome = self.endpoint_stage(pkt, policies, ep, dir, mode, &mut steps);
-            out.stages.push(Stage {
-                kind,
-                endpoint: ep.name.clone(),
-                endpoint_key: ep.key.clone(),
-                steps,
-                outcome,
-            });
+            if pkt.trace {
+                out.stages.push(Stage {
+                    kind,
+                    endpoint: ep.name.clone(),
+                    endpoint_key: ep.key.clone(),
+                    steps: steps.steps,
+                    outcome,
+                });
+            }
             outcome
         };
 
@@ -716,6 +783,42 @@ impl Snapshot {
         })
     }
 
+    /// What one stage of an endpoint runs: the first tier that does not exist but has
+    /// policies selecting the endpoint (closed), else each tier whose policies select it, with
+    /// those policies in felix's order.
+    fn selection(
+        &self,
+        policies: &[Policy],
+        ep: &Endpoint,
+        dir: Direction,
+        mode: Chain,
+    ) -> Selection {
+        if let Some((tier, policies)) = self.missing_tier(policies, ep, dir, mode) {
+            return Selection::TierMissing { tier, policies };
+        }
+        let tiers = self
+            .tiers
+            .iter()
+            .enumerate()
+            .filter_map(|(t, tier)| {
+                let mut in_tier: Vec<usize> = policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.tier == tier.name
+                            && p.has_type(dir)
+                            && mode.admits(p, ep)
+                            && p.selects(ep)
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                in_tier.sort_by_cached_key(|&i| policies[i].sort_key());
+                (!in_tier.is_empty()).then_some((t, in_tier))
+            })
+            .collect();
+        Selection::Tiers(tiers)
+    }
+
     /// One endpoint, one direction: tiers, then (in normal mode) profiles.
     fn endpoint_stage(
         &self,
@@ -724,34 +827,42 @@ impl Snapshot {
         ep: &Endpoint,
         dir: Direction,
         mode: Chain,
-        steps: &mut Vec<Step>,
+        steps: &mut Steps,
     ) -> Outcome {
-        if let Some((tier, policies)) = self.missing_tier(policies, ep, dir, mode) {
-            steps.push(Step::TierMissing { tier, policies });
-            return Outcome::Deny;
-        }
-        for tier in &self.tiers {
-            let mut in_tier: Vec<&Policy> = policies
-                .iter()
-                .filter(|p| {
-                    p.tier == tier.name && p.has_type(dir) && mode.admits(p, ep) && p.selects(ep)
-                })
-                .collect();
-            if in_tier.is_empty() {
-                continue;
+        let computed;
+        let selection = match pkt
+            .selections
+            .and_then(|s| s.get(self, pkt.view, ep, dir, mode))
+        {
+            Some(s) => s,
+            None => {
+                computed = self.selection(policies, ep, dir, mode);
+                &computed
             }
-            in_tier.sort_by_key(|p| p.sort_key());
-            steps.push(Step::TierStart {
+        };
+        let tiers = match selection {
+            Selection::TierMissing { tier, policies } => {
+                steps.push(|| Step::TierMissing {
+                    tier: tier.clone(),
+                    policies: policies.clone(),
+                });
+                return Outcome::Deny;
+            }
+            Selection::Tiers(tiers) => tiers,
+        };
+        for (t, in_tier) in tiers {
+            let tier = &self.tiers[*t];
+            steps.push(|| Step::TierStart {
                 tier: tier.name.clone(),
-                policies: in_tier.iter().map(|p| p.id.clone()).collect(),
+                policies: in_tier.iter().map(|&i| policies[i].id.clone()).collect(),
             });
             let mut passed = false;
-            'policies: for p in in_tier {
+            'policies: for p in in_tier.iter().map(|&i| &policies[i]) {
                 for r in p.rules(dir) {
                     if !pkt.matches(r) {
                         continue;
                     }
-                    steps.push(Step::RuleMatched {
+                    steps.push(|| Step::RuleMatched {
                         policy: p.id.clone(),
                         rule: r.index,
                         action: r.action,
@@ -766,7 +877,7 @@ impl Snapshot {
                         }
                     }
                 }
-                steps.push(Step::PolicyNoMatch {
+                steps.push(|| Step::PolicyNoMatch {
                     policy: p.id.clone(),
                 });
             }
@@ -775,7 +886,7 @@ impl Snapshot {
             }
             // preDNAT and doNotTrack stages have no end-of-tier drop: unmatched packets go on.
             if mode.end_of_tier() {
-                steps.push(Step::EndOfTier {
+                steps.push(|| Step::EndOfTier {
                     tier: tier.name.clone(),
                     action: tier.default_action,
                 });
@@ -785,16 +896,16 @@ impl Snapshot {
             }
         }
         if !mode.profiles_apply() {
-            steps.push(Step::DefaultContinue);
+            steps.push(|| Step::DefaultContinue);
             return Outcome::Continue;
         }
         if ep.profiles.is_empty() {
-            steps.push(Step::NoProfiles);
+            steps.push(|| Step::NoProfiles);
             return Outcome::Deny;
         }
         for name in &ep.profiles {
             let Some(profile) = self.profiles.get(name) else {
-                steps.push(Step::ProfileMissing {
+                steps.push(|| Step::ProfileMissing {
                     profile: name.clone(),
                 });
                 return Outcome::Deny;
@@ -804,7 +915,7 @@ impl Snapshot {
                 if !pkt.matches(r) {
                     continue;
                 }
-                steps.push(Step::ProfileRuleMatched {
+                steps.push(|| Step::ProfileRuleMatched {
                     profile: name.clone(),
                     rule: r.index,
                     action: r.action,
@@ -820,14 +931,182 @@ impl Snapshot {
                 }
             }
             if decided.is_none() {
-                steps.push(Step::ProfileNoMatch {
+                steps.push(|| Step::ProfileNoMatch {
                     profile: name.clone(),
                 });
             }
         }
-        steps.push(Step::ProfilesExhausted);
+        steps.push(|| Step::ProfilesExhausted);
         Outcome::Deny
     }
+}
+
+/// The steps of one stage, when the trace is on.
+struct Steps {
+    on: bool,
+    steps: Vec<Step>,
+}
+
+impl Steps {
+    fn push(&mut self, step: impl FnOnce() -> Step) {
+        if self.on {
+            self.steps.push(step());
+        }
+    }
+}
+
+/// Which policy list a verdict runs: the enforced policies, or the view with every staged
+/// policy enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    Enforced,
+    Staged,
+}
+
+/// What one stage of an endpoint runs ([`Snapshot::selection`]).
+#[derive(Debug)]
+enum Selection {
+    /// A tier that does not exist has these policies selecting the endpoint: closed.
+    TierMissing {
+        tier: String,
+        policies: Vec<PolicyRef>,
+    },
+    /// Each tier (position in `Snapshot::tiers`) with the policies (positions in the view's
+    /// policy list) selecting the endpoint, in order.
+    Tiers(Vec<(usize, Vec<usize>)>),
+}
+
+/// Each endpoint's [`Selection`]s, computed on first use and then shared: for many verdicts
+/// over one snapshot (`reach`, `diff`), where matching every policy's selector against both
+/// endpoints of every flow would cost most of the time.
+struct Selections {
+    /// By endpoint, view, direction and chain ([`Selections::slot`]).
+    slots: Vec<OnceLock<Selection>>,
+}
+
+const CHAINS: [Chain; 4] = [
+    Chain::Normal,
+    Chain::Forward,
+    Chain::PreDnat,
+    Chain::Untracked,
+];
+
+impl Selections {
+    fn new(snap: &Snapshot) -> Selections {
+        Selections {
+            slots: (0..snap.endpoints.len() * 2 * 2 * CHAINS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The selection for `ep` (an endpoint of `snap`: anything else gets `None`).
+    fn get(
+        &self,
+        snap: &Snapshot,
+        view: View,
+        ep: &Endpoint,
+        dir: Direction,
+        mode: Chain,
+    ) -> Option<&Selection> {
+        let i = snap.position(ep)?;
+        let chain = CHAINS.iter().position(|&c| c == mode)?;
+        let slot = ((i * 2 + view as usize) * 2 + dir as usize) * CHAINS.len() + chain;
+        Some(
+            self.slots
+                .get(slot)?
+                .get_or_init(|| snap.selection(snap.view_policies(view), ep, dir, mode)),
+        )
+    }
+}
+
+/// Many verdicts over one snapshot: what each endpoint's stages select is worked out once per
+/// endpoint instead of once per flow. The verdicts are [`Snapshot::verdict`]'s: the same walk.
+pub struct Evaluator<'s> {
+    snap: &'s Snapshot,
+    selections: Selections,
+}
+
+impl<'s> Evaluator<'s> {
+    pub fn new(snap: &'s Snapshot) -> Evaluator<'s> {
+        Evaluator {
+            snap,
+            selections: Selections::new(snap),
+        }
+    }
+
+    /// [`Snapshot::verdict`], with its trace.
+    pub fn verdict(&self, flow: &Flow) -> Result<Verdict, FlowError> {
+        self.snap.verdict_in(flow, Some(&self.selections))
+    }
+
+    /// Whether the enforced policies allow `flow`: [`Snapshot::verdict`]'s `allowed`, without
+    /// recording the trace or evaluating the staged view.
+    pub fn allowed(&self, flow: &Flow) -> Result<bool, FlowError> {
+        Ok(self
+            .snap
+            .verdict_with(flow, View::Enforced, Some(&self.selections), false)?
+            .allowed)
+    }
+
+    /// Endpoints named as a flow names them ([`Flow::between_endpoints`]), each resolved once
+    /// for [`Evaluator::allowed_between`].
+    pub fn endpoints(&self, names: &[String]) -> Endpoints<'s> {
+        let specs: Vec<PeerSpec> = names
+            .iter()
+            .map(|n| PeerSpec::Endpoint(n.clone()))
+            .collect();
+        let peers = specs.iter().map(|s| self.snap.resolve(s)).collect();
+        Endpoints { specs, peers }
+    }
+
+    /// [`Evaluator::allowed`] for the flow between the `from`th and the `to`th of `eps`:
+    /// the same as for `Flow::between_endpoints(names[from], names[to], protocol, port)`.
+    pub fn allowed_between(
+        &self,
+        eps: &Endpoints<'s>,
+        from: usize,
+        to: usize,
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Result<bool, FlowError> {
+        let src = eps.peers[from].clone()?;
+        let dst = eps.peers[to].clone()?;
+        let flow = Ends {
+            src_spec: &eps.specs[from],
+            dst_spec: &eps.specs[to],
+            src,
+            dst,
+            protocol,
+            port,
+            src_port: None,
+            icmp: None,
+            ipv6: false,
+        };
+        Ok(self
+            .snap
+            .verdict_between(flow, View::Enforced, Some(&self.selections), false)?
+            .allowed)
+    }
+}
+
+/// Endpoints resolved once ([`Evaluator::endpoints`]).
+pub struct Endpoints<'s> {
+    specs: Vec<PeerSpec>,
+    peers: Vec<Result<Peer<'s>, FlowError>>,
+}
+
+/// A [`Flow`] whose peers are resolved: what a verdict reads.
+struct Ends<'f, 's> {
+    src_spec: &'f PeerSpec,
+    dst_spec: &'f PeerSpec,
+    src: Peer<'s>,
+    dst: Peer<'s>,
+    protocol: u8,
+    port: Option<u16>,
+    src_port: Option<u16>,
+    icmp: Option<(u8, u8)>,
+    ipv6: bool,
 }
 
 impl Packet<'_> {

@@ -8,24 +8,142 @@ use ipnet::IpNet;
 
 use serde::Serialize;
 
-use crate::eval::{Flow, FlowError, ICMP, ICMPV6, protocol_name};
+use crate::eval::{Endpoints, Evaluator, Flow, FlowError, ICMP, ICMPV6, protocol_name};
 use crate::input::PodPorts;
 use crate::snapshot::{CompiledRule, EndpointKind, LabelSet, Snapshot};
 
-/// One matrix, in the stable JSON schema of `gingham reach -o json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One matrix, in the stable JSON schema of `gingham reach -o json`: `port`, `protocol`,
+/// `endpoints` (rows and columns, in order) and `allowed` (client → server → allowed, by name).
+///
+/// The cells are kept by position ([`Grid`]: one verdict per pair of classes), not as a map of
+/// names: a million cells cost nothing to hold, and names are written only when printed.
+#[derive(Clone, Debug)]
 pub struct Matrix {
     pub port: Option<u16>,
     pub protocol: String,
     /// Rows and columns, in order.
     pub endpoints: Vec<String>,
-    /// client → server → allowed.
-    pub allowed: BTreeMap<String, BTreeMap<String, bool>>,
+    cells: Grid,
+    /// Each name's position in `endpoints` (the last, should a name repeat).
+    at: HashMap<String, usize>,
 }
 
 impl Matrix {
+    /// A matrix whose cell (`i`, `j`) is `allowed(i, j)` (positions in `endpoints`).
+    pub fn from_fn(
+        port: Option<u16>,
+        protocol: String,
+        endpoints: Vec<String>,
+        allowed: impl Fn(usize, usize) -> bool,
+    ) -> Matrix {
+        let n = endpoints.len();
+        let cells = match Grid::every_cell(n, |i| {
+            Ok::<_, std::convert::Infallible>((0..n).map(|j| allowed(i, j)).collect())
+        }) {
+            Ok(cells) => cells,
+            Err(never) => match never {},
+        };
+        Matrix::new(port, protocol, endpoints, cells)
+    }
+
+    fn new(port: Option<u16>, protocol: String, endpoints: Vec<String>, cells: Grid) -> Matrix {
+        let at = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.clone(), i))
+            .collect();
+        Matrix {
+            port,
+            protocol,
+            endpoints,
+            cells,
+            at,
+        }
+    }
+
+    /// Whether `from` may connect to `to` (None: not in the matrix).
     pub fn get(&self, from: &str, to: &str) -> Option<bool> {
-        self.allowed.get(from)?.get(to).copied()
+        Some(self.cells.allowed(*self.at.get(from)?, *self.at.get(to)?))
+    }
+
+    /// Whether the `i`th endpoint may connect to the `j`th.
+    pub fn allowed_at(&self, i: usize, j: usize) -> bool {
+        self.cells.allowed(i, j)
+    }
+
+    /// How many cells are allowed.
+    pub fn allowed_count(&self) -> usize {
+        let n = self.endpoints.len();
+        (0..n)
+            .map(|i| (0..n).filter(|&j| self.cells.allowed(i, j)).count())
+            .sum()
+    }
+
+    /// The positions of the rows (and columns) JSON names, in name order: each name once.
+    fn by_name(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| self.at.get(&self.endpoints[i]) == Some(&i))
+            .collect();
+        order.sort_unstable_by(|&a, &b| self.endpoints[a].cmp(&self.endpoints[b]));
+        order
+    }
+}
+
+/// Equal when port, protocol and endpoints are, and every cell.
+impl PartialEq for Matrix {
+    fn eq(&self, other: &Matrix) -> bool {
+        let n = self.endpoints.len();
+        self.port == other.port
+            && self.protocol == other.protocol
+            && self.endpoints == other.endpoints
+            && (0..n).all(|i| (0..n).all(|j| self.allowed_at(i, j) == other.allowed_at(i, j)))
+    }
+}
+
+impl Eq for Matrix {}
+
+impl Serialize for Matrix {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        /// One row, or all of them, by name.
+        struct Rows<'a> {
+            m: &'a Matrix,
+            order: &'a [usize],
+            row: Option<usize>,
+        }
+        impl Serialize for Rows<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                let mut map = ser.serialize_map(Some(self.order.len()))?;
+                for &k in self.order {
+                    let key = &self.m.endpoints[k];
+                    match self.row {
+                        Some(i) => map.serialize_entry(key, &self.m.allowed_at(i, k))?,
+                        None => map.serialize_entry(
+                            key,
+                            &Rows {
+                                row: Some(k),
+                                ..*self
+                            },
+                        )?,
+                    }
+                }
+                map.end()
+            }
+        }
+        let order = self.by_name();
+        let mut st = ser.serialize_struct("Matrix", 4)?;
+        st.serialize_field("port", &self.port)?;
+        st.serialize_field("protocol", &self.protocol)?;
+        st.serialize_field("endpoints", &self.endpoints)?;
+        st.serialize_field(
+            "allowed",
+            &Rows {
+                m: self,
+                order: &order,
+                row: None,
+            },
+        )?;
+        st.end()
     }
 }
 
@@ -51,42 +169,100 @@ pub fn matrix(
     protocol: u8,
     port: Option<u16>,
 ) -> Result<Matrix, FlowError> {
-    let grid = Grid::decide(snap, endpoints, protocol, port)?;
-    let mut allowed = BTreeMap::new();
-    for (i, from) in endpoints.iter().enumerate() {
-        let row: BTreeMap<String, bool> = endpoints
-            .iter()
-            .enumerate()
-            .map(|(j, to)| (to.clone(), grid.allowed(i, j)))
-            .collect();
-        allowed.insert(from.clone(), row);
-    }
-    Ok(Matrix {
-        port,
-        protocol: protocol_name(protocol),
-        endpoints: endpoints.to_vec(),
-        allowed,
-    })
+    Ok(matrices(snap, endpoints, &[(protocol, port)])?.remove(0))
 }
 
 /// The cells of a matrix by position in its endpoint list: one verdict per pair of classes
 /// ([`classes`]) and one per endpoint's flow to itself.
+#[derive(Clone, Debug)]
 pub struct Grid {
     class: Vec<usize>,
-    /// class → class → allowed (None: the class has one member, so no such flow exists).
-    table: Vec<Vec<Option<bool>>>,
+    count: usize,
+    /// class × class (row-major) → allowed (None: the class has one member, so no such flow
+    /// exists).
+    table: Vec<Option<bool>>,
     itself: Vec<bool>,
 }
 
 impl Grid {
-    /// Decides the cells of `endpoints` × `endpoints` with the reference evaluator.
+    /// Decides the cells of `endpoints` × `endpoints`: one verdict per pair of classes, by the
+    /// reference evaluator's walk ([`Evaluator::allowed`]: what each endpoint's stages select
+    /// worked out once per endpoint, no trace recorded). [`Decider`] decides several probes.
     pub fn decide(
         snap: &Snapshot,
         endpoints: &[String],
         protocol: u8,
         port: Option<u16>,
     ) -> Result<Grid, FlowError> {
-        let class = classes(snap, endpoints);
+        Decider::new(snap, endpoints).grid(protocol, port)
+    }
+
+    /// [`Grid::decide`] as it was before the [`Evaluator`]: every class pair's verdict with its
+    /// full trace ([`Snapshot::verdict`]). Kept as the benchmark's baseline.
+    #[doc(hidden)]
+    pub fn decide_traced(
+        snap: &Snapshot,
+        endpoints: &[String],
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Result<Grid, FlowError> {
+        Grid::by_classes(snap, endpoints, |from, to| {
+            allowed(snap, &endpoints[from], &endpoints[to], protocol, port)
+        })
+    }
+
+    /// Every cell decided by [`Snapshot::verdict`] (no classes).
+    fn each(
+        snap: &Snapshot,
+        endpoints: &[String],
+        protocol: u8,
+        port: Option<u16>,
+    ) -> Result<Grid, FlowError> {
+        let rows: Vec<usize> = (0..endpoints.len()).collect();
+        let decided = in_parallel(&rows, |&i| {
+            endpoints
+                .iter()
+                .map(|to| allowed(snap, &endpoints[i], to, protocol, port))
+                .collect::<Result<Vec<bool>, FlowError>>()
+        })?;
+        Grid::every_cell(endpoints.len(), |i| Ok(decided[i].clone()))
+    }
+
+    /// A grid with each of `n` endpoints in its own class and row `i` from `row(i)`.
+    fn every_cell<E>(n: usize, row: impl Fn(usize) -> Result<Vec<bool>, E>) -> Result<Grid, E> {
+        let mut table = Vec::with_capacity(n * n);
+        let mut itself = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = row(i)?;
+            itself.push(r[i]);
+            table.extend(
+                r.into_iter()
+                    .enumerate()
+                    .map(|(j, v)| (i != j).then_some(v)),
+            );
+        }
+        Ok(Grid {
+            class: (0..n).collect(),
+            count: n,
+            table,
+            itself,
+        })
+    }
+
+    /// One `cell(from, to)` per pair of classes and per endpoint to itself.
+    fn by_classes(
+        snap: &Snapshot,
+        endpoints: &[String],
+        cell: impl Fn(usize, usize) -> Result<bool, FlowError> + Sync,
+    ) -> Result<Grid, FlowError> {
+        Grid::by_these_classes(classes(snap, endpoints), cell)
+    }
+
+    /// [`Grid::by_classes`] with the classes of the endpoints (`class[i]` the `i`th one's).
+    fn by_these_classes(
+        class: Vec<usize>,
+        cell: impl Fn(usize, usize) -> Result<bool, FlowError> + Sync,
+    ) -> Result<Grid, FlowError> {
         let count = class.iter().max().map_or(0, |m| m + 1);
         // Up to two members of each class: a flow between two members of one class needs both.
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
@@ -95,10 +271,7 @@ impl Grid {
                 members[c].push(i);
             }
         }
-        let cell = |from: usize, to: usize| {
-            allowed(snap, &endpoints[from], &endpoints[to], protocol, port)
-        };
-        let table = in_parallel(&(0..count).collect::<Vec<_>>(), |&c1| {
+        let rows = in_parallel(&(0..count).collect::<Vec<_>>(), |&c1| {
             let from = members[c1][0];
             (0..count)
                 .map(|c2| {
@@ -109,12 +282,13 @@ impl Grid {
                     };
                     to.map(|to| cell(from, to)).transpose()
                 })
-                .collect()
+                .collect::<Result<Vec<_>, _>>()
         })?;
-        let itself = in_parallel(&(0..endpoints.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
+        let itself = in_parallel(&(0..class.len()).collect::<Vec<_>>(), |&i| cell(i, i))?;
         Ok(Grid {
             class,
-            table,
+            count,
+            table: rows.into_iter().flatten().collect(),
             itself,
         })
     }
@@ -124,30 +298,115 @@ impl Grid {
         if i == j {
             self.itself[i]
         } else {
-            self.table[self.class[i]][self.class[j]].unwrap_or(false)
+            self.between(self.class[i], self.class[j])
         }
+    }
+
+    /// The class of the `i`th endpoint.
+    pub fn class(&self, i: usize) -> usize {
+        self.class[i]
+    }
+
+    /// Whether a member of class `c1` may connect to another endpoint, of class `c2`.
+    pub fn between(&self, c1: usize, c2: usize) -> bool {
+        self.table[c1 * self.count + c2].unwrap_or(false)
     }
 }
 
-/// The matrix with every cell decided by the evaluator (no classes): what [`matrix`] must equal.
+/// Grids of one snapshot's endpoints for several probes, sharing what does not depend on the
+/// probe: the classes, the endpoints resolved, and what each endpoint's stages select.
+pub struct Decider<'s> {
+    eval: Evaluator<'s>,
+    eps: Endpoints<'s>,
+    class: Vec<usize>,
+}
+
+impl<'s> Decider<'s> {
+    pub fn new(snap: &'s Snapshot, endpoints: &[String]) -> Decider<'s> {
+        let eval = Evaluator::new(snap);
+        let eps = eval.endpoints(endpoints);
+        Decider {
+            eval,
+            eps,
+            class: classes(snap, endpoints),
+        }
+    }
+
+    /// [`Grid::decide`] for one protocol and port.
+    pub fn grid(&self, protocol: u8, port: Option<u16>) -> Result<Grid, FlowError> {
+        Grid::by_these_classes(self.class.clone(), |from, to| {
+            no_address_denies(
+                self.eval
+                    .allowed_between(&self.eps, from, to, protocol, port),
+            )
+        })
+    }
+
+    /// The evaluator the grids use, for verdicts with their trace.
+    pub fn evaluator(&self) -> &Evaluator<'s> {
+        &self.eval
+    }
+}
+
+/// [`matrix`] for each of `probes` (protocol, port), sharing the work they have in common
+/// ([`Decider`]).
+pub fn matrices(
+    snap: &Snapshot,
+    endpoints: &[String],
+    probes: &[(u8, Option<u16>)],
+) -> Result<Vec<Matrix>, FlowError> {
+    let decider = Decider::new(snap, endpoints);
+    probes
+        .iter()
+        .map(|&(protocol, port)| {
+            Ok(Matrix::new(
+                port,
+                protocol_name(protocol),
+                endpoints.to_vec(),
+                decider.grid(protocol, port)?,
+            ))
+        })
+        .collect()
+}
+
+/// The matrix with every cell decided by [`Snapshot::verdict`] with its trace (no classes, no
+/// [`Evaluator`]): what [`matrix`] must equal.
 pub fn matrix_each(
     snap: &Snapshot,
     endpoints: &[String],
     protocol: u8,
     port: Option<u16>,
 ) -> Result<Matrix, FlowError> {
-    let rows = in_parallel(endpoints, |from| {
-        endpoints
-            .iter()
-            .map(|to| Ok((to.clone(), allowed(snap, from, to, protocol, port)?)))
-            .collect::<Result<BTreeMap<String, bool>, FlowError>>()
-    })?;
-    Ok(Matrix {
+    let cells = Grid::each(snap, endpoints, protocol, port)?;
+    Ok(Matrix::new(
         port,
-        protocol: protocol_name(protocol),
-        endpoints: endpoints.to_vec(),
-        allowed: endpoints.iter().cloned().zip(rows).collect(),
-    })
+        protocol_name(protocol),
+        endpoints.to_vec(),
+        cells,
+    ))
+}
+
+/// Today's path before the compact matrix, kept as the benchmark's baseline: class pairs
+/// decided with full traces ([`Grid::decide_traced`]), every cell then copied into a map of
+/// names.
+#[doc(hidden)]
+pub fn matrix_as_map(
+    snap: &Snapshot,
+    endpoints: &[String],
+    protocol: u8,
+    port: Option<u16>,
+) -> Result<BTreeMap<String, BTreeMap<String, bool>>, FlowError> {
+    let grid = Grid::decide_traced(snap, endpoints, protocol, port)?;
+    let mut allowed = BTreeMap::new();
+    for (i, from) in endpoints.iter().enumerate() {
+        let row: BTreeMap<String, bool> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, to)| (to.clone(), grid.allowed(i, j)))
+            .collect();
+        allowed.insert(from.clone(), row);
+    }
+    Ok(allowed)
 }
 
 /// Whether the reference evaluator lets `from` connect to `to`.
@@ -159,11 +418,14 @@ fn allowed(
     port: Option<u16>,
 ) -> Result<bool, FlowError> {
     let flow = Flow::between_endpoints(from, to, protocol, port);
-    match snap.verdict(&flow) {
-        Ok(v) => Ok(v.allowed),
-        // An endpoint without an IPv4 address cannot take part in an IPv4 flow.
+    no_address_denies(snap.verdict(&flow).map(|v| v.allowed))
+}
+
+/// An endpoint without an IPv4 address cannot take part in an IPv4 flow: denied.
+fn no_address_denies(verdict: Result<bool, FlowError>) -> Result<bool, FlowError> {
+    match verdict {
         Err(FlowError::NoAddress(..)) => Ok(false),
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -327,18 +589,18 @@ pub fn probes(protocol: u8, port: Option<u16>, declared: &[(u8, u16)]) -> Vec<(u
 
 /// The matrix as a table: rows are clients, columns servers; `✓` allowed, `✗` denied.
 pub fn render_table(m: &Matrix) -> String {
-    render_table_with(m, &|from, to| {
-        if m.get(from, to) == Some(true) {
-            "✓"
-        } else {
-            "✗"
-        }
-    })
+    render_cells(m, &|i, j| if m.allowed_at(i, j) { "✓" } else { "✗" })
 }
 
 /// The table of [`render_table`] with the mark of each cell (at most 3 characters) chosen by
 /// `mark(from, to)`: `gingham lab probe` shows what the packets did in reach's layout.
 pub fn render_table_with(m: &Matrix, mark: &dyn Fn(&str, &str) -> &'static str) -> String {
+    render_cells(m, &|i, j| mark(&m.endpoints[i], &m.endpoints[j]))
+}
+
+/// The table with the mark of cell (`i`, `j`) from `mark(i, j)`.
+fn render_cells(m: &Matrix, mark: &dyn Fn(usize, usize) -> &'static str) -> String {
+    use std::fmt::Write;
     let title = match m.port {
         Some(p) => format!("{}/{p}", m.protocol),
         None => m.protocol.clone(),
@@ -351,27 +613,37 @@ pub fn render_table_with(m: &Matrix, mark: &dyn Fn(&str, &str) -> &'static str) 
         .chain([corner.chars().count()])
         .max()
         .unwrap_or(4);
-    let mut out = format!("{corner:<width$}");
-    for (i, _) in m.endpoints.iter().enumerate() {
-        out.push_str(&format!("  {:>3}", i + 1));
+    let n = m.endpoints.len();
+    let mut out = String::with_capacity((n + 2) * (width + 5 * n + 1));
+    let _ = write!(out, "{corner:<width$}");
+    for i in 0..n {
+        let _ = write!(out, "  {:>3}", i + 1);
     }
     out.push('\n');
+    // Each distinct mark padded once, as `format!("  {:>3}")` pads it.
+    let mut padded: Vec<(&'static str, String)> = Vec::new();
     for (i, from) in m.endpoints.iter().enumerate() {
-        let _ = i;
-        out.push_str(&format!("{from:<width$}"));
-        for to in &m.endpoints {
-            out.push_str(&format!("  {:>3}", mark(from, to)));
+        let _ = write!(out, "{from:<width$}");
+        for j in 0..n {
+            let mark = mark(i, j);
+            match padded.iter().find(|(k, _)| *k == mark) {
+                Some((_, p)) => out.push_str(p),
+                None => {
+                    let p = format!("  {mark:>3}");
+                    out.push_str(&p);
+                    padded.push((mark, p));
+                }
+            }
         }
         out.push('\n');
     }
     out.push_str("columns: ");
-    let cols: Vec<String> = m
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| format!("{} {e}", i + 1))
-        .collect();
-    out.push_str(&cols.join(", "));
+    for (i, e) in m.endpoints.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{} {e}", i + 1);
+    }
     out.push('\n');
     out
 }

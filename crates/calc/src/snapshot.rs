@@ -1183,6 +1183,17 @@ impl Snapshot {
         self.index = index;
     }
 
+    /// The position of `ep` in `endpoints`, if it is one of them (this very value, not an
+    /// equal one).
+    pub fn position(&self, ep: &Endpoint) -> Option<usize> {
+        let size = std::mem::size_of::<Endpoint>().max(1);
+        let offset =
+            (ep as *const Endpoint as usize).checked_sub(self.endpoints.as_ptr() as usize)?;
+        let i = offset / size;
+        (offset % size == 0 && self.endpoints.get(i).is_some_and(|e| std::ptr::eq(e, ep)))
+            .then_some(i)
+    }
+
     /// Every endpoint with this display name.
     pub fn endpoints_named(&self, name: &str) -> impl Iterator<Item = &Endpoint> {
         self.index

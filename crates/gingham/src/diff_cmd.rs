@@ -102,9 +102,27 @@ pub fn diff(args: &DiffArgs, client: &dyn Fn() -> Result<gingham_api::Client>) -
             reach_cmd::load_files(files, args.recursive)
         }
     };
-    // Both sides are read (and every input error of both printed) before giving up.
-    let before = side(&args.before)?;
-    let after = side(&args.after)?;
+    // Both sides are read (and every input error of both printed) before giving up. Two sides
+    // of files load at once, their messages printed in order.
+    let (before, after) = if !args.before.is_empty() && !args.after.is_empty() {
+        let (b, a) = std::thread::scope(|sc| {
+            let after = sc.spawn(|| reach_cmd::load_files_quietly(&args.after, args.recursive));
+            let before = reach_cmd::load_files_quietly(&args.before, args.recursive);
+            (before, after.join())
+        });
+        let (before, before_messages) = b?;
+        for m in before_messages {
+            eprintln!("{m}");
+        }
+        let (after, after_messages) =
+            a.map_err(|_| anyhow::anyhow!("reading --after's files failed"))??;
+        for m in after_messages {
+            eprintln!("{m}");
+        }
+        (before, after)
+    } else {
+        (side(&args.before)?, side(&args.after)?)
+    };
     let (Some(before), Some(after)) = (before, after) else {
         return Ok(Exit::UserError);
     };

@@ -127,7 +127,23 @@ pub fn load_datastore_kinds(client: &gingham_api::Client, kinds: &[Kind]) -> Res
 /// The resources in files (Kubernetes objects converted as Calico's controllers do; pods that
 /// name no node placed on one) and the ports the pods declare. Returns `None` after printing
 /// every input error (file, document and field).
-pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resource>, PodPorts)>> {
+pub fn load_files(files: &[String], recursive: bool) -> Result<Option<Loaded>> {
+    let (loaded, messages) = load_files_quietly(files, recursive)?;
+    for m in messages {
+        eprintln!("{m}");
+    }
+    Ok(loaded)
+}
+
+/// Resources read from files, and the ports their pods declare.
+pub type Loaded = (Vec<Resource>, PodPorts);
+
+/// [`load_files`] with the messages it would print (errors, notices) returned in order
+/// instead: several inputs can load at once and still print one after the other.
+pub fn load_files_quietly(
+    files: &[String],
+    recursive: bool,
+) -> Result<(Option<Loaded>, Vec<String>)> {
     let mut resources: Vec<Resource> = Vec::new();
     let mut pod_ports = PodPorts::new();
     let mut sources = Vec::new();
@@ -135,11 +151,12 @@ pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resou
         collect_sources(f, recursive, &mut sources)?;
     }
     let mut failed = false;
+    let mut messages = Vec::new();
     for (name, text) in sources {
         let mut docs = match gingham_model::load::parse_documents(&text) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("{name}: {e}");
+                messages.push(format!("{name}: {e}"));
                 failed = true;
                 continue;
             }
@@ -148,27 +165,25 @@ pub fn load_files(files: &[String], recursive: bool) -> Result<Option<(Vec<Resou
         // takes its place, so that later documents keep their numbers in messages.
         for (i, d) in docs.iter_mut().enumerate() {
             if crate::lab::spec::is_lab(d) {
-                eprintln!(
+                messages.push(format!(
                     "notice: {name}: document {} is a Lab document; ignored",
                     i + 1
-                );
+                ));
                 *d = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
             }
         }
         let (ports, notes) = prepare_documents(&mut docs);
-        for n in notes {
-            eprintln!("notice: {n}");
-        }
+        messages.extend(notes.into_iter().map(|n| format!("notice: {n}")));
         pod_ports.extend(ports);
         match load_documents(&name, &docs) {
             Ok(loaded) => resources.extend(loaded),
             Err(e) => {
-                eprintln!("{e}");
+                messages.push(e.to_string());
                 failed = true;
             }
         }
     }
-    Ok((!failed).then_some((resources, pod_ports)))
+    Ok(((!failed).then_some((resources, pod_ports)), messages))
 }
 
 /// The engine's snapshot of `resources`, its warnings printed (after `side`, when not empty:
@@ -239,11 +254,7 @@ pub fn matrices(
     if ports.is_empty() {
         bail!("{NO_PORTS}");
     }
-    let mut matrices = Vec::new();
-    for (pr, port) in ports {
-        matrices.push(reach::matrix(snap, endpoints, pr, port)?);
-    }
-    Ok(matrices)
+    Ok(reach::matrices(snap, endpoints, &ports)?)
 }
 
 /// Loads documents that were parsed (and prepared) already. Concatenated JSON keeps the document

@@ -287,25 +287,14 @@ impl ProbeMatrix {
         endpoints: Vec<String>,
         outcomes: BTreeMap<String, BTreeMap<String, Outcome>>,
     ) -> Self {
-        let allowed = outcomes
-            .iter()
-            .map(|(from, row)| {
-                let row = row
-                    .iter()
-                    .map(|(to, o)| (to.clone(), o.reached()))
-                    .collect();
-                (from.clone(), row)
-            })
-            .collect();
-        ProbeMatrix {
-            matrix: Matrix {
-                port: Some(port),
-                protocol: protocol_name(proto),
-                endpoints,
-                allowed,
-            },
-            outcomes,
-        }
+        let reached = |i: usize, j: usize| {
+            outcomes
+                .get(&endpoints[i])
+                .and_then(|row| row.get(&endpoints[j]))
+                .is_some_and(|o| o.reached())
+        };
+        let matrix = Matrix::from_fn(Some(port), protocol_name(proto), endpoints.clone(), reached);
+        ProbeMatrix { matrix, outcomes }
     }
 
     fn outcome(&self, from: &str, to: &str) -> Outcome {
