@@ -42,6 +42,7 @@ use gingham_model::{Kind, Resource};
 pub mod bgp;
 pub mod flows;
 pub mod health;
+pub mod memory;
 pub mod mtu;
 pub mod plumbing;
 pub mod policy;
@@ -371,11 +372,17 @@ impl<B: Backend, P: Plumbing, S: Supervisor> Agent<B, P, S> {
                     .filter(|kv| Kind::parse_key(&kv.key).is_some())
                     .filter_map(|kv| self.read(&kv.key, &kv.value))
                     .collect();
+                let revision = listing.revision;
+                drop(listing);
                 for m in self.managers() {
                     m.resync(&resources);
                 }
+                drop(resources);
                 self.apply(store, Instant::now())?;
-                self.set_revision(listing.revision);
+                self.set_revision(revision);
+                // The listing, its decoded resources and the first programming are the agent's
+                // largest transient allocations: give their pages back to the kernel.
+                memory::release_free();
                 Ok(())
             }
             Event::Update {

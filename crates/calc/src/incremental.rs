@@ -123,8 +123,10 @@ impl ActiveSet {
 pub struct Calculator {
     node: String,
     /// Tiers and policies as given, by `Kind` and name (`namespace/name` for namespaced kinds).
-    /// Endpoints, network sets and profiles live only in compiled form in `snap`.
-    inputs: BTreeMap<(Kind, String), Resource>,
+    /// Endpoints, network sets and profiles live only in compiled form in `snap`. Boxed: a
+    /// `Resource` is as large as its largest kind (FelixConfiguration), and B-tree nodes hold
+    /// their values inline, so unboxed each policy cost kilobytes of padding.
+    inputs: BTreeMap<(Kind, String), Box<Resource>>,
     snap: Snapshot,
     programs: BTreeMap<String, (EndpointProgram, BTreeSet<SetId>)>,
     active: BTreeMap<SetId, ActiveSet>,
@@ -204,16 +206,29 @@ impl Calculator {
     /// previous state. Costs one full calculation instead of one update per resource.
     pub fn load_all(&mut self, resources: Vec<Resource>) -> Vec<Change> {
         // The same object twice: the last one wins, as with one update each.
-        let mut unique: BTreeMap<(Kind, String), Resource> = BTreeMap::new();
-        for r in resources {
+        let mut unique: BTreeMap<(Kind, String), usize> = BTreeMap::new();
+        for (i, r) in resources.iter().enumerate() {
             let m = r.meta();
-            unique.insert(input_key(r.kind(), m.namespace.as_deref(), &m.name), r);
+            unique.insert(input_key(r.kind(), m.namespace.as_deref(), &m.name), i);
         }
-        let all: Vec<Resource> = unique.values().cloned().collect();
+        let mut slots: Vec<Option<Resource>> = resources.into_iter().map(Some).collect();
+        let mut all = Vec::with_capacity(unique.len());
+        let mut keys = Vec::with_capacity(unique.len());
+        for (key, i) in unique {
+            if let Some(r) = slots[i].take() {
+                all.push(r);
+                keys.push(key);
+            }
+        }
+        drop(slots);
         self.snap = Snapshot::build(&all);
         self.selecting.clear();
-        unique.retain(|(k, _), _| kept(*k));
-        self.inputs = unique;
+        self.inputs = keys
+            .into_iter()
+            .zip(all)
+            .filter(|((k, _), _)| kept(*k))
+            .map(|(key, r)| (key, Box::new(r)))
+            .collect();
         self.policy_index = self
             .snap
             .policies
@@ -297,7 +312,7 @@ impl Calculator {
             None
         } else {
             match &new {
-                Some(r) => self.inputs.insert(key.clone(), r.clone()),
+                Some(r) => self.inputs.insert(key.clone(), Box::new(r.clone())),
                 None => self.inputs.remove(&key),
             }
         };
@@ -310,7 +325,7 @@ impl Calculator {
                 self.netset_changed(&key.1, new.as_ref(), &mut pending)
             }
             Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
-                self.policy_changed(old.as_ref(), new.as_ref(), &mut pending)
+                self.policy_changed(old.as_deref(), new.as_ref(), &mut pending)
             }
             Kind::Profile => self.profile_changed(&key.1, new.as_ref(), &mut pending),
             Kind::Tier => self.tiers_changed(&mut pending),
@@ -561,13 +576,13 @@ impl Calculator {
             .inputs
             .iter()
             .filter(|((k, _), _)| *k == Kind::Tier)
-            .map(|(_, r)| r.clone())
+            .map(|(_, r)| Resource::clone(r))
             .collect();
         resources.extend(
             self.inputs
                 .iter()
                 .filter(|((k, _), _)| matches!(k, Kind::NetworkPolicy | Kind::GlobalNetworkPolicy))
-                .map(|(_, r)| r.clone()),
+                .map(|(_, r)| Resource::clone(r)),
         );
         self.snap.tiers = Snapshot::build(&resources).tiers;
         self.selecting.clear();

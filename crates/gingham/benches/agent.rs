@@ -560,9 +560,10 @@ spec:
 fn footprint(scales: &[usize]) {
     println!("\n## Agent footprint (B7): `gingham agent` on SQLite, after programming");
     println!(
-        "{:>7} | {:>10} | {:>12} | {:>18}",
-        "P", "RSS MiB", "ready in ms", "idle CPU % (5 s)"
+        "{:>7} | {:>10} | {:>16} | {:>12} | {:>18}",
+        "P", "RSS MiB", "KiB per policy", "ready in ms", "idle CPU % (5 s)"
     );
+    let mut base_kib = None;
     let ticks: f64 = String::from_utf8_lossy(
         &Command::new("getconf")
             .arg("CLK_TCK")
@@ -623,10 +624,19 @@ fn footprint(scales: &[usize]) {
             .unwrap();
         let _ = agent.kill();
         let _ = agent.wait();
+        // Beyond the agent with endpoints only (P=0, the first row), per policy.
+        let per_policy = match base_kib {
+            None => {
+                base_kib = Some(rss_kib);
+                "-".to_owned()
+            }
+            Some(base) => format!("{:.1}", (rss_kib - base) / p as f64),
+        };
         println!(
-            "{:>7} | {:>10.1} | {:>12.0} | {:>18.2}",
+            "{:>7} | {:>10.1} | {:>16} | {:>12.0} | {:>18.2}",
             p,
             rss_kib / 1024.0,
+            per_policy,
             ready.as_secs_f64() * 1e3,
             idle
         );
