@@ -8,33 +8,11 @@
 use std::path::{Path, PathBuf};
 
 use gingham_calc::eval::{Flow, PeerSpec, parse_protocol};
-use gingham_calc::input::prepare_documents;
-use gingham_calc::{Snapshot, explain};
+use gingham_calc::explain;
 
-fn load_case(dir: &Path) -> Snapshot {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let mut resources = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let mut docs = gingham_model::load::parse_documents(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        prepare_documents(&mut docs);
-        let json: String = docs
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let loaded =
-            gingham_model::load(&f.display().to_string(), &json).unwrap_or_else(|e| panic!("{e}"));
-        resources.extend(loaded.into_iter().flat_map(|d| d.resources));
-    }
-    Snapshot::build(&resources)
-}
+#[path = "support/load_case.rs"]
+mod load_case;
+use load_case::load_case;
 
 fn parse_flow(line: &str) -> Flow {
     let (from, rest) = line.split_once("->").expect("FROM -> TO PROTO [PORT]");

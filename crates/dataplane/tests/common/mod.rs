@@ -2,30 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use gingham_calc::Snapshot;
-use gingham_calc::input::prepare_documents;
 use gingham_calc::program::NodeProgram;
 use gingham_dataplane::Settings;
 
-/// The snapshot of one of the engine's data-driven policy cases (a directory of YAML files).
-pub fn load_case(dir: &Path) -> Snapshot {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    let mut resources = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let mut docs = gingham_model::load::parse_documents(&text).unwrap();
-        prepare_documents(&mut docs);
-        let json: Vec<String> = docs.iter().map(ToString::to_string).collect();
-        let loaded = gingham_model::load(&f.display().to_string(), &json.join("\n")).unwrap();
-        resources.extend(loaded.into_iter().flat_map(|d| d.resources));
-    }
-    Snapshot::build(&resources)
-}
+#[path = "../../../calc/tests/support/load_case.rs"]
+mod load_case;
+pub use load_case::load_case;
 
 /// Every policy case of the engine's data-driven tests: its directory, the programs of all its
 /// endpoints, and the settings its FelixConfiguration gives.
