@@ -176,38 +176,22 @@ fn endpoints_agree_with_the_cli(files: &[&str], port: u16) {
         for to in &endpoints {
             let api = ui.json(&explain_path(from, to, "TCP", Some(port.into())));
             let p = port.to_string();
-            let text = common::ok_in(
-                &[
-                    "explain",
-                    "--datastore",
-                    &ds,
-                    "--from",
-                    from,
-                    "--to",
-                    to,
-                    "--port",
-                    &p,
-                ],
-                None,
-            );
+            let args = [
+                "explain",
+                "--datastore",
+                &ds,
+                "--from",
+                from,
+                "--to",
+                to,
+                "--port",
+                &p,
+            ];
+            let text = common::ok_in(&args, None);
             assert_eq!(api["text"], text.as_str(), "{from} -> {to}");
-            let verdict: Value = serde_json::from_str(&common::ok_in(
-                &[
-                    "explain",
-                    "--datastore",
-                    &ds,
-                    "--from",
-                    from,
-                    "--to",
-                    to,
-                    "--port",
-                    &p,
-                    "-o",
-                    "json",
-                ],
-                None,
-            ))
-            .unwrap();
+            let verdict: Value =
+                serde_json::from_str(&common::ok_in(&[&args[..], &["-o", "json"]].concat(), None))
+                    .unwrap();
             assert_eq!(api["verdict"], verdict, "{from} -> {to}");
             assert_eq!(
                 api["allowed"], matrix["allowed"][from][to],
