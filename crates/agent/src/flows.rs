@@ -1,5 +1,6 @@
-//! Flow logs of dropped traffic: the packets the table's flow log rules send to NFLOG group
-//! [`FLOW_LOG_GROUP`] (rate-limited per rule in the kernel, see `gingham_dataplane`'s
+//! Flow logs of dropped traffic (and, with `flowLogsAllowed`, of allowed flows): the packets
+//! the table's flow log rules send to NFLOG group [`FLOW_LOG_GROUP`] (rate-limited per rule in
+//! the kernel, see `gingham_dataplane`'s
 //! `render/flowlog.rs`) are read on a thread of their own, decoded (IPv4/IPv6, TCP/UDP/ICMP),
 //! given their endpoints' names and the cause in `explain`'s words, and written as JSON lines
 //! to [`FILE`] in the run directory, rotated at [`MAX_BYTES`] (one older file kept: the logs
@@ -38,13 +39,18 @@ pub const MAX_BYTES: u64 = 1 << 20;
 /// Packets waiting for the writer; more are dropped and counted.
 const QUEUE: usize = 1024;
 
+/// A record's verdict: the flow was dropped.
+pub const DENIED: &str = "denied";
+/// A record's verdict: an Allow rule let the flow through (logged with `flowLogsAllowed`).
+pub const ALLOWED: &str = "allowed";
+
 /// One flow record (a JSON line).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowRecord {
     /// RFC 3339, UTC.
     pub time: String,
     pub node: String,
-    /// `denied` (or `allowed`).
+    /// [`DENIED`] or [`ALLOWED`].
     pub verdict: String,
     /// Endpoint names (`ns/pod`, `node/hep`, `node NAME`), when known.
     pub src: Option<String>,
@@ -184,7 +190,7 @@ fn record(node: &str, view: &FlowView, logged: &Logged) -> Option<FlowRecord> {
     Some(FlowRecord {
         time: logged.at.to_string(),
         node: node.to_owned(),
-        verdict: "denied".into(),
+        verdict: if cause.allowed { ALLOWED } else { DENIED }.into(),
         src: name(&h.src),
         dst: name(&h.dst),
         src_ip: h.src,

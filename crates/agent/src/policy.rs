@@ -51,11 +51,13 @@ fn settings_from(
     pools: &BTreeMap<String, Resource>,
     nodes: &BTreeMap<String, Node>,
     me: &str,
+    flow_logs_allowed: bool,
 ) -> Settings {
     Settings {
         felix: gingham_calc::snapshot::FelixSettings::from_resources(felix.resources()),
         pools: NatPools::from_resources(pools.values()),
         tunnels: tunnels_from(felix, pools, nodes, me),
+        flow_logs_allowed,
         ..Settings::default()
     }
 }
@@ -142,6 +144,14 @@ impl<B: Backend> PolicyManager<B> {
     /// The programmer (and through it the backend: what was sent, for tests).
     pub fn programmer(&self) -> &Programmer<B> {
         &self.programmer
+    }
+
+    /// Logs the new flows that Allow rules let through, too (`flowLogsAllowed`).
+    pub fn set_flow_logs_allowed(&mut self, on: bool) {
+        if self.settings.flow_logs_allowed != on {
+            self.settings.flow_logs_allowed = on;
+            self.dirty = true;
+        }
     }
 
     /// Keeps the flow logger's view of the programs and addresses up to date.
@@ -271,7 +281,13 @@ impl<B: Backend> Manager for PolicyManager<B> {
                 _ => None,
             })
             .collect();
-        self.settings = settings_from(&self.felix, &self.pools, &self.nodes, &self.node);
+        self.settings = settings_from(
+            &self.felix,
+            &self.pools,
+            &self.nodes,
+            &self.node,
+            self.settings.flow_logs_allowed,
+        );
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources.to_vec());
         self.changes.clear();
@@ -294,7 +310,13 @@ impl<B: Backend> Manager for PolicyManager<B> {
             };
         }
         if felix || update.kind == Kind::IpPool || update.kind == Kind::Node {
-            let settings = settings_from(&self.felix, &self.pools, &self.nodes, &self.node);
+            let settings = settings_from(
+                &self.felix,
+                &self.pools,
+                &self.nodes,
+                &self.node,
+                self.settings.flow_logs_allowed,
+            );
             if settings != self.settings {
                 self.settings = settings;
                 self.dirty = true;

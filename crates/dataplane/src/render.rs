@@ -62,6 +62,9 @@ pub struct Settings {
     pub pools: NatPools,
     /// The tunnels between nodes: which are on, and who may send them.
     pub tunnels: Tunnels,
+    /// Log new flows that a policy or profile Allow rule lets through, too (the agent's
+    /// `flowLogsAllowed`); dropped flows are always logged.
+    pub flow_logs_allowed: bool,
 }
 
 /// The tunnels between nodes, as felix filters them: IPIP and VXLAN packets are accepted only
@@ -109,6 +112,7 @@ impl Default for Settings {
             workload_prefix: "cali".into(),
             pools: NatPools::default(),
             tunnels: Tunnels::default(),
+            flow_logs_allowed: false,
         }
     }
 }
@@ -442,15 +446,15 @@ fn action_text(a: Action) -> &'static str {
 }
 
 /// The rules of one policy or profile for one direction, and the policy rule index of each
-/// nft rule by its id (the chain's [`ChainOrigin`] record).
+/// nft rule by its id (the chain's [`ChainOrigin`] record). Deny rules, and Allow rules when
+/// `log_allowed`, are each preceded by their flow log rule.
 fn rules_chain(
     label: &str,
     chain: &str,
     rules: &[RuleProgram],
     names: &SetNames,
+    log_allowed: bool,
 ) -> (Chain, HashMap<String, usize>) {
-    // The flow log's tag of a rule: its chain and index (see `flowlog`).
-    let tag = flowlog::tag(chain);
     let mut out = Vec::new();
     let mut origins = HashMap::new();
     for r in rules {
@@ -462,13 +466,19 @@ fn rules_chain(
         } else {
             String::new()
         };
-        for line in rule_lines(r, action_text(r.action), &prefix, names) {
-            if r.action == Action::Deny
-                && let Some(matches) = line.strip_suffix("counter drop")
+        let action = action_text(r.action);
+        let logged = match r.action {
+            Action::Deny => Some(flowlog::Verdict::Denied),
+            Action::Allow if log_allowed => Some(flowlog::Verdict::Allowed),
+            _ => None,
+        };
+        for line in rule_lines(r, action, &prefix, names) {
+            if let Some(verdict) = logged
+                && let Some(matches) = line.strip_suffix(&format!("counter {action}"))
             {
                 // The flow log's rule belongs to the same policy rule (it has no counter, so
-                // the hit counters count the drop once).
-                let log = log_rule(matches, &format!("{tag} {}", r.index));
+                // the hit counters count the packet once).
+                let log = log_rule(matches, &flowlog::rule_tag(verdict, chain, r.index));
                 origins.insert(log.id().to_owned(), r.index);
                 out.push(log);
             }
@@ -767,6 +777,12 @@ impl Renderer {
         if settings == self.settings {
             return;
         }
+        if settings.flow_logs_allowed != self.settings.flow_logs_allowed {
+            // Every policy and profile chain changes: render the table again.
+            self.settings = settings;
+            self.render_all();
+            return;
+        }
         let pools = settings.pools != self.settings.pools;
         let rest = settings.felix != self.settings.felix
             || settings.workload_prefix != self.settings.workload_prefix
@@ -944,8 +960,9 @@ impl Renderer {
             } else {
                 WL_EGRESS
             };
-            if !ep.host && allows_all(chain) {
-                // No chain at all: the dispatch map's element is the verdict.
+            if !ep.host && allows_all(chain) && !self.settings.flow_logs_allowed {
+                // No chain at all: the dispatch map's element is the verdict (unless the
+                // flows the profile allows are logged: they go through its chain).
                 let verdict = if mode == Mode::In {
                     "accept"
                 } else {
@@ -1010,7 +1027,8 @@ impl Renderer {
             }
             for (n, label, rules, owner) in shared {
                 if self.fresh.insert(n.clone()) {
-                    let (c, by_id) = rules_chain(&label, &n, rules, &self.names);
+                    let log_allowed = self.settings.flow_logs_allowed;
+                    let (c, by_id) = rules_chain(&label, &n, rules, &self.names, log_allowed);
                     let direction = if dir == "i" {
                         Direction::Ingress
                     } else {

@@ -221,3 +221,76 @@ fn every_flow_log_tag_names_its_cause() {
     }
     assert!(tags > 20, "only {tags} flow log rules");
 }
+
+/// With `flowLogsAllowed`, every Allow rule of a policy or profile is preceded by a flow log
+/// rule whose tag names it as allowed in `explain`'s words; without it, nothing allowed is
+/// logged. Turning it on in a running renderer gives the table rendered with it from scratch.
+#[test]
+fn allowed_flows_are_logged_only_when_turned_on() {
+    // What an Allow rule does (it marks the packet and returns to the endpoint's chain).
+    const ALLOW: &str = "counter meta mark set meta mark | 0x00010000 return";
+    let mut allows = 0;
+    for (dir, program, settings) in common::case_programs() {
+        let off = render(&program, &settings).table;
+        let on_settings = render::Settings {
+            flow_logs_allowed: true,
+            ..settings.clone()
+        };
+        let on = render(&program, &on_settings).table;
+        let tag_of = |text: &str| {
+            text.split_once(" prefix \"")
+                .map(|(_, t)| t.trim_end_matches('"').to_owned())
+        };
+        for (name, chain) in &off.chains {
+            for r in &chain.rules {
+                let tag = tag_of(&r.text).unwrap_or_default();
+                assert!(
+                    !tag.ends_with(" allow"),
+                    "{}: {name}: an allowed flow is logged while off: {}",
+                    dir.display(),
+                    r.text
+                );
+            }
+        }
+        for (name, chain) in &on.chains {
+            for (i, r) in chain.rules.iter().enumerate() {
+                let Some(matches) = r.text.strip_suffix(ALLOW) else {
+                    continue;
+                };
+                allows += 1;
+                let log = i.checked_sub(1).map(|j| &chain.rules[j]);
+                let tag = log
+                    .filter(|l| l.text.starts_with(matches) && l.text.contains(" log group "))
+                    .and_then(|l| tag_of(&l.text))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "{}: {name}: an Allow rule without its log: {}",
+                            dir.display(),
+                            r.text
+                        )
+                    });
+                let cause = render::flow_cause(&program, &tag, Default::default())
+                    .unwrap_or_else(|| panic!("{}: tag {tag:?} names nothing", dir.display()));
+                assert!(cause.allowed, "{tag}: {cause:?}");
+                assert!(cause.cause.contains("(Allow) matched"), "{tag}: {cause:?}");
+                assert!(cause.rule.is_some(), "{tag}: {cause:?}");
+            }
+        }
+        // No workload's stage is a bare verdict in a dispatch map: the profile that allows
+        // everything is met in its chain, whose Allow rule logs.
+        for map in ["wl-ingress", "wl-egress"] {
+            let bare: Vec<&String> = on.sets[map]
+                .elements
+                .iter()
+                .filter(|e| e.ends_with(": accept") || e.ends_with(": continue"))
+                .collect();
+            assert!(bare.is_empty(), "{}: {map}: {bare:?}", dir.display());
+        }
+        // Switched on in a running renderer: the same table as rendered with it.
+        let mut renderer = render::Renderer::new(program.clone(), settings.clone());
+        renderer.set_settings(on_settings);
+        assert_eq!(renderer.table(), &on, "{}", dir.display());
+        assert!(renderer.take_touched().all);
+    }
+    assert!(allows > 20, "only {allows} Allow rules in the cases");
+}

@@ -87,7 +87,7 @@ fn sources(args: &FlowsArgs) -> Result<BTreeMap<String, PathBuf>> {
 }
 
 fn keep(args: &FlowsArgs, r: &FlowRecord, after: Option<jiff::Timestamp>) -> bool {
-    if args.denied && r.verdict != "denied" {
+    if args.denied && r.verdict != gingham_agent::flows::DENIED {
         return false;
     }
     if let Some(n) = &args.node

@@ -209,3 +209,114 @@ fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
     let stage = found["stage"].as_str().unwrap_or_default();
     assert!(stage.contains("default/alike-2"), "{found}");
 }
+
+const ALLOWED_CLUSTER: &str = r#"apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: default}}
+- {apiVersion: v1, kind: Pod, metadata: {name: client, namespace: default, labels: {app: client}}, spec: {nodeName: node-a}}
+- {apiVersion: v1, kind: Pod, metadata: {name: other, namespace: default}, spec: {nodeName: node-a}}
+- {apiVersion: v1, kind: Pod, metadata: {name: target, namespace: default, labels: {app: target}}, spec: {nodeName: node-a, containers: [{name: t, ports: [{containerPort: 80}]}]}}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: allow-client, namespace: default}
+spec:
+  selector: app == 'target'
+  ingress: [{action: Allow, protocol: TCP, source: {selector: app == 'client'}, destination: {ports: [80]}}]
+"#;
+
+/// A lab whose policy lets `client` reach `target` on port 80 and nobody else; with
+/// `spec.flowLogsAllowed` when `allowed`.
+fn allowed_lab(prefix: &str, allowed: bool) -> common::TestLab {
+    Fabric::Flat.require();
+    let spec = format!("{{nodes: [node-a, node-b], flowLogsAllowed: {allowed}}}");
+    let lab = common::lab_up(
+        prefix,
+        &spec,
+        &format!(
+            "{}{ALLOWED_CLUSTER}",
+            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
+        ),
+    );
+    common::wait_programmed(&lab.dir);
+    lab
+}
+
+/// With `flowLogsAllowed`, an allowed connection is logged within 1 s by both stages that let
+/// it through, each with the rule `explain` names, and `--denied` still shows only drops.
+#[test]
+fn sys_allowed_flows_are_logged_when_the_agent_is_told_to() {
+    let lab = allowed_lab("a", true);
+    let since = jiff::Timestamp::now();
+    assert_eq!(
+        common::try_outcome(&lab.dir, "default/client", "default/target", "TCP", 80),
+        "connected"
+    );
+    let explained = common::explain(&lab.ds, "default/client", "default/target", 80);
+    let end = Instant::now() + Duration::from_secs(1);
+    let (ingress, egress) = loop {
+        let all: Vec<_> = common::flows(&lab.dir, false)
+            .into_iter()
+            .filter(|r| common::flow_is(r, "default/client", "default/target", 80, since))
+            .collect();
+        let of = |dir: &str| all.iter().find(|r| r["direction"] == dir).cloned();
+        if let (Some(i), Some(e)) = (of("ingress"), of("egress")) {
+            break (i, e);
+        }
+        assert!(
+            Instant::now() < end,
+            "the allowed flow's records are not both in `gingham flows` 1 s after the try: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The target's ingress: the policy's rule, as `explain` says (its last stage).
+    assert_eq!(ingress["verdict"], "allowed", "{ingress:#}");
+    assert_eq!(
+        ingress["cause"].as_str().unwrap_or_default(),
+        common::explain_cause(&explained),
+        "{ingress:#}\n{explained}"
+    );
+    assert_eq!(
+        (ingress["policy"].as_str(), ingress["rule"].as_u64()),
+        (Some("NetworkPolicy default/allow-client"), Some(0)),
+        "{ingress:#}"
+    );
+    // The client's egress: its namespace's profile, which allows everything.
+    assert_eq!(egress["verdict"], "allowed", "{egress:#}");
+    assert_eq!(egress["profile"], "kns.default", "{egress:#}");
+    assert!(
+        explained.contains(egress["cause"].as_str().unwrap_or("-")),
+        "{egress:#}\n{explained}"
+    );
+
+    // Drops are logged as ever, and `--denied` shows nothing allowed.
+    common::try_denied_and_flow(&lab.dir, "default/other", "default/target", 80);
+    let denied = common::flows(&lab.dir, true);
+    assert!(
+        denied.iter().all(|r| r["verdict"] == "denied"),
+        "{denied:#?}"
+    );
+}
+
+/// Without `flowLogsAllowed`, an allowed connection leaves no record: the drop tried after it
+/// on the same node is logged (so the reader has read past the allowed flow), it is not.
+#[test]
+fn sys_allowed_flows_are_not_logged_unless_turned_on() {
+    let lab = allowed_lab("o", false);
+    let since = jiff::Timestamp::now();
+    assert_eq!(
+        common::try_outcome(&lab.dir, "default/client", "default/target", "TCP", 80),
+        "connected"
+    );
+    common::try_denied_and_flow(&lab.dir, "default/other", "default/target", 80);
+    let all = common::flows(&lab.dir, false);
+    let allowed: Vec<_> = all
+        .iter()
+        .filter(|r| {
+            r["verdict"] != "denied"
+                || common::flow_is(r, "default/client", "default/target", 80, since)
+        })
+        .collect();
+    assert!(allowed.is_empty(), "logged while off: {allowed:#?}");
+}

@@ -5,7 +5,11 @@
 //! decision with the words `explain` uses (`gingham_calc::explain::step_cause`), from the programs
 //! the table was rendered from.
 //!
-//! Tags: `gh <chain> <index>` for a Deny rule of a policy (`p…`) or profile (`r…`) chain;
+//! With `flowLogsAllowed`, Allow rules of policies and profiles log the new flows they let
+//! through in the same way (conntrack lets only a flow's first packet reach them).
+//!
+//! Tags: `gh <chain> <index>` for a Deny rule of a policy (`p…`) or profile (`r…`) chain,
+//! `gh <chain> <index> allow` for an Allow rule;
 //! `gh <chain>` for the end of a tier (`e…<k>`, `w…<k>`) or of an endpoint chain (`e…` for
 //! host endpoints, `w…` for workload stages, shared by workloads alike: a missing profile, or
 //! no profile allowed); `gh w` for a workload interface without a program and
@@ -29,9 +33,27 @@ const TAG: &str = "gh";
 pub(super) const NO_PROGRAM: &str = "gh w";
 pub(super) const TO_HOST: &str = "gh h";
 
+/// The last word of an Allow rule's tag.
+const ALLOWED: &str = "allow";
+
 /// The tag of a chain's drop.
 pub(super) fn tag(chain: &str) -> String {
     format!("{TAG} {chain}")
+}
+
+/// What a logged rule does to the flows it logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Denied,
+    Allowed,
+}
+
+/// The tag of a policy or profile rule (its chain and rule index).
+pub(super) fn rule_tag(verdict: Verdict, chain: &str, index: usize) -> String {
+    match verdict {
+        Verdict::Denied => format!("{TAG} {chain} {index}"),
+        Verdict::Allowed => format!("{TAG} {chain} {index} {ALLOWED}"),
+    }
 }
 
 /// The rule that logs what the next rule (`matches` … `drop`) drops. It has no counter: the
@@ -43,9 +65,12 @@ pub(super) fn log_rule(matches: &str, tag: &str) -> Rule {
     )
 }
 
-/// What decided a logged drop.
+/// What decided a logged flow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowCause {
+    /// An Allow rule let the flow through (logged with `flowLogsAllowed`); otherwise it was
+    /// dropped.
+    pub allowed: bool,
     /// The cause in `explain`'s words.
     pub cause: String,
     /// Where it was decided, in `explain`'s words, when the chain names an endpoint.
@@ -114,6 +139,15 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
         Some(i) => Some(i.parse().ok()?),
         None => None,
     };
+    let allowed = match words.next() {
+        Some(ALLOWED) => true,
+        Some(_) => return None,
+        None => false,
+    };
+    if words.next().is_some() {
+        return None;
+    }
+    let action = if allowed { Action::Allow } else { Action::Deny };
     let mut first = None;
     for (key, ep) in &program.endpoints {
         for (mode, prog) in Mode::of(ep) {
@@ -128,6 +162,7 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                     let (tier, p) = p;
                     if policy_chain_name(&p.policy, dir) == chain {
                         return Some(FlowCause {
+                            allowed,
                             tier: Some(tier.tier.clone()),
                             policy: Some(p.policy.to_string()),
                             rule: Some(index),
@@ -135,7 +170,7 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                             ..with_step(Step::RuleMatched {
                                 policy: p.policy.clone(),
                                 rule: index,
-                                action: Action::Deny,
+                                action,
                             })
                         });
                     }
@@ -145,13 +180,14 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                         && profile_chain_name(profile, dir) == chain
                     {
                         return Some(FlowCause {
+                            allowed,
                             profile: Some(profile.clone()),
                             rule: Some(index),
                             ingress,
                             ..with_step(Step::ProfileRuleMatched {
                                 profile: profile.clone(),
                                 rule: index,
-                                action: Action::Deny,
+                                action,
                             })
                         });
                     }

@@ -55,7 +55,14 @@ pub struct AgentArgs {
     /// EndpointSlices' `nodeName` that makes a Service's endpoint local.
     #[arg(long, env = gingham_bgp::K8S_NODE_REF_ENV)]
     pub k8s_node_ref: Option<String>,
+    /// Log the new flows that policy and profile Allow rules let through as well as dropped
+    /// ones (`flowLogsAllowed`; as environment, felix's way: FELIX_FLOWLOGSALLOWED=true).
+    #[arg(long, env = FLOW_LOGS_ALLOWED_ENV)]
+    pub flow_logs_allowed: bool,
 }
+
+/// The environment variable of `--flow-logs-allowed`.
+pub const FLOW_LOGS_ALLOWED_ENV: &str = "FELIX_FLOWLOGSALLOWED";
 
 pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     let config = Config {
@@ -86,14 +93,17 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
         agent.bgp.set_side_inputs(Box::new(watch));
     }
     if !args.once {
-        // Flow logs of dropped traffic (NFLOG); the agent runs without them if the kernel
-        // refuses (no nfnetlink_log).
+        // Flow logs of dropped (and, if asked, allowed) traffic (NFLOG); the agent runs
+        // without them if the kernel refuses (no nfnetlink_log).
         match gingham_agent::flows::start(
             &args.node,
             &config.run_dir,
             agent.health.metrics.flow_logs_dropped.clone(),
         ) {
-            Ok(logger) => agent.policy.set_flow_view(logger.view),
+            Ok(logger) => {
+                agent.policy.set_flow_view(logger.view);
+                agent.policy.set_flow_logs_allowed(args.flow_logs_allowed);
+            }
             Err(e) => tracing::warn!(error = %e, "flow logs are off: cannot read NFLOG"),
         }
     }

@@ -90,6 +90,9 @@ pub enum LabCmd {
     ///
     /// `spec.nodePorts: [80, "UDP/53"]`: ports every node's host listens on.
     ///
+    /// `spec.flowLogsAllowed: true`: every node's agent logs the new flows that policy and
+    /// profile Allow rules let through as well as the dropped ones (`gingham flows`).
+    ///
     /// `spec.kubernetes: true`: the lab is a small Kubernetes that kubectl drives
     /// (`gingham lab kubeconfig` prints its kubeconfig). It serves the Kubernetes API (the
     /// test double of `gingham lab apiserver`, over the lab's datastore) on 127.0.0.1 of this
@@ -467,6 +470,7 @@ fn up(args: &UpArgs, datastore: Option<&str>) -> Result<Exit> {
         datastore: url.to_string(),
         node_datastore: url.to_string(),
         networking: plan.networking.name().to_owned(),
+        flow_logs_allowed: plan.flow_logs_allowed,
         // Nobody else routes pods without agents.
         lab_routes: plan.networking == Networking::None || !start_agents,
         ..State::default()

@@ -195,9 +195,11 @@ pub(super) fn start_agent(exe: &Path, dir: &Path, state: &State, node: &NodeStat
         ])
         .arg("--run-dir")
         .arg(&run_dir)
+        .args(state.flow_logs_allowed.then_some("--flow-logs-allowed"))
         .env_remove("GINGHAM_DATASTORE")
         .env_remove("CALICO_NETWORKING_BACKEND")
         .env_remove("GINGHAM_RUN_DIR")
+        .env_remove(crate::agent::FLOW_LOGS_ALLOWED_ENV)
         // The user's Kubernetes cluster is not the lab's: its Secrets and Services are not
         // read by the lab's BIRD.
         .env_remove("KUBECONFIG")

@@ -67,6 +67,9 @@ struct LabSpec {
     /// share: Pods, Namespaces, ServiceAccounts and NetworkPolicies go through the API.
     #[serde(default)]
     kubernetes: bool,
+    /// Every node's agent logs the flows Allow rules let through too (`--flow-logs-allowed`).
+    #[serde(default)]
+    flow_logs_allowed: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +134,8 @@ pub(super) struct Plan {
     pub external: Option<Ipv4Addr>,
     /// `spec.kubernetes`.
     pub kubernetes: bool,
+    /// `spec.flowLogsAllowed`.
+    pub flow_logs_allowed: bool,
 }
 
 /// A problem in a Lab document, in the form of every other load error.
@@ -400,6 +405,7 @@ pub(super) fn parse_lab(source: &str, document: usize, doc: &Value) -> Result<Pl
         static_pod_routes,
         external,
         kubernetes: spec.kubernetes,
+        flow_logs_allowed: spec.flow_logs_allowed,
     })
 }
 

@@ -24,6 +24,9 @@ pub(super) struct State {
     /// How pod routes get between nodes (`--networking` of every agent): bird, vxlan, none.
     #[serde(default = "default_networking")]
     pub networking: String,
+    /// Every agent logs allowed flows too (`spec.flowLogsAllowed`).
+    #[serde(default)]
+    pub flow_logs_allowed: bool,
     /// Whether the lab itself routes pods (blocks and borrowed addresses): with
     /// `networking: none`, or when no agent runs.
     #[serde(default = "yes")]
