@@ -1,8 +1,9 @@
 //! `gingham ui`, the web view: its JSON endpoints give what `reach`, `explain`, `lint` and
 //! `flows --denied` print (fast tests on SQLite with the examples), and, in a lab, the page in
 //! headless Chromium shows every cell of `reach`'s matrices, `explain`'s words for a clicked
-//! cell, `lint`'s findings, and a denied flow shortly after a blocked `lab try`
-//! (`sys_web_view_in_headless_chromium_shows_the_lab`: root, iproute2, nftables, chromium).
+//! cell, `lint`'s findings, a denied flow shortly after a blocked `lab try`, and a policy
+//! change without a reload (`sys_web_view_in_headless_chromium_shows_the_lab`: root,
+//! iproute2, nftables, chromium).
 //! Screenshots of the page are kept in `target/test-artifacts/ui/`.
 
 mod common;
@@ -897,7 +898,54 @@ async fn check_lab_page(page: chromiumoxide::Page, lab_dir: String, ds: String) 
         "the page's cause is not the flow log's"
     );
     assert_eq!(row[5], cause.as_str(), "the page's cause is not explain's");
+
+    // 6. A policy change shows without a reload: every cell of the matrix is reach's again, and
+    // the clicked cell's explanation is explain's new one.
+    common::ok_in(
+        &["apply", "-f", "-", "--datastore", &ds],
+        Some(ALLOW_CLIENT),
+    );
+    let after = reach(&ds, None);
+    let m80 = &after[i80];
+    assert_eq!(m80["allowed"][from][to], true, "{ALLOW_CLIENT}");
+    let n = wait_page(
+        &page,
+        "the matrix after a policy change",
+        15,
+        READ_MATRIX,
+        |v| {
+            if v["title"] != "from \\ to TCP/80" {
+                return Err(format!("the table is {}", v["title"]));
+            }
+            same_cells(v, m80)
+        },
+    )
+    .await;
+    let explained = common::explain(&ds, from, to, 80);
+    let got = wait_page(
+        &page,
+        "the clicked cell's explanation after a policy change",
+        10,
+        read_explain,
+        |v| {
+            if v["text"] == explained.as_str() {
+                Ok(v.clone())
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
+    .await;
+    screenshot(&page, "lab-after-change.png").await;
+    assert!(
+        got["cause"].as_str().unwrap().starts_with("ALLOWED: "),
+        "{got}"
+    );
+    eprintln!("after the policy change: all {n} cells on the page are reach's");
 }
+
+/// The fix of step 6: the client (no app label) may reach web on port 80.
+const ALLOW_CLIENT: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: allow-client, namespace: default}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, protocol: TCP, source: {selector: '!has(app)'}, destination: {ports: [80]}}]\n";
 
 /// The checks run on a page.
 type Checks = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -5,9 +5,14 @@
 const $ = (id) => document.getElementById(id);
 const FLOWS_EVERY_MS = 1000;
 const LINT_EVERY_MS = 5000;
+// The matrix is asked for again this often: policy changes show without a reload.
+const MATRIX_EVERY_MS = 2000;
 const MAX_FLOW_ROWS = 500;
 
 let matrices = [];
+// The answer the matrix shows (to redraw only on a change), and the clicked cell.
+let shownMatrix = "";
+let selected = null;
 
 async function getJson(url) {
   let response;
@@ -60,16 +65,29 @@ function matrixTitle(m) {
 // Answers to older requests (the user chose again meanwhile) are dropped.
 let matrixRequest = 0;
 
-async function loadMatrix() {
+// `poll`: the same question again; the page changes only if the answer did.
+// (A poll asks the question last asked, not what the form holds while someone edits it.)
+let lastQuery = "";
+
+async function loadMatrix(poll) {
   const request = ++matrixRequest;
-  const params = new URLSearchParams();
-  params.set("protocol", $("protocol").value);
-  if ($("port").value) params.set("port", $("port").value);
-  if ($("namespace").value) params.set("namespace", $("namespace").value);
+  if (poll !== true) {
+    const params = new URLSearchParams();
+    params.set("protocol", $("protocol").value);
+    if ($("port").value) params.set("port", $("port").value);
+    if ($("namespace").value) params.set("namespace", $("namespace").value);
+    lastQuery = params.toString();
+  }
   try {
-    const data = await getJson("/api/matrix?" + params.toString());
+    const data = await getJson("/api/matrix?" + lastQuery);
     if (request !== matrixRequest) return;
     showError("matrix-error", null);
+    const text = JSON.stringify(data);
+    if (poll === true && text === shownMatrix) {
+      setStatus();
+      return;
+    }
+    shownMatrix = text;
     matrices = data.matrices;
     const ns = $("namespace");
     const chosen = ns.value;
@@ -82,18 +100,23 @@ async function loadMatrix() {
     }
     ns.value = chosen;
     const which = $("which");
+    const shown = which.value;
     which.replaceChildren();
     matrices.forEach((m, i) => {
       const o = el("option", matrixTitle(m));
       o.value = String(i);
       which.appendChild(o);
     });
+    if (poll === true && shown !== "" && Number(shown) < matrices.length) which.value = shown;
     const w = $("matrix-warnings");
     w.textContent = data.warnings.join("\n");
     w.hidden = data.warnings.length === 0;
     renderMatrix();
+    // The clicked cell's explanation follows the new policy.
+    if (poll === true && selected) reselect();
   } catch (e) {
     if (request !== matrixRequest) return;
+    shownMatrix = "";
     matrices = [];
     $("which").replaceChildren();
     $("matrix").replaceChildren();
@@ -137,7 +160,19 @@ function matrixClicked(ev) {
   if (from !== undefined && to !== undefined) explainCell(td, m, from, to);
 }
 
+// The clicked cell again, in the matrix now shown (if it still has both endpoints).
+function reselect() {
+  const m = matrices[Number($("which").value) || 0];
+  const { from, to, title } = selected;
+  const row = m ? m.endpoints.indexOf(from) : -1;
+  const col = m ? m.endpoints.indexOf(to) : -1;
+  if (row < 0 || col < 0 || matrixTitle(m) !== title) return;
+  const td = $("matrix").tBodies[0].rows[row].cells[col + 1];
+  explainCell(td, m, from, to);
+}
+
 async function explainCell(td, m, from, to) {
+  selected = { from: from, to: to, title: matrixTitle(m) };
   for (const s of document.querySelectorAll("#matrix td.selected")) s.classList.remove("selected");
   td.classList.add("selected");
   $("explain-title").textContent = matrixTitle(m) + " from " + from + " to " + to;
@@ -237,17 +272,15 @@ function start() {
   }
   $("matrix-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    loadMatrix();
+    loadMatrix(false);
   });
-  $("namespace").addEventListener("change", loadMatrix);
+  $("namespace").addEventListener("change", () => loadMatrix(false));
   $("which").addEventListener("change", renderMatrix);
   $("matrix").addEventListener("click", matrixClicked);
-  loadMatrix();
-  every(LINT_EVERY_MS, async () => {
-    // A matrix that failed (the datastore down) is asked for again: it shows once it answers.
-    if (matrices.length === 0 && !$("matrix-error").hidden) await loadMatrix();
-    await loadLint();
-  });
+  // The first answer, then the same question every MATRIX_EVERY_MS (also after an error:
+  // the datastore down, the matrix shows once it answers).
+  loadMatrix(false).then(() => setTimeout(() => every(MATRIX_EVERY_MS, () => loadMatrix(true)), MATRIX_EVERY_MS));
+  every(LINT_EVERY_MS, loadLint);
   every(FLOWS_EVERY_MS, loadFlows);
 }
 
