@@ -763,7 +763,8 @@ impl Snapshot {
     }
 
     /// The first tier that does not exist yet has policies selecting the endpoint here, with
-    /// those policies: their order cannot be known, so the endpoint is closed.
+    /// those policies (in felix's order within a tier, whatever order `policies` is in): their
+    /// place among the tiers cannot be known, so the endpoint is closed.
     pub(crate) fn missing_tier(
         &self,
         policies: &[Policy],
@@ -772,13 +773,14 @@ impl Snapshot {
         mode: Chain,
     ) -> Option<(String, Vec<PolicyRef>)> {
         self.tiers.iter().filter(|t| !t.exists).find_map(|t| {
-            let selecting: Vec<PolicyRef> = policies
+            let mut selecting: Vec<&Policy> = policies
                 .iter()
                 .filter(|p| {
                     p.tier == t.name && p.has_type(dir) && mode.admits(p, ep) && p.selects(ep)
                 })
-                .map(|p| p.id.clone())
                 .collect();
+            selecting.sort_by_cached_key(|p| (p.sort_key(), p.id.to_string()));
+            let selecting: Vec<PolicyRef> = selecting.into_iter().map(|p| p.id.clone()).collect();
             (!selecting.is_empty()).then(|| (t.name.clone(), selecting))
         })
     }

@@ -101,6 +101,9 @@ pub struct ChainProgram {
     /// A tier that does not exist has policies selecting the endpoint: everything is dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub missing_tier: Option<String>,
+    /// The policies in that tier that select the endpoint (what `explain` names).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_tier_policies: Vec<PolicyRef>,
 }
 
 /// Everything one endpoint enforces.
@@ -367,10 +370,11 @@ impl<'a> Builder<'a> {
         dir: Direction,
         kind: Chain,
     ) -> ChainProgram {
-        let missing_tier = self
-            .snap
-            .missing_tier(policies, ep, dir, kind)
-            .map(|(tier, _)| tier);
+        let (missing_tier, missing_tier_policies) =
+            match self.snap.missing_tier(policies, ep, dir, kind) {
+                Some((tier, policies)) => (Some(tier), policies),
+                None => (None, Vec::new()),
+            };
         let mut tiers = Vec::new();
         for tier in &self.snap.tiers {
             let mut selected: Vec<&Policy> = policies
@@ -426,6 +430,7 @@ impl<'a> Builder<'a> {
             profiles_apply,
             end_of_tier: kind.end_of_tier(),
             missing_tier,
+            missing_tier_policies,
         }
     }
 

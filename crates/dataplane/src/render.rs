@@ -1588,8 +1588,9 @@ fn endpoint_chain(
 ) -> Vec<(String, Chain)> {
     if let Some(tier) = &chain.missing_tier {
         // Fail closed: the policies' place among the tiers is unknown.
+        let log = log_rule("", &flowlog::tag(name));
         let drop = Rule::new("counter drop", format!("tier {tier} does not exist"));
-        return vec![(name.to_owned(), Chain::regular(vec![drop]))];
+        return vec![(name.to_owned(), Chain::regular(vec![log, drop]))];
     }
     let mut out = Vec::new();
     let mut main = Vec::new();

@@ -320,3 +320,29 @@ fn sys_allowed_flows_are_not_logged_unless_turned_on() {
         .collect();
     assert!(allowed.is_empty(), "logged while off: {allowed:#?}");
 }
+
+/// A policy in a tier that does not exist closes what it selects: the drop is logged with the
+/// cause `explain` gives (the tier and its policies).
+#[test]
+fn sys_a_missing_tiers_drop_is_logged_with_explains_cause() {
+    Fabric::Flat.require();
+    let lab = common::lab_up(
+        "t",
+        "{nodes: [node-a, node-b]}",
+        &format!(
+            "{}{CLUSTER}---\n{IN_MISSING_TIER}",
+            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
+        ),
+    );
+    common::wait_programmed(&lab.dir);
+    let record = common::try_denied_and_flow(&lab.dir, "default/flooder", "default/target", 80);
+    let explained = common::explain(&lab.ds, "default/flooder", "default/target", 80);
+    assert_eq!(
+        record["cause"].as_str().unwrap_or_default(),
+        common::explain_cause(&explained),
+        "{record:#}\n{explained}"
+    );
+    assert_eq!(record["tier"], "security", "{record:#}");
+}
+
+const IN_MISSING_TIER: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.guard}\nspec:\n  tier: security\n  selector: app == 'target'\n  ingress: [{action: Allow}]\n";

@@ -12,7 +12,7 @@
 //! `gh <chain> <index> allow` for an Allow rule;
 //! `gh <chain>` for the end of a tier (`e…<k>`, `w…<k>`) or of an endpoint chain (`e…` for
 //! host endpoints, `w…` for workload stages, shared by workloads alike: a missing profile, or
-//! no profile allowed); `gh w` for a workload interface without a program and
+//! no profile allowed, or a missing tier that closes the endpoint); `gh w` for a workload interface without a program and
 //! `gh h` for DefaultEndpointToHostAction Drop.
 
 use gingham_calc::eval::ENDPOINT_TO_HOST_DROP;
@@ -204,6 +204,25 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                 continue;
             }
             let stage = Some(stage_words(stage_kind(ep.host, mode), &ep.endpoint));
+            if tail.is_empty()
+                && let Some(tier) = &prog.missing_tier
+            {
+                // The chain holds only the drop.
+                let cause = FlowCause {
+                    stage,
+                    ingress,
+                    tier: Some(tier.clone()),
+                    ..with_step(Step::TierMissing {
+                        tier: tier.clone(),
+                        policies: prog.missing_tier_policies.clone(),
+                    })
+                };
+                if this_one {
+                    return Some(cause);
+                }
+                first = Some(cause);
+                continue;
+            }
             if tail.is_empty() {
                 let missing = prog.profiles.iter().find_map(|p| match p {
                     ProfileProgram::Missing { profile } => Some(profile.clone()),
