@@ -84,7 +84,12 @@ const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_TYPE: u16 = 6;
 const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
 const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+const NFT_SET_CONSTANT: u32 = 0x2;
 const NFTA_SET_USERDATA: u16 = 13;
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
@@ -148,6 +153,7 @@ const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_LOOKUP_SREG: u16 = 2;
 const NFTA_LOOKUP_DREG: u16 = 3;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
 const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFT_LOOKUP_F_INV: u32 = 1;
 const NFTA_BITWISE_SREG: u16 = 1;
@@ -573,7 +579,13 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 });
             }
             Op::AddRule { chain, rule } => {
-                let exprs = rule_expressions(&rule.text)?;
+                let (exprs, anons) = rule_expressions(&rule.text)?;
+                let mut ids = Vec::new();
+                for anon in &anons {
+                    set_id += 1;
+                    ids.push((set_id, anon.map));
+                    anon.create(&mut b, set_id);
+                }
                 let comment = rule.comment();
                 if comment.len() + 1 > 255 {
                     return no("long comment");
@@ -587,7 +599,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                         a.str(NFTA_RULE_CHAIN, chain);
                         a.nest(NFTA_RULE_EXPRESSIONS, |a| {
                             for e in &exprs {
-                                e.put(a);
+                                e.put(a, &ids);
                             }
                         });
                         let mut udata = vec![UDATA_RULE_COMMENT, (comment.len() + 1) as u8];
@@ -772,6 +784,12 @@ enum Expr {
         dreg: Option<u32>,
         inv: bool,
     },
+    /// A lookup in the rule's anonymous set or map number `n` (of its [`Anon`]s).
+    AnonLookup {
+        n: usize,
+        dreg: Option<u32>,
+        inv: bool,
+    },
     Counter,
     Notrack,
     CtState,
@@ -789,14 +807,15 @@ enum Expr {
 }
 
 impl Expr {
-    fn put(&self, a: &mut Attrs<'_>) {
+    /// Writes the expression; `anon` gives the batch ids of the rule's anonymous sets.
+    fn put(&self, a: &mut Attrs<'_>, anon: &[(u32, bool)]) {
         let name = match self {
             Expr::Meta { .. } | Expr::MetaSet { .. } => "meta",
             Expr::Payload { .. } => "payload",
             Expr::Cmp { .. } => "cmp",
             Expr::Range { .. } => "range",
             Expr::Bitwise { .. } => "bitwise",
-            Expr::Lookup { .. } => "lookup",
+            Expr::Lookup { .. } | Expr::AnonLookup { .. } => "lookup",
             Expr::Counter => "counter",
             Expr::Notrack => "notrack",
             Expr::CtState => "ct",
@@ -856,6 +875,18 @@ impl Expr {
                     if let Some(d) = dreg {
                         a.be32(NFTA_LOOKUP_DREG, *d);
                     }
+                    if *inv {
+                        a.be32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                    }
+                }
+                Expr::AnonLookup { n, dreg, inv } => {
+                    let (id, map) = anon[*n];
+                    a.be32(NFTA_LOOKUP_SREG, NFT_REG_1);
+                    if let Some(d) = dreg {
+                        a.be32(NFTA_LOOKUP_DREG, *d);
+                    }
+                    a.str(NFTA_LOOKUP_SET, anon_name(map));
+                    a.be32(NFTA_LOOKUP_SET_ID, id);
                     if *inv {
                         a.be32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
                     }
@@ -921,6 +952,196 @@ fn words(text: &str) -> Result<Vec<&str>, Unencodable> {
 fn number<T: std::str::FromStr>(w: Option<&&str>) -> Result<T, Unencodable> {
     w.and_then(|w| w.parse().ok())
         .ok_or_else(|| Unencodable(format!("number {w:?}")))
+}
+
+fn ct_state_bit(state: &str) -> Result<u32, Unencodable> {
+    Ok(match state {
+        "invalid" => 1,
+        "established" => 2,
+        "related" => 4,
+        "new" => 8,
+        "untracked" => 64,
+        s => return no(format!("ct state {s}")),
+    })
+}
+
+/// The elements of `{ a, b, … }` starting at word `j`, and the words it took.
+fn braced(w: &[&str], j: usize) -> Result<(Vec<String>, usize), Unencodable> {
+    if w.get(j) != Some(&"{") {
+        return no("expected a set");
+    }
+    let Some(close) = w[j..].iter().position(|x| *x == "}") else {
+        return no("unterminated set");
+    };
+    let inner = w[j + 1..j + close].join(" ");
+    let items: Vec<String> = inner.split(',').map(|x| x.trim().to_owned()).collect();
+    if items.iter().any(String::is_empty) {
+        return no("empty set element");
+    }
+    Ok((items, close + 1))
+}
+
+fn anon_name(map: bool) -> &'static str {
+    if map { "__map%d" } else { "__set%d" }
+}
+
+/// An anonymous set or map of a rule (`{ … }`), created in the rule's batch as nft 1.0.6
+/// creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Anon {
+    map: bool,
+    flags: u32,
+    key_type: u32,
+    key_len: u32,
+    userdata: Vec<u8>,
+    /// Key, verdict (maps), element flags.
+    elements: Vec<(Vec<u8>, Option<Verdict>, u32)>,
+}
+
+/// Set user data: the key's byte order is big-endian.
+const UD_KEY_BIG_ENDIAN: [u8; 6] = [0, 4, 2, 0, 0, 0];
+/// Set user data: auto-merge.
+const UD_MERGE: [u8; 6] = [2, 4, 1, 0, 0, 0];
+
+/// Set user data: the key is the payload field (`base`, `field` in nft's protocol tables).
+fn ud_typeof(base: u8, field: u8) -> [u8; 22] {
+    [
+        3, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, base, 0, 0, 0, 1, 4, field, 0, 0, 0,
+    ]
+}
+
+fn key_of(v: u128, len: u32) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    b[16 - len as usize..].to_vec()
+}
+
+impl Anon {
+    /// Exact values (a port list without ranges).
+    fn plain(
+        key_type: u32,
+        key_len: u32,
+        of: (u8, u8),
+        values: &[(u128, u128)],
+    ) -> Result<Anon, Unencodable> {
+        let distinct: BTreeSet<u128> = values.iter().map(|v| v.0).collect();
+        if distinct.len() != values.len() {
+            return no("repeated set element");
+        }
+        let mut userdata = UD_KEY_BIG_ENDIAN.to_vec();
+        userdata.extend(ud_typeof(of.0, of.1));
+        Ok(Anon {
+            map: false,
+            flags: NFT_SET_ANONYMOUS | NFT_SET_CONSTANT,
+            key_type,
+            key_len,
+            userdata,
+            elements: values
+                .iter()
+                .map(|(v, _)| (key_of(*v, key_len), None, 0))
+                .collect(),
+        })
+    }
+
+    /// Prefixes and ranges: an interval end at zero (unless the first range starts there),
+    /// then each range's start and the value after its end. Ranges nft would merge (touching
+    /// or overlapping) are not encoded.
+    fn interval(
+        key_type: u32,
+        key_len: u32,
+        of: (u8, u8),
+        mut ranges: Vec<(u128, u128)>,
+    ) -> Result<Anon, Unencodable> {
+        ranges.sort();
+        let max = if key_len == 16 {
+            u128::MAX
+        } else {
+            (1u128 << (8 * key_len)) - 1
+        };
+        let mut elements = Vec::new();
+        for (i, &(a, b)) in ranges.iter().enumerate() {
+            if b == max {
+                return no("range reaching the last value");
+            }
+            if let Some(&(_, prev)) = i.checked_sub(1).and_then(|p| ranges.get(p))
+                && a <= prev + 1
+            {
+                return no("touching or overlapping set elements");
+            }
+            if i == 0 && a != 0 {
+                elements.push((key_of(0, key_len), None, NFT_SET_ELEM_INTERVAL_END));
+            }
+            elements.push((key_of(a, key_len), None, 0));
+            elements.push((key_of(b + 1, key_len), None, NFT_SET_ELEM_INTERVAL_END));
+        }
+        let mut userdata = UD_KEY_BIG_ENDIAN.to_vec();
+        userdata.extend(UD_MERGE);
+        userdata.extend(ud_typeof(of.0, of.1));
+        Ok(Anon {
+            map: false,
+            flags: NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_INTERVAL,
+            key_type,
+            key_len,
+            userdata,
+            elements,
+        })
+    }
+
+    /// `ct state vmap { state : verdict, … }`.
+    fn ct_state_map(elements: Vec<(Vec<u8>, Verdict)>) -> Anon {
+        // Key in host order, verdict data (with its type), no data intervals.
+        const UD: [u8; 28] = [
+            0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 8, 0, 4, 1, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        Anon {
+            map: true,
+            flags: NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP,
+            key_type: 26,
+            key_len: 4,
+            userdata: UD.to_vec(),
+            elements: elements.into_iter().map(|(k, v)| (k, Some(v), 0)).collect(),
+        }
+    }
+
+    /// Adds the set and its elements to the batch, as set `id` of the transaction.
+    fn create(&self, b: &mut Batch, id: u32) {
+        let name = anon_name(self.map);
+        b.message(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            "add anonymous set".into(),
+            |a| {
+                a.str(NFTA_SET_TABLE, TABLE);
+                a.str(NFTA_SET_NAME, name);
+                a.be32(NFTA_SET_FLAGS, self.flags);
+                a.be32(NFTA_SET_KEY_TYPE, self.key_type);
+                a.be32(NFTA_SET_KEY_LEN, self.key_len);
+                if self.map {
+                    a.be32(NFTA_SET_DATA_TYPE, NFT_DATA_VERDICT);
+                    a.be32(NFTA_SET_DATA_LEN, 0);
+                }
+                a.be32(NFTA_SET_ID, id);
+                a.nest(NFTA_SET_DESC, |a| {
+                    a.be32(NFTA_SET_DESC_SIZE, self.elements.len() as u32)
+                });
+                a.put(NFTA_SET_USERDATA, &self.userdata);
+            },
+        );
+        b.message(
+            NFT_MSG_NEWSETELEM,
+            NLM_F_CREATE,
+            "add anonymous set elements".into(),
+            |a| {
+                a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                a.str(NFTA_SET_ELEM_LIST_SET, name);
+                a.be32(NFTA_SET_ELEM_LIST_SET_ID, id);
+                a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
+                    for (k, v, flags) in &self.elements {
+                        put_element(a, Some(k), v.as_ref(), *flags);
+                    }
+                });
+            },
+        );
+    }
 }
 
 /// A 32-bit value written `0x…` or in decimal.
@@ -1001,9 +1222,10 @@ fn prefix_match(
 
 /// The expressions nft 1.0.6 generates for a rule of the renderer's grammar, in the same
 /// order and layout (so that the kernel holds the same rule either way), or why not.
-fn rule_expressions(text: &str) -> Result<Vec<Expr>, Unencodable> {
+fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
     let w = words(text)?;
     let mut out = Vec::new();
+    let mut anons: Vec<Anon> = Vec::new();
     // What the rule has already established: nft adds no dependency when the rule states it.
     let mut nfproto: Option<&str> = None;
     let mut l4proto = false;
@@ -1157,6 +1379,37 @@ fn rule_expressions(text: &str) -> Result<Vec<Expr>, Unencodable> {
                 if inv {
                     j += 1;
                 }
+                if at(j) == Some("{") {
+                    if len != 4 && len != 16 {
+                        return no("concatenated anonymous set");
+                    }
+                    let (items, n) = braced(&w, j)?;
+                    let mut ranges = Vec::new();
+                    for item in items {
+                        let net: ipnet::IpNet = item
+                            .parse()
+                            .map_err(|_| Unencodable(format!("network {item}")))?;
+                        let (f, a, b) = crate::table::net_range(&net);
+                        if (f == 6) != v6 {
+                            return no("network of the other family");
+                        }
+                        ranges.push((a, b));
+                    }
+                    let (key_type, base, field) = match (v6, dir) {
+                        (false, "saddr") => (7, 0x0c, 0x0b),
+                        (false, _) => (7, 0x0c, 0x0c),
+                        (true, "saddr") => (8, 0x0d, 8),
+                        (true, _) => (8, 0x0d, 9),
+                    };
+                    anons.push(Anon::interval(key_type, len, (base, field), ranges)?);
+                    out.push(Expr::AnonLookup {
+                        n: anons.len() - 1,
+                        dreg: None,
+                        inv,
+                    });
+                    i = j + n;
+                    continue;
+                }
                 let Some(set) = at(j).and_then(|s| s.strip_prefix('@')) else {
                     return no("address match other than a set lookup");
                 };
@@ -1179,9 +1432,38 @@ fn rule_expressions(text: &str) -> Result<Vec<Expr>, Unencodable> {
                 } else {
                     NFT_CMP_EQ
                 };
-                // Only a single port or range: nft turns `{ p }` into a comparison.
+                // A single port or range: nft turns `{ p }` into a comparison.
                 let Some((value, n)) = single(&w, j) else {
-                    return no("port set");
+                    let (items, n) = braced(&w, j)?;
+                    let mut ranges = Vec::new();
+                    for item in items {
+                        let (a, b) = item.split_once('-').unwrap_or((&item, &item));
+                        let a: u16 = number(Some(&a))?;
+                        let b: u16 = number(Some(&b))?;
+                        if a > b {
+                            return no("port range");
+                        }
+                        ranges.push((u128::from(a), u128::from(b)));
+                    }
+                    let field = if dir == "sport" { 1 } else { 2 };
+                    anons.push(if ranges.iter().all(|(a, b)| a == b) {
+                        Anon::plain(13, 2, (0x0b, field), &ranges)?
+                    } else {
+                        Anon::interval(13, 2, (0x0b, field), ranges)?
+                    });
+                    out.push(Expr::Payload {
+                        base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                        offset: if dir == "sport" { 0 } else { 2 },
+                        len: 2,
+                        dreg: NFT_REG_1,
+                    });
+                    out.push(Expr::AnonLookup {
+                        n: anons.len() - 1,
+                        dreg: None,
+                        inv: op == NFT_CMP_NEQ,
+                    });
+                    i = j + n;
+                    continue;
                 };
                 let load = Expr::Payload {
                     base: NFT_PAYLOAD_TRANSPORT_HEADER,
@@ -1270,18 +1552,33 @@ fn rule_expressions(text: &str) -> Result<Vec<Expr>, Unencodable> {
                 out.push(Expr::Notrack);
                 i += 1;
             }
+            (Some("ct"), Some("state")) if at(i + 2) == Some("vmap") => {
+                let (items, n) = braced(&w, i + 3)?;
+                let mut elements = Vec::new();
+                for item in items {
+                    let Some((state, v)) = item.split_once(" : ") else {
+                        return no("ct state vmap element");
+                    };
+                    let words: Vec<&str> = v.split(' ').collect();
+                    elements.push((
+                        ct_state_bit(state)?.to_ne_bytes().to_vec(),
+                        verdict(&words)?,
+                    ));
+                }
+                anons.push(Anon::ct_state_map(elements));
+                out.push(Expr::CtState);
+                out.push(Expr::AnonLookup {
+                    n: anons.len() - 1,
+                    dreg: Some(NFT_REG_VERDICT),
+                    inv: false,
+                });
+                i += 3 + n;
+            }
             (Some("ct"), Some("state")) => {
                 // `ct state a,b`: any of the states (a mask, compared with zero).
                 let mut mask = 0u32;
                 for state in at(i + 2).unwrap_or("").split(',') {
-                    mask |= match state {
-                        "invalid" => 1,
-                        "established" => 2,
-                        "related" => 4,
-                        "new" => 8,
-                        "untracked" => 64,
-                        s => return no(format!("ct state {s}")),
-                    };
+                    mask |= ct_state_bit(state)?;
                 }
                 out.push(Expr::CtState);
                 out.push(Expr::Bitwise {
@@ -1372,7 +1669,7 @@ fn rule_expressions(text: &str) -> Result<Vec<Expr>, Unencodable> {
             return no("statement after the verdict");
         }
     }
-    Ok(out)
+    Ok((out, anons))
 }
 
 /// A `NETLINK_NETFILTER` socket in the namespace it was opened in.
@@ -1484,11 +1781,12 @@ mod tests {
 
     #[test]
     fn a_policy_rule_encodes_as_nft_does() {
-        let e = rule_expressions(
+        let (e, anons) = rule_expressions(
             "meta nfproto ipv4 meta l4proto 6 ip saddr @s4 th dport { 80 } counter \
              meta mark set meta mark | 0x00010000 return",
         )
         .unwrap();
+        assert!(anons.is_empty());
         assert_eq!(e.len(), 13);
         assert_eq!(
             e[7],
@@ -1510,9 +1808,9 @@ mod tests {
     #[test]
     fn unknown_grammar_is_refused() {
         for text in [
-            "ct state vmap { established : accept }",
-            "meta nfproto ipv4 ip saddr { 10.0.0.0/8, 10.1.0.0/16 } drop",
-            "meta nfproto ipv4 meta l4proto 6 th dport { 80, 90 } drop",
+            "ct state vmap { established : accept, bogus : drop }",
+            "meta nfproto ipv4 ip saddr { 10.0.0.0/8, 10.0.0.0/16 } drop",
+            "meta nfproto ipv4 meta l4proto 6 th dport { 80, 81-90 } drop",
             "meta nfproto ipv4 meta l4proto 6 th dport 80 th sport 90 drop",
             "meta nfproto ipv4 ip saddr 10.0.0.0/8 ip daddr 10.1.0.0/16 drop",
             "ip saddr @s drop",

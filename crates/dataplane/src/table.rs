@@ -596,7 +596,7 @@ fn addr_value(a: IpAddr) -> (u8, u128) {
     }
 }
 
-fn net_range(net: &IpNet) -> (u8, u128, u128) {
+pub(crate) fn net_range(net: &IpNet) -> (u8, u128, u128) {
     let (fam, start) = addr_value(net.network());
     let (_, end) = addr_value(net.broadcast());
     (fam, start, end)
