@@ -2,9 +2,13 @@
 //!
 //! [`render`] turns a node's programs and IP sets into the desired [`Table`] (pure). A
 //! [`Programmer`] keeps a record of what is installed and sends only the difference, as one
-//! atomic `nft -f` transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`]
-//! for tests. The kernel is read once, when the programmer has no record (start, after an
-//! error, or on the periodic consistency check), and reconciled without flushing.
+//! atomic transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`] for tests.
+//! The kernel is read once, when the programmer has no record (start, after an error, or on
+//! the periodic consistency check), and reconciled without flushing.
+//!
+//! Incremental transactions go to the kernel as nf_tables netlink batches built by [`nl`]
+//! (libnftables would first list the whole table, so its cost grows with the table); whatever
+//! [`nl`] cannot encode, and full loads, go as `nft` scripts through libnftables.
 //!
 //! [`iptables`] renders the same programs in Calico felix's iptables layout and programs them
 //! with `iptables-restore` and `ipset`: the peer the benchmarks compare with. The [`Dataplane`]

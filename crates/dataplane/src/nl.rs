@@ -1693,6 +1693,9 @@ impl Socket {
         let open = || -> std::io::Result<netlink_sys::Socket> {
             let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
             s.bind_auto()?;
+            // Errors carry only the refused message's header, not the whole message (which
+            // can be larger than the receive buffer).
+            s.set_cap_ack(true)?;
             Ok(s)
         };
         let socket = match netns {
