@@ -1272,6 +1272,7 @@ impl<B: IptBackend> IptProgrammer<B> {
             bytes: sets.len() + restore.len() + destroy.len(),
             read_kernel: true,
             replaced: true,
+            ..Applied::default()
         })
     }
 

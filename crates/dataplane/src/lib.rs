@@ -2,9 +2,13 @@
 //!
 //! [`render`] turns a node's programs and IP sets into the desired [`Table`] (pure). A
 //! [`Programmer`] keeps a record of what is installed and sends only the difference, as one
-//! atomic `nft -f` transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`]
-//! for tests. The kernel is read once, when the programmer has no record (start, after an
-//! error, or on the periodic consistency check), and reconciled without flushing.
+//! atomic transaction, through a [`Backend`]: [`Nft`] for the kernel, [`Recording`] for tests.
+//! The kernel is read once, when the programmer has no record (start, after an error, or on
+//! the periodic consistency check), and reconciled without flushing.
+//!
+//! Incremental transactions go to the kernel as nf_tables netlink batches built by [`nl`]
+//! (libnftables would first list the whole table, so its cost grows with the table); whatever
+//! [`nl`] cannot encode, and full loads, go as `nft` scripts through libnftables.
 //!
 //! [`iptables`] renders the same programs in Calico felix's iptables layout and programs them
 //! with `iptables-restore` and `ipset`: the peer the benchmarks compare with. The [`Dataplane`]
@@ -13,6 +17,7 @@
 pub mod counters;
 pub mod iptables;
 mod libnft;
+pub mod nl;
 pub mod render;
 pub mod table;
 
@@ -26,7 +31,7 @@ use std::process::{Command, Stdio};
 
 pub use counters::{ChainOrigin, Hits, Origins, Owner, RuleOrigin, rule_hits};
 pub use render::{Rendered, Renderer, Settings, TABLE, Touched, Tunnels, VXLAN_PORT, render};
-pub use table::{Script, Table, canonical};
+pub use table::{Op, Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,12 +39,32 @@ pub enum Error {
     Spawn(std::io::Error),
     #[error("nft refused the transaction: {0}")]
     Refused(String),
+    #[error("nf_tables netlink transaction: {0}")]
+    Netlink(#[from] nl::NlError),
+}
+
+/// Which way a transaction went to the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Path {
+    /// Nothing was sent.
+    #[default]
+    None,
+    /// An nft script (libnftables or the `nft` command).
+    Text,
+    /// An nf_tables netlink batch built by [`nl`].
+    Netlink,
 }
 
 /// Where transactions go and where the installed table is read from.
 pub trait Backend {
     /// Runs one script as one atomic transaction.
     fn run(&mut self, script: &str) -> Result<(), Error>;
+    /// Runs an incremental transaction whose result is `desired`: as a netlink batch when
+    /// the backend can and every op encodes, else as [`Backend::run`] of its text.
+    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Path, Error> {
+        let _ = desired;
+        self.run(&script.text).map(|()| Path::Text)
+    }
     /// The installed table as `nft -j list table inet gingham` prints it; `None` if absent.
     fn read(&mut self) -> Result<Option<String>, Error>;
     /// Reads the installed table as [`Backend::read`] does, from another thread (the metrics
@@ -56,12 +81,27 @@ pub type TableReader = Box<dyn FnMut() -> Result<Option<String>, Error> + Send>;
 /// and benchmarks, in a named one (`ip netns exec`). Transactions in the calling thread's
 /// namespace run in-process through libnftables when it loads (the library `nft` itself
 /// uses); otherwise, and for reads, `nft` is spawned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Nft {
     netns: Option<String>,
     lib: Option<libnft::LibNft>,
     /// Whether loading libnftables was tried (or is not wanted).
     lib_tried: bool,
+    /// Incremental transactions go as netlink batches when they encode.
+    netlink: bool,
+    socket: Option<nl::Socket>,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft {
+            netns: None,
+            lib: None,
+            lib_tried: false,
+            netlink: true,
+            socket: None,
+        }
+    }
 }
 
 impl Nft {
@@ -78,6 +118,13 @@ impl Nft {
             lib_tried: true,
             ..Nft::default()
         }
+    }
+
+    /// Every transaction as an nft script, none as a netlink batch (the baseline the
+    /// benchmarks and tests compare the netlink path with).
+    pub fn text_only(mut self) -> Nft {
+        self.netlink = false;
+        self
     }
 
     /// Whether transactions run in-process (after the first one).
@@ -130,6 +177,27 @@ impl Backend for Nft {
         Ok(())
     }
 
+    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Path, Error> {
+        if !self.netlink {
+            return self.run(&script.text).map(|()| Path::Text);
+        }
+        match nl::encode(&script.ops, desired) {
+            Ok(batch) if batch.bytes() <= nl::MAX_BATCH => {
+                if self.socket.is_none() {
+                    self.socket = Some(nl::Socket::open(self.netns.as_deref())?);
+                }
+                let socket = self.socket.as_mut().expect("opened above");
+                socket.commit(&batch)?;
+                Ok(Path::Netlink)
+            }
+            Ok(_) => self.run(&script.text).map(|()| Path::Text),
+            Err(why) => {
+                tracing::debug!(%why, "transaction through libnftables");
+                self.run(&script.text).map(|()| Path::Text)
+            }
+        }
+    }
+
     fn read(&mut self) -> Result<Option<String>, Error> {
         let out = self
             .command()
@@ -151,8 +219,8 @@ impl Backend for Nft {
         // Reads always spawn `nft` (libnftables is only used for transactions).
         let mut nft = Nft {
             netns: self.netns.clone(),
-            lib: None,
             lib_tried: true,
+            ..Nft::default()
         };
         Some(Box::new(move || nft.read()))
     }
@@ -191,6 +259,8 @@ pub struct Applied {
     /// The table was replaced whole (a set's type or a base chain changed, or the installed
     /// table could not be read).
     pub replaced: bool,
+    /// How the transaction went to the kernel.
+    pub path: Path,
 }
 
 /// Installs desired tables through a backend, sending only what changed.
@@ -244,6 +314,7 @@ impl<B: Backend> Programmer<B> {
         };
         if !script.is_empty() {
             self.backend.run(&script.text)?;
+            applied.path = Path::Text;
         }
         applied.commands = script.commands;
         applied.bytes = script.text.len();
@@ -265,16 +336,21 @@ impl<B: Backend> Programmer<B> {
             // A set's type or a hook changed: the whole table is replaced.
             return self.sync(desired.clone());
         };
-        if !script.is_empty()
-            && let Err(e) = self.backend.run(&script.text)
-        {
-            self.installed = None;
-            return Err(e);
+        let mut path = Path::None;
+        if !script.is_empty() {
+            match self.backend.run_incremental(&script, desired) {
+                Ok(p) => path = p,
+                Err(e) => {
+                    self.installed = None;
+                    return Err(e);
+                }
+            }
         }
         installed.copy_from(desired, &chains, &sets);
         Ok(Applied {
             commands: script.commands,
             bytes: script.text.len(),
+            path,
             ..Applied::default()
         })
     }

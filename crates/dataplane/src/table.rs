@@ -53,6 +53,15 @@ impl Rule {
         &self.id
     }
 
+    /// The comment nft stores with the rule (its id, then the note).
+    pub fn comment(&self) -> String {
+        if self.note.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{} {}", self.id, self.note)
+        }
+    }
+
     fn line(&self) -> String {
         if self.note.is_empty() {
             format!("{} comment \"{}\"", self.text, self.id)
@@ -164,19 +173,45 @@ pub struct Table {
     pub chains: BTreeMap<String, Chain>,
 }
 
+/// One command of a transaction, as data: the text path prints it as nft syntax, the netlink
+/// path ([`crate::nl`]) encodes it as nf_tables messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddTable,
+    DeleteTable,
+    AddSet { name: String },
+    AddChain { name: String, base: Option<Base> },
+    FlushSet { name: String },
+    AddElements { set: String, elements: Vec<String> },
+    DeleteElements { set: String, elements: Vec<String> },
+    FlushChain { name: String },
+    AddRule { chain: String, rule: Rule },
+    DeleteSet { name: String },
+    DeleteChain { name: String },
+}
+
 /// An nft transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Script {
     pub text: String,
     /// Commands in it (0: nothing to do).
     pub commands: usize,
+    /// The same commands as data, in order.
+    pub ops: Vec<Op>,
 }
 
 impl Script {
-    fn push(&mut self, line: std::fmt::Arguments<'_>) {
+    fn push(&mut self, line: std::fmt::Arguments<'_>, op: Op) {
         let _ = self.text.write_fmt(line);
         self.text.push('\n');
         self.commands += 1;
+        self.ops.push(op);
+    }
+
+    fn append(&mut self, other: Script) {
+        self.text.push_str(&other.text);
+        self.commands += other.commands;
+        self.ops.extend(other.ops);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,10 +222,13 @@ impl Script {
 fn add_elements(s: &mut Script, name: &str, elements: &[&String]) {
     for chunk in elements.chunks(CHUNK) {
         let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
-        s.push(format_args!(
-            "add element inet {TABLE} {name} {{ {} }}",
-            list.join(", ")
-        ));
+        s.push(
+            format_args!("add element inet {TABLE} {name} {{ {} }}", list.join(", ")),
+            Op::AddElements {
+                set: name.to_owned(),
+                elements: list.iter().map(|e| (*e).to_owned()).collect(),
+            },
+        );
     }
 }
 
@@ -223,13 +261,12 @@ impl Table {
     /// A script that replaces whatever table of ours exists with this one, atomically.
     pub fn replace_script(&self) -> Script {
         let mut s = Script::default();
-        s.push(format_args!("add table inet {TABLE}"));
-        s.push(format_args!("delete table inet {TABLE}"));
+        s.push(format_args!("add table inet {TABLE}"), Op::AddTable);
+        s.push(format_args!("delete table inet {TABLE}"), Op::DeleteTable);
         let rest = Table::default()
             .diff(self)
             .expect("an empty table diffs into anything");
-        s.text.push_str(&rest.text);
-        s.commands += rest.commands;
+        s.append(rest);
         s
     }
 
@@ -265,11 +302,16 @@ impl Table {
                 continue;
             };
             match self.sets.get(name) {
-                None => s.push(format_args!(
-                    "add {} inet {TABLE} {name} {{ {} }}",
-                    set.keyword(),
-                    set.declaration()
-                )),
+                None => s.push(
+                    format_args!(
+                        "add {} inet {TABLE} {name} {{ {} }}",
+                        set.keyword(),
+                        set.declaration()
+                    ),
+                    Op::AddSet {
+                        name: name.to_owned(),
+                    },
+                ),
                 Some(old) if old.key != set.key || old.kind != set.kind => return None,
                 Some(_) => {}
             }
@@ -279,13 +321,19 @@ impl Table {
                 continue;
             };
             match self.chains.get(name) {
-                None => match &chain.base {
-                    None => s.push(format_args!("add chain inet {TABLE} {name}")),
-                    Some(b) => s.push(format_args!(
-                        "add chain inet {TABLE} {name} {}",
-                        base_spec(b)
-                    )),
-                },
+                None => {
+                    let op = Op::AddChain {
+                        name: name.to_owned(),
+                        base: chain.base.clone(),
+                    };
+                    match &chain.base {
+                        None => s.push(format_args!("add chain inet {TABLE} {name}"), op),
+                        Some(b) => s.push(
+                            format_args!("add chain inet {TABLE} {name} {}", base_spec(b)),
+                            op,
+                        ),
+                    }
+                }
                 Some(old) if old.base != chain.base => return None,
                 Some(_) => {}
             }
@@ -304,15 +352,26 @@ impl Table {
                         || (!removed.is_empty() && set.kind == SetKind::Interval)
                         || (removed.len() > FLUSH_PLAIN_ABOVE && removed.len() > all.len());
                     if rewrite {
-                        s.push(format_args!("flush {} inet {TABLE} {name}", set.keyword()));
+                        s.push(
+                            format_args!("flush {} inet {TABLE} {name}", set.keyword()),
+                            Op::FlushSet {
+                                name: name.to_owned(),
+                            },
+                        );
                         add_elements(&mut s, name, &all);
                     } else {
                         for chunk in removed.chunks(CHUNK) {
                             let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
-                            s.push(format_args!(
-                                "delete element inet {TABLE} {name} {{ {} }}",
-                                list.join(", ")
-                            ));
+                            s.push(
+                                format_args!(
+                                    "delete element inet {TABLE} {name} {{ {} }}",
+                                    list.join(", ")
+                                ),
+                                Op::DeleteElements {
+                                    set: name.to_owned(),
+                                    elements: list.iter().map(|e| (*e).to_owned()).collect(),
+                                },
+                            );
                         }
                         add_elements(&mut s, name, &added);
                     }
@@ -325,11 +384,22 @@ impl Table {
             };
             match self.chains.get(name) {
                 Some(old) if !old.stale && old.same_rules(chain) => continue,
-                Some(_) => s.push(format_args!("flush chain inet {TABLE} {name}")),
+                Some(_) => s.push(
+                    format_args!("flush chain inet {TABLE} {name}"),
+                    Op::FlushChain {
+                        name: name.to_owned(),
+                    },
+                ),
                 None => {}
             }
             for rule in &chain.rules {
-                s.push(format_args!("add rule inet {TABLE} {name} {}", rule.line()));
+                s.push(
+                    format_args!("add rule inet {TABLE} {name} {}", rule.line()),
+                    Op::AddRule {
+                        chain: name.to_owned(),
+                        rule: rule.clone(),
+                    },
+                );
             }
         }
         let gone: Vec<&str> = chains
@@ -338,22 +408,36 @@ impl Table {
             .filter(|n| self.chains.contains_key(*n) && !new.chains.contains_key(*n))
             .collect();
         for name in &gone {
-            s.push(format_args!("flush chain inet {TABLE} {name}"));
+            s.push(
+                format_args!("flush chain inet {TABLE} {name}"),
+                Op::FlushChain {
+                    name: (*name).to_owned(),
+                },
+            );
         }
         // Removed maps go before removed chains: their elements may name those chains.
         for &name in sets {
             if let (Some(set), None) = (self.sets.get(name), new.sets.get(name)) {
-                s.push(format_args!("delete {} inet {TABLE} {name}", set.keyword()));
+                s.push(
+                    format_args!("delete {} inet {TABLE} {name}", set.keyword()),
+                    Op::DeleteSet {
+                        name: name.to_owned(),
+                    },
+                );
             }
         }
         for name in &gone {
-            s.push(format_args!("delete chain inet {TABLE} {name}"));
+            s.push(
+                format_args!("delete chain inet {TABLE} {name}"),
+                Op::DeleteChain {
+                    name: (*name).to_owned(),
+                },
+            );
         }
         if !s.is_empty() {
             let mut with_table = Script::default();
-            with_table.push(format_args!("add table inet {TABLE}"));
-            with_table.text.push_str(&s.text);
-            with_table.commands += s.commands;
+            with_table.push(format_args!("add table inet {TABLE}"), Op::AddTable);
+            with_table.append(s);
             return Some(with_table);
         }
         Some(s)
@@ -512,14 +596,16 @@ fn addr_value(a: IpAddr) -> (u8, u128) {
     }
 }
 
-fn net_range(net: &IpNet) -> (u8, u128, u128) {
+pub(crate) fn net_range(net: &IpNet) -> (u8, u128, u128) {
     let (fam, start) = addr_value(net.network());
     let (_, end) = addr_value(net.broadcast());
     (fam, start, end)
 }
 
 /// Sorted, merged ranges covered by interval elements written as we write them.
-fn coverage<'a>(elements: impl Iterator<Item = &'a str>) -> Option<Vec<(u8, u128, u128)>> {
+pub(crate) fn coverage<'a>(
+    elements: impl Iterator<Item = &'a str>,
+) -> Option<Vec<(u8, u128, u128)>> {
     let mut ranges = Vec::new();
     for e in elements {
         let net: IpNet = match e.parse() {

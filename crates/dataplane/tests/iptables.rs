@@ -17,7 +17,9 @@ use gingham_dataplane::iptables::{
     self, CHAIN_FORWARD, CHAIN_FROM_WL_DISPATCH, CHAIN_TO_WL_DISPATCH, Flavour, IptProgrammer,
     IptRecording, IptRenderer, IptTable, Iptables, render_iptables,
 };
-use gingham_dataplane::{Dataplane, IptDataplane, Nft, NftDataplane, Settings};
+use gingham_dataplane::{
+    Dataplane, IptDataplane, Nft, NftDataplane, Path, Programmer, Settings, Touched, render,
+};
 use gingham_model::Resource;
 use gingham_net::netns::{NetnsRef, in_netns};
 use gingham_testkit::netns::{TestNetns, TwoPods};
@@ -382,6 +384,37 @@ fn sys_iptables_and_nft_pass_and_drop_the_same_packets_as_the_reference() {
     let mut nft = NftDataplane::new(Nft::in_netns(node));
     nft.install(program(), Settings::default()).unwrap();
     let through_nft = matrix(&pods, &servers, 2);
+    pods.node
+        .exec_ok(&["nft", "delete", "table", "inet", gingham_dataplane::TABLE]);
+
+    // The same table written by the netlink path (nl): the base chains and empty chains and
+    // sets by nft, then every chain's rules and every set's members as one netlink batch.
+    let table = render(&program(), &Settings::default()).table;
+    let mut skeleton = table.clone();
+    for set in skeleton.sets.values_mut() {
+        set.elements.clear();
+    }
+    for chain in skeleton.chains.values_mut().filter(|c| c.base.is_none()) {
+        chain.rules.clear();
+    }
+    let mut programmer = Programmer::new(Nft::in_netns(node));
+    programmer.sync(skeleton).unwrap();
+    let everything = Touched {
+        all: false,
+        chains: table.chains.keys().cloned().collect(),
+        sets: table.sets.keys().cloned().collect(),
+    };
+    let applied = programmer.sync_touched(&table, &everything).unwrap();
+    let unencodable: Vec<String> = table
+        .chains
+        .values()
+        .flat_map(|c| &c.rules)
+        .filter_map(|r| gingham_dataplane::nl::rule_encodes(&r.text).err())
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(applied.path, Path::Netlink, "{applied:?}: {unencodable:?}");
+    let through_netlink = matrix(&pods, &servers, 5);
+    assert_eq!(through_netlink, reference, "nft table written by netlink");
     pods.node
         .exec_ok(&["nft", "delete", "table", "inet", gingham_dataplane::TABLE]);
 

@@ -22,7 +22,8 @@
 //!
 //! Run (root): `cargo bench -p gingham --bench agent` or `scripts/bench`.
 //! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P; `AGENT_BENCH_SPLIT=1` prints how
-//! each update's time splits into calculation, rendering, and diff plus nft.
+//! each update's time splits into calculation, rendering, and diff plus nft;
+//! `AGENT_BENCH_PATHS=nft,nft-text` picks the dataplanes of the latency table (all by default).
 
 #[path = "support/packets.rs"]
 mod packets;
@@ -134,7 +135,13 @@ fn ms(d: Duration) -> String {
 
 /// The agent's path for one update: calculate, render what changed, install the difference.
 /// Returns the commands sent and the time spent before the kernel (calculation, rendering).
-fn program(calc: &mut Calculator, dp: &mut dyn Dataplane, update: Update) -> (usize, Duration) {
+/// Programs one update; returns the commands sent, the time before the kernel, and whether
+/// the transaction went as a netlink batch.
+fn program(
+    calc: &mut Calculator,
+    dp: &mut dyn Dataplane,
+    update: Update,
+) -> (usize, Duration, bool) {
     let t = Instant::now();
     let changes = calc.apply(update);
     let t1 = t.elapsed();
@@ -143,14 +150,19 @@ fn program(calc: &mut Calculator, dp: &mut dyn Dataplane, update: Update) -> (us
     let before_kernel = t1 + spent;
     if std::env::var("AGENT_BENCH_SPLIT").is_ok() {
         eprintln!(
-            "calculate {:?} render {:?} diff+kernel {:?} ({} commands)",
+            "calculate {:?} render {:?} diff+kernel {:?} ({} commands, {:?})",
             t1,
             spent,
             t.elapsed().saturating_sub(before_kernel),
-            applied.commands
+            applied.commands,
+            applied.path
         );
     }
-    (applied.commands, before_kernel)
+    (
+        applied.commands,
+        before_kernel,
+        applied.path == gingham_dataplane::Path::Netlink,
+    )
 }
 
 /// The four operations of the latency table, `reps` updates each.
@@ -202,11 +214,13 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
     ]
 }
 
-/// The dataplanes the latency table compares: ours (nft, in-process libnftables) and the
+/// The dataplanes the latency table compares: ours (nft: incremental changes as nf_tables
+/// netlink batches, the rest through in-process libnftables; nft-text: every transaction
+/// through libnftables, the baseline of the netlink path) and the
 /// Calico-style iptables peer (`ipset restore` and `iptables-nft-restore`, or
 /// `iptables-legacy-restore`, spawned per update as felix does), each in the calling thread's
 /// namespace.
-const PATHS: [&str; 3] = ["nft", "iptables", "legacy"];
+const PATHS: [&str; 4] = ["nft", "nft-text", "iptables", "legacy"];
 
 fn flavour(path: &str) -> Flavour {
     if path == "legacy" {
@@ -219,6 +233,7 @@ fn flavour(path: &str) -> Flavour {
 fn dataplane(path: &str) -> Box<dyn Dataplane> {
     match path {
         "nft" => Box::new(NftDataplane::new(Nft::default())),
+        "nft-text" => Box::new(NftDataplane::new(Nft::default().text_only())),
         _ => Box::new(IptDataplane::new(Iptables::current(flavour(path)))),
     }
 }
@@ -228,7 +243,7 @@ fn dataplane(path: &str) -> Box<dyn Dataplane> {
 fn replace_whole(path: &str, state: &NodeProgram, nft: &mut Nft) -> Duration {
     let t = Instant::now();
     match path {
-        "nft" => {
+        "nft" | "nft-text" => {
             let script = render(state, &Settings::default())
                 .table
                 .replace_script()
@@ -288,7 +303,7 @@ fn latency(scales: &[usize]) {
     })
     .unwrap();
     println!(
-        "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8}",
+        "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>8} | {:>8} | {:>9}",
         "P",
         "path",
         "chains",
@@ -300,12 +315,22 @@ fn latency(scales: &[usize]) {
         "cold start",
         "replace p50",
         "ratio",
-        "calc p50"
+        "calc p50",
+        "netlink"
     );
     let reps = 40;
+    // AGENT_BENCH_PATHS=nft,nft-text picks the dataplanes (all by default).
+    let paths: Vec<&str> = match std::env::var("AGENT_BENCH_PATHS") {
+        Ok(v) => PATHS
+            .iter()
+            .copied()
+            .filter(|p| v.split(',').any(|x| x.trim() == *p))
+            .collect(),
+        Err(_) => PATHS.to_vec(),
+    };
     for &p in scales {
         let resources = model(p);
-        for path in PATHS {
+        for &path in &paths {
             let ns = TestNetns::new("blat");
             gingham_net::in_netns_same_thread(&NetnsRef::named(ns.name()), || {
                 // Cold start: everything loaded, the rules installed into an empty kernel.
@@ -319,6 +344,7 @@ fn latency(scales: &[usize]) {
                 let (chains, _, members) = dp.counts();
 
                 let mut in_calc = Vec::new();
+                let (mut by_netlink, mut sent) = (0, 0);
                 let mut timings: Vec<Vec<Duration>> = operations(p, reps)
                     .into_iter()
                     .map(|(what, updates)| {
@@ -327,7 +353,10 @@ fn latency(scales: &[usize]) {
                             .enumerate()
                             .map(|(i, u)| {
                                 let t = Instant::now();
-                                let (commands, calc_time) = program(&mut calc, dp.as_mut(), u);
+                                let (commands, calc_time, netlink) =
+                                    program(&mut calc, dp.as_mut(), u);
+                                by_netlink += usize::from(netlink);
+                                sent += 1;
                                 let took = t.elapsed();
                                 in_calc.push(calc_time);
                                 assert!(commands > 0, "{path}: {what} #{i} changed nothing");
@@ -347,7 +376,7 @@ fn latency(scales: &[usize]) {
                 let calc50 = percentile(&mut in_calc, 0.5);
                 let inc50 = percentile(&mut timings[2], 0.5);
                 println!(
-                    "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8}",
+                    "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8} | {:>9}",
                     p,
                     path,
                     chains,
@@ -359,13 +388,17 @@ fn latency(scales: &[usize]) {
                     ms(cold),
                     ms(replace50),
                     replace50.as_secs_f64() / inc50.as_secs_f64(),
-                    ms(calc50)
+                    ms(calc50),
+                    format!("{by_netlink}/{sent}")
                 );
             })
             .unwrap();
         }
     }
-    println!("(path: nft = our table; iptables = the Calico-style peer, felix's chains and ipsets");
+    println!("(path: nft = our table, incremental changes as nf_tables netlink batches;");
+    println!(" nft-text = the same with every transaction an nft script through libnftables;");
+    println!(" netlink: updates of the row that went as netlink batches;");
+    println!(" iptables = the Calico-style peer, felix's chains and ipsets");
     println!(" through iptables-nft-restore --noflush of the changed chains and ipset restore;");
     println!(" legacy = the same through iptables-legacy-restore;");
     println!(" ratio: whole-state rewrite / incremental policy change, p50; calc: the part of");

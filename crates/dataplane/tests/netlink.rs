@@ -1,0 +1,399 @@
+//! The netlink path ([`gingham_dataplane::nl`]) leaves the kernel exactly as the nft script
+//! of the same transaction does: for every policy case, every set filled and every chain
+//! written by netlink in one namespace and by `nft` in another lists the same; so do the
+//! diffs from each case's table to the next, and random edits. Transactions the encoder
+//! cannot express go through nft and still end right. System tests: root and nftables.
+
+mod common;
+#[path = "../../calc/tests/common/mod.rs"]
+mod random;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use gingham_calc::incremental::Calculator;
+use gingham_dataplane::table::{Rule, Table};
+use gingham_dataplane::{Backend, Nft, Op, Path, Programmer, Script, canonical, nl, render};
+use gingham_dataplane::{Renderer, Settings};
+use gingham_model::Resource;
+use gingham_testkit::netns::TestNetns;
+use random::{Rng, property_seeds, resolve_step, update_steps};
+
+fn case_tables() -> Vec<(PathBuf, Table)> {
+    common::case_programs()
+        .into_iter()
+        .map(|(dir, program, settings)| (dir, render(&program, &settings).table))
+        .collect()
+}
+
+fn listing(ns: &TestNetns) -> String {
+    let json = Nft::in_netns(ns.name())
+        .read()
+        .unwrap()
+        .expect("table installed");
+    canonical(&json).expect("listing readable")
+}
+
+/// The table's chains and sets, every set empty and every chain without rules.
+fn skeleton(t: &Table) -> Table {
+    let mut s = t.clone();
+    for set in s.sets.values_mut() {
+        set.elements.clear();
+    }
+    for chain in s.chains.values_mut() {
+        chain.rules.clear();
+    }
+    s
+}
+
+/// Two namespaces holding the same table: `a` is written by netlink where the ops encode,
+/// `b` always by nft scripts.
+struct Pair {
+    a: TestNetns,
+    b: TestNetns,
+    nft_a: Nft,
+    nft_b: Nft,
+    netlink: usize,
+    text: usize,
+    /// Why transactions went by nft.
+    refused: BTreeSet<String>,
+}
+
+impl Pair {
+    fn new(tag: &str) -> Pair {
+        let a = TestNetns::new(&format!("{tag}a"));
+        let b = TestNetns::new(&format!("{tag}b"));
+        let nft_a = Nft::in_netns(a.name());
+        let nft_b = Nft::in_netns(b.name()).text_only();
+        Pair {
+            a,
+            b,
+            nft_a,
+            nft_b,
+            netlink: 0,
+            text: 0,
+            refused: BTreeSet::new(),
+        }
+    }
+
+    fn replace(&mut self, t: &Table) {
+        let s = t.replace_script().text;
+        self.nft_a.run(&s).unwrap();
+        self.nft_b.run(&s).unwrap();
+    }
+
+    fn apply(&mut self, script: &Script, desired: &Table, what: &str) {
+        if script.is_empty() {
+            return;
+        }
+        if let Err(e) = nl::encode(&script.ops, desired) {
+            self.refused.insert(e.to_string());
+        }
+        match self.nft_a.run_incremental(script, desired) {
+            Ok(Path::Netlink) => self.netlink += 1,
+            Ok(_) => self.text += 1,
+            Err(e) => panic!("{what}: netlink path: {e}\n{}", script.text),
+        }
+        assert_eq!(
+            self.nft_b.run_incremental(script, desired).unwrap(),
+            Path::Text
+        );
+    }
+
+    fn assert_same(&self, what: &str) {
+        let (a, b) = (listing(&self.a), listing(&self.b));
+        if a != b {
+            let diff: Vec<String> = a
+                .lines()
+                .zip(b.lines())
+                .filter(|(x, y)| x != y)
+                .take(6)
+                .map(|(x, y)| format!("netlink: {x}\nnft:     {y}"))
+                .collect();
+            panic!("{what}: the kernels differ:\n{}", diff.join("\n"));
+        }
+    }
+}
+
+fn str_set(n: &BTreeSet<String>) -> BTreeSet<&str> {
+    n.iter().map(String::as_str).collect()
+}
+
+fn names(t: &Table) -> (BTreeSet<&str>, BTreeSet<&str>) {
+    (
+        t.chains.keys().map(String::as_str).collect(),
+        t.sets.keys().map(String::as_str).collect(),
+    )
+}
+
+#[test]
+fn sys_netlink_writes_every_case_as_nft_does() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let mut pair = Pair::new("nlc");
+    let (mut rules, mut encoded) = (0, 0);
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    for (dir, table) in case_tables() {
+        let what = dir.display().to_string();
+        let empty = skeleton(&table);
+        pair.replace(&empty);
+        // Each set filled, then each chain written, one transaction each: every op the
+        // encoder knows is checked against nft's own encoding of it.
+        let none = BTreeSet::new();
+        for name in table.sets.keys() {
+            let one = BTreeSet::from([name.as_str()]);
+            let s = empty.diff_only(&table, &none, &one).unwrap();
+            pair.apply(&s, &table, &format!("{what}: set {name}"));
+        }
+        for (name, chain) in &table.chains {
+            for r in &chain.rules {
+                rules += 1;
+                match nl::rule_encodes(&r.text) {
+                    Ok(()) => encoded += 1,
+                    Err(e) => {
+                        refused.insert(format!("{e}: {}", r.text));
+                    }
+                }
+            }
+            let one = BTreeSet::from([name.as_str()]);
+            let s = empty.diff_only(&table, &one, &none).unwrap();
+            pair.apply(&s, &table, &format!("{what}: chain {name}"));
+        }
+        pair.assert_same(&what);
+        // And back to the skeleton, one transaction.
+        let (c, s) = names(&table);
+        let back = table.diff_only(&empty, &c, &s).unwrap();
+        pair.apply(&back, &empty, &format!("{what}: emptied"));
+        pair.assert_same(&format!("{what}: emptied"));
+    }
+    eprintln!(
+        "transactions: {} by netlink, {} by nft; rules encoded: {encoded} of {rules}",
+        pair.netlink, pair.text
+    );
+    for r in &pair.refused {
+        eprintln!("  transaction by nft: {r}");
+    }
+    for r in &refused {
+        eprintln!("  by nft: {r}");
+    }
+    // The encoder covers the policy grammar: most rules and transactions go by netlink.
+    assert!(encoded * 10 >= rules * 8, "{encoded} of {rules}");
+    assert!(
+        pair.netlink > pair.text * 4,
+        "{} / {}",
+        pair.netlink,
+        pair.text
+    );
+}
+
+#[test]
+fn sys_netlink_diffs_between_cases_end_as_nft_diffs_do() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let tables = case_tables();
+    let mut pair = Pair::new("nld");
+    pair.replace(&tables[0].1);
+    let order: Vec<usize> = (1..tables.len()).chain((0..tables.len()).rev()).collect();
+    let mut prev = &tables[0].1;
+    for i in order {
+        let (dir, table) = &tables[i];
+        let Some(s) = prev.diff(table) else {
+            pair.replace(table);
+            prev = table;
+            continue;
+        };
+        pair.apply(&s, table, &dir.display().to_string());
+        pair.assert_same(&dir.display().to_string());
+        prev = table;
+    }
+    eprintln!(
+        "transactions: {} by netlink, {} by nft: {:?}",
+        pair.netlink, pair.text, pair.refused
+    );
+    assert!(pair.netlink > 0);
+}
+
+#[test]
+fn sys_a_transaction_with_an_unencodable_rule_goes_through_nft_and_ends_right() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let (_, table) = case_tables()
+        .into_iter()
+        .max_by_key(|(_, t)| t.chains.len())
+        .unwrap();
+    let mut pair = Pair::new("nlf");
+    pair.replace(&table);
+    let mut next = table.clone();
+    // A rule the encoder does not know, and one it does, in the same transaction.
+    let (name, _) = next
+        .chains
+        .iter()
+        .find(|(n, c)| n.starts_with('p') && c.base.is_none())
+        .expect("a policy chain");
+    let name = name.clone();
+    // Touching elements: nft merges them into one range, the encoder does not.
+    let odd = "meta nfproto ipv4 meta l4proto 6 th dport { 81, 82-90 } counter drop";
+    assert!(nl::rule_encodes(odd).is_err());
+    let chain = next.chains.get_mut(&name).unwrap();
+    chain.rules.insert(0, Rule::new(odd, "unencodable"));
+    chain.rules.push(Rule::new("counter drop", "encodable"));
+    let (c, s) = names(&next);
+    let script = table.diff_only(&next, &c, &s).unwrap();
+    assert!(nl::encode(&script.ops, &next).is_err());
+    let mut programmer = Programmer::new(Nft::in_netns(pair.a.name()));
+    programmer.sync(table.clone()).unwrap();
+    let touched = gingham_dataplane::Touched {
+        chains: BTreeSet::from([name.clone()]),
+        ..Default::default()
+    };
+    let applied = programmer.sync_touched(&next, &touched).unwrap();
+    assert_eq!(applied.path, Path::Text);
+    pair.nft_b.run(&script.text).unwrap();
+    pair.assert_same("an unencodable rule");
+    assert!(listing(&pair.a).contains("unencodable"));
+    // Without the odd rule the same change goes by netlink.
+    let mut plain = next.clone();
+    plain.chains.get_mut(&name).unwrap().rules.remove(0);
+    let applied = programmer.sync_touched(&plain, &touched).unwrap();
+    assert_eq!(applied.path, Path::Netlink);
+    let script = next.diff_only(&plain, &c, &s).unwrap();
+    pair.nft_b.run(&script.text).unwrap();
+    pair.assert_same("the odd rule removed by netlink");
+}
+
+#[test]
+fn sys_a_refused_netlink_transaction_is_a_typed_error_and_changes_nothing() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let (_, table) = case_tables().into_iter().next().unwrap();
+    let ns = TestNetns::new("nlerr");
+    let mut nft = Nft::in_netns(ns.name());
+    nft.run(&table.replace_script().text).unwrap();
+    let before = listing(&ns);
+    let mut wrong = table.clone();
+    let (name, _) = wrong.chains.iter().find(|(_, c)| c.base.is_none()).unwrap();
+    let name = name.clone();
+    // A rule jumping to a chain that does not exist: the kernel refuses the batch.
+    wrong
+        .chains
+        .get_mut(&name)
+        .unwrap()
+        .rules
+        .push(Rule::new("jump no-such-chain", ""));
+    let script = Script {
+        ops: vec![
+            Op::AddChain {
+                name: "fresh".into(),
+                base: None,
+            },
+            Op::AddRule {
+                chain: name.clone(),
+                rule: Rule::new("jump no-such-chain", ""),
+            },
+        ],
+        text: String::new(),
+        commands: 2,
+    };
+    let err = nft.run_incremental(&script, &wrong).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            gingham_dataplane::Error::Netlink(nl::NlError::Refused { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("no-such-chain"), "{text}");
+    // Atomic: the chain of the same batch was not added either.
+    assert_eq!(listing(&ns), before);
+}
+
+/// Property: random clusters built, changed and torn down update by update (the engine's
+/// random-cluster generator), each update synced by a programmer on the netlink path in one
+/// namespace and by one on the nft text path in another: the kernels always list the same.
+#[test]
+fn sys_random_updates_by_netlink_end_as_by_nft() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let seeds = property_seeds(3);
+    let (mut steps, mut by_netlink, mut refused_both) = (0usize, 0usize, 0usize);
+    // Incremental syncs that sent something.
+    let mut partial_syncs = 0usize;
+    let mut why = BTreeSet::new();
+    for seed in 0..seeds {
+        let a = TestNetns::new("nlpa");
+        let b = TestNetns::new("nlpb");
+        let mut pa = Programmer::new(Nft::in_netns(a.name()));
+        let mut pb = Programmer::new(Nft::in_netns(b.name()).text_only());
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut calc = Calculator::new("node-a");
+        let mut renderer = Renderer::new(calc.state(), Settings::default());
+        let all = renderer.take_touched();
+        pa.sync_touched(renderer.table(), &all).unwrap();
+        pb.sync_touched(renderer.table(), &all).unwrap();
+        let mut current: std::collections::BTreeMap<String, Resource> = Default::default();
+        for (i, step) in update_steps(seed, &mut rng).into_iter().enumerate() {
+            let Some(step) = resolve_step(step, &mut current, &mut rng) else {
+                continue;
+            };
+            let at = format!("seed {seed}, step {i}: {step:?}");
+            let changes = calc.apply(step);
+            renderer.apply(&changes);
+            let touched = renderer.take_touched();
+            // The generator can give one interface to two endpoints (a pod re-created in
+            // another namespace while the old one lives): the table then holds two map
+            // elements for one key and nft refuses it. The netlink path must refuse it too,
+            // and both recover at the next sync (they read the kernel again).
+            let partial = pa.installed().is_some() && !touched.all;
+            if let Some(rec) = pa.installed().filter(|_| !touched.all) {
+                let script = rec.diff_only(
+                    renderer.table(),
+                    &str_set(&touched.chains),
+                    &str_set(&touched.sets),
+                );
+                if let Some(Err(e)) = script.map(|s| nl::encode(&s.ops, renderer.table())) {
+                    why.insert(e.to_string());
+                }
+            } else {
+                why.insert("whole-table sync".into());
+            }
+            let text = pb.sync_touched(renderer.table(), &touched);
+            let netlink = pa.sync_touched(renderer.table(), &touched);
+            let applied = match (text, netlink) {
+                (Ok(_), Ok(applied)) => applied,
+                (Err(_), Err(_)) => {
+                    refused_both += 1;
+                    continue;
+                }
+                (t, n) => panic!("{at}: text path {t:?}, netlink path {n:?}"),
+            };
+            partial_syncs += usize::from(partial && applied.commands > 0);
+            if applied.path == Path::Netlink {
+                by_netlink += 1;
+            }
+            steps += 1;
+            let (la, lb) = (listing(&a), listing(&b));
+            assert!(la == lb, "{at}: the kernels differ");
+            // And both hold the desired table: read back, nothing is left to do.
+            let json = Nft::in_netns(a.name()).read().unwrap().unwrap();
+            let drift = Table::from_kernel(&json, renderer.table())
+                .and_then(|t| t.diff(renderer.table()))
+                .map(|s| s.text);
+            assert_eq!(
+                drift.as_deref(),
+                Some(""),
+                "{at}: the kernel is not the desired table"
+            );
+        }
+    }
+    eprintln!(
+        "{steps} updates ({partial_syncs} partial), {by_netlink} by netlink, the kernels always equal \
+         ({refused_both} refused by both paths); by nft: {why:?}"
+    );
+    // Whole-table syncs (a fresh programmer, the record dropped after an error, settings
+    // changed) take the text path; the incremental ones take netlink.
+    assert!(
+        by_netlink * 10 >= partial_syncs * 9,
+        "{by_netlink} of {partial_syncs} partial syncs"
+    );
+}
