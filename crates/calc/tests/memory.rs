@@ -44,9 +44,9 @@ static ALLOCATOR: Counting = Counting;
 const NAMESPACES: usize = 100;
 const ENDPOINTS: usize = 1000;
 /// What the calculator may hold per policy (compiled policy, its share of local programs and
-/// indexes). Keeping the input resource, a copy of every rule and a selector tree per policy
-/// cost about 4.1 KB.
-const BUDGET: usize = 2048;
+/// indexes): about 1.1 KB. Keeping the input resource and a copy of every rule cost about
+/// 4.1 KB; a selector tree per policy instead of shared ones, about 1.4 KB.
+const BUDGET: usize = 1280;
 
 fn profiles_and_endpoints() -> String {
     let mut text: String = (0..NAMESPACES)
