@@ -589,15 +589,19 @@ fn footprint(scales: &[usize]) {
         let t = Instant::now();
         let mut agent = Command::new("ip");
         agent.args(["netns", "exec", ns.name()]);
-        // With AGENT_BENCH_HEAPTRACK=DIR, heaptrack records the agent's heap into
-        // DIR/heaptrack.P.raw; the agent is killed (-9) at the end, so what it lists as leaked
-        // is the live heap after programming. Its RSS figure is then heaptrack's too.
+        // With AGENT_BENCH_HEAPTRACK=DIR, heaptrack (Debian's package) records the agent's
+        // heap into DIR/heaptrack.P.raw; the agent is killed (-9) at the end, so what heaptrack
+        // lists as leaked is the live heap after programming (read it with
+        // `/usr/lib/heaptrack/libexec/heaptrack_interpret < RAW | gzip > X.gz` and
+        // `heaptrack_print -f X.gz`). The RSS figures then include heaptrack's own.
         if let Some(dir) = std::env::var_os("AGENT_BENCH_HEAPTRACK") {
+            const PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+            assert!(
+                std::path::Path::new(PRELOAD).exists(),
+                "AGENT_BENCH_HEAPTRACK: {PRELOAD} is missing (install the Debian package heaptrack)"
+            );
             let raw = std::path::Path::new(&dir).join(format!("heaptrack.{p}.raw"));
-            agent.args([
-                "env",
-                "LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so",
-            ]);
+            agent.args(["env", &format!("LD_PRELOAD={PRELOAD}")]);
             agent.arg(format!("DUMP_HEAPTRACK_OUTPUT={}", raw.display()));
         }
         let mut agent = agent
