@@ -16,12 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gingham_model::defaults::NAMESPACE_LABEL;
 use gingham_model::{Kind, Resource};
+use gingham_selector::Interner;
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::program::{Builder, EndpointProgram, IpSet, NodeProgram, SetId, SetSpec};
 use crate::snapshot::{
-    DEFAULT_ALLOW_PROFILE, Endpoint, EndpointKind, LabelSet, Policy, PolicyRef, Snapshot, TierInfo,
+    DEFAULT_ALLOW_PROFILE, Endpoint, EndpointKind, LabelSet, Policy, PolicyKind, PolicyRef,
+    Snapshot, TierInfo, network_policy_kind, tier_list,
 };
 
 /// An input change.
@@ -122,11 +124,9 @@ impl ActiveSet {
 /// The incremental calculator of one node.
 pub struct Calculator {
     node: String,
-    /// Tiers and policies as given, by `Kind` and name (`namespace/name` for namespaced kinds).
-    /// Endpoints, network sets and profiles live only in compiled form in `snap`. Boxed: a
-    /// `Resource` is as large as its largest kind (FelixConfiguration), and B-tree nodes hold
-    /// their values inline, so unboxed each policy cost kilobytes of padding.
-    inputs: BTreeMap<(Kind, String), Box<Resource>>,
+    /// The Tier resources, by name (tiers are rebuilt from them and the policies' tiers).
+    /// Every other input lives only in compiled form in `snap`: a policy is kept once.
+    tier_inputs: BTreeMap<String, TierInfo>,
     snap: Snapshot,
     programs: BTreeMap<String, (EndpointProgram, BTreeSet<SetId>)>,
     active: BTreeMap<SetId, ActiveSet>,
@@ -140,6 +140,8 @@ pub struct Calculator {
     /// labels that was worked out for (a change of either recomputes it). A program is then
     /// built from its few policies instead of matching every policy again.
     selecting: HashMap<String, Selecting>,
+    /// One copy of each distinct policy selector, shared by the policies that use it.
+    selectors: Interner,
 }
 
 struct Selecting {
@@ -172,12 +174,22 @@ impl Pending {
     }
 }
 
-/// The kinds whose raw resources the calculator keeps (few, and needed to rebuild tiers).
-fn kept(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Tier | Kind::NetworkPolicy | Kind::GlobalNetworkPolicy
-    )
+/// The compiled policy an input policy becomes (`None` for other kinds), as
+/// [`Snapshot::build`] names it.
+fn policy_ref(kind: Kind, namespace: Option<&str>, name: &str) -> Option<PolicyRef> {
+    match kind {
+        Kind::NetworkPolicy => Some(PolicyRef {
+            kind: network_policy_kind(name),
+            namespace: Some(namespace.unwrap_or_default().to_owned()),
+            name: name.to_owned(),
+        }),
+        Kind::GlobalNetworkPolicy => Some(PolicyRef {
+            kind: PolicyKind::GlobalNetworkPolicy,
+            namespace: None,
+            name: name.to_owned(),
+        }),
+        _ => None,
+    }
 }
 
 fn input_key(kind: Kind, namespace: Option<&str>, name: &str) -> (Kind, String) {
@@ -192,7 +204,8 @@ impl Calculator {
     pub fn new(node: &str) -> Self {
         Calculator {
             node: node.to_owned(),
-            inputs: BTreeMap::new(),
+            tier_inputs: BTreeMap::new(),
+            selectors: Interner::new(),
             snap: Snapshot::build(&[]),
             programs: BTreeMap::new(),
             active: BTreeMap::new(),
@@ -212,23 +225,24 @@ impl Calculator {
             unique.insert(input_key(r.kind(), m.namespace.as_deref(), &m.name), i);
         }
         let mut slots: Vec<Option<Resource>> = resources.into_iter().map(Some).collect();
-        let mut all = Vec::with_capacity(unique.len());
-        let mut keys = Vec::with_capacity(unique.len());
-        for (key, i) in unique {
-            if let Some(r) = slots[i].take() {
-                all.push(r);
-                keys.push(key);
-            }
-        }
+        let all: Vec<Resource> = unique
+            .into_values()
+            .filter_map(|i| slots[i].take())
+            .collect();
         drop(slots);
         self.snap = Snapshot::build(&all);
+        for p in &mut self.snap.policies {
+            p.share_selectors(&mut self.selectors);
+        }
         self.selecting.clear();
-        self.inputs = keys
-            .into_iter()
-            .zip(all)
-            .filter(|((k, _), _)| kept(*k))
-            .map(|(key, r)| (key, Box::new(r)))
+        self.tier_inputs = all
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Tier(t) => Some((t.metadata.name.clone(), TierInfo::of(t))),
+                _ => None,
+            })
             .collect();
+        drop(all);
         self.policy_index = self
             .snap
             .policies
@@ -294,11 +308,12 @@ impl Calculator {
 
     /// Applies one input change and returns the changes to the desired state.
     pub fn apply(&mut self, update: Update) -> Vec<Change> {
-        let (key, new) = match update {
+        let (key, policy, new) = match update {
             Update::Upsert(r) => {
                 let m = r.meta();
                 (
                     input_key(r.kind(), m.namespace.as_deref(), &m.name),
+                    policy_ref(r.kind(), m.namespace.as_deref(), &m.name),
                     Some(*r),
                 )
             }
@@ -306,16 +321,22 @@ impl Calculator {
                 kind,
                 namespace,
                 name,
-            } => (input_key(kind, namespace.as_deref(), &name), None),
+            } => (
+                input_key(kind, namespace.as_deref(), &name),
+                policy_ref(kind, namespace.as_deref(), &name),
+                None,
+            ),
         };
-        let old = if !kept(key.0) {
-            None
-        } else {
+        if key.0 == Kind::Tier {
             match &new {
-                Some(r) => self.inputs.insert(key.clone(), Box::new(r.clone())),
-                None => self.inputs.remove(&key),
+                Some(Resource::Tier(t)) => {
+                    self.tier_inputs.insert(key.1.clone(), TierInfo::of(t));
+                }
+                _ => {
+                    self.tier_inputs.remove(&key.1);
+                }
             }
-        };
+        }
         let mut pending = Pending::default();
         match key.0 {
             Kind::WorkloadEndpoint | Kind::HostEndpoint => {
@@ -325,7 +346,9 @@ impl Calculator {
                 self.netset_changed(&key.1, new.as_ref(), &mut pending)
             }
             Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
-                self.policy_changed(old.as_deref(), new.as_ref(), &mut pending)
+                if let Some(id) = policy {
+                    self.policy_changed(id, new.as_ref(), &mut pending)
+                }
             }
             Kind::Profile => self.profile_changed(&key.1, new.as_ref(), &mut pending),
             Kind::Tier => self.tiers_changed(&mut pending),
@@ -411,27 +434,29 @@ impl Calculator {
         }
     }
 
-    fn policy_changed(
-        &mut self,
-        old: Option<&Resource>,
-        new: Option<&Resource>,
-        pending: &mut Pending,
-    ) {
-        let old_p = old.and_then(|r| self.compile(r).policies.into_iter().next());
+    /// Policy `id` is now `new` (`None`: deleted). The old version is the compiled one in the
+    /// snapshot (the calculator keeps no other copy of a policy).
+    fn policy_changed(&mut self, id: PolicyRef, new: Option<&Resource>, pending: &mut Pending) {
         let new_snap = new.map(|r| self.compile(r));
-        let new_p = new_snap.as_ref().and_then(|s| s.policies.first().cloned());
-        if let Some(s) = &new_snap {
-            self.snap.warnings.extend(s.warnings.iter().cloned());
-        }
+        let new_p = new_snap
+            .and_then(|s| {
+                self.snap.warnings.extend(s.warnings);
+                s.policies.into_iter().next()
+            })
+            .map(|mut p| {
+                p.share_selectors(&mut self.selectors);
+                p
+            });
+        let old_p = self.policy_index.get(&id).map(|&i| &self.snap.policies[i]);
         // The local endpoints the old or the new version selects, and whether the new one does.
         let affected: Vec<(String, bool)> = self
             .local_endpoints()
             .filter_map(|e| {
                 let now = new_p.as_ref().is_some_and(|p| p.selects(e));
-                (now || old_p.as_ref().is_some_and(|p| p.selects(e))).then(|| (e.key.clone(), now))
+                (now || old_p.is_some_and(|p| p.selects(e))).then(|| (e.key.clone(), now))
             })
             .collect();
-        let changed_id = old_p.as_ref().or(new_p.as_ref()).map(|p| p.id.clone());
+        let changed_id = (old_p.is_some() || new_p.is_some()).then_some(id);
         if let Some(id) = &changed_id
             && let Some(i) = self.policy_index.remove(id)
         {
@@ -571,20 +596,8 @@ impl Calculator {
     }
 
     fn tiers_changed(&mut self, pending: &mut Pending) {
-        // Tiers are few: rebuild their list from the inputs, as a full build would.
-        let mut resources: Vec<Resource> = self
-            .inputs
-            .iter()
-            .filter(|((k, _), _)| *k == Kind::Tier)
-            .map(|(_, r)| Resource::clone(r))
-            .collect();
-        resources.extend(
-            self.inputs
-                .iter()
-                .filter(|((k, _), _)| matches!(k, Kind::NetworkPolicy | Kind::GlobalNetworkPolicy))
-                .map(|(_, r)| Resource::clone(r)),
-        );
-        self.snap.tiers = Snapshot::build(&resources).tiers;
+        // Tiers are few: rebuild their list, as a full build would.
+        self.snap.tiers = tier_list(self.tier_inputs.clone(), &self.snap.policies);
         self.selecting.clear();
         let names: Vec<String> = self.local_endpoints().map(|e| e.key.clone()).collect();
         for name in names {

@@ -303,7 +303,7 @@ fn missing_host_endpoint(snap: &Snapshot, out: &mut Vec<Finding>) -> BTreeSet<Ru
             flagged.insert(rule_key(p, Direction::Ingress, r.index));
             let node_names: Vec<&str> = dropped.iter().map(|u| u.node).collect();
             let pod_names: Vec<&str> = pods.iter().map(|e| e.name.as_str()).collect();
-            let selector = &r.rule.source.selector;
+            let selector = &r.source.written_selector;
             let known: Vec<String> = dropped
                 .iter()
                 .filter(|u| !u.missing.is_empty())
@@ -407,7 +407,7 @@ fn always_decides(r: &CompiledRule) -> bool {
             && !e.services
     };
     matches!(r.action, Action::Allow | Action::Deny)
-        && r.rule.http.is_none()
+        && !r.http
         && r.ip_version.is_none()
         && r.protocol.is_none()
         && r.not_protocol.is_none()
@@ -562,9 +562,9 @@ fn describe_rule(r: &CompiledRule) -> String {
     if !ports.is_empty() {
         parts.push(format!("port {}", ports.join(",")));
     }
-    for (side, e) in [("from", &r.rule.source), ("to", &r.rule.destination)] {
-        if !e.selector.trim().is_empty() {
-            parts.push(format!("{side} `{}`", e.selector));
+    for (side, e) in [("from", &r.source), ("to", &r.destination)] {
+        if !e.written_selector.trim().is_empty() {
+            parts.push(format!("{side} `{}`", e.written_selector));
         }
         let nets: Vec<String> = e.nets.iter().map(ToString::to_string).collect();
         if !nets.is_empty() {
@@ -599,10 +599,8 @@ fn selector_matches_nothing(snap: &Snapshot, flagged: &BTreeSet<RuleKey>, out: &
                 if flagged.contains(&rule_key(p, dir, r.index)) {
                     continue;
                 }
-                for (side, e, text) in [
-                    ("source", &r.source, &r.rule.source.selector),
-                    ("destination", &r.destination, &r.rule.destination.selector),
-                ] {
+                for (side, e) in [("source", &r.source), ("destination", &r.destination)] {
+                    let text = &e.written_selector;
                     let Some(sel) = &e.selector else {
                         continue;
                     };
@@ -617,7 +615,7 @@ fn selector_matches_nothing(snap: &Snapshot, flagged: &BTreeSet<RuleKey>, out: &
                     let shown = if text.trim().is_empty() {
                         sel.canonical()
                     } else {
-                        text.clone()
+                        text.to_string()
                     };
                     out.push(Finding {
                         code: SELECTOR_MATCHES_NOTHING,
@@ -697,7 +695,7 @@ fn entity_covers(a: &Entity, b: &Entity) -> bool {
 /// Whether rule `a`, met first, decides every packet rule `b` matches.
 fn rule_covers(a: &CompiledRule, b: &CompiledRule) -> bool {
     matches!(a.action, Action::Allow | Action::Deny | Action::Pass)
-        && a.rule.http.is_none()
+        && !a.http
         && (a.ip_version.is_none() || a.ip_version == b.ip_version)
         && (a.protocol.is_none() || a.protocol == b.protocol)
         && (a.not_protocol.is_none()

@@ -15,7 +15,7 @@ use gingham_model::{
     Action, EntityRule, FelixConfiguration, PolicyType, Port, ProtoPort, Resource, Rule,
     StagedAction,
 };
-use gingham_selector::Selector;
+use gingham_selector::{Interner, Selector};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -225,6 +225,59 @@ pub struct TierInfo {
     pub exists: bool,
 }
 
+impl TierInfo {
+    /// A Tier resource's entry.
+    pub fn of(t: &gingham_model::Tier) -> TierInfo {
+        TierInfo {
+            name: t.metadata.name.clone(),
+            order: t.spec.order,
+            default_action: t.spec.default_action.unwrap_or(Action::Deny),
+            exists: true,
+        }
+    }
+}
+
+/// The tiers in felix's order: every tier that exists (`tiers`, by name) or that one of
+/// `policies` is in; the default tier always.
+pub fn tier_list<'p>(
+    mut tiers: BTreeMap<String, TierInfo>,
+    policies: impl IntoIterator<Item = &'p Policy>,
+) -> Vec<TierInfo> {
+    for p in policies {
+        tiers.entry(p.tier.clone()).or_insert_with(|| TierInfo {
+            name: p.tier.clone(),
+            order: (p.tier == DEFAULT_TIER).then_some(DEFAULT_TIER_ORDER),
+            default_action: Action::Deny,
+            exists: p.tier == DEFAULT_TIER,
+        });
+    }
+    tiers
+        .entry(DEFAULT_TIER.to_owned())
+        .or_insert_with(|| TierInfo {
+            name: DEFAULT_TIER.to_owned(),
+            order: Some(DEFAULT_TIER_ORDER),
+            default_action: Action::Deny,
+            exists: true,
+        });
+    let mut tiers: Vec<TierInfo> = tiers.into_values().collect();
+    tiers.sort_by(|a, b| {
+        OrderKey(a.order)
+            .cmp(&OrderKey(b.order))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    tiers
+}
+
+/// What a NetworkPolicy named `name` is compiled as: Kubernetes NetworkPolicies are stored as
+/// Calico ones named `knp.default.*`.
+pub fn network_policy_kind(name: &str) -> PolicyKind {
+    if name.starts_with("knp.default.") {
+        PolicyKind::KubernetesNetworkPolicy
+    } else {
+        PolicyKind::NetworkPolicy
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum PolicyKind {
     NetworkPolicy,
@@ -274,6 +327,8 @@ pub struct Entity {
     pub not_ports: Vec<Port>,
     /// The rule names Kubernetes Services, which the engine cannot resolve without them.
     pub services: bool,
+    /// The selector as the rule wrote it (before folding), for display.
+    pub written_selector: Box<str>,
 }
 
 /// A rule, compiled.
@@ -288,8 +343,10 @@ pub struct CompiledRule {
     pub not_icmp: Option<(Option<u8>, Option<u8>)>,
     pub source: Entity,
     pub destination: Entity,
-    /// The original rule, for display.
-    pub rule: Rule,
+    /// The rule has an HTTP match (enforced only by an L7 proxy; evaluated without it).
+    /// No copy of the original rule is kept: a compiled rule holds only what it matches on
+    /// and what is displayed of it.
+    pub http: bool,
 }
 
 /// A policy, compiled.
@@ -309,7 +366,27 @@ pub struct Policy {
     pub do_not_track: bool,
 }
 
+impl Entity {
+    fn share_selectors(&mut self, interner: &mut Interner) {
+        for s in [&mut self.selector, &mut self.not_selector] {
+            if let Some(sel) = s.take() {
+                *s = Some(interner.intern(sel));
+            }
+        }
+    }
+}
+
 impl Policy {
+    /// Replaces its selectors with the interner's copies of equal ones, so that policies
+    /// with the same selectors (say, the same app label in the same namespace) share them.
+    pub fn share_selectors(&mut self, interner: &mut Interner) {
+        self.selector = interner.intern(std::mem::take(&mut self.selector));
+        for r in self.ingress.iter_mut().chain(self.egress.iter_mut()) {
+            r.source.share_selectors(interner);
+            r.destination.share_selectors(interner);
+        }
+    }
+
     pub fn rules(&self, dir: Direction) -> &[CompiledRule] {
         match dir {
             Direction::Ingress => &self.ingress,
@@ -584,11 +661,7 @@ impl Snapshot {
         for r in resources {
             match r {
                 Resource::NetworkPolicy(p) => {
-                    let kind = if p.metadata.name.starts_with("knp.default.") {
-                        PolicyKind::KubernetesNetworkPolicy
-                    } else {
-                        PolicyKind::NetworkPolicy
-                    };
+                    let kind = network_policy_kind(&p.metadata.name);
                     s.add_policy(namespaced_raw!(p, kind, None), &mut staged);
                 }
                 Resource::GlobalNetworkPolicy(p) => {
@@ -618,15 +691,7 @@ impl Snapshot {
                     ))),
                 },
                 Resource::Tier(t) => {
-                    tiers.insert(
-                        t.metadata.name.clone(),
-                        TierInfo {
-                            name: t.metadata.name.clone(),
-                            order: t.spec.order,
-                            default_action: t.spec.default_action.unwrap_or(Action::Deny),
-                            exists: true,
-                        },
-                    );
+                    tiers.insert(t.metadata.name.clone(), TierInfo::of(t));
                 }
                 Resource::Profile(p) => {
                     let where_ = format!("Profile {}", p.metadata.name);
@@ -749,30 +814,7 @@ impl Snapshot {
                 },
             );
         }
-        // Tiers: every tier that exists or is used; the default tier always.
-        for p in s.policies.iter().chain(staged.iter()) {
-            tiers.entry(p.tier.clone()).or_insert_with(|| TierInfo {
-                name: p.tier.clone(),
-                order: (p.tier == DEFAULT_TIER).then_some(DEFAULT_TIER_ORDER),
-                default_action: Action::Deny,
-                exists: p.tier == DEFAULT_TIER,
-            });
-        }
-        tiers
-            .entry(DEFAULT_TIER.to_owned())
-            .or_insert_with(|| TierInfo {
-                name: DEFAULT_TIER.to_owned(),
-                order: Some(DEFAULT_TIER_ORDER),
-                default_action: Action::Deny,
-                exists: true,
-            });
-        let mut tiers: Vec<TierInfo> = tiers.into_values().collect();
-        tiers.sort_by(|a, b| {
-            OrderKey(a.order)
-                .cmp(&OrderKey(b.order))
-                .then_with(|| a.name.cmp(&b.name))
-        });
-        s.tiers = tiers;
+        s.tiers = tier_list(tiers, s.policies.iter().chain(staged.iter()));
 
         for w in weps {
             let spec = &w.spec;
@@ -1065,7 +1107,7 @@ impl Snapshot {
                     not_icmp: r.not_icmp.map(|i| (i.type_, i.code)),
                     source: self.compile_entity(&at, "source", &r.source, namespace),
                     destination: self.compile_entity(&at, "destination", &r.destination, namespace),
-                    rule: r.clone(),
+                    http: r.http.is_some(),
                 }
             })
             .collect()
@@ -1084,6 +1126,7 @@ impl Snapshot {
             ports: e.ports.clone(),
             not_ports: e.not_ports.clone(),
             services: e.services.is_some(),
+            written_selector: e.selector.as_str().into(),
             ..Entity::default()
         };
         if out.services {
@@ -1365,7 +1408,7 @@ impl CompiledRule {
             not_icmp: None,
             source: Entity::default(),
             destination: Entity::default(),
-            rule: Rule::new(action),
+            http: false,
         }
     }
 }

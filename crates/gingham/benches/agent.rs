@@ -23,7 +23,9 @@
 //! Run (root): `cargo bench -p gingham --bench agent` or `scripts/bench`.
 //! `AGENT_BENCH_SCALES=100,1000,10000` (default) chooses P; `AGENT_BENCH_SPLIT=1` prints how
 //! each update's time splits into calculation, rendering, and diff plus nft;
-//! `AGENT_BENCH_PATHS=nft,nft-text` picks the dataplanes of the latency table (all by default).
+//! `AGENT_BENCH_PATHS=nft,nft-text` picks the dataplanes of the latency table (all by default);
+//! `AGENT_BENCH_ONLY=footprint` (or `latency`, `packet`) runs one part;
+//! `AGENT_BENCH_HEAPTRACK=DIR` records the footprint agents' heaps with heaptrack.
 
 #[path = "support/packets.rs"]
 mod packets;
@@ -618,8 +620,25 @@ fn footprint(scales: &[usize]) {
         drop(client);
         let ns = TestNetns::new("bagt");
         let t = Instant::now();
-        let mut agent = Command::new("ip")
-            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_gingham")])
+        let mut agent = Command::new("ip");
+        agent.args(["netns", "exec", ns.name()]);
+        // With AGENT_BENCH_HEAPTRACK=DIR, heaptrack (Debian's package) records the agent's
+        // heap into DIR/heaptrack.P.raw; the agent is killed (-9) at the end, so what heaptrack
+        // lists as leaked is the live heap after programming (read it with
+        // `/usr/lib/heaptrack/libexec/heaptrack_interpret < RAW | gzip > X.gz` and
+        // `heaptrack_print -f X.gz`). The RSS figures then include heaptrack's own.
+        if let Some(dir) = std::env::var_os("AGENT_BENCH_HEAPTRACK") {
+            const PRELOAD: &str = "/usr/lib/heaptrack/libheaptrack_preload.so";
+            assert!(
+                std::path::Path::new(PRELOAD).exists(),
+                "AGENT_BENCH_HEAPTRACK: {PRELOAD} is missing (install the Debian package heaptrack)"
+            );
+            let raw = std::path::Path::new(&dir).join(format!("heaptrack.{p}.raw"));
+            agent.args(["env", &format!("LD_PRELOAD={PRELOAD}")]);
+            agent.arg(format!("DUMP_HEAPTRACK_OUTPUT={}", raw.display()));
+        }
+        let mut agent = agent
+            .arg(env!("CARGO_BIN_EXE_gingham"))
             .args(["agent", "--node", NODE, "--health-port", "0", "--datastore"])
             .arg(format!("sqlite:{}", db.display()))
             .args(["--log", "warn", "--run-dir"])

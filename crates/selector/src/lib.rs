@@ -193,6 +193,47 @@ pub fn normalise(text: &str) -> String {
     }
 }
 
+/// Shares equal selectors: [`Interner::intern`] gives back the copy it already holds of an
+/// equal selector (same canonical form, so the same tree), so that many policies or rules
+/// with the same selector hold one tree between them instead of one each.
+///
+/// A selector nobody else holds any more is dropped from the interner on a later call (when
+/// the interner has doubled since it last looked), so it does not grow with churn.
+#[derive(Default)]
+pub struct Interner {
+    held: std::collections::HashSet<Selector>,
+    /// Selectors held after the last sweep of unused ones.
+    swept: usize,
+}
+
+impl Interner {
+    pub fn new() -> Interner {
+        Interner::default()
+    }
+
+    /// The shared copy of `selector` (equal to it).
+    pub fn intern(&mut self, selector: Selector) -> Selector {
+        if let Some(shared) = self.held.get(&selector) {
+            return shared.clone();
+        }
+        if self.held.len() >= 2 * self.swept.max(64) {
+            self.held.retain(|s| Arc::strong_count(&s.inner) > 1);
+            self.swept = self.held.len();
+        }
+        self.held.insert(selector.clone());
+        selector
+    }
+
+    /// How many distinct selectors it holds.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 impl Default for Selector {
     fn default() -> Self {
         Selector::all()
@@ -250,6 +291,26 @@ impl Ord for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interner_shares_equal_selectors_and_forgets_unused_ones() {
+        let mut interner = Interner::new();
+        let a = interner.intern(Selector::parse("app == 'web' && role == 'db'").unwrap());
+        // Another spelling of the same selector: the first tree is given back.
+        let b = interner.intern(Selector::parse("(app == \"web\") && role == \"db\"").unwrap());
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+        let c = interner.intern(Selector::parse("app == 'api'").unwrap());
+        assert!(!Arc::ptr_eq(&a.inner, &c.inner));
+        assert_eq!(interner.len(), 2);
+        drop((b, c));
+        // Unused selectors go at a sweep; `a` is still held, so it stays shared.
+        for i in 0..200 {
+            drop(interner.intern(Selector::parse(&format!("n == '{i}'")).unwrap()));
+        }
+        assert!(interner.len() < 150, "{}", interner.len());
+        let again = interner.intern(Selector::parse("app == 'web' && role == 'db'").unwrap());
+        assert!(Arc::ptr_eq(&a.inner, &again.inner));
+    }
 
     #[test]
     fn all_has_calicos_id() {
