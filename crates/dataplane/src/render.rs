@@ -681,8 +681,8 @@ struct Placed {
     stages: Vec<String>,
     /// The shared policy and profile chains they jump to (counted in `users`).
     shared: Vec<String>,
-    /// Its elements in the workload dispatch maps (map, element).
-    entries: Vec<(&'static str, String)>,
+    /// Its claims in the workload dispatch maps (map, interface, verdict).
+    entries: Vec<(&'static str, String, String)>,
 }
 
 /// The desired table of a node, kept up to date from the calculator's changes: a change
@@ -701,9 +701,10 @@ pub struct Renderer {
     users: HashMap<String, usize>,
     /// The tier chains of each shared workload stage chain.
     stage_parts: HashMap<String, Vec<String>>,
-    /// How many endpoints put each element in a dispatch map (two endpoints may claim one
-    /// interface).
-    entry_users: HashMap<(&'static str, String), usize>,
+    /// What the endpoints claim for each interface of a dispatch map: the verdict each wants,
+    /// and how many want it. One verdict is the element; two endpoints that claim one
+    /// interface with different verdicts close it (see [`Renderer::claim`]).
+    claims: HashMap<(&'static str, String), BTreeMap<String, usize>>,
     /// Shared chains rendered during the current batch (each is rendered once per batch).
     fresh: HashSet<String>,
     /// The hooks, dispatch chains and maps last rendered by [`base_chains`].
@@ -724,7 +725,7 @@ impl Renderer {
             placed: HashMap::new(),
             users: HashMap::new(),
             stage_parts: HashMap::new(),
-            entry_users: HashMap::new(),
+            claims: HashMap::new(),
             fresh: HashSet::new(),
             base_chains: Vec::new(),
             base_maps: Vec::new(),
@@ -849,7 +850,7 @@ impl Renderer {
         self.placed.clear();
         self.users.clear();
         self.stage_parts.clear();
-        self.entry_users.clear();
+        self.claims.clear();
         self.fresh.clear();
         self.base_chains.clear();
         self.base_maps.clear();
@@ -968,7 +969,7 @@ impl Renderer {
                 } else {
                     "continue"
                 };
-                entries.push((map, format!("\"{}\" : {verdict}", ep.interface)));
+                entries.push((map, verdict.to_owned()));
                 continue;
             }
             let name = stage_chain_name(key, ep, mode, chain);
@@ -1047,21 +1048,55 @@ impl Renderer {
                 placed.shared.push(n);
             }
             if let Some(verdict) = entry {
-                entries.push((map, format!("\"{}\" : {verdict}", ep.interface)));
+                entries.push((map, verdict));
             }
         }
-        for (map, entry) in entries {
-            let users = self.entry_users.entry((map, entry.clone())).or_default();
-            *users += 1;
-            if *users == 1
-                && let Some(m) = self.table.sets.get_mut(map)
-            {
-                m.elements.insert(entry.clone());
-                self.touched.sets.insert(map.into());
-            }
-            placed.entries.push((map, entry));
+        let iface = ep.interface.clone();
+        for (map, verdict) in entries {
+            self.claim(map, &iface, &verdict, true);
+            placed.entries.push((map, iface.clone(), verdict));
         }
         self.placed.insert(key.to_owned(), placed);
+    }
+
+    /// An endpoint claims (or gives up) `verdict` for its interface in a dispatch map. The
+    /// map's element follows the claims: the one verdict claimed, or `drop` while endpoints
+    /// claim the interface with different verdicts (two endpoints given one interface: which
+    /// one the interface really is cannot be known, so it is closed, as an interface without
+    /// a program is). Two elements with one key would make nft refuse every transaction.
+    fn claim(&mut self, map: &'static str, iface: &str, verdict: &str, add: bool) {
+        let key = (map, iface.to_owned());
+        let element = |claims: Option<&BTreeMap<String, usize>>| match claims {
+            None => None,
+            Some(c) if c.len() == 1 => c.keys().next().map(|v| format!("\"{iface}\" : {v}")),
+            Some(_) => Some(format!("\"{iface}\" : drop")),
+        };
+        let before = element(self.claims.get(&key));
+        let claims = self.claims.entry(key.clone()).or_default();
+        if add {
+            *claims.entry(verdict.to_owned()).or_default() += 1;
+        } else if let Some(n) = claims.get_mut(verdict) {
+            *n -= 1;
+            if *n == 0 {
+                claims.remove(verdict);
+            }
+        }
+        if claims.is_empty() {
+            self.claims.remove(&key);
+        }
+        let after = element(self.claims.get(&key));
+        if before == after {
+            return;
+        }
+        if let Some(m) = self.table.sets.get_mut(map) {
+            if let Some(old) = &before {
+                m.elements.remove(old);
+            }
+            if let Some(new) = &after {
+                m.elements.insert(new.clone());
+            }
+        }
+        self.touched.sets.insert(map.into());
     }
 
     /// Takes out what [`Renderer::place`] put in for an endpoint; returns whether it was a
@@ -1074,17 +1109,8 @@ impl Renderer {
             self.table.chains.remove(&n);
             self.touched.chains.insert(n);
         }
-        for (map, entry) in placed.entries {
-            let key = (map, entry);
-            let users = self.entry_users.entry(key.clone()).or_default();
-            *users = users.saturating_sub(1);
-            if *users == 0 {
-                self.entry_users.remove(&key);
-                if let Some(m) = self.table.sets.get_mut(map) {
-                    m.elements.remove(&key.1);
-                }
-                self.touched.sets.insert(map.into());
-            }
+        for (map, iface, verdict) in placed.entries {
+            self.claim(map, &iface, &verdict, false);
         }
         for n in placed.shared.into_iter().chain(placed.stages) {
             let users = self.users.entry(n.clone()).or_default();

@@ -298,3 +298,55 @@ fn a_shared_stage_drop_names_the_workload_by_the_packets_interface() {
     let cause = flow_cause(&program, &tags[0], Interfaces::default()).unwrap();
     assert_eq!(cause.tier.as_deref(), Some("default"));
 }
+
+/// Two endpoints given one interface with different programs: the dispatch maps hold one
+/// element for it, `drop` (which endpoint the interface is cannot be known), never two with
+/// one key (nft would refuse every transaction); when one goes, the other's verdict is the
+/// element. Incremental rendering equals a full one throughout.
+#[test]
+fn two_endpoints_on_one_interface_close_it_until_one_goes() {
+    let mut resources = alike_pods(2);
+    // pod1 moves to another namespace, keeping pod0's interface, with a profile that does not
+    // exist there (another program).
+    let other = gingham_model::load_resources(
+        "other.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {name: node--a-k8s-pod9-eth0, namespace: shop, labels: {app: shop, projectcalico.org/namespace: shop}}\nspec: {node: node-a, orchestrator: k8s, pod: pod9, endpoint: eth0, interfaceName: cali0000, ipNetworks: [10.0.0.9/32], profiles: [kns.shop]}\n",
+    )
+    .unwrap();
+    resources.extend(other.clone());
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(resources);
+    let mut renderer = Renderer::new(calc.state(), Settings::default());
+    let of = |t: &Table, map: &str| -> Vec<String> {
+        t.sets[map]
+            .elements
+            .iter()
+            .filter(|e| e.starts_with("\"cali0000\""))
+            .cloned()
+            .collect()
+    };
+    for map in ["wl-ingress", "wl-egress"] {
+        assert_eq!(of(renderer.table(), map), ["\"cali0000\" : drop"], "{map}");
+    }
+    // The one in shop goes: pod0's own verdicts are back.
+    let changes = calc.apply(Update::Delete {
+        kind: other[0].kind(),
+        namespace: Some("shop".into()),
+        name: other[0].meta().name.clone(),
+    });
+    renderer.apply(&changes);
+    let full = Renderer::new(calc.state(), Settings::default());
+    assert_eq!(renderer.table(), full.table());
+    for map in ["wl-ingress", "wl-egress"] {
+        let now = of(renderer.table(), map);
+        assert_eq!(now.len(), 1, "{map}: {now:?}");
+        assert!(!now[0].ends_with(": drop"), "{map}: {now:?}");
+    }
+    // And it comes back: closed again, as a full render has it.
+    renderer.apply(&calc.apply(Update::Upsert(Box::new(other[0].clone()))));
+    assert_eq!(
+        renderer.table(),
+        Renderer::new(calc.state(), Settings::default()).table()
+    );
+    assert_eq!(of(renderer.table(), "wl-ingress"), ["\"cali0000\" : drop"]);
+}
