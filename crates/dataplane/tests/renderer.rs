@@ -298,3 +298,87 @@ fn a_shared_stage_drop_names_the_workload_by_the_packets_interface() {
     let cause = flow_cause(&program, &tags[0], Interfaces::default()).unwrap();
     assert_eq!(cause.tier.as_deref(), Some("default"));
 }
+
+/// The rules a new forwarded packet from interface `iif` to `oif` can meet in the table, at
+/// most: the `forward` hook's rules in order, a dispatch map's element for the interface (or its
+/// catch-all) followed, every rule of a chain it jumps or goes to counted; the walk stops at a
+/// verdict. (Conntrack lets established packets go at the first rule.)
+fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
+    fn walk(t: &Table, chain: &str, iif: &str, oif: &str, depth: usize) -> (usize, bool) {
+        assert!(depth < 16, "jumps too deep at {chain}");
+        let mut met = 0;
+        for r in &t.chains[chain].rules {
+            met += 1;
+            let text = r.text.as_str();
+            let target = if let Some(map) = text.strip_prefix("iifname vmap @") {
+                element(t, map, iif)
+            } else if let Some(map) = text.strip_prefix("oifname vmap @") {
+                element(t, map, oif)
+            } else {
+                text.split(' ').collect::<Vec<_>>().windows(2).find_map(|w| {
+                    matches!(w[0], "jump" | "goto").then(|| format!("{} {}", w[0], w[1]))
+                })
+                .unwrap_or_else(|| {
+                    if text.ends_with(" accept") || text == "accept" {
+                        "accept".into()
+                    } else {
+                        "continue".into()
+                    }
+                })
+            };
+            match target.split_once(' ') {
+                Some(("jump", c)) => met += walk(t, c, iif, oif, depth + 1).0,
+                Some(("goto", c)) => return (met + walk(t, c, iif, oif, depth + 1).0, true),
+                _ if target == "accept" || target == "drop" => return (met, true),
+                _ => {}
+            }
+        }
+        (met, false)
+    }
+    fn element(t: &Table, map: &str, ifname: &str) -> String {
+        let set = &t.sets[map];
+        let find = |key: &str| {
+            set.elements
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{key} : ")).map(str::to_owned))
+        };
+        find(&format!("\"{ifname}\""))
+            .or_else(|| find("*"))
+            .unwrap_or_else(|| "continue".into())
+    }
+    walk(t, "forward", iif, oif, 0).0
+}
+
+/// A new flow between two workloads that no policy selects, whose namespace profile allows
+/// everything (Kubernetes' default), meets three lookups: conntrack, the egress dispatch map,
+/// the ingress dispatch map; no chain, no rule of ours beyond them. A selected workload's path
+/// is bounded too: its stage chain, one tier chain, the policy's and the profile's chains.
+#[test]
+fn a_new_flow_between_unselected_workloads_meets_only_the_dispatch_maps() {
+    let pods = |policy: bool| {
+        let mut r = alike_pods(2);
+        if !policy {
+            r.retain(|r| !matches!(r, Resource::NetworkPolicy(_)));
+        }
+        r
+    };
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(pods(false));
+    let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
+    assert_eq!(rules_on_new_flow_path(&t, "cali0000", "cali0001"), 3);
+    // And to a destination that is not a workload (egress stage, then the catch-all): still
+    // the conntrack rule and the two maps, then the hook's remaining rules, none of which is a
+    // lookup of ours.
+    let forward = t.chains["forward"].rules.len();
+    assert!(
+        rules_on_new_flow_path(&t, "cali0000", "eth0") <= forward + 2,
+        "{:?}",
+        t.chains["forward"]
+    );
+
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(pods(true));
+    let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
+    let selected = rules_on_new_flow_path(&t, "cali0000", "cali0001");
+    assert!(selected <= 20, "{selected} rules to a selected workload");
+}
