@@ -315,16 +315,19 @@ fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
             } else if let Some(map) = text.strip_prefix("oifname vmap @") {
                 element(t, map, oif)
             } else {
-                text.split(' ').collect::<Vec<_>>().windows(2).find_map(|w| {
-                    matches!(w[0], "jump" | "goto").then(|| format!("{} {}", w[0], w[1]))
-                })
-                .unwrap_or_else(|| {
-                    if text.ends_with(" accept") || text == "accept" {
-                        "accept".into()
-                    } else {
-                        "continue".into()
-                    }
-                })
+                text.split(' ')
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .find_map(|w| {
+                        matches!(w[0], "jump" | "goto").then(|| format!("{} {}", w[0], w[1]))
+                    })
+                    .unwrap_or_else(|| {
+                        if text.ends_with(" accept") || text == "accept" {
+                            "accept".into()
+                        } else {
+                            "continue".into()
+                        }
+                    })
             };
             match target.split_once(' ') {
                 Some(("jump", c)) => met += walk(t, c, iif, oif, depth + 1).0,

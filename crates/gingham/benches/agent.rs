@@ -9,11 +9,20 @@
 //!   (`gingham_dataplane::iptables`: felix's chains and ipsets, each update one
 //!   `iptables-nft-restore --noflush` of the changed chains plus `ipset restore`, as felix does)
 //!   doing the same operations in its own namespace.
-//! - **Per-packet cost** (B1): new TCP connections per second (connect, 1-byte request and
-//!   response, close) and UDP packets per second between two pods on one node, through the
-//!   node's table with P policies, and through the iptables peer with the same policies, each
-//!   against the same pods with no table at all (client and server pinned to their own CPU;
-//!   rounds alternate the two so the machine's drift cancels).
+//! - **Per-packet cost** (B1): between two pods on one node, and across two nodes (the same
+//!   table on both, the nodes joined by a veth): new TCP connections per second (TCP_CRR:
+//!   connect, 1-byte request and response, close), one-way UDP packets per second (every packet
+//!   NEW; counted at the sender, whose CPU carries each packet through the nodes), one TCP
+//!   stream's throughput and TCP_RR over one connection (established packets only). Columns,
+//!   all measured in every round (paired rounds, the order rotating): no table at all,
+//!   conntrack only, our table with P policies, the Calico-style iptables peer with the same
+//!   policies; client and server pinned to their own CPU at real-time priority
+//!   (`AGENT_BENCH_RT=0`: normal). `AGENT_BENCH_NODES=1,2` (default) chooses the topologies,
+//!   `AGENT_BENCH_ROUNDS` (5) the rounds.
+//! - **A new flow's path** (`AGENT_BENCH_ONLY=path`, at the first of the scales): variants of
+//!   our table (the dispatch maps only, without flow log rules, without counters) against
+//!   conntrack only, and each kind of rule repeated 100 times after conntrack, to say what each
+//!   lookup costs.
 //! - **Agent footprint** (B7): resident memory and idle CPU of `gingham agent` on SQLite.
 //!
 //! The cluster model: 100 namespaces, 1,000 endpoints on 10 nodes (100 on the measured node, one
@@ -33,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{Calculator, Update};
 use gingham_calc::program::NodeProgram;
+use gingham_dataplane::Table;
 use gingham_dataplane::iptables::{Flavour, IptBackend, IptProgrammer, Iptables, render_iptables};
+use gingham_dataplane::table::Rule;
 use gingham_dataplane::{Backend, Dataplane, IptDataplane, Nft, NftDataplane, Settings, render};
 use gingham_model::Resource;
 use gingham_net::NetnsRef;
-use gingham_dataplane::Table;
-use gingham_dataplane::table::Rule;
 use gingham_testkit::netns::{TestNetns, TwoPods as Pods};
 use packets::{Killed, median};
 
@@ -521,7 +530,11 @@ fn rounds() -> usize {
 /// Paired rounds: every round measures every column (in an order that rotates from round to
 /// round), so that each column's figures can be divided by the others' of the same round and
 /// the machine's drift cancels. `figures[metric][column][round]`.
-fn paired_rounds(pods: &Pods, columns: &[(String, Rules)], metrics: &[Metric]) -> Vec<Vec<Vec<f64>>> {
+fn paired_rounds(
+    pods: &Pods,
+    columns: &[(String, Rules)],
+    metrics: &[Metric],
+) -> Vec<Vec<Vec<f64>>> {
     let mut figures = vec![vec![vec![0.0; rounds()]; columns.len()]; metrics.len()];
     for round in 0..rounds() {
         for k in 0..columns.len() {
@@ -566,7 +579,10 @@ fn print_rounds(
     }
     head.push_str(" |");
     for (a, b) in ratios {
-        head.push_str(&format!(" {:>22}", format!("{}/{}", columns[*a].0, columns[*b].0)));
+        head.push_str(&format!(
+            " {:>22}",
+            format!("{}/{}", columns[*a].0, columns[*b].0)
+        ));
     }
     println!("{head}");
     for (m, metric) in metrics.iter().enumerate() {
@@ -652,10 +668,16 @@ fn per_packet(scales: &[usize]) {
         "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; {} paired rounds: every round measures every",
         rounds()
     );
-    println!(" column; figures: medians; ratios: median of the per-round ratios [min-max]. Columns:");
-    println!(" none = no table at all; ct = conntrack only (one rule accepting established flows);");
+    println!(
+        " column; figures: medians; ratios: median of the per-round ratios [min-max]. Columns:"
+    );
+    println!(
+        " none = no table at all; ct = conntrack only (one rule accepting established flows);"
+    );
     println!(" ours = the node's table; ipt = the Calico-style iptables-nft peer, same policies.");
-    println!(" Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables.)");
+    println!(
+        " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables.)"
+    );
     let topologies = std::env::var("AGENT_BENCH_NODES").unwrap_or_else(|_| "1,2".into());
     for nodes in topologies.split(',') {
         let pods = match nodes.trim() {
@@ -674,7 +696,7 @@ fn per_packet(scales: &[usize]) {
             }
             let ipt = render_iptables(&state, &Settings::default());
             println!(
-                "\n{nodes} node(s), P={p}: ours {} chains, iptables {} rules; {selecting} policies select the server",
+                "\n{nodes} node(s), P={p}: ours {} chains, iptables {} rules; policies selecting the server: {selecting}",
                 rendered.chains,
                 ipt.rule_count()
             );
@@ -747,14 +769,20 @@ const CT_RULE: &str = "ct state established,related accept";
 /// One kind of rule a new flow may meet, repeated [`AMPLIFY`] times after conntrack so that
 /// its own cost stands out of the noise: (label, definitions, rule). None of them matches or
 /// ends the walk.
-const AMPLIFIED: [(&str, &str, &str); 7] = [
+const AMPLIFIED: [(&str, &str, &str); 9] = [
     ("ct rule", "", CT_RULE),
     (
         "ifname vmap",
         " map m { type ifname : verdict; elements = { \"calibclient\" : continue, \"calibserver\" : continue, * : continue }; }\n",
         "iifname vmap @m",
     ),
+    (
+        "ifindex vmap",
+        " map m { type iface_index : verdict; elements = { \"calibclient\" : continue, \"calibserver\" : continue }; }\n",
+        "meta iif vmap @m",
+    ),
     ("ifname ==", "", "iifname \"calixxx\" drop"),
+    ("mark test", "", "meta mark & 0x00010000 != 0 drop"),
     ("counter", "", "counter"),
     ("mark set", "", "meta mark set meta mark & 0xfffcffff"),
     ("jump+return", " chain e {\n }\n", "jump e"),
@@ -777,7 +805,9 @@ fn path_costs(scales: &[usize]) {
     let p = scales.first().copied().unwrap_or(100);
     let (state, selecting) = pods_state(p);
     let table = render(&state, &Settings::default()).table;
-    println!("\n## A new flow's path, lookup by lookup (one node, P={p}, {selecting} policies select the server)");
+    println!(
+        "\n## A new flow's path, lookup by lookup (one node, P={p}, {selecting} policies select the server)"
+    );
     let no_logs = |t: &str| (!t.contains(" log group ")).then(|| t.to_owned());
     let no_counters = |t: &str| Some(t.replace("counter ", ""));
     let columns = vec![
@@ -785,20 +815,30 @@ fn path_costs(scales: &[usize]) {
         ("ct".to_owned(), Rules::ct_only()),
         (
             "ct-vmap".to_owned(),
-            ct_plus("ctv", "ct state vmap { established : accept, related : accept, invalid : drop }", "", "", 0),
+            ct_plus(
+                "ctv",
+                "ct state vmap { established : accept, related : accept, invalid : drop }",
+                "",
+                "",
+                0,
+            ),
         ),
-
         ("dispatch".to_owned(), Rules::ours(&dispatch_only(&table))),
         (
             "-log-cnt".to_owned(),
             Rules::ours(&edit_rules(&edit_rules(&table, no_logs), no_counters)),
         ),
-        ("-cnt".to_owned(), Rules::ours(&edit_rules(&table, no_counters))),
+        (
+            "-cnt".to_owned(),
+            Rules::ours(&edit_rules(&table, no_counters)),
+        ),
         ("ours".to_owned(), Rules::ours(&table)),
     ];
     println!("(columns: none; ct = conntrack only; ct-vmap = our table's conntrack rule alone;");
     println!(" dispatch = our table, the pods'");
-    println!(" dispatch elements verdicts (no policy selects them); -log-cnt = our table without flow");
+    println!(
+        " dispatch elements verdicts (no policy selects them); -log-cnt = our table without flow"
+    );
     println!(" log rules and counters; -cnt = without counters; ours = the table as rendered)");
     let pods = Pods::new("bp", CLIENT_IP, SERVER_IP);
     let _servers = Servers::start(&pods);
@@ -807,7 +847,10 @@ fn path_costs(scales: &[usize]) {
     print_rounds(&columns, &NEW_FLOW_METRICS, &figures, &vs);
     for (m, metric) in NEW_FLOW_METRICS.iter().enumerate() {
         let ct = median(figures[m][1].clone());
-        let mut line = format!("{:>17} |", format!("{} ns", metric.name().split(' ').next().unwrap()));
+        let mut line = format!(
+            "{:>17} |",
+            format!("{} ns", metric.name().split(' ').next().unwrap())
+        );
         for c in 0..columns.len() {
             let v = median(figures[m][c].clone());
             line.push_str(&format!(" {:>10.0}", 1e9 / v - 1e9 / ct));
@@ -816,10 +859,15 @@ fn path_costs(scales: &[usize]) {
     }
     println!("(ns rows: time per packet or connection beyond conntrack only, from the medians)");
 
-    println!("\n## One rule of each kind, on a new flow's path ({AMPLIFY} copies after conntrack only; UDP)");
+    println!(
+        "\n## One rule of each kind, on a new flow's path ({AMPLIFY} copies after conntrack only; UDP)"
+    );
     let mut columns = vec![("ct".to_owned(), Rules::ct_only())];
     for (k, (label, defs, rule)) in AMPLIFIED.iter().enumerate() {
-        columns.push((label.to_string(), ct_plus(&format!("amp{k}"), CT_RULE, defs, rule, AMPLIFY)));
+        columns.push((
+            label.to_string(),
+            ct_plus(&format!("amp{k}"), CT_RULE, defs, rule, AMPLIFY),
+        ));
     }
     let figures = paired_rounds(&pods, &columns, &[Metric::Udp]);
     let ct = median(figures[0][0].clone());
@@ -832,7 +880,9 @@ fn path_costs(scales: &[usize]) {
         );
     }
     println!("(ns per rule: (1/rate - 1/rate(ct)) / {AMPLIFY}, from the medians; the first rule a");
-    println!(" new packet meets after conntrack costs more than these (see the dispatch column above))");
+    println!(
+        " new packet meets after conntrack costs more than these (see the dispatch column above))"
+    );
 }
 
 fn footprint(scales: &[usize]) {

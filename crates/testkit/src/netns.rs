@@ -192,7 +192,16 @@ impl TwoPods {
         node_setup(&node, a);
         node_setup(&node2, b);
         node.exec_ok(&[
-            "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0", "netns",
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
             node2.name(),
         ]);
         for (n, me, other, pod_ip) in [(&node, a, b, server_ip), (&node2, b, a, client_ip)] {
@@ -229,7 +238,16 @@ fn node_setup(node: &TestNetns, addr: &str) {
 /// a /32 route, `eth0` in the pod with `addr`), the pod's default route via 169.254.1.1.
 fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
     node.exec_ok(&[
-        "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns",
+        "ip",
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
         pod.name(),
     ]);
     node.exec_ok(&["ip", "link", "set", host_if, "up"]);
@@ -242,7 +260,14 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
     pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
     pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
     pod.exec_ok(&[
-        "ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link",
+        "ip",
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
     ]);
     let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
     pod.exec_ok(&[
@@ -258,6 +283,13 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
         "permanent",
     ]);
     pod.exec_ok(&[
-        "ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0",
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
     ]);
 }
