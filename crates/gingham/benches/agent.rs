@@ -535,14 +535,15 @@ fn paired_rounds(
     columns: &[(String, Rules)],
     metrics: &[Metric],
 ) -> Vec<Vec<Vec<f64>>> {
-    let mut figures = vec![vec![vec![0.0; rounds()]; columns.len()]; metrics.len()];
-    for round in 0..rounds() {
+    let rounds = rounds();
+    let mut figures = vec![vec![vec![0.0; rounds]; columns.len()]; metrics.len()];
+    for round in 0..rounds {
         for k in 0..columns.len() {
             let c = (k + round) % columns.len();
             let rules = &columns[c].1;
             rules.install(pods);
-            for (m, &metric) in metrics.iter().enumerate() {
-                figures[m][c][round] = measure(pods, metric);
+            for (per_metric, &metric) in figures.iter_mut().zip(metrics) {
+                per_metric[c][round] = measure(pods, metric);
             }
             rules.remove(pods);
         }
@@ -587,8 +588,8 @@ fn print_rounds(
     println!("{head}");
     for (m, metric) in metrics.iter().enumerate() {
         let mut line = format!("{:>17} |", metric.name());
-        for c in 0..columns.len() {
-            line.push_str(&format!(" {:>10}", figure(median(figures[m][c].clone()))));
+        for per_column in &figures[m] {
+            line.push_str(&format!(" {:>10}", figure(median(per_column.clone()))));
         }
         line.push_str(" |");
         for (a, b) in ratios {
@@ -851,8 +852,8 @@ fn path_costs(scales: &[usize]) {
             "{:>17} |",
             format!("{} ns", metric.name().split(' ').next().unwrap())
         );
-        for c in 0..columns.len() {
-            let v = median(figures[m][c].clone());
+        for per_column in &figures[m] {
+            let v = median(per_column.clone());
             line.push_str(&format!(" {:>10.0}", 1e9 / v - 1e9 / ct));
         }
         println!("{line}");
