@@ -1535,6 +1535,13 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                         inv: false,
                     });
                     i += 3;
+                } else if next == Some("!=") {
+                    let data = ifname_bytes(at(i + 2).unwrap_or(""), true)?;
+                    out.push(Expr::Cmp {
+                        op: NFT_CMP_NEQ,
+                        data,
+                    });
+                    i += 3;
                 } else {
                     let data = ifname_bytes(next.unwrap_or(""), true)?;
                     out.push(Expr::Cmp {

@@ -350,3 +350,119 @@ fn two_endpoints_on_one_interface_close_it_until_one_goes() {
     );
     assert_eq!(of(renderer.table(), "wl-ingress"), ["\"cali0000\" : drop"]);
 }
+
+/// The rules a new forwarded packet from interface `iif` to `oif` can meet in the table, at
+/// most: the `forward` hook's rules in order; an interface name test evaluated; a dispatch
+/// map's element for the interface (or its catch-all) followed; a rule's verdict taken when
+/// nothing else conditions it; other conditions assumed to let the packet go on (a jump
+/// taken, an accept, drop or return not): an upper bound, exact on the dispatch path.
+fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
+    /// What a rule does with the packet: nothing (next rule), or a verdict.
+    fn verdict(t: &Table, text: &str, iif: &str, oif: &str) -> Option<String> {
+        let mut rest = text;
+        let mut known = true;
+        for (key, ifname) in [("iifname ", iif), ("oifname ", oif)] {
+            if let Some(cond) = rest.strip_prefix(key) {
+                if let Some(map) = cond.strip_prefix("vmap @") {
+                    return Some(element(t, map, ifname));
+                }
+                let (neg, cond) = match cond.strip_prefix("!= ") {
+                    Some(c) => (true, c),
+                    None => (false, cond),
+                };
+                let cond = cond.strip_prefix('"').expect("a quoted name");
+                let (pattern, after) = cond.split_once("\" ").expect("a rule after the name");
+                let matches = match pattern.strip_suffix('*') {
+                    Some(prefix) => ifname.starts_with(prefix),
+                    None => ifname == pattern,
+                };
+                if matches == neg {
+                    return None;
+                }
+                rest = after;
+            }
+        }
+        let rest = rest.strip_prefix("counter ").unwrap_or(rest);
+        let words: Vec<&str> = rest.split(' ').collect();
+        if let Some(w) = words.windows(2).find(|w| matches!(w[0], "jump" | "goto")) {
+            return Some(format!("{} {}", w[0], w[1]));
+        }
+        let last = *words.last().unwrap();
+        if words.len() > 1 {
+            known = false;
+        }
+        (known && matches!(last, "accept" | "drop" | "return")).then(|| last.to_owned())
+    }
+    fn element(t: &Table, map: &str, ifname: &str) -> String {
+        let set = &t.sets[map];
+        let find = |key: &str| {
+            set.elements
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{key} : ")).map(str::to_owned))
+        };
+        find(&format!("\"{ifname}\""))
+            .or_else(|| find("*"))
+            .unwrap_or_else(|| "continue".into())
+    }
+    /// Rules met in `chain`, and whether the walk ended there (a verdict other than return).
+    fn walk(t: &Table, chain: &str, iif: &str, oif: &str, depth: usize) -> (usize, bool) {
+        assert!(depth < 16, "jumps too deep at {chain}");
+        let mut met = 0;
+        for r in &t.chains[chain].rules {
+            met += 1;
+            let Some(v) = verdict(t, &r.text, iif, oif) else {
+                continue;
+            };
+            match v.split_once(' ') {
+                Some(("jump", c)) => {
+                    let (n, ended) = walk(t, c, iif, oif, depth + 1);
+                    met += n;
+                    if ended {
+                        return (met, true);
+                    }
+                }
+                Some(("goto", c)) => {
+                    let (n, ended) = walk(t, c, iif, oif, depth + 1);
+                    return (met + n, ended);
+                }
+                _ => match v.as_str() {
+                    "return" => return (met, false),
+                    "accept" | "drop" => return (met, true),
+                    _ => {}
+                },
+            }
+        }
+        (met, false)
+    }
+    walk(t, "forward", iif, oif, 0).0
+}
+
+/// A new flow between two workloads that no policy selects, whose namespace profile allows
+/// everything (Kubernetes' default), meets three lookups: conntrack, the egress dispatch map,
+/// the ingress dispatch map; no chain, no rule of ours beyond them. A selected workload's path
+/// is bounded too: its stage chain, one tier chain, the policy's and the profile's chains.
+#[test]
+fn a_new_flow_between_unselected_workloads_meets_only_the_dispatch_maps() {
+    let pods = |policy: bool| {
+        let mut r = alike_pods(2);
+        if !policy {
+            r.retain(|r| !matches!(r, Resource::NetworkPolicy(_)));
+        }
+        r
+    };
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(pods(false));
+    let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
+    assert_eq!(rules_on_new_flow_path(&t, "cali0000", "cali0001"), 3);
+    // To or from an interface that is not a workload's (another node, the outside): the
+    // catch-all element's chain lets it go after one interface name test, then the hook's
+    // mark clearing.
+    assert_eq!(rules_on_new_flow_path(&t, "cali0000", "eth0"), 5);
+    assert_eq!(rules_on_new_flow_path(&t, "eth0", "cali0001"), 4);
+
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(pods(true));
+    let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
+    let selected = rules_on_new_flow_path(&t, "cali0000", "cali0001");
+    assert!(selected <= 20, "{selected} rules to a selected workload");
+}

@@ -9,11 +9,20 @@
 //!   (`gingham_dataplane::iptables`: felix's chains and ipsets, each update one
 //!   `iptables-nft-restore --noflush` of the changed chains plus `ipset restore`, as felix does)
 //!   doing the same operations in its own namespace.
-//! - **Per-packet cost** (B1): new TCP connections per second (connect, 1-byte request and
-//!   response, close) and UDP packets per second between two pods on one node, through the
-//!   node's table with P policies, and through the iptables peer with the same policies, each
-//!   against the same pods with no table at all (client and server pinned to their own CPU;
-//!   rounds alternate the two so the machine's drift cancels).
+//! - **Per-packet cost** (B1): between two pods on one node, and across two nodes (the same
+//!   table on both, the nodes joined by a veth): new TCP connections per second (TCP_CRR:
+//!   connect, 1-byte request and response, close), one-way UDP packets per second (every packet
+//!   NEW; counted at the sender, whose CPU carries each packet through the nodes), one TCP
+//!   stream's throughput and TCP_RR over one connection (established packets only). Columns,
+//!   all measured in every round (paired rounds, the order rotating): no table at all,
+//!   conntrack only, our table with P policies, the Calico-style iptables peer with the same
+//!   policies; client and server pinned to their own CPU at real-time priority
+//!   (`AGENT_BENCH_RT=0`: normal). `AGENT_BENCH_NODES=1,2` (default) chooses the topologies,
+//!   `AGENT_BENCH_ROUNDS` (5) the rounds.
+//! - **A new flow's path** (`AGENT_BENCH_ONLY=path`, at the first of the scales): variants of
+//!   our table (the dispatch maps only, without flow log rules, without counters) against
+//!   conntrack only, and each kind of rule repeated 100 times after conntrack, to say what each
+//!   lookup costs.
 //! - **Agent footprint** (B7): resident memory and idle CPU of `gingham agent` on SQLite.
 //!
 //! The cluster model: 100 namespaces, 1,000 endpoints on 10 nodes (100 on the measured node, one
@@ -36,7 +45,9 @@ use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::{Calculator, Update};
 use gingham_calc::program::NodeProgram;
+use gingham_dataplane::Table;
 use gingham_dataplane::iptables::{Flavour, IptBackend, IptProgrammer, Iptables, render_iptables};
+use gingham_dataplane::table::Rule;
 use gingham_dataplane::{Backend, Dataplane, IptDataplane, Nft, NftDataplane, Settings, render};
 use gingham_model::Resource;
 use gingham_net::NetnsRef;
@@ -450,127 +461,231 @@ const SERVER_IP: &str = "10.99.0.2";
 const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 
-fn spawn_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> Killed {
-    packets::spawn(ns.name(), Some(cpu), args)
+/// What one per-packet figure measures (each one helper run of [`PACKET_SECS`]).
+#[derive(Clone, Copy, PartialEq)]
+enum Metric {
+    /// New TCP connections per second (every connection's first packet is NEW).
+    Crr,
+    /// One-way UDP packets per second sent through the nodes (every packet is NEW: no reply is
+    /// ever seen).
+    Udp,
+    /// One TCP stream's throughput (established packets only).
+    Stream,
+    /// Transactions per second over one TCP connection (established packets only).
+    Rr,
 }
 
-fn run_helper(ns: &TestNetns, cpu: &str, args: &[&str]) -> f64 {
-    packets::run(ns.name(), Some(cpu), args)
-}
-
-/// Connections per second and UDP packets per second (received), one run of each.
-fn measure(p: &Pods) -> (f64, f64) {
-    let secs = 1.0;
-    let secs_arg = secs.to_string();
-    let crr = run_helper(&p.client, CLIENT_CPU, &["crr", SERVER_IP, &secs_arg]);
-    let mut server = spawn_helper(&p.server, SERVER_CPU, &["udp-server"]);
-    run_helper(&p.client, CLIENT_CPU, &["udp", SERVER_IP, &secs_arg]);
-    let mut out = String::new();
-    server
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = server.0.wait();
-    (crr, out.trim().parse::<f64>().unwrap() / secs)
-}
-
-/// Rounds of one row: the rules installed, measured, removed, the bare pods measured; the
-/// ratio of each round's adjacent runs cancels the machine's drift. Prints medians.
-fn paired_row(pods: &Pods, label: &str, install: &mut dyn FnMut(), remove: &mut dyn FnMut()) {
-    const ROUNDS: usize = 5;
-    let (mut ours, mut bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        install();
-        let a = measure(pods);
-        remove();
-        let b = measure(pods);
-        ratios.push((a.0 / b.0, a.1 / b.1));
-        ours.push(a);
-        bare.push(b);
+impl Metric {
+    fn name(self) -> &'static str {
+        match self {
+            Metric::Crr => "TCP_CRR conn/s",
+            Metric::Udp => "UDP pkt/s",
+            Metric::Stream => "TCP_STREAM bit/s",
+            Metric::Rr => "TCP_RR trans/s",
+        }
     }
-    println!(
-        "{label:>32} | {:>9.0} {:>9.0} {:>6.2} | {:>9.0} {:>9.0} {:>6.2}",
-        median(ours.iter().map(|m| m.0).collect()),
-        median(bare.iter().map(|m| m.0).collect()),
-        median(ratios.iter().map(|r| r.0).collect()),
-        median(ours.iter().map(|m| m.1).collect()),
-        median(bare.iter().map(|m| m.1).collect()),
-        median(ratios.iter().map(|r| r.1).collect()),
-    );
 }
 
-/// A row whose rules are one nft script, removed by another.
-fn nft_row(pods: &Pods, label: &str, install: &str, remove: &str) {
-    let mut nft = Nft::in_netns(pods.node.name());
-    let mut nft2 = Nft::in_netns(pods.node.name());
-    paired_row(
-        pods,
-        label,
-        &mut || nft.run(install).expect("nft accepts the table"),
-        &mut || nft2.run(remove).expect("nft removes the table"),
-    );
+const ALL_METRICS: [Metric; 4] = [Metric::Crr, Metric::Udp, Metric::Stream, Metric::Rr];
+const NEW_FLOW_METRICS: [Metric; 2] = [Metric::Crr, Metric::Udp];
+const PACKET_SECS: &str = "1";
+
+/// The servers the per-packet figures use, running in the server pod.
+/// (Held for their lifetime: dropping kills them.)
+struct Servers(#[allow(dead_code)] Vec<Killed>);
+
+impl Servers {
+    fn start(pods: &Pods) -> Servers {
+        let s = ["tcp-server", "stream-server", "rr-server"]
+            .iter()
+            .map(|m| packets::spawn(pods.server.name(), Some(SERVER_CPU), &[m]))
+            .collect();
+        Servers(s)
+    }
 }
 
-/// A row through the Calico-style iptables rendering: installed by a fresh programmer (read,
-/// then restore everything, as felix at start), removed down to no table at all (iptables-nft's
-/// `ip filter` table deleted, the ipsets destroyed).
-fn iptables_row(pods: &Pods, label: &str, state: &NodeProgram) {
-    let table = render_iptables(state, &Settings::default());
-    let node = pods.node.name();
-    let mut nft = Nft::in_netns(node);
-    paired_row(
-        pods,
-        label,
-        &mut || {
-            IptProgrammer::new(Iptables::in_netns(node, Flavour::Nft))
-                .sync(&table)
-                .expect("iptables accepts the rules");
-        },
-        &mut || {
-            nft.run("delete table ip filter\n")
-                .expect("the iptables-nft table goes");
-            let (_, destroy) = gingham_dataplane::iptables::removal(&table);
-            Iptables::in_netns(node, Flavour::Nft)
-                .ipset(&destroy)
-                .expect("the ipsets go");
-        },
-    );
+/// One figure between the pods.
+fn measure(p: &Pods, metric: Metric) -> f64 {
+    let client = |args: &[&str]| packets::run(p.client.name(), Some(CLIENT_CPU), args);
+    match metric {
+        Metric::Crr => client(&["crr", SERVER_IP, PACKET_SECS]),
+        Metric::Stream => client(&["stream", SERVER_IP, PACKET_SECS]),
+        Metric::Rr => client(&["rr", SERVER_IP, PACKET_SECS]),
+        Metric::Udp => {
+            // The sender's count: its CPU carries every packet through the nodes (in softirq,
+            // within the send), whether or not the receiver keeps up; the receiver's count
+            // depends on how it is woken.
+            let _server = packets::spawn(p.server.name(), Some(SERVER_CPU), &["udp-server"]);
+            let secs: f64 = PACKET_SECS.parse().unwrap();
+            client(&["udp", SERVER_IP, PACKET_SECS]) / secs
+        }
+    }
 }
 
-fn per_packet(scales: &[usize]) {
-    gingham_testkit::require_tool("taskset");
-    println!("\n## Per-packet cost (B1): two pods on one node, through the node's table");
-    println!(
-        "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; medians of 5 rounds, each the table's run"
-    );
-    println!(" next to a run with no table at all; ratio: the rules / no table, per round; the");
-    println!(" iptables rows: the same policies through the Calico-style iptables-nft peer)");
-    let pods = Pods::new("b", CLIENT_IP, SERVER_IP);
-    let _server = spawn_helper(&pods.server, SERVER_CPU, &["tcp-server"]);
-    println!(
-        "{:>32} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}",
-        "", "CRR/s", "no table", "ratio", "UDP pkt/s", "no table", "ratio"
-    );
-    let pods_yaml = |p: usize| {
-        // The two pods, local, in ns0: the server has app a0 (selected by the model's policies
-        // for that app in ns0), and one more policy, ordered last, lets the client in.
-        let mut text = endpoint(
-            ENDPOINTS * 20,
-            "app: a0, role: client",
-            Pods::CLIENT_IF,
-            CLIENT_IP,
-        );
-        text.push_str(&endpoint(
-            ENDPOINTS * 21,
-            "app: a0",
-            Pods::SERVER_IF,
-            SERVER_IP,
+/// The rules of one column of a per-packet table, installed on every node of the pods before
+/// its runs and removed after them.
+enum Rules {
+    /// No table at all: no netfilter hook, no conntrack.
+    Bare,
+    /// An nft script, and the one that removes what it made.
+    Nft { install: String, remove: String },
+    /// The Calico-style iptables peer (installed by a fresh programmer, as felix at start;
+    /// removed down to nothing: iptables-nft's `ip filter` table deleted, the ipsets destroyed).
+    Iptables(gingham_dataplane::iptables::IptTable),
+}
+
+/// Conntrack alone (what any stateful firewall pays): one rule accepting established flows.
+const CT_ONLY: &str = "table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n";
+
+impl Rules {
+    fn ct_only() -> Rules {
+        Rules::Nft {
+            install: CT_ONLY.into(),
+            remove: "delete table inet ctonly\n".into(),
+        }
+    }
+
+    /// Our table, as the agent installs it.
+    fn ours(table: &Table) -> Rules {
+        Rules::Nft {
+            install: table.replace_script().text,
+            remove: format!("delete table inet {}\n", gingham_dataplane::TABLE),
+        }
+    }
+
+    fn install(&self, pods: &Pods) {
+        for node in pods.nodes() {
+            match self {
+                Rules::Bare => {}
+                Rules::Nft { install, .. } => Nft::in_netns(node.name())
+                    .run(install)
+                    .expect("nft accepts the table"),
+                Rules::Iptables(table) => {
+                    IptProgrammer::new(Iptables::in_netns(node.name(), Flavour::Nft))
+                        .sync(table)
+                        .expect("iptables accepts the rules");
+                }
+            }
+        }
+    }
+
+    fn remove(&self, pods: &Pods) {
+        for node in pods.nodes() {
+            match self {
+                Rules::Bare => {}
+                Rules::Nft { remove, .. } => Nft::in_netns(node.name())
+                    .run(remove)
+                    .expect("nft removes the table"),
+                Rules::Iptables(table) => {
+                    Nft::in_netns(node.name())
+                        .run("delete table ip filter\n")
+                        .expect("the iptables-nft table goes");
+                    let (_, destroy) = gingham_dataplane::iptables::removal(table);
+                    Iptables::in_netns(node.name(), Flavour::Nft)
+                        .ipset(&destroy)
+                        .expect("the ipsets go");
+                }
+            }
+        }
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("AGENT_BENCH_ROUNDS")
+        .ok()
+        .map(|r| r.parse().expect("AGENT_BENCH_ROUNDS: a number"))
+        .unwrap_or(5)
+}
+
+/// Paired rounds: every round measures every column (in an order that rotates from round to
+/// round), so that each column's figures can be divided by the others' of the same round and
+/// the machine's drift cancels. `figures[metric][column][round]`.
+fn paired_rounds(
+    pods: &Pods,
+    columns: &[(String, Rules)],
+    metrics: &[Metric],
+) -> Vec<Vec<Vec<f64>>> {
+    let rounds = rounds();
+    let mut figures = vec![vec![vec![0.0; rounds]; columns.len()]; metrics.len()];
+    for round in 0..rounds {
+        for k in 0..columns.len() {
+            let c = (k + round) % columns.len();
+            let rules = &columns[c].1;
+            rules.install(pods);
+            for (per_metric, &metric) in figures.iter_mut().zip(metrics) {
+                per_metric[c][round] = measure(pods, metric);
+            }
+            rules.remove(pods);
+        }
+    }
+    figures
+}
+
+/// Median of the per-round ratios `a / b`, with their spread (min-max).
+fn ratio(a: &[f64], b: &[f64]) -> String {
+    let r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.3} [{lo:.2}-{hi:.2}]", median(r))
+}
+
+fn figure(v: f64) -> String {
+    if v >= 1e8 {
+        format!("{:.2}G", v / 1e9)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Prints a table of paired rounds: each column's median figure, then the listed ratios.
+fn print_rounds(
+    columns: &[(String, Rules)],
+    metrics: &[Metric],
+    figures: &[Vec<Vec<f64>>],
+    ratios: &[(usize, usize)],
+) {
+    let mut head = format!("{:>17} |", "");
+    for (label, _) in columns {
+        head.push_str(&format!(" {label:>10}"));
+    }
+    head.push_str(" |");
+    for (a, b) in ratios {
+        head.push_str(&format!(
+            " {:>22}",
+            format!("{}/{}", columns[*a].0, columns[*b].0)
         ));
-        text.push_str(&format!(
-            "apiVersion: projectcalico.org/v3
+    }
+    println!("{head}");
+    for (m, metric) in metrics.iter().enumerate() {
+        let mut line = format!("{:>17} |", metric.name());
+        for per_column in &figures[m] {
+            line.push_str(&format!(" {:>10}", figure(median(per_column.clone()))));
+        }
+        line.push_str(" |");
+        for (a, b) in ratios {
+            line.push_str(&format!(" {:>22}", ratio(&figures[m][*a], &figures[m][*b])));
+        }
+        println!("{line}");
+    }
+}
+
+/// The two pods (local to the node, in ns0: the server has app a0, selected by the model's
+/// policies for that app in ns0) and one more policy, ordered last, that lets the client in.
+fn pods_yaml(p: usize) -> Vec<Resource> {
+    let mut text = endpoint(
+        ENDPOINTS * 20,
+        "app: a0, role: client",
+        Pods::CLIENT_IF,
+        CLIENT_IP,
+    );
+    text.push_str(&endpoint(
+        ENDPOINTS * 21,
+        "app: a0",
+        Pods::SERVER_IF,
+        SERVER_IP,
+    ));
+    text.push_str(&format!(
+        "apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {{name: allow-client, namespace: ns0}}
 spec:
@@ -581,50 +696,264 @@ spec:
     source: {{selector: role == 'client'}}
 ---
 ",
-            p + 1
-        ));
-        load(&text)
-    };
-    // Conntrack alone (any stateful firewall pays it): one rule accepting established flows.
-    nft_row(
-        &pods,
-        "conntrack only",
-        "table inet ctonly {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n  ct state established,related accept\n }\n}\n",
-        "delete table inet ctonly\n",
+        p + 1
+    ));
+    load(&text)
+}
+
+/// The node's programs with `p` policies and the two pods; how many policies select the server.
+fn pods_state(p: usize) -> (NodeProgram, usize) {
+    let mut resources = model(p);
+    resources.extend(pods_yaml(p));
+    let mut calc = Calculator::new(NODE);
+    calc.load_all(resources);
+    let state = calc.state();
+    let selecting = state
+        .endpoints
+        .values()
+        .find(|e| e.interface == Pods::SERVER_IF)
+        .map(|e| {
+            e.ingress
+                .tiers
+                .iter()
+                .map(|t| t.policies.len())
+                .sum::<usize>()
+        })
+        .unwrap_or(0);
+    (state, selecting)
+}
+
+/// The per-packet helpers run at real-time priority unless `AGENT_BENCH_RT=0`: the builds
+/// and services sharing the machine then disturb the figures less.
+fn realtime() {
+    let off = std::env::var("AGENT_BENCH_RT").is_ok_and(|v| v == "0");
+    packets::set_realtime(if off { None } else { Some(10) });
+}
+
+fn per_packet(scales: &[usize]) {
+    gingham_testkit::require_tool("taskset");
+    gingham_testkit::require_tool("chrt");
+    realtime();
+    println!("\n## Per-packet cost (B1): two pods, through the nodes' tables");
+    println!(
+        "(client pinned to cpu{CLIENT_CPU}, server to cpu{SERVER_CPU}; {} paired rounds: every round measures every",
+        rounds()
     );
-    for &p in [0].iter().chain(scales) {
-        let mut resources = model(p);
-        resources.extend(pods_yaml(p));
-        let mut calc = Calculator::new(NODE);
-        calc.load_all(resources);
-        let state = calc.state();
-        let selecting = state
-            .endpoints
-            .values()
-            .find(|e| e.interface == Pods::SERVER_IF)
-            .map(|e| {
-                e.ingress
-                    .tiers
-                    .iter()
-                    .map(|t| t.policies.len())
-                    .sum::<usize>()
-            })
-            .unwrap_or(0);
-        let rendered = render(&state, &Settings::default());
-        if let Some(dir) = std::env::var_os("AGENT_BENCH_DUMP") {
-            // For experiments: the table of each row, as an nft script.
-            let path = std::path::Path::new(&dir).join(format!("b1-table-{p}.nft"));
-            std::fs::write(path, rendered.script()).unwrap();
+    println!(
+        " column; figures: medians; ratios: median of the per-round ratios [min-max]. Columns:"
+    );
+    println!(
+        " none = no table at all; ct = conntrack only (one rule accepting established flows);"
+    );
+    println!(" ours = the node's table; ipt = the Calico-style iptables-nft peer, same policies.");
+    println!(
+        " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables.)"
+    );
+    let topologies = std::env::var("AGENT_BENCH_NODES").unwrap_or_else(|_| "1,2".into());
+    for nodes in topologies.split(',') {
+        let pods = match nodes.trim() {
+            "1" => Pods::new("b", CLIENT_IP, SERVER_IP),
+            "2" => Pods::across_nodes("b2", CLIENT_IP, SERVER_IP),
+            other => panic!("AGENT_BENCH_NODES: 1 or 2, not {other}"),
+        };
+        let _servers = Servers::start(&pods);
+        for &p in [0].iter().chain(scales) {
+            let (state, selecting) = pods_state(p);
+            let rendered = render(&state, &Settings::default());
+            if let Some(dir) = std::env::var_os("AGENT_BENCH_DUMP") {
+                // For experiments: the table of each row, as an nft script.
+                let path = std::path::Path::new(&dir).join(format!("b1-table-{p}.nft"));
+                std::fs::write(path, rendered.script()).unwrap();
+            }
+            let ipt = render_iptables(&state, &Settings::default());
+            println!(
+                "\n{nodes} node(s), P={p}: ours {} chains, iptables {} rules; policies selecting the server: {selecting}",
+                rendered.chains,
+                ipt.rule_count()
+            );
+            let columns = vec![
+                ("none".to_owned(), Rules::Bare),
+                ("ct".to_owned(), Rules::ct_only()),
+                ("ours".to_owned(), Rules::ours(&rendered.table)),
+                ("ipt".to_owned(), Rules::Iptables(ipt)),
+            ];
+            let figures = paired_rounds(&pods, &columns, &ALL_METRICS);
+            print_rounds(
+                &columns,
+                &ALL_METRICS,
+                &figures,
+                &[(2, 1), (2, 3), (1, 0), (2, 0), (3, 0)],
+            );
         }
-        nft_row(
-            &pods,
-            &format!("P={p} ({} chains, {selecting} sel.)", rendered.chains),
-            &rendered.script(),
-            "delete table inet gingham\n",
-        );
-        let rules = render_iptables(&state, &Settings::default()).rule_count();
-        iptables_row(&pods, &format!("P={p} iptables ({rules} rules)"), &state);
     }
+}
+
+/// Our table with every rule's text passed through `f` (rules it maps to `None` left out).
+fn edit_rules(table: &Table, f: impl Fn(&str) -> Option<String>) -> Table {
+    let mut out = table.clone();
+    for chain in out.chains.values_mut() {
+        chain.rules = chain
+            .rules
+            .iter()
+            .filter_map(|r| f(&r.text).map(|t| Rule::new(t, r.note.clone())))
+            .collect();
+    }
+    out
+}
+
+/// Our table with the pods' dispatch map elements made verdicts (egress `continue`, ingress
+/// `accept`): what the new flow pays when no policy selects the pods and their profiles allow
+/// everything (the dispatch maps, nothing else).
+fn dispatch_only(table: &Table) -> Table {
+    let mut out = table.clone();
+    for set in out.sets.values_mut() {
+        set.elements = std::mem::take(&mut set.elements)
+            .into_iter()
+            .map(|e| {
+                if e.contains(": jump w") {
+                    format!("{}: continue", e.split(": ").next().unwrap())
+                } else if e.contains(": goto w") {
+                    format!("{}: accept", e.split(": ").next().unwrap())
+                } else {
+                    e
+                }
+            })
+            .collect();
+    }
+    out
+}
+
+/// A table `name` with conntrack first (`ct`), then `n` copies of `rule` in the forward hook
+/// (after `defs`: sets and chains the rule names).
+fn ct_plus(name: &str, ct: &str, defs: &str, rule: &str, n: usize) -> Rules {
+    let extra: String = (0..n).map(|_| format!("  {rule}\n")).collect();
+    Rules::Nft {
+        install: format!(
+            "table inet {name} {{\n{defs} chain forward {{\n  type filter hook forward priority 0; policy accept;\n  {ct}\n{extra} }}\n}}\n"
+        ),
+        remove: format!("delete table inet {name}\n"),
+    }
+}
+
+const CT_RULE: &str = "ct state established,related accept";
+
+/// One kind of rule a new flow may meet, repeated [`AMPLIFY`] times after conntrack so that
+/// its own cost stands out of the noise: (label, definitions, rule). None of them matches or
+/// ends the walk.
+const AMPLIFIED: [(&str, &str, &str); 9] = [
+    ("ct rule", "", CT_RULE),
+    (
+        "ifname vmap",
+        " map m { type ifname : verdict; elements = { \"calibclient\" : continue, \"calibserver\" : continue, * : continue }; }\n",
+        "iifname vmap @m",
+    ),
+    (
+        "ifindex vmap",
+        " map m { type iface_index : verdict; elements = { \"calibclient\" : continue, \"calibserver\" : continue }; }\n",
+        "meta iif vmap @m",
+    ),
+    ("ifname ==", "", "iifname \"calixxx\" drop"),
+    ("mark test", "", "meta mark & 0x00010000 != 0 drop"),
+    ("counter", "", "counter"),
+    ("mark set", "", "meta mark set meta mark & 0xfffcffff"),
+    ("jump+return", " chain e {\n }\n", "jump e"),
+    (
+        "addr set",
+        " set s { type ipv4_addr; elements = { 10.1.1.1, 10.1.1.2, 10.1.1.3 }; }\n",
+        "ip saddr @s drop",
+    ),
+];
+const AMPLIFY: usize = 100;
+
+/// What each lookup on a new flow's path costs: variants of the table at P policies (one node),
+/// measured in paired rounds against no table and conntrack only. The time a new packet
+/// spends beyond conntrack only is `1/rate - 1/rate(ct)` (the sending CPU carries the
+/// packet through the node in softirq), in ns per packet (UDP) or per connection (CRR).
+fn path_costs(scales: &[usize]) {
+    gingham_testkit::require_tool("taskset");
+    gingham_testkit::require_tool("chrt");
+    realtime();
+    let p = scales.first().copied().unwrap_or(100);
+    let (state, selecting) = pods_state(p);
+    let table = render(&state, &Settings::default()).table;
+    println!(
+        "\n## A new flow's path, lookup by lookup (one node, P={p}, {selecting} policies select the server)"
+    );
+    let no_logs = |t: &str| (!t.contains(" log group ")).then(|| t.to_owned());
+    let no_counters = |t: &str| Some(t.replace("counter ", ""));
+    let columns = vec![
+        ("none".to_owned(), Rules::Bare),
+        ("ct".to_owned(), Rules::ct_only()),
+        (
+            "ct-vmap".to_owned(),
+            ct_plus(
+                "ctv",
+                "ct state vmap { established : accept, related : accept, invalid : drop }",
+                "",
+                "",
+                0,
+            ),
+        ),
+        ("dispatch".to_owned(), Rules::ours(&dispatch_only(&table))),
+        (
+            "-log-cnt".to_owned(),
+            Rules::ours(&edit_rules(&edit_rules(&table, no_logs), no_counters)),
+        ),
+        (
+            "-cnt".to_owned(),
+            Rules::ours(&edit_rules(&table, no_counters)),
+        ),
+        ("ours".to_owned(), Rules::ours(&table)),
+    ];
+    println!("(columns: none; ct = conntrack only; ct-vmap = our table's conntrack rule alone;");
+    println!(" dispatch = our table, the pods'");
+    println!(
+        " dispatch elements verdicts (no policy selects them); -log-cnt = our table without flow"
+    );
+    println!(" log rules and counters; -cnt = without counters; ours = the table as rendered)");
+    let pods = Pods::new("bp", CLIENT_IP, SERVER_IP);
+    let _servers = Servers::start(&pods);
+    let figures = paired_rounds(&pods, &columns, &NEW_FLOW_METRICS);
+    let vs: Vec<(usize, usize)> = (2..columns.len()).map(|c| (c, 1)).collect();
+    print_rounds(&columns, &NEW_FLOW_METRICS, &figures, &vs);
+    for (m, metric) in NEW_FLOW_METRICS.iter().enumerate() {
+        let ct = median(figures[m][1].clone());
+        let mut line = format!(
+            "{:>17} |",
+            format!("{} ns", metric.name().split(' ').next().unwrap())
+        );
+        for per_column in &figures[m] {
+            let v = median(per_column.clone());
+            line.push_str(&format!(" {:>10.0}", 1e9 / v - 1e9 / ct));
+        }
+        println!("{line}");
+    }
+    println!("(ns rows: time per packet or connection beyond conntrack only, from the medians)");
+
+    println!(
+        "\n## One rule of each kind, on a new flow's path ({AMPLIFY} copies after conntrack only; UDP)"
+    );
+    let mut columns = vec![("ct".to_owned(), Rules::ct_only())];
+    for (k, (label, defs, rule)) in AMPLIFIED.iter().enumerate() {
+        columns.push((
+            label.to_string(),
+            ct_plus(&format!("amp{k}"), CT_RULE, defs, rule, AMPLIFY),
+        ));
+    }
+    let figures = paired_rounds(&pods, &columns, &[Metric::Udp]);
+    let ct = median(figures[0][0].clone());
+    for (c, (label, _)) in columns.iter().enumerate().skip(1) {
+        let v = median(figures[0][c].clone());
+        println!(
+            "{label:>12}: {:>8.0} pkt/s, {:>5.1} ns per rule",
+            v,
+            (1e9 / v - 1e9 / ct) / AMPLIFY as f64
+        );
+    }
+    println!("(ns per rule: (1/rate - 1/rate(ct)) / {AMPLIFY}, from the medians; the first rule a");
+    println!(
+        " new packet meets after conntrack costs more than these (see the dispatch column above))"
+    );
 }
 
 fn footprint(scales: &[usize]) {
@@ -752,6 +1081,9 @@ fn main() {
     }
     if only.is_empty() || only.contains("packet") {
         per_packet(&scales);
+    }
+    if only.contains("path") {
+        path_costs(&scales);
     }
     if only.is_empty() || only.contains("footprint") {
         footprint(&scales);

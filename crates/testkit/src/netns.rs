@@ -147,90 +147,149 @@ pub fn wire_to_bridge(
 
 /// A node namespace with two pods plumbed the Calico way (a veth per pod, `cali…` on the node
 /// with proxy ARP and a /32 route, the pod's default route via 169.254.1.1), for tests and
-/// benchmarks that send real packets from one pod to the other through the node's rules.
+/// benchmarks that send real packets from one pod to the other through the node's rules; or,
+/// with [`TwoPods::across_nodes`], each pod on its own node, the nodes joined by a veth.
 pub struct TwoPods {
+    /// The client's node (also the server's, unless `server_node` is set).
     pub node: TestNetns,
     pub client: TestNetns,
     pub server: TestNetns,
+    /// The server's node, when the pods are on two nodes.
+    pub server_node: Option<TestNetns>,
 }
 
 impl TwoPods {
     /// The node's interface towards the client and the server pod.
     pub const CLIENT_IF: &'static str = "calibclient";
     pub const SERVER_IF: &'static str = "calibserver";
+    /// The nodes' addresses on the veth between them (two-node pods).
+    pub const NODE_LINK: [&'static str; 2] = ["192.168.78.1", "192.168.78.2"];
 
     /// Plumbs the pods with the given addresses (IPv4) into namespaces named after `tag`.
     pub fn new(tag: &str, client_ip: &str, server_ip: &str) -> TwoPods {
         let node = TestNetns::new(&format!("{tag}n"));
         let client = TestNetns::new(&format!("{tag}c"));
         let server = TestNetns::new(&format!("{tag}s"));
-        node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        // The node's own address (ARP towards the pods needs a source).
-        node.exec_ok(&["ip", "addr", "add", "192.168.77.1/32", "dev", "lo"]);
-        for (pod, host_if, addr) in [
-            (&client, Self::CLIENT_IF, client_ip),
-            (&server, Self::SERVER_IF, server_ip),
-        ] {
-            node.exec_ok(&[
-                "ip",
-                "link",
-                "add",
-                host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pod.name(),
-            ]);
-            node.exec_ok(&["ip", "link", "set", host_if, "up"]);
-            node.exec_ok(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
-            ]);
-            node.exec_ok(&["ip", "route", "add", &format!("{addr}/32"), "dev", host_if]);
-            pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-            pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-            pod.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-            let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
-            pod.exec_ok(&[
-                "ip",
-                "neigh",
-                "add",
-                "169.254.1.1",
-                "lladdr",
-                mac.trim(),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ]);
-            pod.exec_ok(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ]);
-        }
+        node_setup(&node, "192.168.77.1");
+        plumb_pod(&node, &client, Self::CLIENT_IF, client_ip);
+        plumb_pod(&node, &server, Self::SERVER_IF, server_ip);
         TwoPods {
             node,
             client,
             server,
+            server_node: None,
         }
     }
+
+    /// The client on one node and the server on another: the nodes are joined by a veth
+    /// (`up0` on each, [`TwoPods::NODE_LINK`]) and route each other's pod over it.
+    pub fn across_nodes(tag: &str, client_ip: &str, server_ip: &str) -> TwoPods {
+        let node = TestNetns::new(&format!("{tag}n"));
+        let node2 = TestNetns::new(&format!("{tag}m"));
+        let client = TestNetns::new(&format!("{tag}c"));
+        let server = TestNetns::new(&format!("{tag}s"));
+        let [a, b] = Self::NODE_LINK;
+        node_setup(&node, a);
+        node_setup(&node2, b);
+        node.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            node2.name(),
+        ]);
+        for (n, me, other, pod_ip) in [(&node, a, b, server_ip), (&node2, b, a, client_ip)] {
+            n.exec_ok(&["ip", "addr", "add", &format!("{me}/24"), "dev", "up0"]);
+            n.exec_ok(&["ip", "link", "set", "up0", "up"]);
+            n.exec_ok(&["ip", "route", "add", &format!("{pod_ip}/32"), "via", other]);
+        }
+        plumb_pod(&node, &client, Self::CLIENT_IF, client_ip);
+        plumb_pod(&node2, &server, Self::SERVER_IF, server_ip);
+        TwoPods {
+            node,
+            client,
+            server,
+            server_node: Some(node2),
+        }
+    }
+
+    /// The nodes: the client's, then the server's if it has its own.
+    pub fn nodes(&self) -> Vec<&TestNetns> {
+        std::iter::once(&self.node)
+            .chain(self.server_node.as_ref())
+            .collect()
+    }
+}
+
+/// A node forwards, and has an address of its own (`addr` on lo: ARP towards the pods needs a
+/// source).
+fn node_setup(node: &TestNetns, addr: &str) {
+    node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    node.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+}
+
+/// A pod plumbed the Calico way into `node`: a veth (`host_if` on the node with proxy ARP and
+/// a /32 route, `eth0` in the pod with `addr`), the pod's default route via 169.254.1.1.
+fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
+    node.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ]);
+    node.exec_ok(&["ip", "link", "set", host_if, "up"]);
+    node.exec_ok(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+    ]);
+    node.exec_ok(&["ip", "route", "add", &format!("{addr}/32"), "dev", host_if]);
+    pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
+    pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+    pod.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    let mac = node.exec_ok(&["cat", &format!("/sys/class/net/{host_if}/address")]);
+    pod.exec_ok(&[
+        "ip",
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "lladdr",
+        mac.trim(),
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    pod.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
 }

@@ -10,6 +10,9 @@
 //! - `stream-server`: accepts on port 5201 and counts what it reads until the sender closes, then
 //!   answers with the count (so the sender's figure is what arrived, not what was buffered).
 //! - `stream ADDR SECS`: one TCP stream to ADDR:5201 for SECS seconds; prints bits per second.
+//! - `rr-server`: accepts on port 5202 and echoes every byte it reads (the other side of `rr`).
+//! - `rr ADDR SECS`: one TCP connection to ADDR:5202, one byte each way per transaction, as
+//!   netperf's TCP_RR; prints transactions per second.
 //! - `first-connect ADDR TIMEOUT_SECS`: tries TCP connections to ADDR:80 every few milliseconds
 //!   and exits 0 at the first that connects (1 if none did in time): the caller times its exit.
 
@@ -18,6 +21,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Set in a helper's environment: `main` runs [`helper`] instead of the benchmark.
@@ -38,11 +42,24 @@ pub fn run_if_helper(args: &[String]) -> bool {
     true
 }
 
-/// This benchmark re-executed in `netns` (pinned to `cpu` if given) in helper mode.
+/// The real-time (SCHED_FIFO) priority helpers run at, 0 for none.
+static REALTIME: AtomicU32 = AtomicU32::new(0);
+
+/// Helpers started from now on run at this SCHED_FIFO priority (`chrt -f`), or normally.
+pub fn set_realtime(priority: Option<u32>) {
+    REALTIME.store(priority.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// This benchmark re-executed in `netns` (pinned to `cpu` if given, at the priority of
+/// [`set_realtime`]) in helper mode.
 pub fn command(netns: &str, cpu: Option<&str>, args: &[&str]) -> Command {
     let exe = std::env::current_exe().expect("the benchmark's own path");
     let mut c = Command::new("ip");
     c.args(["netns", "exec", netns]);
+    let rt = REALTIME.load(Ordering::Relaxed);
+    if rt > 0 {
+        c.args(["chrt", "-f", &rt.to_string()]);
+    }
     if let Some(cpu) = cpu {
         c.args(["taskset", "-c", cpu]);
     }
@@ -219,6 +236,33 @@ pub fn helper(mode: &str, args: &[String]) {
             let elapsed = start.elapsed().as_secs_f64();
             let bytes: f64 = answer.trim().parse().expect("a count");
             println!("{}", bytes * 8.0 / elapsed);
+        }
+        "rr-server" => {
+            let l = TcpListener::bind("0.0.0.0:5202").expect("port 5202");
+            ready();
+            for mut s in l.incoming().flatten() {
+                let _ = s.set_nodelay(true);
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+            }
+        }
+        "rr" => {
+            let target: SocketAddr = format!("{}:5202", args[0]).parse().expect("address");
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                .expect("the rr server answers");
+            s.set_nodelay(true).expect("nodelay");
+            let start = Instant::now();
+            let end = start + Duration::from_secs_f64(secs);
+            let mut n = 0u64;
+            let mut b = [1u8; 1];
+            while Instant::now() < end {
+                for _ in 0..16 {
+                    s.write_all(&b).expect("the connection stays up");
+                    s.read_exact(&mut b).expect("the echo");
+                    n += 1;
+                }
+            }
+            println!("{}", n as f64 / start.elapsed().as_secs_f64());
         }
         "first-connect" => {
             let target: SocketAddr = format!("{}:80", args[0]).parse().expect("address");
