@@ -5,34 +5,19 @@
 //!
 //! Run: `cargo bench -p gingham-calc --bench incremental`. `CALC_BENCH_SCALE=small|large`.
 
-// The counting allocator below is the one unsafe block of the workspace: a benchmark needs to
-// know how many bytes stay allocated, and only a global allocator sees that.
+// The counting allocator (`tests/support/counting.rs`) is the unsafe code here: a benchmark
+// needs to know how many bytes stay allocated, and only a global allocator sees that.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "../tests/support/counting.rs"]
+mod counting;
+
 use std::time::{Duration, Instant};
 
-/// Counts live heap bytes.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use counting::live;
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 use gingham_calc::Snapshot;
 use gingham_calc::incremental::{Calculator, Update};
@@ -89,11 +74,6 @@ spec:
 }
 
 const NODES: usize = 100;
-
-/// Live heap bytes.
-fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -3,134 +3,36 @@
 //! counting allocator (this test binary's only test, so nothing else allocates meanwhile) on
 //! the agent bench's cluster shape: 100 namespaces, 1,000 endpoints on 10 nodes, namespaced
 //! policies that each select an app label and allow TCP from a role.
-// The counting allocator is the only unsafe code: it passes every call on to `System`.
+// The counting allocator (`support/counting.rs`) is the only unsafe code: it passes every
+// call on to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "support/bench_model.rs"]
+mod bench_model;
+#[path = "support/counting.rs"]
+mod counting;
 
+use bench_model::{model_text, policies};
+use counting::live;
 use gingham_calc::incremental::{Calculator, Update};
 use gingham_model::Resource;
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged; only sizes are counted.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller's contract is the system allocator's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
-const NAMESPACES: usize = 100;
-const ENDPOINTS: usize = 1000;
 /// What the calculator may hold per policy (compiled policy, its share of local programs and
 /// indexes): about 1.1 KB. Keeping the input resource and a copy of every rule cost about
 /// 4.1 KB; a selector tree per policy instead of shared ones, about 1.4 KB.
 const BUDGET: usize = 1280;
 
-fn profiles_and_endpoints() -> String {
-    let mut text: String = (0..NAMESPACES)
-        .map(|n| {
-            format!(
-                "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {{name: kns.ns{n}}}
-spec:
-  ingress: [{{action: Allow}}]
-  egress: [{{action: Allow}}]
----
-"
-            )
-        })
-        .collect();
-    for i in 0..ENDPOINTS {
-        let ns = i % NAMESPACES;
-        let node = (i / NAMESPACES) % 10;
-        text.push_str(&format!(
-            "apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node{node}-k8s-pod{i}-eth0
-  namespace: ns{ns}
-  labels: {{app: a{app}, role: r{role}, projectcalico.org/namespace: ns{ns}, projectcalico.org/orchestrator: k8s}}
-spec:
-  orchestrator: k8s
-  node: node{node}
-  pod: pod{i}
-  endpoint: eth0
-  interfaceName: cali{i:011}
-  ipNetworks: [10.{a}.{b}.{c}/32]
-  profiles: [kns.ns{ns}]
----
-",
-            app = (i / NAMESPACES) % 10,
-            role = i % 20,
-            a = 100 + (i >> 16),
-            b = (i >> 8) & 255,
-            c = i & 255,
-        ));
-    }
-    text
-}
-
-fn policies(range: std::ops::Range<usize>) -> String {
-    range
-        .map(|j| {
-            format!(
-                "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: pol{j}, namespace: ns{ns}}}
-spec:
-  order: {j}
-  selector: app == 'a{app}'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {{selector: role == 'r{role}'}}
-    destination: {{ports: [{port}]}}
----
-",
-                ns = j % NAMESPACES,
-                app = (j / NAMESPACES) % 10,
-                role = j % 20,
-                port = 80 + j % 5,
-            )
-        })
-        .collect()
-}
-
 fn load(text: &str) -> Vec<Resource> {
     gingham_model::load_resources("memory.yaml", text).expect("valid generated input")
-}
-
-fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
 }
 
 #[test]
 fn the_calculator_holds_each_policy_once() {
     const P: usize = 2000;
-    let base_input = profiles_and_endpoints();
+    let base_input = model_text(0);
 
     // A cold start with no policies, then with P: the difference is what P policies cost.
     let mut calc = Calculator::new("node0");

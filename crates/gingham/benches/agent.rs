@@ -36,6 +36,8 @@
 //! `AGENT_BENCH_ONLY=footprint` (or `latency`, `packet`) runs one part;
 //! `AGENT_BENCH_HEAPTRACK=DIR` records the footprint agents' heaps with heaptrack.
 
+#[path = "../../calc/tests/support/bench_model.rs"]
+mod bench_model;
 #[path = "support/packets.rs"]
 mod packets;
 
@@ -43,6 +45,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench_model::{ENDPOINTS, NAMESPACES, endpoint, model_endpoint, policy};
 use gingham_calc::incremental::{Calculator, Update};
 use gingham_calc::program::NodeProgram;
 use gingham_dataplane::Table;
@@ -54,86 +57,15 @@ use gingham_net::NetnsRef;
 use gingham_testkit::netns::{TestNetns, TwoPods as Pods};
 use packets::{Killed, median};
 
-const NAMESPACES: usize = 100;
-const ENDPOINTS: usize = 1000;
 const NODE: &str = "node0";
 
 fn load(text: &str) -> Vec<Resource> {
     gingham_model::load_resources("bench.yaml", text).expect("valid generated input")
 }
 
-fn endpoint(i: usize, labels: &str, iface: &str, ip: &str) -> String {
-    let ns = i % NAMESPACES;
-    let node = format!("node{}", (i / NAMESPACES) % 10);
-    format!(
-        "apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: {node}-k8s-pod{i}-eth0
-  namespace: ns{ns}
-  labels: {{{labels}, projectcalico.org/namespace: ns{ns}, projectcalico.org/orchestrator: k8s}}
-spec:
-  orchestrator: k8s
-  node: {node}
-  pod: pod{i}
-  endpoint: eth0
-  interfaceName: {iface}
-  ipNetworks: [{ip}/32]
-  profiles: [kns.ns{ns}]
----
-"
-    )
-}
-
-fn model_endpoint(i: usize, role: usize) -> String {
-    endpoint(
-        i,
-        &format!("app: a{}, role: r{role}", (i / NAMESPACES) % 10),
-        &format!("cali{i:011}"),
-        &format!("10.{}.{}.{}", 100 + (i >> 16), (i >> 8) & 255, i & 255),
-    )
-}
-
-fn policy(j: usize, port: u16) -> String {
-    format!(
-        "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: pol{j}, namespace: ns{ns}}}
-spec:
-  order: {j}
-  selector: app == 'a{app}'
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {{selector: role == 'r{role}'}}
-    destination: {{ports: [{port}]}}
----
-",
-        ns = j % NAMESPACES,
-        app = (j / NAMESPACES) % 10,
-        role = j % 20,
-    )
-}
-
 /// Profiles, endpoints and `p` policies.
 fn model(p: usize) -> Vec<Resource> {
-    let mut text: String = (0..NAMESPACES)
-        .map(|n| {
-            format!(
-                "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {{name: kns.ns{n}}}
-spec:
-  ingress: [{{action: Allow}}]
-  egress: [{{action: Allow}}]
----
-"
-            )
-        })
-        .collect();
-    text.extend((0..ENDPOINTS).map(|i| model_endpoint(i, i % 20)));
-    text.extend((0..p).map(|j| policy(j, 80 + (j % 5) as u16)));
-    load(&text)
+    load(&bench_model::model_text(p))
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
