@@ -391,6 +391,19 @@ fn key_bytes(key_type: &str, text: &str) -> Result<Vec<u8>, Unencodable> {
     }
 }
 
+/// The packet's mark into register 1, then `(mark & mask) ^ xor` there.
+fn mark_bitwise(out: &mut Vec<Expr>, mask: u32, xor: u32) {
+    out.push(Expr::Meta {
+        key: NFT_META_MARK,
+        dreg: NFT_REG_1,
+    });
+    out.push(Expr::Bitwise {
+        len: 4,
+        mask: mask.to_ne_bytes().to_vec(),
+        xor: xor.to_ne_bytes().to_vec(),
+    });
+}
+
 /// An interface name as nft compares it: quoted; `"x*"` matches the prefix `x`.
 fn ifname_bytes(quoted: &str, wildcard: bool) -> Result<Vec<u8>, Unencodable> {
     let Some(name) = quoted.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
@@ -1278,15 +1291,7 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                 (Some("&"), Some(rel @ ("==" | "!="))) => {
                     let mask = hex32(w.get(i + 3))?;
                     let value = hex32(w.get(i + 5))?;
-                    out.push(Expr::Meta {
-                        key: NFT_META_MARK,
-                        dreg: NFT_REG_1,
-                    });
-                    out.push(Expr::Bitwise {
-                        len: 4,
-                        mask: mask.to_ne_bytes().to_vec(),
-                        xor: 0u32.to_ne_bytes().to_vec(),
-                    });
+                    mark_bitwise(&mut out, mask, 0);
                     out.push(Expr::Cmp {
                         op: if rel == "==" { NFT_CMP_EQ } else { NFT_CMP_NEQ },
                         data: value.to_ne_bytes().to_vec(),
@@ -1300,15 +1305,7 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                         Some("&") => (v, 0),
                         other => return no(format!("mark operation {other:?}")),
                     };
-                    out.push(Expr::Meta {
-                        key: NFT_META_MARK,
-                        dreg: NFT_REG_1,
-                    });
-                    out.push(Expr::Bitwise {
-                        len: 4,
-                        mask: mask.to_ne_bytes().to_vec(),
-                        xor: xor.to_ne_bytes().to_vec(),
-                    });
+                    mark_bitwise(&mut out, mask, xor);
                     out.push(Expr::MetaSet {
                         key: NFT_META_MARK,
                         sreg: NFT_REG_1,

@@ -25,14 +25,7 @@ const DENY: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetad
 fn sys_flow_log_flood_stays_bounded_and_programming_goes_on() {
     Fabric::Flat.require();
     gingham_testkit::require_tool("bash");
-    let lab = common::lab_up(
-        "q",
-        "{nodes: [node-a, node-b]}",
-        &format!(
-            "{}{CLUSTER}",
-            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
-        ),
-    );
+    let lab = common::flat_lab("q", "{nodes: [node-a, node-b]}", CLUSTER);
     common::ok_in(&["apply", "-f", "-", "--datastore", &lab.ds], Some(DENY));
     common::wait_programmed(&lab.dir);
     let target = common::pod_address(&lab, "default/target");
@@ -154,14 +147,11 @@ const ONLY_443: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nm
 #[test]
 fn sys_a_denied_flow_is_logged_at_once_with_its_endpoints_names() {
     Fabric::Flat.require();
-    let lab = common::lab_up(
+    let lab = common::flat_lab(
         "n",
         "{nodes: [node-a, node-b]}",
         // The policy is in the lab from the start: nothing is programmed after the pods came.
-        &format!(
-            "{}{CLUSTER}{ALIKE}---\n{DENY}---\n{ONLY_443}",
-            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
-        ),
+        &format!("{CLUSTER}{ALIKE}---\n{DENY}---\n{ONLY_443}"),
     );
     common::wait_programmed(&lab.dir);
     assert_eq!(
@@ -231,14 +221,7 @@ spec:
 fn allowed_lab(prefix: &str, allowed: bool) -> common::TestLab {
     Fabric::Flat.require();
     let spec = format!("{{nodes: [node-a, node-b], flowLogsAllowed: {allowed}}}");
-    let lab = common::lab_up(
-        prefix,
-        &spec,
-        &format!(
-            "{}{ALLOWED_CLUSTER}",
-            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
-        ),
-    );
+    let lab = common::flat_lab(prefix, &spec, ALLOWED_CLUSTER);
     common::wait_programmed(&lab.dir);
     lab
 }
@@ -326,13 +309,10 @@ fn sys_allowed_flows_are_not_logged_unless_turned_on() {
 #[test]
 fn sys_a_missing_tiers_drop_is_logged_with_explains_cause() {
     Fabric::Flat.require();
-    let lab = common::lab_up(
+    let lab = common::flat_lab(
         "t",
         "{nodes: [node-a, node-b]}",
-        &format!(
-            "{}{CLUSTER}---\n{IN_MISSING_TIER}",
-            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
-        ),
+        &format!("{CLUSTER}---\n{IN_MISSING_TIER}"),
     );
     common::wait_programmed(&lab.dir);
     let record = common::try_denied_and_flow(&lab.dir, "default/flooder", "default/target", 80);

@@ -641,6 +641,21 @@ async fn screenshot(page: &chromiumoxide::Page, name: &str) {
     }
 }
 
+/// Clicks the matrix cell of row `row` and column `col` (0-based, headers not counted).
+async fn click_cell(page: &chromiumoxide::Page, row: usize, col: usize) {
+    let selector = format!(
+        "#matrix tbody tr:nth-child({}) td:nth-child({})",
+        row + 1,
+        col + 2
+    );
+    page.find_element(selector.as_str())
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Selects option `value` of the select `id` as a user does (a change event follows).
 async fn choose(page: &chromiumoxide::Page, id: &str, value: &str) {
     let js = format!(
@@ -767,17 +782,7 @@ async fn check_lab_page(page: chromiumoxide::Page, lab_dir: String, ds: String) 
         .iter()
         .position(|r| r["from"] == from)
         .unwrap();
-    let selector = format!(
-        "#matrix tbody tr:nth-child({}) td:nth-child({})",
-        row + 1,
-        col + 2
-    );
-    page.find_element(selector.as_str())
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_cell(&page, row, col).await;
     let explained = common::explain(&ds, from, to, 80);
     let cause = common::explain_cause(&explained);
     let read_explain = r#"() => ({
@@ -1007,14 +1012,7 @@ fn sys_web_view_in_headless_chromium_shows_the_lab() {
     gingham_testkit::require_root();
     let chromium = gingham_testkit::require_tool("chromium");
     Fabric::Flat.require();
-    let lab = common::lab_up(
-        "w",
-        "{nodes: [node-a, node-b]}",
-        &format!(
-            "{}{CLUSTER}",
-            Fabric::Flat.pool("pods", "10.244.0.0/16", "")
-        ),
-    );
+    let lab = common::flat_lab("w", "{nodes: [node-a, node-b]}", CLUSTER);
     common::wait_programmed(&lab.dir);
     let ui = UiServer::start(&lab.ds, &["--lab", &lab.dir]);
     eprintln!(
@@ -1077,16 +1075,7 @@ fn sys_web_view_shows_a_matrix_at_the_cap_in_headless_chromium() {
                 shown["rows"][row]["from"].as_str().unwrap(),
                 columns[col].as_str().unwrap(),
             );
-            page.find_element(format!(
-                "#matrix tbody tr:nth-child({}) td:nth-child({})",
-                row + 1,
-                col + 2
-            ))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+            click_cell(&page, row, col).await;
             let explained = common::explain(&ds, from, to, 80);
             let text = wait_page(
                 &page,

@@ -191,22 +191,9 @@ impl TwoPods {
         let [a, b] = Self::NODE_LINK;
         node_setup(&node, a);
         node_setup(&node2, b);
-        node.exec_ok(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up0",
-            "netns",
-            node2.name(),
-        ]);
-        for (n, me, other, pod_ip) in [(&node, a, b, server_ip), (&node2, b, a, client_ip)] {
-            n.exec_ok(&["ip", "addr", "add", &format!("{me}/24"), "dev", "up0"]);
-            n.exec_ok(&["ip", "link", "set", "up0", "up"]);
+        veth_up0(&node, &node2, "up0", &format!("{a}/24"));
+        node2.exec_ok(&["ip", "addr", "add", &format!("{b}/24"), "dev", "up0"]);
+        for (n, other, pod_ip) in [(&node, b, server_ip), (&node2, a, client_ip)] {
             n.exec_ok(&["ip", "route", "add", &format!("{pod_ip}/32"), "via", other]);
         }
         plumb_pod(&node, &client, Self::CLIENT_IF, client_ip);

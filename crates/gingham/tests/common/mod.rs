@@ -164,6 +164,16 @@ pub fn lab_up(prefix: &str, spec: &str, docs: &str) -> TestLab {
     }
 }
 
+/// A lab on one flat subnet (`spec`, e.g. `{nodes: [node-a, node-b]}`) whose pods take their
+/// addresses from the pool `pods` (10.244.0.0/16), with `docs` after the pool.
+pub fn flat_lab(prefix: &str, spec: &str, docs: &str) -> TestLab {
+    lab_up(
+        prefix,
+        spec,
+        &format!("{}{docs}", Fabric::Flat.pool("pods", "10.244.0.0/16", "")),
+    )
+}
+
 /// `gingham explain` for one TCP flow on a datastore: the verdict and why.
 pub fn explain(ds: &str, from: &str, to: &str, port: u16) -> String {
     ok_in(
