@@ -5,8 +5,9 @@
 //! - `forward` (hook forward): one conntrack lookup first (established and related accepted,
 //!   invalid dropped). Then the egress stage of the workload it comes from and the ingress stage
 //!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
-//!   `wl-ingress`); their catch-all elements drop a `cali*` interface that has no program yet
-//!   (fail closed) and let any other go on. A stage no policy selects whose profile allows
+//!   `wl-ingress`), after a test of the interface's name prefix: another node's or the
+//!   outside's interface goes on after that test; the maps' catch-all elements drop a `cali*`
+//!   interface that has no program yet (fail closed). A stage no policy selects whose profile allows
 //!   everything is just the map's verdict (`continue`, `accept`); otherwise the endpoint's
 //!   chain clears our mark bits, walks its stages, and returns (egress) or accepts (ingress)
 //!   when one accepts, and drops at its end.
@@ -635,8 +636,8 @@ fn profile_chain_name(profile: &str, dir: &str) -> String {
 /// to a verdict).
 const WL_EGRESS: &str = "wl-egress";
 const WL_INGRESS: &str = "wl-ingress";
-/// Where the dispatch maps send interfaces they do not list: a `cali*` one has no program yet
-/// and is dropped (fail closed); any other goes on.
+/// Where the dispatch maps send interfaces they do not list (only `cali*` ones reach the maps):
+/// such a workload interface has no program yet and is dropped (fail closed).
 const WL_FROM_OTHER: &str = "wl-from-other";
 const WL_TO_OTHER: &str = "wl-to-other";
 
@@ -1391,24 +1392,28 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
         ));
     }
     // A workload's egress chain returns if it accepts (or its map element is `continue`); its
-    // ingress chain (or element) accepts. Only traffic to something else goes on.
+    // ingress chain (or element) accepts. Only traffic to something else goes on. The
+    // interface's prefix is tested before its map: a new flow to or from another node or the
+    // outside meets one name test on that side instead of a map lookup that misses and the
+    // catch-all chain (about 70 ns per node: issue 15's two-node UDP figures).
     forward.extend([
-        r(format!("iifname vmap @{WL_EGRESS}"), "workload egress"),
-        r(format!("oifname vmap @{WL_INGRESS}"), "workload ingress"),
+        r(
+            format!("iifname \"{prefix}*\" iifname vmap @{WL_EGRESS}"),
+            "workload egress",
+        ),
+        r(
+            format!("oifname \"{prefix}*\" oifname vmap @{WL_INGRESS}"),
+            "workload ingress",
+        ),
         r(clear.clone(), ""),
     ]);
-    for (name, ifname) in [(WL_FROM_OTHER, "iifname"), (WL_TO_OTHER, "oifname")] {
-        // Every new flow to or from an interface that is not a workload's comes here: one
-        // interface name test lets it go on (name tests are among the dearest rules).
-        let other = r(
-            format!("{ifname} != \"{prefix}*\" return"),
-            "not a workload",
-        );
+    for name in [WL_FROM_OTHER, WL_TO_OTHER] {
+        // Only a workload interface the maps do not list (no program yet) comes here.
         let drop = r("counter drop".into(), "workload without a program");
         let log = log_rule("", flowlog::NO_PROGRAM);
         table
             .chains
-            .insert(name.into(), Chain::regular(vec![other, log, drop]));
+            .insert(name.into(), Chain::regular(vec![log, drop]));
     }
     if hosts.any {
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));

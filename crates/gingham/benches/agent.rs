@@ -11,14 +11,15 @@
 //!   doing the same operations in its own namespace.
 //! - **Per-packet cost** (B1): between two pods on one node, and across two nodes (the same
 //!   table on both, the nodes joined by a veth): new TCP connections per second (TCP_CRR:
-//!   connect, 1-byte request and response, close), one-way UDP packets per second (every packet
-//!   NEW; counted at the sender, whose CPU carries each packet through the nodes), one TCP
+//!   connect, 1-byte request and response, close), one-way UDP (every packet NEW: packets
+//!   that reached the server pod per second of the sender's CPU time, the CPU that carries
+//!   each packet through the nodes; the server polls and is never woken; see [`udp_rate`]), one TCP
 //!   stream's throughput and TCP_RR over one connection (established packets only). Columns,
 //!   all measured in every round (paired rounds, the order rotating): no table at all,
 //!   conntrack only, our table with P policies, the Calico-style iptables peer with the same
 //!   policies; client and server pinned to their own CPU at real-time priority
 //!   (`AGENT_BENCH_RT=0`: normal). `AGENT_BENCH_NODES=1,2` (default) chooses the topologies,
-//!   `AGENT_BENCH_ROUNDS` (5) the rounds.
+//!   `AGENT_BENCH_ROUNDS` (5) the rounds, `AGENT_BENCH_METRICS=crr,udp,stream,rr` the metrics.
 //! - **A new flow's path** (`AGENT_BENCH_ONLY=path`, at the first of the scales): variants of
 //!   our table (the dispatch maps only, without flow log rules, without counters) against
 //!   conntrack only, and each kind of rule repeated 100 times after conntrack, to say what each
@@ -394,12 +395,12 @@ const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 
 /// What one per-packet figure measures (each one helper run of [`PACKET_SECS`]).
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Metric {
     /// New TCP connections per second (every connection's first packet is NEW).
     Crr,
-    /// One-way UDP packets per second sent through the nodes (every packet is NEW: no reply is
-    /// ever seen).
+    /// One-way UDP packets through the nodes per second of the sender's CPU (every packet is
+    /// NEW: no reply is ever seen).
     Udp,
     /// One TCP stream's throughput (established packets only).
     Stream,
@@ -408,6 +409,16 @@ enum Metric {
 }
 
 impl Metric {
+    /// The metric's name in `AGENT_BENCH_METRICS`.
+    fn key(self) -> &'static str {
+        match self {
+            Metric::Crr => "crr",
+            Metric::Udp => "udp",
+            Metric::Stream => "stream",
+            Metric::Rr => "rr",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Metric::Crr => "TCP_CRR conn/s",
@@ -419,6 +430,23 @@ impl Metric {
 }
 
 const ALL_METRICS: [Metric; 4] = [Metric::Crr, Metric::Udp, Metric::Stream, Metric::Rr];
+
+/// The metrics of the per-packet table: `AGENT_BENCH_METRICS=crr,udp,stream,rr` (all by
+/// default).
+fn chosen_metrics() -> Vec<Metric> {
+    let Ok(v) = std::env::var("AGENT_BENCH_METRICS") else {
+        return ALL_METRICS.to_vec();
+    };
+    let chosen: Vec<Metric> = ALL_METRICS
+        .into_iter()
+        .filter(|m| v.split(',').any(|x| x.trim() == m.key()))
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "AGENT_BENCH_METRICS: some of crr, udp, stream, rr, not {v}"
+    );
+    chosen
+}
 const NEW_FLOW_METRICS: [Metric; 2] = [Metric::Crr, Metric::Udp];
 const PACKET_SECS: &str = "1";
 
@@ -443,15 +471,51 @@ fn measure(p: &Pods, metric: Metric) -> f64 {
         Metric::Crr => client(&["crr", SERVER_IP, PACKET_SECS]),
         Metric::Stream => client(&["stream", SERVER_IP, PACKET_SECS]),
         Metric::Rr => client(&["rr", SERVER_IP, PACKET_SECS]),
-        Metric::Udp => {
-            // The sender's count: its CPU carries every packet through the nodes (in softirq,
-            // within the send), whether or not the receiver keeps up; the receiver's count
-            // depends on how it is woken.
-            let _server = packets::spawn(p.server.name(), Some(SERVER_CPU), &["udp-server"]);
-            let secs: f64 = PACKET_SECS.parse().unwrap();
-            client(&["udp", SERVER_IP, PACKET_SECS]) / secs
-        }
+        Metric::Udp => udp_rate(p),
     }
+}
+
+/// One-way UDP, every packet NEW: packets that reached the server pod per second of the
+/// sender's CPU time. A send carries its packet through every node to the server's socket in
+/// the sender's own context (veth hands it to the per-CPU backlog, which the send's softirq
+/// drains before returning), so the sender's CPU time per packet is the path's cost (plus the
+/// send itself, the same in every column), and its CPU time is what it got of the CPU, not
+/// the wall clock shared with whatever else runs. The server polls a non-blocking socket on
+/// its own CPU and never sleeps: no packet pays for waking it (measured: 18% of the sender's
+/// CPU when it sleeps in `recv`, and a share that grows as the path gets slower, since a slow
+/// sender finds the server asleep more often). `AGENT_BENCH_UDP=sent`: the figure of session
+/// 12 and before (the sender's count per wall-clock second, the server sleeping in `recv`).
+fn udp_rate(p: &Pods) -> f64 {
+    let sent_only = std::env::var("AGENT_BENCH_UDP").is_ok_and(|v| v == "sent");
+    let mode = if sent_only { "block" } else { "poll" };
+    let _server = packets::spawn(p.server.name(), Some(SERVER_CPU), &["udp-server", mode]);
+    let arrived = || -> f64 {
+        let path = format!("/sys/class/net/{}/statistics/rx_packets", Pods::POD_IF);
+        p.server.exec_ok(&["cat", &path]).trim().parse().unwrap()
+    };
+    let before = arrived();
+    let f = packets::run_figures(
+        p.client.name(),
+        Some(CLIENT_CPU),
+        &["udp", SERVER_IP, PACKET_SECS],
+    );
+    let arrived = arrived() - before;
+    let (sent, cpu_secs) = (f[0], f[1] / 1e9);
+    let secs: f64 = PACKET_SECS.parse().unwrap();
+    if sent_only {
+        return sent / secs;
+    }
+    if arrived < 0.99 * sent {
+        eprintln!("udp: {arrived} of {sent} packets reached the server pod");
+    }
+    if cpu_secs < 0.5 * secs {
+        // The sender spins on send(): unless the kernel charges softirq time apart
+        // (CONFIG_IRQ_TIME_ACCOUNTING), its thread is on the CPU nearly all the time.
+        eprintln!(
+            "udp: the sender's CPU time is {cpu_secs:.2} s of {secs} s: is softirq time charged apart?"
+        );
+    }
+    arrived / cpu_secs
 }
 
 /// The rules of one column of a per-packet table, installed on every node of the pods before
@@ -681,6 +745,7 @@ fn per_packet(scales: &[usize]) {
     println!(
         " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables.)"
     );
+    let metrics = chosen_metrics();
     let topologies = std::env::var("AGENT_BENCH_NODES").unwrap_or_else(|_| "1,2".into());
     for nodes in topologies.split(',') {
         let pods = match nodes.trim() {
@@ -709,10 +774,10 @@ fn per_packet(scales: &[usize]) {
                 ("ours".to_owned(), Rules::ours(&rendered.table)),
                 ("ipt".to_owned(), Rules::Iptables(ipt)),
             ];
-            let figures = paired_rounds(&pods, &columns, &ALL_METRICS);
+            let figures = paired_rounds(&pods, &columns, &metrics);
             print_rounds(
                 &columns,
-                &ALL_METRICS,
+                &metrics,
                 &figures,
                 &[(2, 1), (2, 3), (1, 0), (2, 0), (3, 0)],
             );

@@ -162,6 +162,8 @@ impl TwoPods {
     /// The node's interface towards the client and the server pod.
     pub const CLIENT_IF: &'static str = "calibclient";
     pub const SERVER_IF: &'static str = "calibserver";
+    /// The pods' own interface (the other end of their veth).
+    pub const POD_IF: &'static str = "eth0";
     /// The nodes' addresses on the veth between them (two-node pods).
     pub const NODE_LINK: [&'static str; 2] = ["192.168.78.1", "192.168.78.2"];
 
@@ -233,7 +235,7 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
         "veth",
         "peer",
         "name",
-        "eth0",
+        TwoPods::POD_IF,
         "netns",
         pod.name(),
     ]);
@@ -244,15 +246,22 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
         &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
     ]);
     node.exec_ok(&["ip", "route", "add", &format!("{addr}/32"), "dev", host_if]);
-    pod.exec_ok(&["ip", "link", "set", "eth0", "up"]);
-    pod.exec_ok(&["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+    pod.exec_ok(&["ip", "link", "set", TwoPods::POD_IF, "up"]);
+    pod.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        TwoPods::POD_IF,
+    ]);
     pod.exec_ok(&[
         "ip",
         "route",
         "add",
         "169.254.1.1",
         "dev",
-        "eth0",
+        TwoPods::POD_IF,
         "scope",
         "link",
     ]);
@@ -265,7 +274,7 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
         "lladdr",
         mac.trim(),
         "dev",
-        "eth0",
+        TwoPods::POD_IF,
         "nud",
         "permanent",
     ]);
@@ -277,6 +286,6 @@ fn plumb_pod(node: &TestNetns, pod: &TestNetns, host_if: &str, addr: &str) {
         "via",
         "169.254.1.1",
         "dev",
-        "eth0",
+        TwoPods::POD_IF,
     ]);
 }

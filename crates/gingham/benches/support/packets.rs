@@ -5,8 +5,11 @@
 //! - `tcp-server`: accepts on port 80, echoes one byte, closes (the other side of `crr`).
 //! - `crr ADDR SECS`: new TCP connections per second to ADDR:80 (connect, one byte each way,
 //!   close), as netperf's TCP_CRR; prints the rate.
-//! - `udp-server` / `udp ADDR SECS`: 64-byte datagrams to port 5353; the server prints how many
-//!   it received.
+//! - `udp-server poll|block` / `udp ADDR SECS`: 64-byte datagrams to port 5353 from one
+//!   connected socket; the sender prints how many it sent and the CPU time its thread spent
+//!   (nanoseconds), the server how many it received. `poll`: the server never sleeps (it polls a
+//!   non-blocking socket), so no datagram wakes it and the sender's CPU pays for the path alone;
+//!   `block`: it sleeps in `recv`, and the sender's CPU also pays for waking it.
 //! - `stream-server`: accepts on port 5201 and counts what it reads until the sender closes, then
 //!   answers with the count (so the sender's figure is what arrived, not what was buffered).
 //! - `stream ADDR SECS`: one TCP stream to ADDR:5201 for SECS seconds; prints bits per second.
@@ -84,8 +87,8 @@ pub fn spawn(netns: &str, cpu: Option<&str>, args: &[&str]) -> Killed {
     Killed(child)
 }
 
-/// Runs a client helper to its end; its figure.
-pub fn run(netns: &str, cpu: Option<&str>, args: &[&str]) -> f64 {
+/// Runs a client helper to its end; the figures it prints (one or more, space-separated).
+pub fn run_figures(netns: &str, cpu: Option<&str>, args: &[&str]) -> Vec<f64> {
     let out = command(netns, cpu, args)
         .output()
         .expect("ip netns exec runs");
@@ -95,9 +98,23 @@ pub fn run(netns: &str, cpu: Option<&str>, args: &[&str]) -> f64 {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a figure")
+        .split_whitespace()
+        .map(|f| f.parse().expect("a figure"))
+        .collect()
+}
+
+/// Runs a client helper to its end; its figure.
+pub fn run(netns: &str, cpu: Option<&str>, args: &[&str]) -> f64 {
+    run_figures(netns, cpu, args)[0]
+}
+
+/// CPU time this thread has spent, in nanoseconds (in the kernel too: the softirq work a send
+/// does in the sender's context is charged to it unless the kernel accounts IRQ time apart,
+/// `CONFIG_IRQ_TIME_ACCOUNTING`).
+fn thread_cpu_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("the thread's CPU clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 /// A helper process killed when dropped (also when a measurement panics).
@@ -144,20 +161,36 @@ pub fn helper(mode: &str, args: &[String]) {
         }
         "udp-server" => {
             let s = UdpSocket::bind("0.0.0.0:5353").expect("port 5353");
-            s.set_read_timeout(Some(Duration::from_millis(300)))
-                .expect("timeout");
+            let poll = args.first().is_some_and(|m| m == "poll");
+            if poll {
+                s.set_nonblocking(true).expect("non-blocking");
+            } else {
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .expect("timeout");
+            }
             ready();
             let mut count = 0u64;
             let mut buf = [0u8; 2048];
-            let mut started = false;
             let give_up = Instant::now() + Duration::from_secs(5);
+            // The end: 300 ms without a datagram once they came, or none in 5 s.
+            let mut last: Option<Instant> = None;
             loop {
                 match s.recv(&mut buf) {
                     Ok(_) => {
                         count += 1;
-                        started = true;
+                        last = Some(Instant::now());
                     }
-                    Err(_) if started || Instant::now() > give_up => break,
+                    Err(e) if poll && e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let over = match last {
+                            Some(t) => t.elapsed() > Duration::from_millis(300),
+                            None => Instant::now() > give_up,
+                        };
+                        if over {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    Err(_) if last.is_some() || Instant::now() > give_up => break,
                     Err(_) => {}
                 }
             }
@@ -196,6 +229,7 @@ pub fn helper(mode: &str, args: &[String]) {
             let end = Instant::now() + Duration::from_secs_f64(secs);
             let payload = [7u8; 64];
             let mut sent = 0u64;
+            let cpu = thread_cpu_ns();
             while Instant::now() < end {
                 for _ in 0..64 {
                     if s.send(&payload).is_ok() {
@@ -203,7 +237,7 @@ pub fn helper(mode: &str, args: &[String]) {
                     }
                 }
             }
-            println!("{sent}");
+            println!("{sent} {}", thread_cpu_ns() - cpu);
         }
         "stream-server" => {
             let l = TcpListener::bind("0.0.0.0:5201").expect("port 5201");
