@@ -395,7 +395,7 @@ const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 
 /// What one per-packet figure measures (each one helper run of [`PACKET_SECS`]).
-#[derive(Clone, Copy, PartialEq, Debug)]
+#[derive(Clone, Copy, PartialEq)]
 enum Metric {
     /// New TCP connections per second (every connection's first packet is NEW).
     Crr,
@@ -483,8 +483,8 @@ fn measure(p: &Pods, metric: Metric) -> f64 {
 /// the wall clock shared with whatever else runs. The server polls a non-blocking socket on
 /// its own CPU and never sleeps: no packet pays for waking it (measured: 18% of the sender's
 /// CPU when it sleeps in `recv`, and a share that grows as the path gets slower, since a slow
-/// sender finds the server asleep more often). `AGENT_BENCH_UDP=sent`: the figure of session
-/// 12 and before (the sender's count per wall-clock second, the server sleeping in `recv`).
+/// sender finds the server asleep more often). `AGENT_BENCH_UDP=sent`: the earlier figure, for
+/// comparison (the sender's count per wall-clock second, the server sleeping in `recv`).
 fn udp_rate(p: &Pods) -> f64 {
     let sent_only = std::env::var("AGENT_BENCH_UDP").is_ok_and(|v| v == "sent");
     let mode = if sent_only { "block" } else { "poll" };
@@ -743,8 +743,12 @@ fn per_packet(scales: &[usize]) {
     );
     println!(" ours = the node's table; ipt = the Calico-style iptables-nft peer, same policies.");
     println!(
-        " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables.)"
+        " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables."
     );
+    println!(
+        " UDP: packets that reached the server pod per second of the sender's CPU, which carries"
+    );
+    println!(" each packet through the nodes; the server polls, so no packet pays for waking it.)");
     let metrics = chosen_metrics();
     let topologies = std::env::var("AGENT_BENCH_NODES").unwrap_or_else(|_| "1,2".into());
     for nodes in topologies.split(',') {
