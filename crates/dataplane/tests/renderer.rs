@@ -168,9 +168,9 @@ fn alike_pods(n: usize) -> Vec<Resource> {
 }
 
 /// Workloads with the same stage share its chain: a policy that selects forty-one workloads
-/// alike (which all had another policy before) writes one new stage chain (with its tier chain)
-/// and the policy's chain, and moves forty-one dispatch map elements; it does not rewrite a
-/// chain per workload. Removing it again takes the shared chains out.
+/// alike (which all had another policy before) writes one new stage chain (which inlines both
+/// policies and the profile) and moves forty-one dispatch map elements; it does not rewrite a
+/// chain per workload. The old stage chain goes with its last user.
 #[test]
 fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
     const PODS: usize = 41;
@@ -217,8 +217,8 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
         .filter(|(n, c)| before.chains.get(*n) != Some(*c))
         .map(|(n, _)| n)
         .collect();
-    // The new stage chain and its tier chain, the new policy's chain.
-    assert!(written.len() <= 3, "chains written: {written:#?}");
+    // The new stage chain only: its tiers and profile are inlined (no tier or policy chain).
+    assert_eq!(written.len(), 1, "chains written: {written:#?}");
     let moved = script
         .text
         .lines()
@@ -243,11 +243,7 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
         .keys()
         .filter(|c| c.starts_with('w') && !renderer.table().chains.contains_key(*c))
         .collect();
-    assert_eq!(
-        stale.len(),
-        2,
-        "old stage and tier chain removed: {stale:?}"
-    );
+    assert_eq!(stale.len(), 1, "old stage chain removed: {stale:?}");
     assert_eq!(
         renderer.table(),
         Renderer::new(calc.state(), Settings::default()).table()
@@ -267,13 +263,15 @@ fn a_shared_stage_drop_names_the_workload_by_the_packets_interface() {
     let tags: Vec<String> = table
         .chains
         .iter()
-        .filter(|(n, _)| n.starts_with('w') && n.ends_with("i0"))
+        .filter(|(n, _)| n.starts_with('w') && n.ends_with('i'))
         .flat_map(|(_, c)| c.rules.iter())
         .filter_map(|r| {
             r.text
                 .split_once(" prefix \"")
                 .map(|(_, t)| t.trim_end_matches('"').to_owned())
         })
+        // The end of the first tier (inlined in the stage chain: its tag names tier 0).
+        .filter(|t| t.ends_with("i0"))
         .collect();
     assert_eq!(
         tags.len(),
