@@ -7,9 +7,9 @@
 //!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
 //!   `wl-ingress`); their catch-all elements drop a `cali*` interface that has no program yet
 //!   (fail closed) and let any other go on. A stage no policy selects whose profile allows
-//!   everything is just the map's verdict (`continue`, `accept`); otherwise the endpoint's
-//!   chain clears our mark bits, walks its stages, and returns (egress) or accepts (ingress)
-//!   when one accepts, and drops at its end.
+//!   everything is just the map's verdict (`continue`, `accept`); otherwise the workload's
+//!   stage chain returns (egress) or accepts (ingress) when a rule allows, and drops at its
+//!   end.
 //! - `input` (hook input): workload traffic goes (goto) to `wl-to-host`: the sending workload's
 //!   egress stage, then felix's DefaultEndpointToHostAction (Return leaves our rules).
 //! - Host endpoints (only on nodes that have one): normal policy at the end of `input` and in
@@ -17,11 +17,20 @@
 //!   doNotTrack in `raw-in`/`raw-out` (priority -300, `notrack` on Allow). Each goes through a
 //!   dispatch chain `hd-*`: failsafe ports, then the interface's chain by verdict map `hm-*`
 //!   (goto), then the wildcard endpoint's.
-//! - Endpoint chains `e…` walk tiers (`e…0`, `e…1` chains: one jump per policy, leaving the tier
-//!   on Pass, dropping at its end unless its default action is Pass), then the profiles.
-//! - Policy and profile chains (`p…`, `r…`) are shared by every endpoint that uses them: a
-//!   rule's Allow sets the accept bit and returns, Deny drops, Pass sets the pass bit and
-//!   returns, Log logs with a prefix naming the policy and goes on. Every rule has a counter.
+//! - A workload's stage chain `w…` (shared by the workloads with the same stage, named by what
+//!   it holds, rules included) holds the rules of its tiers and profiles that have no Pass rule
+//!   itself, in order: an Allow is the stage's verdict at once (`accept` at ingress, `return`
+//!   to the caller at egress), a Deny drops, a Log logs and goes on, the end of a tier drops
+//!   (unless its default action is Pass). No jump, no mark bit: a new flow meets the rules and
+//!   nothing else. A tier with a Pass rule keeps a chain of its own (`w…<k>`: one jump per
+//!   policy, leaving the tier on Pass, dropping at its end unless its default action is Pass),
+//!   as does a profile with one, and the stage then clears and tests our mark bits.
+//! - Host endpoint chains `e…` walk every tier that way (`e…0`, `e…1` chains), then the
+//!   profiles.
+//! - Policy and profile chains (`p…`, `r…`), for host endpoints and for tiers and profiles with
+//!   a Pass rule, are shared by every endpoint that uses them: a rule's Allow sets the accept
+//!   bit and returns, Deny drops, Pass sets the pass bit and returns, Log logs with a prefix
+//!   naming the policy and goes on. Every rule has a counter.
 //! - Selector IP sets are plain sets of addresses (`h4…`, `h6…`) or interval sets when they
 //!   hold prefixes (`s4…`, `s6…`); named ports are sets of address . protocol . port (`n4…`,
 //!   `n6…`).

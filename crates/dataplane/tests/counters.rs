@@ -82,8 +82,14 @@ fn origin(owner: &Owner, direction: Direction, rule: usize) -> RuleOrigin {
 fn is_policy_rule(rule: &gingham_dataplane::table::Rule) -> bool {
     if rule.note == "flow log" {
         // Its tag names the chain and the rule index: `gh <chain> <index>[ allow]`.
-        let tag = rule.text.rsplit_once(" prefix \"").map_or("", |(_, t)| t.trim_end_matches('"'));
-        return tag.split(' ').nth(2).is_some_and(|i| i.parse::<usize>().is_ok());
+        let tag = rule
+            .text
+            .rsplit_once(" prefix \"")
+            .map_or("", |(_, t)| t.trim_end_matches('"'));
+        return tag
+            .split(' ')
+            .nth(2)
+            .is_some_and(|i| i.parse::<usize>().is_ok());
     }
     rule.note
         .rsplit_once(" rule ")
