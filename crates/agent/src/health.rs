@@ -356,9 +356,12 @@ mod tests {
             },
         };
         let chain = ChainOrigin {
-            owner,
             direction: gingham_calc::Direction::Ingress,
-            rules: [("aaa".to_owned(), 0), ("bbb".to_owned(), 1)].into(),
+            rules: [
+                ("aaa".to_owned(), (owner.clone(), 0)),
+                ("bbb".to_owned(), (owner, 1)),
+            ]
+            .into(),
         };
         h.metrics
             .rules

@@ -1,12 +1,15 @@
 //! Hit counters: the kernel's counter of every policy and profile rule, mapped back to the
 //! rule it was rendered from.
 //!
-//! The renderer records, for each shared policy or profile chain it renders, which policy rule
-//! each of its nft rules came from ([`ChainOrigin`], by rule id: the hash that starts the
-//! rule's comment). A policy chain is rendered once per node whatever the number of endpoints
-//! using it, so summing the nft rules of one policy rule (families, port alternatives) gives
-//! that rule's count on the node. [`rule_hits`] reads the kernel's listing (`nft -j list
-//! table`, [`crate::Backend::read`]) against that record.
+//! The renderer records, for each chain holding policy or profile rules (a workload's stage
+//! chain, which inlines the rules of its tiers and profiles without a Pass rule; a policy or
+//! profile chain, shared by the stages and host endpoints that jump to it), whose rule and
+//! which policy rule index each of its nft rules came from ([`ChainOrigin`], by rule id: the
+//! hash that starts the rule's comment). A chain is rendered once per node whatever the
+//! number of endpoints using it, and a packet meets one stage per direction, so summing the
+//! nft rules of one policy rule (families, port alternatives, the stage chains that inline it)
+//! gives that rule's count on the node. [`rule_hits`] reads the kernel's listing (`nft -j
+//! list table`, [`crate::Backend::read`]) against that record.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -69,16 +72,16 @@ pub struct RuleOrigin {
     pub rule: usize,
 }
 
-/// What the renderer recorded about one shared chain: its owner and direction, and the policy
-/// rule index of each of its nft rules, by rule id.
+/// What the renderer recorded about one chain holding policy or profile rules: its direction,
+/// and the owner and policy rule index of each of its nft rules, by rule id (a stage chain
+/// holds the rules of several policies and profiles).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainOrigin {
-    pub owner: Owner,
     pub direction: Direction,
-    pub rules: HashMap<String, usize>,
+    pub rules: HashMap<String, (Owner, usize)>,
 }
 
-/// The record of every shared chain in the desired table, by chain name.
+/// The record of every chain holding policy or profile rules, by chain name.
 pub type Origins = BTreeMap<String, ChainOrigin>;
 
 /// Packets and bytes counted.
@@ -102,11 +105,11 @@ pub fn rule_hits(
 ) -> Result<BTreeMap<RuleOrigin, Hits>, ListingError> {
     let mut out = BTreeMap::new();
     for c in origins.values() {
-        for &rule in c.rules.values() {
+        for (owner, rule) in c.rules.values() {
             out.entry(RuleOrigin {
-                owner: c.owner.clone(),
+                owner: owner.clone(),
                 direction: c.direction,
-                rule,
+                rule: *rule,
             })
             .or_insert_with(Hits::default);
         }
@@ -127,7 +130,7 @@ pub fn rule_hits(
         };
         let comment = rule.get("comment").and_then(Value::as_str).unwrap_or("");
         let id = comment.split(' ').next().unwrap_or("");
-        let Some(&index) = origin.rules.get(id) else {
+        let Some((owner, index)) = origin.rules.get(id) else {
             continue;
         };
         let Some(hits) = counter(rule.get("expr")) else {
@@ -135,9 +138,9 @@ pub fn rule_hits(
         };
         let total = out
             .entry(RuleOrigin {
-                owner: origin.owner.clone(),
+                owner: owner.clone(),
                 direction: origin.direction,
-                rule: index,
+                rule: *index,
             })
             .or_insert_with(Hits::default);
         total.packets += hits.packets;

@@ -7,10 +7,10 @@
 //!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
 //!   `wl-ingress`), after a test of the interface's name prefix: another node's or the
 //!   outside's interface goes on after that test; the maps' catch-all elements drop a `cali*`
-//!   interface that has no program yet (fail closed). A stage no policy selects whose profile allows
-//!   everything is just the map's verdict (`continue`, `accept`); otherwise the endpoint's
-//!   chain clears our mark bits, walks its stages, and returns (egress) or accepts (ingress)
-//!   when one accepts, and drops at its end.
+//!   interface that has no program yet (fail closed). A stage no policy selects whose profile
+//!   allows everything is just the map's verdict (`continue`, `accept`); otherwise the
+//!   workload's stage chain returns (egress) or accepts (ingress) when a rule allows, and drops
+//!   at its end.
 //! - `input` (hook input): workload traffic goes (goto) to `wl-to-host`: the sending workload's
 //!   egress stage, then felix's DefaultEndpointToHostAction (Return leaves our rules).
 //! - Host endpoints (only on nodes that have one): normal policy at the end of `input` and in
@@ -18,11 +18,20 @@
 //!   doNotTrack in `raw-in`/`raw-out` (priority -300, `notrack` on Allow). Each goes through a
 //!   dispatch chain `hd-*`: failsafe ports, then the interface's chain by verdict map `hm-*`
 //!   (goto), then the wildcard endpoint's.
-//! - Endpoint chains `e…` walk tiers (`e…0`, `e…1` chains: one jump per policy, leaving the tier
-//!   on Pass, dropping at its end unless its default action is Pass), then the profiles.
-//! - Policy and profile chains (`p…`, `r…`) are shared by every endpoint that uses them: a
-//!   rule's Allow sets the accept bit and returns, Deny drops, Pass sets the pass bit and
-//!   returns, Log logs with a prefix naming the policy and goes on. Every rule has a counter.
+//! - A workload's stage chain `w…` (shared by the workloads with the same stage, named by what
+//!   it holds, rules included) holds the rules of its tiers and profiles that have no Pass rule
+//!   itself, in order: an Allow is the stage's verdict at once (`accept` at ingress, `return`
+//!   to the caller at egress), a Deny drops, a Log logs and goes on, the end of a tier drops
+//!   (unless its default action is Pass). No jump, no mark bit: a new flow meets the rules and
+//!   nothing else. A tier with a Pass rule keeps a chain of its own (`w…<k>`: one jump per
+//!   policy, leaving the tier on Pass, dropping at its end unless its default action is Pass),
+//!   as does a profile with one, and the stage then clears and tests our mark bits.
+//! - Host endpoint chains `e…` walk every tier that way (`e…0`, `e…1` chains), then the
+//!   profiles.
+//! - Policy and profile chains (`p…`, `r…`), for host endpoints and for tiers and profiles with
+//!   a Pass rule, are shared by every endpoint that uses them: a rule's Allow sets the accept
+//!   bit and returns, Deny drops, Pass sets the pass bit and returns, Log logs with a prefix
+//!   naming the policy and goes on. Every rule has a counter.
 //! - Selector IP sets are plain sets of addresses (`h4…`, `h6…`) or interval sets when they
 //!   hold prefixes (`s4…`, `s6…`); named ports are sets of address . protocol . port (`n4…`,
 //!   `n6…`).
@@ -32,6 +41,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use gingham_calc::incremental::{Change, apply_changes};
 use gingham_calc::program::{
     ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
+    TierProgram,
 };
 use gingham_calc::snapshot::{Direction, Failsafe, FelixSettings, NatPools};
 use gingham_model::Action;
@@ -436,28 +446,41 @@ fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str, names: &SetNames)
     lines
 }
 
-fn action_text(a: Action) -> &'static str {
+/// What an Allow rule of a policy or profile chain does: set the accept bit and go back to the
+/// tier or endpoint chain that jumped to it.
+const ALLOW_IN_CHAIN: &str = "meta mark set meta mark | 0x00010000 return";
+/// What a Pass rule does: set the pass bit and go back (its tier chain then leaves the tier).
+const PASS_IN_CHAIN: &str = "meta mark set meta mark | 0x00020000 return";
+
+fn action_text(a: Action, allow: &str) -> &str {
     match a {
-        Action::Allow => "meta mark set meta mark | 0x00010000 return",
+        Action::Allow => allow,
         Action::Deny => "drop",
-        Action::Pass => "meta mark set meta mark | 0x00020000 return",
+        Action::Pass => PASS_IN_CHAIN,
         // Log goes on to the next rule.
         Action::Log => "",
     }
 }
 
-/// The rules of one policy or profile for one direction, and the policy rule index of each
-/// nft rule by its id (the chain's [`ChainOrigin`] record). Deny rules, and Allow rules when
-/// `log_allowed`, are each preceded by their flow log rule.
-fn rules_chain(
+/// The rules of one policy or profile for one direction, appended to `out`, with the owner
+/// and policy rule index of each nft rule recorded by its id in `origins` (hit counters). An
+/// Allow rule does `allow`: in a policy or profile chain it marks and returns, inlined in a
+/// workload's stage chain it is the stage's verdict (`accept`, `return`). Deny rules, and Allow
+/// rules when `log_allowed`, are each preceded by their flow log rule, tagged with `tag_chain`
+/// (the policy or profile chain's name, which [`flow_cause`] recomputes from the programs,
+/// wherever the rule sits).
+#[allow(clippy::too_many_arguments)]
+fn policy_rules(
     label: &str,
-    chain: &str,
+    tag_chain: &str,
+    owner: &Owner,
     rules: &[RuleProgram],
     names: &SetNames,
     log_allowed: bool,
-) -> (Chain, HashMap<String, usize>) {
-    let mut out = Vec::new();
-    let mut origins = HashMap::new();
+    allow: &str,
+    out: &mut Vec<Rule>,
+    origins: &mut HashMap<String, (Owner, usize)>,
+) {
     for r in rules {
         let prefix = if r.action == Action::Log {
             // nft log prefixes are at most 127 characters.
@@ -467,7 +490,7 @@ fn rules_chain(
         } else {
             String::new()
         };
-        let action = action_text(r.action);
+        let action = action_text(r.action, allow);
         let logged = match r.action {
             Action::Deny => Some(flowlog::Verdict::Denied),
             Action::Allow if log_allowed => Some(flowlog::Verdict::Allowed),
@@ -479,16 +502,15 @@ fn rules_chain(
             {
                 // The flow log's rule belongs to the same policy rule (it has no counter, so
                 // the hit counters count the packet once).
-                let log = log_rule(matches, &flowlog::rule_tag(verdict, chain, r.index));
-                origins.insert(log.id().to_owned(), r.index);
+                let log = log_rule(matches, &flowlog::rule_tag(verdict, tag_chain, r.index));
+                origins.insert(log.id().to_owned(), (owner.clone(), r.index));
                 out.push(log);
             }
             let rule = Rule::new(line, format!("{label} rule {}", r.index));
-            origins.insert(rule.id().to_owned(), r.index);
+            origins.insert(rule.id().to_owned(), (owner.clone(), r.index));
             out.push(rule);
         }
     }
-    (Chain::regular(out), origins)
 }
 
 /// What the renderer produces: the table, and its size for metrics.
@@ -587,10 +609,12 @@ fn endpoint_chain_name(key: &str, mode: Mode) -> String {
     format!("e{}{}", short_hash(key), mode.suffix())
 }
 
-/// A workload stage's chain, named by what it holds (the tiers with their policies, the
-/// profiles, how it ends), not by the endpoint: workloads whose programs jump to the same
-/// policies share it, so a policy change that selects forty workloads alike writes one new
-/// chain and moves forty dispatch map elements, instead of rewriting forty chains.
+/// A workload stage's chain, named by what it holds (the tiers with their policies and their
+/// rules, the profiles with theirs, how it ends), not by the endpoint: workloads with the same
+/// stage share it, so a policy change that selects forty workloads alike writes one new chain
+/// and moves forty dispatch map elements, instead of rewriting forty chains. The rules are
+/// part of the name because most of them are inlined in the chain: a policy whose rules change
+/// gives its stages new names (new chains), never a chain whose content changed under its name.
 fn workload_chain_name(mode: Mode, chain: &ChainProgram) -> String {
     use std::fmt::Write as _;
     let mut shape = format!(
@@ -603,12 +627,12 @@ fn workload_chain_name(mode: Mode, chain: &ChainProgram) -> String {
     for t in &chain.tiers {
         let _ = write!(shape, "t{:?}{:?}", t.tier, t.default_action);
         for p in &t.policies {
-            let _ = write!(shape, "p{:?}", p.policy);
+            let _ = write!(shape, "p{:?}{:?}", p.policy, p.rules);
         }
     }
     for p in &chain.profiles {
         let _ = match p {
-            ProfileProgram::Rules { profile, .. } => write!(shape, "r{profile:?}"),
+            ProfileProgram::Rules { profile, rules } => write!(shape, "r{profile:?}{rules:?}"),
             ProfileProgram::Missing { profile } => write!(shape, "m{profile:?}"),
         };
     }
@@ -981,8 +1005,14 @@ impl Renderer {
                 (false, Mode::In) => ("accept", Some(format!("goto {name}"))),
                 (false, _) => ("return", Some(format!("jump {name}"))),
             };
+            let direction = if dir == "i" {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
             if ep.host {
-                for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
+                let (chains, _) = endpoint_chain(&name, ep, chain, dir, on_accept, None);
+                for (n, c) in chains {
                     self.table.chains.insert(n.clone(), c);
                     self.touched.chains.insert(n.clone());
                     placed.owned.push(n);
@@ -993,19 +1023,34 @@ impl Renderer {
                 let users = self.users.entry(name.clone()).or_default();
                 *users += 1;
                 if *users == 1 {
-                    for (n, c) in endpoint_chain(&name, ep, chain, dir, on_accept) {
+                    let inline = Inline {
+                        names: &self.names,
+                        log_allowed: self.settings.flow_logs_allowed,
+                    };
+                    let (chains, rules) =
+                        endpoint_chain(&name, ep, chain, dir, on_accept, Some(&inline));
+                    for (n, c) in chains {
                         self.table.chains.insert(n.clone(), c);
                         self.touched.chains.insert(n.clone());
                         if n != name {
                             self.stage_parts.entry(name.clone()).or_default().push(n);
                         }
                     }
+                    if !rules.is_empty() {
+                        let origin = ChainOrigin { direction, rules };
+                        self.origins.insert(name.clone(), origin);
+                    }
                 }
                 placed.stages.push(name.clone());
             }
+            // The policy and profile chains the stage jumps to: every one for a host endpoint,
+            // those with a Pass rule for a workload (the others are inlined).
             let mut shared = Vec::new();
             if chain.missing_tier.is_none() {
                 for t in &chain.tiers {
+                    if !ep.host && tier_inlinable(t) {
+                        continue;
+                    }
                     for p in &t.policies {
                         let label = p.policy.to_string();
                         let owner = Owner::Policy {
@@ -1021,6 +1066,9 @@ impl Renderer {
                         let ProfileProgram::Rules { profile, rules } = p else {
                             break;
                         };
+                        if !ep.host && inlinable(rules) {
+                            continue;
+                        }
                         let label = format!("profile {profile}");
                         let owner = Owner::Profile(profile.clone());
                         shared.push((profile_chain_name(profile, dir), label, rules, owner));
@@ -1030,19 +1078,24 @@ impl Renderer {
             for (n, label, rules, owner) in shared {
                 if self.fresh.insert(n.clone()) {
                     let log_allowed = self.settings.flow_logs_allowed;
-                    let (c, by_id) = rules_chain(&label, &n, rules, &self.names, log_allowed);
-                    let direction = if dir == "i" {
-                        Direction::Ingress
-                    } else {
-                        Direction::Egress
-                    };
+                    let (mut out, mut by_id) = (Vec::new(), HashMap::new());
+                    policy_rules(
+                        &label,
+                        &n,
+                        &owner,
+                        rules,
+                        &self.names,
+                        log_allowed,
+                        ALLOW_IN_CHAIN,
+                        &mut out,
+                        &mut by_id,
+                    );
                     let origin = ChainOrigin {
-                        owner,
                         direction,
                         rules: by_id,
                     };
                     self.origins.insert(n.clone(), origin);
-                    self.table.chains.insert(n.clone(), c);
+                    self.table.chains.insert(n.clone(), Chain::regular(out));
                     self.touched.chains.insert(n.clone());
                 }
                 *self.users.entry(n.clone()).or_default() += 1;
@@ -1610,25 +1663,68 @@ fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, on_accept: &str)
     ));
 }
 
+/// Whether a policy's or profile's rules can sit in a workload's stage chain: all but Pass,
+/// which must leave the rest of its tier (or of its profile) and needs a chain of its own.
+fn inlinable(rules: &[RuleProgram]) -> bool {
+    !rules.iter().any(|r| r.action == Action::Pass)
+}
+
+/// A tier whose policies have no Pass rule is inlined in a workload's stage chain.
+fn tier_inlinable(tier: &TierProgram) -> bool {
+    tier.policies.iter().all(|p| inlinable(&p.rules))
+}
+
+/// What a workload's stage chain needs to hold its policies' and profiles' rules itself: the
+/// set names and whether allowed flows are logged. Host endpoints' chains inline nothing.
+struct Inline<'a> {
+    names: &'a SetNames,
+    log_allowed: bool,
+}
+
+/// The rules of an endpoint chain, and the owner and policy rule index of each inlined
+/// policy or profile rule (by rule id).
+type Stage = (Vec<(String, Chain)>, HashMap<String, (Owner, usize)>);
+
 /// One endpoint's chain for one direction, with its tier chains (named after it). What an
-/// accepting stage does next is `on_accept`; a workload's chain clears our mark bits first
-/// (host endpoint chains are entered through dispatch chains that have done so).
+/// accepting stage does next is `on_accept`.
+///
+/// A workload's stage (`inline` given) holds the rules of every tier without a Pass rule
+/// itself, in order: an Allow is the stage's verdict at once (`on_accept`), a Deny drops, a Log
+/// logs and goes on, and the end of the tier drops (unless its default action is Pass); the
+/// profiles without a Pass rule likewise. A tier or profile with a Pass rule keeps its chain:
+/// a tier chain jumping to each policy's chain, which sets a mark bit on Allow or Pass and
+/// returns; the stage then tests the accept bit. Only a stage that uses mark bits clears them
+/// first. Host endpoints' chains are all of that second kind (entered through dispatch chains
+/// that have cleared the bits).
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
     chain: &ChainProgram,
     dir: &str,
     on_accept: &str,
-) -> Vec<(String, Chain)> {
+    inline: Option<&Inline>,
+) -> Stage {
+    let mut origins = HashMap::new();
     if let Some(tier) = &chain.missing_tier {
         // Fail closed: the policies' place among the tiers is unknown.
         let log = log_rule("", &flowlog::tag(name));
         let drop = Rule::new("counter drop", format!("tier {tier} does not exist"));
-        return vec![(name.to_owned(), Chain::regular(vec![log, drop]))];
+        return (
+            vec![(name.to_owned(), Chain::regular(vec![log, drop]))],
+            origins,
+        );
     }
+    let inline_tier = |t: &TierProgram| inline.is_some() && tier_inlinable(t);
+    let inline_profile = |rules: &[RuleProgram]| inline.is_some() && inlinable(rules);
+    let profiles = chain.profiles.iter().map_while(|p| match p {
+        ProfileProgram::Rules { rules, .. } => Some(rules),
+        ProfileProgram::Missing { .. } => None,
+    });
+    let marks = chain.tiers.iter().any(|t| !inline_tier(t))
+        || (chain.profiles_apply && profiles.into_iter().any(|r| !inline_profile(r)));
     let mut out = Vec::new();
     let mut main = Vec::new();
-    if !ep.host {
+    if !ep.host && marks {
         main.push(Rule::new(
             format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS),
             "",
@@ -1636,6 +1732,39 @@ fn endpoint_chain(
     }
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
+        let end_drop = chain.end_of_tier && tier.default_action != Action::Pass;
+        let end = |rules: &mut Vec<Rule>| {
+            if end_drop {
+                rules.push(log_rule("", &flowlog::tag(&tname)));
+                rules.push(Rule::new(
+                    "counter drop",
+                    format!("end of tier {}", tier.tier),
+                ));
+            }
+        };
+        if let Some(inl) = inline
+            && inline_tier(tier)
+        {
+            for p in &tier.policies {
+                let owner = Owner::Policy {
+                    tier: tier.tier.clone(),
+                    policy: p.policy.clone(),
+                };
+                policy_rules(
+                    &p.policy.to_string(),
+                    &policy_chain_name(&p.policy, dir),
+                    &owner,
+                    &p.rules,
+                    inl.names,
+                    inl.log_allowed,
+                    on_accept,
+                    &mut main,
+                    &mut origins,
+                );
+            }
+            end(&mut main);
+            continue;
+        }
         let mut rules = Vec::new();
         for p in &tier.policies {
             let pname = policy_chain_name(&p.policy, dir);
@@ -1645,13 +1774,7 @@ fn endpoint_chain(
                 "",
             ));
         }
-        if chain.end_of_tier && tier.default_action != Action::Pass {
-            rules.push(log_rule("", &flowlog::tag(&tname)));
-            rules.push(Rule::new(
-                "counter drop",
-                format!("end of tier {}", tier.tier),
-            ));
-        }
+        end(&mut rules);
         jump_stage(&mut main, &tname, format!("tier {}", tier.tier), on_accept);
         out.push((tname, Chain::regular(rules)));
     }
@@ -1666,7 +1789,23 @@ fn endpoint_chain(
                     ));
                     break;
                 }
-                ProfileProgram::Rules { profile, .. } => {
+                ProfileProgram::Rules { profile, rules } => {
+                    if let Some(inl) = inline
+                        && inline_profile(rules)
+                    {
+                        policy_rules(
+                            &format!("profile {profile}"),
+                            &profile_chain_name(profile, dir),
+                            &Owner::Profile(profile.clone()),
+                            rules,
+                            inl.names,
+                            inl.log_allowed,
+                            on_accept,
+                            &mut main,
+                            &mut origins,
+                        );
+                        continue;
+                    }
                     let target = profile_chain_name(profile, dir);
                     jump_stage(&mut main, &target, format!("profile {profile}"), on_accept);
                 }
@@ -1683,7 +1822,7 @@ fn endpoint_chain(
         ));
     }
     out.push((name.to_owned(), Chain::regular(main)));
-    out
+    (out, origins)
 }
 
 #[cfg(test)]

@@ -77,23 +77,47 @@ fn origin(owner: &Owner, direction: Direction, rule: usize) -> RuleOrigin {
     }
 }
 
-/// Every rule of every policy and profile chain, with the origin the renderer recorded.
+/// Whether a rule of the table is a policy or profile rule (or the flow log rule of one):
+/// what the record must cover, and nothing else.
+fn is_policy_rule(rule: &gingham_dataplane::table::Rule) -> bool {
+    if rule.note == "flow log" {
+        // Its tag names the chain and the rule index: `gh <chain> <index>[ allow]`.
+        let tag = rule
+            .text
+            .rsplit_once(" prefix \"")
+            .map_or("", |(_, t)| t.trim_end_matches('"'));
+        return tag
+            .split(' ')
+            .nth(2)
+            .is_some_and(|i| i.parse::<usize>().is_ok());
+    }
+    rule.note
+        .rsplit_once(" rule ")
+        .is_some_and(|(_, i)| i.parse::<usize>().is_ok())
+}
+
+/// Every policy and profile rule of every chain (stage chains inline them), with the origin the
+/// renderer recorded.
 fn recorded(r: &Renderer) -> Vec<(String, String, RuleOrigin)> {
     let mut out = Vec::new();
     for (name, chain) in &r.table().chains {
-        let Some(o) = r.origins().get(name) else {
-            continue;
-        };
+        let o = r.origins().get(name);
         for rule in &chain.rules {
-            let index = *o
-                .rules
-                .get(rule.id())
-                .unwrap_or_else(|| panic!("{name}: rule {} has no origin", rule.note));
-            out.push((
-                name.clone(),
-                rule.id().to_owned(),
-                origin(&o.owner, o.direction, index),
-            ));
+            let found = o.and_then(|o| o.rules.get(rule.id()).map(|x| (o.direction, x)));
+            assert_eq!(
+                found.is_some(),
+                is_policy_rule(rule),
+                "{name}: {} ({}) recorded: {found:?}",
+                rule.text,
+                rule.note
+            );
+            if let Some((direction, (owner, index))) = found {
+                out.push((
+                    name.clone(),
+                    rule.id().to_owned(),
+                    origin(owner, direction, *index),
+                ));
+            }
         }
     }
     out
@@ -102,21 +126,16 @@ fn recorded(r: &Renderer) -> Vec<(String, String, RuleOrigin)> {
 #[test]
 fn every_policy_and_profile_rule_maps_to_its_tier_policy_direction_and_index() {
     let r = renderer();
-    // Every shared chain (policy `p…`, profile `r…`) has a record, and nothing else has.
-    let shared: BTreeSet<&String> = r
+    // Every chain holding policy or profile rules (a stage chain inlining them, or a policy
+    // `p…` or profile `r…` chain) has a record, and nothing else has.
+    let holding: BTreeSet<&String> = r
         .table()
         .chains
-        .keys()
-        .filter(|n| {
-            // `p` or `r`, the 12 hex digits of a hash, `i` or `e`.
-            let b = n.as_bytes();
-            b.len() == 14
-                && matches!(b[0], b'p' | b'r')
-                && b[1..13].iter().all(u8::is_ascii_hexdigit)
-                && matches!(b[13], b'i' | b'e')
-        })
+        .iter()
+        .filter(|(_, c)| c.rules.iter().any(is_policy_rule))
+        .map(|(n, _)| n)
         .collect();
-    assert_eq!(shared, r.origins().keys().collect::<BTreeSet<_>>());
+    assert_eq!(holding, r.origins().keys().collect::<BTreeSet<_>>());
     let guard = Owner::Policy {
         tier: "security".into(),
         policy: gingham_calc::PolicyRef {
@@ -142,7 +161,9 @@ fn every_policy_and_profile_rule_maps_to_its_tier_policy_direction_and_index() {
                 m
             });
     // The nft rules of each policy rule: one per family, and per port alternative; a Deny
-    // rule's flow-log rule (no counter) before each of its drops.
+    // rule's flow-log rule (no counter) before each of its drops. The security tier has a Pass
+    // rule: it keeps its policy's chain. The default tier and the profile are inlined in each
+    // stage chain that has them: the profile in both workloads' stages (two each way).
     let want = BTreeMap::from([
         (origin(&guard, Direction::Ingress, 0), 4),
         (origin(&guard, Direction::Ingress, 1), 2),
@@ -150,8 +171,8 @@ fn every_policy_and_profile_rule_maps_to_its_tier_policy_direction_and_index() {
         (origin(&web, Direction::Ingress, 0), 2),
         (origin(&web, Direction::Ingress, 1), 1),
         (origin(&web, Direction::Egress, 0), 2),
-        (origin(&profile, Direction::Ingress, 0), 2),
-        (origin(&profile, Direction::Egress, 0), 2),
+        (origin(&profile, Direction::Ingress, 0), 4),
+        (origin(&profile, Direction::Egress, 0), 4),
     ]);
     assert_eq!(got, want);
     // The record agrees with the notes people read in the ruleset.

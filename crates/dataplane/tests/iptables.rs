@@ -577,3 +577,159 @@ fn incremental_rendering_equals_a_full_one_for_every_case() {
         );
     }
 }
+
+/// The two pods with a tier that has a Pass rule: `security` (before the default tier) denies
+/// UDP 5353 to the server, allows TCP 8081 and passes the rest to the default tier, where the
+/// server's policy allows TCP 8080 and UDP 8081 from the client; the client's egress policy
+/// allows everything (inlined: its Allow must go on to the server's ingress, not accept).
+fn pass_tier_cluster() -> Vec<Resource> {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: kns.ns0}
+spec:
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 10}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.gate}
+spec:
+  tier: security
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Deny
+    protocol: UDP
+    destination: {ports: [5353]}
+  - action: Allow
+    protocol: TCP
+    destination: {ports: [8081]}
+  - action: Pass
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: web, namespace: ns0}
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: role == 'client'}
+    destination: {ports: [8080]}
+  - action: Allow
+    protocol: UDP
+    source: {selector: role == 'client'}
+    destination: {ports: [8081]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: ns0}
+spec:
+  selector: role == 'client'
+  types: [Egress]
+  egress:
+  - action: Allow
+---
+",
+    );
+    text.push_str(&endpoint(
+        "client",
+        "role: client",
+        TwoPods::CLIENT_IF,
+        CLIENT_IP,
+    ));
+    text.push_str(&endpoint(
+        "server",
+        "app: web",
+        TwoPods::SERVER_IF,
+        SERVER_IP,
+    ));
+    gingham_model::load_resources("pass-tier.yaml", &text).expect("valid test input")
+}
+
+/// A tier with a Pass rule keeps its tier chain (a jump per policy, mark bits) in the server's
+/// stage chain, the default tier after it is inlined, the client's egress stage is all inline;
+/// and real packets pass and drop as the reference evaluator says.
+#[test]
+fn sys_a_pass_tier_keeps_its_chain_and_packets_agree_with_the_reference() {
+    require_tools();
+    let snapshot = Snapshot::build(&pass_tier_cluster());
+    let reference: Vec<bool> = CELLS
+        .iter()
+        .map(|(proto, port)| {
+            snapshot
+                .verdict(&Flow::new(CLIENT_IP, SERVER_IP, *proto, Some(*port)))
+                .unwrap()
+                .allowed
+        })
+        .collect();
+    // Allowed in the Pass tier, passed then allowed, passed then dropped at the end of the
+    // default tier, denied in the Pass tier, passed then allowed.
+    assert_eq!(reference, [true, true, false, false, true]);
+
+    let mut calc = Calculator::new(NODE);
+    calc.load_all(pass_tier_cluster());
+    let program = calc.state();
+    let table = render(&program, &Settings::default()).table;
+    let pods = TwoPods::new("pass", CLIENT_IP, SERVER_IP);
+    let servers = serve(&pods);
+    assert_eq!(matrix(&pods, &servers, 1), [true; 5], "plumbing");
+    let node = pods.node.name();
+    let mut nft = NftDataplane::new(Nft::in_netns(node));
+    nft.install(program, Settings::default()).unwrap();
+    assert_eq!(matrix(&pods, &servers, 2), reference, "through nft");
+
+    let stage_of = |map: &str, iface: &str| -> String {
+        let prefix = format!("\"{iface}\" : ");
+        let element = table.sets[map]
+            .elements
+            .iter()
+            .find_map(|e| e.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{map}: no element for {iface}"));
+        element.rsplit(' ').next().unwrap().to_owned()
+    };
+    let texts = |chain: &str| -> Vec<String> {
+        table.chains[chain]
+            .rules
+            .iter()
+            .map(|r| r.text.clone())
+            .collect()
+    };
+    let server = stage_of("wl-ingress", TwoPods::SERVER_IF);
+    let server_rules = texts(&server);
+    assert!(
+        server_rules[0].starts_with("meta mark set"),
+        "marks cleared first: {server_rules:#?}"
+    );
+    assert_eq!(
+        server_rules[1],
+        format!("jump {server}0"),
+        "{server_rules:#?}"
+    );
+    assert!(
+        server_rules.iter().any(|r| r.ends_with("counter accept")),
+        "the default tier inlined: {server_rules:#?}"
+    );
+    assert!(
+        texts(&format!("{server}0"))
+            .iter()
+            .any(|r| r.starts_with("jump p")),
+        "the Pass tier jumps to its policy's chain"
+    );
+    let client = stage_of("wl-egress", TwoPods::CLIENT_IF);
+    let client_rules = texts(&client);
+    assert!(
+        client_rules
+            .iter()
+            .all(|r| !r.contains("meta mark") && !r.contains("jump ")),
+        "{client_rules:#?}"
+    );
+    assert!(client_rules.iter().any(|r| r.ends_with("counter return")));
+}

@@ -224,8 +224,14 @@ fn every_flow_log_tag_names_its_cause() {
 /// logged. Turning it on in a running renderer gives the table rendered with it from scratch.
 #[test]
 fn allowed_flows_are_logged_only_when_turned_on() {
-    // What an Allow rule does (it marks the packet and returns to the endpoint's chain).
-    const ALLOW: &str = "counter meta mark set meta mark | 0x00010000 return";
+    // What an Allow rule does: in a policy or profile chain it marks the packet and returns to
+    // the endpoint's chain; inlined in a workload's stage chain it is the stage's verdict
+    // (accept at ingress, return at egress).
+    const ALLOWS: [&str; 3] = [
+        "counter meta mark set meta mark | 0x00010000 return",
+        "counter accept",
+        "counter return",
+    ];
     let mut allows = 0;
     for (dir, program, settings) in common::case_programs() {
         let off = render(&program, &settings).table;
@@ -251,7 +257,12 @@ fn allowed_flows_are_logged_only_when_turned_on() {
         }
         for (name, chain) in &on.chains {
             for (i, r) in chain.rules.iter().enumerate() {
-                let Some(matches) = r.text.strip_suffix(ALLOW) else {
+                let policy_rule = r.note.rsplit_once(" rule ").is_some();
+                let Some(matches) = ALLOWS
+                    .iter()
+                    .find_map(|a| r.text.strip_suffix(a))
+                    .filter(|_| policy_rule)
+                else {
                     continue;
                 };
                 allows += 1;

@@ -168,9 +168,9 @@ fn alike_pods(n: usize) -> Vec<Resource> {
 }
 
 /// Workloads with the same stage share its chain: a policy that selects forty-one workloads
-/// alike (which all had another policy before) writes one new stage chain (with its tier chain)
-/// and the policy's chain, and moves forty-one dispatch map elements; it does not rewrite a
-/// chain per workload. Removing it again takes the shared chains out.
+/// alike (which all had another policy before) writes one new stage chain (which inlines both
+/// policies and the profile) and moves forty-one dispatch map elements; it does not rewrite a
+/// chain per workload. The old stage chain goes with its last user.
 #[test]
 fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
     const PODS: usize = 41;
@@ -217,8 +217,8 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
         .filter(|(n, c)| before.chains.get(*n) != Some(*c))
         .map(|(n, _)| n)
         .collect();
-    // The new stage chain and its tier chain, the new policy's chain.
-    assert!(written.len() <= 3, "chains written: {written:#?}");
+    // The new stage chain only: its tiers and profile are inlined (no tier or policy chain).
+    assert_eq!(written.len(), 1, "chains written: {written:#?}");
     let moved = script
         .text
         .lines()
@@ -243,11 +243,7 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
         .keys()
         .filter(|c| c.starts_with('w') && !renderer.table().chains.contains_key(*c))
         .collect();
-    assert_eq!(
-        stale.len(),
-        2,
-        "old stage and tier chain removed: {stale:?}"
-    );
+    assert_eq!(stale.len(), 1, "old stage chain removed: {stale:?}");
     assert_eq!(
         renderer.table(),
         Renderer::new(calc.state(), Settings::default()).table()
@@ -267,13 +263,15 @@ fn a_shared_stage_drop_names_the_workload_by_the_packets_interface() {
     let tags: Vec<String> = table
         .chains
         .iter()
-        .filter(|(n, _)| n.starts_with('w') && n.ends_with("i0"))
+        .filter(|(n, _)| n.starts_with('w') && n.ends_with('i'))
         .flat_map(|(_, c)| c.rules.iter())
         .filter_map(|r| {
             r.text
                 .split_once(" prefix \"")
                 .map(|(_, t)| t.trim_end_matches('"').to_owned())
         })
+        // The end of the first tier (inlined in the stage chain: its tag names tier 0).
+        .filter(|t| t.ends_with("i0"))
         .collect();
     assert_eq!(
         tags.len(),
@@ -357,6 +355,12 @@ fn two_endpoints_on_one_interface_close_it_until_one_goes() {
 /// nothing else conditions it; other conditions assumed to let the packet go on (a jump
 /// taken, an accept, drop or return not): an upper bound, exact on the dispatch path.
 fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
+    new_flow_path(t, iif, oif).0
+}
+
+/// The rules a new forwarded packet can meet (as [`rules_on_new_flow_path`]), and the chains
+/// it enters, in order.
+fn new_flow_path(t: &Table, iif: &str, oif: &str) -> (usize, Vec<String>) {
     /// What a rule does with the packet: nothing (next rule), or a verdict.
     fn verdict(t: &Table, text: &str, iif: &str, oif: &str) -> Option<String> {
         let mut rest = text;
@@ -409,8 +413,16 @@ fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
             .unwrap_or_else(|| "continue".into())
     }
     /// Rules met in `chain`, and whether the walk ended there (a verdict other than return).
-    fn walk(t: &Table, chain: &str, iif: &str, oif: &str, depth: usize) -> (usize, bool) {
+    fn walk(
+        t: &Table,
+        chain: &str,
+        iif: &str,
+        oif: &str,
+        depth: usize,
+        entered: &mut Vec<String>,
+    ) -> (usize, bool) {
         assert!(depth < 16, "jumps too deep at {chain}");
+        entered.push(chain.to_owned());
         let mut met = 0;
         for r in &t.chains[chain].rules {
             met += 1;
@@ -419,14 +431,14 @@ fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
             };
             match v.split_once(' ') {
                 Some(("jump", c)) => {
-                    let (n, ended) = walk(t, c, iif, oif, depth + 1);
+                    let (n, ended) = walk(t, c, iif, oif, depth + 1, entered);
                     met += n;
                     if ended {
                         return (met, true);
                     }
                 }
                 Some(("goto", c)) => {
-                    let (n, ended) = walk(t, c, iif, oif, depth + 1);
+                    let (n, ended) = walk(t, c, iif, oif, depth + 1, entered);
                     return (met + n, ended);
                 }
                 _ => match v.as_str() {
@@ -438,7 +450,9 @@ fn rules_on_new_flow_path(t: &Table, iif: &str, oif: &str) -> usize {
         }
         (met, false)
     }
-    walk(t, "forward", iif, oif, 0).0
+    let mut entered = Vec::new();
+    let (met, _) = walk(t, "forward", iif, oif, 0, &mut entered);
+    (met, entered)
 }
 
 /// A new flow between a workload and another node (or the outside) meets no map lookup and no
@@ -483,4 +497,72 @@ fn a_new_flow_between_unselected_workloads_meets_only_the_dispatch_maps() {
     let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
     let selected = rules_on_new_flow_path(&t, "cali0000", "cali0001");
     assert!(selected <= 20, "{selected} rules to a selected workload");
+}
+
+/// A workload selected by several policies (no Pass rule among them): its ingress stage chain
+/// holds their rules itself, so a new flow to it meets conntrack, the two dispatch maps and the
+/// rules of its stage chain, and nothing else: no jump to a tier or policy chain, no mark bit
+/// set or tested, no policy chain in the table at all. An Allow accepts at once.
+#[test]
+fn a_new_flow_to_a_workload_selected_by_several_policies_meets_only_its_stage_chain() {
+    const POLICIES: usize = 6;
+    let mut resources = alike_pods(2);
+    let mut text = String::new();
+    for i in 0..POLICIES {
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: more{i}, namespace: web}}\nspec:\n  selector: app == 'web'\n  ingress: [{{action: Deny, protocol: UDP, destination: {{ports: [{}]}}}}, {{action: Log, protocol: TCP}}, {{action: Allow, protocol: TCP, destination: {{ports: [{}]}}}}]\n---\n",
+            5000 + i,
+            8000 + i
+        ));
+    }
+    resources.extend(gingham_model::load_resources("more.yaml", &text).unwrap());
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(resources);
+    let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
+    let (met, entered) = new_flow_path(&t, "cali0000", "cali0001");
+    // The egress stage is the map's verdict (no policy selects egress); the ingress stage is
+    // one chain.
+    assert_eq!(entered.len(), 2, "chains entered: {entered:?}");
+    let stage = &t.chains[&entered[1]];
+    assert!(entered[1].starts_with('w'), "{entered:?}");
+    for r in &stage.rules {
+        assert!(
+            !r.text.contains("jump ") && !r.text.contains("goto ") && !r.text.contains("meta mark"),
+            "{}: {}",
+            entered[1],
+            r.text
+        );
+    }
+    // Every policy's rules are there, in order (each per family), Allow accepting at once.
+    let policy_rules: Vec<&str> = stage
+        .rules
+        .iter()
+        .filter(|r| r.note.contains(" rule "))
+        .map(|r| r.note.as_str())
+        .collect();
+    assert_eq!(
+        policy_rules.len(),
+        2 * (3 * POLICIES + 1) + 2,
+        "{policy_rules:#?}"
+    );
+    assert!(
+        stage
+            .rules
+            .iter()
+            .filter(|r| r.note.contains("web/more") && r.note.ends_with(" rule 2"))
+            .all(|r| r.text.ends_with("counter accept"))
+    );
+    // conntrack and the two maps, then the stage's rules up to its end-of-tier drop.
+    let to_end = stage
+        .rules
+        .iter()
+        .position(|r| r.text == "counter drop")
+        .expect("an end-of-tier drop");
+    assert_eq!(met, 3 + to_end + 1);
+    let policy_chains: Vec<&String> = t
+        .chains
+        .keys()
+        .filter(|n| n.starts_with('p') || n.starts_with('r'))
+        .collect();
+    assert!(policy_chains.is_empty(), "{policy_chains:?}");
 }

@@ -8,9 +8,11 @@
 //! With `flowLogsAllowed`, Allow rules of policies and profiles log the new flows they let
 //! through in the same way (conntrack lets only a flow's first packet reach them).
 //!
-//! Tags: `gh <chain> <index>` for a Deny rule of a policy (`p…`) or profile (`r…`) chain,
+//! Tags: `gh <chain> <index>` for a Deny rule of a policy (`p…`) or profile (`r…`), named by
+//! its chain's name also where the rule is inlined in a workload's stage chain,
 //! `gh <chain> <index> allow` for an Allow rule;
-//! `gh <chain>` for the end of a tier (`e…<k>`, `w…<k>`) or of an endpoint chain (`e…` for
+//! `gh <chain>` for the end of a tier (`e…<k>`, `w…<k>`: the tier's chain, or for a tier
+//! inlined in a workload's stage chain the stage's name and the tier's index) or of an endpoint chain (`e…` for
 //! host endpoints, `w…` for workload stages, shared by workloads alike: a missing profile, or
 //! no profile allowed, or a missing tier that closes the endpoint); `gh w` for a workload interface without a program and
 //! `gh h` for DefaultEndpointToHostAction Drop.
