@@ -467,7 +467,11 @@ fn latency(scales: &[usize]) {
         );
         print!("{:>18}", "operation");
         for path in &paths {
-            print!(" | {:>17} {:>17}", format!("{path} p99 (p50)"), "ours p99 (p50)");
+            print!(
+                " | {:>17} {:>17}",
+                format!("{path} p99 (p50)"),
+                "ours p99 (p50)"
+            );
         }
         println!();
         for (o, name) in names.iter().enumerate() {
