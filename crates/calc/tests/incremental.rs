@@ -197,7 +197,7 @@ spec:
 fn tests_per_update(p: usize) -> (usize, usize) {
     let mut calc = Calculator::new("nodea");
     calc.load_all(gingham_model::load_resources("one.yaml", &one_of_each(p)).unwrap());
-    let mut tests = |calc: &mut Calculator, text: String| {
+    let tests = |calc: &mut Calculator, text: String| {
         let r = gingham_model::load_resources("one.yaml", &text)
             .unwrap()
             .remove(0);
