@@ -765,9 +765,9 @@ impl Snapshot {
     /// The first tier that does not exist yet has policies selecting the endpoint here, with
     /// those policies (in felix's order within a tier, whatever order `policies` is in): their
     /// place among the tiers cannot be known, so the endpoint is closed.
-    pub(crate) fn missing_tier(
+    pub(crate) fn missing_tier<P: std::borrow::Borrow<Policy>>(
         &self,
-        policies: &[Policy],
+        policies: &[P],
         ep: &Endpoint,
         dir: Direction,
         mode: Chain,
@@ -775,6 +775,7 @@ impl Snapshot {
         self.tiers.iter().filter(|t| !t.exists).find_map(|t| {
             let mut selecting: Vec<&Policy> = policies
                 .iter()
+                .map(P::borrow)
                 .filter(|p| {
                     p.tier == t.name && p.has_type(dir) && mode.admits(p, ep) && p.selects(ep)
                 })

@@ -20,6 +20,7 @@ use gingham_selector::Interner;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::index::LabelIndex;
 use crate::program::{Builder, EndpointProgram, IpSet, NodeProgram, SetId, SetSpec};
 use crate::snapshot::{
     DEFAULT_ALLOW_PROFILE, Endpoint, EndpointKind, LabelSet, Policy, PolicyKind, PolicyRef,
@@ -132,16 +133,22 @@ pub struct Calculator {
     active: BTreeMap<SetId, ActiveSet>,
     /// Position of each policy in `snap.policies`.
     policy_index: HashMap<PolicyRef, usize>,
-    /// Policies by namespace (`None`: global ones). A namespaced policy's selector always
-    /// requires its namespace, so an endpoint is only matched against the global policies and
-    /// those of the namespace its labels name.
-    by_namespace: HashMap<Option<String>, BTreeSet<PolicyRef>>,
+    /// Policies by namespace (`None`: global ones), filed by a label their selector requires.
+    /// A namespaced policy's selector always requires its namespace, so an endpoint is only
+    /// matched against the global policies and those of the namespace its labels name, and of
+    /// those, only against the ones its labels can match.
+    by_namespace: HashMap<Option<String>, LabelIndex<PolicyRef>>,
+    /// The active sets, filed by a label their selector requires: an endpoint or network set
+    /// that changes is matched only against the sets its labels can be in.
+    set_index: LabelIndex<SetId>,
     /// For each local endpoint with a program: the policies selecting it, and the kind and
     /// labels that was worked out for (a change of either recomputes it). A program is then
     /// built from its few policies instead of matching every policy again.
     selecting: HashMap<String, Selecting>,
     /// One copy of each distinct policy selector, shared by the policies that use it.
     selectors: Interner,
+    /// Selector matches tried by updates so far (see [`Calculator::selector_tests`]).
+    tests: usize,
 }
 
 struct Selecting {
@@ -211,7 +218,9 @@ impl Calculator {
             active: BTreeMap::new(),
             policy_index: HashMap::new(),
             by_namespace: HashMap::new(),
+            set_index: LabelIndex::default(),
             selecting: HashMap::new(),
+            tests: 0,
         }
     }
 
@@ -255,7 +264,7 @@ impl Calculator {
             self.by_namespace
                 .entry(p.id.namespace.clone())
                 .or_default()
-                .insert(p.id.clone());
+                .insert(p.id.clone(), Some(&p.selector));
         }
         // Sets keep their identity; members are recomputed from the new snapshot.
         let mut pending = Pending::default();
@@ -289,6 +298,13 @@ impl Calculator {
     /// The resources the calculator holds, compiled (every endpoint, node and policy).
     pub fn snapshot(&self) -> &Snapshot {
         &self.snap
+    }
+
+    /// How many selector matches updates have tried so far (a policy against an endpoint, a
+    /// set against an endpoint or network set): the part of an update's work that could grow
+    /// with the cluster. Tests read it before and after an update.
+    pub fn selector_tests(&self) -> usize {
+        self.tests
     }
 
     pub fn state(&self) -> NodeProgram {
@@ -375,7 +391,17 @@ impl Calculator {
     fn set_endpoint(&mut self, key: &str, new: Option<Endpoint>, pending: &mut Pending) {
         let pos = self.snap.endpoints.iter().position(|e| e.key == key);
         let old = pos.map(|i| self.snap.endpoints.remove(i));
-        for (id, set) in &mut self.active {
+        let ids: BTreeSet<SetId> = old
+            .iter()
+            .chain(&new)
+            .flat_map(|e| self.set_index.candidates(&e.effective_labels))
+            .cloned()
+            .collect();
+        self.tests += ids.len();
+        for id in &ids {
+            let Some(set) = self.active.get_mut(id) else {
+                continue;
+            };
             let before = old
                 .as_ref()
                 .map(|e| set.spec.endpoint_members(e))
@@ -415,7 +441,17 @@ impl Calculator {
         let pos = self.snap.netsets.iter().position(|n| n.name == name);
         let before = pos.map(|i| self.snap.netsets.remove(i));
         let after = new.and_then(|r| self.compile(r).netsets.into_iter().next());
-        for (id, set) in &mut self.active {
+        let ids: BTreeSet<SetId> = before
+            .iter()
+            .chain(&after)
+            .flat_map(|n| self.set_index.candidates(&n.labels))
+            .cloned()
+            .collect();
+        self.tests += ids.len();
+        for id in &ids {
+            let Some(set) = self.active.get_mut(id) else {
+                continue;
+            };
             let b = before
                 .as_ref()
                 .map(|n| set.spec.netset_members(n))
@@ -449,23 +485,26 @@ impl Calculator {
             });
         let old_p = self.policy_index.get(&id).map(|&i| &self.snap.policies[i]);
         // The local endpoints the old or the new version selects, and whether the new one does.
+        let mut tests = 0;
         let affected: Vec<(String, bool)> = self
             .local_endpoints()
             .filter_map(|e| {
+                tests += usize::from(new_p.is_some()) + usize::from(old_p.is_some());
                 let now = new_p.as_ref().is_some_and(|p| p.selects(e));
                 (now || old_p.is_some_and(|p| p.selects(e))).then(|| (e.key.clone(), now))
             })
             .collect();
+        self.tests += tests;
         let changed_id = (old_p.is_some() || new_p.is_some()).then_some(id);
         if let Some(id) = &changed_id
             && let Some(i) = self.policy_index.remove(id)
         {
-            self.snap.policies.swap_remove(i);
+            let old = self.snap.policies.swap_remove(i);
             if let Some(moved) = self.snap.policies.get(i) {
                 self.policy_index.insert(moved.id.clone(), i);
             }
             if let Some(ids) = self.by_namespace.get_mut(&id.namespace) {
-                ids.remove(id);
+                ids.remove(id, Some(&old.selector));
             }
         }
         if let Some(p) = new_p {
@@ -483,7 +522,7 @@ impl Calculator {
             self.by_namespace
                 .entry(p.id.namespace.clone())
                 .or_default()
-                .insert(p.id.clone());
+                .insert(p.id.clone(), Some(&p.selector));
             self.snap.policies.push(p);
         }
         if let Some(id) = changed_id {
@@ -501,8 +540,9 @@ impl Calculator {
         }
     }
 
-    /// The policies selecting a local endpoint (from the cache when its labels are unchanged).
-    fn selecting_policies(&mut self, e: &Endpoint) -> Vec<Policy> {
+    /// Works out the policies selecting a local endpoint, unless the cache holds them for its
+    /// kind and labels; [`Calculator::selected`] then lists them.
+    fn refresh_selecting(&mut self, e: &Endpoint) {
         let fresh = self
             .selecting
             .get(&e.key)
@@ -512,9 +552,10 @@ impl Calculator {
             let mut candidates: Vec<&PolicyRef> = Vec::new();
             for ns in [None, namespace.filter(|_| e.kind != EndpointKind::Host)] {
                 if let Some(ids) = self.by_namespace.get(&ns) {
-                    candidates.extend(ids);
+                    candidates.extend(ids.candidates(&e.effective_labels));
                 }
             }
+            self.tests += candidates.len();
             let policies = candidates
                 .into_iter()
                 .filter_map(|id| self.policy_index.get(id))
@@ -531,11 +572,17 @@ impl Calculator {
                 },
             );
         }
-        self.selecting[&e.key]
-            .policies
-            .iter()
+    }
+
+    /// The policies selecting a local endpoint, as [`Calculator::refresh_selecting`] left
+    /// them (borrowed: building a program copies no policy).
+    fn selected(&self, key: &str) -> Vec<&Policy> {
+        self.selecting
+            .get(key)
+            .into_iter()
+            .flat_map(|s| &s.policies)
             .filter_map(|id| self.policy_index.get(id))
-            .map(|&i| self.snap.policies[i].clone())
+            .map(|&i| &self.snap.policies[i])
             .collect()
     }
 
@@ -583,7 +630,16 @@ impl Calculator {
             after.labels = self
                 .snap
                 .effective_labels(&after.own_labels, &after.profiles());
-            for (id, set) in &mut self.active {
+            let ids: BTreeSet<SetId> = [&before, &after]
+                .into_iter()
+                .flat_map(|n| self.set_index.candidates(&n.labels))
+                .cloned()
+                .collect();
+            self.tests += ids.len();
+            for id in &ids {
+                let Some(set) = self.active.get_mut(id) else {
+                    continue;
+                };
                 let b = set.spec.netset_members(&before);
                 let a = set.spec.netset_members(&after);
                 if a != b {
@@ -627,7 +683,8 @@ impl Calculator {
             .find(|e| e.key == name && e.node == self.node)
             .cloned();
         let built = ep.map(|e| {
-            let policies = self.selecting_policies(&e);
+            self.refresh_selecting(&e);
+            let policies = self.selected(&e.key);
             let mut b = Builder::new(&self.snap, false);
             let program = b.endpoint(&policies, &e);
             (program, b.specs)
@@ -685,6 +742,7 @@ impl Calculator {
             ports: BTreeMap::new(),
         };
         recount(&mut set, &self.snap);
+        self.set_index.insert(id.clone(), set.spec.selector());
         // A set removed and added again within one update is just an update.
         if let Some(pos) = pending
             .removed
@@ -707,7 +765,9 @@ impl Calculator {
         };
         set.refs -= 1;
         if set.refs == 0 {
-            self.active.remove(id);
+            if let Some(set) = self.active.remove(id) {
+                self.set_index.remove(id, set.spec.selector());
+            }
             pending.updated.remove(id);
             match pending
                 .added

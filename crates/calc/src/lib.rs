@@ -13,6 +13,7 @@ pub mod diff;
 pub mod eval;
 pub mod explain;
 pub mod incremental;
+mod index;
 pub mod input;
 pub mod lint;
 pub mod program;

@@ -218,6 +218,15 @@ impl SetSpec {
         }
     }
 
+    /// The selector an endpoint or network set must match to be in the set (`None`: any,
+    /// for a named port without one).
+    pub fn selector(&self) -> Option<&Selector> {
+        match self {
+            SetSpec::Selector(s) => Some(s),
+            SetSpec::NamedPort { selector, .. } => selector.as_ref(),
+        }
+    }
+
     /// What one endpoint contributes.
     pub fn endpoint_members(&self, e: &Endpoint) -> IpSet {
         let mut set = IpSet::default();
@@ -363,9 +372,9 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn chain(
+    fn chain<P: std::borrow::Borrow<Policy>>(
         &mut self,
-        policies: &[Policy],
+        policies: &[P],
         ep: &Endpoint,
         dir: Direction,
         kind: Chain,
@@ -379,6 +388,7 @@ impl<'a> Builder<'a> {
         for tier in &self.snap.tiers {
             let mut selected: Vec<&Policy> = policies
                 .iter()
+                .map(P::borrow)
                 .filter(|p| {
                     p.tier == tier.name && p.has_type(dir) && kind.admits(p, ep) && p.selects(ep)
                 })
@@ -434,7 +444,12 @@ impl<'a> Builder<'a> {
         }
     }
 
-    pub(crate) fn endpoint(&mut self, policies: &[Policy], ep: &Endpoint) -> EndpointProgram {
+    /// The program of `ep` under `policies` (all of them, or those known to select it).
+    pub(crate) fn endpoint<P: std::borrow::Borrow<Policy>>(
+        &mut self,
+        policies: &[P],
+        ep: &Endpoint,
+    ) -> EndpointProgram {
         let host = ep.kind == EndpointKind::Host;
         let opt = |b: &mut Self, dir, kind| host.then(|| b.chain(policies, ep, dir, kind));
         EndpointProgram {

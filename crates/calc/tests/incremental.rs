@@ -145,3 +145,85 @@ spec:
         check(&calc, &mirror, &current);
     }
 }
+
+/// Namespace `ns0` with `p` policies, policy `j` selecting app `a{j}` and allowing TCP from
+/// role `r{j}`, and `p` local workloads, workload `j` with app `a{j}` and role `r{j}`: every
+/// policy selects one workload and every workload's program uses one set.
+fn one_of_each(p: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: kns.ns0}\nspec:\n  ingress: [{action: Allow}]\n  egress: [{action: Allow}]\n---\n",
+    );
+    for j in 0..p {
+        text += &format!(
+            "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: pol{j}, namespace: ns0}}
+spec:
+  selector: app == 'a{j}'
+  ingress: [{{action: Allow, protocol: TCP, source: {{selector: role == 'r{j}'}}}}]
+---
+"
+        );
+        text += &workload(j, "nodea", j, j);
+    }
+    text
+}
+
+fn workload(i: usize, node: &str, app: usize, role: usize) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata:
+  name: {node}-k8s-pod{i}-eth0
+  namespace: ns0
+  labels: {{app: a{app}, role: r{role}, projectcalico.org/namespace: ns0}}
+spec:
+  node: {node}
+  orchestrator: k8s
+  pod: pod{i}
+  endpoint: eth0
+  interfaceName: cali{i:011}
+  ipNetworks: [10.1.{}.{}/32]
+  profiles: [kns.ns0]
+---
+",
+        (i >> 8) & 255,
+        i & 255
+    )
+}
+
+/// The selector matches one update tries with `p` policies and sets beside it: a new local
+/// workload (app a1, role r3) and a remote one changing role (r3 to r4).
+fn tests_per_update(p: usize) -> (usize, usize) {
+    let mut calc = Calculator::new("nodea");
+    calc.load_all(gingham_model::load_resources("one.yaml", &one_of_each(p)).unwrap());
+    let tests = |calc: &mut Calculator, text: String| {
+        let r = gingham_model::load_resources("one.yaml", &text)
+            .unwrap()
+            .remove(0);
+        let before = calc.selector_tests();
+        let changes = calc.apply(Update::Upsert(Box::new(r)));
+        assert!(!changes.is_empty());
+        calc.selector_tests() - before
+    };
+    let added = tests(&mut calc, workload(p + 1, "nodea", 1, 3));
+    tests(&mut calc, workload(p + 2, "nodeb", 0, 3));
+    let relabelled = tests(&mut calc, workload(p + 2, "nodeb", 0, 4));
+    (added, relabelled)
+}
+
+/// An update is matched only against the policies and sets its labels can match (the index
+/// files each selector under a label it requires), not against every policy of the namespace
+/// and every set: its cost does not grow with the cluster's policies.
+#[test]
+fn an_update_tries_only_the_selectors_its_labels_can_match() {
+    let small = tests_per_update(20);
+    let large = tests_per_update(1000);
+    eprintln!(
+        "selector matches per update (new local workload, remote relabel): {small:?} beside 20 policies, {large:?} beside 1,000"
+    );
+    assert_eq!(small, large);
+    // The new workload: its policy (a1) and the set of its role (r3); the relabel: the sets
+    // of its old and new role.
+    assert!(small.0 <= 4 && small.1 <= 4, "{small:?}");
+}

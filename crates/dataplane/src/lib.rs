@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 
 pub use counters::{ChainOrigin, Hits, Origins, Owner, RuleOrigin, rule_hits};
 pub use render::{Rendered, Renderer, Settings, TABLE, Touched, Tunnels, VXLAN_PORT, render};
-pub use table::{Op, Script, Table, canonical};
+pub use table::{Edit, Edits, Op, Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -332,7 +332,7 @@ impl<B: Backend> Programmer<B> {
         };
         let chains: BTreeSet<&str> = touched.chains.iter().map(String::as_str).collect();
         let sets: BTreeSet<&str> = touched.sets.iter().map(String::as_str).collect();
-        let Some(script) = installed.diff_only(desired, &chains, &sets) else {
+        let Some(script) = installed.diff_edited(desired, &chains, &sets, &touched.edits) else {
             // A set's type or a hook changed: the whole table is replaced.
             return self.sync(desired.clone());
         };
@@ -346,7 +346,7 @@ impl<B: Backend> Programmer<B> {
                 }
             }
         }
-        installed.copy_from(desired, &chains, &sets);
+        installed.copy_edited(desired, &chains, &sets, &touched.edits);
         Ok(Applied {
             commands: script.commands,
             bytes: script.text.len(),

@@ -48,7 +48,7 @@ use gingham_model::Action;
 use ipnet::IpNet;
 
 use crate::counters::{ChainOrigin, Origins, Owner};
-use crate::table::{Base, Chain, Rule, Set, SetKind, Table, short_hash};
+use crate::table::{Base, Chain, Edits, Rule, Set, SetKind, Table, short_hash};
 
 mod flowlog;
 use flowlog::log_rule;
@@ -695,6 +695,10 @@ pub struct Touched {
     pub all: bool,
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+    /// For sets of `sets` that only gained or lost elements: which ones, so that the
+    /// programmer neither compares nor copies the whole set. A touched set without an edit
+    /// is compared whole.
+    pub edits: Edits,
 }
 
 /// What one endpoint put in the table.
@@ -736,6 +740,9 @@ pub struct Renderer {
     base_chains: Vec<String>,
     base_maps: Vec<String>,
     touched: Touched,
+    /// Sets rendered whole since the last [`Renderer::take_touched`] (no edit is kept for
+    /// them: the programmer compares them whole).
+    whole_sets: HashSet<String>,
     /// Which policy or profile rule each rule of the shared chains came from (hit counters).
     origins: Origins,
 }
@@ -755,6 +762,7 @@ impl Renderer {
             base_chains: Vec::new(),
             base_maps: Vec::new(),
             touched: Touched::default(),
+            whole_sets: HashSet::new(),
             origins: Origins::new(),
         };
         r.render_all();
@@ -796,7 +804,30 @@ impl Renderer {
 
     /// What changed since the last call (everything, the first time).
     pub fn take_touched(&mut self) -> Touched {
+        self.whole_sets.clear();
         std::mem::take(&mut self.touched)
+    }
+
+    /// Set `name` changed as a whole (rendered again, added or removed).
+    fn touch_whole_set(&mut self, name: String) {
+        self.touched.edits.remove(&name);
+        self.whole_sets.insert(name.clone());
+        self.touched.sets.insert(name);
+    }
+
+    /// Set `name` gained (`added`) or lost an element.
+    fn touch_element(&mut self, name: &str, element: &str, added: bool) {
+        if !self.whole_sets.contains(name) {
+            let edit = self.touched.edits.entry(name.to_owned()).or_default();
+            if added {
+                edit.add(element);
+            } else {
+                edit.remove(element);
+            }
+        }
+        if !self.touched.sets.contains(name) {
+            self.touched.sets.insert(name.to_owned());
+        }
     }
 
     pub fn set_settings(&mut self, settings: Settings) {
@@ -914,7 +945,7 @@ impl Renderer {
                 if let Some(name) = old {
                     self.names.0.remove(&key);
                     self.table.sets.remove(&name);
-                    self.touched.sets.insert(name);
+                    self.touch_whole_set(name);
                 }
                 continue;
             };
@@ -928,7 +959,7 @@ impl Renderer {
                 .sets
                 .insert(name.clone(), Set::new(key_type, kind, elements));
             self.names.0.insert(key, name.clone());
-            self.touched.sets.insert(name);
+            self.touch_whole_set(name);
         }
         true
     }
@@ -939,10 +970,23 @@ impl Renderer {
         let Some(set) = self.program.sets.get(id) else {
             return false;
         };
+        let mut changed = Vec::new();
         for family in [Family::V4, Family::V6] {
-            let (letter, _, _) = set_shape(id, set, family);
+            let Some(old) = self.names.0.get(&(id.to_owned(), family as u8)) else {
+                return false;
+            };
+            // The shape (host addresses or prefixes) follows from the old one and the change;
+            // the whole set is looked at only when a prefix leaves a prefix set.
+            let prefix =
+                |n: &&IpNet| Family::of(n) == family && n.prefix_len() < n.max_prefix_len();
+            let letter = match old.as_bytes().first() {
+                Some(b'h') if added.nets.iter().any(|n| prefix(&n)) => "s",
+                Some(b'h') => "h",
+                Some(b's') if !removed.nets.iter().any(|n| prefix(&n)) => "s",
+                _ => set_shape(id, set, family).0,
+            };
             let name = set_name(letter, family, id);
-            if self.names.0.get(&(id.to_owned(), family as u8)) != Some(&name) {
+            if *old != name {
                 return false;
             }
             let Some(rendered) = self.table.sets.get_mut(&name) else {
@@ -950,14 +994,20 @@ impl Renderer {
             };
             let gone = set_elements(removed, family, letter);
             let new = set_elements(added, family, letter);
-            if gone.is_empty() && new.is_empty() {
-                continue;
+            for e in gone {
+                if rendered.elements.remove(&e) {
+                    changed.push((name.clone(), e, false));
+                }
             }
-            for e in &gone {
-                rendered.elements.remove(e);
+            for e in new {
+                if !rendered.elements.contains(&e) {
+                    rendered.elements.insert(e.clone());
+                    changed.push((name.clone(), e, true));
+                }
             }
-            rendered.elements.extend(new);
-            self.touched.sets.insert(name);
+        }
+        for (name, e, added) in changed {
+            self.touch_element(&name, &e, added);
         }
         true
     }
@@ -1142,15 +1192,23 @@ impl Renderer {
         if before == after {
             return;
         }
+        let mut changed = Vec::new();
         if let Some(m) = self.table.sets.get_mut(map) {
-            if let Some(old) = &before {
-                m.elements.remove(old);
+            if let Some(old) = before
+                && m.elements.remove(&old)
+            {
+                changed.push((old, false));
             }
-            if let Some(new) = &after {
-                m.elements.insert(new.clone());
+            if let Some(new) = after
+                && m.elements.insert(new.clone())
+            {
+                changed.push((new, true));
             }
         }
         self.touched.sets.insert(map.into());
+        for (e, added) in changed {
+            self.touch_element(map, &e, added);
+        }
     }
 
     /// Takes out what [`Renderer::place`] put in for an endpoint; returns whether it was a
@@ -1190,7 +1248,7 @@ impl Renderer {
         for n in NAT_SETS {
             let new = part.sets.remove(n);
             if self.table.sets.get(n) != new.as_ref() {
-                self.touched.sets.insert(n.into());
+                self.touch_whole_set(n.into());
                 match new {
                     Some(s) => self.table.sets.insert(n.into(), s),
                     None => self.table.sets.remove(n),
@@ -1224,9 +1282,9 @@ impl Renderer {
             self.table.chains.remove(&n);
             self.touched.chains.insert(n);
         }
-        for n in self.base_maps.drain(..) {
+        for n in std::mem::take(&mut self.base_maps) {
             self.table.sets.remove(&n);
-            self.touched.sets.insert(n);
+            self.touch_whole_set(n);
         }
         for (n, c) in part.chains {
             self.touched.chains.insert(n.clone());
@@ -1234,7 +1292,7 @@ impl Renderer {
             self.table.chains.insert(n, c);
         }
         for (n, s) in part.sets {
-            self.touched.sets.insert(n.clone());
+            self.touch_whole_set(n.clone());
             self.base_maps.push(n.clone());
             self.table.sets.insert(n, s);
         }

@@ -173,6 +173,34 @@ pub struct Table {
     pub chains: BTreeMap<String, Chain>,
 }
 
+/// The elements one set gained and lost since it was last installed, net: with it, the diff
+/// and the programmer's record follow the change instead of comparing or copying the whole
+/// set (whose size grows with the cluster, not with the update).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Edit {
+    pub added: BTreeSet<String>,
+    pub removed: BTreeSet<String>,
+}
+
+impl Edit {
+    /// `element` entered the set (it was not in it).
+    pub fn add(&mut self, element: &str) {
+        if !self.removed.remove(element) {
+            self.added.insert(element.to_owned());
+        }
+    }
+
+    /// `element` left the set (it was in it).
+    pub fn remove(&mut self, element: &str) {
+        if !self.added.remove(element) {
+            self.removed.insert(element.to_owned());
+        }
+    }
+}
+
+/// Per set name, its [`Edit`].
+pub type Edits = BTreeMap<String, Edit>;
+
 /// One command of a transaction, as data: the text path prints it as nft syntax, the netlink
 /// path ([`crate::nl`]) encodes it as nf_tables messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,6 +324,18 @@ impl Table {
         chains: &BTreeSet<&str>,
         sets: &BTreeSet<&str>,
     ) -> Option<Script> {
+        self.diff_edited(new, chains, sets, &Edits::new())
+    }
+
+    /// [`Table::diff_only`] where the sets named in `edits` changed by those elements only:
+    /// they are not compared whole (an element of an edit counts only where it really differs).
+    pub fn diff_edited(
+        &self,
+        new: &Table,
+        chains: &BTreeSet<&str>,
+        sets: &BTreeSet<&str>,
+        edits: &Edits,
+    ) -> Option<Script> {
         let mut s = Script::default();
         for &name in sets {
             let Some(set) = new.sets.get(name) else {
@@ -342,15 +382,33 @@ impl Table {
             let Some(set) = new.sets.get(name) else {
                 continue;
             };
-            let all: Vec<&String> = set.elements.iter().collect();
+            let all = || set.elements.iter().collect::<Vec<&String>>();
             match self.sets.get(name) {
-                None => add_elements(&mut s, name, &all),
+                None => add_elements(&mut s, name, &all()),
                 Some(old) => {
-                    let removed: Vec<&String> = old.elements.difference(&set.elements).collect();
-                    let added: Vec<&String> = set.elements.difference(&old.elements).collect();
+                    let (removed, added): (Vec<&String>, Vec<&String>) =
+                        match edits.get(name).filter(|_| !old.stale) {
+                            Some(e) => (
+                                e.removed
+                                    .iter()
+                                    .filter(|x| old.elements.contains(*x))
+                                    .filter(|x| !set.elements.contains(*x))
+                                    .collect(),
+                                e.added
+                                    .iter()
+                                    .filter(|x| set.elements.contains(*x))
+                                    .filter(|x| !old.elements.contains(*x))
+                                    .collect(),
+                            ),
+                            None => (
+                                old.elements.difference(&set.elements).collect(),
+                                set.elements.difference(&old.elements).collect(),
+                            ),
+                        };
                     let rewrite = old.stale
                         || (!removed.is_empty() && set.kind == SetKind::Interval)
-                        || (removed.len() > FLUSH_PLAIN_ABOVE && removed.len() > all.len());
+                        || (removed.len() > FLUSH_PLAIN_ABOVE
+                            && removed.len() > set.elements.len());
                     if rewrite {
                         s.push(
                             format_args!("flush {} inet {TABLE} {name}", set.keyword()),
@@ -358,7 +416,7 @@ impl Table {
                                 name: name.to_owned(),
                             },
                         );
-                        add_elements(&mut s, name, &all);
+                        add_elements(&mut s, name, &all());
                     } else {
                         for chunk in removed.chunks(CHUNK) {
                             let list: Vec<&str> = chunk.iter().map(|e| e.as_str()).collect();
@@ -445,8 +503,41 @@ impl Table {
 
     /// Makes the named chains and sets of `self` what they are in `new` (absent if absent).
     pub fn copy_from(&mut self, new: &Table, chains: &BTreeSet<&str>, sets: &BTreeSet<&str>) {
+        self.copy_edited(new, chains, sets, &Edits::new());
+    }
+
+    /// [`Table::copy_from`], the sets named in `edits` edited by their elements rather than
+    /// copied whole (the same result when the edits are what changed).
+    pub fn copy_edited(
+        &mut self,
+        new: &Table,
+        chains: &BTreeSet<&str>,
+        sets: &BTreeSet<&str>,
+        edits: &Edits,
+    ) {
         copy_named(&mut self.chains, &new.chains, chains);
-        copy_named(&mut self.sets, &new.sets, sets);
+        let whole: BTreeSet<&str> = sets
+            .iter()
+            .copied()
+            .filter(|&name| {
+                let (Some(e), Some(mine), Some(theirs)) =
+                    (edits.get(name), self.sets.get_mut(name), new.sets.get(name))
+                else {
+                    return true;
+                };
+                if mine.stale || mine.key != theirs.key || mine.kind != theirs.kind {
+                    return true;
+                }
+                for x in e.removed.iter().filter(|x| !theirs.elements.contains(*x)) {
+                    mine.elements.remove(x);
+                }
+                for x in e.added.iter().filter(|x| theirs.elements.contains(*x)) {
+                    mine.elements.insert(x.clone());
+                }
+                false
+            })
+            .collect();
+        copy_named(&mut self.sets, &new.sets, &whole);
     }
 
     /// What is installed, as far as the kernel's listing (`nft -j list table`) shows, expressed

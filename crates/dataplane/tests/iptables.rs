@@ -403,6 +403,7 @@ fn sys_iptables_and_nft_pass_and_drop_the_same_packets_as_the_reference() {
         all: false,
         chains: table.chains.keys().cloned().collect(),
         sets: table.sets.keys().cloned().collect(),
+        ..Touched::default()
     };
     let applied = programmer.sync_touched(&table, &everything).unwrap();
     let unencodable: Vec<String> = table

@@ -67,7 +67,7 @@ fn random_pools(rng: &mut Rng) -> NatPools {
 fn incremental_rendering_equals_a_full_render() {
     let seeds = property_seeds(120);
     let node = "node-a";
-    let (mut steps_checked, mut partial_syncs) = (0usize, 0usize);
+    let (mut steps_checked, mut partial_syncs, mut edited_sets) = (0usize, 0usize, 0usize);
     for seed in 0..seeds {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
         let mut calc = Calculator::new(node);
@@ -137,6 +137,20 @@ fn incremental_rendering_equals_a_full_render() {
                     before.diff(&full.table),
                     "{at}"
                 );
+                // The sets' element edits say exactly what changed: the diff that follows
+                // them (without comparing those sets whole) is the same.
+                assert_eq!(
+                    before.diff_edited(
+                        &full.table,
+                        &names(touched.chains.iter()),
+                        &names(touched.sets.iter()),
+                        &touched.edits
+                    ),
+                    before.diff(&full.table),
+                    "{at}: edits {:?}",
+                    touched.edits
+                );
+                edited_sets += touched.edits.len();
                 partial_syncs += 1;
             }
             programmer.sync_touched(renderer.table(), &touched).unwrap();
@@ -146,8 +160,9 @@ fn incremental_rendering_equals_a_full_render() {
     }
     assert!(steps_checked > seeds as usize * 20, "{steps_checked}");
     assert!(partial_syncs > steps_checked / 2, "{partial_syncs}");
+    assert!(edited_sets > partial_syncs / 4, "{edited_sets}");
     eprintln!(
-        "{steps_checked} updates ({partial_syncs} partial syncs), always equal to a full render"
+        "{steps_checked} updates ({partial_syncs} partial syncs, {edited_sets} sets followed by their edits), always equal to a full render"
     );
 }
 

@@ -2,9 +2,10 @@
 //! same run, in test-made network namespaces:
 //!
 //! - **Programming latency** (B3): from an update handed to the agent's calculator to the nft
-//!   transaction committed in the kernel (calculate, render, diff, `nft -f`), p50/p99 over
-//!   repeated operations, with P policies present; and cold start (load everything, install
-//!   the table). Baselines: replacing the whole table (what the agent did before diffs), an
+//!   transaction committed in the kernel (calculate, render, diff, commit), p50/p99 over
+//!   `AGENT_BENCH_REPS` (300) updates per operation, with P policies present, their spread
+//!   (p90, max, the part before the kernel) and their growth from the smallest P to the
+//!   largest in the same run; and cold start (load everything, install the table). Baselines: replacing the whole table (what the agent did before diffs), an
 //!   empty nft transaction (the floor of spawning nft), and the Calico-style iptables peer
 //!   (`gingham_dataplane::iptables`: felix's chains and ipsets, each update one
 //!   `iptables-nft-restore --noflush` of the changed chains plus `ipset restore`, as felix does)
@@ -111,8 +112,34 @@ fn program(
     )
 }
 
+/// One timed update of an operation, and what puts the model back afterwards (untimed).
+struct Step {
+    update: Update,
+    undo: Option<Update>,
+}
+
+/// The times of one operation's updates in one row of the latency table.
+#[derive(Clone, Default)]
+struct Samples {
+    /// The whole update: calculation, rendering, diff and the kernel's commit.
+    total: Vec<Duration>,
+    /// The part before the kernel: calculation and rendering.
+    before_kernel: Vec<Duration>,
+}
+
+impl Samples {
+    fn pair(&mut self) -> String {
+        format!(
+            "{} / {}",
+            ms(percentile(&mut self.total, 0.5)),
+            ms(percentile(&mut self.total, 0.99))
+        )
+    }
+}
+
 /// The four operations of the latency table, `reps` updates each.
-fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
+fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Step>)> {
+    let timed = |update| Step { update, undo: None };
     // A remote endpoint (ns50, role r10) changes role: it leaves the set of its namespace's
     // policies' sources, then joins it again.
     let relabels: Vec<Resource> = [11usize, 10]
@@ -120,13 +147,26 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
         .flat_map(|&role| load(&model_endpoint(150, role)))
         .collect();
     let member = (0..reps)
-        .map(|i| Update::Upsert(Box::new(relabels[i % 2].clone())))
+        .map(|i| timed(Update::Upsert(Box::new(relabels[i % 2].clone()))))
         .collect();
-    // A new local endpoint (a new pod on the node, app a0, in namespace i: the model puts
-    // index k in namespace k % 100 on node (k / 100) % 10).
+    // A new local endpoint (a new pod on the node, app a0, in namespace i % 100: the model
+    // puts index k in namespace k % 100 on node (k / 100) % 10), taken out again untimed, so
+    // that every addition meets the model's table (not one grown by the earlier additions).
     let add_ep = (0..reps)
-        .flat_map(|i| load(&model_endpoint(ENDPOINTS * 10 + i * 1001, 1)))
-        .map(|r| Update::Upsert(Box::new(r)))
+        .map(|i| {
+            let k = ENDPOINTS * 10 + (i / 100) * 100_000 + (i % 100) * 1001;
+            let r = load(&model_endpoint(k, 1)).remove(0);
+            let m = r.meta();
+            let undo = Update::Delete {
+                kind: r.kind(),
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+            };
+            Step {
+                update: Update::Upsert(Box::new(r)),
+                undo: Some(undo),
+            }
+        })
         .collect();
     // A policy selecting local endpoints changes its port.
     let changes: Vec<Resource> = [90u16, 80]
@@ -134,14 +174,14 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
         .flat_map(|&port| load(&policy(0, port)))
         .collect();
     let change = (0..reps)
-        .map(|i| Update::Upsert(Box::new(changes[i % 2].clone())))
+        .map(|i| timed(Update::Upsert(Box::new(changes[i % 2].clone()))))
         .collect();
     // A new policy selecting local endpoints (app a0 in ns0), then its deletion.
     let j = p.max(1) * 10;
     let extra = load(&policy(j, 99));
     let add_del = (0..reps)
         .map(|i| {
-            if i % 2 == 0 {
+            timed(if i % 2 == 0 {
                 Update::Upsert(Box::new(extra[0].clone()))
             } else {
                 Update::Delete {
@@ -149,7 +189,7 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
                     namespace: Some(format!("ns{}", j % NAMESPACES)),
                     name: format!("pol{j}"),
                 }
-            }
+            })
         })
         .collect();
     vec![
@@ -158,6 +198,15 @@ fn operations(p: usize, reps: usize) -> Vec<(&'static str, Vec<Update>)> {
         ("change policy", change),
         ("add/delete policy", add_del),
     ]
+}
+
+/// Updates per operation in the latency table (`AGENT_BENCH_REPS`): enough that p99 is a
+/// 99th percentile (the 4th largest of 300), not the largest sample.
+fn reps() -> usize {
+    std::env::var("AGENT_BENCH_REPS")
+        .ok()
+        .map(|r| r.parse().expect("AGENT_BENCH_REPS: a number"))
+        .unwrap_or(300)
 }
 
 /// The dataplanes the latency table compares: ours (nft: incremental changes as nf_tables
@@ -287,7 +336,7 @@ fn latency(scales: &[usize]) {
         "calc p50",
         "netlink"
     );
-    let reps = 40;
+    let reps = reps();
     // AGENT_BENCH_PATHS=nft,nft-text picks the dataplanes (all by default).
     let paths: Vec<&str> = match std::env::var("AGENT_BENCH_PATHS") {
         Ok(v) => PATHS
@@ -298,6 +347,10 @@ fn latency(scales: &[usize]) {
         Err(_) => PATHS.to_vec(),
     };
     let mut scrapes = Vec::new();
+    // Every row's samples, for the spread and growth tables: (P, path, per operation the
+    // update's whole time and the part before the kernel).
+    let mut rows: Vec<(usize, &str, Vec<Samples>)> = Vec::new();
+    let names: Vec<&str> = operations(1, 0).iter().map(|(n, _)| *n).collect();
     for &p in scales {
         let resources = model(p);
         for &path in &paths {
@@ -312,27 +365,35 @@ fn latency(scales: &[usize]) {
                     .expect("the kernel accepts the rules");
                 let cold = t.elapsed();
                 let (chains, _, members) = dp.counts();
+                if let Some(dir) = std::env::var_os("AGENT_BENCH_DUMP") {
+                    // For experiments: the latency model's table at this P, as an nft script.
+                    let path = std::path::Path::new(&dir).join(format!("b3-table-{p}.nft"));
+                    let script = render(&calc.state(), &Settings::default()).script();
+                    std::fs::write(path, script).unwrap();
+                }
 
                 let mut in_calc = Vec::new();
                 let (mut by_netlink, mut sent) = (0, 0);
-                let mut timings: Vec<Vec<Duration>> = operations(p, reps)
+                let mut samples: Vec<Samples> = operations(p, reps)
                     .into_iter()
-                    .map(|(what, updates)| {
-                        updates
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, u)| {
-                                let t = Instant::now();
-                                let (commands, calc_time, netlink) =
-                                    program(&mut calc, dp.as_mut(), u);
-                                by_netlink += usize::from(netlink);
-                                sent += 1;
-                                let took = t.elapsed();
-                                in_calc.push(calc_time);
-                                assert!(commands > 0, "{path}: {what} #{i} changed nothing");
-                                took
-                            })
-                            .collect()
+                    .map(|(what, steps)| {
+                        let mut s = Samples::default();
+                        for (i, step) in steps.into_iter().enumerate() {
+                            let t = Instant::now();
+                            let (commands, calc_time, netlink) =
+                                program(&mut calc, dp.as_mut(), step.update);
+                            let took = t.elapsed();
+                            by_netlink += usize::from(netlink);
+                            sent += 1;
+                            in_calc.push(calc_time);
+                            s.total.push(took);
+                            s.before_kernel.push(calc_time);
+                            assert!(commands > 0, "{path}: {what} #{i} changed nothing");
+                            if let Some(undo) = step.undo {
+                                program(&mut calc, dp.as_mut(), undo);
+                            }
+                        }
+                        s
                     })
                     .collect();
                 if path == "nft" {
@@ -342,30 +403,107 @@ fn latency(scales: &[usize]) {
                 let mut replace: Vec<Duration> = (0..5)
                     .map(|_| replace_whole(path, &calc.state(), &mut nft))
                     .collect();
-                let pair = |v: &mut Vec<Duration>| {
-                    format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
-                };
                 let replace50 = percentile(&mut replace, 0.5);
                 let calc50 = percentile(&mut in_calc, 0.5);
-                let inc50 = percentile(&mut timings[2], 0.5);
+                let inc50 = percentile(&mut samples[2].total, 0.5);
                 println!(
                     "{:>7} {:>8} {:>7} {:>7} | {:>22} | {:>22} | {:>22} | {:>22} | {:>10} | {:>14} | {:>7.1}x | {:>8} | {:>9}",
                     p,
                     path,
                     chains,
                     members,
-                    pair(&mut timings[0]),
-                    pair(&mut timings[1]),
-                    pair(&mut timings[2]),
-                    pair(&mut timings[3]),
+                    samples[0].pair(),
+                    samples[1].pair(),
+                    samples[2].pair(),
+                    samples[3].pair(),
                     ms(cold),
                     ms(replace50),
                     replace50.as_secs_f64() / inc50.as_secs_f64(),
                     ms(calc50),
                     format!("{by_netlink}/{sent}")
                 );
+                rows.push((p, path, samples));
             })
             .unwrap();
+        }
+    }
+    println!(
+        "\nSpread ({reps} updates per operation): p50 / p90 / p99 / max of the whole update, \
+         and p50 / p99 of the part before the kernel (calculation and rendering), ms"
+    );
+    println!(
+        "{:>7} {:>8} {:>18} | {:>29} | {:>13}",
+        "P", "path", "operation", "p50 / p90 / p99 / max", "ours p50/p99"
+    );
+    for (p, path, samples) in &mut rows {
+        for (name, s) in names.iter().zip(samples.iter_mut()) {
+            let q = |v: &mut Vec<Duration>, x| ms(percentile(v, x));
+            println!(
+                "{:>7} {:>8} {:>18} | {:>29} | {:>13}",
+                p,
+                path,
+                name,
+                format!(
+                    "{} / {} / {} / {}",
+                    q(&mut s.total, 0.5),
+                    q(&mut s.total, 0.9),
+                    q(&mut s.total, 0.99),
+                    q(&mut s.total, 1.0)
+                ),
+                format!(
+                    "{} / {}",
+                    q(&mut s.before_kernel, 0.5),
+                    q(&mut s.before_kernel, 0.99)
+                ),
+            );
+        }
+    }
+    // Growth, same run: each path's figure at the largest P over the smallest.
+    if let (Some(&lo), Some(&hi)) = (scales.iter().min(), scales.iter().max())
+        && lo != hi
+    {
+        println!(
+            "\nGrowth from P={lo} to P={hi} (same run; figure at {hi} / figure at {lo}): \
+             p99 (p50) of the whole update; ours: p99 (p50) of the part before the kernel"
+        );
+        print!("{:>18}", "operation");
+        for path in &paths {
+            print!(
+                " | {:>17} {:>17}",
+                format!("{path} p99 (p50)"),
+                "ours p99 (p50)"
+            );
+        }
+        println!();
+        for (o, name) in names.iter().enumerate() {
+            print!("{name:>18}");
+            for path in &paths {
+                let mut at = |p: usize| {
+                    rows.iter_mut()
+                        .find(|(q, r, _)| *q == p && r == path)
+                        .map(|(_, _, s)| s[o].clone())
+                };
+                let (Some(mut a), Some(mut b)) = (at(lo), at(hi)) else {
+                    continue;
+                };
+                let g = |a: &mut Vec<Duration>, b: &mut Vec<Duration>, x| {
+                    percentile(b, x).as_secs_f64() / percentile(a, x).as_secs_f64()
+                };
+                print!(
+                    " | {:>17} {:>17}",
+                    format!(
+                        "{:.2}x ({:.2}x)",
+                        g(&mut a.total, &mut b.total, 0.99),
+                        g(&mut a.total, &mut b.total, 0.5)
+                    ),
+                    format!(
+                        "{:.2}x ({:.2}x)",
+                        g(&mut a.before_kernel, &mut b.before_kernel, 0.99),
+                        g(&mut a.before_kernel, &mut b.before_kernel, 0.5)
+                    )
+                );
+            }
+            println!();
         }
     }
     for (p, (scrape, listing, rules)) in &scrapes {
