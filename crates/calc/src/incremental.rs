@@ -387,14 +387,21 @@ impl Calculator {
         s
     }
 
-    /// Replaces (or removes) an endpoint, updating set contributions and its program.
-    fn set_endpoint(&mut self, key: &str, new: Option<Endpoint>, pending: &mut Pending) {
-        let pos = self.snap.endpoints.iter().position(|e| e.key == key);
-        let old = pos.map(|i| self.snap.endpoints.remove(i));
+    /// One source of set members (an endpoint or a network set) changed from `old` to `new`:
+    /// the active sets whose selectors the labels of either can match (and only those) trade
+    /// what `old` contributed for what `new` does.
+    fn move_members<T>(
+        &mut self,
+        old: Option<&T>,
+        new: Option<&T>,
+        labels: impl Fn(&T) -> &LabelSet,
+        members: impl Fn(&SetSpec, &T) -> IpSet,
+        pending: &mut Pending,
+    ) {
         let ids: BTreeSet<SetId> = old
-            .iter()
-            .chain(&new)
-            .flat_map(|e| self.set_index.candidates(&e.effective_labels))
+            .into_iter()
+            .chain(new)
+            .flat_map(|x| self.set_index.candidates(labels(x)))
             .cloned()
             .collect();
         self.tests += ids.len();
@@ -402,19 +409,26 @@ impl Calculator {
             let Some(set) = self.active.get_mut(id) else {
                 continue;
             };
-            let before = old
-                .as_ref()
-                .map(|e| set.spec.endpoint_members(e))
-                .unwrap_or_default();
-            let after = new
-                .as_ref()
-                .map(|e| set.spec.endpoint_members(e))
-                .unwrap_or_default();
+            let before = old.map(|x| members(&set.spec, x)).unwrap_or_default();
+            let after = new.map(|x| members(&set.spec, x)).unwrap_or_default();
             if before != after {
-                let (a, r) = set.replace(&before, &after);
-                merge(pending, id, a, r);
+                let (added, removed) = set.replace(&before, &after);
+                merge(pending, id, added, removed);
             }
         }
+    }
+
+    /// Replaces (or removes) an endpoint, updating set contributions and its program.
+    fn set_endpoint(&mut self, key: &str, new: Option<Endpoint>, pending: &mut Pending) {
+        let pos = self.snap.endpoints.iter().position(|e| e.key == key);
+        let old = pos.map(|i| self.snap.endpoints.remove(i));
+        self.move_members(
+            old.as_ref(),
+            new.as_ref(),
+            |e| &e.effective_labels,
+            SetSpec::endpoint_members,
+            pending,
+        );
         if let Some(e) = new {
             self.snap.endpoints.push(e);
         }
@@ -441,30 +455,13 @@ impl Calculator {
         let pos = self.snap.netsets.iter().position(|n| n.name == name);
         let before = pos.map(|i| self.snap.netsets.remove(i));
         let after = new.and_then(|r| self.compile(r).netsets.into_iter().next());
-        let ids: BTreeSet<SetId> = before
-            .iter()
-            .chain(&after)
-            .flat_map(|n| self.set_index.candidates(&n.labels))
-            .cloned()
-            .collect();
-        self.tests += ids.len();
-        for id in &ids {
-            let Some(set) = self.active.get_mut(id) else {
-                continue;
-            };
-            let b = before
-                .as_ref()
-                .map(|n| set.spec.netset_members(n))
-                .unwrap_or_default();
-            let a = after
-                .as_ref()
-                .map(|n| set.spec.netset_members(n))
-                .unwrap_or_default();
-            if a != b {
-                let (x, y) = set.replace(&b, &a);
-                merge(pending, id, x, y);
-            }
-        }
+        self.move_members(
+            before.as_ref(),
+            after.as_ref(),
+            |n| &n.labels,
+            SetSpec::netset_members,
+            pending,
+        );
         if let Some(n) = after {
             self.snap.netsets.push(n);
         }
