@@ -627,23 +627,13 @@ impl Calculator {
             after.labels = self
                 .snap
                 .effective_labels(&after.own_labels, &after.profiles());
-            let ids: BTreeSet<SetId> = [&before, &after]
-                .into_iter()
-                .flat_map(|n| self.set_index.candidates(&n.labels))
-                .cloned()
-                .collect();
-            self.tests += ids.len();
-            for id in &ids {
-                let Some(set) = self.active.get_mut(id) else {
-                    continue;
-                };
-                let b = set.spec.netset_members(&before);
-                let a = set.spec.netset_members(&after);
-                if a != b {
-                    let (x, y) = set.replace(&b, &a);
-                    merge(pending, id, x, y);
-                }
-            }
+            self.move_members(
+                Some(&before),
+                Some(&after),
+                |n| &n.labels,
+                SetSpec::netset_members,
+                pending,
+            );
             self.snap.netsets.push(after);
         }
     }
