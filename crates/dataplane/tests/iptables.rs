@@ -360,13 +360,10 @@ fn require_tools() {
     }
 }
 
-#[test]
-fn sys_iptables_and_nft_pass_and_drop_the_same_packets_as_the_reference() {
-    require_tools();
-    let pods = TwoPods::new("ipt", CLIENT_IP, SERVER_IP);
-    let servers = serve(&pods);
-    let snapshot = Snapshot::build(&cluster());
-    let reference: Vec<bool> = CELLS
+/// The reference evaluator's verdict for each of [`CELLS`], client to server.
+fn reference_verdicts(resources: &[Resource]) -> Vec<bool> {
+    let snapshot = Snapshot::build(resources);
+    CELLS
         .iter()
         .map(|(proto, port)| {
             snapshot
@@ -374,7 +371,15 @@ fn sys_iptables_and_nft_pass_and_drop_the_same_packets_as_the_reference() {
                 .unwrap()
                 .allowed
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn sys_iptables_and_nft_pass_and_drop_the_same_packets_as_the_reference() {
+    require_tools();
+    let pods = TwoPods::new("ipt", CLIENT_IP, SERVER_IP);
+    let servers = serve(&pods);
+    let reference = reference_verdicts(&cluster());
     // The policies make both outcomes appear: the matrix tests something.
     assert_eq!(reference, [true, false, false, false, true]);
     // Without any rules everything passes (the plumbing works).
@@ -661,16 +666,7 @@ spec:
 #[test]
 fn sys_a_pass_tier_keeps_its_chain_and_packets_agree_with_the_reference() {
     require_tools();
-    let snapshot = Snapshot::build(&pass_tier_cluster());
-    let reference: Vec<bool> = CELLS
-        .iter()
-        .map(|(proto, port)| {
-            snapshot
-                .verdict(&Flow::new(CLIENT_IP, SERVER_IP, *proto, Some(*port)))
-                .unwrap()
-                .allowed
-        })
-        .collect();
+    let reference = reference_verdicts(&pass_tier_cluster());
     // Allowed in the Pass tier, passed then allowed, passed then dropped at the end of the
     // default tier, denied in the Pass tier, passed then allowed.
     assert_eq!(reference, [true, true, false, false, true]);
