@@ -1199,6 +1199,93 @@ fn footprint(scales: &[usize]) {
     println!("({ENDPOINTS} endpoints in every row; P=0 is the agent with endpoints only)");
 }
 
+/// A backend that encodes each incremental transaction as the netlink batch the kernel would
+/// get, and drops it: the dataplane's own work (diff, encoding) without the kernel's.
+#[derive(Default)]
+struct EncodeOnly;
+
+impl Backend for EncodeOnly {
+    fn run(&mut self, _script: &str) -> Result<(), gingham_dataplane::Error> {
+        Ok(())
+    }
+
+    fn run_incremental(
+        &mut self,
+        script: &gingham_dataplane::Script,
+        desired: &Table,
+    ) -> Result<gingham_dataplane::Path, gingham_dataplane::Error> {
+        let batch = gingham_dataplane::nl::encode(&script.ops, desired)
+            .expect("the bench's updates encode as netlink batches");
+        std::hint::black_box(batch.bytes());
+        Ok(gingham_dataplane::Path::Netlink)
+    }
+
+    fn read(&mut self) -> Result<Option<String>, gingham_dataplane::Error> {
+        Ok(None)
+    }
+}
+
+/// Our own part of each update, without a kernel (`AGENT_BENCH_ONLY=ours`, no root needed):
+/// calculation, rendering, and the diff with its netlink encoding, p50/p99 per operation at
+/// each P and their growth from the first P to the last. For profiling (`perf record`).
+fn ours_only(scales: &[usize]) {
+    println!("\n## Our part of an update (no kernel): calc + render + diff/encode, ms");
+    println!(
+        "{:>7} {:>18} | {:>14} | {:>14} | {:>14} | {:>14}",
+        "P", "operation", "calc p50/p99", "render p50/p99", "diff p50/p99", "all p50/p99"
+    );
+    let reps = reps();
+    let mut growth: Vec<(usize, Vec<Duration>)> = Vec::new();
+    for &p in scales {
+        let mut calc = Calculator::new(NODE);
+        calc.load_all(model(p));
+        let mut dp = NftDataplane::new(EncodeOnly);
+        dp.install(calc.state(), Settings::default()).unwrap();
+        let mut p99s = Vec::new();
+        for (what, steps) in operations(p, reps) {
+            let (mut c, mut r, mut d, mut all) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for step in steps {
+                let t = Instant::now();
+                let changes = calc.apply(step.update);
+                let t1 = t.elapsed();
+                dp.update(&changes).unwrap();
+                let whole = t.elapsed();
+                c.push(t1);
+                r.push(dp.last_render());
+                d.push(whole.saturating_sub(t1 + dp.last_render()));
+                all.push(whole);
+                if let Some(undo) = step.undo {
+                    let changes = calc.apply(undo);
+                    dp.update(&changes).unwrap();
+                }
+            }
+            let pair = |v: &mut Vec<Duration>| {
+                format!("{} / {}", ms(percentile(v, 0.5)), ms(percentile(v, 0.99)))
+            };
+            println!(
+                "{:>7} {:>18} | {:>14} | {:>14} | {:>14} | {:>14}",
+                p,
+                what,
+                pair(&mut c),
+                pair(&mut r),
+                pair(&mut d),
+                pair(&mut all)
+            );
+            p99s.push(percentile(&mut all, 0.99));
+        }
+        growth.push((p, p99s));
+    }
+    if let (Some((p0, first)), Some((p1, last))) = (growth.first(), growth.last()) {
+        let names: Vec<&str> = operations(1, 0).iter().map(|(n, _)| *n).collect();
+        for (i, name) in names.iter().enumerate() {
+            println!(
+                "growth of p99 {p0} -> {p1}, {name}: {:.2}x",
+                last[i].as_secs_f64() / first[i].as_secs_f64()
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -1207,14 +1294,18 @@ fn main() {
     if packets::run_if_helper(&args) {
         return;
     }
-    gingham_testkit::require_root();
-    gingham_testkit::require_tool("nft");
     let scales: Vec<usize> = std::env::var("AGENT_BENCH_SCALES")
         .unwrap_or_else(|_| "100,1000,10000".into())
         .split(',')
         .map(|s| s.trim().parse().expect("AGENT_BENCH_SCALES: numbers"))
         .collect();
     let only = std::env::var("AGENT_BENCH_ONLY").unwrap_or_default();
+    if only == "ours" {
+        ours_only(&scales);
+        return;
+    }
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
     if only.is_empty() || only.contains("latency") {
         latency(&scales);
     }
