@@ -136,6 +136,11 @@ impl RuleCounters {
         self.source().origins = origins;
     }
 
+    /// The record last given to [`RuleCounters::set_origins`].
+    pub fn origins(&self) -> Arc<Origins> {
+        self.source().origins.clone()
+    }
+
     /// Every policy and profile rule's hits on this node, read now.
     pub fn read(&self) -> Result<BTreeMap<RuleOrigin, Hits>, String> {
         let mut source = self.source();

@@ -37,6 +37,8 @@ pub struct PolicyManager<B> {
     programmer: Programmer<B>,
     /// The desired state changed since the last programming.
     dirty: bool,
+    /// Chains changed since the hit counters were last given the record of the rules' origins.
+    origins_stale: bool,
     refresh: Option<Duration>,
     last_check: Instant,
     /// The flow logger's view, swapped after each installed table (when flow logs run).
@@ -134,11 +136,17 @@ impl<B: Backend> PolicyManager<B> {
             renderer: Renderer::new(Default::default(), Settings::default()),
             programmer: Programmer::new(backend),
             dirty: true,
+            origins_stale: true,
             refresh: config.refresh_interval.filter(|d| !d.is_zero()),
             last_check: Instant::now(),
             flow_view: None,
             view_stale: false,
         }
+    }
+
+    /// The desired table's renderer.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
     }
 
     /// The programmer (and through it the backend: what was sent, for tests).
@@ -186,6 +194,7 @@ impl<B: Backend> PolicyManager<B> {
         self.renderer.apply(&std::mem::take(&mut self.changes));
         self.renderer.set_settings(self.settings.clone());
         let touched = self.renderer.take_touched();
+        self.origins_stale |= touched.all || !touched.chains.is_empty();
         let calculated = t.elapsed();
         let program = self.renderer.program();
         let closed: Vec<String> = program
@@ -218,9 +227,14 @@ impl<B: Backend> PolicyManager<B> {
                 return Err(e.into());
             }
         };
-        // What the installed table's rules are, for the hit counters read at scrape time.
-        let origins = std::sync::Arc::new(self.renderer.origins().clone());
-        self.health.metrics.rules.set_origins(origins);
+        // What the installed table's rules are, for the hit counters read at scrape time. The
+        // record changes only with chains: an update of set or map elements alone (most
+        // updates) keeps the copy the counters hold, instead of copying every chain's record.
+        if self.origins_stale {
+            self.origins_stale = false;
+            let origins = std::sync::Arc::new(self.renderer.origins().clone());
+            self.health.metrics.rules.set_origins(origins);
+        }
         {
             let mut h = self.health.state();
             h.ready = true;

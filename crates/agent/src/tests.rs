@@ -539,3 +539,51 @@ fn ip_pool_writes_program_nat_outgoing() {
     assert!(!table.chains.contains_key("nat-outgoing"), "{table:?}");
     assert!(!table.sets.contains_key("masq-pools4"));
 }
+
+/// The hit counters' record of where each rule came from is copied only when chains change:
+/// an update that only moves set members (most updates) keeps the copy the counters hold.
+/// Before, every programming copied the record of every chain, a cost growing with the table.
+#[test]
+fn a_set_member_update_keeps_the_counters_record_of_rule_origins() {
+    let store = MemStore::new();
+    put(&store, &profile());
+    put(&store, &endpoint(NODE, "cali0000000001", "10.244.0.5"));
+    // Ingress from `app == 'web'`: every web endpoint is a member of the rule's set.
+    put(
+        &store,
+        &one("apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: from-web
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: app == 'web'}
+"),
+    );
+    let mut agent = agent();
+    agent.start(&store).expect("starts");
+    let before = agent.health.metrics.rules.origins();
+    assert!(!before.is_empty(), "the policy's rules have origins");
+
+    // Another node's web endpoint: one set element more, no chain changes.
+    put(&store, &endpoint("node-b", "cali0000000002", "10.244.1.5"));
+    catch_up(&mut agent, &store);
+    let script = scripts(&agent).last().expect("a transaction");
+    assert!(script.contains("10.244.1.5"), "{script}");
+    assert!(!script.contains("add rule"), "{script}");
+    assert!(
+        Arc::ptr_eq(&before, &agent.health.metrics.rules.origins()),
+        "the record was copied for a set member"
+    );
+
+    // A policy change makes new chains: the counters get their new record.
+    put(&store, &policy(8080));
+    catch_up(&mut agent, &store);
+    let after = agent.health.metrics.rules.origins();
+    assert!(!Arc::ptr_eq(&before, &after));
+    assert_eq!(*after, *agent.policy.renderer().origins());
+}
