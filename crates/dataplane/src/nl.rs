@@ -199,9 +199,12 @@ impl Attrs<'_> {
     }
 
     fn str(&mut self, kind: u16, s: &str) {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.put(kind, &v);
+        let len = 4 + s.len() + 1;
+        self.0.extend((len as u16).to_ne_bytes());
+        self.0.extend(kind.to_ne_bytes());
+        self.0.extend(s.as_bytes());
+        self.0.push(0);
+        self.0.resize(self.0.len().next_multiple_of(4), 0);
     }
 
     fn be32(&mut self, kind: u16, v: u32) {
@@ -241,14 +244,17 @@ impl Attrs<'_> {
 #[derive(Debug, Default)]
 pub struct Batch {
     buf: Vec<u8>,
-    /// Per message (by sequence number, from 1): what it does, for error messages.
-    what: Vec<String>,
+    /// What each message does, for error messages: the descriptions, one after the other in
+    /// one string (a message's is written there, not allocated), and where each ends (by
+    /// sequence number, from 1).
+    what: String,
+    what_ends: Vec<usize>,
 }
 
 impl Batch {
     fn header(&mut self, kind: u16, flags: u16, family: u8, res_id: u16) -> usize {
         let start = self.buf.len();
-        let seq = self.what.len() as u32;
+        let seq = self.what_ends.len() as u32;
         self.buf.extend(0u32.to_ne_bytes());
         self.buf.extend(kind.to_ne_bytes());
         self.buf.extend((NLM_F_REQUEST | flags).to_ne_bytes());
@@ -266,8 +272,16 @@ impl Batch {
     }
 
     /// Appends one nf_tables message; `body` writes its attributes.
-    fn message(&mut self, msg: u16, flags: u16, what: String, body: impl FnOnce(&mut Attrs<'_>)) {
-        self.what.push(what);
+    fn message(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        what: std::fmt::Arguments<'_>,
+        body: impl FnOnce(&mut Attrs<'_>),
+    ) {
+        use std::fmt::Write as _;
+        let _ = self.what.write_fmt(what);
+        self.what_ends.push(self.what.len());
         let start = self.header((NFNL_SUBSYS_NFTABLES << 8) | msg, flags, NFPROTO_INET, 0);
         body(&mut Attrs(&mut self.buf));
         self.finish(start);
@@ -280,11 +294,22 @@ impl Batch {
 
     /// Messages in the batch (without its begin and end).
     pub fn len(&self) -> usize {
-        self.what.len()
+        self.what_ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.what.is_empty()
+        self.what_ends.is_empty()
+    }
+
+    /// What message `seq` (from 1) does.
+    fn describe(&self, seq: usize) -> Option<&str> {
+        let end = *self.what_ends.get(seq.checked_sub(1)?)?;
+        let start = seq
+            .checked_sub(2)
+            .and_then(|i| self.what_ends.get(i))
+            .copied()
+            .unwrap_or(0);
+        self.what.get(start..end)
     }
 
     /// The bytes to send: begin, the messages (the last one asking for an acknowledgement),
@@ -316,7 +341,7 @@ impl Batch {
             at += len;
         }
         out.buf.extend(body);
-        out.what = vec![String::new(); self.what.len() + 1];
+        out.what_ends = vec![0; self.what_ends.len() + 1];
         let e = out.header(NFNL_MSG_BATCH_END, 0, 0, NFNL_SUBSYS_NFTABLES);
         out.finish(e);
         out.buf
@@ -504,6 +529,8 @@ fn interval_elements(set: &crate::table::Set) -> Result<Vec<(Vec<u8>, u32)>, Une
 /// transaction makes (the sets' types and interval sets' whole contents come from it).
 pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
     let mut b = Batch::default();
+    // About what a rule's message takes: the buffer grows once or twice, not per attribute.
+    b.buf.reserve(ops.len() * 256);
     // Interval sets are rewritten whole, once, at their first op.
     let mut rewritten: BTreeSet<&str> = BTreeSet::new();
     let mut set_id = 0u32;
@@ -522,7 +549,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 b.message(
                     NFT_MSG_NEWSET,
                     NLM_F_CREATE,
-                    format!("add set {name}"),
+                    format_args!("add set {name}"),
                     |a| {
                         a.str(NFTA_SET_TABLE, TABLE);
                         a.str(NFTA_SET_NAME, name);
@@ -564,7 +591,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 b.message(
                     NFT_MSG_NEWCHAIN,
                     NLM_F_CREATE,
-                    format!("add chain {name}"),
+                    format_args!("add chain {name}"),
                     |a| {
                         a.str(NFTA_CHAIN_TABLE, TABLE);
                         a.str(NFTA_CHAIN_NAME, name);
@@ -580,13 +607,13 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 );
             }
             Op::DeleteChain { name } => {
-                b.message(NFT_MSG_DELCHAIN, 0, format!("delete chain {name}"), |a| {
+                b.message(NFT_MSG_DELCHAIN, 0, format_args!("delete chain {name}"), |a| {
                     a.str(NFTA_CHAIN_TABLE, TABLE);
                     a.str(NFTA_CHAIN_NAME, name);
                 });
             }
             Op::FlushChain { name } => {
-                b.message(NFT_MSG_DELRULE, 0, format!("flush chain {name}"), |a| {
+                b.message(NFT_MSG_DELRULE, 0, format_args!("flush chain {name}"), |a| {
                     a.str(NFTA_RULE_TABLE, TABLE);
                     a.str(NFTA_RULE_CHAIN, name);
                 });
@@ -606,7 +633,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 b.message(
                     NFT_MSG_NEWRULE,
                     NLM_F_CREATE | NLM_F_APPEND,
-                    format!("add rule {chain} {}", rule.text),
+                    format_args!("add rule {chain} {}", rule.text),
                     |a| {
                         a.str(NFTA_RULE_TABLE, TABLE);
                         a.str(NFTA_RULE_CHAIN, chain);
@@ -623,7 +650,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 );
             }
             Op::DeleteSet { name } => {
-                b.message(NFT_MSG_DELSET, 0, format!("delete set {name}"), |a| {
+                b.message(NFT_MSG_DELSET, 0, format_args!("delete set {name}"), |a| {
                     a.str(NFTA_SET_TABLE, TABLE);
                     a.str(NFTA_SET_NAME, name);
                 });
@@ -644,7 +671,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                         b.message(
                             NFT_MSG_NEWSETELEM,
                             NLM_F_CREATE,
-                            format!("add elements to {set}"),
+                            format_args!("add elements to {set}"),
                             |a| {
                                 set_list(a, set);
                                 a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
@@ -677,7 +704,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                     .iter()
                     .map(|t| element(s, t))
                     .collect::<Result<Vec<_>, _>>()?;
-                b.message(msg, flags, format!("{verb} {set}"), |a| {
+                b.message(msg, flags, format_args!("{verb} {set}"), |a| {
                     set_list(a, set);
                     a.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
                         for (k, v) in &elements {
@@ -755,7 +782,7 @@ fn set_list(a: &mut Attrs<'_>, set: &str) {
 }
 
 fn flush_set(b: &mut Batch, set: &str) {
-    b.message(NFT_MSG_DELSETELEM, 0, format!("flush set {set}"), |a| {
+    b.message(NFT_MSG_DELSETELEM, 0, format_args!("flush set {set}"), |a| {
         set_list(a, set)
     });
 }
@@ -1121,7 +1148,7 @@ impl Anon {
         b.message(
             NFT_MSG_NEWSET,
             NLM_F_CREATE,
-            "add anonymous set".into(),
+            format_args!("add anonymous set"),
             |a| {
                 a.str(NFTA_SET_TABLE, TABLE);
                 a.str(NFTA_SET_NAME, name);
@@ -1142,7 +1169,7 @@ impl Anon {
         b.message(
             NFT_MSG_NEWSETELEM,
             NLM_F_CREATE,
-            "add anonymous set elements".into(),
+            format_args!("add anonymous set elements"),
             |a| {
                 a.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
                 a.str(NFTA_SET_ELEM_LIST_SET, name);
@@ -1752,9 +1779,8 @@ impl Socket {
                         let what = match seq {
                             0 => "the transaction".to_owned(),
                             s => batch
-                                .what
-                                .get(s as usize - 1)
-                                .cloned()
+                                .describe(s as usize)
+                                .map(str::to_owned)
                                 .unwrap_or_else(|| format!("message {s}")),
                         };
                         refused = Some(NlError::Refused {
@@ -1777,6 +1803,35 @@ impl Socket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_message_is_described_for_the_kernels_errors() {
+        let rule = crate::table::Rule::new("counter accept", "n");
+        let ops = [
+            Op::AddChain {
+                name: "x".into(),
+                base: None,
+            },
+            Op::AddRule {
+                chain: "x".into(),
+                rule,
+            },
+            Op::FlushChain { name: "y".into() },
+        ];
+        let b = encode(&ops, &Table::default()).unwrap();
+        assert_eq!(b.len(), 3);
+        let said: Vec<Option<&str>> = (0..=4).map(|s| b.describe(s)).collect();
+        assert_eq!(
+            said,
+            [
+                None,
+                Some("add chain x"),
+                Some("add rule x counter accept"),
+                Some("flush chain y"),
+                None
+            ]
+        );
+    }
 
     #[test]
     fn words_keep_quoted_strings_whole() {
