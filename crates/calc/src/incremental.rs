@@ -149,6 +149,13 @@ pub struct Calculator {
     selectors: Interner,
     /// Selector matches tried by updates so far (see [`Calculator::selector_tests`]).
     tests: usize,
+    /// Position of each endpoint in `snap.endpoints`, by key.
+    endpoint_at: HashMap<String, usize>,
+    /// The keys of the endpoints on this node.
+    local: BTreeSet<String>,
+    /// Endpoints looked at to find one by key or the local ones (see
+    /// [`Calculator::endpoints_visited`]).
+    visits: std::cell::Cell<usize>,
 }
 
 struct Selecting {
@@ -221,6 +228,9 @@ impl Calculator {
             set_index: LabelIndex::default(),
             selecting: HashMap::new(),
             tests: 0,
+            endpoint_at: HashMap::new(),
+            local: BTreeSet::new(),
+            visits: std::cell::Cell::new(0),
         }
     }
 
@@ -240,6 +250,7 @@ impl Calculator {
             .collect();
         drop(slots);
         self.snap = Snapshot::build(&all);
+        self.index_endpoints();
         for p in &mut self.snap.policies {
             p.share_selectors(&mut self.selectors);
         }
@@ -305,6 +316,13 @@ impl Calculator {
     /// with the cluster. Tests read it before and after an update.
     pub fn selector_tests(&self) -> usize {
         self.tests
+    }
+
+    /// How many endpoints updates have looked at so far to find the one they change, or the
+    /// local ones: with every endpoint scanned, this grows with the cluster. Tests read it
+    /// before and after an update.
+    pub fn endpoints_visited(&self) -> usize {
+        self.visits.get()
     }
 
     pub fn state(&self) -> NodeProgram {
@@ -420,8 +438,7 @@ impl Calculator {
 
     /// Replaces (or removes) an endpoint, updating set contributions and its program.
     fn set_endpoint(&mut self, key: &str, new: Option<Endpoint>, pending: &mut Pending) {
-        let pos = self.snap.endpoints.iter().position(|e| e.key == key);
-        let old = pos.map(|i| self.snap.endpoints.remove(i));
+        let old = self.take_endpoint(key);
         self.move_members(
             old.as_ref(),
             new.as_ref(),
@@ -430,7 +447,7 @@ impl Calculator {
             pending,
         );
         if let Some(e) = new {
-            self.snap.endpoints.push(e);
+            self.put_endpoint(e);
         }
         self.refresh_program(key, pending);
     }
@@ -658,16 +675,61 @@ impl Calculator {
     }
 
     fn local_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.snap.endpoints.iter().filter(|e| e.node == self.node)
+        self.local.iter().filter_map(|k| self.endpoint(k))
+    }
+
+    /// The endpoint with this key.
+    fn endpoint(&self, key: &str) -> Option<&Endpoint> {
+        self.visits.set(self.visits.get() + 1);
+        let &i = self.endpoint_at.get(key)?;
+        self.snap.endpoints.get(i)
+    }
+
+    /// Files every endpoint of the snapshot by key (after it was built whole).
+    fn index_endpoints(&mut self) {
+        self.endpoint_at = self
+            .snap
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i))
+            .collect();
+        self.local = self
+            .snap
+            .endpoints
+            .iter()
+            .filter(|e| e.node == self.node)
+            .map(|e| e.key.clone())
+            .collect();
+    }
+
+    /// Takes the endpoint with this key out of the snapshot (the last one takes its place).
+    fn take_endpoint(&mut self, key: &str) -> Option<Endpoint> {
+        self.visits.set(self.visits.get() + 1);
+        let i = self.endpoint_at.remove(key)?;
+        self.local.remove(key);
+        let e = self.snap.endpoints.swap_remove(i);
+        if let Some(moved) = self.snap.endpoints.get(i) {
+            self.endpoint_at.insert(moved.key.clone(), i);
+        }
+        Some(e)
+    }
+
+    /// Adds an endpoint to the snapshot (none with its key is there).
+    fn put_endpoint(&mut self, e: Endpoint) {
+        self.endpoint_at
+            .insert(e.key.clone(), self.snap.endpoints.len());
+        if e.node == self.node {
+            self.local.insert(e.key.clone());
+        }
+        self.snap.endpoints.push(e);
     }
 
     /// Recomputes one endpoint's program (removing it if the endpoint is gone or not local).
     fn refresh_program(&mut self, name: &str, pending: &mut Pending) {
         let ep = self
-            .snap
-            .endpoints
-            .iter()
-            .find(|e| e.key == name && e.node == self.node)
+            .endpoint(name)
+            .filter(|e| e.node == self.node)
             .cloned();
         let built = ep.map(|e| {
             self.refresh_selecting(&e);

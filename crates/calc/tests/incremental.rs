@@ -227,3 +227,44 @@ fn an_update_tries_only_the_selectors_its_labels_can_match() {
     // of its old and new role.
     assert!(small.0 <= 4 && small.1 <= 4, "{small:?}");
 }
+
+/// The endpoints an endpoint update looks at, with `remote` endpoints on other nodes: a new
+/// local workload, a remote one changing role, and the new one deleted.
+fn endpoints_visited_per_update(remote: usize) -> Vec<usize> {
+    let mut text = one_of_each(10);
+    for i in 0..remote {
+        text += &workload(100 + i, "nodeb", i % 10, i % 10);
+    }
+    let mut calc = Calculator::new("nodea");
+    calc.load_all(gingham_model::load_resources("one.yaml", &text).unwrap());
+    let mut visits = |update: Update| {
+        let before = calc.endpoints_visited();
+        assert!(!calc.apply(update).is_empty());
+        calc.endpoints_visited() - before
+    };
+    let upsert = |text: String| {
+        let r = gingham_model::load_resources("one.yaml", &text)
+            .unwrap()
+            .remove(0);
+        Update::Upsert(Box::new(r))
+    };
+    vec![
+        visits(upsert(workload(10, "nodea", 1, 3))),
+        visits(upsert(workload(100, "nodeb", 0, 4))),
+        visits(Update::Delete {
+            kind: gingham_model::Kind::WorkloadEndpoint,
+            namespace: Some("ns0".into()),
+            name: "nodea-k8s-pod10-eth0".into(),
+        }),
+    ]
+}
+
+/// An endpoint update finds its endpoint by key (an index), not by scanning every endpoint
+/// of the cluster: what it looks at does not grow with the endpoints elsewhere.
+#[test]
+fn an_endpoint_update_looks_up_its_endpoint_without_scanning_the_cluster() {
+    let small = endpoints_visited_per_update(10);
+    let large = endpoints_visited_per_update(1000);
+    eprintln!("endpoints looked at per update: {small:?} beside 10 remote, {large:?} beside 1,000");
+    assert_eq!(small, large);
+}
