@@ -735,7 +735,9 @@ impl Calculator {
             self.refresh_selecting(&e);
             let policies = self.selected(&e.key);
             let mut b = Builder::new(&self.snap, false);
+            b.preselected = true;
             let program = b.endpoint(&policies, &e);
+            self.tests += b.matched;
             (program, b.specs)
         });
         if built.is_none() {

@@ -294,6 +294,11 @@ pub(crate) struct Builder<'a> {
     /// Every set the built programs reference.
     pub(crate) specs: BTreeMap<SetId, SetSpec>,
     pub(crate) resolve: bool,
+    /// The policies given to [`Builder::endpoint`] are known to select the endpoint (the
+    /// incremental calculator's, worked out for its labels): they are not matched again.
+    pub(crate) preselected: bool,
+    /// Policy selectors matched against endpoints while building.
+    pub(crate) matched: usize,
 }
 
 impl<'a> Builder<'a> {
@@ -303,6 +308,8 @@ impl<'a> Builder<'a> {
             sets: BTreeMap::new(),
             specs: BTreeMap::new(),
             resolve,
+            preselected: false,
+            matched: 0,
         }
     }
 
@@ -385,12 +392,19 @@ impl<'a> Builder<'a> {
                 None => (None, Vec::new()),
             };
         let mut tiers = Vec::new();
+        let mut matched = 0;
         for tier in &self.snap.tiers {
             let mut selected: Vec<&Policy> = policies
                 .iter()
                 .map(P::borrow)
                 .filter(|p| {
-                    p.tier == tier.name && p.has_type(dir) && kind.admits(p, ep) && p.selects(ep)
+                    p.tier == tier.name
+                        && p.has_type(dir)
+                        && kind.admits(p, ep)
+                        && (self.preselected || {
+                            matched += 1;
+                            p.selects(ep)
+                        })
                 })
                 .collect();
             if selected.is_empty() {
@@ -410,6 +424,7 @@ impl<'a> Builder<'a> {
                 default_action: tier.default_action,
             });
         }
+        self.matched += matched;
         let profiles_apply = kind.profiles_apply();
         let profiles = if profiles_apply {
             let mut out = Vec::new();

@@ -268,3 +268,41 @@ fn an_endpoint_update_looks_up_its_endpoint_without_scanning_the_cluster() {
     eprintln!("endpoints looked at per update: {small:?} beside 10 remote, {large:?} beside 1,000");
     assert_eq!(small, large);
 }
+
+/// A new local workload selected by `k` policies (and one set of its role): the selector
+/// matches its update tries.
+fn tests_for_a_workload_selected_by(k: usize) -> usize {
+    let mut text = one_of_each(1);
+    for j in 0..k {
+        text += &format!(
+            "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: many{j}, namespace: ns0}}
+spec:
+  selector: app == 'a7'
+  ingress: [{{action: Allow, protocol: TCP, source: {{selector: role == 'r3'}}}}]
+---
+"
+        );
+    }
+    let mut calc = Calculator::new("nodea");
+    calc.load_all(gingham_model::load_resources("one.yaml", &text).unwrap());
+    let r = gingham_model::load_resources("one.yaml", &workload(50, "nodea", 7, 3))
+        .unwrap()
+        .remove(0);
+    let before = calc.selector_tests();
+    assert!(!calc.apply(Update::Upsert(Box::new(r))).is_empty());
+    calc.selector_tests() - before
+}
+
+/// The policies found to select an endpoint are matched once: building its program takes them
+/// as they are, not matching each again (per direction) on the way.
+#[test]
+fn a_program_is_built_without_matching_its_policies_again() {
+    for k in [1, 10, 40] {
+        let tests = tests_for_a_workload_selected_by(k);
+        eprintln!("selector matches for a workload selected by {k} policies: {tests}");
+        // Its k policies once, and the role's set (nothing else is active with its labels).
+        assert!(tests <= k + 2, "{k} policies: {tests} matches");
+    }
+}
