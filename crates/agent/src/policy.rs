@@ -166,6 +166,7 @@ impl<B: Backend> PolicyManager<B> {
     pub fn set_flow_view(&mut self, view: crate::flows::SharedView) {
         self.flow_view = Some(view);
         self.dirty = true;
+        self.view_stale = true;
     }
 
     /// Gives the flow logger the programs and every known address, as of now.
@@ -191,6 +192,13 @@ impl<B: Backend> PolicyManager<B> {
     fn install(&mut self, check: bool) -> Result<(), Error> {
         self.dirty = false;
         let t = Instant::now();
+        // The flow logger's view holds the programs: copied again only when one changed.
+        self.view_stale |= self.changes.iter().any(|c| {
+            matches!(
+                c,
+                Change::ProgramSet { .. } | Change::ProgramRemoved { .. }
+            )
+        });
         self.renderer.apply(&std::mem::take(&mut self.changes));
         self.renderer.set_settings(self.settings.clone());
         let touched = self.renderer.take_touched();
@@ -209,7 +217,9 @@ impl<B: Backend> PolicyManager<B> {
             .collect();
         let endpoints = program.endpoints.len();
         let (chains, sets, set_members) = self.renderer.counts();
-        self.refresh_flow_view();
+        if self.view_stale || check {
+            self.refresh_flow_view();
+        }
         let result = if check {
             self.programmer.check(self.renderer.table().clone())
         } else {
@@ -307,6 +317,7 @@ impl<B: Backend> Manager for PolicyManager<B> {
         self.changes.clear();
         self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
         self.dirty = true;
+        self.view_stale = true;
     }
 
     fn on_update(&mut self, update: &Update) {

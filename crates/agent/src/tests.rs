@@ -587,3 +587,58 @@ spec:
     assert!(!Arc::ptr_eq(&before, &after));
     assert_eq!(*after, *agent.policy.renderer().origins());
 }
+
+/// The flow logger's view (every local program, every known address) is made again only when
+/// a program or an endpoint changed: a network set's new member changes neither. Before, every
+/// programming copied every local program into a new view.
+#[test]
+fn a_network_set_member_keeps_the_flow_loggers_view() {
+    let store = MemStore::new();
+    put(&store, &profile());
+    put(&store, &endpoint(NODE, "cali0000000001", "10.244.0.5"));
+    put(
+        &store,
+        &one("apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata:
+  name: from-office
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    source: {selector: place == 'office'}
+"),
+    );
+    let netset = |net: &str| {
+        one(&format!(
+            "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata:
+  name: office
+  labels: {{place: office}}
+spec:
+  nets: [{net}]
+"
+        ))
+    };
+    put(&store, &netset("192.0.2.0/24"));
+    let mut agent = agent();
+    let view: crate::flows::SharedView = Arc::default();
+    agent.policy.set_flow_view(view.clone());
+    agent.start(&store).expect("starts");
+    let current = || view.lock().expect("not poisoned").clone();
+    let before = current();
+    assert_eq!(before.programs.endpoints.len(), 1);
+
+    put(&store, &netset("198.51.100.0/24"));
+    catch_up(&mut agent, &store);
+    let script = scripts(&agent).last().expect("a transaction");
+    assert!(script.contains("198.51.100.0/24"), "{script}");
+    assert!(Arc::ptr_eq(&before, &current()), "the view was made again");
+
+    // A new endpoint: the view names it.
+    put(&store, &endpoint(NODE, "cali0000000003", "10.244.0.7"));
+    catch_up(&mut agent, &store);
+    assert_eq!(current().programs.endpoints.len(), 2);
+}
