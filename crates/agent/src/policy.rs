@@ -193,12 +193,10 @@ impl<B: Backend> PolicyManager<B> {
         self.dirty = false;
         let t = Instant::now();
         // The flow logger's view holds the programs: copied again only when one changed.
-        self.view_stale |= self.changes.iter().any(|c| {
-            matches!(
-                c,
-                Change::ProgramSet { .. } | Change::ProgramRemoved { .. }
-            )
-        });
+        self.view_stale |= self
+            .changes
+            .iter()
+            .any(|c| matches!(c, Change::ProgramSet { .. } | Change::ProgramRemoved { .. }));
         self.renderer.apply(&std::mem::take(&mut self.changes));
         self.renderer.set_settings(self.settings.clone());
         let touched = self.renderer.take_touched();

@@ -727,10 +727,7 @@ impl Calculator {
 
     /// Recomputes one endpoint's program (removing it if the endpoint is gone or not local).
     fn refresh_program(&mut self, name: &str, pending: &mut Pending) {
-        let ep = self
-            .endpoint(name)
-            .filter(|e| e.node == self.node)
-            .cloned();
+        let ep = self.endpoint(name).filter(|e| e.node == self.node).cloned();
         let built = ep.map(|e| {
             self.refresh_selecting(&e);
             let policies = self.selected(&e.key);

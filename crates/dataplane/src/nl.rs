@@ -607,16 +607,26 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 );
             }
             Op::DeleteChain { name } => {
-                b.message(NFT_MSG_DELCHAIN, 0, format_args!("delete chain {name}"), |a| {
-                    a.str(NFTA_CHAIN_TABLE, TABLE);
-                    a.str(NFTA_CHAIN_NAME, name);
-                });
+                b.message(
+                    NFT_MSG_DELCHAIN,
+                    0,
+                    format_args!("delete chain {name}"),
+                    |a| {
+                        a.str(NFTA_CHAIN_TABLE, TABLE);
+                        a.str(NFTA_CHAIN_NAME, name);
+                    },
+                );
             }
             Op::FlushChain { name } => {
-                b.message(NFT_MSG_DELRULE, 0, format_args!("flush chain {name}"), |a| {
-                    a.str(NFTA_RULE_TABLE, TABLE);
-                    a.str(NFTA_RULE_CHAIN, name);
-                });
+                b.message(
+                    NFT_MSG_DELRULE,
+                    0,
+                    format_args!("flush chain {name}"),
+                    |a| {
+                        a.str(NFTA_RULE_TABLE, TABLE);
+                        a.str(NFTA_RULE_CHAIN, name);
+                    },
+                );
             }
             Op::AddRule { chain, rule } => {
                 let (exprs, anons) = rule_expressions(&rule.text)?;
@@ -782,9 +792,12 @@ fn set_list(a: &mut Attrs<'_>, set: &str) {
 }
 
 fn flush_set(b: &mut Batch, set: &str) {
-    b.message(NFT_MSG_DELSETELEM, 0, format_args!("flush set {set}"), |a| {
-        set_list(a, set)
-    });
+    b.message(
+        NFT_MSG_DELSETELEM,
+        0,
+        format_args!("flush set {set}"),
+        |a| set_list(a, set),
+    );
 }
 
 /// One nf_tables expression: its name and attributes.
