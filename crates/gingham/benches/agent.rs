@@ -36,6 +36,8 @@
 //! each update's time splits into calculation, rendering, and diff plus nft;
 //! `AGENT_BENCH_PATHS=nft,nft-text` picks the dataplanes of the latency table (all by default);
 //! `AGENT_BENCH_ONLY=footprint` (or `latency`, `packet`) runs one part;
+//! `AGENT_BENCH_ONLY=ours` times only our part of each latency operation (calculation,
+//! rendering, diff and netlink encoding) without a kernel and without root, for profiling;
 //! `AGENT_BENCH_HEAPTRACK=DIR` records the footprint agents' heaps with heaptrack.
 
 #[path = "../../calc/tests/support/bench_model.rs"]
