@@ -35,6 +35,13 @@
 //! - Selector IP sets are plain sets of addresses (`h4…`, `h6…`) or interval sets when they
 //!   hold prefixes (`s4…`, `s6…`); named ports are sets of address . protocol . port (`n4…`,
 //!   `n6…`).
+//! - A rule is rendered only for the families in which it can match: one whose selector (or
+//!   every named-port alternative) names a set with no member of a family has no rule in that
+//!   family (in a cluster without IPv6 workloads, no `meta nfproto ipv6` twin of a selector
+//!   rule). Negated sets (`!= @set`) match everything when empty and are rendered as they
+//!   are. When a family of a set gains its first member or loses its last, the endpoints whose
+//!   rules name the set are placed again (their stage chains' names say which families of their
+//!   sets are empty, so shared stage chains stay right).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
