@@ -915,6 +915,37 @@ impl Renderer {
         &self.origins
     }
 
+    /// The programs' sets as far as [`flow_cause`] needs them: for each set, one member (an
+    /// unspecified address) of each family it has members of. Stage chain names say which
+    /// families of their sets are empty, so recomputing them needs that and nothing more; this
+    /// costs one entry per set, not a copy of every member.
+    pub fn set_families(&self) -> BTreeMap<SetId, IpSet> {
+        let unspecified = |family: Family| -> IpNet {
+            match family {
+                Family::V4 => IpNet::from(std::net::IpAddr::from([0u8; 4])),
+                Family::V6 => IpNet::from(std::net::IpAddr::from([0u16; 8])),
+            }
+        };
+        self.program
+            .sets
+            .keys()
+            .map(|id| {
+                let mut set = IpSet::default();
+                for family in [Family::V4, Family::V6] {
+                    if self.names.no_members(id, family) {
+                        continue;
+                    }
+                    if id.starts_with("n:") {
+                        set.ports.insert((unspecified(family), 0, 0));
+                    } else {
+                        set.nets.insert(unspecified(family));
+                    }
+                }
+                (id.clone(), set)
+            })
+            .collect()
+    }
+
     /// The table with its size.
     pub fn rendered(&self) -> Rendered {
         let (chains, sets, set_members) = self.counts();

@@ -729,4 +729,29 @@ fn a_rule_is_rendered_only_for_the_families_its_set_has_members_of() {
     let (families, written, _) = step(&mut renderer, Update::Upsert(Box::new(client(1, false))));
     assert_eq!(families, (1, 0), "the IPv6 rule goes");
     assert_eq!(written.len(), 1, "the stage chain before: {written:?}");
+    // The flow logger names the stage chains' drops from the endpoints' programs and which
+    // families of their sets are empty (what the agent hands it), not from every member.
+    let view = gingham_calc::program::NodeProgram {
+        endpoints: renderer.program().endpoints.clone(),
+        sets: renderer.set_families(),
+    };
+    let tags: Vec<String> = renderer
+        .table()
+        .chains
+        .iter()
+        .filter(|(n, _)| n.starts_with('w'))
+        .flat_map(|(_, c)| c.rules.iter())
+        .filter_map(|r| {
+            r.text
+                .split_once(" prefix \"")
+                .map(|(_, t)| t.trim_end_matches('"').to_owned())
+        })
+        .collect();
+    assert!(!tags.is_empty());
+    for tag in &tags {
+        assert!(
+            flow_cause(&view, tag, Interfaces::default()).is_some(),
+            "{tag} names no cause"
+        );
+    }
 }
