@@ -25,8 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use gingham_calc::Snapshot;
 use gingham_calc::eval::protocol_name;
-use gingham_calc::program::EndpointProgram;
-use gingham_calc::program::NodeProgram;
+use gingham_calc::program::{EndpointProgram, IpSet, NodeProgram, SetId};
 pub use gingham_dataplane::render::FLOW_LOG_GROUP;
 use gingham_dataplane::render::{Interfaces, flow_cause};
 use prometheus_client::metrics::counter::Counter;
@@ -80,7 +79,8 @@ pub struct FlowRecord {
 }
 
 /// What the writer needs to name a packet's decision and endpoints: the local programs the
-/// table was rendered from and every known address.
+/// table was rendered from (their sets only as far as which families are empty: stage chain
+/// names depend on it, see `Renderer::set_families`) and every known address.
 #[derive(Default)]
 pub struct FlowView {
     pub programs: NodeProgram,
@@ -88,7 +88,11 @@ pub struct FlowView {
 }
 
 impl FlowView {
-    pub fn new(endpoints: &BTreeMap<String, EndpointProgram>, snap: &Snapshot) -> FlowView {
+    pub fn new(
+        endpoints: &BTreeMap<String, EndpointProgram>,
+        sets: BTreeMap<SetId, IpSet>,
+        snap: &Snapshot,
+    ) -> FlowView {
         let mut names = HashMap::new();
         for n in snap.nodes.values() {
             for ip in n.ips.iter().chain(&n.tunnel_ips) {
@@ -105,7 +109,7 @@ impl FlowView {
         FlowView {
             programs: NodeProgram {
                 endpoints: endpoints.clone(),
-                ..NodeProgram::default()
+                sets,
             },
             names,
         }

@@ -175,6 +175,7 @@ impl<B: Backend> PolicyManager<B> {
         if let Some(view) = &self.flow_view {
             let new = crate::flows::FlowView::new(
                 &self.renderer.program().endpoints,
+                self.renderer.set_families(),
                 self.calc.snapshot(),
             );
             if let Ok(mut v) = view.lock() {

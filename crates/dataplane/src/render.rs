@@ -35,13 +35,20 @@
 //! - Selector IP sets are plain sets of addresses (`h4…`, `h6…`) or interval sets when they
 //!   hold prefixes (`s4…`, `s6…`); named ports are sets of address . protocol . port (`n4…`,
 //!   `n6…`).
+//! - A rule is rendered only for the families in which it can match: one whose selector (or
+//!   every named-port alternative) names a set with no member of a family has no rule in that
+//!   family (in a cluster without IPv6 workloads, no `meta nfproto ipv6` twin of a selector
+//!   rule). Negated sets (`!= @set`) match everything when empty and are rendered as they
+//!   are. When a family of a set gains its first member or loses its last, the endpoints whose
+//!   rules name the set are placed again (their stage chains' names say which families of their
+//!   sets are empty, so shared stage chains stay right).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gingham_calc::incremental::{Change, apply_changes};
 use gingham_calc::program::{
-    ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SideProgram,
-    TierProgram,
+    ChainProgram, EndpointProgram, IpSet, NodeProgram, ProfileProgram, RuleProgram, SetId,
+    SideProgram, TierProgram,
 };
 use gingham_calc::snapshot::{Direction, Failsafe, FelixSettings, NatPools};
 use gingham_model::Action;
@@ -314,6 +321,10 @@ fn side(s: &SideProgram, dir: &str, family: Family, names: &SetNames) -> Option<
         out.push(format!("{ip} {dir}addr != {{ {} }}", not.join(", ")));
     }
     if let Some(id) = &s.set {
+        if names.no_members(id, family) {
+            // Elided: the set has no member of this family, so the rule never matches in it.
+            return None;
+        }
         out.push(format!("{ip} {dir}addr @{}", names.get(id, family)));
     }
     if let Some(id) = &s.not_set {
@@ -334,7 +345,7 @@ fn side(s: &SideProgram, dir: &str, family: Family, names: &SetNames) -> Option<
 /// One rule as nft rule lines (several when the rule's port alternatives or families need it).
 fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str, names: &SetNames) -> Vec<String> {
     let mut lines = Vec::new();
-    for family in rule_families(r) {
+    'family: for family in rule_families(r) {
         let mut base = Vec::new();
         match family {
             Family::V4 => base.push("meta nfproto ipv4".to_owned()),
@@ -381,12 +392,21 @@ fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str, names: &SetNames)
             if !s.ports.is_empty() {
                 alts.push(format!("th {dir}port {}", ports(&s.ports)));
             }
-            for id in &s.port_sets {
+            // A named-port set with no member of this family is an alternative that never
+            // matches: left out, and the family with it when no alternative is left.
+            for id in s
+                .port_sets
+                .iter()
+                .filter(|id| !names.no_members(id, family))
+            {
                 alts.push(format!(
                     "{} {dir}addr . meta l4proto . th {dir}port @{}",
                     family.ip(),
                     names.get(id, family)
                 ));
+            }
+            if alts.is_empty() {
+                continue 'family;
             }
             if alternatives.is_empty() {
                 alternatives = alts.into_iter().map(Some).collect();
@@ -530,16 +550,48 @@ impl Rendered {
 }
 
 /// Set names per (set id, family): the kind of set is part of the name, so a set that changes
-/// kind is a new set and the rules using it are rewritten.
+/// kind is a new set and the rules using it are rewritten. And which of them have no member:
+/// a rule that matches such a set (not its negation) can never match in that family, so it is
+/// not rendered for it (see [`NoMembers`]).
 #[derive(Default)]
-struct SetNames(HashMap<(String, u8), String>);
+struct SetNames {
+    names: HashMap<(String, u8), String>,
+    empty: HashSet<(String, u8)>,
+}
 
 impl SetNames {
     fn get(&self, id: &str, family: Family) -> String {
-        self.0
+        self.names
             .get(&(id.to_owned(), family as u8))
             .cloned()
             .unwrap_or_else(|| format!("missing-set-{}", short_hash(id)))
+    }
+}
+
+/// Which sets have no member of a family: a positive match on such a set (`@set`, a named-port
+/// alternative) never matches in that family, so the rule (or the alternative) is not
+/// rendered for it. The renderer knows it from its rendered sets; [`flow_cause`] from the
+/// programs' sets (both give the same answer, so stage chain names agree).
+trait NoMembers {
+    fn no_members(&self, id: &str, family: Family) -> bool;
+}
+
+impl NoMembers for SetNames {
+    fn no_members(&self, id: &str, family: Family) -> bool {
+        !self.empty.is_empty() && self.empty.contains(&(id.to_owned(), family as u8))
+    }
+}
+
+impl NoMembers for BTreeMap<SetId, IpSet> {
+    fn no_members(&self, id: &str, family: Family) -> bool {
+        let Some(set) = self.get(id) else {
+            return false;
+        };
+        if id.starts_with("n:") {
+            !set.ports.iter().any(|(n, _, _)| Family::of(n) == family)
+        } else {
+            !set.nets.iter().any(|n| Family::of(n) == family)
+        }
     }
 }
 
@@ -609,14 +661,64 @@ fn endpoint_chain_name(key: &str, mode: Mode) -> String {
     format!("e{}{}", short_hash(key), mode.suffix())
 }
 
-/// A workload stage's chain, named by what it holds (the tiers with their policies and their
-/// rules, the profiles with theirs, how it ends), not by the endpoint: workloads with the same
+/// What a stage chain's name takes from one policy's or profile's rules in one direction: a
+/// digest of them, and the sets they match positively (whose empty families the name adds).
+struct Digest {
+    hash: String,
+    sets: Vec<SetId>,
+}
+
+/// The digests of one batch's policies and profiles, by direction and owner: each computed once
+/// per batch, not once per endpoint (every endpoint's program holds the same rules for one
+/// policy or profile in one direction, as the shared policy chains already rely on).
+#[derive(Default)]
+struct Digests(HashMap<(&'static str, Owner), Digest>);
+
+impl Digests {
+    fn of(&mut self, dir: &'static str, owner: Owner, rules: &[RuleProgram]) -> &Digest {
+        self.0.entry((dir, owner)).or_insert_with_key(|(_, owner)| {
+            let mut sets: Vec<SetId> = rules.iter().flat_map(positive_sets).cloned().collect();
+            sets.sort_unstable();
+            sets.dedup();
+            Digest {
+                hash: short_hash(&format!("{owner:?}{rules:?}")),
+                sets,
+            }
+        })
+    }
+}
+
+/// The sets a rule matches positively (`@set`, named-port alternatives): the ones whose empty
+/// families leave the rule (or the alternative) out of that family.
+fn positive_sets(r: &RuleProgram) -> impl Iterator<Item = &SetId> {
+    [&r.source, &r.destination]
+        .into_iter()
+        .flat_map(|s| s.set.iter().chain(&s.port_sets))
+}
+
+/// The chain an endpoint's stage is rendered in; adds to `deps` the sets its rules (inlined
+/// or in the policy and profile chains it jumps to) match positively: when one of their
+/// families gains its first member or loses its last, the stage is placed again.
+///
+/// A workload's stage chain is named by what it holds (the tiers with their policies and their
+/// rules, the profiles with theirs, how it ends, and which families of the sets they match
+/// have no member, i.e. which rules are left out), not by the endpoint: workloads with the same
 /// stage share it, so a policy change that selects forty workloads alike writes one new chain
 /// and moves forty dispatch map elements, instead of rewriting forty chains. The rules are
 /// part of the name because most of them are inlined in the chain: a policy whose rules change
-/// gives its stages new names (new chains), never a chain whose content changed under its name.
-fn workload_chain_name(mode: Mode, chain: &ChainProgram) -> String {
+/// (or whose set gains its first IPv6 member) gives its stages new names (new chains), never a
+/// chain whose content changed under its name. Host endpoints' chains are their own.
+fn stage_chain_name(
+    key: &str,
+    ep: &EndpointProgram,
+    mode: Mode,
+    chain: &ChainProgram,
+    empty: &dyn NoMembers,
+    digests: &mut Digests,
+    deps: &mut Vec<SetId>,
+) -> String {
     use std::fmt::Write as _;
+    let dir = mode.dir();
     let mut shape = format!(
         "{}|{:?}|{}|{}|",
         mode.suffix(),
@@ -624,27 +726,44 @@ fn workload_chain_name(mode: Mode, chain: &ChainProgram) -> String {
         chain.end_of_tier,
         chain.profiles_apply
     );
+    let mut add = |shape: &mut String, owner: Owner, rules: &[RuleProgram]| {
+        let d = digests.of(dir, owner, rules);
+        shape.push_str(&d.hash);
+        for id in &d.sets {
+            deps.push(id.clone());
+            for family in [Family::V4, Family::V6] {
+                if empty.no_members(id, family) {
+                    let _ = write!(shape, "-{}{id}", family.tag());
+                }
+            }
+        }
+    };
     for t in &chain.tiers {
         let _ = write!(shape, "t{:?}{:?}", t.tier, t.default_action);
         for p in &t.policies {
-            let _ = write!(shape, "p{:?}{:?}", p.policy, p.rules);
+            shape.push('p');
+            let owner = Owner::Policy {
+                tier: t.tier.clone(),
+                policy: p.policy.clone(),
+            };
+            add(&mut shape, owner, &p.rules);
         }
     }
     for p in &chain.profiles {
-        let _ = match p {
-            ProfileProgram::Rules { profile, rules } => write!(shape, "r{profile:?}{rules:?}"),
-            ProfileProgram::Missing { profile } => write!(shape, "m{profile:?}"),
-        };
+        match p {
+            ProfileProgram::Rules { profile, rules } => {
+                shape.push('r');
+                add(&mut shape, Owner::Profile(profile.clone()), rules);
+            }
+            ProfileProgram::Missing { profile } => {
+                let _ = write!(shape, "m{profile:?}");
+            }
+        }
     }
-    format!("w{}{}", short_hash(&shape), mode.suffix())
-}
-
-/// The chain an endpoint's stage is rendered in.
-fn stage_chain_name(key: &str, ep: &EndpointProgram, mode: Mode, chain: &ChainProgram) -> String {
     if ep.host {
         endpoint_chain_name(key, mode)
     } else {
-        workload_chain_name(mode, chain)
+        format!("w{}{}", short_hash(&shape), mode.suffix())
     }
 }
 
@@ -712,6 +831,8 @@ struct Placed {
     shared: Vec<String>,
     /// Its claims in the workload dispatch maps (map, interface, verdict).
     entries: Vec<(&'static str, String, String)>,
+    /// The sets its rules match positively (counted in `set_users`).
+    sets: Vec<SetId>,
 }
 
 /// The desired table of a node, kept up to date from the calculator's changes: a change
@@ -745,6 +866,13 @@ pub struct Renderer {
     whole_sets: HashSet<String>,
     /// Which policy or profile rule each rule of the shared chains came from (hit counters).
     origins: Origins,
+    /// The endpoints whose rules match each set positively: placed again when a family of the
+    /// set gains its first member or loses its last (their rules for it appear or go).
+    set_users: HashMap<SetId, HashSet<String>>,
+    /// Sets a family of which became empty or stopped being empty in the current batch.
+    flips: BTreeSet<SetId>,
+    /// The current batch's digests of policy and profile rules (stage chain names).
+    digests: Digests,
 }
 
 impl Renderer {
@@ -764,6 +892,9 @@ impl Renderer {
             touched: Touched::default(),
             whole_sets: HashSet::new(),
             origins: Origins::new(),
+            set_users: HashMap::new(),
+            flips: BTreeSet::new(),
+            digests: Digests::default(),
         };
         r.render_all();
         r
@@ -782,6 +913,37 @@ impl Renderer {
     /// Which policy or profile rule each rule of the shared chains came from.
     pub fn origins(&self) -> &Origins {
         &self.origins
+    }
+
+    /// The programs' sets as far as [`flow_cause`] needs them: for each set, one member (an
+    /// unspecified address) of each family it has members of. Stage chain names say which
+    /// families of their sets are empty, so recomputing them needs that and nothing more; this
+    /// costs one entry per set, not a copy of every member.
+    pub fn set_families(&self) -> BTreeMap<SetId, IpSet> {
+        let unspecified = |family: Family| -> IpNet {
+            match family {
+                Family::V4 => IpNet::from(std::net::IpAddr::from([0u8; 4])),
+                Family::V6 => IpNet::from(std::net::IpAddr::from([0u16; 8])),
+            }
+        };
+        self.program
+            .sets
+            .keys()
+            .map(|id| {
+                let mut set = IpSet::default();
+                for family in [Family::V4, Family::V6] {
+                    if self.names.no_members(id, family) {
+                        continue;
+                    }
+                    if id.starts_with("n:") {
+                        set.ports.insert((unspecified(family), 0, 0));
+                    } else {
+                        set.nets.insert(unspecified(family));
+                    }
+                }
+                (id.clone(), set)
+            })
+            .collect()
     }
 
     /// The table with its size.
@@ -860,16 +1022,18 @@ impl Renderer {
         }
         apply_changes(&mut self.program, changes);
         self.fresh.clear();
+        self.digests = Digests::default();
+        self.flips.clear();
         // Sets first: the rules of the endpoints placed below name them.
         let mut whole: BTreeSet<&str> = BTreeSet::new();
-        let mut endpoints: BTreeSet<&str> = BTreeSet::new();
+        let mut endpoints: BTreeSet<String> = BTreeSet::new();
         for c in changes {
             match c {
                 Change::SetAdded { id, .. } | Change::SetRemoved { id } => {
                     whole.insert(id);
                 }
                 Change::ProgramSet { endpoint, .. } | Change::ProgramRemoved { endpoint } => {
-                    endpoints.insert(endpoint);
+                    endpoints.insert(endpoint.clone());
                 }
                 Change::SetUpdated { .. } => {}
             }
@@ -887,8 +1051,15 @@ impl Renderer {
                 return self.render_all();
             }
         }
+        // A set whose family gained its first member or lost its last: the rules matching it
+        // in that family appear or go, in every stage (and policy chain) that holds them.
+        for id in std::mem::take(&mut self.flips) {
+            if let Some(users) = self.set_users.get(&id) {
+                endpoints.extend(users.iter().cloned());
+            }
+        }
         let mut hosts = false;
-        for key in endpoints {
+        for key in &endpoints {
             hosts |= self.unplace(key);
             if let Some(ep) = self.program.endpoints.get(key) {
                 hosts |= ep.host;
@@ -911,6 +1082,8 @@ impl Renderer {
         self.base_chains.clear();
         self.base_maps.clear();
         self.origins.clear();
+        self.set_users.clear();
+        self.digests = Digests::default();
         let ids: Vec<String> = self.program.sets.keys().cloned().collect();
         for id in &ids {
             self.render_set(id);
@@ -929,6 +1102,7 @@ impl Renderer {
         }
         self.render_base();
         self.render_nat();
+        self.flips.clear();
         self.touched = Touched {
             all: true,
             ..Touched::default()
@@ -940,10 +1114,15 @@ impl Renderer {
     fn render_set(&mut self, id: &str) -> bool {
         for family in [Family::V4, Family::V6] {
             let key = (id.to_owned(), family as u8);
-            let old = self.names.0.get(&key).cloned();
+            let old = self.names.names.get(&key).cloned();
+            let was_empty = self.names.empty.contains(&key);
             let Some(set) = self.program.sets.get(id) else {
+                if was_empty {
+                    self.names.empty.remove(&key);
+                    self.flips.insert(id.to_owned());
+                }
                 if let Some(name) = old {
-                    self.names.0.remove(&key);
+                    self.names.names.remove(&key);
                     self.table.sets.remove(&name);
                     self.touch_whole_set(name);
                 }
@@ -955,10 +1134,18 @@ impl Renderer {
                 return false;
             }
             let elements = set_elements(set, family, letter);
+            if elements.is_empty() != was_empty {
+                self.flips.insert(id.to_owned());
+                if was_empty {
+                    self.names.empty.remove(&key);
+                } else {
+                    self.names.empty.insert(key.clone());
+                }
+            }
             self.table
                 .sets
                 .insert(name.clone(), Set::new(key_type, kind, elements));
-            self.names.0.insert(key, name.clone());
+            self.names.names.insert(key, name.clone());
             self.touch_whole_set(name);
         }
         true
@@ -972,7 +1159,8 @@ impl Renderer {
         };
         let mut changed = Vec::new();
         for family in [Family::V4, Family::V6] {
-            let Some(old) = self.names.0.get(&(id.to_owned(), family as u8)) else {
+            let key = (id.to_owned(), family as u8);
+            let Some(old) = self.names.names.get(&key) else {
                 return false;
             };
             // The shape (host addresses or prefixes) follows from the old one and the change;
@@ -1005,6 +1193,15 @@ impl Renderer {
                     changed.push((name.clone(), e, true));
                 }
             }
+            let now_empty = rendered.elements.is_empty();
+            if now_empty != self.names.empty.contains(&key) {
+                self.flips.insert(id.to_owned());
+                if now_empty {
+                    self.names.empty.insert(key);
+                } else {
+                    self.names.empty.remove(&key);
+                }
+            }
         }
         for (name, e, added) in changed {
             self.touch_element(&name, &e, added);
@@ -1024,6 +1221,7 @@ impl Renderer {
             stages: Vec::new(),
             shared: Vec::new(),
             entries: Vec::new(),
+            sets: Vec::new(),
         };
         let mut entries = Vec::new();
         for (mode, chain) in Mode::of(ep) {
@@ -1047,7 +1245,15 @@ impl Renderer {
                 entries.push((map, verdict.to_owned()));
                 continue;
             }
-            let name = stage_chain_name(key, ep, mode, chain);
+            let name = stage_chain_name(
+                key,
+                ep,
+                mode,
+                chain,
+                &self.names,
+                &mut self.digests,
+                &mut placed.sets,
+            );
             // A workload's ingress is the last stage of a forwarded packet; its egress is
             // followed by the destination's ingress, or by the host's own input rules.
             let (on_accept, entry) = match (ep.host, mode) {
@@ -1160,6 +1366,12 @@ impl Renderer {
             self.claim(map, &iface, &verdict, true);
             placed.entries.push((map, iface.clone(), verdict));
         }
+        placed.sets.sort_unstable();
+        placed.sets.dedup();
+        for id in &placed.sets {
+            let users = self.set_users.entry(id.clone()).or_default();
+            users.insert(key.to_owned());
+        }
         self.placed.insert(key.to_owned(), placed);
     }
 
@@ -1220,6 +1432,14 @@ impl Renderer {
         for n in placed.owned {
             self.table.chains.remove(&n);
             self.touched.chains.insert(n);
+        }
+        for id in &placed.sets {
+            if let Some(users) = self.set_users.get_mut(id) {
+                users.remove(key);
+                if users.is_empty() {
+                    self.set_users.remove(id);
+                }
+            }
         }
         for (map, iface, verdict) in placed.entries {
             self.claim(map, &iface, &verdict, false);

@@ -3,7 +3,9 @@
 //! as touched cover every difference (a diff of only those equals the full diff); and a
 //! programmer syncing only the touched names keeps a record equal to the desired table.
 //! Updates: random clusters created in random order, then replacements, deletions, resyncs and
-//! settings and IP pool changes (the engine's random-cluster generator).
+//! settings and IP pool changes (the engine's random-cluster generator), and workloads given an
+//! IPv6 address beside their IPv4 one or taken back to IPv4 only (the sets they are in gain
+//! their first IPv6 member or lose their last, so rules appear or go in that family).
 
 #[path = "../../calc/tests/common/mod.rs"]
 mod common;
@@ -16,7 +18,7 @@ use gingham_calc::snapshot::NatPools;
 use gingham_dataplane::render::{Interfaces, flow_cause};
 use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table};
 use gingham_model::Resource;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 fn names<'a>(a: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
     a.map(String::as_str).collect()
@@ -63,11 +65,48 @@ fn random_pools(rng: &mut Rng) -> NatPools {
     pools
 }
 
+/// A workload endpoint made dual-stack (an IPv6 address derived from its IPv4 one beside it), or
+/// taken back to IPv4 only; false for any other resource.
+fn toggle_ipv6(r: &mut Resource) -> bool {
+    let Resource::WorkloadEndpoint(w) = r else {
+        return false;
+    };
+    let nets = &mut w.spec.ip_networks;
+    if nets.iter().any(|n| matches!(n, IpNet::V6(_))) {
+        nets.retain(|n| matches!(n, IpNet::V4(_)));
+        return true;
+    }
+    let Some(v4) = nets.iter().find_map(|n| match n {
+        IpNet::V4(v) => Some(v.addr()),
+        IpNet::V6(_) => None,
+    }) else {
+        return false;
+    };
+    let v6 = std::net::Ipv6Addr::from((0xfd00_u128 << 112) | u128::from(u32::from(v4)));
+    nets.push(IpNet::V6(Ipv6Net::new(v6, 128).unwrap()));
+    true
+}
+
+/// Rules of the table that match a set's IPv6 family positively.
+fn ipv6_set_rules(t: &Table) -> usize {
+    t.chains
+        .values()
+        .flat_map(|c| &c.rules)
+        .filter(|r| {
+            ["@h6", "@s6", "@n6"]
+                .iter()
+                .any(|s| r.text.contains(&format!(" {s}")))
+        })
+        .count()
+}
+
 #[test]
 fn incremental_rendering_equals_a_full_render() {
     let seeds = property_seeds(120);
     let node = "node-a";
     let (mut steps_checked, mut partial_syncs, mut edited_sets) = (0usize, 0usize, 0usize);
+    // Updates after which the rules matching sets' IPv6 families are more or fewer.
+    let mut ipv6_flips = 0usize;
     for seed in 0..seeds {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
         let mut calc = Calculator::new(node);
@@ -78,6 +117,29 @@ fn incremental_rendering_equals_a_full_render() {
         programmer.sync_touched(renderer.table(), &touched).unwrap();
         let mut current: BTreeMap<String, Resource> = BTreeMap::new();
         for (i, step) in update_steps(seed, &mut rng).into_iter().enumerate() {
+            // Dual stack: some workloads get an IPv6 address as they are written, and some
+            // deletions become a workload going dual-stack or back to IPv4 only (its labels
+            // unchanged: only the IPv6 families of its sets flip).
+            let step = match step {
+                Some(Update::Upsert(mut r)) if rng.chance(40) => {
+                    toggle_ipv6(&mut r);
+                    Some(Update::Upsert(r))
+                }
+                None if rng.chance(50) => {
+                    let weps: Vec<&Resource> = current
+                        .values()
+                        .filter(|r| matches!(r, Resource::WorkloadEndpoint(_)))
+                        .collect();
+                    if weps.is_empty() {
+                        None
+                    } else {
+                        let mut r = weps[rng.below(weps.len())].clone();
+                        toggle_ipv6(&mut r);
+                        Some(Update::Upsert(Box::new(r)))
+                    }
+                }
+                s => s,
+            };
             let Some(step) = resolve_step(step, &mut current, &mut rng) else {
                 continue;
             };
@@ -155,14 +217,18 @@ fn incremental_rendering_equals_a_full_render() {
             }
             programmer.sync_touched(renderer.table(), &touched).unwrap();
             assert_eq!(programmer.installed(), Some(renderer.table()), "{at}");
+            if ipv6_set_rules(&before) != ipv6_set_rules(renderer.table()) {
+                ipv6_flips += 1;
+            }
             steps_checked += 1;
         }
     }
     assert!(steps_checked > seeds as usize * 20, "{steps_checked}");
     assert!(partial_syncs > steps_checked / 2, "{partial_syncs}");
     assert!(edited_sets > partial_syncs / 4, "{edited_sets}");
+    assert!(ipv6_flips > seeds as usize, "{ipv6_flips}");
     eprintln!(
-        "{steps_checked} updates ({partial_syncs} partial syncs, {edited_sets} sets followed by their edits), always equal to a full render"
+        "{steps_checked} updates ({partial_syncs} partial syncs, {edited_sets} sets followed by their edits, {ipv6_flips} changing the rules of IPv6 set families), always equal to a full render"
     );
 }
 
@@ -580,4 +646,112 @@ fn a_new_flow_to_a_workload_selected_by_several_policies_meets_only_its_stage_ch
         .filter(|n| n.starts_with('p') || n.starts_with('r'))
         .collect();
     assert!(policy_chains.is_empty(), "{policy_chains:?}");
+}
+
+/// A rule is not rendered for a family in which its selector's set has no member: with IPv4
+/// clients only, the stage holds the rule for IPv4 and none for IPv6. When a client gets an
+/// IPv6 address (the set's first IPv6 member), the IPv6 rule appears in a new stage chain;
+/// another IPv4 client only adds an element; when the IPv6 address goes, so does the rule. The
+/// incremental table equals a full render throughout.
+#[test]
+fn a_rule_is_rendered_only_for_the_families_its_set_has_members_of() {
+    let mut resources = alike_pods(2);
+    let client = |i: usize, v6: bool| {
+        let nets = if v6 {
+            format!("[10.0.1.{i}/32, 'fd00::1:{i}/128']")
+        } else {
+            format!("[10.0.1.{i}/32]")
+        };
+        gingham_model::load_resources(
+            "client.yaml",
+            &format!("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: node--b-k8s-client{i}-eth0, namespace: web, labels: {{app: client, projectcalico.org/namespace: web}}}}\nspec: {{node: node-b, orchestrator: k8s, pod: client{i}, endpoint: eth0, interfaceName: cali{i:011}, ipNetworks: {nets}, profiles: [kns.web]}}\n"),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    resources.extend(
+        gingham_model::load_resources(
+            "policy.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: clients, namespace: web}\nspec:\n  selector: app == 'web'\n  ingress: [{action: Allow, protocol: TCP, source: {selector: app == 'client'}}]\n",
+        )
+        .unwrap(),
+    );
+    resources.push(client(1, false));
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(resources);
+    let mut renderer = Renderer::new(calc.state(), Settings::default());
+    renderer.take_touched();
+    // The policy's rule, by family, in the tables' chains.
+    let rule_families = |t: &Table| -> (usize, usize) {
+        let of = |family: &str| {
+            t.chains
+                .values()
+                .flat_map(|c| &c.rules)
+                .filter(|r| r.note.ends_with("web/clients rule 0") && r.text.contains(family))
+                .count()
+        };
+        (of("meta nfproto ipv4"), of("meta nfproto ipv6"))
+    };
+    assert_eq!(rule_families(renderer.table()), (1, 0), "IPv4 clients only");
+    let mut step = |renderer: &mut Renderer, update: Update| {
+        let before = renderer.table().clone();
+        let changes = calc.apply(update);
+        renderer.apply(&changes);
+        let touched = renderer.take_touched();
+        assert_eq!(
+            renderer.table(),
+            Renderer::new(calc.state(), Settings::default()).table(),
+            "incremental equals full"
+        );
+        let written: Vec<String> = renderer
+            .table()
+            .chains
+            .iter()
+            .filter(|(n, c)| before.chains.get(*n) != Some(*c))
+            .map(|(n, _)| n.clone())
+            .collect();
+        (rule_families(renderer.table()), written, touched)
+    };
+    // The first IPv6 member: the rule appears for IPv6, in a new stage chain.
+    let (families, written, _) = step(&mut renderer, Update::Upsert(Box::new(client(1, true))));
+    assert_eq!(families, (1, 1), "the IPv6 rule appears");
+    assert_eq!(written.len(), 1, "one new stage chain: {written:?}");
+    // Another IPv4 client: elements only, no chain.
+    let (families, written, touched) =
+        step(&mut renderer, Update::Upsert(Box::new(client(2, false))));
+    assert_eq!(families, (1, 1));
+    assert!(
+        written.is_empty() && touched.chains.is_empty(),
+        "{touched:?}"
+    );
+    assert!(!touched.edits.is_empty(), "{touched:?}");
+    // The last IPv6 member leaves: the IPv6 rule goes.
+    let (families, written, _) = step(&mut renderer, Update::Upsert(Box::new(client(1, false))));
+    assert_eq!(families, (1, 0), "the IPv6 rule goes");
+    assert_eq!(written.len(), 1, "the stage chain before: {written:?}");
+    // The flow logger names the stage chains' drops from the endpoints' programs and which
+    // families of their sets are empty (what the agent hands it), not from every member.
+    let view = gingham_calc::program::NodeProgram {
+        endpoints: renderer.program().endpoints.clone(),
+        sets: renderer.set_families(),
+    };
+    let tags: Vec<String> = renderer
+        .table()
+        .chains
+        .iter()
+        .filter(|(n, _)| n.starts_with('w'))
+        .flat_map(|(_, c)| c.rules.iter())
+        .filter_map(|r| {
+            r.text
+                .split_once(" prefix \"")
+                .map(|(_, t)| t.trim_end_matches('"').to_owned())
+        })
+        .collect();
+    assert!(!tags.is_empty());
+    for tag in &tags {
+        assert!(
+            flow_cause(&view, tag, Interfaces::default()).is_some(),
+            "{tag} names no cause"
+        );
+    }
 }

@@ -764,9 +764,11 @@ fn sys_kdd_agent_programs_a_kubernetes_network_policy() {
     wait_revision(now);
     assert_eq!(policy_rules(), 0);
     let file = c.dir.path().join("np.yaml");
+    // From the web pods themselves: a selector that selects a pod (a rule whose selector
+    // selects nothing can never match and is not rendered at all).
     std::fs::write(
         &file,
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-in, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-in, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n",
     )
     .unwrap();
     c.kubectl("create", &file);

@@ -23,7 +23,7 @@ use gingham_calc::program::{NodeProgram, ProfileProgram};
 use gingham_calc::{StageKind, Step};
 use gingham_model::Action;
 
-use super::{Mode, policy_chain_name, profile_chain_name, stage_chain_name};
+use super::{Digests, Mode, policy_chain_name, profile_chain_name, stage_chain_name};
 use crate::table::Rule;
 
 /// The NFLOG group the flow log rules send to (the agent's reader binds it).
@@ -151,6 +151,7 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
     }
     let action = if allowed { Action::Allow } else { Action::Deny };
     let mut first = None;
+    let mut digests = Digests::default();
     for (key, ep) in &program.endpoints {
         for (mode, prog) in Mode::of(ep) {
             let dir = mode.dir();
@@ -196,7 +197,15 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                 }
                 continue;
             }
-            let name = stage_chain_name(key, ep, mode, prog);
+            let name = stage_chain_name(
+                key,
+                ep,
+                mode,
+                prog,
+                &program.sets,
+                &mut digests,
+                &mut Vec::new(),
+            );
             let Some(tail) = chain.strip_prefix(&name) else {
                 continue;
             };
