@@ -193,7 +193,10 @@ impl<B: Backend> PolicyManager<B> {
     fn install(&mut self, check: bool) -> Result<(), Error> {
         self.dirty = false;
         let t = Instant::now();
-        // The flow logger's view holds the programs: copied again only when one changed.
+        // The flow logger's view holds the programs and which families of their sets are
+        // empty (stage chain names depend on both): made again only when a program changed or
+        // a chain did (a set's family that gained its first member or lost its last renames
+        // the stages using it), never for a set member alone.
         self.view_stale |= self
             .changes
             .iter()
@@ -201,7 +204,9 @@ impl<B: Backend> PolicyManager<B> {
         self.renderer.apply(&std::mem::take(&mut self.changes));
         self.renderer.set_settings(self.settings.clone());
         let touched = self.renderer.take_touched();
-        self.origins_stale |= touched.all || !touched.chains.is_empty();
+        let chains_changed = touched.all || !touched.chains.is_empty();
+        self.origins_stale |= chains_changed;
+        self.view_stale |= chains_changed && self.flow_view.is_some();
         let calculated = t.elapsed();
         let program = self.renderer.program();
         let closed: Vec<String> = program

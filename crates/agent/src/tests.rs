@@ -637,6 +637,24 @@ spec:
     assert!(script.contains("198.51.100.0/24"), "{script}");
     assert!(Arc::ptr_eq(&before, &current()), "the view was made again");
 
+    // The set's first IPv6 member: the IPv6 rule appears, in a stage chain with a new name,
+    // and the view learns the family (else the writer cannot name that chain's drops).
+    let v6 = |view: &crate::flows::FlowView| {
+        view.programs
+            .sets
+            .values()
+            .any(|s| s.nets.iter().any(|n| n.addr().is_ipv6()))
+    };
+    assert!(!v6(&current()));
+    put(&store, &netset("2001:db8::/64"));
+    catch_up(&mut agent, &store);
+    let script = scripts(&agent).last().expect("a transaction");
+    assert!(script.contains("2001:db8::/64"), "{script}");
+    assert!(
+        v6(&current()),
+        "the view was not made again when a family gained its first member"
+    );
+
     // A new endpoint: the view names it.
     put(&store, &endpoint(NODE, "cali0000000003", "10.244.0.7"));
     catch_up(&mut agent, &store);
