@@ -25,7 +25,8 @@
 //!   (unless its default action is Pass). No jump, no mark bit: a new flow meets the rules and
 //!   nothing else. A tier with a Pass rule keeps a chain of its own (`w…<k>`: one jump per
 //!   policy, leaving the tier on Pass, dropping at its end unless its default action is Pass),
-//!   as does a profile with one, and the stage then clears and tests our mark bits.
+//!   as does a profile with one, and the stage then clears and tests our mark bits (and clears
+//!   them again before it allows: our bits never leave a workload's stage).
 //! - Host endpoint chains `e…` walk every tier that way (`e…0`, `e…1` chains), then the
 //!   profiles.
 //! - Policy and profile chains (`p…`, `r…`), for host endpoints and for tiers and profiles with
@@ -60,6 +61,11 @@ pub const TABLE: &str = "gingham";
 pub const MARK_ACCEPT: u32 = 0x0001_0000;
 pub const MARK_PASS: u32 = 0x0002_0000;
 const MARK_OURS: u32 = MARK_ACCEPT | MARK_PASS;
+
+/// The statement that clears our mark bits (and no other bit of the mark).
+fn clear_ours() -> String {
+    format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS)
+}
 
 /// Node-wide settings the table needs besides the programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1490,7 +1496,7 @@ const CT_STATE: &str = "ct state vmap { established : accept, related : accept, 
 /// The base chains (hooks) and the host endpoint dispatch chains.
 fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     let prefix = &settings.workload_prefix;
-    let clear = format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS);
+    let clear = clear_ours();
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
     let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
     let r = |text: String, note: &str| Rule::new(text, note);
@@ -1516,7 +1522,6 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("oifname \"{prefix}*\" oifname vmap @{WL_INGRESS}"),
             "workload ingress",
         ),
-        r(clear.clone(), ""),
     ]);
     for name in [WL_FROM_OTHER, WL_TO_OTHER] {
         // Only a workload interface the maps do not list (no program yet) comes here.
@@ -1526,7 +1531,12 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             .chains
             .insert(name.into(), Chain::regular(vec![log, drop]));
     }
+    // A workload's stage leaves no mark bit of ours behind (it clears them before its verdict),
+    // so the hook clears them only around host endpoint policy: preDNAT's and `hd-fi`'s accept
+    // bit before `hd-fe`, and what `hd-fe` set before the packet leaves. Without host
+    // endpoints a new flow leaving the node meets no rule after the ingress name test.
     if hosts.any {
+        forward.push(r(clear.clone(), ""));
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
         forward.push(r(clear.clone(), ""));
     }
@@ -1707,12 +1717,13 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     }
 }
 
-/// One stage of an endpoint chain (a tier or a profile): jump to it, leave with `on_accept`
-/// (`return`, `accept`) if it accepted, forget a Pass before the next stage.
-fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, on_accept: &str) {
+/// One stage of an endpoint chain (a tier or a profile): jump to it, leave with `leave`
+/// (`return`, `accept`, after clearing the bits for a workload) if it accepted, forget a Pass
+/// before the next stage.
+fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, leave: &str) {
     main.push(Rule::new(format!("jump {target}"), note));
     main.push(Rule::new(
-        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 {on_accept}"),
+        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 {leave}"),
         "",
     ));
     main.push(Rule::new(
@@ -1752,8 +1763,11 @@ type Stage = (Vec<(String, Chain)>, HashMap<String, (Owner, usize)>);
 /// profiles without a Pass rule likewise. A tier or profile with a Pass rule keeps its chain:
 /// a tier chain jumping to each policy's chain, which sets a mark bit on Allow or Pass and
 /// returns; the stage then tests the accept bit. Only a stage that uses mark bits clears them
-/// first. Host endpoints' chains are all of that second kind (entered through dispatch chains
-/// that have cleared the bits).
+/// first, and a workload's clears them again before it leaves on an Allow, so that our bits
+/// never leave the stage (a Pass is cleared after its tier; a drop needs nothing). Host
+/// endpoints' chains are all of that second kind (entered through dispatch chains that have
+/// cleared the bits); their accept bit is what the hooks after them test (untracked and
+/// preDNAT policy), so it stays.
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
@@ -1783,11 +1797,13 @@ fn endpoint_chain(
     let mut out = Vec::new();
     let mut main = Vec::new();
     if !ep.host && marks {
-        main.push(Rule::new(
-            format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS),
-            "",
-        ));
+        main.push(Rule::new(clear_ours(), ""));
     }
+    let leave = if ep.host {
+        on_accept.to_owned()
+    } else {
+        format!("{} {on_accept}", clear_ours())
+    };
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
         let end_drop = chain.end_of_tier && tier.default_action != Action::Pass;
@@ -1833,7 +1849,7 @@ fn endpoint_chain(
             ));
         }
         end(&mut rules);
-        jump_stage(&mut main, &tname, format!("tier {}", tier.tier), on_accept);
+        jump_stage(&mut main, &tname, format!("tier {}", tier.tier), &leave);
         out.push((tname, Chain::regular(rules)));
     }
     if chain.profiles_apply {
@@ -1865,7 +1881,7 @@ fn endpoint_chain(
                         continue;
                     }
                     let target = profile_chain_name(profile, dir);
-                    jump_stage(&mut main, &target, format!("profile {profile}"), on_accept);
+                    jump_stage(&mut main, &target, format!("profile {profile}"), &leave);
                 }
             }
         }
