@@ -842,7 +842,11 @@ fn sys_our_mark_bits_never_leave_the_table() {
         TwoPods::across_nodes("mk2", CLIENT_IP, SERVER_IP),
     ] {
         let servers = serve(&pods);
-        let topology = if pods.server_node.is_some() { "two nodes" } else { "one node" };
+        let topology = if pods.server_node.is_some() {
+            "two nodes"
+        } else {
+            "one node"
+        };
         for node in pods.nodes() {
             let mut nft = NftDataplane::new(Nft::in_netns(node.name()));
             nft.install(program.clone(), Settings::default()).unwrap();
