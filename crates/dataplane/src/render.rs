@@ -2,8 +2,8 @@
 //!
 //! Layout (pure text; [`render`] and [`Renderer`] do no I/O), built so that a new flow meets as
 //! few rules as possible:
-//! - `forward` (hook forward): one conntrack lookup first (established and related accepted,
-//!   invalid dropped). Then the egress stage of the workload it comes from and the ingress stage
+//! - `forward` (hook forward): conntrack first (two rules: established and related accepted,
+//!   invalid dropped; [`CONNTRACK`]). Then the egress stage of the workload it comes from and the ingress stage
 //!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
 //!   `wl-ingress`), after a test of the interface's name prefix: another node's or the
 //!   outside's interface goes on after that test; the maps' catch-all elements drop a `cali*`
