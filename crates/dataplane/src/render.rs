@@ -2,8 +2,8 @@
 //!
 //! Layout (pure text; [`render`] and [`Renderer`] do no I/O), built so that a new flow meets as
 //! few rules as possible:
-//! - `forward` (hook forward): one conntrack lookup first (established and related accepted,
-//!   invalid dropped). Then the egress stage of the workload it comes from and the ingress stage
+//! - `forward` (hook forward): conntrack first (two rules: established and related accepted,
+//!   invalid dropped; [`CONNTRACK`]). Then the egress stage of the workload it comes from and the ingress stage
 //!   of the one it goes to, each one lookup in a verdict map keyed by interface (`wl-egress`,
 //!   `wl-ingress`), after a test of the interface's name prefix: another node's or the
 //!   outside's interface goes on after that test; the maps' catch-all elements drop a `cali*`
@@ -25,7 +25,8 @@
 //!   (unless its default action is Pass). No jump, no mark bit: a new flow meets the rules and
 //!   nothing else. A tier with a Pass rule keeps a chain of its own (`w…<k>`: one jump per
 //!   policy, leaving the tier on Pass, dropping at its end unless its default action is Pass),
-//!   as does a profile with one, and the stage then clears and tests our mark bits.
+//!   as does a profile with one, and the stage then clears and tests our mark bits (and clears
+//!   them again before it allows: our bits never leave a workload's stage).
 //! - Host endpoint chains `e…` walk every tier that way (`e…0`, `e…1` chains), then the
 //!   profiles.
 //! - Policy and profile chains (`p…`, `r…`), for host endpoints and for tiers and profiles with
@@ -67,6 +68,11 @@ pub const TABLE: &str = "gingham";
 pub const MARK_ACCEPT: u32 = 0x0001_0000;
 pub const MARK_PASS: u32 = 0x0002_0000;
 const MARK_OURS: u32 = MARK_ACCEPT | MARK_PASS;
+
+/// The statement that clears our mark bits (and no other bit of the mark).
+fn clear_ours() -> String {
+    format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS)
+}
 
 /// Node-wide settings the table needs besides the programs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1703,18 +1709,29 @@ fn tunnel_rules(table: &mut Table, t: &Tunnels) -> TunnelRules {
     out
 }
 
-/// Conntrack first, in one lookup: established and related flows are accepted, invalid ones
-/// dropped; only new flows meet policy.
-const CT_STATE: &str = "ct state vmap { established : accept, related : accept, invalid : drop }";
+/// Conntrack first: established and related flows are accepted, invalid ones dropped; only new
+/// (and untracked) flows meet policy. Two rules rather than one `ct state vmap { established :
+/// accept, related : accept, invalid : drop }`: a rule here is a load, a mask and a compare,
+/// where the map's lookup in an anonymous set costs a new packet more than both (`scripts/bench
+/// agent` path mode, "ct rule" / "ct invalid" / "ct vmap"); an established packet still leaves
+/// at the first rule.
+pub const CONNTRACK: [&str; 2] = [
+    "ct state established,related accept",
+    "ct state invalid drop",
+];
+
+fn conntrack_rules() -> impl Iterator<Item = Rule> {
+    CONNTRACK.iter().map(|text| Rule::new(*text, ""))
+}
 
 /// The base chains (hooks) and the host endpoint dispatch chains.
 fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     let prefix = &settings.workload_prefix;
-    let clear = format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS);
+    let clear = clear_ours();
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
     let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
     let r = |text: String, note: &str| Rule::new(text, note);
-    let mut forward = vec![r(CT_STATE.into(), "")];
+    let mut forward: Vec<Rule> = conntrack_rules().collect();
     if hosts.any {
         // Forwarded traffic arriving by a host endpoint, unless its preDNAT policy allowed it.
         forward.push(r(
@@ -1736,7 +1753,6 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             format!("oifname \"{prefix}*\" oifname vmap @{WL_INGRESS}"),
             "workload ingress",
         ),
-        r(clear.clone(), ""),
     ]);
     for name in [WL_FROM_OTHER, WL_TO_OTHER] {
         // Only a workload interface the maps do not list (no program yet) comes here.
@@ -1746,7 +1762,12 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
             .chains
             .insert(name.into(), Chain::regular(vec![log, drop]));
     }
+    // A workload's stage leaves no mark bit of ours behind (it clears them before its verdict),
+    // so the hook clears them only around host endpoint policy: preDNAT's and `hd-fi`'s accept
+    // bit before `hd-fe`, and what `hd-fe` set before the packet leaves. Without host
+    // endpoints a new flow leaving the node meets no rule after the ingress name test.
     if hosts.any {
+        forward.push(r(clear.clone(), ""));
         forward.push(r("jump hd-fe".into(), "host endpoint forward egress"));
         forward.push(r(clear.clone(), ""));
     }
@@ -1776,13 +1797,11 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
         .insert("wl-to-host".into(), Chain::regular(to_host));
     let tunnels = tunnel_rules(table, &settings.tunnels);
     let mut input = tunnels.input;
-    input.extend([
-        r(CT_STATE.into(), ""),
-        r(
-            format!("iifname \"{prefix}*\" goto wl-to-host"),
-            "workload to host",
-        ),
-    ]);
+    input.extend(conntrack_rules());
+    input.extend([r(
+        format!("iifname \"{prefix}*\" goto wl-to-host"),
+        "workload to host",
+    )]);
     if hosts.any {
         input.extend([
             r("iifname \"lo\" accept".into(), "the host to itself"),
@@ -1803,7 +1822,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
 
     let fs = &settings.felix;
     let output: Vec<Rule> = [
-        r("ct state established,related accept".into(), ""),
+        r(CONNTRACK[0].into(), ""),
         r(format!("{accepted} accept"), "allowed by untracked policy"),
         r(
             format!("oifname \"{prefix}*\" accept"),
@@ -1853,7 +1872,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     // preDNAT policy, at mangle priority before DNAT: an Allow skips the host endpoint's
     // normal and forward policy (workload policy still applies).
     let pre_dnat = vec![
-        r("ct state established,related accept".into(), ""),
+        r(CONNTRACK[0].into(), ""),
         r(format!("{accepted} accept"), "allowed by untracked policy"),
         r(format!("iifname \"{prefix}*\" return"), ""),
         r("iifname \"lo\" return".into(), ""),
@@ -1927,12 +1946,13 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     }
 }
 
-/// One stage of an endpoint chain (a tier or a profile): jump to it, leave with `on_accept`
-/// (`return`, `accept`) if it accepted, forget a Pass before the next stage.
-fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, on_accept: &str) {
+/// One stage of an endpoint chain (a tier or a profile): jump to it, leave with `leave`
+/// (`return`, `accept`, after clearing the bits for a workload) if it accepted, forget a Pass
+/// before the next stage.
+fn jump_stage(main: &mut Vec<Rule>, target: &str, note: String, leave: &str) {
     main.push(Rule::new(format!("jump {target}"), note));
     main.push(Rule::new(
-        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 {on_accept}"),
+        format!("meta mark & 0x{MARK_ACCEPT:08x} != 0 {leave}"),
         "",
     ));
     main.push(Rule::new(
@@ -1972,8 +1992,11 @@ type Stage = (Vec<(String, Chain)>, HashMap<String, (Owner, usize)>);
 /// profiles without a Pass rule likewise. A tier or profile with a Pass rule keeps its chain:
 /// a tier chain jumping to each policy's chain, which sets a mark bit on Allow or Pass and
 /// returns; the stage then tests the accept bit. Only a stage that uses mark bits clears them
-/// first. Host endpoints' chains are all of that second kind (entered through dispatch chains
-/// that have cleared the bits).
+/// first, and a workload's clears them again before it leaves on an Allow, so that our bits
+/// never leave the stage (a Pass is cleared after its tier; a drop needs nothing). Host
+/// endpoints' chains are all of that second kind (entered through dispatch chains that have
+/// cleared the bits); their accept bit is what the hooks after them test (untracked and
+/// preDNAT policy), so it stays.
 fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
@@ -2003,11 +2026,13 @@ fn endpoint_chain(
     let mut out = Vec::new();
     let mut main = Vec::new();
     if !ep.host && marks {
-        main.push(Rule::new(
-            format!("meta mark set meta mark & 0x{:08x}", !MARK_OURS),
-            "",
-        ));
+        main.push(Rule::new(clear_ours(), ""));
     }
+    let leave = if ep.host {
+        on_accept.to_owned()
+    } else {
+        format!("{} {on_accept}", clear_ours())
+    };
     for (k, tier) in chain.tiers.iter().enumerate() {
         let tname = format!("{name}{k}");
         let end_drop = chain.end_of_tier && tier.default_action != Action::Pass;
@@ -2053,7 +2078,7 @@ fn endpoint_chain(
             ));
         }
         end(&mut rules);
-        jump_stage(&mut main, &tname, format!("tier {}", tier.tier), on_accept);
+        jump_stage(&mut main, &tname, format!("tier {}", tier.tier), &leave);
         out.push((tname, Chain::regular(rules)));
     }
     if chain.profiles_apply {
@@ -2085,7 +2110,7 @@ fn endpoint_chain(
                         continue;
                     }
                     let target = profile_chain_name(profile, dir);
-                    jump_stage(&mut main, &target, format!("profile {profile}"), on_accept);
+                    jump_stage(&mut main, &target, format!("profile {profile}"), &leave);
                 }
             }
         }
@@ -2187,13 +2212,14 @@ mod tests {
     fn tunnels_are_accepted_only_from_nodes_and_outer_vxlan_is_untracked() {
         let t = render(&NodeProgram::default(), &with_tunnels(true, true)).table;
         assert_eq!(
-            texts(&t.chains["input"])[..6],
+            texts(&t.chains["input"])[..7],
             [
                 "ip protocol 4 ip saddr @all-hosts4 accept",
                 "ip protocol 4 counter drop",
                 "udp dport 4789 ip saddr @all-vxlan4 accept",
                 "meta nfproto ipv4 udp dport 4789 counter drop",
-                CT_STATE,
+                CONNTRACK[0],
+                CONNTRACK[1],
                 "iifname \"cali*\" goto wl-to-host",
             ]
         );
@@ -2224,7 +2250,7 @@ mod tests {
     #[test]
     fn without_tunnels_there_are_no_tunnel_rules() {
         let t = render(&NodeProgram::default(), &with_tunnels(false, false)).table;
-        assert_eq!(texts(&t.chains["input"])[0], CT_STATE);
+        assert_eq!(texts(&t.chains["input"])[..2], CONNTRACK);
         for n in ["all-hosts4", "all-vxlan4", "all-vxlan6"] {
             assert!(!t.sets.contains_key(n), "{n}");
         }

@@ -730,3 +730,142 @@ fn sys_a_pass_tier_keeps_its_chain_and_packets_agree_with_the_reference() {
     );
     assert!(client_rules.iter().any(|r| r.ends_with("counter return")));
 }
+
+/// The client's egress goes through a tier with a Pass rule (`security`: Allow UDP 8081, Pass
+/// the rest), so its stage sets and tests our mark bits; nothing selects the server, whose
+/// profile allows everything (its ingress is the dispatch map's `accept`).
+fn marking_cluster() -> Vec<Resource> {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: kns.ns0}
+spec:
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 10}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.client-out}
+spec:
+  tier: security
+  selector: role == 'client'
+  types: [Egress]
+  egress:
+  - action: Allow
+    protocol: UDP
+    destination: {ports: [8081]}
+  - action: Pass
+---
+",
+    );
+    text.push_str(&endpoint(
+        "client",
+        "role: client",
+        TwoPods::CLIENT_IF,
+        CLIENT_IP,
+    ));
+    text.push_str(&endpoint(
+        "server",
+        "app: web",
+        TwoPods::SERVER_IF,
+        SERVER_IP,
+    ));
+    gingham_model::load_resources("marking.yaml", &text).expect("valid test input")
+}
+
+/// Counts, at the end of the client's node (postrouting), the packets to the server's UDP
+/// ports that still carry one of our mark bits, and all of them; and sets kube-proxy's
+/// masquerade bit (0x4000) on them on the way in, which must come out untouched.
+const MARK_PROBE: &str = "table inet probe {
+ chain pre {
+  type filter hook prerouting priority -200; policy accept;
+  udp dport { 8080, 8081 } meta mark set meta mark | 0x00004000
+ }
+ chain post {
+  type filter hook postrouting priority 200; policy accept;
+  udp dport { 8080, 8081 } meta mark & 0x00030000 != 0 counter
+  udp dport { 8080, 8081 } meta mark & 0x00004000 != 0 counter
+  udp dport { 8080, 8081 } counter
+ }
+}
+";
+
+/// The packet counts of the probe's postrouting rules, in order.
+fn probe_counts(node: &TestNetns) -> Vec<u64> {
+    let listing = node.exec_ok(&["nft", "list", "chain", "inet", "probe", "post"]);
+    listing
+        .lines()
+        .filter_map(|l| l.split_once("counter packets ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Our mark bits (accept, pass) are scratch bits of a stage that walks tier or policy chains:
+/// they never leave the table, whether the flow then goes to a workload on the same node (whose
+/// ingress accepts at once) or out of the node; other bits of the mark (kube-proxy's 0x4000)
+/// pass through untouched.
+#[test]
+fn sys_our_mark_bits_never_leave_the_table() {
+    require_tools();
+    let mut calc = Calculator::new(NODE);
+    calc.load_all(marking_cluster());
+    let program = calc.state();
+    // The premise: the client's egress stage uses the mark bits.
+    let table = render(&program, &Settings::default()).table;
+    let egress = table.sets["wl-egress"]
+        .elements
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("\"{}\" : ", TwoPods::CLIENT_IF)))
+        .and_then(|verdict| verdict.split(' ').nth(1))
+        .expect("the client's egress has a stage chain")
+        .to_owned();
+    assert!(
+        table.chains[&egress]
+            .rules
+            .iter()
+            .any(|r| r.text.contains("meta mark set")),
+        "{:#?}",
+        table.chains[&egress]
+    );
+    // And its rules go by netlink too (the netlink tests hold that encoding equal to nft's).
+    for r in &table.chains[&egress].rules {
+        gingham_dataplane::nl::rule_encodes(&r.text).unwrap();
+    }
+    let mut seen = Vec::new();
+    for pods in [
+        TwoPods::new("mk1", CLIENT_IP, SERVER_IP),
+        TwoPods::across_nodes("mk2", CLIENT_IP, SERVER_IP),
+    ] {
+        let servers = serve(&pods);
+        let topology = if pods.server_node.is_some() {
+            "two nodes"
+        } else {
+            "one node"
+        };
+        for node in pods.nodes() {
+            let mut nft = NftDataplane::new(Nft::in_netns(node.name()));
+            nft.install(program.clone(), Settings::default()).unwrap();
+        }
+        pods.node.exec_ok(&["nft", MARK_PROBE]);
+        // 8081: allowed in the Pass tier (the accept bit was set); 8080: passed, then allowed by
+        // the profile (the pass bit was set).
+        for (i, port) in [8081u16, 8080].into_iter().enumerate() {
+            let sock = &servers.iter().find(|(p, _)| *p == port).unwrap().1;
+            assert!(
+                udp_passes(&pods.client, sock, port, 900 + i as u32),
+                "{topology}: UDP {port}"
+            );
+        }
+        seen.push((topology, probe_counts(&pods.node)));
+    }
+    // Per topology: packets with our bits, with 0x4000, all.
+    assert_eq!(
+        seen,
+        [("one node", vec![0, 2, 2]), ("two nodes", vec![0, 2, 2])]
+    );
+}

@@ -547,17 +547,20 @@ fn a_new_flow_to_or_from_another_node_meets_no_catch_all_chain() {
     let mut calc = Calculator::new("node-a");
     calc.load_all(r);
     let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
-    // Conntrack, the egress map, the ingress rule's name test, the hook's mark clearing.
+    // Conntrack (two rules), the egress map, the ingress rule's name test: no mark clearing
+    // after them (a stage leaves no bit of ours behind:
+    // `iptables::sys_our_mark_bits_never_leave_the_table`).
     assert_eq!(rules_on_new_flow_path(&t, "cali0000", "eth0"), 4);
     // Conntrack, the egress rule's name test, the ingress map (its element accepts).
-    assert_eq!(rules_on_new_flow_path(&t, "eth0", "cali0001"), 3);
+    assert_eq!(rules_on_new_flow_path(&t, "eth0", "cali0001"), 4);
     // A workload interface without a program: the catch-all's flow log rule and drop.
-    assert_eq!(rules_on_new_flow_path(&t, "cali9999", "eth0"), 4);
+    assert_eq!(rules_on_new_flow_path(&t, "cali9999", "eth0"), 5);
 }
 
 /// A new flow between two workloads that no policy selects, whose namespace profile allows
-/// everything (Kubernetes' default), meets three lookups: conntrack, the egress dispatch map,
-/// the ingress dispatch map; no chain, no rule of ours beyond them. A selected workload's path
+/// everything (Kubernetes' default), meets four rules: conntrack (established or related,
+/// then invalid), the egress dispatch map, the ingress dispatch map; no chain, no rule of ours
+/// beyond them. A selected workload's path
 /// is bounded too: its stage chain, one tier chain, the policy's and the profile's chains.
 #[test]
 fn a_new_flow_between_unselected_workloads_meets_only_the_dispatch_maps() {
@@ -571,7 +574,7 @@ fn a_new_flow_between_unselected_workloads_meets_only_the_dispatch_maps() {
     let mut calc = Calculator::new("node-a");
     calc.load_all(pods(false));
     let t = gingham_dataplane::render(&calc.state(), &Settings::default()).table;
-    assert_eq!(rules_on_new_flow_path(&t, "cali0000", "cali0001"), 3);
+    assert_eq!(rules_on_new_flow_path(&t, "cali0000", "cali0001"), 4);
 
     let mut calc = Calculator::new("node-a");
     calc.load_all(pods(true));
@@ -633,13 +636,13 @@ fn a_new_flow_to_a_workload_selected_by_several_policies_meets_only_its_stage_ch
             .filter(|r| r.note.contains("web/more") && r.note.ends_with(" rule 2"))
             .all(|r| r.text.ends_with("counter accept"))
     );
-    // conntrack and the two maps, then the stage's rules up to its end-of-tier drop.
+    // conntrack (two rules) and the two maps, then the stage's rules up to its end-of-tier drop.
     let to_end = stage
         .rules
         .iter()
         .position(|r| r.text == "counter drop")
         .expect("an end-of-tier drop");
-    assert_eq!(met, 3 + to_end + 1);
+    assert_eq!(met, 4 + to_end + 1);
     let policy_chains: Vec<&String> = t
         .chains
         .keys()

@@ -54,6 +54,7 @@ use gingham_calc::incremental::{Calculator, Update};
 use gingham_calc::program::NodeProgram;
 use gingham_dataplane::Table;
 use gingham_dataplane::iptables::{Flavour, IptBackend, IptProgrammer, Iptables, render_iptables};
+use gingham_dataplane::render::CONNTRACK;
 use gingham_dataplane::table::Rule;
 use gingham_dataplane::{Backend, Dataplane, IptDataplane, Nft, NftDataplane, Settings, render};
 use gingham_model::Resource;
@@ -981,8 +982,14 @@ const CT_RULE: &str = "ct state established,related accept";
 /// One kind of rule a new flow may meet, repeated [`AMPLIFY`] times after conntrack so that
 /// its own cost stands out of the noise: (label, definitions, rule). None of them matches or
 /// ends the walk.
-const AMPLIFIED: [(&str, &str, &str); 9] = [
+const AMPLIFIED: [(&str, &str, &str); 11] = [
     ("ct rule", "", CT_RULE),
+    ("ct invalid", "", "ct state invalid drop"),
+    (
+        "ct vmap",
+        "",
+        "ct state vmap { established : accept, related : accept, invalid : drop }",
+    ),
     (
         "ifname vmap",
         " map m { type ifname : verdict; elements = { \"calibclient\" : continue, \"calibserver\" : continue, * : continue }; }\n",
@@ -1026,14 +1033,8 @@ fn path_costs(scales: &[usize]) {
         ("none".to_owned(), Rules::Bare),
         ("ct".to_owned(), Rules::ct_only()),
         (
-            "ct-vmap".to_owned(),
-            ct_plus(
-                "ctv",
-                "ct state vmap { established : accept, related : accept, invalid : drop }",
-                "",
-                "",
-                0,
-            ),
+            "ct-ours".to_owned(),
+            ct_plus("ctv", CONNTRACK[0], "", CONNTRACK[1], 1),
         ),
         ("dispatch".to_owned(), Rules::ours(&dispatch_only(&table))),
         (
@@ -1046,7 +1047,7 @@ fn path_costs(scales: &[usize]) {
         ),
         ("ours".to_owned(), Rules::ours(&table)),
     ];
-    println!("(columns: none; ct = conntrack only; ct-vmap = our table's conntrack rule alone;");
+    println!("(columns: none; ct = conntrack only; ct-ours = our table's conntrack rules alone;");
     println!(" dispatch = our table, the pods'");
     println!(
         " dispatch elements verdicts (no policy selects them); -log-cnt = our table without flow"
