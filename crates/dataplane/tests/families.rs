@@ -17,6 +17,9 @@ use gingham_model::Resource;
 use gingham_net::netns::{NetnsRef, in_netns};
 use gingham_testkit::netns::{TestNetns, TwoPods};
 
+#[path = "common/workload.rs"]
+mod workload;
+
 const NODE: &str = "node0";
 const CLIENT_IP: &str = "10.97.0.1";
 const SERVER_IP: &str = "10.97.0.2";
@@ -27,27 +30,7 @@ const GATEWAY6: &str = "fe80::1";
 const PORT: u16 = 8081;
 
 fn endpoint(pod: &str, labels: &str, iface: &str, nets: &[&str]) -> Resource {
-    let text = format!(
-        "apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: {NODE}-k8s-{pod}-eth0
-  namespace: ns0
-  labels: {{{labels}, projectcalico.org/namespace: ns0, projectcalico.org/orchestrator: k8s}}
-spec:
-  orchestrator: k8s
-  node: {NODE}
-  pod: {pod}
-  endpoint: eth0
-  interfaceName: {iface}
-  ipNetworks: [{}]
-  profiles: [kns.ns0]
-",
-        nets.iter()
-            .map(|n| format!("'{n}'"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let text = workload::workload_yaml(NODE, pod, labels, iface, nets);
     gingham_model::load_resources("endpoint.yaml", &text)
         .expect("valid endpoint")
         .remove(0)

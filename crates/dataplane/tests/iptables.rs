@@ -5,6 +5,8 @@
 //! iptables-nft-restore, ipset).
 
 mod common;
+#[path = "common/workload.rs"]
+mod workload;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,24 +31,7 @@ const CLIENT_IP: &str = "10.98.0.1";
 const SERVER_IP: &str = "10.98.0.2";
 
 fn endpoint(pod: &str, labels: &str, iface: &str, ip: &str) -> String {
-    format!(
-        "apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: {NODE}-k8s-{pod}-eth0
-  namespace: ns0
-  labels: {{{labels}, projectcalico.org/namespace: ns0, projectcalico.org/orchestrator: k8s}}
-spec:
-  orchestrator: k8s
-  node: {NODE}
-  pod: {pod}
-  endpoint: eth0
-  interfaceName: {iface}
-  ipNetworks: [{ip}/32]
-  profiles: [kns.ns0]
----
-"
-    )
+    workload::workload_yaml(NODE, pod, labels, iface, &[&format!("{ip}/32")])
 }
 
 /// Two pods; the server (app web) lets the client (role client) in on TCP 8080 and UDP 8081 and
@@ -57,7 +42,7 @@ fn cluster() -> Vec<Resource> {
 }
 
 fn cluster_with_port(port: u16) -> Vec<Resource> {
-    let mut text = String::from(
+    let text = String::from(
         "apiVersion: projectcalico.org/v3
 kind: Profile
 metadata: {name: kns.ns0}
@@ -97,6 +82,12 @@ spec:
 ",
     )
     .replace("PORT", &port.to_string());
+    with_two_pods("iptables-test.yaml", text)
+}
+
+/// `text` (YAML documents, each ending with `---`) with the two pods' endpoints (client
+/// `role: client`, server `app: web`, namespace ns0), loaded as the file `file`.
+fn with_two_pods(file: &str, mut text: String) -> Vec<Resource> {
     text.push_str(&endpoint(
         "client",
         "role: client",
@@ -109,7 +100,7 @@ spec:
         TwoPods::SERVER_IF,
         SERVER_IP,
     ));
-    gingham_model::load_resources("iptables-test.yaml", &text).expect("valid test input")
+    gingham_model::load_resources(file, &text).expect("valid test input")
 }
 
 fn program() -> gingham_calc::program::NodeProgram {
@@ -589,20 +580,9 @@ fn incremental_rendering_equals_a_full_one_for_every_case() {
 /// server's policy allows TCP 8080 and UDP 8081 from the client; the client's egress policy
 /// allows everything (inlined: its Allow must go on to the server's ingress, not accept).
 fn pass_tier_cluster() -> Vec<Resource> {
-    let mut text = String::from(
+    security_tier_cluster(
+        "pass-tier.yaml",
         "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: kns.ns0}
-spec:
-  ingress: [{action: Allow}]
-  egress: [{action: Allow}]
----
-apiVersion: projectcalico.org/v3
-kind: Tier
-metadata: {name: security}
-spec: {order: 10}
----
-apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: security.gate}
 spec:
@@ -644,20 +624,7 @@ spec:
   - action: Allow
 ---
 ",
-    );
-    text.push_str(&endpoint(
-        "client",
-        "role: client",
-        TwoPods::CLIENT_IF,
-        CLIENT_IP,
-    ));
-    text.push_str(&endpoint(
-        "server",
-        "app: web",
-        TwoPods::SERVER_IF,
-        SERVER_IP,
-    ));
-    gingham_model::load_resources("pass-tier.yaml", &text).expect("valid test input")
+    )
 }
 
 /// A tier with a Pass rule keeps its tier chain (a jump per policy, mark bits) in the server's
@@ -735,20 +702,9 @@ fn sys_a_pass_tier_keeps_its_chain_and_packets_agree_with_the_reference() {
 /// the rest), so its stage sets and tests our mark bits; nothing selects the server, whose
 /// profile allows everything (its ingress is the dispatch map's `accept`).
 fn marking_cluster() -> Vec<Resource> {
-    let mut text = String::from(
+    security_tier_cluster(
+        "marking.yaml",
         "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: kns.ns0}
-spec:
-  ingress: [{action: Allow}]
-  egress: [{action: Allow}]
----
-apiVersion: projectcalico.org/v3
-kind: Tier
-metadata: {name: security}
-spec: {order: 10}
----
-apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: security.client-out}
 spec:
@@ -762,20 +718,28 @@ spec:
   - action: Pass
 ---
 ",
-    );
-    text.push_str(&endpoint(
-        "client",
-        "role: client",
-        TwoPods::CLIENT_IF,
-        CLIENT_IP,
-    ));
-    text.push_str(&endpoint(
-        "server",
-        "app: web",
-        TwoPods::SERVER_IF,
-        SERVER_IP,
-    ));
-    gingham_model::load_resources("marking.yaml", &text).expect("valid test input")
+    )
+}
+
+/// The two pods in namespace ns0, whose profile allows everything, a tier `security` (order 10)
+/// and `policies` (YAML documents, each ending with `---`), loaded as the file `file`.
+fn security_tier_cluster(file: &str, policies: &str) -> Vec<Resource> {
+    let text = String::from(
+        "apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: kns.ns0}
+spec:
+  ingress: [{action: Allow}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 10}
+---
+",
+    ) + policies;
+    with_two_pods(file, text)
 }
 
 /// Counts, at the end of the client's node (postrouting), the packets to the server's UDP
