@@ -352,14 +352,14 @@ fn side(s: &SideProgram, dir: &str, family: Family, names: &SetNames) -> Option<
 fn rule_lines(r: &RuleProgram, action: &str, log_prefix: &str, names: &SetNames) -> Vec<String> {
     let mut lines = Vec::new();
     'family: for family in rule_families(r) {
+        // The protocol before the family: a packet of the rule's family always passes the
+        // family test, so the protocol, where the rules of a stage differ, rejects a packet one
+        // load and compare sooner (a UDP packet meeting a stage's TCP rules).
         let mut base = Vec::new();
-        match family {
-            Family::V4 => base.push("meta nfproto ipv4".to_owned()),
-            Family::V6 => base.push("meta nfproto ipv6".to_owned()),
-        }
         if let Some(p) = r.protocol {
             base.push(format!("meta l4proto {p}"));
         }
+        base.push(format!("meta nfproto {}", family.nfproto()));
         if let Some(p) = r.not_protocol {
             base.push(format!("meta l4proto != {p}"));
         }
