@@ -17,8 +17,8 @@ use gingham_model::Resource;
 use gingham_net::netns::{NetnsRef, in_netns};
 use gingham_testkit::netns::{TestNetns, TwoPods};
 
-#[path = "common/workload.rs"]
-mod workload;
+#[path = "common/pods.rs"]
+mod pods;
 
 const NODE: &str = "node0";
 const CLIENT_IP: &str = "10.97.0.1";
@@ -30,7 +30,7 @@ const GATEWAY6: &str = "fe80::1";
 const PORT: u16 = 8081;
 
 fn endpoint(pod: &str, labels: &str, iface: &str, nets: &[&str]) -> Resource {
-    let text = workload::workload_yaml(NODE, pod, labels, iface, nets);
+    let text = pods::workload_yaml(NODE, pod, labels, iface, nets);
     gingham_model::load_resources("endpoint.yaml", &text)
         .expect("valid endpoint")
         .remove(0)
@@ -52,14 +52,7 @@ fn cluster() -> Vec<Resource> {
     let mut resources = gingham_model::load_resources(
         "policy.yaml",
         &format!(
-            "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {{name: kns.ns0}}
-spec:
-  ingress: [{{action: Allow}}]
-  egress: [{{action: Allow}}]
----
-apiVersion: projectcalico.org/v3
+            "{profile}apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {{name: web, namespace: ns0}}
 spec:
@@ -69,7 +62,8 @@ spec:
     protocol: UDP
     source: {{selector: role == 'client'}}
     destination: {{ports: [{PORT}]}}
-"
+",
+            profile = pods::ALLOW_ALL_PROFILE
         ),
     )
     .expect("valid policy");
@@ -163,26 +157,8 @@ fn add_ipv6(pods: &TwoPods) {
 
 /// Whether a datagram from the client to the server's `to` address arrives.
 fn udp_passes(pods: &TwoPods, server: &UdpSocket, to: &str, tag: u32) -> bool {
-    let payload = tag.to_be_bytes();
     let to = SocketAddr::new(to.parse::<IpAddr>().unwrap(), PORT);
-    in_netns(&NetnsRef::path(pods.client.path()), || {
-        let any: IpAddr = if to.is_ipv6() {
-            "::".parse().unwrap()
-        } else {
-            "0.0.0.0".parse().unwrap()
-        };
-        let s = UdpSocket::bind((any, 0)).unwrap();
-        s.send_to(&payload, to).unwrap();
-    })
-    .unwrap();
-    let mut buf = [0u8; 16];
-    loop {
-        match server.recv(&mut buf) {
-            Ok(4) if buf[..4] == payload => return true,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
+    pods::udp_passes(&pods.client, server, to, tag)
 }
 
 /// The rules matching the client selector's IPv6 set.

@@ -5,8 +5,8 @@
 //! iptables-nft-restore, ipset).
 
 mod common;
-#[path = "common/workload.rs"]
-mod workload;
+#[path = "common/pods.rs"]
+mod pods;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -31,7 +31,7 @@ const CLIENT_IP: &str = "10.98.0.1";
 const SERVER_IP: &str = "10.98.0.2";
 
 fn endpoint(pod: &str, labels: &str, iface: &str, ip: &str) -> String {
-    workload::workload_yaml(NODE, pod, labels, iface, &[&format!("{ip}/32")])
+    pods::workload_yaml(NODE, pod, labels, iface, &[&format!("{ip}/32")])
 }
 
 /// Two pods; the server (app web) lets the client (role client) in on TCP 8080 and UDP 8081 and
@@ -42,15 +42,8 @@ fn cluster() -> Vec<Resource> {
 }
 
 fn cluster_with_port(port: u16) -> Vec<Resource> {
-    let text = String::from(
-        "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: kns.ns0}
-spec:
-  ingress: [{action: Allow}]
-  egress: [{action: Allow}]
----
-apiVersion: projectcalico.org/v3
+    let text = (String::from(pods::ALLOW_ALL_PROFILE)
+        + "apiVersion: projectcalico.org/v3
 kind: NetworkPolicy
 metadata: {name: web, namespace: ns0}
 spec:
@@ -79,8 +72,7 @@ spec:
     destination: {ports: [5353]}
   - action: Allow
 ---
-",
-    )
+")
     .replace("PORT", &port.to_string());
     with_two_pods("iptables-test.yaml", text)
 }
@@ -279,20 +271,8 @@ fn tcp_passes(client: &TestNetns, port: u16) -> bool {
 }
 
 fn udp_passes(client: &TestNetns, server: &UdpSocket, port: u16, tag: u32) -> bool {
-    let payload = tag.to_be_bytes();
-    in_netns(&NetnsRef::path(client.path()), || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.send_to(&payload, format!("{SERVER_IP}:{port}")).unwrap();
-    })
-    .unwrap();
-    let mut buf = [0u8; 16];
-    loop {
-        match server.recv(&mut buf) {
-            Ok(4) if buf[..4] == payload => return true,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
+    let to = SocketAddr::new(SERVER_IP.parse().unwrap(), port);
+    pods::udp_passes(client, server, to, tag)
 }
 
 /// The matrix's cells: (protocol, port).
@@ -724,21 +704,13 @@ spec:
 /// The two pods in namespace ns0, whose profile allows everything, a tier `security` (order 10)
 /// and `policies` (YAML documents, each ending with `---`), loaded as the file `file`.
 fn security_tier_cluster(file: &str, policies: &str) -> Vec<Resource> {
-    let text = String::from(
-        "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: kns.ns0}
-spec:
-  ingress: [{action: Allow}]
-  egress: [{action: Allow}]
----
-apiVersion: projectcalico.org/v3
+    let text = String::from(pods::ALLOW_ALL_PROFILE)
+        + "apiVersion: projectcalico.org/v3
 kind: Tier
 metadata: {name: security}
 spec: {order: 10}
 ---
-",
-    ) + policies;
+" + policies;
     with_two_pods(file, text)
 }
 
