@@ -154,19 +154,24 @@ fn one_of_each(p: usize) -> String {
         "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: kns.ns0}\nspec:\n  ingress: [{action: Allow}]\n  egress: [{action: Allow}]\n---\n",
     );
     for j in 0..p {
-        text += &format!(
-            "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: pol{j}, namespace: ns0}}
-spec:
-  selector: app == 'a{j}'
-  ingress: [{{action: Allow, protocol: TCP, source: {{selector: role == 'r{j}'}}}}]
----
-"
-        );
+        text += &allow_tcp(&format!("pol{j}"), j, j);
         text += &workload(j, "nodea", j, j);
     }
     text
+}
+
+/// NetworkPolicy `name` in ns0: workloads with app `a{app}` allow TCP from role `r{role}`.
+fn allow_tcp(name: &str, app: usize, role: usize) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: {name}, namespace: ns0}}
+spec:
+  selector: app == 'a{app}'
+  ingress: [{{action: Allow, protocol: TCP, source: {{selector: role == 'r{role}'}}}}]
+---
+"
+    )
 }
 
 fn workload(i: usize, node: &str, app: usize, role: usize) -> String {
@@ -274,16 +279,7 @@ fn an_endpoint_update_looks_up_its_endpoint_without_scanning_the_cluster() {
 fn tests_for_a_workload_selected_by(k: usize) -> usize {
     let mut text = one_of_each(1);
     for j in 0..k {
-        text += &format!(
-            "apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: many{j}, namespace: ns0}}
-spec:
-  selector: app == 'a7'
-  ingress: [{{action: Allow, protocol: TCP, source: {{selector: role == 'r3'}}}}]
----
-"
-        );
+        text += &allow_tcp(&format!("many{j}"), 7, 3);
     }
     let mut calc = Calculator::new("nodea");
     calc.load_all(gingham_model::load_resources("one.yaml", &text).unwrap());
