@@ -1346,7 +1346,9 @@ impl<B: IptBackend> IptProgrammer<B> {
         } else {
             restore_input(&changed, &[])
         };
+        let t = std::time::Instant::now();
         self.send(&set_text, &restore, &destroy)?;
+        let kernel = t.elapsed();
         let installed = self.installed.as_mut().expect("checked above");
         for n in chains {
             match desired.chains.get(*n) {
@@ -1371,6 +1373,7 @@ impl<B: IptBackend> IptProgrammer<B> {
         Ok(Applied {
             commands,
             bytes: set_text.len() + restore.len() + destroy.len(),
+            kernel,
             ..Applied::default()
         })
     }

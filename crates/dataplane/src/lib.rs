@@ -261,6 +261,9 @@ pub struct Applied {
     pub replaced: bool,
     /// How the transaction went to the kernel.
     pub path: Path,
+    /// Time spent in the backend's transaction: encoding the batch (or libnftables parsing the
+    /// script) and the kernel's commit, or the restore commands (not the diff before it).
+    pub kernel: Duration,
 }
 
 /// Installs desired tables through a backend, sending only what changed.
@@ -313,7 +316,9 @@ impl<B: Backend> Programmer<B> {
             }
         };
         if !script.is_empty() {
+            let t = Instant::now();
             self.backend.run(&script.text)?;
+            applied.kernel = t.elapsed();
             applied.path = Path::Text;
         }
         applied.commands = script.commands;
@@ -337,6 +342,7 @@ impl<B: Backend> Programmer<B> {
             return self.sync(desired.clone());
         };
         let mut path = Path::None;
+        let t = Instant::now();
         if !script.is_empty() {
             match self.backend.run_incremental(&script, desired) {
                 Ok(p) => path = p,
@@ -346,11 +352,13 @@ impl<B: Backend> Programmer<B> {
                 }
             }
         }
+        let kernel = t.elapsed();
         installed.copy_edited(desired, &chains, &sets, &touched.edits);
         Ok(Applied {
             commands: script.commands,
             bytes: script.text.len(),
             path,
+            kernel,
             ..Applied::default()
         })
     }

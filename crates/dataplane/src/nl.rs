@@ -128,6 +128,8 @@ const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
 const NFTA_META_SREG: u16 = 3;
 const NFT_META_MARK: u32 = 3;
+const NFT_META_IIF: u32 = 4;
+const NFT_META_OIF: u32 = 5;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
@@ -412,6 +414,12 @@ fn key_bytes(key_type: &str, text: &str) -> Result<Vec<u8>, Unencodable> {
             Ok(out)
         }
         "ifname" => ifname_bytes(text, false),
+        // An interface index, as a number (a name would need resolving in the table's
+        // namespace: nft does that, on the text path).
+        crate::table::IFACE_INDEX => match text.parse::<u32>() {
+            Ok(index) => Ok(index.to_ne_bytes().to_vec()),
+            Err(_) => no(format!("interface index {text}")),
+        },
         _ => no(format!("set key type {key_type}")),
     }
 }
@@ -561,6 +569,9 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                             a.be32(NFTA_SET_DATA_LEN, 0);
                         }
                         a.be32(NFTA_SET_ID, id);
+                        if let Some(size) = set.size {
+                            a.nest(NFTA_SET_DESC, |a| a.be32(NFTA_SET_DESC_SIZE, size));
+                        }
                         a.put(NFTA_SET_USERDATA, &decl.userdata);
                     },
                 );
@@ -768,6 +779,8 @@ fn declaration(set: &crate::table::Set) -> Result<Declaration, Unencodable> {
             (0x830d, 24, CONCAT.to_vec())
         }
         ("ifname", true) => (41, 16, IFNAME_MAP.to_vec()),
+        // nft's user data for an interface index key is that of a name: host byte order.
+        (crate::table::IFACE_INDEX, true) => (20, 4, IFNAME_MAP.to_vec()),
         (k, _) => return no(format!("a set of {k} ({:?})", set.kind)),
     };
     let mut flags = 0;
@@ -1550,6 +1563,27 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                     }
                 }
                 i = j + n;
+            }
+            (Some(name @ ("iif" | "oif")), Some("vmap")) => {
+                // An interface index map (`iif vmap @m`); nft has no other form of ours.
+                let Some(map) = at(i + 2).and_then(|s| s.strip_prefix('@')) else {
+                    return no("anonymous vmap");
+                };
+                out.push(Expr::Meta {
+                    key: if name == "iif" {
+                        NFT_META_IIF
+                    } else {
+                        NFT_META_OIF
+                    },
+                    dreg: NFT_REG_1,
+                });
+                out.push(Expr::Lookup {
+                    set: map.to_owned(),
+                    sreg: NFT_REG_1,
+                    dreg: Some(NFT_REG_VERDICT),
+                    inv: false,
+                });
+                i += 3;
             }
             (Some(name @ ("iifname" | "oifname")), next) => {
                 let key = if name == "iifname" {

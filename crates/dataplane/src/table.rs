@@ -136,6 +136,10 @@ pub struct Set {
     /// Elements in nft syntax: `10.0.0.1`, `10.0.0.0/24`, `10.0.0.1 . 6 . 80`,
     /// `"cali1" : jump e…`.
     pub elements: BTreeSet<String>,
+    /// The most elements the set may hold, declared (`size N;`): with it the kernel keeps the
+    /// set in a fixed-size hash (for 32-bit keys its fast variant) instead of a resizable one,
+    /// a cheaper lookup; an element beyond it is refused. `None`: no bound.
+    pub size: Option<u32>,
     stale: bool,
 }
 
@@ -145,8 +149,15 @@ impl Set {
             key: key.into(),
             kind,
             elements,
+            size: None,
             stale: false,
         }
+    }
+
+    /// The set, declared with room for at most `size` elements.
+    pub fn with_size(mut self, size: u32) -> Set {
+        self.size = Some(size);
+        self
     }
 
     fn keyword(&self) -> &'static str {
@@ -158,10 +169,11 @@ impl Set {
     }
 
     fn declaration(&self) -> String {
+        let size = self.size.map(|n| format!(" size {n};")).unwrap_or_default();
         match self.kind {
-            SetKind::Plain => format!("type {};", self.key),
-            SetKind::Interval => format!("type {}; flags interval; auto-merge;", self.key),
-            SetKind::Verdict => format!("type {} : verdict;", self.key),
+            SetKind::Plain => format!("type {};{size}", self.key),
+            SetKind::Interval => format!("type {};{size} flags interval; auto-merge;", self.key),
+            SetKind::Verdict => format!("type {} : verdict;{size}", self.key),
         }
     }
 }
@@ -551,7 +563,7 @@ impl Table {
         for (name, k) in listing.sets {
             match desired.sets.get(&name) {
                 Some(d) => {
-                    if d.key != k.key || d.kind != k.kind {
+                    if d.key != k.key || d.kind != k.kind || d.size != k.size {
                         return None;
                     }
                     let same = match d.kind {
@@ -567,6 +579,7 @@ impl Table {
                 }
                 None => {
                     let mut set = Set::new(k.key, k.kind, BTreeSet::new());
+                    set.size = k.size;
                     set.stale = true;
                     table.sets.insert(name, set);
                 }
@@ -611,6 +624,7 @@ struct Listing {
 struct KernelSet {
     key: String,
     kind: SetKind,
+    size: Option<u32>,
     /// Elements in our syntax, when every one could be read (plain sets and maps).
     elements: Option<BTreeSet<String>>,
     /// Covered address ranges (interval sets).
@@ -641,8 +655,14 @@ fn protocol_number(v: &Value) -> Option<u64> {
     })
 }
 
-/// One element as we write it, or `None` if it is not something we would write.
-fn element_text(v: &Value) -> Option<String> {
+/// The key type of interface index maps: elements are written with the index as a number
+/// (`7 : goto w…`); nft lists an index whose interface exists by its name, any other as the
+/// number.
+pub const IFACE_INDEX: &str = "iface_index";
+
+/// One element as we write it, or `None` if it is not something we would write; `numeric`:
+/// a map key that is a number is written bare (interface indexes).
+fn element_text(v: &Value, numeric: bool) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -673,6 +693,7 @@ fn element_text(v: &Value) -> Option<String> {
             match key.as_str()? {
                 // The catch-all element.
                 "*" => Some(format!("* : {text}")),
+                key if numeric && key.parse::<u32>().is_ok() => Some(format!("{key} : {text}")),
                 key => Some(format!("\"{key}\" : {text}")),
             }
         }
@@ -810,13 +831,22 @@ impl Listing {
                     let (elements, ranges) = if kind == SetKind::Interval {
                         (None, kernel_ranges(elems))
                     } else {
-                        (elems.iter().map(element_text).collect(), None)
+                        let numeric = key == IFACE_INDEX;
+                        (
+                            elems.iter().map(|e| element_text(e, numeric)).collect(),
+                            None,
+                        )
                     };
+                    let size = body
+                        .get("size")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok());
                     listing.sets.insert(
                         name()?,
                         KernelSet {
                             key,
                             kind,
+                            size,
                             elements,
                             ranges,
                         },
@@ -868,7 +898,11 @@ pub fn canonical(json: &str) -> Option<String> {
     let listing = Listing::parse(json)?;
     let mut out = String::new();
     for (name, set) in &listing.sets {
-        let _ = writeln!(out, "set {name} {} {:?}", set.key, set.kind);
+        let _ = write!(out, "set {name} {} {:?}", set.key, set.kind);
+        if let Some(size) = set.size {
+            let _ = write!(out, " size {size}");
+        }
+        out.push('\n');
         if let Some(e) = &set.elements {
             for x in e {
                 let _ = writeln!(out, "  {x}");

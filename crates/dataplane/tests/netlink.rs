@@ -392,3 +392,83 @@ fn sys_random_updates_by_netlink_end_as_by_nft() {
         "{by_netlink} of {partial_syncs} partial syncs"
     );
 }
+
+/// An interface index verdict map with a declared size (for 32-bit keys the kernel's fast
+/// fixed-size hash: a cheaper lookup than a map keyed by name) and the rules looking packets'
+/// interfaces up in it go by netlink as nft writes them; the consistency check reads the map
+/// back as installed (its size, and keys of interfaces that do not exist, as numbers), and a
+/// map whose size differs is replaced.
+#[test]
+fn sys_a_sized_interface_index_map_goes_by_netlink_as_nft_writes_it() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    use gingham_dataplane::table::{IFACE_INDEX, Set, SetKind};
+    let (_, table) = case_tables()
+        .into_iter()
+        .max_by_key(|(_, t)| t.chains.len())
+        .unwrap();
+    let mut pair = Pair::new("nli");
+    pair.replace(&table);
+    let target = table
+        .chains
+        .iter()
+        .find(|(_, c)| c.base.is_none())
+        .map(|(n, _)| n.clone())
+        .expect("a regular chain");
+    let mut next = table.clone();
+    let elements = [
+        "70001 : accept".to_owned(),
+        format!("70002 : jump {target}"),
+        "* : continue".to_owned(),
+    ];
+    next.sets.insert(
+        "ix".into(),
+        Set::new(
+            IFACE_INDEX,
+            SetKind::Verdict,
+            elements.into_iter().collect(),
+        )
+        .with_size(1024),
+    );
+    let rules = [
+        r#"iifname "cali*" iif vmap @ix"#,
+        r#"oifname "cali*" oif vmap @ix"#,
+    ];
+    for text in rules {
+        assert!(nl::rule_encodes(text).is_ok(), "{text}");
+    }
+    // Looked up from a chain of its own (nothing jumps to it; the kernel still checks it).
+    next.chains.insert(
+        "ixuse".into(),
+        gingham_dataplane::table::Chain::regular(
+            rules.iter().map(|t| Rule::new(*t, "lookup")).collect(),
+        ),
+    );
+    let (c, s) = names(&next);
+    let script = table.diff_only(&next, &c, &s).unwrap();
+    assert!(
+        script
+            .text
+            .contains("type iface_index : verdict; size 1024;"),
+        "{}",
+        script.text
+    );
+    nl::encode(&script.ops, &next).expect("the map and its rules encode");
+    pair.apply(&script, &next, "a sized interface index map");
+    assert_eq!((pair.netlink, pair.text), (1, 0));
+    pair.assert_same("a sized interface index map");
+    assert!(
+        listing(&pair.a).contains("set ix iface_index Verdict size 1024\n"),
+        "{}",
+        listing(&pair.a)
+    );
+
+    // Read back: nothing to repair; with another size, the table is replaced.
+    let mut programmer = Programmer::new(Nft::in_netns(pair.a.name()));
+    let applied = programmer.check(next.clone()).unwrap();
+    assert_eq!((applied.commands, applied.replaced), (0, false));
+    let mut resized = next.clone();
+    resized.sets.get_mut("ix").unwrap().size = Some(2048);
+    let applied = programmer.check(resized).unwrap();
+    assert!(applied.replaced, "{applied:?}");
+}
