@@ -354,6 +354,9 @@ impl<B: Backend> Programmer<B> {
         }
         let kernel = t.elapsed();
         installed.copy_edited(desired, &chains, &sets, &touched.edits);
+        if installed.links != desired.links {
+            installed.links.clone_from(&desired.links);
+        }
         Ok(Applied {
             commands: script.commands,
             bytes: script.text.len(),

@@ -56,7 +56,7 @@ use gingham_model::Action;
 use ipnet::IpNet;
 
 use crate::counters::{ChainOrigin, Origins, Owner};
-use crate::table::{Base, Chain, Edits, Rule, Set, SetKind, Table, short_hash};
+use crate::table::{Base, Chain, Edits, IFACE_INDEX, Rule, Set, SetKind, Table, short_hash};
 
 mod flowlog;
 use flowlog::log_rule;
@@ -784,6 +784,9 @@ fn profile_chain_name(profile: &str, dir: &str) -> String {
 /// Workload dispatch: a map per direction from interface to the endpoint's chain (or straight
 /// to a verdict).
 const WL_EGRESS: &str = "wl-egress";
+/// The most elements an interface index dispatch map holds: more workloads than a node can
+/// run (the kernel refuses an element beyond it).
+pub const WL_MAP_SIZE: u32 = 65_535;
 const WL_INGRESS: &str = "wl-ingress";
 /// Where the dispatch maps send interfaces they do not list (only `cali*` ones reach the maps):
 /// such a workload interface has no program yet and is dropped (fail closed).
@@ -879,11 +882,25 @@ pub struct Renderer {
     flips: BTreeSet<SetId>,
     /// The current batch's digests of policy and profile rules (stage chain names).
     digests: Digests,
+    /// The node's interface indexes by name, when the workload dispatch maps are keyed by
+    /// interface index (see [`Renderer::set_links`]); `None`: keyed by name.
+    links: Option<BTreeMap<String, u32>>,
 }
 
 impl Renderer {
     pub fn new(program: NodeProgram, settings: Settings) -> Renderer {
+        Renderer::with_links(program, settings, None)
+    }
+
+    /// A renderer whose workload dispatch maps are keyed by interface index when `links` (the
+    /// node's interfaces: name to index) is given; see [`Renderer::set_links`].
+    pub fn with_links(
+        program: NodeProgram,
+        settings: Settings,
+        links: Option<BTreeMap<String, u32>>,
+    ) -> Renderer {
         let mut r = Renderer {
+            links,
             settings,
             program,
             table: Table::default(),
@@ -904,6 +921,51 @@ impl Renderer {
         };
         r.render_all();
         r
+    }
+
+    /// Keys the workload dispatch maps (`wl-egress`, `wl-ingress`) by interface index, given
+    /// the node's interfaces (name to index), or by name (`None`). An index map is a cheaper
+    /// lookup for every new flow of a workload (a 32-bit key in a fixed-size hash, against a
+    /// 16-byte name in a resizable one: `scripts/bench agent` path mode), but it holds only
+    /// interfaces that exist: a workload whose interface is not (yet) there has no element, so
+    /// its packets, if any, meet the catch-all (dropped, as for a workload without a program);
+    /// an interface deleted and created again under its name has a new index. The caller
+    /// gives the links again when they change (the agent watches them); only the elements of
+    /// interfaces whose index changed are touched. Switching between names and indexes
+    /// renders everything again.
+    pub fn set_links(&mut self, links: Option<BTreeMap<String, u32>>) {
+        let (Some(old), Some(new)) = (&self.links, &links) else {
+            if self.links.is_some() || links.is_some() {
+                self.links = links;
+                self.render_all();
+            }
+            return;
+        };
+        let changed: BTreeSet<&String> = old
+            .iter()
+            .filter(|(name, index)| new.get(*name) != Some(*index))
+            .chain(
+                new.iter()
+                    .filter(|(name, index)| old.get(*name) != Some(*index)),
+            )
+            .map(|(name, _)| name)
+            .collect();
+        let affected: Vec<(&'static str, String)> = self
+            .claims
+            .keys()
+            .filter(|(_, iface)| changed.contains(iface))
+            .cloned()
+            .collect();
+        let before: Vec<Option<String>> = affected
+            .iter()
+            .map(|(map, iface)| self.element(map, iface))
+            .collect();
+        self.table.links = links.clone().unwrap_or_default();
+        self.links = links;
+        for ((map, iface), before) in affected.into_iter().zip(before) {
+            let after = self.element(map, &iface);
+            self.swap_element(map, before, after);
+        }
     }
 
     /// The desired table.
@@ -1078,7 +1140,10 @@ impl Renderer {
     }
 
     fn render_all(&mut self) {
-        self.table = Table::default();
+        self.table = Table {
+            links: self.links.clone().unwrap_or_default(),
+            ..Table::default()
+        };
         self.names = SetNames::default();
         self.placed.clear();
         self.users.clear();
@@ -1098,9 +1163,13 @@ impl Renderer {
         // the catch-all element.
         for (map, other) in [(WL_EGRESS, WL_FROM_OTHER), (WL_INGRESS, WL_TO_OTHER)] {
             let catch_all = BTreeSet::from([format!("* : jump {other}")]);
-            self.table
-                .sets
-                .insert(map.into(), Set::new("ifname", SetKind::Verdict, catch_all));
+            let set = match self.links {
+                None => Set::new("ifname", SetKind::Verdict, catch_all),
+                Some(_) => {
+                    Set::new(IFACE_INDEX, SetKind::Verdict, catch_all).with_size(WL_MAP_SIZE)
+                }
+            };
+            self.table.sets.insert(map.into(), set);
         }
         let keys: Vec<String> = self.program.endpoints.keys().cloned().collect();
         for key in &keys {
@@ -1386,27 +1455,23 @@ impl Renderer {
     /// claim the interface with different verdicts (two endpoints given one interface: which
     /// one the interface really is cannot be known, so it is closed, as an interface without
     /// a program is). Two elements with one key would make nft refuse every transaction.
-    fn claim(&mut self, map: &'static str, iface: &str, verdict: &str, add: bool) {
-        let key = (map, iface.to_owned());
-        let element = |claims: Option<&BTreeMap<String, usize>>| match claims {
-            None => None,
-            Some(c) if c.len() == 1 => c.keys().next().map(|v| format!("\"{iface}\" : {v}")),
-            Some(_) => Some(format!("\"{iface}\" : drop")),
+    /// A dispatch map's element for an interface, from what the endpoints claim: keyed by the
+    /// interface's name, or by its index (none while the interface does not exist).
+    fn element(&self, map: &'static str, iface: &str) -> Option<String> {
+        let claims = self.claims.get(&(map, iface.to_owned()))?;
+        let key = match &self.links {
+            None => format!("\"{iface}\""),
+            Some(links) => links.get(iface)?.to_string(),
         };
-        let before = element(self.claims.get(&key));
-        let claims = self.claims.entry(key.clone()).or_default();
-        if add {
-            *claims.entry(verdict.to_owned()).or_default() += 1;
-        } else if let Some(n) = claims.get_mut(verdict) {
-            *n -= 1;
-            if *n == 0 {
-                claims.remove(verdict);
-            }
+        if claims.len() == 1 {
+            claims.keys().next().map(|v| format!("{key} : {v}"))
+        } else {
+            Some(format!("{key} : drop"))
         }
-        if claims.is_empty() {
-            self.claims.remove(&key);
-        }
-        let after = element(self.claims.get(&key));
+    }
+
+    /// Replaces a dispatch map's element `before` by `after` (either may be absent).
+    fn swap_element(&mut self, map: &'static str, before: Option<String>, after: Option<String>) {
         if before == after {
             return;
         }
@@ -1427,6 +1492,25 @@ impl Renderer {
         for (e, added) in changed {
             self.touch_element(map, &e, added);
         }
+    }
+
+    fn claim(&mut self, map: &'static str, iface: &str, verdict: &str, add: bool) {
+        let key = (map, iface.to_owned());
+        let before = self.element(map, iface);
+        let claims = self.claims.entry(key.clone()).or_default();
+        if add {
+            *claims.entry(verdict.to_owned()).or_default() += 1;
+        } else if let Some(n) = claims.get_mut(verdict) {
+            *n -= 1;
+            if *n == 0 {
+                claims.remove(verdict);
+            }
+        }
+        if claims.is_empty() {
+            self.claims.remove(&key);
+        }
+        let after = self.element(map, iface);
+        self.swap_element(map, before, after);
     }
 
     /// Takes out what [`Renderer::place`] put in for an endpoint; returns whether it was a
@@ -1503,7 +1587,7 @@ impl Renderer {
             }
         }
         let mut part = Table::default();
-        base_chains(&mut part, &self.settings, &hosts);
+        base_chains(&mut part, &self.settings, &hosts, self.links.is_some());
         for n in self.base_chains.drain(..) {
             self.table.chains.remove(&n);
             self.touched.chains.insert(n);
@@ -1725,8 +1809,14 @@ fn conntrack_rules() -> impl Iterator<Item = Rule> {
 }
 
 /// The base chains (hooks) and the host endpoint dispatch chains.
-fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
+fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_index: bool) {
     let prefix = &settings.workload_prefix;
+    // The dispatch maps' key: the interface's index or its name.
+    let (iif, oif) = if by_index {
+        ("iif", "oif")
+    } else {
+        ("iifname", "oifname")
+    };
     let clear = clear_ours();
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
     let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
@@ -1746,11 +1836,11 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
     // catch-all chain (about 70 ns per node: issue 15's two-node UDP figures).
     forward.extend([
         r(
-            format!("iifname \"{prefix}*\" iifname vmap @{WL_EGRESS}"),
+            format!("iifname \"{prefix}*\" {iif} vmap @{WL_EGRESS}"),
             "workload egress",
         ),
         r(
-            format!("oifname \"{prefix}*\" oifname vmap @{WL_INGRESS}"),
+            format!("oifname \"{prefix}*\" {oif} vmap @{WL_INGRESS}"),
             "workload ingress",
         ),
     ]);
@@ -1777,7 +1867,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch) {
 
     // Workload to its own host: the workload's egress, then DefaultEndpointToHostAction.
     // Reached by goto, so Return leaves our input chain (the host's own firewall decides).
-    let mut to_host = vec![r(format!("iifname vmap @{WL_EGRESS}"), "workload egress")];
+    let mut to_host = vec![r(format!("{iif} vmap @{WL_EGRESS}"), "workload egress")];
     match settings.felix.default_endpoint_to_host_action.as_str() {
         "Accept" => to_host.push(r(
             format!("{clear} accept"),

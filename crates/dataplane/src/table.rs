@@ -183,6 +183,10 @@ impl Set {
 pub struct Table {
     pub sets: BTreeMap<String, Set>,
     pub chains: BTreeMap<String, Chain>,
+    /// The interface indexes (by name) the [`IFACE_INDEX`] maps' keys were written with: nft
+    /// lists the key of an interface that exists by its name, and reading the kernel back
+    /// turns those names into these indexes. Not part of any transaction.
+    pub links: BTreeMap<String, u32>,
 }
 
 /// The elements one set gained and lost since it was last installed, net: with it, the diff
@@ -571,6 +575,10 @@ impl Table {
                             coverage(d.elements.iter().map(String::as_str)).as_ref()
                                 == Some(&k.ranges?)
                         }
+                        _ if d.key == IFACE_INDEX => {
+                            k.elements.as_ref().map(|e| by_index(e, &desired.links))
+                                == Some(d.elements.clone())
+                        }
                         _ => k.elements.as_ref() == Some(&d.elements),
                     };
                     let mut set = d.clone();
@@ -653,6 +661,24 @@ fn protocol_number(v: &Value) -> Option<u64> {
         "udplite" => 136,
         other => return other.parse().ok(),
     })
+}
+
+/// A listed interface index map's elements with the keys nft printed as names (`"cali1" :
+/// accept`) written as the indexes `links` gives those names (`7 : accept`).
+fn by_index(elements: &BTreeSet<String>, links: &BTreeMap<String, u32>) -> BTreeSet<String> {
+    elements
+        .iter()
+        .map(|e| {
+            let named = e
+                .strip_prefix('"')
+                .and_then(|rest| rest.split_once("\" : "))
+                .and_then(|(name, verdict)| Some((links.get(name)?, verdict)));
+            match named {
+                Some((index, verdict)) => format!("{index} : {verdict}"),
+                None => e.clone(),
+            }
+        })
+        .collect()
 }
 
 /// The key type of interface index maps: elements are written with the index as a number
@@ -947,6 +973,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            links: BTreeMap::new(),
         }
     }
 

@@ -8,6 +8,7 @@ mod common;
 #[path = "common/pods.rs"]
 mod pods;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -19,8 +20,10 @@ use gingham_dataplane::iptables::{
     self, CHAIN_FORWARD, CHAIN_FROM_WL_DISPATCH, CHAIN_TO_WL_DISPATCH, Flavour, IptProgrammer,
     IptRecording, IptRenderer, IptTable, Iptables, render_iptables,
 };
+use gingham_dataplane::table::IFACE_INDEX;
 use gingham_dataplane::{
-    Dataplane, IptDataplane, Nft, NftDataplane, Path, Programmer, Settings, Touched, render,
+    Dataplane, IptDataplane, Nft, NftDataplane, Path, Programmer, Renderer, Settings, Touched,
+    render,
 };
 use gingham_model::Resource;
 use gingham_net::netns::{NetnsRef, in_netns};
@@ -804,4 +807,86 @@ fn sys_our_mark_bits_never_leave_the_table() {
         seen,
         [("one node", vec![0, 2, 2]), ("two nodes", vec![0, 2, 2])]
     );
+}
+
+/// The pods' interfaces in `node` (name to index), as the agent gives them to the renderer.
+fn pod_links(node: &TestNetns) -> BTreeMap<String, u32> {
+    let nl = gingham_net::Netlink::open(&NetnsRef::named(node.name())).unwrap();
+    [TwoPods::CLIENT_IF, TwoPods::SERVER_IF]
+        .into_iter()
+        .map(|name| (name.to_owned(), nl.link_index(name).unwrap().unwrap()))
+        .collect()
+}
+
+/// Dispatch maps keyed by interface index pass and drop the packets the reference says, on
+/// the text path (a full load) and the netlink path. A pod's interface created again under its
+/// name has a new index: until the renderer is given it, the pod's packets meet the catch-all
+/// and are dropped (fail closed, as for a workload without a program); given it, one netlink
+/// transaction moves the elements and the matrix is the reference's again.
+#[test]
+fn sys_dispatch_maps_keyed_by_interface_index_pass_and_drop_as_the_reference() {
+    require_tools();
+    let pods = TwoPods::new("ixm", CLIENT_IP, SERVER_IP);
+    let servers = serve(&pods);
+    let reference = reference_verdicts(&cluster());
+    assert_eq!(reference, [true, false, false, false, true]);
+    let links = pod_links(&pods.node);
+    let mut renderer = Renderer::with_links(program(), Settings::default(), Some(links.clone()));
+    let table = renderer.table().clone();
+    assert_eq!(table.sets["wl-ingress"].key, IFACE_INDEX);
+    let server = links[TwoPods::SERVER_IF];
+    assert!(
+        table.sets["wl-ingress"]
+            .elements
+            .iter()
+            .any(|e| e.starts_with(&format!("{server} : goto "))),
+        "{:?}",
+        table.sets["wl-ingress"]
+    );
+    let mut programmer = Programmer::new(Nft::in_netns(pods.node.name()));
+    programmer.sync(table).unwrap();
+    assert_eq!(matrix(&pods, &servers, 1), reference, "loaded by nft");
+    let listed = pods
+        .node
+        .exec_ok(&["nft", "list", "map", "inet", "gingham", "wl-ingress"]);
+    assert!(listed.contains("type iface_index : verdict"), "{listed}");
+    assert!(listed.contains("\"calibserver\" : goto"), "{listed}");
+
+    pods.recreate_server_interface(SERVER_IP);
+    let moved = pod_links(&pods.node);
+    assert_ne!(moved[TwoPods::SERVER_IF], server, "a new index");
+    assert_eq!(
+        matrix(&pods, &servers, 2),
+        [false; 5],
+        "a stale index: closed"
+    );
+    renderer.take_touched();
+    let new_index = moved[TwoPods::SERVER_IF];
+    renderer.set_links(Some(moved));
+    let touched = renderer.take_touched();
+    // Only the server's elements move, from the old index to the new one.
+    assert!(!touched.all && touched.chains.is_empty(), "{touched:?}");
+    let keys = |set: &BTreeSet<String>| -> Vec<String> {
+        set.iter()
+            .map(|e| e.split(" : ").next().unwrap().to_owned())
+            .collect()
+    };
+    for map in ["wl-egress", "wl-ingress"] {
+        let edit = &touched.edits[map];
+        assert_eq!(
+            (keys(&edit.removed), keys(&edit.added)),
+            (vec![server.to_string()], vec![new_index.to_string()]),
+            "{map}"
+        );
+    }
+    let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
+    assert_eq!(applied.path, Path::Netlink, "{applied:?}");
+    assert_eq!(
+        matrix(&pods, &servers, 3),
+        reference,
+        "the new index, by netlink"
+    );
+    // The consistency check finds the kernel as recorded (names listed, indexes recorded).
+    let checked = programmer.check(renderer.table().clone()).unwrap();
+    assert_eq!(checked.commands, 0, "{checked:?}");
 }

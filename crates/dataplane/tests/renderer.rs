@@ -107,11 +107,18 @@ fn incremental_rendering_equals_a_full_render() {
     let (mut steps_checked, mut partial_syncs, mut edited_sets) = (0usize, 0usize, 0usize);
     // Updates after which the rules matching sets' IPv6 families are more or fewer.
     let mut ipv6_flips = 0usize;
+    // Interface index changes (an interface appearing, going, or created again) given to a
+    // renderer whose dispatch maps are keyed by index, and switches between names and indexes.
+    let (mut link_changes, mut key_switches) = (0usize, 0usize);
     for seed in 0..seeds {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
         let mut calc = Calculator::new(node);
         let mut settings = Settings::default();
-        let mut renderer = Renderer::new(calc.state(), settings.clone());
+        // Odd seeds key the dispatch maps by interface index: the node's interfaces, each
+        // with the next index as the kernel gives them.
+        let mut links: Option<BTreeMap<String, u32>> = (seed % 2 == 1).then(BTreeMap::new);
+        let mut next_index = 100u32;
+        let mut renderer = Renderer::with_links(calc.state(), settings.clone(), links.clone());
         let mut programmer = Programmer::new(Recording::default());
         let touched = renderer.take_touched();
         programmer.sync_touched(renderer.table(), &touched).unwrap();
@@ -161,7 +168,44 @@ fn incremental_rendering_equals_a_full_render() {
                 settings.pools = random_pools(&mut rng);
                 renderer.set_settings(settings.clone());
             }
-            let fresh = Renderer::new(calc.state(), settings.clone());
+            if rng.chance(3) {
+                links = match links {
+                    Some(_) => None,
+                    None => Some(BTreeMap::new()),
+                };
+                renderer.set_links(links.clone());
+                key_switches += 1;
+            }
+            if let Some(l) = links.as_mut() {
+                let ifaces: Vec<&String> = current
+                    .values()
+                    .filter_map(|r| match r {
+                        Resource::WorkloadEndpoint(w) if w.spec.node == node => {
+                            Some(&w.spec.interface_name)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                for _ in 0..3 {
+                    if ifaces.is_empty() || !rng.chance(50) {
+                        continue;
+                    }
+                    let name = ifaces[rng.below(ifaces.len())].clone();
+                    match (l.contains_key(&name), rng.below(3)) {
+                        (true, 0) => {
+                            l.remove(&name);
+                        }
+                        (true, 1) | (false, _) => {
+                            next_index += 1;
+                            l.insert(name, next_index);
+                        }
+                        _ => continue,
+                    }
+                    link_changes += 1;
+                }
+                renderer.set_links(Some(l.clone()));
+            }
+            let fresh = Renderer::with_links(calc.state(), settings.clone(), links.clone());
             let full = fresh.rendered();
             let at = format!("seed {seed}, step {i}: {what}");
             // The hit counters' record of where each rule came from follows the table too.
@@ -227,8 +271,10 @@ fn incremental_rendering_equals_a_full_render() {
     assert!(partial_syncs > steps_checked / 2, "{partial_syncs}");
     assert!(edited_sets > partial_syncs / 4, "{edited_sets}");
     assert!(ipv6_flips > seeds as usize, "{ipv6_flips}");
+    assert!(link_changes > seeds as usize * 5, "{link_changes}");
+    assert!(key_switches > seeds as usize / 4, "{key_switches}");
     eprintln!(
-        "{steps_checked} updates ({partial_syncs} partial syncs, {edited_sets} sets followed by their edits, {ipv6_flips} changing the rules of IPv6 set families), always equal to a full render"
+        "{steps_checked} updates ({partial_syncs} partial syncs, {edited_sets} sets followed by their edits, {ipv6_flips} changing the rules of IPv6 set families, {link_changes} interface index changes, {key_switches} switches between name and index keys), always equal to a full render"
     );
 }
 

@@ -208,6 +208,14 @@ impl TwoPods {
         }
     }
 
+    /// Deletes the server's veth and plumbs it again with the same names and `server_ip` (a
+    /// pod's sandbox created again): the node's `calibserver` gets a new interface index.
+    pub fn recreate_server_interface(&self, server_ip: &str) {
+        let node = self.server_node.as_ref().unwrap_or(&self.node);
+        node.exec_ok(&["ip", "link", "del", Self::SERVER_IF]);
+        plumb_pod(node, &self.server, Self::SERVER_IF, server_ip);
+    }
+
     /// The nodes: the client's, then the server's if it has its own.
     pub fn nodes(&self) -> Vec<&TestNetns> {
         std::iter::once(&self.node)
