@@ -42,6 +42,7 @@ use gingham_model::{Kind, Resource};
 pub mod bgp;
 pub mod flows;
 pub mod health;
+pub mod links;
 pub mod memory;
 pub mod mtu;
 pub mod plumbing;
@@ -113,6 +114,11 @@ pub enum Error {
     Program(#[from] gingham_dataplane::Error),
     #[error("opening netlink: {0}")]
     Netlink(#[source] gingham_net::NetError),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot serve health on 127.0.0.1:{port} ({what}): {source}")]
     Health {
         port: u16,

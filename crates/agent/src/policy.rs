@@ -18,6 +18,7 @@ use gingham_datastore::Datastore;
 use gingham_model::{Kind, Node, Resource};
 use ipnet::IpNet;
 
+use crate::links::Links;
 use crate::{Config, Error, FelixConfigs, Health, Manager, Update};
 
 pub struct PolicyManager<B> {
@@ -46,7 +47,17 @@ pub struct PolicyManager<B> {
     /// An endpoint or node changed without changing the table (an address added, say): the
     /// flow logger's names are refreshed at the next apply.
     view_stale: bool,
+    /// The node's interfaces, when the workload dispatch maps are keyed by interface index
+    /// ([`PolicyManager::set_links`]); the last listing given to the renderer; when the link
+    /// reports were last drained.
+    links: Option<Box<dyn Links + Send>>,
+    known_links: Option<BTreeMap<String, u32>>,
+    links_polled: Instant,
 }
+
+/// How often the agent drains the kernel's link reports while nothing else wakes it: an
+/// interface created again under a workload's name (a new index) is keyed again within this.
+pub const LINK_POLL: Duration = Duration::from_millis(100);
 
 fn settings_from(
     felix: &FelixConfigs,
@@ -141,6 +152,47 @@ impl<B: Backend> PolicyManager<B> {
             last_check: Instant::now(),
             flow_view: None,
             view_stale: false,
+            links: None,
+            known_links: None,
+            links_polled: Instant::now(),
+        }
+    }
+
+    /// Keys the workload dispatch maps by interface index, learning the node's interfaces
+    /// from `links` (listed now, and again whenever it reports a change). If the first listing
+    /// fails the maps stay keyed by name.
+    pub fn set_links(&mut self, mut links: Box<dyn Links + Send>) {
+        match links.list() {
+            Ok(known) => {
+                self.known_links = Some(known);
+                self.renderer.set_links(self.known_links.clone());
+                self.links = Some(links);
+                self.dirty = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the node's interfaces; dispatch maps stay keyed by name");
+            }
+        }
+    }
+
+    /// Drains the link reports; on a change, lists the interfaces again and gives the renderer
+    /// what differs.
+    fn poll_links(&mut self, now: Instant) {
+        let Some(links) = self.links.as_mut() else {
+            return;
+        };
+        self.links_polled = now;
+        if !links.changed() {
+            return;
+        }
+        match links.list() {
+            Ok(known) if self.known_links.as_ref() != Some(&known) => {
+                self.known_links = Some(known);
+                self.renderer.set_links(self.known_links.clone());
+                self.dirty = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot list the node's interfaces"),
         }
     }
 
@@ -319,7 +371,11 @@ impl<B: Backend> Manager for PolicyManager<B> {
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources.to_vec());
         self.changes.clear();
-        self.renderer = Renderer::new(self.calc.state(), self.settings.clone());
+        self.renderer = Renderer::with_links(
+            self.calc.state(),
+            self.settings.clone(),
+            self.known_links.clone(),
+        );
         self.dirty = true;
         self.view_stale = true;
     }
@@ -375,11 +431,16 @@ impl<B: Backend> Manager for PolicyManager<B> {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.refresh.map(|every| self.last_check + every)
+        let check = self.refresh.map(|every| self.last_check + every);
+        let links = self.links.as_ref().map(|_| self.links_polled + LINK_POLL);
+        check.into_iter().chain(links).min()
     }
 
     fn apply(&mut self, _store: &dyn Datastore, now: Instant) -> Result<(), Error> {
-        if let Some(due) = self.deadline()
+        // Every programming knows the interfaces there are (a pod's interface is made before
+        // its WorkloadEndpoint is written).
+        self.poll_links(now);
+        if let Some(due) = self.refresh.map(|every| self.last_check + every)
             && now >= due
         {
             self.last_check = now;

@@ -660,3 +660,78 @@ spec:
     catch_up(&mut agent, &store);
     assert_eq!(current().programs.endpoints.len(), 2);
 }
+
+/// With the dispatch maps keyed by interface index, a workload's elements are keyed by its
+/// interface's index. When the interface is made again under its name (a new index) and the
+/// datastore says nothing, the tick after the kernel's report moves the elements to the new
+/// index; an interface that goes takes its elements with it; a report that changes no
+/// interface programs nothing.
+#[test]
+fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use crate::links::StaticLinks;
+    use crate::policy::LINK_POLL;
+
+    let store = MemStore::new();
+    put(&store, &profile());
+    put(&store, &endpoint(NODE, "cali0000000001", "10.244.0.5"));
+    let mut agent = agent();
+    let links = StaticLinks::default();
+    let with = |index: Option<u32>| -> BTreeMap<String, u32> {
+        let mut l = BTreeMap::from([("lo".to_owned(), 1)]);
+        if let Some(i) = index {
+            l.insert("cali0000000001".into(), i);
+        }
+        l
+    };
+    links.set(with(Some(7)));
+    agent.policy.set_links(Box::new(links.clone()));
+    agent.start(&store).expect("starts");
+    let first = scripts(&agent).last().expect("programmed").clone();
+    assert!(
+        first.contains(
+            "add map inet gingham wl-ingress { type iface_index : verdict; size 65535; }"
+        ),
+        "{first}"
+    );
+    assert!(
+        first.contains("add element inet gingham wl-ingress { * : jump wl-to-other, 7 : accept }")
+            && first.contains("iifname \"cali*\" iif vmap @wl-egress"),
+        "{first}"
+    );
+    let tick = |agent: &mut TestAgent| {
+        agent
+            .handle(Event::Tick(Instant::now() + LINK_POLL), &store)
+            .expect("ticks");
+    };
+    // Reported, but the same interfaces: nothing to do.
+    links.set(with(Some(7)));
+    let sent = scripts(&agent).len();
+    tick(&mut agent);
+    assert_eq!(scripts(&agent).len(), sent);
+
+    links.set(with(Some(9)));
+    tick(&mut agent);
+    assert_eq!(scripts(&agent).len(), sent + 1);
+    let moved = scripts(&agent).last().expect("programmed");
+    for want in [
+        "delete element inet gingham wl-ingress { 7 : accept }",
+        "add element inet gingham wl-ingress { 9 : accept }",
+        "delete element inet gingham wl-egress { 7 : continue }",
+        "add element inet gingham wl-egress { 9 : continue }",
+    ] {
+        assert!(moved.contains(want), "{want}\n{moved}");
+    }
+    assert!(!moved.contains("add chain"), "{moved}");
+
+    links.set(with(None));
+    tick(&mut agent);
+    let gone = scripts(&agent).last().expect("programmed");
+    assert!(
+        gone.contains("delete element inet gingham wl-ingress { 9 : accept }")
+            && !gone.contains("add element"),
+        "{gone}"
+    );
+}

@@ -726,6 +726,11 @@ enum Rules {
     Bare,
     /// An nft script, and the one that removes what it made.
     Nft { install: String, remove: String },
+    /// An nft script per node (in the order of [`Pods::nodes`]), and the removal.
+    NftPerNode {
+        install: Vec<String>,
+        remove: String,
+    },
     /// The Calico-style iptables peer (installed by a fresh programmer, as felix at start;
     /// removed down to nothing: iptables-nft's `ip filter` table deleted, the ipsets destroyed).
     Iptables(gingham_dataplane::iptables::IptTable),
@@ -750,12 +755,36 @@ impl Rules {
         }
     }
 
+    /// Our table with the workload dispatch maps keyed by each node's interface indexes.
+    fn ours_by_index(state: &NodeProgram, pods: &Pods) -> Rules {
+        let install = pods
+            .nodes()
+            .iter()
+            .map(|node| {
+                let links = node_links(node);
+                let r = gingham_dataplane::Renderer::with_links(
+                    state.clone(),
+                    Settings::default(),
+                    Some(links),
+                );
+                r.table().replace_script().text
+            })
+            .collect();
+        Rules::NftPerNode {
+            install,
+            remove: format!("delete table inet {}\n", gingham_dataplane::TABLE),
+        }
+    }
+
     fn install(&self, pods: &Pods) {
-        for node in pods.nodes() {
+        for (i, node) in pods.nodes().into_iter().enumerate() {
             match self {
                 Rules::Bare => {}
                 Rules::Nft { install, .. } => Nft::in_netns(node.name())
                     .run(install)
+                    .expect("nft accepts the table"),
+                Rules::NftPerNode { install, .. } => Nft::in_netns(node.name())
+                    .run(&install[i])
                     .expect("nft accepts the table"),
                 Rules::Iptables(table) => {
                     IptProgrammer::new(Iptables::in_netns(node.name(), Flavour::Nft))
@@ -770,9 +799,11 @@ impl Rules {
         for node in pods.nodes() {
             match self {
                 Rules::Bare => {}
-                Rules::Nft { remove, .. } => Nft::in_netns(node.name())
-                    .run(remove)
-                    .expect("nft removes the table"),
+                Rules::Nft { remove, .. } | Rules::NftPerNode { remove, .. } => {
+                    Nft::in_netns(node.name())
+                        .run(remove)
+                        .expect("nft removes the table")
+                }
                 Rules::Iptables(table) => {
                     Nft::in_netns(node.name())
                         .run("delete table ip filter\n")
@@ -784,6 +815,50 @@ impl Rules {
                 }
             }
         }
+    }
+}
+
+/// A node's interfaces, name to index (what the agent gives the renderer).
+fn node_links(node: &TestNetns) -> std::collections::BTreeMap<String, u32> {
+    gingham_net::Netlink::open(&NetnsRef::named(node.name()))
+        .and_then(|nl| nl.interfaces())
+        .expect("the node's interfaces")
+        .into_iter()
+        .map(|i| (i.name, i.index))
+        .collect()
+}
+
+/// An interface in every node for each of the model's local workloads other than the pods, so
+/// that an index-keyed dispatch map holds as many elements as a name-keyed one.
+fn model_interfaces(state: &NodeProgram, pods: &Pods) {
+    use std::io::Write;
+    for node in pods.nodes() {
+        let mut batch = String::new();
+        let others = state.endpoints.values().filter(|e| {
+            !e.host && e.interface != Pods::CLIENT_IF && e.interface != Pods::SERVER_IF
+        });
+        // A veth each (this kernel has no dummy interfaces); the peers are named `x<n>`.
+        for (n, ep) in others.enumerate() {
+            batch.push_str(&format!(
+                "link add {} type veth peer name x{n}\n",
+                ep.interface
+            ));
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", node.name(), "-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("ip");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(batch.as_bytes())
+            .expect("ip reads the batch");
+        assert!(
+            child.wait().expect("ip").success(),
+            "the model's interfaces"
+        );
     }
 }
 
@@ -942,9 +1017,14 @@ fn per_packet(scales: &[usize]) {
     println!(
         " none = no table at all; ct = conntrack only (one rule accepting established flows);"
     );
-    println!(" ours = the node's table; ipt = the Calico-style iptables-nft peer, same policies.");
     println!(
-        " Two nodes: the same table on both, joined by a veth; CRR and UDP cross both tables."
+        " ours = the node's table as the agent renders it (dispatch maps keyed by each node's"
+    );
+    println!(" interface indexes; an interface for each of the model's local workloads);");
+    println!(" ipt = the Calico-style iptables-nft peer, same policies; by-name = ours with the");
+    println!(" dispatch maps keyed by interface name (what the agent rendered before).");
+    println!(
+        " Two nodes: the same programs on both, joined by a veth; CRR and UDP cross both tables."
     );
     println!(
         " UDP: packets that reached the server pod per second of the sender's CPU, which carries"
@@ -959,6 +1039,7 @@ fn per_packet(scales: &[usize]) {
             other => panic!("AGENT_BENCH_NODES: 1 or 2, not {other}"),
         };
         let _servers = Servers::start(&pods);
+        model_interfaces(&pods_state(0).0, &pods);
         for &p in [0].iter().chain(scales) {
             let (state, selecting) = pods_state(p);
             let rendered = render(&state, &Settings::default());
@@ -976,15 +1057,16 @@ fn per_packet(scales: &[usize]) {
             let columns = vec![
                 ("none".to_owned(), Rules::Bare),
                 ("ct".to_owned(), Rules::ct_only()),
-                ("ours".to_owned(), Rules::ours(&rendered.table)),
+                ("ours".to_owned(), Rules::ours_by_index(&state, &pods)),
                 ("ipt".to_owned(), Rules::Iptables(ipt)),
+                ("by-name".to_owned(), Rules::ours(&rendered.table)),
             ];
             let figures = paired_rounds(&pods, &columns, &metrics);
             print_rounds(
                 &columns,
                 &metrics,
                 &figures,
-                &[(2, 1), (2, 3), (1, 0), (2, 0), (3, 0)],
+                &[(2, 1), (2, 3), (2, 4), (1, 0), (2, 0), (3, 0)],
             );
         }
     }
