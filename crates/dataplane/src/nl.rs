@@ -424,6 +424,16 @@ fn key_bytes(key_type: &str, text: &str) -> Result<Vec<u8>, Unencodable> {
     }
 }
 
+/// A lookup of register 1 in the verdict map `map` (`… vmap @map`).
+fn verdict_lookup(map: &str) -> Expr {
+    Expr::Lookup {
+        set: map.to_owned(),
+        sreg: NFT_REG_1,
+        dreg: Some(NFT_REG_VERDICT),
+        inv: false,
+    }
+}
+
 /// The packet's mark into register 1, then `(mark & mask) ^ xor` there.
 fn mark_bitwise(out: &mut Vec<Expr>, mask: u32, xor: u32) {
     out.push(Expr::Meta {
@@ -1577,12 +1587,7 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                     },
                     dreg: NFT_REG_1,
                 });
-                out.push(Expr::Lookup {
-                    set: map.to_owned(),
-                    sreg: NFT_REG_1,
-                    dreg: Some(NFT_REG_VERDICT),
-                    inv: false,
-                });
+                out.push(verdict_lookup(map));
                 i += 3;
             }
             (Some(name @ ("iifname" | "oifname")), next) => {
@@ -1599,12 +1604,7 @@ fn rule_expressions(text: &str) -> Result<(Vec<Expr>, Vec<Anon>), Unencodable> {
                     let Some(map) = at(i + 2).and_then(|s| s.strip_prefix('@')) else {
                         return no("anonymous vmap");
                     };
-                    out.push(Expr::Lookup {
-                        set: map.to_owned(),
-                        sreg: NFT_REG_1,
-                        dreg: Some(NFT_REG_VERDICT),
-                        inv: false,
-                    });
+                    out.push(verdict_lookup(map));
                     i += 3;
                 } else if next == Some("!=") {
                     let data = ifname_bytes(at(i + 2).unwrap_or(""), true)?;

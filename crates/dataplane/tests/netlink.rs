@@ -115,6 +115,17 @@ impl Pair {
     }
 }
 
+/// The case table with the most chains, and a new pair of namespaces holding it.
+fn largest_case_in_pair(tag: &str) -> (Table, Pair) {
+    let (_, table) = case_tables()
+        .into_iter()
+        .max_by_key(|(_, t)| t.chains.len())
+        .unwrap();
+    let mut pair = Pair::new(tag);
+    pair.replace(&table);
+    (table, pair)
+}
+
 fn str_set(n: &BTreeSet<String>) -> BTreeSet<&str> {
     n.iter().map(String::as_str).collect()
 }
@@ -217,12 +228,7 @@ fn sys_netlink_diffs_between_cases_end_as_nft_diffs_do() {
 fn sys_a_transaction_with_an_unencodable_rule_goes_through_nft_and_ends_right() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("nft");
-    let (_, table) = case_tables()
-        .into_iter()
-        .max_by_key(|(_, t)| t.chains.len())
-        .unwrap();
-    let mut pair = Pair::new("nlf");
-    pair.replace(&table);
+    let (table, mut pair) = largest_case_in_pair("nlf");
     let mut next = table.clone();
     // A rule the encoder does not know, and one it does, in the same transaction.
     let (name, _) = next
@@ -403,12 +409,7 @@ fn sys_a_sized_interface_index_map_goes_by_netlink_as_nft_writes_it() {
     gingham_testkit::require_root();
     gingham_testkit::require_tool("nft");
     use gingham_dataplane::table::{IFACE_INDEX, Set, SetKind};
-    let (_, table) = case_tables()
-        .into_iter()
-        .max_by_key(|(_, t)| t.chains.len())
-        .unwrap();
-    let mut pair = Pair::new("nli");
-    pair.replace(&table);
+    let (table, mut pair) = largest_case_in_pair("nli");
     let target = table
         .chains
         .iter()

@@ -4,7 +4,10 @@
 //! tick. System test: root, nftables, real veths and packets in namespaces of its own; the
 //! agent runs in this process, in the node's namespace.
 
-use std::net::UdpSocket;
+#[path = "../../dataplane/tests/common/pods.rs"]
+mod pods;
+
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use gingham_agent::links::NetlinkLinks;
@@ -17,56 +20,33 @@ use gingham_datastore::mem::MemStore;
 use gingham_net::netns::{NetnsRef, in_netns, in_netns_same_thread};
 use gingham_testkit::netns::TwoPods;
 
-const NODE: &str = "node-a";
+const NODE: &str = "node0";
 const CLIENT_IP: &str = "10.97.0.1";
 const SERVER_IP: &str = "10.97.0.2";
+const PORT: u16 = 9300;
 
+/// Namespace ns0's allow-all profile and the two pods' endpoints.
 fn cluster() -> String {
-    let mut text = String::from(
-        "apiVersion: projectcalico.org/v3
-kind: Profile
-metadata: {name: kns.ns0}
-spec:
-  ingress: [{action: Allow}]
-  egress: [{action: Allow}]
----
-",
-    );
+    let mut text = String::from(pods::ALLOW_ALL_PROFILE);
     for (pod, iface, ip) in [
         ("client", TwoPods::CLIENT_IF, CLIENT_IP),
         ("server", TwoPods::SERVER_IF, SERVER_IP),
     ] {
-        text.push_str(&format!(
-            "apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata:
-  name: node--a-k8s-{pod}-eth0
-  namespace: ns0
-  labels: {{projectcalico.org/namespace: ns0, projectcalico.org/orchestrator: k8s}}
-spec: {{orchestrator: k8s, node: {NODE}, pod: {pod}, endpoint: eth0, interfaceName: {iface}, ipNetworks: ['{ip}/32'], profiles: [kns.ns0]}}
----
-"
+        text.push_str(&pods::workload_yaml(
+            NODE,
+            pod,
+            "app: x",
+            iface,
+            &[&format!("{ip}/32")],
         ));
     }
     text
 }
 
 /// Whether a datagram carrying `tag` from the client pod reaches the server's socket.
-fn passes(pods: &TwoPods, server: &UdpSocket, tag: u32) -> bool {
-    let payload = tag.to_be_bytes();
-    in_netns(&NetnsRef::path(pods.client.path()), || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.send_to(&payload, (SERVER_IP, 9300)).unwrap();
-    })
-    .unwrap();
-    let mut buf = [0u8; 16];
-    loop {
-        match server.recv(&mut buf) {
-            Ok(4) if buf[..4] == payload => return true,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
+fn passes(two: &TwoPods, server: &UdpSocket, tag: u32) -> bool {
+    let to = SocketAddr::new(SERVER_IP.parse().unwrap(), PORT);
+    pods::udp_passes(&two.client, server, to, tag)
 }
 
 #[test]
@@ -76,7 +56,7 @@ fn sys_a_pod_whose_interface_is_made_again_is_keyed_by_its_new_index() {
     gingham_testkit::require_tool("ip");
     let pods = TwoPods::new("alk", CLIENT_IP, SERVER_IP);
     let server = in_netns(&NetnsRef::path(pods.server.path()), || {
-        UdpSocket::bind("0.0.0.0:9300").unwrap()
+        UdpSocket::bind(("0.0.0.0", PORT)).unwrap()
     })
     .unwrap();
     server
