@@ -75,22 +75,41 @@ impl Links for NetlinkLinks {
 
 /// Interfaces given by hand, for tests: a clone shares them.
 #[derive(Clone, Debug, Default)]
-pub struct StaticLinks(Arc<Mutex<(BTreeMap<String, u32>, bool)>>);
+pub struct StaticLinks(Arc<Mutex<StaticState>>);
+
+#[derive(Debug, Default)]
+struct StaticState {
+    links: BTreeMap<String, u32>,
+    reported: bool,
+    /// Listings that fail before one succeeds.
+    failures: usize,
+}
 
 impl StaticLinks {
     /// Sets the interfaces, reported as changed at the next [`Links::changed`].
     pub fn set(&self, links: BTreeMap<String, u32>) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *s = (links, true);
+        s.links = links;
+        s.reported = true;
+    }
+
+    /// The next `n` listings fail.
+    pub fn fail(&self, n: usize) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).failures = n;
     }
 }
 
 impl Links for StaticLinks {
     fn list(&mut self) -> Result<BTreeMap<String, u32>, String> {
-        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).0.clone())
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.failures > 0 {
+            s.failures -= 1;
+            return Err("listing failed (test)".into());
+        }
+        Ok(s.links.clone())
     }
 
     fn changed(&mut self) -> bool {
-        std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).1)
+        std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).reported)
     }
 }

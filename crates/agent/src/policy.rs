@@ -53,6 +53,8 @@ pub struct PolicyManager<B> {
     links: Option<Box<dyn Links + Send>>,
     known_links: Option<BTreeMap<String, u32>>,
     links_polled: Instant,
+    /// A link report came but the listing after it failed.
+    links_unlisted: bool,
 }
 
 /// How often the agent drains the kernel's link reports while nothing else wakes it: an
@@ -155,6 +157,7 @@ impl<B: Backend> PolicyManager<B> {
             links: None,
             known_links: None,
             links_polled: Instant::now(),
+            links_unlisted: false,
         }
     }
 
@@ -182,17 +185,23 @@ impl<B: Backend> PolicyManager<B> {
             return;
         };
         self.links_polled = now;
-        if !links.changed() {
+        // A report whose listing failed is listed again at the next poll.
+        if !links.changed() && !self.links_unlisted {
             return;
         }
         match links.list() {
-            Ok(known) if self.known_links.as_ref() != Some(&known) => {
-                self.known_links = Some(known);
-                self.renderer.set_links(self.known_links.clone());
-                self.dirty = true;
+            Ok(known) => {
+                self.links_unlisted = false;
+                if self.known_links.as_ref() != Some(&known) {
+                    self.known_links = Some(known);
+                    self.renderer.set_links(self.known_links.clone());
+                    self.dirty = true;
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot list the node's interfaces"),
+            Err(e) => {
+                self.links_unlisted = true;
+                tracing::warn!(error = %e, "cannot list the node's interfaces; trying again");
+            }
         }
     }
 

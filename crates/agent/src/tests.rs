@@ -726,7 +726,15 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
     }
     assert!(!moved.contains("add chain"), "{moved}");
 
+    // A report whose listing fails is listed again at the next tick.
     links.set(with(None));
+    links.fail(1);
+    tick(&mut agent);
+    assert_eq!(
+        scripts(&agent).len(),
+        sent + 1,
+        "nothing listed, nothing sent"
+    );
     tick(&mut agent);
     let gone = scripts(&agent).last().expect("programmed");
     assert!(
