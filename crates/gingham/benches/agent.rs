@@ -1017,12 +1017,10 @@ fn per_packet(scales: &[usize]) {
     println!(
         " none = no table at all; ct = conntrack only (one rule accepting established flows);"
     );
-    println!(
-        " ours = the node's table as the agent renders it (dispatch maps keyed by each node's"
-    );
-    println!(" interface indexes; an interface for each of the model's local workloads);");
-    println!(" ipt = the Calico-style iptables-nft peer, same policies; by-name = ours with the");
-    println!(" dispatch maps keyed by interface name (what the agent rendered before).");
+    println!(" ours = the node's table as the agent renders it (dispatch maps keyed by name);");
+    println!(" ipt = the Calico-style iptables-nft peer, same policies; by-index = ours with the");
+    println!(" dispatch maps keyed by each node's interface indexes (an interface for each of the");
+    println!(" model's local workloads), which the agent does not use yet.");
     println!(
         " Two nodes: the same programs on both, joined by a veth; CRR and UDP cross both tables."
     );
@@ -1057,9 +1055,9 @@ fn per_packet(scales: &[usize]) {
             let columns = vec![
                 ("none".to_owned(), Rules::Bare),
                 ("ct".to_owned(), Rules::ct_only()),
-                ("ours".to_owned(), Rules::ours_by_index(&state, &pods)),
+                ("ours".to_owned(), Rules::ours(&rendered.table)),
                 ("ipt".to_owned(), Rules::Iptables(ipt)),
-                ("by-name".to_owned(), Rules::ours(&rendered.table)),
+                ("by-index".to_owned(), Rules::ours_by_index(&state, &pods)),
             ];
             let figures = paired_rounds(&pods, &columns, &metrics);
             print_rounds(
