@@ -882,9 +882,9 @@ pub struct Renderer {
     flips: BTreeSet<SetId>,
     /// The current batch's digests of policy and profile rules (stage chain names).
     digests: Digests,
-    /// The node's interface indexes by name, when the workload dispatch maps are keyed by
-    /// interface index (see [`Renderer::set_links`]); `None`: keyed by name.
-    links: Option<BTreeMap<String, u32>>,
+    /// The workload dispatch maps are keyed by interface index (see [`Renderer::set_links`]),
+    /// with the indexes the table holds (`Table::links`); otherwise by name.
+    by_index: bool,
 }
 
 impl Renderer {
@@ -900,10 +900,13 @@ impl Renderer {
         links: Option<BTreeMap<String, u32>>,
     ) -> Renderer {
         let mut r = Renderer {
-            links,
+            by_index: links.is_some(),
             settings,
             program,
-            table: Table::default(),
+            table: Table {
+                links: links.unwrap_or_default(),
+                ..Table::default()
+            },
             names: SetNames::default(),
             placed: HashMap::new(),
             users: HashMap::new(),
@@ -934,21 +937,26 @@ impl Renderer {
     /// interfaces whose index changed are touched. Switching between names and indexes
     /// renders everything again.
     pub fn set_links(&mut self, links: Option<BTreeMap<String, u32>>) {
-        let (Some(old), Some(new)) = (&self.links, &links) else {
-            if self.links.is_some() || links.is_some() {
-                self.links = links;
-                self.render_all();
+        let new = match links {
+            Some(new) if self.by_index => new,
+            links => {
+                if self.by_index || links.is_some() {
+                    self.by_index = links.is_some();
+                    self.table.links = links.unwrap_or_default();
+                    self.render_all();
+                }
+                return;
             }
-            return;
         };
-        let changed: BTreeSet<&String> = old
+        let old = &self.table.links;
+        let changed: BTreeSet<String> = old
             .iter()
             .filter(|(name, index)| new.get(*name) != Some(*index))
             .chain(
                 new.iter()
                     .filter(|(name, index)| old.get(*name) != Some(*index)),
             )
-            .map(|(name, _)| name)
+            .map(|(name, _)| name.clone())
             .collect();
         let affected: Vec<(&'static str, String)> = self
             .claims
@@ -960,8 +968,7 @@ impl Renderer {
             .iter()
             .map(|(map, iface)| self.element(map, iface))
             .collect();
-        self.table.links = links.clone().unwrap_or_default();
-        self.links = links;
+        self.table.links = new;
         for ((map, iface), before) in affected.into_iter().zip(before) {
             let after = self.element(map, &iface);
             self.swap_element(map, before, after);
@@ -1141,7 +1148,7 @@ impl Renderer {
 
     fn render_all(&mut self) {
         self.table = Table {
-            links: self.links.clone().unwrap_or_default(),
+            links: std::mem::take(&mut self.table.links),
             ..Table::default()
         };
         self.names = SetNames::default();
@@ -1163,11 +1170,10 @@ impl Renderer {
         // the catch-all element.
         for (map, other) in [(WL_EGRESS, WL_FROM_OTHER), (WL_INGRESS, WL_TO_OTHER)] {
             let catch_all = BTreeSet::from([format!("* : jump {other}")]);
-            let set = match self.links {
-                None => Set::new("ifname", SetKind::Verdict, catch_all),
-                Some(_) => {
-                    Set::new(IFACE_INDEX, SetKind::Verdict, catch_all).with_size(WL_MAP_SIZE)
-                }
+            let set = if self.by_index {
+                Set::new(IFACE_INDEX, SetKind::Verdict, catch_all).with_size(WL_MAP_SIZE)
+            } else {
+                Set::new("ifname", SetKind::Verdict, catch_all)
             };
             self.table.sets.insert(map.into(), set);
         }
@@ -1459,9 +1465,10 @@ impl Renderer {
     /// interface's name, or by its index (none while the interface does not exist).
     fn element(&self, map: &'static str, iface: &str) -> Option<String> {
         let claims = self.claims.get(&(map, iface.to_owned()))?;
-        let key = match &self.links {
-            None => format!("\"{iface}\""),
-            Some(links) => links.get(iface)?.to_string(),
+        let key = if self.by_index {
+            self.table.links.get(iface)?.to_string()
+        } else {
+            format!("\"{iface}\"")
         };
         if claims.len() == 1 {
             claims.keys().next().map(|v| format!("{key} : {v}"))
@@ -1587,7 +1594,7 @@ impl Renderer {
             }
         }
         let mut part = Table::default();
-        base_chains(&mut part, &self.settings, &hosts, self.links.is_some());
+        base_chains(&mut part, &self.settings, &hosts, self.by_index);
         for n in self.base_chains.drain(..) {
             self.table.chains.remove(&n);
             self.touched.chains.insert(n);
