@@ -48,10 +48,9 @@ pub struct PolicyManager<B> {
     /// flow logger's names are refreshed at the next apply.
     view_stale: bool,
     /// The node's interfaces, when the workload dispatch maps are keyed by interface index
-    /// ([`PolicyManager::set_links`]); the last listing given to the renderer; when the link
-    /// reports were last drained.
+    /// ([`PolicyManager::set_links`]; the last listing is the renderer's table's `links`); when
+    /// the link reports were last drained.
     links: Option<Box<dyn Links + Send>>,
-    known_links: Option<BTreeMap<String, u32>>,
     links_polled: Instant,
     /// A link report came but the listing after it failed.
     links_unlisted: bool,
@@ -155,7 +154,6 @@ impl<B: Backend> PolicyManager<B> {
             flow_view: None,
             view_stale: false,
             links: None,
-            known_links: None,
             links_polled: Instant::now(),
             links_unlisted: false,
         }
@@ -167,8 +165,7 @@ impl<B: Backend> PolicyManager<B> {
     pub fn set_links(&mut self, mut links: Box<dyn Links + Send>) {
         match links.list() {
             Ok(known) => {
-                self.known_links = Some(known);
-                self.renderer.set_links(self.known_links.clone());
+                self.renderer.set_links(Some(known));
                 self.links = Some(links);
                 self.dirty = true;
             }
@@ -192,9 +189,8 @@ impl<B: Backend> PolicyManager<B> {
         match links.list() {
             Ok(known) => {
                 self.links_unlisted = false;
-                if self.known_links.as_ref() != Some(&known) {
-                    self.known_links = Some(known);
-                    self.renderer.set_links(self.known_links.clone());
+                if self.renderer.table().links != known {
+                    self.renderer.set_links(Some(known));
                     self.dirty = true;
                 }
             }
@@ -380,11 +376,11 @@ impl<B: Backend> Manager for PolicyManager<B> {
         self.calc = Calculator::new(&self.node);
         self.calc.load_all(resources.to_vec());
         self.changes.clear();
-        self.renderer = Renderer::with_links(
-            self.calc.state(),
-            self.settings.clone(),
-            self.known_links.clone(),
-        );
+        let links = self
+            .links
+            .as_ref()
+            .map(|_| self.renderer.table().links.clone());
+        self.renderer = Renderer::with_links(self.calc.state(), self.settings.clone(), links);
         self.dirty = true;
         self.view_stale = true;
     }
