@@ -697,8 +697,11 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
         "{first}"
     );
     assert!(
-        first.contains("add element inet gingham wl-ingress { * : jump wl-to-other, 7 : accept }")
-            && first.contains("iifname \"cali*\" iif vmap @wl-egress"),
+        first.contains("add element inet gingham wl-ingress { * : jump wl-to-unkeyed, 7 : accept }")
+            && first.contains("iifname \"cali*\" iif vmap @wl-egress")
+            && first.contains(
+                "add element inet gingham wl-ingress-name { \"cali0000000001\" : accept, * : jump wl-to-other }"
+            ),
         "{first}"
     );
     let tick = |agent: &mut TestAgent| {
@@ -724,7 +727,10 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
     ] {
         assert!(moved.contains(want), "{want}\n{moved}");
     }
-    assert!(!moved.contains("add chain"), "{moved}");
+    assert!(
+        !moved.contains("add chain") && !moved.contains("wl-ingress-name"),
+        "the element keyed by name stays: {moved}"
+    );
 
     // A report whose listing fails is listed again at the next tick.
     links.set(with(None));

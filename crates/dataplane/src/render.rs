@@ -792,6 +792,25 @@ const WL_INGRESS: &str = "wl-ingress";
 /// such a workload interface has no program yet and is dropped (fail closed).
 const WL_FROM_OTHER: &str = "wl-from-other";
 const WL_TO_OTHER: &str = "wl-to-other";
+/// While the dispatch maps are keyed by interface index, each is backed by a map keyed by
+/// name holding every element it would hold: an interface the index map does not list (the
+/// renderer has not heard of it yet, or it was made again under its name with a new index)
+/// meets the index map's catch-all, a chain whose one rule looks its name up. So a workload
+/// meets its own verdict from the moment its interface exists, and knowing the indexes only
+/// makes the lookup cheaper.
+const WL_EGRESS_NAME: &str = "wl-egress-name";
+const WL_INGRESS_NAME: &str = "wl-ingress-name";
+const WL_FROM_UNKEYED: &str = "wl-from-unkeyed";
+const WL_TO_UNKEYED: &str = "wl-to-unkeyed";
+
+/// The map keyed by name behind an index-keyed dispatch map.
+fn name_map(map: &'static str) -> &'static str {
+    if map == WL_EGRESS {
+        WL_EGRESS_NAME
+    } else {
+        WL_INGRESS_NAME
+    }
+}
 
 /// A workload stage that no policy selects and whose first profile's first rule allows
 /// everything (Kubernetes namespace profiles): its verdict is known without any rule.
@@ -966,11 +985,11 @@ impl Renderer {
             .collect();
         let before: Vec<Option<String>> = affected
             .iter()
-            .map(|(map, iface)| self.element(map, iface))
+            .map(|(map, iface)| self.index_element(map, iface))
             .collect();
         self.table.links = new;
         for ((map, iface), before) in affected.into_iter().zip(before) {
-            let after = self.element(map, &iface);
+            let after = self.index_element(map, &iface);
             self.swap_element(map, before, after);
         }
     }
@@ -1168,14 +1187,20 @@ impl Renderer {
         }
         // Interfaces without an element (not workloads, or workloads without a program) meet
         // the catch-all element.
-        for (map, other) in [(WL_EGRESS, WL_FROM_OTHER), (WL_INGRESS, WL_TO_OTHER)] {
-            let catch_all = BTreeSet::from([format!("* : jump {other}")]);
-            let set = if self.by_index {
-                Set::new(IFACE_INDEX, SetKind::Verdict, catch_all).with_size(WL_MAP_SIZE)
+        for (map, other, unkeyed) in [
+            (WL_EGRESS, WL_FROM_OTHER, WL_FROM_UNKEYED),
+            (WL_INGRESS, WL_TO_OTHER, WL_TO_UNKEYED),
+        ] {
+            let catch_all = |chain: &str| BTreeSet::from([format!("* : jump {chain}")]);
+            let names = Set::new("ifname", SetKind::Verdict, catch_all(other));
+            if self.by_index {
+                let index = Set::new(IFACE_INDEX, SetKind::Verdict, catch_all(unkeyed))
+                    .with_size(WL_MAP_SIZE);
+                self.table.sets.insert(map.into(), index);
+                self.table.sets.insert(name_map(map).into(), names);
             } else {
-                Set::new("ifname", SetKind::Verdict, catch_all)
-            };
-            self.table.sets.insert(map.into(), set);
+                self.table.sets.insert(map.into(), names);
+            }
         }
         let keys: Vec<String> = self.program.endpoints.keys().cloned().collect();
         for key in &keys {
@@ -1456,25 +1481,30 @@ impl Renderer {
         self.placed.insert(key.to_owned(), placed);
     }
 
-    /// An endpoint claims (or gives up) `verdict` for its interface in a dispatch map. The
-    /// map's element follows the claims: the one verdict claimed, or `drop` while endpoints
-    /// claim the interface with different verdicts (two endpoints given one interface: which
-    /// one the interface really is cannot be known, so it is closed, as an interface without
-    /// a program is). Two elements with one key would make nft refuse every transaction.
-    /// A dispatch map's element for an interface, from what the endpoints claim: keyed by the
-    /// interface's name, or by its index (none while the interface does not exist).
-    fn element(&self, map: &'static str, iface: &str) -> Option<String> {
+    /// The verdict of a dispatch map's element for an interface, from what the endpoints claim.
+    fn verdict(&self, map: &'static str, iface: &str) -> Option<String> {
         let claims = self.claims.get(&(map, iface.to_owned()))?;
-        let key = if self.by_index {
-            self.table.links.get(iface)?.to_string()
-        } else {
-            format!("\"{iface}\"")
-        };
         if claims.len() == 1 {
-            claims.keys().next().map(|v| format!("{key} : {v}"))
+            claims.keys().next().cloned()
         } else {
-            Some(format!("{key} : drop"))
+            Some("drop".into())
         }
+    }
+
+    /// A dispatch map's element keyed by the interface's index (none while the interface does
+    /// not exist, or while the maps are keyed by name).
+    fn index_element(&self, map: &'static str, iface: &str) -> Option<String> {
+        if !self.by_index {
+            return None;
+        }
+        let index = self.table.links.get(iface)?;
+        Some(format!("{index} : {}", self.verdict(map, iface)?))
+    }
+
+    /// The map keyed by name that holds `map`'s elements: the map itself, or the one behind
+    /// it while it is keyed by index.
+    fn names_of(&self, map: &'static str) -> &'static str {
+        if self.by_index { name_map(map) } else { map }
     }
 
     /// Replaces a dispatch map's element `before` by `after` (either may be absent).
@@ -1501,9 +1531,16 @@ impl Renderer {
         }
     }
 
+    /// An endpoint claims (or gives up) `verdict` for its interface in a dispatch map. The
+    /// map's element follows the claims: the one verdict claimed, or `drop` while endpoints
+    /// claim the interface with different verdicts (two endpoints given one interface: which
+    /// one the interface really is cannot be known, so it is closed, as an interface without
+    /// a program is). Two elements with one key would make nft refuse every transaction.
+    /// While the maps are keyed by index, both the index map and the name map behind it
+    /// follow.
     fn claim(&mut self, map: &'static str, iface: &str, verdict: &str, add: bool) {
         let key = (map, iface.to_owned());
-        let before = self.element(map, iface);
+        let before = (self.verdict(map, iface), self.index_element(map, iface));
         let claims = self.claims.entry(key.clone()).or_default();
         if add {
             *claims.entry(verdict.to_owned()).or_default() += 1;
@@ -1516,8 +1553,11 @@ impl Renderer {
         if claims.is_empty() {
             self.claims.remove(&key);
         }
-        let after = self.element(map, iface);
-        self.swap_element(map, before, after);
+        let by_name = |verdict: Option<String>| verdict.map(|v| format!("\"{iface}\" : {v}"));
+        let names = self.names_of(map);
+        self.swap_element(names, by_name(before.0), by_name(self.verdict(map, iface)));
+        let after = self.index_element(map, iface);
+        self.swap_element(map, before.1, after);
     }
 
     /// Takes out what [`Renderer::place`] put in for an endpoint; returns whether it was a
@@ -1851,6 +1891,24 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_
             "workload ingress",
         ),
     ]);
+    if by_index {
+        // The index maps' catch-all: an interface not (yet) keyed by its index is looked up
+        // by name.
+        table.chains.insert(
+            WL_FROM_UNKEYED.into(),
+            Chain::regular(vec![r(
+                format!("iifname vmap @{WL_EGRESS_NAME}"),
+                "workload egress, not keyed by index",
+            )]),
+        );
+        table.chains.insert(
+            WL_TO_UNKEYED.into(),
+            Chain::regular(vec![r(
+                format!("oifname vmap @{WL_INGRESS_NAME}"),
+                "workload ingress, not keyed by index",
+            )]),
+        );
+    }
     for name in [WL_FROM_OTHER, WL_TO_OTHER] {
         // Only a workload interface the maps do not list (no program yet) comes here.
         let drop = r("counter drop".into(), "workload without a program");

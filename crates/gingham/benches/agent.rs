@@ -747,7 +747,7 @@ impl Rules {
         }
     }
 
-    /// Our table, as the agent installs it.
+    /// Our table with the workload dispatch maps keyed by interface name.
     fn ours(table: &Table) -> Rules {
         Rules::Nft {
             install: table.replace_script().text,
@@ -755,7 +755,8 @@ impl Rules {
         }
     }
 
-    /// Our table with the workload dispatch maps keyed by each node's interface indexes.
+    /// Our table as the agent installs it: the workload dispatch maps keyed by each node's
+    /// interface indexes (and backed by maps keyed by name).
     fn ours_by_index(state: &NodeProgram, pods: &Pods) -> Rules {
         let install = pods
             .nodes()
@@ -1017,10 +1018,12 @@ fn per_packet(scales: &[usize]) {
     println!(
         " none = no table at all; ct = conntrack only (one rule accepting established flows);"
     );
-    println!(" ours = the node's table as the agent renders it (dispatch maps keyed by name);");
-    println!(" ipt = the Calico-style iptables-nft peer, same policies; by-index = ours with the");
-    println!(" dispatch maps keyed by each node's interface indexes (an interface for each of the");
-    println!(" model's local workloads), which the agent does not use yet.");
+    println!(
+        " ours = the node's table as the agent renders it: dispatch maps keyed by each node's"
+    );
+    println!(" interface indexes, backed by maps keyed by name (an interface for each of the");
+    println!(" model's local workloads); ipt = the Calico-style iptables-nft peer, same policies;");
+    println!(" by-name = ours with the dispatch maps keyed by interface name alone.");
     println!(
         " Two nodes: the same programs on both, joined by a veth; CRR and UDP cross both tables."
     );
@@ -1055,9 +1058,9 @@ fn per_packet(scales: &[usize]) {
             let columns = vec![
                 ("none".to_owned(), Rules::Bare),
                 ("ct".to_owned(), Rules::ct_only()),
-                ("ours".to_owned(), Rules::ours(&rendered.table)),
+                ("ours".to_owned(), Rules::ours_by_index(&state, &pods)),
                 ("ipt".to_owned(), Rules::Iptables(ipt)),
-                ("by-index".to_owned(), Rules::ours_by_index(&state, &pods)),
+                ("by-name".to_owned(), Rules::ours(&rendered.table)),
             ];
             let figures = paired_rounds(&pods, &columns, &metrics);
             print_rounds(

@@ -1,7 +1,7 @@
 //! The agent keys the workload dispatch maps by interface index and watches the node's
 //! interfaces (`gingham_agent::links`): a pod whose interface is made again under its name (a
-//! new sandbox; the WorkloadEndpoint unchanged) is keyed by its new index at the agent's next
-//! tick. System test: root, nftables, real veths and packets in namespaces of its own; the
+//! new sandbox; the WorkloadEndpoint unchanged) is looked up by name until the agent's next
+//! tick, which keys it by its new index. System test: root, nftables, real veths and packets in namespaces of its own; the
 //! agent runs in this process, in the node's namespace.
 
 #[path = "../../dataplane/tests/common/pods.rs"]
@@ -97,10 +97,14 @@ fn sys_a_pod_whose_interface_is_made_again_is_keyed_by_its_new_index() {
     assert!(passes(&pods, &server, 1), "the profile allows everything");
 
     // A new sandbox: the server's interface made again, the datastore unchanged. Until the
-    // agent hears of it, the server's packets meet the catch-all (a stale index: closed).
+    // agent hears of it, the server's packets miss the index map and are looked up by name
+    // behind its catch-all: they meet the server's own verdict (here the profile's).
     pods.recreate_server_interface(SERVER_IP);
     assert!(!map().contains("\"calibserver\""), "{}", map());
-    assert!(!passes(&pods, &server, 2), "a stale index drops");
+    assert!(
+        passes(&pods, &server, 2),
+        "not keyed by index: looked up by name"
+    );
     // The kernel's reports are queued on the agent's socket: its next tick keys it again.
     in_netns_same_thread(&node, || {
         agent

@@ -75,6 +75,11 @@ pub fn run(args: &AgentArgs, store: &dyn Datastore) -> Result<Exit> {
     let plumbing = NetlinkPlumbing::open()?;
     let routes = NetlinkRoutes::open()?;
     let mut agent = Agent::new(&config, Nft::default(), plumbing, Box::new(routes));
+    // The workload dispatch maps are keyed by interface index (the node's interfaces,
+    // watched), each backed by a map keyed by name for interfaces not keyed yet.
+    agent
+        .policy
+        .set_links(Box::new(gingham_agent::links::NetlinkLinks::open()?));
     agent
         .routes
         .set_mtu_file(gingham_agent::mtu::file_in(&config.run_dir));
