@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 
 pub use counters::{ChainOrigin, Hits, Origins, Owner, RuleOrigin, rule_hits};
 pub use render::{Rendered, Renderer, Settings, TABLE, Touched, Tunnels, VXLAN_PORT, render};
-pub use table::{Edit, Edits, Op, Script, Table, canonical};
+pub use table::{Edit, Edits, Op, Position, Script, Table, canonical};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,15 +55,32 @@ pub enum Path {
     Netlink,
 }
 
+/// How an incremental transaction went: its path, and the kernel's handles of the rules it
+/// added, as far as they are known (the index of each one's op in the script, its handle).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ran {
+    pub path: Path,
+    pub added: Vec<(usize, u64)>,
+}
+
+impl Ran {
+    fn text() -> Ran {
+        Ran {
+            path: Path::Text,
+            added: Vec::new(),
+        }
+    }
+}
+
 /// Where transactions go and where the installed table is read from.
 pub trait Backend {
     /// Runs one script as one atomic transaction.
     fn run(&mut self, script: &str) -> Result<(), Error>;
     /// Runs an incremental transaction whose result is `desired`: as a netlink batch when
     /// the backend can and every op encodes, else as [`Backend::run`] of its text.
-    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Path, Error> {
+    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Ran, Error> {
         let _ = desired;
-        self.run(&script.text).map(|()| Path::Text)
+        self.run(&script.text).map(|()| Ran::text())
     }
     /// The installed table as `nft -j list table inet gingham` prints it; `None` if absent.
     fn read(&mut self) -> Result<Option<String>, Error>;
@@ -177,9 +194,9 @@ impl Backend for Nft {
         Ok(())
     }
 
-    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Path, Error> {
+    fn run_incremental(&mut self, script: &Script, desired: &Table) -> Result<Ran, Error> {
         if !self.netlink {
-            return self.run(&script.text).map(|()| Path::Text);
+            return self.run(&script.text).map(|()| Ran::text());
         }
         match nl::encode(&script.ops, desired) {
             Ok(batch) if batch.bytes() <= nl::MAX_BATCH => {
@@ -187,13 +204,16 @@ impl Backend for Nft {
                     self.socket = Some(nl::Socket::open(self.netns.as_deref())?);
                 }
                 let socket = self.socket.as_mut().expect("opened above");
-                socket.commit(&batch)?;
-                Ok(Path::Netlink)
+                let added = socket.commit(&batch)?;
+                Ok(Ran {
+                    path: Path::Netlink,
+                    added,
+                })
             }
-            Ok(_) => self.run(&script.text).map(|()| Path::Text),
+            Ok(_) => self.run(&script.text).map(|()| Ran::text()),
             Err(why) => {
                 tracing::debug!(%why, "transaction through libnftables");
-                self.run(&script.text).map(|()| Path::Text)
+                self.run(&script.text).map(|()| Ran::text())
             }
         }
     }
@@ -323,7 +343,11 @@ impl<B: Backend> Programmer<B> {
         }
         applied.commands = script.commands;
         applied.bytes = script.text.len();
-        self.installed = Some(desired);
+        let mut record = desired;
+        if let Some(read) = installed.filter(|_| !applied.replaced) {
+            record.keep_handles(&read, &script);
+        }
+        self.installed = Some(record);
         Ok(applied)
     }
 
@@ -341,11 +365,11 @@ impl<B: Backend> Programmer<B> {
             // A set's type or a hook changed: the whole table is replaced.
             return self.sync(desired.clone());
         };
-        let mut path = Path::None;
+        let mut ran = Ran::default();
         let t = Instant::now();
         if !script.is_empty() {
             match self.backend.run_incremental(&script, desired) {
-                Ok(p) => path = p,
+                Ok(r) => ran = r,
                 Err(e) => {
                     self.installed = None;
                     return Err(e);
@@ -353,7 +377,9 @@ impl<B: Backend> Programmer<B> {
             }
         }
         let kernel = t.elapsed();
+        let path = ran.path;
         installed.copy_edited(desired, &chains, &sets, &touched.edits);
+        installed.record_handles(&script, &ran.added);
         if installed.links != desired.links {
             installed.links.clone_from(&desired.links);
         }

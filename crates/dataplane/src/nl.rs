@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::render::TABLE;
-use crate::table::{Op, SetKind, Table, coverage};
+use crate::table::{Op, Position, SetKind, Table, coverage};
 
 /// Why a transaction cannot be encoded here (it then goes through libnftables).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,7 @@ pub enum NlError {
 // Netlink and nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h).
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_ECHO: u16 = 0x8;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
@@ -75,7 +76,9 @@ const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_POSITION: u16 = 6;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
@@ -251,6 +254,9 @@ pub struct Batch {
     /// sequence number, from 1).
     what: String,
     what_ends: Vec<usize>,
+    /// The messages adding rules, which ask the kernel to echo them (with their handles): each
+    /// one's sequence number and the index of its op.
+    rules: Vec<(u32, usize)>,
 }
 
 impl Batch {
@@ -333,12 +339,19 @@ impl Batch {
             let flags = u16::from_ne_bytes([body[l + 6], body[l + 7]]) | NLM_F_ACK;
             body[l + 6..l + 8].copy_from_slice(&flags.to_ne_bytes());
         }
-        // Renumber the messages from 1.
+        // Renumber the messages from 1. The rules' echoes must fit in the socket's receive
+        // buffer with the acknowledgements: a larger batch asks for none (its chains' handles
+        // are then unknown, and their next change rewrites them).
+        let echo = self.buf.len() <= ECHO_MAX;
         let mut at = 0;
         let mut seq = 1u32;
         while at + 16 <= body.len() {
             let len = u32::from_ne_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
             body[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+            if !echo {
+                let flags = u16::from_ne_bytes([body[at + 6], body[at + 7]]) & !NLM_F_ECHO;
+                body[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
+            }
             seq += 1;
             at += len;
         }
@@ -552,7 +565,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
     // Interval sets are rewritten whole, once, at their first op.
     let mut rewritten: BTreeSet<&str> = BTreeSet::new();
     let mut set_id = 0u32;
-    for op in ops {
+    for (op_index, op) in ops.iter().enumerate() {
         match op {
             // The incremental path runs on an installed table.
             Op::AddTable => {}
@@ -649,7 +662,24 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                     },
                 );
             }
-            Op::AddRule { chain, rule } => {
+            Op::DeleteRule { chain, handle } => {
+                b.message(
+                    NFT_MSG_DELRULE,
+                    0,
+                    format_args!("delete rule {chain} handle {handle}"),
+                    |a| {
+                        a.str(NFTA_RULE_TABLE, TABLE);
+                        a.str(NFTA_RULE_CHAIN, chain);
+                        a.be64(NFTA_RULE_HANDLE, *handle);
+                    },
+                );
+            }
+            Op::AddRule {
+                chain,
+                rule,
+                position,
+                ..
+            } => {
                 let (exprs, anons) = rule_expressions(&rule.text)?;
                 let mut ids = Vec::new();
                 for anon in &anons {
@@ -661,13 +691,23 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                 if comment.len() + 1 > 255 {
                     return no("long comment");
                 }
+                // Appended, or placed after (`add … position`) or before (`insert …
+                // position`) an installed rule; echoed, so that its handle is known.
+                let (flags, at) = match position {
+                    None => (NLM_F_APPEND, None),
+                    Some(Position::After(h)) => (NLM_F_APPEND, Some(*h)),
+                    Some(Position::Before(h)) => (0, Some(*h)),
+                };
                 b.message(
                     NFT_MSG_NEWRULE,
-                    NLM_F_CREATE | NLM_F_APPEND,
+                    NLM_F_CREATE | NLM_F_ECHO | flags,
                     format_args!("add rule {chain} {}", rule.text),
                     |a| {
                         a.str(NFTA_RULE_TABLE, TABLE);
                         a.str(NFTA_RULE_CHAIN, chain);
+                        if let Some(h) = at {
+                            a.be64(NFTA_RULE_POSITION, h);
+                        }
                         a.nest(NFTA_RULE_EXPRESSIONS, |a| {
                             for e in &exprs {
                                 e.put(a, &ids);
@@ -679,6 +719,7 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                         a.put(NFTA_RULE_USERDATA, &udata);
                     },
                 );
+                b.rules.push((b.what_ends.len() as u32, op_index));
             }
             Op::DeleteSet { name } => {
                 b.message(NFT_MSG_DELSET, 0, format_args!("delete set {name}"), |a| {
@@ -1764,6 +1805,9 @@ impl std::fmt::Debug for Socket {
 
 /// Batches larger than this go through libnftables (a socket's send buffer is finite).
 pub const MAX_BATCH: usize = 128 * 1024;
+/// Batches up to this size ask the kernel to echo the rules they add (about as many bytes
+/// again, within a netlink socket's default receive buffer of 208 KiB).
+const ECHO_MAX: usize = 64 * 1024;
 
 impl Socket {
     /// Opens a socket in the calling thread's namespace, or in the named one.
@@ -1791,10 +1835,13 @@ impl Socket {
     }
 
     /// Sends the batch as one transaction and reads the kernel's answers: `Ok` when the
-    /// kernel acknowledged it and reported no error.
-    pub fn commit(&mut self, batch: &Batch) -> Result<(), NlError> {
+    /// kernel acknowledged it and reported no error, with the handles of the rules it added
+    /// (the index of each one's op, and its handle; a rule whose echo was not read is left
+    /// out).
+    pub fn commit(&mut self, batch: &Batch) -> Result<Vec<(usize, u64)>, NlError> {
+        let mut added = Vec::new();
         if batch.is_empty() {
-            return Ok(());
+            return Ok(added);
         }
         let bytes = batch.framed();
         let last = batch.len() as u32;
@@ -1818,7 +1865,12 @@ impl Socket {
                 if len < 16 || at + len > self.buf.len() {
                     break;
                 }
-                if kind == NLMSG_ERROR && len >= 20 {
+                if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
+                    && let Ok(i) = batch.rules.binary_search_by_key(&seq, |(s, _)| *s)
+                    && let Some(handle) = rule_handle(&m[..len])
+                {
+                    added.push((batch.rules[i].1, handle));
+                } else if kind == NLMSG_ERROR && len >= 20 {
                     let err = i32::from_ne_bytes(m[16..20].try_into().expect("4 bytes"));
                     if err == 0 && seq == last {
                         acked = true;
@@ -1841,10 +1893,29 @@ impl Socket {
         }
         match refused {
             Some(e) => Err(e),
-            None if acked => Ok(()),
+            None if acked => Ok(added),
             None => Err(NlError::NoAck),
         }
     }
+}
+
+/// The handle in an echoed `NEWRULE` message (header, nfgenmsg, then attributes).
+fn rule_handle(message: &[u8]) -> Option<u64> {
+    let mut at = 20;
+    while at + 4 <= message.len() {
+        let len = u16::from_ne_bytes([message[at], message[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([message[at + 2], message[at + 3]]) & !NLA_F_NESTED;
+        if len < 4 || at + len > message.len() {
+            return None;
+        }
+        if kind == NFTA_RULE_HANDLE && len == 12 {
+            return Some(u64::from_be_bytes(
+                message[at + 4..at + 12].try_into().expect("8 bytes"),
+            ));
+        }
+        at += len.next_multiple_of(4);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -1862,6 +1933,8 @@ mod tests {
             Op::AddRule {
                 chain: "x".into(),
                 rule,
+                index: 0,
+                position: None,
             },
             Op::FlushChain { name: "y".into() },
         ];

@@ -44,6 +44,7 @@
 //!   rules name the set are placed again (their stage chains' names say which families of their
 //!   sets are empty, so shared stage chains stay right).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gingham_calc::incremental::{Change, apply_changes};
@@ -706,14 +707,15 @@ fn positive_sets(r: &RuleProgram) -> impl Iterator<Item = &SetId> {
 /// or in the policy and profile chains it jumps to) match positively: when one of their
 /// families gains its first member or loses its last, the stage is placed again.
 ///
-/// A workload's stage chain is named by what it holds (the tiers with their policies and their
-/// rules, the profiles with theirs, how it ends, and which families of the sets they match
-/// have no member, i.e. which rules are left out), not by the endpoint: workloads with the same
-/// stage share it, so a policy change that selects forty workloads alike writes one new chain
-/// and moves forty dispatch map elements, instead of rewriting forty chains. The rules are
-/// part of the name because most of them are inlined in the chain: a policy whose rules change
-/// (or whose set gains its first IPv6 member) gives its stages new names (new chains), never a
-/// chain whose content changed under its name. Host endpoints' chains are their own.
+/// A workload's stage chain is named by what it is made of (the tiers with their policies, the
+/// profiles, how it ends, and which families of the sets they match have no member, i.e. which
+/// rules are left out), not by the endpoint: workloads with the same stage share it, so a
+/// policy that selects forty workloads alike adds one chain and forty dispatch map elements,
+/// not forty chains. The rules are not part of the name: every endpoint's program holds the
+/// same rules for one policy or profile in one direction, so the parts determine the content,
+/// and a policy whose rules change rewrites its stages under their names, with no dispatch
+/// map element moved. [`stage_content`] is the digest that says whether it must. Host
+/// endpoints' chains are their own.
 fn stage_chain_name(
     key: &str,
     ep: &EndpointProgram,
@@ -733,8 +735,8 @@ fn stage_chain_name(
         chain.profiles_apply
     );
     let mut add = |shape: &mut String, owner: Owner, rules: &[RuleProgram]| {
+        let _ = write!(shape, "{owner:?}");
         let d = digests.of(dir, owner, rules);
-        shape.push_str(&d.hash);
         for id in &d.sets {
             deps.push(id.clone());
             for family in [Family::V4, Family::V6] {
@@ -771,6 +773,29 @@ fn stage_chain_name(
     } else {
         format!("w{}{}", short_hash(&shape), mode.suffix())
     }
+}
+
+/// A digest of the rules a workload's stage holds: of each of its policies' and profiles'
+/// rules (computed once per batch), in order. A stage whose parts are unchanged but whose
+/// digest changed is rendered again under its name.
+fn stage_content(mode: Mode, chain: &ChainProgram, digests: &mut Digests) -> String {
+    let dir = mode.dir();
+    let mut content = String::new();
+    for t in &chain.tiers {
+        for p in &t.policies {
+            let owner = Owner::Policy {
+                tier: t.tier.clone(),
+                policy: p.policy.clone(),
+            };
+            content.push_str(&digests.of(dir, owner, &p.rules).hash);
+        }
+    }
+    for p in &chain.profiles {
+        if let ProfileProgram::Rules { profile, rules } = p {
+            content.push_str(&digests.of(dir, Owner::Profile(profile.clone()), rules).hash);
+        }
+    }
+    short_hash(&content)
 }
 
 fn policy_chain_name(policy: &impl std::fmt::Debug, dir: &str) -> String {
@@ -879,6 +904,9 @@ pub struct Renderer {
     users: HashMap<String, usize>,
     /// The tier chains of each shared workload stage chain.
     stage_parts: HashMap<String, Vec<String>>,
+    /// The digest of the rules each shared workload stage chain was rendered with
+    /// ([`stage_content`]).
+    stage_content: HashMap<String, String>,
     /// What the endpoints claim for each interface of a dispatch map: the verdict each wants,
     /// and how many want it. One verdict is the element; two endpoints that claim one
     /// interface with different verdicts close it (see [`Renderer::claim`]).
@@ -901,6 +929,8 @@ pub struct Renderer {
     flips: BTreeSet<SetId>,
     /// The current batch's digests of policy and profile rules (stage chain names).
     digests: Digests,
+    /// The rules of inlined policies and profiles, as last rendered.
+    blocks: RefCell<Blocks>,
     /// The workload dispatch maps are keyed by interface index (see [`Renderer::set_links`]),
     /// with the indexes the table holds (`Table::links`); otherwise by name.
     by_index: bool,
@@ -930,6 +960,7 @@ impl Renderer {
             placed: HashMap::new(),
             users: HashMap::new(),
             stage_parts: HashMap::new(),
+            stage_content: HashMap::new(),
             claims: HashMap::new(),
             fresh: HashSet::new(),
             base_chains: Vec::new(),
@@ -940,6 +971,7 @@ impl Renderer {
             set_users: HashMap::new(),
             flips: BTreeSet::new(),
             digests: Digests::default(),
+            blocks: RefCell::new(Blocks::default()),
         };
         r.render_all();
         r
@@ -1117,6 +1149,7 @@ impl Renderer {
         apply_changes(&mut self.program, changes);
         self.fresh.clear();
         self.digests = Digests::default();
+        self.blocks.get_mut().next_batch();
         self.flips.clear();
         // Sets first: the rules of the endpoints placed below name them.
         let mut whole: BTreeSet<&str> = BTreeSet::new();
@@ -1174,6 +1207,7 @@ impl Renderer {
         self.placed.clear();
         self.users.clear();
         self.stage_parts.clear();
+        self.stage_content.clear();
         self.claims.clear();
         self.fresh.clear();
         self.base_chains.clear();
@@ -1181,6 +1215,8 @@ impl Renderer {
         self.origins.clear();
         self.set_users.clear();
         self.digests = Digests::default();
+        // Set names may have changed (a set changed kind): the blocks are rendered again.
+        self.blocks.get_mut().blocks.clear();
         let ids: Vec<String> = self.program.sets.keys().cloned().collect();
         for id in &ids {
             self.render_set(id);
@@ -1380,28 +1416,43 @@ impl Renderer {
                     placed.owned.push(n);
                 }
             } else {
-                // Shared by every workload with the same stage: rendered by the first, taken
-                // out with the last (its name says everything it holds).
+                // Shared by every workload with the same stage: rendered by the first, again
+                // when its policies' rules changed, taken out with the last.
+                let content = stage_content(mode, chain, &mut self.digests);
                 let users = self.users.entry(name.clone()).or_default();
                 *users += 1;
-                if *users == 1 {
+                if *users == 1 || self.stage_content.get(&name) != Some(&content) {
                     let inline = Inline {
                         names: &self.names,
                         log_allowed: self.settings.flow_logs_allowed,
+                        digests: &self.digests,
+                        blocks: &self.blocks,
                     };
                     let (chains, rules) =
                         endpoint_chain(&name, ep, chain, dir, on_accept, Some(&inline));
+                    let old_parts = self.stage_parts.remove(&name).unwrap_or_default();
+                    let mut parts = Vec::new();
                     for (n, c) in chains {
                         self.table.chains.insert(n.clone(), c);
                         self.touched.chains.insert(n.clone());
                         if n != name {
-                            self.stage_parts.entry(name.clone()).or_default().push(n);
+                            parts.push(n);
                         }
                     }
-                    if !rules.is_empty() {
+                    for gone in old_parts.into_iter().filter(|n| !parts.contains(n)) {
+                        self.table.chains.remove(&gone);
+                        self.touched.chains.insert(gone);
+                    }
+                    if !parts.is_empty() {
+                        self.stage_parts.insert(name.clone(), parts);
+                    }
+                    if rules.is_empty() {
+                        self.origins.remove(&name);
+                    } else {
                         let origin = ChainOrigin { direction, rules };
                         self.origins.insert(name.clone(), origin);
                     }
+                    self.stage_content.insert(name.clone(), content);
                 }
                 placed.stages.push(name.clone());
             }
@@ -1587,6 +1638,7 @@ impl Renderer {
             if *users == 0 {
                 self.users.remove(&n);
                 self.origins.remove(&n);
+                self.stage_content.remove(&n);
                 for part in self.stage_parts.remove(&n).unwrap_or_default() {
                     self.table.chains.remove(&part);
                     self.touched.chains.insert(part);
@@ -2132,6 +2184,113 @@ fn tier_inlinable(tier: &TierProgram) -> bool {
 struct Inline<'a> {
     names: &'a SetNames,
     log_allowed: bool,
+    /// The batch's digests of the policies' and profiles' rules (see [`Blocks`]).
+    digests: &'a Digests,
+    blocks: &'a RefCell<Blocks>,
+}
+
+/// The rules an inlined policy or profile puts in a stage chain, rendered once and kept for
+/// every stage that holds it (by direction and owner), with what they were rendered from: a
+/// stage rendered again because one of its policies changed copies the others' rules instead of
+/// rendering them again, so its cost follows the change more than the stage's size. A block
+/// unused for [`BLOCK_TTL`] batches is dropped.
+#[derive(Default)]
+struct Blocks {
+    blocks: HashMap<(&'static str, Owner), Block>,
+    batch: u64,
+}
+
+struct Block {
+    /// The rules' digest, which families of their sets are empty, the verdict of an Allow and
+    /// whether allowed flows are logged.
+    key: String,
+    rules: Vec<Rule>,
+    origins: Vec<(String, (Owner, usize))>,
+    used: u64,
+}
+
+const BLOCK_TTL: u64 = 64;
+
+impl Blocks {
+    /// Starts a batch; every [`BLOCK_TTL`] batches drops the blocks unused for as long.
+    fn next_batch(&mut self) {
+        self.batch += 1;
+        if self.batch.is_multiple_of(BLOCK_TTL) {
+            let batch = self.batch;
+            self.blocks.retain(|_, b| b.used + BLOCK_TTL > batch);
+        }
+    }
+}
+
+/// Puts the rules of an inlined policy or profile in `out` (and their origins): from its
+/// block when that was rendered from the same rules in the same circumstances, else rendered
+/// (and kept).
+#[allow(clippy::too_many_arguments)]
+fn inlined_rules(
+    inl: &Inline,
+    dir: &'static str,
+    label: &str,
+    tag_chain: &str,
+    owner: Owner,
+    rules: &[RuleProgram],
+    on_accept: &str,
+    out: &mut Vec<Rule>,
+    origins: &mut HashMap<String, (Owner, usize)>,
+) {
+    use std::fmt::Write as _;
+    let Some(digest) = inl.digests.0.get(&(dir, owner.clone())) else {
+        return policy_rules(
+            label,
+            tag_chain,
+            &owner,
+            rules,
+            inl.names,
+            inl.log_allowed,
+            on_accept,
+            out,
+            origins,
+        );
+    };
+    let mut key = format!("{}|{on_accept}|{}|", digest.hash, inl.log_allowed);
+    for id in &digest.sets {
+        for family in [Family::V4, Family::V6] {
+            if inl.names.no_members(id, family) {
+                let _ = write!(key, "-{}{id}", family.tag());
+            }
+        }
+    }
+    let mut blocks = inl.blocks.borrow_mut();
+    let batch = blocks.batch;
+    let slot = (dir, owner);
+    if let Some(b) = blocks.blocks.get_mut(&slot)
+        && b.key == key
+    {
+        b.used = batch;
+        out.extend(b.rules.iter().cloned());
+        origins.extend(b.origins.iter().cloned());
+        return;
+    }
+    let (mut new, mut by_id) = (Vec::new(), HashMap::new());
+    policy_rules(
+        label,
+        tag_chain,
+        &slot.1,
+        rules,
+        inl.names,
+        inl.log_allowed,
+        on_accept,
+        &mut new,
+        &mut by_id,
+    );
+    out.extend(new.iter().cloned());
+    origins.extend(by_id.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let block = Block {
+        key,
+        rules: new,
+        origins: by_id.into_iter().collect(),
+        used: batch,
+    };
+    blocks.blocks.insert(slot, block);
 }
 
 /// The rules of an endpoint chain, and the owner and policy rule index of each inlined
@@ -2156,7 +2315,7 @@ fn endpoint_chain(
     name: &str,
     ep: &EndpointProgram,
     chain: &ChainProgram,
-    dir: &str,
+    dir: &'static str,
     on_accept: &str,
     inline: Option<&Inline>,
 ) -> Stage {
@@ -2208,13 +2367,13 @@ fn endpoint_chain(
                     tier: tier.tier.clone(),
                     policy: p.policy.clone(),
                 };
-                policy_rules(
+                inlined_rules(
+                    inl,
+                    dir,
                     &p.policy.to_string(),
                     &policy_chain_name(&p.policy, dir),
-                    &owner,
+                    owner,
                     &p.rules,
-                    inl.names,
-                    inl.log_allowed,
                     on_accept,
                     &mut main,
                     &mut origins,
@@ -2251,13 +2410,13 @@ fn endpoint_chain(
                     if let Some(inl) = inline
                         && inline_profile(rules)
                     {
-                        policy_rules(
+                        inlined_rules(
+                            inl,
+                            dir,
                             &format!("profile {profile}"),
                             &profile_chain_name(profile, dir),
-                            &Owner::Profile(profile.clone()),
+                            Owner::Profile(profile.clone()),
                             rules,
-                            inl.names,
-                            inl.log_allowed,
                             on_accept,
                             &mut main,
                             &mut origins,

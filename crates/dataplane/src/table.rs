@@ -83,13 +83,26 @@ pub struct Base {
     pub policy: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Chain {
     pub base: Option<Base>,
     pub rules: Vec<Rule>,
     /// Only in a record read from the kernel: its rules differ from the desired ones.
     stale: bool,
+    /// Only in a record of what is installed: the kernel's handle of each rule, in order, when
+    /// every one is known (read from the kernel, or echoed by it for the rules a netlink batch
+    /// added); empty otherwise. With them a change of some rules is made by deleting and
+    /// inserting those rules (`Table::diff`), without rewriting the chain. Not compared.
+    handles: Vec<u64>,
 }
+
+impl PartialEq for Chain {
+    fn eq(&self, other: &Chain) -> bool {
+        self.base == other.base && self.rules == other.rules && self.stale == other.stale
+    }
+}
+
+impl Eq for Chain {}
 
 impl Chain {
     pub fn regular(rules: Vec<Rule>) -> Chain {
@@ -97,6 +110,7 @@ impl Chain {
             base: None,
             rules,
             stale: false,
+            handles: Vec::new(),
         }
     }
 
@@ -105,7 +119,36 @@ impl Chain {
             base: Some(base),
             rules,
             stale: false,
+            handles: Vec::new(),
         }
+    }
+
+    /// The kernel's handles of the rules, in order, when all are known (see `handles`).
+    pub fn handles(&self) -> &[u64] {
+        &self.handles
+    }
+
+    /// How this installed chain becomes `new` by editing its rules in place: the rules both
+    /// begin with and end with (counts), when its handles are known and they share some.
+    fn edit_to(&self, new: &Chain) -> Option<(usize, usize)> {
+        if self.stale || self.rules.is_empty() || self.handles.len() != self.rules.len() {
+            return None;
+        }
+        let (old, new) = (&self.rules, &new.rules);
+        let prefix = old
+            .iter()
+            .zip(new)
+            .take_while(|(a, b)| a.id == b.id)
+            .count();
+        let room = old.len().min(new.len()) - prefix;
+        let suffix = old
+            .iter()
+            .rev()
+            .zip(new.iter().rev())
+            .take(room)
+            .take_while(|(a, b)| a.id == b.id)
+            .count();
+        (prefix + suffix > 0).then_some((prefix, suffix))
     }
 
     fn same_rules(&self, other: &Chain) -> bool {
@@ -223,15 +266,53 @@ pub type Edits = BTreeMap<String, Edit>;
 pub enum Op {
     AddTable,
     DeleteTable,
-    AddSet { name: String },
-    AddChain { name: String, base: Option<Base> },
-    FlushSet { name: String },
-    AddElements { set: String, elements: Vec<String> },
-    DeleteElements { set: String, elements: Vec<String> },
-    FlushChain { name: String },
-    AddRule { chain: String, rule: Rule },
-    DeleteSet { name: String },
-    DeleteChain { name: String },
+    AddSet {
+        name: String,
+    },
+    AddChain {
+        name: String,
+        base: Option<Base>,
+    },
+    FlushSet {
+        name: String,
+    },
+    AddElements {
+        set: String,
+        elements: Vec<String>,
+    },
+    DeleteElements {
+        set: String,
+        elements: Vec<String>,
+    },
+    FlushChain {
+        name: String,
+    },
+    /// A rule added to `chain`, where it is the `index`th of the desired chain: at the end,
+    /// or next to an installed rule.
+    AddRule {
+        chain: String,
+        rule: Rule,
+        index: usize,
+        position: Option<Position>,
+    },
+    /// An installed rule deleted by its handle.
+    DeleteRule {
+        chain: String,
+        handle: u64,
+    },
+    DeleteSet {
+        name: String,
+    },
+    DeleteChain {
+        name: String,
+    },
+}
+
+/// Where a rule goes relative to an installed rule (its handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    Before(u64),
+    After(u64),
 }
 
 /// An nft transaction.
@@ -242,6 +323,10 @@ pub struct Script {
     pub commands: usize,
     /// The same commands as data, in order.
     pub ops: Vec<Op>,
+    /// For each chain whose rules the transaction writes, the handles its rules will have:
+    /// those it keeps, and `None` where it adds one (the kernel says which, see
+    /// [`Table::record_handles`]).
+    pub handles: BTreeMap<String, Vec<Option<u64>>>,
 }
 
 impl Script {
@@ -256,6 +341,7 @@ impl Script {
         self.text.push_str(&other.text);
         self.commands += other.commands;
         self.ops.extend(other.ops);
+        self.handles.extend(other.handles);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -456,25 +542,83 @@ impl Table {
             let Some(chain) = new.chains.get(name) else {
                 continue;
             };
-            match self.chains.get(name) {
-                Some(old) if !old.stale && old.same_rules(chain) => continue,
-                Some(_) => s.push(
-                    format_args!("flush chain inet {TABLE} {name}"),
-                    Op::FlushChain {
-                        name: name.to_owned(),
-                    },
-                ),
-                None => {}
+            let old = self.chains.get(name);
+            if old.is_some_and(|old| !old.stale && old.same_rules(chain)) {
+                continue;
             }
-            for rule in &chain.rules {
-                s.push(
-                    format_args!("add rule inet {TABLE} {name} {}", rule.line()),
-                    Op::AddRule {
-                        chain: name.to_owned(),
-                        rule: rule.clone(),
-                    },
-                );
+            let add = |s: &mut Script, index: usize, position: Option<Position>| {
+                let rule = &chain.rules[index];
+                let op = Op::AddRule {
+                    chain: name.to_owned(),
+                    rule: rule.clone(),
+                    index,
+                    position,
+                };
+                match position {
+                    None => s.push(
+                        format_args!("add rule inet {TABLE} {name} {}", rule.line()),
+                        op,
+                    ),
+                    Some(Position::After(h)) => s.push(
+                        format_args!("add rule inet {TABLE} {name} position {h} {}", rule.line()),
+                        op,
+                    ),
+                    Some(Position::Before(h)) => s.push(
+                        format_args!(
+                            "insert rule inet {TABLE} {name} position {h} {}",
+                            rule.line()
+                        ),
+                        op,
+                    ),
+                }
+            };
+            let mut plan: Vec<Option<u64>> = vec![None; chain.rules.len()];
+            match old.and_then(|old| Some((old, old.edit_to(chain)?))) {
+                // Some rules kept at either end: only the ones between change, in place.
+                Some((old, (prefix, suffix))) => {
+                    let (o, n) = (old.rules.len(), chain.rules.len());
+                    plan[..prefix]
+                        .iter_mut()
+                        .zip(&old.handles)
+                        .for_each(|(p, h)| *p = Some(*h));
+                    plan[n - suffix..]
+                        .iter_mut()
+                        .zip(&old.handles[o - suffix..])
+                        .for_each(|(p, h)| *p = Some(*h));
+                    for &handle in &old.handles[prefix..o - suffix] {
+                        s.push(
+                            format_args!("delete rule inet {TABLE} {name} handle {handle}"),
+                            Op::DeleteRule {
+                                chain: name.to_owned(),
+                                handle,
+                            },
+                        );
+                    }
+                    if suffix > 0 {
+                        // Each inserted before the first kept rule of the end: in order.
+                        let before = Position::Before(old.handles[o - suffix]);
+                        (prefix..n - suffix).for_each(|i| add(&mut s, i, Some(before)));
+                    } else {
+                        // Each added after the last kept rule of the beginning: last first.
+                        let after = Position::After(old.handles[prefix - 1]);
+                        (prefix..n - suffix)
+                            .rev()
+                            .for_each(|i| add(&mut s, i, Some(after)));
+                    }
+                }
+                None => {
+                    if old.is_some() {
+                        s.push(
+                            format_args!("flush chain inet {TABLE} {name}"),
+                            Op::FlushChain {
+                                name: name.to_owned(),
+                            },
+                        );
+                    }
+                    (0..chain.rules.len()).for_each(|i| add(&mut s, i, None));
+                }
             }
+            s.handles.insert(name.to_owned(), plan);
         }
         let gone: Vec<&str> = chains
             .iter()
@@ -517,6 +661,43 @@ impl Table {
         Some(s)
     }
 
+    /// Takes the handles `read` (the installed table the `script` was diffed from) knows of
+    /// the chains the script left alone.
+    pub fn keep_handles(&mut self, read: &Table, script: &Script) {
+        for (name, chain) in &mut self.chains {
+            if let Some(old) = read.chains.get(name)
+                && !script.handles.contains_key(name)
+                && !old.stale
+                && old.same_rules(chain)
+            {
+                chain.handles.clone_from(&old.handles);
+            }
+        }
+    }
+
+    /// Records the handles of the rules `script` wrote, after it ran: the ones it kept, and
+    /// those the kernel gave the rules it added (`added`: the index of the `AddRule` op in
+    /// `script.ops` and the rule's handle). A chain some of whose handles are not known keeps
+    /// none (its next change rewrites it).
+    pub fn record_handles(&mut self, script: &Script, added: &[(usize, u64)]) {
+        let mut plans = script.handles.clone();
+        for &(op, handle) in added {
+            if let Some(Op::AddRule { chain, index, .. }) = script.ops.get(op)
+                && let Some(slot) = plans.get_mut(chain).and_then(|p| p.get_mut(*index))
+            {
+                *slot = Some(handle);
+            }
+        }
+        for (name, plan) in plans {
+            if let Some(chain) = self.chains.get_mut(&name) {
+                chain.handles = match plan.into_iter().collect::<Option<Vec<u64>>>() {
+                    Some(h) if h.len() == chain.rules.len() => h,
+                    _ => Vec::new(),
+                };
+            }
+        }
+    }
+
     /// Makes the named chains and sets of `self` what they are in `new` (absent if absent).
     pub fn copy_from(&mut self, new: &Table, chains: &BTreeSet<&str>, sets: &BTreeSet<&str>) {
         self.copy_edited(new, chains, sets, &Edits::new());
@@ -531,7 +712,18 @@ impl Table {
         sets: &BTreeSet<&str>,
         edits: &Edits,
     ) {
-        copy_named(&mut self.chains, &new.chains, chains);
+        for &name in chains {
+            match (self.chains.get(name), new.chains.get(name)) {
+                // Unchanged: the record keeps the handles it knows.
+                (Some(old), Some(chain)) if !old.stale && old.same_rules(chain) => {}
+                (_, Some(chain)) => {
+                    self.chains.insert(name.to_owned(), chain.clone());
+                }
+                (_, None) => {
+                    self.chains.remove(name);
+                }
+            }
+        }
         let whole: BTreeSet<&str> = sets
             .iter()
             .copied()
@@ -603,6 +795,9 @@ impl Table {
                         && d.rules.iter().zip(&k.rule_ids).all(|(r, id)| r.id == *id);
                     let mut chain = d.clone();
                     chain.stale = !same;
+                    if same && k.handles.len() == k.rule_ids.len() {
+                        chain.handles = k.handles;
+                    }
                     table.chains.insert(name, chain);
                 }
                 None => {
@@ -612,6 +807,7 @@ impl Table {
                             base: k.base,
                             rules: Vec::new(),
                             stale: true,
+                            handles: Vec::new(),
                         },
                     );
                 }
@@ -642,6 +838,8 @@ struct KernelSet {
 struct KernelChain {
     base: Option<Base>,
     rule_ids: Vec<String>,
+    /// The rules' handles, when every rule listed one.
+    handles: Vec<u64>,
 }
 
 fn protocol_number(v: &Value) -> Option<u64> {
@@ -893,6 +1091,7 @@ impl Listing {
                         KernelChain {
                             base,
                             rule_ids: Vec::new(),
+                            handles: Vec::new(),
                         },
                     );
                 }
@@ -907,7 +1106,11 @@ impl Listing {
                         .entry(chain.clone())
                         .or_default()
                         .push(format!("{expr} # {comment}"));
-                    listing.chains.get_mut(&chain)?.rule_ids.push(id);
+                    let listed = listing.chains.get_mut(&chain)?;
+                    listed.rule_ids.push(id);
+                    if let Some(h) = body.get("handle").and_then(Value::as_u64) {
+                        listed.handles.push(h);
+                    }
                 }
                 _ => {}
             }

@@ -11,7 +11,7 @@ mod random;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use gingham_calc::incremental::Calculator;
+use gingham_calc::incremental::{Calculator, Update};
 use gingham_dataplane::table::{Rule, Table};
 use gingham_dataplane::{Backend, Nft, Op, Path, Programmer, Script, canonical, nl, render};
 use gingham_dataplane::{Renderer, Settings};
@@ -90,12 +90,12 @@ impl Pair {
             self.refused.insert(e.to_string());
         }
         match self.nft_a.run_incremental(script, desired) {
-            Ok(Path::Netlink) => self.netlink += 1,
+            Ok(ran) if ran.path == Path::Netlink => self.netlink += 1,
             Ok(_) => self.text += 1,
             Err(e) => panic!("{what}: netlink path: {e}\n{}", script.text),
         }
         assert_eq!(
-            self.nft_b.run_incremental(script, desired).unwrap(),
+            self.nft_b.run_incremental(script, desired).unwrap().path,
             Path::Text
         );
     }
@@ -295,10 +295,13 @@ fn sys_a_refused_netlink_transaction_is_a_typed_error_and_changes_nothing() {
             Op::AddRule {
                 chain: name.clone(),
                 rule: Rule::new("jump no-such-chain", ""),
+                index: 0,
+                position: None,
             },
         ],
         text: String::new(),
         commands: 2,
+        ..Script::default()
     };
     let err = nft.run_incremental(&script, &wrong).unwrap_err();
     let text = err.to_string();
@@ -317,6 +320,9 @@ fn sys_a_refused_netlink_transaction_is_a_typed_error_and_changes_nothing() {
 /// Property: random clusters built, changed and torn down update by update (the engine's
 /// random-cluster generator), each update synced by a programmer on the netlink path in one
 /// namespace and by one on the nft text path in another: the kernels always list the same.
+/// The netlink programmer learns its rules' handles from the kernel's echoes, so a chain
+/// that keeps some of its rules is edited in place (rules deleted by handle, others inserted
+/// next to kept ones); the text one rewrites chains, so both ways of changing a chain meet.
 #[test]
 fn sys_random_updates_by_netlink_end_as_by_nft() {
     gingham_testkit::require_root();
@@ -325,6 +331,8 @@ fn sys_random_updates_by_netlink_end_as_by_nft() {
     let (mut steps, mut by_netlink) = (0usize, 0usize);
     // Incremental syncs that sent something.
     let mut partial_syncs = 0usize;
+    // Incremental syncs that edited a chain in place.
+    let mut edits = 0usize;
     let mut why = BTreeSet::new();
     for seed in 0..seeds {
         let a = TestNetns::new("nlpa");
@@ -356,6 +364,20 @@ fn sys_random_updates_by_netlink_end_as_by_nft() {
                     &str_set(&touched.chains),
                     &str_set(&touched.sets),
                 );
+                if let Some(s) = &script
+                    && s.ops.iter().any(|op| {
+                        matches!(
+                            op,
+                            Op::DeleteRule { .. }
+                                | Op::AddRule {
+                                    position: Some(_),
+                                    ..
+                                }
+                        )
+                    })
+                {
+                    edits += 1;
+                }
                 if let Some(Err(e)) = script.map(|s| nl::encode(&s.ops, renderer.table())) {
                     why.insert(e.to_string());
                 }
@@ -388,9 +410,10 @@ fn sys_random_updates_by_netlink_end_as_by_nft() {
         }
     }
     eprintln!(
-        "{steps} updates ({partial_syncs} partial), {by_netlink} by netlink, the kernels always \
-         equal; by nft: {why:?}"
+        "{steps} updates ({partial_syncs} partial, {edits} editing a chain in place), \
+         {by_netlink} by netlink, the kernels always equal; by nft: {why:?}"
     );
+    assert!(edits > 0, "no chain was edited in place");
     // Whole-table syncs (a fresh programmer, the record dropped after an error, settings
     // changed) take the text path; the incremental ones take netlink.
     assert!(
@@ -472,4 +495,103 @@ fn sys_a_sized_interface_index_map_goes_by_netlink_as_nft_writes_it() {
     resized.sets.get_mut("ix").unwrap().size = Some(2048);
     let applied = programmer.check(resized).unwrap();
     assert!(applied.replaced, "{applied:?}");
+}
+
+/// Three workloads alike on node-a (namespace web), their namespace profile, and `n` policies
+/// selecting them, policy `i` allowing TCP port `ports(i)` in.
+fn pods_with_policies(n: usize, ports: impl Fn(usize) -> u16) -> Vec<Resource> {
+    let mut text = String::from(
+        "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: kns.web}\nspec:\n  ingress: [{action: Allow}]\n  egress: [{action: Allow}]\n---\n",
+    );
+    for i in 0..3 {
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata: {{name: node--a-k8s-pod{i}-eth0, namespace: web, labels: {{app: web, projectcalico.org/namespace: web}}}}\nspec: {{node: node-a, orchestrator: k8s, pod: pod{i}, endpoint: eth0, interfaceName: cali{i:04}, ipNetworks: [10.0.0.{}/32], profiles: [kns.web]}}\n---\n",
+            i + 1
+        ));
+    }
+    for i in 0..n {
+        text.push_str(&format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: p{i:03}, namespace: web}}\nspec:\n  order: {i}\n  selector: app == 'web'\n  ingress: [{{action: Allow, protocol: TCP, destination: {{ports: [{}]}}}}]\n---\n",
+            ports(i)
+        ));
+    }
+    gingham_model::load_resources("pods.yaml", &text).unwrap()
+}
+
+/// A policy whose rules change edits the shared stage chain that inlines it in place, by
+/// netlink: its old rules deleted by handle, its new ones inserted next to the rules kept
+/// (handles the kernel echoed when it added them). The transaction is as large with 40
+/// policies in the stage as with 4, so its cost follows the change, not the stage; the kernel
+/// then holds the desired table rule for rule, in order.
+#[test]
+fn sys_a_policy_change_edits_its_rules_in_the_stage_chain_in_place() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let mut sent = Vec::new();
+    for n in [4usize, 40] {
+        let ns = TestNetns::new("nled");
+        let mut programmer = Programmer::new(Nft::in_netns(ns.name()));
+        let mut calc = Calculator::new("node-a");
+        calc.load_all(pods_with_policies(n, |i| 1000 + i as u16));
+        let mut renderer = Renderer::new(calc.state(), Settings::default());
+        let all = renderer.take_touched();
+        programmer.sync_touched(renderer.table(), &all).unwrap();
+        // Policy 1 (not the first, not the last of the stage) changes its port, three times.
+        let mut per_change = Vec::new();
+        for (k, port) in [2001u16, 2002, 2003].into_iter().enumerate() {
+            let changed = pods_with_policies(n, |i| if i == 1 { port } else { 1000 + i as u16 });
+            let policy = changed
+                .into_iter()
+                .find(|r| r.meta().name == "p001")
+                .unwrap();
+            renderer.apply(&calc.apply(Update::Upsert(Box::new(policy))));
+            let touched = renderer.take_touched();
+            let script = programmer
+                .installed()
+                .unwrap()
+                .diff_only(
+                    renderer.table(),
+                    &str_set(&touched.chains),
+                    &str_set(&touched.sets),
+                )
+                .unwrap();
+            let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
+            assert_eq!(applied.path, Path::Netlink, "{n} policies, change {k}");
+            let deleted = script
+                .ops
+                .iter()
+                .filter(|op| matches!(op, Op::DeleteRule { .. }))
+                .count();
+            let placed = script
+                .ops
+                .iter()
+                .filter(|op| {
+                    matches!(
+                        op,
+                        Op::AddRule {
+                            position: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count();
+            per_change.push((deleted, placed, applied.commands));
+            let json = Nft::in_netns(ns.name()).read().unwrap().unwrap();
+            let drift = Table::from_kernel(&json, renderer.table())
+                .and_then(|t| t.diff(renderer.table()))
+                .map(|s| s.text);
+            assert_eq!(drift.as_deref(), Some(""), "{n} policies, change {k}");
+        }
+        // The first change after the full load rewrites the stage (the load echoes no
+        // handles); the next ones edit it.
+        assert_eq!(per_change[0].0, 0, "{n} policies: {per_change:?}");
+        assert!(per_change[0].2 > n, "{n} policies: {per_change:?}");
+        assert!(
+            per_change[1].0 > 0 && per_change[1].0 == per_change[1].1,
+            "{n} policies: {per_change:?}"
+        );
+        assert_eq!(per_change[1], per_change[2], "{n} policies");
+        sent.push(per_change[2]);
+    }
+    assert_eq!(sent[0], sent[1], "as large with 40 policies as with 4");
 }

@@ -377,6 +377,68 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
     );
 }
 
+/// A policy whose rules change rewrites the shared stage chains that hold it under their names:
+/// the forty-one workloads' dispatch map elements stay, and the one chain written is the stage
+/// they already jump to (its tier and profile inlined), now with the new rules.
+#[test]
+fn a_policy_whose_rules_change_rewrites_its_stage_chain_in_place() {
+    const PODS: usize = 41;
+    let policy = |port: u16| {
+        gingham_model::load_resources(
+            "policy.yaml",
+            &format!("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: web}}\nspec:\n  selector: app == 'web'\n  ingress: [{{action: Allow, protocol: TCP, destination: {{ports: [{port}]}}}}]\n"),
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let mut calc = Calculator::new("node-a");
+    let mut resources = alike_pods(PODS);
+    resources.push(policy(80));
+    calc.load_all(resources);
+    let mut renderer = Renderer::new(calc.state(), Settings::default());
+    renderer.take_touched();
+    let before = renderer.table().clone();
+
+    let changes = calc.apply(Update::Upsert(Box::new(policy(8080))));
+    assert_eq!(changes.len(), PODS, "every workload's program changes");
+    renderer.apply(&changes);
+    let touched = renderer.take_touched();
+    let script = before
+        .diff_only(
+            renderer.table(),
+            &names(touched.chains.iter()),
+            &names(touched.sets.iter()),
+        )
+        .unwrap();
+    let written: Vec<&String> = renderer
+        .table()
+        .chains
+        .iter()
+        .filter(|(n, c)| before.chains.get(*n) != Some(*c))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(written.len(), 1, "chains written: {written:#?}");
+    assert!(
+        before.chains.contains_key(written[0]),
+        "the stage chain the workloads jump to, rewritten: {written:?}"
+    );
+    assert_eq!(
+        before.sets["wl-ingress"],
+        renderer.table().sets["wl-ingress"],
+        "no dispatch map element moves"
+    );
+    assert!(
+        !script.text.contains("element") && !script.text.contains("add chain"),
+        "{}",
+        script.text
+    );
+    assert!(script.text.contains("dport { 8080 }"), "{}", script.text);
+    assert_eq!(
+        renderer.table(),
+        Renderer::new(calc.state(), Settings::default()).table()
+    );
+}
+
 /// A flow log tag of a shared stage chain names the stage of the workload the packet was
 /// going to (its way out is the workload's interface), not the first workload sharing it.
 #[test]

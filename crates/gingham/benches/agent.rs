@@ -142,7 +142,7 @@ fn kernel_floor(installed: &Table) -> Samples {
             .expect("the kernel takes the chain");
         s.kernel.push(t.elapsed());
         assert_eq!(
-            went,
+            went.path,
             gingham_dataplane::Path::Netlink,
             "the floor goes by netlink"
         );
@@ -1357,8 +1357,12 @@ fn footprint(scales: &[usize]) {
 
 /// A backend that encodes each incremental transaction as the netlink batch the kernel would
 /// get, and drops it: the dataplane's own work (diff, encoding) without the kernel's.
+/// Encodes each incremental transaction as a netlink batch and gives the rules it adds
+/// handles, as the kernel's echo would (so that changes of some rules edit chains in place).
 #[derive(Default)]
-struct EncodeOnly;
+struct EncodeOnly {
+    handles: u64,
+}
 
 impl Backend for EncodeOnly {
     fn run(&mut self, _script: &str) -> Result<(), gingham_dataplane::Error> {
@@ -1369,11 +1373,24 @@ impl Backend for EncodeOnly {
         &mut self,
         script: &gingham_dataplane::Script,
         desired: &Table,
-    ) -> Result<gingham_dataplane::Path, gingham_dataplane::Error> {
+    ) -> Result<gingham_dataplane::Ran, gingham_dataplane::Error> {
         let batch = gingham_dataplane::nl::encode(&script.ops, desired)
             .expect("the bench's updates encode as netlink batches");
         std::hint::black_box(batch.bytes());
-        Ok(gingham_dataplane::Path::Netlink)
+        let added = script
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, gingham_dataplane::Op::AddRule { .. }))
+            .map(|(i, _)| {
+                self.handles += 1;
+                (i, self.handles)
+            })
+            .collect();
+        Ok(gingham_dataplane::Ran {
+            path: gingham_dataplane::Path::Netlink,
+            added,
+        })
     }
 
     fn read(&mut self) -> Result<Option<String>, gingham_dataplane::Error> {
@@ -1395,7 +1412,7 @@ fn ours_only(scales: &[usize]) {
     for &p in scales {
         let mut calc = Calculator::new(NODE);
         calc.load_all(model(p));
-        let mut dp = NftDataplane::new(EncodeOnly);
+        let mut dp = NftDataplane::new(EncodeOnly::default());
         dp.install(calc.state(), Settings::default()).unwrap();
         let mut p99s = Vec::new();
         for (what, steps) in operations(p, reps) {
