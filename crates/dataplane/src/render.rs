@@ -673,25 +673,57 @@ fn endpoint_chain_name(key: &str, mode: Mode) -> String {
 struct Digest {
     hash: String,
     sets: Vec<SetId>,
+    /// The rules it was computed from.
+    rules: Vec<RuleProgram>,
+    /// The last batch that asked for it.
+    used: u64,
 }
 
-/// The digests of one batch's policies and profiles, by direction and owner: each computed once
-/// per batch, not once per endpoint (every endpoint's program holds the same rules for one
-/// policy or profile in one direction, as the shared policy chains already rely on).
+/// The digests of the policies and profiles, by direction and owner: each checked once per
+/// batch, not once per endpoint (every endpoint's program holds the same rules for one policy
+/// or profile in one direction, as the shared policy chains already rely on), and computed
+/// again only when its rules differ from the ones it was computed from. A digest unused for
+/// [`BLOCK_TTL`] batches is dropped.
 #[derive(Default)]
-struct Digests(HashMap<(&'static str, Owner), Digest>);
+struct Digests {
+    digests: HashMap<(&'static str, Owner), Digest>,
+    batch: u64,
+}
 
 impl Digests {
     fn of(&mut self, dir: &'static str, owner: Owner, rules: &[RuleProgram]) -> &Digest {
-        self.0.entry((dir, owner)).or_insert_with_key(|(_, owner)| {
+        let batch = self.batch;
+        let key = (dir, owner);
+        let stale = match self.digests.get_mut(&key) {
+            Some(d) if d.used == batch => false,
+            Some(d) if d.rules == rules => {
+                d.used = batch;
+                false
+            }
+            _ => true,
+        };
+        if stale {
             let mut sets: Vec<SetId> = rules.iter().flat_map(positive_sets).cloned().collect();
             sets.sort_unstable();
             sets.dedup();
-            Digest {
-                hash: short_hash(&format!("{owner:?}{rules:?}")),
+            let digest = Digest {
+                hash: short_hash(&format!("{:?}{rules:?}", key.1)),
                 sets,
-            }
-        })
+                rules: rules.to_vec(),
+                used: batch,
+            };
+            self.digests.insert(key.clone(), digest);
+        }
+        &self.digests[&key]
+    }
+
+    /// Starts a batch; every [`BLOCK_TTL`] batches drops the digests unused for as long.
+    fn next_batch(&mut self) {
+        self.batch += 1;
+        if self.batch.is_multiple_of(BLOCK_TTL) {
+            let batch = self.batch;
+            self.digests.retain(|_, d| d.used + BLOCK_TTL > batch);
+        }
     }
 }
 
@@ -1148,7 +1180,7 @@ impl Renderer {
         }
         apply_changes(&mut self.program, changes);
         self.fresh.clear();
-        self.digests = Digests::default();
+        self.digests.next_batch();
         self.blocks.get_mut().next_batch();
         self.flips.clear();
         // Sets first: the rules of the endpoints placed below name them.
@@ -1214,7 +1246,7 @@ impl Renderer {
         self.base_maps.clear();
         self.origins.clear();
         self.set_users.clear();
-        self.digests = Digests::default();
+        self.digests.next_batch();
         // Set names may have changed (a set changed kind): the blocks are rendered again.
         self.blocks.get_mut().blocks.clear();
         let ids: Vec<String> = self.program.sets.keys().cloned().collect();
@@ -2238,7 +2270,7 @@ fn inlined_rules(
     origins: &mut HashMap<String, (Owner, usize)>,
 ) {
     use std::fmt::Write as _;
-    let Some(digest) = inl.digests.0.get(&(dir, owner.clone())) else {
+    let Some(digest) = inl.digests.digests.get(&(dir, owner.clone())) else {
         return policy_rules(
             label,
             tag_chain,
