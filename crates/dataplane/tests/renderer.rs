@@ -13,15 +13,38 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{Rng, property_seeds, resolve_step, update_steps};
-use gingham_calc::incremental::{Calculator, Update};
+use gingham_calc::incremental::{Calculator, Change, Update};
 use gingham_calc::snapshot::NatPools;
 use gingham_dataplane::render::{Interfaces, flow_cause};
-use gingham_dataplane::{Programmer, Recording, Renderer, Settings, Table};
+use gingham_dataplane::{Programmer, Recording, Renderer, Script, Settings, Table};
 use gingham_model::Resource;
 use ipnet::{IpNet, Ipv6Net};
 
 fn names<'a>(a: impl Iterator<Item = &'a String>) -> BTreeSet<&'a str> {
     a.map(String::as_str).collect()
+}
+
+/// Applies `changes` to `renderer`: the transaction from the table before them to the one
+/// after (the touched names only), and the chains it writes (new or changed).
+fn apply_and_diff(renderer: &mut Renderer, changes: &[Change]) -> (Table, Script, Vec<String>) {
+    let before = renderer.table().clone();
+    renderer.apply(changes);
+    let touched = renderer.take_touched();
+    let script = before
+        .diff_only(
+            renderer.table(),
+            &names(touched.chains.iter()),
+            &names(touched.sets.iter()),
+        )
+        .unwrap();
+    let written = renderer
+        .table()
+        .chains
+        .iter()
+        .filter(|(n, c)| before.chains.get(*n) != Some(*c))
+        .map(|(n, _)| n.clone())
+        .collect();
+    (before, script, written)
 }
 
 /// The names whose entries differ between two maps.
@@ -326,24 +349,8 @@ fn a_policy_selecting_many_alike_workloads_writes_one_stage_chain() {
     .unwrap();
     let changes = calc.apply(Update::Upsert(Box::new(policy[0].clone())));
     assert_eq!(changes.len(), PODS, "every workload's program changes");
-    let before = renderer.table().clone();
-    renderer.apply(&changes);
-    let touched = renderer.take_touched();
-    let script = before
-        .diff_only(
-            renderer.table(),
-            &names(touched.chains.iter()),
-            &names(touched.sets.iter()),
-        )
-        .unwrap();
     // Chains the update writes: new or changed ones (the programmer rewrites exactly these).
-    let written: Vec<&String> = renderer
-        .table()
-        .chains
-        .iter()
-        .filter(|(n, c)| before.chains.get(*n) != Some(*c))
-        .map(|(n, _)| n)
-        .collect();
+    let (before, script, written) = apply_and_diff(&mut renderer, &changes);
     // The new stage chain only: its tiers and profile are inlined (no tier or policy chain).
     assert_eq!(written.len(), 1, "chains written: {written:#?}");
     let moved = script
@@ -397,29 +404,12 @@ fn a_policy_whose_rules_change_rewrites_its_stage_chain_in_place() {
     calc.load_all(resources);
     let mut renderer = Renderer::new(calc.state(), Settings::default());
     renderer.take_touched();
-    let before = renderer.table().clone();
-
     let changes = calc.apply(Update::Upsert(Box::new(policy(8080))));
     assert_eq!(changes.len(), PODS, "every workload's program changes");
-    renderer.apply(&changes);
-    let touched = renderer.take_touched();
-    let script = before
-        .diff_only(
-            renderer.table(),
-            &names(touched.chains.iter()),
-            &names(touched.sets.iter()),
-        )
-        .unwrap();
-    let written: Vec<&String> = renderer
-        .table()
-        .chains
-        .iter()
-        .filter(|(n, c)| before.chains.get(*n) != Some(*c))
-        .map(|(n, _)| n)
-        .collect();
+    let (before, script, written) = apply_and_diff(&mut renderer, &changes);
     assert_eq!(written.len(), 1, "chains written: {written:#?}");
     assert!(
-        before.chains.contains_key(written[0]),
+        before.chains.contains_key(&written[0]),
         "the stage chain the workloads jump to, rewritten: {written:?}"
     );
     assert_eq!(
