@@ -37,14 +37,18 @@ fn apply_and_diff(renderer: &mut Renderer, changes: &[Change]) -> (Table, Script
             &names(touched.sets.iter()),
         )
         .unwrap();
-    let written = renderer
-        .table()
+    let written = written(&before, renderer.table());
+    (before, script, written)
+}
+
+/// The chains of `after` that are new or differ from `before`'s.
+fn written(before: &Table, after: &Table) -> Vec<String> {
+    after
         .chains
         .iter()
         .filter(|(n, c)| before.chains.get(*n) != Some(*c))
         .map(|(n, _)| n.clone())
-        .collect();
-    (before, script, written)
+        .collect()
 }
 
 /// The names whose entries differ between two maps.
@@ -804,13 +808,7 @@ fn a_rule_is_rendered_only_for_the_families_its_set_has_members_of() {
             Renderer::new(calc.state(), Settings::default()).table(),
             "incremental equals full"
         );
-        let written: Vec<String> = renderer
-            .table()
-            .chains
-            .iter()
-            .filter(|(n, c)| before.chains.get(*n) != Some(*c))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let written = written(&before, renderer.table());
         (rule_families(renderer.table()), written, touched)
     };
     // The first IPv6 member: the rule appears for IPv6, in a new stage chain.
