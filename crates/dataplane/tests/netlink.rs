@@ -595,3 +595,52 @@ fn sys_a_policy_change_edits_its_rules_in_the_stage_chain_in_place() {
     }
     assert_eq!(sent[0], sent[1], "as large with 40 policies as with 4");
 }
+
+/// The same edit in place goes as an nft script when the transaction does not go by netlink:
+/// with the handles read from the kernel (the consistency check), the policy's rules are
+/// deleted by handle and inserted with `insert rule … position`, and the kernel holds the
+/// desired table rule for rule.
+#[test]
+fn sys_a_chain_is_edited_in_place_by_an_nft_script_with_handles_read_from_the_kernel() {
+    gingham_testkit::require_root();
+    gingham_testkit::require_tool("nft");
+    let ns = TestNetns::new("nlet");
+    let mut programmer = Programmer::new(Nft::in_netns(ns.name()).text_only());
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(pods_with_policies(4, |i| 1000 + i as u16));
+    let mut renderer = Renderer::new(calc.state(), Settings::default());
+    let all = renderer.take_touched();
+    programmer.sync_touched(renderer.table(), &all).unwrap();
+    // The check reads the kernel: the record learns every rule's handle.
+    let checked = programmer.check(renderer.table().clone()).unwrap();
+    assert_eq!(checked.commands, 0, "{checked:?}");
+    let policy = pods_with_policies(4, |i| if i == 1 { 3001 } else { 1000 + i as u16 })
+        .into_iter()
+        .find(|r| r.meta().name == "p001")
+        .unwrap();
+    renderer.apply(&calc.apply(Update::Upsert(Box::new(policy))));
+    let touched = renderer.take_touched();
+    let script = programmer
+        .installed()
+        .unwrap()
+        .diff_only(
+            renderer.table(),
+            &str_set(&touched.chains),
+            &str_set(&touched.sets),
+        )
+        .unwrap();
+    assert!(
+        script.text.contains("delete rule inet gingham ")
+            && script.text.contains("insert rule inet gingham ")
+            && !script.text.contains("flush chain"),
+        "{}",
+        script.text
+    );
+    let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
+    assert_eq!(applied.path, Path::Text);
+    let json = Nft::in_netns(ns.name()).read().unwrap().unwrap();
+    let drift = Table::from_kernel(&json, renderer.table())
+        .and_then(|t| t.diff(renderer.table()))
+        .map(|s| s.text);
+    assert_eq!(drift.as_deref(), Some(""));
+}
