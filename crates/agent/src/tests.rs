@@ -691,9 +691,7 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
     agent.start(&store).expect("starts");
     let first = scripts(&agent).last().expect("programmed").clone();
     assert!(
-        first.contains(
-            "add map inet gingham wl-ingress { type iface_index : verdict; size 65535; }"
-        ),
+        first.contains("add map inet gingham wl-ingress { type iface_index : verdict; }"),
         "{first}"
     );
     assert!(

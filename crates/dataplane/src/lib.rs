@@ -21,7 +21,7 @@ pub mod nl;
 pub mod render;
 pub mod table;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use gingham_calc::incremental::Change;
@@ -430,14 +430,23 @@ pub struct NftDataplane<B> {
     rendering: Duration,
     renderer: Option<Renderer>,
     programmer: Programmer<B>,
+    /// The node's interfaces, when the workload dispatch maps are keyed by index.
+    links: Option<BTreeMap<String, u32>>,
 }
 
 impl<B: Backend> NftDataplane<B> {
     pub fn new(backend: B) -> Self {
+        NftDataplane::with_links(backend, None)
+    }
+
+    /// A dataplane whose workload dispatch maps are keyed by the indexes of the node's
+    /// interfaces `links` (as the agent's are), or by name (`None`).
+    pub fn with_links(backend: B, links: Option<BTreeMap<String, u32>>) -> Self {
         NftDataplane {
             rendering: Duration::ZERO,
             renderer: None,
             programmer: Programmer::new(backend),
+            links,
         }
     }
 
@@ -452,7 +461,7 @@ impl<B: Backend> Dataplane for NftDataplane<B> {
         program: NodeProgram,
         settings: Settings,
     ) -> Result<Applied, DataplaneError> {
-        let mut renderer = Renderer::new(program, settings);
+        let mut renderer = Renderer::with_links(program, settings, self.links.clone());
         let all = renderer.take_touched();
         let applied = self.programmer.sync_touched(renderer.table(), &all)?;
         self.renderer = Some(renderer);

@@ -267,10 +267,15 @@ fn flavour(path: &str) -> Flavour {
     }
 }
 
-fn dataplane(path: &str) -> Box<dyn Dataplane> {
+/// The dataplane of `path`; ours keys its workload dispatch maps by the indexes of `links` (as
+/// the agent does).
+fn dataplane(path: &str, links: &std::collections::BTreeMap<String, u32>) -> Box<dyn Dataplane> {
+    // AGENT_BENCH_KEYS=name: dispatch maps keyed by name alone (the interfaces still exist).
+    let by_name = std::env::var("AGENT_BENCH_KEYS").is_ok_and(|v| v == "name");
+    let links = (!by_name).then(|| links.clone());
     match path {
-        "nft" => Box::new(NftDataplane::new(Nft::default())),
-        "nft-text" => Box::new(NftDataplane::new(Nft::default().text_only())),
+        "nft" => Box::new(NftDataplane::with_links(Nft::default(), links)),
+        "nft-text" => Box::new(NftDataplane::with_links(Nft::default().text_only(), links)),
         _ => Box::new(IptDataplane::new(Iptables::current(flavour(path)))),
     }
 }
@@ -396,14 +401,32 @@ fn latency(scales: &[usize]) {
     let names: Vec<&str> = operations(1, 0).iter().map(|(n, _)| *n).collect();
     for &p in scales {
         let resources = model(p);
+        // The node's workloads' interfaces (and those of the workloads the operations add),
+        // so that the dispatch maps are keyed by index as the agent's are.
+        let mut scratch = Calculator::new(NODE);
+        scratch.load_all(resources.clone());
+        for (_, steps) in operations(p, reps) {
+            for step in steps {
+                scratch.apply(step.update);
+            }
+        }
+        let interfaces: Vec<String> = scratch
+            .state()
+            .endpoints
+            .values()
+            .filter(|e| !e.host)
+            .map(|e| e.interface.clone())
+            .collect();
         for &path in &paths {
             let ns = TestNetns::new("blat");
+            make_interfaces(ns.name(), interfaces.iter().map(String::as_str));
+            let links = node_links(&ns);
             gingham_net::in_netns_same_thread(&NetnsRef::named(ns.name()), || {
                 // Cold start: everything loaded, the rules installed into an empty kernel.
                 let t = Instant::now();
                 let mut calc = Calculator::new(NODE);
                 calc.load_all(resources.clone());
-                let mut dp = dataplane(path);
+                let mut dp = dataplane(path, &links);
                 dp.install(calc.state(), Settings::default())
                     .expect("the kernel accepts the rules");
                 let cold = t.elapsed();
@@ -577,7 +600,11 @@ fn latency(scales: &[usize]) {
             scrape.as_secs_f64() / listing.as_secs_f64()
         );
     }
-    println!("(path: nft = our table, incremental changes as nf_tables netlink batches;");
+    println!("(path: nft = our table as the agent renders it (dispatch maps keyed by the indexes");
+    println!(
+        " of an interface made for each of the node's workloads, backed by maps keyed by name),"
+    );
+    println!(" incremental changes as nf_tables netlink batches;");
     println!(" nft-text = the same with every transaction an nft script through libnftables;");
     println!(" netlink: updates of the row that went as netlink batches;");
     println!(" iptables = the Calico-style peer, felix's chains and ipsets");
@@ -832,35 +859,37 @@ fn node_links(node: &TestNetns) -> std::collections::BTreeMap<String, u32> {
 /// An interface in every node for each of the model's local workloads other than the pods, so
 /// that an index-keyed dispatch map holds as many elements as a name-keyed one.
 fn model_interfaces(state: &NodeProgram, pods: &Pods) {
-    use std::io::Write;
     for node in pods.nodes() {
-        let mut batch = String::new();
         let others = state.endpoints.values().filter(|e| {
             !e.host && e.interface != Pods::CLIENT_IF && e.interface != Pods::SERVER_IF
         });
-        // A veth each (this kernel has no dummy interfaces); the peers are named `x<n>`.
-        for (n, ep) in others.enumerate() {
-            batch.push_str(&format!(
-                "link add {} type veth peer name x{n}\n",
-                ep.interface
-            ));
-        }
-        let mut child = Command::new("ip")
-            .args(["-n", node.name(), "-batch", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("ip");
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(batch.as_bytes())
-            .expect("ip reads the batch");
-        assert!(
-            child.wait().expect("ip").success(),
-            "the model's interfaces"
-        );
+        make_interfaces(node.name(), others.map(|e| e.interface.as_str()));
     }
+}
+
+/// An interface named each of `names` in the namespace `netns`: a veth each (this kernel has
+/// no dummy interfaces), the peers named `x<n>`.
+fn make_interfaces<'a>(netns: &str, names: impl Iterator<Item = &'a str>) {
+    use std::io::Write;
+    let mut batch = String::new();
+    for (n, name) in names.enumerate() {
+        batch.push_str(&format!("link add {name} type veth peer name x{n}\n"));
+    }
+    let mut child = Command::new("ip")
+        .args(["-n", netns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("ip");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(batch.as_bytes())
+        .expect("ip reads the batch");
+    assert!(
+        child.wait().expect("ip").success(),
+        "the model's interfaces"
+    );
 }
 
 fn rounds() -> usize {
