@@ -398,12 +398,8 @@ fn sys_random_updates_by_netlink_end_as_by_nft() {
             let (la, lb) = (listing(&a), listing(&b));
             assert!(la == lb, "{at}: the kernels differ");
             // And both hold the desired table: read back, nothing is left to do.
-            let json = Nft::in_netns(a.name()).read().unwrap().unwrap();
-            let drift = Table::from_kernel(&json, renderer.table())
-                .and_then(|t| t.diff(renderer.table()))
-                .map(|s| s.text);
             assert_eq!(
-                drift.as_deref(),
+                drift(&a, renderer.table()).as_deref(),
                 Some(""),
                 "{at}: the kernel is not the desired table"
             );
@@ -518,6 +514,42 @@ fn pods_with_policies(n: usize, ports: impl Fn(usize) -> u16) -> Vec<Resource> {
     gingham_model::load_resources("pods.yaml", &text).unwrap()
 }
 
+/// Policy `p001` of [`pods_with_policies`] (of `n`) now allows `port`: the calculator's and
+/// renderer's update, the transaction the programmer's record diffs into, and its sync.
+fn change_port(
+    calc: &mut Calculator,
+    renderer: &mut Renderer,
+    programmer: &mut Programmer<Nft>,
+    n: usize,
+    port: u16,
+) -> (Script, gingham_dataplane::Applied) {
+    let policy = pods_with_policies(n, |i| if i == 1 { port } else { 1000 + i as u16 })
+        .into_iter()
+        .find(|r| r.meta().name == "p001")
+        .unwrap();
+    renderer.apply(&calc.apply(Update::Upsert(Box::new(policy))));
+    let touched = renderer.take_touched();
+    let script = programmer
+        .installed()
+        .unwrap()
+        .diff_only(
+            renderer.table(),
+            &str_set(&touched.chains),
+            &str_set(&touched.sets),
+        )
+        .unwrap();
+    let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
+    (script, applied)
+}
+
+/// What would still have to change for the kernel in `ns` to hold `desired` ("" when it does).
+fn drift(ns: &TestNetns, desired: &Table) -> Option<String> {
+    let json = Nft::in_netns(ns.name()).read().unwrap().unwrap();
+    Table::from_kernel(&json, desired)
+        .and_then(|t| t.diff(desired))
+        .map(|s| s.text)
+}
+
 /// A policy whose rules change edits the shared stage chain that inlines it in place, by
 /// netlink: its old rules deleted by handle, its new ones inserted next to the rules kept
 /// (handles the kernel echoed when it added them). The transaction is as large with 40
@@ -539,23 +571,7 @@ fn sys_a_policy_change_edits_its_rules_in_the_stage_chain_in_place() {
         // Policy 1 (not the first, not the last of the stage) changes its port, three times.
         let mut per_change = Vec::new();
         for (k, port) in [2001u16, 2002, 2003].into_iter().enumerate() {
-            let changed = pods_with_policies(n, |i| if i == 1 { port } else { 1000 + i as u16 });
-            let policy = changed
-                .into_iter()
-                .find(|r| r.meta().name == "p001")
-                .unwrap();
-            renderer.apply(&calc.apply(Update::Upsert(Box::new(policy))));
-            let touched = renderer.take_touched();
-            let script = programmer
-                .installed()
-                .unwrap()
-                .diff_only(
-                    renderer.table(),
-                    &str_set(&touched.chains),
-                    &str_set(&touched.sets),
-                )
-                .unwrap();
-            let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
+            let (script, applied) = change_port(&mut calc, &mut renderer, &mut programmer, n, port);
             assert_eq!(applied.path, Path::Netlink, "{n} policies, change {k}");
             let deleted = script
                 .ops
@@ -576,11 +592,11 @@ fn sys_a_policy_change_edits_its_rules_in_the_stage_chain_in_place() {
                 })
                 .count();
             per_change.push((deleted, placed, applied.commands));
-            let json = Nft::in_netns(ns.name()).read().unwrap().unwrap();
-            let drift = Table::from_kernel(&json, renderer.table())
-                .and_then(|t| t.diff(renderer.table()))
-                .map(|s| s.text);
-            assert_eq!(drift.as_deref(), Some(""), "{n} policies, change {k}");
+            assert_eq!(
+                drift(&ns, renderer.table()).as_deref(),
+                Some(""),
+                "{n} policies, change {k}"
+            );
         }
         // The first change after the full load rewrites the stage (the load echoes no
         // handles); the next ones edit it.
@@ -614,21 +630,7 @@ fn sys_a_chain_is_edited_in_place_by_an_nft_script_with_handles_read_from_the_ke
     // The check reads the kernel: the record learns every rule's handle.
     let checked = programmer.check(renderer.table().clone()).unwrap();
     assert_eq!(checked.commands, 0, "{checked:?}");
-    let policy = pods_with_policies(4, |i| if i == 1 { 3001 } else { 1000 + i as u16 })
-        .into_iter()
-        .find(|r| r.meta().name == "p001")
-        .unwrap();
-    renderer.apply(&calc.apply(Update::Upsert(Box::new(policy))));
-    let touched = renderer.take_touched();
-    let script = programmer
-        .installed()
-        .unwrap()
-        .diff_only(
-            renderer.table(),
-            &str_set(&touched.chains),
-            &str_set(&touched.sets),
-        )
-        .unwrap();
+    let (script, applied) = change_port(&mut calc, &mut renderer, &mut programmer, 4, 3001);
     assert!(
         script.text.contains("delete rule inet gingham ")
             && script.text.contains("insert rule inet gingham ")
@@ -636,11 +638,6 @@ fn sys_a_chain_is_edited_in_place_by_an_nft_script_with_handles_read_from_the_ke
         "{}",
         script.text
     );
-    let applied = programmer.sync_touched(renderer.table(), &touched).unwrap();
     assert_eq!(applied.path, Path::Text);
-    let json = Nft::in_netns(ns.name()).read().unwrap().unwrap();
-    let drift = Table::from_kernel(&json, renderer.table())
-        .and_then(|t| t.diff(renderer.table()))
-        .map(|s| s.text);
-    assert_eq!(drift.as_deref(), Some(""));
+    assert_eq!(drift(&ns, renderer.table()).as_deref(), Some(""));
 }
