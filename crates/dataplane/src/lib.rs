@@ -345,7 +345,7 @@ impl<B: Backend> Programmer<B> {
         applied.bytes = script.text.len();
         let mut record = desired;
         if let Some(read) = installed.filter(|_| !applied.replaced) {
-            record.keep_handles(&read, &script);
+            record.keep_handles(&read);
         }
         self.installed = Some(record);
         Ok(applied)
@@ -379,7 +379,7 @@ impl<B: Backend> Programmer<B> {
         let kernel = t.elapsed();
         let path = ran.path;
         installed.copy_edited(desired, &chains, &sets, &touched.edits);
-        installed.record_handles(&script, &ran.added);
+        installed.record_handles(&script.ops, script.handles, &ran.added);
         if installed.links != desired.links {
             installed.links.clone_from(&desired.links);
         }

@@ -651,28 +651,33 @@ pub fn encode(ops: &[Op], desired: &Table) -> Result<Batch, Unencodable> {
                     },
                 );
             }
-            Op::FlushChain { name } => {
-                b.message(
-                    NFT_MSG_DELRULE,
-                    0,
-                    format_args!("flush chain {name}"),
-                    |a| {
-                        a.str(NFTA_RULE_TABLE, TABLE);
-                        a.str(NFTA_RULE_CHAIN, name);
-                    },
-                );
-            }
-            Op::DeleteRule { chain, handle } => {
-                b.message(
-                    NFT_MSG_DELRULE,
-                    0,
-                    format_args!("delete rule {chain} handle {handle}"),
-                    |a| {
-                        a.str(NFTA_RULE_TABLE, TABLE);
-                        a.str(NFTA_RULE_CHAIN, chain);
-                        a.be64(NFTA_RULE_HANDLE, *handle);
-                    },
-                );
+            // One message deletes a chain's rules: all of them, or the one with the handle.
+            Op::FlushChain { name: chain } | Op::DeleteRule { chain, .. } => {
+                let handle = match op {
+                    Op::DeleteRule { handle, .. } => Some(*handle),
+                    _ => None,
+                };
+                let attrs = |a: &mut Attrs<'_>| {
+                    a.str(NFTA_RULE_TABLE, TABLE);
+                    a.str(NFTA_RULE_CHAIN, chain);
+                    if let Some(h) = handle {
+                        a.be64(NFTA_RULE_HANDLE, h);
+                    }
+                };
+                match handle {
+                    Some(h) => b.message(
+                        NFT_MSG_DELRULE,
+                        0,
+                        format_args!("delete rule {chain} handle {h}"),
+                        attrs,
+                    ),
+                    None => b.message(
+                        NFT_MSG_DELRULE,
+                        0,
+                        format_args!("flush chain {chain}"),
+                        attrs,
+                    ),
+                }
             }
             Op::AddRule {
                 chain,

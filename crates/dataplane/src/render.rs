@@ -677,13 +677,16 @@ struct Digest {
     rules: Vec<RuleProgram>,
     /// The last batch that asked for it.
     used: u64,
+    /// The rules these put in a stage chain when inlined, as last rendered (see [`Block`]):
+    /// they go with the digest when the rules change.
+    block: RefCell<Option<Block>>,
 }
 
 /// The digests of the policies and profiles, by direction and owner: each checked once per
 /// batch, not once per endpoint (every endpoint's program holds the same rules for one policy
 /// or profile in one direction, as the shared policy chains already rely on), and computed
 /// again only when its rules differ from the ones it was computed from. A digest unused for
-/// [`BLOCK_TTL`] batches is dropped.
+/// [`DIGEST_TTL`] batches is dropped.
 #[derive(Default)]
 struct Digests {
     digests: HashMap<(&'static str, Owner), Digest>,
@@ -711,18 +714,34 @@ impl Digests {
                 sets,
                 rules: rules.to_vec(),
                 used: batch,
+                block: RefCell::new(None),
             };
             self.digests.insert(key.clone(), digest);
         }
         &self.digests[&key]
     }
 
-    /// Starts a batch; every [`BLOCK_TTL`] batches drops the digests unused for as long.
+    /// Starts a batch; every [`DIGEST_TTL`] batches drops the digests unused for as long.
     fn next_batch(&mut self) {
         self.batch += 1;
-        if self.batch.is_multiple_of(BLOCK_TTL) {
+        if self.batch.is_multiple_of(DIGEST_TTL) {
             let batch = self.batch;
-            self.digests.retain(|_, d| d.used + BLOCK_TTL > batch);
+            self.digests.retain(|_, d| d.used + DIGEST_TTL > batch);
+        }
+    }
+}
+
+const DIGEST_TTL: u64 = 64;
+
+/// Appends to `out` which families of `sets` have no member (`-4<id>`, `-6<id>`): the rules
+/// matching them positively are left out of those families.
+fn empty_families(out: &mut String, sets: &[SetId], empty: &dyn NoMembers) {
+    use std::fmt::Write as _;
+    for id in sets {
+        for family in [Family::V4, Family::V6] {
+            if empty.no_members(id, family) {
+                let _ = write!(out, "-{}{id}", family.tag());
+            }
         }
     }
 }
@@ -746,8 +765,9 @@ fn positive_sets(r: &RuleProgram) -> impl Iterator<Item = &SetId> {
 /// not forty chains. The rules are not part of the name: every endpoint's program holds the
 /// same rules for one policy or profile in one direction, so the parts determine the content,
 /// and a policy whose rules change rewrites its stages under their names, with no dispatch
-/// map element moved. [`stage_content`] is the digest that says whether it must. Host
-/// endpoints' chains are their own.
+/// map element moved. With the name comes a digest of the rules the stage holds (of each of
+/// its policies' and profiles' rules, in order): a stage whose digest changed is rendered again
+/// under its name. Host endpoints' chains are their own.
 fn stage_chain_name(
     key: &str,
     ep: &EndpointProgram,
@@ -756,7 +776,7 @@ fn stage_chain_name(
     empty: &dyn NoMembers,
     digests: &mut Digests,
     deps: &mut Vec<SetId>,
-) -> String {
+) -> (String, String) {
     use std::fmt::Write as _;
     let dir = mode.dir();
     let mut shape = format!(
@@ -766,17 +786,13 @@ fn stage_chain_name(
         chain.end_of_tier,
         chain.profiles_apply
     );
+    let mut content = String::new();
     let mut add = |shape: &mut String, owner: Owner, rules: &[RuleProgram]| {
         let _ = write!(shape, "{owner:?}");
         let d = digests.of(dir, owner, rules);
-        for id in &d.sets {
-            deps.push(id.clone());
-            for family in [Family::V4, Family::V6] {
-                if empty.no_members(id, family) {
-                    let _ = write!(shape, "-{}{id}", family.tag());
-                }
-            }
-        }
+        content.push_str(&d.hash);
+        deps.extend(d.sets.iter().cloned());
+        empty_families(shape, &d.sets, empty);
     };
     for t in &chain.tiers {
         let _ = write!(shape, "t{:?}{:?}", t.tier, t.default_action);
@@ -800,34 +816,12 @@ fn stage_chain_name(
             }
         }
     }
-    if ep.host {
+    let name = if ep.host {
         endpoint_chain_name(key, mode)
     } else {
         format!("w{}{}", short_hash(&shape), mode.suffix())
-    }
-}
-
-/// A digest of the rules a workload's stage holds: of each of its policies' and profiles'
-/// rules (computed once per batch), in order. A stage whose parts are unchanged but whose
-/// digest changed is rendered again under its name.
-fn stage_content(mode: Mode, chain: &ChainProgram, digests: &mut Digests) -> String {
-    let dir = mode.dir();
-    let mut content = String::new();
-    for t in &chain.tiers {
-        for p in &t.policies {
-            let owner = Owner::Policy {
-                tier: t.tier.clone(),
-                policy: p.policy.clone(),
-            };
-            content.push_str(&digests.of(dir, owner, &p.rules).hash);
-        }
-    }
-    for p in &chain.profiles {
-        if let ProfileProgram::Rules { profile, rules } = p {
-            content.push_str(&digests.of(dir, Owner::Profile(profile.clone()), rules).hash);
-        }
-    }
-    short_hash(&content)
+    };
+    (name, short_hash(&content))
 }
 
 fn policy_chain_name(policy: &impl std::fmt::Debug, dir: &str) -> String {
@@ -934,7 +928,7 @@ pub struct Renderer {
     /// The tier chains of each shared workload stage chain.
     stage_parts: HashMap<String, Vec<String>>,
     /// The digest of the rules each shared workload stage chain was rendered with
-    /// ([`stage_content`]).
+    /// ([`stage_chain_name`]).
     stage_content: HashMap<String, String>,
     /// What the endpoints claim for each interface of a dispatch map: the verdict each wants,
     /// and how many want it. One verdict is the element; two endpoints that claim one
@@ -958,8 +952,6 @@ pub struct Renderer {
     flips: BTreeSet<SetId>,
     /// The current batch's digests of policy and profile rules (stage chain names).
     digests: Digests,
-    /// The rules of inlined policies and profiles, as last rendered.
-    blocks: RefCell<Blocks>,
     /// The workload dispatch maps are keyed by interface index (see [`Renderer::set_links`]),
     /// with the indexes the table holds (`Table::links`); otherwise by name.
     by_index: bool,
@@ -1000,7 +992,6 @@ impl Renderer {
             set_users: HashMap::new(),
             flips: BTreeSet::new(),
             digests: Digests::default(),
-            blocks: RefCell::new(Blocks::default()),
         };
         r.render_all();
         r
@@ -1178,7 +1169,6 @@ impl Renderer {
         apply_changes(&mut self.program, changes);
         self.fresh.clear();
         self.digests.next_batch();
-        self.blocks.get_mut().next_batch();
         self.flips.clear();
         // Sets first: the rules of the endpoints placed below name them.
         let mut whole: BTreeSet<&str> = BTreeSet::new();
@@ -1243,9 +1233,9 @@ impl Renderer {
         self.base_maps.clear();
         self.origins.clear();
         self.set_users.clear();
-        self.digests.next_batch();
-        // Set names may have changed (a set changed kind): the blocks are rendered again.
-        self.blocks.get_mut().blocks.clear();
+        // Set names may have changed (a set changed kind): the digests' blocks are rendered
+        // again.
+        self.digests = Digests::default();
         let ids: Vec<String> = self.program.sets.keys().cloned().collect();
         for id in &ids {
             self.render_set(id);
@@ -1420,7 +1410,7 @@ impl Renderer {
                 entries.push((map, verdict.to_owned()));
                 continue;
             }
-            let name = stage_chain_name(
+            let (name, content) = stage_chain_name(
                 key,
                 ep,
                 mode,
@@ -1451,7 +1441,6 @@ impl Renderer {
             } else {
                 // Shared by every workload with the same stage: rendered by the first, again
                 // when its policies' rules changed, taken out with the last.
-                let content = stage_content(mode, chain, &mut self.digests);
                 let users = self.users.entry(name.clone()).or_default();
                 *users += 1;
                 if *users == 1 || self.stage_content.get(&name) != Some(&content) {
@@ -1459,7 +1448,6 @@ impl Renderer {
                         names: &self.names,
                         log_allowed: self.settings.flow_logs_allowed,
                         digests: &self.digests,
-                        blocks: &self.blocks,
                     };
                     let (chains, rules) =
                         endpoint_chain(&name, ep, chain, dir, on_accept, Some(&inline));
@@ -2217,42 +2205,20 @@ fn tier_inlinable(tier: &TierProgram) -> bool {
 struct Inline<'a> {
     names: &'a SetNames,
     log_allowed: bool,
-    /// The batch's digests of the policies' and profiles' rules (see [`Blocks`]).
+    /// The digests of the policies' and profiles' rules, which keep their blocks.
     digests: &'a Digests,
-    blocks: &'a RefCell<Blocks>,
 }
 
-/// The rules an inlined policy or profile puts in a stage chain, rendered once and kept for
-/// every stage that holds it (by direction and owner), with what they were rendered from: a
-/// stage rendered again because one of its policies changed copies the others' rules instead of
-/// rendering them again, so its cost follows the change more than the stage's size. A block
-/// unused for [`BLOCK_TTL`] batches is dropped.
-#[derive(Default)]
-struct Blocks {
-    blocks: HashMap<(&'static str, Owner), Block>,
-    batch: u64,
-}
-
+/// The rules an inlined policy or profile puts in a stage chain, rendered once and kept in its
+/// digest (by direction and owner) for every stage that holds it: a stage rendered again
+/// because one of its policies changed copies the others' rules instead of rendering them
+/// again, so its cost follows the change more than the stage's size.
 struct Block {
-    /// The rules' digest, which families of their sets are empty, the verdict of an Allow and
-    /// whether allowed flows are logged.
+    /// Which families of the rules' sets are empty, the verdict of an Allow and whether
+    /// allowed flows are logged.
     key: String,
     rules: Vec<Rule>,
     origins: Vec<(String, (Owner, usize))>,
-    used: u64,
-}
-
-const BLOCK_TTL: u64 = 64;
-
-impl Blocks {
-    /// Starts a batch; every [`BLOCK_TTL`] batches drops the blocks unused for as long.
-    fn next_batch(&mut self) {
-        self.batch += 1;
-        if self.batch.is_multiple_of(BLOCK_TTL) {
-            let batch = self.batch;
-            self.blocks.retain(|_, b| b.used + BLOCK_TTL > batch);
-        }
-    }
 }
 
 /// Puts the rules of an inlined policy or profile in `out` (and their origins): from its
@@ -2270,35 +2236,16 @@ fn inlined_rules(
     out: &mut Vec<Rule>,
     origins: &mut HashMap<String, (Owner, usize)>,
 ) {
-    use std::fmt::Write as _;
-    let Some(digest) = inl.digests.digests.get(&(dir, owner.clone())) else {
-        return policy_rules(
-            label,
-            tag_chain,
-            &owner,
-            rules,
-            inl.names,
-            inl.log_allowed,
-            on_accept,
-            out,
-            origins,
-        );
-    };
-    let mut key = format!("{}|{on_accept}|{}|", digest.hash, inl.log_allowed);
-    for id in &digest.sets {
-        for family in [Family::V4, Family::V6] {
-            if inl.names.no_members(id, family) {
-                let _ = write!(key, "-{}{id}", family.tag());
-            }
-        }
-    }
-    let mut blocks = inl.blocks.borrow_mut();
-    let batch = blocks.batch;
-    let slot = (dir, owner);
-    if let Some(b) = blocks.blocks.get_mut(&slot)
-        && b.key == key
+    // A stage's digests are all computed before it is rendered (its name needs them).
+    let digest = inl.digests.digests.get(&(dir, owner.clone()));
+    let key = digest.map(|d| {
+        let mut key = format!("{on_accept}|{}|", inl.log_allowed);
+        empty_families(&mut key, &d.sets, inl.names);
+        key
+    });
+    if let (Some(d), Some(key)) = (digest, &key)
+        && let Some(b) = d.block.borrow().as_ref().filter(|b| &b.key == key)
     {
-        b.used = batch;
         out.extend(b.rules.iter().cloned());
         origins.extend(b.origins.iter().cloned());
         return;
@@ -2307,7 +2254,7 @@ fn inlined_rules(
     policy_rules(
         label,
         tag_chain,
-        &slot.1,
+        &owner,
         rules,
         inl.names,
         inl.log_allowed,
@@ -2317,13 +2264,13 @@ fn inlined_rules(
     );
     out.extend(new.iter().cloned());
     origins.extend(by_id.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let block = Block {
-        key,
-        rules: new,
-        origins: by_id.into_iter().collect(),
-        used: batch,
-    };
-    blocks.blocks.insert(slot, block);
+    if let (Some(d), Some(key)) = (digest, key) {
+        *d.block.borrow_mut() = Some(Block {
+            key,
+            rules: new,
+            origins: by_id.into_iter().collect(),
+        });
+    }
 }
 
 /// The rules of an endpoint chain, and the owner and policy rule index of each inlined

@@ -151,8 +151,11 @@ impl Chain {
         (prefix + suffix > 0).then_some((prefix, suffix))
     }
 
-    fn same_rules(&self, other: &Chain) -> bool {
-        self.rules.len() == other.rules.len()
+    /// Whether this installed chain already holds `other`'s rules (and is not a stale record
+    /// read from the kernel).
+    fn holds_rules_of(&self, other: &Chain) -> bool {
+        !self.stale
+            && self.rules.len() == other.rules.len()
             && self
                 .rules
                 .iter()
@@ -543,7 +546,7 @@ impl Table {
                 continue;
             };
             let old = self.chains.get(name);
-            if old.is_some_and(|old| !old.stale && old.same_rules(chain)) {
+            if old.is_some_and(|old| old.holds_rules_of(chain)) {
                 continue;
             }
             let add = |s: &mut Script, index: usize, position: Option<Position>| {
@@ -661,28 +664,30 @@ impl Table {
         Some(s)
     }
 
-    /// Takes the handles `read` (the installed table the `script` was diffed from) knows of
-    /// the chains the script left alone.
-    pub fn keep_handles(&mut self, read: &Table, script: &Script) {
+    /// Takes the handles `read` (the installed table this table was diffed from) knows of the
+    /// chains that already held their rules (the ones the diff left alone).
+    pub fn keep_handles(&mut self, read: &Table) {
         for (name, chain) in &mut self.chains {
             if let Some(old) = read.chains.get(name)
-                && !script.handles.contains_key(name)
-                && !old.stale
-                && old.same_rules(chain)
+                && old.holds_rules_of(chain)
             {
                 chain.handles.clone_from(&old.handles);
             }
         }
     }
 
-    /// Records the handles of the rules `script` wrote, after it ran: the ones it kept, and
-    /// those the kernel gave the rules it added (`added`: the index of the `AddRule` op in
-    /// `script.ops` and the rule's handle). A chain some of whose handles are not known keeps
-    /// none (its next change rewrites it).
-    pub fn record_handles(&mut self, script: &Script, added: &[(usize, u64)]) {
-        let mut plans = script.handles.clone();
+    /// Records the handles of the rules a script wrote, after it ran: `plans` (the script's
+    /// `handles`: the ones it kept), and those the kernel gave the rules it added (`added`: the
+    /// index of the `AddRule` op in `ops` and the rule's handle). A chain some of whose
+    /// handles are not known keeps none (its next change rewrites it).
+    pub fn record_handles(
+        &mut self,
+        ops: &[Op],
+        mut plans: BTreeMap<String, Vec<Option<u64>>>,
+        added: &[(usize, u64)],
+    ) {
         for &(op, handle) in added {
-            if let Some(Op::AddRule { chain, index, .. }) = script.ops.get(op)
+            if let Some(Op::AddRule { chain, index, .. }) = ops.get(op)
                 && let Some(slot) = plans.get_mut(chain).and_then(|p| p.get_mut(*index))
             {
                 *slot = Some(handle);
@@ -715,7 +720,7 @@ impl Table {
         for &name in chains {
             match (self.chains.get(name), new.chains.get(name)) {
                 // Unchanged: the record keeps the handles it knows.
-                (Some(old), Some(chain)) if !old.stale && old.same_rules(chain) => {}
+                (Some(old), Some(chain)) if old.holds_rules_of(chain) => {}
                 (_, Some(chain)) => {
                     self.chains.insert(name.to_owned(), chain.clone());
                 }

@@ -197,7 +197,7 @@ pub fn flow_cause(program: &NodeProgram, prefix: &str, via: Interfaces) -> Optio
                 }
                 continue;
             }
-            let name = stage_chain_name(
+            let (name, _) = stage_chain_name(
                 key,
                 ep,
                 mode,
