@@ -695,8 +695,9 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
         "{first}"
     );
     assert!(
-        first.contains("add element inet gingham wl-ingress { * : jump wl-to-unkeyed, 7 : accept }")
-            && first.contains("iifname \"cali*\" iif vmap @wl-egress")
+        first.contains("add element inet gingham wl-ingress { 7 : accept }")
+            && first.contains("iifname \"cali*\" jump wl-from")
+            && first.contains("add rule inet gingham wl-from iif vmap @wl-egress")
             && first.contains(
                 "add element inet gingham wl-ingress-name { \"cali0000000001\" : accept, * : jump wl-to-other }"
             ),
@@ -720,8 +721,8 @@ fn a_recreated_interface_is_keyed_by_its_new_index_without_a_datastore_change() 
     for want in [
         "delete element inet gingham wl-ingress { 7 : accept }",
         "add element inet gingham wl-ingress { 9 : accept }",
-        "delete element inet gingham wl-egress { 7 : continue }",
-        "add element inet gingham wl-egress { 9 : continue }",
+        "delete element inet gingham wl-egress { 7 : return }",
+        "add element inet gingham wl-egress { 9 : return }",
     ] {
         assert!(moved.contains(want), "{want}\n{moved}");
     }

@@ -10,7 +10,10 @@
 //!   interface that has no program yet (fail closed). A stage no policy selects whose profile
 //!   allows everything is just the map's verdict (`continue`, `accept`); otherwise the
 //!   workload's stage chain returns (egress) or accepts (ingress) when a rule allows, and drops
-//!   at its end.
+//!   at its end. Keyed by interface index (as the agent has them), each map is backed by one
+//!   keyed by name, looked up by the next rule when the index misses; the egress pair sits in
+//!   `wl-from` (jumped to; its elements `goto` the stage or `return`), so that both maps reach
+//!   a stage at one depth (see [`WL_FROM`]).
 //! - `input` (hook input): workload traffic goes (goto) to `wl-to-host`: the sending workload's
 //!   egress stage, then felix's DefaultEndpointToHostAction (Return leaves our rules).
 //! - Host endpoints (only on nodes that have one): normal policy at the end of `input` and in
@@ -843,13 +846,22 @@ const WL_TO_OTHER: &str = "wl-to-other";
 /// While the dispatch maps are keyed by interface index, each is backed by a map keyed by
 /// name holding every element it would hold: an interface the index map does not list (the
 /// renderer has not heard of it yet, or it was made again under its name with a new index)
-/// meets the index map's catch-all, a chain whose one rule looks its name up. So a workload
-/// meets its own verdict from the moment its interface exists, and knowing the indexes only
-/// makes the lookup cheaper.
+/// misses it (a verdict map without a catch-all) and goes on to the next rule, which looks its
+/// name up. So a workload meets its own verdict from the moment its interface exists, and
+/// knowing the indexes only makes the lookup cheaper.
+///
+/// Both lookups sit in one chain, so that every stage chain is reached at one depth whichever
+/// map names it: the kernel validates a table (at every commit that adds a rule or a jump) from
+/// its base chains and skips a chain already validated from the same hook at the same or a
+/// greater depth, so a name map behind a catch-all chain, one level deeper, made it walk every
+/// stage twice (`scripts/bench agent`'s floor). The ingress lookups follow each other in
+/// `forward` (their elements `goto`: ingress is the last stage). The egress ones are in
+/// [`WL_FROM`], which `forward` and `wl-to-host` jump to; their elements `goto` the stage (or
+/// are `return`), so an egress stage that allows returns to the rule after that jump, not to
+/// the name lookup.
 const WL_EGRESS_NAME: &str = "wl-egress-name";
 const WL_INGRESS_NAME: &str = "wl-ingress-name";
-const WL_FROM_UNKEYED: &str = "wl-from-unkeyed";
-const WL_TO_UNKEYED: &str = "wl-to-unkeyed";
+const WL_FROM: &str = "wl-from";
 
 /// The map keyed by name behind an index-keyed dispatch map.
 fn name_map(map: &'static str) -> &'static str {
@@ -1242,19 +1254,17 @@ impl Renderer {
         }
         // Interfaces without an element (not workloads, or workloads without a program) meet
         // the catch-all element.
-        for (map, other, unkeyed) in [
-            (WL_EGRESS, WL_FROM_OTHER, WL_FROM_UNKEYED),
-            (WL_INGRESS, WL_TO_OTHER, WL_TO_UNKEYED),
-        ] {
-            let catch_all = |chain: &str| BTreeSet::from([format!("* : jump {chain}")]);
-            let names = Set::new("ifname", SetKind::Verdict, catch_all(other));
+        for (map, other) in [(WL_EGRESS, WL_FROM_OTHER), (WL_INGRESS, WL_TO_OTHER)] {
+            let catch_all = BTreeSet::from([format!("* : jump {other}")]);
+            let names = Set::new("ifname", SetKind::Verdict, catch_all);
             if self.by_index {
                 // Not sized: a declared size makes the kernel keep a 32-bit-keyed map in its
                 // fixed-size hash (a cheaper lookup, ~48 ns against ~69), but the validation
                 // of every transaction that adds a rule or a jump walks all of its buckets
                 // (131,072 for a size of 65,535: +0.27 ms per such update in `scripts/bench
-                // agent`); a resizable one is walked by its elements.
-                let index = Set::new(IFACE_INDEX, SetKind::Verdict, catch_all(unkeyed));
+                // agent`); a resizable one is walked by its elements. No catch-all: a miss
+                // goes on to the name map's rule.
+                let index = Set::new(IFACE_INDEX, SetKind::Verdict, BTreeSet::new());
                 self.table.sets.insert(map.into(), index);
                 self.table.sets.insert(name_map(map).into(), names);
             } else {
@@ -1402,10 +1412,11 @@ impl Renderer {
             if !ep.host && allows_all(chain) && !self.settings.flow_logs_allowed {
                 // No chain at all: the dispatch map's element is the verdict (unless the
                 // flows the profile allows are logged: they go through its chain).
-                let verdict = if mode == Mode::In {
-                    "accept"
-                } else {
-                    "continue"
+                let verdict = match mode {
+                    Mode::In => "accept",
+                    // Back to the rule after the jump to `wl-from`.
+                    _ if self.by_index => "return",
+                    _ => "continue",
                 };
                 entries.push((map, verdict.to_owned()));
                 continue;
@@ -1421,10 +1432,13 @@ impl Renderer {
             );
             // A workload's ingress is the last stage of a forwarded packet; its egress is
             // followed by the destination's ingress, or by the host's own input rules.
+            // Keyed by index, the egress lookups are in `wl-from` (see [`WL_FROM`]): the stage
+            // is its tail, and returns to where `wl-from` was jumped from.
+            let egress = if self.by_index { "goto" } else { "jump" };
             let (on_accept, entry) = match (ep.host, mode) {
                 (true, _) => ("return", None),
                 (false, Mode::In) => ("accept", Some(format!("goto {name}"))),
-                (false, _) => ("return", Some(format!("jump {name}"))),
+                (false, _) => ("return", Some(format!("{egress} {name}"))),
             };
             let direction = if dir == "i" {
                 Direction::Ingress
@@ -1931,12 +1945,8 @@ fn conntrack_rules() -> impl Iterator<Item = Rule> {
 /// The base chains (hooks) and the host endpoint dispatch chains.
 fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_index: bool) {
     let prefix = &settings.workload_prefix;
-    // The dispatch maps' key: the interface's index or its name.
-    let (iif, oif) = if by_index {
-        ("iif", "oif")
-    } else {
-        ("iifname", "oifname")
-    };
+    // The ingress dispatch map's key: the interface's index or its name.
+    let oif = if by_index { "oif" } else { "oifname" };
     let clear = clear_ours();
     let not_accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} == 0");
     let accepted = format!("meta mark & 0x{MARK_ACCEPT:08x} != 0");
@@ -1949,38 +1959,41 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_
             "host endpoint forward ingress",
         ));
     }
-    // A workload's egress chain returns if it accepts (or its map element is `continue`); its
-    // ingress chain (or element) accepts. Only traffic to something else goes on. The
+    // A workload's egress chain returns if it accepts (or its map element is `continue`, or
+    // `return` from `wl-from`); its ingress chain (or element) accepts. Only traffic to something else goes on. The
     // interface's prefix is tested before its map: a new flow to or from another node or the
     // outside meets one name test on that side instead of a map lookup that misses and the
     // catch-all chain (about 70 ns per node: issue 15's two-node UDP figures).
-    forward.extend([
-        r(
-            format!("iifname \"{prefix}*\" {iif} vmap @{WL_EGRESS}"),
-            "workload egress",
-        ),
-        r(
-            format!("oifname \"{prefix}*\" {oif} vmap @{WL_INGRESS}"),
-            "workload ingress",
-        ),
-    ]);
+    // Keyed by index, an interface the index map does not list goes on to its name's lookup
+    // (see [`WL_FROM`]).
+    let egress = if by_index {
+        table.chains.insert(
+            WL_FROM.into(),
+            Chain::regular(vec![
+                r(format!("iif vmap @{WL_EGRESS}"), "workload egress"),
+                r(
+                    format!("iifname vmap @{WL_EGRESS_NAME}"),
+                    "workload egress, not keyed by index",
+                ),
+            ]),
+        );
+        format!("jump {WL_FROM}")
+    } else {
+        format!("iifname vmap @{WL_EGRESS}")
+    };
+    forward.push(r(
+        format!("iifname \"{prefix}*\" {egress}"),
+        "workload egress",
+    ));
+    forward.push(r(
+        format!("oifname \"{prefix}*\" {oif} vmap @{WL_INGRESS}"),
+        "workload ingress",
+    ));
     if by_index {
-        // The index maps' catch-all: an interface not (yet) keyed by its index is looked up
-        // by name.
-        table.chains.insert(
-            WL_FROM_UNKEYED.into(),
-            Chain::regular(vec![r(
-                format!("iifname vmap @{WL_EGRESS_NAME}"),
-                "workload egress, not keyed by index",
-            )]),
-        );
-        table.chains.insert(
-            WL_TO_UNKEYED.into(),
-            Chain::regular(vec![r(
-                format!("oifname vmap @{WL_INGRESS_NAME}"),
-                "workload ingress, not keyed by index",
-            )]),
-        );
+        forward.push(r(
+            format!("oifname \"{prefix}*\" oifname vmap @{WL_INGRESS_NAME}"),
+            "workload ingress, not keyed by index",
+        ));
     }
     for name in [WL_FROM_OTHER, WL_TO_OTHER] {
         // Only a workload interface the maps do not list (no program yet) comes here.
@@ -2005,7 +2018,7 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_
 
     // Workload to its own host: the workload's egress, then DefaultEndpointToHostAction.
     // Reached by goto, so Return leaves our input chain (the host's own firewall decides).
-    let mut to_host = vec![r(format!("{iif} vmap @{WL_EGRESS}"), "workload egress")];
+    let mut to_host = vec![r(egress, "workload egress")];
     match settings.felix.default_endpoint_to_host_action.as_str() {
         "Accept" => to_host.push(r(
             format!("{clear} accept"),

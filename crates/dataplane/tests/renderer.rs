@@ -659,6 +659,99 @@ fn a_new_flow_to_or_from_another_node_meets_no_catch_all_chain() {
     assert_eq!(rules_on_new_flow_path(&t, "cali9999", "eth0"), 5);
 }
 
+/// The chain validations the kernel (6.18) does at a commit that adds a rule or a jump, and the
+/// (hook, chain) pairs they cover: from each base chain, its rules in order, a verdict map's
+/// elements before its catch-all; a chain reached again from the same hook is skipped when it
+/// was validated there at the same depth or a greater one (`nft_chain_vstate_valid`).
+fn kernel_validations(t: &Table) -> (usize, usize) {
+    use std::collections::HashMap;
+    /// The chains a rule can jump or go to, in the order the kernel walks them.
+    fn targets(t: &Table, text: &str) -> Vec<String> {
+        let words: Vec<&str> = text.split(' ').collect();
+        let mut out = Vec::new();
+        for w in words.windows(2) {
+            match (w[0], w[1].strip_prefix('@')) {
+                ("jump" | "goto", _) => out.push(w[1].to_owned()),
+                ("vmap", Some(map)) => {
+                    let (catch_all, keyed): (Vec<&String>, Vec<&String>) =
+                        t.sets[map].elements.iter().partition(|e| e.starts_with("* : "));
+                    for e in keyed.into_iter().chain(catch_all) {
+                        let verdict = e.rsplit(" : ").next().unwrap();
+                        if let Some((_, chain)) = verdict
+                            .split_once(' ')
+                            .filter(|(v, _)| matches!(*v, "jump" | "goto"))
+                        {
+                            out.push(chain.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+    fn validate(
+        t: &Table,
+        hook: &str,
+        chain: &str,
+        level: usize,
+        depths: &mut HashMap<(String, String), usize>,
+        count: &mut usize,
+    ) {
+        let key = (hook.to_owned(), chain.to_owned());
+        if level > 0 && depths.get(&key).is_some_and(|d| *d >= level) {
+            return;
+        }
+        *count += 1;
+        for rule in &t.chains[chain].rules {
+            for next in targets(t, &rule.text) {
+                validate(t, hook, &next, level + 1, depths, count);
+            }
+        }
+        let depth = depths.entry(key).or_insert(level);
+        *depth = (*depth).max(level);
+    }
+    let (mut depths, mut count) = (HashMap::new(), 0);
+    for (name, chain) in &t.chains {
+        if let Some(base) = &chain.base {
+            validate(t, &base.hook, name, 0, &mut depths, &mut count);
+        }
+    }
+    (count, depths.len())
+}
+
+/// With the dispatch maps keyed by interface index (as the agent has them), the kernel
+/// validates each stage chain once per hook, as with maps keyed by name: the index map and the
+/// name map behind it reach the stages at one depth. With the name map behind a catch-all
+/// chain one level deeper, every stage was validated twice at each commit that adds a rule or
+/// a jump (the floor of `scripts/bench agent`: +0.05 ms at 100 policies, +0.11 ms at 10,000).
+#[test]
+fn keyed_by_index_the_kernel_validates_each_stage_once_per_hook() {
+    const PODS: usize = 6;
+    let mut resources = alike_pods(PODS);
+    // Egress stages too: a policy selecting the pods' egress.
+    resources.extend(
+        gingham_model::load_resources(
+            "egress.yaml",
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: out, namespace: web}\nspec:\n  selector: app == 'web'\n  egress: [{action: Allow, protocol: UDP, destination: {ports: [53]}}]\n",
+        )
+        .unwrap(),
+    );
+    let mut calc = Calculator::new("node-a");
+    calc.load_all(resources);
+    let links: BTreeMap<String, u32> = (0..PODS)
+        .map(|i| (format!("cali{i:04}"), 10 + i as u32))
+        .collect();
+    let by_index = Renderer::with_links(calc.state(), Settings::default(), Some(links)).rendered();
+    let by_name = gingham_dataplane::render(&calc.state(), &Settings::default());
+    for (what, t) in [("by index", &by_index.table), ("by name", &by_name.table)] {
+        let stages = t.chains.keys().filter(|n| n.starts_with('w') && !n.starts_with("wl-"));
+        assert!(stages.count() >= 2, "{what}: an ingress and an egress stage");
+        let (validations, chains) = kernel_validations(t);
+        assert_eq!(validations, chains, "{what}: a chain validated twice from one hook");
+    }
+}
+
 /// A new flow between two workloads that no policy selects, whose namespace profile allows
 /// everything (Kubernetes' default), meets four rules: conntrack (established or related,
 /// then invalid), the egress dispatch map, the ingress dispatch map; no chain, no rule of ours
