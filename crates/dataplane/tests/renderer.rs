@@ -673,8 +673,10 @@ fn kernel_validations(t: &Table) -> (usize, usize) {
             match (w[0], w[1].strip_prefix('@')) {
                 ("jump" | "goto", _) => out.push(w[1].to_owned()),
                 ("vmap", Some(map)) => {
-                    let (catch_all, keyed): (Vec<&String>, Vec<&String>) =
-                        t.sets[map].elements.iter().partition(|e| e.starts_with("* : "));
+                    let (catch_all, keyed): (Vec<&String>, Vec<&String>) = t.sets[map]
+                        .elements
+                        .iter()
+                        .partition(|e| e.starts_with("* : "));
                     for e in keyed.into_iter().chain(catch_all) {
                         let verdict = e.rsplit(" : ").next().unwrap();
                         if let Some((_, chain)) = verdict
@@ -745,10 +747,19 @@ fn keyed_by_index_the_kernel_validates_each_stage_once_per_hook() {
     let by_index = Renderer::with_links(calc.state(), Settings::default(), Some(links)).rendered();
     let by_name = gingham_dataplane::render(&calc.state(), &Settings::default());
     for (what, t) in [("by index", &by_index.table), ("by name", &by_name.table)] {
-        let stages = t.chains.keys().filter(|n| n.starts_with('w') && !n.starts_with("wl-"));
-        assert!(stages.count() >= 2, "{what}: an ingress and an egress stage");
+        let stages = t
+            .chains
+            .keys()
+            .filter(|n| n.starts_with('w') && !n.starts_with("wl-"));
+        assert!(
+            stages.count() >= 2,
+            "{what}: an ingress and an egress stage"
+        );
         let (validations, chains) = kernel_validations(t);
-        assert_eq!(validations, chains, "{what}: a chain validated twice from one hook");
+        assert_eq!(
+            validations, chains,
+            "{what}: a chain validated twice from one hook"
+        );
     }
 }
 

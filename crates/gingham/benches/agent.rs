@@ -120,9 +120,9 @@ fn program(
 /// namespace holds it): a netlink batch adding a new chain with one rule, `rule`, timed 200
 /// times, each taken out again untimed; nothing jumps to the new chain. A rule holding an
 /// expression the kernel validates (a verdict, a lookup, a mark set: nearly every rule we
-/// write) makes it validate every rule reachable from the table's base chains at commit, each
-/// time it is reached (6.18 keeps no per-chain record), so with `accept` this grows with the
-/// table whatever the renderer does. With `counter` alone nothing is validated: the part of the
+/// write) makes it validate every rule reachable from the table's base chains at commit (each
+/// chain once per hook, unless it is reached again at a greater depth), so with `accept` this
+/// grows with the table whatever the renderer does. With `counter` alone nothing is validated: the part of the
 /// floor that is not validation.
 fn kernel_floor(installed: &Table, rule: &str) -> Samples {
     let mut plus = installed.clone();
