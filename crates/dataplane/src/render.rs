@@ -680,7 +680,7 @@ struct Digest {
     rules: Vec<RuleProgram>,
     /// The last batch that asked for it.
     used: u64,
-    /// How many placed endpoints use it ([`Digests::hold`]).
+    /// How many placed endpoints use it ([`Digests::hold_asked`]).
     users: usize,
     /// The rules these put in a stage chain when inlined, as last rendered (see [`Block`]):
     /// they go with the digest when the rules change.
@@ -2006,12 +2006,12 @@ fn base_chains(table: &mut Table, settings: &Settings, hosts: &HostDispatch, by_
         ));
     }
     // A workload's egress chain returns if it accepts (or its map element is `continue`, or
-    // `return` from `wl-from`); its ingress chain (or element) accepts. Only traffic to something else goes on. The
-    // interface's prefix is tested before its map: a new flow to or from another node or the
-    // outside meets one name test on that side instead of a map lookup that misses and the
-    // catch-all chain (about 70 ns per node: issue 15's two-node UDP figures).
-    // Keyed by index, an interface the index map does not list goes on to its name's lookup
-    // (see [`WL_FROM`]).
+    // `return` from `wl-from`); its ingress chain (or element) accepts. Only traffic to
+    // something else goes on. The interface's prefix is tested before its map: a new flow to
+    // or from another node or the outside meets one name test on that side instead of a map
+    // lookup that misses and the catch-all chain (about 70 ns per node: issue 15's two-node
+    // UDP figures). Keyed by index, an interface the index map does not list goes on to its
+    // name's lookup (see [`WL_FROM`]).
     let egress = if by_index {
         table.chains.insert(
             WL_FROM.into(),

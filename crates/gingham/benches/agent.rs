@@ -122,8 +122,8 @@ fn program(
 /// expression the kernel validates (a verdict, a lookup, a mark set: nearly every rule we
 /// write) makes it validate every rule reachable from the table's base chains at commit (each
 /// chain once per hook, unless it is reached again at a greater depth), so with `accept` this
-/// grows with the table whatever the renderer does. With `counter` alone nothing is validated: the part of the
-/// floor that is not validation.
+/// grows with the table whatever the renderer does. With `counter` alone nothing is
+/// validated: the part of the floor that is not validation.
 fn kernel_floor(installed: &Table, rule: &str) -> Samples {
     let mut plus = installed.clone();
     plus.chains.insert(
