@@ -1456,13 +1456,7 @@ impl Renderer {
             if !ep.host && allows_all(chain) && !self.settings.flow_logs_allowed {
                 // No chain at all: the dispatch map's element is the verdict (unless the
                 // flows the profile allows are logged: they go through its chain).
-                let verdict = match mode {
-                    Mode::In => "accept",
-                    // Back to the rule after the jump to `wl-from`.
-                    _ if self.by_index => "return",
-                    _ => "continue",
-                };
-                entries.push((map, verdict.to_owned()));
+                entries.push((map, self.workload_element(mode, None)));
                 continue;
             }
             let (name, content) = stage_chain_name(
@@ -1474,16 +1468,12 @@ impl Renderer {
                 &mut self.digests,
                 &mut placed.sets,
             );
-            // A workload's ingress is the last stage of a forwarded packet; its egress is
-            // followed by the destination's ingress, or by the host's own input rules.
-            // Keyed by index, the egress lookups are in `wl-from` (see [`WL_FROM`]): the stage
-            // is its tail, and returns to where `wl-from` was jumped from.
-            let egress = if self.by_index { "goto" } else { "jump" };
-            let (on_accept, entry) = match (ep.host, mode) {
-                (true, _) => ("return", None),
-                (false, Mode::In) => ("accept", Some(format!("goto {name}"))),
-                (false, _) => ("return", Some(format!("{egress} {name}"))),
+            let on_accept = if !ep.host && mode == Mode::In {
+                "accept"
+            } else {
+                "return"
             };
+            let entry = (!ep.host).then(|| self.workload_element(mode, Some(&name)));
             let direction = if dir == "i" {
                 Direction::Ingress
             } else {
@@ -1610,6 +1600,24 @@ impl Renderer {
             users.insert(key.to_owned());
         }
         self.placed.insert(key.to_owned(), placed);
+    }
+
+    /// A workload's dispatch map verdict in `mode`: to its stage chain (`Some`), or past a stage
+    /// that allows everything (`None`). Its ingress is a forwarded packet's last stage (`goto`,
+    /// `accept`). Its egress is followed by the destination's ingress or the host's own input
+    /// rules: keyed by name, `jump` and `continue`; keyed by index, the element sits in
+    /// `wl-from` (see [`WL_FROM`]), the stage is that chain's tail (`goto`) and passing returns
+    /// from it (`return`).
+    fn workload_element(&self, mode: Mode, stage: Option<&str>) -> String {
+        let (to_stage, past) = match mode {
+            Mode::In => ("goto", "accept"),
+            _ if self.by_index => ("goto", "return"),
+            _ => ("jump", "continue"),
+        };
+        match stage {
+            Some(chain) => format!("{to_stage} {chain}"),
+            None => past.to_owned(),
+        }
     }
 
     /// The verdict of a dispatch map's element for an interface, from what the endpoints claim.
